@@ -1,0 +1,94 @@
+//! The `Backend` trait: every op on host data, implemented by every backend.
+
+use crate::error::{BackendKind, Result};
+use crate::fp8::E4M3;
+use crate::mask::BlockMask;
+use crate::ops::attention::{AttentionOutput, SparseAttention};
+use crate::ops::fp8::{Fp8Gemm, Fp8Quantize, Fp8Quantized};
+use crate::ops::mla::{MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput};
+use crate::tensor::TensorRef;
+use half::bf16;
+
+/// Optional device features, gathered in one place so callers and tests can ask what a backend
+/// offers (more fields come with the GPU backends).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceFeatures {
+    /// Tensor-core style matrix instructions (mma / wgmma / cooperative matrix) are used.
+    pub matrix_units: bool,
+    /// FP8 arithmetic in hardware (rather than decoded in software).
+    pub native_fp8: bool,
+    /// Subgroup / warp width, where it applies.
+    pub subgroup_size: Option<u32>,
+    /// Shared memory per workgroup in bytes, where it applies.
+    pub shared_memory_bytes: Option<usize>,
+}
+
+/// A description of the device a backend runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Which backend.
+    pub backend: BackendKind,
+    /// The device's name as its driver reports it (e.g. `NVIDIA H200`).
+    pub name: String,
+    /// Optional features.
+    pub features: DeviceFeatures,
+}
+
+/// Every op of Tessera over host memory: the convenience API used by tests, the `tessera`
+/// command and callers that do not manage device memory. Each backend also has its own API over
+/// device buffers and streams.
+///
+/// Every method validates its arguments first (see each descriptor's `validate_args`) and returns
+/// [`crate::Error::InvalidArgument`] without touching any output on bad input.
+pub trait Backend: Send + Sync {
+    /// The device.
+    fn device(&self) -> &DeviceInfo;
+
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind {
+        self.device().backend
+    }
+
+    /// Block-sparse attention forward; see [`SparseAttention`] for layouts.
+    fn sparse_attention(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+    ) -> Result<AttentionOutput>;
+
+    /// Writes tokens into the paged cache; see [`MlaAppend`] for layouts.
+    fn mla_append(
+        &self,
+        op: &MlaAppend,
+        cache: &mut MlaCache,
+        latent: &[bf16],
+        rope: &[bf16],
+        slots: &[i32],
+    ) -> Result<()>;
+
+    /// Absorbed decode attention over the paged cache; see [`MlaDecode`] for layouts.
+    fn mla_decode(
+        &self,
+        op: &MlaDecode,
+        cache: &MlaCache,
+        q: &[bf16],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<MlaDecodeOutput>;
+
+    /// Quantizes to E4M3 with per-group scales; see [`Fp8Quantize`].
+    fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized>;
+
+    /// Block-scaled FP8 GEMM, bf16 out; see [`Fp8Gemm`] for layouts.
+    fn fp8_gemm(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+    ) -> Result<Vec<bf16>>;
+}

@@ -1,0 +1,303 @@
+//! Block-sparse attention masks in BSR form, and the radial mask generator.
+//!
+//! A [`BlockMask`] covers a square grid of `num_blocks x num_blocks` blocks of
+//! `block_size x block_size` tokens, with `num_blocks = ceil(tokens / block_size)`. Block row `r`
+//! (queries `r*B .. min((r+1)*B, tokens)`) attends the key blocks
+//! `indices[indptr[r] .. indptr[r+1]]`, sorted ascending. When `tokens` is not a multiple of the
+//! block size, the last block row and column are partial: kernels mask out the padded keys so
+//! that they contribute nothing, and write no padded query rows.
+
+use crate::error::{Error, Result};
+
+const OP: &str = "block_mask";
+
+/// A block-sparse mask in BSR (compressed sparse row) form, shared by every batch and head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockMask {
+    tokens: usize,
+    block_size: usize,
+    indptr: Vec<u32>,
+    indices: Vec<u32>,
+}
+
+impl BlockMask {
+    /// Builds a mask from BSR arrays, checking them: `indptr` has `num_blocks + 1`
+    /// non-decreasing entries starting at 0 and ending at `indices.len()`, and each row's
+    /// column indices are strictly increasing and below `num_blocks`.
+    pub fn from_bsr(
+        tokens: usize,
+        block_size: usize,
+        indptr: Vec<u32>,
+        indices: Vec<u32>,
+    ) -> Result<Self> {
+        if block_size == 0 {
+            return Err(Error::invalid(OP, "block_size", "a positive block size", "0"));
+        }
+        if tokens == 0 {
+            return Err(Error::invalid(OP, "tokens", "at least one token", "0"));
+        }
+        let nb = tokens.div_ceil(block_size);
+        if indptr.len() != nb + 1 {
+            return Err(Error::invalid(
+                OP,
+                "indptr",
+                format!("num_blocks + 1 = {} entries", nb + 1),
+                format!("{} entries", indptr.len()),
+            ));
+        }
+        if indptr[0] != 0 || indptr[nb] as usize != indices.len() {
+            return Err(Error::invalid(
+                OP,
+                "indptr",
+                format!("to start at 0 and end at indices.len() = {}", indices.len()),
+                format!("start {} end {}", indptr[0], indptr[nb]),
+            ));
+        }
+        for r in 0..nb {
+            let (s, e) = (indptr[r] as usize, indptr[r + 1] as usize);
+            if s > e {
+                return Err(Error::invalid(
+                    OP,
+                    format!("indptr[{}]", r + 1),
+                    format!("non-decreasing (>= {s})"),
+                    e.to_string(),
+                ));
+            }
+            let row = &indices[s..e];
+            for (j, &c) in row.iter().enumerate() {
+                if c as usize >= nb {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("indices[{}]", s + j),
+                        format!("a block column below num_blocks = {nb}"),
+                        c.to_string(),
+                    ));
+                }
+                if j > 0 && row[j - 1] >= c {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("indices[{}]", s + j),
+                        format!("strictly increasing columns within block row {r}"),
+                        format!("{} after {}", c, row[j - 1]),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            tokens,
+            block_size,
+            indptr,
+            indices,
+        })
+    }
+
+    /// The fully dense mask (every block on): plain attention.
+    pub fn dense(tokens: usize, block_size: usize) -> Result<Self> {
+        let nb = tokens.div_ceil(block_size.max(1));
+        let bitmap = vec![true; nb * nb];
+        Self::from_dense_bitmap(tokens, block_size, &bitmap)
+    }
+
+    /// Builds a mask from a row-major `num_blocks x num_blocks` bitmap.
+    pub fn from_dense_bitmap(tokens: usize, block_size: usize, bitmap: &[bool]) -> Result<Self> {
+        if block_size == 0 {
+            return Err(Error::invalid(OP, "block_size", "a positive block size", "0"));
+        }
+        let nb = tokens.div_ceil(block_size);
+        if bitmap.len() != nb * nb {
+            return Err(Error::invalid(
+                OP,
+                "bitmap",
+                format!("num_blocks^2 = {} entries", nb * nb),
+                format!("{} entries", bitmap.len()),
+            ));
+        }
+        let mut indptr = Vec::with_capacity(nb + 1);
+        let mut indices = Vec::new();
+        indptr.push(0u32);
+        for r in 0..nb {
+            for c in 0..nb {
+                if bitmap[r * nb + c] {
+                    indices.push(c as u32);
+                }
+            }
+            indptr.push(indices.len() as u32);
+        }
+        Self::from_bsr(tokens, block_size, indptr, indices)
+    }
+
+    /// Tokens covered (queries and keys).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Block edge in tokens.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Blocks per side: `ceil(tokens / block_size)`.
+    pub fn num_blocks(&self) -> usize {
+        self.indptr.len() - 1
+    }
+
+    /// The BSR row pointer, `num_blocks + 1` entries.
+    pub fn indptr(&self) -> &[u32] {
+        &self.indptr
+    }
+
+    /// The BSR column indices, `nnz` entries, sorted within each row.
+    pub fn indices(&self) -> &[u32] {
+        &self.indices
+    }
+
+    /// The key blocks of block row `r`.
+    pub fn row(&self, r: usize) -> &[u32] {
+        &self.indices[self.indptr[r] as usize..self.indptr[r + 1] as usize]
+    }
+
+    /// Number of blocks that are on.
+    pub fn nnz(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Fraction of the `num_blocks^2` grid that is on.
+    pub fn density(&self) -> f64 {
+        let nb = self.num_blocks() as f64;
+        self.nnz() as f64 / (nb * nb)
+    }
+
+    /// Whether block (r, c) is on.
+    pub fn contains(&self, r: usize, c: usize) -> bool {
+        self.row(r).binary_search(&(c as u32)).is_ok()
+    }
+
+    /// The row-major `num_blocks x num_blocks` bitmap.
+    pub fn to_dense_bitmap(&self) -> Vec<bool> {
+        let nb = self.num_blocks();
+        let mut out = vec![false; nb * nb];
+        for r in 0..nb {
+            for &c in self.row(r) {
+                out[r * nb + c as usize] = true;
+            }
+        }
+        out
+    }
+
+    /// The token-level mask, row-major `tokens x tokens` (query row, key column): true where
+    /// the query may attend the key.
+    pub fn to_token_mask(&self) -> Vec<bool> {
+        let (n, b) = (self.tokens, self.block_size);
+        let mut out = vec![false; n * n];
+        for q in 0..n {
+            for &c in self.row(q / b) {
+                let k0 = c as usize * b;
+                out[q * n + k0..q * n + (k0 + b).min(n)].fill(true);
+            }
+        }
+        out
+    }
+}
+
+/// The parameters of the radial attention mask (FACTS.md §1; Radial Attention, 2025).
+///
+/// Tokens are frame-major: `frames * tokens_per_frame` video tokens, then `extra_tokens` (text)
+/// that attend and are attended densely.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RadialMaskConfig {
+    /// Number of (latent) frames F, at least 1.
+    pub frames: usize,
+    /// Tokens per frame T, at least 1.
+    pub tokens_per_frame: usize,
+    /// Extra dense tokens E after the video tokens (e.g. text), possibly 0.
+    pub extra_tokens: usize,
+    /// Block size B: 64 or 128.
+    pub block_size: usize,
+    /// Decay factor δ > 0 (finite): window width multiplier for distant frames.
+    pub decay: f64,
+    /// Whether frame 0 is an attention sink (every query frame attends all of key frame 0).
+    pub sink: bool,
+}
+
+impl RadialMaskConfig {
+    /// Total tokens S = F·T + E.
+    pub fn tokens(&self) -> usize {
+        self.frames * self.tokens_per_frame + self.extra_tokens
+    }
+
+    /// Video tokens V = F·T.
+    pub fn video_tokens(&self) -> usize {
+        self.frames * self.tokens_per_frame
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "radial_mask";
+        if self.frames == 0 {
+            return Err(Error::invalid(OP, "frames", "at least 1", "0"));
+        }
+        if self.tokens_per_frame == 0 {
+            return Err(Error::invalid(OP, "tokens_per_frame", "at least 1", "0"));
+        }
+        if self.block_size != 64 && self.block_size != 128 {
+            return Err(Error::invalid(
+                OP,
+                "block_size",
+                "64 or 128",
+                self.block_size.to_string(),
+            ));
+        }
+        if !(self.decay.is_finite() && self.decay > 0.0) {
+            return Err(Error::invalid(
+                OP,
+                "decay",
+                "a finite number > 0",
+                self.decay.to_string(),
+            ));
+        }
+        if self
+            .frames
+            .checked_mul(self.tokens_per_frame)
+            .and_then(|v| v.checked_add(self.extra_tokens))
+            .is_none_or(|s| s > u32::MAX as usize / 2)
+        {
+            return Err(Error::invalid(
+                OP,
+                "frames * tokens_per_frame + extra_tokens",
+                "at most 2^31 tokens",
+                "an overflowing count",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the mask: see [`crate::radial::build_radial_mask`].
+    pub fn build(&self) -> Result<BlockMask> {
+        crate::radial::build_radial_mask(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bsr_round_trip_and_errors() {
+        let bitmap = [true, false, true, true, true, false, false, false, true];
+        let m = BlockMask::from_dense_bitmap(5, 2, &bitmap).unwrap();
+        assert_eq!(m.num_blocks(), 3);
+        assert_eq!(m.indptr(), &[0, 2, 4, 5]);
+        assert_eq!(m.indices(), &[0, 2, 0, 1, 2]);
+        assert_eq!(m.to_dense_bitmap(), bitmap);
+        assert!((m.density() - 5.0 / 9.0).abs() < 1e-12);
+        let tm = m.to_token_mask();
+        // Query 4 (block 2) sees only key 4 (block 2 is partial).
+        assert_eq!(&tm[20..25], &[false, false, false, false, true]);
+        let e = BlockMask::from_bsr(5, 2, vec![0, 1, 1, 2], vec![0, 3]).unwrap_err();
+        assert_eq!(e.argument(), Some("indices[1]"));
+        let e = BlockMask::from_bsr(5, 2, vec![0, 2, 2, 2], vec![1, 0]).unwrap_err();
+        assert_eq!(e.argument(), Some("indices[1]"));
+        let e = BlockMask::from_bsr(5, 2, vec![0, 1], vec![0]).unwrap_err();
+        assert_eq!(e.argument(), Some("indptr"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Block-sparse (radial) attention.
+
+use super::{check_len, check_scale};
+use crate::error::{Error, Result};
+use crate::mask::BlockMask;
+use crate::tensor::{DType, TensorRef};
+
+const OP: &str = "sparse_attention";
+
+/// Head dimensions every backend supports.
+pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// Block-sparse attention forward: for each batch and head,
+/// `o = softmax(scale · q kᵀ + M) v`, where `M` is 0 on the blocks the [`BlockMask`] has on and
+/// -inf elsewhere (padded keys of a partial last block are always -inf).
+///
+/// Layouts (row-major):
+/// - `q`, `k`, `v`, `o`: `[batch, tokens, heads, head_dim]`, all of [`Self::dtype`]
+///   (f16 or bf16);
+/// - `lse`: f32 `[batch, heads, tokens]`, natural-log log-sum-exp of the scaled scores of each
+///   query row over the keys it attends.
+///
+/// Every block row of the mask must have at least one block (otherwise the row's softmax is
+/// empty; validation rejects such masks).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseAttention {
+    /// Batch size, at least 1.
+    pub batch: usize,
+    /// Tokens per sequence (queries = keys), equal to the mask's `tokens`.
+    pub tokens: usize,
+    /// Heads (the mask is shared by all), at least 1.
+    pub heads: usize,
+    /// Head dimension, one of [`SUPPORTED_HEAD_DIMS`].
+    pub head_dim: usize,
+    /// Element type of q, k, v and o: f16 or bf16.
+    pub dtype: DType,
+    /// Softmax scale, finite and > 0 (usually `head_dim^-0.5`).
+    pub softmax_scale: f32,
+}
+
+impl SparseAttention {
+    /// A descriptor with the usual scale `head_dim^-0.5`.
+    pub fn new(batch: usize, tokens: usize, heads: usize, head_dim: usize, dtype: DType) -> Self {
+        Self {
+            batch,
+            tokens,
+            heads,
+            head_dim,
+            dtype,
+            softmax_scale: (head_dim as f32).powf(-0.5),
+        }
+    }
+
+    /// Elements of q, k, v and o: `batch * tokens * heads * head_dim`.
+    pub fn qkv_len(&self) -> usize {
+        self.batch * self.tokens * self.heads * self.head_dim
+    }
+
+    /// Elements of lse: `batch * heads * tokens`.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.tokens
+    }
+
+    /// Floating-point operations of the masked computation (2 matmuls, multiply-add = 2),
+    /// counting every on block in full.
+    pub fn flops(&self, mask: &BlockMask) -> f64 {
+        let b = mask.block_size() as f64;
+        4.0 * self.batch as f64 * self.heads as f64 * mask.nnz() as f64 * b * b * self.head_dim as f64
+    }
+
+    /// Checks the descriptor and the mask.
+    pub fn validate(&self, mask: &BlockMask) -> Result<()> {
+        for (arg, v) in [("batch", self.batch), ("tokens", self.tokens), ("heads", self.heads)] {
+            if v == 0 {
+                return Err(Error::invalid(OP, arg, "at least 1", "0"));
+            }
+        }
+        if !SUPPORTED_HEAD_DIMS.contains(&self.head_dim) {
+            return Err(Error::invalid(
+                OP,
+                "head_dim",
+                format!("one of {SUPPORTED_HEAD_DIMS:?}"),
+                self.head_dim.to_string(),
+            ));
+        }
+        if !matches!(self.dtype, DType::F16 | DType::BF16) {
+            return Err(Error::invalid(OP, "dtype", "f16 or bf16", self.dtype.name()));
+        }
+        check_scale(OP, self.softmax_scale)?;
+        if mask.tokens() != self.tokens {
+            return Err(Error::invalid(
+                OP,
+                "mask",
+                format!("a mask over tokens = {}", self.tokens),
+                format!("a mask over {} tokens", mask.tokens()),
+            ));
+        }
+        if let Some(r) = (0..mask.num_blocks()).find(|&r| mask.row(r).is_empty()) {
+            return Err(Error::invalid(
+                OP,
+                format!("mask block row {r}"),
+                "at least one key block per block row",
+                "an empty row",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the descriptor, the mask and the host tensors.
+    pub fn validate_args(
+        &self,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+    ) -> Result<()> {
+        self.validate(mask)?;
+        let shape = format!(
+            "[batch {}, tokens {}, heads {}, head_dim {}]",
+            self.batch, self.tokens, self.heads, self.head_dim
+        );
+        for (arg, t) in [("q", q), ("k", k), ("v", v)] {
+            if t.dtype() != self.dtype {
+                return Err(Error::invalid(OP, arg, format!("dtype {}", self.dtype), t.dtype().name()));
+            }
+            check_len(OP, arg, &shape, self.qkv_len(), t.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Output of [`SparseAttention`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionOutput {
+    /// `[batch, tokens, heads, head_dim]` in the op's dtype.
+    pub o: crate::tensor::Tensor,
+    /// f32 `[batch, heads, tokens]`, natural log.
+    pub lse: Vec<f32>,
+}

@@ -1,0 +1,408 @@
+//! MLA (multi-head latent attention): the paged latent cache, appending to it, and absorbed
+//! decode attention over it.
+
+use super::{check_len, check_scale};
+use crate::error::{Error, Result};
+use crate::fp8::E4M3;
+use half::bf16;
+
+/// How one token is stored in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum MlaCacheFormat {
+    /// `[latent bf16 | rope bf16]`: `2 * (latent + rope)` bytes (1152 for DeepSeek-V3).
+    #[default]
+    Bf16,
+    /// DeepSeek-V3.2's FP8 layout: `[latent e4m3 | latent/128 f32 scales | rope bf16]`
+    /// (656 bytes for DeepSeek-V3). Each scale is [`mla_fp8_scale`] of its 128 values.
+    Fp8,
+}
+
+/// The shape of a paged MLA cache: pages of `page_size` token records, each holding the
+/// normalized latent `c_KV` (`latent_dim`) and the RoPE'd shared key `k_pe` (`rope_dim`).
+///
+/// Memory: `[num_pages, page_size, token_bytes]` bytes; token slot `s` is
+/// page `s / page_size`, row `s % page_size`. Little-endian throughout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaCacheLayout {
+    /// Tokens per page (FlashMLA's native size is 64), 1..=1024.
+    pub page_size: usize,
+    /// Latent width d_c: a multiple of 64 in 64..=1024 (of 128 for FP8). DeepSeek-V3: 512.
+    pub latent_dim: usize,
+    /// RoPE key width: a multiple of 16 in 0..=256. DeepSeek-V3: 64.
+    pub rope_dim: usize,
+    /// Storage format.
+    pub format: MlaCacheFormat,
+}
+
+impl Default for MlaCacheLayout {
+    /// DeepSeek-V3: pages of 64, latent 512, rope 64, bf16.
+    fn default() -> Self {
+        Self {
+            page_size: 64,
+            latent_dim: 512,
+            rope_dim: 64,
+            format: MlaCacheFormat::Bf16,
+        }
+    }
+}
+
+impl MlaCacheLayout {
+    /// Width of a query / key row: `latent_dim + rope_dim` (576 for DeepSeek-V3).
+    pub fn qk_dim(&self) -> usize {
+        self.latent_dim + self.rope_dim
+    }
+
+    /// Bytes per token record.
+    pub fn token_bytes(&self) -> usize {
+        match self.format {
+            MlaCacheFormat::Bf16 => 2 * self.qk_dim(),
+            MlaCacheFormat::Fp8 => self.latent_dim + 4 * self.fp8_groups() + 2 * self.rope_dim,
+        }
+    }
+
+    /// Number of FP8 scale groups of 128 in the latent.
+    pub fn fp8_groups(&self) -> usize {
+        self.latent_dim / 128
+    }
+
+    /// Byte offset of the rope part in a token record.
+    pub fn rope_offset(&self) -> usize {
+        match self.format {
+            MlaCacheFormat::Bf16 => 2 * self.latent_dim,
+            MlaCacheFormat::Fp8 => self.latent_dim + 4 * self.fp8_groups(),
+        }
+    }
+
+    /// Bytes per page.
+    pub fn page_bytes(&self) -> usize {
+        self.page_size * self.token_bytes()
+    }
+
+    /// Checks the layout.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "mla_cache_layout";
+        if !(1..=1024).contains(&self.page_size) {
+            return Err(Error::invalid(OP, "page_size", "1..=1024", self.page_size.to_string()));
+        }
+        let align = match self.format {
+            MlaCacheFormat::Bf16 => 64,
+            MlaCacheFormat::Fp8 => 128,
+        };
+        if self.latent_dim == 0 || self.latent_dim > 1024 || self.latent_dim % align != 0 {
+            return Err(Error::invalid(
+                OP,
+                "latent_dim",
+                format!("a multiple of {align} in {align}..=1024 for the {:?} format", self.format),
+                self.latent_dim.to_string(),
+            ));
+        }
+        if self.rope_dim > 256 || self.rope_dim % 16 != 0 {
+            return Err(Error::invalid(
+                OP,
+                "rope_dim",
+                "a multiple of 16 in 0..=256",
+                self.rope_dim.to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The FP8 cache's scale for a group of 128 latent values with absolute maximum `amax`:
+/// `amax / 448` (f32), at least `2^-126`, rounded up to a power of two. Values are stored as
+/// `E4M3::from_f32(x / scale)` (exact division by a power of two, then rounding).
+pub fn mla_fp8_scale(amax: f32) -> f32 {
+    super::fp8::round_up_pow2((amax / E4M3::MAX).max(f32::MIN_POSITIVE))
+}
+
+/// A paged MLA cache in host memory, `[num_pages, page_size, token_bytes]` bytes
+/// (see [`MlaCacheLayout`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaCache {
+    layout: MlaCacheLayout,
+    num_pages: usize,
+    bytes: Vec<u8>,
+}
+
+impl MlaCache {
+    /// A zero-filled cache of `num_pages` pages.
+    pub fn new(layout: MlaCacheLayout, num_pages: usize) -> Result<Self> {
+        layout.validate()?;
+        if num_pages == 0 || num_pages > i32::MAX as usize / layout.page_size {
+            return Err(Error::invalid(
+                "mla_cache",
+                "num_pages",
+                format!("1..={}", i32::MAX as usize / layout.page_size),
+                num_pages.to_string(),
+            ));
+        }
+        Ok(Self {
+            layout,
+            num_pages,
+            bytes: vec![0; num_pages * layout.page_bytes()],
+        })
+    }
+
+    /// Wraps existing bytes, which must be `num_pages * page_bytes` long.
+    pub fn from_bytes(layout: MlaCacheLayout, num_pages: usize, bytes: Vec<u8>) -> Result<Self> {
+        let mut cache = Self::new(layout, num_pages)?;
+        if bytes.len() != cache.bytes.len() {
+            return Err(Error::invalid(
+                "mla_cache",
+                "bytes",
+                format!("{} bytes ([{num_pages}, {}, {}])", cache.bytes.len(), layout.page_size, layout.token_bytes()),
+                format!("{} bytes", bytes.len()),
+            ));
+        }
+        cache.bytes = bytes;
+        Ok(cache)
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &MlaCacheLayout {
+        &self.layout
+    }
+
+    /// Pages.
+    pub fn num_pages(&self) -> usize {
+        self.num_pages
+    }
+
+    /// Token slots: `num_pages * page_size`.
+    pub fn num_slots(&self) -> usize {
+        self.num_pages * self.layout.page_size
+    }
+
+    /// All bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// All bytes, mutable (what a device backend downloads into).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    /// The record of token slot `slot`. Panics if `slot >= num_slots()`.
+    pub fn token_record(&self, slot: usize) -> &[u8] {
+        let tb = self.layout.token_bytes();
+        &self.bytes[slot * tb..(slot + 1) * tb]
+    }
+
+    /// The record of token slot `slot`, mutable. Panics if `slot >= num_slots()`.
+    pub fn token_record_mut(&mut self, slot: usize) -> &mut [u8] {
+        let tb = self.layout.token_bytes();
+        &mut self.bytes[slot * tb..(slot + 1) * tb]
+    }
+
+    /// Fills every slot with NaN (bf16 NaN, E4M3 NaN and NaN scales), as tests do for slots
+    /// that must never be read.
+    pub fn fill_nan(&mut self) {
+        let layout = self.layout;
+        for slot in 0..self.num_slots() {
+            let rec = self.token_record_mut(slot);
+            match layout.format {
+                MlaCacheFormat::Bf16 => {
+                    for c in rec.chunks_exact_mut(2) {
+                        c.copy_from_slice(&bf16::NAN.to_bits().to_le_bytes());
+                    }
+                }
+                MlaCacheFormat::Fp8 => {
+                    let (lat, rest) = rec.split_at_mut(layout.latent_dim);
+                    lat.fill(E4M3::NAN.to_bits());
+                    let (scales, rope) = rest.split_at_mut(4 * layout.fp8_groups());
+                    for c in scales.chunks_exact_mut(4) {
+                        c.copy_from_slice(&f32::NAN.to_le_bytes());
+                    }
+                    for c in rope.chunks_exact_mut(2) {
+                        c.copy_from_slice(&bf16::NAN.to_bits().to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes slot `slot` to f32: `(latent, rope)`, the FP8 latent multiplied by its scales.
+    pub fn read_token(&self, slot: usize) -> (Vec<f32>, Vec<f32>) {
+        let l = self.layout;
+        let rec = self.token_record(slot);
+        let bf = |b: &[u8]| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        let rope = rec[l.rope_offset()..].chunks_exact(2).map(bf).collect();
+        let latent = match l.format {
+            MlaCacheFormat::Bf16 => rec[..2 * l.latent_dim].chunks_exact(2).map(bf).collect(),
+            MlaCacheFormat::Fp8 => {
+                let scales: Vec<f32> = rec[l.latent_dim..l.rope_offset()]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                rec[..l.latent_dim]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &q)| E4M3(q).to_f32() * scales[i / 128])
+                    .collect()
+            }
+        };
+        (latent, rope)
+    }
+}
+
+/// Appends tokens to a paged MLA cache (vLLM's slot mapping).
+///
+/// Layouts: `latent` bf16 `[tokens, latent_dim]`, `rope` bf16 `[tokens, rope_dim]`,
+/// `slots` i32 `[tokens]`: token `t` is written to slot `slots[t]` (page `slot / page_size`,
+/// row `slot % page_size`); a negative slot skips the token (padding). Slots must be distinct.
+/// For the FP8 format the latent is quantized per 128 values with [`mla_fp8_scale`];
+/// the rope part is copied as bf16 in both formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaAppend {
+    /// Tokens to write (may be 0).
+    pub tokens: usize,
+}
+
+impl MlaAppend {
+    /// Checks the arguments against the cache.
+    pub fn validate_args(&self, cache: &MlaCache, latent: &[bf16], rope: &[bf16], slots: &[i32]) -> Result<()> {
+        const OP: &str = "mla_append";
+        let l = cache.layout();
+        check_len(OP, "latent", &format!("[tokens {}, latent_dim {}]", self.tokens, l.latent_dim), self.tokens * l.latent_dim, latent.len())?;
+        check_len(OP, "rope", &format!("[tokens {}, rope_dim {}]", self.tokens, l.rope_dim), self.tokens * l.rope_dim, rope.len())?;
+        check_len(OP, "slots", &format!("[tokens {}]", self.tokens), self.tokens, slots.len())?;
+        let mut seen = std::collections::HashMap::new();
+        for (t, &s) in slots.iter().enumerate() {
+            if s < 0 {
+                continue;
+            }
+            if s as usize >= cache.num_slots() {
+                return Err(Error::invalid(
+                    OP,
+                    format!("slots[{t}]"),
+                    format!("a slot in 0..{} (or negative to skip)", cache.num_slots()),
+                    s.to_string(),
+                ));
+            }
+            if let Some(first) = seen.insert(s, t) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("slots[{t}]"),
+                    format!("distinct slots (slot {s} is already written by token {first})"),
+                    s.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Absorbed MLA decode: multi-query attention of `heads` query heads over one latent KV head
+/// read from the paged cache.
+///
+/// For request `b`, query position `i` (of `s_q`) and head `h`, with `len = seq_lens[b]`, the
+/// query sees the keys `0 .. len - (s_q - 1 - i)` (bottom-right causal alignment); key `j` is
+/// slot `block_table[b][j / page_size] * page_size + j % page_size`, its key is
+/// `[latent | rope]` and its value is `latent`.
+/// `o = softmax(softmax_scale · q·key) · value`.
+///
+/// Layouts: `q` bf16 `[batch, s_q, heads, latent_dim + rope_dim]` (the absorbed
+/// `[W_UKᵀ q_nope | q_pe]`); `block_table` i32 `[batch, max_pages]`; `seq_lens` i32 `[batch]`;
+/// output `o` bf16 `[batch, s_q, heads, latent_dim]`; `lse` f32 `[batch, heads, s_q]` (natural
+/// log). A query that sees no key (zero-length sequence, or `len < s_q - i`) gets `o = 0` and
+/// `lse = -inf`.
+///
+/// Only the block-table entries covering `0 .. len` are read (and checked); the rest may hold
+/// anything (e.g. -1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaDecode {
+    /// Requests, at least 1.
+    pub batch: usize,
+    /// Query tokens per request (1 for plain decode, more for speculative decode): 1..=128.
+    pub s_q: usize,
+    /// Query heads h_q: 1..=128.
+    pub heads: usize,
+    /// Columns of the block table, at least 1.
+    pub max_pages: usize,
+    /// Softmax scale (DeepSeek-V3: 192^-0.5, times YaRN's mscale² for long contexts).
+    pub softmax_scale: f32,
+    /// The cache layout (must equal the cache's).
+    pub layout: MlaCacheLayout,
+}
+
+impl MlaDecode {
+    /// Elements of q.
+    pub fn q_len(&self) -> usize {
+        self.batch * self.s_q * self.heads * self.layout.qk_dim()
+    }
+
+    /// Elements of o.
+    pub fn o_len(&self) -> usize {
+        self.batch * self.s_q * self.heads * self.layout.latent_dim
+    }
+
+    /// Elements of lse.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.s_q
+    }
+
+    /// Checks the descriptor and the host arguments against the cache.
+    pub fn validate_args(&self, cache: &MlaCache, q: &[bf16], block_table: &[i32], seq_lens: &[i32]) -> Result<()> {
+        const OP: &str = "mla_decode";
+        self.layout.validate()?;
+        if *cache.layout() != self.layout {
+            return Err(Error::invalid(OP, "cache", format!("layout {:?}", self.layout), format!("layout {:?}", cache.layout())));
+        }
+        if self.batch == 0 {
+            return Err(Error::invalid(OP, "batch", "at least 1", "0"));
+        }
+        if !(1..=128).contains(&self.s_q) {
+            return Err(Error::invalid(OP, "s_q", "1..=128", self.s_q.to_string()));
+        }
+        if !(1..=128).contains(&self.heads) {
+            return Err(Error::invalid(OP, "heads", "1..=128", self.heads.to_string()));
+        }
+        if self.max_pages == 0 {
+            return Err(Error::invalid(OP, "max_pages", "at least 1", "0"));
+        }
+        check_scale(OP, self.softmax_scale)?;
+        let l = self.layout;
+        check_len(
+            OP,
+            "q",
+            &format!("[batch {}, s_q {}, heads {}, latent+rope {}]", self.batch, self.s_q, self.heads, l.qk_dim()),
+            self.q_len(),
+            q.len(),
+        )?;
+        check_len(OP, "block_table", &format!("[batch {}, max_pages {}]", self.batch, self.max_pages), self.batch * self.max_pages, block_table.len())?;
+        check_len(OP, "seq_lens", &format!("[batch {}]", self.batch), self.batch, seq_lens.len())?;
+        let capacity = self.max_pages * l.page_size;
+        for (b, &len) in seq_lens.iter().enumerate() {
+            if len < 0 || len as usize > capacity {
+                return Err(Error::invalid(
+                    OP,
+                    format!("seq_lens[{b}]"),
+                    format!("0..={capacity} (max_pages {} x page_size {})", self.max_pages, l.page_size),
+                    len.to_string(),
+                ));
+            }
+            for p in 0..(len as usize).div_ceil(l.page_size) {
+                let page = block_table[b * self.max_pages + p];
+                if page < 0 || page as usize >= cache.num_pages() {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("block_table[{b}][{p}]"),
+                        format!("a page in 0..{}", cache.num_pages()),
+                        page.to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Output of [`MlaDecode`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaDecodeOutput {
+    /// bf16 `[batch, s_q, heads, latent_dim]`.
+    pub o: Vec<bf16>,
+    /// f32 `[batch, heads, s_q]`, natural log; -inf where the query sees no key.
+    pub lse: Vec<f32>,
+}

@@ -1,0 +1,163 @@
+//! Finding a backend: `best available` (CUDA, then Vulkan, then CPU), or the one forced by
+//! `TESSERA_BACKEND=cpu|cuda|vulkan`.
+
+use crate::{Backend, BackendKind, CpuBackend, Error, Result};
+
+/// The environment variable that forces a backend.
+pub const BACKEND_ENV: &str = "TESSERA_BACKEND";
+
+/// Whether a backend can be used here, and what it found.
+#[derive(Clone, Debug)]
+pub struct BackendStatus {
+    /// The backend.
+    pub kind: BackendKind,
+    /// Whether it was compiled in (cargo feature).
+    pub compiled: bool,
+    /// Device names found (possibly even when the backend is unusable).
+    pub devices: Vec<String>,
+    /// Details of what was found (libraries, versions).
+    pub details: Vec<String>,
+    /// `Ok` if the backend opens; otherwise why not.
+    pub usable: std::result::Result<(), String>,
+}
+
+/// Opens the given backend, or explains why it is not available.
+pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu => Ok(Box::new(CpuBackend::new())),
+        BackendKind::Cuda => open_cuda(),
+        BackendKind::Vulkan => open_vulkan(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Box<dyn Backend>> {
+    Ok(Box::new(tessera_cuda::CudaBackend::new()?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Box<dyn Backend>> {
+    Err(Error::BackendUnavailable {
+        backend: BackendKind::Cuda,
+        reason: "tessera was built without the `cuda` feature".to_string(),
+    })
+}
+
+#[cfg(feature = "vulkan")]
+fn open_vulkan() -> Result<Box<dyn Backend>> {
+    Ok(Box::new(tessera_vulkan::VulkanBackend::new()?))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn open_vulkan() -> Result<Box<dyn Backend>> {
+    Err(Error::BackendUnavailable {
+        backend: BackendKind::Vulkan,
+        reason: "tessera was built without the `vulkan` feature".to_string(),
+    })
+}
+
+/// The backend forced by `TESSERA_BACKEND`, if the variable is set (and not empty).
+pub fn forced_backend() -> Result<Option<BackendKind>> {
+    match std::env::var(BACKEND_ENV) {
+        Ok(v) if !v.trim().is_empty() => BackendKind::parse(&v).map(Some).map_err(|_| {
+            Error::invalid(
+                "backend selection",
+                BACKEND_ENV,
+                "one of cpu, cuda, vulkan",
+                format!("{v:?}"),
+            )
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The backend to use: the one `TESSERA_BACKEND` names (an error if it is not available:
+/// never a silent fallback), else the first of CUDA, Vulkan and CPU that opens.
+pub fn best_available() -> Result<Box<dyn Backend>> {
+    if let Some(kind) = forced_backend()? {
+        return backend(kind);
+    }
+    for kind in BackendKind::PREFERENCE {
+        if let Ok(b) = backend(kind) {
+            return Ok(b);
+        }
+    }
+    Ok(Box::new(CpuBackend::new()))
+}
+
+/// What every backend finds on this machine (for `tessera info`).
+pub fn probe_all() -> Vec<BackendStatus> {
+    let mut out = vec![BackendStatus {
+        kind: BackendKind::Cpu,
+        compiled: true,
+        devices: vec!["pure-Rust reference".to_string()],
+        details: vec![],
+        usable: Ok(()),
+    }];
+    out.insert(0, probe_vulkan());
+    out.insert(0, probe_cuda());
+    out
+}
+
+#[cfg(feature = "cuda")]
+fn probe_cuda() -> BackendStatus {
+    let p = tessera_cuda::probe();
+    let mut details = Vec::new();
+    details.push(match &p.driver {
+        Ok(s) => format!("driver: {s}"),
+        Err(e) => format!("driver: {e}"),
+    });
+    details.push(match &p.nvrtc {
+        Ok(s) => format!("nvrtc: {s}"),
+        Err(e) => format!("nvrtc: {e}"),
+    });
+    BackendStatus {
+        kind: BackendKind::Cuda,
+        compiled: true,
+        devices: p.devices,
+        details,
+        usable: open_cuda().map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe_cuda() -> BackendStatus {
+    BackendStatus {
+        kind: BackendKind::Cuda,
+        compiled: false,
+        devices: vec![],
+        details: vec![],
+        usable: open_cuda().map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(feature = "vulkan")]
+fn probe_vulkan() -> BackendStatus {
+    let p = tessera_vulkan::probe();
+    let details = vec![match &p.loader {
+        Ok(s) => format!("loader: {s}"),
+        Err(e) => format!("loader: {e}"),
+    }];
+    BackendStatus {
+        kind: BackendKind::Vulkan,
+        compiled: true,
+        devices: p
+            .devices
+            .iter()
+            .map(|d| format!("{} ({}, Vulkan {})", d.name, d.kind, d.api_version))
+            .collect(),
+        details,
+        usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn probe_vulkan() -> BackendStatus {
+    BackendStatus {
+        kind: BackendKind::Vulkan,
+        compiled: false,
+        devices: vec![],
+        details: vec![],
+        usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
