@@ -1,1 +1,43 @@
-fn main() {}
+//! The `tessera` command: `info`, `check`, `mask`.
+
+mod check;
+mod info;
+mod mask;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Tessera: radial sparse attention, MLA paged cache and FP8 GEMM kernels on CUDA, Vulkan and
+/// the CPU reference.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the backends found on this machine, their devices, and why any is missing.
+    Info,
+    /// Run every op on a backend at small random shapes and compare with the reference.
+    Check(check::CheckArgs),
+    /// Build a radial attention mask and print its blocks, density and O(n log n) comparison.
+    Mask(mask::MaskArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info => info::run(),
+        Command::Check(args) => check::run(&args),
+        Command::Mask(args) => mask::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
