@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod discovery;
 
 pub use discovery::{backend, best_available, forced_backend, probe_all, BackendStatus, BACKEND_ENV};

@@ -15,14 +15,14 @@ pub struct CudaProbe {
     pub devices: Vec<String>,
 }
 
-const DRIVER_NAMES: &[&str] = &["libcuda.so.1", "libcuda.so", "nvcuda.dll"];
-const NVRTC_NAMES: &[&str] = &[
-    "libnvrtc.so.13",
-    "libnvrtc.so.12",
-    "libnvrtc.so",
-    "nvrtc64_130_0.dll",
-    "nvrtc64_120_0.dll",
-];
+#[cfg(not(windows))]
+const DRIVER_NAMES: &[&str] = &["libcuda.so.1", "libcuda.so"];
+#[cfg(windows)]
+const DRIVER_NAMES: &[&str] = &["nvcuda.dll"];
+#[cfg(not(windows))]
+const NVRTC_NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+#[cfg(windows)]
+const NVRTC_NAMES: &[&str] = &["nvrtc64_130_0.dll", "nvrtc64_120_0.dll"];
 
 /// Candidate NVRTC paths: `TESSERA_NVRTC` (a file) first, then the plain library names.
 fn nvrtc_candidates() -> Vec<String> {
@@ -31,17 +31,16 @@ fn nvrtc_candidates() -> Vec<String> {
     v
 }
 
+/// Loads the first library of `names` that loads; otherwise says which were tried.
 fn open_first(names: &[String]) -> Result<(Library, String), String> {
-    let mut errors = Vec::new();
     for name in names {
         // SAFETY: loading a shared library runs its initialisers; the CUDA driver and NVRTC are
         // designed to be loaded this way (it is how the CUDA runtime itself finds the driver).
-        match unsafe { Library::new(name) } {
-            Ok(lib) => return Ok((lib, name.clone())),
-            Err(e) => errors.push(format!("{name}: {e}")),
+        if let Ok(lib) = unsafe { Library::new(name) } {
+            return Ok((lib, name.clone()));
         }
     }
-    Err(errors.join("; "))
+    Err(format!("could not load {}", names.join(" or ")))
 }
 
 type CuInit = unsafe extern "C" fn(flags: u32) -> c_int;
@@ -94,7 +93,10 @@ fn query_driver(lib: &Library) -> Result<(i32, Vec<String>), String> {
 pub fn probe() -> CudaProbe {
     let driver_names: Vec<String> = DRIVER_NAMES.iter().map(|s| s.to_string()).collect();
     let (driver, devices) = match open_first(&driver_names) {
-        Err(e) => (Err(format!("no CUDA driver ({e})")), Vec::new()),
+        Err(e) => (
+            Err(format!("no CUDA driver: {e} (is the NVIDIA driver installed?)")),
+            Vec::new(),
+        ),
         Ok((lib, name)) => match query_driver(&lib) {
             Ok((v, names)) => (
                 Ok(format!("{name}, driver API {}.{}", v / 1000, (v % 1000) / 10)),
@@ -105,7 +107,9 @@ pub fn probe() -> CudaProbe {
     };
     let nvrtc = match open_first(&nvrtc_candidates()) {
         Ok((_, name)) => Ok(name),
-        Err(e) => Err(format!("no NVRTC ({e}); set TESSERA_NVRTC to the library's path")),
+        Err(e) => Err(format!(
+            "no NVRTC: {e} (install CUDA's NVRTC, e.g. `pip install nvidia-cuda-nvrtc`, and set TESSERA_NVRTC to the library's path)"
+        )),
     };
     CudaProbe {
         driver,

@@ -41,7 +41,9 @@ pub fn probe() -> VulkanProbe {
         Ok(e) => e,
         Err(e) => {
             return VulkanProbe {
-                loader: Err(format!("no Vulkan loader ({e}); install libvulkan1")),
+                loader: Err(format!(
+                    "no Vulkan loader ({e}): install it (Debian: libvulkan1) and a driver"
+                )),
                 devices: Vec::new(),
             }
         }
