@@ -1,4 +1,9 @@
 //! Dense and block-sparse attention in f64.
+//!
+//! Everything here is built on [`attend`], the softmax attention of one query over an explicit
+//! list of (key, value) pairs: a numerically stable two-pass softmax (subtract the largest score,
+//! exponentiate, normalize) accumulated in f64. The functions over whole tensors only decide
+//! *which* keys each query sees.
 
 use tessera_core::BlockMask;
 
@@ -18,6 +23,47 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+impl AttentionShape {
+    /// Elements of q and o: `batch * q_tokens * heads * head_dim`.
+    pub fn q_len(&self) -> usize {
+        self.batch * self.q_tokens * self.heads * self.head_dim
+    }
+
+    /// Elements of k and v: `batch * kv_tokens * heads * head_dim`.
+    pub fn kv_len(&self) -> usize {
+        self.batch * self.kv_tokens * self.heads * self.head_dim
+    }
+
+    /// Elements of lse: `batch * heads * q_tokens`.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.q_tokens
+    }
+
+    /// Offset of the `head_dim` elements of query `token` of head `head` in batch `batch` in q
+    /// (and o), layout `[batch, q_tokens, heads, head_dim]`.
+    pub fn q_offset(&self, batch: usize, token: usize, head: usize) -> usize {
+        ((batch * self.q_tokens + token) * self.heads + head) * self.head_dim
+    }
+
+    /// Offset of the `head_dim` elements of key / value `token` of head `head` in batch `batch`
+    /// in k and v, layout `[batch, kv_tokens, heads, head_dim]`.
+    pub fn kv_offset(&self, batch: usize, token: usize, head: usize) -> usize {
+        ((batch * self.kv_tokens + token) * self.heads + head) * self.head_dim
+    }
+
+    /// Index of the log-sum-exp of query `token` of head `head` in batch `batch`, layout
+    /// `[batch, heads, q_tokens]`.
+    pub fn lse_index(&self, batch: usize, head: usize, token: usize) -> usize {
+        (batch * self.heads + head) * self.q_tokens + token
+    }
+
+    fn check_inputs(&self, q: &[f64], k: &[f64], v: &[f64]) {
+        assert_eq!(q.len(), self.q_len(), "q must be [batch, q_tokens, heads, head_dim]");
+        assert_eq!(k.len(), self.kv_len(), "k must be [batch, kv_tokens, heads, head_dim]");
+        assert_eq!(v.len(), self.kv_len(), "v must be [batch, kv_tokens, heads, head_dim]");
+    }
+}
+
 /// Output of the reference attention: `o` like q, `lse` `[batch, heads, q_tokens]` natural log.
 /// A query row that may attend no key has `o = 0` and `lse = -inf`.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,8 +74,110 @@ pub struct AttentionResult {
     pub lse: Vec<f64>,
 }
 
+/// The attention of one query: its output row and the log-sum-exp of its scaled scores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttendedRow {
+    /// `softmax(scores) · values`, `value_dim` elements; all zero when there is no key.
+    pub o: Vec<f64>,
+    /// `ln Σ_j exp(score_j)` (natural log); -inf when there is no key.
+    pub lse: f64,
+}
+
+/// Softmax attention of one query over an explicit list of `(key, value)` pairs:
+/// `score_j = scale · query·key_j`, `o = Σ_j softmax(score)_j · value_j`,
+/// `lse = ln Σ_j exp(score_j)`.
+///
+/// Every key has `query.len()` elements and every value `value_dim` elements. The softmax is
+/// computed stably in f64: `m = max_j score_j`, `p_j = exp(score_j - m)`,
+/// `o = Σ p_j value_j / Σ p_j`, `lse = m + ln Σ p_j`. With no pairs, `o = 0` and `lse = -inf`.
+/// A NaN anywhere in the inputs makes `o` and `lse` NaN.
+pub fn attend(
+    query: &[f64],
+    keys_values: &[(&[f64], &[f64])],
+    value_dim: usize,
+    scale: f64,
+) -> AttendedRow {
+    let mut o = vec![0.0; value_dim];
+    if keys_values.is_empty() {
+        return AttendedRow {
+            o,
+            lse: f64::NEG_INFINITY,
+        };
+    }
+    let scores: Vec<f64> = keys_values
+        .iter()
+        .map(|(key, _)| scale * dot(query, key))
+        .collect();
+    let max_score = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for ((_, value), score) in keys_values.iter().zip(&scores) {
+        assert_eq!(value.len(), value_dim, "every value must have value_dim elements");
+        let p = (score - max_score).exp();
+        sum += p;
+        for (acc, x) in o.iter_mut().zip(value.iter()) {
+            *acc += p * x;
+        }
+    }
+    for acc in &mut o {
+        *acc /= sum;
+    }
+    AttendedRow {
+        o,
+        lse: max_score + sum.ln(),
+    }
+}
+
+/// `Σ_i a[i]·b[i]` in f64. Panics if the lengths differ.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Runs [`attend`] for every batch, head and query, with the keys `keys_of(query_token)`
+/// (ascending key token indices), and assembles the tensors.
+fn attention_over_keys(
+    shape: AttentionShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    scale: f64,
+    keys_of: impl Fn(usize) -> Vec<usize>,
+) -> AttentionResult {
+    shape.check_inputs(q, k, v);
+    let d = shape.head_dim;
+    let mut o = vec![0.0; shape.q_len()];
+    let mut lse = vec![0.0; shape.lse_len()];
+    for i in 0..shape.q_tokens {
+        let keys = keys_of(i);
+        for b in 0..shape.batch {
+            for h in 0..shape.heads {
+                let qo = shape.q_offset(b, i, h);
+                let pairs: Vec<(&[f64], &[f64])> = keys
+                    .iter()
+                    .map(|&j| {
+                        let kvo = shape.kv_offset(b, j, h);
+                        (&k[kvo..kvo + d], &v[kvo..kvo + d])
+                    })
+                    .collect();
+                let row = attend(&q[qo..qo + d], &pairs, d, scale);
+                o[qo..qo + d].copy_from_slice(&row.o);
+                lse[shape.lse_index(b, h, i)] = row.lse;
+            }
+        }
+    }
+    AttentionResult { o, lse }
+}
+
 /// Dense attention `softmax(scale · q kᵀ) v` with an optional token mask, row-major
 /// `[q_tokens, kv_tokens]` (true = may attend), shared by every batch and head.
+///
+/// Layouts (row-major): q `[batch, q_tokens, heads, head_dim]`, k and v
+/// `[batch, kv_tokens, heads, head_dim]`; output o `[batch, q_tokens, heads, head_dim]` and lse
+/// `[batch, heads, q_tokens]` (natural log). A query with no allowed key (or `kv_tokens = 0`)
+/// gets `o = 0` and `lse = -inf`.
+///
+/// # Panics
+/// If a slice's length does not match `shape`.
 pub fn dense_attention(
     shape: AttentionShape,
     q: &[f64],
@@ -38,13 +186,31 @@ pub fn dense_attention(
     scale: f64,
     token_mask: Option<&[bool]>,
 ) -> AttentionResult {
-    let _ = (shape, q, k, v, scale, token_mask);
-    todo!()
+    if let Some(mask) = token_mask {
+        assert_eq!(
+            mask.len(),
+            shape.q_tokens * shape.kv_tokens,
+            "token_mask must be [q_tokens, kv_tokens]"
+        );
+    }
+    let allowed = |i: usize, j: usize| token_mask.is_none_or(|m| m[i * shape.kv_tokens + j]);
+    attention_over_keys(shape, q, k, v, scale, |i| {
+        (0..shape.kv_tokens).filter(|&j| allowed(i, j)).collect()
+    })
 }
 
 /// Block-sparse attention: queries of block row r attend only the keys of the blocks
 /// `mask.row(r)`, skipping the padded keys of a partial last block. Requires
 /// `q_tokens == kv_tokens == mask.tokens()`.
+///
+/// Layouts as [`dense_attention`]: q, k, v and o `[batch, tokens, heads, head_dim]`, lse
+/// `[batch, heads, tokens]` (natural log). The key set is enumerated block by block from the BSR
+/// arrays (never through the token-level mask), so comparing with
+/// `dense_attention(.., Some(&mask.to_token_mask()))` checks the block walk. A block row with no
+/// block gives `o = 0`, `lse = -inf`.
+///
+/// # Panics
+/// If the token counts differ from `mask.tokens()` or a slice's length does not match `shape`.
 pub fn block_sparse_attention(
     shape: AttentionShape,
     q: &[f64],
@@ -53,6 +219,62 @@ pub fn block_sparse_attention(
     scale: f64,
     mask: &BlockMask,
 ) -> AttentionResult {
-    let _ = (shape, q, k, v, scale, mask);
-    todo!()
+    assert_eq!(shape.q_tokens, mask.tokens(), "q_tokens must equal mask.tokens()");
+    assert_eq!(shape.kv_tokens, mask.tokens(), "kv_tokens must equal mask.tokens()");
+    let (tokens, block) = (mask.tokens(), mask.block_size());
+    attention_over_keys(shape, q, k, v, scale, |i| {
+        let block_row = i / block;
+        let mut keys = Vec::new();
+        for &block_col in mask.row(block_row) {
+            let first = block_col as usize * block;
+            let end = (first + block).min(tokens); // a partial last block has no padded keys
+            keys.extend(first..end);
+        }
+        keys
+    })
+}
+
+/// Merges two partial attention results over disjoint key sets of the same queries into the
+/// result over their union (as split-KV kernels do), by log-sum-exp:
+/// `lse = ln(e^{lse1} + e^{lse2})`, `o = (e^{lse1} o1 + e^{lse2} o2) / (e^{lse1} + e^{lse2})`.
+///
+/// Layouts: o `[batch, q_tokens, heads, head_dim]`, lse `[batch, heads, q_tokens]` as given by
+/// `shape` (whose `kv_tokens` is not used). Computed stably relative to `max(lse1, lse2)`; a
+/// side with `lse = -inf` (no key) contributes nothing, and when both are -inf the result is
+/// `o = 0`, `lse = -inf`.
+///
+/// # Panics
+/// If a length does not match `shape`.
+pub fn merge_attention(
+    shape: AttentionShape,
+    first: &AttentionResult,
+    second: &AttentionResult,
+) -> AttentionResult {
+    for part in [first, second] {
+        assert_eq!(part.o.len(), shape.q_len(), "o must be [batch, q_tokens, heads, head_dim]");
+        assert_eq!(part.lse.len(), shape.lse_len(), "lse must be [batch, heads, q_tokens]");
+    }
+    let d = shape.head_dim;
+    let mut o = vec![0.0; shape.q_len()];
+    let mut lse = vec![0.0; shape.lse_len()];
+    for b in 0..shape.batch {
+        for h in 0..shape.heads {
+            for i in 0..shape.q_tokens {
+                let li = shape.lse_index(b, h, i);
+                let (lse1, lse2) = (first.lse[li], second.lse[li]);
+                let m = lse1.max(lse2);
+                if m == f64::NEG_INFINITY {
+                    lse[li] = f64::NEG_INFINITY;
+                    continue; // o stays 0
+                }
+                let (w1, w2) = ((lse1 - m).exp(), (lse2 - m).exp());
+                lse[li] = m + (w1 + w2).ln();
+                let qo = shape.q_offset(b, i, h);
+                for e in qo..qo + d {
+                    o[e] = (w1 * first.o[e] + w2 * second.o[e]) / (w1 + w2);
+                }
+            }
+        }
+    }
+    AttentionResult { o, lse }
 }

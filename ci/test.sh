@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Tessera's test command: what CI runs (.ci/run calls it) and what a newcomer runs.
+# It installs what it needs, then checks formatting and lints, runs every test, and runs the
+# `tessera` command's quick check on the CPU backend.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+
+step "system packages"
+# lavapipe: a software Vulkan device, so the Vulkan backend is exercised without a GPU.
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "note: cannot install mesa-vulkan-drivers/libvulkan1 (not root or no apt-get); Vulkan tests will report skipped"
+  fi
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (all crates; skipped backends say so)"
+cargo test --workspace --locked -- --show-output 2>&1 | tee /tmp/tessera-test.log | grep -E '^(test result|running|skipped:|test .* FAILED|failures:|---- )' || true
+if grep -qE '^test result: FAILED|^error' /tmp/tessera-test.log || ! grep -q '^test result: ok' /tmp/tessera-test.log; then
+  cat /tmp/tessera-test.log
+  echo "tests failed"
+  exit 1
+fi
+passed=$(grep -oE '^test result: ok\. [0-9]+ passed' /tmp/tessera-test.log | awk '{s+=$4} END {print s}')
+skipped_lines=$(grep -c '^skipped:' /tmp/tessera-test.log || true)
+
+step "tessera info"
+cargo run --release --locked -q -p tessera-bench -- info
+
+step "tessera check --backend cpu --quick"
+cargo run --release --locked -q -p tessera-bench -- check --backend cpu --quick
+
+step "done"
+echo "backend suites skipped (no device): $skipped_lines"
+echo "tests: ${passed} passed, 0 failed"
