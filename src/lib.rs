@@ -37,3 +37,8 @@ pub use tessera_cuda as cuda;
 /// The Vulkan backend (feature `vulkan`).
 #[cfg(feature = "vulkan")]
 pub use tessera_vulkan as vulkan;
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

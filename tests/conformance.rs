@@ -164,6 +164,9 @@ fn invalid_arguments(kind: BackendKind) {
     expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat, &rope, &[0, 12]), "slots[1]");
     expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat, &rope, &[5, 5]), "slots[1]");
     expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat[1..], &rope, &[0, 1]), "latent");
+    let mut bad = lat.clone();
+    bad[130] = bf16::INFINITY;
+    expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &bad, &rope, &[0, 1]), "latent[1][2]");
     assert_eq!(cache, before, "a rejected append must not touch the cache");
 
     // MLA decode.

@@ -84,8 +84,12 @@ macro_rules! fp8_common {
             pub fn is_sign_negative(self) -> bool {
                 self.0 & 0x80 != 0
             }
-            /// This value with the sign flipped.
-            pub fn neg(self) -> Self {
+        }
+
+        impl std::ops::Neg for $name {
+            type Output = Self;
+            /// Flips the sign bit (NaN stays NaN).
+            fn neg(self) -> Self {
                 Self(self.0 ^ 0x80)
             }
         }

@@ -1,51 +1,102 @@
 //! Tessera's CUDA backend.
 //!
-//! The kernels come with their own issue; today this crate finds the CUDA driver and NVRTC at
-//! run time (nothing is linked at build time, so it builds on any machine) and reports what it
-//! found, so that `tessera info` can say why CUDA is or is not usable.
+//! The CUDA driver and NVRTC are loaded at run time (through `cudarc`), so the crate builds on any
+//! machine; [`probe`] says what is there before anything is loaded, so a missing library is an
+//! error, never a panic. Kernels are `.cu` files under `kernels/`, compiled by NVRTC for the
+//! device's exact architecture and cached (see [`compile`]).
+//!
+//! Two APIs: the [`tessera_core::Backend`] trait over host slices (copies in and out, for tests,
+//! the CLI and simple callers), and methods named `*_on` over caller-owned device buffers
+//! (`cudarc` views) on a caller's stream, with no copies and no synchronization.
 
 #![warn(missing_docs)]
 
+pub mod compile;
+pub mod kernels;
+pub mod ops;
 mod probe;
+mod runtime;
 
+pub use ops::fp8::DeviceInput;
 pub use probe::{probe, CudaProbe};
+pub use runtime::{arch_for, CudaRuntime};
 
 use half::bf16;
+use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
 use tessera_core::{
-    Backend, BackendKind, BlockMask, DeviceInfo, Error, Fp8Gemm, Fp8Quantize, Fp8Quantized,
-    MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
+    Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Error, Fp8Gemm, Fp8Quantize,
+    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
 };
 
-/// The CUDA backend.
+/// The CUDA backend on one device.
 #[derive(Debug)]
 pub struct CudaBackend {
     device: DeviceInfo,
+    runtime: CudaRuntime,
 }
 
 impl CudaBackend {
-    /// Opens the first CUDA device, or says why it cannot.
+    /// Opens CUDA device 0, or says why it cannot.
     pub fn new() -> Result<Self> {
+        Self::with_ordinal(0)
+    }
+
+    /// Opens CUDA device `ordinal`, or says why it cannot.
+    pub fn with_ordinal(ordinal: usize) -> Result<Self> {
         let found = probe();
-        let reason = match (&found.driver, &found.nvrtc, found.devices.first()) {
-            (Err(e), _, _) => e.clone(),
-            (_, Err(e), _) => e.clone(),
-            (Ok(_), Ok(_), None) => "the CUDA driver reports no device".to_string(),
-            (Ok(_), Ok(_), Some(name)) => {
-                format!("found {name}, but the CUDA kernels are not implemented yet")
-            }
-        };
-        Err(Error::BackendUnavailable {
+        let unavailable = |reason: String| Error::BackendUnavailable {
             backend: BackendKind::Cuda,
             reason,
-        })
+        };
+        if let Err(e) = &found.driver {
+            return Err(unavailable(e.clone()));
+        }
+        if let Err(e) = &found.nvrtc {
+            return Err(unavailable(e.clone()));
+        }
+        if ordinal >= found.devices.len() {
+            return Err(unavailable(format!(
+                "no CUDA device {ordinal} (the driver reports {})",
+                found.devices.len()
+            )));
+        }
+        let runtime = CudaRuntime::new(ordinal)?;
+        let name = runtime.ctx.name().unwrap_or_else(|_| found.devices[ordinal].clone());
+        let (major, minor) = runtime.compute_capability;
+        let device = DeviceInfo {
+            backend: BackendKind::Cuda,
+            name: format!("{name} (sm_{major}{minor}, {} SMs, kernels for {})", runtime.sm_count, runtime.arch),
+            features: DeviceFeatures {
+                matrix_units: major >= 8,
+                native_fp8: (major, minor) >= (8, 9),
+                subgroup_size: Some(32),
+                shared_memory_bytes: None,
+            },
+        };
+        Ok(Self { device, runtime })
+    }
+
+    /// The context, for callers that allocate their own buffers.
+    pub fn context(&self) -> &Arc<cudarc::driver::CudaContext> {
+        &self.runtime.ctx
+    }
+
+    /// The stream the host API uses.
+    pub fn stream(&self) -> &Arc<cudarc::driver::CudaStream> {
+        &self.runtime.stream
+    }
+
+    /// The NVRTC target, e.g. `sm_90a`.
+    pub fn arch(&self) -> &str {
+        &self.runtime.arch
     }
 
     fn unsupported<T>(&self, op: &'static str) -> Result<T> {
         Err(Error::Unsupported {
             op,
             backend: BackendKind::Cuda,
-            reason: "the CUDA kernels are not implemented yet".to_string(),
+            reason: "this CUDA kernel is not implemented yet".to_string(),
         })
     }
 }
@@ -92,8 +143,7 @@ impl Backend for CudaBackend {
     }
 
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {
-        op.validate_args(x)?;
-        self.unsupported("fp8_quantize")
+        self.fp8_quantize_host(op, x)
     }
 
     fn fp8_gemm(

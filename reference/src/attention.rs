@@ -58,9 +58,21 @@ impl AttentionShape {
     }
 
     fn check_inputs(&self, q: &[f64], k: &[f64], v: &[f64]) {
-        assert_eq!(q.len(), self.q_len(), "q must be [batch, q_tokens, heads, head_dim]");
-        assert_eq!(k.len(), self.kv_len(), "k must be [batch, kv_tokens, heads, head_dim]");
-        assert_eq!(v.len(), self.kv_len(), "v must be [batch, kv_tokens, heads, head_dim]");
+        assert_eq!(
+            q.len(),
+            self.q_len(),
+            "q must be [batch, q_tokens, heads, head_dim]"
+        );
+        assert_eq!(
+            k.len(),
+            self.kv_len(),
+            "k must be [batch, kv_tokens, heads, head_dim]"
+        );
+        assert_eq!(
+            v.len(),
+            self.kv_len(),
+            "v must be [batch, kv_tokens, heads, head_dim]"
+        );
     }
 }
 
@@ -111,7 +123,11 @@ pub fn attend(
     let max_score = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut sum = 0.0;
     for ((_, value), score) in keys_values.iter().zip(&scores) {
-        assert_eq!(value.len(), value_dim, "every value must have value_dim elements");
+        assert_eq!(
+            value.len(),
+            value_dim,
+            "every value must have value_dim elements"
+        );
         let p = (score - max_score).exp();
         sum += p;
         for (acc, x) in o.iter_mut().zip(value.iter()) {
@@ -219,8 +235,16 @@ pub fn block_sparse_attention(
     scale: f64,
     mask: &BlockMask,
 ) -> AttentionResult {
-    assert_eq!(shape.q_tokens, mask.tokens(), "q_tokens must equal mask.tokens()");
-    assert_eq!(shape.kv_tokens, mask.tokens(), "kv_tokens must equal mask.tokens()");
+    assert_eq!(
+        shape.q_tokens,
+        mask.tokens(),
+        "q_tokens must equal mask.tokens()"
+    );
+    assert_eq!(
+        shape.kv_tokens,
+        mask.tokens(),
+        "kv_tokens must equal mask.tokens()"
+    );
     let (tokens, block) = (mask.tokens(), mask.block_size());
     attention_over_keys(shape, q, k, v, scale, |i| {
         let block_row = i / block;
@@ -251,8 +275,16 @@ pub fn merge_attention(
     second: &AttentionResult,
 ) -> AttentionResult {
     for part in [first, second] {
-        assert_eq!(part.o.len(), shape.q_len(), "o must be [batch, q_tokens, heads, head_dim]");
-        assert_eq!(part.lse.len(), shape.lse_len(), "lse must be [batch, heads, q_tokens]");
+        assert_eq!(
+            part.o.len(),
+            shape.q_len(),
+            "o must be [batch, q_tokens, heads, head_dim]"
+        );
+        assert_eq!(
+            part.lse.len(),
+            shape.lse_len(),
+            "lse must be [batch, heads, q_tokens]"
+        );
     }
     let d = shape.head_dim;
     let mut o = vec![0.0; shape.q_len()];
@@ -270,8 +302,9 @@ pub fn merge_attention(
                 let (w1, w2) = ((lse1 - m).exp(), (lse2 - m).exp());
                 lse[li] = m + (w1 + w2).ln();
                 let qo = shape.q_offset(b, i, h);
-                for e in qo..qo + d {
-                    o[e] = (w1 * first.o[e] + w2 * second.o[e]) / (w1 + w2);
+                let rows = first.o[qo..qo + d].iter().zip(&second.o[qo..qo + d]);
+                for (out, (o1, o2)) in o[qo..qo + d].iter_mut().zip(rows) {
+                    *out = (w1 * o1 + w2 * o2) / (w1 + w2);
                 }
             }
         }

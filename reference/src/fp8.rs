@@ -70,8 +70,16 @@ pub fn quantize(op: &Fp8Quantize, x: &[f32]) -> Fp8Quantized {
 /// If the lengths do not match `op`.
 pub fn dequantize(op: &Fp8Quantize, q: &Fp8Quantized) -> Vec<f64> {
     let (scale_rows, scale_cols) = op.scales_shape();
-    assert_eq!(q.values.len(), op.rows * op.cols, "values must be [rows, cols]");
-    assert_eq!(q.scales.len(), scale_rows * scale_cols, "scales must be scales_shape()");
+    assert_eq!(
+        q.values.len(),
+        op.rows * op.cols,
+        "values must be [rows, cols]"
+    );
+    assert_eq!(
+        q.scales.len(),
+        scale_rows * scale_cols,
+        "scales must be scales_shape()"
+    );
     let mut out = vec![0.0; op.rows * op.cols];
     for r in 0..op.rows {
         for c in 0..op.cols {
@@ -93,11 +101,21 @@ pub fn dequantize(op: &Fp8Quantize, q: &Fp8Quantized) -> Vec<f64> {
 ///
 /// # Panics
 /// If a length does not match `op`.
-pub fn fp8_gemm(op: &Fp8Gemm, a: &[E4M3], a_scales: &[f32], b: &[E4M3], b_scales: &[f32]) -> Vec<f64> {
+pub fn fp8_gemm(
+    op: &Fp8Gemm,
+    a: &[E4M3],
+    a_scales: &[f32],
+    b: &[E4M3],
+    b_scales: &[f32],
+) -> Vec<f64> {
     let (m, n, k) = (op.m, op.n, op.k);
     let k_blocks = k.div_ceil(FP8_GROUP);
     assert_eq!(a.len(), m * k, "a must be [m, k]");
-    assert_eq!(a_scales.len(), m * k_blocks, "a_scales must be [m, ceil(k/128)]");
+    assert_eq!(
+        a_scales.len(),
+        m * k_blocks,
+        "a_scales must be [m, ceil(k/128)]"
+    );
     assert_eq!(b.len(), n * k, "b must be [n, k]");
     assert_eq!(
         b_scales.len(),

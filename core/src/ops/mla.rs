@@ -251,8 +251,9 @@ impl MlaCache {
 /// Layouts: `latent` bf16 `[tokens, latent_dim]`, `rope` bf16 `[tokens, rope_dim]`,
 /// `slots` i32 `[tokens]`: token `t` is written to slot `slots[t]` (page `slot / page_size`,
 /// row `slot % page_size`); a negative slot skips the token (padding). Slots must be distinct.
-/// For the FP8 format the latent is quantized per 128 values with [`mla_fp8_scale`];
-/// the rope part is copied as bf16 in both formats.
+/// For the FP8 format the latent is quantized per 128 values with [`mla_fp8_scale`] and must be
+/// finite (an infinity would make its group's scale infinite); the rope part is copied as bf16
+/// in both formats, and the bf16 format copies the latent as it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlaAppend {
     /// Tokens to write (may be 0).
@@ -267,6 +268,16 @@ impl MlaAppend {
         check_len(OP, "latent", &format!("[tokens {}, latent_dim {}]", self.tokens, l.latent_dim), self.tokens * l.latent_dim, latent.len())?;
         check_len(OP, "rope", &format!("[tokens {}, rope_dim {}]", self.tokens, l.rope_dim), self.tokens * l.rope_dim, rope.len())?;
         check_len(OP, "slots", &format!("[tokens {}]", self.tokens), self.tokens, slots.len())?;
+        if l.format == MlaCacheFormat::Fp8 {
+            if let Some(i) = latent.iter().position(|x| !x.to_f32().is_finite()) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("latent[{}][{}]", i / l.latent_dim, i % l.latent_dim),
+                    "a finite value (the FP8 cache format quantizes it)",
+                    latent[i].to_string(),
+                ));
+            }
+        }
         let mut seen = std::collections::HashMap::new();
         for (t, &s) in slots.iter().enumerate() {
             if s < 0 {
