@@ -92,7 +92,7 @@ impl CudaBackend {
         &self.runtime.arch
     }
 
-    fn unsupported<T>(&self, op: &'static str) -> Result<T> {
+    pub(crate) fn unsupported<T>(&self, op: &'static str) -> Result<T> {
         Err(Error::Unsupported {
             op,
             backend: BackendKind::Cuda,
@@ -114,8 +114,7 @@ impl Backend for CudaBackend {
         k: TensorRef<'_>,
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput> {
-        op.validate_args(mask, q, k, v)?;
-        self.unsupported("sparse_attention")
+        self.sparse_attention_host(op, mask, q, k, v)
     }
 
     fn mla_append(
@@ -126,8 +125,7 @@ impl Backend for CudaBackend {
         rope: &[bf16],
         slots: &[i32],
     ) -> Result<()> {
-        op.validate_args(cache, latent, rope, slots)?;
-        self.unsupported("mla_append")
+        self.mla_append_host(op, cache, latent, rope, slots)
     }
 
     fn mla_decode(
@@ -138,8 +136,7 @@ impl Backend for CudaBackend {
         block_table: &[i32],
         seq_lens: &[i32],
     ) -> Result<MlaDecodeOutput> {
-        op.validate_args(cache, q, block_table, seq_lens)?;
-        self.unsupported("mla_decode")
+        self.mla_decode_host(op, cache, q, block_table, seq_lens)
     }
 
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {
@@ -154,7 +151,6 @@ impl Backend for CudaBackend {
         b: &[E4M3],
         b_scales: &[f32],
     ) -> Result<Vec<bf16>> {
-        op.validate_args(a, a_scales, b, b_scales)?;
-        self.unsupported("fp8_gemm")
+        self.fp8_gemm_host(op, a, a_scales, b, b_scales)
     }
 }

@@ -1,10 +1,42 @@
 //! FP8 quantizers and the block-scaled GEMM on CUDA.
 
 use super::{check_device_len, download, launch_error, to_i32, upload};
-use crate::{kernels, CudaBackend};
+use crate::compile::{KernelSource, KernelVariant};
+use crate::CudaBackend;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
-use tessera_core::{DType, Fp8Granularity, Fp8Quantize, Fp8Quantized, Result, TensorRef, E4M3};
+use tessera_core::{
+    DType, Fp8Granularity, Fp8Quantize, Fp8Quantized, Result, ScaleRule, TensorRef, E4M3,
+};
+
+/// `fp8_quantize.cu`: the two FP8 quantizers.
+pub const FP8_QUANTIZE: KernelSource = KernelSource {
+    file: "fp8_quantize.cu",
+    code: include_str!("../../kernels/fp8_quantize.cu"),
+};
+
+/// The quantizer for an input type and scale rule.
+pub fn quantize_variant(input: DType, rule: ScaleRule) -> KernelVariant {
+    let kind = match input {
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        _ => 0,
+    };
+    KernelVariant::new(FP8_QUANTIZE)
+        .define("IN_KIND", kind)
+        .define("POW2", u8::from(rule == ScaleRule::PowerOfTwo))
+}
+
+/// Every quantizer variant.
+pub(crate) fn variants() -> Vec<KernelVariant> {
+    let mut v = Vec::new();
+    for input in [DType::F32, DType::F16, DType::BF16] {
+        for rule in [ScaleRule::Float, ScaleRule::PowerOfTwo] {
+            v.push(quantize_variant(input, rule));
+        }
+    }
+    v
+}
 
 /// A read-only device tensor of one of the quantizers' input types.
 #[derive(Debug)]
@@ -55,7 +87,7 @@ impl CudaBackend {
         check_device_len(OP, "scales", sr * sc, scales.len())?;
         let rows = to_i32(OP, "rows", op.rows)?;
         let cols = to_i32(OP, "cols", op.cols)?;
-        let variant = kernels::fp8_quantize(x.dtype(), op.scale_rule);
+        let variant = quantize_variant(x.dtype(), op.scale_rule);
         let (entry, cfg) = match op.granularity {
             Fp8Granularity::PerToken1x128 => {
                 let warps = (op.rows * sc) as u32;

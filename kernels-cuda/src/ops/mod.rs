@@ -1,7 +1,10 @@
 //! The ops: each module holds the device API (caller-owned buffers and stream) and the host
 //! wrapper that [`crate::CudaBackend`]'s `Backend` implementation calls.
 
+pub mod attention;
 pub mod fp8;
+pub mod fp8_gemm;
+pub mod mla;
 
 use crate::runtime::driver_error;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};

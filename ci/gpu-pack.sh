@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On the CPU machine: build the release test and bench binaries, strip them, and gather what the
+# GPU machine needs into .gpu-pack/ (ignored by git; carried to the GPU machine).
+#   ci/gpu-pack.sh [PACKDIR]   (default .gpu-pack; any /.gpu-pack*/ folder is ignored by git)
+#   then on the GPU machine, carrying PACKDIR:   bash PACKDIR/gpu-run.sh "$OUT" [quick]
+set -euo pipefail
+pack=$(realpath -m "${1:-.gpu-pack}")
+cd "$(dirname "$0")/.."
+rm -rf "$pack" && mkdir -p "$pack/bin"
+
+# Test binaries: cargo prints their paths as JSON; keep the ones the GPU run uses.
+cargo test --release --locked --workspace --no-run --message-format=json 2>/dev/null \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+    case "$name" in
+      conformance|compile_all) cp "$exe" "$pack/bin/test-$name" ;;
+    esac
+  done
+cargo build --release --locked -p tessera-bench
+cp target/release/tessera "$pack/bin/tessera"
+strip "$pack"/bin/*
+cp ci/gpu-run.sh "$pack/"
+git rev-parse --short HEAD > "$pack/COMMIT" 2>/dev/null || echo unknown > "$pack/COMMIT"
+git diff --quiet 2>/dev/null || echo "+uncommitted" >> "$pack/COMMIT"
+du -sh "$pack"; ls -la "$pack/bin"

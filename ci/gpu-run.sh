@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root, after ci/gpu-pack.sh ran on the CPU machine and
+# .gpu-pack/ was carried along:   ci/gpu-run.sh OUTDIR [quick]
+# Runs the CUDA conformance suite (the backend is required: its absence fails), the kernel
+# compile check, and `tessera check` on CUDA and CPU; logs and JSON go to OUTDIR, a table last.
+set -uo pipefail
+out=${1:?usage: ci/gpu-run.sh OUTDIR [quick]}
+mode=${2:-full}
+mkdir -p "$out"
+pack=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export TESSERA_CACHE_DIR=/tmp/tessera-cache
+export RUST_BACKTRACE=1
+commit=$(cat "$pack/COMMIT" 2>/dev/null | tr '\n' ' ')
+status=()
+run() { # name, command...
+  local name=$1; shift
+  local t0=$(date +%s.%N)
+  "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  local dt=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+  status+=("$(printf '%-28s rc=%-3s %6ss' "$name" "$rc" "$dt")")
+  tail -n 25 "$out/$name.log"
+  return 0
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
+echo "commit $commit; $(cat "$out/gpu.txt")"
+run info "$pack/bin/tessera" info
+run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/test-compile_all" --nocapture
+run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
+quick=""; [ "$mode" = quick ] && quick="--quick"
+run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/check-cuda.json"
+run check_cpu "$pack/bin/tessera" check --backend cpu $quick --json "$out/check-cpu.json"
+echo
+echo "== summary (commit $commit)"
+printf '%s\n' "${status[@]}"
+grep -h "^check:" "$out"/check_*.log
+grep -h "^test result" "$out"/conformance_cuda.log "$out"/compile_all.log
