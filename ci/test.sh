@@ -19,6 +19,17 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulka
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
+step "NVRTC from PyPI (every CUDA kernel is compiled in the tests, no GPU needed)"
+# The version of the GPU machine's CUDA (13.0); the wheel carries libnvrtc and its builtins.
+nvrtc_version=13.0.88
+nvrtc_dir=${TESSERA_NVRTC_DIR:-$HOME/.cache/tessera/nvrtc-$nvrtc_version}
+if [ ! -f "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  python3 -m pip install -q --disable-pip-version-check --target "$nvrtc_dir" "nvidia-cuda-nvrtc==$nvrtc_version"
+fi
+export LD_LIBRARY_PATH="$nvrtc_dir/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+export TESSERA_REQUIRE_NVRTC=1
+export TESSERA_CACHE_DIR="${TMPDIR:-/tmp}/tessera-ci-cache"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -177,7 +177,13 @@ impl AttentionCase {
     /// Runs the case on `backend` and compares with the reference.
     pub fn run(&self, backend: &dyn Backend) -> Result<CheckOutcome> {
         let mask = self.mask.build(self.seed)?;
-        let op = SparseAttention::new(self.batch, mask.tokens(), self.heads, self.head_dim, self.dtype);
+        let op = SparseAttention::new(
+            self.batch,
+            mask.tokens(),
+            self.heads,
+            self.head_dim,
+            self.dtype,
+        );
         let mut rng = Rng::new(self.seed);
         let mut input = || Tensor::from_f32(self.dtype, &rng.normals(op.qkv_len()));
         let (q, k, v) = (input(), input(), input());
@@ -202,8 +208,19 @@ impl AttentionCase {
         );
         let got_o = f64s(&out.o);
         let got_lse: Vec<f64> = out.lse.iter().map(|&x| x as f64).collect();
-        check_lengths(backend.kind(), "sparse_attention", &[("o", got_o.len(), want.o.len()), ("lse", got_lse.len(), want.lse.len())])?;
-        let tol = if self.dtype == DType::F16 { TOL_REL_L2_F16 } else { TOL_REL_L2_BF16 };
+        check_lengths(
+            backend.kind(),
+            "sparse_attention",
+            &[
+                ("o", got_o.len(), want.o.len()),
+                ("lse", got_lse.len(), want.lse.len()),
+            ],
+        )?;
+        let tol = if self.dtype == DType::F16 {
+            TOL_REL_L2_F16
+        } else {
+            TOL_REL_L2_BF16
+        };
         Ok(CheckOutcome {
             op: "sparse_attention",
             shape: format!(
@@ -217,20 +234,34 @@ impl AttentionCase {
                 mask.density()
             ),
             metrics: vec![
-                Metric { name: "o rel_l2", error: metrics::relative_l2_error(&got_o, &want.o), tolerance: tol },
-                Metric { name: "lse max_abs", error: metrics::lse_max_error(&got_lse, &want.lse), tolerance: TOL_LSE_ABS },
+                Metric {
+                    name: "o rel_l2",
+                    error: metrics::relative_l2_error(&got_o, &want.o),
+                    tolerance: tol,
+                },
+                Metric {
+                    name: "lse max_abs",
+                    error: metrics::lse_max_error(&got_lse, &want.lse),
+                    tolerance: TOL_LSE_ABS,
+                },
             ],
             seconds,
         })
     }
 }
 
-fn check_lengths(backend: crate::BackendKind, op: &'static str, items: &[(&str, usize, usize)]) -> Result<()> {
+fn check_lengths(
+    backend: crate::BackendKind,
+    op: &'static str,
+    items: &[(&str, usize, usize)],
+) -> Result<()> {
     for &(name, got, want) in items {
         if got != want {
             return Err(Error::Device {
                 backend,
-                message: format!("{op}: backend returned {got} elements of {name}, expected {want}"),
+                message: format!(
+                    "{op}: backend returned {got} elements of {name}, expected {want}"
+                ),
             });
         }
     }
@@ -261,7 +292,13 @@ impl MlaCase {
         let mut rng = Rng::new(self.seed);
         let batch = self.seq_lens.len();
         let pages_of = |len: usize| len.div_ceil(l.page_size);
-        let max_pages = self.seq_lens.iter().map(|&n| pages_of(n)).max().unwrap_or(0).max(1);
+        let max_pages = self
+            .seq_lens
+            .iter()
+            .map(|&n| pages_of(n))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         // One spare page that nobody uses, then a random permutation of all pages.
         let num_pages = self.seq_lens.iter().map(|&n| pages_of(n)).sum::<usize>() + 1;
         let mut perm: Vec<i32> = (0..num_pages as i32).collect();
@@ -278,8 +315,16 @@ impl MlaCase {
         }
         // Tokens in order of requests; slot from the block table.
         let total: usize = self.seq_lens.iter().sum();
-        let latent: Vec<bf16> = rng.normals(total * l.latent_dim).iter().map(|&x| bf16::from_f32(x)).collect();
-        let rope: Vec<bf16> = rng.normals(total * l.rope_dim).iter().map(|&x| bf16::from_f32(x)).collect();
+        let latent: Vec<bf16> = rng
+            .normals(total * l.latent_dim)
+            .iter()
+            .map(|&x| bf16::from_f32(x))
+            .collect();
+        let rope: Vec<bf16> = rng
+            .normals(total * l.rope_dim)
+            .iter()
+            .map(|&x| bf16::from_f32(x))
+            .collect();
         let mut slots = Vec::with_capacity(total);
         for (b, &len) in self.seq_lens.iter().enumerate() {
             for j in 0..len {
@@ -310,7 +355,11 @@ impl MlaCase {
             softmax_scale: 192f32.powf(-0.5),
             layout: l,
         };
-        let q: Vec<bf16> = rng.normals(op.q_len()).iter().map(|&x| bf16::from_f32(x)).collect();
+        let q: Vec<bf16> = rng
+            .normals(op.q_len())
+            .iter()
+            .map(|&x| bf16::from_f32(x))
+            .collect();
         let lens: Vec<i32> = self.seq_lens.iter().map(|&n| n as i32).collect();
         // Decode the reference's cache, so that a wrong append does not hide a right decode.
         let start = Instant::now();
@@ -320,17 +369,43 @@ impl MlaCase {
         let want = ref_mla::mla_decode(&op, &want_cache, &q64, &block_table, &lens);
         let got_o: Vec<f64> = out.o.iter().map(|x| x.to_f64()).collect();
         let got_lse: Vec<f64> = out.lse.iter().map(|&x| x as f64).collect();
-        check_lengths(backend.kind(), "mla_decode", &[("o", got_o.len(), want.o.len()), ("lse", got_lse.len(), want.lse.len())])?;
+        check_lengths(
+            backend.kind(),
+            "mla_decode",
+            &[
+                ("o", got_o.len(), want.o.len()),
+                ("lse", got_lse.len(), want.lse.len()),
+            ],
+        )?;
         Ok(CheckOutcome {
             op: "mla_append+decode",
             shape: format!(
                 "b{} s_q{} h{} lens {:?} {:?} page {} latent {} rope {}",
-                batch, self.s_q, self.heads, self.seq_lens, l.format, l.page_size, l.latent_dim, l.rope_dim
+                batch,
+                self.s_q,
+                self.heads,
+                self.seq_lens,
+                l.format,
+                l.page_size,
+                l.latent_dim,
+                l.rope_dim
             ),
             metrics: vec![
-                Metric { name: "cache bytes differing", error: mismatched_bytes as f64, tolerance: 0.0 },
-                Metric { name: "o rel_l2", error: metrics::relative_l2_error(&got_o, &want.o), tolerance: TOL_REL_L2_BF16 },
-                Metric { name: "lse max_abs", error: metrics::lse_max_error(&got_lse, &want.lse), tolerance: TOL_LSE_ABS },
+                Metric {
+                    name: "cache bytes differing",
+                    error: mismatched_bytes as f64,
+                    tolerance: 0.0,
+                },
+                Metric {
+                    name: "o rel_l2",
+                    error: metrics::relative_l2_error(&got_o, &want.o),
+                    tolerance: TOL_REL_L2_BF16,
+                },
+                Metric {
+                    name: "lse max_abs",
+                    error: metrics::lse_max_error(&got_lse, &want.lse),
+                    tolerance: TOL_LSE_ABS,
+                },
             ],
             seconds,
         })
@@ -357,7 +432,9 @@ impl QuantizeCase {
         let x: Vec<f32> = (0..self.op.rows)
             .flat_map(|_| {
                 let mag = 2f64.powi(rng.range(0, 16) as i32 - 8);
-                (0..cols).map(|_| (rng.normal() * mag) as f32).collect::<Vec<_>>()
+                (0..cols)
+                    .map(|_| (rng.normal() * mag) as f32)
+                    .collect::<Vec<_>>()
             })
             .collect();
         let x = Tensor::from_f32(self.input, &x);
@@ -365,8 +442,20 @@ impl QuantizeCase {
         let got = backend.fp8_quantize(&self.op, x.as_ref())?;
         let seconds = start.elapsed().as_secs_f64();
         let want = ref_fp8::quantize(&self.op, &x.to_f32_vec());
-        check_lengths(backend.kind(), "fp8_quantize", &[("values", got.values.len(), want.values.len()), ("scales", got.scales.len(), want.scales.len())])?;
-        let codes = got.values.iter().zip(&want.values).filter(|(a, b)| a != b).count();
+        check_lengths(
+            backend.kind(),
+            "fp8_quantize",
+            &[
+                ("values", got.values.len(), want.values.len()),
+                ("scales", got.scales.len(), want.scales.len()),
+            ],
+        )?;
+        let codes = got
+            .values
+            .iter()
+            .zip(&want.values)
+            .filter(|(a, b)| a != b)
+            .count();
         let scales = got
             .scales
             .iter()
@@ -380,8 +469,16 @@ impl QuantizeCase {
                 self.op.rows, self.op.cols, self.input, self.op.granularity, self.op.scale_rule
             ),
             metrics: vec![
-                Metric { name: "codes differing", error: codes as f64, tolerance: 0.0 },
-                Metric { name: "scales differing", error: scales as f64, tolerance: 0.0 },
+                Metric {
+                    name: "codes differing",
+                    error: codes as f64,
+                    tolerance: 0.0,
+                },
+                Metric {
+                    name: "scales differing",
+                    error: scales as f64,
+                    tolerance: 0.0,
+                },
             ],
             seconds,
         })
@@ -402,8 +499,18 @@ impl GemmCase {
     pub fn run(&self, backend: &dyn Backend) -> Result<CheckOutcome> {
         let Fp8Gemm { m, n, k, .. } = self.op;
         let mut rng = Rng::new(self.seed);
-        let qa = Fp8Quantize { rows: m, cols: k, granularity: Fp8Granularity::PerToken1x128, scale_rule: ScaleRule::Float };
-        let qb = Fp8Quantize { rows: n, cols: k, granularity: Fp8Granularity::Block128x128, scale_rule: ScaleRule::Float };
+        let qa = Fp8Quantize {
+            rows: m,
+            cols: k,
+            granularity: Fp8Granularity::PerToken1x128,
+            scale_rule: ScaleRule::Float,
+        };
+        let qb = Fp8Quantize {
+            rows: n,
+            cols: k,
+            granularity: Fp8Granularity::Block128x128,
+            scale_rule: ScaleRule::Float,
+        };
         let a = ref_fp8::quantize(&qa, &rng.normals(m * k));
         let b = ref_fp8::quantize(&qb, &rng.normals(n * k));
         let start = Instant::now();
@@ -416,8 +523,16 @@ impl GemmCase {
             op: "fp8_gemm",
             shape: format!("m{m} n{n} k{k}"),
             metrics: vec![
-                Metric { name: "1-2Σxy/Σ(x²+y²)", error: metrics::gemm_difference(&got, &want), tolerance: TOL_GEMM_DIFF },
-                Metric { name: "d rel_l2", error: metrics::relative_l2_error(&got, &want), tolerance: TOL_REL_L2_BF16 },
+                Metric {
+                    name: "1-2Σxy/Σ(x²+y²)",
+                    error: metrics::gemm_difference(&got, &want),
+                    tolerance: TOL_GEMM_DIFF,
+                },
+                Metric {
+                    name: "d rel_l2",
+                    error: metrics::relative_l2_error(&got, &want),
+                    tolerance: TOL_REL_L2_BF16,
+                },
             ],
             seconds,
         })
@@ -462,7 +577,14 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
         heads: 2,
         head_dim: 128,
         dtype: DType::BF16,
-        mask: MaskSpec::Radial(RadialMaskConfig { frames: 6, tokens_per_frame: 128, extra_tokens: 0, block_size: 64, decay: 0.95, sink: false }),
+        mask: MaskSpec::Radial(RadialMaskConfig {
+            frames: 6,
+            tokens_per_frame: 128,
+            extra_tokens: 0,
+            block_size: 64,
+            decay: 0.95,
+            sink: false,
+        }),
         seed: rng.next_u64(),
     }));
     cases.push(Case::Attention(AttentionCase {
@@ -470,7 +592,14 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
         heads: 1,
         head_dim: 64,
         dtype: DType::F16,
-        mask: MaskSpec::Radial(RadialMaskConfig { frames: 5, tokens_per_frame: 100, extra_tokens: 37, block_size: 64, decay: 0.2, sink: true }),
+        mask: MaskSpec::Radial(RadialMaskConfig {
+            frames: 5,
+            tokens_per_frame: 100,
+            extra_tokens: 37,
+            block_size: 64,
+            decay: 0.2,
+            sink: true,
+        }),
         seed: rng.next_u64(),
     }));
     for _ in 0..reps {
@@ -480,14 +609,24 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
             heads: rng.range(1, 3),
             head_dim: rng.pick(&[64, 128]),
             dtype: rng.pick(&[DType::F16, DType::BF16]),
-            mask: MaskSpec::Random { tokens: rng.range(1, if quick { 200 } else { 400 }), block_size, density: 0.4 },
+            mask: MaskSpec::Random {
+                tokens: rng.range(1, if quick { 200 } else { 400 }),
+                block_size,
+                density: 0.4,
+            },
             seed: rng.next_u64(),
         }));
     }
     for i in 0..reps {
-        let format = if i % 2 == 0 { MlaCacheFormat::Bf16 } else { MlaCacheFormat::Fp8 };
+        let format = if i % 2 == 0 {
+            MlaCacheFormat::Bf16
+        } else {
+            MlaCacheFormat::Fp8
+        };
         let batch = rng.range(1, 4);
-        let mut seq_lens: Vec<usize> = (0..batch).map(|_| rng.range(0, if quick { 150 } else { 300 })).collect();
+        let mut seq_lens: Vec<usize> = (0..batch)
+            .map(|_| rng.range(0, if quick { 150 } else { 300 }))
+            .collect();
         if i == 0 {
             seq_lens[0] = 0; // a zero-length sequence
         }
@@ -505,13 +644,21 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
         }));
     }
     for i in 0..reps {
-        let granularity = if i % 2 == 0 { Fp8Granularity::PerToken1x128 } else { Fp8Granularity::Block128x128 };
+        let granularity = if i % 2 == 0 {
+            Fp8Granularity::PerToken1x128
+        } else {
+            Fp8Granularity::Block128x128
+        };
         cases.push(Case::Quantize(QuantizeCase {
             op: Fp8Quantize {
                 rows: rng.range(1, 300),
                 cols: rng.range(1, 400),
                 granularity,
-                scale_rule: if i % 4 < 2 { ScaleRule::Float } else { ScaleRule::PowerOfTwo },
+                scale_rule: if i % 4 < 2 {
+                    ScaleRule::Float
+                } else {
+                    ScaleRule::PowerOfTwo
+                },
             },
             input: rng.pick(&[DType::F32, DType::BF16, DType::F16]),
             seed: rng.next_u64(),
@@ -519,7 +666,11 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
     }
     for _ in 0..reps {
         cases.push(Case::Gemm(GemmCase {
-            op: Fp8Gemm::new(rng.range(1, 130), 8 * rng.range(1, 40), 16 * rng.range(1, if quick { 20 } else { 40 })),
+            op: Fp8Gemm::new(
+                rng.range(1, 130),
+                8 * rng.range(1, 40),
+                16 * rng.range(1, if quick { 20 } else { 40 }),
+            ),
             seed: rng.next_u64(),
         }));
     }

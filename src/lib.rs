@@ -25,7 +25,9 @@
 pub mod check;
 pub mod discovery;
 
-pub use discovery::{backend, best_available, forced_backend, probe_all, BackendStatus, BACKEND_ENV};
+pub use discovery::{
+    backend, best_available, forced_backend, probe_all, BackendStatus, BACKEND_ENV,
+};
 pub use tessera_core::*;
 pub use tessera_reference as reference;
 pub use tessera_reference::CpuBackend;

@@ -22,7 +22,10 @@ fn open_or_skip(kind: BackendKind) -> Option<Box<dyn Backend>> {
         Ok(b) => Some(b),
         Err(e) => {
             let required = std::env::var("TESSERA_REQUIRE_BACKENDS").unwrap_or_default();
-            if required.split(',').any(|r| r.trim().eq_ignore_ascii_case(kind.name())) {
+            if required
+                .split(',')
+                .any(|r| r.trim().eq_ignore_ascii_case(kind.name()))
+            {
                 panic!("backend {kind} is required (TESSERA_REQUIRE_BACKENDS) but: {e}");
             }
             println!("skipped: {e}");
@@ -61,12 +64,36 @@ fn runner(kind: BackendKind) -> TestRunner {
 }
 
 fn attention_strategy() -> impl Strategy<Value = AttentionCase> {
-    let random = (1usize..=300, prop_oneof![Just(64usize), Just(128)], 0.05f64..1.0)
-        .prop_map(|(tokens, block_size, density)| MaskSpec::Random { tokens, block_size, density });
-    let radial = (1usize..=6, 1usize..=140, 0usize..=70, prop_oneof![Just(64usize), Just(128)], 0.1f64..2.0, any::<bool>())
-        .prop_map(|(frames, tokens_per_frame, extra_tokens, block_size, decay, sink)| {
-            MaskSpec::Radial(RadialMaskConfig { frames, tokens_per_frame, extra_tokens, block_size, decay, sink })
+    let random = (
+        1usize..=300,
+        prop_oneof![Just(64usize), Just(128)],
+        0.05f64..1.0,
+    )
+        .prop_map(|(tokens, block_size, density)| MaskSpec::Random {
+            tokens,
+            block_size,
+            density,
         });
+    let radial = (
+        1usize..=6,
+        1usize..=140,
+        0usize..=70,
+        prop_oneof![Just(64usize), Just(128)],
+        0.1f64..2.0,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(frames, tokens_per_frame, extra_tokens, block_size, decay, sink)| {
+                MaskSpec::Radial(RadialMaskConfig {
+                    frames,
+                    tokens_per_frame,
+                    extra_tokens,
+                    block_size,
+                    decay,
+                    sink,
+                })
+            },
+        );
     (
         1usize..=2,
         1usize..=3,
@@ -75,7 +102,16 @@ fn attention_strategy() -> impl Strategy<Value = AttentionCase> {
         prop_oneof![random, radial],
         any::<u64>(),
     )
-        .prop_map(|(batch, heads, head_dim, dtype, mask, seed)| AttentionCase { batch, heads, head_dim, dtype, mask, seed })
+        .prop_map(
+            |(batch, heads, head_dim, dtype, mask, seed)| AttentionCase {
+                batch,
+                heads,
+                head_dim,
+                dtype,
+                mask,
+                seed,
+            },
+        )
 }
 
 fn mla_strategy() -> impl Strategy<Value = MlaCase> {
@@ -85,7 +121,12 @@ fn mla_strategy() -> impl Strategy<Value = MlaCase> {
         prop_oneof![Just(0usize), Just(16), Just(64)],
         prop_oneof![Just(MlaCacheFormat::Bf16), Just(MlaCacheFormat::Fp8)],
     )
-        .prop_map(|(page_size, latent_dim, rope_dim, format)| MlaCacheLayout { page_size, latent_dim, rope_dim, format });
+        .prop_map(|(page_size, latent_dim, rope_dim, format)| MlaCacheLayout {
+            page_size,
+            latent_dim,
+            rope_dim,
+            format,
+        });
     (
         layout,
         1usize..=4,
@@ -93,35 +134,55 @@ fn mla_strategy() -> impl Strategy<Value = MlaCase> {
         prop::collection::vec(prop_oneof![Just(0usize), 1usize..=200], 1..=4),
         any::<u64>(),
     )
-        .prop_map(|(layout, s_q, heads, seq_lens, seed)| MlaCase { layout, s_q, heads, seq_lens, seed })
+        .prop_map(|(layout, s_q, heads, seq_lens, seed)| MlaCase {
+            layout,
+            s_q,
+            heads,
+            seq_lens,
+            seed,
+        })
 }
 
 fn quantize_strategy() -> impl Strategy<Value = QuantizeCase> {
     (
         1usize..=300,
         1usize..=400,
-        prop_oneof![Just(Fp8Granularity::PerToken1x128), Just(Fp8Granularity::Block128x128)],
+        prop_oneof![
+            Just(Fp8Granularity::PerToken1x128),
+            Just(Fp8Granularity::Block128x128)
+        ],
         prop_oneof![Just(ScaleRule::Float), Just(ScaleRule::PowerOfTwo)],
         prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)],
         any::<u64>(),
     )
-        .prop_map(|(rows, cols, granularity, scale_rule, input, seed)| QuantizeCase {
-            op: Fp8Quantize { rows, cols, granularity, scale_rule },
-            input,
-            seed,
-        })
+        .prop_map(
+            |(rows, cols, granularity, scale_rule, input, seed)| QuantizeCase {
+                op: Fp8Quantize {
+                    rows,
+                    cols,
+                    granularity,
+                    scale_rule,
+                },
+                input,
+                seed,
+            },
+        )
 }
 
 fn gemm_strategy() -> impl Strategy<Value = GemmCase> {
-    (1usize..=200, 1usize..=40, 1usize..=40, any::<u64>())
-        .prop_map(|(m, n8, k16, seed)| GemmCase { op: Fp8Gemm::new(m, 8 * n8, 16 * k16), seed })
+    (1usize..=200, 1usize..=40, 1usize..=40, any::<u64>()).prop_map(|(m, n8, k16, seed)| GemmCase {
+        op: Fp8Gemm::new(m, 8 * n8, 16 * k16),
+        seed,
+    })
 }
 
 fn check_strategy<S: Strategy>(kind: BackendKind, strategy: S, wrap: fn(S::Value) -> Case)
 where
     S::Value: Clone + std::fmt::Debug,
 {
-    let Some(backend) = open_or_skip(kind) else { return };
+    let Some(backend) = open_or_skip(kind) else {
+        return;
+    };
     runner(kind)
         .run(&strategy, |value| run_case(backend.as_ref(), &wrap(value)))
         .unwrap();
@@ -129,7 +190,9 @@ where
 
 fn expect_invalid<T: std::fmt::Debug>(result: tessera::Result<T>, arg: &str) {
     match result {
-        Err(Error::InvalidArgument { arg: got, .. }) => assert_eq!(got, arg, "wrong argument named"),
+        Err(Error::InvalidArgument { arg: got, .. }) => {
+            assert_eq!(got, arg, "wrong argument named")
+        }
         other => panic!("expected InvalidArgument naming `{arg}`, got {other:?}"),
     }
 }
@@ -143,56 +206,202 @@ fn invalid_arguments(kind: BackendKind) {
     let op = SparseAttention::new(1, 100, 2, 64, DType::BF16);
     let x = vec![bf16::ZERO; op.qkv_len()];
     let t = TensorRef::BF16(&x);
-    expect_invalid(b.sparse_attention(&op, &mask, TensorRef::BF16(&x[1..]), t, t), "q");
-    expect_invalid(b.sparse_attention(&SparseAttention { head_dim: 96, ..op.clone() }, &mask, t, t, t), "head_dim");
-    expect_invalid(b.sparse_attention(&SparseAttention { dtype: DType::F32, ..op.clone() }, &mask, t, t, t), "dtype");
+    expect_invalid(
+        b.sparse_attention(&op, &mask, TensorRef::BF16(&x[1..]), t, t),
+        "q",
+    );
+    expect_invalid(
+        b.sparse_attention(
+            &SparseAttention {
+                head_dim: 96,
+                ..op.clone()
+            },
+            &mask,
+            t,
+            t,
+            t,
+        ),
+        "head_dim",
+    );
+    expect_invalid(
+        b.sparse_attention(
+            &SparseAttention {
+                dtype: DType::F32,
+                ..op.clone()
+            },
+            &mask,
+            t,
+            t,
+            t,
+        ),
+        "dtype",
+    );
     let xf = vec![0f32; op.qkv_len()];
-    expect_invalid(b.sparse_attention(&op, &mask, t, TensorRef::F32(&xf), t), "k");
-    expect_invalid(b.sparse_attention(&SparseAttention { softmax_scale: f32::NAN, ..op.clone() }, &mask, t, t, t), "softmax_scale");
+    expect_invalid(
+        b.sparse_attention(&op, &mask, t, TensorRef::F32(&xf), t),
+        "k",
+    );
+    expect_invalid(
+        b.sparse_attention(
+            &SparseAttention {
+                softmax_scale: f32::NAN,
+                ..op.clone()
+            },
+            &mask,
+            t,
+            t,
+            t,
+        ),
+        "softmax_scale",
+    );
     let other_mask = tessera::BlockMask::dense(99, 64).unwrap();
     expect_invalid(b.sparse_attention(&op, &other_mask, t, t, t), "mask");
-    let holey = tessera::BlockMask::from_dense_bitmap(100, 64, &[true, false, false, false]).unwrap();
+    let holey =
+        tessera::BlockMask::from_dense_bitmap(100, 64, &[true, false, false, false]).unwrap();
     expect_invalid(b.sparse_attention(&op, &holey, t, t, t), "mask block row 1");
 
     // MLA append: bad slots leave the cache untouched.
-    let layout = MlaCacheLayout { page_size: 4, latent_dim: 128, rope_dim: 16, format: MlaCacheFormat::Fp8 };
+    let layout = MlaCacheLayout {
+        page_size: 4,
+        latent_dim: 128,
+        rope_dim: 16,
+        format: MlaCacheFormat::Fp8,
+    };
     let mut cache = MlaCache::new(layout, 3).unwrap();
     cache.fill_nan();
     let before = cache.clone();
     let lat = vec![bf16::ONE; 2 * 128];
     let rope = vec![bf16::ONE; 2 * 16];
-    expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat, &rope, &[0, 12]), "slots[1]");
-    expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat, &rope, &[5, 5]), "slots[1]");
-    expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat[1..], &rope, &[0, 1]), "latent");
+    expect_invalid(
+        b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat, &rope, &[0, 12]),
+        "slots[1]",
+    );
+    expect_invalid(
+        b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &lat, &rope, &[5, 5]),
+        "slots[1]",
+    );
+    expect_invalid(
+        b.mla_append(
+            &MlaAppend { tokens: 2 },
+            &mut cache,
+            &lat[1..],
+            &rope,
+            &[0, 1],
+        ),
+        "latent",
+    );
     let mut bad = lat.clone();
     bad[130] = bf16::INFINITY;
-    expect_invalid(b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &bad, &rope, &[0, 1]), "latent[1][2]");
+    expect_invalid(
+        b.mla_append(&MlaAppend { tokens: 2 }, &mut cache, &bad, &rope, &[0, 1]),
+        "latent[1][2]",
+    );
     assert_eq!(cache, before, "a rejected append must not touch the cache");
 
     // MLA decode.
-    let op = MlaDecode { batch: 2, s_q: 1, heads: 2, max_pages: 2, softmax_scale: 0.1, layout };
+    let op = MlaDecode {
+        batch: 2,
+        s_q: 1,
+        heads: 2,
+        max_pages: 2,
+        softmax_scale: 0.1,
+        layout,
+    };
     let q = vec![bf16::ONE; op.q_len()];
-    expect_invalid(b.mla_decode(&op, &cache, &q, &[0, 1, 2, -1], &[8, 9]), "seq_lens[1]");
-    expect_invalid(b.mla_decode(&op, &cache, &q, &[0, 3, 2, -1], &[8, 4]), "block_table[0][1]");
-    expect_invalid(b.mla_decode(&op, &cache, &q, &[0, 1, -1, -1], &[8, -1]), "seq_lens[1]");
-    expect_invalid(b.mla_decode(&MlaDecode { heads: 129, ..op.clone() }, &cache, &q, &[0, 1, 2, -1], &[8, 4]), "heads");
-    expect_invalid(b.mla_decode(&MlaDecode { s_q: 0, ..op.clone() }, &cache, &q, &[0, 1, 2, -1], &[8, 4]), "s_q");
-    let other = MlaCacheLayout { format: MlaCacheFormat::Bf16, ..layout };
-    expect_invalid(b.mla_decode(&MlaDecode { layout: other, ..op.clone() }, &cache, &q, &[0, 1, 2, -1], &[8, 4]), "cache");
+    expect_invalid(
+        b.mla_decode(&op, &cache, &q, &[0, 1, 2, -1], &[8, 9]),
+        "seq_lens[1]",
+    );
+    expect_invalid(
+        b.mla_decode(&op, &cache, &q, &[0, 3, 2, -1], &[8, 4]),
+        "block_table[0][1]",
+    );
+    expect_invalid(
+        b.mla_decode(&op, &cache, &q, &[0, 1, -1, -1], &[8, -1]),
+        "seq_lens[1]",
+    );
+    expect_invalid(
+        b.mla_decode(
+            &MlaDecode {
+                heads: 129,
+                ..op.clone()
+            },
+            &cache,
+            &q,
+            &[0, 1, 2, -1],
+            &[8, 4],
+        ),
+        "heads",
+    );
+    expect_invalid(
+        b.mla_decode(
+            &MlaDecode {
+                s_q: 0,
+                ..op.clone()
+            },
+            &cache,
+            &q,
+            &[0, 1, 2, -1],
+            &[8, 4],
+        ),
+        "s_q",
+    );
+    let other = MlaCacheLayout {
+        format: MlaCacheFormat::Bf16,
+        ..layout
+    };
+    expect_invalid(
+        b.mla_decode(
+            &MlaDecode {
+                layout: other,
+                ..op.clone()
+            },
+            &cache,
+            &q,
+            &[0, 1, 2, -1],
+            &[8, 4],
+        ),
+        "cache",
+    );
     // Pages past the length are not read, so they may hold anything.
-    assert!(b.mla_decode(&op, &cache, &q, &[0, 99, 2, -7], &[0, 4]).is_ok());
+    assert!(b
+        .mla_decode(&op, &cache, &q, &[0, 99, 2, -7], &[0, 4])
+        .is_ok());
 
     // FP8.
-    let qop = Fp8Quantize { rows: 2, cols: 3, granularity: Fp8Granularity::PerToken1x128, scale_rule: ScaleRule::Float };
-    expect_invalid(b.fp8_quantize(&qop, TensorRef::F32(&[1.0, 2.0, 3.0, 4.0, f32::INFINITY, 6.0])), "x[1][1]");
+    let qop = Fp8Quantize {
+        rows: 2,
+        cols: 3,
+        granularity: Fp8Granularity::PerToken1x128,
+        scale_rule: ScaleRule::Float,
+    };
+    expect_invalid(
+        b.fp8_quantize(
+            &qop,
+            TensorRef::F32(&[1.0, 2.0, 3.0, 4.0, f32::INFINITY, 6.0]),
+        ),
+        "x[1][1]",
+    );
     expect_invalid(b.fp8_quantize(&qop, TensorRef::F32(&[1.0; 5])), "x");
     expect_invalid(b.fp8_quantize(&qop, TensorRef::E4M3(&[E4M3::ZERO; 6])), "x");
     let a = vec![E4M3::ZERO; 2 * 32];
     let bm = vec![E4M3::ZERO; 8 * 32];
-    expect_invalid(b.fp8_gemm(&Fp8Gemm::new(2, 8, 24), &a, &[1.0; 2], &bm, &[1.0]), "k");
-    expect_invalid(b.fp8_gemm(&Fp8Gemm::new(2, 12, 32), &a, &[1.0; 2], &bm, &[1.0]), "n");
-    expect_invalid(b.fp8_gemm(&Fp8Gemm::new(2, 8, 32), &a, &[1.0, -1.0], &bm, &[1.0]), "a_scales[1][0]");
-    expect_invalid(b.fp8_gemm(&Fp8Gemm::new(2, 8, 32), &a, &[1.0; 2], &bm[8..], &[1.0]), "b");
+    expect_invalid(
+        b.fp8_gemm(&Fp8Gemm::new(2, 8, 24), &a, &[1.0; 2], &bm, &[1.0]),
+        "k",
+    );
+    expect_invalid(
+        b.fp8_gemm(&Fp8Gemm::new(2, 12, 32), &a, &[1.0; 2], &bm, &[1.0]),
+        "n",
+    );
+    expect_invalid(
+        b.fp8_gemm(&Fp8Gemm::new(2, 8, 32), &a, &[1.0, -1.0], &bm, &[1.0]),
+        "a_scales[1][0]",
+    );
+    expect_invalid(
+        b.fp8_gemm(&Fp8Gemm::new(2, 8, 32), &a, &[1.0; 2], &bm[8..], &[1.0]),
+        "b",
+    );
 }
 
 macro_rules! conformance_suite {
@@ -227,7 +436,9 @@ macro_rules! conformance_suite {
 
             #[test]
             fn standard_check_passes() {
-                let Some(backend) = open_or_skip($kind) else { return };
+                let Some(backend) = open_or_skip($kind) else {
+                    return;
+                };
                 for case in tessera::check::standard_cases(true, 7) {
                     run_case(backend.as_ref(), &case).unwrap();
                 }

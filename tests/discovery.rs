@@ -16,7 +16,10 @@ fn forced_backend_is_honoured_or_fails_clearly() {
             assert_eq!(arg, tessera::BACKEND_ENV);
             assert!(got.contains("tpu"));
         }
-        other => panic!("expected an invalid-argument error, got {:?}", other.map(|b| b.kind())),
+        other => panic!(
+            "expected an invalid-argument error, got {:?}",
+            other.map(|b| b.kind())
+        ),
     }
 
     // A forced backend that is missing is an error, never a silent fallback to the CPU.
@@ -37,5 +40,9 @@ fn forced_backend_is_honoured_or_fails_clearly() {
     let b = tessera::best_available().unwrap();
     let probes = tessera::probe_all();
     let first_usable = probes.iter().find(|p| p.usable.is_ok()).unwrap().kind;
-    assert_eq!(b.kind(), first_usable, "best available must be the first usable in cuda, vulkan, cpu order");
+    assert_eq!(
+        b.kind(),
+        first_usable,
+        "best available must be the first usable in cuda, vulkan, cpu order"
+    );
 }

@@ -91,7 +91,11 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             Err(e) => {
-                println!("{:<18} {:<58} error: {e}  FAIL", format!("{case:?}").chars().take(18).collect::<String>(), "");
+                println!(
+                    "{:<18} {:<58} error: {e}  FAIL",
+                    format!("{case:?}").chars().take(18).collect::<String>(),
+                    ""
+                );
                 json.push(serde_json::json!({"case": format!("{case:?}"), "passed": false, "error": e.to_string()}));
                 failed += 1;
             }
@@ -108,5 +112,9 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     println!("check: {passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -15,7 +15,8 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// Every backend, in the order `best available` tries them (best first).
-    pub const PREFERENCE: [BackendKind; 3] = [BackendKind::Cuda, BackendKind::Vulkan, BackendKind::Cpu];
+    pub const PREFERENCE: [BackendKind; 3] =
+        [BackendKind::Cuda, BackendKind::Vulkan, BackendKind::Cpu];
 
     /// The lower-case name used on the command line and in `TESSERA_BACKEND`.
     pub fn name(self) -> &'static str {

@@ -102,7 +102,13 @@ macro_rules! fp8_common {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:#04x} = {})", stringify!($name), self.0, self.to_f32())
+                write!(
+                    f,
+                    "{}({:#04x} = {})",
+                    stringify!($name),
+                    self.0,
+                    self.to_f32()
+                )
             }
         }
 
@@ -252,7 +258,11 @@ mod tests {
                 continue;
             }
             assert_eq!(v as f64, expected_value(code, 3, 7), "code {code:#x}");
-            assert_eq!(E4M3::from_f32(v).0, code, "round trip of {v} (code {code:#x})");
+            assert_eq!(
+                E4M3::from_f32(v).0,
+                code,
+                "round trip of {v} (code {code:#x})"
+            );
         }
         assert_eq!(nans, 2);
         assert_eq!(E4M3(0x7e).to_f32(), 448.0);
@@ -299,11 +309,29 @@ mod tests {
                 let mid32 = mid as f32;
                 assert_eq!(mid32 as f64, mid, "midpoint must be exact in f32");
                 let even = if lo % 2 == 0 { lo } else { lo + 1 };
-                assert_eq!(encode(mid32), sign | even, "tie between codes {lo:#x} and {:#x}", lo + 1);
-                let toward_a = if sign == 0 { mid32.next_down() } else { mid32.next_up() };
-                let toward_b = if sign == 0 { mid32.next_up() } else { mid32.next_down() };
+                assert_eq!(
+                    encode(mid32),
+                    sign | even,
+                    "tie between codes {lo:#x} and {:#x}",
+                    lo + 1
+                );
+                let toward_a = if sign == 0 {
+                    mid32.next_down()
+                } else {
+                    mid32.next_up()
+                };
+                let toward_b = if sign == 0 {
+                    mid32.next_up()
+                } else {
+                    mid32.next_down()
+                };
                 assert_eq!(encode(toward_a), sign | lo, "just inside {lo:#x}");
-                assert_eq!(encode(toward_b), sign | (lo + 1), "just inside {:#x}", lo + 1);
+                assert_eq!(
+                    encode(toward_b),
+                    sign | (lo + 1),
+                    "just inside {:#x}",
+                    lo + 1
+                );
             }
         }
     }
@@ -320,7 +348,15 @@ mod tests {
 
     #[test]
     fn saturation_and_specials() {
-        for x in [448.0f32, 448.0001, 464.0, 480.0, 1e9, f32::MAX, f32::INFINITY] {
+        for x in [
+            448.0f32,
+            448.0001,
+            464.0,
+            480.0,
+            1e9,
+            f32::MAX,
+            f32::INFINITY,
+        ] {
             assert_eq!(E4M3::from_f32(x), E4M3(0x7e), "{x}");
             assert_eq!(E4M3::from_f32(-x), E4M3(0xfe), "{x}");
         }

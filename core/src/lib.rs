@@ -22,5 +22,7 @@ pub use half::{bf16, f16};
 pub use mask::{BlockMask, RadialMaskConfig};
 pub use ops::attention::{AttentionOutput, SparseAttention};
 pub use ops::fp8::{Fp8Gemm, Fp8Granularity, Fp8Quantize, Fp8Quantized, GemmGrouping, ScaleRule};
-pub use ops::mla::{MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput};
+pub use ops::mla::{
+    MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
+};
 pub use tensor::{DType, Tensor, TensorRef};

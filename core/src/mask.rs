@@ -31,7 +31,12 @@ impl BlockMask {
         indices: Vec<u32>,
     ) -> Result<Self> {
         if block_size == 0 {
-            return Err(Error::invalid(OP, "block_size", "a positive block size", "0"));
+            return Err(Error::invalid(
+                OP,
+                "block_size",
+                "a positive block size",
+                "0",
+            ));
         }
         if tokens == 0 {
             return Err(Error::invalid(OP, "tokens", "at least one token", "0"));
@@ -101,7 +106,12 @@ impl BlockMask {
     /// Builds a mask from a row-major `num_blocks x num_blocks` bitmap.
     pub fn from_dense_bitmap(tokens: usize, block_size: usize, bitmap: &[bool]) -> Result<Self> {
         if block_size == 0 {
-            return Err(Error::invalid(OP, "block_size", "a positive block size", "0"));
+            return Err(Error::invalid(
+                OP,
+                "block_size",
+                "a positive block size",
+                "0",
+            ));
         }
         let nb = tokens.div_ceil(block_size);
         if bitmap.len() != nb * nb {

@@ -102,8 +102,7 @@ fn token_level_mask(c: &RadialMaskConfig) -> Vec<bool> {
     grid
 }
 
-/// Blocks (first, last inclusive) touched by frame `frame`, and how many of its tokens fall in
-/// block `index` along one axis.
+/// How many of frame `frame`'s tokens fall in block `index` (along either axis).
 fn frame_tokens_in_block(c: &RadialMaskConfig, frame: usize, index: usize) -> usize {
     let (t, b) = (c.tokens_per_frame, c.block_size);
     let (start, end) = (frame * t, (frame + 1) * t);
@@ -115,22 +114,22 @@ fn build(c: &RadialMaskConfig) -> BlockMask {
     build_radial_mask(c).expect("valid configuration")
 }
 
-/// Small random configurations: any token counts (multiples of the block size included), extra
-/// tokens, both block sizes, sink on and off, decays across the window floor.
-fn small_config() -> impl Strategy<Value = RadialMaskConfig> {
+/// Random configurations of up to `max_frames` frames of up to `max_tokens` tokens: any token
+/// counts (whole blocks per frame in a quarter of the cases), extra tokens, both block sizes,
+/// sink on and off, decays on both sides of the window floor.
+fn random_config(max_frames: usize, max_tokens: usize) -> impl Strategy<Value = RadialMaskConfig> {
     let block = prop_oneof![Just(64usize), Just(128)];
     (
         block,
-        1usize..=6,
+        1..=max_frames,
         0usize..=4,
-        1usize..=300,
+        1..=max_tokens,
         0usize..=200,
         0.05f64..4.0,
         any::<bool>(),
     )
         .prop_map(
             |(block_size, frames, whole_blocks, tokens, extra, decay, sink)| {
-                // A quarter of the cases use whole blocks per frame (the published setting).
                 let tokens_per_frame = if whole_blocks > 0 && tokens % 4 == 0 {
                     whole_blocks * block_size
                 } else {
@@ -147,6 +146,16 @@ fn small_config() -> impl Strategy<Value = RadialMaskConfig> {
                 )
             },
         )
+}
+
+/// Shapes small enough for the token-level reference.
+fn small_config() -> impl Strategy<Value = RadialMaskConfig> {
+    random_config(8, 300)
+}
+
+/// Shapes with enough frames for decimation to matter at most token counts.
+fn medium_config() -> impl Strategy<Value = RadialMaskConfig> {
+    random_config(40, 1100)
 }
 
 #[test]
@@ -344,7 +353,7 @@ fn mask_grows_as_n_log_n_in_frames() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(192))]
 
     #[test]
     fn fast_generator_matches_token_level_reference(c in small_config()) {
@@ -356,10 +365,10 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn every_block_row_has_a_block(c in small_config()) {
+    fn every_block_row_has_a_block(c in medium_config()) {
         let mask = build(&c);
         for r in 0..mask.num_blocks() {
             prop_assert!(!mask.row(r).is_empty(), "block row {} of {:?}", r, c);
@@ -367,7 +376,7 @@ proptest! {
     }
 
     #[test]
-    fn diagonal_frame_pairs_are_dense(c in small_config()) {
+    fn diagonal_frame_pairs_are_dense(c in medium_config()) {
         // Within a frame's own blocks, every block row the frame fills more than a third of is
         // fully on (strict shrink needs that), and the diagonal always is. With whole blocks
         // per frame that is every block of the frame's K x K square.
@@ -396,7 +405,7 @@ proptest! {
     }
 
     #[test]
-    fn mask_is_symmetric_with_whole_blocks_per_frame(c in small_config(), whole_blocks in 1usize..=3) {
+    fn mask_is_symmetric_with_whole_blocks_per_frame(c in medium_config(), whole_blocks in 1usize..=3) {
         // The band and decimation depend on |i - j| only; the sink breaks the symmetry.
         let c = RadialMaskConfig { tokens_per_frame: whole_blocks * c.block_size, sink: false, ..c };
         let mask = build(&c);
@@ -409,7 +418,7 @@ proptest! {
     }
 
     #[test]
-    fn smaller_decay_never_adds_blocks(c in small_config(), shrink in 0.05f64..1.0) {
+    fn smaller_decay_never_adds_blocks(c in medium_config(), shrink in 0.05f64..1.0) {
         // Narrower windows keep a subset of the blocks (so the density never increases).
         let wide = build(&c);
         let narrow = build(&RadialMaskConfig { decay: c.decay * shrink, ..c.clone() });

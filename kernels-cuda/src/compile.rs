@@ -65,12 +65,19 @@ impl KernelVariant {
 
     /// The full text NVRTC compiles.
     pub fn full_source(&self) -> String {
-        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.source.file, self.source.code)
+        format!(
+            "{COMMON}\n#line 1 \"{}\"\n{}",
+            self.source.file, self.source.code
+        )
     }
 
     /// A short human-readable name: the file and the constants.
     pub fn label(&self) -> String {
-        let d: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let d: Vec<String> = self
+            .defines
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!("{}[{}]", self.source.file, d.join(","))
     }
 
@@ -124,7 +131,10 @@ pub fn compile_cubin(variant: &KernelVariant, arch: &str) -> Result<Vec<u8>> {
         match compiled {
             Err(_) => Err(Error::Device {
                 backend: BackendKind::Cuda,
-                message: format!("NVRTC failed to compile {} for {arch}:\n{log}", variant.label()),
+                message: format!(
+                    "NVRTC failed to compile {} for {arch}:\n{log}",
+                    variant.label()
+                ),
             }),
             Ok(()) => {
                 let mut size = 0usize;

@@ -62,11 +62,17 @@ impl CudaBackend {
             )));
         }
         let runtime = CudaRuntime::new(ordinal)?;
-        let name = runtime.ctx.name().unwrap_or_else(|_| found.devices[ordinal].clone());
+        let name = runtime
+            .ctx
+            .name()
+            .unwrap_or_else(|_| found.devices[ordinal].clone());
         let (major, minor) = runtime.compute_capability;
         let device = DeviceInfo {
             backend: BackendKind::Cuda,
-            name: format!("{name} (sm_{major}{minor}, {} SMs, kernels for {})", runtime.sm_count, runtime.arch),
+            name: format!(
+                "{name} (sm_{major}{minor}, {} SMs, kernels for {})",
+                runtime.sm_count, runtime.arch
+            ),
             features: DeviceFeatures {
                 matrix_units: major >= 8,
                 native_fp8: (major, minor) >= (8, 9),

@@ -62,13 +62,17 @@ fn query_driver(lib: &Library) -> Result<(i32, Vec<String>), String> {
         let count_fn = lib
             .get::<CuDeviceGetCount>(b"cuDeviceGetCount\0")
             .map_err(|_| sym(b"cuDeviceGetCount"))?;
-        let get = lib.get::<CuDeviceGet>(b"cuDeviceGet\0").map_err(|_| sym(b"cuDeviceGet"))?;
+        let get = lib
+            .get::<CuDeviceGet>(b"cuDeviceGet\0")
+            .map_err(|_| sym(b"cuDeviceGet"))?;
         let get_name = lib
             .get::<CuDeviceGetName>(b"cuDeviceGetName\0")
             .map_err(|_| sym(b"cuDeviceGetName"))?;
         let rc = init(0);
         if rc != 0 {
-            return Err(format!("cuInit failed with CUresult {rc} (no usable GPU or driver)"));
+            return Err(format!(
+                "cuInit failed with CUresult {rc} (no usable GPU or driver)"
+            ));
         }
         let mut version = 0;
         get_version(&mut version);
@@ -81,7 +85,9 @@ fn query_driver(lib: &Library) -> Result<(i32, Vec<String>), String> {
         for ordinal in 0..count {
             let mut dev = 0;
             let mut buf = [0 as c_char; 256];
-            if get(&mut dev, ordinal) == 0 && get_name(buf.as_mut_ptr(), buf.len() as c_int, dev) == 0 {
+            if get(&mut dev, ordinal) == 0
+                && get_name(buf.as_mut_ptr(), buf.len() as c_int, dev) == 0
+            {
                 names.push(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned());
             }
         }
@@ -94,12 +100,18 @@ pub fn probe() -> CudaProbe {
     let driver_names: Vec<String> = DRIVER_NAMES.iter().map(|s| s.to_string()).collect();
     let (driver, devices) = match open_first(&driver_names) {
         Err(e) => (
-            Err(format!("no CUDA driver: {e} (is the NVIDIA driver installed?)")),
+            Err(format!(
+                "no CUDA driver: {e} (is the NVIDIA driver installed?)"
+            )),
             Vec::new(),
         ),
         Ok((lib, name)) => match query_driver(&lib) {
             Ok((v, names)) => (
-                Ok(format!("{name}, driver API {}.{}", v / 1000, (v % 1000) / 10)),
+                Ok(format!(
+                    "{name}, driver API {}.{}",
+                    v / 1000,
+                    (v % 1000) / 10
+                )),
                 names,
             ),
             Err(e) => (Err(format!("{name} loaded but {e}")), Vec::new()),

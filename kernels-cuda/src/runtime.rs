@@ -38,12 +38,15 @@ pub struct CudaRuntime {
 impl CudaRuntime {
     /// Opens device `ordinal` (the caller has checked that the driver and NVRTC are present).
     pub fn new(ordinal: usize) -> Result<Self> {
-        let ctx = CudaContext::new(ordinal).map_err(|e| driver_error("creating the CUDA context", e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| driver_error("creating the CUDA context", e))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| driver_error("reading the compute capability", e))?;
         let sm_count = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .map_err(|e| driver_error("reading the SM count", e))? as usize;
         let stream = ctx.default_stream();
         Ok(Self {

@@ -31,7 +31,12 @@ fn every_kernel_variant_compiles() {
         variants.len(),
         probe.nvrtc.as_deref().unwrap_or("?")
     );
-    assert!(failures.is_empty(), "{} failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -41,6 +46,13 @@ fn cache_keys_differ_by_source_options_and_arch() {
         .iter()
         .flat_map(|v| ["sm_90a", "sm_80"].map(|a| v.cache_key(a, (13, 0))))
         .collect();
-    assert_eq!(keys.len(), 2 * variants.len(), "two variants share a cache key");
-    assert_ne!(variants[0].cache_key("sm_90a", (13, 0)), variants[0].cache_key("sm_90a", (13, 1)));
+    assert_eq!(
+        keys.len(),
+        2 * variants.len(),
+        "two variants share a cache key"
+    );
+    assert_ne!(
+        variants[0].cache_key("sm_90a", (13, 0)),
+        variants[0].cache_key("sm_90a", (13, 1))
+    );
 }

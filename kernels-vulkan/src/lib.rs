@@ -31,7 +31,10 @@ impl VulkanBackend {
             (Err(e), _) => e.clone(),
             (Ok(_), None) => "the Vulkan loader reports no device (no ICD installed?)".to_string(),
             (Ok(_), Some(d)) => {
-                format!("found {}, but the Vulkan kernels are not implemented yet", d.name)
+                format!(
+                    "found {}, but the Vulkan kernels are not implemented yet",
+                    d.name
+                )
             }
         };
         Err(Error::BackendUnavailable {

@@ -71,7 +71,10 @@ mod tests {
         assert!((relative_l2_error(&[0.0, 0.0], &[3.0, 4.0]) - 1.0).abs() < 1e-15);
         assert_eq!(gemm_difference(&[1.0, -2.0], &[1.0, -2.0]), 0.0);
         assert!((gemm_difference(&[1.0], &[-1.0]) - 2.0).abs() < 1e-15);
-        assert_eq!(lse_max_error(&[f64::NEG_INFINITY], &[f64::NEG_INFINITY]), 0.0);
+        assert_eq!(
+            lse_max_error(&[f64::NEG_INFINITY], &[f64::NEG_INFINITY]),
+            0.0
+        );
         assert!(lse_max_error(&[0.0], &[f64::NEG_INFINITY]).is_infinite());
     }
 }

@@ -65,12 +65,21 @@ impl SparseAttention {
     /// counting every on block in full.
     pub fn flops(&self, mask: &BlockMask) -> f64 {
         let b = mask.block_size() as f64;
-        4.0 * self.batch as f64 * self.heads as f64 * mask.nnz() as f64 * b * b * self.head_dim as f64
+        4.0 * self.batch as f64
+            * self.heads as f64
+            * mask.nnz() as f64
+            * b
+            * b
+            * self.head_dim as f64
     }
 
     /// Checks the descriptor and the mask.
     pub fn validate(&self, mask: &BlockMask) -> Result<()> {
-        for (arg, v) in [("batch", self.batch), ("tokens", self.tokens), ("heads", self.heads)] {
+        for (arg, v) in [
+            ("batch", self.batch),
+            ("tokens", self.tokens),
+            ("heads", self.heads),
+        ] {
             if v == 0 {
                 return Err(Error::invalid(OP, arg, "at least 1", "0"));
             }
@@ -84,7 +93,12 @@ impl SparseAttention {
             ));
         }
         if !matches!(self.dtype, DType::F16 | DType::BF16) {
-            return Err(Error::invalid(OP, "dtype", "f16 or bf16", self.dtype.name()));
+            return Err(Error::invalid(
+                OP,
+                "dtype",
+                "f16 or bf16",
+                self.dtype.name(),
+            ));
         }
         check_scale(OP, self.softmax_scale)?;
         if mask.tokens() != self.tokens {
@@ -121,7 +135,12 @@ impl SparseAttention {
         );
         for (arg, t) in [("q", q), ("k", k), ("v", v)] {
             if t.dtype() != self.dtype {
-                return Err(Error::invalid(OP, arg, format!("dtype {}", self.dtype), t.dtype().name()));
+                return Err(Error::invalid(
+                    OP,
+                    arg,
+                    format!("dtype {}", self.dtype),
+                    t.dtype().name(),
+                ));
             }
             check_len(OP, arg, &shape, self.qkv_len(), t.len())?;
         }

@@ -100,7 +100,12 @@ impl Fp8Quantize {
             return Err(Error::invalid(OP, "cols", "at least 1", "0"));
         }
         if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::invalid(OP, "x", "dtype f32, f16 or bf16", x.dtype().name()));
+            return Err(Error::invalid(
+                OP,
+                "x",
+                "dtype f32, f16 or bf16",
+                x.dtype().name(),
+            ));
         }
         let shape = format!("[rows {}, cols {}]", self.rows, self.cols);
         check_len(OP, "x", &shape, self.rows * self.cols, x.len())?;
@@ -206,17 +211,44 @@ impl Fp8Gemm {
     }
 
     /// Checks the shape and the host arguments (lengths; scales finite and > 0).
-    pub fn validate_args(&self, a: &[E4M3], a_scales: &[f32], b: &[E4M3], b_scales: &[f32]) -> Result<()> {
+    pub fn validate_args(
+        &self,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+    ) -> Result<()> {
         const OP: &str = "fp8_gemm";
         self.validate()?;
         let kb = self.k.div_ceil(FP8_GROUP);
-        check_len(OP, "a", &format!("[m {}, k {}]", self.m, self.k), self.m * self.k, a.len())?;
-        check_len(OP, "a_scales", &format!("[m {}, ceil(k/128) {kb}]", self.m), self.a_scales_len(), a_scales.len())?;
-        check_len(OP, "b", &format!("[n {}, k {}]", self.n, self.k), self.n * self.k, b.len())?;
+        check_len(
+            OP,
+            "a",
+            &format!("[m {}, k {}]", self.m, self.k),
+            self.m * self.k,
+            a.len(),
+        )?;
+        check_len(
+            OP,
+            "a_scales",
+            &format!("[m {}, ceil(k/128) {kb}]", self.m),
+            self.a_scales_len(),
+            a_scales.len(),
+        )?;
+        check_len(
+            OP,
+            "b",
+            &format!("[n {}, k {}]", self.n, self.k),
+            self.n * self.k,
+            b.len(),
+        )?;
         check_len(
             OP,
             "b_scales",
-            &format!("[ceil(n/128) {}, ceil(k/128) {kb}]", self.n.div_ceil(FP8_GROUP)),
+            &format!(
+                "[ceil(n/128) {}, ceil(k/128) {kb}]",
+                self.n.div_ceil(FP8_GROUP)
+            ),
             self.b_scales_len(),
             b_scales.len(),
         )?;
@@ -251,14 +283,24 @@ mod tests {
 
     #[test]
     fn gemm_errors_name_the_argument() {
-        assert_eq!(Fp8Gemm::new(1, 12, 16).validate().unwrap_err().argument(), Some("n"));
-        assert_eq!(Fp8Gemm::new(1, 16, 24).validate().unwrap_err().argument(), Some("k"));
+        assert_eq!(
+            Fp8Gemm::new(1, 12, 16).validate().unwrap_err().argument(),
+            Some("n")
+        );
+        assert_eq!(
+            Fp8Gemm::new(1, 16, 24).validate().unwrap_err().argument(),
+            Some("k")
+        );
         let g = Fp8Gemm::new(2, 8, 16);
         let a = vec![E4M3::ZERO; 32];
         let b = vec![E4M3::ZERO; 128];
-        let e = g.validate_args(&a, &[1.0, f32::NAN], &b, &[1.0]).unwrap_err();
+        let e = g
+            .validate_args(&a, &[1.0, f32::NAN], &b, &[1.0])
+            .unwrap_err();
         assert_eq!(e.argument(), Some("a_scales[1][0]"));
-        let e = g.validate_args(&a[..31], &[1.0, 1.0], &b, &[1.0]).unwrap_err();
+        let e = g
+            .validate_args(&a[..31], &[1.0, 1.0], &b, &[1.0])
+            .unwrap_err();
         assert_eq!(e.argument(), Some("a"));
     }
 }

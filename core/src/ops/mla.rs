@@ -82,7 +82,12 @@ impl MlaCacheLayout {
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "mla_cache_layout";
         if !(1..=1024).contains(&self.page_size) {
-            return Err(Error::invalid(OP, "page_size", "1..=1024", self.page_size.to_string()));
+            return Err(Error::invalid(
+                OP,
+                "page_size",
+                "1..=1024",
+                self.page_size.to_string(),
+            ));
         }
         let align = match self.format {
             MlaCacheFormat::Bf16 => 64,
@@ -92,7 +97,10 @@ impl MlaCacheLayout {
             return Err(Error::invalid(
                 OP,
                 "latent_dim",
-                format!("a multiple of {align} in {align}..=1024 for the {:?} format", self.format),
+                format!(
+                    "a multiple of {align} in {align}..=1024 for the {:?} format",
+                    self.format
+                ),
                 self.latent_dim.to_string(),
             ));
         }
@@ -150,7 +158,12 @@ impl MlaCache {
             return Err(Error::invalid(
                 "mla_cache",
                 "bytes",
-                format!("{} bytes ([{num_pages}, {}, {}])", cache.bytes.len(), layout.page_size, layout.token_bytes()),
+                format!(
+                    "{} bytes ([{num_pages}, {}, {}])",
+                    cache.bytes.len(),
+                    layout.page_size,
+                    layout.token_bytes()
+                ),
                 format!("{} bytes", bytes.len()),
             ));
         }
@@ -262,12 +275,36 @@ pub struct MlaAppend {
 
 impl MlaAppend {
     /// Checks the arguments against the cache.
-    pub fn validate_args(&self, cache: &MlaCache, latent: &[bf16], rope: &[bf16], slots: &[i32]) -> Result<()> {
+    pub fn validate_args(
+        &self,
+        cache: &MlaCache,
+        latent: &[bf16],
+        rope: &[bf16],
+        slots: &[i32],
+    ) -> Result<()> {
         const OP: &str = "mla_append";
         let l = cache.layout();
-        check_len(OP, "latent", &format!("[tokens {}, latent_dim {}]", self.tokens, l.latent_dim), self.tokens * l.latent_dim, latent.len())?;
-        check_len(OP, "rope", &format!("[tokens {}, rope_dim {}]", self.tokens, l.rope_dim), self.tokens * l.rope_dim, rope.len())?;
-        check_len(OP, "slots", &format!("[tokens {}]", self.tokens), self.tokens, slots.len())?;
+        check_len(
+            OP,
+            "latent",
+            &format!("[tokens {}, latent_dim {}]", self.tokens, l.latent_dim),
+            self.tokens * l.latent_dim,
+            latent.len(),
+        )?;
+        check_len(
+            OP,
+            "rope",
+            &format!("[tokens {}, rope_dim {}]", self.tokens, l.rope_dim),
+            self.tokens * l.rope_dim,
+            rope.len(),
+        )?;
+        check_len(
+            OP,
+            "slots",
+            &format!("[tokens {}]", self.tokens),
+            self.tokens,
+            slots.len(),
+        )?;
         if l.format == MlaCacheFormat::Fp8 {
             if let Some(i) = latent.iter().position(|x| !x.to_f32().is_finite()) {
                 return Err(Error::invalid(
@@ -354,11 +391,22 @@ impl MlaDecode {
     }
 
     /// Checks the descriptor and the host arguments against the cache.
-    pub fn validate_args(&self, cache: &MlaCache, q: &[bf16], block_table: &[i32], seq_lens: &[i32]) -> Result<()> {
+    pub fn validate_args(
+        &self,
+        cache: &MlaCache,
+        q: &[bf16],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<()> {
         const OP: &str = "mla_decode";
         self.layout.validate()?;
         if *cache.layout() != self.layout {
-            return Err(Error::invalid(OP, "cache", format!("layout {:?}", self.layout), format!("layout {:?}", cache.layout())));
+            return Err(Error::invalid(
+                OP,
+                "cache",
+                format!("layout {:?}", self.layout),
+                format!("layout {:?}", cache.layout()),
+            ));
         }
         if self.batch == 0 {
             return Err(Error::invalid(OP, "batch", "at least 1", "0"));
@@ -367,7 +415,12 @@ impl MlaDecode {
             return Err(Error::invalid(OP, "s_q", "1..=128", self.s_q.to_string()));
         }
         if !(1..=128).contains(&self.heads) {
-            return Err(Error::invalid(OP, "heads", "1..=128", self.heads.to_string()));
+            return Err(Error::invalid(
+                OP,
+                "heads",
+                "1..=128",
+                self.heads.to_string(),
+            ));
         }
         if self.max_pages == 0 {
             return Err(Error::invalid(OP, "max_pages", "at least 1", "0"));
@@ -377,19 +430,40 @@ impl MlaDecode {
         check_len(
             OP,
             "q",
-            &format!("[batch {}, s_q {}, heads {}, latent+rope {}]", self.batch, self.s_q, self.heads, l.qk_dim()),
+            &format!(
+                "[batch {}, s_q {}, heads {}, latent+rope {}]",
+                self.batch,
+                self.s_q,
+                self.heads,
+                l.qk_dim()
+            ),
             self.q_len(),
             q.len(),
         )?;
-        check_len(OP, "block_table", &format!("[batch {}, max_pages {}]", self.batch, self.max_pages), self.batch * self.max_pages, block_table.len())?;
-        check_len(OP, "seq_lens", &format!("[batch {}]", self.batch), self.batch, seq_lens.len())?;
+        check_len(
+            OP,
+            "block_table",
+            &format!("[batch {}, max_pages {}]", self.batch, self.max_pages),
+            self.batch * self.max_pages,
+            block_table.len(),
+        )?;
+        check_len(
+            OP,
+            "seq_lens",
+            &format!("[batch {}]", self.batch),
+            self.batch,
+            seq_lens.len(),
+        )?;
         let capacity = self.max_pages * l.page_size;
         for (b, &len) in seq_lens.iter().enumerate() {
             if len < 0 || len as usize > capacity {
                 return Err(Error::invalid(
                     OP,
                     format!("seq_lens[{b}]"),
-                    format!("0..={capacity} (max_pages {} x page_size {})", self.max_pages, l.page_size),
+                    format!(
+                        "0..={capacity} (max_pages {} x page_size {})",
+                        self.max_pages, l.page_size
+                    ),
                     len.to_string(),
                 ));
             }

@@ -91,11 +91,22 @@ impl CudaBackend {
         let (entry, cfg) = match op.granularity {
             Fp8Granularity::PerToken1x128 => {
                 let warps = (op.rows * sc) as u32;
-                ("fp8_quantize_1x128", LaunchConfig { grid_dim: (warps.div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+                (
+                    "fp8_quantize_1x128",
+                    LaunchConfig {
+                        grid_dim: (warps.div_ceil(8), 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                )
             }
             Fp8Granularity::Block128x128 => (
                 "fp8_quantize_128x128",
-                LaunchConfig { grid_dim: (sc as u32, sr as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 },
+                LaunchConfig {
+                    grid_dim: (sc as u32, sr as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
             ),
         };
         let func = self.runtime.function(&variant, entry)?;
@@ -113,7 +124,11 @@ impl CudaBackend {
         Ok(())
     }
 
-    pub(crate) fn fp8_quantize_host(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {
+    pub(crate) fn fp8_quantize_host(
+        &self,
+        op: &Fp8Quantize,
+        x: TensorRef<'_>,
+    ) -> Result<Fp8Quantized> {
         op.validate_args(x)?;
         let stream = &self.runtime.stream;
         let (sr, sc) = op.scales_shape();
@@ -123,21 +138,47 @@ impl CudaBackend {
         match x {
             TensorRef::F32(h) => {
                 let d = upload(stream, h)?;
-                self.fp8_quantize_on(stream, op, &DeviceInput::F32(d.as_view()), &mut values.as_view_mut(), &mut scales.as_view_mut())?
+                self.fp8_quantize_on(
+                    stream,
+                    op,
+                    &DeviceInput::F32(d.as_view()),
+                    &mut values.as_view_mut(),
+                    &mut scales.as_view_mut(),
+                )?
             }
             TensorRef::F16(h) => {
                 let d = upload(stream, h)?;
-                self.fp8_quantize_on(stream, op, &DeviceInput::F16(d.as_view()), &mut values.as_view_mut(), &mut scales.as_view_mut())?
+                self.fp8_quantize_on(
+                    stream,
+                    op,
+                    &DeviceInput::F16(d.as_view()),
+                    &mut values.as_view_mut(),
+                    &mut scales.as_view_mut(),
+                )?
             }
             TensorRef::BF16(h) => {
                 let d = upload(stream, h)?;
-                self.fp8_quantize_on(stream, op, &DeviceInput::BF16(d.as_view()), &mut values.as_view_mut(), &mut scales.as_view_mut())?
+                self.fp8_quantize_on(
+                    stream,
+                    op,
+                    &DeviceInput::BF16(d.as_view()),
+                    &mut values.as_view_mut(),
+                    &mut scales.as_view_mut(),
+                )?
             }
             other => {
-                return Err(tessera_core::Error::invalid("fp8_quantize", "x", "dtype f32, f16 or bf16", other.dtype().name()))
+                return Err(tessera_core::Error::invalid(
+                    "fp8_quantize",
+                    "x",
+                    "dtype f32, f16 or bf16",
+                    other.dtype().name(),
+                ))
             }
         }
         let values = download(stream, &values)?;
-        Ok(Fp8Quantized { values: values.into_iter().map(E4M3::from_bits).collect(), scales: download(stream, &scales)? })
+        Ok(Fp8Quantized {
+            values: values.into_iter().map(E4M3::from_bits).collect(),
+            scales: download(stream, &scales)?,
+        })
     }
 }

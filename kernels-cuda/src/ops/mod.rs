@@ -12,21 +12,38 @@ use std::sync::Arc;
 use tessera_core::{BackendKind, Error, Result};
 
 /// Checks that a device buffer has exactly `expected` elements.
-pub(crate) fn check_device_len(op: &'static str, arg: &str, expected: usize, got: usize) -> Result<()> {
+pub(crate) fn check_device_len(
+    op: &'static str,
+    arg: &str,
+    expected: usize,
+    got: usize,
+) -> Result<()> {
     if expected != got {
-        return Err(Error::invalid(op, arg, format!("{expected} elements"), format!("{got} elements")));
+        return Err(Error::invalid(
+            op,
+            arg,
+            format!("{expected} elements"),
+            format!("{got} elements"),
+        ));
     }
     Ok(())
 }
 
 /// Uploads a host slice.
 pub(crate) fn upload<T: DeviceRepr>(stream: &Arc<CudaStream>, host: &[T]) -> Result<CudaSlice<T>> {
-    stream.clone_htod(host).map_err(|e| driver_error("copying to the device", e))
+    stream
+        .clone_htod(host)
+        .map_err(|e| driver_error("copying to the device", e))
 }
 
 /// Downloads a device buffer.
-pub(crate) fn download<T: DeviceRepr + Default + Clone>(stream: &Arc<CudaStream>, dev: &CudaSlice<T>) -> Result<Vec<T>> {
-    stream.clone_dtoh(dev).map_err(|e| driver_error("copying from the device", e))
+pub(crate) fn download<T: DeviceRepr + Default + Clone>(
+    stream: &Arc<CudaStream>,
+    dev: &CudaSlice<T>,
+) -> Result<Vec<T>> {
+    stream
+        .clone_dtoh(dev)
+        .map_err(|e| driver_error("copying from the device", e))
 }
 
 /// Converts a size to the i32 the kernels take, or says which argument is too large.
