@@ -166,11 +166,21 @@ pub fn disk_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("tessera").join("cuda"))
 }
 
-/// Returns the cubin of `variant` for `arch`: from the disk cache if present, else compiled
-/// (and stored; a cache that cannot be written is not an error). Returns whether it compiled.
+/// Returns the cubin of `variant` for `arch`: from the disk cache ([`disk_cache_dir`]) if
+/// present, else compiled (and stored). Returns whether it compiled.
 pub fn cached_cubin(variant: &KernelVariant, arch: &str) -> Result<(Vec<u8>, bool)> {
+    cached_cubin_in(variant, arch, disk_cache_dir().as_deref())
+}
+
+/// Like [`cached_cubin`] with an explicit cache folder (`None`: compile every time). A cache
+/// that cannot be read or written is not an error: the kernel is compiled instead.
+pub fn cached_cubin_in(
+    variant: &KernelVariant,
+    arch: &str,
+    dir: Option<&std::path::Path>,
+) -> Result<(Vec<u8>, bool)> {
     let key = variant.cache_key(arch, nvrtc_version()?);
-    let path = disk_cache_dir().map(|d| d.join(format!("{key}.cubin")));
+    let path = dir.map(|d| d.join(format!("{key}.cubin")));
     if let Some(p) = &path {
         if let Ok(bytes) = std::fs::read(p) {
             if !bytes.is_empty() {

@@ -24,11 +24,10 @@ const NVRTC_NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"
 #[cfg(windows)]
 const NVRTC_NAMES: &[&str] = &["nvrtc64_130_0.dll", "nvrtc64_120_0.dll"];
 
-/// Candidate NVRTC paths: `TESSERA_NVRTC` (a file) first, then the plain library names.
+/// Candidate NVRTC library names, searched on the loader's path (`LD_LIBRARY_PATH`), as
+/// cudarc does when it loads NVRTC.
 fn nvrtc_candidates() -> Vec<String> {
-    let mut v: Vec<String> = std::env::var("TESSERA_NVRTC").into_iter().collect();
-    v.extend(NVRTC_NAMES.iter().map(|s| s.to_string()));
-    v
+    NVRTC_NAMES.iter().map(|s| s.to_string()).collect()
 }
 
 /// Loads the first library of `names` that loads; otherwise says which were tried.
@@ -120,7 +119,7 @@ pub fn probe() -> CudaProbe {
     let nvrtc = match open_first(&nvrtc_candidates()) {
         Ok((_, name)) => Ok(name),
         Err(e) => Err(format!(
-            "no NVRTC: {e} (install CUDA's NVRTC, e.g. `pip install nvidia-cuda-nvrtc`, and set TESSERA_NVRTC to the library's path)"
+            "no NVRTC: {e} (install CUDA's NVRTC, e.g. `pip install nvidia-cuda-nvrtc`, and put the folder of libnvrtc on LD_LIBRARY_PATH)"
         )),
     };
     CudaProbe {

@@ -2,7 +2,7 @@
 //! Ampere (sm_80). Needs NVRTC only, no GPU: CI installs it from PyPI (`nvidia-cuda-nvrtc`).
 //! Without NVRTC the test prints `skipped:` and passes, unless `TESSERA_REQUIRE_NVRTC=1`.
 
-use tessera_cuda::compile::compile_cubin;
+use tessera_cuda::compile::{cached_cubin_in, compile_cubin};
 use tessera_cuda::kernels::all_variants;
 
 #[test]
@@ -37,6 +37,34 @@ fn every_kernel_variant_compiles() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn disk_cache_serves_the_second_request() {
+    if let Err(why) = &tessera_cuda::probe().nvrtc {
+        if std::env::var("TESSERA_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+            panic!("TESSERA_REQUIRE_NVRTC=1 but {why}");
+        }
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tessera-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let variant = &all_variants()[0];
+    let (first, compiled) = cached_cubin_in(variant, "sm_90a", Some(&dir)).unwrap();
+    assert!(compiled, "an empty cache must compile");
+    let (second, compiled) = cached_cubin_in(variant, "sm_90a", Some(&dir)).unwrap();
+    assert!(
+        !compiled,
+        "the second request must come from the disk cache"
+    );
+    assert_eq!(first, second);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "one file per variant and arch"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
