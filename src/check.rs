@@ -403,11 +403,11 @@ impl MlaCase {
         Ok(CheckOutcome {
             op: "mla_append+decode",
             shape: format!(
-                "b{} s_q{} h{} lens {:?} {:?} page {} latent {} rope {}",
+                "b{} s_q{} h{} lens {} {:?} page {} latent {} rope {}",
                 batch,
                 self.s_q,
                 self.heads,
-                self.seq_lens,
+                compact_lens(&self.seq_lens),
                 l.format,
                 l.page_size,
                 l.latent_dim,
