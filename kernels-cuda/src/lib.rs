@@ -17,6 +17,7 @@ pub mod ops;
 mod probe;
 mod runtime;
 
+pub use ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
 pub use ops::fp8::DeviceInput;
 pub use probe::{probe, CudaProbe};
 pub use runtime::{arch_for, CudaRuntime};

@@ -1,16 +1,342 @@
 //! Block-sparse (radial) attention on CUDA.
+//!
+//! The kernel (`kernels/sparse_attention.cu`) is FlashAttention-2 style: one CTA of 4 warps per
+//! (64 query rows, head, batch), warps of 16 query rows, the row's key blocks walked in tiles of 64
+//! keys with tensor-core mma and an online softmax in f32. It runs on sm_80 and later, for
+//! head_dim 64 or 128, f16 or bf16, and mask block sizes 64 or 128.
+//!
+//! Device API: upload the mask once as a [`DeviceBlockMask`], wrap the tensors as
+//! [`DeviceHalf`] / [`DeviceHalfMut`] and call [`CudaBackend::sparse_attention_on`].
 
-use crate::compile::KernelVariant;
+use super::{check_device_len, download, launch_error, to_i32, upload};
+use crate::compile::{KernelSource, KernelVariant};
+use crate::runtime::driver_error;
 use crate::CudaBackend;
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use half::{bf16, f16};
+use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
-use tessera_core::{BlockMask, Result, TensorRef};
+use tessera_core::{BackendKind, BlockMask, DType, Error, Result, Tensor, TensorRef};
+
+const OP: &str = "sparse_attention";
+const ENTRY: &str = "sparse_attention_fwd";
+
+/// `sparse_attention.cu`: the block-sparse attention forward kernel.
+pub const SPARSE_ATTENTION: KernelSource = KernelSource {
+    file: "sparse_attention.cu",
+    code: include_str!("../../kernels/sparse_attention.cu"),
+};
+
+/// Mask block sizes the CUDA kernel supports.
+pub const SUPPORTED_BLOCK_SIZES: [usize; 2] = [64, 128];
+
+/// Keys per tile of the kernel's inner loop.
+const KEY_TILE: usize = 64;
+
+/// The kernel for a head dimension (64 or 128), element type (f16 or bf16) and mask block size
+/// (64 or 128).
+pub fn attention_variant(head_dim: usize, dtype: DType, block_size: usize) -> KernelVariant {
+    KernelVariant::new(SPARSE_ATTENTION)
+        .define("HEAD_DIM", head_dim)
+        .define("ELEM_BF16", u8::from(dtype == DType::BF16))
+        .define("BLOCK", block_size)
+}
 
 /// Every kernel variant of this module (compiled by CI for sm_90a and sm_80).
 pub(crate) fn variants() -> Vec<KernelVariant> {
-    Vec::new()
+    let mut v = Vec::new();
+    for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
+        for dtype in [DType::F16, DType::BF16] {
+            for block_size in SUPPORTED_BLOCK_SIZES {
+                v.push(attention_variant(head_dim, dtype, block_size));
+            }
+        }
+    }
+    v
+}
+
+/// Dynamic shared memory of the kernel: two buffers of a K and a V tile of 64 rows, each row
+/// padded by 8 elements.
+fn shared_bytes(head_dim: usize) -> usize {
+    4 * KEY_TILE * (head_dim + 8) * 2
+}
+
+/// Query rows per CTA (a block row of 128 is two CTAs).
+const QUERY_TILE: usize = 64;
+
+/// Threads per CTA: one warp per 16 query rows.
+const THREADS: u32 = (QUERY_TILE / 16 * 32) as u32;
+
+fn check_block_size(block_size: usize) -> Result<()> {
+    if SUPPORTED_BLOCK_SIZES.contains(&block_size) {
+        Ok(())
+    } else {
+        Err(Error::Unsupported {
+            op: OP,
+            backend: BackendKind::Cuda,
+            reason: format!("mask block size {block_size}: the CUDA kernel supports 64 and 128"),
+        })
+    }
+}
+
+/// A [`BlockMask`] uploaded to the device once, for any number of
+/// [`CudaBackend::sparse_attention_on`] calls (every batch, head and layer that shares it).
+///
+/// It keeps the host mask too (a few bytes per block), so that each call can validate the
+/// descriptor against it without reading the device.
+#[derive(Debug)]
+pub struct DeviceBlockMask {
+    mask: BlockMask,
+    indptr: CudaSlice<u32>,
+    indices: CudaSlice<u32>,
+}
+
+impl DeviceBlockMask {
+    /// Uploads `mask` on `stream` (asynchronously with respect to the host; later work on the
+    /// stream sees it).
+    pub fn new(stream: &Arc<CudaStream>, mask: &BlockMask) -> Result<Self> {
+        let indptr = upload(stream, mask.indptr())?;
+        // An empty allocation is not allowed: a mask with no block (which no op accepts) gets a
+        // one-element placeholder.
+        let indices = if mask.indices().is_empty() {
+            upload(stream, &[0u32])?
+        } else {
+            upload(stream, mask.indices())?
+        };
+        Ok(Self {
+            mask: mask.clone(),
+            indptr,
+            indices,
+        })
+    }
+
+    /// The host mask it was made from.
+    pub fn mask(&self) -> &BlockMask {
+        &self.mask
+    }
+
+    /// Tokens covered (queries and keys).
+    pub fn tokens(&self) -> usize {
+        self.mask.tokens()
+    }
+
+    /// Block edge in tokens.
+    pub fn block_size(&self) -> usize {
+        self.mask.block_size()
+    }
+
+    /// Blocks per side: `ceil(tokens / block_size)`.
+    pub fn num_blocks(&self) -> usize {
+        self.mask.num_blocks()
+    }
+
+    /// The BSR row pointer on the device, `num_blocks + 1` u32.
+    pub fn indptr(&self) -> &CudaSlice<u32> {
+        &self.indptr
+    }
+
+    /// The BSR column indices on the device, `nnz` u32 (one placeholder element when `nnz` is 0).
+    pub fn indices(&self) -> &CudaSlice<u32> {
+        &self.indices
+    }
+}
+
+/// A read-only device tensor of 16-bit floats: q, k or v of [`CudaBackend::sparse_attention_on`].
+/// Its variant is its element type and must be the op's `dtype`.
+#[derive(Debug)]
+pub enum DeviceHalf<'a> {
+    /// f16 elements.
+    F16(CudaView<'a, f16>),
+    /// bf16 elements.
+    BF16(CudaView<'a, bf16>),
+}
+
+/// A writable device tensor of 16-bit floats: o of [`CudaBackend::sparse_attention_on`].
+#[derive(Debug)]
+pub enum DeviceHalfMut<'a> {
+    /// f16 elements.
+    F16(CudaViewMut<'a, f16>),
+    /// bf16 elements.
+    BF16(CudaViewMut<'a, bf16>),
+}
+
+impl DeviceHalf<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            DeviceHalf::F16(_) => DType::F16,
+            DeviceHalf::BF16(_) => DType::BF16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            DeviceHalf::F16(v) => v.len(),
+            DeviceHalf::BF16(v) => v.len(),
+        }
+    }
+
+    fn address(&self, stream: &CudaStream) -> u64 {
+        match self {
+            DeviceHalf::F16(v) => v.device_ptr(stream).0,
+            DeviceHalf::BF16(v) => v.device_ptr(stream).0,
+        }
+    }
+}
+
+impl DeviceHalfMut<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            DeviceHalfMut::F16(_) => DType::F16,
+            DeviceHalfMut::BF16(_) => DType::BF16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            DeviceHalfMut::F16(v) => v.len(),
+            DeviceHalfMut::BF16(v) => v.len(),
+        }
+    }
+
+    fn address(&self, stream: &CudaStream) -> u64 {
+        match self {
+            DeviceHalfMut::F16(v) => v.device_ptr(stream).0,
+            DeviceHalfMut::BF16(v) => v.device_ptr(stream).0,
+        }
+    }
 }
 
 impl CudaBackend {
+    /// Block-sparse attention forward on `stream`, without synchronizing: reads `q`, `k`, `v`
+    /// (`[batch, tokens, heads, head_dim]`, all of `op.dtype`) and writes `o` (same layout and
+    /// type) and `lse` (f32 `[batch, heads, tokens]`, natural log) for every query row.
+    ///
+    /// Checks the descriptor against the mask (as [`SparseAttention::validate`] does), the
+    /// element types, the lengths, and that q, k, v and o start on 16-byte boundaries (the
+    /// kernel moves 16 bytes at a time; whole `cudarc` allocations always do). The mask's block
+    /// size must be 64 or 128 (otherwise [`Error::Unsupported`]). Values are not checked:
+    /// non-finite inputs give non-finite outputs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_attention_on(
+        &self,
+        stream: &CudaStream,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        q: &DeviceHalf<'_>,
+        k: &DeviceHalf<'_>,
+        v: &DeviceHalf<'_>,
+        o: &mut DeviceHalfMut<'_>,
+        lse: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        op.validate(mask.mask())?;
+        check_block_size(mask.block_size())?;
+        for (arg, t) in [("q", q), ("k", k), ("v", v)] {
+            if t.dtype() != op.dtype {
+                return Err(Error::invalid(
+                    OP,
+                    arg,
+                    format!("dtype {}", op.dtype),
+                    t.dtype().name(),
+                ));
+            }
+            check_device_len(OP, arg, op.qkv_len(), t.len())?;
+        }
+        if o.dtype() != op.dtype {
+            return Err(Error::invalid(
+                OP,
+                "o",
+                format!("dtype {}", op.dtype),
+                o.dtype().name(),
+            ));
+        }
+        check_device_len(OP, "o", op.qkv_len(), o.len())?;
+        check_device_len(OP, "lse", op.lse_len(), lse.len())?;
+        let addresses = [
+            ("q", q.address(stream)),
+            ("k", k.address(stream)),
+            ("v", v.address(stream)),
+            ("o", o.address(stream)),
+        ];
+        for (arg, address) in addresses {
+            if address % 16 != 0 {
+                return Err(Error::invalid(
+                    OP,
+                    arg,
+                    "a device address aligned to 16 bytes",
+                    format!("{address:#x}"),
+                ));
+            }
+        }
+        let tokens = to_i32(OP, "tokens", op.tokens)?;
+        let heads = to_i32(OP, "heads", op.heads)?;
+        // Offsets are computed in 64 bits, but `batch * tokens * heads` must fit the i64 and the
+        // grid's y and z dimensions must hold heads and batch.
+        for (arg, n) in [("heads", op.heads), ("batch", op.batch)] {
+            if n > 65535 {
+                return Err(Error::invalid(
+                    OP,
+                    arg,
+                    "at most 65535 on CUDA",
+                    n.to_string(),
+                ));
+            }
+        }
+        let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
+
+        let variant = attention_variant(op.head_dim, op.dtype, mask.block_size());
+        let func = self.runtime.function(&variant, ENTRY)?;
+        let smem = shared_bytes(op.head_dim);
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| {
+            driver_error(
+                &format!("allowing {smem} bytes of shared memory for {ENTRY}"),
+                e,
+            )
+        })?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                op.tokens.div_ceil(QUERY_TILE) as u32,
+                op.heads as u32,
+                op.batch as u32,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let mut launch = stream.launch_builder(&func);
+        for t in [q, k, v] {
+            match t {
+                DeviceHalf::F16(x) => launch.arg(x),
+                DeviceHalf::BF16(x) => launch.arg(x),
+            };
+        }
+        match o {
+            DeviceHalfMut::F16(x) => launch.arg(x),
+            DeviceHalfMut::BF16(x) => launch.arg(x),
+        };
+        launch
+            .arg(lse)
+            .arg(&mask.indptr)
+            .arg(&mask.indices)
+            .arg(&tokens)
+            .arg(&heads)
+            .arg(&scale_log2);
+        // SAFETY: the kernel's parameters are (const u16* q, k, v, u16* o, float* lse,
+        // const u32* indptr, indices, int tokens, int heads, float scale_log2) in this order. q, k,
+        // v and o hold batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned, lse
+        // batch*heads*tokens floats (all checked above); the mask was validated against the op
+        // (num_blocks + 1 row pointers, sorted in-range columns, no empty row), and the grid has
+        // one CTA per (64 query rows, head, batch). The kernel reads and writes only within those
+        // bounds (rows at or past `tokens` are neither read nor written).
+        unsafe { launch.launch(cfg) }.map_err(|e| launch_error(ENTRY, e))?;
+        Ok(())
+    }
+
     pub(crate) fn sparse_attention_host(
         &self,
         op: &SparseAttention,
@@ -20,6 +346,55 @@ impl CudaBackend {
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput> {
         op.validate_args(mask, q, k, v)?;
-        self.unsupported("sparse_attention")
+        check_block_size(mask.block_size())?;
+        let stream = &self.runtime.stream;
+        let dmask = DeviceBlockMask::new(stream, mask)?;
+        // Outputs start as NaN so that an element the kernel fails to write shows up.
+        let mut lse = upload(stream, &vec![f32::NAN; op.lse_len()])?;
+        let o = match (q, k, v) {
+            (TensorRef::F16(q), TensorRef::F16(k), TensorRef::F16(v)) => {
+                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
+                let mut o = upload(stream, &vec![f16::NAN; op.qkv_len()])?;
+                self.sparse_attention_on(
+                    stream,
+                    op,
+                    &dmask,
+                    &DeviceHalf::F16(q.as_view()),
+                    &DeviceHalf::F16(k.as_view()),
+                    &DeviceHalf::F16(v.as_view()),
+                    &mut DeviceHalfMut::F16(o.as_view_mut()),
+                    &mut lse.as_view_mut(),
+                )?;
+                Tensor::F16(download(stream, &o)?)
+            }
+            (TensorRef::BF16(q), TensorRef::BF16(k), TensorRef::BF16(v)) => {
+                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
+                let mut o = upload(stream, &vec![bf16::NAN; op.qkv_len()])?;
+                self.sparse_attention_on(
+                    stream,
+                    op,
+                    &dmask,
+                    &DeviceHalf::BF16(q.as_view()),
+                    &DeviceHalf::BF16(k.as_view()),
+                    &DeviceHalf::BF16(v.as_view()),
+                    &mut DeviceHalfMut::BF16(o.as_view_mut()),
+                    &mut lse.as_view_mut(),
+                )?;
+                Tensor::BF16(download(stream, &o)?)
+            }
+            // validate_args checked that all three are of op.dtype, which is f16 or bf16.
+            _ => {
+                return Err(Error::invalid(
+                    OP,
+                    "q",
+                    "f16 or bf16 tensors of one dtype",
+                    q.dtype().name(),
+                ))
+            }
+        };
+        Ok(AttentionOutput {
+            o,
+            lse: download(stream, &lse)?,
+        })
     }
 }
