@@ -16,21 +16,41 @@ use tessera::{
     SparseAttention, TensorRef, E4M3,
 };
 
+/// Whether `TESSERA_REQUIRE_BACKENDS` names this backend: then it must open and support every op.
+fn required(kind: BackendKind) -> bool {
+    let required = std::env::var("TESSERA_REQUIRE_BACKENDS").unwrap_or_default();
+    required
+        .split(',')
+        .any(|r| r.trim().eq_ignore_ascii_case(kind.name()))
+}
+
 /// Opens the backend, or prints why it is skipped (failing if it is required).
 fn open_or_skip(kind: BackendKind) -> Option<Box<dyn Backend>> {
     match tessera::backend(kind) {
         Ok(b) => Some(b),
         Err(e) => {
-            let required = std::env::var("TESSERA_REQUIRE_BACKENDS").unwrap_or_default();
-            if required
-                .split(',')
-                .any(|r| r.trim().eq_ignore_ascii_case(kind.name()))
-            {
+            if required(kind) {
                 panic!("backend {kind} is required (TESSERA_REQUIRE_BACKENDS) but: {e}");
             }
             println!("skipped: {e}");
             None
         }
+    }
+}
+
+/// An op the backend does not implement yet is reported as skipped (once), unless the backend
+/// is required; anything else is a failure.
+fn unsupported_is_skipped<T>(
+    kind: BackendKind,
+    result: tessera::Result<T>,
+    skipped: &std::sync::Mutex<Option<String>>,
+) -> tessera::Result<Option<T>> {
+    match result {
+        Err(e @ Error::Unsupported { .. }) if !required(kind) => {
+            *skipped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            Ok(None)
+        }
+        other => other.map(Some),
     }
 }
 
@@ -42,10 +62,16 @@ fn cases(kind: BackendKind) -> u32 {
     }
 }
 
-fn run_case(backend: &dyn Backend, case: &Case) -> Result<(), TestCaseError> {
-    let outcome = case
-        .run(backend)
+fn run_case(
+    backend: &dyn Backend,
+    case: &Case,
+    skipped: &std::sync::Mutex<Option<String>>,
+) -> Result<(), TestCaseError> {
+    let outcome = unsupported_is_skipped(backend.kind(), case.run(backend), skipped)
         .map_err(|e| TestCaseError::fail(format!("{case:?}: {e}")))?;
+    let Some(outcome) = outcome else {
+        return Ok(());
+    };
     if let Some(m) = outcome.first_failure() {
         return Err(TestCaseError::fail(format!(
             "{} {}: {} = {:e} > {:e}",
@@ -183,9 +209,15 @@ where
     let Some(backend) = open_or_skip(kind) else {
         return;
     };
+    let skipped = std::sync::Mutex::new(None);
     runner(kind)
-        .run(&strategy, |value| run_case(backend.as_ref(), &wrap(value)))
+        .run(&strategy, |value| {
+            run_case(backend.as_ref(), &wrap(value), &skipped)
+        })
         .unwrap();
+    if let Some(why) = skipped.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        println!("skipped: {why}");
+    }
 }
 
 fn expect_invalid<T: std::fmt::Debug>(result: tessera::Result<T>, arg: &str) {
@@ -364,9 +396,9 @@ fn invalid_arguments(kind: BackendKind) {
         "cache",
     );
     // Pages past the length are not read, so they may hold anything.
-    assert!(b
-        .mla_decode(&op, &cache, &q, &[0, 99, 2, -7], &[0, 4])
-        .is_ok());
+    let skipped = std::sync::Mutex::new(None);
+    let result = b.mla_decode(&op, &cache, &q, &[0, 99, 2, -7], &[0, 4]);
+    assert!(unsupported_is_skipped(kind, result, &skipped).is_ok());
 
     // FP8.
     let qop = Fp8Quantize {
@@ -439,8 +471,12 @@ macro_rules! conformance_suite {
                 let Some(backend) = open_or_skip($kind) else {
                     return;
                 };
+                let skipped = std::sync::Mutex::new(None);
                 for case in tessera::check::standard_cases(true, 7) {
-                    run_case(backend.as_ref(), &case).unwrap();
+                    run_case(backend.as_ref(), &case, &skipped).unwrap();
+                }
+                if let Some(why) = skipped.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    println!("skipped (some cases): {why}");
                 }
             }
         }
