@@ -18,6 +18,7 @@ mod probe;
 mod runtime;
 
 pub use ops::fp8::DeviceInput;
+pub use ops::fp8_gemm::Fp8GemmTile;
 pub use probe::{probe, CudaProbe};
 pub use runtime::{arch_for, CudaRuntime};
 
