@@ -21,7 +21,7 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
     case "$name" in
-      conformance|compile_all) cp "$exe" "$pack/bin/test-$name" ;;
+      conformance|compile_all|fp8_gemm_timing) cp "$exe" "$pack/bin/test-$name" ;;
     esac
   done
 cargo build --release --locked -p tessera-bench
