@@ -21,11 +21,11 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
     case "$name" in
-      conformance|compile_all|fp8_gemm_timing) cp "$exe" "$pack/bin/test-$name" ;;
+      conformance|compile_all|fp8_gemm_timing|attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
     esac
   done
 cargo build --release --locked -p tessera-bench
-cp target/release/tessera "$pack/bin/tessera"
+cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 strip "$pack"/bin/*
 cp ci/gpu-run.sh "$pack/"
 git rev-parse --short HEAD > "$pack/COMMIT" 2>/dev/null || echo unknown > "$pack/COMMIT"

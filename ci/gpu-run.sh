@@ -28,6 +28,7 @@ echo "commit $commit; $(cat "$out/gpu.txt")"
 run info "$pack/bin/tessera" info
 run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/test-compile_all" --nocapture
 run fp8_gemm_timing "$pack/bin/test-fp8_gemm_timing" --nocapture --test-threads=1
+run attention_timing "$pack/bin/test-attention_timing" --nocapture --test-threads=1
 run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
 quick=""; [ "$mode" = quick ] && quick="--quick"
 run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/check-cuda.json"
