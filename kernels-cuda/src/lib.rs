@@ -18,6 +18,7 @@ mod probe;
 mod runtime;
 
 pub use ops::fp8::DeviceInput;
+pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
 pub use probe::{probe, CudaProbe};
 pub use runtime::{arch_for, CudaRuntime};
 
