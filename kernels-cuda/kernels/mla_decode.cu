@@ -6,8 +6,8 @@
 //             1 = FP8 records [latent e4m3 | latent/128 f32 scales | rope bf16]
 //   LATENT    latent_dim, or 0 = taken from the run-time argument (then ROPE is too)
 //   ROPE      rope_dim when LATENT != 0
-//   DV_CHUNK  output (latent) columns per CTA; latent_dim > DV_CHUNK gives several column
-//             chunks, each recomputing the scores
+//   DV_CHUNK  output (latent) columns per CTA, a multiple of 128; latent_dim > DV_CHUNK gives
+//             several column chunks, each recomputing the scores
 //
 // Problem (one KV head, multi-query): for request b, the rows are its s_q * heads queries, row
 // r = i * heads + h (the order of q); query i sees keys j < len - (s_q - 1 - i).
@@ -19,19 +19,27 @@
 //   ws      f32  split mode: [splits, batch, s_q * heads, latent] (each split's normalized o),
 //                then [splits, batch, s_q * heads] (each split's lse)
 //
-// CTA: 8 warps, M = 16 * RS rows (RS row slices of 16), key tiles of N keys. Warp (rs, cw),
-// rs < RS, cw < CW = 8 / RS:
-//   S = Q K^T   rows rs*16..+16, keys cw*KW..+KW of the tile over all qk dims, for the first
-//               SCW = min(CW, N / 8) warps of the slice (KW = N / SCW, 8 or 16 keys);
-//   softmax     online, f32, in the log2 domain; the row max is exchanged between the CW warps
-//               of a row slice through shared memory, the row sums stay per warp until the end;
-//   O += P V    rows rs*16..+16, latent columns cw*WC..+WC of the CTA's chunk (WC = DV_CHUNK/CW),
-//               P (bf16) read back from shared memory for all N keys, V = the latent part of
-//               the same shared-memory key tile.
-// Shared memory: Q [M][qk+8] bf16, key tiles [N][qk+8] bf16 (two, double-buffered with cp.async,
-// for bf16 records; one for FP8, which stages raw records in two buffers [N][token_bytes
-// rounded up to 16] and dequantizes them: e4m3 times a power-of-two scale is exact in bf16),
-// P [M][N+8] bf16, the row-max / row-sum exchange [CW][M] f32.
+// CTA: 8 warps, M = 16 * RS rows (RS row slices of 16) of one request, one split of its keys,
+// one chunk of DV_CHUNK output columns; key tiles of N keys.
+//   S = Q K^T   warp (rs, cw), rs < RS, cw < CW = 8 / RS: rows rs*16..+16 and keys cw*KW..+KW
+//               of the tile, over all qk dims, for the first SCW = min(CW, N / 8) warps of a
+//               slice (KW = N / SCW, 8 or 16 keys); two accumulator sets (even / odd k-steps)
+//               for instruction-level parallelism. With RS = 1 and compile-time dims, the Q
+//               fragments stay in registers for the whole kernel.
+//   softmax     online, f32, in the log2 domain; the row max is exchanged between the warps of a
+//               row slice through shared memory (every warp then knows the running max of every
+//               row), the row sums stay per warp until the end;
+//   O += P V    warp w: all M rows, latent columns w*WC..+WC of the chunk (WC = DV_CHUNK / 8), so
+//               that each V element is read from shared memory once; P (bf16) is read back from
+//               shared memory, V is the latent part of the same key tile.
+// Key tiles are read through the block table: each warp copies N / 8 keys of a tile; their
+// block-table entries are fetched one tile ahead into registers (lane i holds key i's) so that
+// the copies of a tile never wait for a table lookup.
+// Shared memory: Q [M][qk+8] bf16 (none when Q lives in registers: it is staged in a key
+// buffer), key tiles [N][qk+8] bf16 (STAGES of them, a cp.async pipeline, for bf16 records; one
+// for FP8, which pipelines raw records in STAGES buffers [N][token_bytes rounded up to 16] and
+// dequantizes each tile: e4m3 times a power-of-two scale is exact in bf16), P [M][N+8] bf16, the
+// row-max / row-sum exchange [CW][M] f32.
 // The +8 padding makes every ldmatrix conflict-free (the row pitch is an odd number of 16 bytes).
 //
 // Error signal: a block-table entry read for a key (only those of keys < len) outside
@@ -71,44 +79,47 @@ __device__ __forceinline__ void mla_cp_async_4(void* smem, const void* gmem, boo
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(addr), "l"(gmem), "r"(src_size));
 }
 
-// Four e4m3 codes (little-endian in w) to f32, exactly.
-__device__ __forceinline__ void mla_e4m3x4_to_f32(u32 w, float f[4]) {
+// Two e4m3 codes (the low byte first) times the power-of-two scale s, as packed bf16 (exact).
+__device__ __forceinline__ u32 mla_e4m3x2_scaled(u32 pair, float s) {
+    float lo, hi;
 #if __CUDA_ARCH__ >= 890
-    u32 h01, h23;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h01) : "h"((u16)(w & 0xffffu)));
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h23) : "h"((u16)(w >> 16)));
-    f[0] = f16_to_f32((u16)(h01 & 0xffffu));
-    f[1] = f16_to_f32((u16)(h01 >> 16));
-    f[2] = f16_to_f32((u16)(h23 & 0xffffu));
-    f[3] = f16_to_f32((u16)(h23 >> 16));
+    u32 h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"((u16)pair));
+    lo = f16_to_f32((u16)(h & 0xffffu));
+    hi = f16_to_f32((u16)(h >> 16));
 #else
-#pragma unroll
-    for (int i = 0; i < 4; ++i) f[i] = e4m3_to_f32((u8)((w >> (8 * i)) & 0xffu));
+    lo = e4m3_to_f32((u8)(pair & 0xffu));
+    hi = e4m3_to_f32((u8)((pair >> 8) & 0xffu));
 #endif
+    return pack2<true>(lo * s, hi * s);
 }
 
-// Bytes of dynamic shared memory; the host computes the same (ops/mla.rs, `decode_smem_bytes`).
-__host__ __device__ __forceinline__ int mla_raw_pitch(int token_bytes) { return (token_bytes + 15) / 16 * 16; }
+// Bytes of a raw FP8 record in shared memory (the host computes the same, ops/mla.rs).
+__device__ __forceinline__ int mla_raw_pitch(int token_bytes) { return (token_bytes + 15) / 16 * 16; }
 
 // ---- the decode kernel -------------------------------------------------------------------------
 
-template <int RS, int N>
+template <int RS, int N, int STAGES>
 __device__ __forceinline__ void mla_decode_impl(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
     const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,
-    float* __restrict__ ws, int batch, int s_q, int heads,
-    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int splits, int row_groups, int col_chunks, float scale_log2) {
+    float* __restrict__ ws, int batch, int s_q, int heads, int max_pages, int page_size,
+    int num_pages, int latent_rt, int rope_rt, int token_bytes, int splits, int row_groups,
+    int col_chunks, float scale_log2) {
     constexpr int M = 16 * RS;
-    constexpr int CW = MLA_WARPS / RS;
-    constexpr int SCW = CW < N / 8 ? CW : N / 8;  // warps per row slice that compute S
-    constexpr int KW = N / SCW;                   // keys per warp in S
-    constexpr int KNT = KW / 8;                   // S n-tiles per warp
-    constexpr int WC = DV_CHUNK / CW;             // output columns per warp
-    constexpr int NT = WC / 8;                    // O n-tiles per warp
-    static_assert(KW == 8 || KW == 16, "keys per warp must be 8 or 16");
+    constexpr int CW = MLA_WARPS / RS;            // S-phase warps per row slice
+    constexpr int SCW = CW < N / 8 ? CW : N / 8;  // of which compute scores
+    constexpr int KW = N / SCW;                   // keys per score warp
+    constexpr int KNT = KW / 8;                   // S n-tiles per score warp
+    constexpr int WC = DV_CHUNK / MLA_WARPS;      // output columns per warp (all M rows)
+    constexpr int NT = WC / 8;                    // O n-tiles per warp and row slice
+    constexpr int KPW = N / MLA_WARPS;            // keys each warp copies per tile
+    constexpr bool QREG = LATENT != 0 && RS == 1; // Q fragments in registers
+    constexpr int QKS = QREG ? (LATENT + ROPE) / 16 : 1;  // their k-steps
+    static_assert(KW == 8 || KW == 16, "keys per score warp must be 8 or 16");
     static_assert(NT % 2 == 0, "output columns per warp must be a multiple of 16");
-    static_assert(N % 16 == 0, "key tile must be a multiple of 16");
+    static_assert(N % 16 == 0 && KPW >= 1 && KPW <= 32, "bad key tile");
+    static_assert(STAGES >= 2, "at least double buffering");
 
     const int latent = LATENT ? LATENT : latent_rt;
     const int rope = LATENT ? ROPE : rope_rt;
@@ -116,12 +127,16 @@ __device__ __forceinline__ void mla_decode_impl(
     const int QS = qk + 8;  // row pitch of Q and K tiles, elements
 
     extern __shared__ __align__(16) u8 smem[];
+    // With Q in registers, Q has no region of its own: it is staged in a key buffer that the
+    // pipeline fills only after the fragments are read (the last bf16 stage, or the FP8 format's
+    // bf16 tile).
     u16* sQ = reinterpret_cast<u16*>(smem);
-    u16* sK = sQ + M * QS;
-    constexpr int KBUF = FMT == 0 ? 2 : 1;
+    u16* sK = QREG ? sQ : sQ + M * QS;
+    constexpr int KBUF = FMT == 0 ? STAGES : 1;
     u8* sRaw = reinterpret_cast<u8*>(sK + KBUF * N * QS);
     const int raw_pitch = mla_raw_pitch(token_bytes);
-    u16* sP = reinterpret_cast<u16*>(sRaw + (FMT == 1 ? 2 * N * raw_pitch : 0));
+    u16* sP = reinterpret_cast<u16*>(sRaw + (FMT == 1 ? STAGES * N * raw_pitch : 0));
+    u16* sQload = QREG && FMT == 0 ? sK + (STAGES - 1) * N * QS : sQ;
     constexpr int PS = N + 8;  // pitch of P, elements
     float* sRed = reinterpret_cast<float*>(sP + M * PS);
 
@@ -154,7 +169,7 @@ __device__ __forceinline__ void mla_decode_impl(
     const int k_end = min(k_begin + per_split, kv_end);
     const int ntiles = k_end > k_begin ? (k_end - k_begin + N - 1) / N : 0;
 
-    // Keys each of this thread's two rows may see (exclusive bound); padding rows see none.
+    // Keys each of this thread's two score rows may see (exclusive bound); padding rows none.
     int lim[2];
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
@@ -168,24 +183,30 @@ __device__ __forceinline__ void mla_decode_impl(
     }
 
     int bad_page = 0;  // set when a block-table entry in use is out of range
-
     const i64 bt_row = (i64)b * max_pages;
-    // Issues the copies of key tile t into `dst` (bf16 records) or the raw buffer (FP8).
-    auto load_tile = [&](int t, int buf) {
-        const int j0 = k_begin + t * N;
-        for (int kk = warp; kk < N; kk += MLA_WARPS) {
-            const int j = j0 + kk;
+
+    // Lane i < KPW of each warp fetches the block-table entry of the warp's key i of tile t.
+    auto fetch_pages = [&](int t) -> int {
+        int page = 0;
+        if (lane < KPW && t < ntiles) {
+            const int j = k_begin + t * N + warp + MLA_WARPS * lane;
+            if (j < k_end) page = __ldg(block_table + bt_row + j / page_size);
+        }
+        return page;
+    };
+    // Issues the copies of key tile t (its entries in `pages`) into buffer `buf`.
+    auto load_tile = [&](int t, int buf, int pages) {
+#pragma unroll
+        for (int i = 0; i < KPW; ++i) {
+            const int kk = warp + MLA_WARPS * i;
+            const int j = k_begin + t * N + kk;
+            const int page = __shfl_sync(0xffffffffu, pages, i);
             bool valid = j < k_end;
-            const u8* src = cache;
-            if (valid) {
-                const int page = __ldg(block_table + bt_row + j / page_size);
-                if (page < 0 || page >= num_pages) {
-                    valid = false;
-                    bad_page = 1;
-                } else {
-                    src = cache + ((i64)page * page_size + j % page_size) * token_bytes;
-                }
+            if (valid && (page < 0 || page >= num_pages)) {
+                valid = false;
+                bad_page = 1;
             }
+            const u8* src = valid ? cache + ((i64)page * page_size + j % page_size) * token_bytes : cache;
 #if FMT == 0
             u16* dst = sK + (buf * N + kk) * QS;
             for (int c = lane; c < qk / 8; c += 32) cp_async_16(dst + c * 8, src + c * 16, valid);
@@ -200,98 +221,151 @@ __device__ __forceinline__ void mla_decode_impl(
         }
     };
 
-    // Prologue: Q and the first key tile.
+    // Prologue: Q (its own commit group), the first STAGES - 1 key tiles (one group each), the
+    // table entries of the next tile.
     {
         const u16* qb = q + ((i64)b * rows_total + r0) * qk;
         const int cpr = qk / 8;  // 16-byte chunks per row
         for (int idx = tid; idx < M * cpr; idx += MLA_THREADS) {
             const int row = idx / cpr, c = idx % cpr;
             const bool valid = row < rows_here;
-            cp_async_16(sQ + row * QS + c * 8, valid ? (const void*)(qb + (i64)row * qk + c * 8) : (const void*)q, valid);
+            cp_async_16(sQload + row * QS + c * 8, valid ? (const void*)(qb + (i64)row * qk + c * 8) : (const void*)q, valid);
         }
     }
-    if (ntiles > 0) load_tile(0, 0);
     cp_async_commit();
-
-    float m[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};
-    float l[2] = {0.0f, 0.0f};
-    float acc[NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+    for (int t = 0; t < STAGES - 1; ++t) {
+        if (t < ntiles) load_tile(t, t, fetch_pages(t));
+        cp_async_commit();
+    }
+    int pages_next = fetch_pages(STAGES - 1);
 
-    const int col0 = chunk * DV_CHUNK + cw * WC;  // first output column of this warp
+    const u16* qa = sQload + (rs * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * QS + (lane / 16) * 8;
+    u32 qf[QKS][4];
+    if constexpr (QREG) {
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < QKS; ++k) ldmatrix_x4(qf[k], qa + 16 * k);
+    }
+
+    float m_o[RS][2];  // running max (log2 domain) of rows mt*16 + g + 8h
+    float l_s[2] = {0.0f, 0.0f};  // this warp's share of the row sums of its score rows
+    float acc[RS][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < RS; ++mt) {
+        m_o[mt][0] = m_o[mt][1] = TESSERA_NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+    }
+
+    const int col0 = chunk * DV_CHUNK + warp * WC;  // first output column of this warp
 
     for (int t = 0; t < ntiles; ++t) {
-        cp_async_wait<0>();
-        __syncthreads();  // tile t is in; every warp is done with tile t-1
-        if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
-        cp_async_commit();
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile t is in; every warp is done with tile t-1 (and with Q)
+        {
+            const int tn = t + STAGES - 1;  // into the buffer of tile t-1
+            if (tn < ntiles) load_tile(tn, tn % STAGES, pages_next);
+            cp_async_commit();
+            pages_next = fetch_pages(tn + 1);
+        }
+        const int cur = t % STAGES;
 #if FMT == 1
         {
-            // Dequantize the raw records of tile t into the bf16 key tile.
-            const u8* rawb = sRaw + (t & 1) * N * raw_pitch;
-            const int groups = latent / 128;
-            for (int kk = warp; kk < N; kk += MLA_WARPS) {
+            // Dequantize the raw records of tile t into the bf16 key tile, 16 codes at a time.
+            const u8* rawb = sRaw + cur * N * raw_pitch;
+            const int cpk = latent / 16;
+            for (int idx = tid; idx < N * cpk; idx += MLA_THREADS) {
+                const int kk = idx / cpk, c = idx - kk * cpk;
                 const u8* rec = rawb + kk * raw_pitch;
-                const float* scales = reinterpret_cast<const float*>(rec + latent);
-                u16* dst = sK + kk * QS;
-                for (int w = lane; w < latent / 4; w += 32) {
-                    const u32 codes = *reinterpret_cast<const u32*>(rec + 4 * w);
-                    const float s = scales[w / 32];
-                    float f[4];
-                    mla_e4m3x4_to_f32(codes, f);
-                    uint2 out;
-                    out.x = pack2<true>(f[0] * s, f[1] * s);
-                    out.y = pack2<true>(f[2] * s, f[3] * s);
-                    *reinterpret_cast<uint2*>(dst + 4 * w) = out;
-                }
-                const u32* rsrc = reinterpret_cast<const u32*>(rec + latent + 4 * groups);
-                u32* rdst = reinterpret_cast<u32*>(dst + latent);
-                for (int w = lane; w < rope / 2; w += 32) rdst[w] = rsrc[w];
+                const uint4 codes = *reinterpret_cast<const uint4*>(rec + 16 * c);
+                const float s = reinterpret_cast<const float*>(rec + latent)[c / 8];
+                uint4 lo, hi;
+                lo.x = mla_e4m3x2_scaled(codes.x, s);
+                lo.y = mla_e4m3x2_scaled(codes.x >> 16, s);
+                lo.z = mla_e4m3x2_scaled(codes.y, s);
+                lo.w = mla_e4m3x2_scaled(codes.y >> 16, s);
+                hi.x = mla_e4m3x2_scaled(codes.z, s);
+                hi.y = mla_e4m3x2_scaled(codes.z >> 16, s);
+                hi.z = mla_e4m3x2_scaled(codes.w, s);
+                hi.w = mla_e4m3x2_scaled(codes.w >> 16, s);
+                uint4* dst = reinterpret_cast<uint4*>(sK + kk * QS + 16 * c);
+                dst[0] = lo;
+                dst[1] = hi;
+            }
+            const int rope_words = rope / 2;
+            const int rope_off = latent + 4 * (latent / 128);
+            for (int idx = tid; idx < N * rope_words; idx += MLA_THREADS) {
+                const int kk = idx / rope_words, w = idx - kk * rope_words;
+                reinterpret_cast<u32*>(sK + kk * QS + latent)[w] =
+                    reinterpret_cast<const u32*>(rawb + kk * raw_pitch + rope_off)[w];
             }
         }
         __syncthreads();
         const u16* sKt = sK;
 #else
-        const u16* sKt = sK + (t & 1) * N * QS;
+        const u16* sKt = sK + cur * N * QS;
 #endif
         const int j0 = k_begin + t * N;
 
         // ---- S = Q K^T for rows rs*16.., keys cw*KW.. ----
-        float s[KNT][4];
+        float s[KNT][4], s2[KNT][4];
 #pragma unroll
         for (int nt = 0; nt < KNT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) s[nt][e] = s2[nt][e] = 0.0f;
         if (s_warp) {
-            const u16* qa = sQ + (rs * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * QS + (lane / 16) * 8;
-            if constexpr (KW == 16) {
-                const u16* kb = sKt + (cw * KW + (lane % 8) + (lane / 16) * 8) * QS + ((lane / 8) % 2) * 8;
-#pragma unroll 4
-                for (int k0 = 0; k0 < qk; k0 += 16) {
-                    u32 a[4], bb[4];
-                    ldmatrix_x4(a, qa + k0);
+            const u16* kb = KW == 16
+                ? sKt + (cw * KW + (lane % 8) + (lane / 16) * 8) * QS + ((lane / 8) % 2) * 8
+                : sKt + (cw * KW + (lane % 8)) * QS + ((lane / 8) % 2) * 8;
+            // One k-step of 16 dims into the accumulator set sa.
+            auto step = [&](const u32* a, int k0, float (&sa)[KNT][4]) {
+                if constexpr (KW == 16) {
+                    u32 bb[4];
                     ldmatrix_x4(bb, kb + k0);
                     const u32 b0[2] = {bb[0], bb[1]};
                     const u32 b1[2] = {bb[2], bb[3]};
-                    mma_16816<true>(s[0], a, b0);
-                    mma_16816<true>(s[KNT - 1], a, b1);
-                }
-            } else {
-                const u16* kb = sKt + (cw * KW + (lane % 8)) * QS + ((lane / 8) % 2) * 8;
-#pragma unroll 4
-                for (int k0 = 0; k0 < qk; k0 += 16) {
-                    u32 a[4], bb[2];
-                    ldmatrix_x4(a, qa + k0);
+                    mma_16816<true>(sa[0], a, b0);
+                    mma_16816<true>(sa[KNT - 1], a, b1);
+                } else {
+                    u32 bb[2];
                     mla_ldmatrix_x2(bb, kb + k0);
-                    mma_16816<true>(s[0], a, bb);
+                    mma_16816<true>(sa[0], a, bb);
+                }
+            };
+            if constexpr (QREG) {
+#pragma unroll
+                for (int k = 0; k + 1 < QKS; k += 2) {
+                    step(qf[k], 16 * k, s);
+                    step(qf[k + 1], 16 * (k + 1), s2);
+                }
+                if constexpr (QKS % 2 == 1) step(qf[QKS - 1], 16 * (QKS - 1), s);
+            } else {
+                int k0 = 0;
+#pragma unroll 2
+                for (; k0 + 32 <= qk; k0 += 32) {
+                    u32 a0[4], a1[4];
+                    ldmatrix_x4(a0, qa + k0);
+                    ldmatrix_x4(a1, qa + k0 + 16);
+                    step(a0, k0, s);
+                    step(a1, k0 + 16, s2);
+                }
+                if (k0 < qk) {
+                    u32 a0[4];
+                    ldmatrix_x4(a0, qa + k0);
+                    step(a0, k0, s);
                 }
             }
+#pragma unroll
+            for (int nt = 0; nt < KNT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] += s2[nt][e];
         }
 
-        // ---- scale, mask, row max ----
+        // ---- scale, mask, row max of the score rows ----
         // (Warps that compute no scores see only -inf, and write no P.)
         float mx[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};
 #pragma unroll
@@ -311,55 +385,68 @@ __device__ __forceinline__ void mla_decode_impl(
             if (tq == 0) sRed[cw * M + rs * 16 + g + 8 * ri] = mx[ri];
         }
         __syncthreads();
-        float alpha[2], off[2];
+
+        // ---- new running max of every row this thread holds in O (its score rows among them) ----
+        float alpha[RS][2], off_s[2] = {0.0f, 0.0f}, alpha_s[2] = {1.0f, 1.0f};
 #pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {
-            float mt = TESSERA_NEG_INF;
+        for (int mt = 0; mt < RS; ++mt)
 #pragma unroll
-            for (int c = 0; c < CW; ++c) mt = fmaxf(mt, sRed[c * M + rs * 16 + g + 8 * ri]);
-            const float m_new = fmaxf(m[ri], mt);
-            off[ri] = m_new == TESSERA_NEG_INF ? 0.0f : m_new;
-            alpha[ri] = exp2f(m[ri] - off[ri]);
-            m[ri] = m_new;
-        }
+            for (int h = 0; h < 2; ++h) {
+                const int row = mt * 16 + g + 8 * h;
+                float mt_max = TESSERA_NEG_INF;
+#pragma unroll
+                for (int c = 0; c < CW; ++c) mt_max = fmaxf(mt_max, sRed[c * M + row]);
+                const float m_new = fmaxf(m_o[mt][h], mt_max);
+                const float off = m_new == TESSERA_NEG_INF ? 0.0f : m_new;
+                alpha[mt][h] = exp2f(m_o[mt][h] - off);
+                m_o[mt][h] = m_new;
+                if (mt == rs) {
+                    off_s[h] = off;
+                    alpha_s[h] = alpha[mt][h];
+                }
+            }
 
         // ---- P = exp2(S - m), row sums, P to shared memory as bf16 ----
         float ps[2] = {0.0f, 0.0f};
+        if (s_warp) {
 #pragma unroll
-        for (int nt = 0; nt < KNT; ++nt) {
-            if (!s_warp) break;
-            const float p0 = exp2f(s[nt][0] - off[0]);
-            const float p1 = exp2f(s[nt][1] - off[0]);
-            const float p2 = exp2f(s[nt][2] - off[1]);
-            const float p3 = exp2f(s[nt][3] - off[1]);
-            const u32 lo = pack2<true>(p0, p1);
-            const u32 hi = pack2<true>(p2, p3);
-            // Sum the probabilities as rounded, so that o is exactly normalized.
-            ps[0] += bf16_to_f32((u16)(lo & 0xffffu)) + bf16_to_f32((u16)(lo >> 16));
-            ps[1] += bf16_to_f32((u16)(hi & 0xffffu)) + bf16_to_f32((u16)(hi >> 16));
-            const int key = cw * KW + nt * 8 + 2 * tq;
-            *reinterpret_cast<u32*>(sP + (rs * 16 + g) * PS + key) = lo;
-            *reinterpret_cast<u32*>(sP + (rs * 16 + g + 8) * PS + key) = hi;
+            for (int nt = 0; nt < KNT; ++nt) {
+                const float p0 = exp2f(s[nt][0] - off_s[0]);
+                const float p1 = exp2f(s[nt][1] - off_s[0]);
+                const float p2 = exp2f(s[nt][2] - off_s[1]);
+                const float p3 = exp2f(s[nt][3] - off_s[1]);
+                const u32 lo = pack2<true>(p0, p1);
+                const u32 hi = pack2<true>(p2, p3);
+                // Sum the probabilities as rounded, so that o is exactly normalized.
+                ps[0] += bf16_to_f32((u16)(lo & 0xffffu)) + bf16_to_f32((u16)(lo >> 16));
+                ps[1] += bf16_to_f32((u16)(hi & 0xffffu)) + bf16_to_f32((u16)(hi >> 16));
+                const int key = cw * KW + nt * 8 + 2 * tq;
+                *reinterpret_cast<u32*>(sP + (rs * 16 + g) * PS + key) = lo;
+                *reinterpret_cast<u32*>(sP + (rs * 16 + g + 8) * PS + key) = hi;
+            }
         }
 #pragma unroll
-        for (int ri = 0; ri < 2; ++ri) l[ri] = l[ri] * alpha[ri] + ps[ri];
+        for (int ri = 0; ri < 2; ++ri) l_s[ri] = l_s[ri] * alpha_s[ri] + ps[ri];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            acc[nt][0] *= alpha[0];
-            acc[nt][1] *= alpha[0];
-            acc[nt][2] *= alpha[1];
-            acc[nt][3] *= alpha[1];
-        }
+        for (int mt = 0; mt < RS; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                acc[mt][nt][0] *= alpha[mt][0];
+                acc[mt][nt][1] *= alpha[mt][0];
+                acc[mt][nt][2] *= alpha[mt][1];
+                acc[mt][nt][3] *= alpha[mt][1];
+            }
         __syncthreads();
 
-        // ---- O += P V for rows rs*16.., columns col0.. ----
+        // ---- O += P V for all rows, columns col0.. ----
         {
-            const u16* pa = sP + (rs * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * PS + (lane / 16) * 8;
+            const u16* pa = sP + ((lane % 8) + ((lane / 8) % 2) * 8) * PS + (lane / 16) * 8;
             const u16* vb = sKt + ((lane % 8) + ((lane / 8) % 2) * 8) * QS + col0 + (lane / 16) * 8;
 #pragma unroll
             for (int k0 = 0; k0 < N; k0 += 16) {
-                u32 a[4];
-                ldmatrix_x4(a, pa + k0);
+                u32 a[RS][4];
+#pragma unroll
+                for (int mt = 0; mt < RS; ++mt) ldmatrix_x4(a[mt], pa + mt * 16 * PS + k0);
 #pragma unroll
                 for (int np = 0; np < NT / 2; ++np) {
                     if (LATENT == 0 && col0 + np * 16 >= latent) break;
@@ -367,8 +454,11 @@ __device__ __forceinline__ void mla_decode_impl(
                     ldmatrix_x4_trans(bb, vb + k0 * QS + np * 16);
                     const u32 b0[2] = {bb[0], bb[1]};
                     const u32 b1[2] = {bb[2], bb[3]};
-                    mma_16816<true>(acc[2 * np], a, b0);
-                    mma_16816<true>(acc[2 * np + 1], a, b1);
+#pragma unroll
+                    for (int mt = 0; mt < RS; ++mt) {
+                        mma_16816<true>(acc[mt][2 * np], a[mt], b0);
+                        mma_16816<true>(acc[mt][2 * np + 1], a[mt], b1);
+                    }
                 }
             }
         }
@@ -377,73 +467,81 @@ __device__ __forceinline__ void mla_decode_impl(
     // ---- epilogue: total row sums, normalize, write ----
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
-        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
-        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
+        l_s[ri] += __shfl_xor_sync(0xffffffffu, l_s[ri], 1);
+        l_s[ri] += __shfl_xor_sync(0xffffffffu, l_s[ri], 2);
     }
     cp_async_wait<0>();
     // Also a barrier: every warp is past its last read of sRed.
     const bool bad = __syncthreads_or(bad_len || bad_page) != 0;
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri)
-        if (tq == 0) sRed[cw * M + rs * 16 + g + 8 * ri] = l[ri];
+        if (tq == 0) sRed[cw * M + rs * 16 + g + 8 * ri] = l_s[ri];
     __syncthreads();
+    float* ws_lse = ws + (i64)splits * batch * rows_total * latent;
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-        const int rl = rs * 16 + g + 8 * ri;
-        const int r = r0 + rl;
-        if (r >= rows_total) continue;
-        float lt = 0.0f;
+    for (int mt = 0; mt < RS; ++mt)
 #pragma unroll
-        for (int c = 0; c < CW; ++c) lt += sRed[c * M + rl];
-        float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
-        float lse_v = lt > 0.0f ? (m[ri] + log2f(lt)) * 0.69314718055994531f : TESSERA_NEG_INF;
-        if (bad) {
-            inv = TESSERA_NAN;
-            lse_v = TESSERA_NAN;
+        for (int h = 0; h < 2; ++h) {
+            const int row = mt * 16 + g + 8 * h;
+            const int r = r0 + row;
+            if (r >= rows_total) continue;
+            float lt = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CW; ++c) lt += sRed[c * M + row];
+            float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+            float lse_v = lt > 0.0f ? (m_o[mt][h] + log2f(lt)) * 0.69314718055994531f : TESSERA_NEG_INF;
+            if (bad) {
+                inv = TESSERA_NAN;
+                lse_v = TESSERA_NAN;
+            }
+            const bool write_lse = chunk == 0 && warp == 0 && tq == 0;
+            if (splits == 1) {
+                u16* orow = o + ((i64)b * rows_total + r) * latent;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const int col = col0 + nt * 8 + 2 * tq;
+                    if (LATENT == 0 && col >= latent) break;
+                    *reinterpret_cast<u32*>(orow + col) = pack2<true>(acc[mt][nt][2 * h] * inv, acc[mt][nt][2 * h + 1] * inv);
+                }
+                if (write_lse) {
+                    const int i = r / heads, hd = r % heads;
+                    lse[((i64)b * heads + hd) * s_q + i] = lse_v;
+                }
+            } else {
+                const i64 wrow = ((i64)split * batch + b) * rows_total + r;
+                float* orow = ws + wrow * latent;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const int col = col0 + nt * 8 + 2 * tq;
+                    if (LATENT == 0 && col >= latent) break;
+                    *reinterpret_cast<float2*>(orow + col) = make_float2(acc[mt][nt][2 * h] * inv, acc[mt][nt][2 * h + 1] * inv);
+                }
+                if (write_lse) ws_lse[wrow] = lse_v;
+            }
         }
-        if (splits == 1) {
-            u16* orow = o + ((i64)b * rows_total + r) * latent;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int col = col0 + nt * 8 + 2 * tq;
-                if (LATENT == 0 && col >= latent) break;
-                *reinterpret_cast<u32*>(orow + col) = pack2<true>(acc[nt][2 * ri] * inv, acc[nt][2 * ri + 1] * inv);
-            }
-            if (chunk == 0 && cw == 0 && tq == 0) {
-                const int i = r / heads, h = r % heads;
-                lse[((i64)b * heads + h) * s_q + i] = lse_v;
-            }
-        } else {
-            const i64 wrow = ((i64)split * batch + b) * rows_total + r;
-            float* orow = ws + wrow * latent;
-            float* ws_lse = ws + (i64)splits * batch * rows_total * latent;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int col = col0 + nt * 8 + 2 * tq;
-                if (LATENT == 0 && col >= latent) break;
-                *reinterpret_cast<float2*>(orow + col) = make_float2(acc[nt][2 * ri] * inv, acc[nt][2 * ri + 1] * inv);
-            }
-            if (chunk == 0 && cw == 0 && tq == 0) ws_lse[wrow] = lse_v;
-        }
-    }
 }
 
-#define MLA_DECODE_ENTRY(NAME, RS, N)                                                              \
+#define MLA_DECODE_ENTRY(NAME, RS, N, STAGES)                                                      \
     extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) NAME(                             \
         const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table, \
         const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,           \
-        float* __restrict__ ws, int batch, int s_q, int heads,                                    \
-        int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes, \
-        int splits, int row_groups, int col_chunks, float scale_log2) {                           \
-        mla_decode_impl<RS, N>(q, cache, block_table, seq_lens, o, lse, ws, batch, s_q,  \
-                               heads, max_pages, page_size, num_pages, latent_rt, rope_rt,        \
-                               token_bytes, splits, row_groups, col_chunks, scale_log2);          \
+        float* __restrict__ ws, int batch, int s_q, int heads, int max_pages, int page_size,      \
+        int num_pages, int latent_rt, int rope_rt, int token_bytes, int splits, int row_groups,   \
+        int col_chunks, float scale_log2) {                                                       \
+        mla_decode_impl<RS, N, STAGES>(q, cache, block_table, seq_lens, o, lse, ws, batch, s_q, heads,     \
+                               max_pages, page_size, num_pages, latent_rt, rope_rt, token_bytes,  \
+                               splits, row_groups, col_chunks, scale_log2);                       \
     }
 
-MLA_DECODE_ENTRY(mla_decode_r4n32, 4, 32)
-MLA_DECODE_ENTRY(mla_decode_r2n32, 2, 32)
-MLA_DECODE_ENTRY(mla_decode_r1n64, 1, 64)
-MLA_DECODE_ENTRY(mla_decode_r1n32, 1, 32)
+// Entry points: rows per CTA (16 * r), keys per tile (n), pipeline stages (s). The host takes the
+// first of its preference list whose shared memory fits.
+MLA_DECODE_ENTRY(mla_decode_r4n32s3, 4, 32, 3)
+MLA_DECODE_ENTRY(mla_decode_r4n32s2, 4, 32, 2)
+MLA_DECODE_ENTRY(mla_decode_r2n32s4, 2, 32, 4)
+MLA_DECODE_ENTRY(mla_decode_r2n32s2, 2, 32, 2)
+MLA_DECODE_ENTRY(mla_decode_r1n64s3, 1, 64, 3)
+MLA_DECODE_ENTRY(mla_decode_r1n64s2, 1, 64, 2)
+MLA_DECODE_ENTRY(mla_decode_r1n32s2, 1, 32, 2)
 
 // ---- split combine -------------------------------------------------------------------------------
 

@@ -102,25 +102,80 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
     v
 }
 
-/// The CTA tilings of the decode kernel: (rows per CTA, keys per tile, entry point).
-const TILINGS: [(usize, usize, &str); 4] = [
-    (64, 32, "mla_decode_r4n32"),
-    (32, 32, "mla_decode_r2n32"),
-    (16, 64, "mla_decode_r1n64"),
-    (16, 32, "mla_decode_r1n32"),
+/// A CTA tiling of the decode kernel (one entry point of `mla_decode.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tiling {
+    /// Query rows per CTA (16, 32 or 64).
+    rows: usize,
+    /// Keys per shared-memory tile.
+    keys: usize,
+    /// Key tiles in the cp.async pipeline.
+    stages: usize,
+    /// The entry point.
+    entry: &'static str,
+}
+
+const fn tiling(rows: usize, keys: usize, stages: usize, entry: &'static str) -> Tiling {
+    Tiling {
+        rows,
+        keys,
+        stages,
+        entry,
+    }
+}
+
+/// Every tiling, in order of preference for many rows; fewer rows start further down (see
+/// [`CudaBackend::mla_decode_plan`]). The first that fits the device's shared memory is used.
+const TILINGS: [Tiling; 7] = [
+    tiling(64, 32, 3, "mla_decode_r4n32s3"),
+    tiling(64, 32, 2, "mla_decode_r4n32s2"),
+    tiling(32, 32, 4, "mla_decode_r2n32s4"),
+    tiling(32, 32, 2, "mla_decode_r2n32s2"),
+    tiling(16, 64, 3, "mla_decode_r1n64s3"),
+    tiling(16, 64, 2, "mla_decode_r1n64s2"),
+    tiling(16, 32, 2, "mla_decode_r1n32s2"),
 ];
 
 /// Dynamic shared memory of a decode CTA (the same sum as in `mla_decode.cu`): Q `[M][qk+8]`
-/// bf16, key tiles `[N][qk+8]` bf16 (two for bf16 caches, one for FP8), FP8 raw records
-/// `2 x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange `[8 / (M/16)][M]` f32.
-fn decode_smem_bytes(layout: &MlaCacheLayout, rows: usize, keys: usize) -> usize {
+/// bf16 (none for the DeepSeek variant with 16 rows, which keeps Q in registers and stages it in
+/// a key buffer), key tiles `[N][qk+8]` bf16 (`stages` of them for bf16 caches, one for FP8),
+/// FP8 raw records `stages x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange
+/// `[8 / (M/16)][M]` f32.
+fn decode_smem_bytes(layout: &MlaCacheLayout, t: &Tiling) -> usize {
     let pitch = 2 * (layout.qk_dim() + 8);
     let (key_tiles, raw) = match layout.format {
-        MlaCacheFormat::Bf16 => (2, 0),
-        MlaCacheFormat::Fp8 => (1, 2 * keys * layout.token_bytes().div_ceil(16) * 16),
+        MlaCacheFormat::Bf16 => (t.stages, 0),
+        MlaCacheFormat::Fp8 => (
+            1,
+            t.stages * t.keys * layout.token_bytes().div_ceil(16) * 16,
+        ),
     };
-    let col_warps = 8 / (rows / 16);
-    rows * pitch + key_tiles * keys * pitch + raw + rows * (keys + 8) * 2 + col_warps * rows * 4
+    let q_in_registers = is_deepseek(layout) && t.rows == 16;
+    let q = if q_in_registers { 0 } else { t.rows * pitch };
+    let col_warps = 8 / (t.rows / 16);
+    q + key_tiles * t.keys * pitch + raw + t.rows * (t.keys + 8) * 2 + col_warps * t.rows * 4
+}
+
+/// The number of KV splits: one CTA runs per SM at a time, so the CTAs should fill whole
+/// waves. Takes the fewest splits (each keeping at least two key tiles) whose CTAs fill their
+/// waves to 85%, else the best filling found.
+fn choose_splits(base_ctas: usize, tiles: usize, sms: usize) -> usize {
+    let fill = |s: usize| {
+        let ctas = base_ctas * s;
+        ctas as f64 / (ctas.div_ceil(sms) * sms) as f64
+    };
+    let cap = (tiles / 2).clamp(1, MAX_SPLITS);
+    let mut best = (fill(1), 1);
+    for s in 1..=cap {
+        let f = fill(s);
+        if f >= 0.85 {
+            return s;
+        }
+        if f > best.0 + 1e-9 {
+            best = (f, s);
+        }
+    }
+    best.1
 }
 
 /// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`]: the tiling, the
@@ -390,25 +445,27 @@ impl CudaBackend {
             .max(0) as usize;
         // Prefer the fewest rows per CTA that holds all rows, then the largest that fits.
         let preferred = if rows <= 16 {
-            2
+            4
         } else if rows <= 32 {
-            1
+            2
         } else {
             0
         };
-        let (rows_per_cta, key_tile, entry, smem_bytes) = TILINGS[preferred..]
+        let smallest = TILINGS[TILINGS.len() - 1];
+        let (t, smem_bytes) = TILINGS[preferred..]
             .iter()
-            .map(|&(m, n, e)| (m, n, e, decode_smem_bytes(&layout, m, n)))
-            .find(|t| t.3 <= max_smem)
+            .map(|t| (*t, decode_smem_bytes(&layout, t)))
+            .find(|(_, bytes)| *bytes <= max_smem)
             .ok_or_else(|| Error::Unsupported {
                 op: OP,
                 backend: tessera_core::BackendKind::Cuda,
                 reason: format!(
                     "qk_dim {} needs {} bytes of shared memory per block; the device allows {max_smem}",
                     layout.qk_dim(),
-                    decode_smem_bytes(&layout, 16, 32)
+                    decode_smem_bytes(&layout, &smallest)
                 ),
             })?;
+        let (rows_per_cta, key_tile, entry) = (t.rows, t.keys, t.entry);
         let row_groups = rows.div_ceil(rows_per_cta);
         let col_chunks = layout.latent_dim.div_ceil(dv_chunk(&layout));
         let base = op.batch * row_groups * col_chunks;
@@ -416,11 +473,7 @@ impl CudaBackend {
             .min(op.max_pages * layout.page_size)
             .div_ceil(key_tile);
         let sms = self.runtime.sm_count.max(1);
-        let splits = if base >= sms {
-            1
-        } else {
-            sms.div_ceil(base).min(tiles / 2).clamp(1, MAX_SPLITS)
-        };
+        let splits = choose_splits(base, tiles, sms);
         let plan = MlaDecodePlan {
             batch: op.batch,
             s_q: op.s_q,
@@ -671,5 +724,98 @@ impl CudaBackend {
             o: super::download(stream, &d_o)?,
             lse: super::download(stream, &d_lse)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_fill_the_sms() {
+        // Enough CTAs already: no split.
+        assert_eq!(choose_splits(128, 64, 132), 1);
+        // Few requests with long sequences: split until the waves are full.
+        let s = choose_splits(4, 1024, 132);
+        assert!((29..=33).contains(&s), "{s}");
+        // Short sequences are not split below two tiles per split.
+        assert_eq!(choose_splits(4, 3, 132), 1);
+        assert_eq!(choose_splits(1, 1, 132), 1);
+        assert!(choose_splits(1, 10_000, 132) <= MAX_SPLITS);
+    }
+
+    #[test]
+    fn shared_memory_matches_the_kernel_layout() {
+        let by_entry = |e: &str| *TILINGS.iter().find(|t| t.entry == e).unwrap();
+        let ds = MlaCacheLayout::default();
+        // Q 64 x 584 bf16, three key tiles 32 x 584, P 64 x 40, exchange 2 x 64 f32.
+        assert_eq!(
+            decode_smem_bytes(&ds, &by_entry("mla_decode_r4n32s3")),
+            64 * 1168 + 3 * 32 * 1168 + 64 * 80 + 2 * 64 * 4
+        );
+        // 16 rows: Q in registers, staged in a key buffer.
+        assert_eq!(
+            decode_smem_bytes(&ds, &by_entry("mla_decode_r1n64s3")),
+            3 * 64 * 1168 + 16 * 144 + 8 * 16 * 4
+        );
+        let fp8 = MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..ds
+        };
+        assert_eq!(fp8.token_bytes(), 656);
+        assert_eq!(
+            decode_smem_bytes(&fp8, &by_entry("mla_decode_r1n64s3")),
+            64 * 1168 + 3 * 64 * 656 + 16 * 144 + 8 * 16 * 4
+        );
+        let generic = MlaCacheLayout {
+            latent_dim: 256,
+            rope_dim: 32,
+            ..fp8
+        };
+        assert_eq!(generic.token_bytes(), 328);
+        assert_eq!(
+            decode_smem_bytes(&generic, &by_entry("mla_decode_r1n64s2")),
+            16 * 592 + 64 * 592 + 2 * 64 * 336 + 16 * 144 + 8 * 16 * 4
+        );
+        // The DeepSeek tilings fit an H100/H200 block (227 KB); the largest layout fits with
+        // the smallest tiling.
+        for t in [
+            by_entry("mla_decode_r4n32s3"),
+            by_entry("mla_decode_r2n32s4"),
+            by_entry("mla_decode_r1n64s3"),
+        ] {
+            assert!(decode_smem_bytes(&ds, &t) <= 232_448, "{t:?}");
+            assert!(decode_smem_bytes(&fp8, &t) <= 232_448, "{t:?}");
+        }
+        let smallest = TILINGS[TILINGS.len() - 1];
+        let big = MlaCacheLayout {
+            page_size: 1,
+            latent_dim: 1024,
+            rope_dim: 256,
+            format: MlaCacheFormat::Fp8,
+        };
+        assert!(decode_smem_bytes(&big, &smallest) <= 232_448);
+        let big16 = MlaCacheLayout {
+            format: MlaCacheFormat::Bf16,
+            ..big
+        };
+        assert!(decode_smem_bytes(&big16, &smallest) <= 232_448);
+    }
+
+    #[test]
+    fn every_layout_has_a_listed_variant() {
+        let listed = variants();
+        for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {
+            for (latent_dim, rope_dim) in [(512, 64), (128, 0), (1024, 256), (512, 16), (256, 64)] {
+                let l = MlaCacheLayout {
+                    page_size: 16,
+                    latent_dim,
+                    rope_dim,
+                    format,
+                };
+                assert!(listed.contains(&decode_variant(&l)), "{l:?}");
+            }
+        }
+        assert!(listed.contains(&append_variant()));
     }
 }
