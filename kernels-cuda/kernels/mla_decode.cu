@@ -185,37 +185,73 @@ __device__ __forceinline__ void mla_decode_impl(
     int bad_page = 0;  // set when a block-table entry in use is out of range
     const i64 bt_row = (i64)b * max_pages;
 
-    // Lane i < KPW of each warp fetches the block-table entry of the warp's key i of tile t.
-    auto fetch_pages = [&](int t) -> int {
+    const bool page_pow2 = (page_size & (page_size - 1)) == 0;
+    const int page_shift = __ffs(page_size) - 1;
+    // Lane i < KPW of each warp fetches the block-table entry of the warp's key i of tile t
+    // (returned) and that key's row in its page (`in_page`).
+    auto fetch_pages = [&](int t, int& in_page) -> int {
         int page = 0;
+        in_page = 0;
         if (lane < KPW && t < ntiles) {
             const int j = k_begin + t * N + warp + MLA_WARPS * lane;
-            if (j < k_end) page = __ldg(block_table + bt_row + j / page_size);
+            if (j < k_end) {
+                const int p = page_pow2 ? j >> page_shift : (int)((u32)j / (u32)page_size);
+                in_page = j - p * page_size;
+                page = __ldg(block_table + bt_row + p);
+            }
         }
         return page;
     };
-    // Issues the copies of key tile t (its entries in `pages`) into buffer `buf`.
-    auto load_tile = [&](int t, int buf, int pages) {
+    // Issues the copies of key tile t (lane i holding key i's page and row) into buffer `buf`.
+    auto load_tile = [&](int t, int buf, int page, int in_page) {
+        // Lane i < KPW: byte offset of key i's record, or -1 to zero-fill (past the range, or a
+        // bad page, which is flagged and never read).
+        i64 off = -1;
+        {
+            const int j = k_begin + t * N + warp + MLA_WARPS * lane;
+            if (lane < KPW && j < k_end) {
+                if (page < 0 || page >= num_pages) {
+                    bad_page = 1;
+                } else {
+                    off = ((i64)page * page_size + in_page) * token_bytes;
+                }
+            }
+        }
+        const u32 off_lo = (u32)(u64)off, off_hi = (u32)((u64)off >> 32);
 #pragma unroll
         for (int i = 0; i < KPW; ++i) {
             const int kk = warp + MLA_WARPS * i;
-            const int j = k_begin + t * N + kk;
-            const int page = __shfl_sync(0xffffffffu, pages, i);
-            bool valid = j < k_end;
-            if (valid && (page < 0 || page >= num_pages)) {
-                valid = false;
-                bad_page = 1;
-            }
-            const u8* src = valid ? cache + ((i64)page * page_size + j % page_size) * token_bytes : cache;
+            const i64 o = (i64)(((u64)__shfl_sync(0xffffffffu, off_hi, i) << 32) | __shfl_sync(0xffffffffu, off_lo, i));
+            const bool valid = o >= 0;
+            const u8* src = valid ? cache + o : cache;
+            // Lane l copies chunks l, l + 32, ... (a compile-time number of rounds: the bound is
+            // the largest record of the variant).
 #if FMT == 0
+            constexpr int CR = LATENT ? ((LATENT + ROPE) / 8 + 31) / 32 : (1024 + 256) / 8 / 32;
             u16* dst = sK + (buf * N + kk) * QS;
-            for (int c = lane; c < qk / 8; c += 32) cp_async_16(dst + c * 8, src + c * 16, valid);
+#pragma unroll
+            for (int r = 0; r < CR; ++r) {
+                const int c = lane + 32 * r;
+                if (c < qk / 8) cp_async_16(dst + c * 8, src + c * 16, valid);
+            }
 #else
             u8* dst = sRaw + (buf * N + kk) * raw_pitch;
-            if ((token_bytes & 15) == 0) {
-                for (int c = lane; c < token_bytes / 16; c += 32) cp_async_16(dst + c * 16, src + c * 16, valid);
-            } else {
-                for (int c = lane; c < token_bytes / 4; c += 32) mla_cp_async_4(dst + c * 4, src + c * 4, valid);
+            // Compile-time dims fix the record size, and so the copy width.
+            constexpr int TB_C = LATENT + LATENT / 32 + 2 * ROPE;
+            if (LATENT ? TB_C % 16 == 0 : (token_bytes & 15) == 0) {
+                constexpr int CR = LATENT ? ((LATENT + LATENT / 32 + 2 * ROPE) / 16 + 31) / 32 : (1568 / 16 + 31) / 32;
+#pragma unroll
+                for (int r = 0; r < CR; ++r) {
+                    const int c = lane + 32 * r;
+                    if (c < token_bytes / 16) cp_async_16(dst + c * 16, src + c * 16, valid);
+                }
+            } else if (LATENT == 0 || TB_C % 16 != 0) {
+                constexpr int CR = LATENT ? (TB_C / 4 + 31) / 32 : (1568 / 4 + 31) / 32;
+#pragma unroll
+                for (int r = 0; r < CR; ++r) {
+                    const int c = lane + 32 * r;
+                    if (c < token_bytes / 4) mla_cp_async_4(dst + c * 4, src + c * 4, valid);
+                }
             }
 #endif
         }
@@ -233,12 +269,16 @@ __device__ __forceinline__ void mla_decode_impl(
         }
     }
     cp_async_commit();
+    int in_page_next;
 #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < ntiles) load_tile(t, t, fetch_pages(t));
+        if (t < ntiles) {
+            const int page = fetch_pages(t, in_page_next);
+            load_tile(t, t, page, in_page_next);
+        }
         cp_async_commit();
     }
-    int pages_next = fetch_pages(STAGES - 1);
+    int pages_next = fetch_pages(STAGES - 1, in_page_next);
 
     const u16* qa = sQload + (rs * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * QS + (lane / 16) * 8;
     u32 qf[QKS][4];
@@ -268,9 +308,9 @@ __device__ __forceinline__ void mla_decode_impl(
         __syncthreads();  // tile t is in; every warp is done with tile t-1 (and with Q)
         {
             const int tn = t + STAGES - 1;  // into the buffer of tile t-1
-            if (tn < ntiles) load_tile(tn, tn % STAGES, pages_next);
+            if (tn < ntiles) load_tile(tn, tn % STAGES, pages_next, in_page_next);
             cp_async_commit();
-            pages_next = fetch_pages(tn + 1);
+            pages_next = fetch_pages(tn + 1, in_page_next);
         }
         const int cur = t % STAGES;
 #if FMT == 1
