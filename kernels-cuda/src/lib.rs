@@ -20,6 +20,7 @@ mod runtime;
 pub use ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
 pub use ops::fp8::DeviceInput;
 pub use ops::fp8_gemm::Fp8GemmTile;
+pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
 pub use probe::{probe, CudaProbe};
 pub use runtime::{arch_for, CudaRuntime};
 
