@@ -457,9 +457,10 @@ __device__ __forceinline__ void mla_decode_impl(
                 const float p3 = exp2f(s[nt][3] - off_s[1]);
                 const u32 lo = pack2<true>(p0, p1);
                 const u32 hi = pack2<true>(p2, p3);
-                // Sum the probabilities as rounded, so that o is exactly normalized.
-                ps[0] += bf16_to_f32((u16)(lo & 0xffffu)) + bf16_to_f32((u16)(lo >> 16));
-                ps[1] += bf16_to_f32((u16)(hi & 0xffffu)) + bf16_to_f32((u16)(hi >> 16));
+                // Sum the probabilities in f32, before rounding, so that lse is exact to f32
+                // (summing the bf16-rounded values biased lse by up to 2^-9).
+                ps[0] += p0 + p1;
+                ps[1] += p2 + p3;
                 const int key = cw * KW + nt * 8 + 2 * tq;
                 *reinterpret_cast<u32*>(sP + (rs * 16 + g) * PS + key) = lo;
                 *reinterpret_cast<u32*>(sP + (rs * 16 + g + 8) * PS + key) = hi;
