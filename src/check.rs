@@ -668,7 +668,7 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
             seed: rng.next_u64(),
         }));
         cases.push(Case::Gemm(GemmCase {
-            op: Fp8Gemm::new(256, 2048, 2048),
+            op: Fp8Gemm::new(128, 2048, 2048),
             seed: rng.next_u64(),
         }));
     }
