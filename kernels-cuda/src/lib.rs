@@ -100,14 +100,6 @@ impl CudaBackend {
     pub fn arch(&self) -> &str {
         &self.runtime.arch
     }
-
-    pub(crate) fn unsupported<T>(&self, op: &'static str) -> Result<T> {
-        Err(Error::Unsupported {
-            op,
-            backend: BackendKind::Cuda,
-            reason: "this CUDA kernel is not implemented yet".to_string(),
-        })
-    }
 }
 
 impl Backend for CudaBackend {

@@ -10,8 +10,9 @@ pub mod mla;
 
 use crate::error::{Error, Result};
 
-/// Checks that an argument holds exactly `expected` elements.
-pub(crate) fn check_len(
+/// Checks that an argument holds exactly `expected` elements; `shape` describes them in the
+/// error (e.g. `[m 4, k 128]`). Backends use it for their device-buffer APIs too.
+pub fn check_len(
     op: &'static str,
     arg: &str,
     shape: &str,

@@ -18,15 +18,7 @@ pub(crate) fn check_device_len(
     expected: usize,
     got: usize,
 ) -> Result<()> {
-    if expected != got {
-        return Err(Error::invalid(
-            op,
-            arg,
-            format!("{expected} elements"),
-            format!("{got} elements"),
-        ));
-    }
-    Ok(())
+    tessera_core::ops::check_len(op, arg, "device buffer", expected, got)
 }
 
 /// Uploads a host slice.
