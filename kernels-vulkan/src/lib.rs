@@ -48,6 +48,8 @@ pub mod ops;
 pub mod pipeline;
 mod probe;
 
+/// The `ash` version this crate is built on, for callers of the device API (`ash::vk` types).
+pub use ash;
 pub use device::{
     CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, DEVICE_ENV,
 };
