@@ -48,7 +48,10 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (all crates; skipped backends say so)"
-cargo test --workspace --locked -- --show-output 2>&1 | tee /tmp/tessera-test.log | grep -E '^(test result|running|skipped:|test .* FAILED|failures:|---- )' || true
+# TESSERA_BACKEND=cpu keeps the doc examples (which call `best_available()`) on the CPU: with
+# lavapipe the Vulkan backend now opens and would be picked, but it has no attention shader yet.
+# The backend suites open their backend directly and are not affected.
+TESSERA_BACKEND=cpu cargo test --workspace --locked -- --show-output 2>&1 | tee /tmp/tessera-test.log | grep -E '^(test result|running|skipped:|test .* FAILED|failures:|---- )' || true
 if grep -qE '^test result: FAILED|^error' /tmp/tessera-test.log || ! grep -q '^test result: ok' /tmp/tessera-test.log; then
   cat /tmp/tessera-test.log
   echo "tests failed"
