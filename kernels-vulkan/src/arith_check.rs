@@ -68,7 +68,11 @@ mod tests {
                 }
             })
             .unwrap();
-        bytemuck::cast_slice(&out.read(0, 4 * a.len()).unwrap()).to_vec()
+        out.read(0, 4 * a.len())
+            .unwrap()
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
     }
 
     /// A small deterministic generator (SplitMix64).

@@ -361,9 +361,9 @@ impl PipelineCache {
 /// `linear_workgroup_id()` (common.glsl) and return when it is `>= count`.
 pub fn linear_groups(count: u64, max: [u32; 3]) -> Result<[u32; 3]> {
     let count = count.max(1);
-    let x = count.min(max[0] as u64);
+    let x = count.min(max[0].max(1) as u64);
     let y = count.div_ceil(x);
-    if y > max[1] as u64 {
+    if y > max[1].max(1) as u64 {
         return Err(Error::Unsupported {
             op: "vulkan dispatch",
             backend: BackendKind::Vulkan,

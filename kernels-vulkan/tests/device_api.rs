@@ -213,7 +213,11 @@ fn quantize_then_gemm_in_one_command_buffer() {
     cmds.submit_and_wait(&backend);
 
     let read = |i: usize| outputs.read(out_off[i], out_sizes[i]).unwrap();
-    let f32s = |b: Vec<u8>| -> Vec<f32> { bytemuck::cast_slice(&b).to_vec() };
+    let f32s = |b: Vec<u8>| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
+    };
     let want_a = ref_fp8::quantize(&qa, &xa);
     let xb32: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
     let want_b = ref_fp8::quantize(&qb, &xb32);
@@ -223,7 +227,10 @@ fn quantize_then_gemm_in_one_command_buffer() {
     assert_eq!(codes(read(2)), want_b.values, "B codes");
     assert_eq!(f32s(read(3)), want_b.scales, "B scales");
 
-    let d: Vec<half::bf16> = bytemuck::cast_slice(&read(4)).to_vec();
+    let d: Vec<half::bf16> = read(4)
+        .chunks_exact(2)
+        .map(|h| half::bf16::from_bits(u16::from_le_bytes([h[0], h[1]])))
+        .collect();
     let want = ref_fp8::fp8_gemm(
         &Fp8Gemm::new(m, n, k),
         &want_a.values,

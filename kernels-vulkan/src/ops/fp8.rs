@@ -27,8 +27,8 @@ pub const FP8_QUANTIZE_SCALES: Shader = Shader {
     storage_buffers: 2,
     push_constant_bytes: 24,
     resources: |spec| ShaderResources {
-        invocations: spec[0],
-        shared_memory_bytes: 4 * spec[3],
+        invocations: spec.first().copied().unwrap_or(128),
+        shared_memory_bytes: 4 * spec.get(3).copied().unwrap_or(32),
     },
 };
 
@@ -39,7 +39,7 @@ pub const FP8_QUANTIZE_CODES: Shader = Shader {
     storage_buffers: 3,
     push_constant_bytes: 16,
     resources: |spec| ShaderResources {
-        invocations: spec[0],
+        invocations: spec.first().copied().unwrap_or(128),
         shared_memory_bytes: 0,
     },
 };
