@@ -1,60 +1,169 @@
 //! Tessera's Vulkan backend.
 //!
-//! The kernels come with their own issue; today this crate finds the Vulkan loader and its
-//! devices at run time (nothing is linked at build time, so it builds on any machine) and reports
-//! what it found, so that `tessera info` can say why Vulkan is or is not usable.
+//! The Vulkan loader is opened at run time through `ash` (nothing is linked at build time, so the
+//! crate builds on any machine without an SDK); [`probe`] lists what is there, and
+//! [`VulkanBackend::new`] opens the best device (or the one `TESSERA_VULKAN_DEVICE` names) and
+//! records what it offers in [`VulkanFeatures`]. The shaders are GLSL under `shaders/`, compiled
+//! to SPIR-V by `ci/build-shaders.sh` and embedded (see the README's "Vulkan shaders" section).
+//!
+//! Modules: [`device`] (instance, device choice, features, queue), [`memory`] (buffers),
+//! [`pipeline`] (shader modules, layouts, the pipeline cache, dispatch recording), [`ops`] (one
+//! module per op: its shaders, device API and host wrapper), [`shaders`] (every embedded shader).
+//!
+//! Two APIs:
+//! - the [`tessera_core::Backend`] trait over host slices: uploads into host-visible buffers,
+//!   records into the backend's own command buffer, submits, waits and downloads (outputs are
+//!   pre-filled with NaN so that anything left unwritten shows);
+//! - the device API, `record_*` methods (e.g. [`VulkanBackend::record_fp8_gemm`]) that record
+//!   dispatches into a caller's command buffer over caller-owned buffers ([`BufferRange`]).
+//!   Descriptors are push descriptors, so nothing outlives the call on the backend's side. The
+//!   caller inserts the barriers before (its writes of the inputs -> compute-shader reads) and
+//!   after (compute-shader writes -> its reads of the outputs), submits on
+//!   [`VulkanContext::queue`], and keeps the buffers alive until the work completes. Barriers
+//!   between the passes of one op are recorded by the op.
+//!
+//! Ops now: the FP8 quantizers and the block-scaled FP8 GEMM, on the portable path (32-bit
+//! storage words, subgroup arithmetic, no cooperative matrices, no 8/16-bit arithmetic); the
+//! attention and MLA ops return [`Error::Unsupported`] after validating their arguments.
 
 #![warn(missing_docs)]
 
+/// Embeds `shaders/spv/<name>.spv`.
+macro_rules! spirv {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shaders/spv/",
+            $name,
+            ".spv"
+        ))
+    };
+}
+
+mod arith_check;
+mod command;
+pub mod device;
+pub mod memory;
+pub mod ops;
+pub mod pipeline;
 mod probe;
 
+/// The `ash` version this crate is built on, for callers of the device API (`ash::vk` types).
+pub use ash;
+pub use device::{
+    CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, DEVICE_ENV,
+};
+pub use memory::{Buffer, BufferRange, MemoryLocation};
+pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources};
 pub use probe::{probe, VulkanDevice, VulkanProbe};
 
+use ash::vk;
 use half::bf16;
+use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
 use tessera_core::{
-    Backend, BackendKind, BlockMask, DeviceInfo, Error, Fp8Gemm, Fp8Quantize, Fp8Quantized,
-    MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
+    Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Error, Fp8Gemm, Fp8Quantize,
+    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
 };
 
-/// The Vulkan backend.
+/// Every shader embedded in the crate, gathered from the op modules (the tests check them
+/// against `shaders/spv/MANIFEST`).
+pub mod shaders {
+    use crate::pipeline::Shader;
+
+    /// Every embedded shader.
+    pub fn all() -> Vec<Shader> {
+        vec![
+            crate::ops::fp8::FP8_QUANTIZE_SCALES,
+            crate::ops::fp8::FP8_QUANTIZE_CODES,
+            crate::ops::fp8_gemm::FP8_GEMM,
+            crate::arith_check::CHECK_ARITH,
+        ]
+    }
+}
+
+/// Maps a Vulkan error to Tessera's error type.
+pub(crate) fn vk_error(what: &str, e: vk::Result) -> Error {
+    Error::Device {
+        backend: BackendKind::Vulkan,
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// The Vulkan backend on one device.
 #[derive(Debug)]
 pub struct VulkanBackend {
-    device: DeviceInfo,
+    info: DeviceInfo,
+    one_shot: command::OneShot,
+    pipelines: PipelineCache,
+    ctx: Arc<VulkanContext>,
 }
 
 impl VulkanBackend {
-    /// Opens a Vulkan device, or says why it cannot.
+    /// Opens the Vulkan device (see [`device`] for the choice), or says why it cannot:
+    /// [`Error::BackendUnavailable`] when there is no loader, no device or no usable device,
+    /// [`Error::Device`] when the driver fails.
     pub fn new() -> Result<Self> {
-        let found = probe();
-        let reason = match (&found.loader, found.devices.first()) {
-            (Err(e), _) => e.clone(),
-            (Ok(_), None) => "the Vulkan loader reports no device (no ICD installed?)".to_string(),
-            (Ok(_), Some(d)) => {
-                format!(
-                    "found {}, but the Vulkan kernels are not implemented yet",
-                    d.name
-                )
-            }
-        };
-        Err(Error::BackendUnavailable {
+        let ctx = Arc::new(VulkanContext::new()?);
+        let f = ctx.features();
+        let info = DeviceInfo {
             backend: BackendKind::Vulkan,
-            reason,
+            name: f.summary(),
+            features: DeviceFeatures {
+                // The portable path does not use matrix units yet.
+                matrix_units: false,
+                native_fp8: false,
+                subgroup_size: Some(f.subgroup_size),
+                shared_memory_bytes: Some(f.max_shared_memory_bytes as usize),
+            },
+        };
+        Ok(Self {
+            info,
+            one_shot: command::OneShot::new(&ctx)?,
+            pipelines: PipelineCache::new(&ctx),
+            ctx,
         })
+    }
+
+    /// The instance, device and queue: for callers of the device API, who allocate their
+    /// buffers ([`Buffer::new`]) and command buffers on it.
+    pub fn context(&self) -> &Arc<VulkanContext> {
+        &self.ctx
+    }
+
+    /// What the device offers.
+    pub fn features(&self) -> &VulkanFeatures {
+        self.ctx.features()
+    }
+
+    /// The pipelines created so far (one per shader and specialization).
+    pub fn pipelines(&self) -> &PipelineCache {
+        &self.pipelines
+    }
+
+    /// Records with `record` into the backend's own command buffer, submits it and waits: a
+    /// convenience for callers of the device API that do not manage command buffers (the host
+    /// API runs this way). Calls are serialized.
+    pub fn run_and_wait(&self, record: impl FnOnce(vk::CommandBuffer) -> Result<()>) -> Result<()> {
+        self.one_shot.run(record)
+    }
+
+    pub(crate) fn one_shot(&self) -> &command::OneShot {
+        &self.one_shot
     }
 
     fn unsupported<T>(&self, op: &'static str) -> Result<T> {
         Err(Error::Unsupported {
             op,
             backend: BackendKind::Vulkan,
-            reason: "the Vulkan kernels are not implemented yet".to_string(),
+            reason: "this Vulkan shader is not implemented yet".to_string(),
         })
     }
 }
 
 impl Backend for VulkanBackend {
     fn device(&self) -> &DeviceInfo {
-        &self.device
+        &self.info
     }
 
     fn sparse_attention(
@@ -94,8 +203,7 @@ impl Backend for VulkanBackend {
     }
 
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {
-        op.validate_args(x)?;
-        self.unsupported("fp8_quantize")
+        self.fp8_quantize_host(op, x)
     }
 
     fn fp8_gemm(
@@ -106,7 +214,6 @@ impl Backend for VulkanBackend {
         b: &[E4M3],
         b_scales: &[f32],
     ) -> Result<Vec<bf16>> {
-        op.validate_args(a, a_scales, b, b_scales)?;
-        self.unsupported("fp8_gemm")
+        self.fp8_gemm_host(op, a, a_scales, b, b_scales)
     }
 }

@@ -1,0 +1,264 @@
+//! `check_arith.comp`: runs the integer-exact helpers of `shaders/common.glsl` element-wise, so
+//! that the tests compare each with the reference (Rust's IEEE division, `E4M3::from_f32`,
+//! `half`) on many and adversarial inputs. Only the tests use it.
+
+use crate::pipeline::{Shader, ShaderResources};
+
+/// Bindings: a, b, out (u32 each); push constants: count, function.
+pub(crate) const CHECK_ARITH: Shader = Shader {
+    name: "check_arith",
+    spirv: spirv!("check_arith"),
+    storage_buffers: 3,
+    push_constant_bytes: 8,
+    resources: |_| ShaderResources {
+        invocations: 64,
+        shared_memory_bytes: 0,
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::CHECK_ARITH;
+    use crate::memory::Buffer;
+    use crate::pipeline::linear_groups;
+    use crate::VulkanBackend;
+    use half::{bf16, f16};
+    use tessera_core::E4M3;
+
+    const DIV: u32 = 0;
+    const TO_E4M3: u32 = 1;
+    const FROM_E4M3: u32 = 2;
+    const F16_TO_F32: u32 = 3;
+    const TO_BF16: u32 = 4;
+
+    fn backend() -> Option<VulkanBackend> {
+        match VulkanBackend::new() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                println!("skipped: {e}");
+                None
+            }
+        }
+    }
+
+    /// Runs function `func` of the shader on every element.
+    fn run(backend: &VulkanBackend, func: u32, a: &[u32], b: &[u32]) -> Vec<u32> {
+        assert_eq!(a.len(), b.len());
+        let ctx = backend.context();
+        let in_a = Buffer::from_bytes(ctx, bytemuck::cast_slice(a)).unwrap();
+        let in_b = Buffer::from_bytes(ctx, bytemuck::cast_slice(b)).unwrap();
+        let out = Buffer::filled(ctx, 4 * a.len(), &[0xff]).unwrap();
+        let pipeline = backend.pipelines().get(&CHECK_ARITH, &[]).unwrap();
+        let groups = linear_groups(
+            (a.len() as u64).div_ceil(64),
+            backend.features().max_workgroup_count,
+        )
+        .unwrap();
+        backend
+            .run_and_wait(|cmd| {
+                // SAFETY: the backend's own recording command buffer and live buffers that
+                // hold `a.len()` words each.
+                unsafe {
+                    pipeline.record(
+                        cmd,
+                        &[in_a.range(), in_b.range(), out.range()],
+                        &[a.len() as u32, func],
+                        groups,
+                    )
+                }
+            })
+            .unwrap();
+        out.read(0, 4 * a.len())
+            .unwrap()
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
+    }
+
+    /// A small deterministic generator (SplitMix64).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn u32(&mut self) -> u32 {
+            (self.next() >> 32) as u32
+        }
+        /// A finite f32 with a random sign, mantissa and a biased exponent in `lo..=hi`.
+        fn f32_bits(&mut self, lo: u32, hi: u32) -> u32 {
+            let r = self.u32();
+            let e = lo + (self.u32() % (hi - lo + 1));
+            (r & 0x8000_0000) | (e << 23) | (r & 0x007f_ffff)
+        }
+    }
+
+    fn compare(what: &str, inputs: &[(u32, u32)], got: &[u32], want: impl Fn(u32, u32) -> u32) {
+        let mut bad = Vec::new();
+        for (&(a, b), &g) in inputs.iter().zip(got) {
+            let w = want(a, b);
+            let both_nan = f32::from_bits(w).is_nan() && f32::from_bits(g).is_nan();
+            if g != w && !(what.ends_with("f32") && both_nan) {
+                bad.push(format!("{a:#010x} {b:#010x}: got {g:#x}, want {w:#x}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{what}: {} of {} differ, e.g. {:?}",
+            bad.len(),
+            inputs.len(),
+            &bad[..bad.len().min(8)]
+        );
+    }
+
+    #[test]
+    fn division_is_correctly_rounded() {
+        let Some(backend) = backend() else { return };
+        let mut rng = Rng(1);
+        let mut inputs = Vec::new();
+        // Any finite x (subnormals and zeros included) by any positive normal s.
+        for _ in 0..200_000 {
+            inputs.push((rng.f32_bits(0, 254), rng.f32_bits(1, 254) & 0x7fff_ffff));
+        }
+        // The quantizers' range: |x / s| up to about 448, scales from amax / 448.
+        for _ in 0..200_000 {
+            let x = rng.f32_bits(100, 160);
+            let amax =
+                f32::from_bits(rng.f32_bits(100, 160) & 0x7fff_ffff).max(f32::from_bits(x).abs());
+            inputs.push((x, (amax.max(1e-4) / 448.0).to_bits()));
+        }
+        // Subnormal quotients, where ties are possible (powers of two and near them).
+        for _ in 0..100_000 {
+            let s = rng.f32_bits(200, 254) & 0x7fff_ffff;
+            let s = if rng.u32() % 2 == 0 {
+                s & 0xff80_0000
+            } else {
+                s
+            };
+            inputs.push((rng.f32_bits(0, 80), s));
+        }
+        for x in [
+            0u32,
+            0x8000_0000,
+            1,
+            0x8000_0001,
+            0x007f_ffff,
+            0x7f7f_ffff,
+            0xff7f_ffff,
+        ] {
+            for s in [
+                0x0080_0000u32,
+                0x3f80_0000,
+                0x3f80_0001,
+                0x7f7f_ffff,
+                0x4b00_0000,
+            ] {
+                inputs.push((x, s));
+            }
+        }
+        let (a, b): (Vec<u32>, Vec<u32>) = inputs.iter().copied().unzip();
+        let got = run(&backend, DIV, &a, &b);
+        compare("x / s as f32", &inputs, &got, |a, b| {
+            (f32::from_bits(a) / f32::from_bits(b)).to_bits()
+        });
+    }
+
+    #[test]
+    fn e4m3_encoding_matches_the_reference() {
+        let Some(backend) = backend() else { return };
+        let mut rng = Rng(2);
+        let mut xs: Vec<u32> = Vec::new();
+        // Every code's value, the midpoints between neighbours, and one ULP either side.
+        for code in 0..=0x7eu8 {
+            let v = E4M3(code).to_f32();
+            let next = if code < 0x7e {
+                E4M3(code + 1).to_f32()
+            } else {
+                480.0
+            };
+            let mid = (v + next) / 2.0;
+            for x in [
+                v,
+                mid,
+                mid.next_up(),
+                mid.next_down(),
+                v.next_up(),
+                v.next_down(),
+            ] {
+                xs.push(x.to_bits());
+                xs.push((-x).to_bits());
+            }
+        }
+        // Specials and the edges of the ranges.
+        for x in [
+            0.0f32,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            448.0,
+            464.0,
+            1e30,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+            2f32.powi(-10),
+            2f32.powi(-11),
+        ] {
+            xs.push(x.to_bits());
+            xs.push((-x).to_bits());
+        }
+        for _ in 0..200_000 {
+            xs.push(rng.u32());
+            xs.push(rng.f32_bits(110, 136));
+        }
+        let inputs: Vec<(u32, u32)> = xs.iter().map(|&x| (x, 0)).collect();
+        let got = run(&backend, TO_E4M3, &xs, &vec![0; xs.len()]);
+        compare("f32 -> e4m3", &inputs, &got, |a, _| {
+            E4M3::from_f32(f32::from_bits(a)).to_bits() as u32
+        });
+    }
+
+    #[test]
+    fn decoders_are_exact() {
+        let Some(backend) = backend() else { return };
+        let codes: Vec<u32> = (0..256).collect();
+        let inputs: Vec<(u32, u32)> = codes.iter().map(|&c| (c, 0)).collect();
+        let got = run(&backend, FROM_E4M3, &codes, &vec![0; 256]);
+        compare("e4m3 -> f32", &inputs, &got, |a, _| {
+            E4M3(a as u8).to_f32().to_bits()
+        });
+
+        let halves: Vec<u32> = (0..65536).collect();
+        let inputs: Vec<(u32, u32)> = halves.iter().map(|&h| (h, 0)).collect();
+        let got = run(&backend, F16_TO_F32, &halves, &vec![0; 65536]);
+        compare("f16 -> f32", &inputs, &got, |a, _| {
+            f16::from_bits(a as u16).to_f32().to_bits()
+        });
+    }
+
+    #[test]
+    fn bf16_rounding_is_nearest_even() {
+        let Some(backend) = backend() else { return };
+        let mut rng = Rng(3);
+        let mut xs: Vec<u32> = (0..200_000).map(|_| rng.f32_bits(1, 254)).collect();
+        // Exact ties (low half 0x8000) with even and odd upper halves, and NaN / infinity.
+        for _ in 0..10_000 {
+            xs.push((rng.f32_bits(1, 250) & 0xffff_0000) | 0x8000);
+        }
+        xs.extend([
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f7f_ffff,
+            0,
+            0x8000_0000,
+        ]);
+        let inputs: Vec<(u32, u32)> = xs.iter().map(|&x| (x, 0)).collect();
+        let got = run(&backend, TO_BF16, &xs, &vec![0; xs.len()]);
+        compare("f32 -> bf16", &inputs, &got, |a, _| {
+            bf16::from_f32(f32::from_bits(a)).to_bits() as u32
+        });
+    }
+}

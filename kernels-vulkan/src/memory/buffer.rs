@@ -1,0 +1,288 @@
+//! Buffers with their own memory allocation, and [`BufferRange`], the device API's view of a
+//! caller's buffer.
+//!
+//! One allocation per buffer is enough for now (the host API allocates a few per call); a
+//! sub-allocator can come when callers keep many small buffers.
+
+use crate::device::VulkanContext;
+use crate::vk_error;
+use ash::vk;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use tessera_core::{BackendKind, Error, Result};
+
+/// A byte range of a Vulkan buffer, as the device API takes its tensors: `size` bytes from
+/// `offset`. The buffer must have been created on the backend's device with
+/// `STORAGE_BUFFER` usage, and `offset` must be a multiple of the device's
+/// `minStorageBufferOffsetAlignment` ([`crate::VulkanFeatures::min_storage_buffer_offset_alignment`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferRange {
+    /// The buffer.
+    pub buffer: vk::Buffer,
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl BufferRange {
+    /// `size` bytes of `buffer` from `offset`.
+    pub fn new(buffer: vk::Buffer, offset: u64, size: u64) -> Self {
+        Self {
+            buffer,
+            offset,
+            size,
+        }
+    }
+}
+
+/// Where a buffer's memory lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryLocation {
+    /// Host-visible and coherent (cached when the device offers it): readable and writable from
+    /// the host with [`Buffer::write`] and [`Buffer::read`]. What the host API uses.
+    HostVisible,
+    /// Device-local, not mappable: the fastest for shaders on discrete GPUs; fill it with
+    /// transfers or shaders.
+    DeviceLocal,
+}
+
+/// A buffer with its own memory, usable as a storage buffer and as a transfer source and
+/// destination. It keeps the device alive and is freed on drop (the caller makes sure no
+/// pending GPU work still uses it).
+pub struct Buffer {
+    ctx: Arc<VulkanContext>,
+    buffer: vk::Buffer,
+    memory: vk::DeviceMemory,
+    size: u64,
+    location: MemoryLocation,
+    /// The persistent mapping of host-visible memory.
+    mapped: Option<NonNull<u8>>,
+}
+
+// SAFETY: the handles are plain identifiers that Vulkan allows to be used from any thread; the
+// mapped pointer is written only through `&mut self` (`write`) and read through `&self` (`read`),
+// so the usual borrow rules make concurrent access data-race free.
+unsafe impl Send for Buffer {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Buffer {}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("buffer", &self.buffer)
+            .field("size", &self.size)
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// The first memory type allowed by `bits` with all of `required`, preferring one that also has
+/// `preferred`.
+fn memory_type(
+    props: &vk::PhysicalDeviceMemoryProperties,
+    bits: u32,
+    required: vk::MemoryPropertyFlags,
+    preferred: vk::MemoryPropertyFlags,
+) -> Option<u32> {
+    let types = &props.memory_types[..props.memory_type_count as usize];
+    let fits = |i: usize, flags: vk::MemoryPropertyFlags| {
+        bits & (1 << i) != 0 && types[i].property_flags.contains(flags)
+    };
+    (0..types.len())
+        .find(|&i| fits(i, required | preferred))
+        .or_else(|| (0..types.len()).find(|&i| fits(i, required)))
+        .map(|i| i as u32)
+}
+
+impl Buffer {
+    /// Allocates `size` bytes (at least 1) in `location`.
+    pub fn new(ctx: &Arc<VulkanContext>, size: u64, location: MemoryLocation) -> Result<Self> {
+        let device = ctx.device();
+        let info = vk::BufferCreateInfo::default()
+            .size(size.max(1))
+            .usage(
+                vk::BufferUsageFlags::STORAGE_BUFFER
+                    | vk::BufferUsageFlags::TRANSFER_SRC
+                    | vk::BufferUsageFlags::TRANSFER_DST,
+            )
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        // SAFETY: `info` is valid; the buffer is destroyed below on error or by `Drop`.
+        let buffer = unsafe { device.create_buffer(&info, None) }
+            .map_err(|e| vk_error("creating a buffer", e))?;
+        let destroy_buffer = || {
+            // SAFETY: `buffer` was created above and is not used after this.
+            unsafe { device.destroy_buffer(buffer, None) }
+        };
+        // SAFETY: `buffer` is a live buffer of `device`.
+        let req = unsafe { device.get_buffer_memory_requirements(buffer) };
+        let (required, preferred) = match location {
+            MemoryLocation::HostVisible => (
+                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
+                vk::MemoryPropertyFlags::HOST_CACHED,
+            ),
+            MemoryLocation::DeviceLocal => (
+                vk::MemoryPropertyFlags::DEVICE_LOCAL,
+                vk::MemoryPropertyFlags::empty(),
+            ),
+        };
+        let Some(type_index) = memory_type(
+            ctx.memory_properties(),
+            req.memory_type_bits,
+            required,
+            preferred,
+        ) else {
+            destroy_buffer();
+            return Err(Error::Device {
+                backend: BackendKind::Vulkan,
+                message: format!("no {location:?} memory type for a buffer"),
+            });
+        };
+        let alloc = vk::MemoryAllocateInfo::default()
+            .allocation_size(req.size)
+            .memory_type_index(type_index);
+        // SAFETY: `alloc` names a memory type of this device; freed by `Drop` or below.
+        let memory = match unsafe { device.allocate_memory(&alloc, None) } {
+            Ok(m) => m,
+            Err(e) => {
+                destroy_buffer();
+                return Err(vk_error(&format!("allocating {} bytes", req.size), e));
+            }
+        };
+        // SAFETY: `memory` is large enough for `buffer` (its requirements) and unbound.
+        if let Err(e) = unsafe { device.bind_buffer_memory(buffer, memory, 0) } {
+            // SAFETY: neither object is used after this.
+            unsafe { device.free_memory(memory, None) };
+            destroy_buffer();
+            return Err(vk_error("binding buffer memory", e));
+        }
+        let mapped = if location == MemoryLocation::HostVisible {
+            // SAFETY: the memory is host-visible, bound, and not mapped yet; it stays mapped
+            // until it is freed (freeing unmaps it).
+            match unsafe {
+                device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
+            } {
+                Ok(p) => NonNull::new(p.cast::<u8>()),
+                Err(e) => {
+                    // SAFETY: neither object is used after this.
+                    unsafe { device.free_memory(memory, None) };
+                    destroy_buffer();
+                    return Err(vk_error("mapping a buffer", e));
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            ctx: ctx.clone(),
+            buffer,
+            memory,
+            size,
+            location,
+            mapped,
+        })
+    }
+
+    /// A host-visible buffer holding `data`, padded with zero bytes to a multiple of 4 bytes
+    /// (shaders read 32-bit words).
+    pub fn from_bytes(ctx: &Arc<VulkanContext>, data: &[u8]) -> Result<Self> {
+        let size = (data.len() as u64).div_ceil(4) * 4;
+        let mut b = Self::new(ctx, size, MemoryLocation::HostVisible)?;
+        let mut padded = data.to_vec();
+        padded.resize(size as usize, 0);
+        b.write(0, &padded)?;
+        Ok(b)
+    }
+
+    /// A host-visible buffer of `size` bytes (padded to a multiple of 4) filled with the
+    /// repeated `pattern` (e.g. the bytes of a NaN, so that elements a shader fails to write
+    /// show up).
+    pub fn filled(ctx: &Arc<VulkanContext>, size: usize, pattern: &[u8]) -> Result<Self> {
+        let padded = size.div_ceil(4) * 4;
+        let data: Vec<u8> = pattern.iter().copied().cycle().take(padded).collect();
+        Self::from_bytes(ctx, &data)
+    }
+
+    /// The raw handle.
+    pub fn handle(&self) -> vk::Buffer {
+        self.buffer
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The whole buffer as a [`BufferRange`].
+    pub fn range(&self) -> BufferRange {
+        BufferRange::new(self.buffer, 0, self.size)
+    }
+
+    /// `size` bytes from `offset` as a [`BufferRange`].
+    pub fn slice(&self, offset: u64, size: u64) -> BufferRange {
+        BufferRange::new(self.buffer, offset, size)
+    }
+
+    /// The mapping, after checking that `len` bytes at `offset` lie inside the buffer.
+    fn host_ptr(&self, offset: u64, len: usize, what: &str) -> Result<NonNull<u8>> {
+        let Some(ptr) = self.mapped else {
+            return Err(Error::Device {
+                backend: BackendKind::Vulkan,
+                message: format!("{what}: the buffer is not host-visible"),
+            });
+        };
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(Error::Device {
+                backend: BackendKind::Vulkan,
+                message: format!(
+                    "{what}: {len} bytes at {offset} do not fit a buffer of {} bytes",
+                    self.size
+                ),
+            });
+        }
+        Ok(ptr)
+    }
+
+    /// Copies `data` into the buffer at byte `offset` (host-visible buffers only; the memory
+    /// is coherent, so no flush is needed). The caller makes sure no GPU work uses those bytes
+    /// meanwhile.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let ptr = self.host_ptr(offset, data.len(), "writing a buffer")?;
+        // SAFETY: the mapping covers the whole buffer and the range was checked against its
+        // size; `&mut self` excludes any other host access through this buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                ptr.as_ptr().add(offset as usize),
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Reads `len` bytes from byte `offset` (host-visible buffers only), after the GPU work
+    /// writing them has completed.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let ptr = self.host_ptr(offset, len, "reading a buffer")?;
+        let mut out = vec![0u8; len];
+        // SAFETY: as in `write`; `out` holds `len` bytes; host writes need `&mut self`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr().add(offset as usize), out.as_mut_ptr(), len)
+        };
+        Ok(out)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: both objects belong to the context's device, which this buffer keeps alive;
+        // the owner guarantees that no pending work uses them.
+        unsafe {
+            self.ctx.device().destroy_buffer(self.buffer, None);
+            self.ctx.device().free_memory(self.memory, None);
+        }
+    }
+}

