@@ -19,6 +19,10 @@ pub struct BackendStatus {
     pub details: Vec<String>,
     /// `Ok` if the backend opens; otherwise why not.
     pub usable: std::result::Result<(), String>,
+    /// The device is a software implementation (e.g. lavapipe, Mesa's CPU Vulkan driver):
+    /// usable when forced, but passed over by [`best_available`], which prefers the CPU
+    /// reference to a CPU emulating a GPU.
+    pub software: bool,
 }
 
 /// Opens the given backend, or explains why it is not available.
@@ -48,6 +52,17 @@ fn open_vulkan() -> Result<Box<dyn Backend>> {
     Ok(Box::new(tessera_vulkan::VulkanBackend::new()?))
 }
 
+/// Whether the Vulkan device that opens is a CPU implementation (lavapipe).
+#[cfg(feature = "vulkan")]
+fn vulkan_is_software() -> bool {
+    tessera_vulkan::VulkanBackend::new().is_ok_and(|b| b.features().device_type == "Cpu")
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan_is_software() -> bool {
+    false
+}
+
 #[cfg(not(feature = "vulkan"))]
 fn open_vulkan() -> Result<Box<dyn Backend>> {
     Err(Error::BackendUnavailable {
@@ -72,12 +87,16 @@ pub fn forced_backend() -> Result<Option<BackendKind>> {
 }
 
 /// The backend to use: the one `TESSERA_BACKEND` names (an error if it is not available:
-/// never a silent fallback), else the first of CUDA, Vulkan and CPU that opens.
+/// never a silent fallback), else the first of CUDA, Vulkan and CPU that opens, passing over a
+/// software Vulkan device (lavapipe), which only `TESSERA_BACKEND=vulkan` selects.
 pub fn best_available() -> Result<Box<dyn Backend>> {
     if let Some(kind) = forced_backend()? {
         return backend(kind);
     }
     for kind in BackendKind::PREFERENCE {
+        if kind == BackendKind::Vulkan && vulkan_is_software() {
+            continue;
+        }
         if let Ok(b) = backend(kind) {
             return Ok(b);
         }
@@ -93,6 +112,7 @@ pub fn probe_all() -> Vec<BackendStatus> {
         devices: vec!["pure-Rust reference".to_string()],
         details: vec![],
         usable: Ok(()),
+        software: false,
     }];
     out.insert(0, probe_vulkan());
     out.insert(0, probe_cuda());
@@ -117,6 +137,7 @@ fn probe_cuda() -> BackendStatus {
         devices: p.devices,
         details,
         usable: open_cuda().map(|_| ()).map_err(|e| e.to_string()),
+        software: false,
     }
 }
 
@@ -128,6 +149,7 @@ fn probe_cuda() -> BackendStatus {
         devices: vec![],
         details: vec![],
         usable: open_cuda().map(|_| ()).map_err(|e| e.to_string()),
+        software: false,
     }
 }
 
@@ -148,6 +170,7 @@ fn probe_vulkan() -> BackendStatus {
             .collect(),
         details,
         usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
+        software: vulkan_is_software(),
     }
 }
 
@@ -159,5 +182,6 @@ fn probe_vulkan() -> BackendStatus {
         devices: vec![],
         details: vec![],
         usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
+        software: vulkan_is_software(),
     }
 }

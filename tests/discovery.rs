@@ -39,10 +39,14 @@ fn forced_backend_is_honoured_or_fails_clearly() {
     unsafe { std::env::remove_var(tessera::BACKEND_ENV) };
     let b = tessera::best_available().unwrap();
     let probes = tessera::probe_all();
-    let first_usable = probes.iter().find(|p| p.usable.is_ok()).unwrap().kind;
+    let first_usable = probes
+        .iter()
+        .find(|p| p.usable.is_ok() && !p.software)
+        .unwrap()
+        .kind;
     assert_eq!(
         b.kind(),
         first_usable,
-        "best available must be the first usable in cuda, vulkan, cpu order"
+        "best available must be the first usable hardware backend in cuda, vulkan, cpu order"
     );
 }

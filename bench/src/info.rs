@@ -9,6 +9,9 @@ pub fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     for status in tessera::probe_all() {
         let state = match (&status.usable, status.compiled) {
             (_, false) => "not compiled in".to_string(),
+            (Ok(()), true) if status.software => {
+                "available (software device: used only when forced)".to_string()
+            }
             (Ok(()), true) => "available".to_string(),
             (Err(_), true) => "unavailable".to_string(),
         };
