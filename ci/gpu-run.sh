@@ -4,9 +4,12 @@
 # Runs the CUDA conformance suite (the backend is required: its absence fails), the kernel
 # compile check, and `tessera check` on CUDA and CPU; logs and JSON go to OUTDIR, a table last.
 set -uo pipefail
-out=${1:?usage: ci/gpu-run.sh OUTDIR [quick]}
+final=${1:?usage: ci/gpu-run.sh OUTDIR [quick]}
 mode=${2:-full}
-mkdir -p "$out"
+# Logs go to a work folder, packed at the end into OUTDIR/gpu-run.tar.gz (the device tool brings
+# back only a few files); the check JSONs are copied beside it.
+out=$(mktemp -d)
+mkdir -p "$final"
 pack=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_CACHE_DIR=/tmp/tessera-cache
@@ -25,16 +28,25 @@ run() { # name, command...
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
 echo "commit $commit; $(cat "$out/gpu.txt")"
+# The Vulkan loader travels in the pack; the NVIDIA ICD is on the machine.
+for deb in "$pack"/libvulkan1*.deb; do [ -f "$deb" ] && dpkg -x "$deb" / && ldconfig; done
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
 run info "$pack/bin/tessera" info
 run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/test-compile_all" --nocapture
 run fp8_gemm_timing "$pack/bin/test-fp8_gemm_timing" --nocapture --test-threads=1
 run attention_timing "$pack/bin/test-attention_timing" --nocapture --test-threads=1
 run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
+run conformance_vulkan "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
 quick=""; [ "$mode" = quick ] && quick="--quick"
 run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/check-cuda.json"
+run check_vulkan "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan.json"
 run check_cpu "$pack/bin/tessera" check --backend cpu $quick --json "$out/check-cpu.json"
 echo
 echo "== summary (commit $commit)"
 printf '%s\n' "${status[@]}"
 grep -h "^check:" "$out"/check_*.log
-grep -h "^test result" "$out"/conformance_cuda.log "$out"/compile_all.log
+grep -h "^test result" "$out"/conformance_*.log "$out"/compile_all.log
+cp "$out"/check-*.json "$final"/ 2>/dev/null
+tar -C "$out" -czf "$final/gpu-run.tar.gz" .
