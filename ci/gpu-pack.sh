@@ -28,13 +28,14 @@ cargo build --release --locked -p tessera-bench
 cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 strip "$pack"/bin/*
 cp ci/gpu-run.sh "$pack/"
-# The GPU machine has the NVIDIA Vulkan driver but no loader: bring Debian's libvulkan1 (amd64).
+# The GPU machine has the NVIDIA Vulkan driver but no loader: bring Debian's libvulkan1 (amd64),
+# and the GL vendor-neutral dispatch libraries that the NVIDIA driver (libGLX_nvidia) needs.
 if command -v apt-get >/dev/null; then
   lists=$(mktemp -d)
   o="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$lists"
   mkdir -p "$lists/partial"
-  if apt-get $o update -qq >/dev/null 2>&1 && (cd "$pack" && apt-get $o download -qq libvulkan1 >/dev/null 2>&1); then
-    ls "$pack"/libvulkan1*.deb
+  if apt-get $o update -qq >/dev/null 2>&1 && (cd "$pack" && apt-get $o download -qq libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null 2>&1); then
+    ls "$pack"/*.deb
   else
     echo "note: could not download libvulkan1; the Vulkan part of the GPU run will be skipped"
   fi

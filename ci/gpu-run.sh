@@ -29,7 +29,8 @@ run() { # name, command...
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
 echo "commit $commit; $(cat "$out/gpu.txt")"
 # The Vulkan loader travels in the pack; the NVIDIA ICD is on the machine.
-for deb in "$pack"/libvulkan1*.deb; do [ -f "$deb" ] && dpkg -x "$deb" / && ldconfig; done
+for deb in "$pack"/*.deb; do [ -f "$deb" ] && dpkg -x "$deb" /; done
+ldconfig
 if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
