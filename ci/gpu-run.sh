@@ -40,9 +40,11 @@ run fp8_gemm_timing "$pack/bin/test-fp8_gemm_timing" --nocapture --test-threads=
 run attention_timing "$pack/bin/test-attention_timing" --nocapture --test-threads=1
 run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
 run conformance_vulkan "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
+run conformance_vulkan_portable env TESSERA_VULKAN_PORTABLE=1 "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
 quick=""; [ "$mode" = quick ] && quick="--quick"
 run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/check-cuda.json"
 run check_vulkan "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan.json"
+run check_vulkan_portable env TESSERA_VULKAN_PORTABLE=1 "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan-portable.json"
 run check_cpu "$pack/bin/tessera" check --backend cpu $quick --json "$out/check-cpu.json"
 echo
 echo "== summary (commit $commit)"

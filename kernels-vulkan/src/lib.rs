@@ -77,6 +77,7 @@ pub mod shaders {
             crate::ops::fp8::FP8_QUANTIZE_SCALES,
             crate::ops::fp8::FP8_QUANTIZE_CODES,
             crate::ops::fp8_gemm::FP8_GEMM,
+            crate::ops::fp8_gemm::FP8_GEMM_COOPMAT,
             crate::arith_check::CHECK_ARITH,
         ]
     }
@@ -110,8 +111,8 @@ impl VulkanBackend {
             backend: BackendKind::Vulkan,
             name: f.summary(),
             features: DeviceFeatures {
-                // The portable path does not use matrix units yet.
-                matrix_units: false,
+                // The FP8 GEMM's cooperative-matrix path (the other ops are portable yet).
+                matrix_units: f.cooperative_matrix,
                 native_fp8: false,
                 subgroup_size: Some(f.subgroup_size),
                 shared_memory_bytes: Some(f.max_shared_memory_bytes as usize),

@@ -2,14 +2,19 @@
 //!
 //! Portable path: `fp8_gemm` tiles D in 64x64 blocks per workgroup of 256 invocations, stages
 //! 32-wide K slices of A and B through shared memory (decoded from E4M3 with integer operations,
-//! 16 KiB), sums each 128-wide K block in f32 and adds it to the total with its two scales. A
-//! cooperative-matrix path (f16 operands decoded from E4M3, f32 accumulators) will be another
-//! shader chosen here when [`crate::VulkanFeatures::cooperative_matrix_shape`] offers one.
+//! 16 KiB), sums each 128-wide K block in f32 and adds it to the total with its two scales.
+//!
+//! Cooperative-matrix path: `fp8_gemm_coopmat` (same tiles and contract) decodes E4M3 to f16
+//! (exact) into shared memory and multiplies with 16x16x16 f16 cooperative matrices accumulating
+//! in f32, one 128-wide K block at a time. It is chosen where the device offers that shape in
+//! subgroup scope with a fixed subgroup size of 32 (see
+//! [`VulkanBackend::fp8_gemm_uses_cooperative_matrix`]); `TESSERA_VULKAN_PORTABLE=1` turns it
+//! off, so that both paths can be tested on one device.
 
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
 use crate::pipeline::{Shader, ShaderResources};
-use crate::VulkanBackend;
+use crate::{MatrixComponent, VulkanBackend};
 use ash::vk;
 use half::bf16;
 use tessera_core::ops::fp8::FP8_GROUP;
@@ -33,7 +38,52 @@ pub const FP8_GEMM: Shader = Shader {
     },
 };
 
+/// The cooperative-matrix GEMM (f16 operands, f32 accumulation). Bindings and push constants as
+/// [`FP8_GEMM`]; 128 invocations (four subgroups of 32).
+pub const FP8_GEMM_COOPMAT: Shader = Shader {
+    name: "fp8_gemm_coopmat",
+    spirv: spirv!("fp8_gemm_coopmat"),
+    storage_buffers: 5,
+    push_constant_bytes: 12,
+    resources: |_| ShaderResources {
+        invocations: 128,
+        // A and B tiles of 64 x 32 f16, and a 64 x 64 f32 scratch tile.
+        shared_memory_bytes: 2 * 64 * 32 * 2 + 64 * 64 * 4,
+    },
+};
+
+/// Set to `1` to keep the Vulkan backend on its portable shaders even where cooperative
+/// matrices are available (to test that path on such a device).
+pub const PORTABLE_ENV: &str = "TESSERA_VULKAN_PORTABLE";
+
 impl VulkanBackend {
+    /// Whether [`VulkanBackend::record_fp8_gemm`] uses the cooperative-matrix shader here: the
+    /// device has 16x16x16 f16 x f16 -> f32 cooperative matrices in subgroup scope, f16
+    /// arithmetic, a fixed subgroup size of 32 and 24 KiB of shared memory, and
+    /// `TESSERA_VULKAN_PORTABLE` is not `1`.
+    pub fn fp8_gemm_uses_cooperative_matrix(&self) -> bool {
+        if std::env::var(PORTABLE_ENV).is_ok_and(|v| v.trim() == "1") {
+            return false;
+        }
+        let f = self.features();
+        let shape = f.cooperative_matrix_shapes.iter().any(|s| {
+            s.subgroup_scope
+                && (s.m, s.n, s.k) == (16, 16, 16)
+                && s.a == MatrixComponent::F16
+                && s.b == MatrixComponent::F16
+                && s.c == MatrixComponent::F32
+                && s.result == MatrixComponent::F32
+        });
+        f.cooperative_matrix
+            && shape
+            && f.shader_float16
+            && f.subgroup_size == 32
+            && f.min_subgroup_size == 32
+            && f.max_subgroup_size == 32
+            && f.max_shared_memory_bytes >= (FP8_GEMM_COOPMAT.resources)(&[]).shared_memory_bytes
+            && f.max_workgroup_invocations >= 128
+    }
+
     /// Records `D = A · Bᵀ` with block scales into `cmd`:
     /// `D[m][n] = Σ_kb sA[m][kb] · sB[n/128][kb] · Σ_{k in block kb} A[m][k] · B[n][k]`,
     /// accumulated in f32 per 128-wide K block, rounded to bf16 (nearest even).
@@ -95,7 +145,12 @@ impl VulkanBackend {
                 ),
             });
         }
-        let pipeline = self.pipelines().get(&FP8_GEMM, &[])?;
+        let shader = if self.fp8_gemm_uses_cooperative_matrix() {
+            &FP8_GEMM_COOPMAT
+        } else {
+            &FP8_GEMM
+        };
+        let pipeline = self.pipelines().get(shader, &[])?;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses.
         unsafe {
