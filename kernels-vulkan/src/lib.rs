@@ -111,19 +111,27 @@ impl VulkanBackend {
             backend: BackendKind::Vulkan,
             name: f.summary(),
             features: DeviceFeatures {
-                // The FP8 GEMM's cooperative-matrix path (the other ops are portable yet).
-                matrix_units: f.cooperative_matrix,
+                // Set below: whether the FP8 GEMM takes its cooperative-matrix path.
+                matrix_units: false,
                 native_fp8: false,
                 subgroup_size: Some(f.subgroup_size),
                 shared_memory_bytes: Some(f.max_shared_memory_bytes as usize),
             },
         };
-        Ok(Self {
+        let mut backend = Self {
             info,
             one_shot: command::OneShot::new(&ctx)?,
             pipelines: PipelineCache::new(&ctx),
             ctx,
-        })
+        };
+        let gemm_path = if backend.fp8_gemm_uses_cooperative_matrix() {
+            "cooperative matrix"
+        } else {
+            "portable"
+        };
+        backend.info.name = format!("{}, FP8 GEMM: {gemm_path}", backend.info.name);
+        backend.info.features.matrix_units = gemm_path == "cooperative matrix";
+        Ok(backend)
     }
 
     /// The instance, device and queue: for callers of the device API, who allocate their
