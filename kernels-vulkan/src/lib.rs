@@ -77,6 +77,9 @@ pub mod shaders {
             crate::ops::fp8::FP8_QUANTIZE_SCALES,
             crate::ops::fp8::FP8_QUANTIZE_CODES,
             crate::ops::fp8_gemm::FP8_GEMM,
+            crate::ops::mla::MLA_APPEND,
+            crate::ops::mla::MLA_DECODE,
+            crate::ops::mla::MLA_COMBINE,
             crate::arith_check::CHECK_ARITH,
         ]
     }
@@ -186,8 +189,7 @@ impl Backend for VulkanBackend {
         rope: &[bf16],
         slots: &[i32],
     ) -> Result<()> {
-        op.validate_args(cache, latent, rope, slots)?;
-        self.unsupported("mla_append")
+        self.mla_append_host(op, cache, latent, rope, slots)
     }
 
     fn mla_decode(
@@ -198,8 +200,7 @@ impl Backend for VulkanBackend {
         block_table: &[i32],
         seq_lens: &[i32],
     ) -> Result<MlaDecodeOutput> {
-        op.validate_args(cache, q, block_table, seq_lens)?;
-        self.unsupported("mla_decode")
+        self.mla_decode_host(op, cache, q, block_table, seq_lens)
     }
 
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {
