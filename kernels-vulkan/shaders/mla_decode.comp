@@ -193,11 +193,14 @@ void main() {
             }
             l[r] = l[r] * alpha + sum;
             m[r] = m_new;
+            // The keys this row sees in the tile are a prefix of it: only those are read (a
+            // key past them may be NaN, from a bad page that another row of the group sees).
+            uint nk = min(min(k_end, vis[r]) - k0, KT);
             for (uint c = 0u; c < CPT; ++c) {
                 uint col = lid + gl_WorkGroupSize.x * c;
                 if (col < p.latent_dim) {
                     float a = acc[r * 8u + c] * alpha;
-                    for (uint k = 0u; k < KT; ++k) {
+                    for (uint k = 0u; k < nk; ++k) {
                         a += pk[k] * k_tile[k * D + col];
                     }
                     acc[r * 8u + c] = a;
