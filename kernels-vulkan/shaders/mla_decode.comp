@@ -16,14 +16,18 @@
 // NaN).
 //
 // Per tile of KT keys: the keys are decoded to f32 into shared memory, each (row, key) score is
-// one invocation's dot product against the query rows (in shared memory, f32), then every
+// one subgroup's dot product against the query rows (in shared memory, f32), then every
 // invocation updates the online softmax of each row (the same max and sum in every invocation)
 // and its own output columns c = lid + WG * m.
 //
 // Specialization constants: 0 = workgroup size WG, 1 = FP8, 2 = KT (keys per tile),
 // 3 = D (latent_dim + rope_dim), 4 = CPT = ceil(latent_dim / WG) (at most 8).
+// Needs subgroup arithmetic in compute shaders (checked when the device is opened); any
+// subgroup size works.
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
 
 #define ROWS 4u
 
@@ -155,18 +159,23 @@ void main() {
             k_tile[idx] = v;
         }
         barrier();
-        for (uint idx = lid; idx < ROWS * KT; idx += gl_WorkGroupSize.x) {
+        // One subgroup per (row, key) score: a strided partial dot product per invocation,
+        // then subgroupAdd (the branch is uniform within the subgroup).
+        for (uint idx = gl_SubgroupID; idx < ROWS * KT; idx += gl_NumSubgroups) {
             uint r = idx / KT;
             uint k = idx % KT;
-            float s = NEG_INF;
             if (k0 + k < min(k_end, vis[r])) {
-                float dot = 0.0;
-                for (uint d = 0u; d < D; ++d) {
-                    dot += q_tile[r * D + d] * k_tile[k * D + d];
+                float part = 0.0;
+                for (uint d = gl_SubgroupInvocationID; d < D; d += gl_SubgroupSize) {
+                    part += q_tile[r * D + d] * k_tile[k * D + d];
                 }
-                s = dot * scale;
+                float dot = subgroupAdd(part);
+                if (subgroupElect()) {
+                    scores[idx] = dot * scale;
+                }
+            } else if (subgroupElect()) {
+                scores[idx] = NEG_INF;
             }
-            scores[idx] = s;
         }
         barrier();
         for (uint r = 0u; r < ROWS; ++r) {
