@@ -21,7 +21,8 @@
 // and its own output columns c = lid + WG * m.
 //
 // Specialization constants: 0 = workgroup size WG, 1 = FP8, 2 = KT (keys per tile),
-// 3 = D (latent_dim + rope_dim), 4 = CPT = ceil(latent_dim / WG) (at most 8).
+// 3 = D (latent_dim + rope_dim), 4 = CPT = ceil(latent_dim / WG) (at most 8), 5 = ROWS
+// (query rows per workgroup).
 // Needs subgroup arithmetic in compute shaders (checked when the device is opened); any
 // subgroup size works.
 #version 450
@@ -29,13 +30,12 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 
-#define ROWS 4u
-
 layout(local_size_x = 128, local_size_x_id = 0) in;
 layout(constant_id = 1) const uint FP8 = 0u;
 layout(constant_id = 2) const uint KT = 8u;
 layout(constant_id = 3) const uint D = 576u;
 layout(constant_id = 4) const uint CPT = 4u;
+layout(constant_id = 5) const uint ROWS = 4u;
 
 layout(set = 0, binding = 0, std430) readonly buffer Cache { uint cache[]; };
 layout(set = 0, binding = 1, std430) readonly buffer Q { uint q[]; };

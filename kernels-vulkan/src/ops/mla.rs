@@ -1,16 +1,18 @@
 //! MLA: appending tokens to the paged latent cache and absorbed decode over it.
 //!
-//! Portable path (32-bit storage words, no subgroup operations needed):
+//! Portable path (32-bit storage words, subgroup arithmetic at most):
 //! - `mla_append`: one workgroup of 128 per token writes the words of its record; the FP8
 //!   format's group maxima go through shared-memory atomics, its scales and codes are computed on
 //!   the bits (`shaders/common.glsl`), so the bytes equal the reference's on every device.
-//! - `mla_decode` (split-KV): one workgroup of 128 per (request, group of 4 query rows, key
-//!   split). It keeps the 4 query rows in shared memory as f32 and, per tile of `KT` keys, decodes
-//!   the keys into shared memory (f32), computes the `4 x KT` scores (one dot product per
-//!   invocation), then updates the online softmax (f32) of each row and its own output columns.
-//!   `KT` is sized from the device's shared memory (`(4 + KT) · D · 4` bytes with
-//!   `D = latent_dim + rope_dim`: 9 keys for DeepSeek-V3 on lavapipe's 32 KiB). Partial outputs
-//!   (normalized, f32) and log-sum-exps go to a workspace buffer.
+//! - `mla_decode` (split-KV): one workgroup of 128 per (request, group of `ROWS` query rows, key
+//!   split). It keeps the query rows in shared memory as f32 and, per tile of `KT` keys, decodes
+//!   the keys into shared memory (f32), computes the `ROWS x KT` scores (one subgroup's strided
+//!   dot product and `subgroupAdd` each), then updates the online softmax (f32) of each row and
+//!   the invocation's own output columns. `ROWS` (8 where there are that many rows and 4 keys
+//!   still fit, else 4, 2, 1) and `KT` (at most 16) are sized from the device's shared memory,
+//!   `(ROWS + KT) · D · 4` bytes with `D = latent_dim + rope_dim`: DeepSeek-V3 gets 8 rows and
+//!   6 keys on lavapipe's 32 KiB, 8 and 13 on NVIDIA's 48 KiB. Partial outputs (normalized, f32)
+//!   and log-sum-exps go to a workspace buffer.
 //! - `mla_combine`: one invocation per pair of output columns merges the splits by their
 //!   log-sum-exps and rounds to bf16.
 
@@ -32,8 +34,11 @@ const DECODE: &str = "mla_decode";
 const WORKGROUP: u32 = 128;
 /// Invocations per workgroup of `mla_combine`.
 const COMBINE_WORKGROUP: u32 = 64;
-/// Query rows per decode workgroup (the shader's `ROWS`).
-const ROWS: u32 = 4;
+/// Query rows per decode workgroup (the shader's `ROWS`), largest first: 8 where there are
+/// that many rows and the shared memory holds them with at least `MIN_KEY_TILE` keys.
+const ROWS_CHOICES: [u32; 4] = [8, 4, 2, 1];
+/// Fewest keys per tile for which more rows per workgroup are worth it.
+const MIN_KEY_TILE: u32 = 4;
 /// Most keys per decode tile.
 const MAX_KEY_TILE: u32 = 16;
 /// Decode workgroups aimed at when choosing the number of key splits.
@@ -55,7 +60,7 @@ pub const MLA_APPEND: Shader = Shader {
 
 /// Decode pass 1 (split-KV partials). Bindings: cache, q, block_table, seq_lens, workspace.
 /// Specialization: workgroup size, FP8, keys per tile, `latent_dim + rope_dim`, output columns
-/// per invocation.
+/// per invocation, query rows per workgroup.
 pub const MLA_DECODE: Shader = Shader {
     name: "mla_decode",
     spirv: spirv!("mla_decode"),
@@ -64,9 +69,10 @@ pub const MLA_DECODE: Shader = Shader {
     resources: |spec| {
         let kt = spec.get(2).copied().unwrap_or(8);
         let d = spec.get(3).copied().unwrap_or(576);
+        let rows = spec.get(5).copied().unwrap_or(4);
         ShaderResources {
             invocations: spec.first().copied().unwrap_or(WORKGROUP),
-            shared_memory_bytes: decode_shared_bytes(kt, d),
+            shared_memory_bytes: decode_shared_bytes(rows, kt, d),
         }
     },
 };
@@ -84,14 +90,15 @@ pub const MLA_COMBINE: Shader = Shader {
     },
 };
 
-/// Shared memory of `mla_decode`: 4 query rows and `kt` keys of `d` f32, and the scores.
-fn decode_shared_bytes(kt: u32, d: u32) -> u32 {
-    4 * (ROWS * d + kt * d + ROWS * kt)
+/// Shared memory of `mla_decode`: `rows` query rows and `kt` keys of `d` f32, and the scores.
+fn decode_shared_bytes(rows: u32, kt: u32, d: u32) -> u32 {
+    4 * (rows * d + kt * d + rows * kt)
 }
 
 /// How a decode is split over workgroups on this device.
 #[derive(Clone, Copy, Debug)]
 struct DecodePlan {
+    rows_per_group: u32,
     key_tile: u32,
     row_groups: u64,
     splits: u64,
@@ -148,10 +155,17 @@ impl VulkanBackend {
         check_decode_op(op)?;
         let f = self.features();
         let d = op.layout.qk_dim() as u32;
-        let fixed = decode_shared_bytes(0, d);
-        let per_key = 4 * (d + ROWS);
-        let key_tile =
-            (f.max_shared_memory_bytes.saturating_sub(fixed) / per_key).min(MAX_KEY_TILE);
+        let rows = (op.s_q * op.heads) as u64;
+        let key_tile_for = |r: u32| {
+            let fixed = decode_shared_bytes(r, 0, d);
+            (f.max_shared_memory_bytes.saturating_sub(fixed) / (4 * (d + r))).min(MAX_KEY_TILE)
+        };
+        let rows_per_group = ROWS_CHOICES
+            .into_iter()
+            .find(|&r| (r as u64) <= rows.max(4) && key_tile_for(r) >= MIN_KEY_TILE)
+            .or_else(|| ROWS_CHOICES.into_iter().find(|&r| key_tile_for(r) >= 1))
+            .unwrap_or(1);
+        let key_tile = key_tile_for(rows_per_group);
         if key_tile == 0 || f.max_workgroup_invocations < WORKGROUP {
             return Err(Error::Unsupported {
                 op: DECODE,
@@ -163,8 +177,7 @@ impl VulkanBackend {
                 ),
             });
         }
-        let rows = (op.s_q * op.heads) as u64;
-        let row_groups = rows.div_ceil(ROWS as u64);
+        let row_groups = rows.div_ceil(rows_per_group as u64);
         let capacity = (op.max_pages as u64) * op.layout.page_size as u64;
         let base = op.batch as u64 * row_groups;
         let tiles = capacity.div_ceil(key_tile as u64);
@@ -175,6 +188,7 @@ impl VulkanBackend {
         let split_keys = capacity.div_ceil(splits).div_ceil(key_tile as u64) * key_tile as u64;
         let splits = capacity.div_ceil(split_keys).max(1);
         Ok(DecodePlan {
+            rows_per_group,
             key_tile,
             row_groups,
             splits,
@@ -350,9 +364,10 @@ impl VulkanBackend {
         let fp8 = u32::from(l.format == MlaCacheFormat::Fp8);
         let d = l.qk_dim() as u32;
         let cpt = (l.latent_dim as u32).div_ceil(WORKGROUP);
-        let decode = self
-            .pipelines()
-            .get(&MLA_DECODE, &[WORKGROUP, fp8, plan.key_tile, d, cpt])?;
+        let decode = self.pipelines().get(
+            &MLA_DECODE,
+            &[WORKGROUP, fp8, plan.key_tile, d, cpt, plan.rows_per_group],
+        )?;
         let combine = self.pipelines().get(&MLA_COMBINE, &[COMBINE_WORKGROUP])?;
         let decode_groups =
             linear_groups(batch * plan.row_groups * plan.splits, f.max_workgroup_count)?;
