@@ -5,7 +5,7 @@
 
 use half::bf16;
 use tessera_core::{
-    Backend, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
+    Backend, Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
 };
 use tessera_reference::metrics::{lse_max_error, relative_l2_error};
 use tessera_reference::mla as ref_mla;
@@ -210,4 +210,29 @@ fn device_api_stays_in_bounds_with_bad_values() {
     let (o, lse) = run(&[0, 1, 0, 1], &[-3, 0]);
     assert!(o.iter().all(|&x| x == 0.0));
     assert!(lse.iter().all(|&x| x == f64::NEG_INFINITY));
+
+    // A workspace too small is refused before anything is recorded.
+    let big = Buffer::filled(ctx, 1 << 16, &[0]).unwrap();
+    let small = Buffer::filled(ctx, 4, &[0]).unwrap();
+    let result = b.run_and_wait(|cmd| {
+        // SAFETY: as above (nothing is recorded: the arguments are refused).
+        unsafe {
+            b.record_mla_decode(
+                cmd,
+                &op,
+                2,
+                cache_buf.range(),
+                big.range(),
+                big.range(),
+                big.range(),
+                big.range(),
+                big.range(),
+                small.range(),
+            )
+        }
+    });
+    match result {
+        Err(Error::InvalidArgument { arg, .. }) => assert_eq!(arg, "workspace"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
 }
