@@ -15,7 +15,8 @@
 // latent. A page outside 0 .. num_pages is never read: its keys are NaN (the query's output is
 // NaN).
 //
-// Per tile of KT keys: the keys are decoded to f32 into shared memory, each (row, key) score is
+// Per tile of KT keys: the keys are decoded to f32 into shared memory (one invocation per 32-bit
+// word of a record: 2 bf16 or 4 e4m3 values), each (row, key) score is
 // one subgroup's dot product against the query rows (in shared memory, f32), then every
 // invocation updates the online softmax of each row (the same max and sum in every invocation)
 // and its own output columns c = lid + WG * m.
@@ -67,21 +68,48 @@ shared float scores[ROWS * KT];
 #define NEG_INF uintBitsToFloat(0xff800000u)
 #define NAN uintBitsToFloat(0x7fc00000u)
 
-// Element d of the record starting at word `base`, decoded to f32.
-float cache_value(uint base, uint d) {
-    if (d >= p.latent_dim) {
-        uint rope_base = FP8 != 0u ? p.latent_dim / 4u + p.latent_dim / 128u : p.latent_dim / 2u;
-        uint e = d - p.latent_dim;
-        uint w = cache[base + rope_base + e / 2u];
-        return uintBitsToFloat((e & 1u) != 0u ? (w & 0xffff0000u) : (w << 16));
+// Key values are loaded by units of one 32-bit word of the record: a latent unit holds 2 bf16
+// or 4 e4m3 values, a rope unit 2 bf16 values. Units of the latent per key:
+uint latent_units() {
+    return FP8 != 0u ? p.latent_dim / 4u : p.latent_dim / 2u;
+}
+
+// Decodes unit u of the record starting at word `base` into k_tile from position `at` (the key's
+// first value): a latent unit to values VPU * u.., a rope unit to latent_dim + 2 * (u - LU)..
+void load_unit(uint base, uint u, uint at) {
+    uint lu = latent_units();
+    if (u >= lu) {
+        uint rope_base = FP8 != 0u ? lu + p.latent_dim / 128u : lu;
+        uint e = 2u * (u - lu);
+        uint w = cache[base + rope_base + (u - lu)];
+        k_tile[at + p.latent_dim + e] = uintBitsToFloat(w << 16);
+        k_tile[at + p.latent_dim + e + 1u] = uintBitsToFloat(w & 0xffff0000u);
+    } else if (FP8 == 0u) {
+        uint w = cache[base + u];
+        k_tile[at + 2u * u] = uintBitsToFloat(w << 16);
+        k_tile[at + 2u * u + 1u] = uintBitsToFloat(w & 0xffff0000u);
+    } else {
+        uint w = cache[base + u];
+        float sc = uintBitsToFloat(cache[base + lu + (4u * u) / 128u]);
+        for (uint j = 0u; j < 4u; ++j) {
+            k_tile[at + 4u * u + j] = e4m3_to_f32((w >> (8u * j)) & 0xffu) * sc;
+        }
     }
-    if (FP8 == 0u) {
-        uint w = cache[base + d / 2u];
-        return uintBitsToFloat((d & 1u) != 0u ? (w & 0xffff0000u) : (w << 16));
+}
+
+// Fills the values of unit u of a key that is not loaded with v.
+void fill_unit(uint u, uint at, float v) {
+    uint lu = latent_units();
+    if (u >= lu) {
+        uint e = p.latent_dim + 2u * (u - lu);
+        k_tile[at + e] = v;
+        k_tile[at + e + 1u] = v;
+    } else {
+        uint vpu = FP8 != 0u ? 4u : 2u;
+        for (uint j = 0u; j < vpu; ++j) {
+            k_tile[at + vpu * u + j] = v;
+        }
     }
-    uint w = cache[base + d / 4u];
-    float sc = uintBitsToFloat(cache[base + p.latent_dim / 4u + d / 128u]);
-    return e4m3_to_f32((w >> (8u * (d & 3u))) & 0xffu) * sc;
 }
 
 void main() {
@@ -142,21 +170,22 @@ void main() {
 
     for (uint k0 = k_begin; k0 < k_end; k0 += KT) {
         barrier();  // the previous tile's readers are done (and q_tile is written)
-        for (uint idx = lid; idx < KT * D; idx += gl_WorkGroupSize.x) {
-            uint k = idx / D;
-            uint d = idx % D;
+        uint units = latent_units() + (D - p.latent_dim) / 2u;
+        for (uint idx = lid; idx < KT * units; idx += gl_WorkGroupSize.x) {
+            uint k = idx / units;
+            uint u = idx % units;
             uint j = k0 + k;
-            float v = 0.0;
-            if (j < k_end) {
-                int page = block_table[b * p.max_pages + j / p.page_size];
-                if (page < 0 || uint(page) >= p.num_pages) {
-                    v = NAN;
-                } else {
-                    uint slot = uint(page) * p.page_size + j % p.page_size;
-                    v = cache_value(slot * p.token_words, d);
-                }
+            if (j >= k_end) {
+                fill_unit(u, k * D, 0.0);
+                continue;
             }
-            k_tile[idx] = v;
+            int page = block_table[b * p.max_pages + j / p.page_size];
+            if (page < 0 || uint(page) >= p.num_pages) {
+                fill_unit(u, k * D, NAN);
+            } else {
+                uint slot = uint(page) * p.page_size + j % p.page_size;
+                load_unit(slot * p.token_words, u, k * D);
+            }
         }
         barrier();
         // One subgroup per (row, key) score: a strided partial dot product per invocation,
