@@ -39,6 +39,19 @@ layout(push_constant, std430) uniform Params {
 shared uint group_amax[8];
 shared uint group_scale[8];
 
+// x / s for f32 bits x (finite) and a normal power of two s: the exponents are subtracted when
+// x and the quotient are normal (the division is exact then), else the correctly rounded long
+// division of common.glsl (subnormal x or quotient). Equals div_rn_bits(x, s) for every x.
+uint div_pow2_bits(uint x, uint s) {
+    uint ax = x & 0x7fffffffu;
+    int ex = int(ax >> 23);
+    int e = ex - (int(s >> 23) - 127);
+    if (ex != 0 && e >= 1 && e < 255) {
+        return (x & 0x807fffffu) | (uint(e) << 23);
+    }
+    return div_rn_bits(x, s);
+}
+
 // The bf16 bits (low half) of latent element i of token t.
 uint latent_bits(uint t, uint i) {
     uint w = latent[(t * p.latent_dim + i) >> 1];
@@ -94,7 +107,7 @@ void main() {
             value = 0u;
             for (uint j = 0u; j < 4u; ++j) {
                 uint x = latent_bits(t, 4u * w + j) << 16;
-                value |= f32_bits_to_e4m3(div_rn_bits(x, sc)) << (8u * j);
+                value |= f32_bits_to_e4m3(div_pow2_bits(x, sc)) << (8u * j);
             }
         } else {
             value = group_scale[w - p.latent_dim / 4u];

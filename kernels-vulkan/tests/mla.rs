@@ -236,3 +236,51 @@ fn device_api_stays_in_bounds_with_bad_values() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 }
+
+#[test]
+fn fp8_append_is_exact_at_the_extremes() {
+    let Some(b) = backend() else { return };
+    let layout = MlaCacheLayout {
+        page_size: 3,
+        latent_dim: 256,
+        rope_dim: 16,
+        format: MlaCacheFormat::Fp8,
+    };
+    // Every finite bf16 magnitude class: subnormals only (scale 2^-126), tiny values next to a
+    // large one (quotients below E4M3's range, or subnormal in f32), the largest finite values,
+    // zeros of both signs, and exact powers of two.
+    let groups: Vec<Vec<bf16>> = vec![
+        (0..128).map(|i| bf16::from_bits(1 + i as u16)).collect(),
+        (0..128)
+            .map(|i| bf16::from_bits(if i == 0 { 0x7f7f } else { i as u16 | 0x8000 }))
+            .collect(),
+        (0..128)
+            .map(|i| bf16::from_bits(0x3f80 + 3 * i as u16))
+            .collect(),
+        (0..128)
+            .map(|i| match i % 4 {
+                0 => bf16::ZERO,
+                1 => bf16::NEG_ZERO,
+                2 => bf16::from_f32(2f32.powi(i as i32 / 4 - 16)),
+                _ => bf16::from_bits(0x0080 + i as u16),
+            })
+            .collect(),
+        (0..128)
+            .map(|i| bf16::from_f32((i as f32 - 64.0) * 7.0))
+            .collect(),
+        (0..128)
+            .map(|i| bf16::from_bits(0x0100 + 0x40 * i as u16))
+            .collect(),
+    ];
+    let latent: Vec<bf16> = groups.concat();
+    let tokens = latent.len() / 256;
+    let rope = values(tokens * 16, 5);
+    let mut cache = MlaCache::new(layout, 2).unwrap();
+    cache.fill_nan();
+    let mut want = cache.clone();
+    let slots: Vec<i32> = (0..tokens as i32).map(|t| 5 - t).collect();
+    b.mla_append(&MlaAppend { tokens }, &mut cache, &latent, &rope, &slots)
+        .unwrap();
+    ref_mla::mla_append(&mut want, &latent, &rope, &slots);
+    assert!(cache == want, "FP8 records differ at the extremes");
+}
