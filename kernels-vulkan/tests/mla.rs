@@ -261,7 +261,7 @@ fn fp8_append_is_exact_at_the_extremes() {
             .map(|i| match i % 4 {
                 0 => bf16::ZERO,
                 1 => bf16::NEG_ZERO,
-                2 => bf16::from_f32(2f32.powi(i as i32 / 4 - 16)),
+                2 => bf16::from_f32(2f32.powi(i / 4 - 16)),
                 _ => bf16::from_bits(0x0080 + i as u16),
             })
             .collect(),
