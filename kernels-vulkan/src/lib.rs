@@ -22,9 +22,11 @@
 //!   [`VulkanContext::queue`], and keeps the buffers alive until the work completes. Barriers
 //!   between the passes of one op are recorded by the op.
 //!
-//! Ops now: the FP8 quantizers and the block-scaled FP8 GEMM, on the portable path (32-bit
-//! storage words, subgroup arithmetic, no cooperative matrices, no 8/16-bit arithmetic); the
-//! attention and MLA ops return [`Error::Unsupported`] after validating their arguments.
+//! Ops: the FP8 quantizers, the block-scaled FP8 GEMM, and the MLA cache append and paged
+//! decode, on the portable path (32-bit storage words, subgroup arithmetic, no 8/16-bit
+//! arithmetic), plus a cooperative-matrix FP8 GEMM where the device offers f16 16x16x16
+//! matrices; ops without a shader yet return [`Error::Unsupported`] after validating their
+//! arguments.
 
 #![warn(missing_docs)]
 
@@ -78,6 +80,9 @@ pub mod shaders {
             crate::ops::fp8::FP8_QUANTIZE_CODES,
             crate::ops::fp8_gemm::FP8_GEMM,
             crate::ops::fp8_gemm::FP8_GEMM_COOPMAT,
+            crate::ops::mla::MLA_APPEND,
+            crate::ops::mla::MLA_DECODE,
+            crate::ops::mla::MLA_COMBINE,
             crate::arith_check::CHECK_ARITH,
         ]
     }
@@ -195,8 +200,7 @@ impl Backend for VulkanBackend {
         rope: &[bf16],
         slots: &[i32],
     ) -> Result<()> {
-        op.validate_args(cache, latent, rope, slots)?;
-        self.unsupported("mla_append")
+        self.mla_append_host(op, cache, latent, rope, slots)
     }
 
     fn mla_decode(
@@ -207,8 +211,7 @@ impl Backend for VulkanBackend {
         block_table: &[i32],
         seq_lens: &[i32],
     ) -> Result<MlaDecodeOutput> {
-        op.validate_args(cache, q, block_table, seq_lens)?;
-        self.unsupported("mla_decode")
+        self.mla_decode_host(op, cache, q, block_table, seq_lens)
     }
 
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {

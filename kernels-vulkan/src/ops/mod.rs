@@ -4,6 +4,7 @@
 
 pub mod fp8;
 pub mod fp8_gemm;
+pub mod mla;
 
 use crate::device::VulkanFeatures;
 use crate::memory::BufferRange;

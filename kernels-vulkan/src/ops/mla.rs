@@ -1,0 +1,512 @@
+//! MLA: appending tokens to the paged latent cache and absorbed decode over it.
+//!
+//! Portable path (32-bit storage words, subgroup arithmetic at most):
+//! - `mla_append`: one workgroup of 128 per token writes the words of its record; the FP8
+//!   format's group maxima go through shared-memory atomics, its scales and codes are computed on
+//!   the bits (`shaders/common.glsl`), so the bytes equal the reference's on every device.
+//! - `mla_decode` (split-KV): one workgroup of 128 per (request, group of `ROWS` query rows, key
+//!   split). It keeps the query rows in shared memory as f32 and, per tile of `KT` keys, decodes
+//!   the keys into shared memory (f32), computes the `ROWS x KT` scores (one subgroup's strided
+//!   dot product and `subgroupAdd` each), then updates the online softmax (f32) of each row and
+//!   the invocation's own output columns. `ROWS` (8 where there are that many rows and 4 keys
+//!   still fit, else 4, 2, 1) and `KT` (at most 16) are sized from the device's shared memory,
+//!   `(ROWS + KT) · D · 4` bytes with `D = latent_dim + rope_dim`: DeepSeek-V3 gets 8 rows and
+//!   6 keys on lavapipe's 32 KiB, 8 and 13 on NVIDIA's 48 KiB. Partial outputs (normalized, f32)
+//!   and log-sum-exps go to a workspace buffer.
+//! - `mla_combine`: one invocation per pair of output columns merges the splits by their
+//!   log-sum-exps and rounds to bf16.
+
+use super::{bind_range, to_u32};
+use crate::memory::{Buffer, BufferRange};
+use crate::pipeline::{compute_barrier, linear_groups, Shader, ShaderResources};
+use crate::VulkanBackend;
+use ash::vk;
+use half::bf16;
+use tessera_core::{
+    BackendKind, Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode,
+    MlaDecodeOutput, Result, E4M3,
+};
+
+const APPEND: &str = "mla_append";
+const DECODE: &str = "mla_decode";
+
+/// Invocations per workgroup of `mla_append` and `mla_decode`.
+const WORKGROUP: u32 = 128;
+/// Invocations per workgroup of `mla_combine`.
+const COMBINE_WORKGROUP: u32 = 64;
+/// Query rows per decode workgroup (the shader's `ROWS`), largest first: 8 where there are
+/// that many rows and the shared memory holds them with at least `MIN_KEY_TILE` keys.
+const ROWS_CHOICES: [u32; 4] = [8, 4, 2, 1];
+/// Fewest keys per tile for which more rows per workgroup are worth it.
+const MIN_KEY_TILE: u32 = 4;
+/// Most keys per decode tile.
+const MAX_KEY_TILE: u32 = 16;
+/// Decode workgroups aimed at when choosing the number of key splits.
+const TARGET_WORKGROUPS: u64 = 256;
+/// Most key splits.
+const MAX_SPLITS: u64 = 64;
+
+/// Cache append. Bindings: latent, rope, slots, cache. Specialization: workgroup size, FP8.
+pub const MLA_APPEND: Shader = Shader {
+    name: "mla_append",
+    spirv: spirv!("mla_append"),
+    storage_buffers: 4,
+    push_constant_bytes: 24,
+    resources: |spec| ShaderResources {
+        invocations: spec.first().copied().unwrap_or(WORKGROUP),
+        shared_memory_bytes: 64,
+    },
+};
+
+/// Decode pass 1 (split-KV partials). Bindings: cache, q, block_table, seq_lens, workspace.
+/// Specialization: workgroup size, FP8, keys per tile, `latent_dim + rope_dim`, output columns
+/// per invocation, query rows per workgroup.
+pub const MLA_DECODE: Shader = Shader {
+    name: "mla_decode",
+    spirv: spirv!("mla_decode"),
+    storage_buffers: 5,
+    push_constant_bytes: 48,
+    resources: |spec| {
+        let kt = spec.get(2).copied().unwrap_or(8);
+        let d = spec.get(3).copied().unwrap_or(576);
+        let rows = spec.get(5).copied().unwrap_or(4);
+        ShaderResources {
+            invocations: spec.first().copied().unwrap_or(WORKGROUP),
+            shared_memory_bytes: decode_shared_bytes(rows, kt, d),
+        }
+    },
+};
+
+/// Decode pass 2 (merging the splits). Bindings: workspace, o, lse. Specialization: workgroup
+/// size.
+pub const MLA_COMBINE: Shader = Shader {
+    name: "mla_combine",
+    spirv: spirv!("mla_combine"),
+    storage_buffers: 3,
+    push_constant_bytes: 20,
+    resources: |spec| ShaderResources {
+        invocations: spec.first().copied().unwrap_or(COMBINE_WORKGROUP),
+        shared_memory_bytes: 0,
+    },
+};
+
+/// Shared memory of `mla_decode`: `rows` query rows and `kt` keys of `d` f32, and the scores.
+fn decode_shared_bytes(rows: u32, kt: u32, d: u32) -> u32 {
+    4 * (rows * d + kt * d + rows * kt)
+}
+
+/// How a decode is split over workgroups on this device.
+#[derive(Clone, Copy, Debug)]
+struct DecodePlan {
+    rows_per_group: u32,
+    key_tile: u32,
+    row_groups: u64,
+    splits: u64,
+    split_keys: u64,
+}
+
+/// Checks the descriptor of a decode (what [`MlaDecode::validate_args`] checks without host
+/// arguments).
+fn check_decode_op(op: &MlaDecode) -> Result<()> {
+    op.layout.validate()?;
+    if op.batch == 0 {
+        return Err(Error::invalid(DECODE, "batch", "at least 1", "0"));
+    }
+    if !(1..=128).contains(&op.s_q) {
+        return Err(Error::invalid(DECODE, "s_q", "1..=128", op.s_q.to_string()));
+    }
+    if !(1..=128).contains(&op.heads) {
+        return Err(Error::invalid(
+            DECODE,
+            "heads",
+            "1..=128",
+            op.heads.to_string(),
+        ));
+    }
+    if op.max_pages == 0 {
+        return Err(Error::invalid(DECODE, "max_pages", "at least 1", "0"));
+    }
+    if !(op.softmax_scale.is_finite() && op.softmax_scale > 0.0) {
+        return Err(Error::invalid(
+            DECODE,
+            "softmax_scale",
+            "a finite number > 0",
+            op.softmax_scale.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_num_pages(op: &'static str, layout: &MlaCacheLayout, num_pages: usize) -> Result<()> {
+    if num_pages == 0 || num_pages > i32::MAX as usize / layout.page_size {
+        return Err(Error::invalid(
+            op,
+            "num_pages",
+            format!("1..={}", i32::MAX as usize / layout.page_size),
+            num_pages.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+impl VulkanBackend {
+    /// The decode's tiling on this device.
+    fn mla_decode_plan(&self, op: &MlaDecode) -> Result<DecodePlan> {
+        check_decode_op(op)?;
+        let f = self.features();
+        let d = op.layout.qk_dim() as u32;
+        let rows = (op.s_q * op.heads) as u64;
+        let key_tile_for = |r: u32| {
+            let fixed = decode_shared_bytes(r, 0, d);
+            (f.max_shared_memory_bytes.saturating_sub(fixed) / (4 * (d + r))).min(MAX_KEY_TILE)
+        };
+        let rows_per_group = ROWS_CHOICES
+            .into_iter()
+            .find(|&r| (r as u64) <= rows.max(4) && key_tile_for(r) >= MIN_KEY_TILE)
+            .or_else(|| ROWS_CHOICES.into_iter().find(|&r| key_tile_for(r) >= 1))
+            .unwrap_or(1);
+        let key_tile = key_tile_for(rows_per_group);
+        if key_tile == 0 || f.max_workgroup_invocations < WORKGROUP {
+            return Err(Error::Unsupported {
+                op: DECODE,
+                backend: BackendKind::Vulkan,
+                reason: format!(
+                    "latent_dim + rope_dim = {d} needs more than the device's {} bytes of shared \
+                     memory ({} invocations per workgroup)",
+                    f.max_shared_memory_bytes, f.max_workgroup_invocations
+                ),
+            });
+        }
+        let row_groups = rows.div_ceil(rows_per_group as u64);
+        let capacity = (op.max_pages as u64) * op.layout.page_size as u64;
+        let base = op.batch as u64 * row_groups;
+        let tiles = capacity.div_ceil(key_tile as u64);
+        let splits = TARGET_WORKGROUPS
+            .div_ceil(base)
+            .clamp(1, MAX_SPLITS)
+            .min(tiles.max(1));
+        let split_keys = capacity.div_ceil(splits).div_ceil(key_tile as u64) * key_tile as u64;
+        let splits = capacity.div_ceil(split_keys).max(1);
+        Ok(DecodePlan {
+            rows_per_group,
+            key_tile,
+            row_groups,
+            splits,
+            split_keys,
+        })
+    }
+
+    /// Bytes of the workspace [`VulkanBackend::record_mla_decode`] needs for `op` on this
+    /// device: f32 partial outputs `[batch, splits, s_q · heads, latent_dim]` then f32 partial
+    /// log-sum-exps `[batch, splits, s_q · heads]` (the number of key splits depends on the
+    /// shape and the device's shared memory).
+    pub fn mla_decode_workspace_bytes(&self, op: &MlaDecode) -> Result<u64> {
+        let plan = self.mla_decode_plan(op)?;
+        let rows = (op.s_q * op.heads) as u64;
+        Ok(4 * op.batch as u64 * plan.splits * rows * (op.layout.latent_dim as u64 + 1))
+    }
+
+    /// Records an append into the paged cache into `cmd`: token `t` is written to slot
+    /// `slots[t]` of `cache` (see [`MlaAppend`] and [`MlaCacheLayout`] for the record formats);
+    /// a negative slot, or one at or past `num_pages · page_size`, skips the token (the shader
+    /// never writes outside the cache). Only the words of the written records change.
+    ///
+    /// Buffer ranges (see [`BufferRange`]), little-endian: `latent` bf16
+    /// `[tokens, latent_dim]`, `rope` bf16 `[tokens, rope_dim]` (at least 4 bytes even when
+    /// empty), `slots` i32 `[tokens]`, `cache` `[num_pages, page_size, token_bytes]` bytes
+    /// (read and written). Sizes are rounded up to whole 32-bit words. Values are not checked:
+    /// slots must be distinct, and for the FP8 format the latent must be finite (the host API
+    /// checks both).
+    ///
+    /// Synchronization: a barrier making the inputs' writes (and earlier accesses of the cache)
+    /// visible to compute-shader reads and writes before this, and one from compute-shader
+    /// writes to whatever reads the cache after; the caller submits and keeps the buffers alive
+    /// until the work completes.
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of this backend's device ([`VulkanBackend::context`]) in
+    /// the recording state, and the ranges must lie in live buffers of that device created with
+    /// `STORAGE_BUFFER` usage.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_mla_append(
+        &self,
+        cmd: vk::CommandBuffer,
+        layout: &MlaCacheLayout,
+        num_pages: usize,
+        op: &MlaAppend,
+        latent: BufferRange,
+        rope: BufferRange,
+        slots: BufferRange,
+        cache: BufferRange,
+    ) -> Result<()> {
+        layout.validate()?;
+        check_num_pages(APPEND, layout, num_pages)?;
+        let f = self.features();
+        let tokens = op.tokens as u64;
+        let tb = layout.token_bytes() as u64;
+        debug_assert_eq!(tb % 4, 0);
+        let cache_bytes = num_pages as u64 * layout.page_size as u64 * tb;
+        let latent = bind_range(
+            APPEND,
+            "latent",
+            &latent,
+            (2 * tokens * layout.latent_dim as u64).max(4),
+            f,
+        )?;
+        let rope = bind_range(
+            APPEND,
+            "rope",
+            &rope,
+            (2 * tokens * layout.rope_dim as u64).max(4),
+            f,
+        )?;
+        let slots = bind_range(APPEND, "slots", &slots, (4 * tokens).max(4), f)?;
+        let cache = bind_range(APPEND, "cache", &cache, cache_bytes, f)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        to_u32(APPEND, "cache words", cache_bytes / 4)?;
+        to_u32(
+            APPEND,
+            "tokens * latent_dim",
+            tokens * layout.latent_dim as u64,
+        )?;
+        let fp8 = u32::from(layout.format == MlaCacheFormat::Fp8);
+        let pipeline = self.pipelines().get(&MLA_APPEND, &[WORKGROUP, fp8])?;
+        let groups = linear_groups(tokens, f.max_workgroup_count)?;
+        // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
+        // are valid storage buffers; the ranges were checked to hold what the shader accesses.
+        unsafe {
+            pipeline.record(
+                cmd,
+                &[latent, rope, slots, cache],
+                &[
+                    tokens as u32,
+                    layout.latent_dim as u32,
+                    layout.rope_dim as u32,
+                    (tb / 4) as u32,
+                    (num_pages * layout.page_size) as u32,
+                    E4M3::MAX.to_bits(),
+                ],
+                groups,
+            )
+        }
+    }
+
+    /// Records an absorbed MLA decode into `cmd` (see [`MlaDecode`]): two dispatches (split-KV
+    /// partials into `workspace`, then their combination) with a barrier between them.
+    ///
+    /// Buffer ranges (see [`BufferRange`]), little-endian: `cache`
+    /// `[num_pages, page_size, token_bytes]` bytes in `op.layout`; `q` bf16
+    /// `[batch, s_q, heads, latent_dim + rope_dim]`; `block_table` i32 `[batch, max_pages]`;
+    /// `seq_lens` i32 `[batch]`; outputs `o` bf16 `[batch, s_q, heads, latent_dim]` and `lse`
+    /// f32 `[batch, heads, s_q]` (natural log; `o = 0`, `lse = -inf` for a query that sees no
+    /// key); `workspace` at least [`VulkanBackend::mla_decode_workspace_bytes`] bytes (scratch).
+    /// Sizes are rounded up to whole 32-bit words.
+    ///
+    /// Values are not checked, but nothing outside the buffers is ever read: lengths are clamped
+    /// to `0 ..= max_pages · page_size`, and a block-table entry outside `0 .. num_pages` that
+    /// covers a visible key is not dereferenced: every query that sees such a key gets NaN in
+    /// `o` and `lse`.
+    ///
+    /// Synchronization: a barrier making the inputs' writes visible to compute-shader reads
+    /// before this, and one from compute-shader writes to whatever reads `o` and `lse` after;
+    /// the caller submits and keeps the buffers alive until the work completes. The workspace
+    /// must not be used by other work in flight.
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of this backend's device ([`VulkanBackend::context`]) in
+    /// the recording state, and the ranges must lie in live buffers of that device created with
+    /// `STORAGE_BUFFER` usage.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_mla_decode(
+        &self,
+        cmd: vk::CommandBuffer,
+        op: &MlaDecode,
+        num_pages: usize,
+        cache: BufferRange,
+        q: BufferRange,
+        block_table: BufferRange,
+        seq_lens: BufferRange,
+        o: BufferRange,
+        lse: BufferRange,
+        workspace: BufferRange,
+    ) -> Result<()> {
+        let plan = self.mla_decode_plan(op)?;
+        let l = op.layout;
+        check_num_pages(DECODE, &l, num_pages)?;
+        let f = self.features();
+        let (batch, max_pages) = (op.batch as u64, op.max_pages as u64);
+        let cache_bytes = num_pages as u64 * l.page_size as u64 * l.token_bytes() as u64;
+        let cache = bind_range(DECODE, "cache", &cache, cache_bytes, f)?;
+        let q = bind_range(DECODE, "q", &q, 2 * op.q_len() as u64, f)?;
+        let block_table = bind_range(
+            DECODE,
+            "block_table",
+            &block_table,
+            4 * batch * max_pages,
+            f,
+        )?;
+        let seq_lens = bind_range(DECODE, "seq_lens", &seq_lens, 4 * batch, f)?;
+        let o = bind_range(DECODE, "o", &o, 2 * op.o_len() as u64, f)?;
+        let lse = bind_range(DECODE, "lse", &lse, 4 * op.lse_len() as u64, f)?;
+        let work_bytes = self.mla_decode_workspace_bytes(op)?;
+        let workspace = bind_range(DECODE, "workspace", &workspace, work_bytes, f)?;
+        to_u32(DECODE, "cache words", cache_bytes / 4)?;
+        to_u32(DECODE, "q elements", op.q_len() as u64 + 2)?;
+        to_u32(DECODE, "batch * max_pages", batch * max_pages)?;
+        to_u32(
+            DECODE,
+            "max_pages * page_size",
+            max_pages * l.page_size as u64,
+        )?;
+        to_u32(DECODE, "workspace elements", work_bytes / 4)?;
+        let fp8 = u32::from(l.format == MlaCacheFormat::Fp8);
+        let d = l.qk_dim() as u32;
+        let cpt = (l.latent_dim as u32).div_ceil(WORKGROUP);
+        let decode = self.pipelines().get(
+            &MLA_DECODE,
+            &[WORKGROUP, fp8, plan.key_tile, d, cpt, plan.rows_per_group],
+        )?;
+        let combine = self.pipelines().get(&MLA_COMBINE, &[COMBINE_WORKGROUP])?;
+        let decode_groups =
+            linear_groups(batch * plan.row_groups * plan.splits, f.max_workgroup_count)?;
+        let words = op.o_len() as u64 / 2;
+        let combine_groups = linear_groups(
+            words.div_ceil(COMBINE_WORKGROUP as u64),
+            f.max_workgroup_count,
+        )?;
+        // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
+        // are valid storage buffers; the ranges were checked to hold what the shaders access.
+        unsafe {
+            decode.record(
+                cmd,
+                &[cache, q, block_table, seq_lens, workspace],
+                &[
+                    op.batch as u32,
+                    op.s_q as u32,
+                    op.heads as u32,
+                    op.max_pages as u32,
+                    l.page_size as u32,
+                    num_pages as u32,
+                    l.latent_dim as u32,
+                    (l.token_bytes() / 4) as u32,
+                    plan.row_groups as u32,
+                    plan.splits as u32,
+                    plan.split_keys as u32,
+                    op.softmax_scale.to_bits(),
+                ],
+                decode_groups,
+            )?;
+            compute_barrier(self.context().device(), cmd);
+            combine.record(
+                cmd,
+                &[workspace, o, lse],
+                &[
+                    op.batch as u32,
+                    op.s_q as u32,
+                    op.heads as u32,
+                    l.latent_dim as u32,
+                    plan.splits as u32,
+                ],
+                combine_groups,
+            )
+        }
+    }
+
+    /// The host API of the append: validates, uploads the cache and the tokens, runs,
+    /// downloads the cache.
+    pub(crate) fn mla_append_host(
+        &self,
+        op: &MlaAppend,
+        cache: &mut MlaCache,
+        latent: &[bf16],
+        rope: &[bf16],
+        slots: &[i32],
+    ) -> Result<()> {
+        op.validate_args(cache, latent, rope, slots)?;
+        if op.tokens == 0 {
+            return Ok(());
+        }
+        let ctx = self.context();
+        let layout = *cache.layout();
+        let num_pages = cache.num_pages();
+        let cache_buf = Buffer::from_bytes(ctx, cache.as_bytes())?;
+        let latent_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(latent))?;
+        // An empty rope still gets one word: a descriptor cannot be empty.
+        let rope_buf = Buffer::filled(ctx, (2 * rope.len()).max(4), &[0])?;
+        let mut rope_buf = rope_buf;
+        rope_buf.write(0, bytemuck::cast_slice(rope))?;
+        let slots_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(slots))?;
+        self.one_shot().run(|cmd| {
+            // SAFETY: `cmd` is the backend's own command buffer, recording; the buffers are
+            // live storage buffers of this device, kept until `run` has waited.
+            unsafe {
+                self.record_mla_append(
+                    cmd,
+                    &layout,
+                    num_pages,
+                    op,
+                    latent_buf.range(),
+                    rope_buf.range(),
+                    slots_buf.range(),
+                    cache_buf.range(),
+                )
+            }
+        })?;
+        let bytes = cache_buf.read(0, cache.as_bytes().len())?;
+        cache.as_bytes_mut().copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// The host API of the decode: validates, uploads, runs, downloads.
+    pub(crate) fn mla_decode_host(
+        &self,
+        op: &MlaDecode,
+        cache: &MlaCache,
+        q: &[bf16],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<MlaDecodeOutput> {
+        op.validate_args(cache, q, block_table, seq_lens)?;
+        let ctx = self.context();
+        let cache_buf = Buffer::from_bytes(ctx, cache.as_bytes())?;
+        let q_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(q))?;
+        let bt_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(block_table))?;
+        let lens_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(seq_lens))?;
+        // Outputs start as NaN so that an element the shaders fail to write shows up.
+        let o_buf = Buffer::filled(ctx, 2 * op.o_len(), &bf16::NAN.to_bits().to_le_bytes())?;
+        let lse_buf = Buffer::filled(ctx, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
+        let work_bytes = self.mla_decode_workspace_bytes(op)?;
+        let work_buf = Buffer::filled(ctx, work_bytes as usize, &f32::NAN.to_le_bytes())?;
+        self.one_shot().run(|cmd| {
+            // SAFETY: `cmd` is the backend's own command buffer, recording; the buffers are
+            // live storage buffers of this device, kept until `run` has waited.
+            unsafe {
+                self.record_mla_decode(
+                    cmd,
+                    op,
+                    cache.num_pages(),
+                    cache_buf.range(),
+                    q_buf.range(),
+                    bt_buf.range(),
+                    lens_buf.range(),
+                    o_buf.range(),
+                    lse_buf.range(),
+                    work_buf.range(),
+                )
+            }
+        })?;
+        let o = o_buf.read(0, 2 * op.o_len())?;
+        let lse = lse_buf.read(0, 4 * op.lse_len())?;
+        Ok(MlaDecodeOutput {
+            o: o.chunks_exact(2)
+                .map(|h| bf16::from_bits(u16::from_le_bytes([h[0], h[1]])))
+                .collect(),
+            lse: lse
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        })
+    }
+}
