@@ -3,6 +3,7 @@
 # GPU machine needs into .gpu-pack/ (ignored by git; carried to the GPU machine).
 #   ci/gpu-pack.sh [PACKDIR]   (default .gpu-pack; any /.gpu-pack*/ folder is ignored by git)
 #   then on the GPU machine, carrying PACKDIR:   bash PACKDIR/gpu-run.sh "$OUT" [quick]
+#   or the benchmark:                            bash PACKDIR/gpu-bench.sh "$OUT" [quick]
 set -euo pipefail
 pack=$(realpath -m "${1:-.gpu-pack}")
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ for line in sys.stdin:
 cargo build --release --locked -p tessera-bench
 cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 strip "$pack"/bin/*
-cp ci/gpu-run.sh "$pack/"
+cp ci/gpu-run.sh ci/gpu-bench.sh ci/peers.py "$pack/"
 git rev-parse --short HEAD > "$pack/COMMIT" 2>/dev/null || echo unknown > "$pack/COMMIT"
 git diff --quiet 2>/dev/null || echo "+uncommitted" >> "$pack/COMMIT"
 du -sh "$pack"; ls -la "$pack/bin"
