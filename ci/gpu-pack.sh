@@ -3,6 +3,7 @@
 # GPU machine needs into .gpu-pack/ (ignored by git; carried to the GPU machine).
 #   ci/gpu-pack.sh [PACKDIR]   (default .gpu-pack; any /.gpu-pack*/ folder is ignored by git)
 #   then on the GPU machine, carrying PACKDIR:   bash PACKDIR/gpu-run.sh "$OUT" [quick]
+#   or the benchmark:                            bash PACKDIR/gpu-bench.sh "$OUT" [quick]
 set -euo pipefail
 pack=$(realpath -m "${1:-.gpu-pack}")
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ for line in sys.stdin:
 cargo build --release --locked -p tessera-bench
 cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 strip "$pack"/bin/*
-cp ci/gpu-run.sh "$pack/"
+cp ci/gpu-run.sh ci/gpu-bench.sh ci/peers.py "$pack/"
 # The GPU machine has the NVIDIA Vulkan driver but no loader: bring Debian's libvulkan1 (amd64),
 # and the GL vendor-neutral dispatch libraries that the NVIDIA driver (libGLX_nvidia) needs.
 if command -v apt-get >/dev/null; then

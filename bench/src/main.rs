@@ -1,8 +1,12 @@
-//! The `tessera` command: `info`, `check`, `mask`.
+//! The `tessera` command: `info`, `check`, `mask`, `bench`, `report`.
 
+mod bench;
 mod check;
 mod info;
 mod mask;
+mod plot;
+mod report;
+mod schema;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +28,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Build a radial attention mask and print its blocks, density and O(n log n) comparison.
     Mask(mask::MaskArgs),
+    /// Time the standard shapes on a backend (with the ceilings measured in the same run).
+    Bench(bench::BenchArgs),
+    /// Join Tessera's and the peers' bench JSON into a Markdown table and PNG plots.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +40,8 @@ fn main() -> ExitCode {
         Command::Info => info::run(),
         Command::Check(args) => check::run(&args),
         Command::Mask(args) => mask::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Report(args) => report::run(&args),
     };
     match result {
         Ok(code) => code,

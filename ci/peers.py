@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""Peers of Tessera's kernels, timed with PyTorch on the GPU machine at the same shapes as
+`tessera bench`, written as JSON in the same schema (bench/src/schema.rs):
+
+  {"header": {tool, device, date, commit, backend, suite, ceilings: {copy_gbps, matmul_tflops,
+   matmul_impl}, notes}, "records": [{op, shape, impl, params, time_ms, min_ms, reps, tflops,
+   gbps, pct_matmul, pct_copy, error}]}
+
+  fp8_gemm    cublas tensorwise   torch._scaled_mm, one scale per tensor
+              cublas block        torch._scaled_mm, 1x128 activations x 128x128 weights
+              ... (host)          the same, each call timed alone on the host clock with a
+                                  synchronize (launch overheads included; for comparison with
+                                  FACTS.md only)
+  mla_decode  torch               absorbed decode written plainly: bmm, softmax (f32), bmm, over a
+                                  contiguous bf16 cache [b, s_k, 576] (no paging, no causal mask
+                                  for s_q = 2); bf16 shapes only
+  attention   flex radial         FlexAttention (torch.compile) with the very same BSR mask that
+                                  `tessera bench --masks DIR` wrote (full blocks, no mask_mod)
+              cudnn dense         SDPA, cuDNN backend
+              flash dense         SDPA, flash backend
+
+Timing as in `tessera bench`: a warm-up launch (a second when the first took under 50 ms), then
+3..100 launches (about 0.3 s) each between two CUDA events, median and minimum; for launches under
+10 ms a GPU sleep kernel is queued first so that host dispatch is not timed; FP8 GEMM rotates
+over >= 200 MB of operand sets; ceilings (copy, bf16 matmul) measured in the same run.
+
+  python3 ci/peers.py --masks DIR --json peers.json [--suite standard|quick] [--only OP]
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+BUDGET_S = 0.3
+ROTATE_BYTES = 200 << 20
+FP8 = torch.float8_e4m3fn
+DEV = "cuda"
+
+GEMM_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
+
+
+def suite(name):
+    if name == "standard":
+        gemm = [(m, n, k) for m in (64, 128, 4096) for (n, k) in GEMM_NK]
+        mla = [(b, s, h, q) for b in (64, 128) for s in (4096, 8192, 32768) for h in (16, 128) for q in (1, 2)]
+        att = [(model, base * x) for model, base in (("hunyuan", 30), ("wan", 18)) for x in (1, 2, 4)]
+    elif name == "quick":
+        gemm = [(64, 2112, 7168), (4096, 7168, 2048)]
+        mla = [(64, 4096, 128, 1)]
+        att = [("wan", 18)]
+    else:
+        sys.exit(f"--suite: expected standard or quick, got {name}")
+    return gemm, mla, att
+
+
+def heads_of(model):
+    return 24 if model == "hunyuan" else 40
+
+
+def time_launches(launch):
+    """(median ms, min ms, reps) of launch(i)."""
+    i = 0
+    t = time.perf_counter()
+    launch(i)
+    i += 1
+    torch.cuda.synchronize()
+    est = time.perf_counter() - t
+    if est < 0.05:
+        t = time.perf_counter()
+        launch(i)
+        i += 1
+        torch.cuda.synchronize()
+        est = time.perf_counter() - t
+    reps = int(min(100, max(3, BUDGET_S / max(est, 1e-6))))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    # Small launches from Python can be bound by the host's dispatch (the GPU waits between the
+    # events for the next launch). Keep the GPU busy for a while first so that the host queues
+    # every timed launch ahead of it and the events measure the GPU's work only.
+    if est < 0.01:
+        try:
+            torch.cuda._sleep(int(2e6 * min(reps * 0.2, 20)))  # about reps x 0.2 ms (2e6 cycles ~ 1 ms at 1.98 GHz)
+        except Exception:  # noqa: BLE001 - private API: timing stays correct, only less tight
+            pass
+    for s, e in events:
+        s.record()
+        launch(i)
+        i += 1
+        e.record()
+    torch.cuda.synchronize()
+    ms = sorted(s.elapsed_time(e) for s, e in events)
+    return ms[len(ms) // 2], ms[0], reps
+
+
+def time_host(launch, reps=50):
+    """(median ms, min ms, reps) of launch(i) each timed alone on the host clock, with a
+    synchronize after it (so launch and dispatch overheads are included): the way an earlier
+    measurement may have been taken, kept to explain differences, not as the peer's number."""
+    launch(0)
+    torch.cuda.synchronize()
+    ms = []
+    for i in range(reps):
+        t = time.perf_counter()
+        launch(i + 1)
+        torch.cuda.synchronize()
+        ms.append((time.perf_counter() - t) * 1e3)
+    ms.sort()
+    return ms[len(ms) // 2], ms[0], reps
+
+
+class Out:
+    def __init__(self, path, header):
+        self.path = path
+        self.data = {"header": header, "records": []}
+
+    def add(self, rec, flops, nbytes):
+        c = self.data["header"]["ceilings"]
+        t = rec.get("time_ms")
+        if t:
+            rec["tflops"] = flops / (t * 1e-3) / 1e12
+            rec["gbps"] = nbytes / (t * 1e-3) / 1e9
+            rec["pct_matmul"] = 100 * rec["tflops"] / c["matmul_tflops"] if c.get("matmul_tflops") else None
+            rec["pct_copy"] = 100 * rec["gbps"] / c["copy_gbps"] if c.get("copy_gbps") else None
+        for k in ("time_ms", "min_ms", "tflops", "gbps", "pct_matmul", "pct_copy", "error"):
+            rec.setdefault(k, None)
+        rec.setdefault("reps", 0)
+        self.data["records"].append(rec)
+        shown = f"{rec['time_ms']:.4f} ms" if rec["time_ms"] else f"error: {str(rec['error'])[:200]}"
+        extra = f"  {rec['tflops']:.1f} TFLOPS {rec['gbps']:.0f} GB/s" if rec["time_ms"] else ""
+        print(f"{rec['op']:<11} {rec['shape']:<28} {rec['impl']:<18} {shown}{extra}", flush=True)
+        self.save()
+
+    def save(self):
+        if self.path:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.data, f, indent=1)
+            os.replace(tmp, self.path)
+
+
+def measure(op, shape, impl, params, launch, timer=None):
+    rec = {"op": op, "shape": shape, "impl": impl, "params": params}
+    try:
+        med, mn, reps = (timer or time_launches)(launch)
+        rec.update(time_ms=med, min_ms=mn, reps=reps)
+    except Exception as e:  # noqa: BLE001 - any failure is recorded, the run goes on
+        rec["error"] = f"{type(e).__name__}: {e}".strip()[:1000]
+        try:
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001 - a spoilt context: later rows will say so
+            pass
+    return rec
+
+
+def ceilings():
+    c = {"copy_gbps": None, "matmul_tflops": None, "matmul_impl": ""}
+    n = 1 << 30
+    src = torch.ones(n, dtype=torch.uint8, device=DEV)
+    dst = torch.empty_like(src)
+    med, _, _ = time_launches(lambda i: dst.copy_(src))
+    c["copy_gbps"] = 2 * n / (med * 1e-3) / 1e9
+    del src, dst
+    m = 8192
+    a = torch.randn(m, m, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(m, m, device=DEV, dtype=torch.bfloat16)
+    med, _, _ = time_launches(lambda i: torch.matmul(a, b))
+    c["matmul_tflops"] = 2 * m**3 / (med * 1e-3) / 1e12
+    c["matmul_impl"] = "torch.matmul bf16 8192^3 (cuBLAS)"
+    return c
+
+
+def fp8_random(rows, cols):
+    x = torch.empty(rows, cols, device=DEV, dtype=torch.bfloat16).uniform_(-2.0, 2.0)
+    return (x * 64).to(FP8)  # moderate magnitudes, no zeros dominating
+
+
+def block_scaled_mm():
+    """A function (a, b_nk, sa [m, kb], sb [n/128, kb]) -> bf16 using torch's block-scaled
+    recipe, and its name; the first argument layout that torch accepts is used."""
+
+    def pad4(s):
+        kb = s.shape[1]
+        if kb % 4:
+            s = F.pad(s, (0, 4 - kb % 4))
+        return s
+
+    def colmajor(s):
+        return s.t().contiguous().t()
+
+    variants = [
+        ("scale_b=pad4(sb).t()", lambda a, b, sa, sb: torch._scaled_mm(a, b.t(), scale_a=colmajor(sa), scale_b=pad4(sb).t(), out_dtype=torch.bfloat16)),
+        ("scale_b=sb.t()", lambda a, b, sa, sb: torch._scaled_mm(a, b.t(), scale_a=colmajor(sa), scale_b=sb.t(), out_dtype=torch.bfloat16)),
+        ("scale_b=colmajor(sb.t())", lambda a, b, sa, sb: torch._scaled_mm(a, b.t(), scale_a=colmajor(sa), scale_b=colmajor(sb.t()), out_dtype=torch.bfloat16)),
+    ]
+    return variants
+
+
+def bench_gemm(out, shapes):
+    one = torch.ones((), device=DEV, dtype=torch.float32)
+    variants = block_scaled_mm()
+    chosen = None
+    for (m, n, k) in shapes:
+        key = f"M{m} N{n} K{k}"
+        set_bytes = m * k + n * k + 2 * m * n
+        sets = max(1, min(16, math.ceil(ROTATE_BYTES / set_bytes)))
+        kb = (k + 127) // 128
+        bufs = []
+        for _ in range(sets):
+            bufs.append((
+                fp8_random(m, k),
+                fp8_random(n, k),
+                torch.empty(m, kb, device=DEV).uniform_(2**-8, 2**-6),
+                torch.empty((n + 127) // 128, kb, device=DEV).uniform_(2**-8, 2**-6),
+            ))
+        flops = 2.0 * m * n * k
+        nbytes = m * k + n * k + 2 * m * n + 4 * (m * kb + ((n + 127) // 128) * kb)
+        params = {"m": m, "n": n, "k": k, "sets": sets}
+
+        def tensorwise(i):
+            a, b, _, _ = bufs[i % sets]
+            torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+        out.add(measure("fp8_gemm", key, "cublas tensorwise", params, tensorwise), flops, nbytes)
+        out.add(measure("fp8_gemm", key, "cublas tensorwise (host)", params, tensorwise, time_host), flops, nbytes)
+
+        # The block recipe: find the argument layout torch accepts (once), check it against a
+        # dequantized matmul, then time it.
+        errors = []
+        fn = None
+        for name, v in ([chosen] if chosen else variants):
+            try:
+                a, b, sa, sb = bufs[0]
+                d = v(a, b, sa, sb).float()
+                if chosen is None:
+                    rep_a = sa.repeat_interleave(128, dim=1)[:, :k]
+                    rep_b = sb.repeat_interleave(128, dim=0)[:n].repeat_interleave(128, dim=1)[:, :k]
+                    ref = (a.float() * rep_a) @ (b.float() * rep_b).t()
+                    rel = ((d - ref).norm() / ref.norm()).item()
+                    if not rel < 2e-2:
+                        raise RuntimeError(f"layout {name}: relative error {rel:.3g} against the dequantized product")
+                fn, chosen = v, (name, v)
+                break
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+        if fn is None:
+            rec = {"op": "fp8_gemm", "shape": key, "impl": "cublas block", "params": params, "error": " | ".join(errors)[:1000]}
+            out.add(rec, flops, nbytes)
+        else:
+            def block(i, fn=fn):
+                a, b, sa, sb = bufs[i % sets]
+                fn(a, b, sa, sb)
+
+            params = dict(params, layout=chosen[0])
+            out.add(measure("fp8_gemm", key, "cublas block", params, block), flops, nbytes)
+            out.add(measure("fp8_gemm", key, "cublas block (host)", params, block, time_host), flops, nbytes)
+        del bufs
+        torch.cuda.empty_cache()
+
+
+def bench_mla(out, shapes):
+    scale = 192 ** -0.5
+    for (b, s_k, h, s_q) in shapes:
+        key = f"b{b} sk{s_k} hq{h} sq{s_q} bf16"
+        params = {"b": b, "s_k": s_k, "h_q": h, "s_q": s_q, "cache": "bf16 contiguous"}
+        flops = 2.0 * b * s_q * h * s_k * (576 + 512)
+        nbytes = b * s_k * 1152 + 2 * b * s_q * h * (576 + 512)
+        try:
+            kv = torch.empty(b, s_k, 576, device=DEV, dtype=torch.bfloat16).uniform_(-1, 1)
+            q = torch.empty(b, s_q * h, 576, device=DEV, dtype=torch.bfloat16).uniform_(-1, 1)
+
+            def run(i):
+                s = torch.bmm(q, kv.transpose(1, 2))
+                p = torch.softmax(s.float() * scale, dim=-1).to(torch.bfloat16)
+                return torch.bmm(p, kv[:, :, :512])
+
+            rec = measure("mla_decode", key, "torch", params, run)
+        except Exception as e:  # noqa: BLE001
+            rec = {"op": "mla_decode", "shape": key, "impl": "torch", "params": params, "error": f"{type(e).__name__}: {e}"[:1000]}
+        out.add(rec, flops, nbytes)
+        kv = q = None
+        torch.cuda.empty_cache()
+
+
+def bench_attention(out, cases, masks_dir):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        import torch._dynamo
+        torch._dynamo.config.cache_size_limit = 64
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+    except Exception as e:  # noqa: BLE001
+        flex, flex_error = None, f"{type(e).__name__}: {e}"
+    d = 128
+
+    def inputs(model, frames):
+        h = heads_of(model)
+        tokens = frames * 3840
+        base = {"model": model, "frames": frames, "tokens": tokens, "heads": h, "head_dim": d}
+        q = torch.empty(1, h, tokens, d, device=DEV, dtype=torch.bfloat16).uniform_(-2, 2)
+        k = torch.empty_like(q).uniform_(-2, 2)
+        v = torch.empty_like(q).uniform_(-2, 2)
+        return f"{model} F{frames} T3840 h{h}", h, tokens, base, q, k, v
+
+    # Dense first (for every case), FlexAttention after: a failure there (a device-side assert
+    # spoils the CUDA context) then costs only the flex rows.
+    for model, frames in cases:
+        key, h, tokens, base, q, k, v = inputs(model, frames)
+        dense_flops = 4.0 * tokens * tokens * d * h
+        nbytes = 4 * 2 * tokens * h * d
+        for name, backend in (("cudnn dense", SDPBackend.CUDNN_ATTENTION), ("flash dense", SDPBackend.FLASH_ATTENTION)):
+            def run(i, backend=backend):
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(q, k, v)
+
+            out.add(measure("attention", key, name, dict(base), run), dense_flops, nbytes)
+        q = k = v = None
+        torch.cuda.empty_cache()
+
+    for model, frames in cases:
+        key, h, tokens, base, q, k, v = inputs(model, frames)
+        nbytes = 4 * 2 * tokens * h * d
+        path = os.path.join(masks_dir, f"{model}_F{frames}.json") if masks_dir else None
+        try:
+            if flex is None:
+                raise RuntimeError(f"FlexAttention unavailable: {flex_error}")
+            if not path or not os.path.exists(path):
+                raise RuntimeError(f"mask file {path} missing (run tessera bench --masks DIR first)")
+            with open(path) as f:
+                mj = json.load(f)
+            if mj["tokens"] != tokens or mj["block_size"] != 128:
+                raise RuntimeError(f"mask {path}: tokens {mj['tokens']} block {mj['block_size']}, expected {tokens}, 128")
+            nb = mj["blocks"]
+            indptr = torch.tensor(mj["indptr"], dtype=torch.int64)
+            indices = torch.tensor(mj["indices"], dtype=torch.int64)
+            counts = indptr[1:] - indptr[:-1]
+            if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= nb):
+                raise RuntimeError("mask indices out of range")
+            # FlexAttention wants kv_indices [B, H, q_blocks, kv_blocks]: each row's on columns
+            # first (ascending), the rest ignored.
+            rows = torch.repeat_interleave(torch.arange(nb), counts)
+            cols = torch.arange(indices.numel()) - torch.repeat_interleave(indptr[:-1], counts)
+            kv_idx = torch.zeros(nb, nb, dtype=torch.int32)
+            kv_idx[rows, cols] = indices.to(torch.int32)
+            full_num = counts.to(torch.int32).view(1, 1, nb).to(DEV)
+            full_idx = kv_idx.view(1, 1, nb, nb).to(DEV)
+            try:
+                bm = BlockMask.from_kv_blocks(torch.zeros_like(full_num), torch.zeros_like(full_idx),
+                                              full_num, full_idx, BLOCK_SIZE=128)
+                how = "full blocks"
+            except Exception:  # noqa: BLE001 - older signature: partial blocks with no mask_mod
+                bm = BlockMask.from_kv_blocks(full_num, full_idx, BLOCK_SIZE=128)
+                how = "partial blocks, noop mask_mod"
+            nnz = int(mj["nnz"])
+            params = dict(base, density=mj["density"], nnz=nnz, block_mask=how)
+            rec = measure("attention", key, "flex radial", params, lambda i: flex(q, k, v, block_mask=bm))
+            flops = 4.0 * 128 * 128 * d * h * nnz
+        except Exception as e:  # noqa: BLE001
+            rec = {"op": "attention", "shape": key, "impl": "flex radial", "params": base, "error": f"{type(e).__name__}: {e}"[:1000]}
+            flops = 0.0
+        out.add(rec, flops, nbytes)
+        bm = q = k = v = None
+        torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="output JSON file")
+    ap.add_argument("--masks", help="folder of the radial masks written by `tessera bench --masks`")
+    ap.add_argument("--suite", default="standard", choices=["standard", "quick"])
+    ap.add_argument("--only", help="only ops whose name contains this")
+    ap.add_argument("--commit", default=os.environ.get("TESSERA_COMMIT", "unknown"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("peers.py: no CUDA device visible to torch")
+    gemm, mla, att = suite(args.suite)
+    wants = lambda op: args.only is None or args.only in op  # noqa: E731
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}) on {torch.cuda.get_device_name(0)}", flush=True)
+    c = ceilings()
+    print(f"ceilings: copy {c['copy_gbps']:.0f} GB/s, matmul {c['matmul_tflops']:.0f} TFLOPS", flush=True)
+    header = {
+        "tool": "peers",
+        "device": torch.cuda.get_device_name(0),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "commit": args.commit,
+        "backend": f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})",
+        "suite": args.suite,
+        "ceilings": c,
+        "notes": [
+            "peers: ci/peers.py; cublas = torch._scaled_mm; mla torch = bmm + f32 softmax + bmm on a contiguous bf16 cache (no paging); flex radial = FlexAttention (torch.compile) on the same BSR; SDPA dense with the cuDNN and flash backends; q, k, v [1, h, S, 128]",
+        ],
+    }
+    out = Out(args.json, header)
+    out.save()
+    t0 = time.time()
+    for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm)), ("mla_decode", lambda: bench_mla(out, mla)),
+                   ("attention", lambda: bench_attention(out, att, args.masks))):
+        if wants(op):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+            print(f"-- {op} done at {time.time() - t0:.1f} s", flush=True)
+    out.save()
+
+
+if __name__ == "__main__":
+    main()
