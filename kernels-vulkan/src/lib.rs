@@ -77,6 +77,7 @@ pub mod shaders {
             crate::ops::fp8::FP8_QUANTIZE_SCALES,
             crate::ops::fp8::FP8_QUANTIZE_CODES,
             crate::ops::fp8_gemm::FP8_GEMM,
+            crate::ops::attention::SPARSE_ATTENTION,
             crate::arith_check::CHECK_ARITH,
         ]
     }
@@ -174,8 +175,7 @@ impl Backend for VulkanBackend {
         k: TensorRef<'_>,
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput> {
-        op.validate_args(mask, q, k, v)?;
-        self.unsupported("sparse_attention")
+        self.sparse_attention_host(op, mask, q, k, v)
     }
 
     fn mla_append(
