@@ -18,8 +18,14 @@
 // size (64 or 128), so a tile's rows share one block row. Query rows past `tokens` load zeros,
 // take part in the tile loads and barriers, and write nothing.
 //
-// f16 and bf16 are decoded exactly with integer operations; o is encoded with round to
-// nearest even, also with integer operations.
+// f16 and bf16 are decoded exactly (bit operations; f16 subnormals through an exact product);
+// o is encoded with round to nearest even by integer operations. Both without branches.
+//
+// The loops over the keys of a tile and the tile loads are kept rolled ([[dont_unroll]]): fully
+// unrolled at HEAD_DIM 128 (BK · HEAD_DIM / 4 = 1024 vec4 products in one block, with 256 live
+// accumulator and query registers) lavapipe's compiler needed minutes per pipeline; rolled it
+// needs about a second. The loops over the head dimension stay unrolled so that the query and
+// the accumulator stay in registers.
 //
 // Specialization constants: 0 = BQ (workgroup size), 1 = HEAD_DIM (64 or 128), 2 = BK,
 // 3 = IS_BF16 (0 f16, 1 bf16).
