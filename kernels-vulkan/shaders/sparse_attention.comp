@@ -15,8 +15,9 @@
 // limit); each invocation runs the online softmax (in base 2, f32) over a tile at a time: the
 // tile's scores, the new running maximum, one rescale of the accumulator, then p · V. No
 // cross-invocation reductions are needed, hence no subgroup operations. BQ divides the block
-// size (64 or 128), so a tile's rows share one block row. Query rows past `tokens` load zeros,
-// take part in the tile loads and barriers, and write nothing.
+// size (the host picks it: 64 for blocks of 64 and 128), so a tile's rows share one block row.
+// Query rows past `tokens` load zeros, take part in the tile loads and barriers, and write
+// nothing.
 //
 // f16 and bf16 are decoded exactly (bit operations; f16 subnormals through an exact product);
 // o is encoded with round to nearest even by integer operations. Both without branches.

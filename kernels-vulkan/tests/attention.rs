@@ -98,6 +98,9 @@ fn host_api_matches_reference() {
         (2, 77, 1, 128, 128, DType::F16),
         (1, 200, 2, 128, 128, DType::BF16),
         (1, 1, 1, 64, 64, DType::BF16),
+        // Other block sizes (query tiles of 16 and 4 rows).
+        (1, 100, 2, 64, 48, DType::F16),
+        (2, 230, 1, 128, 100, DType::BF16),
     ];
     for (i, &(batch, tokens, heads, head_dim, block, dtype)) in cases.iter().enumerate() {
         let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);

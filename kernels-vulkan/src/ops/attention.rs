@@ -1,7 +1,8 @@
 //! Block-sparse (radial) attention forward.
 //!
 //! Portable path: `sparse_attention` runs one workgroup of [`QUERY_TILE`] invocations per
-//! (query tile, head, batch), one invocation per query row with its query and output
+//! (query tile, head, batch) (fewer for block sizes that 64 does not divide, see
+//! [`query_tile`]), one invocation per query row with its query and output
 //! accumulator in f32 registers; the keys of each block the mask lists go through shared memory
 //! in tiles of `BK` keys (K and V decoded to f32, `2 · BK · head_dim · 4` bytes, `BK` the
 //! largest of 32, 16, 8 that fits the device's shared memory), with the online softmax in f32.
@@ -21,9 +22,17 @@ use tessera_core::{BackendKind, BlockMask, DType, Error, Result, Tensor, TensorR
 
 const OP: &str = "sparse_attention";
 
-/// Query rows per workgroup (one invocation each): divides both block sizes (64 and 128), and
-/// is within the 128 invocations every Vulkan device allows.
+/// Query rows per workgroup (one invocation each) for the usual block sizes (64 and 128): within
+/// the 128 invocations every Vulkan device allows.
 pub const QUERY_TILE: u32 = 64;
+
+/// Query rows per workgroup for a mask's block size: the largest power of two up to
+/// [`QUERY_TILE`] that divides it (a tile's rows must share one block row), e.g. 64 for 64 and
+/// 128, 16 for 48, 4 for 100.
+pub fn query_tile(block_size: usize) -> u32 {
+    let pow2 = 1usize << block_size.trailing_zeros().min(QUERY_TILE.trailing_zeros());
+    pow2 as u32
+}
 
 /// The portable shader. Bindings: q, k, v, mask, o, lse; push constants groups, tiles, tokens,
 /// heads, block size, blocks, nnz, scale · log2(e). Specialization: workgroup size (query rows),
@@ -162,13 +171,7 @@ impl VulkanBackend {
             ));
         }
         let block_size = mask.mask().block_size();
-        if block_size % QUERY_TILE as usize != 0 {
-            return Err(Error::Unsupported {
-                op: OP,
-                backend: BackendKind::Vulkan,
-                reason: format!("block size {block_size} (the shader needs a multiple of 64)"),
-            });
-        }
+        let bq = query_tile(block_size);
         let f = self.features();
         let elems = op.qkv_len() as u64;
         let bytes = 2 * elems;
@@ -181,7 +184,7 @@ impl VulkanBackend {
         // The shader indexes words of q, k, v, o and elements of lse with 32-bit integers.
         to_u32(OP, "batch * tokens * heads * head_dim", elems)?;
         to_u32(OP, "batch * heads * tokens", op.lse_len() as u64)?;
-        let tiles = op.tokens.div_ceil(QUERY_TILE as usize) as u64;
+        let tiles = op.tokens.div_ceil(bq as usize) as u64;
         let groups = tiles * op.heads as u64 * op.batch as u64;
         let groups_u32 = to_u32(OP, "workgroups", groups)?;
         let grid = linear_groups(groups, f.max_workgroup_count)?;
@@ -190,7 +193,7 @@ impl VulkanBackend {
         let is_bf16 = u32::from(op.dtype == DType::BF16);
         let pipeline = self
             .pipelines()
-            .get(&SPARSE_ATTENTION, &[QUERY_TILE, head_dim, bk, is_bf16])?;
+            .get(&SPARSE_ATTENTION, &[bq, head_dim, bk, is_bf16])?;
         let scale_log2 = (op.softmax_scale as f64 * std::f64::consts::LOG2_E) as f32;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses,
