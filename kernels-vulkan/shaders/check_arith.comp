@@ -2,6 +2,7 @@
 // so that the tests can compare each with the reference on many (and adversarial) inputs:
 //   func 0: div_rn_bits(a, b)     1: f32_bits_to_e4m3(a)     2: e4m3_to_f32(a) as bits
 //        3: f16_bits_to_f32_bits(a)   4: f32_to_bf16_bits(a as f32)
+//        5: f16_bits_to_f32_bits_fast(a)   6: f32_to_f16_bits(a as f32)   (half.glsl)
 // Used only by tests; it is small, so it is embedded like the others.
 #version 450
 #extension GL_GOOGLE_include_directive : require
@@ -18,6 +19,7 @@ layout(push_constant, std430) uniform Params {
 } p;
 
 #include "common.glsl"
+#include "half.glsl"
 
 void main() {
     uint i = linear_workgroup_id() * 64u + gl_LocalInvocationID.x;
@@ -34,8 +36,12 @@ void main() {
         r = floatBitsToUint(e4m3_to_f32(a));
     } else if (p.func == 3u) {
         r = f16_bits_to_f32_bits(a);
-    } else {
+    } else if (p.func == 4u) {
         r = f32_to_bf16_bits(uintBitsToFloat(a));
+    } else if (p.func == 5u) {
+        r = f16_bits_to_f32_bits_fast(a);
+    } else {
+        r = f32_to_f16_bits(uintBitsToFloat(a));
     }
     result[i] = r;
 }

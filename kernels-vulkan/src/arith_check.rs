@@ -30,6 +30,8 @@ mod tests {
     const FROM_E4M3: u32 = 2;
     const F16_TO_F32: u32 = 3;
     const TO_BF16: u32 = 4;
+    const F16_TO_F32_FAST: u32 = 5;
+    const TO_F16: u32 = 6;
 
     fn backend() -> Option<VulkanBackend> {
         match VulkanBackend::new() {
@@ -259,6 +261,73 @@ mod tests {
         let got = run(&backend, TO_BF16, &xs, &vec![0; xs.len()]);
         compare("f32 -> bf16", &inputs, &got, |a, _| {
             bf16::from_f32(f32::from_bits(a)).to_bits() as u32
+        });
+    }
+
+    #[test]
+    fn fast_f16_decoder_is_exact() {
+        let Some(backend) = backend() else { return };
+        let halves: Vec<u32> = (0..65536).collect();
+        let inputs: Vec<(u32, u32)> = halves.iter().map(|&h| (h, 0)).collect();
+        let got = run(&backend, F16_TO_F32_FAST, &halves, &vec![0; 65536]);
+        compare("f16 (fast) -> f32", &inputs, &got, |a, _| {
+            f16::from_bits(a as u16).to_f32().to_bits()
+        });
+    }
+
+    #[test]
+    fn f16_rounding_is_nearest_even() {
+        let Some(backend) = backend() else { return };
+        let mut rng = Rng(5);
+        // Random f32 over the whole range, then over the f16 range (normal and subnormal).
+        let mut xs: Vec<u32> = (0..100_000).map(|_| rng.f32_bits(1, 254)).collect();
+        xs.extend((0..200_000).map(|_| rng.f32_bits(98, 144)));
+        // Exact ties and their neighbours at every f16 exponent (normal: 13 dropped bits;
+        // subnormal: more), and the edges: largest f16, the overflow tie 65520, infinities,
+        // NaN, zeros, f32 subnormals, 2^-25 (the tie to zero) and around it.
+        for e in 98u32..=142 {
+            for _ in 0..200 {
+                let base = (e << 23) | (rng.u32() & 0x7f_e000);
+                let shift = if e >= 113 { 13 } else { 13 + 113 - e }.min(24);
+                let tie = 1u32 << (shift - 1);
+                let body = base & !((1u32 << shift.min(23)) - 1) & 0x7fff_ffff;
+                for x in [body | tie, (body | tie) - 1, (body | tie) + 1] {
+                    xs.push(x);
+                    xs.push(x | 0x8000_0000);
+                }
+            }
+        }
+        xs.extend([
+            0x477f_e000,
+            0x477f_efff,
+            0x477f_f000,
+            0x477f_f001,
+            0x4780_0000,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0xffc0_0001,
+            0x7f7f_ffff,
+            0,
+            0x8000_0000,
+            1,
+            0x807f_ffff,
+            0x3300_0000,
+            0x3300_0001,
+            0x32ff_ffff,
+            0x3380_0000,
+            0x387f_e000,
+            0x387f_f000,
+        ]);
+        let inputs: Vec<(u32, u32)> = xs.iter().map(|&x| (x, 0)).collect();
+        let got = run(&backend, TO_F16, &xs, &vec![0; xs.len()]);
+        compare("f32 -> f16", &inputs, &got, |a, _| {
+            let x = f32::from_bits(a);
+            if x.is_nan() {
+                (a >> 16) & 0x8000 | 0x7e00
+            } else {
+                f16::from_f32(x).to_bits() as u32
+            }
         });
     }
 }

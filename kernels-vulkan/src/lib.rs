@@ -22,11 +22,10 @@
 //!   [`VulkanContext::queue`], and keeps the buffers alive until the work completes. Barriers
 //!   between the passes of one op are recorded by the op.
 //!
-//! Ops: the FP8 quantizers, the block-scaled FP8 GEMM, and the MLA cache append and paged
+//! Ops: the FP8 quantizers, the block-scaled FP8 GEMM, block-sparse attention, and the MLA cache append and paged
 //! decode, on the portable path (32-bit storage words, subgroup arithmetic, no 8/16-bit
 //! arithmetic), plus a cooperative-matrix FP8 GEMM where the device offers f16 16x16x16
-//! matrices; ops without a shader yet return [`Error::Unsupported`] after validating their
-//! arguments.
+//! matrices.
 
 #![warn(missing_docs)]
 
@@ -83,6 +82,7 @@ pub mod shaders {
             crate::ops::mla::MLA_APPEND,
             crate::ops::mla::MLA_DECODE,
             crate::ops::mla::MLA_COMBINE,
+            crate::ops::attention::SPARSE_ATTENTION,
             crate::arith_check::CHECK_ARITH,
         ]
     }
@@ -165,14 +165,6 @@ impl VulkanBackend {
     pub(crate) fn one_shot(&self) -> &command::OneShot {
         &self.one_shot
     }
-
-    fn unsupported<T>(&self, op: &'static str) -> Result<T> {
-        Err(Error::Unsupported {
-            op,
-            backend: BackendKind::Vulkan,
-            reason: "this Vulkan shader is not implemented yet".to_string(),
-        })
-    }
 }
 
 impl Backend for VulkanBackend {
@@ -188,8 +180,7 @@ impl Backend for VulkanBackend {
         k: TensorRef<'_>,
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput> {
-        op.validate_args(mask, q, k, v)?;
-        self.unsupported("sparse_attention")
+        self.sparse_attention_host(op, mask, q, k, v)
     }
 
     fn mla_append(

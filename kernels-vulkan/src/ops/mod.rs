@@ -2,6 +2,7 @@
 //! a caller's command buffer over caller-owned buffers) and the host wrapper that
 //! [`crate::VulkanBackend`]'s `Backend` implementation calls.
 
+pub mod attention;
 pub mod fp8;
 pub mod fp8_gemm;
 pub mod mla;

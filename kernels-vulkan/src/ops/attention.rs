@@ -1,0 +1,274 @@
+//! Block-sparse (radial) attention forward.
+//!
+//! Portable path: `sparse_attention` runs one workgroup of [`QUERY_TILE`] invocations per
+//! (query tile, head, batch) (fewer for block sizes that 64 does not divide, see
+//! [`query_tile`]), one invocation per query row with its query and output
+//! accumulator in f32 registers; the keys of each block the mask lists go through shared memory
+//! in tiles of `BK` keys (K and V decoded to f32, `2 · BK · head_dim · 4` bytes, `BK` the
+//! largest of 32, 16, 8 that fits the device's shared memory), with the online softmax in f32.
+//! The mask lives on the device as a [`VulkanBlockMask`], uploaded once and shared by every
+//! call, batch and head.
+
+use super::{bind_range, to_u32};
+use crate::device::VulkanContext;
+use crate::memory::{Buffer, BufferRange};
+use crate::pipeline::{linear_groups, Shader, ShaderResources};
+use crate::VulkanBackend;
+use ash::vk;
+use half::{bf16, f16};
+use std::sync::Arc;
+use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
+use tessera_core::{BackendKind, BlockMask, DType, Error, Result, Tensor, TensorRef};
+
+const OP: &str = "sparse_attention";
+
+/// Query rows per workgroup (one invocation each) for the usual block sizes (64 and 128): within
+/// the 128 invocations every Vulkan device allows.
+pub const QUERY_TILE: u32 = 64;
+
+/// Query rows per workgroup for a mask's block size: the largest power of two up to
+/// [`QUERY_TILE`] that divides it (a tile's rows must share one block row), e.g. 64 for 64 and
+/// 128, 16 for 48, 4 for 100.
+pub fn query_tile(block_size: usize) -> u32 {
+    let pow2 = 1usize << block_size.trailing_zeros().min(QUERY_TILE.trailing_zeros());
+    pow2 as u32
+}
+
+/// The portable shader. Bindings: q, k, v, mask, o, lse; push constants groups, tiles, tokens,
+/// heads, block size, blocks, nnz, scale · log2(e). Specialization: workgroup size (query rows),
+/// head dim, keys per shared-memory tile, bf16 (1) or f16 (0).
+pub const SPARSE_ATTENTION: Shader = Shader {
+    name: "sparse_attention",
+    spirv: spirv!("sparse_attention"),
+    storage_buffers: 6,
+    push_constant_bytes: 32,
+    resources: |spec| {
+        let dim = spec.get(1).copied().unwrap_or(128);
+        let bk = spec.get(2).copied().unwrap_or(16);
+        ShaderResources {
+            invocations: spec.first().copied().unwrap_or(QUERY_TILE),
+            // K and V tiles of bk x dim f32.
+            shared_memory_bytes: 2 * bk.saturating_mul(dim).saturating_mul(4),
+        }
+    },
+};
+
+/// A [`BlockMask`] on the device, uploaded once and used by any number of
+/// [`VulkanBackend::record_sparse_attention`] calls (every batch and head share it).
+///
+/// Layout of the buffer (u32 words): `indptr` (`num_blocks + 1` entries), then `indices`
+/// (`nnz` entries), as [`BlockMask::indptr`] and [`BlockMask::indices`]. A host copy of the
+/// mask is kept for validation.
+pub struct VulkanBlockMask {
+    mask: BlockMask,
+    buffer: Buffer,
+    ctx: Arc<VulkanContext>,
+}
+
+impl std::fmt::Debug for VulkanBlockMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanBlockMask")
+            .field("tokens", &self.mask.tokens())
+            .field("block_size", &self.mask.block_size())
+            .field("nnz", &self.mask.nnz())
+            .finish()
+    }
+}
+
+impl VulkanBlockMask {
+    /// Uploads `mask` into a host-visible storage buffer of `backend`'s device.
+    pub fn new(backend: &VulkanBackend, mask: &BlockMask) -> Result<Self> {
+        Self::on_context(backend.context(), mask)
+    }
+
+    /// Uploads `mask` into a host-visible storage buffer of `ctx`'s device.
+    pub fn on_context(ctx: &Arc<VulkanContext>, mask: &BlockMask) -> Result<Self> {
+        let words: Vec<u32> = mask
+            .indptr()
+            .iter()
+            .chain(mask.indices())
+            .copied()
+            .collect();
+        let buffer = Buffer::from_bytes(ctx, bytemuck::cast_slice(&words))?;
+        Ok(Self {
+            mask: mask.clone(),
+            buffer,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The mask it holds.
+    pub fn mask(&self) -> &BlockMask {
+        &self.mask
+    }
+
+    /// The device buffer: `indptr` then `indices`, u32.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// Bytes the shader reads: `4 · (num_blocks + 1 + nnz)`.
+    fn bytes(&self) -> u64 {
+        4 * (self.mask.num_blocks() as u64 + 1 + self.mask.nnz() as u64)
+    }
+}
+
+/// Keys per shared-memory tile: the largest of 32, 16, 8 whose K and V tiles (f32) fit.
+fn key_tile(head_dim: u32, max_shared: u32) -> Result<u32> {
+    [32u32, 16, 8]
+        .into_iter()
+        .find(|bk| 2 * bk * head_dim * 4 <= max_shared)
+        .ok_or_else(|| Error::Unsupported {
+            op: OP,
+            backend: BackendKind::Vulkan,
+            reason: format!(
+                "head_dim {head_dim} needs {} bytes of shared memory, the device has {max_shared}",
+                2 * 8 * head_dim * 4
+            ),
+        })
+}
+
+impl VulkanBackend {
+    /// Records block-sparse attention into `cmd`: for each batch and head,
+    /// `o = softmax(scale · q kᵀ + M) v` with `M` from `mask` (see [`SparseAttention`]), and
+    /// `lse`, the natural-log log-sum-exp of each query row's scaled scores.
+    ///
+    /// Buffer ranges (see [`BufferRange`]), row-major: `q`, `k`, `v` and `o` (written)
+    /// `[batch, tokens, heads, head_dim]` of `op.dtype` (f16 or bf16, `2 · batch · tokens ·
+    /// heads · head_dim` bytes each), `lse` (written) f32 `[batch, heads, tokens]`. `mask` must
+    /// live on this backend's device and cover `op.tokens`; every block row lists at least one
+    /// key block. Shapes, types and sizes are checked ([`SparseAttention::validate`]); values
+    /// are not.
+    ///
+    /// Synchronization: the caller records a barrier making the writes of q, k, v visible to
+    /// compute-shader reads before this, and one from compute-shader writes to whatever reads
+    /// `o` and `lse` after it; then submits and keeps the buffers (and `mask`) alive until the
+    /// work completes.
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of this backend's device ([`VulkanBackend::context`]) in
+    /// the recording state, and the ranges must lie in live buffers of that device created with
+    /// `STORAGE_BUFFER` usage.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_sparse_attention(
+        &self,
+        cmd: vk::CommandBuffer,
+        op: &SparseAttention,
+        mask: &VulkanBlockMask,
+        q: BufferRange,
+        k: BufferRange,
+        v: BufferRange,
+        o: BufferRange,
+        lse: BufferRange,
+    ) -> Result<()> {
+        op.validate(mask.mask())?;
+        if !Arc::ptr_eq(&mask.ctx, self.context()) {
+            return Err(Error::invalid(
+                OP,
+                "mask",
+                "a mask uploaded to this backend's device",
+                "a mask of another Vulkan device",
+            ));
+        }
+        let block_size = mask.mask().block_size();
+        let bq = query_tile(block_size);
+        let f = self.features();
+        let elems = op.qkv_len() as u64;
+        let bytes = 2 * elems;
+        let q = bind_range(OP, "q", &q, bytes, f)?;
+        let k = bind_range(OP, "k", &k, bytes, f)?;
+        let v = bind_range(OP, "v", &v, bytes, f)?;
+        let o = bind_range(OP, "o", &o, bytes, f)?;
+        let lse = bind_range(OP, "lse", &lse, 4 * op.lse_len() as u64, f)?;
+        let mask_range = bind_range(OP, "mask", &mask.buffer.range(), mask.bytes(), f)?;
+        // The shader indexes words of q, k, v, o and elements of lse with 32-bit integers.
+        to_u32(OP, "batch * tokens * heads * head_dim", elems)?;
+        to_u32(OP, "batch * heads * tokens", op.lse_len() as u64)?;
+        let tiles = op.tokens.div_ceil(bq as usize) as u64;
+        let groups = tiles * op.heads as u64 * op.batch as u64;
+        let groups_u32 = to_u32(OP, "workgroups", groups)?;
+        let grid = linear_groups(groups, f.max_workgroup_count)?;
+        let head_dim = op.head_dim as u32;
+        let bk = key_tile(head_dim, f.max_shared_memory_bytes)?;
+        let is_bf16 = u32::from(op.dtype == DType::BF16);
+        let pipeline = self
+            .pipelines()
+            .get(&SPARSE_ATTENTION, &[bq, head_dim, bk, is_bf16])?;
+        let scale_log2 = (op.softmax_scale as f64 * std::f64::consts::LOG2_E) as f32;
+        // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
+        // are valid storage buffers; the ranges were checked to hold what the shader accesses,
+        // and the mask buffer is this device's.
+        unsafe {
+            pipeline.record(
+                cmd,
+                &[q, k, v, mask_range, o, lse],
+                &[
+                    groups_u32,
+                    tiles as u32,
+                    op.tokens as u32,
+                    op.heads as u32,
+                    block_size as u32,
+                    mask.mask().num_blocks() as u32,
+                    mask.mask().nnz() as u32,
+                    scale_log2.to_bits(),
+                ],
+                grid,
+            )
+        }
+    }
+
+    /// The host API: validates, uploads, runs, downloads.
+    pub(crate) fn sparse_attention_host(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+    ) -> Result<AttentionOutput> {
+        op.validate_args(mask, q, k, v)?;
+        let ctx = self.context();
+        let device_mask = VulkanBlockMask::new(self, mask)?;
+        let q_buf = Buffer::from_bytes(ctx, q.as_bytes())?;
+        let k_buf = Buffer::from_bytes(ctx, k.as_bytes())?;
+        let v_buf = Buffer::from_bytes(ctx, v.as_bytes())?;
+        let n = op.qkv_len();
+        let nan16 = match op.dtype {
+            DType::BF16 => bf16::NAN.to_bits(),
+            _ => f16::NAN.to_bits(),
+        };
+        // Outputs start as NaN so that an element the shader fails to write shows up.
+        let o_buf = Buffer::filled(ctx, 2 * n, &nan16.to_le_bytes())?;
+        let lse_buf = Buffer::filled(ctx, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
+        self.one_shot().run(|cmd| {
+            // SAFETY: `cmd` is the backend's own command buffer, recording; the buffers are
+            // live storage buffers of this device, kept until `run` has waited.
+            unsafe {
+                self.record_sparse_attention(
+                    cmd,
+                    op,
+                    &device_mask,
+                    q_buf.range(),
+                    k_buf.range(),
+                    v_buf.range(),
+                    o_buf.range(),
+                    lse_buf.range(),
+                )
+            }
+        })?;
+        let o_bytes = o_buf.read(0, 2 * n)?;
+        let halves = o_bytes
+            .chunks_exact(2)
+            .map(|h| u16::from_le_bytes([h[0], h[1]]));
+        let o = match op.dtype {
+            DType::BF16 => Tensor::BF16(halves.map(bf16::from_bits).collect()),
+            _ => Tensor::F16(halves.map(f16::from_bits).collect()),
+        };
+        let lse = lse_buf
+            .read(0, 4 * op.lse_len())?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(AttentionOutput { o, lse })
+    }
+}

@@ -1,0 +1,257 @@
+//! Sparse attention on the Vulkan device against the f64 reference: a few fixed shapes (partial
+//! last blocks, both block sizes, both head dims, f16 and bf16), through the host API and the
+//! device API (one mask uploaded once, used by two calls in one command buffer).
+
+use half::f16;
+use std::time::Instant;
+use tessera_core::ops::attention::SparseAttention;
+use tessera_core::{Backend, BlockMask, DType, Tensor};
+use tessera_reference::attention as ref_attn;
+use tessera_vulkan::ops::attention::VulkanBlockMask;
+use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend};
+
+fn backend() -> Option<VulkanBackend> {
+    match VulkanBackend::new() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Deterministic values in about [-2, 2].
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32 ^ seed.wrapping_mul(0x9e37_79b9))
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(13);
+            ((h >> 8) as f32 / (1 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
+/// A mask with a pseudo-random pattern, every row non-empty (the diagonal is always on).
+fn mask(tokens: usize, block: usize, seed: u32) -> BlockMask {
+    let nb = tokens.div_ceil(block);
+    let bitmap: Vec<bool> = (0..nb * nb)
+        .map(|i| i / nb == i % nb || (i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 30 != 0)
+        .collect();
+    BlockMask::from_dense_bitmap(tokens, block, &bitmap).unwrap()
+}
+
+fn tensor(dtype: DType, v: &[f32]) -> Tensor {
+    Tensor::from_f32(dtype, v)
+}
+
+/// (relative L2 error of o, largest absolute error of lse) against the reference.
+fn errors(
+    op: &SparseAttention,
+    mask: &BlockMask,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &[f32],
+    lse: &[f32],
+) -> (f64, f64) {
+    let shape = ref_attn::AttentionShape {
+        batch: op.batch,
+        q_tokens: op.tokens,
+        kv_tokens: op.tokens,
+        heads: op.heads,
+        head_dim: op.head_dim,
+    };
+    let f64s = |t: &Tensor| -> Vec<f64> { t.to_f32_vec().iter().map(|&x| x as f64).collect() };
+    let want = ref_attn::block_sparse_attention(
+        shape,
+        &f64s(q),
+        &f64s(k),
+        &f64s(v),
+        op.softmax_scale as f64,
+        mask,
+    );
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in o.iter().zip(&want.o) {
+        num += (g as f64 - w).powi(2);
+        den += w * w;
+    }
+    let lse_err = lse
+        .iter()
+        .zip(&want.lse)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(
+            0.0f64,
+            |a, e| if e.is_nan() { f64::INFINITY } else { a.max(e) },
+        );
+    ((num / den).sqrt(), lse_err)
+}
+
+#[test]
+fn host_api_matches_reference() {
+    let Some(backend) = backend() else { return };
+    let cases = [
+        // batch, tokens, heads, head_dim, block, dtype
+        (1, 64, 1, 64, 64, DType::F16),
+        (2, 150, 3, 128, 64, DType::BF16),
+        (1, 300, 2, 64, 128, DType::F16),
+        (2, 77, 1, 128, 128, DType::F16),
+        (1, 200, 2, 128, 128, DType::BF16),
+        (1, 1, 1, 64, 64, DType::BF16),
+        // Other block sizes (query tiles of 16 and 4 rows).
+        (1, 100, 2, 64, 48, DType::F16),
+        (2, 230, 1, 128, 100, DType::BF16),
+    ];
+    for (i, &(batch, tokens, heads, head_dim, block, dtype)) in cases.iter().enumerate() {
+        let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
+        let m = mask(tokens, block, i as u32);
+        let n = op.qkv_len();
+        let q = tensor(dtype, &values(n, 3 * i as u32));
+        let k = tensor(dtype, &values(n, 3 * i as u32 + 1));
+        let v = tensor(dtype, &values(n, 3 * i as u32 + 2));
+        let start = Instant::now();
+        let out = backend
+            .sparse_attention(&op, &m, q.as_ref(), k.as_ref(), v.as_ref())
+            .unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let (o_err, lse_err) = errors(&op, &m, &q, &k, &v, &out.o.to_f32_vec(), &out.lse);
+        println!(
+            "b{batch} t{tokens} h{heads} d{head_dim} B{block} {dtype}: o rel_l2 {o_err:.2e}, \
+             lse max abs {lse_err:.2e}, {:.1} ms",
+            secs * 1e3
+        );
+        let tol = if dtype == DType::F16 { 3e-3 } else { 1e-2 };
+        assert!(o_err <= tol, "o rel_l2 {o_err:e}");
+        assert!(lse_err <= 2e-3, "lse {lse_err:e}");
+    }
+}
+
+#[test]
+fn device_api_with_an_uploaded_mask() {
+    let Some(backend) = backend() else { return };
+    let ctx = backend.context();
+    let (batch, tokens, heads, head_dim) = (1, 130, 2, 64);
+    let op = SparseAttention::new(batch, tokens, heads, head_dim, DType::F16);
+    let m = mask(tokens, 64, 7);
+    let device_mask = VulkanBlockMask::new(&backend, &m).unwrap();
+    let n = op.qkv_len();
+    let inputs: Vec<Tensor> = (0..4)
+        .map(|s| tensor(DType::F16, &values(n, 40 + s)))
+        .collect();
+    let bytes = |t: &Tensor| -> Vec<u8> {
+        match t {
+            Tensor::F16(x) => bytemuck::cast_slice::<f16, u8>(x).to_vec(),
+            _ => unreachable!(),
+        }
+    };
+    let upload = |t: &Tensor| Buffer::from_bytes(ctx, &bytes(t)).unwrap();
+    let (q, k, v1, v2) = (
+        upload(&inputs[0]),
+        upload(&inputs[1]),
+        upload(&inputs[2]),
+        upload(&inputs[3]),
+    );
+    let o_bytes = (2 * n as u64).div_ceil(4) * 4;
+    let lse_bytes = 4 * op.lse_len() as u64;
+    let outs: Vec<(Buffer, Buffer)> = (0..2)
+        .map(|_| {
+            (
+                Buffer::new(ctx, o_bytes, MemoryLocation::HostVisible).unwrap(),
+                Buffer::new(ctx, lse_bytes, MemoryLocation::HostVisible).unwrap(),
+            )
+        })
+        .collect();
+    backend
+        .run_and_wait(|cmd| {
+            for (v, (o, lse)) in [&v1, &v2].into_iter().zip(&outs) {
+                // SAFETY: `cmd` is the backend's command buffer, recording; the buffers are
+                // live storage buffers of its device, kept until the work has completed.
+                unsafe {
+                    backend.record_sparse_attention(
+                        cmd,
+                        &op,
+                        &device_mask,
+                        q.range(),
+                        k.range(),
+                        v.range(),
+                        o.range(),
+                        lse.range(),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    for (i, (o, lse)) in outs.iter().enumerate() {
+        let o: Vec<f32> = o
+            .read(0, 2 * n)
+            .unwrap()
+            .chunks_exact(2)
+            .map(|h| f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32())
+            .collect();
+        let lse: Vec<f32> = lse
+            .read(0, lse_bytes as usize)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let (o_err, lse_err) = errors(&op, &m, &inputs[0], &inputs[1], &inputs[2 + i], &o, &lse);
+        assert!(o_err <= 3e-3, "o rel_l2 {o_err:e}");
+        assert!(lse_err <= 2e-3, "lse {lse_err:e}");
+    }
+
+    // A mask over another token count is rejected, naming the mask; short ranges name theirs.
+    let other = VulkanBlockMask::new(&backend, &mask(tokens + 1, 64, 7)).unwrap();
+    let (o, lse) = &outs[0];
+    let expect = |r: tessera_core::Result<()>, arg: &str| match r {
+        Err(tessera_core::Error::InvalidArgument { arg: got, .. }) => assert_eq!(got, arg),
+        other => panic!("expected InvalidArgument naming {arg}, got {other:?}"),
+    };
+    backend
+        .run_and_wait(|cmd| {
+            // SAFETY: every call fails validation before recording anything.
+            unsafe {
+                expect(
+                    backend.record_sparse_attention(
+                        cmd,
+                        &op,
+                        &other,
+                        q.range(),
+                        k.range(),
+                        v1.range(),
+                        o.range(),
+                        lse.range(),
+                    ),
+                    "mask",
+                );
+                expect(
+                    backend.record_sparse_attention(
+                        cmd,
+                        &op,
+                        &device_mask,
+                        q.range(),
+                        k.slice(0, 2 * n as u64 - 4),
+                        v1.range(),
+                        o.range(),
+                        lse.range(),
+                    ),
+                    "k",
+                );
+                expect(
+                    backend.record_sparse_attention(
+                        cmd,
+                        &op,
+                        &device_mask,
+                        q.range(),
+                        k.range(),
+                        v1.range(),
+                        o.range(),
+                        lse.slice(0, lse_bytes - 4),
+                    ),
+                    "lse",
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
