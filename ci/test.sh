@@ -68,20 +68,11 @@ cargo run --release --locked -q -p tessera-bench -- info
 step "tessera check --backend cpu --quick"
 cargo run --release --locked -q -p tessera-bench -- check --backend cpu --quick
 
-step "tessera check --backend vulkan --quick (lavapipe: the FP8 rows must pass)"
-# Ops without a Vulkan shader yet (attention, MLA) show errors here; every FP8 row must pass.
+step "tessera check --backend vulkan --quick (lavapipe: every op must pass)"
 if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
-  cargo run --release --locked -q -p tessera-bench -- check --backend vulkan --quick 2>&1 \
-    | tee /tmp/tessera-vulkan-check.log || true
-  if grep -E '^fp8_' /tmp/tessera-vulkan-check.log | grep -q FAIL \
-    || grep -qE '^(Quantize|Gemm)\(' /tmp/tessera-vulkan-check.log \
-    || ! grep -qE '^fp8_quantize .* pass$' /tmp/tessera-vulkan-check.log \
-    || ! grep -qE '^fp8_gemm .* pass$' /tmp/tessera-vulkan-check.log; then
-    echo "the Vulkan FP8 checks failed"
-    exit 1
-  fi
+  cargo run --release --locked -q -p tessera-bench -- check --backend vulkan --quick
 else
-  echo "skipped: no lavapipe ICD"
+  echo "skipped: no lavapipe ICD (mesa-vulkan-drivers)"
 fi
 
 step "done"
