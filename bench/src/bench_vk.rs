@@ -270,7 +270,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     if wants("attention") {
-        // (radial, dense) TFLOPS of the previous case.
+        // (radial, dense) TFLOPS of the previous case (dense falls back on radial's).
         let mut rates: [Option<f64>; 2] = [None, None];
         for case in &suite.attention {
             for (j, radial) in [true, false].into_iter().enumerate() {
@@ -280,7 +280,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     if radial { "radial" } else { "dense" }
                 ));
                 let rec = bench_attention(&backend, &timer, case, radial, &ceilings, |flops| {
-                    budget.check(rates[j].map(|r| flops / r / 1e12))
+                    budget.check(rates[j].or(rates[0]).map(|r| flops / r / 1e12))
                 });
                 rates[j] = rec.tflops.or(rates[j]);
                 file.records.push(rec);
