@@ -37,7 +37,7 @@ type Res<T> = Result<T, String>;
 /// Arguments of `tessera bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Backend to time: `cuda` (the only one with a device API so far).
+    /// Backend to time: `cuda` or `vulkan` (the backends with a device API).
     #[arg(long, default_value = "cuda")]
     pub backend: String,
     /// `standard` (every shape of FACTS.md) or `quick` (a small subset, for testing).
@@ -99,7 +99,7 @@ pub struct Suite {
     pub attention: Vec<AttentionCase>,
 }
 
-fn attention_case(model: &'static str, mult: usize) -> AttentionCase {
+pub(crate) fn attention_case(model: &'static str, mult: usize) -> AttentionCase {
     let (frames, heads, decay, sink) = match model {
         "hunyuan" => (30, 24, 0.95, false),
         _ => (18, 40, 0.2, true),
@@ -181,10 +181,13 @@ pub fn mla_key(b: usize, s_k: usize, h: usize, s_q: usize, fp8: bool) -> String 
 
 /// Runs `tessera bench`.
 pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.backend == "vulkan" {
+        return crate::bench_vk::run(args);
+    }
     if args.backend != "cuda" {
         return Err(format!(
-            "--backend {}: only cuda can be benchmarked so far (the Vulkan and CPU backends have \
-             no device API to time without copies)",
+            "--backend {}: cuda and vulkan can be benchmarked (the CPU backend has no device API \
+             to time without copies)",
             args.backend
         )
         .into());
@@ -340,7 +343,7 @@ fn fmt_opt(x: Option<f64>) -> String {
 }
 
 /// The commit measured: `TESSERA_COMMIT`, else `git rev-parse --short HEAD`, else `unknown`.
-fn commit() -> String {
+pub(crate) fn commit() -> String {
     if let Ok(c) = std::env::var("TESSERA_COMMIT") {
         return c.trim().to_string();
     }
@@ -354,14 +357,14 @@ fn commit() -> String {
 }
 
 /// The progress line on stderr.
-struct Progress {
-    done: usize,
-    total: usize,
-    start: Instant,
+pub(crate) struct Progress {
+    pub(crate) done: usize,
+    pub(crate) total: usize,
+    pub(crate) start: Instant,
 }
 
 impl Progress {
-    fn show(&mut self, what: &str) {
+    pub(crate) fn show(&mut self, what: &str) {
         self.done += 1;
         eprint!(
             "\r\x1b[2K[{:>3}/{}] {:6.1} s  {what}",
@@ -371,7 +374,7 @@ impl Progress {
         );
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         eprintln!(
             "\r\x1b[2K{} measurements in {:.1} s",
             self.total,
@@ -380,7 +383,7 @@ impl Progress {
     }
 }
 
-fn print_summary(file: &BenchFile) {
+pub(crate) fn print_summary(file: &BenchFile) {
     println!(
         "{:<11} {:<28} {:<16} {:>10} {:>9} {:>9} {:>7} {:>7}",
         "op", "shape", "impl", "ms", "TFLOPS", "GB/s", "%mm", "%copy"
@@ -406,7 +409,7 @@ fn print_summary(file: &BenchFile) {
     }
 }
 
-fn failed(op: &str, shape: String, implementation: &str, error: String) -> Record {
+pub(crate) fn failed(op: &str, shape: String, implementation: &str, error: String) -> Record {
     Record {
         op: op.into(),
         shape,
@@ -489,10 +492,10 @@ fn alloc_filled<T: DeviceRepr + ValidAsZeroBits + Copy>(
 }
 
 /// SplitMix64.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -501,17 +504,17 @@ impl Rng {
     }
 
     /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+    pub(crate) fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
     }
 
     /// A finite E4M3 code of moderate magnitude (exponent field 4..=10).
-    fn e4m3(&mut self) -> u8 {
+    pub(crate) fn e4m3(&mut self) -> u8 {
         let r = self.next();
         (((r & 1) as u8) << 7) | ((4 + ((r >> 1) % 7) as u8) << 3) | ((r >> 4) & 7) as u8
     }
 
-    fn bf16s(&mut self, n: usize, amp: f32) -> Vec<bf16> {
+    pub(crate) fn bf16s(&mut self, n: usize, amp: f32) -> Vec<bf16> {
         (0..n)
             .map(|_| bf16::from_f32(self.uniform(-amp, amp)))
             .collect()

@@ -1,12 +1,14 @@
 //! The `tessera` command: `info`, `check`, `mask`, `bench`, `report`.
 
 mod bench;
+mod bench_vk;
 mod check;
 mod info;
 mod mask;
 mod plot;
 mod report;
 mod schema;
+mod vk_timing;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
