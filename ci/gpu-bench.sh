@@ -3,9 +3,13 @@
 # (PACKDIR from ci/gpu-pack.sh: bin/tessera, peers.py, this script, COMMIT). Runs
 #   1. tessera bench --backend cuda (JSON, and the radial masks as JSON for the peers),
 #   2. ci/peers.py with the machine's PyTorch (same shapes, the very same masks),
-#   3. tessera report: OUTDIR/results.md (joined table, ratios ours / peer) and OUTDIR/*.png.
+#   3. tessera bench --backend vulkan (the same shapes on the Vulkan backend, NVIDIA driver, with
+#      the Vulkan loader brought in the pack), on what time is left, at most VK_BUDGET seconds,
+#   4. tessera report: OUTDIR/results.md (joined table, ratios ours / peer, Vulkan / CUDA) and
+#      OUTDIR/*.png.
 # Logs go to OUTDIR too. BENCH_BUDGET (seconds, default 510) bounds the whole: the peers get
-# what the bench left (both write their JSON as they go, so a cut run still reports).
+# what the bench left minus VK_RESERVE (default 120) kept for Vulkan; every step writes its JSON
+# as it goes, so a cut run still reports.
 set -uo pipefail
 out=${1:?usage: gpu-bench.sh OUTDIR [standard|quick]}
 suite=${2:-standard}
@@ -35,13 +39,32 @@ timeout $(( deadline - $(date +%s) - 60 )) "${tessera_env[@]}" "$pack/bin/tesser
 echo "tessera bench: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 5 "$out/tessera.err"
 
 t1=$(date +%s)
-timeout $(( deadline - $(date +%s) - 10 )) python3 "$pack/peers.py" --suite "$suite" --masks "$out/masks" \
+vk_reserve=${VK_RESERVE:-120}
+timeout $(( deadline - $(date +%s) - vk_reserve )) python3 "$pack/peers.py" --suite "$suite" --masks "$out/masks" \
   --json "$out/peers.json" > "$out/peers.log" 2>&1
 echo "peers.py: rc=$? in $(( $(date +%s) - t1 )) s"; tail -n 3 "$out/peers.log"
 
+# Vulkan: the loader travels in the pack (Debian's libvulkan1), the NVIDIA ICD is on the machine.
+t2=$(date +%s)
+for deb in "$pack"/*.deb; do [ -f "$deb" ] && dpkg -x "$deb" /; done
+ldconfig 2>/dev/null
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+vk_budget=$(( deadline - $(date +%s) - 40 ))
+[ "$vk_budget" -gt "${VK_BUDGET:-170}" ] && vk_budget=${VK_BUDGET:-170}
+if [ "$vk_budget" -gt 20 ]; then
+  timeout $(( vk_budget + 30 )) "${tessera_env[@]}" TESSERA_BACKEND=vulkan "$pack/bin/tessera" bench --backend vulkan \
+    --suite "$suite" --budget-s "$vk_budget" --json "$out/vulkan.json" > "$out/vulkan.log" 2> "$out/vulkan.err"
+  echo "tessera bench --backend vulkan: rc=$? in $(( $(date +%s) - t2 )) s (budget ${vk_budget} s)"; tail -n 3 "$out/vulkan.err"
+else
+  echo "tessera bench --backend vulkan: not run (${vk_budget} s left)"
+fi
+
 peers=(); [ -s "$out/peers.json" ] && peers=(--peers "$out/peers.json")
-"${tessera_env[@]}" "$pack/bin/tessera" report --ours "$out/tessera.json" "${peers[@]}" --out "$out" \
-  > "$out/report.log" 2>&1
+vulkan=(); [ -s "$out/vulkan.json" ] && vulkan=(--vulkan "$out/vulkan.json")
+"${tessera_env[@]}" "$pack/bin/tessera" report --ours "$out/tessera.json" "${peers[@]}" "${vulkan[@]}" \
+  --out "$out" > "$out/report.log" 2>&1
 echo "report: rc=$?"; cat "$out/report.log"
 rm -rf "$out/masks" "$libdir"
 echo; cat "$out/tessera.log"

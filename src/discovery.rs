@@ -156,10 +156,13 @@ fn probe_cuda() -> BackendStatus {
 #[cfg(feature = "vulkan")]
 fn probe_vulkan() -> BackendStatus {
     let p = tessera_vulkan::probe();
-    let details = vec![match &p.loader {
+    let mut details = vec![match &p.loader {
         Ok(s) => format!("loader: {s}"),
         Err(e) => format!("loader: {e}"),
     }];
+    if let Ok(backend) = tessera_vulkan::VulkanBackend::new() {
+        details.extend(vulkan_feature_lines(backend.features()));
+    }
     BackendStatus {
         kind: BackendKind::Vulkan,
         compiled: true,
@@ -172,6 +175,44 @@ fn probe_vulkan() -> BackendStatus {
         usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
         software: vulkan_is_software(),
     }
+}
+
+/// `tessera info`'s lines on the chosen Vulkan device: its limits and its cooperative-matrix
+/// shapes (`A·B+C->R MxNxK` per component type, subgroup scope).
+#[cfg(feature = "vulkan")]
+fn vulkan_feature_lines(f: &tessera_vulkan::VulkanFeatures) -> Vec<String> {
+    let mut lines = vec![format!("chosen: {}", f.summary())];
+    if let Some(driver) = &f.driver {
+        lines.push(format!("driver: {driver}"));
+    }
+    if f.cooperative_matrix {
+        let shapes: Vec<String> = f
+            .cooperative_matrix_shapes
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:?}·{:?}+{:?}->{:?} {}x{}x{}{}",
+                    s.a,
+                    s.b,
+                    s.c,
+                    s.result,
+                    s.m,
+                    s.n,
+                    s.k,
+                    if s.subgroup_scope {
+                        ""
+                    } else {
+                        " (not subgroup scope)"
+                    }
+                )
+            })
+            .collect();
+        lines.push(format!("cooperative matrix shapes: {}", shapes.join(", ")));
+    }
+    if f.cooperative_matrix2_nv {
+        lines.push("VK_NV_cooperative_matrix2: present (not used)".into());
+    }
+    lines
 }
 
 #[cfg(not(feature = "vulkan"))]

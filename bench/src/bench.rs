@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Only the ops whose name contains this (fp8_gemm, mla_decode, attention).
     #[arg(long)]
     pub only: Option<String>,
+    /// Vulkan only: seconds after which the remaining shapes are skipped (and reported so).
+    #[arg(long, value_name = "SECONDS", default_value_t = 170.0)]
+    pub budget_s: f64,
 }
 
 /// An attention case: a published radial setting at a multiple of its frames.
@@ -258,10 +261,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     // Written after every measurement, so a run cut short still leaves its results.
     let save = |file: &BenchFile| {
-        if let Some(path) = &args.json {
-            if let Ok(text) = serde_json::to_string_pretty(file) {
-                let _ = std::fs::write(path, text);
-            }
+        if let Err(e) = file.save_to(args.json.as_deref()) {
+            eprintln!("warning: {e}");
         }
     };
     let mut progress = Progress {
@@ -329,7 +330,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Some(p) => Some(BenchFile::load(p)?),
             None => None,
         };
-        crate::report::write(&file, peers.as_ref(), dir)?;
+        crate::report::write(&file, peers.as_ref(), None, dir)?;
     }
     let errors = file.records.iter().filter(|r| r.error.is_some()).count();
     if errors > 0 {

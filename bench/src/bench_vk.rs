@@ -11,7 +11,7 @@
 //! [`BATCHES`], about [`MEASURE_S`] in all); median and minimum over the batches are reported.
 //! Shapes whose buffers exceed `maxStorageBufferRange` are skipped with the reason, as are those
 //! predicted to take over [`MAX_DISPATCH_S`] per dispatch, and everything once the suite has
-//! run [`SUITE_BUDGET_S`].
+//! run `--budget-s` seconds (170 by default).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -45,8 +45,6 @@ const SINGLE_S: f64 = 2.0;
 /// Shapes predicted (from the rate of the previous shape of the op) to take longer per dispatch
 /// are skipped.
 const MAX_DISPATCH_S: f64 = 8.0;
-/// Seconds after which the remaining shapes are skipped.
-const SUITE_BUDGET_S: f64 = 170.0;
 /// Bytes of operands the FP8 GEMM rotates over (as the CUDA bench).
 const ROTATE_BYTES: usize = 200 << 20;
 
@@ -108,13 +106,16 @@ fn time_dispatches(
 /// Skips and deadlines shared by the measurements.
 struct Budget {
     start: Instant,
+    /// Seconds after which the remaining shapes are skipped (`--budget-s`).
+    suite_s: f64,
 }
 
 impl Budget {
     fn check(&self, predicted_s: Option<f64>) -> Res<()> {
-        if self.start.elapsed().as_secs_f64() > SUITE_BUDGET_S {
+        if self.start.elapsed().as_secs_f64() > self.suite_s {
             return Err(format!(
-                "skipped: the Vulkan suite's time budget ({SUITE_BUDGET_S} s) was spent"
+                "skipped: the Vulkan suite's time budget ({} s, --budget-s) was spent",
+                self.suite_s
             ));
         }
         if let Some(p) = predicted_s.filter(|&p| p > MAX_DISPATCH_S) {
@@ -197,7 +198,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 format!("fp8_gemm: {gemm_path} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets"),
                 "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
                 "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set".into(),
-                format!("skips: buffers over maxStorageBufferRange; predicted > {MAX_DISPATCH_S} s per dispatch; after {SUITE_BUDGET_S} s of suite"),
+                format!("skips: buffers over maxStorageBufferRange; predicted > {MAX_DISPATCH_S} s per dispatch; after {} s of suite", args.budget_s),
             ],
         },
         records: Vec::new(),
@@ -229,6 +230,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let budget = Budget {
         start: Instant::now(),
+        suite_s: args.budget_s,
     };
     if wants("fp8_gemm") {
         // TFLOPS of the previous shape, to predict the next.
@@ -246,6 +248,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             fill_rates(&mut rec, op.flops(), bytes, &ceilings);
             rate = rec.tflops.or(rate);
             file.records.push(rec);
+            file.save_to(args.json.as_deref())?;
             save(&file);
         }
     }
@@ -265,6 +268,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     (_, Err(e)) => failed("mla_decode", key, IMPL, e),
                 };
                 file.records.push(rec);
+                file.save_to(args.json.as_deref())?;
                 save(&file);
             }
         }
@@ -284,6 +288,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 });
                 rates[j] = rec.tflops.or(rates[j]);
                 file.records.push(rec);
+                file.save_to(args.json.as_deref())?;
                 save(&file);
             }
         }

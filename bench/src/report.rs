@@ -18,6 +18,10 @@ pub struct ReportArgs {
     /// The peers' JSON (`ci/peers.py --json`).
     #[arg(long, value_name = "FILE")]
     pub peers: Option<PathBuf>,
+    /// Tessera's Vulkan JSON (`tessera bench --backend vulkan --json`), joined as extra columns
+    /// beside the CUDA numbers of `--ours`.
+    #[arg(long, value_name = "FILE")]
+    pub vulkan: Option<PathBuf>,
     /// Folder for `results.md` and the PNG plots.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -30,7 +34,11 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Some(p) => Some(BenchFile::load(p)?),
         None => None,
     };
-    write(&ours, peers.as_ref(), &args.out)?;
+    let vulkan = match &args.vulkan {
+        Some(p) => Some(BenchFile::load(p)?),
+        None => None,
+    };
+    write(&ours, peers.as_ref(), vulkan.as_ref(), &args.out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -128,10 +136,15 @@ fn time(r: Option<&Record>) -> Option<f64> {
     r.and_then(|r| r.time_ms)
 }
 
-/// Writes `results.md` and the plots into `dir`.
+/// The implementation name of Tessera's Vulkan records (`tessera bench --backend vulkan`).
+const VK: &str = "tessera-vulkan";
+
+/// Writes `results.md` and the plots into `dir`: Tessera (`ours`, CUDA) against the peers, with
+/// Tessera's Vulkan numbers (`vulkan`) as extra columns where given.
 pub fn write(
     ours: &BenchFile,
     peers: Option<&BenchFile>,
+    vulkan: Option<&BenchFile>,
     dir: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
@@ -164,6 +177,19 @@ pub fn write(
             ph.ceilings.matmul_impl
         )?;
     }
+    if let Some(v) = vulkan {
+        let vh = &v.header;
+        writeln!(
+            md,
+            "\nTessera on Vulkan: {}, commit `{}`, {}; copy ceiling (Vulkan) {} GB/s. The \
+             `Vulkan / CUDA` columns compare Tessera's two backends on the same GPU (above 1 \
+             Vulkan is faster).",
+            vh.device,
+            vh.commit,
+            vh.date,
+            f(vh.ceilings.copy_gbps, 0)
+        )?;
+    }
     writeln!(
         md,
         "\nRatios are ours / peer in throughput (= peer time / our time): **above 1 Tessera is \
@@ -177,16 +203,20 @@ pub fn write(
     {
         writeln!(md, "- {n}")?;
     }
+    for n in vulkan.map(|v| v.header.notes.iter()).into_iter().flatten() {
+        writeln!(md, "- Vulkan {n}")?;
+    }
 
-    gemm_section(&mut md, ours, peers, dir)?;
-    mla_section(&mut md, ours, peers, dir)?;
-    attention_section(&mut md, ours, peers, dir)?;
+    gemm_section(&mut md, ours, peers, vulkan, dir)?;
+    mla_section(&mut md, ours, peers, vulkan, dir)?;
+    attention_section(&mut md, ours, peers, vulkan, dir)?;
     facts_section(&mut md, peers)?;
 
     let errors: Vec<&Record> = ours
         .records
         .iter()
         .chain(peers.map(|p| p.records.iter()).into_iter().flatten())
+        .chain(vulkan.map(|v| v.records.iter()).into_iter().flatten())
         .filter(|r| r.error.is_some())
         .collect();
     if !errors.is_empty() {
@@ -213,6 +243,7 @@ fn gemm_section(
     md: &mut String,
     ours: &BenchFile,
     peers: Option<&BenchFile>,
+    vulkan: Option<&BenchFile>,
     dir: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     const OP: &str = "fp8_gemm";
@@ -220,10 +251,10 @@ fn gemm_section(
     if shapes.is_empty() {
         return Ok(());
     }
-    // The host-timed peer rows only explain the comparison with FACTS.md.
+    // The host-timed and idle-event peer rows only explain the comparison with FACTS.md.
     let peer_impls: Vec<String> = impls(OP, peers)
         .into_iter()
-        .filter(|p| !p.ends_with("(host)"))
+        .filter(|p| !p.ends_with("(host)") && !p.ends_with("(idle events)"))
         .collect();
     writeln!(
         md,
@@ -236,11 +267,14 @@ fn gemm_section(
     for p in &peer_impls {
         write!(md, " ours / {p} |")?;
     }
+    if vulkan.is_some() {
+        write!(md, " Vulkan ms | Vulkan TFLOPS | Vulkan / CUDA |")?;
+    }
     writeln!(md)?;
     writeln!(
         md,
         "|---|---|---|---|{}",
-        "---|".repeat(2 * peer_impls.len())
+        "---|".repeat(2 * peer_impls.len() + 3 * usize::from(vulkan.is_some()))
     )?;
     let mut series = vec![Series {
         name: "tessera".into(),
@@ -250,6 +284,13 @@ fn gemm_section(
         name: p.clone(),
         points: vec![],
     }));
+    let vk_series = series.len();
+    if vulkan.is_some() {
+        series.push(Series {
+            name: VK.into(),
+            points: vec![],
+        });
+    }
     for (i, s) in shapes.iter().enumerate() {
         let r = ours.find(OP, s, "tessera");
         write!(
@@ -276,6 +317,19 @@ fn gemm_section(
                 f(ratio(tflops(r), tflops(find(peers, OP, s, p))), 2)
             )?;
         }
+        if vulkan.is_some() {
+            let vr = find(vulkan, OP, s, VK);
+            write!(
+                md,
+                " {} | {} | {} |",
+                ms(time(vr)),
+                f(tflops(vr), 1),
+                f(ratio(time(r), time(vr)), 3)
+            )?;
+            if let Some(t) = tflops(vr) {
+                series[vk_series].points.push((i as f64, t));
+            }
+        }
         writeln!(md)?;
     }
     plot_or_warn(line_plot(
@@ -295,6 +349,7 @@ fn mla_section(
     md: &mut String,
     ours: &BenchFile,
     peers: Option<&BenchFile>,
+    vulkan: Option<&BenchFile>,
     dir: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     const OP: &str = "mla_decode";
@@ -319,11 +374,14 @@ fn mla_section(
     for p in &peer_impls {
         write!(md, " {p} ms | {p} GB/s | ours / {p} |")?;
     }
+    if vulkan.is_some() {
+        write!(md, " Vulkan ms | Vulkan GB/s | Vulkan / CUDA |")?;
+    }
     writeln!(md)?;
     writeln!(
         md,
         "|---|---|---|---|---|---|{}",
-        "---|".repeat(3 * peer_impls.len())
+        "---|".repeat(3 * peer_impls.len() + 3 * usize::from(vulkan.is_some()))
     )?;
     let mut series: Vec<Series> = ["tessera bf16", "tessera fp8"]
         .iter()
@@ -336,6 +394,13 @@ fn mla_section(
         name: format!("{p} (bf16)"),
         points: vec![],
     }));
+    let vk_series = series.len();
+    if vulkan.is_some() {
+        series.extend(["bf16", "fp8"].iter().map(|c| Series {
+            name: format!("{VK} {c}"),
+            points: vec![],
+        }));
+    }
     // Plot positions: the bf16 shapes, each fp8 shape drawn at its bf16 twin.
     let bf16_shapes: Vec<String> = shapes
         .iter()
@@ -368,9 +433,22 @@ fn mla_section(
                 f(ratio(time(pr), time(r)), 2)
             )?;
         }
+        let vr = find(vulkan, OP, s, VK);
+        if vulkan.is_some() {
+            write!(
+                md,
+                " {} | {} | {} |",
+                ms(time(vr)),
+                f(gbps(vr), 0),
+                f(ratio(time(r), time(vr)), 3)
+            )?;
+        }
         writeln!(md)?;
         if let Some(x) = bf16_shapes.iter().position(|b| *b == twin) {
             let idx = if s.ends_with("fp8") { 1 } else { 0 };
+            if let (true, Some(g)) = (vulkan.is_some(), gbps(vr)) {
+                series[vk_series + idx].points.push((x as f64, g));
+            }
             if let Some(g) = gbps(r) {
                 series[idx].points.push((x as f64, g));
             }
@@ -404,6 +482,7 @@ fn attention_section(
     md: &mut String,
     ours: &BenchFile,
     peers: Option<&BenchFile>,
+    vulkan: Option<&BenchFile>,
     dir: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     const OP: &str = "attention";
@@ -432,11 +511,17 @@ fn attention_section(
     for p in &peer_impls {
         write!(md, " ours / {p} |")?;
     }
+    if vulkan.is_some() {
+        write!(
+            md,
+            " Vulkan radial ms | Vulkan dense ms | Vulkan / CUDA (radial) |"
+        )?;
+    }
     writeln!(md)?;
     writeln!(
         md,
         "|---|---|---|---|---|---|---|{}",
-        "---|".repeat(2 * peer_impls.len())
+        "---|".repeat(2 * peer_impls.len() + 3 * usize::from(vulkan.is_some()))
     )?;
     for s in &shapes {
         let rr = ours.find(OP, s, "tessera radial");
@@ -465,6 +550,17 @@ fn attention_section(
                 f(ratio(time(find(peers, OP, s, p)), time(mine)), 2)
             )?;
         }
+        if vulkan.is_some() {
+            let vr = find(vulkan, OP, s, &format!("{VK} radial"));
+            let vd = find(vulkan, OP, s, &format!("{VK} dense"));
+            write!(
+                md,
+                " {} | {} | {} |",
+                ms(time(vr)),
+                ms(time(vd)),
+                f(ratio(time(rr), time(vr)), 3)
+            )?;
+        }
         writeln!(md)?;
     }
     // One plot per model: time against frames.
@@ -480,6 +576,9 @@ fn attention_section(
     for model in &models {
         let mut names = vec!["tessera radial".to_string(), "tessera dense".to_string()];
         names.extend(peer_impls.iter().cloned());
+        if vulkan.is_some() {
+            names.extend([format!("{VK} radial"), format!("{VK} dense")]);
+        }
         let series: Vec<Series> = names
             .iter()
             .map(|n| {
@@ -487,7 +586,10 @@ fn attention_section(
                     .iter()
                     .filter(|s| s.starts_with(&format!("{model} ")))
                     .filter_map(|s| {
-                        let r = ours.find(OP, s, n).or_else(|| find(peers, OP, s, n))?;
+                        let r = ours
+                            .find(OP, s, n)
+                            .or_else(|| find(peers, OP, s, n))
+                            .or_else(|| find(vulkan, OP, s, n))?;
                         let fr = frames_of(r)
                             .or_else(|| ours.find(OP, s, "tessera radial").and_then(frames_of))?;
                         Some((fr, r.time_ms?))
@@ -526,15 +628,17 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
     )?;
     writeln!(
         md,
-        "`now` is the event-timed median of this run; for FP8 GEMM, `host` times each call alone \
-         on the host clock with a synchronize (launch and dispatch overheads included), to see \
-         whether that is how the earlier numbers were taken.\n"
+        "`now` is the event-timed median of this run (the GPU's time: the peers' launches are \
+         queued behind a sleep kernel); for FP8 GEMM two more ways of timing the same calls, to \
+         see how the earlier numbers were taken: `host` times each call alone on the host clock \
+         with a synchronize, `idle` between two CUDA events recorded on an idle GPU (both include \
+         PyTorch's dispatch of the call). Rows beyond 15% are marked.\n"
     )?;
     writeln!(
         md,
-        "| op | shape | peer | FACTS | now | diff | host | diff (host) |"
+        "| op | shape | peer | FACTS | now | diff | host | diff (host) | idle | diff (idle) |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
     let pct = |now: Option<f64>, facts: f64| -> String {
         match now.map(|n| 100.0 * (n - facts) / facts) {
             Some(d) if d.abs() > 15.0 => format!("{d:+.1}% **(>15%)**"),
@@ -548,18 +652,24 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
                     facts: f64,
                     now: Option<f64>,
                     host: Option<f64>,
+                    idle: Option<f64>,
                     unit: &str| {
-        writeln!(
-            md,
-            "| {op} | {shape} | {peer} | {facts} {unit} | {} | {} | {} | {} |",
-            f(now, 1),
-            pct(now, facts),
-            f(host, 1),
-            if host.is_some() {
-                pct(host, facts)
+        let diff = |x: Option<f64>| {
+            if x.is_some() {
+                pct(x, facts)
             } else {
                 "–".into()
             }
+        };
+        writeln!(
+            md,
+            "| {op} | {shape} | {peer} | {facts} {unit} | {} | {} | {} | {} | {} | {} |",
+            f(now, 1),
+            pct(now, facts),
+            f(host, 1),
+            diff(host),
+            f(idle, 1),
+            diff(idle)
         )
     };
     for (m, n, k, tw, blk) in FACTS_GEMM {
@@ -572,6 +682,7 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
                 facts,
                 tflops(p.find("fp8_gemm", &s, name)),
                 tflops(p.find("fp8_gemm", &s, &format!("{name} (host)"))),
+                tflops(p.find("fp8_gemm", &s, &format!("{name} (idle events)"))),
                 "TFLOPS",
             )
         };
@@ -588,6 +699,7 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
             cudnn,
             time(p.find("attention", s, "cudnn dense")),
             None,
+            None,
             "ms",
         )?;
         line(
@@ -596,6 +708,7 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
             "flex radial",
             flex,
             time(p.find("attention", s, "flex radial")),
+            None,
             None,
             "ms",
         )?;
@@ -607,6 +720,7 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
             "torch",
             645.0,
             gbps(p.find("mla_decode", s, "torch")),
+            None,
             None,
             "GB/s (620-670)",
         )?;

@@ -89,6 +89,19 @@ impl BenchFile {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Writes the file as pretty JSON to `path` if given (through a temporary file, so that a run
+    /// cut short leaves the records measured so far); called after every record.
+    pub fn save_to(&self, path: Option<&std::path::Path>) -> Result<(), String> {
+        let Some(path) = path else {
+            return Ok(());
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
     /// The record of (op, shape, impl), if any.
     pub fn find(&self, op: &str, shape: &str, implementation: &str) -> Option<&Record> {
         self.records
