@@ -4,6 +4,7 @@
 //! One allocation per buffer is enough for now (the host API allocates a few per call); a
 //! sub-allocator can come when callers keep many small buffers.
 
+use crate::command::OneShot;
 use crate::device::VulkanContext;
 use crate::vk_error;
 use ash::vk;
@@ -39,12 +40,26 @@ impl BufferRange {
 /// Where a buffer's memory lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MemoryLocation {
-    /// Host-visible and coherent (cached when the device offers it): readable and writable from
-    /// the host with [`Buffer::write`] and [`Buffer::read`]. What the host API uses.
+    /// Host-visible and coherent (cached when the device offers it): [`Buffer::write`] and
+    /// [`Buffer::read`] copy through the mapping.
     HostVisible,
-    /// Device-local, not mappable: the fastest for shaders on discrete GPUs; fill it with
-    /// transfers or shaders.
+    /// Device-local, not mappable: the fastest for shaders on discrete GPUs. [`Buffer::write`]
+    /// and [`Buffer::read`] go through a host-visible staging buffer and a copy on the device's
+    /// queue.
     DeviceLocal,
+}
+
+impl MemoryLocation {
+    /// Where the host API keeps its tensors on `ctx`'s device: device-local on a discrete GPU
+    /// (a shader reading host-visible memory there goes over the bus), host-visible elsewhere
+    /// (integrated GPUs share the memory, lavapipe is the CPU).
+    pub fn for_host_api(ctx: &VulkanContext) -> Self {
+        if ctx.features().device_type == "Discrete" {
+            Self::DeviceLocal
+        } else {
+            Self::HostVisible
+        }
+    }
 }
 
 /// A buffer with its own memory, usable as a storage buffer and as a transfer source and
@@ -183,19 +198,20 @@ impl Buffer {
         })
     }
 
-    /// A host-visible buffer holding `data`, padded with zero bytes to a multiple of 4 bytes
-    /// (shaders read 32-bit words).
+    /// A buffer holding `data`, padded with zero bytes to a multiple of 4 bytes (shaders read
+    /// 32-bit words), where [`MemoryLocation::for_host_api`] puts it: device-local (uploaded
+    /// through a staging buffer) on a discrete GPU, host-visible elsewhere.
     pub fn from_bytes(ctx: &Arc<VulkanContext>, data: &[u8]) -> Result<Self> {
         let size = (data.len() as u64).div_ceil(4) * 4;
-        let mut b = Self::new(ctx, size, MemoryLocation::HostVisible)?;
+        let mut b = Self::new(ctx, size, MemoryLocation::for_host_api(ctx))?;
         let mut padded = data.to_vec();
         padded.resize(size as usize, 0);
         b.write(0, &padded)?;
         Ok(b)
     }
 
-    /// A host-visible buffer of `size` bytes (padded to a multiple of 4) filled with the
-    /// repeated `pattern` (e.g. the bytes of a NaN, so that elements a shader fails to write
+    /// A buffer of `size` bytes (padded to a multiple of 4, placed as by [`Buffer::from_bytes`])
+    /// filled with the repeated `pattern` (e.g. the bytes of a NaN, so that elements a shader fails to write
     /// show up).
     pub fn filled(ctx: &Arc<VulkanContext>, size: usize, pattern: &[u8]) -> Result<Self> {
         let padded = size.div_ceil(4) * 4;
@@ -213,6 +229,11 @@ impl Buffer {
         self.size
     }
 
+    /// Where its memory lives.
+    pub fn location(&self) -> MemoryLocation {
+        self.location
+    }
+
     /// The whole buffer as a [`BufferRange`].
     pub fn range(&self) -> BufferRange {
         BufferRange::new(self.buffer, 0, self.size)
@@ -223,14 +244,8 @@ impl Buffer {
         BufferRange::new(self.buffer, offset, size)
     }
 
-    /// The mapping, after checking that `len` bytes at `offset` lie inside the buffer.
-    fn host_ptr(&self, offset: u64, len: usize, what: &str) -> Result<NonNull<u8>> {
-        let Some(ptr) = self.mapped else {
-            return Err(Error::Device {
-                backend: BackendKind::Vulkan,
-                message: format!("{what}: the buffer is not host-visible"),
-            });
-        };
+    /// Checks that `len` bytes at `offset` lie inside the buffer.
+    fn check_range(&self, offset: u64, len: usize, what: &str) -> Result<()> {
         if offset
             .checked_add(len as u64)
             .is_none_or(|end| end > self.size)
@@ -243,13 +258,81 @@ impl Buffer {
                 ),
             });
         }
-        Ok(ptr)
+        Ok(())
     }
 
-    /// Copies `data` into the buffer at byte `offset` (host-visible buffers only; the memory
-    /// is coherent, so no flush is needed). The caller makes sure no GPU work uses those bytes
-    /// meanwhile.
+    /// The mapping, after checking that `len` bytes at `offset` lie inside the buffer.
+    fn host_ptr(&self, offset: u64, len: usize, what: &str) -> Result<NonNull<u8>> {
+        self.check_range(offset, len, what)?;
+        self.mapped.ok_or_else(|| Error::Device {
+            backend: BackendKind::Vulkan,
+            message: format!("{what}: the buffer is not host-visible"),
+        })
+    }
+
+    /// Records a copy of `size` bytes from `src` at `src_offset` to `dst` at `dst_offset`
+    /// between two barriers (earlier device writes before the copy reads; the copy's writes
+    /// before later device and host accesses), submits it and waits.
+    fn staged_copy(
+        ctx: &Arc<VulkanContext>,
+        src: (&Buffer, u64),
+        dst: (&Buffer, u64),
+        size: u64,
+    ) -> Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        let region = [vk::BufferCopy::default()
+            .src_offset(src.1)
+            .dst_offset(dst.1)
+            .size(size)];
+        let device = ctx.device();
+        OneShot::new(ctx)?.run(|cmd| {
+            let before = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+                .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)];
+            let after = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::HOST_READ)];
+            // SAFETY: `cmd` is the one-shot's command buffer, recording; both buffers are live
+            // buffers of this device with TRANSFER usage, and the region lies inside both
+            // (checked by the callers).
+            unsafe {
+                device.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::ALL_COMMANDS,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::DependencyFlags::empty(),
+                    &before,
+                    &[],
+                    &[],
+                );
+                device.cmd_copy_buffer(cmd, src.0.buffer, dst.0.buffer, &region);
+                device.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::ALL_COMMANDS | vk::PipelineStageFlags::HOST,
+                    vk::DependencyFlags::empty(),
+                    &after,
+                    &[],
+                    &[],
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// Copies `data` into the buffer at byte `offset`: through the mapping for a host-visible
+    /// buffer (coherent memory, no flush needed), through a staging buffer and a copy on the
+    /// device's queue (waited for) for a device-local one. The caller makes sure no GPU work
+    /// uses those bytes meanwhile.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.mapped.is_none() {
+            self.check_range(offset, data.len(), "writing a buffer")?;
+            let mut staging = Self::new(&self.ctx, data.len() as u64, MemoryLocation::HostVisible)?;
+            staging.write(0, data)?;
+            return Self::staged_copy(&self.ctx, (&staging, 0), (self, offset), data.len() as u64);
+        }
         let ptr = self.host_ptr(offset, data.len(), "writing a buffer")?;
         // SAFETY: the mapping covers the whole buffer and the range was checked against its
         // size; `&mut self` excludes any other host access through this buffer.
@@ -263,9 +346,16 @@ impl Buffer {
         Ok(())
     }
 
-    /// Reads `len` bytes from byte `offset` (host-visible buffers only), after the GPU work
-    /// writing them has completed.
+    /// Reads `len` bytes from byte `offset`, after the GPU work writing them has completed:
+    /// through the mapping for a host-visible buffer, through a copy into a staging buffer
+    /// (submitted and waited for) for a device-local one.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if self.mapped.is_none() {
+            self.check_range(offset, len, "reading a buffer")?;
+            let staging = Self::new(&self.ctx, len as u64, MemoryLocation::HostVisible)?;
+            Self::staged_copy(&self.ctx, (self, offset), (&staging, 0), len as u64)?;
+            return staging.read(0, len);
+        }
         let ptr = self.host_ptr(offset, len, "reading a buffer")?;
         let mut out = vec![0u8; len];
         // SAFETY: as in `write`; `out` holds `len` bytes; host writes need `&mut self`.
