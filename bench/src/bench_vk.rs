@@ -164,7 +164,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         timer.period_ns(),
         backend.features().max_storage_buffer_range
     );
-    let ceilings = measure_ceilings(&backend, &timer);
+    let (ceilings, transfer_gbps) = measure_ceilings(&backend, &timer);
     eprintln!(
         "ceilings: copy {} GB/s; {}",
         ceilings
@@ -198,6 +198,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 format!("fp8_gemm: {gemm_path} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets"),
                 "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
                 "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set".into(),
+                format!(
+                    "copy ceiling: a compute-shader copy of up to 1 GiB (record_copy_words), read + \
+                     write bytes; vkCmdCopyBuffer of the same buffers: {} GB/s",
+                    transfer_gbps.map_or("not measured".into(), |g| format!("{g:.0}"))
+                ),
                 format!("skips: buffers over maxStorageBufferRange; predicted > {MAX_DISPATCH_S} s per dispatch; after {} s of suite", args.budget_s),
             ],
         },
@@ -306,15 +311,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The copy ceiling: a device-local copy of up to 1 GiB (read + write bytes). There is no dense
-/// matmul to compare with on Vulkan.
-fn measure_ceilings(backend: &VulkanBackend, timer: &Timer) -> Ceilings {
+/// The copy ceiling: a device-local copy of up to 1 GiB (read + write bytes) by a compute shader
+/// (`record_copy_words`, what shaders can stream); also returns `vkCmdCopyBuffer`'s rate on the
+/// same buffers, for the notes. There is no dense matmul to compare with on Vulkan.
+fn measure_ceilings(backend: &VulkanBackend, timer: &Timer) -> (Ceilings, Option<f64>) {
     let mut c = Ceilings {
         matmul_impl: "not measured (no dense Vulkan matmul in this bench)".into(),
         ..Default::default()
     };
-    let copy = || -> Res<f64> {
-        let n = (1usize << 30).min(backend.features().max_storage_buffer_range as usize / 4 * 4);
+    let copy = |shader: bool| -> Res<f64> {
+        let n = (1usize << 30).min(backend.features().max_storage_buffer_range as usize / 16 * 16);
         let n = if backend.features().device_type == "Cpu" {
             n.min(64 << 20)
         } else {
@@ -323,16 +329,26 @@ fn measure_ceilings(backend: &VulkanBackend, timer: &Timer) -> Ceilings {
         let src = device_buffer(backend, n, &[1, 2, 3, 4, 5, 6, 7, 9])?;
         let dst = device_buffer(backend, n, &[0xff; 4])?;
         let (ms, _, _, _) = time_dispatches(timer, |cmd, _| {
-            record_copy(backend, cmd, &src, &dst);
-            Ok(())
+            if shader {
+                // SAFETY: `cmd` is the timer's recording command buffer on this backend's
+                // device; both buffers are live device-local storage buffers of `n` bytes.
+                unsafe { backend.record_copy_words(cmd, src.range(), dst.range(), n as u64) }
+                    .map_err(|e| e.to_string())
+            } else {
+                record_copy(backend, cmd, &src, &dst);
+                Ok(())
+            }
         })?;
         Ok(2.0 * n as f64 / (ms * 1e-3) / 1e9)
     };
-    match copy() {
+    match copy(true) {
         Ok(g) => c.copy_gbps = Some(g),
         Err(e) => eprintln!("copy ceiling: {e}"),
     }
-    c
+    let transfer = copy(false)
+        .map_err(|e| eprintln!("vkCmdCopyBuffer: {e}"))
+        .ok();
+    (c, transfer)
 }
 
 /// One FP8 GEMM shape, rotating over operand sets.

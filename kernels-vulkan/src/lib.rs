@@ -84,6 +84,7 @@ pub mod shaders {
             crate::ops::mla::MLA_COMBINE,
             crate::ops::attention::SPARSE_ATTENTION,
             crate::arith_check::CHECK_ARITH,
+            crate::ops::copy::COPY_WORDS,
         ]
     }
 }
