@@ -19,10 +19,13 @@ for line in sys.stdin:
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["name"], m["executable"])
-' | while read -r name exe; do
-    case "$name" in
-      conformance|compile_all|fp8_gemm_timing|attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
+        crate = "vk" if "tessera-vulkan" in m["package_id"] else "-"
+        print(crate, m["target"]["name"], m["executable"])
+' | while read -r crate name exe; do
+    case "$crate:$name" in
+      -:conformance|-:compile_all|-:fp8_gemm_timing|-:attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
+      # Every test of the Vulkan crate (unit tests included) runs there against the NVIDIA driver.
+      vk:*) cp "$exe" "$pack/bin/vktest-$name" ;;
     esac
   done
 cargo build --release --locked -p tessera-bench

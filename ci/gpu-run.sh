@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, after ci/gpu-pack.sh ran on the CPU machine and
 # .gpu-pack/ was carried along:   ci/gpu-run.sh OUTDIR [quick]
-# Runs the CUDA conformance suite (the backend is required: its absence fails), the kernel
-# compile check, and `tessera check` on CUDA and CPU; logs and JSON go to OUTDIR, a table last.
+# Runs the kernel compile check, the CUDA timing tests, the conformance suite on CUDA (the backend
+# is required: its absence fails) and on Vulkan (NVIDIA driver, loader from the pack) with and
+# without the cooperative-matrix shaders, every test of the Vulkan crate both ways, and
+# `tessera check` on CUDA, Vulkan (both ways) and CPU; logs and JSON go to OUTDIR, a table last.
 set -uo pipefail
 final=${1:?usage: ci/gpu-run.sh OUTDIR [quick]}
 mode=${2:-full}
@@ -23,7 +25,7 @@ run() { # name, command...
   local rc=$?
   local dt=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
   status+=("$(printf '%-28s rc=%-3s %6ss' "$name" "$rc" "$dt")")
-  tail -n 25 "$out/$name.log"
+  tail -n 6 "$out/$name.log"
   return 0
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
@@ -41,6 +43,13 @@ run attention_timing "$pack/bin/test-attention_timing" --nocapture --test-thread
 run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
 run conformance_vulkan "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
 run conformance_vulkan_portable env TESSERA_VULKAN_PORTABLE=1 "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
+# The Vulkan crate's own tests (path choice, device API, buffers, ...), both paths.
+for t in "$pack"/bin/vktest-*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  run "$name" "$t" --nocapture --test-threads=1
+  run "$name-portable" env TESSERA_VULKAN_PORTABLE=1 "$t" --nocapture --test-threads=1
+done
 quick=""; [ "$mode" = quick ] && quick="--quick"
 run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/check-cuda.json"
 run check_vulkan "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan.json"
@@ -50,6 +59,6 @@ echo
 echo "== summary (commit $commit)"
 printf '%s\n' "${status[@]}"
 grep -h "^check:" "$out"/check_*.log
-grep -h "^test result" "$out"/conformance_*.log "$out"/compile_all.log
+grep -H "^test result" "$out"/conformance_*.log "$out"/compile_all.log "$out"/vktest-*.log 2>/dev/null | sed "s|^$out/||"
 cp "$out"/check-*.json "$final"/ 2>/dev/null
 tar -C "$out" -czf "$final/gpu-run.tar.gz" .
