@@ -1,21 +1,32 @@
 // Block-scaled FP8 GEMM, cooperative-matrix path (VK_KHR_cooperative_matrix, f16 x f16 -> f32,
 // 16x16x16 in subgroup scope): the same contract and rounding as fp8_gemm.comp,
 //   D[m][n] = Σ_kb sA[m][kb] · sB[n / 128][kb] · Σ_{k in block kb} A[m][k] · B[n][k],
-// with A, B decoded from E4M3 to f16 (exact: every E4M3 value is an f16 value), products summed
-// in f32 matrix accumulators per 128-wide K block, then scaled and added to an f32 total.
+// products summed in f32 matrix accumulators per 128-wide K block, then scaled and added to an
+// f32 total per element.
 //
-//   A   [m, k] E4M3 bytes (K-major), 4 per 32-bit word     sA  [m, ceil(k/128)] f32
-//   B   [n, k] E4M3 bytes (K-major), 4 per 32-bit word     sB  [ceil(n/128), ceil(k/128)] f32
+//   A   [m, k] E4M3 bytes (K-major)        sA  [m, ceil(k/128)] f32
+//   B   [n, k] E4M3 bytes (K-major)        sB  [ceil(n/128), ceil(k/128)] f32
 //   D   [m, n] bf16, 2 per 32-bit word
-// Any m; n a multiple of 8; k a multiple of 16.
+// Any m; n a multiple of 8; k a multiple of 16 (so every 16-byte load of a row is wholly inside
+// or outside the matrix).
 //
-// Tiling: one workgroup of 4 subgroups of 32 invocations (the Rust side uses this shader only
-// where the subgroup size is 32) per 64x64 tile of D; each subgroup owns a 32x32 quadrant as 2x2
-// accumulator matrices. K goes in steps of 32 through shared memory (A and B tiles as f16,
-// 2 * 64 * 32 * 2 = 8 KiB). At the end of each 128-wide K block the accumulators are stored to a
-// 64x64 f32 scratch tile (16 KiB) and every invocation scales its 32 elements of it into its
-// registers: the per-row scale sA cannot be applied inside a cooperative matrix.
-// Dispatch: (ceil(n / 64), ceil(m / 64), 1).
+// Decoding: an E4M3 byte s.eeee.mmm becomes the f16 with bits s.0eeee.mmm0000000, which is the
+// E4M3 value times 2^-8 exactly (normals and subnormals alike, the exponent biases differ by
+// 8); the two factors 2^8 go back in with the scales (sB · 2^16, exact). E4M3's NaN (s.1111.111)
+// would become a finite f16 that way, so words holding one take a slower path that writes f16
+// NaN. Two bytes are decoded per 32-bit operation.
+//
+// Tiling (macros; the variants below): a workgroup of SG_M x SG_N subgroups of 32 invocations
+// (the Rust side uses this shader only where the subgroup size is 32) computes a BM x BN tile of
+// D; each subgroup owns (BM / SG_M) x (BN / SG_N) of it as FM x FN accumulator matrices. K goes
+// through shared memory in steps of BK (A and B tiles as f16, rows padded by 8 halves against
+// bank conflicts), the next step's global loads (16 bytes each) in flight while the current one
+// is multiplied. At the end of each 128-wide K block every subgroup stores its accumulators one
+// at a time to its own 16x16 f32 scratch and each invocation adds 8 of the values, scaled, to
+// its registers (sA varies per row: it cannot be applied inside a cooperative matrix).
+// Dispatch: (ceil(n / BN), ceil(m / BM), 1).
+//
+// tessera-variant: fp8_gemm_coopmat_large -DBM=128 -DBN=128 -DBK=64 -DSG_M=2 -DSG_N=4
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_cooperative_matrix : require
@@ -23,16 +34,29 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 
+#ifndef BM
 #define BM 64
 #define BN 64
-#define BK 32
-#define PAIRS 16  // (BM * BN / 2) / 128 pairs of adjacent columns per invocation
+#define BK 128
+#define SG_M 2
+#define SG_N 2
+#endif
 
-layout(local_size_x = 128, local_size_y = 1, local_size_z = 1) in;
+#define SUBGROUPS (SG_M * SG_N)
+#define THREADS (32 * SUBGROUPS)
+#define WM (BM / SG_M)          // rows of D per subgroup
+#define WN (BN / SG_N)          // columns of D per subgroup
+#define FM (WM / 16)            // accumulator matrices per subgroup, down
+#define FN (WN / 16)            // and across
+#define STRIDE (BK + 8)         // halves per row of a shared tile
+#define A_LOADS (BM * BK / 16 / THREADS)  // 16-byte loads per invocation per K step
+#define B_LOADS (BN * BK / 16 / THREADS)
 
-layout(set = 0, binding = 0, std430) readonly buffer A { uint a_words[]; };
+layout(local_size_x = THREADS, local_size_y = 1, local_size_z = 1) in;
+
+layout(set = 0, binding = 0, std430) readonly buffer A { uvec4 a_vec[]; };
 layout(set = 0, binding = 1, std430) readonly buffer SA { float a_scales[]; };
-layout(set = 0, binding = 2, std430) readonly buffer B { uint b_words[]; };
+layout(set = 0, binding = 2, std430) readonly buffer B { uvec4 b_vec[]; };
 layout(set = 0, binding = 3, std430) readonly buffer SB { float b_scales[]; };
 layout(set = 0, binding = 4, std430) writeonly buffer D { uint d_words[]; };
 
@@ -44,100 +68,154 @@ layout(push_constant, std430) uniform Params {
 
 #include "common.glsl"
 
-shared float16_t a_sh[BM * BK];  // [row][k], row-major, stride BK
-shared float16_t b_sh[BN * BK];  // [col][k]: read as a K x N column-major matrix, stride BK
-shared float c_sh[BM * BN];      // one finished 128-K block, [row][col], stride BN
+shared float16_t a_sh[BM * STRIDE];  // [row][k]
+shared float16_t b_sh[BN * STRIDE];  // [col][k]: read as a K x N column-major matrix
+shared float c_sh[SUBGROUPS * 256];  // one 16x16 f32 scratch per subgroup
 
-// Loads rows row0 .. row0 + 63, columns k0 .. k0 + 31 of a [rows, k] E4M3 matrix into
-// sh[row * BK + k] as f16, zero outside the matrix: 512 words, 4 per invocation.
-#define LOAD_TILE(words, sh, row0, rows)                                         \
-    for (uint idx = tid; idx < BM * (BK / 4); idx += 128u) {                    \
-        uint r = idx / (BK / 4);                                                \
-        uint kw = idx % (BK / 4);                                               \
-        uint row = (row0) + r;                                                  \
-        uint kk = k0 + 4u * kw;                                                 \
-        bool inside = row < (rows) && kk < p.k;                                 \
-        uint w = inside ? words[(row * p.k + kk) >> 2] : 0u;                    \
-        for (uint j = 0u; j < 4u; ++j) {                                        \
-            sh[r * BK + 4u * kw + j] = float16_t(e4m3_to_f32((w >> (8u * j)) & 0xffu)); \
-        }                                                                       \
+// The f16 bits of E4M3 bytes 0 and 1 of `w` (value · 2^-8), as one packed pair.
+uint e4m3_pair_to_f16_bits(uint w) {
+    uint bits = ((w & 0x7fu) << 7) | ((w & 0x80u) << 8) | ((w & 0x7f00u) << 15)
+        | ((w & 0x8000u) << 16);
+    if ((((w & 0x7f7fu) + 0x0101u) & 0x8080u) != 0u) {  // a NaN byte (low 7 bits all ones)
+        if ((w & 0x7fu) == 0x7fu) {
+            bits = (bits & 0xffff0000u) | 0x7e00u | ((w & 0x80u) << 8);
+        }
+        if ((w & 0x7f00u) == 0x7f00u) {
+            bits = (bits & 0x0000ffffu) | 0x7e000000u | ((w & 0x8000u) << 16);
+        }
     }
+    return bits;
+}
 
 void main() {
     uint tid = gl_LocalInvocationID.x;
-    uint sg = gl_SubgroupID;          // 0..3
-    uint wm = (sg / 2u) * 32u;        // this subgroup's quadrant
-    uint wn = (sg % 2u) * 32u;
+    uint sg = gl_SubgroupID;
+    uint lane = gl_SubgroupInvocationID;
+    uint wm = (sg / SG_N) * WM;
+    uint wn = (sg % SG_N) * WN;
     uint m0 = gl_WorkGroupID.y * BM;
     uint n0 = gl_WorkGroupID.x * BN;
     uint k_blocks = (p.k + 127u) / 128u;
+    uint row_vecs = p.k / 16u;  // 16-byte words per row of A and B
 
-    float total[2 * PAIRS];
-    for (uint j = 0u; j < 2u * PAIRS; ++j) {
+    // This invocation's 8 elements of every accumulator matrix: row lane / 2, columns
+    // (lane % 2) * 8 .. + 8 of each 16x16 piece.
+    float total[FM * FN * 8];
+    for (uint j = 0u; j < FM * FN * 8u; ++j) {
         total[j] = 0.0;
     }
-    coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[2][2];
-    for (uint i = 0u; i < 2u; ++i) {
-        for (uint j = 0u; j < 2u; ++j) {
+    coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[FM][FN];
+    for (uint i = 0u; i < FM; ++i) {
+        for (uint j = 0u; j < FN; ++j) {
             acc[i][j] = coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
         }
     }
 
+    // Global loads of one K step: load t of this invocation covers row idx / (BK / 16), bytes
+    // 16 * (idx % (BK / 16)) of the step, with idx = tid + THREADS * t.
+    uvec4 ra[A_LOADS];
+    uvec4 rb[B_LOADS];
+#define LOAD_STEP(k0)                                                              \
+    for (uint t = 0u; t < A_LOADS; ++t) {                                          \
+        uint idx = tid + THREADS * t;                                              \
+        uint row = m0 + idx / (BK / 16u);                                          \
+        uint kv = (k0) / 16u + idx % (BK / 16u);                                   \
+        ra[t] = (row < p.m && kv < row_vecs) ? a_vec[row * row_vecs + kv] : uvec4(0u); \
+    }                                                                              \
+    for (uint t = 0u; t < B_LOADS; ++t) {                                          \
+        uint idx = tid + THREADS * t;                                              \
+        uint col = n0 + idx / (BK / 16u);                                          \
+        uint kv = (k0) / 16u + idx % (BK / 16u);                                   \
+        rb[t] = (col < p.n && kv < row_vecs) ? b_vec[col * row_vecs + kv] : uvec4(0u); \
+    }
+#define STORE_VEC(sh, base, v)                                                     \
+    {                                                                              \
+        for (uint q = 0u; q < 4u; ++q) {                                           \
+            f16vec2 lo = unpackFloat2x16(e4m3_pair_to_f16_bits(v[q]));            \
+            f16vec2 hi = unpackFloat2x16(e4m3_pair_to_f16_bits(v[q] >> 16));      \
+            sh[(base) + 4u * q] = lo.x;                                            \
+            sh[(base) + 4u * q + 1u] = lo.y;                                       \
+            sh[(base) + 4u * q + 2u] = hi.x;                                       \
+            sh[(base) + 4u * q + 3u] = hi.y;                                       \
+        }                                                                          \
+    }
+
+    LOAD_STEP(0u)
     for (uint k0 = 0u; k0 < p.k; k0 += BK) {
-        LOAD_TILE(a_words, a_sh, m0, p.m)
-        LOAD_TILE(b_words, b_sh, n0, p.n)
+        barrier();  // the previous step's multiplications are done with the tiles
+        for (uint t = 0u; t < A_LOADS; ++t) {
+            uint idx = tid + THREADS * t;
+            STORE_VEC(a_sh, (idx / (BK / 16u)) * STRIDE + 16u * (idx % (BK / 16u)), ra[t])
+        }
+        for (uint t = 0u; t < B_LOADS; ++t) {
+            uint idx = tid + THREADS * t;
+            STORE_VEC(b_sh, (idx / (BK / 16u)) * STRIDE + 16u * (idx % (BK / 16u)), rb[t])
+        }
         barrier();
-        for (uint kk = 0u; kk < BK; kk += 16u) {
-            coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma[2];
-            coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb[2];
-            for (uint i = 0u; i < 2u; ++i) {
-                coopMatLoad(ma[i], a_sh, (wm + 16u * i) * BK + kk, BK,
+        if (k0 + BK < p.k) {
+            LOAD_STEP(k0 + BK)
+        }
+        uint steps = min(uint(BK), p.k - k0) / 16u;
+        for (uint s = 0u; s < steps; ++s) {
+            coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma[FM];
+            coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb[FN];
+            for (uint i = 0u; i < FM; ++i) {
+                coopMatLoad(ma[i], a_sh, (wm + 16u * i) * STRIDE + 16u * s, STRIDE,
                             gl_CooperativeMatrixLayoutRowMajor);
-                coopMatLoad(mb[i], b_sh, (wn + 16u * i) * BK + kk, BK,
+            }
+            for (uint j = 0u; j < FN; ++j) {
+                coopMatLoad(mb[j], b_sh, (wn + 16u * j) * STRIDE + 16u * s, STRIDE,
                             gl_CooperativeMatrixLayoutColumnMajor);
             }
-            for (uint i = 0u; i < 2u; ++i) {
-                for (uint j = 0u; j < 2u; ++j) {
+            for (uint i = 0u; i < FM; ++i) {
+                for (uint j = 0u; j < FN; ++j) {
                     acc[i][j] = coopMatMulAdd(ma[i], mb[j], acc[i][j]);
                 }
             }
         }
-        barrier();
-        // End of a 128-wide K block (or of K): scale the block's sums into the total.
+        // End of a 128-wide K block (or of K): scale the block's sums into the totals, one
+        // accumulator matrix at a time through this subgroup's scratch.
         if ((k0 + BK) % 128u == 0u || k0 + BK >= p.k) {
-            for (uint i = 0u; i < 2u; ++i) {
-                for (uint j = 0u; j < 2u; ++j) {
-                    coopMatStore(acc[i][j], c_sh, (wm + 16u * i) * BN + wn + 16u * j, BN,
+            uint kb = k0 / 128u;
+            uint r = lane / 2u;
+            uint c = (lane % 2u) * 8u;
+            for (uint i = 0u; i < FM; ++i) {
+                uint row = m0 + wm + 16u * i + r;
+                float sa = row < p.m ? a_scales[row * k_blocks + kb] : 0.0;
+                for (uint j = 0u; j < FN; ++j) {
+                    uint col = n0 + wn + 16u * j;  // one 128-column scale block per piece
+                    float sb = col < p.n ? b_scales[(col / 128u) * k_blocks + kb] * 65536.0 : 0.0;
+                    coopMatStore(acc[i][j], c_sh, sg * 256u, 16u,
                                  gl_CooperativeMatrixLayoutRowMajor);
                     acc[i][j] =
                         coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
+                    subgroupMemoryBarrierShared();
+                    subgroupBarrier();
+                    float s = sa * sb;
+                    for (uint e = 0u; e < 8u; ++e) {
+                        total[(i * FN + j) * 8u + e] += s * c_sh[sg * 256u + r * 16u + c + e];
+                    }
+                    subgroupBarrier();
                 }
             }
-            barrier();
-            uint kb = k0 / 128u;
-            for (uint j = 0u; j < PAIRS; ++j) {
-                uint pair = tid + 128u * j;
-                uint r = pair / (BN / 2u);
-                uint c = 2u * (pair % (BN / 2u));
-                uint row = m0 + r;
-                uint col = n0 + c;  // col and col + 1 share a 128-column scale block
-                float sa = row < p.m ? a_scales[row * k_blocks + kb] : 0.0;
-                float sb = col < p.n ? b_scales[(col / 128u) * k_blocks + kb] : 0.0;
-                total[2u * j] += (sa * sb) * c_sh[r * BN + c];
-                total[2u * j + 1u] += (sa * sb) * c_sh[r * BN + c + 1u];
-            }
-            barrier();
         }
     }
 
-    // n is a multiple of 8 and c is even, so both columns of a pair are inside or outside.
-    for (uint j = 0u; j < PAIRS; ++j) {
-        uint pair = tid + 128u * j;
-        uint row = m0 + pair / (BN / 2u);
-        uint col = n0 + 2u * (pair % (BN / 2u));
-        if (row < p.m && col < p.n) {
-            d_words[(row * p.n + col) >> 1] =
-                f32_to_bf16_bits(total[2u * j]) | (f32_to_bf16_bits(total[2u * j + 1u]) << 16);
+    // n is a multiple of 8 and each invocation holds 8 adjacent columns starting at a multiple
+    // of 8: they are all inside or all outside.
+    uint r = lane / 2u;
+    uint c = (lane % 2u) * 8u;
+    for (uint i = 0u; i < FM; ++i) {
+        uint row = m0 + wm + 16u * i + r;
+        for (uint j = 0u; j < FN; ++j) {
+            uint col = n0 + wn + 16u * j + c;
+            if (row < p.m && col < p.n) {
+                for (uint e = 0u; e < 8u; e += 2u) {
+                    uint t = (i * FN + j) * 8u + e;
+                    d_words[(row * p.n + col + e) >> 1] =
+                        f32_to_bf16_bits(total[t]) | (f32_to_bf16_bits(total[t + 1u]) << 16);
+                }
+            }
         }
     }
 }

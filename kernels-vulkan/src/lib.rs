@@ -79,6 +79,7 @@ pub mod shaders {
             crate::ops::fp8::FP8_QUANTIZE_CODES,
             crate::ops::fp8_gemm::FP8_GEMM,
             crate::ops::fp8_gemm::FP8_GEMM_COOPMAT,
+            crate::ops::fp8_gemm::FP8_GEMM_COOPMAT_LARGE,
             crate::ops::mla::MLA_APPEND,
             crate::ops::mla::MLA_DECODE,
             crate::ops::mla::MLA_COMBINE,

@@ -4,12 +4,15 @@
 //! 32-wide K slices of A and B through shared memory (decoded from E4M3 with integer operations,
 //! 16 KiB), sums each 128-wide K block in f32 and adds it to the total with its two scales.
 //!
-//! Cooperative-matrix path: `fp8_gemm_coopmat` (same tiles and contract) decodes E4M3 to f16
-//! (exact) into shared memory and multiplies with 16x16x16 f16 cooperative matrices accumulating
-//! in f32, one 128-wide K block at a time. It is chosen where the device offers that shape in
-//! subgroup scope with a fixed subgroup size of 32 (see
-//! [`VulkanBackend::fp8_gemm_uses_cooperative_matrix`]); `TESSERA_VULKAN_PORTABLE=1` turns it
-//! off, so that both paths can be tested on one device.
+//! Cooperative-matrix path: `fp8_gemm_coopmat` (same contract) decodes E4M3 to f16 (exactly,
+//! as the value times 2^-8, two bytes per integer operation) into shared memory and multiplies
+//! with 16x16x16 f16 cooperative matrices accumulating in f32, the next K step's global loads in
+//! flight meanwhile; at the end of each 128-wide K block every subgroup scales its sums into
+//! f32 registers through its own 16x16 scratch. Two tilings: 64x64 tiles of D (4 subgroups, K
+//! steps of 128) for small M, 128x128 (8 subgroups, K steps of 64) from M = [`LARGE_TILE_M`]
+//! (`fp8_gemm_coopmat_large`). It is chosen where the device offers that shape in subgroup scope
+//! with a fixed subgroup size of 32 (see [`VulkanBackend::fp8_gemm_uses_cooperative_matrix`]);
+//! `TESSERA_VULKAN_PORTABLE=1` turns it off, so that both paths can be tested on one device.
 
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
@@ -38,8 +41,8 @@ pub const FP8_GEMM: Shader = Shader {
     },
 };
 
-/// The cooperative-matrix GEMM (f16 operands, f32 accumulation). Bindings and push constants as
-/// [`FP8_GEMM`]; 128 invocations (four subgroups of 32).
+/// The cooperative-matrix GEMM (f16 operands, f32 accumulation), 64x64 tiles of D. Bindings
+/// and push constants as [`FP8_GEMM`]; 128 invocations (four subgroups of 32).
 pub const FP8_GEMM_COOPMAT: Shader = Shader {
     name: "fp8_gemm_coopmat",
     spirv: spirv!("fp8_gemm_coopmat"),
@@ -47,10 +50,27 @@ pub const FP8_GEMM_COOPMAT: Shader = Shader {
     push_constant_bytes: 12,
     resources: |_| ShaderResources {
         invocations: 128,
-        // A and B tiles of 64 x 32 f16, and a 64 x 64 f32 scratch tile.
-        shared_memory_bytes: 2 * 64 * 32 * 2 + 64 * 64 * 4,
+        // A and B tiles of 64 x (128 + 8) f16, and a 16 x 16 f32 scratch per subgroup.
+        shared_memory_bytes: 2 * 64 * 136 * 2 + 4 * 256 * 4,
     },
 };
+
+/// The cooperative-matrix GEMM with 128x128 tiles of D: 256 invocations (eight subgroups of 32).
+pub const FP8_GEMM_COOPMAT_LARGE: Shader = Shader {
+    name: "fp8_gemm_coopmat_large",
+    spirv: spirv!("fp8_gemm_coopmat_large"),
+    storage_buffers: 5,
+    push_constant_bytes: 12,
+    resources: |_| ShaderResources {
+        invocations: 256,
+        // A and B tiles of 128 x (64 + 8) f16, and a 16 x 16 f32 scratch per subgroup.
+        shared_memory_bytes: 2 * 128 * 72 * 2 + 8 * 256 * 4,
+    },
+};
+
+/// From this M on, the cooperative-matrix path uses 128x128 tiles of D
+/// ([`FP8_GEMM_COOPMAT_LARGE`]): below it, 64x64 tiles keep more workgroups in flight.
+pub const LARGE_TILE_M: usize = 512;
 
 /// Set to `1` to keep the Vulkan backend on its portable shaders even where cooperative
 /// matrices are available (to test that path on such a device).
@@ -80,8 +100,11 @@ impl VulkanBackend {
             && f.subgroup_size == 32
             && f.min_subgroup_size == 32
             && f.max_subgroup_size == 32
-            && f.max_shared_memory_bytes >= (FP8_GEMM_COOPMAT.resources)(&[]).shared_memory_bytes
-            && f.max_workgroup_invocations >= 128
+            && [FP8_GEMM_COOPMAT, FP8_GEMM_COOPMAT_LARGE].iter().all(|s| {
+                let r = (s.resources)(&[]);
+                f.max_shared_memory_bytes >= r.shared_memory_bytes
+                    && f.max_workgroup_invocations >= r.invocations
+            })
     }
 
     /// Records `D = A · Bᵀ` with block scales into `cmd`:
@@ -132,8 +155,14 @@ impl VulkanBackend {
         to_u32(OP, "m * k", m * k)?;
         to_u32(OP, "n * k", n * k)?;
         to_u32(OP, "m * n", m * n)?;
-        let groups_x = op.n.div_ceil(TILE) as u64;
-        let groups_y = op.m.div_ceil(TILE) as u64;
+        let coopmat = self.fp8_gemm_uses_cooperative_matrix();
+        let (shader, tile) = match (coopmat, op.m >= LARGE_TILE_M) {
+            (true, true) => (&FP8_GEMM_COOPMAT_LARGE, 2 * TILE),
+            (true, false) => (&FP8_GEMM_COOPMAT, TILE),
+            (false, _) => (&FP8_GEMM, TILE),
+        };
+        let groups_x = op.n.div_ceil(tile) as u64;
+        let groups_y = op.m.div_ceil(tile) as u64;
         if groups_x > f.max_workgroup_count[0] as u64 || groups_y > f.max_workgroup_count[1] as u64
         {
             return Err(Error::Unsupported {
@@ -145,11 +174,6 @@ impl VulkanBackend {
                 ),
             });
         }
-        let shader = if self.fp8_gemm_uses_cooperative_matrix() {
-            &FP8_GEMM_COOPMAT
-        } else {
-            &FP8_GEMM
-        };
         let pipeline = self.pipelines().get(shader, &[])?;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses.
