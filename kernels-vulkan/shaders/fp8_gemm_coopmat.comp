@@ -20,10 +20,11 @@
 // (the Rust side uses this shader only where the subgroup size is 32) computes a BM x BN tile of
 // D; each subgroup owns (BM / SG_M) x (BN / SG_N) of it as FM x FN accumulator matrices. K goes
 // through shared memory in steps of BK (A and B tiles as f16, rows padded by 8 halves against
-// bank conflicts), the next step's global loads (16 bytes each) in flight while the current one
-// is multiplied. At the end of each 128-wide K block every subgroup stores its accumulators one
-// at a time to its own 16x16 f32 scratch and each invocation adds 8 of the values, scaled, to
-// its registers (sA varies per row: it cannot be applied inside a cooperative matrix).
+// bank conflicts, written 8 values per vector store), the next step's global loads (16 bytes
+// each) in flight while the current one is multiplied. At the end of each 128-wide K block every
+// subgroup stores its accumulators one at a time to its own 16x16 f32 scratch and each
+// invocation adds 8 of the values, scaled, to its registers (sA varies per row: it cannot be
+// applied inside a cooperative matrix).
 // Dispatch: (ceil(n / BN), ceil(m / BM), 1).
 //
 // tessera-variant: fp8_gemm_coopmat_large -DBM=128 -DBN=128 -DBK=64 -DSG_M=2 -DSG_N=4
@@ -49,6 +50,7 @@
 #define FM (WM / 16)            // accumulator matrices per subgroup, down
 #define FN (WN / 16)            // and across
 #define STRIDE (BK + 8)         // halves per row of a shared tile
+#define VSTRIDE (STRIDE / 8)    // the same in 16-byte words
 #define A_LOADS (BM * BK / 16 / THREADS)  // 16-byte loads per invocation per K step
 #define B_LOADS (BN * BK / 16 / THREADS)
 
@@ -68,8 +70,10 @@ layout(push_constant, std430) uniform Params {
 
 #include "common.glsl"
 
-shared float16_t a_sh[BM * STRIDE];  // [row][k]
-shared float16_t b_sh[BN * STRIDE];  // [col][k]: read as a K x N column-major matrix
+// The tiles hold f16 values, 8 per 16-byte word (cooperative-matrix loads take offsets and
+// strides in words): stored with one vector store per 8 values.
+shared uvec4 a_sh[BM * VSTRIDE];  // [row][k]
+shared uvec4 b_sh[BN * VSTRIDE];  // [col][k]: read as a K x N column-major matrix
 shared float c_sh[SUBGROUPS * 256];  // one 16x16 f32 scratch per subgroup
 
 // The f16 bits of E4M3 bytes 0 and 1 of `w` (value · 2^-8), as one packed pair.
@@ -128,16 +132,13 @@ void main() {
         uint kv = (k0) / 16u + idx % (BK / 16u);                                   \
         rb[t] = (col < p.n && kv < row_vecs) ? b_vec[col * row_vecs + kv] : uvec4(0u); \
     }
+// 16 E4M3 values (one 16-byte load) into two words of 8 f16 at sh[base], sh[base + 1].
 #define STORE_VEC(sh, base, v)                                                     \
     {                                                                              \
-        for (uint q = 0u; q < 4u; ++q) {                                           \
-            f16vec2 lo = unpackFloat2x16(e4m3_pair_to_f16_bits(v[q]));            \
-            f16vec2 hi = unpackFloat2x16(e4m3_pair_to_f16_bits(v[q] >> 16));      \
-            sh[(base) + 4u * q] = lo.x;                                            \
-            sh[(base) + 4u * q + 1u] = lo.y;                                       \
-            sh[(base) + 4u * q + 2u] = hi.x;                                       \
-            sh[(base) + 4u * q + 3u] = hi.y;                                       \
-        }                                                                          \
+        sh[(base)] = uvec4(e4m3_pair_to_f16_bits(v.x), e4m3_pair_to_f16_bits(v.x >> 16), \
+                           e4m3_pair_to_f16_bits(v.y), e4m3_pair_to_f16_bits(v.y >> 16)); \
+        sh[(base) + 1u] = uvec4(e4m3_pair_to_f16_bits(v.z), e4m3_pair_to_f16_bits(v.z >> 16), \
+                                e4m3_pair_to_f16_bits(v.w), e4m3_pair_to_f16_bits(v.w >> 16)); \
     }
 
     LOAD_STEP(0u)
@@ -145,11 +146,11 @@ void main() {
         barrier();  // the previous step's multiplications are done with the tiles
         for (uint t = 0u; t < A_LOADS; ++t) {
             uint idx = tid + THREADS * t;
-            STORE_VEC(a_sh, (idx / (BK / 16u)) * STRIDE + 16u * (idx % (BK / 16u)), ra[t])
+            STORE_VEC(a_sh, (idx / (BK / 16u)) * VSTRIDE + 2u * (idx % (BK / 16u)), ra[t])
         }
         for (uint t = 0u; t < B_LOADS; ++t) {
             uint idx = tid + THREADS * t;
-            STORE_VEC(b_sh, (idx / (BK / 16u)) * STRIDE + 16u * (idx % (BK / 16u)), rb[t])
+            STORE_VEC(b_sh, (idx / (BK / 16u)) * VSTRIDE + 2u * (idx % (BK / 16u)), rb[t])
         }
         barrier();
         if (k0 + BK < p.k) {
@@ -160,11 +161,11 @@ void main() {
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma[FM];
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb[FN];
             for (uint i = 0u; i < FM; ++i) {
-                coopMatLoad(ma[i], a_sh, (wm + 16u * i) * STRIDE + 16u * s, STRIDE,
+                coopMatLoad(ma[i], a_sh, (wm + 16u * i) * VSTRIDE + 2u * s, VSTRIDE,
                             gl_CooperativeMatrixLayoutRowMajor);
             }
             for (uint j = 0u; j < FN; ++j) {
-                coopMatLoad(mb[j], b_sh, (wn + 16u * j) * STRIDE + 16u * s, STRIDE,
+                coopMatLoad(mb[j], b_sh, (wn + 16u * j) * VSTRIDE + 2u * s, VSTRIDE,
                             gl_CooperativeMatrixLayoutColumnMajor);
             }
             for (uint i = 0u; i < FM; ++i) {

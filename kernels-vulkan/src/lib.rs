@@ -55,7 +55,7 @@ pub use device::{
     CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation};
-pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources};
+pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources, SPIRV_DIR_ENV};
 pub use probe::{probe, VulkanDevice, VulkanProbe};
 
 use ash::vk;

@@ -19,6 +19,29 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tessera_core::{BackendKind, Error, Result};
 
+/// A development aid: where set, pipelines are built from `<dir>/<name>.spv` instead of the
+/// embedded SPIR-V for every shader that has such a file (so that shader variants can be tried on
+/// a GPU machine without rebuilding the Rust side). Each use is reported on stderr. The file must
+/// be a shader with the same bindings, push constants and resources as the embedded one.
+pub const SPIRV_DIR_ENV: &str = "TESSERA_VULKAN_SPIRV_DIR";
+
+/// The SPIR-V of `name` from [`SPIRV_DIR_ENV`], if that is set and holds the file.
+fn spirv_override(name: &str) -> Result<Option<Vec<u8>>> {
+    let Some(dir) = std::env::var_os(SPIRV_DIR_ENV).filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let path = std::path::Path::new(&dir).join(format!("{name}.spv"));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|e| Error::Device {
+        backend: BackendKind::Vulkan,
+        message: format!("{SPIRV_DIR_ENV}: cannot read {}: {e}", path.display()),
+    })?;
+    eprintln!("note: {SPIRV_DIR_ENV}: {name} from {}", path.display());
+    Ok(Some(bytes))
+}
+
 /// A compute shader embedded in the crate (SPIR-V from `shaders/spv/`, see the README's
 /// "Vulkan shaders" section), with what its pipeline layout needs.
 #[derive(Clone, Copy, Debug)]
@@ -103,12 +126,15 @@ impl Pipeline {
                 ),
             });
         }
-        let code = ash::util::read_spv(&mut std::io::Cursor::new(shader.spirv))
+        let spirv = spirv_override(shader.name)?;
+        let bytes = spirv.as_deref().unwrap_or(shader.spirv);
+        let code = ash::util::read_spv(&mut std::io::Cursor::new(bytes))
             .map_err(|e| device_error(format!("reading the SPIR-V of {}: {e}", shader.name)))?;
         let device = ctx.device();
         let module_info = vk::ShaderModuleCreateInfo::default().code(&code);
-        // SAFETY: `code` is a SPIR-V module produced by glslang (checked against the manifest
-        // by the tests); the module is destroyed below once the pipeline exists.
+        // SAFETY: `code` is a SPIR-V module produced by glslang (the embedded ones are checked
+        // against the manifest by the tests; an override is the developer's own build of the
+        // same source); the module is destroyed below once the pipeline exists.
         let module = unsafe { device.create_shader_module(&module_info, None) }
             .map_err(|e| vk_error(&format!("creating the shader module {}", shader.name), e))?;
 
