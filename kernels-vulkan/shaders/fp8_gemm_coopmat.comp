@@ -21,15 +21,18 @@
 // D; each subgroup owns (BM / SG_M) x (BN / SG_N) of it as FM x FN accumulator matrices. K goes
 // through shared memory in steps of BK (A and B tiles as f16, rows padded by 8 halves against
 // bank conflicts, written 8 values per vector store), the next step's global loads (16 bytes
-// each) in flight while the current one is multiplied. At the end of each 128-wide K block every
-// subgroup stores its accumulators one at a time to its own 16x16 f32 scratch and each
-// invocation adds 8 of the values, scaled, to its registers (sA varies per row: it cannot be
-// applied inside a cooperative matrix).
+// each) in flight while the current one is multiplied. At the end of each 128-wide K block the
+// block's sums are scaled into f32 total matrices element by element: sA varies per row, so each
+// invocation needs the row of each of its elements, which a probe matrix loaded once from
+// row * 16 + column tells (the element-to-invocation mapping is the implementation's, but the
+// same for every matrix of a type); sB is one value per tile. The totals leave through a 16x16
+// f32 scratch per subgroup.
 // Dispatch: (ceil(n / BN), ceil(m / BM), 1).
 //
 // tessera-variant: fp8_gemm_coopmat_large -DBM=128 -DBN=128 -DBK=64 -DSG_M=2 -DSG_N=4
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -75,6 +78,9 @@ layout(push_constant, std430) uniform Params {
 shared uvec4 a_sh[BM * VSTRIDE];  // [row][k]
 shared uvec4 b_sh[BN * VSTRIDE];  // [col][k]: read as a K x N column-major matrix
 shared float c_sh[SUBGROUPS * 256];  // one 16x16 f32 scratch per subgroup
+shared float sa_sh[BM];              // sA of the tile's rows for the current K block
+
+#define ACC coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
 
 // The f16 bits of E4M3 bytes 0 and 1 of `w` (value · 2^-8), as one packed pair.
 uint e4m3_pair_to_f16_bits(uint w) {
@@ -102,16 +108,23 @@ void main() {
     uint k_blocks = (p.k + 127u) / 128u;
     uint row_vecs = p.k / 16u;  // 16-byte words per row of A and B
 
-    // This invocation's 8 elements of every accumulator matrix: row lane / 2, columns
-    // (lane % 2) * 8 .. + 8 of each 16x16 piece.
-    float total[FM * FN * 8];
-    for (uint j = 0u; j < FM * FN * 8u; ++j) {
-        total[j] = 0.0;
+    // Which elements of a 16x16 accumulator this invocation holds (implementation-defined, the
+    // same for every matrix of the type): a probe matrix loaded from row * 16 + column.
+    for (uint e = lane; e < 256u; e += 32u) {
+        c_sh[sg * 256u + e] = float(e);
     }
-    coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> acc[FM][FN];
-    for (uint i = 0u; i < FM; ++i) {
-        for (uint j = 0u; j < FN; ++j) {
-            acc[i][j] = coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
+    subgroupMemoryBarrierShared();
+    subgroupBarrier();
+    ACC probe;
+    coopMatLoad(probe, c_sh, sg * 256u, 16u, gl_CooperativeMatrixLayoutRowMajor);
+
+    // Per accumulator matrix: the current 128-wide K block's sums and the scaled total.
+    ACC acc[FM][FN];
+    ACC total[FM][FN];
+    [[unroll]] for (uint i = 0u; i < FM; ++i) {
+        [[unroll]] for (uint j = 0u; j < FN; ++j) {
+            acc[i][j] = ACC(0.0);
+            total[i][j] = ACC(0.0);
         }
     }
 
@@ -120,13 +133,13 @@ void main() {
     uvec4 ra[A_LOADS];
     uvec4 rb[B_LOADS];
 #define LOAD_STEP(k0)                                                              \
-    for (uint t = 0u; t < A_LOADS; ++t) {                                          \
+    [[unroll]] for (uint t = 0u; t < A_LOADS; ++t) {                                          \
         uint idx = tid + THREADS * t;                                              \
         uint row = m0 + idx / (BK / 16u);                                          \
         uint kv = (k0) / 16u + idx % (BK / 16u);                                   \
         ra[t] = (row < p.m && kv < row_vecs) ? a_vec[row * row_vecs + kv] : uvec4(0u); \
     }                                                                              \
-    for (uint t = 0u; t < B_LOADS; ++t) {                                          \
+    [[unroll]] for (uint t = 0u; t < B_LOADS; ++t) {                                          \
         uint idx = tid + THREADS * t;                                              \
         uint col = n0 + idx / (BK / 16u);                                          \
         uint kv = (k0) / 16u + idx % (BK / 16u);                                   \
@@ -144,77 +157,76 @@ void main() {
     LOAD_STEP(0u)
     for (uint k0 = 0u; k0 < p.k; k0 += BK) {
         barrier();  // the previous step's multiplications are done with the tiles
-        for (uint t = 0u; t < A_LOADS; ++t) {
+        [[unroll]] for (uint t = 0u; t < A_LOADS; ++t) {
             uint idx = tid + THREADS * t;
             STORE_VEC(a_sh, (idx / (BK / 16u)) * VSTRIDE + 2u * (idx % (BK / 16u)), ra[t])
         }
-        for (uint t = 0u; t < B_LOADS; ++t) {
+        [[unroll]] for (uint t = 0u; t < B_LOADS; ++t) {
             uint idx = tid + THREADS * t;
             STORE_VEC(b_sh, (idx / (BK / 16u)) * VSTRIDE + 2u * (idx % (BK / 16u)), rb[t])
+        }
+        if (k0 % 128u == 0u) {  // a K block starts: its row scales (used at its end)
+            for (uint r = tid; r < BM; r += THREADS) {
+                uint row = m0 + r;
+                sa_sh[r] = row < p.m ? a_scales[row * k_blocks + k0 / 128u] : 0.0;
+            }
         }
         barrier();
         if (k0 + BK < p.k) {
             LOAD_STEP(k0 + BK)
         }
-        uint steps = min(uint(BK), p.k - k0) / 16u;
-        for (uint s = 0u; s < steps; ++s) {
+        // K steps past k multiply the zeros loaded there.
+        [[unroll]] for (uint s = 0u; s < BK / 16u; ++s) {
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> ma[FM];
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> mb[FN];
-            for (uint i = 0u; i < FM; ++i) {
+            [[unroll]] for (uint i = 0u; i < FM; ++i) {
                 coopMatLoad(ma[i], a_sh, (wm + 16u * i) * VSTRIDE + 2u * s, VSTRIDE,
                             gl_CooperativeMatrixLayoutRowMajor);
             }
-            for (uint j = 0u; j < FN; ++j) {
+            [[unroll]] for (uint j = 0u; j < FN; ++j) {
                 coopMatLoad(mb[j], b_sh, (wn + 16u * j) * VSTRIDE + 2u * s, VSTRIDE,
                             gl_CooperativeMatrixLayoutColumnMajor);
             }
-            for (uint i = 0u; i < FM; ++i) {
-                for (uint j = 0u; j < FN; ++j) {
+            [[unroll]] for (uint i = 0u; i < FM; ++i) {
+                [[unroll]] for (uint j = 0u; j < FN; ++j) {
                     acc[i][j] = coopMatMulAdd(ma[i], mb[j], acc[i][j]);
                 }
             }
         }
-        // End of a 128-wide K block (or of K): scale the block's sums into the totals, one
-        // accumulator matrix at a time through this subgroup's scratch.
+        // End of a 128-wide K block (or of K): scale the block's sums into the totals, element
+        // by element (the row of each element from the probe; sB is one value per tile).
         if ((k0 + BK) % 128u == 0u || k0 + BK >= p.k) {
             uint kb = k0 / 128u;
-            uint r = lane / 2u;
-            uint c = (lane % 2u) * 8u;
-            for (uint i = 0u; i < FM; ++i) {
-                uint row = m0 + wm + 16u * i + r;
-                float sa = row < p.m ? a_scales[row * k_blocks + kb] : 0.0;
-                for (uint j = 0u; j < FN; ++j) {
-                    uint col = n0 + wn + 16u * j;  // one 128-column scale block per piece
-                    float sb = col < p.n ? b_scales[(col / 128u) * k_blocks + kb] * 65536.0 : 0.0;
-                    coopMatStore(acc[i][j], c_sh, sg * 256u, 16u,
-                                 gl_CooperativeMatrixLayoutRowMajor);
-                    acc[i][j] =
-                        coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
-                    subgroupMemoryBarrierShared();
-                    subgroupBarrier();
-                    float s = sa * sb;
-                    for (uint e = 0u; e < 8u; ++e) {
-                        total[(i * FN + j) * 8u + e] += s * c_sh[sg * 256u + r * 16u + c + e];
+            float sb = n0 < p.n ? b_scales[(n0 / 128u) * k_blocks + kb] * 65536.0 : 0.0;
+            [[unroll]] for (uint i = 0u; i < FM; ++i) {
+                [[unroll]] for (uint j = 0u; j < FN; ++j) {
+                    [[unroll]] for (int e = 0; e < probe.length(); ++e) {
+                        uint r = wm + 16u * i + (uint(probe[e]) >> 4);
+                        total[i][j][e] += acc[i][j][e] * (sa_sh[r] * sb);
                     }
-                    subgroupBarrier();
+                    acc[i][j] = ACC(0.0);
                 }
             }
         }
     }
 
-    // n is a multiple of 8 and each invocation holds 8 adjacent columns starting at a multiple
-    // of 8: they are all inside or all outside.
+    // The totals through this subgroup's scratch, 8 adjacent columns per invocation: n is a
+    // multiple of 8 and they start at a multiple of 8, so they are all inside or all outside.
     uint r = lane / 2u;
     uint c = (lane % 2u) * 8u;
-    for (uint i = 0u; i < FM; ++i) {
+    [[unroll]] for (uint i = 0u; i < FM; ++i) {
         uint row = m0 + wm + 16u * i + r;
-        for (uint j = 0u; j < FN; ++j) {
+        [[unroll]] for (uint j = 0u; j < FN; ++j) {
+            subgroupBarrier();
+            coopMatStore(total[i][j], c_sh, sg * 256u, 16u, gl_CooperativeMatrixLayoutRowMajor);
+            subgroupMemoryBarrierShared();
+            subgroupBarrier();
             uint col = n0 + wn + 16u * j + c;
             if (row < p.m && col < p.n) {
-                for (uint e = 0u; e < 8u; e += 2u) {
-                    uint t = (i * FN + j) * 8u + e;
+                [[unroll]] for (uint e = 0u; e < 8u; e += 2u) {
+                    uint t = sg * 256u + r * 16u + c + e;
                     d_words[(row * p.n + col + e) >> 1] =
-                        f32_to_bf16_bits(total[t]) | (f32_to_bf16_bits(total[t + 1u]) << 16);
+                        f32_to_bf16_bits(c_sh[t]) | (f32_to_bf16_bits(c_sh[t + 1u]) << 16);
                 }
             }
         }

@@ -7,8 +7,8 @@
 //! Cooperative-matrix path: `fp8_gemm_coopmat` (same contract) decodes E4M3 to f16 (exactly,
 //! as the value times 2^-8, two bytes per integer operation) into shared memory and multiplies
 //! with 16x16x16 f16 cooperative matrices accumulating in f32, the next K step's global loads in
-//! flight meanwhile; at the end of each 128-wide K block every subgroup scales its sums into
-//! f32 registers through its own 16x16 scratch. Two tilings: 64x64 tiles of D (4 subgroups, K
+//! flight meanwhile; at the end of each 128-wide K block the sums are scaled into f32 total
+//! matrices element by element (each element's row known from a probe matrix). Two tilings: 64x64 tiles of D (4 subgroups, K
 //! steps of 128) for small M, 128x128 (8 subgroups, K steps of 64) from M = [`LARGE_TILE_M`]
 //! (`fp8_gemm_coopmat_large`). It is chosen where the device offers that shape in subgroup scope
 //! with a fixed subgroup size of 32 (see [`VulkanBackend::fp8_gemm_uses_cooperative_matrix`]);
@@ -50,8 +50,9 @@ pub const FP8_GEMM_COOPMAT: Shader = Shader {
     push_constant_bytes: 12,
     resources: |_| ShaderResources {
         invocations: 128,
-        // A and B tiles of 64 x (128 + 8) f16, and a 16 x 16 f32 scratch per subgroup.
-        shared_memory_bytes: 2 * 64 * 136 * 2 + 4 * 256 * 4,
+        // A and B tiles of 64 x (128 + 8) f16, a 16 x 16 f32 scratch per subgroup, 64 row
+        // scales.
+        shared_memory_bytes: 2 * 64 * 136 * 2 + 4 * 256 * 4 + 64 * 4,
     },
 };
 
@@ -63,8 +64,9 @@ pub const FP8_GEMM_COOPMAT_LARGE: Shader = Shader {
     push_constant_bytes: 12,
     resources: |_| ShaderResources {
         invocations: 256,
-        // A and B tiles of 128 x (64 + 8) f16, and a 16 x 16 f32 scratch per subgroup.
-        shared_memory_bytes: 2 * 128 * 72 * 2 + 8 * 256 * 4,
+        // A and B tiles of 128 x (64 + 8) f16, a 16 x 16 f32 scratch per subgroup, 128 row
+        // scales.
+        shared_memory_bytes: 2 * 128 * 72 * 2 + 8 * 256 * 4 + 128 * 4,
     },
 };
 
