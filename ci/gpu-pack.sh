@@ -19,10 +19,13 @@ for line in sys.stdin:
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["name"], m["executable"])
+        name = m["target"]["name"]
+        if "kernels-vulkan" in m.get("package_id", "") or "tessera-vulkan" in m.get("package_id", ""):
+            name = "vulkan_" + name
+        print(name, m["executable"])
 ' | while read -r name exe; do
     case "$name" in
-      conformance|compile_all|fp8_gemm_timing|attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
+      conformance|compile_all|fp8_gemm_timing|attention_timing|vulkan_attention) cp "$exe" "$pack/bin/test-$name" ;;
     esac
   done
 cargo build --release --locked -p tessera-bench
