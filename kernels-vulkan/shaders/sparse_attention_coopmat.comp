@@ -20,16 +20,19 @@
 //   3. two invocations per row run the online softmax in base 2 and f32 over the row's scores
 //      (max and sum combined with one subgroupShuffleXor), write the probabilities P rounded to
 //      f16 and the row's rescale factor alpha;
-//   4. P · V per 16 output columns with a fresh f32 accumulator, stored to a 16 x 16 scratch
-//      (the score region) from which each invocation adds its 4 rows x 2 columns into its f32
-//      output registers: o = alpha · o + 2^h · (P V') (cooperative matrices give neither row
+//   4. P · V per 16 output columns with a fresh f32 accumulator, stored to one of two 16 x 16
+//      scratches (in the score region, used alternately so that one subgroup barrier per chunk
+//      suffices) from which each invocation adds its 4 rows x 2 columns into its f32 output
+//      registers: o = alpha · o + 2^h · (P V') (cooperative matrices give neither row
 //      reductions nor per-row or per-column scaling, hence the trips through shared memory);
 //   5. a barrier before the next tile overwrites K and V.
+// The next tile's K and V are loaded into registers (LOAD_TILE) between steps 1 and 2, so that
+// the global loads overlap the matrix work.
 // Shared memory (bytes): 2 · max(2 · BKV, 64) · (HEAD_DIM + 8) for K and V (Q staging at the
-// start), 4 · 16 · (BKV + 4) · 4 scores, 4 · 16 · (BKV + 8) · 2 probabilities, and
-// 4 · (3 · 64 + BKV + 2 · HEAD_DIM) of row and column factors: at HEAD_DIM 128, BKV 32, 33.5 KiB;
-// at HEAD_DIM 64, BKV 64, 46 KiB (the host picks BKV from the device's limit and
-// sparse_attention_coopmat_shared_bytes mirrors this sum).
+// start), 4 · max(16 · (BKV + 4), 640) · 4 for scores and scratches, 4 · 16 · (BKV + 8) · 2
+// probabilities, and 4 · (3 · 64 + BKV + 2 · HEAD_DIM) of row and column factors: at HEAD_DIM
+// 128, BKV 32, 33.9 KiB; at HEAD_DIM 64, BKV 64, 45.5 KiB (the host picks BKV from the device's
+// limit; coopmat_shared_bytes in ops/attention.rs mirrors this sum).
 //
 // bf16 (IS_BF16 = 1): there are no bf16 matrices here, so bf16 values are converted to f16
 // exactly with power-of-two scales: a query row i is scaled by 2^-e_i, a key row j by 2^-f_j
@@ -64,6 +67,9 @@ const uint BQ = 64u;                  // query rows per workgroup
 const uint D8 = HEAD_DIM / 8u;        // uvec4s per row
 const uint DP = HEAD_DIM + 8u;        // padded row stride of K, V and Q in shared memory (f16)
 const uint SP = BKV + 4u;             // row stride of the scores (f32)
+const uint XP = 20u;                  // row stride of a 16 x 16 P·V scratch (f32)
+// Per subgroup: 16 rows of scores, or two P·V scratches (used alternately).
+const uint S_REGION = 16u * SP > 2u * 16u * XP ? 16u * SP : 2u * 16u * XP;
 const uint PP = BKV + 8u;             // row stride of the probabilities (f16)
 const uint KV_ROWS = 2u * BKV > BQ ? 2u * BKV : BQ;
 const uint LOADS = BKV * D8 / 128u;   // uvec4s of K (and of V) per invocation and tile
@@ -91,7 +97,7 @@ layout(push_constant, std430) uniform Params {
 #include "half.glsl"
 
 shared float16_t kv_sh[KV_ROWS * DP];  // K rows 0 .. BKV-1, V rows BKV .. 2 BKV-1 (Q at first)
-shared float s_sh[4u * 16u * SP];      // per subgroup: 16 x BKV scores, then 16 x 16 P·V scratch
+shared float s_sh[4u * S_REGION];      // per subgroup: 16 x BKV scores, then P·V scratches
 shared float16_t p_sh[4u * 16u * PP];  // per subgroup: 16 x BKV probabilities
 shared float q_factor[BQ];             // 2^e_i · scale · log2(e)
 shared float alpha_sh[BQ];             // this tile's rescale factor of each row, 1/l at the end
@@ -151,6 +157,40 @@ uint encode16(float x) {
     }
     return f32_to_f16_bits(x);
 }
+
+// Moves (e, k0, k_end) to the next tile of BKV keys of the query tile's block row: the next
+// keys of block e, else the first of the next listed block (entries naming no block are
+// skipped). Returns false past the last entry (`end`). Uniform over the workgroup.
+bool next_tile(inout uint e, inout uint k0, inout uint k_end, uint end) {
+    k0 += BKV;
+    if (k0 < k_end) {
+        return true;
+    }
+    for (e += 1u; e < end; e += 1u) {
+        uint cb = mask_words[p.num_blocks + 1u + e];
+        if (cb < p.num_blocks) {
+            k0 = cb * p.block_size;
+            k_end = min(k0 + p.block_size, p.tokens);
+            return true;
+        }
+    }
+    return false;
+}
+
+// K and V of the tile at k0 into k_regs and v_regs: this invocation's uvec4s (key j, part),
+// zero for keys j >= NK (never read: past the block's end or past tokens).
+#define LOAD_TILE(NK)                                                   \
+    [[unroll]] for (uint it = 0u; it < LOADS; ++it) {                   \
+        uint idx = tid + 128u * it;                                     \
+        uint j = idx / D8;                                              \
+        k_regs[it] = uvec4(0u);                                         \
+        v_regs[it] = uvec4(0u);                                         \
+        if (j < (NK)) {                                                 \
+            uint at = base4 + (k0 + j) * token4 + idx % D8;             \
+            k_regs[it] = k4[at];                                        \
+            v_regs[it] = v4[at];                                        \
+        }                                                               \
+    }
 
 void main() {
     uint g = linear_workgroup_id();
@@ -225,174 +265,172 @@ void main() {
     uint soft_half = lane / 16u;
     float m_run = NEG_INF;
     float l_run = 0.0;
-    uint s_base = sg * 16u * SP;
+    uint s_base = sg * S_REGION;
     uint p_base = sg * 16u * PP;
 
     uint start = min(mask_words[r], p.nnz);
     uint end = min(mask_words[r + 1u], p.nnz);
-    for (uint e = start; e < end; ++e) {
-        uint cb = mask_words[p.num_blocks + 1u + e];
-        if (cb >= p.num_blocks) {
-            continue;  // uniform
+    // The first tile (e wraps below 0 when start is 0: next_tile increments it first), loaded
+    // into registers; each iteration stores its tile to shared memory and loads the next one
+    // into registers before computing, so that the loads overlap the matrix work.
+    uint e = start - 1u;
+    uint k0 = 0u;
+    uint k_end = 0u;
+    bool have = next_tile(e, k0, k_end, end);
+    uvec4 k_regs[LOADS];
+    uvec4 v_regs[LOADS];
+    LOAD_TILE(have ? min(BKV, k_end - k0) : 0u)
+    while (have) {  // uniform
+        uint nk = min(BKV, k_end - k0);
+        // 1. K (with its row factors) and V into shared memory.
+        // bf16: largest |V| bits of this invocation's 8 columns (even ones, odd ones).
+        uvec4 v_col_bits = uvec4(0u);
+        uvec4 v_col_bits2 = uvec4(0u);
+        [[unroll]] for (uint it = 0u; it < LOADS; ++it) {
+            uint idx = tid + 128u * it;
+            uint j = idx / D8;
+            uint part = idx % D8;
+            uvec4 kw = k_regs[it];
+            uvec4 vw = v_regs[it];
+            float factor = 1.0;
+            if (IS_BF16 != 0u) {
+                int f = scale_exponent(row_max(max_bits(kw)));
+                factor = pow2(-f);
+                if (part == 0u) {
+                    k_factor[j] = pow2(f);
+                }
+                v_col_bits = max(v_col_bits, vw & 0x7fffu);
+                v_col_bits2 = max(v_col_bits2, (vw >> 16) & 0x7fffu);
+            } else {
+                store8((BKV + j) * DP + 8u * part, vw, 1.0);
+            }
+            store8(j * DP + 8u * part, kw, factor);
         }
-        uint k_begin = cb * p.block_size;
-        uint k_end = min(k_begin + p.block_size, p.tokens);
-        for (uint k0 = k_begin; k0 < k_end; k0 += BKV) {
-            uint nk = min(BKV, k_end - k0);
-            // 1. K (with its row factors) and V into shared memory.
-            uvec4 v_words[LOADS];
-            // bf16: largest |V| bits of this invocation's 8 columns (even ones, odd ones).
-            uvec4 v_col_bits = uvec4(0u);
-            uvec4 v_col_bits2 = uvec4(0u);
+        if (IS_BF16 != 0u) {
+            // Column maxima: over the invocations of this subgroup with the same columns
+            // (lanes D8 apart), then across subgroups through shared memory.
+            [[unroll]] for (uint off = D8; off < 32u; off <<= 1) {
+                v_col_bits = max(v_col_bits, subgroupShuffleXor(v_col_bits, off));
+                v_col_bits2 = max(v_col_bits2, subgroupShuffleXor(v_col_bits2, off));
+            }
+            uint part = tid % D8;
+            if (lane < D8) {
+                [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+                    atomicMax(v_max[8u * part + 2u * i], v_col_bits[i]);
+                    atomicMax(v_max[8u * part + 2u * i + 1u], v_col_bits2[i]);
+                }
+            }
+            barrier();
             [[unroll]] for (uint it = 0u; it < LOADS; ++it) {
                 uint idx = tid + 128u * it;
                 uint j = idx / D8;
-                uint part = idx % D8;
-                uint at = base4 + (k0 + j) * token4 + part;
-                uvec4 kw = uvec4(0u);
-                uvec4 vw = uvec4(0u);
-                if (j < nk) {  // keys past the block's end (and past tokens) are never read
-                    kw = k4[at];
-                    vw = v4[at];
-                }
-                float factor = 1.0;
-                if (IS_BF16 != 0u) {
-                    int f = scale_exponent(row_max(max_bits(kw)));
-                    factor = pow2(-f);
-                    if (part == 0u) {
-                        k_factor[j] = pow2(f);
-                    }
-                    v_col_bits = max(v_col_bits, vw & 0x7fffu);
-                    v_col_bits2 = max(v_col_bits2, (vw >> 16) & 0x7fffu);
-                    v_words[it] = vw;
-                } else {
-                    store8((BKV + j) * DP + 8u * part, vw, 1.0);
-                }
-                store8(j * DP + 8u * part, kw, factor);
-            }
-            if (IS_BF16 != 0u) {
-                // Column maxima: over the invocations of this subgroup with the same columns
-                // (lanes D8 apart), then across subgroups through shared memory.
-                [[unroll]] for (uint off = D8; off < 32u; off <<= 1) {
-                    v_col_bits = max(v_col_bits, subgroupShuffleXor(v_col_bits, off));
-                    v_col_bits2 = max(v_col_bits2, subgroupShuffleXor(v_col_bits2, off));
-                }
-                uint part = tid % D8;
-                if (lane < D8) {
-                    [[unroll]] for (uint i = 0u; i < 4u; ++i) {
-                        atomicMax(v_max[8u * part + 2u * i], v_col_bits[i]);
-                        atomicMax(v_max[8u * part + 2u * i + 1u], v_col_bits2[i]);
-                    }
-                }
-                barrier();
-                [[unroll]] for (uint it = 0u; it < LOADS; ++it) {
-                    uint idx = tid + 128u * it;
-                    uint j = idx / D8;
-                    uvec4 vw = v_words[it];
-                    [[unroll]] for (uint i = 0u; i < 4u; ++i) {
-                        uint d = 8u * part + 2u * i;
-                        float f0 = pow2(-scale_exponent(v_max[d]));
-                        float f1 = pow2(-scale_exponent(v_max[d + 1u]));
-                        uint at = (BKV + j) * DP + d;
-                        kv_sh[at] = float16_t(uintBitsToFloat(vw[i] << 16) * f0);
-                        kv_sh[at + 1u] = float16_t(uintBitsToFloat(vw[i] & 0xffff0000u) * f1);
-                    }
-                }
-                if (tid < HEAD_DIM) {
-                    v_factor[tid] = pow2(scale_exponent(v_max[tid]));
+                uvec4 vw = v_regs[it];
+                [[unroll]] for (uint i = 0u; i < 4u; ++i) {
+                    uint d = 8u * part + 2u * i;
+                    float f0 = pow2(-scale_exponent(v_max[d]));
+                    float f1 = pow2(-scale_exponent(v_max[d + 1u]));
+                    uint at = (BKV + j) * DP + d;
+                    kv_sh[at] = float16_t(uintBitsToFloat(vw[i] << 16) * f0);
+                    kv_sh[at + 1u] = float16_t(uintBitsToFloat(vw[i] & 0xffff0000u) * f1);
                 }
             }
-            barrier();
-            if (IS_BF16 != 0u && tid < HEAD_DIM) {
-                v_max[tid] = 0u;  // for the next tile: every read of it is before the barrier
+            if (tid < HEAD_DIM) {
+                v_factor[tid] = pow2(scale_exponent(v_max[tid]));
             }
-
-            // 2. Scores of the subgroup's 16 rows.
-            [[unroll]] for (uint jb = 0u; jb < BKV / 16u; ++jb) {
-                coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> s_acc =
-                    coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
-                [[unroll]] for (uint db = 0u; db < HEAD_DIM / 16u; ++db) {
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> k_mat;
-                    coopMatLoad(k_mat, kv_sh, (16u * jb) * DP + 16u * db, DP,
-                                gl_CooperativeMatrixLayoutColumnMajor);
-                    s_acc = coopMatMulAdd(q_mat[db], k_mat, s_acc);
-                }
-                coopMatStore(s_acc, s_sh, s_base + 16u * jb, SP,
-                             gl_CooperativeMatrixLayoutRowMajor);
-            }
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-
-            // 3. Online softmax: invocations l and l + 16 share row l % 16, half the keys each.
-            float row_factor = q_factor[16u * sg + soft_row];
-            float s[HALF];
-            float m_tile = NEG_INF;
-            [[unroll]] for (uint jj = 0u; jj < HALF; ++jj) {
-                uint j = soft_half * HALF + jj;
-                float x = s_sh[s_base + soft_row * SP + j] * row_factor;
-                if (IS_BF16 != 0u) {
-                    x *= k_factor[j];
-                }
-                s[jj] = j < nk ? x : NEG_INF;
-                m_tile = max(m_tile, s[jj]);
-            }
-            m_tile = max(m_tile, subgroupShuffleXor(m_tile, 16u));
-            float m_new = max(m_run, m_tile);
-            // m_run is -inf before the first tile: alpha = 0 then (m_new is finite, nk >= 1).
-            float alpha = exp2(m_run - m_new);
-            float sum = 0.0;
-            [[unroll]] for (uint jj = 0u; jj < HALF; ++jj) {
-                float pj = exp2(s[jj] - m_new);
-                sum += pj;
-                p_sh[p_base + soft_row * PP + soft_half * HALF + jj] = float16_t(pj);
-            }
-            sum += subgroupShuffleXor(sum, 16u);
-            l_run = l_run * alpha + sum;
-            m_run = m_new;
-            if (soft_half == 0u) {
-                alpha_sh[16u * sg + soft_row] = alpha;
-            }
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-
-            // 4. o = alpha · o + 2^h · (P · V'), 16 columns at a time.
-            coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> p_mat[BKV / 16u];
-            [[unroll]] for (uint kb = 0u; kb < BKV / 16u; ++kb) {
-                coopMatLoad(p_mat[kb], p_sh, p_base + 16u * kb, PP,
-                            gl_CooperativeMatrixLayoutRowMajor);
-            }
-            float row_alpha[4];
-            [[unroll]] for (uint t = 0u; t < 4u; ++t) {
-                row_alpha[t] = alpha_sh[16u * sg + own_row + 4u * t];
-            }
-            [[unroll]] for (uint c = 0u; c < HEAD_DIM / 16u; ++c) {
-                coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> pv =
-                    coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
-                [[unroll]] for (uint kb = 0u; kb < BKV / 16u; ++kb) {
-                    coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> v_mat;
-                    coopMatLoad(v_mat, kv_sh, (BKV + 16u * kb) * DP + 16u * c, DP,
-                                gl_CooperativeMatrixLayoutRowMajor);
-                    pv = coopMatMulAdd(p_mat[kb], v_mat, pv);
-                }
-                coopMatStore(pv, s_sh, s_base, SP, gl_CooperativeMatrixLayoutRowMajor);
-                subgroupMemoryBarrierShared();
-                subgroupBarrier();
-                vec2 col_factor = vec2(1.0);
-                if (IS_BF16 != 0u) {
-                    col_factor = vec2(v_factor[16u * c + own_col],
-                                      v_factor[16u * c + own_col + 1u]);
-                }
-                [[unroll]] for (uint t = 0u; t < 4u; ++t) {
-                    uint at = s_base + (own_row + 4u * t) * SP + own_col;
-                    vec2 part_pv = vec2(s_sh[at], s_sh[at + 1u]);
-                    acc[c][t] = acc[c][t] * row_alpha[t] + part_pv * col_factor;
-                }
-                subgroupMemoryBarrierShared();
-                subgroupBarrier();
-            }
-            // 5. Every subgroup is done with K and V.
-            barrier();
         }
+        barrier();
+        if (IS_BF16 != 0u && tid < HEAD_DIM) {
+            v_max[tid] = 0u;  // for the next tile: every read of it is before the barrier
+        }
+        // The next tile's K and V into registers (this tile's nk is kept).
+        have = next_tile(e, k0, k_end, end);
+        LOAD_TILE(have ? min(BKV, k_end - k0) : 0u)
+
+        // 2. Scores of the subgroup's 16 rows.
+        [[unroll]] for (uint jb = 0u; jb < BKV / 16u; ++jb) {
+            coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> s_acc =
+                coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
+            [[unroll]] for (uint db = 0u; db < HEAD_DIM / 16u; ++db) {
+                coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> k_mat;
+                coopMatLoad(k_mat, kv_sh, (16u * jb) * DP + 16u * db, DP,
+                            gl_CooperativeMatrixLayoutColumnMajor);
+                s_acc = coopMatMulAdd(q_mat[db], k_mat, s_acc);
+            }
+            coopMatStore(s_acc, s_sh, s_base + 16u * jb, SP,
+                         gl_CooperativeMatrixLayoutRowMajor);
+        }
+        subgroupMemoryBarrierShared();
+        subgroupBarrier();
+
+        // 3. Online softmax: invocations l and l + 16 share row l % 16, half the keys each.
+        float row_factor = q_factor[16u * sg + soft_row];
+        float s[HALF];
+        float m_tile = NEG_INF;
+        [[unroll]] for (uint jj = 0u; jj < HALF; ++jj) {
+            uint j = soft_half * HALF + jj;
+            float x = s_sh[s_base + soft_row * SP + j] * row_factor;
+            if (IS_BF16 != 0u) {
+                x *= k_factor[j];
+            }
+            s[jj] = j < nk ? x : NEG_INF;
+            m_tile = max(m_tile, s[jj]);
+        }
+        m_tile = max(m_tile, subgroupShuffleXor(m_tile, 16u));
+        float m_new = max(m_run, m_tile);
+        // m_run is -inf before the first tile: alpha = 0 then (m_new is finite, nk >= 1).
+        float alpha = exp2(m_run - m_new);
+        float sum = 0.0;
+        [[unroll]] for (uint jj = 0u; jj < HALF; ++jj) {
+            float pj = exp2(s[jj] - m_new);
+            sum += pj;
+            p_sh[p_base + soft_row * PP + soft_half * HALF + jj] = float16_t(pj);
+        }
+        sum += subgroupShuffleXor(sum, 16u);
+        l_run = l_run * alpha + sum;
+        m_run = m_new;
+        if (soft_half == 0u) {
+            alpha_sh[16u * sg + soft_row] = alpha;
+        }
+        subgroupMemoryBarrierShared();
+        subgroupBarrier();
+
+        // 4. o = alpha · o + 2^h · (P · V'), 16 columns at a time.
+        coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> p_mat[BKV / 16u];
+        [[unroll]] for (uint kb = 0u; kb < BKV / 16u; ++kb) {
+            coopMatLoad(p_mat[kb], p_sh, p_base + 16u * kb, PP,
+                        gl_CooperativeMatrixLayoutRowMajor);
+        }
+        float row_alpha[4];
+        [[unroll]] for (uint t = 0u; t < 4u; ++t) {
+            row_alpha[t] = alpha_sh[16u * sg + own_row + 4u * t];
+        }
+        [[unroll]] for (uint c = 0u; c < HEAD_DIM / 16u; ++c) {
+            coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator> pv =
+                coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>(0.0);
+            [[unroll]] for (uint kb = 0u; kb < BKV / 16u; ++kb) {
+                coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> v_mat;
+                coopMatLoad(v_mat, kv_sh, (BKV + 16u * kb) * DP + 16u * c, DP,
+                            gl_CooperativeMatrixLayoutRowMajor);
+                pv = coopMatMulAdd(p_mat[kb], v_mat, pv);
+            }
+            // Scratch c % 2: the reads of chunk c - 2 from it came before the last barrier.
+            uint scratch = s_base + (c % 2u) * 16u * XP;
+            coopMatStore(pv, s_sh, scratch, XP, gl_CooperativeMatrixLayoutRowMajor);
+            subgroupMemoryBarrierShared();
+            subgroupBarrier();
+            vec2 col_factor = vec2(1.0);
+            if (IS_BF16 != 0u) {
+                col_factor = vec2(v_factor[16u * c + own_col],
+                                  v_factor[16u * c + own_col + 1u]);
+            }
+            [[unroll]] for (uint t = 0u; t < 4u; ++t) {
+                uint at = scratch + (own_row + 4u * t) * XP + own_col;
+                vec2 part_pv = vec2(s_sh[at], s_sh[at + 1u]);
+                acc[c][t] = acc[c][t] * row_alpha[t] + part_pv * col_factor;
+            }
+        }
+        // 5. Every subgroup is done with K and V.
+        barrier();
     }
 
     // Normalize and write: o rows by the owners of their columns, lse by the softmax lanes.

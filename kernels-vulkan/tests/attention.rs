@@ -432,3 +432,60 @@ fn bf16_far_outside_f16_range_matches_reference() {
         check_case(&backend, &op, &m, &q, &k, &v, &label);
     }
 }
+
+/// Dense attention at 8192 tokens x 24 heads, head_dim 128, blocks of 128 (the CUDA kernel's
+/// reference shape), f16 and bf16, on the path the device takes: wall-clock time per call of 5
+/// calls recorded into one command buffer, over device-local buffers (their contents do not
+/// matter for the time). On a real GPU: `cargo test --release -p tessera-vulkan --test attention
+/// -- --ignored --nocapture`, with and without `TESSERA_VULKAN_PORTABLE=1`.
+#[test]
+#[ignore = "timing at model size, for real GPUs"]
+fn dense_attention_timing() {
+    let Some(backend) = backend() else { return };
+    let ctx = backend.context();
+    let (tokens, heads, head_dim, block) = (8192, 24, 128, 128);
+    let m = dense_mask(tokens, block);
+    let device_mask = VulkanBlockMask::new(&backend, &m).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let op = SparseAttention::new(1, tokens, heads, head_dim, dtype);
+        let bytes = 2 * op.qkv_len() as u64;
+        let buffer = |n: u64| Buffer::new(ctx, n, MemoryLocation::DeviceLocal).unwrap();
+        let (q, k, v, o) = (buffer(bytes), buffer(bytes), buffer(bytes), buffer(bytes));
+        let lse = buffer(4 * op.lse_len() as u64);
+        let run = |calls: usize| -> f64 {
+            let start = Instant::now();
+            backend
+                .run_and_wait(|cmd| {
+                    for _ in 0..calls {
+                        // SAFETY: `cmd` is the backend's command buffer, recording; the buffers
+                        // are live storage buffers of its device, kept until the work is done.
+                        unsafe {
+                            backend.record_sparse_attention(
+                                cmd,
+                                &op,
+                                &device_mask,
+                                q.range(),
+                                k.range(),
+                                v.range(),
+                                o.range(),
+                                lse.range(),
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            start.elapsed().as_secs_f64()
+        };
+        run(1); // pipeline creation, warm-up
+        let calls = 5;
+        let secs = run(calls) / calls as f64;
+        let flops = 4.0 * (tokens as f64).powi(2) * head_dim as f64 * heads as f64;
+        println!(
+            "dense t{tokens} h{heads} d{head_dim} B{block} {dtype} [{}]: {:.2} ms, {:.1} TFLOPS",
+            path(&backend, block, head_dim),
+            secs * 1e3,
+            flops / secs / 1e12
+        );
+    }
+}

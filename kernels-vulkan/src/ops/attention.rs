@@ -105,13 +105,13 @@ pub const SPARSE_ATTENTION_COOPMAT: Shader = Shader {
 pub const COOPMAT_QUERY_TILE: u32 = 64;
 
 /// Shared memory of `sparse_attention_coopmat` with `bkv` keys per tile: K and V tiles of f16
-/// rows padded to `head_dim + 8` (at least 64 rows in all, which hold Q at the start), 4 x 16
-/// rows of f32 scores and of f16 probabilities (padded to `bkv + 4` and `bkv + 8`), and the row
-/// and column factors.
+/// rows padded to `head_dim + 8` (at least 64 rows in all, which hold Q at the start), per
+/// subgroup 16 rows of f32 scores (padded to `bkv + 4`; room for at least two 16 x 20 scratches
+/// of `P · V`) and of f16 probabilities (padded to `bkv + 8`), and the row and column factors.
 pub fn coopmat_shared_bytes(head_dim: u32, bkv: u32) -> u32 {
     let kv_rows = (2 * bkv).max(COOPMAT_QUERY_TILE);
     let kv = 2 * kv_rows * (head_dim + 8);
-    let scores = 4 * 16 * (bkv + 4) * 4;
+    let scores = 4 * (16 * (bkv + 4)).max(2 * 16 * 20) * 4;
     let probs = 4 * 16 * (bkv + 8) * 2;
     let factors = 4 * (3 * COOPMAT_QUERY_TILE + bkv + 2 * head_dim);
     kv + scores + probs + factors
