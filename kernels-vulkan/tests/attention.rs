@@ -433,6 +433,42 @@ fn bf16_far_outside_f16_range_matches_reference() {
     }
 }
 
+#[test]
+fn growing_scores_and_values_match_reference() {
+    let Some(backend) = backend() else { return };
+    // Key j times 1 + j/32 and value j times 2^(j/16) (bf16) or 2^(j/64) (f16): the rows'
+    // score maxima grow across the key tiles (by far more than 2^8) and so do the value
+    // columns, so the online softmax's rescaling and, for bf16 on the cooperative-matrix path,
+    // the value columns' power-of-two exponents change from tile to tile.
+    for (dtype, head_dim, block) in [
+        (DType::BF16, 128, 64),
+        (DType::BF16, 64, 128),
+        (DType::F16, 128, 128),
+        (DType::F16, 64, 64),
+    ] {
+        let (tokens, heads) = (301, 2);
+        let op = SparseAttention::new(1, tokens, heads, head_dim, dtype);
+        let m = dense_mask(tokens, block);
+        let n = op.qkv_len();
+        let token = |i: usize| (i / head_dim / heads) as f32;
+        let rate = if dtype == DType::BF16 { 16.0 } else { 64.0 };
+        let q = values(n, 80);
+        let k: Vec<f32> = values(n, 81)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * (1.0 + token(i) / 32.0))
+            .collect();
+        let v: Vec<f32> = values(n, 82)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * (token(i) / rate).exp2())
+            .collect();
+        let (q, k, v) = (tensor(dtype, &q), tensor(dtype, &k), tensor(dtype, &v));
+        let label = format!("growing t{tokens} d{head_dim} B{block} {dtype}");
+        check_case(&backend, &op, &m, &q, &k, &v, &label);
+    }
+}
+
 /// Dense attention at 8192 tokens x 24 heads, head_dim 128, blocks of 128 (the CUDA kernel's
 /// reference shape), f16 and bf16, on the path the device takes: wall-clock time per call of 5
 /// calls recorded into one command buffer, over device-local buffers (their contents do not
