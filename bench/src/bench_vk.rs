@@ -172,6 +172,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .map_or("n/a".into(), |v| format!("{v:.0}")),
         ceilings.matmul_impl
     );
+    // The suite's attention cases are head_dim 128 with blocks of 64 or 128: one path for all.
+    let attention_path = if backend.attention_uses_cooperative_matrix(64, 128) {
+        "cooperative matrix"
+    } else {
+        "portable"
+    };
     let gemm_path = if coopmat {
         "cooperative matrix"
     } else {
@@ -197,7 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "buffers: device-local, filled once with random data via a host staging buffer".into(),
                 format!("fp8_gemm: {gemm_path} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets"),
                 "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
-                "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set".into(),
+                format!("attention: {attention_path} path; bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set"),
                 format!(
                     "copy ceiling: a compute-shader copy of up to 1 GiB (record_copy_words), read + \
                      write bytes; vkCmdCopyBuffer of the same buffers: {} GB/s",

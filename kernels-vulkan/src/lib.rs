@@ -24,8 +24,8 @@
 //!
 //! Ops: the FP8 quantizers, the block-scaled FP8 GEMM, block-sparse attention, and the MLA cache append and paged
 //! decode, on the portable path (32-bit storage words, subgroup arithmetic, no 8/16-bit
-//! arithmetic), plus a cooperative-matrix FP8 GEMM where the device offers f16 16x16x16
-//! matrices.
+//! arithmetic), plus cooperative-matrix FP8 GEMM and sparse attention where the device offers
+//! f16 16x16x16 matrices.
 
 #![warn(missing_docs)]
 
@@ -84,6 +84,7 @@ pub mod shaders {
             crate::ops::mla::MLA_DECODE,
             crate::ops::mla::MLA_COMBINE,
             crate::ops::attention::SPARSE_ATTENTION,
+            crate::ops::attention::SPARSE_ATTENTION_COOPMAT,
             crate::arith_check::CHECK_ARITH,
             crate::ops::copy::COPY_WORDS,
         ]
@@ -136,7 +137,15 @@ impl VulkanBackend {
         } else {
             "portable"
         };
-        backend.info.name = format!("{}, FP8 GEMM: {gemm_path}", backend.info.name);
+        let attention_path = if backend.attention_uses_cooperative_matrix(64, 128) {
+            "cooperative matrix"
+        } else {
+            "portable"
+        };
+        backend.info.name = format!(
+            "{}, FP8 GEMM: {gemm_path}, attention: {attention_path}",
+            backend.info.name
+        );
         backend.info.features.matrix_units = gemm_path == "cooperative matrix";
         Ok(backend)
     }

@@ -1,6 +1,8 @@
 //! Sparse attention on the Vulkan device against the f64 reference: a few fixed shapes (partial
 //! last blocks, both block sizes, both head dims, f16 and bf16), through the host API and the
-//! device API (one mask uploaded once, used by two calls in one command buffer).
+//! device API (one mask uploaded once, used by two calls in one command buffer); random shapes
+//! and edge cases on whichever path the device takes, bf16 inputs far outside f16's range (the
+//! cooperative-matrix path's power-of-two scaling), and which path is taken.
 
 use half::f16;
 use std::time::Instant;
@@ -8,6 +10,8 @@ use tessera_core::ops::attention::SparseAttention;
 use tessera_core::{Backend, BlockMask, DType, Tensor};
 use tessera_reference::attention as ref_attn;
 use tessera_vulkan::ops::attention::VulkanBlockMask;
+use tessera_vulkan::ops::PORTABLE_ENV;
+use tessera_vulkan::MatrixComponent;
 use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend};
 
 fn backend() -> Option<VulkanBackend> {
@@ -254,4 +258,270 @@ fn device_api_with_an_uploaded_mask() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The path the host API takes for a block size and head dim, for the test logs.
+fn path(backend: &VulkanBackend, block: usize, head_dim: usize) -> &'static str {
+    if backend.attention_uses_cooperative_matrix(block, head_dim) {
+        "cooperative matrix"
+    } else {
+        "portable"
+    }
+}
+
+/// Runs one case through the host API (outputs pre-filled with NaN) and checks it against the
+/// reference with the conformance tolerances; returns the errors.
+fn check_case(
+    backend: &VulkanBackend,
+    op: &SparseAttention,
+    m: &BlockMask,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    label: &str,
+) -> (f64, f64) {
+    let out = backend
+        .sparse_attention(op, m, q.as_ref(), k.as_ref(), v.as_ref())
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let (o_err, lse_err) = errors(op, m, q, k, v, &out.o.to_f32_vec(), &out.lse);
+    println!(
+        "{label} [{}]: o rel_l2 {o_err:.2e}, lse max abs {lse_err:.2e}",
+        path(backend, m.block_size(), op.head_dim)
+    );
+    let tol = if op.dtype == DType::F16 { 3e-3 } else { 1e-2 };
+    assert!(o_err <= tol, "{label}: o rel_l2 {o_err:e}");
+    assert!(lse_err <= 2e-3, "{label}: lse {lse_err:e}");
+    (o_err, lse_err)
+}
+
+/// Every block on: each query row sees the partial last block when the token count is not a
+/// multiple of the block size.
+fn dense_mask(tokens: usize, block: usize) -> BlockMask {
+    let nb = tokens.div_ceil(block);
+    BlockMask::from_dense_bitmap(tokens, block, &vec![true; nb * nb]).unwrap()
+}
+
+#[test]
+fn cooperative_matrix_path_is_taken_where_offered() {
+    let Some(backend) = backend() else { return };
+    let f = backend.features();
+    // Block sizes that 64 does not divide always take the portable path.
+    for (block, d) in [(48, 64), (100, 128), (32, 64)] {
+        assert!(!backend.attention_uses_cooperative_matrix(block, d));
+    }
+    let offered = f.cooperative_matrix
+        && f.cooperative_matrix_shapes.iter().any(|s| {
+            s.subgroup_scope
+                && (s.m, s.n, s.k) == (16, 16, 16)
+                && s.a == MatrixComponent::F16
+                && s.b == MatrixComponent::F16
+                && s.c == MatrixComponent::F32
+                && s.result == MatrixComponent::F32
+        })
+        && f.shader_float16
+        && f.subgroup_shuffle
+        && (f.min_subgroup_size, f.max_subgroup_size) == (32, 32);
+    let portable = std::env::var(PORTABLE_ENV).is_ok_and(|v| v.trim() == "1");
+    let shapes = [(64, 64), (64, 128), (128, 64), (128, 128)];
+    if !offered {
+        println!("skipped: no cooperative matrix (f16 16x16x16, subgroup 32) on this device");
+        for (block, d) in shapes {
+            assert!(!backend.attention_uses_cooperative_matrix(block, d));
+        }
+        return;
+    }
+    if portable {
+        println!("{PORTABLE_ENV}=1: the portable path is forced");
+        for (block, d) in shapes {
+            assert!(!backend.attention_uses_cooperative_matrix(block, d));
+        }
+        return;
+    }
+    for (block, d) in shapes {
+        assert!(
+            backend.attention_uses_cooperative_matrix(block, d),
+            "block {block}, head_dim {d}: expected the cooperative-matrix path"
+        );
+    }
+    println!("cooperative-matrix path for block sizes 64 and 128, head_dim 64 and 128");
+}
+
+#[test]
+fn random_shapes_and_edge_cases_match_reference() {
+    let Some(backend) = backend() else { return };
+    let mut cases: Vec<(usize, usize, usize, usize, usize, DType, bool)> = vec![
+        // batch, tokens, heads, head_dim, block, dtype, dense mask
+        (1, 1, 1, 128, 64, DType::F16, true), // one query, one key
+        (1, 64, 2, 64, 64, DType::BF16, true), // exactly one block
+        (1, 100, 1, 128, 128, DType::BF16, true), // one partial block
+        (1, 65, 1, 64, 64, DType::F16, true), // a last block of one key
+        (2, 129, 2, 128, 128, DType::F16, true), // a last block of one key, block 128
+        (1, 191, 1, 64, 64, DType::BF16, true), // every row sees a partial block
+    ];
+    // Pseudo-random shapes with odd token counts.
+    let mut state = 0x2545_f491_u32;
+    let mut next = |n: u32| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state % n) as usize
+    };
+    for i in 0..8 {
+        let tokens = 2 * next(200) + 1;
+        let block = [64, 128][next(2)];
+        let head_dim = [64, 128][next(2)];
+        let dtype = [DType::F16, DType::BF16][i % 2];
+        cases.push((
+            1 + next(2),
+            tokens,
+            1 + next(3),
+            head_dim,
+            block,
+            dtype,
+            next(3) == 0,
+        ));
+    }
+    for (i, &(batch, tokens, heads, head_dim, block, dtype, dense)) in cases.iter().enumerate() {
+        let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
+        let m = if dense {
+            dense_mask(tokens, block)
+        } else {
+            mask(tokens, block, 100 + i as u32)
+        };
+        let n = op.qkv_len();
+        let seed = 1000 + 3 * i as u32;
+        let q = tensor(dtype, &values(n, seed));
+        let k = tensor(dtype, &values(n, seed + 1));
+        let v = tensor(dtype, &values(n, seed + 2));
+        let label = format!(
+            "b{batch} t{tokens} h{heads} d{head_dim} B{block} {dtype} density {:.2}",
+            m.density()
+        );
+        check_case(&backend, &op, &m, &q, &k, &v, &label);
+    }
+}
+
+#[test]
+fn bf16_far_outside_f16_range_matches_reference() {
+    let Some(backend) = backend() else { return };
+    // q rows times 2^40 · (1, 2 or 4), k times 2^-40, v columns times 2^-60 · (1, 2, 4 or 8):
+    // f16 holds none of these, so only the exact power-of-two scaling of the
+    // cooperative-matrix path (or the portable path's f32) passes.
+    for (tokens, head_dim, block) in [(150, 128, 64), (77, 64, 128)] {
+        let op = SparseAttention::new(1, tokens, 2, head_dim, DType::BF16);
+        let m = mask(tokens, block, 5);
+        let n = op.qkv_len();
+        let row = |i: usize| i / head_dim; // token * heads + head
+        let q: Vec<f32> = values(n, 70)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * 2f32.powi(40 + (row(i) % 3) as i32))
+            .collect();
+        let k: Vec<f32> = values(n, 71).iter().map(|&x| x * 2f32.powi(-40)).collect();
+        let v: Vec<f32> = values(n, 72)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * 2f32.powi(-60 + (i % 4) as i32))
+            .collect();
+        let (q, k, v) = (
+            tensor(DType::BF16, &q),
+            tensor(DType::BF16, &k),
+            tensor(DType::BF16, &v),
+        );
+        let label = format!("wide range t{tokens} d{head_dim} B{block} bf16");
+        check_case(&backend, &op, &m, &q, &k, &v, &label);
+    }
+}
+
+#[test]
+fn growing_scores_and_values_match_reference() {
+    let Some(backend) = backend() else { return };
+    // Key j times 1 + j/32 and value j times 2^(j/16) (bf16) or 2^(j/64) (f16): the rows'
+    // score maxima grow across the key tiles (by far more than 2^8) and so do the value
+    // columns, so the online softmax's rescaling and, for bf16 on the cooperative-matrix path,
+    // the value columns' power-of-two exponents change from tile to tile.
+    for (dtype, head_dim, block) in [
+        (DType::BF16, 128, 64),
+        (DType::BF16, 64, 128),
+        (DType::F16, 128, 128),
+        (DType::F16, 64, 64),
+    ] {
+        let (tokens, heads) = (301, 2);
+        let op = SparseAttention::new(1, tokens, heads, head_dim, dtype);
+        let m = dense_mask(tokens, block);
+        let n = op.qkv_len();
+        let token = |i: usize| (i / head_dim / heads) as f32;
+        let rate = if dtype == DType::BF16 { 16.0 } else { 64.0 };
+        let q = values(n, 80);
+        let k: Vec<f32> = values(n, 81)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * (1.0 + token(i) / 32.0))
+            .collect();
+        let v: Vec<f32> = values(n, 82)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * (token(i) / rate).exp2())
+            .collect();
+        let (q, k, v) = (tensor(dtype, &q), tensor(dtype, &k), tensor(dtype, &v));
+        let label = format!("growing t{tokens} d{head_dim} B{block} {dtype}");
+        check_case(&backend, &op, &m, &q, &k, &v, &label);
+    }
+}
+
+/// Dense attention at 8192 tokens x 24 heads, head_dim 128, blocks of 128 (the CUDA kernel's
+/// reference shape), f16 and bf16, on the path the device takes: wall-clock time per call of 5
+/// calls recorded into one command buffer, over device-local buffers (their contents do not
+/// matter for the time). On a real GPU: `cargo test --release -p tessera-vulkan --test attention
+/// -- --ignored --nocapture`, with and without `TESSERA_VULKAN_PORTABLE=1`.
+#[test]
+#[ignore = "timing at model size, for real GPUs"]
+fn dense_attention_timing() {
+    let Some(backend) = backend() else { return };
+    let ctx = backend.context();
+    let (tokens, heads, head_dim, block) = (8192, 24, 128, 128);
+    let m = dense_mask(tokens, block);
+    let device_mask = VulkanBlockMask::new(&backend, &m).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let op = SparseAttention::new(1, tokens, heads, head_dim, dtype);
+        let bytes = 2 * op.qkv_len() as u64;
+        let buffer = |n: u64| Buffer::new(ctx, n, MemoryLocation::DeviceLocal).unwrap();
+        let (q, k, v, o) = (buffer(bytes), buffer(bytes), buffer(bytes), buffer(bytes));
+        let lse = buffer(4 * op.lse_len() as u64);
+        let run = |calls: usize| -> f64 {
+            let start = Instant::now();
+            backend
+                .run_and_wait(|cmd| {
+                    for _ in 0..calls {
+                        // SAFETY: `cmd` is the backend's command buffer, recording; the buffers
+                        // are live storage buffers of its device, kept until the work is done.
+                        unsafe {
+                            backend.record_sparse_attention(
+                                cmd,
+                                &op,
+                                &device_mask,
+                                q.range(),
+                                k.range(),
+                                v.range(),
+                                o.range(),
+                                lse.range(),
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            start.elapsed().as_secs_f64()
+        };
+        run(1); // pipeline creation, warm-up
+        let calls = 5;
+        let secs = run(calls) / calls as f64;
+        let flops = 4.0 * (tokens as f64).powi(2) * head_dim as f64 * heads as f64;
+        println!(
+            "dense t{tokens} h{heads} d{head_dim} B{block} {dtype} [{}]: {:.2} ms, {:.1} TFLOPS",
+            path(&backend, block, head_dim),
+            secs * 1e3,
+            flops / secs / 1e12
+        );
+    }
 }

@@ -8,6 +8,34 @@
 //! largest of 32, 16, 8 that fits the device's shared memory), with the online softmax in f32.
 //! The mask lives on the device as a [`VulkanBlockMask`], uploaded once and shared by every
 //! call, batch and head.
+//!
+//! Cooperative-matrix path: `sparse_attention_coopmat` (same contract and outputs) runs one
+//! workgroup of 4 subgroups of 32 per (64-query tile, head, batch), each subgroup owning 16
+//! query rows. Per tile of `BKV` keys (64, 32 or 16: the largest whose shared memory fits, see
+//! [`coopmat_key_tile`]; 32 at head_dim 128 and 64 at head_dim 64 on 48 KiB) K and V are staged
+//! in shared memory as f16, the scores `Q Kᵀ` come from 16x16x16 f16 cooperative matrices
+//! accumulating in f32 (Q stays in registers), go through shared memory for the online softmax
+//! (f32, base 2; two invocations per row), and the probabilities, rounded to f16 as in every
+//! flash attention, multiply V in cooperative matrices again; each 16x16 block of `P · V` goes
+//! through shared memory into f32 output registers, where the softmax rescale (per row) and the
+//! bf16 column factors (below) are applied. The path is taken where
+//! [`VulkanBackend::attention_uses_cooperative_matrix`] says so (the device's matrices, a block
+//! size that is a multiple of 64); every other call takes the portable path.
+//!
+//! bf16 inputs on the cooperative-matrix path: the matrices are f16 (no bf16 matrices are
+//! assumed), so bf16 values are converted to f16 exactly by powers of two: query row `i` times
+//! `2^-e_i`, key row `j` times `2^-f_j` and, per key tile, V column `d` times `2^-h_d`, each
+//! exponent putting the row's (column's) largest magnitude in `[2^14, 2^15)`. The scores are
+//! scaled back, `s_ij = S'_ij · 2^(e_i + f_j)`, as they go through shared memory, and each tile's
+//! `P · V'` column by `2^h_d` as it is added to the f32 output. Error bound: bf16 has 8
+//! significant bits and f16 11, so a scaled value is exact unless it lies below f16's normal
+//! range, i.e. below `2^-17` of its row's (column's) largest magnitude; such a value is rounded
+//! to the f16 subnormal grid with an error of at most `2^-25` times that largest magnitude
+//! (values below `2^-126`, f32 subnormals, may be flushed to zero). For the scores this is at most
+//! `2^-25 · max|q_i| · Σ_d |k_jd|` (or the same with q and k exchanged), for the output at most
+//! `2^-25 · max_j |v_jd|` per column: far below the `2^-12` relative rounding of the
+//! probabilities to f16 that every flash-attention kernel accepts, and below the bf16 rounding
+//! of the output (`2^-9`). f16 inputs are used as they are (all exponents 0).
 
 use super::{bind_range, to_u32};
 use crate::device::VulkanContext;
@@ -52,6 +80,59 @@ pub const SPARSE_ATTENTION: Shader = Shader {
         }
     },
 };
+
+/// The cooperative-matrix shader (f16 matrices, f32 accumulation and softmax). Bindings and push
+/// constants as [`SPARSE_ATTENTION`] (q, k, v are read as 16-byte vectors); 128 invocations (four
+/// subgroups of 32). Specialization: head dim, keys per shared-memory tile (`BKV`), bf16 (1) or
+/// f16 (0).
+pub const SPARSE_ATTENTION_COOPMAT: Shader = Shader {
+    name: "sparse_attention_coopmat",
+    spirv: spirv!("sparse_attention_coopmat"),
+    storage_buffers: 6,
+    push_constant_bytes: 32,
+    resources: |spec| {
+        let dim = spec.first().copied().unwrap_or(128);
+        let bkv = spec.get(1).copied().unwrap_or(32);
+        ShaderResources {
+            invocations: 128,
+            shared_memory_bytes: coopmat_shared_bytes(dim, bkv),
+        }
+    },
+};
+
+/// Query rows per workgroup of the cooperative-matrix path (4 subgroups of 16 rows); the block
+/// size must be a multiple of it.
+pub const COOPMAT_QUERY_TILE: u32 = 64;
+
+/// Shared memory of `sparse_attention_coopmat` with `bkv` keys per tile: K and V tiles of f16
+/// rows padded to `head_dim + 8` (at least 64 rows in all, which hold Q at the start), per
+/// subgroup 16 rows of f32 scores (padded to `bkv + 4`; room for at least two 16 x 20 scratches
+/// of `P · V`) and of f16 probabilities (padded to `bkv + 8`), and the row and column factors.
+pub fn coopmat_shared_bytes(head_dim: u32, bkv: u32) -> u32 {
+    let kv_rows = (2 * bkv).max(COOPMAT_QUERY_TILE);
+    let kv = 2 * kv_rows * (head_dim + 8);
+    let scores = 4 * (16 * (bkv + 4)).max(2 * 16 * 20) * 4;
+    let probs = 4 * 16 * (bkv + 8) * 2;
+    let factors = 4 * (3 * COOPMAT_QUERY_TILE + bkv + 2 * head_dim);
+    kv + scores + probs + factors
+}
+
+/// Keys per shared-memory tile of the cooperative-matrix path: the largest of 64, 32, 16 whose
+/// [`coopmat_shared_bytes`] fit `max_shared`, or [`Error::Unsupported`] naming the need.
+pub fn coopmat_key_tile(head_dim: u32, max_shared: u32) -> Result<u32> {
+    [64u32, 32, 16]
+        .into_iter()
+        .find(|&bkv| coopmat_shared_bytes(head_dim, bkv) <= max_shared)
+        .ok_or_else(|| Error::Unsupported {
+            op: OP,
+            backend: BackendKind::Vulkan,
+            reason: format!(
+                "the cooperative-matrix path at head_dim {head_dim} needs {} bytes of shared \
+                 memory, the device has {max_shared}",
+                coopmat_shared_bytes(head_dim, 16)
+            ),
+        })
+}
 
 /// A [`BlockMask`] on the device, uploaded once and used by any number of
 /// [`VulkanBackend::record_sparse_attention`] calls (every batch and head share it).
@@ -129,6 +210,25 @@ fn key_tile(head_dim: u32, max_shared: u32) -> Result<u32> {
 }
 
 impl VulkanBackend {
+    /// Whether [`VulkanBackend::record_sparse_attention`] (and the host API) takes the
+    /// cooperative-matrix path for a mask of `block_size` and this `head_dim`: the device has
+    /// 16x16x16 f16 x f16 -> f32 cooperative matrices in subgroup scope, f16 arithmetic, subgroup
+    /// shuffles and a subgroup size fixed at 32, `TESSERA_VULKAN_PORTABLE` is not `1`,
+    /// `block_size` is a multiple of 64 (so 64 and 128 qualify; other block sizes take the
+    /// portable path, whose smaller query tiles fit them), `head_dim` is 64 or 128, and a key
+    /// tile of at least 16 fits the shared memory ([`coopmat_key_tile`]). f16 and bf16 take the
+    /// same path.
+    pub fn attention_uses_cooperative_matrix(&self, block_size: usize, head_dim: usize) -> bool {
+        let f = self.features();
+        super::f16_cooperative_matrix_available(f)
+            && f.subgroup_shuffle
+            && f.max_workgroup_invocations >= 128
+            && block_size > 0
+            && block_size % COOPMAT_QUERY_TILE as usize == 0
+            && matches!(head_dim, 64 | 128)
+            && coopmat_key_tile(head_dim as u32, f.max_shared_memory_bytes).is_ok()
+    }
+
     /// Records block-sparse attention into `cmd`: for each batch and head,
     /// `o = softmax(scale · q kᵀ + M) v` with `M` from `mask` (see [`SparseAttention`]), and
     /// `lse`, the natural-log log-sum-exp of each query row's scaled scores.
@@ -171,8 +271,26 @@ impl VulkanBackend {
             ));
         }
         let block_size = mask.mask().block_size();
-        let bq = query_tile(block_size);
+        let coopmat = self.attention_uses_cooperative_matrix(block_size, op.head_dim);
+        let bq = if coopmat {
+            COOPMAT_QUERY_TILE
+        } else {
+            query_tile(block_size)
+        };
         let f = self.features();
+        if coopmat {
+            // The cooperative-matrix shader reads q, k and v as 16-byte vectors.
+            for (arg, range) in [("q", &q), ("k", &k), ("v", &v)] {
+                if range.offset % 16 != 0 {
+                    return Err(Error::invalid(
+                        OP,
+                        arg,
+                        "an offset that is a multiple of 16 bytes",
+                        range.offset.to_string(),
+                    ));
+                }
+            }
+        }
         let elems = op.qkv_len() as u64;
         let bytes = 2 * elems;
         let q = bind_range(OP, "q", &q, bytes, f)?;
@@ -189,11 +307,16 @@ impl VulkanBackend {
         let groups_u32 = to_u32(OP, "workgroups", groups)?;
         let grid = linear_groups(groups, f.max_workgroup_count)?;
         let head_dim = op.head_dim as u32;
-        let bk = key_tile(head_dim, f.max_shared_memory_bytes)?;
         let is_bf16 = u32::from(op.dtype == DType::BF16);
-        let pipeline = self
-            .pipelines()
-            .get(&SPARSE_ATTENTION, &[bq, head_dim, bk, is_bf16])?;
+        let pipeline = if coopmat {
+            let bkv = coopmat_key_tile(head_dim, f.max_shared_memory_bytes)?;
+            self.pipelines()
+                .get(&SPARSE_ATTENTION_COOPMAT, &[head_dim, bkv, is_bf16])?
+        } else {
+            let bk = key_tile(head_dim, f.max_shared_memory_bytes)?;
+            self.pipelines()
+                .get(&SPARSE_ATTENTION, &[bq, head_dim, bk, is_bf16])?
+        };
         let scale_log2 = (op.softmax_scale as f64 * std::f64::consts::LOG2_E) as f32;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses,

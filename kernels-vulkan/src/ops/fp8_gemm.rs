@@ -17,7 +17,7 @@
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
 use crate::pipeline::{Shader, ShaderResources};
-use crate::{MatrixComponent, VulkanBackend};
+use crate::VulkanBackend;
 use ash::vk;
 use half::bf16;
 use tessera_core::ops::fp8::FP8_GROUP;
@@ -74,9 +74,7 @@ pub const FP8_GEMM_COOPMAT_LARGE: Shader = Shader {
 /// ([`FP8_GEMM_COOPMAT_LARGE`]): below it, 64x64 tiles keep more workgroups in flight.
 pub const LARGE_TILE_M: usize = 512;
 
-/// Set to `1` to keep the Vulkan backend on its portable shaders even where cooperative
-/// matrices are available (to test that path on such a device).
-pub const PORTABLE_ENV: &str = "TESSERA_VULKAN_PORTABLE";
+pub use super::PORTABLE_ENV;
 
 impl VulkanBackend {
     /// Whether [`VulkanBackend::record_fp8_gemm`] uses the cooperative-matrix shader here: the
@@ -84,24 +82,8 @@ impl VulkanBackend {
     /// arithmetic, a fixed subgroup size of 32 and 24 KiB of shared memory, and
     /// `TESSERA_VULKAN_PORTABLE` is not `1`.
     pub fn fp8_gemm_uses_cooperative_matrix(&self) -> bool {
-        if std::env::var(PORTABLE_ENV).is_ok_and(|v| v.trim() == "1") {
-            return false;
-        }
         let f = self.features();
-        let shape = f.cooperative_matrix_shapes.iter().any(|s| {
-            s.subgroup_scope
-                && (s.m, s.n, s.k) == (16, 16, 16)
-                && s.a == MatrixComponent::F16
-                && s.b == MatrixComponent::F16
-                && s.c == MatrixComponent::F32
-                && s.result == MatrixComponent::F32
-        });
-        f.cooperative_matrix
-            && shape
-            && f.shader_float16
-            && f.subgroup_size == 32
-            && f.min_subgroup_size == 32
-            && f.max_subgroup_size == 32
+        super::f16_cooperative_matrix_available(f)
             && [FP8_GEMM_COOPMAT, FP8_GEMM_COOPMAT_LARGE].iter().all(|s| {
                 let r = (s.resources)(&[]);
                 f.max_shared_memory_bytes >= r.shared_memory_bytes

@@ -8,9 +8,37 @@ pub mod fp8;
 pub mod fp8_gemm;
 pub mod mla;
 
-use crate::device::VulkanFeatures;
+use crate::device::{MatrixComponent, VulkanFeatures};
 use crate::memory::BufferRange;
 use tessera_core::{BackendKind, Error, Result};
+
+/// Set to `1` to keep the Vulkan backend on its portable shaders even where cooperative
+/// matrices are available (to test that path on such a device).
+pub const PORTABLE_ENV: &str = "TESSERA_VULKAN_PORTABLE";
+
+/// What every cooperative-matrix shader of the crate needs: 16x16x16 f16 x f16 -> f32
+/// cooperative matrices in subgroup scope, f16 arithmetic, a subgroup size fixed at 32 (the
+/// shaders split their work by subgroup), and [`PORTABLE_ENV`] not set to `1`. Each op adds its
+/// own limits (shared memory, shapes).
+pub(crate) fn f16_cooperative_matrix_available(f: &VulkanFeatures) -> bool {
+    if std::env::var(PORTABLE_ENV).is_ok_and(|v| v.trim() == "1") {
+        return false;
+    }
+    let shape = f.cooperative_matrix_shapes.iter().any(|s| {
+        s.subgroup_scope
+            && (s.m, s.n, s.k) == (16, 16, 16)
+            && s.a == MatrixComponent::F16
+            && s.b == MatrixComponent::F16
+            && s.c == MatrixComponent::F32
+            && s.result == MatrixComponent::F32
+    });
+    f.cooperative_matrix
+        && shape
+        && f.shader_float16
+        && f.subgroup_size == 32
+        && f.min_subgroup_size == 32
+        && f.max_subgroup_size == 32
+}
 
 /// Checks a buffer range given to the device API and returns the part the shader binds:
 /// `needed` bytes rounded up to whole 32-bit words, from the range's offset.
