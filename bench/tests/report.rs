@@ -1,0 +1,168 @@
+//! `tessera report` end to end: three JSON files in the bench schema (Tessera on CUDA, the peers,
+//! Tessera on Vulkan) joined into `results.md`, with the ratios computed the documented way
+//! (throughput ours / peer, Vulkan / CUDA), failed measurements listed, the FACTS.md check, and a
+//! clear error for a missing or malformed input.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tessera() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-report-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn header(backend: &str, copy: f64) -> Value {
+    json!({
+        "tool": "test", "device": "Test GPU", "date": "2026-11-22 00:00:00 UTC",
+        "commit": "abc1234", "backend": backend, "suite": "standard",
+        "ceilings": {"copy_gbps": copy, "matmul_tflops": 800.0, "matmul_impl": "test matmul"},
+        "notes": [format!("{backend} note")]
+    })
+}
+
+fn record(op: &str, shape: &str, imp: &str, ms: Option<f64>, tflops: Option<f64>) -> Value {
+    json!({
+        "op": op, "shape": shape, "impl": imp, "params": {"density": 0.25, "frames": 30,
+        "model": "hunyuan"}, "time_ms": ms, "tflops": tflops, "gbps": tflops.map(|t| t * 10.0),
+        "pct_matmul": null, "pct_copy": null,
+        "error": if ms.is_none() { json!("skipped: too slow") } else { Value::Null }
+    })
+}
+
+fn write(path: &Path, value: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+}
+
+#[test]
+fn report_joins_cuda_peers_and_vulkan_with_ratios() {
+    let dir = temp_dir("join");
+    let gemm = "M4096 N7168 K16384";
+    let mla = "b64 sk4096 hq128 sq1 bf16";
+    let att = "hunyuan F30 T3840 h24";
+    write(
+        &dir.join("ours.json"),
+        &json!({"header": header("cuda", 4000.0), "records": [
+            record("fp8_gemm", gemm, "tessera", Some(2.0), Some(300.0)),
+            record("mla_decode", mla, "tessera", Some(0.5), Some(150.0)),
+            record("attention", att, "tessera radial", Some(100.0), Some(240.0)),
+            record("attention", att, "tessera dense", Some(400.0), Some(240.0)),
+        ]}),
+    );
+    write(
+        &dir.join("peers.json"),
+        &json!({"header": header("torch", 4100.0), "records": [
+            record("fp8_gemm", gemm, "cublas block", Some(0.5), Some(1200.0)),
+            record("fp8_gemm", gemm, "cublas block (host)", Some(0.6), Some(1000.0)),
+            record("fp8_gemm", gemm, "cublas block (idle events)", Some(0.55), Some(1100.0)),
+            record("mla_decode", mla, "torch", Some(1.0), Some(75.0)),
+            record("attention", att, "flex radial", Some(50.0), Some(480.0)),
+            record("attention", att, "cudnn dense", Some(200.0), Some(480.0)),
+        ]}),
+    );
+    write(
+        &dir.join("vulkan.json"),
+        &json!({"header": header("vulkan", 4200.0), "records": [
+            record("fp8_gemm", gemm, "tessera-vulkan", Some(8.0), Some(75.0)),
+            record("mla_decode", mla, "tessera-vulkan", Some(2.0), Some(37.5)),
+            record("attention", att, "tessera-vulkan radial", Some(400.0), Some(60.0)),
+            record("attention", att, "tessera-vulkan dense", None, None),
+        ]}),
+    );
+    let out = dir.join("out");
+    let status = tessera()
+        .args(["report", "--ours"])
+        .arg(dir.join("ours.json"))
+        .arg("--peers")
+        .arg(dir.join("peers.json"))
+        .arg("--vulkan")
+        .arg(dir.join("vulkan.json"))
+        .arg("--out")
+        .arg(&out)
+        .env("TESSERA_FONT", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let row = |start: &str| -> Vec<String> {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {start} |")))
+            .unwrap_or_else(|| panic!("no row for {start} in\n{md}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    // GEMM: ours / cublas block = 300 / 1200; Vulkan / CUDA = 2 ms / 8 ms. The host and
+    // idle-event rows only appear in the FACTS section.
+    let g = row(gemm);
+    assert!(g.contains(&"0.25".to_string()), "{g:?}");
+    assert!(g.contains(&"0.250".to_string()), "{g:?}");
+    assert!(!md.contains("cublas block (host) TFLOPS"));
+    // MLA: ours / torch = 1.0 / 0.5 (time ratio); Vulkan / CUDA = 0.5 / 2.0.
+    let m = row(mla);
+    assert!(m.contains(&"2.00".to_string()), "{m:?}");
+    assert!(m.contains(&"0.250".to_string()), "{m:?}");
+    // Attention: radial speedup 4.00 (dense / radial), ours / flex 0.50, ours / cudnn 0.50,
+    // Vulkan radial / CUDA radial 100 / 400; the skipped Vulkan dense shows as a dash.
+    let a = row(att);
+    for want in ["4.00", "0.50", "0.250", "–"] {
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+    }
+    assert!(md.contains("Tessera on Vulkan: Test GPU"));
+    assert!(md.contains("- Vulkan vulkan note"));
+    // The skipped measurement is listed with its reason.
+    assert!(
+        md.contains("tessera-vulkan dense: skipped: too slow"),
+        "{md}"
+    );
+    // FACTS.md's cuBLAS block figure for this shape is 1137 TFLOPS: now +5.5%, host -12.0%,
+    // idle events -3.3%.
+    let f = md
+        .lines()
+        .find(|l| l.starts_with(&format!("| fp8_gemm | {gemm} | cublas block |")))
+        .unwrap();
+    for want in ["+5.5%", "-12.0%", "-3.3%"] {
+        assert!(f.contains(want), "{want} missing from {f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn report_names_a_missing_or_malformed_input() {
+    let dir = temp_dir("errors");
+    let missing = dir.join("missing.json");
+    let out = tessera()
+        .args(["report", "--ours"])
+        .arg(&missing)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.json"), "{err}");
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"header\": 3}").unwrap();
+    let out = tessera()
+        .args(["report", "--ours"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
