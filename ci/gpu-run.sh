@@ -18,6 +18,12 @@ export TESSERA_CACHE_DIR=/tmp/tessera-cache
 export RUST_BACKTRACE=1
 commit=$(cat "$pack/COMMIT" 2>/dev/null | tr '\n' ' ')
 status=()
+# Whatever happens (a time limit included), the logs gathered so far come back.
+finish() {
+  cp "$out"/check-*.json "$final"/ 2>/dev/null
+  tar -C "$out" -czf "$final/gpu-run.tar.gz" .
+}
+trap 'finish; exit 124' TERM INT
 run() { # name, command...
   local name=$1; shift
   local t0=$(date +%s.%N)
@@ -60,5 +66,4 @@ echo "== summary (commit $commit)"
 printf '%s\n' "${status[@]}"
 grep -h "^check:" "$out"/check_*.log
 grep -H "^test result" "$out"/conformance_*.log "$out"/compile_all.log "$out"/vktest-*.log 2>/dev/null | sed "s|^$out/||"
-cp "$out"/check-*.json "$final"/ 2>/dev/null
-tar -C "$out" -czf "$final/gpu-run.tar.gz" .
+finish

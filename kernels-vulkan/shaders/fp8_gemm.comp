@@ -14,6 +14,7 @@
 // of lavapipe and 48 KiB of NVIDIA); each invocation owns a 4x4 block of D. FP8 is decoded with
 // integer operations (no float8 types needed). Dispatch: (ceil(n / 64), ceil(m / 64), 1).
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 #extension GL_GOOGLE_include_directive : require
 
 #define BM 64
@@ -54,7 +55,7 @@ shared float b_tile[BK][BN];
         if (inside) {                                                                  \
             w = words[(row * p.k + kk) >> 2];                                          \
         }                                                                              \
-        for (uint j = 0u; j < 4u; ++j) {                                               \
+        [[unroll]] for (uint j = 0u; j < 4u; ++j) {                                    \
             tile[4u * kw + j][r] = inside ? e4m3_to_f32((w >> (8u * j)) & 0xffu) : 0.0; \
         }                                                                              \
     }
@@ -69,8 +70,8 @@ void main() {
 
     float total[TM][TN];
     float block_sum[TM][TN];
-    for (uint i = 0u; i < TM; ++i) {
-        for (uint j = 0u; j < TN; ++j) {
+    [[unroll]] for (uint i = 0u; i < TM; ++i) {
+        [[unroll]] for (uint j = 0u; j < TN; ++j) {
             total[i][j] = 0.0;
             block_sum[i][j] = 0.0;
         }
@@ -83,14 +84,14 @@ void main() {
         for (uint kk = 0u; kk < BK; ++kk) {
             float av[TM];
             float bv[TN];
-            for (uint i = 0u; i < TM; ++i) {
+            [[unroll]] for (uint i = 0u; i < TM; ++i) {
                 av[i] = a_tile[kk][ty * TM + i];
             }
-            for (uint j = 0u; j < TN; ++j) {
+            [[unroll]] for (uint j = 0u; j < TN; ++j) {
                 bv[j] = b_tile[kk][tx * TN + j];
             }
-            for (uint i = 0u; i < TM; ++i) {
-                for (uint j = 0u; j < TN; ++j) {
+            [[unroll]] for (uint i = 0u; i < TM; ++i) {
+                [[unroll]] for (uint j = 0u; j < TN; ++j) {
                     block_sum[i][j] += av[i] * bv[j];
                 }
             }
@@ -99,10 +100,10 @@ void main() {
         // End of a 128-wide K block (or of K): scale the block's sums into the total.
         if ((k0 + BK) % 128u == 0u || k0 + BK >= p.k) {
             uint kb = k0 / 128u;
-            for (uint i = 0u; i < TM; ++i) {
+            [[unroll]] for (uint i = 0u; i < TM; ++i) {
                 uint row = m0 + ty * TM + i;
                 float sa = row < p.m ? a_scales[row * k_blocks + kb] : 0.0;
-                for (uint j = 0u; j < TN; ++j) {
+                [[unroll]] for (uint j = 0u; j < TN; ++j) {
                     uint col = n0 + tx * TN + j;
                     float sb = col < p.n ? b_scales[(col / 128u) * k_blocks + kb] : 0.0;
                     total[i][j] += (sa * sb) * block_sum[i][j];
@@ -118,7 +119,7 @@ void main() {
     if (col0 >= p.n) {
         return;
     }
-    for (uint i = 0u; i < TM; ++i) {
+    [[unroll]] for (uint i = 0u; i < TM; ++i) {
         uint row = m0 + ty * TM + i;
         if (row < p.m) {
             uint base = (row * p.n + col0) >> 1;

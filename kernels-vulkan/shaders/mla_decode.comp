@@ -27,6 +27,7 @@
 // Needs subgroup arithmetic in compute shaders (checked when the device is opened); any
 // subgroup size works.
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -91,7 +92,7 @@ void load_unit(uint base, uint u, uint at) {
     } else {
         uint w = cache[base + u];
         float sc = uintBitsToFloat(cache[base + lu + (4u * u) / 128u]);
-        for (uint j = 0u; j < 4u; ++j) {
+        [[unroll]] for (uint j = 0u; j < 4u; ++j) {
             k_tile[at + 4u * u + j] = e4m3_to_f32((w >> (8u * j)) & 0xffu) * sc;
         }
     }
@@ -129,7 +130,7 @@ void main() {
     // Visible keys of each row of the group (0 for rows past the end).
     uint vis[ROWS];
     uint max_vis = 0u;
-    for (uint r = 0u; r < ROWS; ++r) {
+    [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
         uint row = g * ROWS + r;
         vis[r] = 0u;
         if (row < rows) {
@@ -159,11 +160,11 @@ void main() {
     float l[ROWS];
     bool bad[ROWS];  // a key of an out-of-range page was visible: the row's output is NaN
     float acc[ROWS * 8u];
-    for (uint r = 0u; r < ROWS; ++r) {
+    [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
         m[r] = NEG_INF;
         l[r] = 0.0;
         bad[r] = false;
-        for (uint c = 0u; c < 8u; ++c) {
+        [[unroll]] for (uint c = 0u; c < 8u; ++c) {
             acc[r * 8u + c] = 0.0;
         }
     }
@@ -207,9 +208,9 @@ void main() {
             }
         }
         barrier();
-        for (uint r = 0u; r < ROWS; ++r) {
+        [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
             float tile_max = NEG_INF;
-            for (uint k = 0u; k < KT; ++k) {
+            [[unroll]] for (uint k = 0u; k < KT; ++k) {
                 float sk = scores[r * KT + k];
                 if (isnan(sk)) {
                     bad[r] = true;
@@ -224,7 +225,7 @@ void main() {
             float alpha = exp(m[r] - m_new);  // exp(-inf) = 0 on the first visible tile
             float pk[KT];
             float sum = 0.0;
-            for (uint k = 0u; k < KT; ++k) {
+            [[unroll]] for (uint k = 0u; k < KT; ++k) {
                 float sk = scores[r * KT + k];
                 pk[k] = sk == NEG_INF ? 0.0 : exp(sk - m_new);
                 sum += pk[k];
@@ -234,12 +235,14 @@ void main() {
             // The keys this row sees in the tile are a prefix of it: only those are read (a
             // key past them may be NaN, from a bad page that another row of the group sees).
             uint nk = min(min(k_end, vis[r]) - k0, KT);
-            for (uint c = 0u; c < CPT; ++c) {
+            [[unroll]] for (uint c = 0u; c < CPT; ++c) {
                 uint col = lid + gl_WorkGroupSize.x * c;
                 if (col < p.latent_dim) {
                     float a = acc[r * 8u + c] * alpha;
-                    for (uint k = 0u; k < nk; ++k) {
-                        a += pk[k] * k_tile[k * D + col];
+                    [[unroll]] for (uint k = 0u; k < KT; ++k) {
+                        if (k < nk) {
+                            a += pk[k] * k_tile[k * D + col];
+                        }
                     }
                     acc[r * 8u + c] = a;
                 }
@@ -249,14 +252,14 @@ void main() {
 
     // Partial results: normalized o and lse per row of the group.
     uint part_rows = p.batch * p.splits * rows;
-    for (uint r = 0u; r < ROWS; ++r) {
+    [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
         uint row = g * ROWS + r;
         if (row >= rows) {
             break;
         }
         uint prow = (b * p.splits + split) * rows + row;
         float inv = l[r] > 0.0 ? 1.0 / l[r] : 0.0;
-        for (uint c = 0u; c < CPT; ++c) {
+        [[unroll]] for (uint c = 0u; c < CPT; ++c) {
             uint col = lid + gl_WorkGroupSize.x * c;
             if (col < p.latent_dim) {
                 work[prow * p.latent_dim + col] = bad[r] ? NAN : acc[r * 8u + c] * inv;
