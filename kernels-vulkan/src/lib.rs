@@ -54,7 +54,7 @@ pub use ash;
 pub use device::{
     CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, DEVICE_ENV,
 };
-pub use memory::{Buffer, BufferRange, MemoryLocation};
+pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
 pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources, SPIRV_DIR_ENV};
 pub use probe::{probe, VulkanDevice, VulkanProbe};
 

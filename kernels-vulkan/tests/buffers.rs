@@ -3,7 +3,7 @@
 //! and lengths, with out-of-range accesses refused without touching the buffer.
 
 use tessera_core::Error;
-use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend};
+use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend, DEVICE_LOCAL_MIN_BYTES};
 
 fn backend() -> Option<VulkanBackend> {
     match VulkanBackend::new() {
@@ -60,18 +60,18 @@ fn write_then_read_round_trips_in_both_locations() {
 }
 
 #[test]
-fn host_api_buffers_are_device_local_on_discrete_gpus_only() {
+fn host_api_buffers_are_device_local_when_large_on_discrete_gpus_only() {
     let Some(backend) = backend() else { return };
     let ctx = backend.context();
-    let buf = Buffer::from_bytes(ctx, &[1, 2, 3, 4, 5]).unwrap();
-    let expected = if backend.features().device_type == "Discrete" {
+    let discrete = backend.features().device_type == "Discrete";
+    let large = if discrete {
         MemoryLocation::DeviceLocal
     } else {
         MemoryLocation::HostVisible
     };
-    assert_eq!(buf.location(), expected);
-    assert_eq!(MemoryLocation::for_host_api(ctx), expected);
-    // Padded to whole words with zeros.
+    // Small: host-visible everywhere, padded to whole words with zeros.
+    let buf = Buffer::from_bytes(ctx, &[1, 2, 3, 4, 5]).unwrap();
+    assert_eq!(buf.location(), MemoryLocation::HostVisible);
     assert_eq!(buf.size(), 8);
     assert_eq!(buf.read(0, 8).unwrap(), vec![1, 2, 3, 4, 5, 0, 0, 0]);
     let filled = Buffer::filled(ctx, 6, &[0xAB, 0xCD]).unwrap();
@@ -79,8 +79,21 @@ fn host_api_buffers_are_device_local_on_discrete_gpus_only() {
         filled.read(0, 8).unwrap(),
         vec![0xAB, 0xCD, 0xAB, 0xCD, 0xAB, 0xCD, 0xAB, 0xCD]
     );
+    // Large: device-local on a discrete GPU, uploaded and read back through staging.
+    let n = DEVICE_LOCAL_MIN_BYTES as usize + 6;
+    let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+    let big = Buffer::from_bytes(ctx, &data).unwrap();
+    assert_eq!(big.location(), large);
+    assert_eq!(MemoryLocation::for_host_api(ctx, n as u64), large);
+    assert_eq!(
+        MemoryLocation::for_host_api(ctx, 1024),
+        MemoryLocation::HostVisible
+    );
+    let back = big.read(0, big.size() as usize).unwrap();
+    assert_eq!(&back[..n], &data[..]);
+    assert!(back[n..].iter().all(|&b| b == 0));
     println!(
-        "{}: host API buffers are {expected:?}",
+        "{}: host API buffers of {n} bytes are {large:?}",
         backend.features().name
     );
 }

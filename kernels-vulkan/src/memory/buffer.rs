@@ -49,12 +49,19 @@ pub enum MemoryLocation {
     DeviceLocal,
 }
 
+/// From this size on, the host API keeps a tensor in device-local memory on a discrete GPU
+/// ([`MemoryLocation::for_host_api`]). Below it, a staged upload's fixed cost (an allocation
+/// and a submission waited for: about 1 ms on the H200) exceeds what shaders lose by reading
+/// host memory over the bus.
+pub const DEVICE_LOCAL_MIN_BYTES: u64 = 1 << 20;
+
 impl MemoryLocation {
-    /// Where the host API keeps its tensors on `ctx`'s device: device-local on a discrete GPU
-    /// (a shader reading host-visible memory there goes over the bus), host-visible elsewhere
-    /// (integrated GPUs share the memory, lavapipe is the CPU).
-    pub fn for_host_api(ctx: &VulkanContext) -> Self {
-        if ctx.features().device_type == "Discrete" {
+    /// Where the host API keeps a tensor of `bytes` bytes on `ctx`'s device: device-local on a
+    /// discrete GPU from [`DEVICE_LOCAL_MIN_BYTES`] on (a shader reading host-visible memory
+    /// there goes over the bus), host-visible otherwise (small tensors; integrated GPUs share
+    /// the memory; lavapipe is the CPU).
+    pub fn for_host_api(ctx: &VulkanContext, bytes: u64) -> Self {
+        if ctx.features().device_type == "Discrete" && bytes >= DEVICE_LOCAL_MIN_BYTES {
             Self::DeviceLocal
         } else {
             Self::HostVisible
@@ -200,10 +207,10 @@ impl Buffer {
 
     /// A buffer holding `data`, padded with zero bytes to a multiple of 4 bytes (shaders read
     /// 32-bit words), where [`MemoryLocation::for_host_api`] puts it: device-local (uploaded
-    /// through a staging buffer) on a discrete GPU, host-visible elsewhere.
+    /// through a staging buffer) when it is large and the GPU discrete, host-visible otherwise.
     pub fn from_bytes(ctx: &Arc<VulkanContext>, data: &[u8]) -> Result<Self> {
         let size = (data.len() as u64).div_ceil(4) * 4;
-        let mut b = Self::new(ctx, size, MemoryLocation::for_host_api(ctx))?;
+        let mut b = Self::new(ctx, size, MemoryLocation::for_host_api(ctx, size))?;
         let mut padded = data.to_vec();
         padded.resize(size as usize, 0);
         b.write(0, &padded)?;

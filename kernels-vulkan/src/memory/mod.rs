@@ -2,4 +2,4 @@
 
 mod buffer;
 
-pub use buffer::{Buffer, BufferRange, MemoryLocation};
+pub use buffer::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
