@@ -1,0 +1,250 @@
+// Development harness for kernels/sm90/fp8_gemm.cu on the GPU machine (nvcc, no Rust there).
+// Built once per variant by dev/fp8_gemm_sm90.sh with -DBLOCK_M=... etc.; checks the kernel
+// against a plain f32 GPU reference and times it (CUDA events per launch, median, operand sets
+// rotated so that L2 is not what is measured).
+//   harness [--check] M N K [M N K ...]
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../kernels/common.cuh"
+#include "../kernels/sm90/hopper.cuh"
+#include "../kernels/sm90/wgmma.cuh"
+#include "../kernels/sm90/fp8_gemm.cu"
+
+#define CK(x)                                                                              \
+    do {                                                                                   \
+        cudaError_t err_ = (x);                                                               \
+        if (err_ != cudaSuccess) {                                                            \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
+            exit(1);                                                                       \
+        }                                                                                  \
+    } while (0)
+
+__global__ void fill_e4m3(u8* p, size_t n, u64 seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        u64 x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+        x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29;
+        // exponent field 4..9 (values ~2^-3..2^2), any mantissa, random sign: no NaN.
+        u8 e = 4 + (x >> 8) % 6;
+        p[i] = (u8)(((x >> 16) & 0x80) | (e << 3) | (x & 7));
+    }
+}
+
+__global__ void fill_scale(float* p, size_t n, u64 seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        u64 x = (i + 7) * 0xD1B54A32D192ED03ull ^ seed;
+        x ^= x >> 29; x *= 0x94D049BB133111EBull; x ^= x >> 32;
+        p[i] = 0.5f + (float)(x % 1000) / 1000.0f;  // 0.5 .. 1.5
+    }
+}
+
+__global__ void fill_nan(u16* p, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = 0x7fc0;
+}
+
+// Plain reference: one thread per output, f32 partial sums per 128-block, promoted with the scales.
+__global__ void ref_gemm(const u8* a, const float* sa, const u8* b, const float* sb, float* d, int m, int n, int k) {
+    int col = blockIdx.x * blockDim.x + threadIdx.x, row = blockIdx.y;
+    if (col >= n || row >= m) return;
+    int nkb = (k + 127) / 128;
+    float acc = 0.f;
+    for (int kb = 0; kb < nkb; ++kb) {
+        float part = 0.f;
+        for (int kk = kb * 128; kk < min(k, kb * 128 + 128); ++kk)
+            part += e4m3_to_f32(a[(size_t)row * k + kk]) * e4m3_to_f32(b[(size_t)col * k + kk]);
+        acc += sa[(size_t)row * nkb + kb] * sb[(size_t)(col / 128) * nkb + kb] * part;
+    }
+    d[(size_t)row * n + col] = acc;
+}
+
+typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                  const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiledFn encode_fn() {
+    static EncodeTiledFn fn = nullptr;
+    if (!fn) {
+        cudaDriverEntryPointQueryResult q;
+        CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&fn, cudaEnableDefault, &q));
+    }
+    return fn;
+}
+
+static TmaDesc make_map(const void* ptr, int inner, int outer, int box_inner, int box_outer, int elem_bytes,
+                        CUtensorMapSwizzle swz) {
+    CUtensorMap map;
+    cuuint64_t dims[2] = {(cuuint64_t)inner, (cuuint64_t)outer};
+    cuuint64_t strides[1] = {(cuuint64_t)inner * elem_bytes};
+    cuuint32_t box[2] = {(cuuint32_t)box_inner, (cuuint32_t)box_outer};
+    cuuint32_t estr[2] = {1, 1};
+    CUresult r = encode_fn()(&map, elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                             2, (void*)ptr, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, swz,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "cuTensorMapEncodeTiled failed %d\n", (int)r);
+        exit(1);
+    }
+    TmaDesc t;
+    memcpy(&t, &map, sizeof(t));
+    return t;
+}
+
+struct Set {
+    u8 *a, *b;
+    float *sa, *sb;
+    TmaDesc ta, tb;
+};
+
+int main(int argc, char** argv) {
+    using namespace fp8_gemm_sm90;
+    bool check = false, plain = getenv("PLAIN_LAUNCH") != nullptr;
+    std::vector<int> shapes;
+    for (int i = 1; i < argc; ++i) {
+        if (!strcmp(argv[i], "--check")) check = true;
+        else shapes.push_back(atoi(argv[i]));
+    }
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    CK(cudaFuncSetAttribute(fp8_gemm_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
+    cudaFuncAttributes fa;
+    CK(cudaFuncGetAttributes(&fa, fp8_gemm_sm90_kernel));
+    printf("# variant BM%d BN%d ST%d WG%d EPI%d CM%d: regs %d, smem %d, local %zu\n", BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE,
+           CLUSTER_M, fa.numRegs, SMEM_BYTES, (size_t)fa.localSizeBytes);
+    for (size_t si = 0; si + 3 <= shapes.size(); si += 3) {
+        int m = shapes[si], n = shapes[si + 1], k = shapes[si + 2];
+        int nkb = (k + 127) / 128;
+        size_t set_bytes = (size_t)m * k + (size_t)n * k + (size_t)m * nkb * 4 + (size_t)((n + 127) / 128) * nkb * 4;
+        int nsets = check ? 1 : (int)std::min<size_t>(64, std::max<size_t>(1, (400ull << 20) / set_bytes + 1));
+        std::vector<Set> sets(nsets);
+        for (int s = 0; s < nsets; ++s) {
+            CK(cudaMalloc(&sets[s].a, (size_t)m * k));
+            CK(cudaMalloc(&sets[s].b, (size_t)n * k));
+            CK(cudaMalloc(&sets[s].sa, (size_t)m * nkb * 4));
+            CK(cudaMalloc(&sets[s].sb, (size_t)((n + 127) / 128) * nkb * 4));
+            fill_e4m3<<<1024, 256>>>(sets[s].a, (size_t)m * k, 11 + s);
+            fill_e4m3<<<1024, 256>>>(sets[s].b, (size_t)n * k, 101 + s);
+            fill_scale<<<64, 256>>>(sets[s].sa, (size_t)m * nkb, 5 + s);
+            fill_scale<<<64, 256>>>(sets[s].sb, (size_t)((n + 127) / 128) * nkb, 9 + s);
+            sets[s].ta = make_map(sets[s].a, k, m, 128, BLOCK_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
+            sets[s].tb = make_map(sets[s].b, k, n, 128, BLOCK_N / CLUSTER_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
+        }
+        u16* d;
+        CK(cudaMalloc(&d, (size_t)m * n * 2));
+        TmaDesc td;
+        memset(&td, 0, sizeof(td));
+        if (EPI_SWIZZLE)
+            td = make_map(d, n, m, EPI_SWIZZLE / 2, 64 * SUB, 2,
+                          EPI_SWIZZLE == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
+                                             : (EPI_SWIZZLE == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
+        int tiles_mc = ((m + BLOCK_M - 1) / BLOCK_M + CLUSTER_M - 1) / CLUSTER_M;
+        int tiles = tiles_mc * ((n + BLOCK_N - 1) / BLOCK_N);
+        int max_clusters = sms / CLUSTER_M;
+        {
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3(sms / CLUSTER_M * CLUSTER_M);
+            cfg.blockDim = dim3(THREADS);
+            cfg.dynamicSmemBytes = SMEM_BYTES;
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeClusterDimension;
+            attr[0].val.clusterDim.x = CLUSTER_M;
+            attr[0].val.clusterDim.y = 1;
+            attr[0].val.clusterDim.z = 1;
+            cfg.attrs = attr;
+            cfg.numAttrs = 1;
+            CK(cudaOccupancyMaxActiveClusters(&max_clusters, fp8_gemm_sm90_kernel, &cfg));
+        }
+        int grid = std::min(tiles, max_clusters) * CLUSTER_M;
+        auto launch = [&](int s) {
+            if (CLUSTER_M == 1 && plain) {
+                fp8_gemm_sm90_kernel<<<grid, THREADS, SMEM_BYTES>>>(sets[s].ta, sets[s].tb, td, sets[s].sa, sets[s].sb, d,
+                                                                    m, n, k);
+                return;
+            }
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3(grid);
+            cfg.blockDim = dim3(THREADS);
+            cfg.dynamicSmemBytes = SMEM_BYTES;
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeClusterDimension;
+            attr[0].val.clusterDim.x = CLUSTER_M;
+            attr[0].val.clusterDim.y = 1;
+            attr[0].val.clusterDim.z = 1;
+            cfg.attrs = attr;
+            cfg.numAttrs = 1;
+            CK(cudaLaunchKernelEx(&cfg, fp8_gemm_sm90_kernel, sets[s].ta, sets[s].tb, td, (const float*)sets[s].sa,
+                                  (const float*)sets[s].sb, d, m, n, k));
+        };
+        if (check) {
+            fill_nan<<<1024, 256>>>(d, (size_t)m * n);
+            launch(0);
+            CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
+            float* r;
+            CK(cudaMalloc(&r, (size_t)m * n * 4));
+            ref_gemm<<<dim3((n + 127) / 128, m), 128>>>(sets[0].a, sets[0].sa, sets[0].b, sets[0].sb, r, m, n, k);
+            CK(cudaDeviceSynchronize());
+            std::vector<u16> hd((size_t)m * n);
+            std::vector<float> hr((size_t)m * n);
+            CK(cudaMemcpy(hd.data(), d, hd.size() * 2, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(hr.data(), r, hr.size() * 4, cudaMemcpyDeviceToHost));
+            double sxy = 0, sxx = 0, syy = 0, maxrel = 0;
+            size_t nan = 0, first_bad = (size_t)-1;
+            for (size_t i = 0; i < hd.size(); ++i) {
+                u32 bits = (u32)hd[i] << 16;
+                float x;
+                memcpy(&x, &bits, 4);
+                double y = hr[i];
+                if (x != x) {
+                    nan++;
+                    if (first_bad == (size_t)-1) first_bad = i;
+                    continue;
+                }
+                sxy += x * y, sxx += (double)x * x, syy += y * y;
+                double rel = fabs(x - y) / (fabs(y) + 1e-2 * sqrt(syy / (i + 1) + 1e-30));
+                if (rel > maxrel) maxrel = rel;
+                if (rel > 0.05 && first_bad == (size_t)-1) first_bad = i;
+            }
+            double diff = 1 - 2 * sxy / (sxx + syy);
+            bool ok = nan == 0 && diff < 1e-5;
+            printf("CHECK BM%d BN%d ST%d WG%d E%dC%dA%d M%d N%d K%d: diff %.3e nan %zu first_bad %lld -> %s\n", BLOCK_M,
+                   BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, m, n, k, diff, nan, first_bad == (size_t)-1 ? -1ll : (long long)first_bad,
+                   ok ? "PASS" : "FAIL");
+            CK(cudaFree(r));
+        } else {
+            for (int w = 0; w < 3; ++w) launch(w % nsets);
+            CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
+            double flop = 2.0 * m * n * k;
+            int reps = (int)std::max(5.0, std::min(100.0, 0.3 / (flop / 1e15)));
+            std::vector<cudaEvent_t> ev(2 * reps);
+            for (auto& e : ev) CK(cudaEventCreate(&e));
+            for (int i = 0; i < reps; ++i) {
+                CK(cudaEventRecord(ev[2 * i]));
+                launch(i % nsets);
+                CK(cudaEventRecord(ev[2 * i + 1]));
+            }
+            CK(cudaDeviceSynchronize());
+            CK(cudaGetLastError());
+            std::vector<float> ms(reps);
+            for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+            std::sort(ms.begin(), ms.end());
+            float med = ms[reps / 2];
+            double bytes = (double)m * k + (double)n * k + 2.0 * m * n;
+            printf("TIME BM%d BN%d ST%d WG%d E%dC%dA%d M%d N%d K%d: %.4f ms %.0f TFLOPS %.0f GB/s (grid %d, tiles %d)\n",
+                   BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, m, n, k, med, flop / med / 1e9, bytes / med / 1e6, grid, tiles);
+            for (auto& e : ev) CK(cudaEventDestroy(e));
+        }
+        for (auto& s : sets) {
+            CK(cudaFree(s.a)); CK(cudaFree(s.b)); CK(cudaFree(s.sa)); CK(cudaFree(s.sb));
+        }
+        CK(cudaFree(d));
+    }
+    return 0;
+}

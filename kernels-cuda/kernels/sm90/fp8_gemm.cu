@@ -1,0 +1,484 @@
+// Block-scaled FP8 GEMM for Hopper (sm_90a): D[m][n] = sum_kb sA[m][kb] * sB[n/128][kb] *
+// sum_{k in block kb} A[m][k] * B[n][k], bf16 out, f32 accumulation promoted every 128 of K.
+//
+// Layouts (row-major): A e4m3 [m, k] (K-major), sA f32 [m, ceil(k/128)], B e4m3 [n, k] (K-major),
+// sB f32 [ceil(n/128), ceil(k/128)], D bf16 [m, n].
+//
+// Design (warp-specialized, persistent):
+//   - CTA = 1 producer warpgroup + MATH_WG math warpgroups (128 threads each). BLOCK_M x BLOCK_N
+//     output tiles, K in blocks of 128 (the scale granularity), STAGES shared-memory stages.
+//   - Producer warp 0 (one thread): per stage, TMA copies of the A box (128 K-bytes x BLOCK_M rows)
+//     and the B box (128 x BLOCK_N), 128-byte swizzled, completing on the stage's full barrier.
+//     Producer warp 1: per stage, the BLOCK_M activation scales of the K block (sA is K-minor, so
+//     TMA cannot fetch a column of it) and the <= 3 weight scales the tile touches, stored to
+//     shared memory, one arrival per lane on the same full barrier.
+//   - Math warpgroup j owns rows [j * BLOCK_M / MATH_WG, ...) of the tile in 64-row sub-tiles:
+//     per K block and sub-tile, 4 wgmma m64 x BLOCK_N x k32 (both operands from shared memory),
+//     wait, then promote into f32 registers: final += (sA[row] * sB[col block]) * acc. With two
+//     math warpgroups one's promotion overlaps the other's wgmma.
+//   - Stages are filled in rounds: every tile starts at stage 0 and the stage loop is unrolled, so
+//     every shared-memory and barrier address is a constant (stages a tile's last round leaves
+//     unused are passed through with plain arrivals). Measured on the H200: 15-20% faster than a
+//     ring of stages continued across tiles with run-time stage indices.
+//   - ACC_STAGES = 2 (one math warpgroup): two accumulators; K block kb + 1 is issued before kb is
+//     promoted, so the warpgroup's next wgmma is always queued. Costs BLOCK_N / 2 more registers
+//     per thread, which two math warpgroups do not have (ptxas then serializes the wgmma).
+//   - CLUSTER_M = 2: the two CTAs of a cluster take vertically adjacent tiles (same columns): each
+//     loads half of the B tile and multicasts it to both, halving B's L2 traffic; a stage is free
+//     once the consumers of both CTAs released it (they arrive on both CTAs' empty barriers).
+//   - Persistent grid: cluster c handles cluster tiles c, c + clusters, ... in a grouped order
+//     (GROUP_M M-blocks share the B columns they read, for L2 reuse).
+//   - A tile may straddle two or three 128-row blocks of sB (BLOCK_N not dividing 128): the column
+//     where the scale changes is made a compile-time constant by dispatching the K loop on it.
+//   - Epilogue (EPI_SWIZZLE > 0): each math warpgroup writes its bf16 rows into a swizzled
+//     shared-memory tile (conflict-free 4-byte stores), then one thread stores it with TMA, one box
+//     per EPI_SWIZZLE-byte column slab; the store drains while the next tile's K loop runs (its
+//     completion is awaited only before the tile buffer is written again). EPI_SWIZZLE = 0: bf16
+//     pairs stored straight from registers (for BLOCK_N whose rows are not a multiple of 32 bytes).
+//   - Edges: TMA fills rows / K beyond the tensors with zeros; D stores are clipped (TMA) or masked.
+//
+// Compile-time constants (every one required): BLOCK_M (64, 128 or 256), BLOCK_N (multiple of 8,
+// 8..256), STAGES (>= 2), MATH_WG (1 or 2), EPI_SWIZZLE (0, 32, 64 or 128, dividing 2 * BLOCK_N),
+// CLUSTER_M (1 or 2; 2 needs BLOCK_N a multiple of 16 and a launch with clusters of 2 along x),
+// ACC_STAGES (1: each K block is issued, waited for and promoted; 2: two accumulators, the next
+// K block issued before the current one is promoted),
+// TESSERA_SMEM_BYTES (the dynamic shared memory the host reserves: checked against the layout).
+
+#if !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(STAGES) || !defined(MATH_WG) || !defined(EPI_SWIZZLE) || \
+    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(TESSERA_SMEM_BYTES)
+#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES and TESSERA_SMEM_BYTES"
+#endif
+#if ACC_STAGES != 1 && (ACC_STAGES != 2 || BLOCK_M != 64 * MATH_WG)
+#error "ACC_STAGES must be 1, or 2 with one 64-row sub-tile per math warpgroup"
+#endif
+#if CLUSTER_M != 1 && CLUSTER_M != 2
+#error "CLUSTER_M must be 1 or 2"
+#endif
+#if CLUSTER_M == 2 && BLOCK_N % 16 != 0
+#error "CLUSTER_M = 2 needs BLOCK_N a multiple of 16 (each CTA loads half of the B tile)"
+#endif
+#if EPI_SWIZZLE != 0 && EPI_SWIZZLE != 32 && EPI_SWIZZLE != 64 && EPI_SWIZZLE != 128
+#error "EPI_SWIZZLE must be 0, 32, 64 or 128"
+#endif
+#if EPI_SWIZZLE != 0 && (2 * BLOCK_N) % EPI_SWIZZLE != 0
+#error "EPI_SWIZZLE must divide the bytes of a BLOCK_N row of bf16"
+#endif
+#if BLOCK_N % 8 != 0 || BLOCK_N < 8 || BLOCK_N > 256
+#error "BLOCK_N must be a multiple of 8 in 8..256"
+#endif
+#if MATH_WG != 1 && MATH_WG != 2
+#error "MATH_WG must be 1 or 2"
+#endif
+#if BLOCK_M % (64 * MATH_WG) != 0 || BLOCK_M / (64 * MATH_WG) > 2
+#error "BLOCK_M must be 64 * MATH_WG or 128 * MATH_WG"
+#endif
+#if STAGES < 2
+#error "STAGES must be at least 2"
+#endif
+
+namespace fp8_gemm_sm90 {
+
+constexpr int BK = 128;                            // K per stage (bytes of e4m3 per row)
+constexpr int SUB = BLOCK_M / (64 * MATH_WG);      // 64-row sub-tiles per math warpgroup
+constexpr int ACC = BLOCK_N / 2;                   // accumulator floats per thread per sub-tile
+constexpr int THREADS = 128 * (1 + MATH_WG);
+constexpr int GROUP_M = 16;                        // M-blocks per raster group
+
+// Shared-memory layout (offsets from a 1024-byte aligned base; the host adds 1024 bytes of slack).
+constexpr int A_STAGE = BLOCK_M * BK;
+constexpr int B_STAGE = BLOCK_N * BK;
+constexpr int D_BYTES = EPI_SWIZZLE ? BLOCK_M * BLOCK_N * 2 : 0;  // the epilogue's bf16 tile
+constexpr int OFF_D = 0;
+constexpr int OFF_A = OFF_D + D_BYTES;
+constexpr int OFF_B = OFF_A + STAGES * A_STAGE;
+constexpr int OFF_SA = OFF_B + STAGES * B_STAGE;           // f32 [STAGES][BLOCK_M]
+constexpr int OFF_SB = OFF_SA + STAGES * BLOCK_M * 4;      // f32 [STAGES][4]
+constexpr int OFF_FULL = OFF_SB + STAGES * 16;              // u64 [STAGES]
+constexpr int OFF_EMPTY = OFF_FULL + STAGES * 8;            // u64 [STAGES]
+constexpr int LAYOUT_BYTES = OFF_EMPTY + STAGES * 8;
+constexpr int SMEM_BYTES = LAYOUT_BYTES + 1024;
+static_assert(SMEM_BYTES == TESSERA_SMEM_BYTES, "the host's shared-memory size disagrees with this layout");
+static_assert(A_STAGE % 1024 == 0 && B_STAGE % 1024 == 0 && D_BYTES % 1024 == 0,
+              "swizzled tiles must stay 1024-byte aligned");
+
+constexpr u32 FULL_ARRIVALS = 1 + 32;              // the TMA thread + the scale warp's lanes
+constexpr u32 EMPTY_ARRIVALS = 4 * MATH_WG * CLUSTER_M;  // lane 0 of every math warp of the cluster
+constexpr int B_HALF = B_STAGE / CLUSTER_M;                 // the part of B a CTA loads
+static_assert(B_HALF % 1024 == 0, "each CTA's part of the B tile must stay 1024-byte aligned");
+
+struct Tile {
+    int m0, n0;
+};
+
+// The tile of cluster rank `rank` at linear cluster-tile index t in the grouped order; cluster
+// tiles are CLUSTER_M vertically adjacent tiles (tiles_mc = ceil(tiles_m / CLUSTER_M) of them per
+// column; a last CTA past m computes zeros that are never stored).
+__device__ __forceinline__ Tile tile_at(int t, int tiles_mc, int tiles_n, int rank) {
+    constexpr int GROUP = GROUP_M / CLUSTER_M;
+    int per_group = GROUP * tiles_n;
+    int group = t / per_group;
+    int first_m = group * GROUP;
+    int rows = min(tiles_mc - first_m, GROUP);
+    int in_group = t - group * per_group;
+    Tile r;
+    r.m0 = ((first_m + in_group % rows) * CLUSTER_M + rank) * BLOCK_M;
+    r.n0 = (in_group / rows) * BLOCK_N;
+    return r;
+}
+
+struct Pipe {
+    int stage = 0;
+    u32 phase = 0;
+    __device__ __forceinline__ void next() {
+        if (++stage == STAGES) {
+            stage = 0;
+            phase ^= 1;
+        }
+    }
+};
+
+// The scales of one K block for this thread's rows (per 64-row sub-tile: rows r and r + 8) and
+// the tile's <= 3 weight-scale blocks.
+struct KScales {
+    float sa[SUB][2];
+    float sb[3];
+};
+
+__device__ __forceinline__ KScales read_scales(const u8* smem, int stage, int row_in_tile) {
+    const float* sa_smem = (const float*)(smem + OFF_SA) + stage * BLOCK_M;
+    const float* sb_smem = (const float*)(smem + OFF_SB) + stage * 4;
+    KScales r;
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) {
+        r.sa[s][0] = sa_smem[row_in_tile + s * 64];
+        r.sa[s][1] = sa_smem[row_in_tile + s * 64 + 8];
+    }
+#pragma unroll
+    for (int j = 0; j < 3; ++j) r.sb[j] = sb_smem[j];
+    return r;
+}
+
+// Issues (and commits) the 4 wgmma of one K block for sub-tile `sub` into `acc`.
+__device__ __forceinline__ void issue_k_block(float (&acc)[ACC], const u8* smem, int stage, int wg, int sub) {
+    const u8* a_tile = smem + OFF_A + stage * A_STAGE + (wg * SUB + sub) * 64 * BK;
+    const u64 a_desc = wgmma_desc(a_tile, 0, 1024, WGMMA_SWIZZLE_128B);
+    const u64 b_desc = wgmma_desc(smem + OFF_B + stage * B_STAGE, 0, 1024, WGMMA_SWIZZLE_128B);
+    reg_fence_all(acc);
+#pragma unroll
+    for (int k = 0; k < BK / 32; ++k) {
+        // +32 bytes of K per step: +2 in the descriptors' 16-byte address units.
+        WgmmaE4M3<BLOCK_N>::mma(acc, a_desc + 2 * k, b_desc + 2 * k, k > 0 ? 1u : 0u);
+    }
+    wgmma_commit();
+}
+
+// This warp is done with `stage`: one arrival per warp on the empty barrier of every CTA of the
+// cluster (each CTA's producer refills the stage only when both CTAs have released it).
+__device__ __forceinline__ void release_stage(u8* smem, int stage, int lane) {
+    u64* empty = (u64*)(smem + OFF_EMPTY);
+    if (lane == 0) {
+        if constexpr (CLUSTER_M == 1) {
+            mbar_arrive(&empty[stage]);
+        } else {
+#pragma unroll
+            for (int r = 0; r < CLUSTER_M; ++r) mbar_arrive_cluster(&empty[stage], r);
+        }
+    }
+}
+
+// out += (sA[row] * sB[column block]) * acc, the column block of every 8 columns resolved at
+// compile time from FORMER.
+template <int FORMER>
+__device__ __forceinline__ void promote(float (&out)[ACC], const float (&acc)[ACC], const float (&sa)[2],
+                                        const float (&sb)[3]) {
+#pragma unroll
+    for (int i = 0; i < BLOCK_N / 8; ++i) {
+        const float sbv = (8 * i < FORMER) ? sb[0] : ((8 * i < FORMER + 128) ? sb[1] : sb[2]);
+        const float s0 = sa[0] * sbv, s1 = sa[1] * sbv;
+        out[4 * i + 0] = fmaf(s0, acc[4 * i + 0], out[4 * i + 0]);
+        out[4 * i + 1] = fmaf(s0, acc[4 * i + 1], out[4 * i + 1]);
+        out[4 * i + 2] = fmaf(s1, acc[4 * i + 2], out[4 * i + 2]);
+        out[4 * i + 3] = fmaf(s1, acc[4 * i + 3], out[4 * i + 3]);
+    }
+}
+
+// Writes this warpgroup's part of the tile (bf16).
+__device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const Tile& tile, int wg, int m, int n,
+                                         u16* __restrict__ d, const TmaDesc* tma_d) {
+    const int t = threadIdx.x % 128;
+    const int warp = t / 32, lane = t % 32;
+#if EPI_SWIZZLE == 0
+    // bf16 pairs straight to global memory, masked at the edges.
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) {
+        const int r0 = tile.m0 + wg * 64 * SUB + s * 64 + warp * 16 + lane / 4;
+#pragma unroll
+        for (int i = 0; i < BLOCK_N / 8; ++i) {
+            const int col = tile.n0 + 8 * i + 2 * (lane % 4);
+            if (col < n) {
+                if (r0 < m) *(u32*)(d + (i64)r0 * n + col) = pack2<true>(out[s][4 * i + 0], out[s][4 * i + 1]);
+                if (r0 + 8 < m)
+                    *(u32*)(d + (i64)(r0 + 8) * n + col) = pack2<true>(out[s][4 * i + 2], out[s][4 * i + 3]);
+            }
+        }
+    }
+#else
+    // Rows into this warpgroup's swizzled smem tile, then one TMA store per column slab.
+    constexpr int SLAB_COLS = EPI_SWIZZLE / 2;
+    constexpr int WG_ROWS = 64 * SUB;
+    u8* dbuf = smem + OFF_D + wg * WG_ROWS * BLOCK_N * 2;
+    if (t == 0) tma_store_wait_read<0>();  // the previous tile's stores have read the buffer
+    named_barrier_sync(1 + wg, 128);
+    const int r8 = lane / 4;  // row % 8 of both of this thread's rows
+    const u32 xor_chunk = EPI_SWIZZLE == 128 ? r8 : (EPI_SWIZZLE == 64 ? (r8 / 2) % 4 : (r8 / 4) % 2);
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) {
+        const int row = s * 64 + warp * 16 + r8;
+#pragma unroll
+        for (int i = 0; i < BLOCK_N / 8; ++i) {
+            const int slab = (8 * i) / SLAB_COLS;
+            const u32 chunk = ((8 * i) % SLAB_COLS) / 8;
+            u8* slab_base = dbuf + slab * WG_ROWS * EPI_SWIZZLE;
+            const u32 off = ((chunk ^ xor_chunk) * 16) + 4 * (lane % 4);
+            *(u32*)(slab_base + row * EPI_SWIZZLE + off) = pack2<true>(out[s][4 * i + 0], out[s][4 * i + 1]);
+            *(u32*)(slab_base + (row + 8) * EPI_SWIZZLE + off) = pack2<true>(out[s][4 * i + 2], out[s][4 * i + 3]);
+        }
+    }
+    fence_proxy_async_smem();
+    named_barrier_sync(1 + wg, 128);
+    if (t == 0) {
+#pragma unroll
+        for (int slab = 0; slab < BLOCK_N / SLAB_COLS; ++slab)
+            tma_store_2d(tma_d, dbuf + slab * WG_ROWS * EPI_SWIZZLE, tile.n0 + slab * SLAB_COLS, tile.m0 + wg * WG_ROWS);
+        tma_store_commit();
+    }
+#endif
+}
+
+// The K loop and epilogue of one tile for a math warpgroup; FORMER = the number of the tile's
+// columns in the first 128-row block of sB (compile time, so the promotion needs no selects).
+template <int FORMER>
+__device__ __forceinline__ void math_tile(u8* smem, u32& round, const Tile& tile, int num_kb, int wg, int m, int n,
+                                          u16* __restrict__ d, const TmaDesc* tma_d) {
+    const int lane = threadIdx.x % 32;
+    const int row_in_tile = wg * 64 * SUB + (threadIdx.x % 128) / 32 * 16 + lane / 4;  // + s * 64, + 8
+    u64* full = (u64*)(smem + OFF_FULL);
+    float out[SUB][ACC];
+#pragma unroll
+    for (int s = 0; s < SUB; ++s)
+#pragma unroll
+        for (int i = 0; i < ACC; ++i) out[s][i] = 0.0f;
+    const int rounds = (num_kb + STAGES - 1) / STAGES;
+
+#if ACC_STAGES == 1
+    // Issue a K block, wait for it, promote it (the other math warpgroup's wgmma fill the gap).
+    // The stage loop is unrolled so that every shared-memory address is a constant.
+    float acc[ACC];
+    for (int r = 0; r < rounds; ++r, ++round) {
+#pragma unroll
+        for (int stage = 0; stage < STAGES; ++stage) {
+            mbar_wait(&full[stage], round & 1);
+            if (r * STAGES + stage < num_kb) {
+                const KScales sc = read_scales(smem, stage, row_in_tile);
+#pragma unroll
+                for (int s = 0; s < SUB; ++s) {
+                    issue_k_block(acc, smem, stage, wg, s);
+                    wgmma_wait<0>();
+                    reg_fence_all(acc);
+                    if (s == SUB - 1) release_stage(smem, stage, lane);
+                    promote<FORMER>(out[s], acc, sc.sa[s], sc.sb);
+                }
+            } else {
+                release_stage(smem, stage, lane);  // a stage this tile leaves empty
+            }
+        }
+    }
+#else
+    // Two accumulators: K block kb + 1 is issued before K block kb is promoted, so this warpgroup
+    // always has wgmma queued while its CUDA cores promote.
+    float acc0[ACC], acc1[ACC];
+    Pipe pipe, release;
+    pipe.phase = release.phase = round & 1;
+    mbar_wait(&full[pipe.stage], pipe.phase);
+    KScales sc0 = read_scales(smem, pipe.stage, row_in_tile), sc1;
+    issue_k_block(acc0, smem, pipe.stage, wg, 0);
+    pipe.next();
+    for (int kb = 0; kb < num_kb; kb += 2) {
+        if (kb + 1 < num_kb) {
+            mbar_wait(&full[pipe.stage], pipe.phase);
+            sc1 = read_scales(smem, pipe.stage, row_in_tile);
+            issue_k_block(acc1, smem, pipe.stage, wg, 0);
+            pipe.next();
+            wgmma_wait<1>();
+        } else {
+            wgmma_wait<0>();
+        }
+        reg_fence_all(acc0);
+        release_stage(smem, release.stage, lane);
+        release.next();
+        promote<FORMER>(out[0], acc0, sc0.sa[0], sc0.sb);
+        if (kb + 1 >= num_kb) break;
+        if (kb + 2 < num_kb) {
+            mbar_wait(&full[pipe.stage], pipe.phase);
+            sc0 = read_scales(smem, pipe.stage, row_in_tile);
+            issue_k_block(acc0, smem, pipe.stage, wg, 0);
+            pipe.next();
+            wgmma_wait<1>();
+        } else {
+            wgmma_wait<0>();
+        }
+        reg_fence_all(acc1);
+        release_stage(smem, release.stage, lane);
+        release.next();
+        promote<FORMER>(out[0], acc1, sc1.sa[0], sc1.sb);
+    }
+    // The stages this tile leaves empty in its last round.
+    for (int kb = num_kb; kb < rounds * STAGES; ++kb) {
+        mbar_wait(&full[release.stage], release.phase);
+        release_stage(smem, release.stage, lane);
+        release.next();
+    }
+    round += rounds;
+#endif
+    epilogue(out, smem, tile, wg, m, n, d, tma_d);
+}
+
+// Dispatches math_tile on FORMER = min(BLOCK_N, 128 - n0 % 128), which is a multiple of
+// gcd(BLOCK_N, 128) (tile starts are multiples of BLOCK_N), trying only those values.
+__host__ __device__ constexpr int gcd_const(int a, int b) { return b == 0 ? a : gcd_const(b, a % b); }
+constexpr int FORMER_STEP = gcd_const(BLOCK_N, 128);
+
+template <int F>
+__device__ __forceinline__ void math_tile_dispatch(int former, u8* smem, u32& round, const Tile& tile, int num_kb,
+                                                   int wg, int m, int n, u16* __restrict__ d, const TmaDesc* tma_d) {
+    constexpr int FC = F < BLOCK_N ? F : BLOCK_N;
+    if constexpr (F + FORMER_STEP <= 128 && F < BLOCK_N) {
+        if (former != FC) {
+            math_tile_dispatch<F + FORMER_STEP>(former, smem, round, tile, num_kb, wg, m, n, d, tma_d);
+            return;
+        }
+    }
+    math_tile<FC>(smem, round, tile, num_kb, wg, m, n, d, tma_d);
+}
+
+}  // namespace fp8_gemm_sm90
+
+extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
+    fp8_gemm_sm90_kernel(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaDesc tma_b,
+                         const __grid_constant__ TmaDesc tma_d,
+                         const float* __restrict__ sa, const float* __restrict__ sb, u16* __restrict__ d, int m,
+                         int n, int k) {
+    using namespace fp8_gemm_sm90;
+    extern __shared__ u8 smem_raw[];
+    // Offsetting the array (not casting through an integer) keeps the pointer in shared space.
+    u8* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    u64* full = (u64*)(smem + OFF_FULL);
+    u64* empty = (u64*)(smem + OFF_EMPTY);
+
+    const int num_kb = (k + BK - 1) / BK;
+    const int tiles_mc = ((m + BLOCK_M - 1) / BLOCK_M + CLUSTER_M - 1) / CLUSTER_M;
+    const int tiles_n = (n + BLOCK_N - 1) / BLOCK_N;
+    const int num_tiles = tiles_mc * tiles_n;  // cluster tiles
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rank = CLUSTER_M == 1 ? 0 : (int)cluster_cta_rank();
+    const int cluster = blockIdx.x / CLUSTER_M, clusters = gridDim.x / CLUSTER_M;
+
+    if (threadIdx.x == 0) {
+        tma_prefetch_desc(&tma_a);
+        tma_prefetch_desc(&tma_b);
+        if (EPI_SWIZZLE != 0) tma_prefetch_desc(&tma_d);
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(&full[s], FULL_ARRIVALS);
+            mbar_init(&empty[s], EMPTY_ARRIVALS);
+        }
+        mbar_fence_init();
+    }
+    if constexpr (CLUSTER_M == 1) {
+        __syncthreads();
+    } else {
+        cluster_sync();  // the peer's barriers are initialized before any multicast or remote arrival
+    }
+
+    if (warp < 4) {
+        // Producer warpgroup.
+        if constexpr (MATH_WG == 2) setmaxnreg_dec<40>();
+        const int rounds = (num_kb + STAGES - 1) / STAGES;
+        if (warp == 0 && lane == 0) {
+            // TMA: each tile fills the stages from 0, in rounds of STAGES K blocks (the last round
+            // may leave stages empty: they are passed on with a plain arrival).
+            u32 round = 0;
+            for (int t = cluster; t < num_tiles; t += clusters) {
+                const Tile tile = tile_at(t, tiles_mc, tiles_n, rank);
+                const int b_row = tile.n0 + rank * (BLOCK_N / CLUSTER_M);
+                for (int r = 0; r < rounds; ++r, ++round) {
+#pragma unroll
+                    for (int stage = 0; stage < STAGES; ++stage) {
+                        const int kb = r * STAGES + stage;
+                        mbar_wait(&empty[stage], (round & 1) ^ 1);
+                        if (kb >= num_kb) {
+                            mbar_arrive(&full[stage]);
+                            continue;
+                        }
+                        mbar_arrive_expect_tx(&full[stage], A_STAGE + B_STAGE);
+                        tma_load_2d(smem + OFF_A + stage * A_STAGE, &tma_a, &full[stage], kb * BK, tile.m0);
+                        u8* b_dst = smem + OFF_B + stage * B_STAGE + rank * B_HALF;
+                        if constexpr (CLUSTER_M == 1) {
+                            tma_load_2d(b_dst, &tma_b, &full[stage], kb * BK, b_row);
+                        } else {
+                            tma_load_2d_multicast(b_dst, &tma_b, &full[stage], kb * BK, b_row, (1u << CLUSTER_M) - 1);
+                        }
+                    }
+                }
+            }
+        } else if (warp == 1) {
+            // Scales, in the same rounds: cp.async of this K block's activation scales and the
+            // tile's weight scales into the stage, one arrival per lane once they have landed.
+            float* sa_smem = (float*)(smem + OFF_SA);
+            float* sb_smem = (float*)(smem + OFF_SB);
+            const int sb_rows = (n + 127) / 128;
+            u32 round = 0;
+            for (int t = cluster; t < num_tiles; t += clusters) {
+                const Tile tile = tile_at(t, tiles_mc, tiles_n, rank);
+                for (int r = 0; r < rounds; ++r, ++round) {
+#pragma unroll
+                    for (int stage = 0; stage < STAGES; ++stage) {
+                        const int kb = r * STAGES + stage;
+                        mbar_wait(&empty[stage], (round & 1) ^ 1);
+                        if (kb < num_kb) {
+#pragma unroll
+                            for (int i = lane; i < BLOCK_M; i += 32) {
+                                const int row = tile.m0 + i;
+                                cp_async_4(&sa_smem[stage * BLOCK_M + i], row < m ? &sa[(i64)row * num_kb + kb] : sa,
+                                           row < m);
+                            }
+                            if (lane < 3) {
+                                const int srow = tile.n0 / 128 + lane;
+                                cp_async_4(&sb_smem[stage * 4 + lane],
+                                           srow < sb_rows ? &sb[(i64)srow * num_kb + kb] : sb, srow < sb_rows);
+                            }
+                        }
+                        // Arrives once this lane's copies have landed: the warp never waits on memory.
+                        cp_async_mbar_arrive(&full[stage]);
+                    }
+                }
+            }
+        }
+    } else {
+        if constexpr (MATH_WG == 2) setmaxnreg_inc<232>();
+        const int wg = warp / 4 - 1;
+        u32 round = 0;
+        for (int t = cluster; t < num_tiles; t += clusters) {
+            const Tile tile = tile_at(t, tiles_mc, tiles_n, rank);
+            const int former = min(BLOCK_N, 128 - tile.n0 % 128);
+            math_tile_dispatch<FORMER_STEP>(former, smem, round, tile, num_kb, wg, m, n, d, &tma_d);
+        }
+#if EPI_SWIZZLE != 0
+        if (threadIdx.x % 128 == 0) tma_store_wait<0>();  // stores complete before the CTA exits
+#endif
+    }
+    if constexpr (CLUSTER_M == 2) {
+        // No CTA leaves while its peer may still arrive on its barriers.
+        __syncwarp();
+        cluster_sync();
+    }
+}
