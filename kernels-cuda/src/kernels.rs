@@ -152,6 +152,7 @@ mod tests {
             let attention = AttentionShape {
                 op: &attention_op,
                 block_size: 128,
+                mask_density: 0.5,
             };
             for c in attention.candidates(&arch).unwrap() {
                 assert!(has(&c));

@@ -10,7 +10,10 @@
 
 use super::{check_device_len, download, to_i32, upload};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
-use crate::plan::{AttentionShape, AttentionVariant, KernelArgs, LaunchOptions};
+use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
+use crate::plan::{
+    AttentionShape, AttentionVariant, KernelArgs, LaunchOptions, PlannedOp, TuneOutcome,
+};
 use crate::CudaBackend;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 use half::{bf16, f16};
@@ -189,6 +192,42 @@ impl CudaBackend {
     ) -> Result<()> {
         op.validate(mask.mask())?;
         check_block_size(mask.block_size())?;
+        let variant = self.sparse_attention_plan(op, mask.mask())?;
+        self.sparse_attention_variant_on(stream, op, variant, mask, q, k, v, o, lse)
+    }
+
+    /// [`CudaBackend::sparse_attention_on`] with an explicit variant (a candidate of
+    /// [`crate::plan::heuristics::attention_candidates`] for the op and the mask's block size),
+    /// for tests and tuning.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_attention_variant_on(
+        &self,
+        stream: &CudaStream,
+        op: &SparseAttention,
+        variant: AttentionVariant,
+        mask: &DeviceBlockMask,
+        q: &DeviceHalf<'_>,
+        k: &DeviceHalf<'_>,
+        v: &DeviceHalf<'_>,
+        o: &mut DeviceHalfMut<'_>,
+        lse: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        op.validate(mask.mask())?;
+        check_block_size(mask.block_size())?;
+        let expected = AttentionShape {
+            op,
+            block_size: mask.block_size(),
+            mask_density: mask.mask().density(),
+        }
+        .candidates(&self.runtime.arch)?;
+        if !expected.contains(&variant) {
+            return Err(Error::invalid(
+                OP,
+                "variant",
+                format!("a variant for head_dim {}, {} and block size {}", op.head_dim, op.dtype, mask.block_size()),
+                format!("{variant:?}"),
+            ));
+        }
         for (arg, t) in [("q", q), ("k", k), ("v", v)] {
             if t.dtype() != op.dtype {
                 return Err(Error::invalid(
@@ -229,7 +268,6 @@ impl CudaBackend {
         let tokens = to_i32(OP, "tokens", op.tokens)?;
         let heads = to_i32(OP, "heads", op.heads)?;
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
-        let variant = self.sparse_attention_plan(op, mask.block_size())?;
         // Offsets are computed in 64 bits; the grid's y and z dimensions hold heads and batch
         // (checked by `grid`).
         let grid = variant.grid(op)?;
@@ -260,19 +298,103 @@ impl CudaBackend {
         unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
     }
 
-    /// The attention variant for `op` with a mask of `block_size` on this device (the plan of
-    /// its shape class).
+    /// The attention variant for `op` with `mask` on this device (the plan of its shape class).
     pub fn sparse_attention_plan(
         &self,
         op: &SparseAttention,
-        block_size: usize,
+        mask: &BlockMask,
     ) -> Result<AttentionVariant> {
-        check_block_size(block_size)?;
-        let shape = AttentionShape { op, block_size };
-        // One candidate per (head_dim, dtype, block size): nothing to time.
+        check_block_size(mask.block_size())?;
+        let shape = AttentionShape {
+            op,
+            block_size: mask.block_size(),
+            mask_density: mask.density(),
+        };
         self.runtime
             .plans
-            .plan(&shape, &mut |c: &[AttentionVariant]| Ok(vec![0.0; c.len()]))
+            .plan(&shape, &mut |c: &[AttentionVariant]| {
+                self.time_sparse_attention(op, mask, c)
+            })
+    }
+
+    /// Times every attention candidate for `op` with `mask` on scratch buffers and records the
+    /// fastest as the plan of its shape class (see [`crate::plan::PlanCache::tune`]).
+    pub fn tune_sparse_attention(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+    ) -> Result<TuneOutcome> {
+        op.validate(mask)?;
+        check_block_size(mask.block_size())?;
+        let shape = AttentionShape {
+            op,
+            block_size: mask.block_size(),
+            mask_density: mask.density(),
+        };
+        self.runtime
+            .plans
+            .tune(&shape, &mut |c: &[AttentionVariant]| {
+                self.time_sparse_attention(op, mask, c)
+            })
+    }
+
+    /// Median milliseconds of each candidate for `op` with `mask`, on scratch buffers of random
+    /// values in [-2, 2) (never the caller's) on the backend's stream.
+    fn time_sparse_attention(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        candidates: &[AttentionVariant],
+    ) -> Result<Vec<f64>> {
+        op.validate(mask)?;
+        let stream = &self.runtime.stream;
+        let dmask = DeviceBlockMask::new(stream, mask)?;
+        let mut rng = ScratchRng(0xa77e_0001);
+        let values: Vec<f32> = (0..1 << 20).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        let mut lse = scratch_buffer::<f32>(stream, op.lse_len(), &[])?;
+        let n = op.qkv_len();
+        match op.dtype {
+            DType::F16 => {
+                let pattern: Vec<f16> = values.iter().map(|&x| f16::from_f32(x)).collect();
+                let q = scratch_buffer(stream, n, &pattern)?;
+                let k = scratch_buffer(stream, n, &pattern[7..])?;
+                let v = scratch_buffer(stream, n, &pattern[13..])?;
+                let mut o = scratch_buffer::<f16>(stream, n, &[])?;
+                time_each(stream, candidates, |c| {
+                    self.sparse_attention_variant_on(
+                        stream,
+                        op,
+                        *c,
+                        &dmask,
+                        &DeviceHalf::F16(q.slice(0..n)),
+                        &DeviceHalf::F16(k.slice(0..n)),
+                        &DeviceHalf::F16(v.slice(0..n)),
+                        &mut DeviceHalfMut::F16(o.slice_mut(0..n)),
+                        &mut lse.slice_mut(0..op.lse_len()),
+                    )
+                })
+            }
+            _ => {
+                let pattern: Vec<bf16> = values.iter().map(|&x| bf16::from_f32(x)).collect();
+                let q = scratch_buffer(stream, n, &pattern)?;
+                let k = scratch_buffer(stream, n, &pattern[7..])?;
+                let v = scratch_buffer(stream, n, &pattern[13..])?;
+                let mut o = scratch_buffer::<bf16>(stream, n, &[])?;
+                time_each(stream, candidates, |c| {
+                    self.sparse_attention_variant_on(
+                        stream,
+                        op,
+                        *c,
+                        &dmask,
+                        &DeviceHalf::BF16(q.slice(0..n)),
+                        &DeviceHalf::BF16(k.slice(0..n)),
+                        &DeviceHalf::BF16(v.slice(0..n)),
+                        &mut DeviceHalfMut::BF16(o.slice_mut(0..n)),
+                        &mut lse.slice_mut(0..op.lse_len()),
+                    )
+                })
+            }
+        }
     }
 
     pub(crate) fn sparse_attention_host(

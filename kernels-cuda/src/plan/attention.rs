@@ -124,13 +124,15 @@ impl KernelSpec for AttentionVariant {
     }
 }
 
-/// The shape an attention plan is made for: the op and its mask's block size.
+/// The shape an attention plan is made for: the op and its mask's block size and density.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape<'a> {
     /// The op.
     pub op: &'a SparseAttention,
     /// The mask's block size.
     pub block_size: usize,
+    /// The mask's density (blocks on over all blocks).
+    pub mask_density: f64,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!
 //! Shape classes ([`ShapeClass`]) are coarse so that one timing serves many calls: the GEMM's m
 //! rounded up to a power of two with n and k exact; attention's head_dim, dtype and block size
-//! with tokens and batch x heads in powers of two; MLA decode's layout and rows (`s_q * heads`)
+//! with tokens and batch x heads in powers of two and the mask's density in eighths; MLA decode's layout and rows (`s_q * heads`)
 //! with batch and the longest sequence in powers of two; the quantizers' input, rule and
 //! granularity with rows in powers of two and cols exact.
 
@@ -63,6 +63,8 @@ pub enum ShapeClass {
         tokens_bucket: u64,
         /// batch x heads rounded up to a power of two.
         batch_heads_bucket: u64,
+        /// The mask's density rounded up to eighths (0..=8).
+        density_eighths: u8,
     },
     /// MLA decode.
     MlaDecode {
@@ -150,6 +152,8 @@ pub enum PlanOrigin {
         /// Median time of the winner.
         ms: f64,
     },
+    /// Set by [`PlanCache::pin`] (not persisted).
+    Pinned,
     /// Read from the plan file and not yet checked against the candidates.
     Loaded {
         /// Median time of the winner when it was tuned.
@@ -299,6 +303,23 @@ impl PlanCache {
         Ok(v)
     }
 
+    /// Makes `variant`, which must be one of `shape`'s candidates on this architecture, the
+    /// plan of `shape`'s class: to run one candidate through an op's usual API (tests,
+    /// experiments). Not persisted.
+    pub fn pin<P: PlannedOp>(&self, shape: &P, variant: P::Variant) -> Result<()> {
+        let candidates = shape.candidates(&self.arch)?;
+        if !candidates.contains(&variant) {
+            return Err(Error::invalid(
+                variant.op(),
+                "variant",
+                format!("one of the {} candidates for this shape", candidates.len()),
+                format!("{variant:?}"),
+            ));
+        }
+        self.insert(shape.shape_class(), P::wrap(variant), PlanOrigin::Pinned);
+        Ok(())
+    }
+
     /// Times every candidate of `shape` with `time` and records the fastest as the plan of its
     /// class (whether or not tuning on first use is on). Does not write the file: see
     /// [`PlanCache::save`].
@@ -368,7 +389,7 @@ impl PlanCache {
                     variant: e.variant,
                     ms,
                 }),
-                PlanOrigin::Heuristic => None,
+                PlanOrigin::Heuristic | PlanOrigin::Pinned => None,
             })
             .collect();
         if ours.is_empty() {
@@ -632,6 +653,25 @@ mod tests {
         let cache = PlanCache::new("gpu", h200(), false, Some(dir.join("absent.json")));
         assert!(cache.get(&op.shape_class()).is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pinning_a_candidate() {
+        let cache = PlanCache::new("gpu", h200(), true, None);
+        let op = Fp8Gemm::new(64, 2112, 512);
+        let c = op.candidates(&h200()).unwrap();
+        let mut calls = 0;
+        for v in &c {
+            cache.pin(&op, *v).unwrap();
+            assert_eq!(cache.plan(&op, &mut timer(0, &mut calls)).unwrap(), *v);
+            assert_eq!(cache.get(&op.shape_class()).unwrap().1, PlanOrigin::Pinned);
+        }
+        assert_eq!(calls, 0, "a pinned plan is not tuned");
+        let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
+        let on_l4 = PlanCache::new("gpu", l4, false, None);
+        assert!(on_l4
+            .pin(&op, GemmVariant::MmaSync(MmaSyncGemm::LARGE_DEEP))
+            .is_err());
     }
 
     #[test]

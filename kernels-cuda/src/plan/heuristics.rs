@@ -156,7 +156,7 @@ impl PlannedOp for AttentionShape<'_> {
     type Variant = AttentionVariant;
 
     /// head_dim, dtype and block size exact; tokens and batch x heads rounded up to powers of
-    /// two.
+    /// two; the mask's density rounded up to eighths.
     fn shape_class(&self) -> ShapeClass {
         ShapeClass::Attention {
             head_dim: self.op.head_dim as u64,
@@ -164,6 +164,7 @@ impl PlannedOp for AttentionShape<'_> {
             block: self.block_size as u64,
             tokens_bucket: bucket(self.op.tokens),
             batch_heads_bucket: bucket(self.op.batch.saturating_mul(self.op.heads)),
+            density_eighths: (self.mask_density.clamp(0.0, 1.0) * 8.0).ceil() as u8,
         }
     }
 
@@ -418,6 +419,7 @@ mod tests {
                         let shape = AttentionShape {
                             op: &op,
                             block_size,
+                            mask_density: 0.3,
                         };
                         let c = attention_candidates(&shape, &arch).unwrap();
                         assert_eq!(c.len(), 1);
@@ -431,6 +433,7 @@ mod tests {
         let bad = AttentionShape {
             op: &op,
             block_size: 32,
+            mask_density: 1.0,
         };
         assert!(matches!(
             attention_candidates(&bad, &h),
