@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use tessera::cuda::plan::TuneOutcome;
 use tessera::cuda::CudaBackend;
-use tessera::{BlockMask, DType, Fp8Gemm, MlaCacheFormat, MlaCacheLayout, MlaDecode, SparseAttention};
+use tessera::{
+    BlockMask, DType, Fp8Gemm, MlaCacheFormat, MlaCacheLayout, MlaDecode, SparseAttention,
+};
 
 use crate::bench::{gemm_key, mla_key, suite};
 

@@ -31,7 +31,9 @@ impl Rng {
 
     fn e4m3(&mut self) -> E4M3 {
         let r = self.next();
-        E4M3::from_bits((((r & 1) as u8) << 7) | ((4 + ((r >> 1) % 7) as u8) << 3) | ((r >> 4) & 7) as u8)
+        E4M3::from_bits(
+            (((r & 1) as u8) << 7) | ((4 + ((r >> 1) % 7) as u8) << 3) | ((r >> 4) & 7) as u8,
+        )
     }
 }
 
@@ -48,10 +50,9 @@ fn backend() -> Option<CudaBackend> {
 /// (1 - 2Σxy/Σ(x²+y²), rel_l2, all finite).
 fn compare(got: &[f64], want: &[f64]) -> (f64, f64, bool) {
     let finite = got.iter().all(|x| x.is_finite());
-    let (xy, sq) = got
-        .iter()
-        .zip(want)
-        .fold((0.0, 0.0), |(xy, sq), (g, w)| (xy + g * w, sq + g * g + w * w));
+    let (xy, sq) = got.iter().zip(want).fold((0.0, 0.0), |(xy, sq), (g, w)| {
+        (xy + g * w, sq + g * g + w * w)
+    });
     (
         1.0 - 2.0 * xy / sq.max(1e-300),
         metrics::relative_l2_error(got, want),
@@ -91,7 +92,10 @@ fn every_gemm_candidate_matches_the_reference() {
                 .map(|x| x.to_f64())
                 .collect();
             let (diff, rel, finite) = compare(&got, &want);
-            println!("gemm m{m} n{n} k{k} {}: diff {diff:.2e} rel {rel:.2e}", c.label());
+            println!(
+                "gemm m{m} n{n} k{k} {}: diff {diff:.2e} rel {rel:.2e}",
+                c.label()
+            );
             assert!(finite, "{} m{m} n{n} k{k}: non-finite output", c.label());
             assert!(
                 diff <= 1e-5 && rel <= 1e-2,
@@ -123,7 +127,8 @@ fn every_attention_candidate_matches_the_reference() {
                     Tensor::from_f32(dtype, &x)
                 };
                 let (q, k, v) = (input(&mut rng), input(&mut rng), input(&mut rng));
-                let f64s = |t: &Tensor| t.to_f32_vec().iter().map(|&x| x as f64).collect::<Vec<_>>();
+                let f64s =
+                    |t: &Tensor| t.to_f32_vec().iter().map(|&x| x as f64).collect::<Vec<_>>();
                 let shape = ref_attn::AttentionShape {
                     batch: op.batch,
                     q_tokens: tokens,
@@ -156,7 +161,11 @@ fn every_attention_candidate_matches_the_reference() {
                     let tol = if dtype == DType::F16 { 3e-3 } else { 1e-2 };
                     println!("attention d{head_dim} {dtype} B{block} t{tokens} {}: rel {rel:.2e} lse {lse:.2e}", c.label());
                     assert!(got_o.iter().all(|x| x.is_finite()), "{}", c.label());
-                    assert!(rel <= tol && lse <= 2e-3, "{}: rel {rel} lse {lse}", c.label());
+                    assert!(
+                        rel <= tol && lse <= 2e-3,
+                        "{}: rel {rel} lse {lse}",
+                        c.label()
+                    );
                 }
             }
         }
@@ -194,7 +203,10 @@ fn mla_inputs(
     let mut slots = Vec::new();
     for (b, &len) in lens.iter().enumerate() {
         for j in 0..len {
-            slots.push(table[b * max_pages + j / layout.page_size] * layout.page_size as i32 + (j % layout.page_size) as i32);
+            slots.push(
+                table[b * max_pages + j / layout.page_size] * layout.page_size as i32
+                    + (j % layout.page_size) as i32,
+            );
         }
     }
     let mut cache = MlaCache::new(layout, num_pages).unwrap();
@@ -237,10 +249,17 @@ fn every_mla_candidate_matches_the_reference() {
             let mut appended = MlaCache::new(layout, cache.num_pages()).unwrap();
             appended.fill_nan();
             let mut want_appended = appended.clone();
-            let append = MlaAppend { tokens: slots.len() };
-            be.mla_append(&append, &mut appended, &latent, &rope, &slots).unwrap();
-            cpu.mla_append(&append, &mut want_appended, &latent, &rope, &slots).unwrap();
-            assert!(appended.as_bytes() == want_appended.as_bytes(), "append {layout:?}");
+            let append = MlaAppend {
+                tokens: slots.len(),
+            };
+            be.mla_append(&append, &mut appended, &latent, &rope, &slots)
+                .unwrap();
+            cpu.mla_append(&append, &mut want_appended, &latent, &rope, &slots)
+                .unwrap();
+            assert!(
+                appended.as_bytes() == want_appended.as_bytes(),
+                "append {layout:?}"
+            );
 
             let op = MlaDecode {
                 batch: lens.len(),
@@ -250,7 +269,9 @@ fn every_mla_candidate_matches_the_reference() {
                 softmax_scale: 192f32.powf(-0.5),
                 layout,
             };
-            let q: Vec<bf16> = (0..op.q_len()).map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0))).collect();
+            let q: Vec<bf16> = (0..op.q_len())
+                .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)))
+                .collect();
             let lens_i32: Vec<i32> = lens.iter().map(|&n| n as i32).collect();
             let q64: Vec<f64> = q.iter().map(|x| x.to_f64()).collect();
             let want = ref_mla::mla_decode(&op, &cache, &q64, &table, &lens_i32);
@@ -272,7 +293,11 @@ fn every_mla_candidate_matches_the_reference() {
                     layout.format, layout.latent_dim, layout.rope_dim, c.label()
                 );
                 assert!(got_o.iter().all(|x| x.is_finite()), "{}", c.label());
-                assert!(rel <= 1e-2 && lse <= 2e-3, "{}: rel {rel} lse {lse}", c.label());
+                assert!(
+                    rel <= 1e-2 && lse <= 2e-3,
+                    "{}: rel {rel} lse {lse}",
+                    c.label()
+                );
             }
         }
     }
@@ -292,14 +317,20 @@ fn every_quantizer_matches_the_reference_bit_for_bit() {
                     granularity,
                     scale_rule,
                 };
-                let x: Vec<f32> = (0..op.rows * op.cols).map(|_| rng.uniform(-3.0, 3.0)).collect();
+                let x: Vec<f32> = (0..op.rows * op.cols)
+                    .map(|_| rng.uniform(-3.0, 3.0))
+                    .collect();
                 let x = Tensor::from_f32(input, &x);
                 let shape = QuantizeShape { op, input };
                 for c in shape.candidates(be.arch_spec()).unwrap() {
                     be.plans().pin(&shape, c).unwrap();
                     let got = be.fp8_quantize(&op, x.as_ref()).unwrap();
                     let want = cpu.fp8_quantize(&op, x.as_ref()).unwrap();
-                    assert!(got == want, "{} {input} {granularity:?} {scale_rule:?}", c.label());
+                    assert!(
+                        got == want,
+                        "{} {input} {granularity:?} {scale_rule:?}",
+                        c.label()
+                    );
                 }
             }
         }

@@ -224,7 +224,12 @@ impl CudaBackend {
             return Err(Error::invalid(
                 OP,
                 "variant",
-                format!("a variant for head_dim {}, {} and block size {}", op.head_dim, op.dtype, mask.block_size()),
+                format!(
+                    "a variant for head_dim {}, {} and block size {}",
+                    op.head_dim,
+                    op.dtype,
+                    mask.block_size()
+                ),
                 format!("{variant:?}"),
             ));
         }

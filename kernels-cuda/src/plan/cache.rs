@@ -10,11 +10,14 @@
 //! or architecture differ, is ignored (the heuristic applies); so is a stored variant that is no
 //! longer a candidate for its shape.
 //!
-//! Shape classes ([`ShapeClass`]) are coarse so that one timing serves many calls: the GEMM's m
-//! rounded up to a power of two with n and k exact; attention's head_dim, dtype and block size
-//! with tokens and batch x heads in powers of two and the mask's density in eighths; MLA decode's layout and rows (`s_q * heads`)
-//! with batch and the longest sequence in powers of two; the quantizers' input, rule and
-//! granularity with rows in powers of two and cols exact.
+//! Shape classes ([`ShapeClass`]) are coarse so that one timing serves many calls:
+//! - GEMM: m rounded up to a power of two, n and k exact;
+//! - attention: head_dim, dtype and block size exact, tokens and batch x heads rounded up to
+//!   powers of two, the mask's density rounded up to eighths;
+//! - MLA decode: the layout and the rows per request (`s_q * heads`) exact, batch and the
+//!   longest sequence rounded up to powers of two;
+//! - quantizers: input, rule and granularity exact, rows rounded up to a power of two, cols
+//!   exact.
 
 use super::attention::HalfType;
 use super::gemm::GemmVariant;
@@ -142,6 +145,10 @@ pub trait PlannedOp {
     fn unwrap(v: &PlannedVariant) -> Option<Self::Variant>;
 }
 
+/// Times candidates: gets them, returns their median milliseconds in the same order (see
+/// [`super::tune::time_each`]).
+pub type Timer<'a, V> = dyn FnMut(&[V]) -> Result<Vec<f64>> + 'a;
+
 /// Where a plan came from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PlanOrigin {
@@ -265,7 +272,7 @@ impl PlanCache {
     pub fn plan<P: PlannedOp>(
         &self,
         shape: &P,
-        time: &mut dyn FnMut(&[P::Variant]) -> Result<Vec<f64>>,
+        time: &mut Timer<'_, P::Variant>,
     ) -> Result<P::Variant> {
         let class = shape.shape_class();
         let cached = self.read().get(&class).copied();
@@ -326,7 +333,7 @@ impl PlanCache {
     pub fn tune<P: PlannedOp>(
         &self,
         shape: &P,
-        time: &mut dyn FnMut(&[P::Variant]) -> Result<Vec<f64>>,
+        time: &mut Timer<'_, P::Variant>,
     ) -> Result<TuneOutcome> {
         let candidates = shape.candidates(&self.arch)?;
         self.tune_candidates(shape, &candidates, time)
@@ -336,7 +343,7 @@ impl PlanCache {
         &self,
         shape: &P,
         candidates: &[P::Variant],
-        time: &mut dyn FnMut(&[P::Variant]) -> Result<Vec<f64>>,
+        time: &mut Timer<'_, P::Variant>,
     ) -> Result<TuneOutcome> {
         let ms = time(candidates)?;
         if ms.len() != candidates.len() {

@@ -52,7 +52,7 @@ pub mod tune;
 pub use arch::{ArchFamily, ArchSpec};
 pub use attention::{AttentionShape, AttentionVariant, HalfType};
 pub use cache::{
-    PlanCache, PlanOrigin, PlannedOp, PlannedVariant, ShapeClass, PLAN_FORMAT_VERSION,
+    PlanCache, PlanOrigin, PlannedOp, PlannedVariant, ShapeClass, Timer, PLAN_FORMAT_VERSION,
 };
 pub use functions::{FunctionCache, LoadedFunction};
 pub use gemm::{GemmVariant, MmaSyncGemm, GEMM_TILE_N};
@@ -91,7 +91,8 @@ pub trait KernelSpec: std::fmt::Debug {
     fn compiled_smem_bytes(&self) -> u32 {
         self.smem_bytes()
     }
-    /// Cluster dimensions; `(1, 1, 1)` is no cluster.
+    /// Cluster dimensions; `(1, 1, 1)` is no cluster. The launch sets them as a launch
+    /// attribute, so the kernel must not also declare `__cluster_dims__`.
     fn cluster_dims(&self) -> (u32, u32, u32) {
         (1, 1, 1)
     }
