@@ -2,11 +2,11 @@
 
 use crate::compile::{KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
-use crate::plan::heuristics::mma_sync_tiles;
+use crate::plan::heuristics::gemm_variants;
 use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
-    ArchSpec, AttentionVariant, GemmVariant, HalfType, KernelSpec, MlaAppendVariant,
-    MlaCombineVariant, MlaDecodeVariant, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    ArchSpec, AttentionVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
+    MlaDecodeVariant, QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 use tessera_core::{MlaCacheFormat, MlaCacheLayout};
 
@@ -62,8 +62,8 @@ fn representative_mla_layouts() -> Vec<MlaCacheLayout> {
 /// and combine kernels: what CI compiles for sm_80, sm_89 and sm_90a.
 pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
     let mut v: Vec<Box<dyn KernelSpec>> = Vec::new();
-    for t in mma_sync_tiles(arch) {
-        v.push(Box::new(GemmVariant::MmaSync(t)));
+    for g in gemm_variants(arch) {
+        v.push(Box::new(g));
     }
     for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
         for dtype in [HalfType::F16, HalfType::Bf16] {

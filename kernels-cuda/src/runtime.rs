@@ -15,7 +15,9 @@ pub(crate) fn driver_error(what: &str, e: DriverError) -> Error {
 }
 
 /// The environment variable that makes the first use of each shape class time every candidate
-/// and keep the fastest (`1`); read once, when the backend is created.
+/// and keep the fastest (`1`); read once, when the backend is created. That first call then
+/// blocks while the candidates run on the backend's own stream (on scratch buffers): do not set
+/// it while capturing CUDA graphs; run `tessera tune` beforehand instead.
 pub const TUNE_ENV: &str = "TESSERA_TUNE";
 
 /// A device context with its architecture, loaded functions and plans.

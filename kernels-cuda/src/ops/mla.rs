@@ -2,8 +2,9 @@
 //!
 //! Kernels: `mla_append.cu` (one warp per token; bf16 copy or FP8 quantization per 128 values)
 //! and `mla_decode.cu` (multi-query attention with one latent KV head on the tensor cores,
-//! `mma.sync` bf16 with f32 accumulation, online softmax, split-KV over CTAs with a
-//! log-sum-exp combine). See the `.cu` files for the tiling.
+//! `mma.sync` bf16 with f32 accumulation, online softmax, split-KV over CTAs, one CTA tiling per
+//! [`MlaDecodeVariant`]) with `mla_combine.cu` (the log-sum-exp combine of the splits). See the
+//! `.cu` files for the tiling.
 //!
 //! Two APIs: [`CudaBackend::mla_append_on`] / [`CudaBackend::mla_decode_on`] over caller-owned
 //! device buffers (no copies, no synchronization), and the host wrappers behind the

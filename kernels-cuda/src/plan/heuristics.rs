@@ -49,13 +49,21 @@ pub fn mma_sync_tiles(arch: &ArchSpec) -> Vec<MmaSyncGemm> {
     .collect()
 }
 
-/// The GEMM candidates for `op` on `arch`, the fallback first.
-pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>> {
-    op.validate()?;
-    let v: Vec<GemmVariant> = mma_sync_tiles(arch)
+/// Every GEMM variant of `arch`, whatever the shape, fallback first: what [`gemm_candidates`]
+/// chooses from, and what CI compiles ([`crate::kernels::plannable_specs`]). A new kind of GEMM
+/// kernel adds its variants here.
+pub fn gemm_variants(arch: &ArchSpec) -> Vec<GemmVariant> {
+    mma_sync_tiles(arch)
         .into_iter()
         .map(GemmVariant::MmaSync)
-        .collect();
+        .collect()
+}
+
+/// The GEMM candidates for `op` on `arch`, the fallback first: today every variant of
+/// [`gemm_variants`] (each handles any shape).
+pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>> {
+    op.validate()?;
+    let v = gemm_variants(arch);
     if v.is_empty() {
         return Err(Error::Unsupported {
             op: "fp8_gemm",

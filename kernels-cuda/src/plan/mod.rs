@@ -32,7 +32,10 @@
 //!    an existing op, e.g. a wgmma GEMM, a new arm of that op's enum such as [`GemmVariant`],
 //!    filling in each `match`: the compiler lists them).
 //! 3. Add it to the op's candidates in [`heuristics`] for the architectures it runs on (after
-//!    the fallback), and to the op's launch code in `ops/` (its arguments and grid).
+//!    the fallback; for the GEMM in [`heuristics::gemm_variants`], which is also what CI
+//!    compiles), and to the op's launch code in `ops/` (its arguments and grid: a new arm of
+//!    the `match` in `CudaBackend::fp8_gemm_variant_on`, building its [`KernelArgs`], e.g. with
+//!    a [`TensorMap2d`] by value, and launching with [`crate::CudaBackend::launch_kernel`]).
 //! 4. CI then compiles it for sm_80, sm_89 and sm_90a wherever it is a candidate
 //!    (`tests/compile_all.rs`), and the GPU test `tests/plan_candidates.rs` runs it against the
 //!    reference.
