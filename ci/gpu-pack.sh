@@ -23,7 +23,7 @@ for line in sys.stdin:
         print(crate, m["target"]["name"], m["executable"])
 ' | while read -r crate name exe; do
     case "$crate:$name" in
-      -:conformance|-:compile_all|-:fp8_gemm_timing|-:attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
+      -:conformance|-:compile_all|-:plan_candidates|-:fp8_gemm_timing|-:attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
       # Every test of the Vulkan crate (unit tests included) runs there against the NVIDIA driver.
       vk:*) cp "$exe" "$pack/bin/vktest-$name" ;;
     esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, after ci/gpu-pack.sh ran on the CPU machine and
 # .gpu-pack/ was carried along:   ci/gpu-run.sh OUTDIR [quick]
-# Runs the kernel compile check, the CUDA timing tests, the conformance suite on CUDA (the backend
+# Runs the kernel compile check, every CUDA kernel candidate against the reference, the CUDA
+# timing tests, the conformance suite on CUDA (the backend
 # is required: its absence fails) and on Vulkan (NVIDIA driver, loader from the pack) with and
 # without the cooperative-matrix shaders, every test of the Vulkan crate both ways, and
 # `tessera check` on CUDA, Vulkan (both ways) and CPU; logs and JSON go to OUTDIR, a table last.
@@ -44,6 +45,7 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRI
 fi
 run info "$pack/bin/tessera" info
 run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/test-compile_all" --nocapture
+run plan_candidates "$pack/bin/test-plan_candidates" --nocapture --test-threads=1
 run fp8_gemm_timing "$pack/bin/test-fp8_gemm_timing" --nocapture --test-threads=1
 run attention_timing "$pack/bin/test-attention_timing" --nocapture --test-threads=1
 run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
@@ -65,5 +67,5 @@ echo
 echo "== summary (commit $commit)"
 printf '%s\n' "${status[@]}"
 grep -h "^check:" "$out"/check_*.log
-grep -H "^test result" "$out"/conformance_*.log "$out"/compile_all.log "$out"/vktest-*.log 2>/dev/null | sed "s|^$out/||"
+grep -H "^test result" "$out"/conformance_*.log "$out"/compile_all.log "$out"/plan_candidates.log "$out"/vktest-*.log 2>/dev/null | sed "s|^$out/||"
 finish

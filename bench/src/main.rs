@@ -1,4 +1,4 @@
-//! The `tessera` command: `info`, `check`, `mask`, `bench`, `report`.
+//! The `tessera` command: `info`, `check`, `mask`, `bench`, `report`, `tune`.
 
 mod bench;
 mod bench_vk;
@@ -8,6 +8,7 @@ mod mask;
 mod plot;
 mod report;
 mod schema;
+mod tune;
 mod vk_timing;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Join Tessera's and the peers' bench JSON into a Markdown table and PNG plots.
     Report(report::ReportArgs),
+    /// Time every CUDA kernel candidate at the standard shapes and keep the fastest per shape
+    /// class (written next to the NVRTC disk cache, read by later runs).
+    Tune(tune::TuneArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Mask(args) => mask::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Tune(args) => tune::run(&args),
     };
     match result {
         Ok(code) => code,

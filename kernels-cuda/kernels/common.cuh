@@ -4,6 +4,26 @@
 // from PyPI ships none), so the 16-bit and 8-bit float types are plain integers here and every
 // conversion is one PTX instruction, rounding to nearest even as the specification asks.
 
+// ---- the plan layer's contract (kernels-cuda/src/plan) ----------------------------------------
+//
+// Every kernel variant is compiled with these two constants, rendered on the host from the same
+// description that launches it; each kernel checks them against its own layout with
+// static_assert, so that a host and a kernel that disagree fail to compile (in CI, without a GPU):
+//   TESSERA_SMEM_BYTES  dynamic shared memory per CTA the host launches with, in bytes (0 for
+//                       none; a kernel sized at run time says so and checks it on the device)
+//   TESSERA_THREADS     threads per CTA
+// Kernels never default a missing constant: each required one is checked with #error.
+
+#ifndef TESSERA_SMEM_BYTES
+#error "TESSERA_SMEM_BYTES is required (dynamic shared memory per CTA, rendered by the plan layer)"
+#endif
+#ifndef TESSERA_THREADS
+#error "TESSERA_THREADS is required (threads per CTA, rendered by the plan layer)"
+#endif
+#if TESSERA_THREADS < 32 || TESSERA_THREADS > 1024 || TESSERA_THREADS % 32 != 0
+#error "TESSERA_THREADS must be a multiple of 32 in 32..1024"
+#endif
+
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -13,6 +33,13 @@ typedef long long i64;
 #define TESSERA_INF __int_as_float(0x7f800000)
 #define TESSERA_NEG_INF __int_as_float(0xff800000)
 #define TESSERA_NAN __int_as_float(0x7fffffff)
+
+// The dynamic shared memory this CTA was launched with, in bytes.
+__device__ __forceinline__ u32 dynamic_smem_size() {
+    u32 r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
 
 // ---- 16-bit floats -----------------------------------------------------------------------
 

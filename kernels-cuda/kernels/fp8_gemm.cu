@@ -30,25 +30,44 @@
 // 252 with 4 x 2 warps (the library's large tile); 16 warps or a 4th stage did not help. The
 // next step on Hopper is wgmma (QGMMA in SASS), not more mma.sync tuning.
 //
-// Compile-time constants:
-//   BM       CTA tile rows: 64 or 128
+// Compile-time constants (all required; rendered by kernels-cuda/src/plan/gemm.rs):
+//   BM       CTA tile rows: 32, 64 or 128
 //   WARPS_M  warps along M (the CTA has WARPS_M x WARPS_N warps)
 //   WARPS_N  warps along N
-//   STAGES   shared-memory pipeline depth (>= 2)
-//   E4M3_MMA optional: 1 = mma.m16n8k32 e4m3, 0 = decode to 16-bit + mma.m16n8k16 (default: 1 on
-//            sm_89 only; always 0 below sm_89)
+//   STAGES   shared-memory pipeline depth, 2..8
+//   E4M3_MMA 1 = mma.m16n8k32 e4m3 (sm_89+ only), 0 = decode to 16-bit + mma.m16n8k16 (the plan
+//            picks 1 on sm_89 only)
+//   TESSERA_SMEM_BYTES must be STAGES * (BM + 128) * 128; TESSERA_THREADS WARPS_M * WARPS_N * 32
 
 #ifndef BM
-#define BM 128
+#error "BM is required (rows of D per CTA: 32, 64 or 128)"
 #endif
 #ifndef WARPS_M
-#define WARPS_M 2
+#error "WARPS_M is required (warps along M)"
 #endif
 #ifndef WARPS_N
-#define WARPS_N 4
+#error "WARPS_N is required (warps along N)"
 #endif
 #ifndef STAGES
-#define STAGES 3
+#error "STAGES is required (shared-memory pipeline depth)"
+#endif
+#ifndef E4M3_MMA
+#error "E4M3_MMA is required (1 = e4m3 mma, 0 = decode to 16-bit)"
+#endif
+#if BM != 32 && BM != 64 && BM != 128
+#error "BM must be 32, 64 or 128"
+#endif
+#if WARPS_M < 1 || WARPS_M > 8 || WARPS_N < 1 || WARPS_N > 8
+#error "WARPS_M and WARPS_N must be in 1..8"
+#endif
+#if STAGES < 2 || STAGES > 8
+#error "STAGES must be in 2..8"
+#endif
+#if E4M3_MMA != 0 && E4M3_MMA != 1
+#error "E4M3_MMA must be 0 or 1"
+#endif
+#if E4M3_MMA == 1 && __CUDA_ARCH__ < 890
+#error "E4M3_MMA=1 needs sm_89 or newer (mma.m16n8k32 e4m3)"
 #endif
 
 #define BN 128
@@ -67,6 +86,8 @@ static_assert(BN % (16 * WARPS_N) == 0, "each warp needs an even number of n8 ti
 static_assert((BM * BK / 16) % THREADS == 0, "A tile chunks must split evenly over threads");
 static_assert((BN * BK / 16) % THREADS == 0, "B tile chunks must split evenly over threads");
 static_assert(STAGES >= 2, "at least double buffering");
+static_assert(STAGES * STAGE_BYTES == TESSERA_SMEM_BYTES, "the host's shared-memory size must be STAGES * (BM + BN) * BK");
+static_assert(THREADS == TESSERA_THREADS, "the host's threads per CTA must be WARPS_M * WARPS_N * 32");
 
 // Byte offset of 16-byte chunk `c` (0..7) of row `r` in a swizzled 128-byte-row tile.
 __device__ __forceinline__ u32 swz(int r, int c) { return (u32)(r * BK + ((c ^ (r & 7)) << 4)); }
@@ -76,17 +97,7 @@ __device__ __forceinline__ u32 swz(int r, int c) { return (u32)(r * BK + ((c ^ (
 // cvt.rn.f16x2.e4m3x2 on sm_89+, bf16 in software on sm_80; both exact) and fed to two
 // mma.m16n8k16 per output tile. On sm_90 ptxas itself lowers the e4m3 mma to that decode plus two
 // HMMA into zero and four FADDs per mma, so decoding here once per fragment and accumulating in
-// the HMMA saves the FADDs. The default is 1 on sm_89 only.
-#if __CUDA_ARCH__ < 890
-#undef E4M3_MMA
-#define E4M3_MMA 0
-#elif !defined(E4M3_MMA)
-#if __CUDA_ARCH__ == 890
-#define E4M3_MMA 1
-#else
-#define E4M3_MMA 0
-#endif
-#endif
+// the HMMA saves the FADDs. The plan layer picks 1 on sm_89 only.
 
 #if __CUDA_ARCH__ >= 890
 // Two e4m3 values (the low 16 bits of w) -> f16x2 (low byte to the low half), exact.

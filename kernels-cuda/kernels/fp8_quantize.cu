@@ -1,20 +1,29 @@
 // FP8 quantizers (DeepSeek-V3 recipe): E4M3 values with one f32 scale per 1x128 group of a row
 // (activations) or per 128x128 block (weights).
 //
-// Compile-time constants:
+// Compile-time constants (all required; rendered by kernels-cuda/src/plan/quantize.rs):
 //   IN_KIND   0 = f32 input, 1 = f16, 2 = bf16
-//   POW2      1 = scales rounded up to a power of two
+//   POW2      1 = scales rounded up to a power of two, 0 = not
+//   TESSERA_SMEM_BYTES 0 (no dynamic shared memory); TESSERA_THREADS 256 (8 warps)
 //
 // Scale rule (bit-exact with tessera_core::ops::fp8::fp8_scale): s = max(amax, 1e-4f) / 448
 // (IEEE division), optionally rounded up to a power of two; q = e4m3(x / s) (IEEE division,
 // round to nearest even, saturating).
 
 #ifndef IN_KIND
-#define IN_KIND 0
+#error "IN_KIND is required (0 = f32, 1 = f16, 2 = bf16)"
 #endif
 #ifndef POW2
-#define POW2 0
+#error "POW2 is required (1 = power-of-two scales, 0 = not)"
 #endif
+#if IN_KIND != 0 && IN_KIND != 1 && IN_KIND != 2
+#error "IN_KIND must be 0, 1 or 2"
+#endif
+#if POW2 != 0 && POW2 != 1
+#error "POW2 must be 0 or 1"
+#endif
+static_assert(TESSERA_SMEM_BYTES == 0, "the quantizers use no dynamic shared memory");
+static_assert(TESSERA_THREADS == 256, "the quantizers run 8 warps per CTA");
 
 #if IN_KIND == 0
 typedef float in_t;

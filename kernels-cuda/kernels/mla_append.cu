@@ -1,6 +1,7 @@
 // MLA paged latent cache: append tokens (vLLM's slot mapping), bf16 or FP8 records.
 //
-// Run-time parameters only (one variant serves every layout).
+// Run-time parameters only (one variant serves every layout). TESSERA_SMEM_BYTES 0,
+// TESSERA_THREADS 256 (8 tokens per CTA).
 //
 // Record of token slot s: cache + s * token_bytes.
 //   bf16 format (fmt 0): [latent bf16 | rope bf16]                      (2 * (latent + rope) bytes)
@@ -12,6 +13,9 @@
 // Alignment (checked by the host): latent, rope and cache start on 16 bytes. Every record then
 // starts on 4 bytes (token_bytes is a multiple of 4 in both formats), and on 16 bytes in the bf16
 // format (token_bytes a multiple of 32 there).
+
+static_assert(TESSERA_SMEM_BYTES == 0, "the append kernel uses no dynamic shared memory");
+static_assert(TESSERA_THREADS == 256, "the append kernel runs one warp per token, 8 tokens per CTA");
 
 __device__ __forceinline__ float mla_cache_scale(float amax) {
     float s = fmaxf(amax / 448.0f, 1.17549435e-38f);  // f32::MIN_POSITIVE = 2^-126

@@ -1,13 +1,20 @@
 // MLA absorbed decode over the paged latent cache, with split-KV, on the tensor cores
 // (mma.sync m16n8k16 bf16, f32 accumulation).
 //
-// Compile-time constants:
-//   FMT       0 = bf16 cache records [latent bf16 | rope bf16]
-//             1 = FP8 records [latent e4m3 | latent/128 f32 scales | rope bf16]
-//   LATENT    latent_dim, or 0 = taken from the run-time argument (then ROPE is too)
-//   ROPE      rope_dim when LATENT != 0
-//   DV_CHUNK  output (latent) columns per CTA, a multiple of 128; latent_dim > DV_CHUNK gives
-//             several column chunks, each recomputing the scores
+// Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
+//   FMT         0 = bf16 cache records [latent bf16 | rope bf16]
+//               1 = FP8 records [latent e4m3 | latent/128 f32 scales | rope bf16]
+//   LATENT      latent_dim, or 0 = taken from the run-time argument (then ROPE is 0 too)
+//   ROPE        rope_dim when LATENT != 0
+//   DV_CHUNK    output (latent) columns per CTA, a multiple of 128; latent_dim > DV_CHUNK gives
+//               several column chunks, each recomputing the scores
+//   ROW_SLICES  16-row slices of queries per CTA: 1, 2 or 4 (M = 16 * ROW_SLICES rows)
+//   KEY_TILE    keys per shared-memory tile (N): 32 or 64
+//   STAGES      key tiles in the cp.async pipeline: 2, 3 or 4
+//   TESSERA_SMEM_BYTES  mla_smem_layout(...).end below: checked at compile time when the dims are
+//               compile-time (LATENT != 0); 0 when they are run-time, and then the kernel checks
+//               its layout against the launch's dynamic shared memory (and traps if it is short)
+//   TESSERA_THREADS     256 (8 warps)
 //
 // Problem (one KV head, multi-query): for request b, the rows are its s_q * heads queries, row
 // r = i * heads + h (the order of q); query i sees keys j < len - (s_q - 1 - i).
@@ -47,20 +54,51 @@
 // of the rows of that CTA (and so of their request in split mode) become NaN.
 
 #ifndef FMT
-#define FMT 0
+#error "FMT is required (0 = bf16 records, 1 = FP8 records)"
 #endif
 #ifndef LATENT
-#define LATENT 0
+#error "LATENT is required (latent_dim, or 0 for run-time dims)"
 #endif
 #ifndef ROPE
-#define ROPE 0
+#error "ROPE is required (rope_dim, 0 with run-time dims)"
 #endif
 #ifndef DV_CHUNK
-#define DV_CHUNK 256
+#error "DV_CHUNK is required (output columns per CTA, a multiple of 128)"
+#endif
+#ifndef ROW_SLICES
+#error "ROW_SLICES is required (16-row query slices per CTA: 1, 2 or 4)"
+#endif
+#ifndef KEY_TILE
+#error "KEY_TILE is required (keys per tile: 32 or 64)"
+#endif
+#ifndef STAGES
+#error "STAGES is required (key tiles in flight: 2, 3 or 4)"
+#endif
+#if FMT != 0 && FMT != 1
+#error "FMT must be 0 or 1"
+#endif
+#if LATENT < 0 || LATENT > 1024 || LATENT % 64 != 0 || (FMT == 1 && LATENT % 128 != 0)
+#error "LATENT must be 0 or a multiple of 64 (128 for FP8) up to 1024"
+#endif
+#if ROPE < 0 || ROPE > 256 || ROPE % 16 != 0 || (LATENT == 0 && ROPE != 0)
+#error "ROPE must be a multiple of 16 up to 256, and 0 when LATENT is 0"
+#endif
+#if DV_CHUNK < 128 || DV_CHUNK > 1024 || DV_CHUNK % 128 != 0
+#error "DV_CHUNK must be a multiple of 128 in 128..1024"
+#endif
+#if ROW_SLICES != 1 && ROW_SLICES != 2 && ROW_SLICES != 4
+#error "ROW_SLICES must be 1, 2 or 4"
+#endif
+#if KEY_TILE != 32 && KEY_TILE != 64
+#error "KEY_TILE must be 32 or 64"
+#endif
+#if STAGES < 2 || STAGES > 4
+#error "STAGES must be 2, 3 or 4"
 #endif
 
 #define MLA_WARPS 8
 #define MLA_THREADS 256
+static_assert(MLA_THREADS == TESSERA_THREADS, "the host's threads per CTA must be 8 warps");
 
 // ---- local helpers ---------------------------------------------------------------------------
 
@@ -94,12 +132,45 @@ __device__ __forceinline__ u32 mla_e4m3x2_scaled(u32 pair, float s) {
     return pack2<true>(lo * s, hi * s);
 }
 
-// Bytes of a raw FP8 record in shared memory (the host computes the same, ops/mla.rs).
-__device__ __forceinline__ int mla_raw_pitch(int token_bytes) { return (token_bytes + 15) / 16 * 16; }
+// Bytes of a raw FP8 record in shared memory.
+__host__ __device__ constexpr int mla_raw_pitch(int token_bytes) { return (token_bytes + 15) / 16 * 16; }
+
+// Byte offsets of the shared-memory regions of a CTA of M = 16 * RS rows and N-key tiles, for
+// rows of qk values and records of token_bytes (see the layout above). The kernel places its
+// regions with it, and TESSERA_SMEM_BYTES is checked against `end` (the host computes the same
+// size in kernels-cuda/src/plan/mla.rs).
+struct MlaSmemLayout {
+    int q, keys, raw, p, red, end;
+};
+
+template <int RS, int N>
+__host__ __device__ constexpr MlaSmemLayout mla_smem_layout(int qk, int token_bytes) {
+    const int M = 16 * RS;
+    const int CW = MLA_WARPS / RS;
+    const bool qreg = LATENT != 0 && RS == 1;  // Q fragments in registers, staged in a key buffer
+    const int kbuf = FMT == 0 ? STAGES : 1;
+    const int pitch = 2 * (qk + 8);            // bytes per Q / key row
+    MlaSmemLayout l{0, 0, 0, 0, 0, 0};
+    l.q = 0;
+    l.keys = l.q + (qreg ? 0 : M * pitch);
+    l.raw = l.keys + kbuf * N * pitch;
+    l.p = l.raw + (FMT == 1 ? STAGES * N * mla_raw_pitch(token_bytes) : 0);
+    l.red = l.p + M * (N + 8) * 2;
+    l.end = l.red + CW * M * 4;
+    return l;
+}
+
+#if LATENT != 0
+#define MLA_TOKEN_BYTES (FMT == 0 ? 2 * (LATENT + ROPE) : LATENT + LATENT / 32 + 2 * ROPE)
+static_assert(mla_smem_layout<ROW_SLICES, KEY_TILE>(LATENT + ROPE, MLA_TOKEN_BYTES).end == TESSERA_SMEM_BYTES,
+              "the host's shared-memory size must match the decode kernel's layout");
+#else
+static_assert(TESSERA_SMEM_BYTES == 0, "run-time dims: the shared memory is sized at run time (checked on the device)");
+#endif
 
 // ---- the decode kernel -------------------------------------------------------------------------
 
-template <int RS, int N, int STAGES>
+template <int RS, int N>
 __device__ __forceinline__ void mla_decode_impl(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
     const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,
@@ -130,15 +201,20 @@ __device__ __forceinline__ void mla_decode_impl(
     // With Q in registers, Q has no region of its own: it is staged in a key buffer that the
     // pipeline fills only after the fragments are read (the last bf16 stage, or the FP8 format's
     // bf16 tile).
-    u16* sQ = reinterpret_cast<u16*>(smem);
-    u16* sK = QREG ? sQ : sQ + M * QS;
-    constexpr int KBUF = FMT == 0 ? STAGES : 1;
-    u8* sRaw = reinterpret_cast<u8*>(sK + KBUF * N * QS);
+    const MlaSmemLayout layout = mla_smem_layout<RS, N>(qk, token_bytes);
+#if LATENT == 0
+    // Run-time dims: the host sized the launch from the same layout; a mismatch is a bug, and
+    // stops the kernel rather than overrun shared memory.
+    if ((u32)layout.end > dynamic_smem_size()) __trap();
+#endif
+    u16* sQ = reinterpret_cast<u16*>(smem + layout.q);
+    u16* sK = reinterpret_cast<u16*>(smem + layout.keys);
+    u8* sRaw = smem + layout.raw;
     const int raw_pitch = mla_raw_pitch(token_bytes);
-    u16* sP = reinterpret_cast<u16*>(sRaw + (FMT == 1 ? STAGES * N * raw_pitch : 0));
+    u16* sP = reinterpret_cast<u16*>(smem + layout.p);
     u16* sQload = QREG && FMT == 0 ? sK + (STAGES - 1) * N * QS : sQ;
     constexpr int PS = N + 8;  // pitch of P, elements
-    float* sRed = reinterpret_cast<float*>(sP + M * PS);
+    float* sRed = reinterpret_cast<float*>(smem + layout.red);
 
     // Block -> (request, split, column chunk, row group); row groups of one request run together.
     i64 bid = blockIdx.x;
@@ -562,82 +638,14 @@ __device__ __forceinline__ void mla_decode_impl(
         }
 }
 
-#define MLA_DECODE_ENTRY(NAME, RS, N, STAGES)                                                      \
-    extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) NAME(                             \
-        const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table, \
-        const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,           \
-        float* __restrict__ ws, int batch, int s_q, int heads, int max_pages, int page_size,      \
-        int num_pages, int latent_rt, int rope_rt, int token_bytes, int splits, int row_groups,   \
-        int col_chunks, float scale_log2) {                                                       \
-        mla_decode_impl<RS, N, STAGES>(q, cache, block_table, seq_lens, o, lse, ws, batch, s_q, heads,     \
-                               max_pages, page_size, num_pages, latent_rt, rope_rt, token_bytes,  \
-                               splits, row_groups, col_chunks, scale_log2);                       \
-    }
-
-// Entry points: rows per CTA (16 * r), keys per tile (n), pipeline stages (s). The host takes the
-// first of its preference list whose shared memory fits.
-MLA_DECODE_ENTRY(mla_decode_r4n32s3, 4, 32, 3)
-MLA_DECODE_ENTRY(mla_decode_r4n32s2, 4, 32, 2)
-MLA_DECODE_ENTRY(mla_decode_r2n32s4, 2, 32, 4)
-MLA_DECODE_ENTRY(mla_decode_r2n32s2, 2, 32, 2)
-MLA_DECODE_ENTRY(mla_decode_r1n64s3, 1, 64, 3)
-MLA_DECODE_ENTRY(mla_decode_r1n64s2, 1, 64, 2)
-MLA_DECODE_ENTRY(mla_decode_r1n32s2, 1, 32, 2)
-
-// ---- split combine -------------------------------------------------------------------------------
-
-// One block of 128 threads per (request, row): merges the splits' partial outputs by log-sum-exp.
-//   ws f32 [splits, batch, rows, latent] (partial o), then [splits, batch, rows] (partial lse)
-//   o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]   (rows = s_q * heads)
-// All splits -inf (no key seen): o = 0, lse = -inf. Any NaN: NaN.
-extern "C" __global__ void __launch_bounds__(128) mla_combine(
-    const float* __restrict__ ws, u16* __restrict__ o, float* __restrict__ lse, int batch, int s_q,
-    int heads, int latent, int splits) {
-    const int rows = s_q * heads;
-    const float* ws_o = ws;
-    const float* ws_lse = ws + (i64)splits * batch * rows * latent;
-    const i64 br = blockIdx.x;  // b * rows + r
-    const int b = (int)(br / rows), r = (int)(br % rows);
-    const i64 split_stride = (i64)batch * rows;
-    float mx = TESSERA_NEG_INF;
-    bool nan = false;
-    for (int sp = 0; sp < splits; ++sp) {
-        const float v = ws_lse[sp * split_stride + br];
-        nan |= v != v;
-        mx = fmaxf(mx, v);
-    }
-    float total = TESSERA_NEG_INF;
-    if (nan) {
-        total = TESSERA_NAN;
-    } else if (mx != TESSERA_NEG_INF) {
-        float sum = 0.0f;
-        for (int sp = 0; sp < splits; ++sp) sum += expf(ws_lse[sp * split_stride + br] - mx);
-        total = mx + logf(sum);
-    }
-    u16* orow = o + br * latent;
-    for (int c = threadIdx.x * 4; c < latent; c += 128 * 4) {
-        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (nan) {
-            a[0] = a[1] = a[2] = a[3] = TESSERA_NAN;
-        } else if (mx != TESSERA_NEG_INF) {
-            for (int sp = 0; sp < splits; ++sp) {
-                const float ls = ws_lse[sp * split_stride + br];
-                if (ls == TESSERA_NEG_INF) continue;
-                const float w = expf(ls - total);
-                const float4 v = *reinterpret_cast<const float4*>(ws_o + (sp * split_stride + br) * latent + c);
-                a[0] += w * v.x;
-                a[1] += w * v.y;
-                a[2] += w * v.z;
-                a[3] += w * v.w;
-            }
-        }
-        uint2 out;
-        out.x = pack2<true>(a[0], a[1]);
-        out.y = pack2<true>(a[2], a[3]);
-        *reinterpret_cast<uint2*>(orow + c) = out;
-    }
-    if (threadIdx.x == 0) {
-        const int i = r / heads, h = r % heads;
-        lse[((i64)b * heads + h) * s_q + i] = total;
-    }
+// The entry point: one tiling (ROW_SLICES, KEY_TILE, STAGES) per compiled variant.
+extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode(
+    const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
+    const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,
+    float* __restrict__ ws, int batch, int s_q, int heads, int max_pages, int page_size,
+    int num_pages, int latent_rt, int rope_rt, int token_bytes, int splits, int row_groups,
+    int col_chunks, float scale_log2) {
+    mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, o, lse, ws, batch, s_q, heads,
+                                          max_pages, page_size, num_pages, latent_rt, rope_rt, token_bytes,
+                                          splits, row_groups, col_chunks, scale_log2);
 }

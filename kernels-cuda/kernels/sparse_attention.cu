@@ -1,11 +1,12 @@
 // Block-sparse (radial) attention forward, FlashAttention-2 style, with warp-level tensor-core
 // mma (m16n8k16, f32 accumulation): runs on sm_80 and later.
 //
-// Compile-time constants:
+// Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention.rs):
 //   HEAD_DIM   64 or 128
 //   ELEM_BF16  1 = bf16 q/k/v/o, 0 = f16 (not IS_BF16: common.cuh uses that name for template
 //              parameters, which a macro of that name would break)
 //   BLOCK      mask block size, 64 or 128
+//   TESSERA_SMEM_BYTES (4 * 64) * (HEAD_DIM + 8) * 2; TESSERA_THREADS 128
 //
 // Layouts (row-major): q, k, v, o [batch, tokens, heads, HEAD_DIM]; lse f32 [batch, heads,
 // tokens] (natural log); the mask is BSR over num_blocks = ceil(tokens / BLOCK) block rows:
@@ -34,13 +35,13 @@
 // so that stores to global memory are 16-byte and row-contiguous.
 
 #ifndef HEAD_DIM
-#define HEAD_DIM 128
+#error "HEAD_DIM is required (64 or 128)"
 #endif
 #ifndef ELEM_BF16
-#define ELEM_BF16 1
+#error "ELEM_BF16 is required (1 = bf16, 0 = f16)"
 #endif
 #ifndef BLOCK
-#define BLOCK 64
+#error "BLOCK is required (mask block size, 64 or 128)"
 #endif
 
 #if HEAD_DIM != 64 && HEAD_DIM != 128
@@ -48,6 +49,9 @@
 #endif
 #if BLOCK != 64 && BLOCK != 128
 #error "BLOCK must be 64 or 128"
+#endif
+#if ELEM_BF16 != 0 && ELEM_BF16 != 1
+#error "ELEM_BF16 must be 0 or 1"
 #endif
 
 namespace attn {
@@ -66,6 +70,8 @@ constexpr bool BF16 = ELEM_BF16 != 0;
 constexpr float LN2 = 0.69314718055994530942f;
 
 static_assert(BM <= 2 * BN, "Q is staged in one K/V buffer");
+static_assert(2 * BUF_ELEMS * 2 == TESSERA_SMEM_BYTES, "the host's shared-memory size must be two K/V buffers");
+static_assert(NTHREADS == TESSERA_THREADS, "the host's threads per CTA must be one warp per 16 query rows");
 
 // Copies rows [row0, row0 + ROWS) of one head of a [tokens, heads, D] tensor (base points at
 // token 0 of this batch and head) into shared memory dst (ROWS x STRIDE); rows >= tokens are

@@ -1,27 +1,86 @@
 //! Run-time compilation of the `.cu` kernels with NVRTC, and the module cache.
 //!
-//! Each kernel source is a file under `kernels-cuda/kernels/`, embedded in the crate and
-//! prepended with `common.cuh`. A [`KernelVariant`] is a source plus the compile-time constants
-//! that specialize it (head dim, page size, tile shape...). It is compiled once per architecture
-//! to a cubin (`--gpu-architecture=sm_90a` on Hopper, so that wgmma and setmaxnreg are there),
-//! kept in memory, and on disk under a key hashing the source, the options, the architecture and
-//! the NVRTC version, so that a second process starts without compiling.
+//! Each kernel source is a file under `kernels-cuda/kernels/`, embedded in the crate; NVRTC
+//! compiles `common.cuh`, then the source's extra headers ([`KernelSource::headers`], e.g.
+//! Hopper primitives), then the source. A [`KernelVariant`] is a source plus the compile-time
+//! constants that specialize it (head dim, page size, tile shape...), rendered by the plan layer
+//! ([`crate::plan`]). It is compiled once per architecture to a cubin
+//! (`--gpu-architecture=sm_90a` on Hopper, so that wgmma and setmaxnreg are there), kept in
+//! memory, and on disk under a key hashing the source, the options, the architecture and the
+//! NVRTC version, so that a second process starts without compiling.
 
 use sha2::{Digest, Sha256};
 use std::ffi::{c_char, CStr, CString};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use tessera_core::{BackendKind, Error, Result};
 
 /// Shared device helpers, prepended to every kernel.
 pub const COMMON: &str = include_str!("../kernels/common.cuh");
 
-/// One `.cu` file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KernelSource {
-    /// File name, e.g. `fp8_quantize.cu`.
+/// A header compiled before a kernel source (after `common.cuh`): device code shared by several
+/// kernels, e.g. `sm90/hopper.cuh`. NVRTC from PyPI has no include path, so headers are pasted
+/// in order rather than `#include`d.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelHeader {
+    /// File name under `kernels-cuda/kernels/`, e.g. `sm90/hopper.cuh` (used in `#line` and
+    /// error messages).
     pub file: &'static str,
     /// Its text.
     pub code: &'static str,
+}
+
+/// One `.cu` file and the headers it needs.
+///
+/// Identity (equality and hashing) is the file name and the header names: one file name is one
+/// text (both are `include_str!`'d), and hashing names keeps the caches' lookups cheap.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    /// File name under `kernels-cuda/kernels/`, e.g. `fp8_quantize.cu`.
+    pub file: &'static str,
+    /// Its text.
+    pub code: &'static str,
+    /// Headers compiled before it, in order, after `common.cuh`.
+    pub headers: &'static [KernelHeader],
+}
+
+impl KernelSource {
+    /// A source that needs only `common.cuh`.
+    pub const fn new(file: &'static str, code: &'static str) -> Self {
+        Self {
+            file,
+            code,
+            headers: &[],
+        }
+    }
+
+    /// The same source with `headers` compiled before it (after `common.cuh`).
+    pub const fn with_headers(self, headers: &'static [KernelHeader]) -> Self {
+        Self { headers, ..self }
+    }
+}
+
+impl PartialEq for KernelSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.file == other.file
+            && self.headers.len() == other.headers.len()
+            && self
+                .headers
+                .iter()
+                .zip(other.headers)
+                .all(|(a, b)| a.file == b.file)
+    }
+}
+
+impl Eq for KernelSource {}
+
+impl Hash for KernelSource {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.file.hash(state);
+        for h in self.headers {
+            h.file.hash(state);
+        }
+    }
 }
 
 /// A kernel source specialized by compile-time constants (`-D NAME=VALUE`).
@@ -63,12 +122,40 @@ impl KernelVariant {
         o
     }
 
-    /// The full text NVRTC compiles.
+    /// The full text NVRTC compiles: `common.cuh`, the headers, the source (each after a
+    /// `#line` naming its file, so that errors point into the right file).
     pub fn full_source(&self) -> String {
-        format!(
-            "{COMMON}\n#line 1 \"{}\"\n{}",
+        let mut text = format!("#line 1 \"common.cuh\"\n{COMMON}\n");
+        for h in self.source.headers {
+            text.push_str(&format!("#line 1 \"{}\"\n{}\n", h.file, h.code));
+        }
+        text.push_str(&format!(
+            "#line 1 \"{}\"\n{}",
             self.source.file, self.source.code
-        )
+        ));
+        text
+    }
+
+    /// The value of constant `name`, if set.
+    pub fn define_value(&self, name: &str) -> Option<&str> {
+        self.defines
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The same variant without constant `name` (for the test that a missing constant fails to
+    /// compile).
+    pub fn without_define(&self, name: &str) -> Self {
+        Self {
+            source: self.source,
+            defines: self
+                .defines
+                .iter()
+                .filter(|(k, _)| *k != name)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// A short human-readable name: the file and the constants.

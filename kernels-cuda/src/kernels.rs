@@ -1,14 +1,200 @@
-//! Every kernel variant the library can ask for, gathered from the op modules.
+//! The kernel sources, and every compile unit the plans can pick on an architecture.
 
-use crate::compile::KernelVariant;
+use crate::compile::{KernelSource, KernelVariant};
+use crate::plan::attention::ATTENTION_BLOCK_SIZES;
+use crate::plan::heuristics::gemm_variants;
+use crate::plan::mla::MLA_DECODE_TILINGS;
+use crate::plan::{
+    ArchSpec, AttentionVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
+    MlaDecodeVariant, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+};
+use tessera_core::{MlaCacheFormat, MlaCacheLayout};
 
-/// Every variant the library can compile: CI compiles them all (for sm_90a and sm_80) so that a
-/// kernel that does not compile fails there, GPU or not.
-pub fn all_variants() -> Vec<KernelVariant> {
+/// `fp8_gemm.cu`: the block-scaled FP8 GEMM on `mma.sync`.
+pub const FP8_GEMM: KernelSource =
+    KernelSource::new("fp8_gemm.cu", include_str!("../kernels/fp8_gemm.cu"));
+
+/// `fp8_quantize.cu`: the two FP8 quantizers.
+pub const FP8_QUANTIZE: KernelSource = KernelSource::new(
+    "fp8_quantize.cu",
+    include_str!("../kernels/fp8_quantize.cu"),
+);
+
+/// `sparse_attention.cu`: the block-sparse attention forward kernel.
+pub const SPARSE_ATTENTION: KernelSource = KernelSource::new(
+    "sparse_attention.cu",
+    include_str!("../kernels/sparse_attention.cu"),
+);
+
+/// `mla_append.cu`: writes tokens into the paged cache (both formats, run-time layout).
+pub const MLA_APPEND: KernelSource =
+    KernelSource::new("mla_append.cu", include_str!("../kernels/mla_append.cu"));
+
+/// `mla_decode.cu`: absorbed paged decode (split-KV), one CTA tiling per compile.
+pub const MLA_DECODE: KernelSource =
+    KernelSource::new("mla_decode.cu", include_str!("../kernels/mla_decode.cu"));
+
+/// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
+pub const MLA_COMBINE: KernelSource =
+    KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"));
+
+/// The MLA layouts whose compile units cover every decode variant: DeepSeek-V3's (compile-time
+/// dims) and the smallest run-time-dims layout of each format (every other layout shares its
+/// compile units; the smallest fits the most tilings).
+fn representative_mla_layouts() -> Vec<MlaCacheLayout> {
     let mut v = Vec::new();
-    v.extend(crate::ops::fp8::variants());
-    v.extend(crate::ops::fp8_gemm::variants());
-    v.extend(crate::ops::attention::variants());
-    v.extend(crate::ops::mla::variants());
+    for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {
+        v.push(MlaCacheLayout {
+            format,
+            ..MlaCacheLayout::default()
+        });
+        v.push(MlaCacheLayout {
+            page_size: 64,
+            latent_dim: 128,
+            rope_dim: 0,
+            format,
+        });
+    }
     v
+}
+
+/// Every variant the plans can pick on `arch` (any shape, heuristic or tuned), with the append
+/// and combine kernels: what CI compiles for sm_80, sm_89 and sm_90a.
+pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
+    let mut v: Vec<Box<dyn KernelSpec>> = Vec::new();
+    for g in gemm_variants(arch) {
+        v.push(Box::new(g));
+    }
+    for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
+        for dtype in [HalfType::F16, HalfType::Bf16] {
+            for block in ATTENTION_BLOCK_SIZES {
+                let a = AttentionVariant {
+                    head_dim: head_dim as u32,
+                    dtype,
+                    block,
+                };
+                if a.valid_on(arch).is_ok() {
+                    v.push(Box::new(a));
+                }
+            }
+        }
+    }
+    for layout in representative_mla_layouts() {
+        for t in MLA_DECODE_TILINGS {
+            let d = MlaDecodeVariant::new(&layout, t);
+            if d.valid_on(arch).is_ok() {
+                v.push(Box::new(d));
+            }
+        }
+    }
+    v.push(Box::new(MlaAppendVariant));
+    v.push(Box::new(MlaCombineVariant));
+    for input in [QuantizeInput::F32, QuantizeInput::F16, QuantizeInput::Bf16] {
+        for pow2 in [false, true] {
+            for granularity in [
+                QuantizeGranularity::PerToken1x128,
+                QuantizeGranularity::Block128x128,
+            ] {
+                v.push(Box::new(QuantizeVariant {
+                    input,
+                    pow2,
+                    granularity,
+                }));
+            }
+        }
+    }
+    v
+}
+
+/// The compile units of [`plannable_specs`], without repeats (entry points of one unit, such as
+/// the two quantizers, compile once).
+pub fn plannable_variants(arch: &ArchSpec) -> Vec<KernelVariant> {
+    let mut v: Vec<KernelVariant> = Vec::new();
+    for s in plannable_specs(arch) {
+        let k = s.kernel();
+        if !v.contains(&k) {
+            v.push(k);
+        }
+    }
+    v
+}
+
+/// The architectures CI compiles every plannable variant for: sm_80 (A100), sm_89 (L4/L40,
+/// Ada) and sm_90a (H100/H200).
+pub fn ci_archs() -> Vec<ArchSpec> {
+    [(8, 0, 108), (8, 9, 58), (9, 0, 132)]
+        .iter()
+        .filter_map(|&(major, minor, sms)| {
+            ArchSpec::from_compute_capability(major, minor, sms).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{AttentionShape, MlaDecodeShape, PlannedOp, QuantizeShape};
+    use tessera_core::{
+        DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaDecode, ScaleRule, SparseAttention,
+    };
+
+    #[test]
+    fn every_candidate_of_sample_shapes_is_plannable() {
+        for arch in ci_archs() {
+            let units = plannable_variants(&arch);
+            let has = |s: &dyn KernelSpec| units.contains(&s.kernel());
+            for (m, n, k) in [(1, 8, 16), (77, 2112, 512), (4096, 7168, 2048)] {
+                for c in Fp8Gemm::new(m, n, k).candidates(&arch).unwrap() {
+                    assert!(has(&c), "{c:?} on {arch}");
+                }
+            }
+            let attention_op = SparseAttention::new(1, 100, 2, 128, DType::BF16);
+            let attention = AttentionShape {
+                op: &attention_op,
+                block_size: 128,
+                mask_density: 0.5,
+            };
+            for c in attention.candidates(&arch).unwrap() {
+                assert!(has(&c));
+            }
+            for layout in [
+                MlaCacheLayout::default(),
+                MlaCacheLayout {
+                    page_size: 3,
+                    latent_dim: 256,
+                    rope_dim: 32,
+                    format: MlaCacheFormat::Fp8,
+                },
+            ] {
+                let op = MlaDecode {
+                    batch: 2,
+                    s_q: 2,
+                    heads: 16,
+                    max_pages: 4,
+                    softmax_scale: 0.1,
+                    layout,
+                };
+                let shape = MlaDecodeShape {
+                    op: &op,
+                    max_seq_len: 100,
+                };
+                for c in shape.candidates(&arch).unwrap() {
+                    assert!(has(&c), "{c:?} on {arch}");
+                }
+            }
+            let q = QuantizeShape {
+                op: Fp8Quantize {
+                    rows: 5,
+                    cols: 300,
+                    granularity: Fp8Granularity::Block128x128,
+                    scale_rule: ScaleRule::PowerOfTwo,
+                },
+                input: DType::F16,
+            };
+            for c in q.candidates(&arch).unwrap() {
+                assert!(has(&c));
+            }
+            assert!(has(&MlaAppendVariant) && has(&MlaCombineVariant));
+        }
+    }
 }

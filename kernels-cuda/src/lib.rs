@@ -3,7 +3,8 @@
 //! The CUDA driver and NVRTC are loaded at run time (through `cudarc`), so the crate builds on any
 //! machine; [`probe`] says what is there before anything is loaded, so a missing library is an
 //! error, never a panic. Kernels are `.cu` files under `kernels/`, compiled by NVRTC for the
-//! device's exact architecture and cached (see [`compile`]).
+//! device's exact architecture and cached (see [`compile`]); every op chooses, loads and launches
+//! its kernel through the launch-plan layer ([`plan`]).
 //!
 //! Two APIs: the [`tessera_core::Backend`] trait over host slices (copies in and out, for tests,
 //! the CLI and simple callers), and methods named `*_on` over caller-owned device buffers
@@ -14,15 +15,16 @@
 pub mod compile;
 pub mod kernels;
 pub mod ops;
+pub mod plan;
 mod probe;
 mod runtime;
 
 pub use ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
 pub use ops::fp8::DeviceInput;
-pub use ops::fp8_gemm::Fp8GemmTile;
 pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
+pub use plan::{ArchSpec, GemmVariant, MmaSyncGemm, TuneOutcome};
 pub use probe::{probe, CudaProbe};
-pub use runtime::{arch_for, CudaRuntime};
+pub use runtime::{CudaRuntime, TUNE_ENV};
 
 use half::bf16;
 use std::sync::Arc;
@@ -64,21 +66,24 @@ impl CudaBackend {
                 found.devices.len()
             )));
         }
-        let runtime = CudaRuntime::new(ordinal)?;
-        let name = runtime
-            .ctx
-            .name()
-            .unwrap_or_else(|_| found.devices[ordinal].clone());
-        let (major, minor) = runtime.compute_capability;
+        let runtime = CudaRuntime::new(ordinal).map_err(|e| match e {
+            // An architecture without kernels (before sm_80) makes the backend unavailable.
+            Error::Unsupported { reason, .. } => unavailable(reason),
+            other => other,
+        })?;
+        let arch = &runtime.arch;
+        let (major, minor) = arch.compute_capability;
         let device = DeviceInfo {
             backend: BackendKind::Cuda,
             name: format!(
-                "{name} (sm_{major}{minor}, {} SMs, kernels for {})",
-                runtime.sm_count, runtime.arch
+                "{} (sm_{major}{minor}, {} SMs, kernels for {})",
+                runtime.device_name,
+                arch.sm_count,
+                arch.nvrtc_target()
             ),
             features: DeviceFeatures {
-                matrix_units: major >= 8,
-                native_fp8: (major, minor) >= (8, 9),
+                matrix_units: true,
+                native_fp8: arch.fp8_mma,
                 subgroup_size: Some(32),
                 shared_memory_bytes: None,
             },
@@ -97,8 +102,52 @@ impl CudaBackend {
     }
 
     /// The NVRTC target, e.g. `sm_90a`.
-    pub fn arch(&self) -> &str {
+    pub fn arch(&self) -> String {
+        self.runtime.arch.nvrtc_target()
+    }
+
+    /// What the device offers the kernels (SMs, shared memory, wgmma, TMA...).
+    pub fn arch_spec(&self) -> &ArchSpec {
         &self.runtime.arch
+    }
+
+    /// The plans of this device: which variant each op runs per shape class (see
+    /// [`plan::PlanCache`]); [`plan::PlanCache::save`] writes the tuned ones.
+    pub fn plans(&self) -> &plan::PlanCache {
+        &self.runtime.plans
+    }
+
+    /// The loaded kernel functions of this context.
+    pub fn functions(&self) -> &plan::FunctionCache {
+        &self.runtime.functions
+    }
+
+    /// Launches kernel variant `spec` with `grid` CTAs on the stream of `args` (see
+    /// [`plan::KernelArgs`]): block, dynamic shared memory and cluster from the variant, the
+    /// function loaded once per context, through `cuLaunchKernelEx`. Checks first that the
+    /// variant is valid on this device and that the grid is a whole number of clusters.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number, order and types, and the kernel
+    /// must stay within the buffers it is given for this grid.
+    pub unsafe fn launch_kernel(
+        &self,
+        spec: &(impl plan::KernelSpec + ?Sized),
+        grid: (u32, u32, u32),
+        args: plan::KernelArgs<'_>,
+        options: plan::LaunchOptions,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            plan::launch::launch(
+                &self.runtime.functions,
+                &self.runtime.arch,
+                spec,
+                grid,
+                args,
+                options,
+            )
+        }
     }
 }
 

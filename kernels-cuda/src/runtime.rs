@@ -1,9 +1,9 @@
-//! The CUDA context, stream and module cache behind [`crate::CudaBackend`].
+//! The CUDA context, stream, architecture, kernel functions and plans behind
+//! [`crate::CudaBackend`].
 
-use crate::compile::{cached_cubin, KernelVariant};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use crate::plan::{ArchSpec, FunctionCache, PlanCache};
+use cudarc::driver::{CudaContext, CudaStream, DriverError};
+use std::sync::Arc;
 use tessera_core::{BackendKind, Error, Result};
 
 /// Maps a driver error to Tessera's error type.
@@ -14,25 +14,21 @@ pub(crate) fn driver_error(what: &str, e: DriverError) -> Error {
     }
 }
 
-/// The NVRTC target for a compute capability: `sm_90a` on Hopper (wgmma, setmaxnreg),
-/// `sm_100a` on Blackwell, plain `sm_XY` before.
-pub fn arch_for(major: i32, minor: i32) -> String {
-    if major >= 9 {
-        format!("sm_{major}{minor}a")
-    } else {
-        format!("sm_{major}{minor}")
-    }
-}
+/// The environment variable that makes the first use of each shape class time every candidate
+/// and keep the fastest (`1`); read once, when the backend is created. That first call then
+/// blocks while the candidates run on the backend's own stream (on scratch buffers): do not set
+/// it while capturing CUDA graphs; run `tessera tune` beforehand instead.
+pub const TUNE_ENV: &str = "TESSERA_TUNE";
 
-/// A device context with its compiled kernels.
+/// A device context with its architecture, loaded functions and plans.
 #[derive(Debug)]
 pub struct CudaRuntime {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) arch: String,
-    pub(crate) compute_capability: (i32, i32),
-    pub(crate) sm_count: usize,
-    modules: Mutex<HashMap<KernelVariant, Arc<CudaModule>>>,
+    pub(crate) device_name: String,
+    pub(crate) arch: ArchSpec,
+    pub(crate) functions: FunctionCache,
+    pub(crate) plans: PlanCache,
 }
 
 impl CudaRuntime {
@@ -40,44 +36,25 @@ impl CudaRuntime {
     pub fn new(ordinal: usize) -> Result<Self> {
         let ctx =
             CudaContext::new(ordinal).map_err(|e| driver_error("creating the CUDA context", e))?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|e| driver_error("reading the compute capability", e))?;
-        let sm_count = ctx
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_err(|e| driver_error("reading the SM count", e))? as usize;
+        let arch = ArchSpec::from_device(&ctx)?;
+        let device_name = ctx
+            .name()
+            .map_err(|e| driver_error("reading the device name", e))?;
         let stream = ctx.default_stream();
+        let tune = std::env::var(TUNE_ENV).is_ok_and(|v| v.trim() == "1");
+        let plans = PlanCache::new(
+            &device_name,
+            arch.clone(),
+            tune,
+            PlanCache::default_file(&device_name, &arch),
+        );
         Ok(Self {
+            functions: FunctionCache::new(ctx.clone(), arch.clone()),
             ctx,
             stream,
-            arch: arch_for(major, minor),
-            compute_capability: (major, minor),
-            sm_count,
-            modules: Mutex::new(HashMap::new()),
+            device_name,
+            arch,
+            plans,
         })
-    }
-
-    /// The kernel `entry` of `variant`, compiling (or reading from the disk cache) on first use.
-    pub fn function(&self, variant: &KernelVariant, entry: &str) -> Result<CudaFunction> {
-        let module = {
-            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-            match modules.get(variant) {
-                Some(m) => m.clone(),
-                None => {
-                    let (cubin, _) = cached_cubin(variant, &self.arch)?;
-                    let m = self
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-                        .map_err(|e| driver_error(&format!("loading {}", variant.label()), e))?;
-                    modules.insert(variant.clone(), m.clone());
-                    m
-                }
-            }
-        };
-        module
-            .load_function(entry)
-            .map_err(|e| driver_error(&format!("finding {entry} in {}", variant.label()), e))
     }
 }

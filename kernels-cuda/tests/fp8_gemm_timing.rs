@@ -1,4 +1,4 @@
-//! The block-scaled FP8 GEMM on the GPU: both tiles checked against an f64 reference on edge
+//! The block-scaled FP8 GEMM on the GPU: the mma.sync tiles checked against an f64 reference on edge
 //! shapes, then timed (TFLOPS) at DeepSeek-V3 shapes. Prints `skipped: ...` and passes without a
 //! CUDA device. Run with `--nocapture` to see the table.
 //!
@@ -11,7 +11,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use std::sync::Arc;
 use tessera_core::{Fp8Gemm, E4M3};
-use tessera_cuda::{CudaBackend, Fp8GemmTile};
+use tessera_cuda::plan::KernelSpec;
+use tessera_cuda::{CudaBackend, GemmVariant, MmaSyncGemm};
 
 /// SplitMix64.
 struct Rng(u64);
@@ -99,11 +100,11 @@ impl Device {
         }
     }
 
-    fn run(&mut self, be: &CudaBackend, stream: &CudaStream, op: &Fp8Gemm, tile: Fp8GemmTile) {
-        be.fp8_gemm_tile_on(
+    fn run(&mut self, be: &CudaBackend, stream: &CudaStream, op: &Fp8Gemm, tile: MmaSyncGemm) {
+        be.fp8_gemm_variant_on(
             stream,
             op,
-            tile,
+            GemmVariant::MmaSync(tile),
             &self.a.as_view(),
             &self.sa.as_view(),
             &self.b.as_view(),
@@ -137,25 +138,19 @@ fn compare(n: usize, got: &[bf16], points: &[(usize, usize)], want: &[f64]) -> (
     )
 }
 
-const TILES: [(&str, Fp8GemmTile); 2] =
-    [("large", Fp8GemmTile::LARGE), ("small", Fp8GemmTile::SMALL)];
-
-/// Other tile shapes the kernel accepts, timed at two shapes only (for tuning).
-const EXTRA_TILES: [(&str, Fp8GemmTile); 4] = [
-    ("L-st4", tile(128, 4, 2, 4)),
-    ("L-2x4", tile(128, 2, 4, 3)),
-    ("L-4x4", tile(128, 4, 4, 3)),
-    ("L4x4s4", tile(128, 4, 4, 4)),
+const TILES: [(&str, MmaSyncGemm); 3] = [
+    ("large", MmaSyncGemm::LARGE),
+    ("small", MmaSyncGemm::SMALL),
+    ("tiny", MmaSyncGemm::TINY),
 ];
 
-const fn tile(bm: usize, warps_m: usize, warps_n: usize, stages: usize) -> Fp8GemmTile {
-    Fp8GemmTile {
-        bm,
-        warps_m,
-        warps_n,
-        stages,
-    }
-}
+/// Other tile shapes the kernel accepts, timed at two shapes only (for tuning).
+const EXTRA_TILES: [(&str, MmaSyncGemm); 4] = [
+    ("L-st4", MmaSyncGemm::tile(128, 4, 2, 4)),
+    ("L-2x4", MmaSyncGemm::tile(128, 2, 4, 3)),
+    ("L-4x4", MmaSyncGemm::tile(128, 4, 4, 3)),
+    ("L4x4s4", MmaSyncGemm::tile(128, 4, 4, 4)),
+];
 
 #[test]
 fn fp8_gemm_correct_and_timed() {
@@ -193,6 +188,9 @@ fn fp8_gemm_correct_and_timed() {
             (0..m).flat_map(|r| (0..n).map(move |c| (r, c))).collect();
         let want = reference(&x, &points);
         for &(name, tile) in TILES.iter().chain(&EXTRA_TILES) {
+            if GemmVariant::MmaSync(tile).valid_on(be.arch_spec()).is_err() {
+                continue;
+            }
             let mut dev = Device::upload(&stream, &x);
             dev.run(&be, &stream, &op, tile);
             let got = stream.clone_dtoh(&dev.d).unwrap();
@@ -227,8 +225,11 @@ fn fp8_gemm_correct_and_timed() {
         let op = Fp8Gemm::new(m, n, k);
         let x = Inputs::new(op, 7 + i as u64);
         let mut dev = Device::upload(&stream, &x);
-        let extra: &[(&str, Fp8GemmTile)] = if i == 0 || i == 3 { &EXTRA_TILES } else { &[] };
+        let extra: &[(&str, MmaSyncGemm)] = if i == 0 || i == 3 { &EXTRA_TILES } else { &[] };
         for &(name, tile) in TILES.iter().chain(extra) {
+            if GemmVariant::MmaSync(tile).valid_on(be.arch_spec()).is_err() {
+                continue;
+            }
             for _ in 0..3 {
                 dev.run(&be, &stream, &op, tile);
             }
@@ -263,7 +264,7 @@ fn fp8_gemm_correct_and_timed() {
                 finite && diff <= 1e-5 && rel <= 1e-2,
                 "{name} m{m} n{n} k{k}: diff {diff:e}, rel {rel:e}"
             );
-            let picked = Fp8GemmTile::for_shape(&op, 132) == tile;
+            let picked = be.fp8_gemm_plan(&op).unwrap() == GemmVariant::MmaSync(tile);
             table.push(format!(
                 "fp8_gemm {name:6}{} m{m:5} n{n:6} k{k:6}: median {median:8.3} ms = {:7.1} TFLOPS (best {:7.1}; cuBLAS block {cublas:6.0}) diff {diff:.1e} rel {rel:.1e}",
                 if picked { "*" } else { " " },
@@ -272,34 +273,8 @@ fn fp8_gemm_correct_and_timed() {
             ));
         }
     }
-    println!("(* = the tile the library picks on 132 SMs)");
+    println!("(* = the tile the library's plan picks on this device)");
     for line in table {
         println!("{line}");
-    }
-}
-
-#[test]
-fn tiles_are_validated() {
-    for (_, t) in TILES.iter().chain(&EXTRA_TILES) {
-        t.validate().unwrap();
-    }
-    let l = Fp8GemmTile::LARGE;
-    for bad in [
-        Fp8GemmTile { bm: 0, ..l },
-        Fp8GemmTile { bm: 48, ..l },
-        Fp8GemmTile { warps_m: 0, ..l },
-        Fp8GemmTile { warps_n: 3, ..l },
-        Fp8GemmTile { stages: 1, ..l },
-        Fp8GemmTile { stages: 8, ..l },
-        Fp8GemmTile {
-            warps_m: usize::MAX,
-            ..l
-        },
-        Fp8GemmTile {
-            stages: usize::MAX,
-            ..l
-        },
-    ] {
-        assert!(bad.validate().is_err(), "{bad:?} accepted");
     }
 }

@@ -8,67 +8,26 @@
 //! Device API: upload the mask once as a [`DeviceBlockMask`], wrap the tensors as
 //! [`DeviceHalf`] / [`DeviceHalfMut`] and call [`CudaBackend::sparse_attention_on`].
 
-use super::{check_device_len, download, launch_error, to_i32, upload};
-use crate::compile::{KernelSource, KernelVariant};
-use crate::runtime::driver_error;
-use crate::CudaBackend;
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg,
+use super::{check_device_len, download, to_i32, upload};
+use crate::plan::attention::ATTENTION_BLOCK_SIZES;
+use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
+use crate::plan::{
+    AttentionShape, AttentionVariant, KernelArgs, LaunchOptions, PlannedOp, TuneOutcome,
 };
+use crate::CudaBackend;
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 use half::{bf16, f16};
 use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
 use tessera_core::{BackendKind, BlockMask, DType, Error, Result, Tensor, TensorRef};
 
 const OP: &str = "sparse_attention";
-const ENTRY: &str = "sparse_attention_fwd";
-
-/// `sparse_attention.cu`: the block-sparse attention forward kernel.
-pub const SPARSE_ATTENTION: KernelSource = KernelSource {
-    file: "sparse_attention.cu",
-    code: include_str!("../../kernels/sparse_attention.cu"),
-};
 
 /// Mask block sizes the CUDA kernel supports.
-pub const SUPPORTED_BLOCK_SIZES: [usize; 2] = [64, 128];
-
-/// Keys per tile of the kernel's inner loop.
-const KEY_TILE: usize = 64;
-
-/// The kernel for a head dimension (64 or 128), element type (f16 or bf16) and mask block size
-/// (64 or 128).
-pub fn attention_variant(head_dim: usize, dtype: DType, block_size: usize) -> KernelVariant {
-    KernelVariant::new(SPARSE_ATTENTION)
-        .define("HEAD_DIM", head_dim)
-        .define("ELEM_BF16", u8::from(dtype == DType::BF16))
-        .define("BLOCK", block_size)
-}
-
-/// Every kernel variant of this module (compiled by CI for sm_90a and sm_80).
-pub(crate) fn variants() -> Vec<KernelVariant> {
-    let mut v = Vec::new();
-    for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
-        for dtype in [DType::F16, DType::BF16] {
-            for block_size in SUPPORTED_BLOCK_SIZES {
-                v.push(attention_variant(head_dim, dtype, block_size));
-            }
-        }
-    }
-    v
-}
-
-/// Dynamic shared memory of the kernel: two buffers of a K and a V tile of 64 rows, each row
-/// padded by 8 elements.
-fn shared_bytes(head_dim: usize) -> usize {
-    4 * KEY_TILE * (head_dim + 8) * 2
-}
-
-/// Query rows per CTA (a block row of 128 is two CTAs).
-const QUERY_TILE: usize = 64;
-
-/// Threads per CTA: one warp per 16 query rows.
-const THREADS: u32 = (QUERY_TILE / 16 * 32) as u32;
+pub const SUPPORTED_BLOCK_SIZES: [usize; 2] = [
+    ATTENTION_BLOCK_SIZES[0] as usize,
+    ATTENTION_BLOCK_SIZES[1] as usize,
+];
 
 fn check_block_size(block_size: usize) -> Result<()> {
     if SUPPORTED_BLOCK_SIZES.contains(&block_size) {
@@ -233,6 +192,47 @@ impl CudaBackend {
     ) -> Result<()> {
         op.validate(mask.mask())?;
         check_block_size(mask.block_size())?;
+        let variant = self.sparse_attention_plan(op, mask.mask())?;
+        self.sparse_attention_variant_on(stream, op, variant, mask, q, k, v, o, lse)
+    }
+
+    /// [`CudaBackend::sparse_attention_on`] with an explicit variant (a candidate of
+    /// [`crate::plan::heuristics::attention_candidates`] for the op and the mask's block size),
+    /// for tests and tuning.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_attention_variant_on(
+        &self,
+        stream: &CudaStream,
+        op: &SparseAttention,
+        variant: AttentionVariant,
+        mask: &DeviceBlockMask,
+        q: &DeviceHalf<'_>,
+        k: &DeviceHalf<'_>,
+        v: &DeviceHalf<'_>,
+        o: &mut DeviceHalfMut<'_>,
+        lse: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        op.validate(mask.mask())?;
+        check_block_size(mask.block_size())?;
+        let expected = AttentionShape {
+            op,
+            block_size: mask.block_size(),
+            mask_density: mask.mask().density(),
+        }
+        .candidates(&self.runtime.arch)?;
+        if !expected.contains(&variant) {
+            return Err(Error::invalid(
+                OP,
+                "variant",
+                format!(
+                    "a variant for head_dim {}, {} and block size {}",
+                    op.head_dim,
+                    op.dtype,
+                    mask.block_size()
+                ),
+                format!("{variant:?}"),
+            ));
+        }
         for (arg, t) in [("q", q), ("k", k), ("v", v)] {
             if t.dtype() != op.dtype {
                 return Err(Error::invalid(
@@ -272,60 +272,27 @@ impl CudaBackend {
         }
         let tokens = to_i32(OP, "tokens", op.tokens)?;
         let heads = to_i32(OP, "heads", op.heads)?;
-        // Offsets are computed in 64 bits, but `batch * tokens * heads` must fit the i64 and the
-        // grid's y and z dimensions must hold heads and batch.
-        for (arg, n) in [("heads", op.heads), ("batch", op.batch)] {
-            if n > 65535 {
-                return Err(Error::invalid(
-                    OP,
-                    arg,
-                    "at most 65535 on CUDA",
-                    n.to_string(),
-                ));
-            }
-        }
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
-
-        let variant = attention_variant(op.head_dim, op.dtype, mask.block_size());
-        let func = self.runtime.function(&variant, ENTRY)?;
-        let smem = shared_bytes(op.head_dim);
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(|e| {
-            driver_error(
-                &format!("allowing {smem} bytes of shared memory for {ENTRY}"),
-                e,
-            )
-        })?;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                op.tokens.div_ceil(QUERY_TILE) as u32,
-                op.heads as u32,
-                op.batch as u32,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let mut launch = stream.launch_builder(&func);
+        // Offsets are computed in 64 bits; the grid's y and z dimensions hold heads and batch
+        // (checked by `grid`).
+        let grid = variant.grid(op)?;
+        let mut args = KernelArgs::new(stream);
         for t in [q, k, v] {
             match t {
-                DeviceHalf::F16(x) => launch.arg(x),
-                DeviceHalf::BF16(x) => launch.arg(x),
+                DeviceHalf::F16(x) => args.buffer(x),
+                DeviceHalf::BF16(x) => args.buffer(x),
             };
         }
         match o {
-            DeviceHalfMut::F16(x) => launch.arg(x),
-            DeviceHalfMut::BF16(x) => launch.arg(x),
+            DeviceHalfMut::F16(x) => args.buffer_mut(x),
+            DeviceHalfMut::BF16(x) => args.buffer_mut(x),
         };
-        launch
-            .arg(lse)
-            .arg(&mask.indptr)
-            .arg(&mask.indices)
-            .arg(&tokens)
-            .arg(&heads)
-            .arg(&scale_log2);
+        args.buffer_mut(lse)
+            .buffer(&mask.indptr)
+            .buffer(&mask.indices)
+            .value(&tokens)
+            .value(&heads)
+            .value(&scale_log2);
         // SAFETY: the kernel's parameters are (const u16* q, k, v, u16* o, float* lse,
         // const u32* indptr, indices, int tokens, int heads, float scale_log2) in this order. q, k,
         // v and o hold batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned, lse
@@ -333,8 +300,106 @@ impl CudaBackend {
         // (num_blocks + 1 row pointers, sorted in-range columns, no empty row), and the grid has
         // one CTA per (64 query rows, head, batch). The kernel reads and writes only within those
         // bounds (rows at or past `tokens` are neither read nor written).
-        unsafe { launch.launch(cfg) }.map_err(|e| launch_error(ENTRY, e))?;
-        Ok(())
+        unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
+    }
+
+    /// The attention variant for `op` with `mask` on this device (the plan of its shape class).
+    pub fn sparse_attention_plan(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+    ) -> Result<AttentionVariant> {
+        check_block_size(mask.block_size())?;
+        let shape = AttentionShape {
+            op,
+            block_size: mask.block_size(),
+            mask_density: mask.density(),
+        };
+        self.runtime
+            .plans
+            .plan(&shape, &mut |c: &[AttentionVariant]| {
+                self.time_sparse_attention(op, mask, c)
+            })
+    }
+
+    /// Times every attention candidate for `op` with `mask` on scratch buffers and records the
+    /// fastest as the plan of its shape class (see [`crate::plan::PlanCache::tune`]).
+    pub fn tune_sparse_attention(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+    ) -> Result<TuneOutcome> {
+        op.validate(mask)?;
+        check_block_size(mask.block_size())?;
+        let shape = AttentionShape {
+            op,
+            block_size: mask.block_size(),
+            mask_density: mask.density(),
+        };
+        self.runtime
+            .plans
+            .tune(&shape, &mut |c: &[AttentionVariant]| {
+                self.time_sparse_attention(op, mask, c)
+            })
+    }
+
+    /// Median milliseconds of each candidate for `op` with `mask`, on scratch buffers of random
+    /// values in [-2, 2) (never the caller's) on the backend's stream.
+    fn time_sparse_attention(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        candidates: &[AttentionVariant],
+    ) -> Result<Vec<f64>> {
+        op.validate(mask)?;
+        let stream = &self.runtime.stream;
+        let dmask = DeviceBlockMask::new(stream, mask)?;
+        let mut rng = ScratchRng(0xa77e_0001);
+        let values: Vec<f32> = (0..1 << 20).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        let mut lse = scratch_buffer::<f32>(stream, op.lse_len(), &[])?;
+        let n = op.qkv_len();
+        match op.dtype {
+            DType::F16 => {
+                let pattern: Vec<f16> = values.iter().map(|&x| f16::from_f32(x)).collect();
+                let q = scratch_buffer(stream, n, &pattern)?;
+                let k = scratch_buffer(stream, n, &pattern[7..])?;
+                let v = scratch_buffer(stream, n, &pattern[13..])?;
+                let mut o = scratch_buffer::<f16>(stream, n, &[])?;
+                time_each(stream, candidates, |c| {
+                    self.sparse_attention_variant_on(
+                        stream,
+                        op,
+                        *c,
+                        &dmask,
+                        &DeviceHalf::F16(q.slice(0..n)),
+                        &DeviceHalf::F16(k.slice(0..n)),
+                        &DeviceHalf::F16(v.slice(0..n)),
+                        &mut DeviceHalfMut::F16(o.slice_mut(0..n)),
+                        &mut lse.slice_mut(0..op.lse_len()),
+                    )
+                })
+            }
+            _ => {
+                let pattern: Vec<bf16> = values.iter().map(|&x| bf16::from_f32(x)).collect();
+                let q = scratch_buffer(stream, n, &pattern)?;
+                let k = scratch_buffer(stream, n, &pattern[7..])?;
+                let v = scratch_buffer(stream, n, &pattern[13..])?;
+                let mut o = scratch_buffer::<bf16>(stream, n, &[])?;
+                time_each(stream, candidates, |c| {
+                    self.sparse_attention_variant_on(
+                        stream,
+                        op,
+                        *c,
+                        &dmask,
+                        &DeviceHalf::BF16(q.slice(0..n)),
+                        &DeviceHalf::BF16(k.slice(0..n)),
+                        &DeviceHalf::BF16(v.slice(0..n)),
+                        &mut DeviceHalfMut::BF16(o.slice_mut(0..n)),
+                        &mut lse.slice_mut(0..op.lse_len()),
+                    )
+                })
+            }
+        }
     }
 
     pub(crate) fn sparse_attention_host(

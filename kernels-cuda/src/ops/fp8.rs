@@ -1,42 +1,11 @@
-//! FP8 quantizers and the block-scaled GEMM on CUDA.
+//! The FP8 quantizers on CUDA (the kernel variants: [`QuantizeVariant`]).
 
-use super::{check_device_len, download, launch_error, to_i32, upload};
-use crate::compile::{KernelSource, KernelVariant};
+use super::{check_device_len, download, to_i32, upload};
+use crate::plan::{KernelArgs, LaunchOptions, QuantizeShape, QuantizeVariant};
 use crate::CudaBackend;
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::{bf16, f16};
-use tessera_core::{
-    DType, Fp8Granularity, Fp8Quantize, Fp8Quantized, Result, ScaleRule, TensorRef, E4M3,
-};
-
-/// `fp8_quantize.cu`: the two FP8 quantizers.
-pub const FP8_QUANTIZE: KernelSource = KernelSource {
-    file: "fp8_quantize.cu",
-    code: include_str!("../../kernels/fp8_quantize.cu"),
-};
-
-/// The quantizer for an input type and scale rule.
-pub fn quantize_variant(input: DType, rule: ScaleRule) -> KernelVariant {
-    let kind = match input {
-        DType::F16 => 1,
-        DType::BF16 => 2,
-        _ => 0,
-    };
-    KernelVariant::new(FP8_QUANTIZE)
-        .define("IN_KIND", kind)
-        .define("POW2", u8::from(rule == ScaleRule::PowerOfTwo))
-}
-
-/// Every quantizer variant.
-pub(crate) fn variants() -> Vec<KernelVariant> {
-    let mut v = Vec::new();
-    for input in [DType::F32, DType::F16, DType::BF16] {
-        for rule in [ScaleRule::Float, ScaleRule::PowerOfTwo] {
-            v.push(quantize_variant(input, rule));
-        }
-    }
-    v
-}
+use tessera_core::{DType, Fp8Quantize, Fp8Quantized, Result, TensorRef, E4M3};
 
 /// A read-only device tensor of one of the quantizers' input types.
 #[derive(Debug)]
@@ -81,47 +50,49 @@ impl CudaBackend {
         scales: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         const OP: &str = "fp8_quantize";
+        for (arg, n) in [("rows", op.rows), ("cols", op.cols)] {
+            if n == 0 {
+                return Err(tessera_core::Error::invalid(OP, arg, "at least 1", "0"));
+            }
+        }
         let (sr, sc) = op.scales_shape();
         check_device_len(OP, "x", op.rows * op.cols, x.len())?;
         check_device_len(OP, "values", op.rows * op.cols, values.len())?;
         check_device_len(OP, "scales", sr * sc, scales.len())?;
         let rows = to_i32(OP, "rows", op.rows)?;
         let cols = to_i32(OP, "cols", op.cols)?;
-        let variant = quantize_variant(x.dtype(), op.scale_rule);
-        let (entry, cfg) = match op.granularity {
-            Fp8Granularity::PerToken1x128 => {
-                let warps = (op.rows * sc) as u32;
-                (
-                    "fp8_quantize_1x128",
-                    LaunchConfig {
-                        grid_dim: (warps.div_ceil(8), 1, 1),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: 0,
-                    },
-                )
-            }
-            Fp8Granularity::Block128x128 => (
-                "fp8_quantize_128x128",
-                LaunchConfig {
-                    grid_dim: (sc as u32, sr as u32, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-            ),
+        let shape = QuantizeShape {
+            op: *op,
+            input: x.dtype(),
         };
-        let func = self.runtime.function(&variant, entry)?;
-        let mut launch = stream.launch_builder(&func);
+        // One candidate per (input, rule, granularity): the plan never times it, and a timer
+        // that is called says so rather than pretend.
+        let variant: QuantizeVariant =
+            self.runtime
+                .plans
+                .plan(&shape, &mut |_: &[QuantizeVariant]| {
+                    Err(tessera_core::Error::Unsupported {
+                        op: OP,
+                        backend: tessera_core::BackendKind::Cuda,
+                        reason: "the quantizers have one candidate each: nothing to tune".into(),
+                    })
+                })?;
+        let grid = variant.grid(op)?;
+        let mut args = KernelArgs::new(stream);
         match x {
-            DeviceInput::F32(v) => launch.arg(v),
-            DeviceInput::F16(v) => launch.arg(v),
-            DeviceInput::BF16(v) => launch.arg(v),
+            DeviceInput::F32(v) => args.buffer(v),
+            DeviceInput::F16(v) => args.buffer(v),
+            DeviceInput::BF16(v) => args.buffer(v),
         };
-        launch.arg(values).arg(scales).arg(&rows).arg(&cols);
+        args.buffer_mut(values)
+            .buffer_mut(scales)
+            .value(&rows)
+            .value(&cols);
         // SAFETY: the kernel's parameters are (const in_t*, u8*, float*, int, int) in this order;
         // the buffers hold rows*cols inputs and values and scales_shape() scales (checked above),
-        // and the kernel indexes only within those bounds.
-        unsafe { launch.launch(cfg) }.map_err(|e| launch_error(entry, e))?;
-        Ok(())
+        // the grid covers every scale group once, and the kernel indexes only within those
+        // bounds.
+        unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
     }
 
     pub(crate) fn fp8_quantize_host(

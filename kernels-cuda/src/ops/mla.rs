@@ -2,159 +2,33 @@
 //!
 //! Kernels: `mla_append.cu` (one warp per token; bf16 copy or FP8 quantization per 128 values)
 //! and `mla_decode.cu` (multi-query attention with one latent KV head on the tensor cores,
-//! `mma.sync` bf16 with f32 accumulation, online softmax, split-KV over CTAs with a
-//! log-sum-exp combine). See the `.cu` files for the tiling.
+//! `mma.sync` bf16 with f32 accumulation, online softmax, split-KV over CTAs, one CTA tiling per
+//! [`MlaDecodeVariant`]) with `mla_combine.cu` (the log-sum-exp combine of the splits). See the
+//! `.cu` files for the tiling.
 //!
 //! Two APIs: [`CudaBackend::mla_append_on`] / [`CudaBackend::mla_decode_on`] over caller-owned
 //! device buffers (no copies, no synchronization), and the host wrappers behind the
 //! [`tessera_core::Backend`] trait.
 
-use super::{check_device_len, launch_error, to_i32, upload};
-use crate::compile::{KernelSource, KernelVariant};
+use super::{check_device_len, to_i32, upload};
+use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
+use crate::plan::{
+    KernelArgs, KernelSpec, LaunchOptions, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape,
+    MlaDecodeVariant, TuneOutcome,
+};
 use crate::runtime::driver_error;
 use crate::CudaBackend;
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr};
 use half::bf16;
 use std::sync::Arc;
 use tessera_core::{
     Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput, Result,
 };
 
-/// `mla_append.cu`: writes tokens into the paged cache (both formats, run-time layout).
-pub const MLA_APPEND: KernelSource = KernelSource {
-    file: "mla_append.cu",
-    code: include_str!("../../kernels/mla_append.cu"),
-};
-
-/// `mla_decode.cu`: absorbed paged decode (split-KV) and the split combine.
-pub const MLA_DECODE: KernelSource = KernelSource {
-    file: "mla_decode.cu",
-    code: include_str!("../../kernels/mla_decode.cu"),
-};
-
-/// Threads per decode CTA (8 warps).
-const DECODE_THREADS: u32 = 256;
-/// Threads per combine CTA.
-const COMBINE_THREADS: u32 = 128;
-/// Tokens per append CTA (one warp each).
-const APPEND_TOKENS_PER_CTA: usize = 8;
 /// Most splits of one request's keys.
 const MAX_SPLITS: usize = 64;
 /// Device pointers must start on this many bytes (vector loads and `cp.async`).
 const ALIGN: u64 = 16;
-
-/// The append kernel (one variant for every layout).
-pub fn append_variant() -> KernelVariant {
-    KernelVariant::new(MLA_APPEND)
-}
-
-/// Whether a layout has the specialized DeepSeek-V3 decode (latent 512, rope 64, compile-time).
-fn is_deepseek(layout: &MlaCacheLayout) -> bool {
-    layout.latent_dim == 512 && layout.rope_dim == 64
-}
-
-/// Output columns each decode CTA computes: the whole latent for DeepSeek's 512, else 256
-/// (larger latents are split over CTAs that each recompute the scores).
-fn dv_chunk(layout: &MlaCacheLayout) -> usize {
-    if is_deepseek(layout) {
-        512
-    } else {
-        256
-    }
-}
-
-/// The decode kernel for a layout: per cache format, a DeepSeek-V3 variant (latent 512, rope
-/// 64 as compile-time constants) and a generic one (dims at run time).
-pub fn decode_variant(layout: &MlaCacheLayout) -> KernelVariant {
-    let fmt = match layout.format {
-        MlaCacheFormat::Bf16 => 0,
-        MlaCacheFormat::Fp8 => 1,
-    };
-    let v = KernelVariant::new(MLA_DECODE).define("FMT", fmt);
-    if is_deepseek(layout) {
-        v.define("LATENT", 512)
-            .define("ROPE", 64)
-            .define("DV_CHUNK", 512)
-    } else {
-        v.define("LATENT", 0)
-            .define("ROPE", 0)
-            .define("DV_CHUNK", 256)
-    }
-}
-
-/// Every kernel variant of this module (compiled by CI for sm_90a and sm_80).
-pub(crate) fn variants() -> Vec<KernelVariant> {
-    let mut v = vec![append_variant()];
-    for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {
-        for (latent_dim, rope_dim) in [(512, 64), (128, 0)] {
-            v.push(decode_variant(&MlaCacheLayout {
-                page_size: 64,
-                latent_dim,
-                rope_dim,
-                format,
-            }));
-        }
-    }
-    v
-}
-
-/// A CTA tiling of the decode kernel (one entry point of `mla_decode.cu`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Tiling {
-    /// Query rows per CTA (16, 32 or 64).
-    rows: usize,
-    /// Keys per shared-memory tile.
-    keys: usize,
-    /// Key tiles in the cp.async pipeline.
-    stages: usize,
-    /// The entry point.
-    entry: &'static str,
-}
-
-const fn tiling(rows: usize, keys: usize, stages: usize, entry: &'static str) -> Tiling {
-    Tiling {
-        rows,
-        keys,
-        stages,
-        entry,
-    }
-}
-
-/// Every tiling, in order of preference for many rows; fewer rows start further down (see
-/// [`CudaBackend::mla_decode_plan`]). The first that fits the device's shared memory is used.
-const TILINGS: [Tiling; 7] = [
-    tiling(64, 32, 3, "mla_decode_r4n32s3"),
-    tiling(64, 32, 2, "mla_decode_r4n32s2"),
-    tiling(32, 32, 4, "mla_decode_r2n32s4"),
-    tiling(32, 32, 2, "mla_decode_r2n32s2"),
-    tiling(16, 64, 3, "mla_decode_r1n64s3"),
-    tiling(16, 64, 2, "mla_decode_r1n64s2"),
-    tiling(16, 32, 2, "mla_decode_r1n32s2"),
-];
-
-/// Dynamic shared memory of a decode CTA (the same sum as in `mla_decode.cu`): Q `[M][qk+8]`
-/// bf16 (none for the DeepSeek variant with 16 rows, which keeps Q in registers and stages it in
-/// a key buffer), key tiles `[N][qk+8]` bf16 (`stages` of them for bf16 caches, one for FP8),
-/// FP8 raw records `stages x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange
-/// `[8 / (M/16)][M]` f32.
-fn decode_smem_bytes(layout: &MlaCacheLayout, t: &Tiling) -> usize {
-    let pitch = 2 * (layout.qk_dim() + 8);
-    let (key_tiles, raw) = match layout.format {
-        MlaCacheFormat::Bf16 => (t.stages, 0),
-        MlaCacheFormat::Fp8 => (
-            1,
-            t.stages * t.keys * layout.token_bytes().div_ceil(16) * 16,
-        ),
-    };
-    let q_in_registers = is_deepseek(layout) && t.rows == 16;
-    let q = if q_in_registers { 0 } else { t.rows * pitch };
-    let col_warps = 8 / (t.rows / 16);
-    q + key_tiles * t.keys * pitch + raw + t.rows * (t.keys + 8) * 2 + col_warps * t.rows * 4
-}
 
 /// The number of KV splits: one CTA runs per SM at a time, so the CTAs should fill whole
 /// waves. Takes the fewest splits (each keeping at least two key tiles) whose CTAs fill their
@@ -178,8 +52,8 @@ fn choose_splits(base_ctas: usize, tiles: usize, sms: usize) -> usize {
     best.1
 }
 
-/// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`]: the tiling, the
-/// number of KV splits, and the workspace the splits need.
+/// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`]: the kernel variant
+/// (its CTA tiling), the number of KV splits, and the workspace the splits need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MlaDecodePlan {
     batch: usize,
@@ -187,10 +61,7 @@ pub struct MlaDecodePlan {
     heads: usize,
     max_pages: usize,
     layout: MlaCacheLayout,
-    rows_per_cta: usize,
-    key_tile: usize,
-    entry: &'static str,
-    smem_bytes: usize,
+    variant: MlaDecodeVariant,
     row_groups: usize,
     col_chunks: usize,
     splits: usize,
@@ -204,12 +75,17 @@ impl MlaDecodePlan {
 
     /// Query rows (of `s_q * heads`) per CTA: 16, 32 or 64.
     pub fn rows_per_cta(&self) -> usize {
-        self.rows_per_cta
+        self.variant.rows_per_cta() as usize
     }
 
     /// Keys per shared-memory tile.
     pub fn key_tile(&self) -> usize {
-        self.key_tile
+        self.variant.key_tile as usize
+    }
+
+    /// The decode kernel's variant.
+    pub fn variant(&self) -> &MlaDecodeVariant {
+        &self.variant
     }
 
     /// f32 elements of workspace [`CudaBackend::mla_decode_on`] needs: 0 with one split, else
@@ -401,78 +277,74 @@ impl CudaBackend {
         };
         let num_slots = to_i32(OP, "cache slots", pages * layout.page_size)?;
         let token_bytes = layout.token_bytes() as i32;
-        let func = self.runtime.function(&append_variant(), "mla_append")?;
-        let cfg = LaunchConfig {
-            grid_dim: (op.tokens.div_ceil(APPEND_TOKENS_PER_CTA) as u32, 1, 1),
-            block_dim: (32 * APPEND_TOKENS_PER_CTA as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch
-            .arg(&bufs.latent)
-            .arg(&bufs.rope)
-            .arg(&bufs.slots)
-            .arg(&mut bufs.cache)
-            .arg(&tokens)
-            .arg(&latent_dim)
-            .arg(&rope_dim)
-            .arg(&fmt)
-            .arg(&num_slots)
-            .arg(&token_bytes);
+        let variant = MlaAppendVariant;
+        let grid = variant.grid(op.tokens);
+        let mut args = KernelArgs::new(stream);
+        args.buffer(&bufs.latent)
+            .buffer(&bufs.rope)
+            .buffer(&bufs.slots)
+            .buffer_mut(&mut bufs.cache)
+            .value(&tokens)
+            .value(&latent_dim)
+            .value(&rope_dim)
+            .value(&fmt)
+            .value(&num_slots)
+            .value(&token_bytes);
         // SAFETY: the parameters are (const u16*, const u16*, const int*, u8*, int x 6) in this
         // order; latent, rope and slots hold tokens x (latent_dim, rope_dim, 1) elements and the
-        // cache num_slots x token_bytes bytes (checked above), all 16-byte aligned; the kernel
-        // reads token t < tokens only and writes only records of slots in 0..num_slots.
-        unsafe { launch.launch(cfg) }.map_err(|e| launch_error("mla_append", e))?;
-        Ok(())
+        // cache num_slots x token_bytes bytes (checked above), all 16-byte aligned; the grid has
+        // one warp per token; the kernel reads token t < tokens only and writes only records of
+        // slots in 0..num_slots.
+        unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
     }
 
-    /// Plans a decode: the CTA tiling (by the rows `s_q * heads` and the shared memory the
-    /// device allows) and the number of KV splits (more when the batch alone does not fill the
-    /// SMs and the keys are many). `max_seq_len` bounds the lengths the plan is used with (any
-    /// length stays correct; it only guides the split count; pass `max_pages * page_size` if
-    /// unknown).
+    /// Plans a decode: the kernel variant (the plan of the shape class: by default the CTA
+    /// tiling by the rows `s_q * heads` and the shared memory the device allows, see
+    /// [`crate::plan::heuristics::pick_mla_decode`]) and the number of KV splits (more when the
+    /// batch alone does not fill the SMs and the keys are many). `max_seq_len` bounds the
+    /// lengths the plan is used with (any length stays correct; it only guides the split count;
+    /// pass `max_pages * page_size` if unknown).
     pub fn mla_decode_plan(&self, op: &MlaDecode, max_seq_len: usize) -> Result<MlaDecodePlan> {
+        check_decode_op(op)?;
+        let shape = MlaDecodeShape { op, max_seq_len };
+        let variant = self
+            .runtime
+            .plans
+            .plan(&shape, &mut |c: &[MlaDecodeVariant]| {
+                self.time_mla_decode(op, max_seq_len, c)
+            })?;
+        self.mla_decode_plan_with(op, max_seq_len, variant)
+    }
+
+    /// [`CudaBackend::mla_decode_plan`] with an explicit kernel variant (any candidate of
+    /// [`crate::plan::heuristics::mla_decode_candidates`] for the op's layout), for tests and
+    /// tuning.
+    pub fn mla_decode_plan_with(
+        &self,
+        op: &MlaDecode,
+        max_seq_len: usize,
+        variant: MlaDecodeVariant,
+    ) -> Result<MlaDecodePlan> {
         const OP: &str = "mla_decode";
         check_decode_op(op)?;
         let layout = op.layout;
+        if !variant.fits_layout(&layout) {
+            return Err(Error::invalid(
+                OP,
+                "variant",
+                format!("a decode variant of the op's layout {layout:?}"),
+                format!("{variant:?}"),
+            ));
+        }
+        variant.valid_on(&self.runtime.arch)?;
         let rows = op.s_q * op.heads;
-        let max_smem = self
-            .runtime
-            .ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map_err(|e| driver_error("reading the shared-memory limit", e))?
-            .max(0) as usize;
-        // Prefer the fewest rows per CTA that holds all rows, then the largest that fits.
-        let preferred = if rows <= 16 {
-            4
-        } else if rows <= 32 {
-            2
-        } else {
-            0
-        };
-        let smallest = TILINGS[TILINGS.len() - 1];
-        let (t, smem_bytes) = TILINGS[preferred..]
-            .iter()
-            .map(|t| (*t, decode_smem_bytes(&layout, t)))
-            .find(|(_, bytes)| *bytes <= max_smem)
-            .ok_or_else(|| Error::Unsupported {
-                op: OP,
-                backend: tessera_core::BackendKind::Cuda,
-                reason: format!(
-                    "qk_dim {} needs {} bytes of shared memory per block; the device allows {max_smem}",
-                    layout.qk_dim(),
-                    decode_smem_bytes(&layout, &smallest)
-                ),
-            })?;
-        let (rows_per_cta, key_tile, entry) = (t.rows, t.keys, t.entry);
-        let row_groups = rows.div_ceil(rows_per_cta);
-        let col_chunks = layout.latent_dim.div_ceil(dv_chunk(&layout));
+        let row_groups = rows.div_ceil(variant.rows_per_cta() as usize);
+        let col_chunks = layout.latent_dim.div_ceil(variant.dv_chunk() as usize);
         let base = op.batch * row_groups * col_chunks;
         let tiles = max_seq_len
             .min(op.max_pages * layout.page_size)
-            .div_ceil(key_tile);
-        let sms = self.runtime.sm_count.max(1);
+            .div_ceil(variant.key_tile as usize);
+        let sms = self.runtime.arch.sm_count.max(1) as usize;
         let splits = choose_splits(base, tiles, sms);
         let plan = MlaDecodePlan {
             batch: op.batch,
@@ -480,10 +352,7 @@ impl CudaBackend {
             heads: op.heads,
             max_pages: op.max_pages,
             layout,
-            rows_per_cta,
-            key_tile,
-            entry,
-            smem_bytes,
+            variant,
             row_groups,
             col_chunks,
             splits,
@@ -491,6 +360,93 @@ impl CudaBackend {
         to_i32(OP, "CTAs", plan.ctas())?;
         to_i32(OP, "batch * s_q * heads", op.batch * rows)?;
         Ok(plan)
+    }
+
+    /// Times every decode candidate for `op` and `max_seq_len` on scratch buffers and records
+    /// the fastest as the plan of its shape class (see [`crate::plan::PlanCache::tune`]).
+    pub fn tune_mla_decode(&self, op: &MlaDecode, max_seq_len: usize) -> Result<TuneOutcome> {
+        check_decode_op(op)?;
+        let shape = MlaDecodeShape { op, max_seq_len };
+        self.runtime
+            .plans
+            .tune(&shape, &mut |c: &[MlaDecodeVariant]| {
+                self.time_mla_decode(op, max_seq_len, c)
+            })
+    }
+
+    /// Median milliseconds of each decode candidate, on scratch buffers (never the caller's) on
+    /// the backend's stream: a cache of valid random records (at most 1 GiB, pages reused beyond
+    /// it), a random block table, every request `max_seq_len` long, random queries.
+    fn time_mla_decode(
+        &self,
+        op: &MlaDecode,
+        max_seq_len: usize,
+        candidates: &[MlaDecodeVariant],
+    ) -> Result<Vec<f64>> {
+        let stream = &self.runtime.stream;
+        let layout = op.layout;
+        let seq = max_seq_len.clamp(1, op.max_pages * layout.page_size);
+        let pages_per_request = seq.div_ceil(layout.page_size);
+        let pool_pages = (op.batch * pages_per_request)
+            .min(((1usize << 30) / layout.page_bytes()).max(1))
+            .max(1);
+        let mut rng = ScratchRng(0x31a_dec0);
+        let pattern_pages = pool_pages.min(64);
+        let mut pattern = vec![0u8; pattern_pages * layout.page_bytes()];
+        for rec in pattern.chunks_exact_mut(layout.token_bytes()) {
+            match layout.format {
+                MlaCacheFormat::Bf16 => {
+                    for v in rec.chunks_exact_mut(2) {
+                        v.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
+                    }
+                }
+                MlaCacheFormat::Fp8 => {
+                    let (latent, rest) = rec.split_at_mut(layout.latent_dim);
+                    latent.iter_mut().for_each(|b| *b = rng.e4m3());
+                    let (scales, rope) = rest.split_at_mut(4 * layout.fp8_groups());
+                    for s in scales.chunks_exact_mut(4) {
+                        s.copy_from_slice(&(1.0f32 / 64.0).to_le_bytes());
+                    }
+                    for v in rope.chunks_exact_mut(2) {
+                        v.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
+                    }
+                }
+            }
+        }
+        let cache_len = pool_pages * layout.page_bytes();
+        let cache = scratch_buffer(stream, cache_len, &pattern)?;
+        let table: Vec<i32> = (0..op.batch * op.max_pages)
+            .map(|_| (rng.next_u64() % pool_pages as u64) as i32)
+            .collect();
+        let table = upload(stream, &table)?;
+        let lens = upload(stream, &vec![seq as i32; op.batch])?;
+        let q_pattern: Vec<bf16> = (0..1 << 16)
+            .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)))
+            .collect();
+        let q = scratch_buffer(stream, op.q_len(), &q_pattern)?;
+        let mut o = scratch_buffer::<bf16>(stream, op.o_len(), &[])?;
+        let mut lse = scratch_buffer::<f32>(stream, op.lse_len(), &[])?;
+        let plans = candidates
+            .iter()
+            .map(|v| self.mla_decode_plan_with(op, max_seq_len, *v))
+            .collect::<Result<Vec<_>>>()?;
+        let ws_len = plans.iter().map(|p| p.workspace_len()).max().unwrap_or(0);
+        let mut ws = scratch_buffer::<f32>(stream, ws_len, &[])?;
+        time_each(stream, candidates, |v| {
+            let plan = plans.iter().find(|p| p.variant() == v).ok_or_else(|| {
+                Error::invalid("mla_decode", "variant", "a candidate", format!("{v:?}"))
+            })?;
+            let mut bufs = MlaDecodeBuffers {
+                cache: cache.slice(0..cache_len),
+                q: q.slice(0..op.q_len()),
+                block_table: table.as_view(),
+                seq_lens: lens.as_view(),
+                o: o.slice_mut(0..op.o_len()),
+                lse: lse.slice_mut(0..op.lse_len()),
+                workspace: ws.as_view_mut(),
+            };
+            self.mla_decode_on(stream, op, plan, &mut bufs)
+        })
     }
 
     /// Absorbed MLA decode over a paged cache on `stream`, without synchronizing (see
@@ -579,74 +535,62 @@ impl CudaBackend {
         let col_chunks = plan.col_chunks as i32;
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
 
-        let variant = decode_variant(&l);
-        let func = self.runtime.function(&variant, plan.entry)?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            plan.smem_bytes as i32,
-        )
-        .map_err(|e| driver_error("raising the shared-memory limit of mla_decode", e))?;
-        let cfg = LaunchConfig {
-            grid_dim: (plan.ctas() as u32, 1, 1),
-            block_dim: (DECODE_THREADS, 1, 1),
-            shared_mem_bytes: plan.smem_bytes as u32,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch
-            .arg(&bufs.q)
-            .arg(&bufs.cache)
-            .arg(&bufs.block_table)
-            .arg(&bufs.seq_lens)
-            .arg(&mut bufs.o)
-            .arg(&mut bufs.lse)
-            .arg(&mut bufs.workspace)
-            .arg(&batch)
-            .arg(&s_q)
-            .arg(&heads)
-            .arg(&max_pages)
-            .arg(&page_size)
-            .arg(&num_pages)
-            .arg(&latent)
-            .arg(&rope)
-            .arg(&token_bytes)
-            .arg(&splits)
-            .arg(&row_groups)
-            .arg(&col_chunks)
-            .arg(&scale_log2);
+        let variant = plan.variant;
+        let ctas = u32::try_from(plan.ctas()).map_err(|_| {
+            Error::invalid(OP, "plan", "at most 2^31 - 1 CTAs", plan.ctas().to_string())
+        })?;
+        let mut args = KernelArgs::new(stream);
+        args.buffer(&bufs.q)
+            .buffer(&bufs.cache)
+            .buffer(&bufs.block_table)
+            .buffer(&bufs.seq_lens)
+            .buffer_mut(&mut bufs.o)
+            .buffer_mut(&mut bufs.lse)
+            .buffer_mut(&mut bufs.workspace)
+            .value(&batch)
+            .value(&s_q)
+            .value(&heads)
+            .value(&max_pages)
+            .value(&page_size)
+            .value(&num_pages)
+            .value(&latent)
+            .value(&rope)
+            .value(&token_bytes)
+            .value(&splits)
+            .value(&row_groups)
+            .value(&col_chunks)
+            .value(&scale_log2);
         // SAFETY: the parameters are (const u16*, const u8*, const int*, const int*, u16*, float*,
         // float*, int x 12, float) in this order. Lengths were checked above: q, o, lse,
         // block_table and seq_lens match the op, the cache holds num_pages whole pages, the
         // workspace holds the plan's splits x batch x rows x (latent + 1) floats when splits > 1
-        // (unused otherwise); pointers are 16-byte aligned. The grid is the plan's CTAs with the
-        // plan's dynamic shared memory (limit raised above). The kernel reads block-table
-        // entries only below each checked length and never dereferences a page outside
-        // 0..num_pages.
-        unsafe { launch.launch(cfg) }.map_err(|e| launch_error(plan.entry, e))?;
+        // (unused otherwise); pointers are 16-byte aligned. The grid is the plan's CTAs, with the
+        // variant's dynamic shared memory (the variant fits the op's layout: checked when the
+        // plan was made, and the plan matches the op). The kernel reads block-table entries only
+        // below each checked length and never dereferences a page outside 0..num_pages.
+        unsafe { self.launch_kernel(&variant, (ctas, 1, 1), args, LaunchOptions::default())? };
 
         if plan.splits > 1 {
-            let func = self.runtime.function(&variant, "mla_combine")?;
-            let cfg = LaunchConfig {
-                grid_dim: ((op.batch * op.s_q * op.heads) as u32, 1, 1),
-                block_dim: (COMBINE_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let combine = MlaCombineVariant;
+            let rows = u32::try_from(op.batch * op.s_q * op.heads).map_err(|_| {
+                Error::invalid(OP, "batch * s_q * heads", "at most 2^32 - 1", "more")
+            })?;
             let ws = bufs.workspace.as_view();
-            let mut launch = stream.launch_builder(&func);
-            launch
-                .arg(&ws)
-                .arg(&mut bufs.o)
-                .arg(&mut bufs.lse)
-                .arg(&batch)
-                .arg(&s_q)
-                .arg(&heads)
-                .arg(&latent)
-                .arg(&splits);
+            let mut args = KernelArgs::new(stream);
+            args.buffer(&ws)
+                .buffer_mut(&mut bufs.o)
+                .buffer_mut(&mut bufs.lse)
+                .value(&batch)
+                .value(&s_q)
+                .value(&heads)
+                .value(&latent)
+                .value(&splits);
             // SAFETY: the parameters are (const float*, u16*, float*, int x 5) in this order; the
             // workspace's first splits x batch x rows x latent floats are the partial outputs
             // and the next splits x batch x rows the partial lse (length checked above, written
             // by the decode launch before on the same stream). One CTA per (request, row)
             // writes that row of o and its lse entry only.
-            unsafe { launch.launch(cfg) }.map_err(|e| launch_error("mla_combine", e))?;
+            unsafe { self.launch_kernel(&combine, (rows, 1, 1), args, LaunchOptions::default())? };
         }
         Ok(())
     }
@@ -742,80 +686,5 @@ mod tests {
         assert_eq!(choose_splits(4, 3, 132), 1);
         assert_eq!(choose_splits(1, 1, 132), 1);
         assert!(choose_splits(1, 10_000, 132) <= MAX_SPLITS);
-    }
-
-    #[test]
-    fn shared_memory_matches_the_kernel_layout() {
-        let by_entry = |e: &str| *TILINGS.iter().find(|t| t.entry == e).unwrap();
-        let ds = MlaCacheLayout::default();
-        // Q 64 x 584 bf16, three key tiles 32 x 584, P 64 x 40, exchange 2 x 64 f32.
-        assert_eq!(
-            decode_smem_bytes(&ds, &by_entry("mla_decode_r4n32s3")),
-            64 * 1168 + 3 * 32 * 1168 + 64 * 80 + 2 * 64 * 4
-        );
-        // 16 rows: Q in registers, staged in a key buffer.
-        assert_eq!(
-            decode_smem_bytes(&ds, &by_entry("mla_decode_r1n64s3")),
-            3 * 64 * 1168 + 16 * 144 + 8 * 16 * 4
-        );
-        let fp8 = MlaCacheLayout {
-            format: MlaCacheFormat::Fp8,
-            ..ds
-        };
-        assert_eq!(fp8.token_bytes(), 656);
-        assert_eq!(
-            decode_smem_bytes(&fp8, &by_entry("mla_decode_r1n64s3")),
-            64 * 1168 + 3 * 64 * 656 + 16 * 144 + 8 * 16 * 4
-        );
-        let generic = MlaCacheLayout {
-            latent_dim: 256,
-            rope_dim: 32,
-            ..fp8
-        };
-        assert_eq!(generic.token_bytes(), 328);
-        assert_eq!(
-            decode_smem_bytes(&generic, &by_entry("mla_decode_r1n64s2")),
-            16 * 592 + 64 * 592 + 2 * 64 * 336 + 16 * 144 + 8 * 16 * 4
-        );
-        // The DeepSeek tilings fit an H100/H200 block (227 KB); the largest layout fits with
-        // the smallest tiling.
-        for t in [
-            by_entry("mla_decode_r4n32s3"),
-            by_entry("mla_decode_r2n32s4"),
-            by_entry("mla_decode_r1n64s3"),
-        ] {
-            assert!(decode_smem_bytes(&ds, &t) <= 232_448, "{t:?}");
-            assert!(decode_smem_bytes(&fp8, &t) <= 232_448, "{t:?}");
-        }
-        let smallest = TILINGS[TILINGS.len() - 1];
-        let big = MlaCacheLayout {
-            page_size: 1,
-            latent_dim: 1024,
-            rope_dim: 256,
-            format: MlaCacheFormat::Fp8,
-        };
-        assert!(decode_smem_bytes(&big, &smallest) <= 232_448);
-        let big16 = MlaCacheLayout {
-            format: MlaCacheFormat::Bf16,
-            ..big
-        };
-        assert!(decode_smem_bytes(&big16, &smallest) <= 232_448);
-    }
-
-    #[test]
-    fn every_layout_has_a_listed_variant() {
-        let listed = variants();
-        for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {
-            for (latent_dim, rope_dim) in [(512, 64), (128, 0), (1024, 256), (512, 16), (256, 64)] {
-                let l = MlaCacheLayout {
-                    page_size: 16,
-                    latent_dim,
-                    rope_dim,
-                    format,
-                };
-                assert!(listed.contains(&decode_variant(&l)), "{l:?}");
-            }
-        }
-        assert!(listed.contains(&append_variant()));
     }
 }

@@ -9,7 +9,7 @@ pub mod mla;
 use crate::runtime::driver_error;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use std::sync::Arc;
-use tessera_core::{BackendKind, Error, Result};
+use tessera_core::{Error, Result};
 
 /// Checks that a device buffer has exactly `expected` elements.
 pub(crate) fn check_device_len(
@@ -41,12 +41,4 @@ pub(crate) fn download<T: DeviceRepr + Default + Clone>(
 /// Converts a size to the i32 the kernels take, or says which argument is too large.
 pub(crate) fn to_i32(op: &'static str, arg: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, arg, "at most 2^31 - 1", v.to_string()))
-}
-
-/// The error of a failed launch.
-pub(crate) fn launch_error(kernel: &str, e: cudarc::driver::DriverError) -> Error {
-    Error::Device {
-        backend: BackendKind::Cuda,
-        message: format!("launching {kernel}: {e}"),
-    }
 }

@@ -1,0 +1,552 @@
+//! Per-architecture heuristics, in one place: for each op, the candidate variants for a shape on
+//! an architecture (the first is always valid there: the fallback) and the default pick among
+//! them. Tuning ([`super::PlanCache`]) may pick any other candidate.
+//!
+//! | op | candidates | default pick |
+//! |---|---|---|
+//! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89 | fewest waves over the SMs, then the fullest last wave, then the least padding |
+//! | attention | the one kernel for (head_dim, dtype, block size) | it |
+//! | MLA decode | every tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first | the fewest rows per CTA that holds all `s_q * heads` rows, then the first that fits |
+//! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
+
+use super::attention::{AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES};
+use super::cache::{bucket, PlannedOp, PlannedVariant, ShapeClass};
+use super::gemm::{GemmVariant, MmaSyncGemm};
+use super::mla::{MlaDecodeShape, MlaDecodeVariant, MLA_DECODE_TILINGS};
+use super::quantize::{QuantizeShape, QuantizeVariant};
+use super::{ArchFamily, ArchSpec, KernelSpec};
+use tessera_core::{BackendKind, Error, Fp8Gemm, Result};
+
+/// Waves of `ctas` CTAs over `slots` CTAs resident at once (SMs x CTAs per SM), and the fraction
+/// of the last wave's slots in use (1.0 when it is full). `(0, 1.0)` for no CTA.
+pub fn waves(ctas: u64, slots: u64) -> (u64, f64) {
+    let slots = slots.max(1);
+    if ctas == 0 {
+        return (0, 1.0);
+    }
+    let waves = ctas.div_ceil(slots);
+    let last = ctas - (waves - 1) * slots;
+    (waves, last as f64 / slots as f64)
+}
+
+// ---- FP8 GEMM ---------------------------------------------------------------------------------
+
+/// The `mma.sync` tiles of `arch`, fallback first: SMALL (96 KB, fits every family), LARGE,
+/// TINY, LARGE_DEEP (128 KB: sm_80 and sm_90 only). The e4m3 mma on sm_89 only: sm_80/86 lack
+/// it, and on sm_90 ptxas lowers it to a decode plus two 16-bit mma and four adds, so decoding
+/// once per fragment is as fast (see `fp8_gemm.cu`).
+pub fn mma_sync_tiles(arch: &ArchSpec) -> Vec<MmaSyncGemm> {
+    let e4m3 = arch.fp8_mma && arch.family == ArchFamily::Sm86;
+    [
+        MmaSyncGemm::SMALL,
+        MmaSyncGemm::LARGE,
+        MmaSyncGemm::TINY,
+        MmaSyncGemm::LARGE_DEEP,
+    ]
+    .into_iter()
+    .map(|t| t.with_e4m3_mma(e4m3))
+    .filter(|t| GemmVariant::MmaSync(*t).valid_on(arch).is_ok())
+    .collect()
+}
+
+/// Every GEMM variant of `arch`, whatever the shape, fallback first: what [`gemm_candidates`]
+/// chooses from, and what CI compiles ([`crate::kernels::plannable_specs`]). A new kind of GEMM
+/// kernel adds its variants here.
+pub fn gemm_variants(arch: &ArchSpec) -> Vec<GemmVariant> {
+    mma_sync_tiles(arch)
+        .into_iter()
+        .map(GemmVariant::MmaSync)
+        .collect()
+}
+
+/// The GEMM candidates for `op` on `arch`, the fallback first: today every variant of
+/// [`gemm_variants`] (each handles any shape).
+pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>> {
+    op.validate()?;
+    let v = gemm_variants(arch);
+    if v.is_empty() {
+        return Err(Error::Unsupported {
+            op: "fp8_gemm",
+            backend: BackendKind::Cuda,
+            reason: format!("no GEMM tile fits {arch}"),
+        });
+    }
+    Ok(v)
+}
+
+/// The default GEMM pick: the fewest waves over the SMs, then the fullest last wave, then the
+/// least padding (output elements computed beyond m x n), then the earlier candidate.
+pub fn pick_gemm(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> usize {
+    let score = |v: &GemmVariant| {
+        let tiles = v.tiles(op);
+        let slots = arch.sm_count as u64 * v.ctas_per_sm(arch).max(1) as u64;
+        let (w, fill) = waves(tiles, slots);
+        let computed = tiles * v.tile_m() as u64 * v.tile_n() as u64;
+        let padding = computed.saturating_sub(op.m as u64 * op.n as u64);
+        (w, fill, padding)
+    };
+    let mut best = 0;
+    for i in 1..candidates.len() {
+        let (w, f, p) = score(&candidates[i]);
+        let (bw, bf, bp) = score(&candidates[best]);
+        let better = w < bw || (w == bw && (f > bf + 1e-9 || ((f - bf).abs() <= 1e-9 && p < bp)));
+        if better {
+            best = i;
+        }
+    }
+    best
+}
+
+impl PlannedOp for Fp8Gemm {
+    type Variant = GemmVariant;
+
+    /// m rounded up to a power of two, n and k exact.
+    fn shape_class(&self) -> ShapeClass {
+        ShapeClass::Gemm {
+            m_bucket: bucket(self.m),
+            n: self.n as u64,
+            k: self.k as u64,
+        }
+    }
+
+    fn candidates(&self, arch: &ArchSpec) -> Result<Vec<GemmVariant>> {
+        gemm_candidates(self, arch)
+    }
+
+    fn heuristic(&self, candidates: &[GemmVariant], arch: &ArchSpec) -> usize {
+        pick_gemm(self, candidates, arch)
+    }
+
+    fn wrap(v: GemmVariant) -> PlannedVariant {
+        PlannedVariant::Gemm(v)
+    }
+
+    fn unwrap(v: &PlannedVariant) -> Option<GemmVariant> {
+        match v {
+            PlannedVariant::Gemm(g) => Some(*g),
+            _ => None,
+        }
+    }
+}
+
+// ---- attention --------------------------------------------------------------------------------
+
+/// The attention candidates: the one kernel for the op's head_dim, dtype and the mask's block
+/// size ([`Error::Unsupported`] when the kernel has none).
+pub fn attention_candidates(
+    shape: &AttentionShape,
+    arch: &ArchSpec,
+) -> Result<Vec<AttentionVariant>> {
+    let op = &shape.op;
+    let unsupported = |reason: String| Error::Unsupported {
+        op: "sparse_attention",
+        backend: BackendKind::Cuda,
+        reason,
+    };
+    let dtype = HalfType::of(op.dtype)
+        .ok_or_else(|| unsupported(format!("dtype {}: f16 or bf16 only", op.dtype.name())))?;
+    if !ATTENTION_BLOCK_SIZES.contains(&(shape.block_size as u32)) {
+        return Err(unsupported(format!(
+            "mask block size {}: the CUDA kernel supports 64 and 128",
+            shape.block_size
+        )));
+    }
+    let v = AttentionVariant {
+        head_dim: u32::try_from(op.head_dim).unwrap_or(u32::MAX),
+        dtype,
+        block: shape.block_size as u32,
+    };
+    v.valid_on(arch)?;
+    Ok(vec![v])
+}
+
+impl PlannedOp for AttentionShape<'_> {
+    type Variant = AttentionVariant;
+
+    /// head_dim, dtype and block size exact; tokens and batch x heads rounded up to powers of
+    /// two; the mask's density rounded up to eighths.
+    fn shape_class(&self) -> ShapeClass {
+        ShapeClass::Attention {
+            head_dim: self.op.head_dim as u64,
+            half: HalfType::of(self.op.dtype),
+            block: self.block_size as u64,
+            tokens_bucket: bucket(self.op.tokens),
+            batch_heads_bucket: bucket(self.op.batch.saturating_mul(self.op.heads)),
+            density_eighths: (self.mask_density.clamp(0.0, 1.0) * 8.0).ceil() as u8,
+        }
+    }
+
+    fn candidates(&self, arch: &ArchSpec) -> Result<Vec<AttentionVariant>> {
+        attention_candidates(self, arch)
+    }
+
+    fn heuristic(&self, _candidates: &[AttentionVariant], _arch: &ArchSpec) -> usize {
+        0
+    }
+
+    fn wrap(v: AttentionVariant) -> PlannedVariant {
+        PlannedVariant::Attention(v)
+    }
+
+    fn unwrap(v: &PlannedVariant) -> Option<AttentionVariant> {
+        match v {
+            PlannedVariant::Attention(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+// ---- MLA decode -------------------------------------------------------------------------------
+
+/// The MLA decode candidates for the op's layout: every tiling whose shared memory fits `arch`,
+/// the smallest (16 rows, 32 keys, 2 stages) first; [`Error::Unsupported`] when none fits.
+pub fn mla_decode_candidates(
+    shape: &MlaDecodeShape,
+    arch: &ArchSpec,
+) -> Result<Vec<MlaDecodeVariant>> {
+    let layout = &shape.op.layout;
+    layout.validate()?;
+    let fallback = MLA_DECODE_TILINGS[MLA_DECODE_TILINGS.len() - 1];
+    let order = std::iter::once(fallback).chain(
+        MLA_DECODE_TILINGS[..MLA_DECODE_TILINGS.len() - 1]
+            .iter()
+            .copied(),
+    );
+    let v: Vec<MlaDecodeVariant> = order
+        .map(|t| MlaDecodeVariant::new(layout, t))
+        .filter(|v| v.valid_on(arch).is_ok())
+        .collect();
+    if v.is_empty() {
+        let smallest = MlaDecodeVariant::new(layout, fallback);
+        return Err(Error::Unsupported {
+            op: "mla_decode",
+            backend: BackendKind::Cuda,
+            reason: format!(
+                "qk_dim {} needs {} bytes of shared memory per block; the device allows {}",
+                layout.qk_dim(),
+                smallest.smem_bytes(),
+                arch.max_smem_per_block
+            ),
+        });
+    }
+    Ok(v)
+}
+
+/// The default MLA decode pick: the fewest rows per CTA that holds all `s_q * heads` rows (16,
+/// 32, else 64), then the first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
+pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
+    let rows = shape.op.s_q * shape.op.heads;
+    let preferred = if rows <= 16 {
+        4
+    } else if rows <= 32 {
+        2
+    } else {
+        0
+    };
+    MLA_DECODE_TILINGS[preferred..]
+        .iter()
+        .find_map(|t| candidates.iter().position(|c| c.tiling() == *t))
+        .unwrap_or(0)
+}
+
+impl PlannedOp for MlaDecodeShape<'_> {
+    type Variant = MlaDecodeVariant;
+
+    /// The layout and `s_q * heads` exact; batch and the longest sequence rounded up to powers
+    /// of two.
+    fn shape_class(&self) -> ShapeClass {
+        let l = &self.op.layout;
+        ShapeClass::MlaDecode {
+            format: l.format.into(),
+            latent_dim: l.latent_dim as u64,
+            rope_dim: l.rope_dim as u64,
+            page_size: l.page_size as u64,
+            rows: self.op.s_q.saturating_mul(self.op.heads) as u64,
+            batch_bucket: bucket(self.op.batch),
+            seq_bucket: bucket(self.max_seq_len),
+        }
+    }
+
+    fn candidates(&self, arch: &ArchSpec) -> Result<Vec<MlaDecodeVariant>> {
+        mla_decode_candidates(self, arch)
+    }
+
+    fn heuristic(&self, candidates: &[MlaDecodeVariant], _arch: &ArchSpec) -> usize {
+        pick_mla_decode(self, candidates)
+    }
+
+    fn wrap(v: MlaDecodeVariant) -> PlannedVariant {
+        PlannedVariant::MlaDecode(v)
+    }
+
+    fn unwrap(v: &PlannedVariant) -> Option<MlaDecodeVariant> {
+        match v {
+            PlannedVariant::MlaDecode(m) => Some(*m),
+            _ => None,
+        }
+    }
+}
+
+// ---- FP8 quantize -----------------------------------------------------------------------------
+
+/// The quantizer candidates: the one kernel for the input type, rule and granularity.
+pub fn quantize_candidates(shape: &QuantizeShape, arch: &ArchSpec) -> Result<Vec<QuantizeVariant>> {
+    let v = QuantizeVariant::for_op(&shape.op, shape.input)?;
+    v.valid_on(arch)?;
+    Ok(vec![v])
+}
+
+impl PlannedOp for QuantizeShape {
+    type Variant = QuantizeVariant;
+
+    /// Input, rule and granularity exact; rows rounded up to a power of two, cols exact.
+    fn shape_class(&self) -> ShapeClass {
+        ShapeClass::Quantize {
+            input: super::quantize::QuantizeInput::of(self.input),
+            pow2: self.op.scale_rule == tessera_core::ScaleRule::PowerOfTwo,
+            granularity: self.op.granularity.into(),
+            rows_bucket: bucket(self.op.rows),
+            cols: self.op.cols as u64,
+        }
+    }
+
+    fn candidates(&self, arch: &ArchSpec) -> Result<Vec<QuantizeVariant>> {
+        quantize_candidates(self, arch)
+    }
+
+    fn heuristic(&self, _candidates: &[QuantizeVariant], _arch: &ArchSpec) -> usize {
+        0
+    }
+
+    fn wrap(v: QuantizeVariant) -> PlannedVariant {
+        PlannedVariant::Quantize(v)
+    }
+
+    fn unwrap(v: &PlannedVariant) -> Option<QuantizeVariant> {
+        match v {
+            PlannedVariant::Quantize(q) => Some(*q),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::{
+        DType, Fp8Granularity, Fp8Quantize, MlaCacheFormat, MlaCacheLayout, MlaDecode, ScaleRule,
+        SparseAttention,
+    };
+
+    fn archs() -> Vec<ArchSpec> {
+        [
+            (8, 0, 108),
+            (8, 6, 84),
+            (8, 7, 16),
+            (8, 9, 58),
+            (9, 0, 132),
+            (9, 0, 78),
+            (10, 0, 148),
+            (12, 0, 170),
+        ]
+        .iter()
+        .map(|&(a, b, s)| ArchSpec::from_compute_capability(a, b, s).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn wave_arithmetic() {
+        assert_eq!(waves(0, 132), (0, 1.0));
+        assert_eq!(waves(1, 132), (1, 1.0 / 132.0));
+        assert_eq!(waves(132, 132), (1, 1.0));
+        assert_eq!(waves(133, 132), (2, 1.0 / 132.0));
+        let (w, f) = waves(1792, 132);
+        assert_eq!(w, 14);
+        assert!((f - (1792.0 - 13.0 * 132.0) / 132.0).abs() < 1e-12);
+        assert_eq!(waves(10, 0), (10, 1.0));
+    }
+
+    #[test]
+    fn gemm_candidates_first_is_valid_and_picks_follow_the_waves() {
+        for arch in archs() {
+            for (m, n, k) in [
+                (1, 8, 16),
+                (37, 2112, 512),
+                (100, 136, 400),
+                (4096, 7168, 2048),
+                (64, 24576, 1536),
+                (129, 2112, 512),
+            ] {
+                let op = Fp8Gemm::new(m, n, k);
+                let c = gemm_candidates(&op, &arch).unwrap();
+                assert!(!c.is_empty());
+                c[0].valid_on(&arch).unwrap();
+                for v in &c {
+                    v.valid_on(&arch).unwrap();
+                }
+                assert!(matches!(c[0], GemmVariant::MmaSync(_)));
+                let pick = pick_gemm(&op, &c, &arch);
+                assert!(pick < c.len());
+            }
+        }
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let pick = |m, n, k| {
+            let op = Fp8Gemm::new(m, n, k);
+            let c = gemm_candidates(&op, &h).unwrap();
+            c[pick_gemm(&op, &c, &h)]
+        };
+        let tile = |t: MmaSyncGemm| GemmVariant::MmaSync(t);
+        // Large m: the large tile (fewest waves).
+        assert_eq!(pick(4096, 7168, 2048), tile(MmaSyncGemm::LARGE));
+        assert_eq!(pick(4096, 2112, 7168), tile(MmaSyncGemm::LARGE));
+        // m 128, n 7168: 56 large tiles (0.42 of a wave) vs 112 small (0.85) vs 224 tiny (2 waves).
+        assert_eq!(pick(128, 7168, 16384), tile(MmaSyncGemm::SMALL));
+        // m 64, n 2112: 17 column tiles: the tiny tile doubles the CTAs in the one wave.
+        assert_eq!(pick(64, 2112, 7168), tile(MmaSyncGemm::TINY));
+        // m 64, n 24576: 192 CTAs of large or small tiles (2 waves) vs 384 tiny (3): the small
+        // tile (no padded rows) over the large one.
+        assert_eq!(pick(64, 24576, 1536), tile(MmaSyncGemm::SMALL));
+        // sm_89: the e4m3 mma, and no 128 KB tile.
+        let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
+        let c = gemm_candidates(&Fp8Gemm::new(64, 2112, 512), &l4).unwrap();
+        assert_eq!(c.len(), 3);
+        assert!(c
+            .iter()
+            .all(|v| matches!(v, GemmVariant::MmaSync(t) if t.e4m3_mma)));
+        // Invalid shapes are the op's typed error.
+        assert!(gemm_candidates(&Fp8Gemm::new(0, 8, 16), &h).is_err());
+    }
+
+    #[test]
+    fn attention_candidates_cover_the_kernel() {
+        for arch in archs() {
+            for head_dim in [64, 128] {
+                for dtype in [DType::F16, DType::BF16] {
+                    for block_size in [64, 128] {
+                        let op = SparseAttention::new(1, 77, 3, head_dim, dtype);
+                        let shape = AttentionShape {
+                            op: &op,
+                            block_size,
+                            mask_density: 0.3,
+                        };
+                        let c = attention_candidates(&shape, &arch).unwrap();
+                        assert_eq!(c.len(), 1);
+                        c[0].valid_on(&arch).unwrap();
+                    }
+                }
+            }
+        }
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let op = SparseAttention::new(1, 77, 3, 64, DType::F16);
+        let bad = AttentionShape {
+            op: &op,
+            block_size: 32,
+            mask_density: 1.0,
+        };
+        assert!(matches!(
+            attention_candidates(&bad, &h),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+
+    fn mla_op(layout: MlaCacheLayout, s_q: usize, heads: usize) -> MlaDecode {
+        MlaDecode {
+            batch: 3,
+            s_q,
+            heads,
+            max_pages: 5,
+            softmax_scale: 0.1,
+            layout,
+        }
+    }
+
+    fn mla_shape(op: &MlaDecode) -> MlaDecodeShape<'_> {
+        MlaDecodeShape {
+            op,
+            max_seq_len: 300,
+        }
+    }
+
+    #[test]
+    fn mla_candidates_fit_and_the_pick_follows_the_rows() {
+        let layouts = [
+            MlaCacheLayout::default(),
+            MlaCacheLayout {
+                format: MlaCacheFormat::Fp8,
+                ..MlaCacheLayout::default()
+            },
+            MlaCacheLayout {
+                page_size: 1,
+                latent_dim: 128,
+                rope_dim: 0,
+                format: MlaCacheFormat::Bf16,
+            },
+            MlaCacheLayout {
+                page_size: 7,
+                latent_dim: 1024,
+                rope_dim: 256,
+                format: MlaCacheFormat::Fp8,
+            },
+        ];
+        for arch in archs() {
+            for layout in layouts {
+                for (s_q, heads) in [(1, 1), (1, 16), (2, 16), (1, 128), (3, 7)] {
+                    let op = mla_op(layout, s_q, heads);
+                    let shape = mla_shape(&op);
+                    let smallest = MlaDecodeVariant::new(&layout, (1, 32, 2)).smem_bytes();
+                    if smallest > arch.max_smem_per_block {
+                        // The largest layouts fit only sm_90's 227 KB.
+                        assert!(matches!(
+                            mla_decode_candidates(&shape, &arch),
+                            Err(Error::Unsupported { .. })
+                        ));
+                        assert_ne!(arch.nvrtc_target(), "sm_90a");
+                        continue;
+                    }
+                    let c = mla_decode_candidates(&shape, &arch).unwrap();
+                    c[0].valid_on(&arch).unwrap();
+                    assert_eq!(c[0].tiling(), (1, 32, 2), "{layout:?} on {arch}");
+                    let p = pick_mla_decode(&shape, &c);
+                    assert!(c[p].fits_layout(&layout));
+                }
+            }
+        }
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let ds = MlaCacheLayout::default();
+        let pick = |s_q, heads| {
+            let op = mla_op(ds, s_q, heads);
+            let shape = mla_shape(&op);
+            let c = mla_decode_candidates(&shape, &h).unwrap();
+            c[pick_mla_decode(&shape, &c)].tiling()
+        };
+        assert_eq!(pick(1, 16), (1, 64, 3));
+        assert_eq!(pick(2, 16), (2, 32, 4));
+        assert_eq!(pick(1, 128), (4, 32, 3));
+        // sm_89's 99 KB: only the smallest DeepSeek tiling fits.
+        let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
+        let op = mla_op(ds, 1, 128);
+        let shape = mla_shape(&op);
+        let c = mla_decode_candidates(&shape, &l4).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[pick_mla_decode(&shape, &c)].tiling(), (1, 32, 2));
+    }
+
+    #[test]
+    fn quantize_has_one_candidate() {
+        let h = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        for input in [DType::F32, DType::F16, DType::BF16] {
+            let shape = QuantizeShape {
+                op: Fp8Quantize {
+                    rows: 3,
+                    cols: 130,
+                    granularity: Fp8Granularity::PerToken1x128,
+                    scale_rule: ScaleRule::Float,
+                },
+                input,
+            };
+            let c = quantize_candidates(&shape, &h).unwrap();
+            assert_eq!(c.len(), 1);
+            c[0].valid_on(&h).unwrap();
+        }
+    }
+}

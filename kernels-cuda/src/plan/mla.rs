@@ -1,0 +1,373 @@
+//! The MLA kernels' variants: append (`kernels/mla_append.cu`), absorbed decode
+//! (`kernels/mla_decode.cu`, one CTA tiling per variant) and the split combine
+//! (`kernels/mla_combine.cu`).
+
+use super::{check_resources, ArchSpec, KernelSpec};
+use crate::compile::KernelSource;
+use serde::{Deserialize, Serialize};
+use tessera_core::{MlaCacheFormat, MlaCacheLayout, MlaDecode, Result};
+
+/// Threads per decode CTA (8 warps).
+pub const MLA_DECODE_THREADS: u32 = 256;
+/// Threads per combine CTA.
+pub const MLA_COMBINE_THREADS: u32 = 128;
+/// Tokens per append CTA (one warp each).
+pub const MLA_APPEND_TOKENS_PER_CTA: u32 = 8;
+
+/// How a token record is stored (the plan's copy of [`MlaCacheFormat`], serializable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheFormat {
+    /// `[latent bf16 | rope bf16]`.
+    Bf16,
+    /// `[latent e4m3 | latent/128 f32 scales | rope bf16]`.
+    Fp8,
+}
+
+impl From<MlaCacheFormat> for CacheFormat {
+    fn from(f: MlaCacheFormat) -> Self {
+        match f {
+            MlaCacheFormat::Bf16 => CacheFormat::Bf16,
+            MlaCacheFormat::Fp8 => CacheFormat::Fp8,
+        }
+    }
+}
+
+/// The append kernel: one warp per token, 8 tokens per CTA, every layout at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MlaAppendVariant;
+
+impl MlaAppendVariant {
+    /// The launch grid for `tokens` tokens.
+    pub fn grid(&self, tokens: usize) -> (u32, u32, u32) {
+        (
+            tokens.div_ceil(MLA_APPEND_TOKENS_PER_CTA as usize) as u32,
+            1,
+            1,
+        )
+    }
+}
+
+impl KernelSpec for MlaAppendVariant {
+    fn op(&self) -> &'static str {
+        "mla_append"
+    }
+    fn source(&self) -> KernelSource {
+        crate::kernels::MLA_APPEND
+    }
+    fn defines(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    fn entry(&self) -> &'static str {
+        "mla_append"
+    }
+    fn threads(&self) -> u32 {
+        32 * MLA_APPEND_TOKENS_PER_CTA
+    }
+    fn smem_bytes(&self) -> u32 {
+        0
+    }
+    fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
+        check_resources(self, arch)
+    }
+}
+
+/// The split combine: one CTA of 128 threads per (request, query row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MlaCombineVariant;
+
+impl KernelSpec for MlaCombineVariant {
+    fn op(&self) -> &'static str {
+        "mla_decode"
+    }
+    fn source(&self) -> KernelSource {
+        crate::kernels::MLA_COMBINE
+    }
+    fn defines(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    fn entry(&self) -> &'static str {
+        "mla_combine"
+    }
+    fn threads(&self) -> u32 {
+        MLA_COMBINE_THREADS
+    }
+    fn smem_bytes(&self) -> u32 {
+        0
+    }
+    fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
+        check_resources(self, arch)
+    }
+}
+
+/// A CTA tiling of the decode kernel for one cache layout: `16 * row_slices` query rows per CTA,
+/// key tiles of `key_tile`, `stages` tiles in flight. DeepSeek-V3's dims (latent 512, rope 64)
+/// are compile-time constants; other layouts share one compile per (format, tiling) with dims
+/// at run time (their shared memory is sized at run time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MlaDecodeVariant {
+    /// Record format.
+    pub format: CacheFormat,
+    /// Latent width of the layout.
+    pub latent_dim: u32,
+    /// RoPE width of the layout.
+    pub rope_dim: u32,
+    /// 16-row query slices per CTA: 1, 2 or 4.
+    pub row_slices: u32,
+    /// Keys per shared-memory tile: 32 or 64.
+    pub key_tile: u32,
+    /// Key tiles in the cp.async pipeline: 2, 3 or 4.
+    pub stages: u32,
+}
+
+/// The decode tilings as (row slices, key tile, stages), in order of preference for many rows;
+/// fewer rows start further down ([`super::heuristics::pick_mla_decode`]).
+pub const MLA_DECODE_TILINGS: [(u32, u32, u32); 7] = [
+    (4, 32, 3),
+    (4, 32, 2),
+    (2, 32, 4),
+    (2, 32, 2),
+    (1, 64, 3),
+    (1, 64, 2),
+    (1, 32, 2),
+];
+
+impl MlaDecodeVariant {
+    /// The variant of `layout` with tiling `(row_slices, key_tile, stages)`.
+    pub fn new(layout: &MlaCacheLayout, (row_slices, key_tile, stages): (u32, u32, u32)) -> Self {
+        Self {
+            format: layout.format.into(),
+            latent_dim: layout.latent_dim as u32,
+            rope_dim: layout.rope_dim as u32,
+            row_slices,
+            key_tile,
+            stages,
+        }
+    }
+
+    /// Whether the dims are compile-time constants (DeepSeek-V3: latent 512, rope 64).
+    pub fn compile_time_dims(&self) -> bool {
+        self.latent_dim == 512 && self.rope_dim == 64
+    }
+
+    /// Query rows per CTA: 16, 32 or 64.
+    pub fn rows_per_cta(&self) -> u32 {
+        16 * self.row_slices
+    }
+
+    /// Output columns each CTA computes: the whole latent for DeepSeek's 512, else 256 (larger
+    /// latents are split over CTAs that each recompute the scores).
+    pub fn dv_chunk(&self) -> u32 {
+        if self.compile_time_dims() {
+            512
+        } else {
+            256
+        }
+    }
+
+    /// Bytes of a token record.
+    pub fn token_bytes(&self) -> u32 {
+        match self.format {
+            CacheFormat::Bf16 => 2 * (self.latent_dim + self.rope_dim),
+            CacheFormat::Fp8 => self.latent_dim + 4 * (self.latent_dim / 128) + 2 * self.rope_dim,
+        }
+    }
+
+    /// The tiling, as in [`MLA_DECODE_TILINGS`].
+    pub fn tiling(&self) -> (u32, u32, u32) {
+        (self.row_slices, self.key_tile, self.stages)
+    }
+
+    /// Whether this variant is for `layout` (same format and dims).
+    pub fn fits_layout(&self, layout: &MlaCacheLayout) -> bool {
+        CacheFormat::from(layout.format) == self.format
+            && self.latent_dim as usize == layout.latent_dim
+            && self.rope_dim as usize == layout.rope_dim
+    }
+}
+
+impl KernelSpec for MlaDecodeVariant {
+    fn op(&self) -> &'static str {
+        "mla_decode"
+    }
+
+    fn source(&self) -> KernelSource {
+        crate::kernels::MLA_DECODE
+    }
+
+    fn defines(&self) -> Vec<(&'static str, String)> {
+        let fmt = match self.format {
+            CacheFormat::Bf16 => 0,
+            CacheFormat::Fp8 => 1,
+        };
+        let (latent, rope) = if self.compile_time_dims() {
+            (self.latent_dim, self.rope_dim)
+        } else {
+            (0, 0)
+        };
+        vec![
+            ("FMT", fmt.to_string()),
+            ("LATENT", latent.to_string()),
+            ("ROPE", rope.to_string()),
+            ("DV_CHUNK", self.dv_chunk().to_string()),
+            ("ROW_SLICES", self.row_slices.to_string()),
+            ("KEY_TILE", self.key_tile.to_string()),
+            ("STAGES", self.stages.to_string()),
+        ]
+    }
+
+    fn entry(&self) -> &'static str {
+        "mla_decode"
+    }
+
+    fn threads(&self) -> u32 {
+        MLA_DECODE_THREADS
+    }
+
+    /// The kernel's layout (`mla_smem_layout` in `mla_decode.cu`): Q `[M][qk+8]` bf16 (none for
+    /// the compile-time dims with 16 rows, which keep Q in registers and stage it in a key
+    /// buffer), key tiles `[N][qk+8]` bf16 (`stages` of them for bf16 records, one for FP8), FP8
+    /// raw records `stages x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange
+    /// `[8 / row_slices][M]` f32.
+    fn smem_bytes(&self) -> u32 {
+        let rows = self.rows_per_cta();
+        let keys = self.key_tile;
+        let pitch = 2 * (self.latent_dim + self.rope_dim + 8);
+        let (key_tiles, raw) = match self.format {
+            CacheFormat::Bf16 => (self.stages, 0),
+            CacheFormat::Fp8 => (1, self.stages * keys * self.token_bytes().div_ceil(16) * 16),
+        };
+        let q_in_registers = self.compile_time_dims() && self.row_slices == 1;
+        let q = if q_in_registers { 0 } else { rows * pitch };
+        let col_warps = 8 / self.row_slices.max(1);
+        q + key_tiles * keys * pitch + raw + rows * (keys + 8) * 2 + col_warps * rows * 4
+    }
+
+    fn compiled_smem_bytes(&self) -> u32 {
+        if self.compile_time_dims() {
+            self.smem_bytes()
+        } else {
+            0
+        }
+    }
+
+    fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
+        if !MLA_DECODE_TILINGS.contains(&self.tiling()) {
+            return Err(tessera_core::Error::invalid(
+                "mla_decode",
+                "variant",
+                format!("a tiling of {MLA_DECODE_TILINGS:?}"),
+                format!("{:?}", self.tiling()),
+            ));
+        }
+        check_resources(self, arch)
+    }
+}
+
+/// The shape an MLA decode plan is made for: the op and the longest sequence it is used with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MlaDecodeShape<'a> {
+    /// The op.
+    pub op: &'a MlaDecode,
+    /// The longest `seq_lens` entry the plan is used with (guides the splits).
+    pub max_seq_len: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_tiling(layout: &MlaCacheLayout, t: (u32, u32, u32)) -> MlaDecodeVariant {
+        MlaDecodeVariant::new(layout, t)
+    }
+
+    #[test]
+    fn shared_memory_matches_the_kernel_layout() {
+        let ds = MlaCacheLayout::default();
+        // Q 64 x 584 bf16, three key tiles 32 x 584, P 64 x 40, exchange 2 x 64 f32.
+        assert_eq!(
+            by_tiling(&ds, (4, 32, 3)).smem_bytes(),
+            64 * 1168 + 3 * 32 * 1168 + 64 * 80 + 2 * 64 * 4
+        );
+        // 16 rows: Q in registers, staged in a key buffer.
+        assert_eq!(
+            by_tiling(&ds, (1, 64, 3)).smem_bytes(),
+            3 * 64 * 1168 + 16 * 144 + 8 * 16 * 4
+        );
+        let fp8 = MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..ds
+        };
+        assert_eq!(fp8.token_bytes(), 656);
+        assert_eq!(by_tiling(&fp8, (1, 64, 3)).token_bytes(), 656);
+        assert_eq!(
+            by_tiling(&fp8, (1, 64, 3)).smem_bytes(),
+            64 * 1168 + 3 * 64 * 656 + 16 * 144 + 8 * 16 * 4
+        );
+        let generic = MlaCacheLayout {
+            latent_dim: 256,
+            rope_dim: 32,
+            ..fp8
+        };
+        assert_eq!(generic.token_bytes(), 328);
+        assert_eq!(
+            by_tiling(&generic, (1, 64, 2)).smem_bytes(),
+            16 * 592 + 64 * 592 + 2 * 64 * 336 + 16 * 144 + 8 * 16 * 4
+        );
+        // Run-time dims compile with 0 (sized at run time); DeepSeek's with the exact size.
+        assert_eq!(by_tiling(&generic, (1, 64, 2)).compiled_smem_bytes(), 0);
+        let v = by_tiling(&ds, (4, 32, 3));
+        assert_eq!(v.compiled_smem_bytes(), v.smem_bytes());
+    }
+
+    #[test]
+    fn defines_render_the_tiling_and_dims() {
+        let v = by_tiling(&MlaCacheLayout::default(), (2, 32, 4));
+        let d: Vec<(&str, String)> = v.kernel().defines;
+        let d: Vec<(&str, &str)> = d.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let smem = v.smem_bytes().to_string();
+        assert_eq!(
+            d,
+            [
+                ("FMT", "0"),
+                ("LATENT", "512"),
+                ("ROPE", "64"),
+                ("DV_CHUNK", "512"),
+                ("ROW_SLICES", "2"),
+                ("KEY_TILE", "32"),
+                ("STAGES", "4"),
+                ("TESSERA_SMEM_BYTES", smem.as_str()),
+                ("TESSERA_THREADS", "256"),
+            ]
+        );
+        // Every generic layout of a format and tiling shares one compile unit.
+        let a = MlaCacheLayout {
+            latent_dim: 128,
+            rope_dim: 0,
+            format: MlaCacheFormat::Fp8,
+            page_size: 16,
+        };
+        let b = MlaCacheLayout {
+            latent_dim: 1024,
+            rope_dim: 256,
+            ..a
+        };
+        assert_eq!(
+            by_tiling(&a, (1, 32, 2)).kernel(),
+            by_tiling(&b, (1, 32, 2)).kernel()
+        );
+        assert_eq!(
+            by_tiling(&a, (1, 32, 2)).kernel().define_value("FMT"),
+            Some("1")
+        );
+        assert_eq!(MlaAppendVariant.kernel().defines.len(), 2);
+        assert_eq!(MlaCombineVariant.entry(), "mla_combine");
+    }
+
+    #[test]
+    fn unknown_tilings_are_rejected() {
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let v = by_tiling(&MlaCacheLayout::default(), (4, 64, 3));
+        assert!(v.valid_on(&h).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! Every candidate the plans can pick on this GPU, run at small and odd shapes against the f64
+//! reference: each candidate is pinned as the plan of its shape class
+//! ([`tessera_cuda::plan::PlanCache::pin`]) and run through the backend's host API, whose outputs
+//! start as NaN (an element a kernel fails to write shows up). Prints `skipped:` and passes
+//! without a CUDA device.
+
+use half::bf16;
+use tessera_core::{
+    Backend, BlockMask, DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend, MlaCache,
+    MlaCacheFormat, MlaCacheLayout, MlaDecode, ScaleRule, SparseAttention, Tensor, E4M3,
+};
+use tessera_cuda::plan::{AttentionShape, KernelSpec, MlaDecodeShape, PlannedOp, QuantizeShape};
+use tessera_cuda::CudaBackend;
+use tessera_reference::{attention as ref_attn, metrics, mla as ref_mla, CpuBackend};
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    fn e4m3(&mut self) -> E4M3 {
+        let r = self.next();
+        E4M3::from_bits(
+            (((r & 1) as u8) << 7) | ((4 + ((r >> 1) % 7) as u8) << 3) | ((r >> 4) & 7) as u8,
+        )
+    }
+}
+
+fn backend() -> Option<CudaBackend> {
+    match CudaBackend::new() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("skipped: no CUDA device: {e}");
+            None
+        }
+    }
+}
+
+/// (1 - 2Σxy/Σ(x²+y²), rel_l2, all finite).
+fn compare(got: &[f64], want: &[f64]) -> (f64, f64, bool) {
+    let finite = got.iter().all(|x| x.is_finite());
+    let (xy, sq) = got.iter().zip(want).fold((0.0, 0.0), |(xy, sq), (g, w)| {
+        (xy + g * w, sq + g * g + w * w)
+    });
+    (
+        1.0 - 2.0 * xy / sq.max(1e-300),
+        metrics::relative_l2_error(got, want),
+        finite,
+    )
+}
+
+#[test]
+fn every_gemm_candidate_matches_the_reference() {
+    let Some(be) = backend() else { return };
+    let mut runs = 0;
+    for (i, &(m, n, k)) in [
+        (37, 2112, 512),
+        (100, 2112, 512),
+        (1, 8, 16),
+        (65, 136, 144),
+        (129, 264, 400),
+        (200, 392, 48),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let op = Fp8Gemm::new(m, n, k);
+        let mut rng = Rng(100 + i as u64);
+        let a: Vec<E4M3> = (0..m * k).map(|_| rng.e4m3()).collect();
+        let b: Vec<E4M3> = (0..n * k).map(|_| rng.e4m3()).collect();
+        let scale = |rng: &mut Rng| 2f32.powf(rng.uniform(-8.0, -6.0));
+        let sa: Vec<f32> = (0..op.a_scales_len()).map(|_| scale(&mut rng)).collect();
+        let sb: Vec<f32> = (0..op.b_scales_len()).map(|_| scale(&mut rng)).collect();
+        let want = tessera_reference::fp8::fp8_gemm(&op, &a, &sa, &b, &sb);
+        for c in op.candidates(be.arch_spec()).unwrap() {
+            be.plans().pin(&op, c).unwrap();
+            let got: Vec<f64> = be
+                .fp8_gemm(&op, &a, &sa, &b, &sb)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_f64())
+                .collect();
+            let (diff, rel, finite) = compare(&got, &want);
+            println!(
+                "gemm m{m} n{n} k{k} {}: diff {diff:.2e} rel {rel:.2e}",
+                c.label()
+            );
+            assert!(finite, "{} m{m} n{n} k{k}: non-finite output", c.label());
+            assert!(
+                diff <= 1e-5 && rel <= 1e-2,
+                "{} m{m} n{n} k{k}: diff {diff:e} rel {rel:e}",
+                c.label()
+            );
+            runs += 1;
+        }
+    }
+    println!("{runs} GEMM candidate runs passed");
+}
+
+#[test]
+fn every_attention_candidate_matches_the_reference() {
+    let Some(be) = backend() else { return };
+    let mut rng = Rng(7);
+    for head_dim in [64, 128] {
+        for dtype in [DType::F16, DType::BF16] {
+            for (block, tokens) in [(64usize, 200usize), (128, 300)] {
+                let blocks = tokens.div_ceil(block);
+                // A random mask with the diagonal always on (no empty row).
+                let bitmap: Vec<bool> = (0..blocks * blocks)
+                    .map(|i| i / blocks == i % blocks || rng.next() % 3 == 0)
+                    .collect();
+                let mask = BlockMask::from_dense_bitmap(tokens, block, &bitmap).unwrap();
+                let op = SparseAttention::new(2, tokens, 3, head_dim, dtype);
+                let input = |rng: &mut Rng| {
+                    let x: Vec<f32> = (0..op.qkv_len()).map(|_| rng.uniform(-2.0, 2.0)).collect();
+                    Tensor::from_f32(dtype, &x)
+                };
+                let (q, k, v) = (input(&mut rng), input(&mut rng), input(&mut rng));
+                let f64s =
+                    |t: &Tensor| t.to_f32_vec().iter().map(|&x| x as f64).collect::<Vec<_>>();
+                let shape = ref_attn::AttentionShape {
+                    batch: op.batch,
+                    q_tokens: tokens,
+                    kv_tokens: tokens,
+                    heads: op.heads,
+                    head_dim,
+                };
+                let want = ref_attn::block_sparse_attention(
+                    shape,
+                    &f64s(&q),
+                    &f64s(&k),
+                    &f64s(&v),
+                    op.softmax_scale as f64,
+                    &mask,
+                );
+                let plan_shape = AttentionShape {
+                    op: &op,
+                    block_size: block,
+                    mask_density: mask.density(),
+                };
+                for c in plan_shape.candidates(be.arch_spec()).unwrap() {
+                    be.plans().pin(&plan_shape, c).unwrap();
+                    let out = be
+                        .sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())
+                        .unwrap();
+                    let got_o = f64s(&out.o);
+                    let got_lse: Vec<f64> = out.lse.iter().map(|&x| x as f64).collect();
+                    let rel = metrics::relative_l2_error(&got_o, &want.o);
+                    let lse = metrics::lse_max_error(&got_lse, &want.lse);
+                    let tol = if dtype == DType::F16 { 3e-3 } else { 1e-2 };
+                    println!("attention d{head_dim} {dtype} B{block} t{tokens} {}: rel {rel:.2e} lse {lse:.2e}", c.label());
+                    assert!(got_o.iter().all(|x| x.is_finite()), "{}", c.label());
+                    assert!(
+                        rel <= tol && lse <= 2e-3,
+                        "{}: rel {rel} lse {lse}",
+                        c.label()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A cache of `lens` requests filled through the reference append, with a shuffled block table.
+fn mla_inputs(
+    layout: MlaCacheLayout,
+    lens: &[usize],
+    rng: &mut Rng,
+) -> (MlaCache, Vec<i32>, usize, Vec<bf16>, Vec<bf16>, Vec<i32>) {
+    let pages_of = |n: usize| n.div_ceil(layout.page_size);
+    let max_pages = lens.iter().map(|&n| pages_of(n)).max().unwrap_or(0).max(1);
+    let num_pages = lens.iter().map(|&n| pages_of(n)).sum::<usize>() + 1;
+    let mut perm: Vec<i32> = (0..num_pages as i32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let mut table = vec![-1i32; lens.len() * max_pages];
+    let mut next = 0;
+    for (b, &len) in lens.iter().enumerate() {
+        for p in 0..pages_of(len) {
+            table[b * max_pages + p] = perm[next];
+            next += 1;
+        }
+    }
+    let total: usize = lens.iter().sum();
+    let latent: Vec<bf16> = (0..total * layout.latent_dim)
+        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)))
+        .collect();
+    let rope: Vec<bf16> = (0..total * layout.rope_dim)
+        .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)))
+        .collect();
+    let mut slots = Vec::new();
+    for (b, &len) in lens.iter().enumerate() {
+        for j in 0..len {
+            slots.push(
+                table[b * max_pages + j / layout.page_size] * layout.page_size as i32
+                    + (j % layout.page_size) as i32,
+            );
+        }
+    }
+    let mut cache = MlaCache::new(layout, num_pages).unwrap();
+    cache.fill_nan();
+    ref_mla::mla_append(&mut cache, &latent, &rope, &slots);
+    (cache, table, max_pages, latent, rope, slots)
+}
+
+#[test]
+fn every_mla_candidate_matches_the_reference() {
+    let Some(be) = backend() else { return };
+    let layouts = [
+        MlaCacheLayout::default(),
+        MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        },
+        MlaCacheLayout {
+            page_size: 16,
+            latent_dim: 256,
+            rope_dim: 32,
+            format: MlaCacheFormat::Bf16,
+        },
+        MlaCacheLayout {
+            page_size: 7,
+            latent_dim: 128,
+            rope_dim: 0,
+            format: MlaCacheFormat::Fp8,
+        },
+    ];
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(11);
+    // (s_q, heads, lens): odd rows and lengths with an empty request; one long request alone,
+    // which the plan splits over CTAs (the combine kernel runs).
+    let shapes: [(usize, usize, &[usize]); 2] = [(2, 5, &[77, 0, 300]), (1, 16, &[1500])];
+    for layout in layouts {
+        for &(s_q, heads, lens) in &shapes {
+            let (cache, table, max_pages, latent, rope, slots) = mla_inputs(layout, lens, &mut rng);
+            // The append (one variant): bytes equal to the reference's.
+            let mut appended = MlaCache::new(layout, cache.num_pages()).unwrap();
+            appended.fill_nan();
+            let mut want_appended = appended.clone();
+            let append = MlaAppend {
+                tokens: slots.len(),
+            };
+            be.mla_append(&append, &mut appended, &latent, &rope, &slots)
+                .unwrap();
+            cpu.mla_append(&append, &mut want_appended, &latent, &rope, &slots)
+                .unwrap();
+            assert!(
+                appended.as_bytes() == want_appended.as_bytes(),
+                "append {layout:?}"
+            );
+
+            let op = MlaDecode {
+                batch: lens.len(),
+                s_q,
+                heads,
+                max_pages,
+                softmax_scale: 192f32.powf(-0.5),
+                layout,
+            };
+            let q: Vec<bf16> = (0..op.q_len())
+                .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)))
+                .collect();
+            let lens_i32: Vec<i32> = lens.iter().map(|&n| n as i32).collect();
+            let q64: Vec<f64> = q.iter().map(|x| x.to_f64()).collect();
+            let want = ref_mla::mla_decode(&op, &cache, &q64, &table, &lens_i32);
+            let max_len = lens.iter().copied().max().unwrap_or(0);
+            let shape = MlaDecodeShape {
+                op: &op,
+                max_seq_len: max_len,
+            };
+            for c in shape.candidates(be.arch_spec()).unwrap() {
+                be.plans().pin(&shape, c).unwrap();
+                let splits = be.mla_decode_plan(&op, max_len).unwrap().splits();
+                let out = be.mla_decode(&op, &cache, &q, &table, &lens_i32).unwrap();
+                let got_o: Vec<f64> = out.o.iter().map(|x| x.to_f64()).collect();
+                let got_lse: Vec<f64> = out.lse.iter().map(|&x| x as f64).collect();
+                let rel = metrics::relative_l2_error(&got_o, &want.o);
+                let lse = metrics::lse_max_error(&got_lse, &want.lse);
+                println!(
+                    "mla {:?} latent {} rope {} s_q {s_q} h {heads} lens {lens:?} {} splits {splits}: rel {rel:.2e} lse {lse:.2e}",
+                    layout.format, layout.latent_dim, layout.rope_dim, c.label()
+                );
+                assert!(got_o.iter().all(|x| x.is_finite()), "{}", c.label());
+                assert!(
+                    rel <= 1e-2 && lse <= 2e-3,
+                    "{}: rel {rel} lse {lse}",
+                    c.label()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_quantizer_matches_the_reference_bit_for_bit() {
+    let Some(be) = backend() else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(5);
+    for input in [DType::F32, DType::F16, DType::BF16] {
+        for granularity in [Fp8Granularity::PerToken1x128, Fp8Granularity::Block128x128] {
+            for scale_rule in [ScaleRule::Float, ScaleRule::PowerOfTwo] {
+                let op = Fp8Quantize {
+                    rows: 131,
+                    cols: 300,
+                    granularity,
+                    scale_rule,
+                };
+                let x: Vec<f32> = (0..op.rows * op.cols)
+                    .map(|_| rng.uniform(-3.0, 3.0))
+                    .collect();
+                let x = Tensor::from_f32(input, &x);
+                let shape = QuantizeShape { op, input };
+                for c in shape.candidates(be.arch_spec()).unwrap() {
+                    be.plans().pin(&shape, c).unwrap();
+                    let got = be.fp8_quantize(&op, x.as_ref()).unwrap();
+                    let want = cpu.fp8_quantize(&op, x.as_ref()).unwrap();
+                    assert!(
+                        got == want,
+                        "{} {input} {granularity:?} {scale_rule:?}",
+                        c.label()
+                    );
+                }
+            }
+        }
+    }
+}
