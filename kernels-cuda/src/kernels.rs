@@ -1,6 +1,6 @@
 //! The kernel sources, and every compile unit the plans can pick on an architecture.
 
-use crate::compile::{KernelSource, KernelVariant};
+use crate::compile::{KernelHeader, KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
 use crate::plan::heuristics::gemm_variants;
 use crate::plan::mla::MLA_DECODE_TILINGS;
@@ -13,6 +13,25 @@ use tessera_core::{MlaCacheFormat, MlaCacheLayout};
 /// `fp8_gemm.cu`: the block-scaled FP8 GEMM on `mma.sync`.
 pub const FP8_GEMM: KernelSource =
     KernelSource::new("fp8_gemm.cu", include_str!("../kernels/fp8_gemm.cu"));
+
+/// `sm90/hopper.cuh`: the header-free Hopper primitives (mbarrier, TMA, wgmma, clusters...).
+pub const HOPPER: KernelHeader = KernelHeader {
+    file: "sm90/hopper.cuh",
+    code: include_str!("../kernels/sm90/hopper.cuh"),
+};
+
+/// `sm90/wgmma.cuh`: the wgmma wrappers for every N (generated: `tests/generated_wgmma.rs`).
+pub const WGMMA: KernelHeader = KernelHeader {
+    file: "sm90/wgmma.cuh",
+    code: include_str!("../kernels/sm90/wgmma.cuh"),
+};
+
+/// `sm90/fp8_gemm.cu`: the block-scaled FP8 GEMM on TMA and wgmma (sm_90a).
+pub const FP8_GEMM_SM90: KernelSource = KernelSource::new(
+    "sm90/fp8_gemm.cu",
+    include_str!("../kernels/sm90/fp8_gemm.cu"),
+)
+.with_headers(&[HOPPER, WGMMA]);
 
 /// `fp8_quantize.cu`: the two FP8 quantizers.
 pub const FP8_QUANTIZE: KernelSource = KernelSource::new(

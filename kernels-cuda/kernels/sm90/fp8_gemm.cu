@@ -42,11 +42,11 @@
 // CLUSTER_M (1 or 2; 2 needs BLOCK_N a multiple of 16 and a launch with clusters of 2 along x),
 // ACC_STAGES (1: each K block is issued, waited for and promoted; 2: two accumulators, the next
 // K block issued before the current one is promoted),
-// TESSERA_SMEM_BYTES (the dynamic shared memory the host reserves: checked against the layout).
+// TESSERA_SMEM_BYTES and TESSERA_THREADS (what the host launches with: checked against the kernel).
 
 #if !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(STAGES) || !defined(MATH_WG) || !defined(EPI_SWIZZLE) || \
-    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(TESSERA_SMEM_BYTES)
-#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES and TESSERA_SMEM_BYTES"
+    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(TESSERA_SMEM_BYTES) || !defined(TESSERA_THREADS)
+#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, TESSERA_SMEM_BYTES and TESSERA_THREADS"
 #endif
 #if ACC_STAGES != 1 && (ACC_STAGES != 2 || BLOCK_M != 64 * MATH_WG)
 #error "ACC_STAGES must be 1, or 2 with one 64-row sub-tile per math warpgroup"
@@ -98,6 +98,7 @@ constexpr int OFF_EMPTY = OFF_FULL + STAGES * 8;            // u64 [STAGES]
 constexpr int LAYOUT_BYTES = OFF_EMPTY + STAGES * 8;
 constexpr int SMEM_BYTES = LAYOUT_BYTES + 1024;
 static_assert(SMEM_BYTES == TESSERA_SMEM_BYTES, "the host's shared-memory size disagrees with this layout");
+static_assert(THREADS == TESSERA_THREADS, "the host's threads per CTA disagree with this kernel");
 static_assert(A_STAGE % 1024 == 0 && B_STAGE % 1024 == 0 && D_BYTES % 1024 == 0,
               "swizzled tiles must stay 1024-byte aligned");
 

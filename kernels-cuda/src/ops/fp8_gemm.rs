@@ -2,12 +2,17 @@
 //!
 //! `D[m][n] = Σ_kb sA[m][kb] · sB[n/128][kb] · Σ_{k in block kb} A[m][k] · B[n][k]`, the partial
 //! products of each 128-wide K block promoted (scaled and added) into f32 accumulators, D rounded
-//! to bf16 once. The kernels are the variants of [`GemmVariant`] (today the `mma.sync` kernel,
-//! `kernels/fp8_gemm.cu`, in several tiles); the plan layer picks one per shape class.
+//! to bf16 once. The kernels are the variants of [`GemmVariant`]: the `mma.sync` kernel
+//! (`kernels/fp8_gemm.cu`, sm_80+) and the Hopper kernel (`kernels/sm90/fp8_gemm.cu`: TMA, wgmma,
+//! warp-specialized and persistent), each in several tiles; the plan layer picks one per shape
+//! class.
 
 use super::{check_device_len, download, to_i32, upload};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
-use crate::plan::{GemmVariant, KernelArgs, LaunchOptions, TuneOutcome};
+use crate::plan::{
+    GemmVariant, KernelArgs, LaunchOptions, TensorMap2d, TmaDtype, TmaSwizzle, TuneOutcome,
+    WgmmaGemm,
+};
 use crate::CudaBackend;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr};
 use half::bf16;
@@ -39,6 +44,40 @@ fn check_align(op: &'static str, arg: &str, ptr: u64, align: u64) -> Result<()> 
     Ok(())
 }
 
+/// The tensor maps of the Hopper kernel: A and B in boxes of 128 bytes of K by the tile's rows
+/// (B split between the CTAs of a cluster), 128-byte swizzled as wgmma reads them; D in boxes of
+/// one epilogue slab (`epi_swizzle` bytes) by a math warpgroup's rows (unused by the kernel when
+/// it stores from registers: then any valid map of D).
+fn wgmma_tensor_maps(
+    op: &Fp8Gemm,
+    t: &WgmmaGemm,
+    a: u64,
+    b: u64,
+    d: u64,
+) -> Result<[TensorMap2d; 3]> {
+    let (m, n, k) = (op.m as u64, op.n as u64, op.k as u64);
+    let map_a = TensorMap2d::tiled(a, TmaDtype::U8, k, m, k, 128, t.bm, TmaSwizzle::B128)?;
+    let map_b = TensorMap2d::tiled(
+        b,
+        TmaDtype::U8,
+        k,
+        n,
+        k,
+        128,
+        t.bn / t.cluster_m,
+        TmaSwizzle::B128,
+    )?;
+    let wg_rows = t.bm / t.math_wg;
+    let (box_n, swizzle) = match t.epi_swizzle {
+        128 => (64, TmaSwizzle::B128),
+        64 => (32, TmaSwizzle::B64),
+        32 => (16, TmaSwizzle::B32),
+        _ => (8, TmaSwizzle::None),
+    };
+    let map_d = TensorMap2d::tiled(d, TmaDtype::BF16, n, m, 2 * n, box_n, wg_rows, swizzle)?;
+    Ok([map_a, map_b, map_d])
+}
+
 impl CudaBackend {
     /// Block-scaled FP8 GEMM on `stream`, without synchronizing: `d = (a · bᵀ)` with the
     /// DeepSeek-V3 block scales (see [`Fp8Gemm`]), with the variant the plan picks for the
@@ -46,8 +85,8 @@ impl CudaBackend {
     ///
     /// Layouts (row-major): `a` E4M3 bytes `[m, k]` (K contiguous); `a_scales` f32
     /// `[m, ceil(k/128)]`; `b` E4M3 bytes `[n, k]` (K contiguous); `b_scales` f32
-    /// `[ceil(n/128), ceil(k/128)]`; `d` bf16 `[m, n]`, every element written. `a` and `b` must
-    /// start on 16-byte boundaries and `d` on a 4-byte boundary (any buffer cudarc allocates does).
+    /// `[ceil(n/128), ceil(k/128)]`; `d` bf16 `[m, n]`, every element written. `a`, `b` and `d`
+    /// must start on 16-byte boundaries (any buffer cudarc allocates does).
     /// Shapes and alignment are checked; values are not (scales should be finite and > 0).
     #[allow(clippy::too_many_arguments)]
     pub fn fp8_gemm_on(
@@ -111,14 +150,14 @@ impl CudaBackend {
             let (pd, _rd) = d.device_ptr(stream);
             check_align(OP, "a", pa, 16)?;
             check_align(OP, "b", pb, 16)?;
-            check_align(OP, "d", pd, 4)?;
+            check_align(OP, "d", pd, 16)?;
         }
         let m = to_i32(OP, "m", op.m)?;
         let n = to_i32(OP, "n", op.n)?;
         let k = to_i32(OP, "k", op.k)?;
         // The kernel indexes with 32-bit row/column counts and 64-bit offsets: m * k, n * k and
         // m * n fit in i64 since each factor fits in i32.
-        let grid = variant.grid(op)?;
+        let grid = variant.grid(op, self.arch_spec())?;
         match variant {
             GemmVariant::MmaSync(_) => {
                 let mut args = KernelArgs::new(stream);
@@ -137,6 +176,35 @@ impl CudaBackend {
                 // multiple of 8 and k of 16 (validate), the grid has one CTA per output tile,
                 // and the kernel reads and writes only inside those bounds (rows >= m, columns
                 // >= n and K >= k are masked). bf16 and u16 have the same layout.
+                unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
+            }
+            GemmVariant::Wgmma(t) => {
+                // Declared before the arguments, which borrow them until the launch.
+                let maps: [TensorMap2d; 3];
+                let pd: u64;
+                let mut args = KernelArgs::new(stream);
+                let pa = args.track(a);
+                let pb = args.track(b);
+                pd = args.track_mut(d);
+                maps = wgmma_tensor_maps(op, &t, pa, pb, pd)?;
+                args.value(&maps[0])
+                    .value(&maps[1])
+                    .value(&maps[2])
+                    .buffer(a_scales)
+                    .buffer(b_scales)
+                    .value(&pd)
+                    .value(&m)
+                    .value(&n)
+                    .value(&k);
+                // SAFETY: the kernel's parameters are (TmaDesc A, TmaDesc B, TmaDesc D,
+                // const float* sA, const float* sB, u16* D, int m, int n, int k) in this order;
+                // the maps cover exactly A [m, k], B [n, k] and D [m, n] (whose lengths and
+                // 16-byte alignment are checked above; the maps' own preconditions are checked
+                // when encoding), TMA reads past their edges as zeros and stores clip at them,
+                // sA and sB hold m*ceil(k/128) and ceil(n/128)*ceil(k/128) floats (checked) and
+                // the kernel reads them only for rows < m and scale rows < ceil(n/128), the
+                // direct-store epilogue masks rows >= m and columns >= n, and the grid is whole
+                // clusters. A, B and D are tracked for the stream by `track` above.
                 unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
             }
         }

@@ -100,12 +100,151 @@ impl MmaSyncGemm {
     }
 }
 
+/// K per pipeline stage of the Hopper kernel (one scale block, 128 bytes of e4m3 per row).
+const WGMMA_TILE_K: u32 = 128;
+
+/// A tile of the Hopper kernel (`kernels/sm90/fp8_gemm.cu`, sm_90a: TMA, wgmma, a producer
+/// warpgroup and `math_wg` math warpgroups, persistent over the output tiles; see the kernel's
+/// header comment for the design). The fields are the kernel's constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WgmmaGemm {
+    /// Rows of D per tile: 64 per math warpgroup (`64 * math_wg`).
+    pub bm: u32,
+    /// Columns of D per tile: a multiple of 8 in 8..=256 (the wgmma N), 16 with `cluster_m` 2.
+    pub bn: u32,
+    /// Shared-memory pipeline stages of one 128-deep K block each, 2..=16.
+    pub stages: u32,
+    /// Math warpgroups: 1 or 2.
+    pub math_wg: u32,
+    /// The epilogue's shared-memory swizzle in bytes, for a TMA store of D (32, 64 or 128,
+    /// dividing `2 * bn`), or 0 for stores straight from registers.
+    pub epi_swizzle: u32,
+    /// CTAs per cluster along M sharing (multicasting) the B tile: 1 or 2.
+    pub cluster_m: u32,
+    /// Accumulator sets per math warpgroup: 1, or 2 (the next K block issued before the current
+    /// one is promoted; one math warpgroup only: two lack the registers).
+    pub acc_stages: u32,
+}
+
+impl WgmmaGemm {
+    /// Largest wgmma N (`bn`) per math-warpgroup count and accumulator sets that fits the
+    /// registers (`acc_stages + 1` arrays of `bn / 2` floats per thread, next to ~30 others:
+    /// ptxas gives the math warpgroups of a 384-thread CTA about 208 registers).
+    fn max_bn(math_wg: u32, acc_stages: u32) -> u32 {
+        match (math_wg, acc_stages) {
+            (1, 1) => 256,
+            (1, 2) => 128,
+            (2, 1) => 192,
+            _ => 0,
+        }
+    }
+
+    /// The widest epilogue swizzle for `bn` (0 when a bf16 row is not a multiple of 32 bytes).
+    pub fn epi_swizzle_for(bn: u32) -> u32 {
+        [128, 64, 32]
+            .into_iter()
+            .find(|s| (2 * bn) % s == 0)
+            .unwrap_or(0)
+    }
+
+    /// Dynamic shared memory for `stages` stages, bytes: the epilogue tile (bf16, when stored
+    /// by TMA), per stage the A and B tiles, the activation scales and 4 weight scales, the
+    /// stage's two barriers, and 1024 bytes to align the swizzled tiles. The kernel
+    /// `static_assert`s the same layout.
+    fn smem_for(&self, stages: u32) -> u32 {
+        let d = if self.epi_swizzle != 0 {
+            self.bm.saturating_mul(self.bn).saturating_mul(2)
+        } else {
+            0
+        };
+        let stage = self
+            .bm
+            .saturating_add(self.bn)
+            .saturating_mul(WGMMA_TILE_K)
+            .saturating_add(self.bm.saturating_mul(4))
+            .saturating_add(16 + 16);
+        d.saturating_add(stages.saturating_mul(stage))
+            .saturating_add(1024)
+    }
+
+    /// A tile with as many stages as fit `max_smem` (at most 16), the widest epilogue swizzle;
+    /// `None` if two stages do not fit.
+    pub fn fitted(
+        bm: u32,
+        bn: u32,
+        math_wg: u32,
+        cluster_m: u32,
+        acc_stages: u32,
+        max_smem: u32,
+    ) -> Option<Self> {
+        let mut t = Self {
+            bm,
+            bn,
+            stages: 2,
+            math_wg,
+            epi_swizzle: Self::epi_swizzle_for(bn),
+            cluster_m,
+            acc_stages,
+        };
+        if t.smem_for(2) > max_smem {
+            return None;
+        }
+        while t.stages < 16 && t.smem_for(t.stages + 1) <= max_smem {
+            t.stages += 1;
+        }
+        Some(t)
+    }
+
+    /// Threads per CTA: a producer warpgroup and the math warpgroups.
+    pub fn threads(&self) -> u32 {
+        self.math_wg.saturating_add(1).saturating_mul(128)
+    }
+
+    /// Dynamic shared memory per CTA, bytes.
+    pub fn smem_bytes(&self) -> u32 {
+        self.smem_for(self.stages)
+    }
+
+    /// Checks the kernel's compile-time constraints (what `sm90/fp8_gemm.cu` rejects).
+    pub fn check_shape(&self) -> Result<()> {
+        let sub = if self.math_wg == 0 {
+            0
+        } else {
+            self.bm / (64 * self.math_wg)
+        };
+        let ok = (1..=2).contains(&self.math_wg)
+            && self.bm % (64 * self.math_wg.max(1)) == 0
+            && (1..=2).contains(&sub)
+            && self.bn % 8 == 0
+            && (8..=Self::max_bn(self.math_wg, self.acc_stages)).contains(&self.bn)
+            && (2..=16).contains(&self.stages)
+            && (self.epi_swizzle == 0
+                || ([32, 64, 128].contains(&self.epi_swizzle)
+                    && (2 * self.bn) % self.epi_swizzle == 0))
+            && (self.cluster_m == 1 || (self.cluster_m == 2 && self.bn % 16 == 0))
+            && (self.acc_stages == 1 || (self.acc_stages == 2 && sub == 1))
+            && (sub == 1 || self.acc_stages == 1);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "fp8_gemm",
+                "variant",
+                "a wgmma tile the kernel supports (see WgmmaGemm::check_shape)",
+                format!("{self:?}"),
+            ))
+        }
+    }
+}
+
 /// A kernel variant of the block-scaled FP8 GEMM. Every arm is a candidate of the same op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum GemmVariant {
     /// The `mma.sync` kernel (`kernels/fp8_gemm.cu`), sm_80 and later.
     MmaSync(MmaSyncGemm),
+    /// The Hopper kernel (`kernels/sm90/fp8_gemm.cu`), sm_90a.
+    Wgmma(WgmmaGemm),
 }
 
 impl GemmVariant {
@@ -113,6 +252,7 @@ impl GemmVariant {
     pub fn tile_m(&self) -> u32 {
         match self {
             GemmVariant::MmaSync(t) => t.bm,
+            GemmVariant::Wgmma(t) => t.bm,
         }
     }
 
@@ -120,10 +260,12 @@ impl GemmVariant {
     pub fn tile_n(&self) -> u32 {
         match self {
             GemmVariant::MmaSync(_) => GEMM_TILE_N,
+            GemmVariant::Wgmma(t) => t.bn,
         }
     }
 
-    /// Output tiles of `op` (one CTA each for the `mma.sync` kernel).
+    /// Output tiles of `op` (one CTA each for the `mma.sync` kernel; the persistent Hopper
+    /// kernel's CTAs loop over them, clusters of `cluster_m` taking `cluster_m` tiles at a time).
     pub fn tiles(&self, op: &Fp8Gemm) -> u64 {
         (op.m as u64).div_ceil(self.tile_m() as u64) * (op.n as u64).div_ceil(self.tile_n() as u64)
     }
@@ -133,14 +275,27 @@ impl GemmVariant {
     /// whatever the shared memory would allow: counted as 1.
     pub fn ctas_per_sm(&self, _arch: &ArchSpec) -> u32 {
         match self {
-            GemmVariant::MmaSync(_) => 1,
+            GemmVariant::MmaSync(_) | GemmVariant::Wgmma(_) => 1,
         }
     }
 
-    /// The launch grid for `op`: one CTA per output tile, column tiles fastest.
-    pub fn grid(&self, op: &Fp8Gemm) -> Result<(u32, u32, u32)> {
+    /// The launch grid for `op` on `arch`: for the `mma.sync` kernel one CTA per output tile;
+    /// for the persistent Hopper kernel one CTA per SM (whole clusters), fewer when there are
+    /// fewer tiles.
+    pub fn grid(&self, op: &Fp8Gemm, arch: &ArchSpec) -> Result<(u32, u32, u32)> {
         let tiles = self.tiles(op);
-        match u32::try_from(tiles).ok().filter(|&c| c <= i32::MAX as u32) {
+        let ctas = match self {
+            GemmVariant::MmaSync(_) => tiles,
+            GemmVariant::Wgmma(t) => {
+                let cm = t.cluster_m.max(1) as u64;
+                let cluster_tiles = (op.m as u64)
+                    .div_ceil(t.bm as u64)
+                    .div_ceil(cm)
+                    .saturating_mul((op.n as u64).div_ceil(t.bn as u64));
+                cluster_tiles.min((arch.sm_count as u64 / cm).max(1)) * cm
+            }
+        };
+        match u32::try_from(ctas).ok().filter(|&c| c <= i32::MAX as u32) {
             Some(c) => Ok((c, 1, 1)),
             None => Err(Error::invalid(
                 "fp8_gemm",
@@ -160,6 +315,7 @@ impl KernelSpec for GemmVariant {
     fn source(&self) -> KernelSource {
         match self {
             GemmVariant::MmaSync(_) => crate::kernels::FP8_GEMM,
+            GemmVariant::Wgmma(_) => crate::kernels::FP8_GEMM_SM90,
         }
     }
 
@@ -172,24 +328,43 @@ impl KernelSpec for GemmVariant {
                 ("STAGES", t.stages.to_string()),
                 ("E4M3_MMA", u8::from(t.e4m3_mma).to_string()),
             ],
+            GemmVariant::Wgmma(t) => vec![
+                ("BLOCK_M", t.bm.to_string()),
+                ("BLOCK_N", t.bn.to_string()),
+                ("STAGES", t.stages.to_string()),
+                ("MATH_WG", t.math_wg.to_string()),
+                ("EPI_SWIZZLE", t.epi_swizzle.to_string()),
+                ("CLUSTER_M", t.cluster_m.to_string()),
+                ("ACC_STAGES", t.acc_stages.to_string()),
+            ],
         }
     }
 
     fn entry(&self) -> &'static str {
         match self {
             GemmVariant::MmaSync(_) => "fp8_gemm",
+            GemmVariant::Wgmma(_) => "fp8_gemm_sm90_kernel",
         }
     }
 
     fn threads(&self) -> u32 {
         match self {
             GemmVariant::MmaSync(t) => t.threads(),
+            GemmVariant::Wgmma(t) => t.threads(),
         }
     }
 
     fn smem_bytes(&self) -> u32 {
         match self {
             GemmVariant::MmaSync(t) => t.smem_bytes(),
+            GemmVariant::Wgmma(t) => t.smem_bytes(),
+        }
+    }
+
+    fn cluster_dims(&self) -> (u32, u32, u32) {
+        match self {
+            GemmVariant::MmaSync(_) => (1, 1, 1),
+            GemmVariant::Wgmma(t) => (t.cluster_m, 1, 1),
         }
     }
 
@@ -203,6 +378,20 @@ impl KernelSpec for GemmVariant {
                         backend: BackendKind::Cuda,
                         reason: format!(
                             "{} uses the e4m3 mma, which {} lacks (sm_89+)",
+                            self.label(),
+                            arch.nvrtc_target()
+                        ),
+                    });
+                }
+            }
+            GemmVariant::Wgmma(t) => {
+                t.check_shape()?;
+                if !(arch.wgmma && arch.tma) {
+                    return Err(Error::Unsupported {
+                        op: "fp8_gemm",
+                        backend: BackendKind::Cuda,
+                        reason: format!(
+                            "{} needs wgmma and TMA (sm_90a), which {} lacks",
                             self.label(),
                             arch.nvrtc_target()
                         ),
@@ -293,11 +482,79 @@ mod tests {
 
     #[test]
     fn grid_counts_tiles() {
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
         let v = GemmVariant::MmaSync(MmaSyncGemm::SMALL);
         assert_eq!(
-            v.grid(&Fp8Gemm::new(65, 2112, 512)).unwrap(),
+            v.grid(&Fp8Gemm::new(65, 2112, 512), &h).unwrap(),
             (2 * 17, 1, 1)
         );
-        assert!(v.grid(&Fp8Gemm::new(usize::MAX / 4, 128, 16)).is_err());
+        assert!(v.grid(&Fp8Gemm::new(usize::MAX / 4, 128, 16), &h).is_err());
+        // The persistent kernel: one CTA per SM at most, whole clusters.
+        let wide = WgmmaGemm::fitted(128, 160, 2, 2, 1, h.max_smem_per_block).unwrap();
+        let w = GemmVariant::Wgmma(wide);
+        assert_eq!(
+            w.grid(&Fp8Gemm::new(4096, 7168, 16384), &h).unwrap(),
+            (132, 1, 1)
+        );
+        // 3 row tiles make 2 cluster rows; 14 column tiles: 28 clusters of 2.
+        assert_eq!(
+            w.grid(&Fp8Gemm::new(300, 2240, 512), &h).unwrap(),
+            (56, 1, 1)
+        );
+    }
+
+    #[test]
+    fn wgmma_tiles_render_and_fit() {
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let t = WgmmaGemm::fitted(128, 160, 2, 1, 1, h.max_smem_per_block).unwrap();
+        assert_eq!(t.epi_swizzle, 64);
+        assert_eq!(t.stages, 5);
+        // 40960 (D) + 5 x (36864 + 512 + 32) + 1024, what the harness measured with.
+        assert_eq!(t.smem_bytes(), 229_024);
+        let v = GemmVariant::Wgmma(t);
+        assert_eq!(v.threads(), 384);
+        assert_eq!(v.entry(), "fp8_gemm_sm90_kernel");
+        let k = v.kernel();
+        assert_eq!(k.source.file, "sm90/fp8_gemm.cu");
+        assert_eq!(k.define_value("BLOCK_N"), Some("160"));
+        assert_eq!(k.define_value("TESSERA_SMEM_BYTES"), Some("229024"));
+        assert_eq!(k.define_value("TESSERA_THREADS"), Some("384"));
+        v.valid_on(&h).unwrap();
+        let narrow = WgmmaGemm::fitted(64, 56, 1, 1, 2, h.max_smem_per_block).unwrap();
+        assert_eq!(narrow.epi_swizzle, 0);
+        assert_eq!(GemmVariant::Wgmma(narrow).threads(), 256);
+        GemmVariant::Wgmma(narrow).valid_on(&h).unwrap();
+        assert_eq!(
+            GemmVariant::Wgmma(WgmmaGemm { cluster_m: 2, ..t }).cluster_dims(),
+            (2, 1, 1)
+        );
+        // Not on architectures without wgmma.
+        let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        assert!(v.valid_on(&a100).is_err());
+        // Shapes the kernel rejects.
+        for bad in [
+            WgmmaGemm { bn: 100, ..t },
+            WgmmaGemm { bn: 200, ..t },
+            WgmmaGemm { bm: 64, ..t },
+            WgmmaGemm { acc_stages: 2, ..t },
+            WgmmaGemm {
+                epi_swizzle: 128,
+                ..t
+            },
+            WgmmaGemm { stages: 1, ..t },
+            WgmmaGemm { math_wg: 3, ..t },
+            WgmmaGemm { cluster_m: 4, ..t },
+            WgmmaGemm {
+                bn: 136,
+                cluster_m: 2,
+                epi_swizzle: 16,
+                ..t
+            },
+            WgmmaGemm { bn: 144, ..narrow },
+        ] {
+            assert!(GemmVariant::Wgmma(bad).valid_on(&h).is_err(), "{bad:?}");
+        }
+        // Too much shared memory for the device.
+        assert!(WgmmaGemm::fitted(128, 192, 2, 1, 1, 100_000).is_none());
     }
 }

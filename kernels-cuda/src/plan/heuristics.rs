@@ -4,14 +4,14 @@
 //!
 //! | op | candidates | default pick |
 //! |---|---|---|
-//! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89 | fewest waves over the SMs, then the fullest last wave, then the least padding |
+//! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`] | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
 //! | attention | the one kernel for (head_dim, dtype, block size) | it |
 //! | MLA decode | every tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first | the fewest rows per CTA that holds all `s_q * heads` rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
 
 use super::attention::{AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES};
 use super::cache::{bucket, PlannedOp, PlannedVariant, ShapeClass};
-use super::gemm::{GemmVariant, MmaSyncGemm};
+use super::gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm};
 use super::mla::{MlaDecodeShape, MlaDecodeVariant, MLA_DECODE_TILINGS};
 use super::quantize::{QuantizeShape, QuantizeVariant};
 use super::{ArchFamily, ArchSpec, KernelSpec};
@@ -53,10 +53,84 @@ pub fn mma_sync_tiles(arch: &ArchSpec) -> Vec<MmaSyncGemm> {
 /// chooses from, and what CI compiles ([`crate::kernels::plannable_specs`]). A new kind of GEMM
 /// kernel adds its variants here.
 pub fn gemm_variants(arch: &ArchSpec) -> Vec<GemmVariant> {
-    mma_sync_tiles(arch)
+    let mut v: Vec<GemmVariant> = mma_sync_tiles(arch)
         .into_iter()
         .map(GemmVariant::MmaSync)
-        .collect()
+        .collect();
+    v.extend(wgmma_tiles(arch).into_iter().map(GemmVariant::Wgmma));
+    v
+}
+
+/// Column widths of the two-math-warpgroup Hopper tiles (128 rows): 160 and 192 are the fastest
+/// per tile on the H200, 128 and 176 fill the SMs better for some N.
+const WGMMA_WIDE_BN: [u32; 4] = [128, 160, 176, 192];
+/// Column widths of the one-math-warpgroup Hopper tiles (64 rows, two accumulators), for small
+/// M, where reading B is the bound and the tile count decides how many SMs stream it.
+const WGMMA_NARROW_BN: [u32; 5] = [32, 56, 64, 96, 128];
+
+/// The Hopper (wgmma) tiles on `arch` (none without wgmma and TMA): 128 x [`WGMMA_WIDE_BN`]
+/// with one CTA or a 2-CTA cluster multicasting B, and 64 x [`WGMMA_NARROW_BN`]; each with as
+/// many stages as the shared memory holds.
+pub fn wgmma_tiles(arch: &ArchSpec) -> Vec<WgmmaGemm> {
+    if !(arch.wgmma && arch.tma) {
+        return Vec::new();
+    }
+    let smem = arch.max_smem_per_block;
+    let mut v = Vec::new();
+    for bn in WGMMA_WIDE_BN {
+        for cluster_m in [1, 2] {
+            v.extend(WgmmaGemm::fitted(128, bn, 2, cluster_m, 1, smem));
+        }
+    }
+    for bn in WGMMA_NARROW_BN {
+        v.extend(WgmmaGemm::fitted(64, bn, 1, 1, 2, smem));
+    }
+    v.retain(|t| GemmVariant::Wgmma(*t).valid_on(arch).is_ok());
+    v
+}
+
+/// Relative speed per tile of the 128-row Hopper tiles by width, measured on the H200 at
+/// M 4096 (2026-11-30, bench/results/2026-11-30-h200-*): 160 and 192 are the fastest.
+fn wgmma_tile_efficiency(bn: u32) -> f64 {
+    match bn {
+        160 | 192 => 1.0,
+        176 => 0.93,
+        _ => 0.85,
+    }
+}
+
+/// The default pick among Hopper candidates: for m <= 128 (bound by reading B) the 64-row tiles,
+/// fewest waves, then the fullest last wave, then the widest; otherwise the 128-row tiles of
+/// least estimated time (waves x width / measured per-tile efficiency), one CTA per cluster on
+/// a tie. `None` when there is no Hopper candidate.
+pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
+    let small = op.m <= 128;
+    let slots = arch.sm_count as u64;
+    let mut best: Option<(usize, (f64, f64, u32))> = None;
+    for (i, v) in candidates.iter().enumerate() {
+        let GemmVariant::Wgmma(t) = v else { continue };
+        if (t.math_wg == 1) != small {
+            continue;
+        }
+        let cm = t.cluster_m.max(1) as u64;
+        let cluster_tiles =
+            (op.m as u64).div_ceil(t.bm as u64).div_ceil(cm) * (op.n as u64).div_ceil(t.bn as u64);
+        let (w, fill) = waves(cluster_tiles, (slots / cm).max(1));
+        // Lower is better in every component.
+        let key = if small {
+            (w as f64, -fill, u32::MAX - t.bn)
+        } else {
+            (
+                w as f64 * t.bn as f64 / wgmma_tile_efficiency(t.bn),
+                t.cluster_m as f64,
+                0,
+            )
+        };
+        if best.as_ref().is_none_or(|(_, b)| key < *b) {
+            best = Some((i, key));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// The GEMM candidates for `op` on `arch`, the fallback first: today every variant of
@@ -77,6 +151,9 @@ pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>
 /// The default GEMM pick: the fewest waves over the SMs, then the fullest last wave, then the
 /// least padding (output elements computed beyond m x n), then the earlier candidate.
 pub fn pick_gemm(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> usize {
+    if let Some(i) = pick_wgmma(op, candidates, arch) {
+        return i;
+    }
     let score = |v: &GemmVariant| {
         let tiles = v.tiles(op);
         let slots = arch.sm_count as u64 * v.ctas_per_sm(arch).max(1) as u64;
@@ -390,10 +467,15 @@ mod tests {
             }
         }
         let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        // The mma.sync picks, on an H100-sized device without the Hopper kernel.
+        let mma_only = ArchSpec {
+            wgmma: false,
+            ..h.clone()
+        };
         let pick = |m, n, k| {
             let op = Fp8Gemm::new(m, n, k);
-            let c = gemm_candidates(&op, &h).unwrap();
-            c[pick_gemm(&op, &c, &h)]
+            let c = gemm_candidates(&op, &mma_only).unwrap();
+            c[pick_gemm(&op, &c, &mma_only)]
         };
         let tile = |t: MmaSyncGemm| GemmVariant::MmaSync(t);
         // Large m: the large tile (fewest waves).
@@ -406,6 +488,21 @@ mod tests {
         // m 64, n 24576: 192 CTAs of large or small tiles (2 waves) vs 384 tiny (3): the small
         // tile (no padded rows) over the large one.
         assert_eq!(pick(64, 24576, 1536), tile(MmaSyncGemm::SMALL));
+        // With wgmma: the 128-row tiles of least estimated time for large m, the 64-row tiles
+        // filling the SMs best for m <= 128.
+        let wg = |m, n, k| {
+            let op = Fp8Gemm::new(m, n, k);
+            let c = gemm_candidates(&op, &h).unwrap();
+            match c[pick_gemm(&op, &c, &h)] {
+                GemmVariant::Wgmma(t) => (t.bm, t.bn, t.cluster_m),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(wg(4096, 7168, 16384), (128, 160, 1));
+        assert_eq!(wg(64, 7168, 16384), (64, 56, 1));
+        assert_eq!(wg(64, 2112, 7168), (64, 32, 1));
+        assert_eq!(wg(64, 24576, 1536), (64, 96, 1));
+        assert_eq!(wg(128, 7168, 16384), (64, 128, 1));
         // sm_89: the e4m3 mma, and no 128 KB tile.
         let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
         let c = gemm_candidates(&Fp8Gemm::new(64, 2112, 512), &l4).unwrap();

@@ -58,7 +58,7 @@ pub use cache::{
     PlanCache, PlanOrigin, PlannedOp, PlannedVariant, ShapeClass, Timer, PLAN_FORMAT_VERSION,
 };
 pub use functions::{FunctionCache, LoadedFunction};
-pub use gemm::{GemmVariant, MmaSyncGemm, GEMM_TILE_N};
+pub use gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm, GEMM_TILE_N};
 pub use launch::{KernelArgs, LaunchOptions};
 pub use mla::{CacheFormat, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape, MlaDecodeVariant};
 pub use quantize::{QuantizeGranularity, QuantizeInput, QuantizeShape, QuantizeVariant};
