@@ -179,14 +179,13 @@ impl CudaBackend {
                 unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
             }
             GemmVariant::Wgmma(t) => {
-                // Declared before the arguments, which borrow them until the launch.
-                let maps: [TensorMap2d; 3];
+                // Declared before the arguments, which borrow it until the launch.
                 let pd: u64;
                 let mut args = KernelArgs::new(stream);
                 let pa = args.track(a);
                 let pb = args.track(b);
                 pd = args.track_mut(d);
-                maps = wgmma_tensor_maps(op, &t, pa, pb, pd)?;
+                let maps = wgmma_tensor_maps(op, &t, pa, pb, pd)?;
                 args.value(&maps[0])
                     .value(&maps[1])
                     .value(&maps[2])
