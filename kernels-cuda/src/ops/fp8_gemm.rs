@@ -179,12 +179,10 @@ impl CudaBackend {
                 unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
             }
             GemmVariant::Wgmma(t) => {
-                // Declared before the arguments, which borrow it until the launch.
-                let pd: u64;
                 let mut args = KernelArgs::new(stream);
                 let pa = args.track(a);
                 let pb = args.track(b);
-                pd = args.track_mut(d);
+                let pd = args.track_mut(d);
                 let maps = wgmma_tensor_maps(op, &t, pa, pb, pd)?;
                 args.value(&maps[0])
                     .value(&maps[1])
