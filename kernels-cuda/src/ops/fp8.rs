@@ -6,7 +6,7 @@ use crate::CudaBackend;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 use tessera_core::{
-    DType, Fp8Granularity, Fp8Quantize, Fp8Quantized, Result, ScaleRule, TensorRef, E4M3,
+    DType, Error, Fp8Granularity, Fp8Quantize, Fp8Quantized, Result, ScaleRule, TensorRef, E4M3,
 };
 
 /// `fp8_quantize.cu`: the two FP8 quantizers.
@@ -81,33 +81,66 @@ impl CudaBackend {
         scales: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         const OP: &str = "fp8_quantize";
+        // rows and cols at least 1 and rows * cols representable (before anything is launched:
+        // rows = 0 would launch an empty grid, which the driver rejects).
+        op.validate()?;
         let (sr, sc) = op.scales_shape();
-        check_device_len(OP, "x", op.rows * op.cols, x.len())?;
-        check_device_len(OP, "values", op.rows * op.cols, values.len())?;
-        check_device_len(OP, "scales", sr * sc, scales.len())?;
+        check_device_len(OP, "x", op.len(), x.len())?;
+        check_device_len(OP, "values", op.len(), values.len())?;
+        check_device_len(OP, "scales", op.scales_len(), scales.len())?;
         let rows = to_i32(OP, "rows", op.rows)?;
         let cols = to_i32(OP, "cols", op.cols)?;
+        // Grid limits: x up to 2^31 - 1 blocks, y up to 65535.
+        let grid_x = |arg: &str, blocks: usize| {
+            u32::try_from(blocks)
+                .ok()
+                .filter(|&b| b <= i32::MAX as u32)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        OP,
+                        arg,
+                        "at most 2^31 - 1 thread blocks",
+                        blocks.to_string(),
+                    )
+                })
+        };
         let variant = quantize_variant(x.dtype(), op.scale_rule);
         let (entry, cfg) = match op.granularity {
             Fp8Granularity::PerToken1x128 => {
-                let warps = (op.rows * sc) as u32;
+                // One warp per (row, group of 128 columns), 8 warps per block; rows * sc fits
+                // since it is at most rows * cols.
+                let blocks = grid_x("rows * ceil(cols / 128) / 8", (op.rows * sc).div_ceil(8))?;
                 (
                     "fp8_quantize_1x128",
                     LaunchConfig {
-                        grid_dim: (warps.div_ceil(8), 1, 1),
+                        grid_dim: (blocks, 1, 1),
                         block_dim: (256, 1, 1),
                         shared_mem_bytes: 0,
                     },
                 )
             }
-            Fp8Granularity::Block128x128 => (
-                "fp8_quantize_128x128",
-                LaunchConfig {
-                    grid_dim: (sc as u32, sr as u32, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-            ),
+            Fp8Granularity::Block128x128 => {
+                let blocks_x = grid_x("ceil(cols / 128)", sc)?;
+                let blocks_y = u32::try_from(sr)
+                    .ok()
+                    .filter(|&b| b <= 65535)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            OP,
+                            "rows",
+                            "at most 65535 * 128 rows with 128x128 blocks (the grid's y limit)",
+                            op.rows.to_string(),
+                        )
+                    })?;
+                (
+                    "fp8_quantize_128x128",
+                    LaunchConfig {
+                        grid_dim: (blocks_x, blocks_y, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                )
+            }
         };
         let func = self.runtime.function(&variant, entry)?;
         let mut launch = stream.launch_builder(&func);

@@ -43,10 +43,13 @@ pub(crate) fn to_i32(op: &'static str, arg: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, arg, "at most 2^31 - 1", v.to_string()))
 }
 
-/// The error of a failed launch.
+/// The error of a failed launch, keeping the `CUresult` ([`Error::Driver`], or
+/// [`Error::OutOfMemory`] for `CUDA_ERROR_OUT_OF_MEMORY`).
 pub(crate) fn launch_error(kernel: &str, e: cudarc::driver::DriverError) -> Error {
-    Error::Device {
-        backend: BackendKind::Cuda,
-        message: format!("launching {kernel}: {e}"),
-    }
+    Error::from_driver(
+        BackendKind::Cuda,
+        tessera_core::DriverCode::Cuda(e.0 as i32),
+        format!("launching {kernel}: {e}"),
+        None,
+    )
 }
