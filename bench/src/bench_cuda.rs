@@ -20,7 +20,7 @@ use tessera::cuda::{CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, Mla
 use tessera::Fp8Gemm;
 
 use crate::cases::{data, gemm_key, gemm_sets, AttentionCase, AttentionWork, MlaShape};
-use crate::run::Executor;
+use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
 
 /// Seconds of timed launches aimed at per measurement.

@@ -24,7 +24,7 @@ use tessera::{Backend, Fp8Gemm};
 use crate::cases::{
     data, gemm_flops_bytes, gemm_key, gemm_sets, AttentionCase, AttentionWork, MlaShape,
 };
-use crate::run::Executor;
+use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
 use crate::vk_timing::{device_buffer, download, record_copy, Timer};
 

@@ -4,6 +4,7 @@ mod bench_cuda;
 mod bench_vk;
 mod cases;
 mod check;
+mod executor;
 mod info;
 mod logger;
 mod mask;

@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::cases::{gemm_flops_bytes, gemm_key, AttentionCase, AttentionWork, MlaShape, Suite};
-use crate::schema::{fill_rates, utc_now, BenchFile, Ceilings, Header, Record};
+use crate::cases::{gemm_flops_bytes, gemm_key, MlaShape, Suite};
+use crate::executor::Executor;
+use crate::schema::{fill_rates, utc_now, BenchFile, Header, Record};
 
 /// Arguments of `tessera bench`.
 #[derive(clap::Args, Debug)]
@@ -44,25 +45,6 @@ pub struct BenchArgs {
     /// Vulkan only: seconds after which the remaining shapes are skipped (and reported so).
     #[arg(long, value_name = "SECONDS", default_value_t = 170.0)]
     pub budget_s: f64,
-}
-
-/// One backend's way of timing the cases. Each method returns the record of one measurement
-/// (with `error` set when it failed or was skipped); rates are filled in by [`run`].
-pub trait Executor {
-    /// The device's name.
-    fn device(&self) -> String;
-    /// The ceilings measured on this device.
-    fn ceilings(&self) -> &Ceilings;
-    /// How the numbers are taken, for the file's header.
-    fn notes(&self) -> Vec<String>;
-    /// One FP8 GEMM.
-    fn gemm(&mut self, m: usize, n: usize, k: usize) -> Record;
-    /// Prepares the MLA decodes of one cache format (`shapes` all have that format).
-    fn mla_begin(&mut self, shapes: &[MlaShape]);
-    /// One MLA decode (of the format last prepared).
-    fn mla(&mut self, shape: &MlaShape) -> Record;
-    /// One attention case, radial or dense, with its mask and op built ([`AttentionCase::work`]).
-    fn attention(&mut self, case: &AttentionCase, work: &AttentionWork, radial: bool) -> Record;
 }
 
 /// Runs `tessera bench`.
