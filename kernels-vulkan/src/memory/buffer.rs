@@ -253,7 +253,8 @@ impl Buffer {
     pub fn filled(ctx: &Arc<VulkanContext>, size: usize, pattern: &[u8]) -> Result<Self> {
         let padded = size.div_ceil(4) * 4;
         // The device buffer first, so that a size the device cannot hold is refused before any
-        // host memory is spent on the pattern; then the pattern in chunks of at most 16 MiB.
+        // host memory is spent on the pattern; then the pattern in chunks of at most 256 MiB
+        // (one staged upload, as before, for all but the largest buffers).
         let mut b = Self::new(
             ctx,
             padded as u64,
@@ -262,7 +263,7 @@ impl Buffer {
         let pattern: &[u8] = if pattern.is_empty() { &[0] } else { pattern };
         let period = pattern.len();
         let chunk_len = padded
-            .min((16 << 20) / period * period)
+            .min((256 << 20) / period * period)
             .max(period.min(padded));
         let chunk: Vec<u8> = pattern.iter().copied().cycle().take(chunk_len).collect();
         let mut at = 0;
