@@ -19,19 +19,26 @@ for line in sys.stdin:
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        crate = "vk" if "tessera-vulkan" in m["package_id"] else "-"
+        pid = m["package_id"]
+        crate = "vk" if "tessera-vulkan" in pid else "cu" if "tessera-cuda" in pid else "-"
         print(crate, m["target"]["name"], m["executable"])
 ' | while read -r crate name exe; do
     case "$crate:$name" in
-      -:conformance|-:compile_all|-:plan_candidates|-:fp8_gemm_timing|-:attention_timing) cp "$exe" "$pack/bin/test-$name" ;;
-      # Every test of the Vulkan crate (unit tests included) runs there against the NVIDIA driver.
+      # The facade's suites that run every backend (CUDA and Vulkan required there).
+      -:conformance|-:determinism|-:fuzz_backends|-:discovery_opens_once) cp "$exe" "$pack/bin/test-$name" ;;
+      # The Vulkan crate's SPIR-V test checks the checkout (shader sources, compiler), not the
+      # device: it stays on the CPU machine.
+      vk:spirv) ;;
+      # Every other test of the Vulkan crate (unit tests included) runs there against the NVIDIA
+      # driver; every test of the CUDA crate (compile check, timings, reliability).
       vk:*) cp "$exe" "$pack/bin/vktest-$name" ;;
+      cu:*) cp "$exe" "$pack/bin/cutest-$name" ;;
     esac
   done
 cargo build --release --locked -p tessera-bench
 cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 strip "$pack"/bin/*
-cp ci/gpu-run.sh ci/gpu-bench.sh ci/peers.py "$pack/"
+cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/peers.py "$pack/"
 # The GPU machine has the NVIDIA Vulkan driver but no loader: bring Debian's libvulkan1 (amd64),
 # and the GL vendor-neutral dispatch libraries that the NVIDIA driver (libGLX_nvidia) needs.
 if command -v apt-get >/dev/null; then

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, after ci/gpu-pack.sh ran on the CPU machine and
-# .gpu-pack/ was carried along:   ci/gpu-run.sh OUTDIR [quick]
-# Runs the kernel compile check, every CUDA kernel candidate against the reference, the CUDA
-# timing tests, the conformance suite on CUDA (the backend
-# is required: its absence fails) and on Vulkan (NVIDIA driver, loader from the pack) with and
-# without the cooperative-matrix shaders, every test of the Vulkan crate both ways, and
-# `tessera check` on CUDA, Vulkan (both ways) and CPU; logs and JSON go to OUTDIR, a table last.
+# .gpu-pack/ was carried along:   ci/gpu-run.sh OUTDIR [full|quick|sanitize]
+# Runs the kernel compile check, the CUDA timing tests, every other test of the CUDA crate
+# (every kernel candidate against the reference; reliability: arguments, out of memory, streams, two GPUs, disk cache), the conformance,
+# determinism and fuzz suites on CUDA and on Vulkan (NVIDIA driver, loader from the pack) with and
+# without the cooperative-matrix shaders, every test of the Vulkan crate both ways, `tessera check`
+# on CUDA, Vulkan (both ways) and CPU, and compute-sanitizer over the CUDA tests
+# (ci/gpu-sanitize.sh; `sanitize` runs only that, TESSERA_SANITIZER=0 leaves it out). Both
+# backends are required: a CUDA or Vulkan device that fails to open fails the run, it is never
+# reported as skipped. Logs and JSON go to OUTDIR, a table last.
 set -uo pipefail
-final=${1:?usage: ci/gpu-run.sh OUTDIR [quick]}
+final=${1:?usage: ci/gpu-run.sh OUTDIR [full|quick|sanitize]}
 mode=${2:-full}
 # Logs go to a work folder, packed at the end into OUTDIR/gpu-run.tar.gz (the device tool brings
 # back only a few files); the check JSONs are copied beside it.
@@ -17,6 +20,11 @@ pack=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_CACHE_DIR=/tmp/tessera-cache
 export RUST_BACKTRACE=1
+# Nothing may pass by being skipped here: the suites fail when a backend does not open.
+export TESSERA_REQUIRE_BACKENDS=cuda,vulkan
+export TESSERA_REQUIRE_VULKAN=1
+export TESSERA_REQUIRE_CUDA=1
+export TESSERA_REQUIRE_NVRTC=1
 commit=$(cat "$pack/COMMIT" 2>/dev/null | tr '\n' ' ')
 status=()
 # Whatever happens (a time limit included), the logs gathered so far come back.
@@ -44,13 +52,23 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRI
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 run info "$pack/bin/tessera" info
-run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/test-compile_all" --nocapture
-run plan_candidates "$pack/bin/test-plan_candidates" --nocapture --test-threads=1
-run fp8_gemm_timing "$pack/bin/test-fp8_gemm_timing" --nocapture --test-threads=1
-run attention_timing "$pack/bin/test-attention_timing" --nocapture --test-threads=1
-run conformance_cuda env TESSERA_REQUIRE_BACKENDS=cuda "$pack/bin/test-conformance" cuda:: --nocapture --test-threads=1
-run conformance_vulkan "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
-run conformance_vulkan_portable env TESSERA_VULKAN_PORTABLE=1 "$pack/bin/test-conformance" vulkan:: --nocapture --test-threads=1
+if [ "$mode" != sanitize ]; then
+run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/cutest-compile_all" --nocapture
+run fp8_gemm_timing "$pack/bin/cutest-fp8_gemm_timing" --nocapture --test-threads=1
+run attention_timing "$pack/bin/cutest-attention_timing" --nocapture --test-threads=1
+# The CUDA crate's other tests (one at a time: out_of_memory fills the device for a moment).
+for t in "$pack"/bin/cutest-*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  case "$name" in cutest-compile_all|cutest-fp8_gemm_timing|cutest-attention_timing) continue ;; esac
+  run "$name" "$t" --nocapture --test-threads=1
+done
+for suite in conformance determinism fuzz_backends; do
+  run "${suite}_cuda" "$pack/bin/test-$suite" cuda --nocapture --test-threads=1
+  run "${suite}_vulkan" "$pack/bin/test-$suite" vulkan --nocapture --test-threads=1
+  run "${suite}_vulkan_portable" env TESSERA_VULKAN_PORTABLE=1 "$pack/bin/test-$suite" vulkan --nocapture --test-threads=1
+done
+run discovery_opens_once "$pack/bin/test-discovery_opens_once" --nocapture
 # The Vulkan crate's own tests (path choice, device API, buffers, ...), both paths.
 for t in "$pack"/bin/vktest-*; do
   [ -x "$t" ] || continue
@@ -63,9 +81,18 @@ run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/chec
 run check_vulkan "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan.json"
 run check_vulkan_portable env TESSERA_VULKAN_PORTABLE=1 "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan-portable.json"
 run check_cpu "$pack/bin/tessera" check --backend cpu $quick --json "$out/check-cpu.json"
+fi
+if [ "$mode" = sanitize ] || [ "${TESSERA_SANITIZER:-1}" != 0 ]; then
+  # Bounded by default (PROPTEST_CASES=4, no timing tests); TESSERA_SANITIZER_QUICK=0: everything.
+  run sanitizer bash "$pack/gpu-sanitize.sh" "$out/sanitizer"
+  cat "$out/sanitizer/summary.txt" 2>/dev/null
+fi
 echo
 echo "== summary (commit $commit)"
 printf '%s\n' "${status[@]}"
-grep -h "^check:" "$out"/check_*.log
-grep -H "^test result" "$out"/conformance_*.log "$out"/compile_all.log "$out"/plan_candidates.log "$out"/vktest-*.log 2>/dev/null | sed "s|^$out/||"
+grep -h "^check:" "$out"/check_*.log 2>/dev/null
+grep -H "^test result" "$out"/*.log 2>/dev/null | sed "s|^$out/||"
+# A suite that says `skipped` here is a failure of the run (both backends are required).
+grep -l "^skipped: backend\|^skipped: no Vulkan\|^skipped: no CUDA" "$out"/*.log 2>/dev/null | sed "s|^$out/|SKIPPED A REQUIRED BACKEND: |"
+cat "$out/sanitizer/summary.txt" 2>/dev/null
 finish

@@ -52,15 +52,23 @@ fn open_vulkan() -> Result<Box<dyn Backend>> {
     Ok(Box::new(tessera_vulkan::VulkanBackend::new()?))
 }
 
-/// Whether the Vulkan device that opens is a CPU implementation (lavapipe).
+/// Whether an open Vulkan backend runs on a CPU implementation (lavapipe).
 #[cfg(feature = "vulkan")]
-fn vulkan_is_software() -> bool {
-    tessera_vulkan::VulkanBackend::new().is_ok_and(|b| b.features().device_type == "Cpu")
+fn vulkan_is_software(backend: &tessera_vulkan::VulkanBackend) -> bool {
+    backend.features().device_type == "Cpu"
 }
 
-#[cfg(not(feature = "vulkan"))]
-fn vulkan_is_software() -> bool {
-    false
+/// Opens `kind` for [`best_available`]: `None` when it does not open, or when it is a
+/// software Vulkan device (passed over). Each backend is opened once.
+fn open_for_best(kind: BackendKind) -> Option<Box<dyn Backend>> {
+    #[cfg(feature = "vulkan")]
+    if kind == BackendKind::Vulkan {
+        return tessera_vulkan::VulkanBackend::new()
+            .ok()
+            .filter(|b| !vulkan_is_software(b))
+            .map(|b| Box::new(b) as Box<dyn Backend>);
+    }
+    backend(kind).ok()
 }
 
 #[cfg(not(feature = "vulkan"))]
@@ -88,23 +96,22 @@ pub fn forced_backend() -> Result<Option<BackendKind>> {
 
 /// The backend to use: the one `TESSERA_BACKEND` names (an error if it is not available:
 /// never a silent fallback), else the first of CUDA, Vulkan and CPU that opens, passing over a
-/// software Vulkan device (lavapipe), which only `TESSERA_BACKEND=vulkan` selects.
+/// software Vulkan device (lavapipe), which only `TESSERA_BACKEND=vulkan` selects. Each backend
+/// is opened at most once.
 pub fn best_available() -> Result<Box<dyn Backend>> {
     if let Some(kind) = forced_backend()? {
         return backend(kind);
     }
     for kind in BackendKind::PREFERENCE {
-        if kind == BackendKind::Vulkan && vulkan_is_software() {
-            continue;
-        }
-        if let Ok(b) = backend(kind) {
+        if let Some(b) = open_for_best(kind) {
             return Ok(b);
         }
     }
     Ok(Box::new(CpuBackend::new()))
 }
 
-/// What every backend finds on this machine (for `tessera info`).
+/// What every backend finds on this machine (for `tessera info`). Each backend is opened at
+/// most once.
 pub fn probe_all() -> Vec<BackendStatus> {
     let mut out = vec![BackendStatus {
         kind: BackendKind::Cpu,
@@ -160,7 +167,10 @@ fn probe_vulkan() -> BackendStatus {
         Ok(s) => format!("loader: {s}"),
         Err(e) => format!("loader: {e}"),
     }];
-    if let Ok(backend) = tessera_vulkan::VulkanBackend::new() {
+    // Opened once: the features, whether it is usable and whether it is software all come
+    // from this one backend.
+    let opened = tessera_vulkan::VulkanBackend::new();
+    if let Ok(backend) = &opened {
         details.extend(vulkan_feature_lines(backend.features()));
     }
     BackendStatus {
@@ -172,8 +182,8 @@ fn probe_vulkan() -> BackendStatus {
             .map(|d| format!("{} ({}, Vulkan {})", d.name, d.kind, d.api_version))
             .collect(),
         details,
-        usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
-        software: vulkan_is_software(),
+        software: opened.as_ref().is_ok_and(vulkan_is_software),
+        usable: opened.map(|_| ()).map_err(|e| e.to_string()),
     }
 }
 
@@ -223,6 +233,6 @@ fn probe_vulkan() -> BackendStatus {
         devices: vec![],
         details: vec![],
         usable: open_vulkan().map(|_| ()).map_err(|e| e.to_string()),
-        software: vulkan_is_software(),
+        software: false,
     }
 }

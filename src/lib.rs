@@ -22,7 +22,6 @@
 
 #![warn(missing_docs)]
 
-pub mod check;
 pub mod discovery;
 
 pub use discovery::{

@@ -1,65 +1,32 @@
 //! The conformance suite: written once against the `Backend` trait and instantiated for every
 //! backend. Each op runs at random shapes (proptest) and is compared with the f64 reference
-//! through `tessera::check`; invalid arguments must come back as typed errors naming the
+//! through `tessera_testing::check`; invalid arguments must come back as typed errors naming the
 //! argument, leaving the caller's buffers untouched.
 //!
 //! A backend that is not available on this machine prints `skipped: <why>` and passes, unless
-//! `TESSERA_REQUIRE_BACKENDS` (comma-separated, e.g. `cuda,vulkan`) names it: then its absence
-//! fails the suite. The GPU machine's script sets it, so nothing passes silently there.
+//! it is required (`TESSERA_REQUIRE_BACKENDS=cuda,vulkan`, or `TESSERA_REQUIRE_VULKAN=1`, see
+//! `common`): then its absence fails the suite. The GPU machine's script requires both, so
+//! nothing passes silently there.
 
+mod common;
+
+use common::{open_or_skip, unsupported_is_skipped};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use tessera::check::{AttentionCase, Case, GemmCase, MaskSpec, MlaCase, QuantizeCase};
 use tessera::{
     bf16, Backend, BackendKind, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend,
     MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule,
     SparseAttention, TensorRef, E4M3,
 };
+use tessera_testing::check::{AttentionCase, Case, GemmCase, MaskSpec, MlaCase, QuantizeCase};
 
-/// Whether `TESSERA_REQUIRE_BACKENDS` names this backend: then it must open and support every op.
-fn required(kind: BackendKind) -> bool {
-    let required = std::env::var("TESSERA_REQUIRE_BACKENDS").unwrap_or_default();
-    required
-        .split(',')
-        .any(|r| r.trim().eq_ignore_ascii_case(kind.name()))
-}
-
-/// Opens the backend, or prints why it is skipped (failing if it is required).
-fn open_or_skip(kind: BackendKind) -> Option<Box<dyn Backend>> {
-    match tessera::backend(kind) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            if required(kind) {
-                panic!("backend {kind} is required (TESSERA_REQUIRE_BACKENDS) but: {e}");
-            }
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
-
-/// An op the backend does not implement yet is reported as skipped (once), unless the backend
-/// is required; anything else is a failure.
-fn unsupported_is_skipped<T>(
-    kind: BackendKind,
-    result: tessera::Result<T>,
-    skipped: &std::sync::Mutex<Option<String>>,
-) -> tessera::Result<Option<T>> {
-    match result {
-        Err(e @ Error::Unsupported { .. }) if !required(kind) => {
-            *skipped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            Ok(None)
-        }
-        other => other.map(Some),
-    }
-}
-
-/// Proptest cases per op: fewer on the slow f64 CPU path.
+/// Proptest cases per op: fewer on the slow f64 CPU path; `PROPTEST_CASES` overrides (the
+/// GPU machine's sanitizer run lowers it).
 fn cases(kind: BackendKind) -> u32 {
-    match kind {
+    common::proptest_cases(match kind {
         BackendKind::Cpu => 12,
         _ => 48,
-    }
+    })
 }
 
 fn run_case(
@@ -472,7 +439,7 @@ macro_rules! conformance_suite {
                     return;
                 };
                 let skipped = std::sync::Mutex::new(None);
-                for case in tessera::check::standard_cases(true, 7) {
+                for case in tessera_testing::check::standard_cases(true, 7) {
                     run_case(backend.as_ref(), &case, &skipped).unwrap();
                 }
                 if let Some(why) = skipped.into_inner().unwrap_or_else(|p| p.into_inner()) {

@@ -1,5 +1,5 @@
-//! `tessera bench --backend vulkan`: the standard shapes on the Vulkan backend's device API, in
-//! the JSON of [`crate::schema`] (impl `tessera-vulkan`, `tessera-vulkan radial`,
+//! The Vulkan executor of `tessera bench` ([`crate::run`]): the cases of [`crate::cases`] on the
+//! Vulkan backend's device API (impl `tessera-vulkan`, `tessera-vulkan radial`,
 //! `tessera-vulkan dense`).
 //!
 //! Buffers are device-local, filled once with random data (never zeros) through a host staging
@@ -13,23 +13,19 @@
 //! predicted to take over [`MAX_DISPATCH_S`] per dispatch, and everything once the suite has
 //! run `--budget-s` seconds (170 by default).
 
-use std::process::ExitCode;
 use std::time::Instant;
 
 use half::bf16;
 use serde_json::json;
 use tessera::vulkan::ops::attention::VulkanBlockMask;
 use tessera::vulkan::{Buffer, BufferRange, VulkanBackend};
-use tessera::{
-    Backend, BlockMask, DType, Fp8Gemm, MlaCacheFormat, MlaCacheLayout, MlaDecode,
-    RadialMaskConfig, SparseAttention,
-};
+use tessera::{Backend, Fp8Gemm};
 
-use crate::bench::{
-    attention_case, commit, failed, gemm_key, mla_key, print_summary, suite, AttentionCase,
-    BenchArgs, Progress, Rng, Suite,
+use crate::cases::{
+    data, gemm_flops_bytes, gemm_key, gemm_sets, AttentionCase, AttentionWork, MlaShape,
 };
-use crate::schema::{fill_rates, utc_now, BenchFile, Ceilings, Header, Record};
+use crate::executor::Executor;
+use crate::schema::{Ceilings, Record};
 use crate::vk_timing::{device_buffer, download, record_copy, Timer};
 
 type Res<T> = Result<T, String>;
@@ -45,31 +41,144 @@ const SINGLE_S: f64 = 2.0;
 /// Shapes predicted (from the rate of the previous shape of the op) to take longer per dispatch
 /// are skipped.
 const MAX_DISPATCH_S: f64 = 8.0;
-/// Bytes of operands the FP8 GEMM rotates over (as the CUDA bench).
-const ROTATE_BYTES: usize = 200 << 20;
 
 const IMPL: &str = "tessera-vulkan";
 
-/// The shapes: the CUDA suite for `standard`; for `quick`, small shapes that run in seconds on
-/// lavapipe.
-fn vk_suite(name: &str) -> Res<Suite> {
-    match name {
-        "quick" => {
-            let mut small = attention_case("hunyuan", 1);
-            small.frames = 4;
-            small.heads = 2;
-            small.config = RadialMaskConfig {
-                frames: 4,
-                tokens_per_frame: 512,
-                ..small.config
-            };
-            Ok(Suite {
-                gemm: vec![(64, 2112, 7168)],
-                mla: vec![(4, 1024, 16, 1, false), (4, 1024, 16, 1, true)],
-                attention: vec![small],
-            })
+/// The Vulkan backend, its timer and ceilings, the paths it takes, the suite's time budget and
+/// the rates of the previous shapes (to predict and skip the slow ones).
+pub struct VulkanExecutor {
+    backend: VulkanBackend,
+    timer: Timer,
+    ceilings: Ceilings,
+    transfer_gbps: Option<f64>,
+    gemm_path: &'static str,
+    attention_path: &'static str,
+    budget: Budget,
+    /// TFLOPS of the previous GEMM.
+    gemm_rate: Option<f64>,
+    /// TFLOPS of the previous (radial, dense) attention.
+    attention_rates: [Option<f64>; 2],
+    mla: Option<Res<MlaBench>>,
+}
+
+impl VulkanExecutor {
+    /// Opens the Vulkan device and measures the ceilings; the suite stops after `budget_s`.
+    pub fn new(budget_s: f64) -> Res<Self> {
+        let backend = VulkanBackend::new().map_err(|e| format!("no Vulkan device: {e}"))?;
+        let timer = Timer::new(&backend)?;
+        eprintln!("device: {}", backend.device().name);
+        eprintln!(
+            "timestampPeriod {} ns, maxStorageBufferRange {} bytes",
+            timer.period_ns(),
+            backend.features().max_storage_buffer_range
+        );
+        let (ceilings, transfer_gbps) = measure_ceilings(&backend, &timer);
+        eprintln!(
+            "ceilings: copy {} GB/s; {}",
+            ceilings
+                .copy_gbps
+                .map_or("n/a".into(), |v| format!("{v:.0}")),
+            ceilings.matmul_impl
+        );
+        let path = |coopmat: bool| {
+            if coopmat {
+                "cooperative matrix"
+            } else {
+                "portable"
+            }
+        };
+        // The suite's attention cases are head_dim 128 with blocks of 64 or 128: one path.
+        let attention_path = path(backend.attention_uses_cooperative_matrix(64, 128));
+        let gemm_path = path(backend.fp8_gemm_uses_cooperative_matrix());
+        Ok(Self {
+            backend,
+            timer,
+            ceilings,
+            transfer_gbps,
+            gemm_path,
+            attention_path,
+            budget: Budget {
+                start: Instant::now(),
+                suite_s: budget_s,
+            },
+            gemm_rate: None,
+            attention_rates: [None, None],
+            mla: None,
+        })
+    }
+}
+
+impl Executor for VulkanExecutor {
+    fn device(&self) -> String {
+        self.backend.device().name.clone()
+    }
+
+    fn ceilings(&self) -> &Ceilings {
+        &self.ceilings
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![
+            format!(
+                "time: Vulkan timestamp queries (timestampPeriod {} ns) around a batch of n \
+                 dispatches in one command buffer, a global memory barrier after each; time = \
+                 batch / n, median (min) over up to {BATCHES} batches of ~{BATCH_MS} ms after \
+                 a warm-up batch; shapes slower than {SINGLE_S} s: one dispatch",
+                self.timer.period_ns()
+            ),
+            "buffers: device-local, filled once with random data via a host staging buffer".into(),
+            format!("fp8_gemm: {} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets", self.gemm_path),
+            "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
+            format!("attention: {} path; bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set", self.attention_path),
+            format!(
+                "copy ceiling: a compute-shader copy of up to 1 GiB (record_copy_words), read + \
+                 write bytes; vkCmdCopyBuffer of the same buffers: {} GB/s",
+                self.transfer_gbps.map_or("not measured".into(), |g| format!("{g:.0}"))
+            ),
+            format!("skips: buffers over maxStorageBufferRange; predicted > {MAX_DISPATCH_S} s per dispatch; after {} s of suite", self.budget.suite_s),
+        ]
+    }
+
+    fn gemm(&mut self, m: usize, n: usize, k: usize) -> Record {
+        let op = Fp8Gemm::new(m, n, k);
+        let predicted = self.gemm_rate.map(|r| op.flops() / r / 1e12);
+        let rec = match self.budget.check(predicted) {
+            Ok(()) => bench_gemm(&self.backend, &self.timer, m, n, k, self.gemm_path),
+            Err(e) => Record::failed("fp8_gemm", gemm_key(m, n, k), IMPL, e),
+        };
+        // The rate, for the next prediction (the runner fills the record's own).
+        if let Some(ms) = rec.time_ms.filter(|&ms| ms > 0.0) {
+            self.gemm_rate = Some(gemm_flops_bytes(&op).0 / (ms * 1e-3) / 1e12);
         }
-        other => suite(other),
+        rec
+    }
+
+    fn mla_begin(&mut self, shapes: &[MlaShape]) {
+        self.mla = Some(MlaBench::new(&self.backend, shapes));
+    }
+
+    fn mla(&mut self, shape: &MlaShape) -> Record {
+        let key = shape.key();
+        match (&mut self.mla, self.budget.check(None)) {
+            (Some(Ok(mla)), Ok(())) => mla.bench(&self.backend, &self.timer, shape),
+            (Some(Err(e)), _) => Record::failed("mla_decode", key, IMPL, e.clone()),
+            (None, _) => Record::failed("mla_decode", key, IMPL, "no cache prepared".into()),
+            (_, Err(e)) => Record::failed("mla_decode", key, IMPL, e),
+        }
+    }
+
+    fn attention(&mut self, case: &AttentionCase, work: &AttentionWork, radial: bool) -> Record {
+        let j = usize::from(!radial);
+        // Dense falls back on radial's rate.
+        let rate = self.attention_rates[j].or(self.attention_rates[0]);
+        let budget = &self.budget;
+        let rec = bench_attention(&self.backend, &self.timer, case, work, radial, |flops| {
+            budget.check(rate.map(|r| flops / r / 1e12))
+        });
+        if let Some(ms) = rec.time_ms.filter(|&ms| ms > 0.0) {
+            self.attention_rates[j] = Some(work.flops / (ms * 1e-3) / 1e12);
+        }
+        rec
     }
 }
 
@@ -150,173 +259,6 @@ fn params<const N: usize>(
     items.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
-/// Runs `tessera bench --backend vulkan`.
-pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let suite = vk_suite(&args.suite)?;
-    let wants = |op: &str| args.only.as_ref().is_none_or(|o| op.contains(o.as_str()));
-    let backend = VulkanBackend::new().map_err(|e| format!("no Vulkan device: {e}"))?;
-    let device = backend.device().name.clone();
-    let coopmat = backend.fp8_gemm_uses_cooperative_matrix();
-    let timer = Timer::new(&backend)?;
-    eprintln!("device: {device}");
-    eprintln!(
-        "timestampPeriod {} ns, maxStorageBufferRange {} bytes",
-        timer.period_ns(),
-        backend.features().max_storage_buffer_range
-    );
-    let (ceilings, transfer_gbps) = measure_ceilings(&backend, &timer);
-    eprintln!(
-        "ceilings: copy {} GB/s; {}",
-        ceilings
-            .copy_gbps
-            .map_or("n/a".into(), |v| format!("{v:.0}")),
-        ceilings.matmul_impl
-    );
-    // The suite's attention cases are head_dim 128 with blocks of 64 or 128: one path for all.
-    let attention_path = if backend.attention_uses_cooperative_matrix(64, 128) {
-        "cooperative matrix"
-    } else {
-        "portable"
-    };
-    let gemm_path = if coopmat {
-        "cooperative matrix"
-    } else {
-        "portable"
-    };
-    let mut file = BenchFile {
-        header: Header {
-            tool: "tessera".into(),
-            device,
-            date: utc_now(),
-            commit: commit(),
-            backend: "vulkan".into(),
-            suite: args.suite.clone(),
-            ceilings: ceilings.clone(),
-            notes: vec![
-                format!(
-                    "time: Vulkan timestamp queries (timestampPeriod {} ns) around a batch of n \
-                     dispatches in one command buffer, a global memory barrier after each; time = \
-                     batch / n, median (min) over up to {BATCHES} batches of ~{BATCH_MS} ms after \
-                     a warm-up batch; shapes slower than {SINGLE_S} s: one dispatch",
-                    timer.period_ns()
-                ),
-                "buffers: device-local, filled once with random data via a host staging buffer".into(),
-                format!("fp8_gemm: {gemm_path} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets"),
-                "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
-                format!("attention: {attention_path} path; bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set"),
-                format!(
-                    "copy ceiling: a compute-shader copy of up to 1 GiB (record_copy_words), read + \
-                     write bytes; vkCmdCopyBuffer of the same buffers: {} GB/s",
-                    transfer_gbps.map_or("not measured".into(), |g| format!("{g:.0}"))
-                ),
-                format!("skips: buffers over maxStorageBufferRange; predicted > {MAX_DISPATCH_S} s per dispatch; after {} s of suite", args.budget_s),
-            ],
-        },
-        records: Vec::new(),
-    };
-    let total = if wants("fp8_gemm") {
-        suite.gemm.len()
-    } else {
-        0
-    } + if wants("mla_decode") {
-        suite.mla.len()
-    } else {
-        0
-    } + if wants("attention") {
-        2 * suite.attention.len()
-    } else {
-        0
-    };
-    let save = |file: &BenchFile| {
-        if let Some(path) = &args.json {
-            if let Ok(text) = serde_json::to_string_pretty(file) {
-                let _ = std::fs::write(path, text);
-            }
-        }
-    };
-    let mut progress = Progress {
-        done: 0,
-        total,
-        start: Instant::now(),
-    };
-    let budget = Budget {
-        start: Instant::now(),
-        suite_s: args.budget_s,
-    };
-    if wants("fp8_gemm") {
-        // TFLOPS of the previous shape, to predict the next.
-        let mut rate: Option<f64> = None;
-        for &(m, n, k) in &suite.gemm {
-            progress.show(&format!("fp8_gemm {}", gemm_key(m, n, k)));
-            let op = Fp8Gemm::new(m, n, k);
-            let predicted = rate.map(|r| op.flops() / r / 1e12);
-            let mut rec = match budget.check(predicted) {
-                Ok(()) => bench_gemm(&backend, &timer, m, n, k, gemm_path),
-                Err(e) => failed("fp8_gemm", gemm_key(m, n, k), IMPL, e),
-            };
-            let bytes =
-                (m * k + n * k + 2 * m * n + 4 * (op.a_scales_len() + op.b_scales_len())) as f64;
-            fill_rates(&mut rec, op.flops(), bytes, &ceilings);
-            rate = rec.tflops.or(rate);
-            file.records.push(rec);
-            file.save_to(args.json.as_deref())?;
-            save(&file);
-        }
-    }
-    if wants("mla_decode") {
-        for fp8 in [false, true] {
-            let shapes: Vec<_> = suite.mla.iter().filter(|s| s.4 == fp8).copied().collect();
-            if shapes.is_empty() {
-                continue;
-            }
-            let mut mla = MlaBench::new(&backend, &shapes, fp8);
-            for &(b, s_k, h, s_q, _) in &shapes {
-                progress.show(&format!("mla_decode {}", mla_key(b, s_k, h, s_q, fp8)));
-                let key = mla_key(b, s_k, h, s_q, fp8);
-                let rec = match (&mut mla, budget.check(None)) {
-                    (Ok(mla), Ok(())) => mla.bench(&backend, &timer, b, s_k, h, s_q, &ceilings),
-                    (Err(e), _) => failed("mla_decode", key, IMPL, e.clone()),
-                    (_, Err(e)) => failed("mla_decode", key, IMPL, e),
-                };
-                file.records.push(rec);
-                file.save_to(args.json.as_deref())?;
-                save(&file);
-            }
-        }
-    }
-    if wants("attention") {
-        // (radial, dense) TFLOPS of the previous case (dense falls back on radial's).
-        let mut rates: [Option<f64>; 2] = [None, None];
-        for case in &suite.attention {
-            for (j, radial) in [true, false].into_iter().enumerate() {
-                progress.show(&format!(
-                    "attention {} {}",
-                    case.key(),
-                    if radial { "radial" } else { "dense" }
-                ));
-                let rec = bench_attention(&backend, &timer, case, radial, &ceilings, |flops| {
-                    budget.check(rates[j].or(rates[0]).map(|r| flops / r / 1e12))
-                });
-                rates[j] = rec.tflops.or(rates[j]);
-                file.records.push(rec);
-                file.save_to(args.json.as_deref())?;
-                save(&file);
-            }
-        }
-    }
-    progress.finish();
-    print_summary(&file);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&file)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    let errors = file.records.iter().filter(|r| r.error.is_some()).count();
-    if errors > 0 {
-        eprintln!("{errors} measurements failed or were skipped (see their `error`)");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// The copy ceiling: a device-local copy of up to 1 GiB (read + write bytes) by a compute shader
 /// (`record_copy_words`, what shaders can stream); also returns `vkCmdCopyBuffer`'s rate on the
 /// same buffers, for the notes. There is no dense matmul to compare with on Vulkan.
@@ -372,12 +314,11 @@ fn bench_gemm(
         fits(backend, "b", n * k)?;
         fits(backend, "a", m * k)?;
         fits(backend, "d", 2 * m * n)?;
-        let set_bytes = m * k + n * k + 2 * m * n;
-        let sets = ROTATE_BYTES.div_ceil(set_bytes).clamp(1, 16);
-        let mut rng = Rng(11);
-        let codes: Vec<u8> = (0..1 << 22).map(|_| rng.e4m3()).collect();
-        let scales: Vec<u8> = (0..4096)
-            .flat_map(|_| 2f32.powf(rng.uniform(-8.0, -6.0)).to_le_bytes())
+        let sets = gemm_sets(&op);
+        let codes = data::gemm_codes();
+        let scales: Vec<u8> = data::gemm_scales()
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
             .collect();
         let nan = bf16::NAN.to_bits().to_le_bytes();
         let mut bufs = Vec::with_capacity(sets);
@@ -432,109 +373,47 @@ fn bench_gemm(
             ..Default::default()
         })
     };
-    inner().unwrap_or_else(|e| failed("fp8_gemm", key.clone(), IMPL, e))
+    inner().unwrap_or_else(|e| Record::failed("fp8_gemm", key.clone(), IMPL, e))
 }
 
-/// One paged cache per format for the largest shapes that fit one storage buffer, filled with
-/// valid records (finite values, FP8 scales 2^-6).
+/// One paged cache for one format, for the largest shapes that fit one storage buffer, filled
+/// with valid records ([`data::mla_cache_pattern`]).
 struct MlaBench {
-    layout: MlaCacheLayout,
     cache: Buffer,
     pages: usize,
 }
 
 impl MlaBench {
-    fn new(
-        backend: &VulkanBackend,
-        shapes: &[(usize, usize, usize, usize, bool)],
-        fp8: bool,
-    ) -> Res<Self> {
-        let layout = MlaCacheLayout {
-            format: if fp8 {
-                MlaCacheFormat::Fp8
-            } else {
-                MlaCacheFormat::Bf16
-            },
-            ..MlaCacheLayout::default()
-        };
+    fn new(backend: &VulkanBackend, shapes: &[MlaShape]) -> Res<Self> {
+        let layout = shapes.first().ok_or("no shapes")?.layout();
         let max_pages = backend.features().max_storage_buffer_range as usize / layout.page_bytes();
         let pages = shapes
             .iter()
-            .map(|s| s.0 * s.1.div_ceil(layout.page_size))
+            .map(MlaShape::pages)
             .filter(|&p| p <= max_pages)
             .max()
             .ok_or("skipped: no shape's cache fits maxStorageBufferRange")?;
-        let tb = layout.token_bytes();
-        let mut rng = Rng(21);
-        let mut pattern = vec![0u8; 256 * layout.page_bytes()];
-        for rec in pattern.chunks_exact_mut(tb) {
-            match layout.format {
-                MlaCacheFormat::Bf16 => {
-                    for v in rec.chunks_exact_mut(2) {
-                        v.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
-                    }
-                }
-                MlaCacheFormat::Fp8 => {
-                    let (latent, rest) = rec.split_at_mut(layout.latent_dim);
-                    latent.iter_mut().for_each(|b| *b = rng.e4m3());
-                    let (sc, rope) = rest.split_at_mut(4 * layout.fp8_groups());
-                    for s in sc.chunks_exact_mut(4) {
-                        s.copy_from_slice(&(1.0f32 / 64.0).to_le_bytes());
-                    }
-                    for v in rope.chunks_exact_mut(2) {
-                        v.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
-                    }
-                }
-            }
-        }
+        let pattern = data::mla_cache_pattern(&layout);
         let cache = device_buffer(backend, pages * layout.page_bytes(), &pattern)?;
-        Ok(Self {
-            layout,
-            cache,
-            pages,
-        })
+        Ok(Self { cache, pages })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn bench(
-        &mut self,
-        backend: &VulkanBackend,
-        timer: &Timer,
-        b: usize,
-        s_k: usize,
-        h: usize,
-        s_q: usize,
-        ceilings: &Ceilings,
-    ) -> Record {
-        let fp8 = self.layout.format == MlaCacheFormat::Fp8;
-        let key = mla_key(b, s_k, h, s_q, fp8);
-        let layout = self.layout;
-        let max_pages = s_k.div_ceil(layout.page_size);
-        let op = MlaDecode {
-            batch: b,
-            s_q,
-            heads: h,
-            max_pages,
-            softmax_scale: 192f32.powf(-0.5),
-            layout,
-        };
+    fn bench(&mut self, backend: &VulkanBackend, timer: &Timer, shape: &MlaShape) -> Record {
+        let key = shape.key();
+        let layout = shape.layout();
+        let op = shape.op();
         let inner = || -> Res<Record> {
-            let used = b * max_pages;
+            let used = shape.pages();
             fits(backend, "cache", used * layout.page_bytes())?;
             if used > self.pages {
                 return Err("cache too small".into());
             }
-            let mut rng = Rng(31 + b as u64);
-            let mut table: Vec<i32> = (0..used as i32).collect();
-            for i in (1..table.len()).rev() {
-                table.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-            }
+            let table = data::block_table(31 + shape.batch as u64, used);
             let ctx = backend.context();
             let table = Buffer::from_bytes(ctx, &i32_bytes(&table)).map_err(|e| e.to_string())?;
-            let lens = Buffer::from_bytes(ctx, &i32_bytes(&vec![s_k as i32; b]))
+            let lens = Buffer::from_bytes(ctx, &i32_bytes(&vec![shape.s_k as i32; shape.batch]))
                 .map_err(|e| e.to_string())?;
-            let q_pattern: Vec<u8> = rng
-                .bf16s(1 << 16, 1.0)
+            let q_pattern: Vec<u8> = data::bf16s(32, 1 << 16, 1.0)
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
@@ -578,11 +457,11 @@ impl MlaBench {
                 shape: key.clone(),
                 implementation: IMPL.into(),
                 params: params([
-                    ("b", json!(b)),
-                    ("s_k", json!(s_k)),
-                    ("h_q", json!(h)),
-                    ("s_q", json!(s_q)),
-                    ("cache", json!(if fp8 { "fp8" } else { "bf16" })),
+                    ("b", json!(shape.batch)),
+                    ("s_k", json!(shape.s_k)),
+                    ("h_q", json!(shape.heads)),
+                    ("s_q", json!(shape.s_q)),
+                    ("cache", json!(if shape.fp8 { "fp8" } else { "bf16" })),
                     ("workspace_bytes", json!(ws_bytes)),
                     ("dispatches_per_batch", json!(per_batch)),
                 ]),
@@ -592,12 +471,7 @@ impl MlaBench {
                 ..Default::default()
             })
         };
-        let mut rec = inner().unwrap_or_else(|e| failed("mla_decode", key.clone(), IMPL, e));
-        let flops = 2.0 * (b * s_q * h * s_k) as f64 * (layout.qk_dim() + layout.latent_dim) as f64;
-        let bytes =
-            (b * s_k * layout.token_bytes()) as f64 + 2.0 * (op.q_len() + op.o_len()) as f64;
-        fill_rates(&mut rec, flops, bytes, ceilings);
-        rec
+        inner().unwrap_or_else(|e| Record::failed("mla_decode", key.clone(), IMPL, e))
     }
 }
 
@@ -610,8 +484,8 @@ fn bench_attention(
     backend: &VulkanBackend,
     timer: &Timer,
     case: &AttentionCase,
+    work: &AttentionWork,
     radial: bool,
-    ceilings: &Ceilings,
     check: impl FnOnce(f64) -> Res<()>,
 ) -> Record {
     let name = if radial {
@@ -620,22 +494,12 @@ fn bench_attention(
         "tessera-vulkan dense"
     };
     let key = case.key();
-    let head_dim = 128;
-    let inner = || -> Res<(Record, f64, f64)> {
-        let tokens = case.config.tokens();
-        let mask = if radial {
-            case.config.build().map_err(|e| e.to_string())?
-        } else {
-            BlockMask::dense(tokens, 128).map_err(|e| e.to_string())?
-        };
-        let op = SparseAttention::new(1, tokens, case.heads, head_dim, DType::BF16);
-        let flops = op.flops(&mask);
-        check(flops)?;
+    let op = &work.op;
+    let inner = || -> Res<Record> {
+        check(work.flops)?;
         fits(backend, "q", 2 * op.qkv_len())?;
-        let dmask = VulkanBlockMask::new(backend, &mask).map_err(|e| e.to_string())?;
-        let mut rng = Rng(41);
-        let pattern: Vec<u8> = rng
-            .bf16s(1 << 20, 2.0)
+        let dmask = VulkanBlockMask::new(backend, &work.mask).map_err(|e| e.to_string())?;
+        let pattern: Vec<u8> = data::bf16s(41, 1 << 20, 2.0)
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
@@ -655,7 +519,7 @@ fn bench_attention(
             unsafe {
                 backend.record_sparse_attention(
                     cmd,
-                    &op,
+                    op,
                     &dmask,
                     range(&q),
                     range(&k),
@@ -673,33 +537,25 @@ fn bench_attention(
         {
             return Err("non-finite lse in the timed output".into());
         }
-        let bytes = 4.0 * 2.0 * op.qkv_len() as f64;
-        let rec = Record {
+        Ok(Record {
             op: "attention".into(),
             shape: key.clone(),
             implementation: name.into(),
             params: params([
                 ("model", json!(case.model)),
                 ("frames", json!(case.frames)),
-                ("tokens", json!(tokens)),
+                ("tokens", json!(op.tokens)),
                 ("heads", json!(case.heads)),
-                ("head_dim", json!(head_dim)),
-                ("density", json!(mask.density())),
-                ("nnz", json!(mask.nnz())),
+                ("head_dim", json!(op.head_dim)),
+                ("density", json!(work.mask.density())),
+                ("nnz", json!(work.mask.nnz())),
                 ("dispatches_per_batch", json!(per_batch)),
             ]),
             time_ms: Some(median),
             min_ms: Some(min),
             reps,
             ..Default::default()
-        };
-        Ok((rec, flops, bytes))
+        })
     };
-    match inner() {
-        Ok((mut rec, flops, bytes)) => {
-            fill_rates(&mut rec, flops, bytes, ceilings);
-            rec
-        }
-        Err(e) => failed("attention", key, name, e),
-    }
+    inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
 }

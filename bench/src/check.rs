@@ -1,8 +1,8 @@
 //! `tessera check`: every op on a backend at small random shapes, against the reference.
 
 use std::process::ExitCode;
-use tessera::check::{standard_cases, CheckOutcome};
 use tessera::BackendKind;
+use tessera_testing::check::{standard_cases, CheckOutcome};
 
 /// Arguments of `tessera check`.
 #[derive(clap::Args, Debug)]

@@ -1,12 +1,16 @@
 //! The `tessera` command: `info`, `check`, `mask`, `bench`, `report`, `tune`.
 
-mod bench;
+mod bench_cuda;
 mod bench_vk;
+mod cases;
 mod check;
+mod executor;
 mod info;
+mod logger;
 mod mask;
 mod plot;
 mod report;
+mod run;
 mod schema;
 mod tune;
 mod vk_timing;
@@ -32,7 +36,7 @@ enum Command {
     /// Build a radial attention mask and print its blocks, density and O(n log n) comparison.
     Mask(mask::MaskArgs),
     /// Time the standard shapes on a backend (with the ceilings measured in the same run).
-    Bench(bench::BenchArgs),
+    Bench(run::BenchArgs),
     /// Join Tessera's and the peers' bench JSON into a Markdown table and PNG plots.
     Report(report::ReportArgs),
     /// Time every CUDA kernel candidate at the standard shapes and keep the fastest per shape
@@ -41,12 +45,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    logger::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info::run(),
         Command::Check(args) => check::run(&args),
         Command::Mask(args) => mask::run(&args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => run::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Tune(args) => tune::run(&args),
     };

@@ -673,7 +673,7 @@ fn facts_section(md: &mut String, peers: Option<&BenchFile>) -> std::fmt::Result
         )
     };
     for (m, n, k, tw, blk) in FACTS_GEMM {
-        let s = crate::bench::gemm_key(m, n, k);
+        let s = crate::cases::gemm_key(m, n, k);
         let mut peer = |name: &str, facts: f64| {
             line(
                 "fp8_gemm",

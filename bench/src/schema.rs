@@ -81,6 +81,19 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+impl Record {
+    /// A measurement that failed or was skipped: no time, `error` says why.
+    pub fn failed(op: &str, shape: String, implementation: &str, error: String) -> Self {
+        Record {
+            op: op.into(),
+            shape,
+            implementation: implementation.into(),
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+}
+
 impl BenchFile {
     /// Reads a file.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {

@@ -7,11 +7,9 @@ use std::time::Instant;
 
 use tessera::cuda::plan::TuneOutcome;
 use tessera::cuda::CudaBackend;
-use tessera::{
-    BlockMask, DType, Fp8Gemm, MlaCacheFormat, MlaCacheLayout, MlaDecode, SparseAttention,
-};
+use tessera::{BlockMask, DType, Fp8Gemm, SparseAttention};
 
-use crate::bench::{gemm_key, mla_key, suite};
+use crate::cases::{gemm_key, Suite};
 
 /// Arguments of `tessera tune`.
 #[derive(clap::Args, Debug)]
@@ -37,7 +35,7 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             return Err(format!("--op: expected gemm, attention, mla or all, got {other}").into())
         }
     };
-    let suite = suite(&args.suite)?;
+    let suite = Suite::named(&args.suite, "cuda")?;
     let backend = CudaBackend::new()?;
     eprintln!(
         "tuning on {} ({})",
@@ -75,25 +73,11 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     if ops.contains(&"mla") {
-        for &(b, s_k, h, s_q, fp8) in &suite.mla {
-            let layout = MlaCacheLayout {
-                format: if fp8 {
-                    MlaCacheFormat::Fp8
-                } else {
-                    MlaCacheFormat::Bf16
-                },
-                ..MlaCacheLayout::default()
-            };
-            let op = MlaDecode {
-                batch: b,
-                s_q,
-                heads: h,
-                max_pages: s_k.div_ceil(layout.page_size),
-                softmax_scale: 192f32.powf(-0.5),
-                layout,
-            };
+        for shape in &suite.mla {
+            let op = shape.op();
+            let s_k = shape.s_k;
             jobs.push((
-                format!("mla_decode {}", mla_key(b, s_k, h, s_q, fp8)),
+                format!("mla_decode {}", shape.key()),
                 Box::new(move || be.tune_mla_decode(&op, s_k)),
             ));
         }

@@ -16,13 +16,14 @@ pub mod radial;
 pub mod tensor;
 
 pub use backend::{Backend, DeviceFeatures, DeviceInfo};
-pub use error::{BackendKind, Error, Result};
+pub use error::{BackendKind, DriverCode, Error, Result};
 pub use fp8::{E4M3, E5M2};
 pub use half::{bf16, f16};
-pub use mask::{BlockMask, RadialMaskConfig};
+pub use mask::BlockMask;
 pub use ops::attention::{AttentionOutput, SparseAttention};
 pub use ops::fp8::{Fp8Gemm, Fp8Granularity, Fp8Quantize, Fp8Quantized, GemmGrouping, ScaleRule};
 pub use ops::mla::{
     MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
 };
+pub use radial::RadialMaskConfig;
 pub use tensor::{DType, Tensor, TensorRef};

@@ -1,4 +1,5 @@
-//! Block-sparse attention masks in BSR form, and the radial mask generator.
+//! Block-sparse attention masks in BSR form. The radial mask generator, which builds them, is
+//! [`crate::radial`].
 //!
 //! A [`BlockMask`] covers a square grid of `num_blocks x num_blocks` blocks of
 //! `block_size x block_size` tokens, with `num_blocks = ceil(tokens / block_size)`. Block row `r`
@@ -42,11 +43,11 @@ impl BlockMask {
             return Err(Error::invalid(OP, "tokens", "at least one token", "0"));
         }
         let nb = tokens.div_ceil(block_size);
-        if indptr.len() != nb + 1 {
+        if indptr.len().checked_sub(1) != Some(nb) {
             return Err(Error::invalid(
                 OP,
                 "indptr",
-                format!("num_blocks + 1 = {} entries", nb + 1),
+                format!("num_blocks + 1 = {nb} + 1 entries"),
                 format!("{} entries", indptr.len()),
             ));
         }
@@ -65,6 +66,14 @@ impl BlockMask {
                     OP,
                     format!("indptr[{}]", r + 1),
                     format!("non-decreasing (>= {s})"),
+                    e.to_string(),
+                ));
+            }
+            if e > indices.len() {
+                return Err(Error::invalid(
+                    OP,
+                    format!("indptr[{}]", r + 1),
+                    format!("at most indices.len() = {}", indices.len()),
                     e.to_string(),
                 ));
             }
@@ -96,11 +105,31 @@ impl BlockMask {
         })
     }
 
-    /// The fully dense mask (every block on): plain attention.
+    /// The fully dense mask (every block on): plain attention. The `num_blocks^2` blocks must
+    /// fit the u32 column indices ([`Error::InvalidArgument`] otherwise); memory that cannot be
+    /// had is [`Error::OutOfMemory`].
     pub fn dense(tokens: usize, block_size: usize) -> Result<Self> {
-        let nb = tokens.div_ceil(block_size.max(1));
-        let bitmap = vec![true; nb * nb];
-        Self::from_dense_bitmap(tokens, block_size, &bitmap)
+        if block_size == 0 {
+            return Err(Error::invalid(
+                OP,
+                "block_size",
+                "a positive block size",
+                "0",
+            ));
+        }
+        if tokens == 0 {
+            return Err(Error::invalid(OP, "tokens", "at least one token", "0"));
+        }
+        let nb = tokens.div_ceil(block_size);
+        let nnz = blocks_on_grid(nb)?;
+        let mut indices = try_vec::<u32>(nnz, "the dense mask's column indices")?;
+        let mut indptr = try_vec::<u32>(nb + 1, "the dense mask's row pointers")?;
+        indptr.push(0);
+        for _ in 0..nb {
+            indices.extend(0..nb as u32);
+            indptr.push(indices.len() as u32);
+        }
+        Self::from_bsr(tokens, block_size, indptr, indices)
     }
 
     /// Builds a mask from a row-major `num_blocks x num_blocks` bitmap.
@@ -114,14 +143,16 @@ impl BlockMask {
             ));
         }
         let nb = tokens.div_ceil(block_size);
-        if bitmap.len() != nb * nb {
+        let cells = nb.checked_mul(nb);
+        if cells != Some(bitmap.len()) {
             return Err(Error::invalid(
                 OP,
                 "bitmap",
-                format!("num_blocks^2 = {} entries", nb * nb),
+                format!("num_blocks^2 = {nb}^2 entries"),
                 format!("{} entries", bitmap.len()),
             ));
         }
+        blocks_on_grid(nb)?;
         let mut indptr = Vec::with_capacity(nb + 1);
         let mut indices = Vec::new();
         indptr.push(0u32);
@@ -209,82 +240,35 @@ impl BlockMask {
     }
 }
 
-/// The parameters of the radial attention mask (FACTS.md §1; Radial Attention, 2025).
-///
-/// Tokens are frame-major: `frames * tokens_per_frame` video tokens, then `extra_tokens` (text)
-/// that attend and are attended densely.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RadialMaskConfig {
-    /// Number of (latent) frames F, at least 1.
-    pub frames: usize,
-    /// Tokens per frame T, at least 1.
-    pub tokens_per_frame: usize,
-    /// Extra dense tokens E after the video tokens (e.g. text), possibly 0.
-    pub extra_tokens: usize,
-    /// Block size B: 64 or 128.
-    pub block_size: usize,
-    /// Decay factor δ > 0 (finite): window width multiplier for distant frames.
-    pub decay: f64,
-    /// Whether frame 0 is an attention sink (every query frame attends all of key frame 0).
-    pub sink: bool,
+/// Checks that a grid of `nb x nb` blocks (all on) fits the u32 BSR arrays, and returns the
+/// block count.
+fn blocks_on_grid(nb: usize) -> Result<usize> {
+    nb.checked_mul(nb)
+        .filter(|&n| n <= u32::MAX as usize)
+        .ok_or_else(|| {
+            Error::invalid(
+                OP,
+                "tokens",
+                format!(
+                    "at most {} blocks per side (num_blocks^2 must fit the u32 indices)",
+                    u32::MAX.isqrt()
+                ),
+                format!("{nb} blocks per side"),
+            )
+        })
 }
 
-impl RadialMaskConfig {
-    /// Total tokens S = F·T + E.
-    pub fn tokens(&self) -> usize {
-        self.frames * self.tokens_per_frame + self.extra_tokens
-    }
-
-    /// Video tokens V = F·T.
-    pub fn video_tokens(&self) -> usize {
-        self.frames * self.tokens_per_frame
-    }
-
-    /// Checks the parameters.
-    pub fn validate(&self) -> Result<()> {
-        const OP: &str = "radial_mask";
-        if self.frames == 0 {
-            return Err(Error::invalid(OP, "frames", "at least 1", "0"));
-        }
-        if self.tokens_per_frame == 0 {
-            return Err(Error::invalid(OP, "tokens_per_frame", "at least 1", "0"));
-        }
-        if self.block_size != 64 && self.block_size != 128 {
-            return Err(Error::invalid(
-                OP,
-                "block_size",
-                "64 or 128",
-                self.block_size.to_string(),
-            ));
-        }
-        if !(self.decay.is_finite() && self.decay > 0.0) {
-            return Err(Error::invalid(
-                OP,
-                "decay",
-                "a finite number > 0",
-                self.decay.to_string(),
-            ));
-        }
-        if self
-            .frames
-            .checked_mul(self.tokens_per_frame)
-            .and_then(|v| v.checked_add(self.extra_tokens))
-            .is_none_or(|s| s > u32::MAX as usize / 2)
-        {
-            return Err(Error::invalid(
-                OP,
-                "frames * tokens_per_frame + extra_tokens",
-                "at most 2^31 tokens",
-                "an overflowing count",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Builds the mask: see [`crate::radial::build_radial_mask`].
-    pub fn build(&self) -> Result<BlockMask> {
-        crate::radial::build_radial_mask(self)
-    }
+/// An empty vector with room for `len` elements, or [`Error::OutOfMemory`] (host memory)
+/// instead of aborting when the allocation fails.
+pub(crate) fn try_vec<T>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        backend: crate::error::BackendKind::Cpu,
+        requested_bytes: len.checked_mul(std::mem::size_of::<T>()).map(|b| b as u64),
+        code: None,
+        message: format!("host memory for {what} ({len} elements)"),
+    })?;
+    Ok(v)
 }
 
 #[cfg(test)]

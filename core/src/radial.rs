@@ -64,9 +64,88 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::mask::{BlockMask, RadialMaskConfig};
+use crate::mask::BlockMask;
 
 const OP: &str = "radial_mask";
+
+/// The parameters of the radial attention mask (FACTS.md §1; Radial Attention, 2025).
+///
+/// Tokens are frame-major: `frames * tokens_per_frame` video tokens, then `extra_tokens` (text)
+/// that attend and are attended densely.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RadialMaskConfig {
+    /// Number of (latent) frames F, at least 1.
+    pub frames: usize,
+    /// Tokens per frame T, at least 1.
+    pub tokens_per_frame: usize,
+    /// Extra dense tokens E after the video tokens (e.g. text), possibly 0.
+    pub extra_tokens: usize,
+    /// Block size B: 64 or 128.
+    pub block_size: usize,
+    /// Decay factor δ > 0 (finite): window width multiplier for distant frames.
+    pub decay: f64,
+    /// Whether frame 0 is an attention sink (every query frame attends all of key frame 0).
+    pub sink: bool,
+}
+
+impl RadialMaskConfig {
+    /// Total tokens S = F·T + E (saturating at `usize::MAX` for a configuration that fails
+    /// [`Self::validate`]).
+    pub fn tokens(&self) -> usize {
+        self.video_tokens().saturating_add(self.extra_tokens)
+    }
+
+    /// Video tokens V = F·T (saturating like [`Self::tokens`]).
+    pub fn video_tokens(&self) -> usize {
+        self.frames.saturating_mul(self.tokens_per_frame)
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "radial_mask";
+        if self.frames == 0 {
+            return Err(Error::invalid(OP, "frames", "at least 1", "0"));
+        }
+        if self.tokens_per_frame == 0 {
+            return Err(Error::invalid(OP, "tokens_per_frame", "at least 1", "0"));
+        }
+        if self.block_size != 64 && self.block_size != 128 {
+            return Err(Error::invalid(
+                OP,
+                "block_size",
+                "64 or 128",
+                self.block_size.to_string(),
+            ));
+        }
+        if !(self.decay.is_finite() && self.decay > 0.0) {
+            return Err(Error::invalid(
+                OP,
+                "decay",
+                "a finite number > 0",
+                self.decay.to_string(),
+            ));
+        }
+        if self
+            .frames
+            .checked_mul(self.tokens_per_frame)
+            .and_then(|v| v.checked_add(self.extra_tokens))
+            .is_none_or(|s| s > u32::MAX as usize / 2)
+        {
+            return Err(Error::invalid(
+                OP,
+                "frames * tokens_per_frame + extra_tokens",
+                "at most 2^31 tokens",
+                "an overflowing count",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the mask: see [`build_radial_mask`].
+    pub fn build(&self) -> Result<BlockMask> {
+        build_radial_mask(self)
+    }
+}
 
 /// The nominal width `λ` below which far frames are decimated. The published generator
 /// hard-codes 128 whatever the block size.
@@ -195,8 +274,11 @@ pub fn nlogn_reference(config: &RadialMaskConfig) -> f64 {
 /// Blocks on in the video x video part of `mask` (block rows and columns below `floor(V / B)`,
 /// i.e. excluding the dense extra-token and tail blocks): the count that
 /// [`nlogn_reference`] describes.
+/// A configuration with block size 0 (invalid) has no video blocks.
 pub fn video_block_count(mask: &BlockMask, config: &RadialMaskConfig) -> usize {
-    let border = config.video_tokens() / config.block_size;
+    let Some(border) = config.video_tokens().checked_div(config.block_size) else {
+        return 0;
+    };
     (0..border.min(mask.num_blocks()))
         .map(|r| mask.row(r).partition_point(|&c| (c as usize) < border))
         .sum()
@@ -249,7 +331,10 @@ pub fn build_radial_mask(config: &RadialMaskConfig) -> Result<BlockMask> {
     let video_blocks = video.into_sorted();
 
     let mut indptr = Vec::with_capacity(num_blocks + 1);
-    let mut indices: Vec<u32> = Vec::with_capacity(video_blocks.len() + dense_tail as usize);
+    let mut indices: Vec<u32> = crate::mask::try_vec(
+        video_blocks.len() + dense_tail as usize,
+        "the radial mask's column indices",
+    )?;
     indptr.push(0u32);
     let mut next = 0;
     for row in 0..num_blocks as u32 {

@@ -182,12 +182,38 @@ impl KernelVariant {
     }
 }
 
-fn nvrtc_error(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Device {
-        backend: BackendKind::Cuda,
-        message: format!("NVRTC {what}: {e:?}"),
+fn nvrtc_error(what: &str, e: impl NvrtcStatus) -> Error {
+    match e.nvrtc_code() {
+        Some(code) => Error::from_driver(
+            BackendKind::Cuda,
+            tessera_core::DriverCode::Nvrtc(code),
+            format!("NVRTC {what}: {e:?}"),
+            None,
+        ),
+        None => Error::Device {
+            backend: BackendKind::Cuda,
+            message: format!("NVRTC {what}: {e:?}"),
+        },
     }
 }
+
+/// What [`nvrtc_error`] is given: an NVRTC error (whose `nvrtcResult` it keeps) or a plain
+/// description.
+trait NvrtcStatus: std::fmt::Debug {
+    fn nvrtc_code(&self) -> Option<i32> {
+        None
+    }
+}
+
+impl NvrtcStatus for cudarc::nvrtc::result::NvrtcError {
+    fn nvrtc_code(&self) -> Option<i32> {
+        Some(self.0 as i32)
+    }
+}
+
+impl NvrtcStatus for &str {}
+
+impl NvrtcStatus for std::ffi::NulError {}
 
 /// NVRTC's version. The caller must have checked that NVRTC is present (see `crate::probe`),
 /// since the loader behind it panics otherwise.
@@ -281,7 +307,11 @@ pub fn cached_cubin_in(
             let _ = std::fs::create_dir_all(dir);
         }
         // Write to a temporary name and rename, so that a concurrent reader never sees half a file.
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        // The name is unique per process and call, so that two threads (two backends of one
+        // process) writing the same variant at once never write into one temporary file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = p.with_extension(format!("tmp{}-{write}", std::process::id()));
         if std::fs::write(&tmp, &cubin).is_ok() {
             let _ = std::fs::rename(&tmp, p);
         }

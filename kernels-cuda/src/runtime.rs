@@ -4,14 +4,17 @@
 use crate::plan::{ArchSpec, FunctionCache, PlanCache};
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use std::sync::Arc;
-use tessera_core::{BackendKind, Error, Result};
+use tessera_core::{BackendKind, DriverCode, Error, Result};
 
-/// Maps a driver error to Tessera's error type.
+/// Maps a driver error to Tessera's error type, keeping the `CUresult`:
+/// [`Error::OutOfMemory`] for `CUDA_ERROR_OUT_OF_MEMORY`, [`Error::Driver`] otherwise.
 pub(crate) fn driver_error(what: &str, e: DriverError) -> Error {
-    Error::Device {
-        backend: BackendKind::Cuda,
-        message: format!("{what}: {e}"),
-    }
+    Error::from_driver(
+        BackendKind::Cuda,
+        DriverCode::Cuda(e.0 as i32),
+        format!("{what}: {e}"),
+        None,
+    )
 }
 
 /// The environment variable that makes the first use of each shape class time every candidate

@@ -12,12 +12,53 @@
 use crate::vk_error;
 use ash::vk;
 use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tessera_core::{BackendKind, Error, Result};
 
 /// The environment variable that picks the Vulkan device: an index (`0`, `1`, ... in the
 /// loader's order) or a case-insensitive substring of the device name (`llvmpipe`, `H200`).
 pub const DEVICE_ENV: &str = "TESSERA_VULKAN_DEVICE";
+
+/// The backend's settings, read once when a context is opened ([`VulkanSettings::from_env`],
+/// or given to [`VulkanContext::with_settings`]) and never again: changing the environment
+/// afterwards does not change an open backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VulkanSettings {
+    /// The device to open: an index in the loader's order or a case-insensitive substring of
+    /// the name ([`DEVICE_ENV`]); `None`: the best usable device.
+    pub device: Option<String>,
+    /// Keep to the portable shaders even where cooperative matrices are available
+    /// ([`crate::ops::PORTABLE_ENV`] = `1`).
+    pub portable: bool,
+    /// Build pipelines from `<dir>/<name>.spv` where such a file exists, instead of the
+    /// embedded SPIR-V ([`crate::pipeline::SPIRV_DIR_ENV`]; a development aid, each use logged).
+    pub spirv_dir: Option<std::path::PathBuf>,
+}
+
+impl VulkanSettings {
+    /// The settings from `TESSERA_VULKAN_DEVICE`, `TESSERA_VULKAN_PORTABLE` (`1` to set) and
+    /// `TESSERA_VULKAN_SPIRV_DIR` (empty values count as unset).
+    pub fn from_env() -> Self {
+        let non_empty = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string_lossy().trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Self {
+            device: non_empty(DEVICE_ENV),
+            portable: non_empty(crate::ops::PORTABLE_ENV).is_some_and(|v| v == "1"),
+            spirv_dir: std::env::var_os(crate::pipeline::SPIRV_DIR_ENV)
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from),
+        }
+    }
+}
+
+/// How many times this process has tried to open a Vulkan context (diagnostics: device
+/// discovery must open the device once, not once per question).
+static OPEN_ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
 
 /// The type of a matrix element in a cooperative-matrix shape (`VkComponentTypeKHR`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -156,6 +197,15 @@ pub struct VulkanFeatures {
     pub cooperative_matrix_shapes: Vec<CooperativeMatrixShape>,
     /// `VK_NV_cooperative_matrix2` is present (not enabled yet).
     pub cooperative_matrix2_nv: bool,
+    /// `maxMemoryAllocationSize` (Vulkan 1.1) in bytes: drivers may refuse larger allocations
+    /// (then [`tessera_core::Error::OutOfMemory`] with the `VkResult`).
+    pub max_memory_allocation_size: u64,
+    /// `maxBufferSize` (Vulkan 1.3) in bytes, where reported: larger buffers are refused with
+    /// [`tessera_core::Error::OutOfMemory`] before the driver is asked (Vulkan forbids them).
+    pub max_buffer_size: Option<u64>,
+    /// The size of the largest memory heap in bytes: no allocation can exceed it (larger ones
+    /// are refused with [`tessera_core::Error::OutOfMemory`] before the driver is asked).
+    pub largest_heap_bytes: u64,
 }
 
 impl VulkanFeatures {
@@ -357,6 +407,16 @@ unsafe fn inspect(
         cooperative_matrix: false,
         cooperative_matrix_shapes: Vec::new(),
         cooperative_matrix2_nv: extensions.iter().any(|e| e == "VK_NV_cooperative_matrix2"),
+        max_memory_allocation_size: u64::MAX,
+        max_buffer_size: None,
+        largest_heap_bytes: {
+            let memory = instance.get_physical_device_memory_properties(physical);
+            memory.memory_heaps[..memory.memory_heap_count as usize]
+                .iter()
+                .map(|h| h.size)
+                .max()
+                .unwrap_or(0)
+        },
     };
     let mut optional = Optional::default();
     let rank = device_type_rank(props.device_type);
@@ -378,8 +438,15 @@ unsafe fn inspect(
     let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
     let mut size_control = vk::PhysicalDeviceSubgroupSizeControlProperties::default();
     let mut driver = vk::PhysicalDeviceDriverProperties::default();
+    let mut maintenance3 = vk::PhysicalDeviceMaintenance3Properties::default();
+    let mut maintenance4 = vk::PhysicalDeviceMaintenance4Properties::default();
     {
-        let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
+        let mut props2 = vk::PhysicalDeviceProperties2::default()
+            .push_next(&mut subgroup)
+            .push_next(&mut maintenance3);
+        if v13 {
+            props2 = props2.push_next(&mut maintenance4);
+        }
         if has_size_control {
             props2 = props2.push_next(&mut size_control);
         }
@@ -387,6 +454,10 @@ unsafe fn inspect(
             props2 = props2.push_next(&mut driver);
         }
         instance.get_physical_device_properties2(physical, &mut props2);
+    }
+    features.max_memory_allocation_size = maintenance3.max_memory_allocation_size;
+    if v13 {
+        features.max_buffer_size = Some(maintenance4.max_buffer_size);
     }
     features.subgroup_size = subgroup.subgroup_size;
     features.min_subgroup_size = subgroup.subgroup_size;
@@ -492,8 +563,9 @@ unsafe fn inspect(
     })
 }
 
-/// Picks the device: the one `TESSERA_VULKAN_DEVICE` names, else the best usable one.
-fn choose(candidates: &[Candidate]) -> Result<&Candidate> {
+/// Picks the device: the one `wanted` (`TESSERA_VULKAN_DEVICE`) names, else the best usable
+/// one.
+fn choose<'a>(candidates: &'a [Candidate], wanted: Option<&str>) -> Result<&'a Candidate> {
     let list = || {
         candidates
             .iter()
@@ -501,7 +573,7 @@ fn choose(candidates: &[Candidate]) -> Result<&Candidate> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if let Ok(wanted) = std::env::var(DEVICE_ENV) {
+    if let Some(wanted) = wanted {
         let wanted = wanted.trim();
         let found = match wanted.parse::<usize>() {
             Ok(i) => candidates.iter().find(|c| c.index == i),
@@ -557,6 +629,7 @@ pub struct VulkanContext {
     memory: vk::PhysicalDeviceMemoryProperties,
     features: VulkanFeatures,
     index: usize,
+    settings: VulkanSettings,
 }
 
 impl std::fmt::Debug for VulkanContext {
@@ -573,8 +646,15 @@ impl VulkanContext {
     /// Loads the Vulkan loader, creates an instance, chooses a device (see the module
     /// documentation) and opens it with one compute queue. Never panics: no loader, no device or
     /// no usable device is [`Error::BackendUnavailable`] with the reason; a failing call is
-    /// [`Error::Device`].
+    /// [`Error::Driver`] (with the `VkResult`). Settings come from the environment
+    /// ([`VulkanSettings::from_env`]), read now.
     pub fn new() -> Result<Self> {
+        Self::with_settings(VulkanSettings::from_env())
+    }
+
+    /// [`VulkanContext::new`] with explicit settings (the environment is not read).
+    pub fn with_settings(settings: VulkanSettings) -> Result<Self> {
+        OPEN_ATTEMPTS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `Entry::load` dlopens the system's Vulkan loader (libvulkan.so.1) and reads its
         // entry points; the loader is built to be loaded this way.
         let entry = unsafe { ash::Entry::load() }.map_err(|e| {
@@ -606,12 +686,12 @@ impl VulkanContext {
         })?;
         // From here on the instance must be destroyed on every error path.
         // SAFETY: `instance` is live and destroyed only here, when opening fails.
-        Self::open(entry.clone(), instance.clone()).inspect_err(|_| unsafe {
+        Self::open(entry.clone(), instance.clone(), settings).inspect_err(|_| unsafe {
             instance.destroy_instance(None);
         })
     }
 
-    fn open(entry: ash::Entry, instance: ash::Instance) -> Result<Self> {
+    fn open(entry: ash::Entry, instance: ash::Instance, settings: VulkanSettings) -> Result<Self> {
         // SAFETY: `instance` is live.
         let physicals = unsafe { instance.enumerate_physical_devices() }
             .map_err(|e| vk_error("listing the physical devices", e))?;
@@ -625,7 +705,7 @@ impl VulkanContext {
             // SAFETY: `pd` was just listed by the live `instance`.
             candidates.push(unsafe { inspect(&entry, &instance, i, pd) }?);
         }
-        let chosen = choose(&candidates)?;
+        let chosen = choose(&candidates, settings.device.as_deref())?;
         let o = chosen.optional;
         let queue_family = chosen.queue_family.unwrap_or(0);
 
@@ -706,7 +786,19 @@ impl VulkanContext {
             queue: Mutex::new(queue),
             queue_family,
             memory,
+            settings,
         })
+    }
+
+    /// The settings this context was opened with.
+    pub fn settings(&self) -> &VulkanSettings {
+        &self.settings
+    }
+
+    /// How many times this process has tried to open a Vulkan context so far (successfully or
+    /// not): a diagnostic for code that should open the device once.
+    pub fn open_attempts() -> usize {
+        OPEN_ATTEMPTS.load(Ordering::Relaxed)
     }
 
     /// What the device offers.

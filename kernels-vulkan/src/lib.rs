@@ -52,7 +52,8 @@ mod probe;
 /// The `ash` version this crate is built on, for callers of the device API (`ash::vk` types).
 pub use ash;
 pub use device::{
-    CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, DEVICE_ENV,
+    CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, VulkanSettings,
+    DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
 pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources, SPIRV_DIR_ENV};
@@ -63,8 +64,9 @@ use half::bf16;
 use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
 use tessera_core::{
-    Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Error, Fp8Gemm, Fp8Quantize,
-    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
+    Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, DriverCode, Error, Fp8Gemm,
+    Fp8Quantize, Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef,
+    E4M3,
 };
 
 /// Every shader embedded in the crate, gathered from the op modules (the tests check them
@@ -91,12 +93,21 @@ pub mod shaders {
     }
 }
 
-/// Maps a Vulkan error to Tessera's error type.
+/// Maps a Vulkan error to Tessera's error type, keeping the `VkResult`:
+/// [`Error::OutOfMemory`] for `VK_ERROR_OUT_OF_DEVICE_MEMORY` / `VK_ERROR_OUT_OF_HOST_MEMORY`,
+/// [`Error::Driver`] otherwise.
 pub(crate) fn vk_error(what: &str, e: vk::Result) -> Error {
-    Error::Device {
-        backend: BackendKind::Vulkan,
-        message: format!("{what}: {e}"),
-    }
+    vk_error_sized(what, e, None)
+}
+
+/// [`vk_error`] for an allocation of `requested_bytes`.
+pub(crate) fn vk_error_sized(what: &str, e: vk::Result, requested_bytes: Option<u64>) -> Error {
+    Error::from_driver(
+        BackendKind::Vulkan,
+        DriverCode::Vulkan(e.as_raw()),
+        format!("{what}: {e}"),
+        requested_bytes,
+    )
 }
 
 /// The Vulkan backend on one device.
@@ -111,9 +122,16 @@ pub struct VulkanBackend {
 impl VulkanBackend {
     /// Opens the Vulkan device (see [`device`] for the choice), or says why it cannot:
     /// [`Error::BackendUnavailable`] when there is no loader, no device or no usable device,
-    /// [`Error::Device`] when the driver fails.
+    /// [`Error::Driver`] (with the `VkResult`) when the driver fails. The settings
+    /// (`TESSERA_VULKAN_DEVICE`, `TESSERA_VULKAN_PORTABLE`, `TESSERA_VULKAN_SPIRV_DIR`) are
+    /// read now, once ([`VulkanSettings::from_env`]).
     pub fn new() -> Result<Self> {
-        let ctx = Arc::new(VulkanContext::new()?);
+        Self::with_settings(VulkanSettings::from_env())
+    }
+
+    /// [`VulkanBackend::new`] with explicit settings (the environment is not read).
+    pub fn with_settings(settings: VulkanSettings) -> Result<Self> {
+        let ctx = Arc::new(VulkanContext::with_settings(settings)?);
         let f = ctx.features();
         let info = DeviceInfo {
             backend: BackendKind::Vulkan,

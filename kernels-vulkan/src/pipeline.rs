@@ -21,16 +21,17 @@ use tessera_core::{BackendKind, Error, Result};
 
 /// A development aid: where set, pipelines are built from `<dir>/<name>.spv` instead of the
 /// embedded SPIR-V for every shader that has such a file (so that shader variants can be tried on
-/// a GPU machine without rebuilding the Rust side). Each use is reported on stderr. The file must
+/// a GPU machine without rebuilding the Rust side). Read once when the backend is opened
+/// ([`crate::VulkanSettings::spirv_dir`]); each use is logged (`log`, level info). The file must
 /// be a shader with the same bindings, push constants and resources as the embedded one.
 pub const SPIRV_DIR_ENV: &str = "TESSERA_VULKAN_SPIRV_DIR";
 
-/// The SPIR-V of `name` from [`SPIRV_DIR_ENV`], if that is set and holds the file.
-fn spirv_override(name: &str) -> Result<Option<Vec<u8>>> {
-    let Some(dir) = std::env::var_os(SPIRV_DIR_ENV).filter(|d| !d.is_empty()) else {
+/// The SPIR-V of `name` from the settings' SPIR-V folder, if one is set and holds the file.
+fn spirv_override(dir: Option<&std::path::Path>, name: &str) -> Result<Option<Vec<u8>>> {
+    let Some(dir) = dir else {
         return Ok(None);
     };
-    let path = std::path::Path::new(&dir).join(format!("{name}.spv"));
+    let path = dir.join(format!("{name}.spv"));
     if !path.exists() {
         return Ok(None);
     }
@@ -38,7 +39,7 @@ fn spirv_override(name: &str) -> Result<Option<Vec<u8>>> {
         backend: BackendKind::Vulkan,
         message: format!("{SPIRV_DIR_ENV}: cannot read {}: {e}", path.display()),
     })?;
-    eprintln!("note: {SPIRV_DIR_ENV}: {name} from {}", path.display());
+    log::info!("{SPIRV_DIR_ENV}: {name} from {}", path.display());
     Ok(Some(bytes))
 }
 
@@ -126,7 +127,7 @@ impl Pipeline {
                 ),
             });
         }
-        let spirv = spirv_override(shader.name)?;
+        let spirv = spirv_override(ctx.settings().spirv_dir.as_deref(), shader.name)?;
         let bytes = spirv.as_deref().unwrap_or(shader.spirv);
         let code = ash::util::read_spv(&mut std::io::Cursor::new(bytes))
             .map_err(|e| device_error(format!("reading the SPIR-V of {}: {e}", shader.name)))?;

@@ -14,15 +14,8 @@ use tessera_vulkan::ops::PORTABLE_ENV;
 use tessera_vulkan::MatrixComponent;
 use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend};
 
-fn backend() -> Option<VulkanBackend> {
-    match VulkanBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::backend;
 
 /// Deterministic values in about [-2, 2].
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -321,7 +314,7 @@ fn cooperative_matrix_path_is_taken_where_offered() {
         && f.shader_float16
         && f.subgroup_shuffle
         && (f.min_subgroup_size, f.max_subgroup_size) == (32, 32);
-    let portable = std::env::var(PORTABLE_ENV).is_ok_and(|v| v.trim() == "1");
+    let portable = backend.context().settings().portable;
     let shapes = [(64, 64), (64, 128), (128, 64), (128, 128)];
     if !offered {
         println!("skipped: no cooperative matrix (f16 16x16x16, subgroup 32) on this device");

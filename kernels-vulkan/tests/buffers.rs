@@ -3,17 +3,10 @@
 //! and lengths, with out-of-range accesses refused without touching the buffer.
 
 use tessera_core::Error;
-use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend, DEVICE_LOCAL_MIN_BYTES};
+use tessera_vulkan::{Buffer, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
 
-fn backend() -> Option<VulkanBackend> {
-    match VulkanBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!("skipped: no Vulkan device ({e})");
-            None
-        }
-    }
-}
+mod common;
+use common::backend;
 
 #[test]
 fn write_then_read_round_trips_in_both_locations() {

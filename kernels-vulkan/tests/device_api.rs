@@ -5,18 +5,10 @@
 use tessera_core::ops::fp8::FP8_GROUP;
 use tessera_core::{DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, ScaleRule, E4M3};
 use tessera_reference::fp8 as ref_fp8;
-use tessera_vulkan::ash::vk;
-use tessera_vulkan::{Buffer, BufferRange, MemoryLocation, VulkanBackend};
+use tessera_vulkan::{Buffer, BufferRange, MemoryLocation};
 
-fn backend() -> Option<VulkanBackend> {
-    match VulkanBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::{backend, Commands};
 
 /// Deterministic values of varying magnitude.
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -29,110 +21,6 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
             u * (1 + (i % 7)) as f32
         })
         .collect()
-}
-
-/// The caller's command pool, command buffer and fence.
-struct Commands<'a> {
-    device: &'a tessera_vulkan::ash::Device,
-    pool: vk::CommandPool,
-    cmd: vk::CommandBuffer,
-    fence: vk::Fence,
-}
-
-impl<'a> Commands<'a> {
-    fn new(backend: &'a VulkanBackend) -> Self {
-        let ctx = backend.context();
-        let device = ctx.device();
-        // SAFETY: valid create infos on a live device; everything is destroyed in `Drop`.
-        unsafe {
-            let pool = device
-                .create_command_pool(
-                    &vk::CommandPoolCreateInfo::default().queue_family_index(ctx.queue_family()),
-                    None,
-                )
-                .unwrap();
-            let cmd = device
-                .allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default()
-                        .command_pool(pool)
-                        .level(vk::CommandBufferLevel::PRIMARY)
-                        .command_buffer_count(1),
-                )
-                .unwrap()[0];
-            let fence = device
-                .create_fence(&vk::FenceCreateInfo::default(), None)
-                .unwrap();
-            device
-                .begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())
-                .unwrap();
-            Self {
-                device,
-                pool,
-                cmd,
-                fence,
-            }
-        }
-    }
-
-    /// Compute-shader writes -> compute-shader reads.
-    fn barrier(&self) {
-        let b = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-            .dst_access_mask(vk::AccessFlags::SHADER_READ)];
-        // SAFETY: `cmd` is recording.
-        unsafe {
-            self.device.cmd_pipeline_barrier(
-                self.cmd,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::DependencyFlags::empty(),
-                &b,
-                &[],
-                &[],
-            )
-        };
-    }
-
-    fn submit_and_wait(&self, backend: &VulkanBackend) {
-        // Compute-shader writes -> host reads.
-        let b = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ)];
-        // SAFETY: `cmd` is recording; the queue is locked while submitting; the fence is new.
-        unsafe {
-            self.device.cmd_pipeline_barrier(
-                self.cmd,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &b,
-                &[],
-                &[],
-            );
-            self.device.end_command_buffer(self.cmd).unwrap();
-            let cmds = [self.cmd];
-            let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            let queue = backend.context().queue();
-            self.device
-                .queue_submit(*queue, &submit, self.fence)
-                .unwrap();
-            drop(queue);
-            self.device
-                .wait_for_fences(&[self.fence], true, u64::MAX)
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Commands<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the work was waited for (or never submitted).
-        unsafe {
-            let _ = self.device.device_wait_idle();
-            self.device.destroy_fence(self.fence, None);
-            self.device.destroy_command_pool(self.pool, None);
-        }
-    }
 }
 
 #[test]
@@ -187,7 +75,7 @@ fn quantize_then_gemm_in_one_command_buffer() {
     let r_in = |i: usize| inputs.slice(in_off[i], in_sizes[i] as u64);
     let r_out = |i: usize| outputs.slice(out_off[i], (out_sizes[i] as u64).div_ceil(4) * 4);
 
-    let cmds = Commands::new(&backend);
+    let mut cmds = Commands::new(&backend);
     // SAFETY: `cmds.cmd` is recording on the backend's device; the ranges lie in live storage
     // buffers of that device, kept until the work has completed.
     unsafe {
@@ -263,7 +151,7 @@ fn bad_ranges_are_rejected() {
         .features()
         .min_storage_buffer_offset_alignment
         .max(4);
-    let cmds = Commands::new(&backend);
+    let mut cmds = Commands::new(&backend);
     let expect = |r: tessera_core::Result<()>, arg: &str| match r {
         Err(Error::InvalidArgument { arg: got, .. }) => assert_eq!(got, arg),
         other => panic!("expected InvalidArgument naming {arg}, got {other:?}"),

@@ -1,6 +1,8 @@
 //! `TESSERA_VULKAN_DEVICE` picks the device by index or name, and a choice that matches nothing
 //! is a clear `BackendUnavailable`. One test in its own process, since it sets the variable.
 
+mod common;
+
 use tessera_core::Error;
 use tessera_vulkan::{VulkanBackend, DEVICE_ENV};
 
@@ -19,12 +21,8 @@ fn set_device_env(value: Option<&str>) {
 #[test]
 fn device_is_chosen_by_index_or_name_and_features_are_recorded() {
     set_device_env(None);
-    let default = match VulkanBackend::new() {
-        Ok(b) => b,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
+    let Some(default) = common::backend() else {
+        return;
     };
     let f = default.features().clone();
     let index = default.context().device_index();

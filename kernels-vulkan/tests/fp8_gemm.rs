@@ -6,17 +6,9 @@
 use half::bf16;
 use tessera_core::{Backend, Fp8Gemm, E4M3};
 use tessera_reference::{fp8 as ref_fp8, metrics};
-use tessera_vulkan::VulkanBackend;
 
-fn backend() -> Option<VulkanBackend> {
-    match VulkanBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!("skipped: no Vulkan device ({e})");
-            None
-        }
-    }
-}
+mod common;
+use common::backend;
 
 /// A hash-based stream of E4M3 codes covering all finite values (NaN codes mapped to ±448).
 fn codes(n: usize, seed: u32) -> Vec<E4M3> {

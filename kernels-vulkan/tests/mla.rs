@@ -11,15 +11,8 @@ use tessera_reference::metrics::{lse_max_error, relative_l2_error};
 use tessera_reference::mla as ref_mla;
 use tessera_vulkan::{Buffer, VulkanBackend};
 
-fn backend() -> Option<VulkanBackend> {
-    match VulkanBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::backend;
 
 /// Deterministic values in about [-2, 2].
 fn values(n: usize, seed: u32) -> Vec<bf16> {

@@ -1,6 +1,6 @@
 //! Block-sparse (radial) attention.
 
-use super::{check_len, check_scale};
+use super::{check_len, check_scale, checked_product, saturating_product};
 use crate::error::{Error, Result};
 use crate::mask::BlockMask;
 use crate::tensor::{DType, TensorRef};
@@ -22,6 +22,14 @@ pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
 ///
 /// Every block row of the mask must have at least one block (otherwise the row's softmax is
 /// empty; validation rejects such masks).
+///
+/// # Determinism
+/// Bitwise deterministic on every backend: the same inputs on the same device, driver and
+/// settings give the same bits. Each query tile is computed by one workgroup / CTA that visits
+/// its key blocks in mask order; no float is accumulated with atomics (the Vulkan
+/// cooperative-matrix path takes a column maximum with an integer `atomicMax` on the bit
+/// patterns, which is order-independent). Results may differ between devices or between the
+/// CUDA, Vulkan portable and cooperative-matrix paths (within the conformance tolerances).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SparseAttention {
     /// Batch size, at least 1.
@@ -51,14 +59,15 @@ impl SparseAttention {
         }
     }
 
-    /// Elements of q, k, v and o: `batch * tokens * heads * head_dim`.
+    /// Elements of q, k, v and o: `batch * tokens * heads * head_dim` (saturating at
+    /// `usize::MAX` for a descriptor whose product overflows, which validation rejects).
     pub fn qkv_len(&self) -> usize {
-        self.batch * self.tokens * self.heads * self.head_dim
+        saturating_product(&[self.batch, self.tokens, self.heads, self.head_dim])
     }
 
-    /// Elements of lse: `batch * heads * tokens`.
+    /// Elements of lse: `batch * heads * tokens` (saturating like [`Self::qkv_len`]).
     pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.tokens
+        saturating_product(&[self.batch, self.heads, self.tokens])
     }
 
     /// Floating-point operations of the masked computation (2 matmuls, multiply-add = 2),
@@ -101,6 +110,11 @@ impl SparseAttention {
             ));
         }
         check_scale(OP, self.softmax_scale)?;
+        checked_product(
+            OP,
+            "batch * tokens * heads * head_dim",
+            &[self.batch, self.tokens, self.heads, self.head_dim],
+        )?;
         if mask.tokens() != self.tokens {
             return Err(Error::invalid(
                 OP,

@@ -1,6 +1,6 @@
 //! FP8 quantizers and the block-scaled FP8 GEMM (DeepSeek-V3 recipe).
 
-use super::check_len;
+use super::{check_len, checked_product, saturating_product};
 use crate::error::{Error, Result};
 use crate::fp8::E4M3;
 use crate::tensor::{DType, TensorRef};
@@ -60,6 +60,10 @@ pub fn fp8_scale(amax: f32, rule: ScaleRule) -> f32 {
 /// Layouts: input `[rows, cols]` (f32, f16 or bf16, all finite); output values E4M3
 /// `[rows, cols]`; scales f32 as the [`Fp8Granularity`] says. Groups at the right and bottom
 /// edges may be partial (cols or rows not a multiple of 128).
+///
+/// # Determinism
+/// Exact: codes and scales equal the reference's bit for bit on every backend (a maximum and
+/// correctly rounded f32 divisions, which no order changes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fp8Quantize {
     /// Rows (tokens for activations, N for weights), at least 1.
@@ -90,8 +94,26 @@ impl Fp8Quantize {
         }
     }
 
-    /// Checks the descriptor and the input (its type, length, and that it is all finite).
-    pub fn validate_args(&self, x: TensorRef<'_>) -> Result<()> {
+    /// Elements of the input and of the values: `rows * cols` (saturating at `usize::MAX` for
+    /// a descriptor whose product overflows, which validation rejects).
+    pub fn len(&self) -> usize {
+        saturating_product(&[self.rows, self.cols])
+    }
+
+    /// Whether the descriptor has no elements (which validation rejects).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements of the scales: the product of [`Self::scales_shape`].
+    pub fn scales_len(&self) -> usize {
+        let (r, c) = self.scales_shape();
+        saturating_product(&[r, c])
+    }
+
+    /// Checks the descriptor on its own: `rows` and `cols` at least 1, `rows * cols` fits a
+    /// `usize`. Backends' device APIs call it before their own limits.
+    pub fn validate(&self) -> Result<()> {
         const OP: &str = "fp8_quantize";
         if self.rows == 0 {
             return Err(Error::invalid(OP, "rows", "at least 1", "0"));
@@ -99,6 +121,14 @@ impl Fp8Quantize {
         if self.cols == 0 {
             return Err(Error::invalid(OP, "cols", "at least 1", "0"));
         }
+        checked_product(OP, "rows * cols", &[self.rows, self.cols])?;
+        Ok(())
+    }
+
+    /// Checks the descriptor and the input (its type, length, and that it is all finite).
+    pub fn validate_args(&self, x: TensorRef<'_>) -> Result<()> {
+        const OP: &str = "fp8_quantize";
+        self.validate()?;
         if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::invalid(
                 OP,
@@ -108,7 +138,7 @@ impl Fp8Quantize {
             ));
         }
         let shape = format!("[rows {}, cols {}]", self.rows, self.cols);
-        check_len(OP, "x", &shape, self.rows * self.cols, x.len())?;
+        check_len(OP, "x", &shape, self.len(), x.len())?;
         if let Some(i) = x.first_non_finite() {
             return Err(Error::invalid(
                 OP,
@@ -147,6 +177,12 @@ pub enum GemmGrouping {
 ///
 /// Layouts (row-major): A E4M3 `[m, k]` (K-major); sA f32 `[m, ceil(k/128)]`;
 /// B E4M3 `[n, k]` (K-major); sB f32 `[ceil(n/128), ceil(k/128)]`; D bf16 `[m, n]`.
+///
+/// # Determinism
+/// Bitwise deterministic on every backend for the same inputs, device, driver and settings:
+/// each output tile is computed by one workgroup / CTA that walks K in order (no split-K, no
+/// atomics). The tile shape (and so the summation order inside a K block) depends on the shape
+/// and the device, so different devices or paths may round differently (within tolerance).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fp8Gemm {
     /// Rows of A and D, at least 1.
@@ -170,14 +206,30 @@ impl Fp8Gemm {
         }
     }
 
+    /// Elements of A: `m * k` (saturating at `usize::MAX` for a descriptor whose product
+    /// overflows, which validation rejects; likewise below).
+    pub fn a_len(&self) -> usize {
+        saturating_product(&[self.m, self.k])
+    }
+
+    /// Elements of B: `n * k`.
+    pub fn b_len(&self) -> usize {
+        saturating_product(&[self.n, self.k])
+    }
+
+    /// Elements of D: `m * n`.
+    pub fn d_len(&self) -> usize {
+        saturating_product(&[self.m, self.n])
+    }
+
     /// Elements of sA.
     pub fn a_scales_len(&self) -> usize {
-        self.m * self.k.div_ceil(FP8_GROUP)
+        saturating_product(&[self.m, self.k.div_ceil(FP8_GROUP)])
     }
 
     /// Elements of sB.
     pub fn b_scales_len(&self) -> usize {
-        self.n.div_ceil(FP8_GROUP) * self.k.div_ceil(FP8_GROUP)
+        saturating_product(&[self.n.div_ceil(FP8_GROUP), self.k.div_ceil(FP8_GROUP)])
     }
 
     /// 2·m·n·k.
@@ -185,7 +237,8 @@ impl Fp8Gemm {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64
     }
 
-    /// Checks the shape.
+    /// Checks the shape: m at least 1, n and k positive multiples of their alignments, and
+    /// `m * k`, `n * k` and `m * n` fit a `usize`.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "fp8_gemm";
         if self.m == 0 {
@@ -207,6 +260,9 @@ impl Fp8Gemm {
                 self.k.to_string(),
             ));
         }
+        checked_product(OP, "m * k", &[self.m, self.k])?;
+        checked_product(OP, "n * k", &[self.n, self.k])?;
+        checked_product(OP, "m * n", &[self.m, self.n])?;
         Ok(())
     }
 
@@ -225,7 +281,7 @@ impl Fp8Gemm {
             OP,
             "a",
             &format!("[m {}, k {}]", self.m, self.k),
-            self.m * self.k,
+            self.a_len(),
             a.len(),
         )?;
         check_len(
@@ -239,7 +295,7 @@ impl Fp8Gemm {
             OP,
             "b",
             &format!("[n {}, k {}]", self.n, self.k),
-            self.n * self.k,
+            self.b_len(),
             b.len(),
         )?;
         check_len(

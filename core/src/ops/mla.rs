@@ -1,7 +1,7 @@
 //! MLA (multi-head latent attention): the paged latent cache, appending to it, and absorbed
 //! decode attention over it.
 
-use super::{check_len, check_scale};
+use super::{check_len, check_scale, checked_product, saturating_product};
 use crate::error::{Error, Result};
 use crate::fp8::E4M3;
 use half::bf16;
@@ -47,16 +47,19 @@ impl Default for MlaCacheLayout {
 }
 
 impl MlaCacheLayout {
-    /// Width of a query / key row: `latent_dim + rope_dim` (576 for DeepSeek-V3).
+    /// Width of a query / key row: `latent_dim + rope_dim` (576 for DeepSeek-V3). The sizes
+    /// below saturate at `usize::MAX` for a layout that fails [`Self::validate`].
     pub fn qk_dim(&self) -> usize {
-        self.latent_dim + self.rope_dim
+        self.latent_dim.saturating_add(self.rope_dim)
     }
 
     /// Bytes per token record.
     pub fn token_bytes(&self) -> usize {
         match self.format {
-            MlaCacheFormat::Bf16 => 2 * self.qk_dim(),
-            MlaCacheFormat::Fp8 => self.latent_dim + 4 * self.fp8_groups() + 2 * self.rope_dim,
+            MlaCacheFormat::Bf16 => self.qk_dim().saturating_mul(2),
+            MlaCacheFormat::Fp8 => self
+                .rope_offset()
+                .saturating_add(self.rope_dim.saturating_mul(2)),
         }
     }
 
@@ -68,14 +71,16 @@ impl MlaCacheLayout {
     /// Byte offset of the rope part in a token record.
     pub fn rope_offset(&self) -> usize {
         match self.format {
-            MlaCacheFormat::Bf16 => 2 * self.latent_dim,
-            MlaCacheFormat::Fp8 => self.latent_dim + 4 * self.fp8_groups(),
+            MlaCacheFormat::Bf16 => self.latent_dim.saturating_mul(2),
+            MlaCacheFormat::Fp8 => self
+                .latent_dim
+                .saturating_add(self.fp8_groups().saturating_mul(4)),
         }
     }
 
     /// Bytes per page.
     pub fn page_bytes(&self) -> usize {
-        self.page_size * self.token_bytes()
+        self.page_size.saturating_mul(self.token_bytes())
     }
 
     /// Checks the layout.
@@ -144,10 +149,14 @@ impl MlaCache {
                 num_pages.to_string(),
             ));
         }
+        // At most 2^31 slots of at most 2.5 KiB: the product fits; the memory may not be there.
+        let len = num_pages * layout.page_bytes();
+        let mut bytes = crate::mask::try_vec(len, "the MLA cache")?;
+        bytes.resize(len, 0);
         Ok(Self {
             layout,
             num_pages,
-            bytes: vec![0; num_pages * layout.page_bytes()],
+            bytes,
         })
     }
 
@@ -267,6 +276,10 @@ impl MlaCache {
 /// For the FP8 format the latent is quantized per 128 values with [`mla_fp8_scale`] and must be
 /// finite (an infinity would make its group's scale infinite); the rope part is copied as bf16
 /// in both formats, and the bf16 format copies the latent as it is.
+///
+/// # Determinism
+/// Exact: every backend writes the reference's bytes (the FP8 group maximum is an integer
+/// `atomicMax` on the bit patterns on Vulkan, which is order-independent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlaAppend {
     /// Tokens to write (may be 0).
@@ -274,6 +287,18 @@ pub struct MlaAppend {
 }
 
 impl MlaAppend {
+    /// Checks the descriptor against a cache layout: `tokens * (latent_dim + rope_dim)`
+    /// fits a `usize`. Backends' device APIs call it before their own limits.
+    pub fn validate(&self, layout: &MlaCacheLayout) -> Result<()> {
+        layout.validate()?;
+        checked_product(
+            "mla_append",
+            "tokens * (latent_dim + rope_dim)",
+            &[self.tokens, layout.qk_dim()],
+        )?;
+        Ok(())
+    }
+
     /// Checks the arguments against the cache.
     pub fn validate_args(
         &self,
@@ -284,6 +309,7 @@ impl MlaAppend {
     ) -> Result<()> {
         const OP: &str = "mla_append";
         let l = cache.layout();
+        self.validate(l)?;
         check_len(
             OP,
             "latent",
@@ -358,6 +384,14 @@ impl MlaAppend {
 ///
 /// Only the block-table entries covering `0 .. len` are read (and checked); the rest may hold
 /// anything (e.g. -1).
+///
+/// # Determinism
+/// Bitwise deterministic on every backend for the same inputs, device, driver and settings.
+/// The GPU backends split long sequences over several workgroups / CTAs (split-KV): each split
+/// writes its partial output and log-sum-exp to its own workspace slot, and a second pass
+/// merges the splits in a fixed order (split 0, 1, ...); no float atomics. The split count
+/// depends only on the shape and the device (SM count, shared memory), so the same call on a
+/// different device model may round differently (within the conformance tolerances).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaDecode {
     /// Requests, at least 1.
@@ -375,39 +409,39 @@ pub struct MlaDecode {
 }
 
 impl MlaDecode {
-    /// Elements of q.
+    /// Elements of q (saturating at `usize::MAX` for a descriptor whose product overflows,
+    /// which validation rejects; likewise below).
     pub fn q_len(&self) -> usize {
-        self.batch * self.s_q * self.heads * self.layout.qk_dim()
+        saturating_product(&[self.batch, self.s_q, self.heads, self.layout.qk_dim()])
     }
 
     /// Elements of o.
     pub fn o_len(&self) -> usize {
-        self.batch * self.s_q * self.heads * self.layout.latent_dim
+        saturating_product(&[self.batch, self.s_q, self.heads, self.layout.latent_dim])
     }
 
     /// Elements of lse.
     pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.s_q
+        saturating_product(&[self.batch, self.heads, self.s_q])
     }
 
-    /// Checks the descriptor and the host arguments against the cache.
-    pub fn validate_args(
-        &self,
-        cache: &MlaCache,
-        q: &[bf16],
-        block_table: &[i32],
-        seq_lens: &[i32],
-    ) -> Result<()> {
+    /// Elements of the block table: `batch * max_pages`.
+    pub fn block_table_len(&self) -> usize {
+        saturating_product(&[self.batch, self.max_pages])
+    }
+
+    /// Key slots a request can address: `max_pages * page_size`.
+    pub fn capacity(&self) -> usize {
+        saturating_product(&[self.max_pages, self.layout.page_size])
+    }
+
+    /// Checks the descriptor on its own (everything [`Self::validate_args`] checks without the
+    /// cache and the host arguments): the layout, `batch` and `max_pages` at least 1, `s_q` and
+    /// `heads` in 1..=128, the scale finite and positive, and every size (`q`, the block table,
+    /// `max_pages * page_size`) fitting a `usize`. Every backend calls it before its own limits.
+    pub fn validate(&self) -> Result<()> {
         const OP: &str = "mla_decode";
         self.layout.validate()?;
-        if *cache.layout() != self.layout {
-            return Err(Error::invalid(
-                OP,
-                "cache",
-                format!("layout {:?}", self.layout),
-                format!("layout {:?}", cache.layout()),
-            ));
-        }
         if self.batch == 0 {
             return Err(Error::invalid(OP, "batch", "at least 1", "0"));
         }
@@ -426,6 +460,38 @@ impl MlaDecode {
             return Err(Error::invalid(OP, "max_pages", "at least 1", "0"));
         }
         check_scale(OP, self.softmax_scale)?;
+        checked_product(
+            OP,
+            "batch * s_q * heads * (latent_dim + rope_dim)",
+            &[self.batch, self.s_q, self.heads, self.layout.qk_dim()],
+        )?;
+        checked_product(OP, "batch * max_pages", &[self.batch, self.max_pages])?;
+        checked_product(
+            OP,
+            "max_pages * page_size",
+            &[self.max_pages, self.layout.page_size],
+        )?;
+        Ok(())
+    }
+
+    /// Checks the descriptor and the host arguments against the cache.
+    pub fn validate_args(
+        &self,
+        cache: &MlaCache,
+        q: &[bf16],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<()> {
+        const OP: &str = "mla_decode";
+        self.validate()?;
+        if *cache.layout() != self.layout {
+            return Err(Error::invalid(
+                OP,
+                "cache",
+                format!("layout {:?}", self.layout),
+                format!("layout {:?}", cache.layout()),
+            ));
+        }
         let l = self.layout;
         check_len(
             OP,
@@ -444,7 +510,7 @@ impl MlaDecode {
             OP,
             "block_table",
             &format!("[batch {}, max_pages {}]", self.batch, self.max_pages),
-            self.batch * self.max_pages,
+            self.block_table_len(),
             block_table.len(),
         )?;
         check_len(
@@ -454,7 +520,7 @@ impl MlaDecode {
             self.batch,
             seq_lens.len(),
         )?;
-        let capacity = self.max_pages * l.page_size;
+        let capacity = self.capacity();
         for (b, &len) in seq_lens.iter().enumerate() {
             if len < 0 || len as usize > capacity {
                 return Err(Error::invalid(

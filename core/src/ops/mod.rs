@@ -42,3 +42,37 @@ pub(crate) fn check_scale(op: &'static str, scale: f32) -> Result<()> {
     }
     Ok(())
 }
+
+/// The most elements a tensor may have: `isize::MAX / 4`, so that a tensor of any element
+/// type (at most 4 bytes) fits in memory's address range, and byte counts computed from element
+/// counts never overflow.
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 4;
+
+/// The product of `factors` (an element count), or an [`Error::InvalidArgument`] naming the
+/// product (`what`, e.g. `batch * tokens * heads * head_dim`) when it exceeds
+/// [`MAX_ELEMENTS`] (or overflows).
+pub fn checked_product(op: &'static str, what: &str, factors: &[usize]) -> Result<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| {
+            Error::invalid(
+                op,
+                what,
+                format!("at most {MAX_ELEMENTS} elements (isize::MAX / 4)"),
+                factors
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" * "),
+            )
+        })
+}
+
+/// The product of `factors`, saturating at `usize::MAX`: the element counts of a descriptor
+/// that fails validation (a saturated count never equals a slice's length, so length checks
+/// still fail with a typed error instead of overflowing).
+pub(crate) fn saturating_product(factors: &[usize]) -> usize {
+    factors.iter().fold(1usize, |acc, &f| acc.saturating_mul(f))
+}

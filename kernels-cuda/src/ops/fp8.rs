@@ -50,15 +50,12 @@ impl CudaBackend {
         scales: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         const OP: &str = "fp8_quantize";
-        for (arg, n) in [("rows", op.rows), ("cols", op.cols)] {
-            if n == 0 {
-                return Err(tessera_core::Error::invalid(OP, arg, "at least 1", "0"));
-            }
-        }
-        let (sr, sc) = op.scales_shape();
-        check_device_len(OP, "x", op.rows * op.cols, x.len())?;
-        check_device_len(OP, "values", op.rows * op.cols, values.len())?;
-        check_device_len(OP, "scales", sr * sc, scales.len())?;
+        // rows and cols at least 1 and rows * cols representable (before anything is launched:
+        // rows = 0 would launch an empty grid, which the driver rejects).
+        op.validate()?;
+        check_device_len(OP, "x", op.len(), x.len())?;
+        check_device_len(OP, "values", op.len(), values.len())?;
+        check_device_len(OP, "scales", op.scales_len(), scales.len())?;
         let rows = to_i32(OP, "rows", op.rows)?;
         let cols = to_i32(OP, "cols", op.cols)?;
         let shape = QuantizeShape {

@@ -6,7 +6,7 @@
 
 use crate::command::OneShot;
 use crate::device::VulkanContext;
-use crate::vk_error;
+use crate::{vk_error, vk_error_sized};
 use ash::vk;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -119,7 +119,33 @@ fn memory_type(
 
 impl Buffer {
     /// Allocates `size` bytes (at least 1) in `location`.
+    ///
+    /// A size no allocation of the device can have (beyond its largest memory heap, or its
+    /// `maxBufferSize`, which Vulkan forbids asking for) is [`Error::OutOfMemory`] without
+    /// asking the driver; a driver that runs out (e.g. beyond `maxMemoryAllocationSize`, which
+    /// drivers may refuse) is [`Error::OutOfMemory`] with its `VkResult`. Either way nothing is
+    /// leaked and the backend stays usable.
     pub fn new(ctx: &Arc<VulkanContext>, size: u64, location: MemoryLocation) -> Result<Self> {
+        let f = ctx.features();
+        let limit = f
+            .max_buffer_size
+            .unwrap_or(u64::MAX)
+            .min(f.largest_heap_bytes);
+        if size > limit {
+            return Err(Error::OutOfMemory {
+                backend: BackendKind::Vulkan,
+                requested_bytes: Some(size),
+                code: None,
+                message: format!(
+                    "a buffer of {size} bytes exceeds what the device can ever allocate \
+                     ({limit} bytes: the smaller of its largest heap, {} bytes, and its \
+                     maxBufferSize, {})",
+                    f.largest_heap_bytes,
+                    f.max_buffer_size
+                        .map_or_else(|| "not reported".to_string(), |b| b.to_string())
+                ),
+            });
+        }
         let device = ctx.device();
         let info = vk::BufferCreateInfo::default()
             .size(size.max(1))
@@ -168,7 +194,11 @@ impl Buffer {
             Ok(m) => m,
             Err(e) => {
                 destroy_buffer();
-                return Err(vk_error(&format!("allocating {} bytes", req.size), e));
+                return Err(vk_error_sized(
+                    &format!("allocating {} bytes of {location:?} memory", req.size),
+                    e,
+                    Some(req.size),
+                ));
             }
         };
         // SAFETY: `memory` is large enough for `buffer` (its requirements) and unbound.
@@ -222,8 +252,27 @@ impl Buffer {
     /// show up).
     pub fn filled(ctx: &Arc<VulkanContext>, size: usize, pattern: &[u8]) -> Result<Self> {
         let padded = size.div_ceil(4) * 4;
-        let data: Vec<u8> = pattern.iter().copied().cycle().take(padded).collect();
-        Self::from_bytes(ctx, &data)
+        // The device buffer first, so that a size the device cannot hold is refused before any
+        // host memory is spent on the pattern; then the pattern in chunks of at most 256 MiB
+        // (one staged upload, as before, for all but the largest buffers).
+        let mut b = Self::new(
+            ctx,
+            padded as u64,
+            MemoryLocation::for_host_api(ctx, padded as u64),
+        )?;
+        let pattern: &[u8] = if pattern.is_empty() { &[0] } else { pattern };
+        let period = pattern.len();
+        let chunk_len = padded
+            .min((256 << 20) / period * period)
+            .max(period.min(padded));
+        let chunk: Vec<u8> = pattern.iter().copied().cycle().take(chunk_len).collect();
+        let mut at = 0;
+        while at < padded {
+            let n = chunk_len.min(padded - at);
+            b.write(at as u64, &chunk[..n])?;
+            at += n;
+        }
+        Ok(b)
     }
 
     /// The raw handle.

@@ -220,7 +220,7 @@ impl VulkanBackend {
     /// same path.
     pub fn attention_uses_cooperative_matrix(&self, block_size: usize, head_dim: usize) -> bool {
         let f = self.features();
-        super::f16_cooperative_matrix_available(f)
+        super::f16_cooperative_matrix_available(self.context())
             && f.subgroup_shuffle
             && f.max_workgroup_invocations >= 128
             && block_size > 0

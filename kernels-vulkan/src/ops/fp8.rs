@@ -89,12 +89,7 @@ impl VulkanBackend {
         values: BufferRange,
         scales: BufferRange,
     ) -> Result<()> {
-        if op.rows == 0 {
-            return Err(Error::invalid(OP, "rows", "at least 1", "0"));
-        }
-        if op.cols == 0 {
-            return Err(Error::invalid(OP, "cols", "at least 1", "0"));
-        }
+        op.validate()?;
         let kind = input_kind(input)?;
         let f = self.features();
         let n = op.rows as u64 * op.cols as u64;

@@ -83,7 +83,7 @@ impl VulkanBackend {
     /// `TESSERA_VULKAN_PORTABLE` is not `1`.
     pub fn fp8_gemm_uses_cooperative_matrix(&self) -> bool {
         let f = self.features();
-        super::f16_cooperative_matrix_available(f)
+        super::f16_cooperative_matrix_available(self.context())
             && [FP8_GEMM_COOPMAT, FP8_GEMM_COOPMAT_LARGE].iter().all(|s| {
                 let r = (s.resources)(&[]);
                 f.max_shared_memory_bytes >= r.shared_memory_bytes

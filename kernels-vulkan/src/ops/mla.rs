@@ -105,36 +105,10 @@ struct DecodePlan {
     split_keys: u64,
 }
 
-/// Checks the descriptor of a decode (what [`MlaDecode::validate_args`] checks without host
-/// arguments).
+/// Checks the descriptor of a decode: [`MlaDecode::validate`], the one definition of its
+/// contract (this backend's 32-bit limits are checked where the dispatch is recorded).
 fn check_decode_op(op: &MlaDecode) -> Result<()> {
-    op.layout.validate()?;
-    if op.batch == 0 {
-        return Err(Error::invalid(DECODE, "batch", "at least 1", "0"));
-    }
-    if !(1..=128).contains(&op.s_q) {
-        return Err(Error::invalid(DECODE, "s_q", "1..=128", op.s_q.to_string()));
-    }
-    if !(1..=128).contains(&op.heads) {
-        return Err(Error::invalid(
-            DECODE,
-            "heads",
-            "1..=128",
-            op.heads.to_string(),
-        ));
-    }
-    if op.max_pages == 0 {
-        return Err(Error::invalid(DECODE, "max_pages", "at least 1", "0"));
-    }
-    if !(op.softmax_scale.is_finite() && op.softmax_scale > 0.0) {
-        return Err(Error::invalid(
-            DECODE,
-            "softmax_scale",
-            "a finite number > 0",
-            op.softmax_scale.to_string(),
-        ));
-    }
-    Ok(())
+    op.validate()
 }
 
 fn check_num_pages(op: &'static str, layout: &MlaCacheLayout, num_pages: usize) -> Result<()> {

@@ -8,7 +8,7 @@ pub mod fp8;
 pub mod fp8_gemm;
 pub mod mla;
 
-use crate::device::{MatrixComponent, VulkanFeatures};
+use crate::device::{MatrixComponent, VulkanContext, VulkanFeatures};
 use crate::memory::BufferRange;
 use tessera_core::{BackendKind, Error, Result};
 
@@ -18,12 +18,14 @@ pub const PORTABLE_ENV: &str = "TESSERA_VULKAN_PORTABLE";
 
 /// What every cooperative-matrix shader of the crate needs: 16x16x16 f16 x f16 -> f32
 /// cooperative matrices in subgroup scope, f16 arithmetic, a subgroup size fixed at 32 (the
-/// shaders split their work by subgroup), and [`PORTABLE_ENV`] not set to `1`. Each op adds its
-/// own limits (shared memory, shapes).
-pub(crate) fn f16_cooperative_matrix_available(f: &VulkanFeatures) -> bool {
-    if std::env::var(PORTABLE_ENV).is_ok_and(|v| v.trim() == "1") {
+/// shaders split their work by subgroup), and the context not opened with
+/// [`crate::VulkanSettings::portable`] ([`PORTABLE_ENV`] = `1`). Each op adds its own limits
+/// (shared memory, shapes).
+pub(crate) fn f16_cooperative_matrix_available(ctx: &VulkanContext) -> bool {
+    if ctx.settings().portable {
         return false;
     }
+    let f = ctx.features();
     let shape = f.cooperative_matrix_shapes.iter().any(|s| {
         s.subgroup_scope
             && (s.m, s.n, s.k) == (16, 16, 16)

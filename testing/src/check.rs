@@ -7,13 +7,14 @@
 //! very same rounded inputs: the only differences left are the backend's own arithmetic and the
 //! rounding of its outputs. Tolerances are the constants below.
 
-use crate::reference::{attention as ref_attn, fp8 as ref_fp8, metrics, mla as ref_mla};
-use crate::{
-    bf16, Backend, BlockMask, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend,
-    MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig, Result, ScaleRule,
-    SparseAttention, Tensor,
-};
+use crate::Rng;
 use std::time::Instant;
+use tessera_core::{
+    bf16, Backend, BackendKind, BlockMask, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize,
+    MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig, Result,
+    ScaleRule, SparseAttention, Tensor,
+};
+use tessera_reference::{attention as ref_attn, fp8 as ref_fp8, metrics, mla as ref_mla};
 
 /// Relative L2 error allowed on an attention or MLA output stored in bf16 (8 significant bits:
 /// the rounding alone gives about 2^-9 / sqrt(3) = 1.1e-3; kernels that round probabilities to
@@ -26,54 +27,6 @@ pub const TOL_LSE_ABS: f64 = 2e-3;
 /// `1 - 2Σxy/Σ(x²+y²)` allowed between the backend's bf16 GEMM output and the f64 reference on
 /// the same FP8 inputs (bf16 rounding alone gives about 1e-6).
 pub const TOL_GEMM_DIFF: f64 = 1e-5;
-
-/// A small deterministic generator (SplitMix64), so that a case's inputs depend only on its seed
-/// and never on the version of an external crate.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-
-    /// One of the items.
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.range(0, items.len() - 1)]
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    /// `n` standard normal values as f32.
-    pub fn normals(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal() as f32).collect()
-    }
-}
 
 /// One measured error and its bound.
 #[derive(Clone, Debug, PartialEq)]
@@ -264,7 +217,7 @@ fn compact_lens(lens: &[usize]) -> String {
 /// so that kernel compilation and module loading stay out of the time; the CPU runs it once.
 /// The result of the last call is the one checked.
 fn timed<T>(backend: &dyn Backend, mut call: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
-    if backend.kind() != crate::BackendKind::Cpu {
+    if backend.kind() != BackendKind::Cpu {
         call()?;
     }
     let start = Instant::now();
@@ -273,7 +226,7 @@ fn timed<T>(backend: &dyn Backend, mut call: impl FnMut() -> Result<T>) -> Resul
 }
 
 fn check_lengths(
-    backend: crate::BackendKind,
+    backend: BackendKind,
     op: &'static str,
     items: &[(&str, usize, usize)],
 ) -> Result<()> {

@@ -1,0 +1,472 @@
+//! The CUDA executor of `tessera bench` ([`crate::run`]): the cases of [`crate::cases`] timed
+//! through the CUDA backend's device API (no copies, one stream), with the ceilings (copy
+//! bandwidth, dense bf16 matmul) measured first.
+//!
+//! Timing: one warm-up launch (compiles the kernel), a second when the first took under 50 ms,
+//! then `reps` launches each between two CUDA events recorded on the stream (all read after the
+//! last), median and minimum reported. `reps` is chosen so the timed launches take about
+//! [`BUDGET_S`] (3 to 100). FP8 GEMM rotates over enough input/output sets to exceed 200 MB, so
+//! L2 (50 MB on the H200) does not hold the operands across launches; MLA decode and attention
+//! use one set (their working set is far beyond L2).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
+use serde_json::json;
+use tessera::cuda::{CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, MlaDecodeBuffers};
+use tessera::Fp8Gemm;
+
+use crate::cases::{data, gemm_key, gemm_sets, AttentionCase, AttentionWork, MlaShape};
+use crate::executor::Executor;
+use crate::schema::{Ceilings, Record};
+
+/// Seconds of timed launches aimed at per measurement.
+const BUDGET_S: f64 = 0.3;
+
+type Res<T> = Result<T, String>;
+
+const IMPL: &str = "tessera";
+
+/// The CUDA backend on device 0, its stream and ceilings, and the MLA cache of the format
+/// being timed.
+pub struct CudaExecutor {
+    backend: CudaBackend,
+    stream: Arc<CudaStream>,
+    device: String,
+    ceilings: Ceilings,
+    mla: Option<Res<MlaBench>>,
+}
+
+impl CudaExecutor {
+    /// Opens CUDA device 0 and measures the ceilings.
+    pub fn new() -> Res<Self> {
+        let backend = CudaBackend::new().map_err(|e| format!("no CUDA device: {e}"))?;
+        let stream = backend.stream().clone();
+        let device = backend.context().name().unwrap_or_default();
+        eprintln!("device: {device}");
+        let ceilings = measure_ceilings(&stream);
+        eprintln!(
+            "ceilings: copy {} GB/s, matmul {} TFLOPS ({})",
+            fmt_opt(ceilings.copy_gbps),
+            fmt_opt(ceilings.matmul_tflops),
+            ceilings.matmul_impl
+        );
+        Ok(Self {
+            backend,
+            stream,
+            device,
+            ceilings,
+            mla: None,
+        })
+    }
+}
+
+impl Executor for CudaExecutor {
+    fn device(&self) -> String {
+        self.device.clone()
+    }
+
+    fn ceilings(&self) -> &Ceilings {
+        &self.ceilings
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![
+            "time: median of CUDA-event-timed launches after warm-up; reps chosen for ~0.3 s (3..100)".into(),
+            "fp8_gemm: FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets (L2 flushed by rotation)".into(),
+            "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
+            "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz (every on block in full); bytes q + k + v + o; one set".into(),
+        ]
+    }
+
+    fn gemm(&mut self, m: usize, n: usize, k: usize) -> Record {
+        bench_gemm(&self.backend, &self.stream, m, n, k)
+    }
+
+    fn mla_begin(&mut self, shapes: &[MlaShape]) {
+        self.mla = Some(MlaBench::new(&self.stream, shapes));
+    }
+
+    fn mla(&mut self, shape: &MlaShape) -> Record {
+        match &mut self.mla {
+            Some(Ok(mla)) => mla.bench(&self.backend, &self.stream, shape),
+            Some(Err(e)) => Record::failed("mla_decode", shape.key(), IMPL, e.clone()),
+            None => Record::failed("mla_decode", shape.key(), IMPL, "no cache prepared".into()),
+        }
+    }
+
+    fn attention(&mut self, case: &AttentionCase, work: &AttentionWork, radial: bool) -> Record {
+        bench_attention(&self.backend, &self.stream, case, work, radial)
+    }
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |v| format!("{v:.0}"))
+}
+
+/// (median ms, min ms, reps) of `launch(i)` (i counts every launch, warm-ups included).
+fn time_launches(
+    stream: &Arc<CudaStream>,
+    mut launch: impl FnMut(usize) -> Res<()>,
+) -> Res<(f64, f64, usize)> {
+    let sync = |s: &Arc<CudaStream>| s.synchronize().map_err(|e| format!("synchronize: {e}"));
+    let mut i = 0;
+    let t = Instant::now();
+    launch(i)?;
+    i += 1;
+    sync(stream)?;
+    let mut estimate = t.elapsed().as_secs_f64();
+    if estimate < 0.05 {
+        let t = Instant::now();
+        launch(i)?;
+        i += 1;
+        sync(stream)?;
+        estimate = t.elapsed().as_secs_f64();
+    }
+    let reps = ((BUDGET_S / estimate.max(1e-6)) as usize).clamp(3, 100);
+    let event = |s: &Arc<CudaStream>| {
+        s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| format!("record_event: {e}"))
+    };
+    let mut events = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = event(stream)?;
+        launch(i)?;
+        i += 1;
+        let end = event(stream)?;
+        events.push((start, end));
+    }
+    sync(stream)?;
+    let mut ms = events
+        .iter()
+        .map(|(s, e)| {
+            s.elapsed_ms(e)
+                .map(f64::from)
+                .map_err(|e| format!("elapsed: {e}"))
+        })
+        .collect::<Res<Vec<f64>>>()?;
+    ms.sort_by(f64::total_cmp);
+    Ok((ms[ms.len() / 2], ms[0], reps))
+}
+
+/// Allocates `len` elements (at least 1) and fills them by repeating `pattern` (uploaded once,
+/// then copied on the device).
+fn alloc_filled<T: DeviceRepr + ValidAsZeroBits + Copy>(
+    stream: &Arc<CudaStream>,
+    len: usize,
+    pattern: &[T],
+) -> Res<CudaSlice<T>> {
+    let len = len.max(1);
+    let mut dst = stream
+        .alloc_zeros::<T>(len)
+        .map_err(|e| format!("alloc {len} elements: {e}"))?;
+    let pat = stream
+        .clone_htod(&pattern[..pattern.len().min(len)])
+        .map_err(|e| format!("upload: {e}"))?;
+    let step = pat.len();
+    let mut at = 0;
+    while at < len {
+        let n = step.min(len - at);
+        let mut view = dst.slice_mut(at..at + n);
+        stream
+            .memcpy_dtod(&pat.slice(0..n), &mut view)
+            .map_err(|e| format!("fill: {e}"))?;
+        at += n;
+    }
+    Ok(dst)
+}
+
+/// The ceilings: a 1 GiB device-to-device copy (read + write bytes) and a bf16 8192^3 cuBLAS
+/// matmul (libcublas loaded at run time; `None` with the reason in `matmul_impl` if absent).
+fn measure_ceilings(stream: &Arc<CudaStream>) -> Ceilings {
+    let mut c = Ceilings::default();
+    let copy = || -> Res<f64> {
+        let n = 1usize << 30;
+        let src = alloc_filled::<u8>(stream, n, &[1u8; 4096])?;
+        let mut dst = stream
+            .alloc_zeros::<u8>(n)
+            .map_err(|e| format!("alloc: {e}"))?;
+        let (ms, _, _) = time_launches(stream, |_| {
+            stream
+                .memcpy_dtod(&src, &mut dst)
+                .map_err(|e| format!("copy: {e}"))
+        })?;
+        Ok(2.0 * n as f64 / (ms * 1e-3) / 1e9)
+    };
+    match copy() {
+        Ok(g) => c.copy_gbps = Some(g),
+        Err(e) => eprintln!("copy ceiling: {e}"),
+    }
+    match matmul_ceiling(stream) {
+        Ok(t) => {
+            c.matmul_tflops = Some(t);
+            c.matmul_impl = "cuBLAS bf16 8192^3 (f32 accumulate)".into();
+        }
+        Err(e) => {
+            eprintln!("matmul ceiling: {e}");
+            c.matmul_impl = format!("not measured: {e}");
+        }
+    }
+    c
+}
+
+fn matmul_ceiling(stream: &Arc<CudaStream>) -> Res<f64> {
+    use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+    // cudarc panics when the library is missing: probe it first, quietly.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    // SAFETY: loads libcublas (a plain shared library) and keeps it for the process.
+    let found = std::panic::catch_unwind(|| unsafe { cudarc::cublas::sys::culib() }).is_ok();
+    std::panic::set_hook(hook);
+    if !found {
+        return Err("libcublas.so not found (put it on LD_LIBRARY_PATH)".into());
+    }
+    let n = 8192usize;
+    let pattern = data::bf16s(5, 1 << 20, 1.0);
+    let a = alloc_filled(stream, n * n, &pattern)?;
+    let b = alloc_filled(stream, n * n, &pattern)?;
+    let mut c = stream
+        .alloc_zeros::<bf16>(n * n)
+        .map_err(|e| format!("alloc: {e}"))?;
+    let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cublas: {e:?}"))?;
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: n as i32,
+        k: n as i32,
+        alpha: bf16::ONE,
+        lda: n as i32,
+        ldb: n as i32,
+        beta: bf16::ZERO,
+        ldc: n as i32,
+    };
+    let (ms, _, _) = time_launches(stream, |_| {
+        // SAFETY: a, b and c hold n*n elements each, column-major with leading dimension n,
+        // as cfg says.
+        unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| format!("gemm: {e:?}"))
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12)
+}
+
+/// One FP8 GEMM shape, rotating over operand sets.
+fn bench_gemm(
+    backend: &CudaBackend,
+    stream: &Arc<CudaStream>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Record {
+    let key = gemm_key(m, n, k);
+    let op = Fp8Gemm::new(m, n, k);
+    let inner = || -> Res<Record> {
+        let sets = gemm_sets(&op);
+        let codes = data::gemm_codes();
+        let scales = data::gemm_scales();
+        let mut bufs = Vec::with_capacity(sets);
+        for _ in 0..sets {
+            bufs.push((
+                alloc_filled(stream, m * k, &codes)?,
+                alloc_filled(stream, op.a_scales_len(), &scales)?,
+                alloc_filled(stream, n * k, &codes)?,
+                alloc_filled(stream, op.b_scales_len(), &scales)?,
+                stream
+                    .alloc_zeros::<bf16>(m * n)
+                    .map_err(|e| format!("alloc: {e}"))?,
+            ));
+        }
+        let (median, min, reps) = time_launches(stream, |i| {
+            let (a, sa, b, sb, d) = &mut bufs[i % sets];
+            backend
+                .fp8_gemm_on(
+                    stream,
+                    &op,
+                    &a.as_view(),
+                    &sa.as_view(),
+                    &b.as_view(),
+                    &sb.as_view(),
+                    &mut d.as_view_mut(),
+                )
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(Record {
+            op: "fp8_gemm".into(),
+            shape: key.clone(),
+            implementation: IMPL.into(),
+            params: [("m", m), ("n", n), ("k", k), ("sets", sets)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect(),
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        })
+    };
+    inner().unwrap_or_else(|e| Record::failed("fp8_gemm", key.clone(), IMPL, e))
+}
+
+/// One paged cache for one format, large enough for every shape of the suite, filled with
+/// valid records ([`data::mla_cache_pattern`]).
+struct MlaBench {
+    cache: CudaSlice<u8>,
+    pages: usize,
+}
+
+impl MlaBench {
+    fn new(stream: &Arc<CudaStream>, shapes: &[MlaShape]) -> Res<Self> {
+        let layout = shapes.first().ok_or("no shapes")?.layout();
+        let pages = shapes.iter().map(MlaShape::pages).max().unwrap_or(1);
+        let pattern = data::mla_cache_pattern(&layout);
+        let cache = alloc_filled(stream, pages * layout.page_bytes(), &pattern)?;
+        Ok(Self { cache, pages })
+    }
+
+    fn bench(
+        &mut self,
+        backend: &CudaBackend,
+        stream: &Arc<CudaStream>,
+        shape: &MlaShape,
+    ) -> Record {
+        let key = shape.key();
+        let layout = shape.layout();
+        let op = shape.op();
+        let inner = || -> Res<Record> {
+            let used = shape.pages();
+            if used > self.pages {
+                return Err("cache too small".into());
+            }
+            let table = data::block_table(31 + shape.batch as u64, used);
+            let table = stream
+                .clone_htod(&table)
+                .map_err(|e| format!("upload: {e}"))?;
+            let lens = stream
+                .clone_htod(&vec![shape.s_k as i32; shape.batch])
+                .map_err(|e| format!("upload: {e}"))?;
+            let q = alloc_filled(stream, op.q_len(), &data::bf16s(32, 1 << 16, 1.0))?;
+            let mut o = stream
+                .alloc_zeros::<bf16>(op.o_len())
+                .map_err(|e| format!("alloc: {e}"))?;
+            let mut lse = stream
+                .alloc_zeros::<f32>(op.lse_len())
+                .map_err(|e| format!("alloc: {e}"))?;
+            let plan = backend
+                .mla_decode_plan(&op, shape.s_k)
+                .map_err(|e| e.to_string())?;
+            let mut ws = stream
+                .alloc_zeros::<f32>(plan.workspace_len().max(1))
+                .map_err(|e| format!("alloc: {e}"))?;
+            let cache_len = self.pages * layout.page_bytes();
+            let (median, min, reps) = time_launches(stream, |_| {
+                let mut bufs = MlaDecodeBuffers {
+                    cache: self.cache.slice(0..cache_len),
+                    q: q.as_view(),
+                    block_table: table.as_view(),
+                    seq_lens: lens.as_view(),
+                    o: o.as_view_mut(),
+                    lse: lse.as_view_mut(),
+                    workspace: ws.as_view_mut(),
+                };
+                backend
+                    .mla_decode_on(stream, &op, &plan, &mut bufs)
+                    .map_err(|e| e.to_string())
+            })?;
+            let lse_host = stream
+                .clone_dtoh(&lse)
+                .map_err(|e| format!("download: {e}"))?;
+            if !lse_host.iter().all(|x| x.is_finite()) {
+                return Err("non-finite lse in the timed output".into());
+            }
+            Ok(Record {
+                op: "mla_decode".into(),
+                shape: key.clone(),
+                implementation: IMPL.into(),
+                params: [
+                    ("b", json!(shape.batch)),
+                    ("s_k", json!(shape.s_k)),
+                    ("h_q", json!(shape.heads)),
+                    ("s_q", json!(shape.s_q)),
+                    ("cache", json!(if shape.fp8 { "fp8" } else { "bf16" })),
+                    ("splits", json!(plan.splits())),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                time_ms: Some(median),
+                min_ms: Some(min),
+                reps,
+                ..Default::default()
+            })
+        };
+        inner().unwrap_or_else(|e| Record::failed("mla_decode", key.clone(), IMPL, e))
+    }
+}
+
+/// One attention case, radial or dense.
+fn bench_attention(
+    backend: &CudaBackend,
+    stream: &Arc<CudaStream>,
+    case: &AttentionCase,
+    work: &AttentionWork,
+    radial: bool,
+) -> Record {
+    let name = if radial {
+        "tessera radial"
+    } else {
+        "tessera dense"
+    };
+    let key = case.key();
+    let op = &work.op;
+    let inner = || -> Res<Record> {
+        let dmask = DeviceBlockMask::new(stream, &work.mask).map_err(|e| e.to_string())?;
+        let pattern = data::bf16s(41, 1 << 20, 2.0);
+        let q = alloc_filled(stream, op.qkv_len(), &pattern)?;
+        let k = alloc_filled(stream, op.qkv_len(), &pattern[7..])?;
+        let v = alloc_filled(stream, op.qkv_len(), &pattern[13..])?;
+        let mut o = stream
+            .alloc_zeros::<bf16>(op.qkv_len())
+            .map_err(|e| format!("alloc: {e}"))?;
+        let mut lse = stream
+            .alloc_zeros::<f32>(op.lse_len())
+            .map_err(|e| format!("alloc: {e}"))?;
+        let (median, min, reps) = time_launches(stream, |_| {
+            backend
+                .sparse_attention_on(
+                    stream,
+                    op,
+                    &dmask,
+                    &DeviceHalf::BF16(q.as_view()),
+                    &DeviceHalf::BF16(k.as_view()),
+                    &DeviceHalf::BF16(v.as_view()),
+                    &mut DeviceHalfMut::BF16(o.as_view_mut()),
+                    &mut lse.as_view_mut(),
+                )
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(Record {
+            op: "attention".into(),
+            shape: key.clone(),
+            implementation: name.into(),
+            params: [
+                ("model", json!(case.model)),
+                ("frames", json!(case.frames)),
+                ("tokens", json!(op.tokens)),
+                ("heads", json!(case.heads)),
+                ("head_dim", json!(op.head_dim)),
+                ("density", json!(work.mask.density())),
+                ("nnz", json!(work.mask.nnz())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        })
+    };
+    inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the CUDA conformance suite
+# and the CUDA crate's test binaries, on the GPU machine:   bash PACKDIR/gpu-sanitize.sh OUTDIR
+# (ci/gpu-run.sh runs it). One log per tool and binary under OUTDIR, then OUTDIR/summary.txt with
+# one line per tool: the findings (the sum of compute-sanitizer's `ERROR SUMMARY: N errors`), the
+# runs, and those that failed or ran out of time. Exits 1 when any tool found anything or a run
+# failed.
+#
+# Time: TESSERA_SANITIZER_QUICK=1 (the default) sets PROPTEST_CASES=4 and leaves out the timing
+# tests (model-sized shapes, far too slow under the sanitizer); TESSERA_SANITIZER_QUICK=0 runs
+# everything with the suites' own case counts. Each run is cut after TESSERA_SANITIZER_TIMEOUT
+# seconds (default 300). out_of_memory is always left out (it fills the device, which the
+# sanitizer's own allocations need).
+set -uo pipefail
+out=${1:?usage: gpu-sanitize.sh OUTDIR}
+mkdir -p "$out"
+pack=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export TESSERA_CACHE_DIR=${TESSERA_CACHE_DIR:-/tmp/tessera-cache}
+export TESSERA_REQUIRE_BACKENDS=cuda TESSERA_REQUIRE_CUDA=1 TESSERA_REQUIRE_NVRTC=1
+quick=${TESSERA_SANITIZER_QUICK:-1}
+timeout_s=${TESSERA_SANITIZER_TIMEOUT:-300}
+[ "$quick" = 1 ] && export PROPTEST_CASES=${PROPTEST_CASES:-4}
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+if [ -z "$sanitizer" ] || [ ! -x "$sanitizer" ]; then
+  echo "sanitizer: compute-sanitizer not found (PATH, /usr/local/cuda/bin): no findings can be reported" | tee "$out/summary.txt"
+  exit 1
+fi
+"$sanitizer" --version > "$out/version.txt" 2>&1
+# The binaries: (log name, command...). The conformance suite's CUDA tests only.
+targets=("conformance_cuda|$pack/bin/test-conformance cuda --test-threads=1")
+for t in "$pack"/bin/cutest-*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  case "$name" in
+    cutest-out_of_memory) continue ;;
+    cutest-fp8_gemm_timing|cutest-attention_timing) [ "$quick" = 1 ] && continue ;;
+  esac
+  targets+=("$name|$t --test-threads=1")
+done
+failed_any=0
+: > "$out/summary.txt"
+for tool in memcheck racecheck synccheck initcheck; do
+  findings=0; runs=0; failed=0; timed_out=0
+  for target in "${targets[@]}"; do
+    name=${target%%|*}
+    read -r -a cmd <<< "${target#*|}"
+    log="$out/$tool-$name.log"
+    timeout "$timeout_s" "$sanitizer" --tool "$tool" --error-exitcode 1 "${cmd[@]}" > "$log" 2>&1
+    rc=$?
+    runs=$((runs + 1))
+    n=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$log" | awk '{s += $3} END {print s + 0}')
+    findings=$((findings + n))
+    if [ "$rc" = 124 ]; then timed_out=$((timed_out + 1)); fi
+    if [ "$rc" != 0 ] && [ "$rc" != 124 ]; then failed=$((failed + 1)); fi
+    printf '%-10s %-34s rc=%-3s findings=%s\n' "$tool" "$name" "$rc" "$n" >> "$out/runs.txt"
+  done
+  line="sanitizer $tool: $findings findings in $runs runs ($failed failed, $timed_out timed out after ${timeout_s}s; quick=$quick)"
+  echo "$line" | tee -a "$out/summary.txt"
+  if [ "$findings" != 0 ] || [ "$failed" != 0 ]; then failed_any=1; fi
+done
+exit "$failed_any"
