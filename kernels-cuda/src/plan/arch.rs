@@ -139,9 +139,8 @@ impl ArchSpec {
     /// The spec of the context's device: the family's constants, with every size the driver
     /// reports (SMs, shared memory, registers, threads, L2) read from it.
     pub fn from_device(ctx: &CudaContext) -> Result<Self> {
-        let device_error = |what: &str, e: cudarc::driver::DriverError| Error::Device {
-            backend: BackendKind::Cuda,
-            message: format!("reading {what}: {e}"),
+        let device_error = |what: &str, e: cudarc::driver::DriverError| {
+            crate::runtime::driver_error(&format!("reading {what}"), e)
         };
         let (major, minor) = ctx
             .compute_capability()

@@ -240,8 +240,7 @@ pub unsafe fn launch(
     };
     // The buffers' guards record the launch as their last read or write when dropped.
     drop(args);
-    result.result().map_err(|e| Error::Device {
-        backend: BackendKind::Cuda,
-        message: format!("launching {}: {e}", spec.label()),
-    })
+    result
+        .result()
+        .map_err(|e| crate::runtime::driver_error(&format!("launching {}", spec.label()), e))
 }

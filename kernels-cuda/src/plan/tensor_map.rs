@@ -96,7 +96,7 @@ impl TensorMap2d {
     /// 2^40 and at least one row (`inner_elems` elements); `box_inner` and `box_outer` in
     /// 1..=256 (a box may reach past the tensor's edge: those elements read as zeros and are not
     /// written by stores); the box's inner bytes a multiple of 16 and at most the
-    /// swizzle span. Then the driver encodes it (its refusal is an [`Error::Device`]; no driver
+    /// swizzle span. Then the driver encodes it (its refusal is an [`Error::Driver`] with the `CUresult`; no driver
     /// is [`Error::BackendUnavailable`]).
     #[allow(clippy::too_many_arguments)]
     pub fn tiled(
@@ -151,10 +151,8 @@ impl TensorMap2d {
                 sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
             )
         };
-        rc.result().map_err(|e| Error::Device {
-            backend: BackendKind::Cuda,
-            message: format!("cuTensorMapEncodeTiled: {e}"),
-        })?;
+        rc.result()
+            .map_err(|e| crate::runtime::driver_error("cuTensorMapEncodeTiled", e))?;
         Ok(Self { map })
     }
 
