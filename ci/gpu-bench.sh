@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark on the GPU machine, one command:   bash PACKDIR/gpu-bench.sh OUTDIR [standard|quick]
 # (PACKDIR from ci/gpu-pack.sh: bin/tessera, peers.py, this script, COMMIT). Runs
+#   0. with BENCH_TUNE=OPS, `tessera tune --op OPS` first (see below),
 #   1. tessera bench --backend cuda (JSON, and the radial masks as JSON for the peers),
 #   2. ci/peers.py with the machine's PyTorch (same shapes, the very same masks),
 #   3. tessera bench --backend vulkan (the same shapes on the Vulkan backend, NVIDIA driver, with
@@ -34,6 +35,14 @@ echo "commit $TESSERA_COMMIT; $(tail -n 1 "$out/gpu.txt")"
 
 t0=$(date +%s)
 deadline=$(( t0 + ${BENCH_BUDGET:-510} ))
+# BENCH_TUNE=gemm|attention|mla|all: first `tessera tune` those ops' standard shapes on this GPU
+# (the plans land next to the NVRTC cache, where the bench reads them); the plan file is kept.
+if [ -n "${BENCH_TUNE:-}" ]; then
+  timeout ${TUNE_BUDGET:-200} "${tessera_env[@]}" "$pack/bin/tessera" tune --op "$BENCH_TUNE" --suite "$suite" \
+    > "$out/tune.log" 2>&1
+  echo "tessera tune --op $BENCH_TUNE: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 3 "$out/tune.log"
+  cp "$TESSERA_CACHE_DIR"/cuda/plans-*.json "$out/" 2>/dev/null
+fi
 timeout $(( deadline - $(date +%s) - 60 )) "${tessera_env[@]}" "$pack/bin/tessera" bench --backend cuda --suite "$suite" \
   --json "$out/tessera.json" --masks "$out/masks" > "$out/tessera.log" 2> "$out/tessera.err"
 echo "tessera bench: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 5 "$out/tessera.err"

@@ -82,7 +82,8 @@ pub trait Backend: Send + Sync {
     /// Quantizes to E4M3 with per-group scales; see [`Fp8Quantize`].
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized>;
 
-    /// Block-scaled FP8 GEMM, bf16 out; see [`Fp8Gemm`] for layouts.
+    /// Block-scaled FP8 GEMM, bf16 out; see [`Fp8Gemm`] for layouts. `op.grouping` must be
+    /// [`crate::GemmGrouping::Single`] (grouped GEMMs: [`Backend::fp8_gemm_grouped`]).
     fn fp8_gemm(
         &self,
         op: &Fp8Gemm,
@@ -91,4 +92,27 @@ pub trait Backend: Send + Sync {
         b: &[E4M3],
         b_scales: &[f32],
     ) -> Result<Vec<bf16>>;
+
+    /// Grouped block-scaled FP8 GEMM (mixture-of-experts), bf16 out; see
+    /// [`crate::GemmGrouping`] for the layouts of A, B, their scales, D and `groups` (the
+    /// offsets of `Contiguous` or the row counts of `Masked`). D's rows that a `Masked` group
+    /// leaves out are NaN in the returned vector. Backends without a kernel for it return
+    /// [`crate::Error::Unsupported`] (the default).
+    fn fp8_gemm_grouped(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+        groups: &[i32],
+    ) -> Result<Vec<bf16>> {
+        let _ = (a, a_scales, b, b_scales, groups);
+        op.validate()?;
+        Err(crate::Error::Unsupported {
+            op: "fp8_gemm_grouped",
+            backend: self.device().backend,
+            reason: format!("no grouped GEMM kernel for {:?}", op.grouping),
+        })
+    }
 }

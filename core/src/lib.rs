@@ -21,7 +21,9 @@ pub use fp8::{E4M3, E5M2};
 pub use half::{bf16, f16};
 pub use mask::BlockMask;
 pub use ops::attention::{AttentionOutput, SparseAttention};
-pub use ops::fp8::{Fp8Gemm, Fp8Granularity, Fp8Quantize, Fp8Quantized, GemmGrouping, ScaleRule};
+pub use ops::fp8::{
+    Fp8Gemm, Fp8Granularity, Fp8Quantize, Fp8Quantized, GemmGrouping, ScaleRule, GEMM_GROUP_ALIGN,
+};
 pub use ops::mla::{
     MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
 };

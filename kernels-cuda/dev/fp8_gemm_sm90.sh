@@ -23,7 +23,7 @@ if st==0:
 print(st,size(st))")"
   name="bm${bm}_bn${bn}_st${st}_wg${wg}_e${epi}_c${cm}_a${pp}"
   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -DBLOCK_M=$bm -DBLOCK_N=$bn -DSTAGES=$st \
-    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
+    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DGROUPING=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
     && echo "built $name: $(grep -o 'Used [0-9]* registers' "$out/build_$name.log" | head -1), $(grep -o '[0-9]* bytes spill stores' "$out/build_$name.log" | head -1)" \
     || { echo "BUILD FAILED $name"; tail -5 "$out/build_$name.log"; }
 }

@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
         auto launch = [&](int s) {
             if (CLUSTER_M == 1 && plain) {
                 fp8_gemm_sm90_kernel<<<grid, THREADS, SMEM_BYTES>>>(sets[s].ta, sets[s].tb, td, sets[s].sa, sets[s].sb, d,
-                                                                    m, n, k);
+                                                                    m, n, k, (const int*)nullptr, 1);
                 return;
             }
             cudaLaunchConfig_t cfg = {};
@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
             cfg.attrs = attr;
             cfg.numAttrs = 1;
             CK(cudaLaunchKernelEx(&cfg, fp8_gemm_sm90_kernel, sets[s].ta, sets[s].tb, td, (const float*)sets[s].sa,
-                                  (const float*)sets[s].sb, d, m, n, k));
+                                  (const float*)sets[s].sb, d, m, n, k, (const int*)nullptr, 1));
         };
         if (check) {
             fill_nan<<<1024, 256>>>(d, (size_t)m * n);

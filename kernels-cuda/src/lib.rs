@@ -203,4 +203,16 @@ impl Backend for CudaBackend {
     ) -> Result<Vec<bf16>> {
         self.fp8_gemm_host(op, a, a_scales, b, b_scales)
     }
+
+    fn fp8_gemm_grouped(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+        groups: &[i32],
+    ) -> Result<Vec<bf16>> {
+        self.fp8_gemm_grouped_host(op, a, a_scales, b, b_scales, groups)
+    }
 }

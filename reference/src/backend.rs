@@ -121,9 +121,25 @@ impl Backend for CpuBackend {
         b: &[E4M3],
         b_scales: &[f32],
     ) -> Result<Vec<bf16>> {
+        op.require_single()?;
         op.validate_args(a, a_scales, b, b_scales)?;
         let d = crate::fp8::fp8_gemm(op, a, a_scales, b, b_scales);
         // f64 -> f32 -> bf16 can double-round; f64 -> bf16 directly rounds once.
+        Ok(d.iter().map(|&x| bf16::from_f64(x)).collect())
+    }
+
+    fn fp8_gemm_grouped(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+        groups: &[i32],
+    ) -> Result<Vec<bf16>> {
+        op.validate_args(a, a_scales, b, b_scales)?;
+        op.validate_group_layout(groups)?;
+        let d = crate::fp8::fp8_gemm_grouped(op, a, a_scales, b, b_scales, groups);
         Ok(d.iter().map(|&x| bf16::from_f64(x)).collect())
     }
 }

@@ -7,7 +7,9 @@
 //! value reads back as `q · s`.
 
 use std::ops::Range;
-use tessera_core::ops::fp8::{fp8_scale, Fp8Gemm, Fp8Quantize, Fp8Quantized, FP8_GROUP};
+use tessera_core::ops::fp8::{
+    fp8_scale, Fp8Gemm, Fp8Quantize, Fp8Quantized, GemmGrouping, FP8_GROUP,
+};
 use tessera_core::E4M3;
 
 /// Index range of group `index` of `size` along a dimension of `len`, clipped at the end
@@ -137,6 +139,54 @@ pub fn fp8_gemm(
             }
             d[row * n + col] = total;
         }
+    }
+    d
+}
+
+/// The grouped GEMM in f64 (see [`GemmGrouping`] for the layouts): one [`fp8_gemm`] per group
+/// on the group's rows of A and sA and its own B and sB. Rows of D that a `Masked` group leaves
+/// out are NaN. `groups` is the group layout (offsets or counts), already validated.
+///
+/// # Panics
+/// If a length does not match `op` or the layout is not valid for it.
+pub fn fp8_gemm_grouped(
+    op: &Fp8Gemm,
+    a: &[E4M3],
+    a_scales: &[f32],
+    b: &[E4M3],
+    b_scales: &[f32],
+    groups: &[i32],
+) -> Vec<f64> {
+    let (n, k) = (op.n, op.k);
+    let kb = k.div_ceil(FP8_GROUP);
+    let (b_len, sb_len) = (n * k, n.div_ceil(FP8_GROUP) * kb);
+    let mut d = vec![f64::NAN; op.d_len()];
+    // (first row of the group in A / sA / D, rows computed) per group.
+    let spans: Vec<(usize, usize)> = match op.grouping {
+        GemmGrouping::Single => vec![(0, op.m)],
+        GemmGrouping::Contiguous { groups: g } => (0..g)
+            .map(|i| {
+                let lo = groups[i] as usize;
+                (lo, groups[i + 1] as usize - lo)
+            })
+            .collect(),
+        GemmGrouping::Masked { groups: g } => {
+            (0..g).map(|i| (i * op.m, groups[i] as usize)).collect()
+        }
+        _ => unreachable!("a grouping this reference does not know"),
+    };
+    for (g, &(row0, rows)) in spans.iter().enumerate() {
+        if rows == 0 {
+            continue;
+        }
+        let part = fp8_gemm(
+            &op.group_gemm(rows),
+            &a[row0 * k..(row0 + rows) * k],
+            &a_scales[row0 * kb..(row0 + rows) * kb],
+            &b[g * b_len..(g + 1) * b_len],
+            &b_scales[g * sb_len..(g + 1) * sb_len],
+        );
+        d[row0 * n..(row0 + rows) * n].copy_from_slice(&part);
     }
     d
 }

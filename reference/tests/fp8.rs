@@ -240,3 +240,148 @@ proptest! {
         }
     }
 }
+
+// ---- grouped GEMM (mixture of experts) ----------------------------------------------------
+
+use tessera_core::{Backend, GemmGrouping};
+use tessera_reference::fp8::fp8_gemm_grouped;
+use tessera_reference::CpuBackend;
+
+/// Random E4M3 codes of moderate magnitude (no NaN) and scales near 2^-7.
+fn grouped_inputs(rng: &mut Rng, op: &Fp8Gemm) -> (Vec<E4M3>, Vec<f32>, Vec<E4M3>, Vec<f32>) {
+    let code = |rng: &mut Rng| E4M3::from_f32(rng.uniform_f32(-8.0, 8.0));
+    let a = (0..op.a_len()).map(|_| code(rng)).collect();
+    let b = (0..op.b_len()).map(|_| code(rng)).collect();
+    let sa = (0..op.a_scales_len())
+        .map(|_| rng.uniform_f32(0.005, 0.01))
+        .collect();
+    let sb = (0..op.b_scales_len())
+        .map(|_| rng.uniform_f32(0.005, 0.01))
+        .collect();
+    (a, sa, b, sb)
+}
+
+/// The grouped GEMM computed independently: for each group, the plain GEMM of ALL rows of A
+/// against that group's B, keeping the group's rows (rows no group computes stay NaN).
+fn grouped_by_full_gemms(
+    op: &Fp8Gemm,
+    inputs: &(Vec<E4M3>, Vec<f32>, Vec<E4M3>, Vec<f32>),
+    spans: &[(usize, usize)],
+) -> Vec<f64> {
+    let (a, sa, b, sb) = inputs;
+    let rows = op.total_rows();
+    let full = Fp8Gemm::new(rows, op.n, op.k);
+    let (b_len, sb_len) = (op.n * op.k, op.n.div_ceil(128) * op.k.div_ceil(128));
+    let mut want = vec![f64::NAN; op.d_len()];
+    for (g, &(row0, count)) in spans.iter().enumerate() {
+        let d = fp8_gemm(
+            &full,
+            a,
+            sa,
+            &b[g * b_len..(g + 1) * b_len],
+            &sb[g * sb_len..(g + 1) * sb_len],
+        );
+        want[row0 * op.n..(row0 + count) * op.n]
+            .copy_from_slice(&d[row0 * op.n..(row0 + count) * op.n]);
+    }
+    want
+}
+
+fn same_with_nans(got: &[f64], want: &[f64]) -> bool {
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(g, w)| (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-12 * (1.0 + w.abs()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Contiguous groups (padded to 128 rows, the last partial, some empty) equal one full
+    /// GEMM per group restricted to the group's rows; the backend rounds them to bf16.
+    #[test]
+    fn contiguous_groups_equal_one_gemm_per_group(
+        sizes in proptest::collection::vec(0usize..3, 1..4),
+        tail in 0usize..100,
+        n8 in 1usize..5,
+        k16 in 1usize..12,
+        seed in any::<u64>(),
+    ) {
+        let mut offsets = vec![0i32];
+        for s in &sizes {
+            offsets.push(offsets.last().unwrap() + (*s as i32) * 128);
+        }
+        *offsets.last_mut().unwrap() += tail as i32;
+        let m = *offsets.last().unwrap() as usize;
+        prop_assume!(m > 0);
+        let groups = sizes.len();
+        let op = Fp8Gemm::grouped(m, 8 * n8, 16 * k16, GemmGrouping::Contiguous { groups });
+        let mut rng = Rng::new(seed);
+        let inputs = grouped_inputs(&mut rng, &op);
+        let spans: Vec<(usize, usize)> = (0..groups)
+            .map(|g| (offsets[g] as usize, (offsets[g + 1] - offsets[g]) as usize))
+            .collect();
+        let (a, sa, b, sb) = &inputs;
+        let got = fp8_gemm_grouped(&op, a, sa, b, sb, &offsets);
+        prop_assert!(same_with_nans(&got, &grouped_by_full_gemms(&op, &inputs, &spans)));
+        prop_assert!(got.iter().all(|x| x.is_finite()), "contiguous groups write every row");
+        let via_backend = CpuBackend::new().fp8_gemm_grouped(&op, a, sa, b, sb, &offsets).unwrap();
+        for (x, y) in via_backend.iter().zip(&got) {
+            prop_assert_eq!(x.to_bits(), half::bf16::from_f64(*y).to_bits());
+        }
+    }
+
+    /// Masked groups: only the first count rows of each group are computed (counts from 0 to
+    /// m), the rest of D stays NaN.
+    #[test]
+    fn masked_groups_compute_only_their_counted_rows(
+        counts in proptest::collection::vec(0usize..=40, 1..4),
+        m in 1usize..41,
+        n8 in 1usize..4,
+        k16 in 1usize..10,
+        seed in any::<u64>(),
+    ) {
+        let counts: Vec<i32> = counts.iter().map(|&c| c.min(m) as i32).collect();
+        let groups = counts.len();
+        let op = Fp8Gemm::grouped(m, 8 * n8, 16 * k16, GemmGrouping::Masked { groups });
+        let mut rng = Rng::new(seed);
+        let inputs = grouped_inputs(&mut rng, &op);
+        let spans: Vec<(usize, usize)> = (0..groups).map(|g| (g * m, counts[g] as usize)).collect();
+        let (a, sa, b, sb) = &inputs;
+        let got = fp8_gemm_grouped(&op, a, sa, b, sb, &counts);
+        prop_assert!(same_with_nans(&got, &grouped_by_full_gemms(&op, &inputs, &spans)));
+        let computed: usize = counts.iter().map(|&c| c as usize).sum::<usize>() * op.n;
+        prop_assert_eq!(got.iter().filter(|x| !x.is_nan()).count(), computed);
+    }
+}
+
+#[test]
+fn grouped_layouts_are_checked_with_the_argument_named() {
+    let be = CpuBackend::new();
+    let contiguous = Fp8Gemm::grouped(300, 8, 16, GemmGrouping::Contiguous { groups: 2 });
+    let masked = Fp8Gemm::grouped(10, 8, 16, GemmGrouping::Masked { groups: 2 });
+    let mut rng = Rng::new(7);
+    for (op, bad, arg) in [
+        (contiguous, vec![0, 128], "groups"),         // wrong length
+        (contiguous, vec![1, 128, 300], "groups[0]"), // not from 0
+        (contiguous, vec![0, 100, 300], "groups[1]"), // not a multiple of 128
+        (contiguous, vec![0, 256, 299], "groups[2]"), // not ending at m
+        (contiguous, vec![0, 256, 128], "groups[2]"), // decreasing
+        (masked, vec![3, 11], "groups[1]"),           // more than m
+        (masked, vec![-1, 2], "groups[0]"),           // negative
+    ] {
+        let (a, sa, b, sb) = grouped_inputs(&mut rng, &op);
+        let e = be
+            .fp8_gemm_grouped(&op, &a, &sa, &b, &sb, &bad)
+            .unwrap_err();
+        assert_eq!(e.argument(), Some(arg), "{op:?} {bad:?}: {e}");
+    }
+    // The plain entry point refuses a grouped op; the grouped one a plain op's missing layout.
+    let (a, sa, b, sb) = grouped_inputs(&mut rng, &masked);
+    let e = be.fp8_gemm(&masked, &a, &sa, &b, &sb).unwrap_err();
+    assert_eq!(e.argument(), Some("grouping"));
+    // Zero groups.
+    let none = Fp8Gemm::grouped(10, 8, 16, GemmGrouping::Masked { groups: 0 });
+    assert_eq!(none.validate().unwrap_err().argument(), Some("grouping"));
+}

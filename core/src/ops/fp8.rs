@@ -160,18 +160,51 @@ pub struct Fp8Quantized {
     pub scales: Vec<f32>,
 }
 
-/// How the rows of A are grouped (for mixture-of-experts). Only the plain GEMM exists now;
-/// grouped variants (contiguous with a per-row expert index, masked with per-expert counts)
-/// will be added here.
+/// Group boundaries of [`GemmGrouping::Contiguous`] are multiples of this many rows (the
+/// largest M tile of the kernels, so that no tile spans two groups).
+pub const GEMM_GROUP_ALIGN: usize = 128;
+
+/// How the rows of A are grouped, for mixture-of-experts: each group (expert) multiplies its
+/// rows by its own B and sB. A grouped GEMM is run with [`crate::Backend::fp8_gemm_grouped`],
+/// which takes the group layout (`groups: &[i32]`) described here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum GemmGrouping {
     /// One GEMM: every row of A against all of B.
     #[default]
     Single,
+    /// Contiguous (MoE prefill): the rows of all groups stacked in A `[m, k]`, sA
+    /// `[m, ceil(k/128)]`, D `[m, n]`; group `g` owns rows `[groups[g], groups[g + 1])` of the
+    /// `groups + 1` offsets (`offsets[0] = 0`, `offsets[groups] = m`, non-decreasing, each but
+    /// the last a multiple of [`GEMM_GROUP_ALIGN`]: pad each group's rows). B `[groups, n, k]`,
+    /// sB `[groups, ceil(n/128), ceil(k/128)]`. Every row of D is written.
+    Contiguous {
+        /// Number of groups, at least 1.
+        groups: usize,
+    },
+    /// Masked (MoE decode, fixed shapes for CUDA graphs): each group has room for `m` rows:
+    /// A `[groups, m, k]`, sA `[groups, m, ceil(k/128)]`, D `[groups, m, n]`; the layout gives
+    /// `groups` row counts (each in `0..=m`): only the first `counts[g]` rows of group `g` are
+    /// computed, and D's rows at or past them are left as they were. B and sB as for
+    /// `Contiguous`.
+    Masked {
+        /// Number of groups, at least 1.
+        groups: usize,
+    },
 }
 
-/// Block-scaled FP8 GEMM, `D = A · Bᵀ` with DeepSeek-V3 scaling:
+impl GemmGrouping {
+    /// Number of groups (1 for [`GemmGrouping::Single`]).
+    pub fn groups(&self) -> usize {
+        match *self {
+            GemmGrouping::Single => 1,
+            GemmGrouping::Contiguous { groups } | GemmGrouping::Masked { groups } => groups,
+        }
+    }
+}
+
+/// Block-scaled FP8 GEMM, `D = A · Bᵀ` with DeepSeek-V3 scaling (grouped for mixture-of-experts
+/// with [`GemmGrouping`]: each group's rows against its own B):
 /// `D[m][n] = Σ_kb sA[m][kb] · sB[n/128][kb] · Σ_{k in block kb} A[m][k] · B[n][k]`,
 /// accumulated in f32 (promoted at least every 128 of K), rounded to bf16.
 ///
@@ -206,30 +239,125 @@ impl Fp8Gemm {
         }
     }
 
-    /// Elements of A: `m * k` (saturating at `usize::MAX` for a descriptor whose product
-    /// overflows, which validation rejects; likewise below).
+    /// A grouped GEMM (see [`GemmGrouping`]): for `Contiguous`, `m` is the total of the
+    /// groups' rows; for `Masked`, the rows each group has room for.
+    pub fn grouped(m: usize, n: usize, k: usize, grouping: GemmGrouping) -> Self {
+        Self { m, n, k, grouping }
+    }
+
+    /// Rows of A and D over all groups: `m`, times the groups for `Masked`.
+    pub fn total_rows(&self) -> usize {
+        match self.grouping {
+            GemmGrouping::Masked { groups } => saturating_product(&[groups, self.m]),
+            _ => self.m,
+        }
+    }
+
+    /// Elements of A: rows ([`Fp8Gemm::total_rows`]) x `k` (saturating at `usize::MAX` for a
+    /// descriptor whose product overflows, which validation rejects; likewise below).
     pub fn a_len(&self) -> usize {
-        saturating_product(&[self.m, self.k])
+        saturating_product(&[self.total_rows(), self.k])
     }
 
-    /// Elements of B: `n * k`.
+    /// Elements of B: groups x `n * k`.
     pub fn b_len(&self) -> usize {
-        saturating_product(&[self.n, self.k])
+        saturating_product(&[self.grouping.groups(), self.n, self.k])
     }
 
-    /// Elements of D: `m * n`.
+    /// Elements of D: rows x `n`.
     pub fn d_len(&self) -> usize {
-        saturating_product(&[self.m, self.n])
+        saturating_product(&[self.total_rows(), self.n])
     }
 
-    /// Elements of sA.
+    /// Elements of sA: rows x `ceil(k/128)`.
     pub fn a_scales_len(&self) -> usize {
-        saturating_product(&[self.m, self.k.div_ceil(FP8_GROUP)])
+        saturating_product(&[self.total_rows(), self.k.div_ceil(FP8_GROUP)])
     }
 
-    /// Elements of sB.
+    /// Elements of sB: groups x `ceil(n/128) * ceil(k/128)`.
     pub fn b_scales_len(&self) -> usize {
-        saturating_product(&[self.n.div_ceil(FP8_GROUP), self.k.div_ceil(FP8_GROUP)])
+        saturating_product(&[
+            self.grouping.groups(),
+            self.n.div_ceil(FP8_GROUP),
+            self.k.div_ceil(FP8_GROUP),
+        ])
+    }
+
+    /// The plain GEMM entry points take only [`GemmGrouping::Single`]: a typed error otherwise.
+    pub fn require_single(&self) -> Result<()> {
+        if self.grouping != GemmGrouping::Single {
+            return Err(Error::invalid(
+                "fp8_gemm",
+                "grouping",
+                "GemmGrouping::Single (grouped GEMMs go through fp8_gemm_grouped)",
+                format!("{:?}", self.grouping),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The plain GEMM of group `g` (its rows: `rows`), for backends that run groups one by one.
+    pub fn group_gemm(&self, rows: usize) -> Fp8Gemm {
+        Fp8Gemm::new(rows, self.n, self.k)
+    }
+
+    /// Length of the group layout [`crate::Backend::fp8_gemm_grouped`] takes: `groups + 1`
+    /// offsets (`Contiguous`), `groups` counts (`Masked`), 0 (`Single`).
+    pub fn group_layout_len(&self) -> usize {
+        match self.grouping {
+            GemmGrouping::Single => 0,
+            GemmGrouping::Contiguous { groups } => groups.saturating_add(1),
+            GemmGrouping::Masked { groups } => groups,
+        }
+    }
+
+    /// Checks the group layout (offsets or counts, see [`GemmGrouping`]) against the shape.
+    pub fn validate_group_layout(&self, layout: &[i32]) -> Result<()> {
+        const OP: &str = "fp8_gemm";
+        check_len(
+            OP,
+            "groups",
+            &format!("[{}] for {:?}", self.group_layout_len(), self.grouping),
+            self.group_layout_len(),
+            layout.len(),
+        )?;
+        match self.grouping {
+            GemmGrouping::Single => Ok(()),
+            GemmGrouping::Contiguous { groups } => {
+                let last = groups;
+                for (g, &o) in layout.iter().enumerate() {
+                    let ok = o >= 0
+                        && (o as usize) <= self.m
+                        && (g == 0 || o >= layout[g - 1])
+                        && (g != 0 || o == 0)
+                        && (g != last || o as usize == self.m)
+                        && (g == last || (o as usize) % GEMM_GROUP_ALIGN == 0);
+                    if !ok {
+                        return Err(Error::invalid(
+                            OP,
+                            format!("groups[{g}]"),
+                            format!(
+                                "offsets from 0 to m {} in order, each but the last a multiple of {GEMM_GROUP_ALIGN}",
+                                self.m
+                            ),
+                            o.to_string(),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            GemmGrouping::Masked { .. } => {
+                if let Some(g) = layout.iter().position(|&c| c < 0 || c as usize > self.m) {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("groups[{g}]"),
+                        format!("a row count in 0..={}", self.m),
+                        layout[g].to_string(),
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// 2·m·n·k.
@@ -260,9 +388,17 @@ impl Fp8Gemm {
                 self.k.to_string(),
             ));
         }
-        checked_product(OP, "m * k", &[self.m, self.k])?;
-        checked_product(OP, "n * k", &[self.n, self.k])?;
-        checked_product(OP, "m * n", &[self.m, self.n])?;
+        let groups = self.grouping.groups();
+        if groups == 0 {
+            return Err(Error::invalid(OP, "grouping", "at least 1 group", "0"));
+        }
+        if let GemmGrouping::Masked { groups } = self.grouping {
+            checked_product(OP, "groups * m", &[groups, self.m])?;
+        }
+        let rows = self.total_rows();
+        checked_product(OP, "rows * k", &[rows, self.k])?;
+        checked_product(OP, "groups * n * k", &[groups, self.n, self.k])?;
+        checked_product(OP, "rows * n", &[rows, self.n])?;
         Ok(())
     }
 
@@ -277,24 +413,25 @@ impl Fp8Gemm {
         const OP: &str = "fp8_gemm";
         self.validate()?;
         let kb = self.k.div_ceil(FP8_GROUP);
+        let (rows, groups) = (self.total_rows(), self.grouping.groups());
         check_len(
             OP,
             "a",
-            &format!("[m {}, k {}]", self.m, self.k),
+            &format!("[rows {rows}, k {}]", self.k),
             self.a_len(),
             a.len(),
         )?;
         check_len(
             OP,
             "a_scales",
-            &format!("[m {}, ceil(k/128) {kb}]", self.m),
+            &format!("[rows {rows}, ceil(k/128) {kb}]"),
             self.a_scales_len(),
             a_scales.len(),
         )?;
         check_len(
             OP,
             "b",
-            &format!("[n {}, k {}]", self.n, self.k),
+            &format!("[groups {groups}, n {}, k {}]", self.n, self.k),
             self.b_len(),
             b.len(),
         )?;
@@ -302,7 +439,7 @@ impl Fp8Gemm {
             OP,
             "b_scales",
             &format!(
-                "[ceil(n/128) {}, ceil(k/128) {kb}]",
+                "[groups {groups}, ceil(n/128) {}, ceil(k/128) {kb}]",
                 self.n.div_ceil(FP8_GROUP)
             ),
             self.b_scales_len(),

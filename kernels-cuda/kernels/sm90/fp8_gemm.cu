@@ -3,6 +3,13 @@
 //
 // Layouts (row-major): A e4m3 [m, k] (K-major), sA f32 [m, ceil(k/128)], B e4m3 [n, k] (K-major),
 // sB f32 [ceil(n/128), ceil(k/128)], D bf16 [m, n].
+// Grouped (mixture of experts, GROUPING != 0): B [groups, n, k], sB [groups, ceil(n/128), ...];
+//   GROUPING 1 (contiguous): A, sA, D as above, group g owning rows [offsets[g], offsets[g+1])
+//     (`groups` holds the num_groups + 1 offsets, each but the last a multiple of 128, so no
+//     tile spans two groups);
+//   GROUPING 2 (masked): A [num_groups, m, k], sA [num_groups, m, ...], D [num_groups, m, n],
+//     `groups` holds the row counts: tiles past a group's count are skipped, and D's rows at or
+//     past it are not written (stores straight from registers, masked per row).
 //
 // Design (warp-specialized, persistent):
 //   - CTA = 1 producer warpgroup + MATH_WG math warpgroups (128 threads each). BLOCK_M x BLOCK_N
@@ -40,13 +47,24 @@
 // Compile-time constants (every one required): BLOCK_M (64, 128 or 256), BLOCK_N (multiple of 8,
 // 8..256), STAGES (>= 2), MATH_WG (1 or 2), EPI_SWIZZLE (0, 32, 64 or 128, dividing 2 * BLOCK_N),
 // CLUSTER_M (1 or 2; 2 needs BLOCK_N a multiple of 16 and a launch with clusters of 2 along x),
+// GROUPING (0, 1 or 2, see above),
 // ACC_STAGES (1: each K block is issued, waited for and promoted; 2: two accumulators, the next
 // K block issued before the current one is promoted),
 // TESSERA_SMEM_BYTES and TESSERA_THREADS (what the host launches with: checked against the kernel).
 
 #if !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(STAGES) || !defined(MATH_WG) || !defined(EPI_SWIZZLE) || \
-    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(TESSERA_SMEM_BYTES) || !defined(TESSERA_THREADS)
-#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, TESSERA_SMEM_BYTES and TESSERA_THREADS"
+    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(GROUPING) || !defined(TESSERA_SMEM_BYTES) ||         \
+    !defined(TESSERA_THREADS)
+#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, GROUPING, TESSERA_SMEM_BYTES and TESSERA_THREADS"
+#endif
+#if GROUPING != 0 && GROUPING != 1 && GROUPING != 2
+#error "GROUPING must be 0 (one GEMM), 1 (contiguous groups) or 2 (masked groups)"
+#endif
+#if GROUPING != 0 && CLUSTER_M != 1
+#error "grouped GEMMs take one CTA per cluster (vertically adjacent tiles may belong to different groups)"
+#endif
+#if GROUPING == 2 && EPI_SWIZZLE != 0
+#error "masked groups store D from registers (EPI_SWIZZLE 0): TMA stores cannot skip the rows past a group's count"
 #endif
 #if ACC_STAGES != 1 && (ACC_STAGES != 2 || BLOCK_M != 64 * MATH_WG)
 #error "ACC_STAGES must be 1, or 2 with one 64-row sub-tile per math warpgroup"
@@ -108,24 +126,65 @@ constexpr int B_HALF = B_STAGE / CLUSTER_M;                 // the part of B a C
 static_assert(B_HALF % 1024 == 0, "each CTA's part of the B tile must stay 1024-byte aligned");
 
 struct Tile {
-    int m0, n0;
+    int m0, n0;    // first row (of A / sA / D over all groups) and first column (within the group)
+    int b_row0;    // first row of B over all groups: group * n + n0
+    int sb_row0;   // first row of sB over all groups: group * ceil(n/128) + n0 / 128
+    int row_end;   // rows of D at or past this are not written (direct-store epilogue)
+    bool valid;    // false: a masked group's tile past its count (skipped by every role)
 };
 
-// The tile of cluster rank `rank` at linear cluster-tile index t in the grouped order; cluster
-// tiles are CLUSTER_M vertically adjacent tiles (tiles_mc = ceil(tiles_m / CLUSTER_M) of them per
-// column; a last CTA past m computes zeros that are never stored).
-__device__ __forceinline__ Tile tile_at(int t, int tiles_mc, int tiles_n, int rank) {
-    constexpr int GROUP = GROUP_M / CLUSTER_M;
-    int per_group = GROUP * tiles_n;
-    int group = t / per_group;
-    int first_m = group * GROUP;
-    int rows = min(tiles_mc - first_m, GROUP);
-    int in_group = t - group * per_group;
-    Tile r;
-    r.m0 = ((first_m + in_group % rows) * CLUSTER_M + rank) * BLOCK_M;
-    r.n0 = (in_group / rows) * BLOCK_N;
-    return r;
-}
+// The tile of cluster rank `rank` at linear cluster-tile index t; cluster tiles are CLUSTER_M
+// vertically adjacent tiles in a grouped order (GROUP_M M-blocks share the B columns they read);
+// a last CTA past m computes zeros that are never stored. With groups, the tile's group gives
+// its B rows: contiguous groups by their offsets, masked groups by the tile index (group-major).
+struct Scheduler {
+    int m, n, tiles_mc, tiles_n, num_tiles, sb_rows;
+    const int* groups;
+    int num_groups;
+
+    __device__ __forceinline__ Scheduler(int m_, int n_, const int* groups_, int num_groups_) {
+        m = m_;
+        n = n_;
+        groups = groups_;
+        num_groups = num_groups_;
+        tiles_mc = ((m + BLOCK_M - 1) / BLOCK_M + CLUSTER_M - 1) / CLUSTER_M;
+        tiles_n = (n + BLOCK_N - 1) / BLOCK_N;
+        sb_rows = (n + 127) / 128;
+        num_tiles = tiles_mc * tiles_n * (GROUPING == 2 ? num_groups : 1);
+    }
+
+    __device__ __forceinline__ Tile at(int t, int rank) const {
+        Tile r;
+        int group = 0;
+        if constexpr (GROUPING == 2) {
+            const int per_group = tiles_mc * tiles_n;
+            group = t / per_group;
+            t -= group * per_group;
+        }
+        constexpr int GROUP = GROUP_M / CLUSTER_M;
+        const int per_raster = GROUP * tiles_n;
+        const int raster = t / per_raster;
+        const int first_m = raster * GROUP;
+        const int rows = min(tiles_mc - first_m, GROUP);
+        const int in_raster = t - raster * per_raster;
+        const int m_local = ((first_m + in_raster % rows) * CLUSTER_M + rank) * BLOCK_M;
+        r.n0 = (in_raster / rows) * BLOCK_N;
+        r.m0 = m_local;
+        r.row_end = m;
+        r.valid = true;
+        if constexpr (GROUPING == 1) {
+            while (group + 1 < num_groups && __ldg(&groups[group + 1]) <= m_local) ++group;
+        } else if constexpr (GROUPING == 2) {
+            const int count = __ldg(&groups[group]);
+            r.valid = m_local < count;
+            r.m0 = group * m + m_local;
+            r.row_end = group * m + count;
+        }
+        r.b_row0 = group * n + r.n0;
+        r.sb_row0 = group * sb_rows + r.n0 / 128;
+        return r;
+    }
+};
 
 struct Pipe {
     int stage = 0;
@@ -217,8 +276,9 @@ __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const
         for (int i = 0; i < BLOCK_N / 8; ++i) {
             const int col = tile.n0 + 8 * i + 2 * (lane % 4);
             if (col < n) {
-                if (r0 < m) *(u32*)(d + (i64)r0 * n + col) = pack2<true>(out[s][4 * i + 0], out[s][4 * i + 1]);
-                if (r0 + 8 < m)
+                if (r0 < tile.row_end)
+                    *(u32*)(d + (i64)r0 * n + col) = pack2<true>(out[s][4 * i + 0], out[s][4 * i + 1]);
+                if (r0 + 8 < tile.row_end)
                     *(u32*)(d + (i64)(r0 + 8) * n + col) = pack2<true>(out[s][4 * i + 2], out[s][4 * i + 3]);
             }
         }
@@ -368,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
     fp8_gemm_sm90_kernel(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaDesc tma_b,
                          const __grid_constant__ TmaDesc tma_d,
                          const float* __restrict__ sa, const float* __restrict__ sb, u16* __restrict__ d, int m,
-                         int n, int k) {
+                         int n, int k, const int* __restrict__ groups, int num_groups) {
     using namespace fp8_gemm_sm90;
     extern __shared__ u8 smem_raw[];
     // Offsetting the array (not casting through an integer) keeps the pointer in shared space.
@@ -377,9 +437,9 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
     u64* empty = (u64*)(smem + OFF_EMPTY);
 
     const int num_kb = (k + BK - 1) / BK;
-    const int tiles_mc = ((m + BLOCK_M - 1) / BLOCK_M + CLUSTER_M - 1) / CLUSTER_M;
-    const int tiles_n = (n + BLOCK_N - 1) / BLOCK_N;
-    const int num_tiles = tiles_mc * tiles_n;  // cluster tiles
+    const Scheduler sched(m, n, groups, num_groups);
+    const int num_tiles = sched.num_tiles;  // cluster tiles
+    const int a_rows = GROUPING == 2 ? num_groups * m : m;  // rows of A and sA over all groups
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rank = CLUSTER_M == 1 ? 0 : (int)cluster_cta_rank();
     const int cluster = blockIdx.x / CLUSTER_M, clusters = gridDim.x / CLUSTER_M;
@@ -409,8 +469,9 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
             // may leave stages empty: they are passed on with a plain arrival).
             u32 round = 0;
             for (int t = cluster; t < num_tiles; t += clusters) {
-                const Tile tile = tile_at(t, tiles_mc, tiles_n, rank);
-                const int b_row = tile.n0 + rank * (BLOCK_N / CLUSTER_M);
+                const Tile tile = sched.at(t, rank);
+                if (!tile.valid) continue;
+                const int b_row = tile.b_row0 + rank * (BLOCK_N / CLUSTER_M);
                 for (int r = 0; r < rounds; ++r, ++round) {
 #pragma unroll
                     for (int stage = 0; stage < STAGES; ++stage) {
@@ -436,10 +497,10 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
             // tile's weight scales into the stage, one arrival per lane once they have landed.
             float* sa_smem = (float*)(smem + OFF_SA);
             float* sb_smem = (float*)(smem + OFF_SB);
-            const int sb_rows = (n + 127) / 128;
             u32 round = 0;
             for (int t = cluster; t < num_tiles; t += clusters) {
-                const Tile tile = tile_at(t, tiles_mc, tiles_n, rank);
+                const Tile tile = sched.at(t, rank);
+                if (!tile.valid) continue;
                 for (int r = 0; r < rounds; ++r, ++round) {
 #pragma unroll
                     for (int stage = 0; stage < STAGES; ++stage) {
@@ -449,13 +510,13 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
 #pragma unroll
                             for (int i = lane; i < BLOCK_M; i += 32) {
                                 const int row = tile.m0 + i;
-                                cp_async_4(&sa_smem[stage * BLOCK_M + i], row < m ? &sa[(i64)row * num_kb + kb] : sa,
-                                           row < m);
+                                cp_async_4(&sa_smem[stage * BLOCK_M + i],
+                                           row < a_rows ? &sa[(i64)row * num_kb + kb] : sa, row < a_rows);
                             }
                             if (lane < 3) {
-                                const int srow = tile.n0 / 128 + lane;
-                                cp_async_4(&sb_smem[stage * 4 + lane],
-                                           srow < sb_rows ? &sb[(i64)srow * num_kb + kb] : sb, srow < sb_rows);
+                                const bool in = tile.n0 / 128 + lane < sched.sb_rows;
+                                const i64 srow = tile.sb_row0 + lane;
+                                cp_async_4(&sb_smem[stage * 4 + lane], in ? &sb[srow * num_kb + kb] : sb, in);
                             }
                         }
                         // Arrives once this lane's copies have landed: the warp never waits on memory.
@@ -469,7 +530,8 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
         const int wg = warp / 4 - 1;
         u32 round = 0;
         for (int t = cluster; t < num_tiles; t += clusters) {
-            const Tile tile = tile_at(t, tiles_mc, tiles_n, rank);
+            const Tile tile = sched.at(t, rank);
+            if (!tile.valid) continue;
             const int former = min(BLOCK_N, 128 - tile.n0 % 128);
             math_tile_dispatch<FORMER_STEP>(former, smem, round, tile, num_kb, wg, m, n, d, &tma_d);
         }

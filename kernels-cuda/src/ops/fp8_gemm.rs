@@ -18,17 +18,18 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr};
 use half::bf16;
 use tessera_core::{BackendKind, Error, Fp8Gemm, GemmGrouping, Result, E4M3};
 
-/// Checks the op: its shape, and a grouping the CUDA kernels have.
+/// The device buffers of one GEMM launch (the group layout only for grouped ops).
+struct GemmBuffers<'a, 'b> {
+    a: &'a CudaView<'b, u8>,
+    a_scales: &'a CudaView<'b, f32>,
+    b: &'a CudaView<'b, u8>,
+    b_scales: &'a CudaView<'b, f32>,
+    groups: Option<&'a CudaView<'b, i32>>,
+}
+
+/// Checks the op's shape (any grouping: the plain entry points call `require_single` first).
 fn check_gemm_op(op: &Fp8Gemm) -> Result<()> {
-    op.validate()?;
-    if op.grouping != GemmGrouping::Single {
-        return Err(Error::Unsupported {
-            op: "fp8_gemm",
-            backend: BackendKind::Cuda,
-            reason: format!("grouping {:?} has no CUDA kernel yet", op.grouping),
-        });
-    }
-    Ok(())
+    op.validate()
 }
 
 /// Checks that a device buffer starts on an `align`-byte boundary.
@@ -55,13 +56,15 @@ fn wgmma_tensor_maps(
     b: u64,
     d: u64,
 ) -> Result<[TensorMap2d; 3]> {
-    let (m, n, k) = (op.m as u64, op.n as u64, op.k as u64);
+    // Rows of A and D over all groups; rows of B over all groups.
+    let (m, n, k) = (op.total_rows() as u64, op.n as u64, op.k as u64);
+    let b_rows = op.grouping.groups() as u64 * n;
     let map_a = TensorMap2d::tiled(a, TmaDtype::U8, k, m, k, 128, t.bm, TmaSwizzle::B128)?;
     let map_b = TensorMap2d::tiled(
         b,
         TmaDtype::U8,
         k,
-        n,
+        b_rows,
         k,
         128,
         t.bn / t.cluster_m,
@@ -76,6 +79,21 @@ fn wgmma_tensor_maps(
     };
     let map_d = TensorMap2d::tiled(d, TmaDtype::BF16, n, m, 2 * n, box_n, wg_rows, swizzle)?;
     Ok([map_a, map_b, map_d])
+}
+
+/// A valid group layout for timing a grouped op: `groups` equal groups of rows (multiples of 128,
+/// the last taking the rest) for `Contiguous`, every group full for `Masked`; empty otherwise.
+fn even_group_layout(op: &Fp8Gemm) -> Vec<i32> {
+    match op.grouping {
+        GemmGrouping::Contiguous { groups } => {
+            let per = (op.m / groups.max(1)) / 128 * 128;
+            let mut v: Vec<i32> = (0..groups).map(|g| (g * per) as i32).collect();
+            v.push(op.m as i32);
+            v
+        }
+        GemmGrouping::Masked { groups } => vec![op.m as i32; groups],
+        _ => Vec::new(),
+    }
 }
 
 impl CudaBackend {
@@ -99,9 +117,73 @@ impl CudaBackend {
         b_scales: &CudaView<'_, f32>,
         d: &mut CudaViewMut<'_, bf16>,
     ) -> Result<()> {
-        check_gemm_op(op)?;
+        op.require_single()?;
         let variant = self.fp8_gemm_plan(op)?;
         self.fp8_gemm_variant_on(stream, op, variant, a, a_scales, b, b_scales, d)
+    }
+
+    /// Grouped block-scaled FP8 GEMM (mixture of experts) on `stream`, without synchronizing:
+    /// each group's rows of `a` against its own `b` (see [`GemmGrouping`] for the layouts of
+    /// every buffer), with the variant the plan picks for the shape. `groups` holds the group
+    /// layout on the device (`Contiguous`: the `groups + 1` row offsets; `Masked`: the `groups`
+    /// row counts, which may change between launches: the launch reads them on the device, so a
+    /// captured CUDA graph replays with new counts). Needs the Hopper kernel (sm_90a):
+    /// [`Error::Unsupported`] elsewhere. The counts/offsets are not checked on the device:
+    /// they must be valid ([`Fp8Gemm::validate_group_layout`]); the host API checks them.
+    /// `a`, `b` and `d` must start on 16-byte boundaries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fp8_gemm_grouped_on(
+        &self,
+        stream: &CudaStream,
+        op: &Fp8Gemm,
+        a: &CudaView<'_, u8>,
+        a_scales: &CudaView<'_, f32>,
+        b: &CudaView<'_, u8>,
+        b_scales: &CudaView<'_, f32>,
+        groups: &CudaView<'_, i32>,
+        d: &mut CudaViewMut<'_, bf16>,
+    ) -> Result<()> {
+        if op.grouping == GemmGrouping::Single {
+            return Err(Error::invalid(
+                "fp8_gemm_grouped",
+                "grouping",
+                "Contiguous or Masked (one GEMM goes through fp8_gemm_on)",
+                "Single",
+            ));
+        }
+        let variant = self.fp8_gemm_plan(op)?;
+        let bufs = GemmBuffers {
+            a,
+            a_scales,
+            b,
+            b_scales,
+            groups: Some(groups),
+        };
+        self.launch_gemm(stream, op, variant, &bufs, d)
+    }
+
+    /// [`CudaBackend::fp8_gemm_grouped_on`] with an explicit variant, for tests and tuning.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fp8_gemm_grouped_variant_on(
+        &self,
+        stream: &CudaStream,
+        op: &Fp8Gemm,
+        variant: GemmVariant,
+        a: &CudaView<'_, u8>,
+        a_scales: &CudaView<'_, f32>,
+        b: &CudaView<'_, u8>,
+        b_scales: &CudaView<'_, f32>,
+        groups: &CudaView<'_, i32>,
+        d: &mut CudaViewMut<'_, bf16>,
+    ) -> Result<()> {
+        let bufs = GemmBuffers {
+            a,
+            a_scales,
+            b,
+            b_scales,
+            groups: Some(groups),
+        };
+        self.launch_gemm(stream, op, variant, &bufs, d)
     }
 
     /// The GEMM variant for `op` on this device: the plan of its shape class (the heuristic's
@@ -137,13 +219,43 @@ impl CudaBackend {
         b_scales: &CudaView<'_, f32>,
         d: &mut CudaViewMut<'_, bf16>,
     ) -> Result<()> {
+        op.require_single()?;
+        let bufs = GemmBuffers {
+            a,
+            a_scales,
+            b,
+            b_scales,
+            groups: None,
+        };
+        self.launch_gemm(stream, op, variant, &bufs, d)
+    }
+
+    /// Checks the buffers against `op` and launches `variant`.
+    fn launch_gemm(
+        &self,
+        stream: &CudaStream,
+        op: &Fp8Gemm,
+        variant: GemmVariant,
+        bufs: &GemmBuffers<'_, '_>,
+        d: &mut CudaViewMut<'_, bf16>,
+    ) -> Result<()> {
         const OP: &str = "fp8_gemm";
         check_gemm_op(op)?;
-        check_device_len(OP, "a", op.m * op.k, a.len())?;
+        let GemmBuffers {
+            a,
+            a_scales,
+            b,
+            b_scales,
+            groups,
+        } = *bufs;
+        check_device_len(OP, "a", op.a_len(), a.len())?;
         check_device_len(OP, "a_scales", op.a_scales_len(), a_scales.len())?;
-        check_device_len(OP, "b", op.n * op.k, b.len())?;
+        check_device_len(OP, "b", op.b_len(), b.len())?;
         check_device_len(OP, "b_scales", op.b_scales_len(), b_scales.len())?;
-        check_device_len(OP, "d", op.m * op.n, d.len())?;
+        check_device_len(OP, "d", op.d_len(), d.len())?;
+        if let Some(g) = groups {
+            check_device_len(OP, "groups", op.group_layout_len(), g.len())?;
+        }
         {
             let (pa, _ra) = a.device_ptr(stream);
             let (pb, _rb) = b.device_ptr(stream);
@@ -155,11 +267,22 @@ impl CudaBackend {
         let m = to_i32(OP, "m", op.m)?;
         let n = to_i32(OP, "n", op.n)?;
         let k = to_i32(OP, "k", op.k)?;
-        // The kernel indexes with 32-bit row/column counts and 64-bit offsets: m * k, n * k and
-        // m * n fit in i64 since each factor fits in i32.
+        // Rows over all groups, and B's rows over all groups, must fit the kernels' i32 indexing.
+        to_i32(OP, "rows", op.total_rows())?;
+        to_i32(OP, "groups * n", op.grouping.groups().saturating_mul(op.n))?;
+        let num_groups = to_i32(OP, "groups", op.grouping.groups())?;
+        // The kernels index with 32-bit row/column counts and 64-bit offsets.
         let grid = variant.grid(op, self.arch_spec())?;
         match variant {
             GemmVariant::MmaSync(_) => {
+                if op.grouping != GemmGrouping::Single {
+                    return Err(Error::invalid(
+                        OP,
+                        "variant",
+                        "a Hopper (wgmma) variant compiled for the grouping",
+                        format!("{variant:?}"),
+                    ));
+                }
                 let mut args = KernelArgs::new(stream);
                 args.buffer(a)
                     .buffer(a_scales)
@@ -179,6 +302,15 @@ impl CudaBackend {
                 unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
             }
             GemmVariant::Wgmma(t) => {
+                if t.grouping != crate::plan::heuristics::grouping_code(op) {
+                    return Err(Error::invalid(
+                        OP,
+                        "variant",
+                        format!("a variant compiled for {:?}", op.grouping),
+                        format!("{variant:?}"),
+                    ));
+                }
+                let no_groups: u64 = 0;
                 let mut args = KernelArgs::new(stream);
                 let pa = args.track(a);
                 let pb = args.track(b);
@@ -193,15 +325,24 @@ impl CudaBackend {
                     .value(&m)
                     .value(&n)
                     .value(&k);
+                match groups {
+                    Some(g) => args.buffer(g),
+                    None => args.value(&no_groups),
+                };
+                args.value(&num_groups);
                 // SAFETY: the kernel's parameters are (TmaDesc A, TmaDesc B, TmaDesc D,
-                // const float* sA, const float* sB, u16* D, int m, int n, int k) in this order;
-                // the maps cover exactly A [m, k], B [n, k] and D [m, n] (whose lengths and
-                // 16-byte alignment are checked above; the maps' own preconditions are checked
-                // when encoding), TMA reads past their edges as zeros and stores clip at them,
-                // sA and sB hold m*ceil(k/128) and ceil(n/128)*ceil(k/128) floats (checked) and
-                // the kernel reads them only for rows < m and scale rows < ceil(n/128), the
-                // direct-store epilogue masks rows >= m and columns >= n, and the grid is whole
-                // clusters. A, B and D are tracked for the stream by `track` above.
+                // const float* sA, const float* sB, u16* D, int m, int n, int k,
+                // const int* groups, int num_groups) in this order; the maps cover exactly A
+                // [rows, k], B [groups * n, k] and D [rows, n] (whose lengths and 16-byte
+                // alignment are checked above; the maps' own preconditions are checked when
+                // encoding), TMA reads past their edges as zeros and stores clip at them; sA and
+                // sB hold rows*ceil(k/128) and groups*ceil(n/128)*ceil(k/128) floats (checked)
+                // and the kernel reads them only for rows < rows and scale rows within the
+                // group; the group layout has the length the grouping needs (checked; null and
+                // unread for one GEMM) and valid values (the caller's contract, checked by the
+                // host API); the direct-store epilogue masks rows past the tile's end and
+                // columns >= n; the grid is whole clusters. A, B and D are tracked for the
+                // stream by `track` above.
                 unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
             }
         }
@@ -216,23 +357,104 @@ impl CudaBackend {
         let scales: Vec<f32> = (0..4096)
             .map(|_| 2f32.powf(rng.uniform(-8.0, -6.0)))
             .collect();
-        let a = scratch_buffer(stream, op.m * op.k, &codes)?;
+        let a = scratch_buffer(stream, op.a_len(), &codes)?;
         let sa = scratch_buffer(stream, op.a_scales_len(), &scales)?;
-        let b = scratch_buffer(stream, op.n * op.k, &codes[1..])?;
+        let b = scratch_buffer(stream, op.b_len(), &codes[1..])?;
         let sb = scratch_buffer(stream, op.b_scales_len(), &scales[1..])?;
-        let mut d = scratch_buffer::<bf16>(stream, op.m * op.n, &[])?;
+        let mut d = scratch_buffer::<bf16>(stream, op.d_len(), &[])?;
+        // A grouped op is timed on an even layout: equal groups (contiguous), full groups (masked).
+        let layout = even_group_layout(op);
+        let groups = upload(stream, &layout)?;
         time_each(stream, candidates, |v| {
-            self.fp8_gemm_variant_on(
-                stream,
-                op,
-                *v,
-                &a.slice(0..op.m * op.k),
-                &sa.slice(0..op.a_scales_len()),
-                &b.slice(0..op.n * op.k),
-                &sb.slice(0..op.b_scales_len()),
-                &mut d.slice_mut(0..op.m * op.n),
-            )
+            let (a, sa) = (a.slice(0..op.a_len()), sa.slice(0..op.a_scales_len()));
+            let (b, sb) = (b.slice(0..op.b_len()), sb.slice(0..op.b_scales_len()));
+            let mut d = d.slice_mut(0..op.d_len());
+            if op.grouping == GemmGrouping::Single {
+                self.fp8_gemm_variant_on(stream, op, *v, &a, &sa, &b, &sb, &mut d)
+            } else {
+                let g = groups.as_view();
+                self.fp8_gemm_grouped_variant_on(stream, op, *v, &a, &sa, &b, &sb, &g, &mut d)
+            }
         })
+    }
+
+    pub(crate) fn fp8_gemm_grouped_host(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+        groups: &[i32],
+    ) -> Result<Vec<bf16>> {
+        op.validate_args(a, a_scales, b, b_scales)?;
+        op.validate_group_layout(groups)?;
+        if op.grouping == GemmGrouping::Single {
+            return self.fp8_gemm_host(op, a, a_scales, b, b_scales);
+        }
+        if !self.arch_spec().wgmma {
+            return self.fp8_gemm_grouped_by_group(op, a, a_scales, b, b_scales, groups);
+        }
+        let stream = &self.runtime.stream;
+        let a_bytes: Vec<u8> = a.iter().map(|x| x.to_bits()).collect();
+        let b_bytes: Vec<u8> = b.iter().map(|x| x.to_bits()).collect();
+        let da = upload(stream, &a_bytes)?;
+        let dsa = upload(stream, a_scales)?;
+        let db = upload(stream, &b_bytes)?;
+        let dsb = upload(stream, b_scales)?;
+        let dg = upload(stream, groups)?;
+        // D starts as NaN: rows a masked group leaves out stay NaN, and an element the kernel
+        // fails to write shows up.
+        let mut dd = upload(stream, &vec![bf16::NAN; op.d_len()])?;
+        self.fp8_gemm_grouped_on(
+            stream,
+            op,
+            &da.as_view(),
+            &dsa.as_view(),
+            &db.as_view(),
+            &dsb.as_view(),
+            &dg.as_view(),
+            &mut dd.as_view_mut(),
+        )?;
+        download(stream, &dd)
+    }
+
+    /// The host API's grouped GEMM where there is no grouped kernel (before sm_90a): one plain
+    /// GEMM per group on its rows (the layout is on the host here).
+    fn fp8_gemm_grouped_by_group(
+        &self,
+        op: &Fp8Gemm,
+        a: &[E4M3],
+        a_scales: &[f32],
+        b: &[E4M3],
+        b_scales: &[f32],
+        groups: &[i32],
+    ) -> Result<Vec<bf16>> {
+        let (n, k) = (op.n, op.k);
+        let kb = k.div_ceil(128);
+        let (b_len, sb_len) = (n * k, n.div_ceil(128) * kb);
+        let mut d = vec![bf16::NAN; op.d_len()];
+        for g in 0..op.grouping.groups() {
+            let (row0, rows) = match op.grouping {
+                GemmGrouping::Contiguous { .. } => {
+                    let lo = groups[g] as usize;
+                    (lo, groups[g + 1] as usize - lo)
+                }
+                _ => (g * op.m, groups[g] as usize),
+            };
+            if rows == 0 {
+                continue;
+            }
+            let part = self.fp8_gemm_host(
+                &op.group_gemm(rows),
+                &a[row0 * k..(row0 + rows) * k],
+                &a_scales[row0 * kb..(row0 + rows) * kb],
+                &b[g * b_len..(g + 1) * b_len],
+                &b_scales[g * sb_len..(g + 1) * sb_len],
+            )?;
+            d[row0 * n..(row0 + rows) * n].copy_from_slice(&part);
+        }
+        Ok(d)
     }
 
     pub(crate) fn fp8_gemm_host(
@@ -243,6 +465,7 @@ impl CudaBackend {
         b: &[E4M3],
         b_scales: &[f32],
     ) -> Result<Vec<bf16>> {
+        op.require_single()?;
         op.validate_args(a, a_scales, b, b_scales)?;
         let stream = &self.runtime.stream;
         let a_bytes: Vec<u8> = a.iter().map(|x| x.to_bits()).collect();

@@ -32,7 +32,7 @@ use std::sync::RwLock;
 use tessera_core::{BackendKind, Error, Result};
 
 /// The version of the plan file's format; a file of another version is ignored.
-pub const PLAN_FORMAT_VERSION: u32 = 1;
+pub const PLAN_FORMAT_VERSION: u32 = 2;
 
 /// `n` rounded up to a power of two (1 for 0).
 pub fn bucket(n: usize) -> u64 {
@@ -53,6 +53,10 @@ pub enum ShapeClass {
         n: u64,
         /// k.
         k: u64,
+        /// 0 one GEMM, 1 contiguous groups, 2 masked groups.
+        grouping: u8,
+        /// Groups rounded up to a power of two (1 for one GEMM).
+        groups_bucket: u64,
     },
     /// Block-sparse attention.
     Attention {
@@ -521,7 +525,9 @@ mod tests {
             ShapeClass::Gemm {
                 m_bucket: 128,
                 n: 2112,
-                k: 512
+                k: 512,
+                grouping: 0,
+                groups_bucket: 1,
             }
         );
     }

@@ -124,6 +124,10 @@ pub struct WgmmaGemm {
     /// Accumulator sets per math warpgroup: 1, or 2 (the next K block issued before the current
     /// one is promoted; one math warpgroup only: two lack the registers).
     pub acc_stages: u32,
+    /// The op's grouping (a compile-time constant of the kernel): 0 one GEMM, 1 contiguous
+    /// groups, 2 masked groups (see [`tessera_core::GemmGrouping`]); grouped tiles take one CTA
+    /// per cluster, and masked ones store D from registers (`epi_swizzle` 0).
+    pub grouping: u32,
 }
 
 impl WgmmaGemm {
@@ -185,12 +189,34 @@ impl WgmmaGemm {
             epi_swizzle: Self::epi_swizzle_for(bn),
             cluster_m,
             acc_stages,
+            grouping: 0,
         };
         if t.smem_for(2) > max_smem {
             return None;
         }
         while t.stages < 16 && t.smem_for(t.stages + 1) <= max_smem {
             t.stages += 1;
+        }
+        Some(t)
+    }
+
+    /// The same tile for an op of `grouping` (0, 1, 2: see [`WgmmaGemm::grouping`]), re-fitted
+    /// to `max_smem` (a masked tile drops its epilogue tile and gains stages); `None` if the tile
+    /// cannot serve it (a 2-CTA cluster).
+    pub fn for_grouping(self, grouping: u32, max_smem: u32) -> Option<Self> {
+        if grouping == 0 {
+            return Some(self);
+        }
+        if self.cluster_m != 1 {
+            return None;
+        }
+        let mut t = Self::fitted(self.bm, self.bn, self.math_wg, 1, self.acc_stages, max_smem)?;
+        t.grouping = grouping;
+        if grouping == 2 && t.epi_swizzle != 0 {
+            t.epi_swizzle = 0;
+            while t.stages < 16 && t.smem_for(t.stages + 1) <= max_smem {
+                t.stages += 1;
+            }
         }
         Some(t)
     }
@@ -223,7 +249,10 @@ impl WgmmaGemm {
                     && (2 * self.bn) % self.epi_swizzle == 0))
             && (self.cluster_m == 1 || (self.cluster_m == 2 && self.bn % 16 == 0))
             && (self.acc_stages == 1 || (self.acc_stages == 2 && sub == 1))
-            && (sub == 1 || self.acc_stages == 1);
+            && (sub == 1 || self.acc_stages == 1)
+            && self.grouping <= 2
+            && (self.grouping == 0 || self.cluster_m == 1)
+            && (self.grouping != 2 || self.epi_swizzle == 0);
         if ok {
             Ok(())
         } else {
@@ -288,10 +317,15 @@ impl GemmVariant {
             GemmVariant::MmaSync(_) => tiles,
             GemmVariant::Wgmma(t) => {
                 let cm = t.cluster_m.max(1) as u64;
+                let groups = match op.grouping {
+                    tessera_core::GemmGrouping::Masked { groups } => groups as u64,
+                    _ => 1,
+                };
                 let cluster_tiles = (op.m as u64)
                     .div_ceil(t.bm as u64)
                     .div_ceil(cm)
-                    .saturating_mul((op.n as u64).div_ceil(t.bn as u64));
+                    .saturating_mul((op.n as u64).div_ceil(t.bn as u64))
+                    .saturating_mul(groups);
                 cluster_tiles.min((arch.sm_count as u64 / cm).max(1)) * cm
             }
         };
@@ -336,6 +370,7 @@ impl KernelSpec for GemmVariant {
                 ("EPI_SWIZZLE", t.epi_swizzle.to_string()),
                 ("CLUSTER_M", t.cluster_m.to_string()),
                 ("ACC_STAGES", t.acc_stages.to_string()),
+                ("GROUPING", t.grouping.to_string()),
             ],
         }
     }
@@ -551,10 +586,33 @@ mod tests {
                 ..t
             },
             WgmmaGemm { bn: 144, ..narrow },
+            WgmmaGemm { grouping: 3, ..t },
+            WgmmaGemm {
+                grouping: 1,
+                cluster_m: 2,
+                ..t
+            },
+            WgmmaGemm { grouping: 2, ..t },
         ] {
             assert!(GemmVariant::Wgmma(bad).valid_on(&h).is_err(), "{bad:?}");
         }
         // Too much shared memory for the device.
         assert!(WgmmaGemm::fitted(128, 192, 2, 1, 1, 100_000).is_none());
+        // Grouped tiles: one CTA per cluster; masked ones store from registers.
+        let smem = h.max_smem_per_block;
+        let masked = t.for_grouping(2, smem).unwrap();
+        assert_eq!(
+            (masked.grouping, masked.epi_swizzle, masked.stages),
+            (2, 0, 6)
+        );
+        GemmVariant::Wgmma(masked).valid_on(&h).unwrap();
+        assert_eq!(
+            GemmVariant::Wgmma(masked).kernel().define_value("GROUPING"),
+            Some("2")
+        );
+        assert!(WgmmaGemm { cluster_m: 2, ..t }
+            .for_grouping(1, smem)
+            .is_none());
+        assert_eq!(t.for_grouping(1, smem).unwrap().epi_swizzle, 64);
     }
 }

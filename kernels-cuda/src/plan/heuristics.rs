@@ -15,7 +15,7 @@ use super::gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm};
 use super::mla::{MlaDecodeShape, MlaDecodeVariant, MLA_DECODE_TILINGS};
 use super::quantize::{QuantizeShape, QuantizeVariant};
 use super::{ArchFamily, ArchSpec, KernelSpec};
-use tessera_core::{BackendKind, Error, Fp8Gemm, Result};
+use tessera_core::{BackendKind, Error, Fp8Gemm, GemmGrouping, Result};
 
 /// Waves of `ctas` CTAs over `slots` CTAs resident at once (SMs x CTAs per SM), and the fraction
 /// of the last wave's slots in use (1.0 when it is full). `(0, 1.0)` for no CTA.
@@ -89,6 +89,15 @@ pub fn wgmma_tiles(arch: &ArchSpec) -> Vec<WgmmaGemm> {
     v
 }
 
+/// The kernel's GROUPING constant of an op: 0 one GEMM, 1 contiguous, 2 masked.
+pub fn grouping_code(op: &Fp8Gemm) -> u32 {
+    match op.grouping {
+        GemmGrouping::Contiguous { .. } => 1,
+        GemmGrouping::Masked { .. } => 2,
+        _ => 0,
+    }
+}
+
 /// Relative speed per tile of the 128-row Hopper tiles by width, measured on the H200 at
 /// M 4096 (2026-11-30, bench/results/2026-11-30-h200-*): 160 and 192 are the fastest.
 fn wgmma_tile_efficiency(bn: u32) -> f64 {
@@ -113,8 +122,13 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
             continue;
         }
         let cm = t.cluster_m.max(1) as u64;
-        let cluster_tiles =
-            (op.m as u64).div_ceil(t.bm as u64).div_ceil(cm) * (op.n as u64).div_ceil(t.bn as u64);
+        let groups = match op.grouping {
+            GemmGrouping::Masked { groups } => groups as u64,
+            _ => 1,
+        };
+        let cluster_tiles = (op.m as u64).div_ceil(t.bm as u64).div_ceil(cm)
+            * (op.n as u64).div_ceil(t.bn as u64)
+            * groups;
         let (w, fill) = waves(cluster_tiles, (slots / cm).max(1));
         // Lower is better in every component.
         let key = if small {
@@ -137,6 +151,32 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
 /// [`gemm_variants`] (each handles any shape).
 pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>> {
     op.validate()?;
+    let grouping = grouping_code(op);
+    if grouping != 0 {
+        // Grouped GEMMs: the Hopper tiles compiled for the grouping (no mma.sync kernel).
+        let v: Vec<GemmVariant> = wgmma_tiles(arch)
+            .into_iter()
+            .filter_map(|t| t.for_grouping(grouping, arch.max_smem_per_block))
+            .filter(|t| GemmVariant::Wgmma(*t).valid_on(arch).is_ok())
+            .map(GemmVariant::Wgmma)
+            .collect::<Vec<_>>();
+        let mut unique: Vec<GemmVariant> = Vec::new();
+        for c in v {
+            if !unique.contains(&c) {
+                unique.push(c);
+            }
+        }
+        if unique.is_empty() {
+            return Err(Error::Unsupported {
+                op: "fp8_gemm_grouped",
+                backend: BackendKind::Cuda,
+                reason: format!(
+                    "grouped GEMMs on the device run on the Hopper kernel (sm_90a), not on {arch}"
+                ),
+            });
+        }
+        return Ok(unique);
+    }
     let v = gemm_variants(arch);
     if v.is_empty() {
         return Err(Error::Unsupported {
@@ -177,12 +217,15 @@ pub fn pick_gemm(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> u
 impl PlannedOp for Fp8Gemm {
     type Variant = GemmVariant;
 
-    /// m rounded up to a power of two, n and k exact.
+    /// m rounded up to a power of two, n and k exact, the grouping and the groups rounded up
+    /// to a power of two.
     fn shape_class(&self) -> ShapeClass {
         ShapeClass::Gemm {
             m_bucket: bucket(self.m),
             n: self.n as u64,
             k: self.k as u64,
+            grouping: grouping_code(self) as u8,
+            groups_bucket: bucket(self.grouping.groups()),
         }
     }
 
