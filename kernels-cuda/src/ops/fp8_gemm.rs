@@ -16,7 +16,7 @@ use crate::plan::{
 use crate::CudaBackend;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr};
 use half::bf16;
-use tessera_core::{BackendKind, Error, Fp8Gemm, GemmGrouping, Result, E4M3};
+use tessera_core::{Error, Fp8Gemm, GemmGrouping, Result, E4M3};
 
 /// The device buffers of one GEMM launch (the group layout only for grouped ops).
 struct GemmBuffers<'a, 'b> {
