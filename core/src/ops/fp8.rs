@@ -396,9 +396,15 @@ impl Fp8Gemm {
             checked_product(OP, "groups * m", &[groups, self.m])?;
         }
         let rows = self.total_rows();
-        checked_product(OP, "rows * k", &[rows, self.k])?;
+        let masked = matches!(self.grouping, GemmGrouping::Masked { .. });
+        let (rows_k, rows_n) = if masked {
+            ("groups * m * k", "groups * m * n")
+        } else {
+            ("m * k", "m * n")
+        };
+        checked_product(OP, rows_k, &[rows, self.k])?;
         checked_product(OP, "groups * n * k", &[groups, self.n, self.k])?;
-        checked_product(OP, "rows * n", &[rows, self.n])?;
+        checked_product(OP, rows_n, &[rows, self.n])?;
         Ok(())
     }
 
