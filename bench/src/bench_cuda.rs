@@ -19,7 +19,10 @@ use serde_json::json;
 use tessera::cuda::{CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, MlaDecodeBuffers};
 use tessera::Fp8Gemm;
 
-use crate::cases::{data, gemm_key, gemm_sets, AttentionCase, AttentionWork, MlaShape};
+use crate::cases::{
+    data, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase, MlaShape,
+    GROUPED_GEMM_OP,
+};
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
 
@@ -77,6 +80,7 @@ impl Executor for CudaExecutor {
         vec![
             "time: median of CUDA-event-timed launches after warm-up; reps chosen for ~0.3 s (3..100)".into(),
             "fp8_gemm: FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets (L2 flushed by rotation)".into(),
+            "fp8_gemm_grouped: FLOP 2 x rows computed x N x K; bytes A and D of the rows computed + B of every group + scales; group layout (i32 offsets or counts) uploaded once; sets rotated as fp8_gemm".into(),
             "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
             "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz (every on block in full); bytes q + k + v + o; one set".into(),
         ]
@@ -84,6 +88,10 @@ impl Executor for CudaExecutor {
 
     fn gemm(&mut self, m: usize, n: usize, k: usize) -> Record {
         bench_gemm(&self.backend, &self.stream, m, n, k)
+    }
+
+    fn grouped_gemm(&mut self, case: &GroupedGemmCase) -> Record {
+        bench_grouped_gemm(&self.backend, &self.stream, case)
     }
 
     fn mla_begin(&mut self, shapes: &[MlaShape]) {
@@ -307,6 +315,70 @@ fn bench_gemm(
         })
     };
     inner().unwrap_or_else(|e| Record::failed("fp8_gemm", key.clone(), IMPL, e))
+}
+
+/// One grouped FP8 GEMM case, rotating over operand sets (the group layout uploaded once).
+fn bench_grouped_gemm(
+    backend: &CudaBackend,
+    stream: &Arc<CudaStream>,
+    case: &GroupedGemmCase,
+) -> Record {
+    let key = case.key();
+    let op = case.op();
+    let inner = || -> Res<Record> {
+        let layout = case.group_layout();
+        op.validate_group_layout(&layout)
+            .map_err(|e| e.to_string())?;
+        let groups = stream
+            .clone_htod(&layout)
+            .map_err(|e| format!("upload: {e}"))?;
+        let sets = gemm_sets(&op);
+        let codes = data::gemm_codes();
+        let scales = data::gemm_scales();
+        let mut bufs = Vec::with_capacity(sets);
+        for _ in 0..sets {
+            bufs.push((
+                alloc_filled(stream, op.a_len(), &codes)?,
+                alloc_filled(stream, op.a_scales_len(), &scales)?,
+                alloc_filled(stream, op.b_len(), &codes)?,
+                alloc_filled(stream, op.b_scales_len(), &scales)?,
+                stream
+                    .alloc_zeros::<bf16>(op.d_len())
+                    .map_err(|e| format!("alloc: {e}"))?,
+            ));
+        }
+        let (median, min, reps) = time_launches(stream, |i| {
+            let (a, sa, b, sb, d) = &mut bufs[i % sets];
+            backend
+                .fp8_gemm_grouped_on(
+                    stream,
+                    &op,
+                    &a.as_view(),
+                    &sa.as_view(),
+                    &b.as_view(),
+                    &sb.as_view(),
+                    &groups.as_view(),
+                    &mut d.as_view_mut(),
+                )
+                .map_err(|e| e.to_string())
+        })?;
+        let mut params = case.params();
+        params.insert("sets".into(), json!(sets));
+        Ok(Record {
+            op: GROUPED_GEMM_OP.into(),
+            shape: key.clone(),
+            implementation: IMPL.into(),
+            params,
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        })
+    };
+    inner().unwrap_or_else(|e| Record {
+        params: case.params(),
+        ..Record::failed(GROUPED_GEMM_OP, key.clone(), IMPL, e)
+    })
 }
 
 /// One paged cache for one format, large enough for every shape of the suite, filled with

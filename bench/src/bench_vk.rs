@@ -22,7 +22,8 @@ use tessera::vulkan::{Buffer, BufferRange, VulkanBackend};
 use tessera::{Backend, Fp8Gemm};
 
 use crate::cases::{
-    data, gemm_flops_bytes, gemm_key, gemm_sets, AttentionCase, AttentionWork, MlaShape,
+    data, gemm_flops_bytes, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase,
+    MlaShape, GROUPED_GEMM_OP,
 };
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
@@ -151,6 +152,19 @@ impl Executor for VulkanExecutor {
             self.gemm_rate = Some(gemm_flops_bytes(&op).0 / (ms * 1e-3) / 1e12);
         }
         rec
+    }
+
+    fn grouped_gemm(&mut self, case: &GroupedGemmCase) -> Record {
+        // Nothing is timed: the backend's fp8_gemm_grouped returns Unsupported.
+        Record {
+            params: case.params(),
+            ..Record::failed(
+                GROUPED_GEMM_OP,
+                case.key(),
+                IMPL,
+                "skipped: no grouped GEMM kernel on Vulkan".into(),
+            )
+        }
     }
 
     fn mla_begin(&mut self, shapes: &[MlaShape]) {

@@ -3,9 +3,11 @@
 //! report), their FLOP and byte counts, and the data patterns the inputs are filled with.
 
 use half::bf16;
+use serde_json::json;
+use std::collections::BTreeMap;
 use tessera::{
-    BlockMask, DType, Fp8Gemm, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig,
-    SparseAttention,
+    BlockMask, DType, Fp8Gemm, GemmGrouping, MlaCacheFormat, MlaCacheLayout, MlaDecode,
+    RadialMaskConfig, SparseAttention,
 };
 use tessera_testing::Rng;
 
@@ -180,16 +182,147 @@ pub fn gemm_flops_bytes(op: &Fp8Gemm) -> (f64, f64) {
     (op.flops(), bytes)
 }
 
-/// Operand sets the FP8 GEMM rotates over (1 to 16, at least [`ROTATE_BYTES`] in all).
+/// Operand sets the FP8 GEMM (plain or grouped) rotates over (1 to 16, at least
+/// [`ROTATE_BYTES`] in all): each set is A, B and D in full.
 pub fn gemm_sets(op: &Fp8Gemm) -> usize {
-    let set_bytes = op.m * op.k + op.n * op.k + 2 * op.m * op.n;
+    let set_bytes = op.a_len() + op.b_len() + 2 * op.d_len();
     ROTATE_BYTES.div_ceil(set_bytes).clamp(1, 16)
+}
+
+/// The op name of grouped FP8 GEMM records.
+pub const GROUPED_GEMM_OP: &str = "fp8_gemm_grouped";
+
+/// A grouped FP8 GEMM case (mixture of experts, see [`GemmGrouping`]): `rows[g]` rows of
+/// group `g` against its own B `[n, k]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupedGemmCase {
+    /// Masked (each group has room for `room` rows; the counts are `rows`), else contiguous
+    /// (the groups' rows stacked; each but the last a multiple of 128).
+    pub masked: bool,
+    /// Rows computed per group.
+    pub rows: Vec<usize>,
+    /// Masked only: rows each group has room for (at least every `rows[g]`).
+    pub room: usize,
+    /// Columns of D (rows of each group's B).
+    pub n: usize,
+    /// Reduction length.
+    pub k: usize,
+}
+
+impl GroupedGemmCase {
+    /// Contiguous groups of `rows` rows each.
+    pub fn contiguous(rows: &[usize], n: usize, k: usize) -> Self {
+        Self {
+            masked: false,
+            rows: rows.to_vec(),
+            room: 0,
+            n,
+            k,
+        }
+    }
+
+    /// Masked groups with room for `room` rows each, `rows` of them computed.
+    pub fn masked(rows: &[usize], room: usize, n: usize, k: usize) -> Self {
+        Self {
+            masked: true,
+            rows: rows.to_vec(),
+            room,
+            n,
+            k,
+        }
+    }
+
+    /// Rows computed over all groups.
+    pub fn total_rows(&self) -> usize {
+        self.rows.iter().sum()
+    }
+
+    /// The shape key, e.g. `contiguous 8 groups M18432 N4096 K7168` or
+    /// `masked 8 groups of 4096 M18432 N4096 K7168` (M: rows computed over all groups).
+    pub fn key(&self) -> String {
+        let groups = self.rows.len();
+        let plain = gemm_key(self.total_rows(), self.n, self.k);
+        if self.masked {
+            format!("masked {groups} groups of {} {plain}", self.room)
+        } else {
+            format!("contiguous {groups} groups {plain}")
+        }
+    }
+
+    /// The shape of the plain GEMM with the same rows in all, `(M, N, K)`, to compare with.
+    pub fn plain_twin(&self) -> (usize, usize, usize) {
+        (self.total_rows(), self.n, self.k)
+    }
+
+    /// The op (its buffers' layouts: [`GemmGrouping`]).
+    pub fn op(&self) -> Fp8Gemm {
+        let groups = self.rows.len();
+        if self.masked {
+            Fp8Gemm::grouped(self.room, self.n, self.k, GemmGrouping::Masked { groups })
+        } else {
+            Fp8Gemm::grouped(
+                self.total_rows(),
+                self.n,
+                self.k,
+                GemmGrouping::Contiguous { groups },
+            )
+        }
+    }
+
+    /// The group layout the op takes: the `groups + 1` row offsets (contiguous) or the
+    /// `groups` row counts (masked).
+    pub fn group_layout(&self) -> Vec<i32> {
+        if self.masked {
+            self.rows.iter().map(|&r| r as i32).collect()
+        } else {
+            std::iter::once(0)
+                .chain(self.rows.iter().scan(0, |at, &r| {
+                    *at += r;
+                    Some(*at as i32)
+                }))
+                .collect()
+        }
+    }
+
+    /// FLOP (`2 x rows computed x n x k`) and bytes (A and D of the rows computed, B of every
+    /// group, and the scales of those) of one run.
+    pub fn flops_bytes(&self) -> (f64, f64) {
+        let rows = self.total_rows();
+        let groups = self.rows.len();
+        let kb = self.k.div_ceil(128);
+        let scales = rows * kb + groups * self.n.div_ceil(128) * kb;
+        let bytes = rows * self.k + groups * self.n * self.k + 2 * rows * self.n + 4 * scales;
+        (2.0 * (rows * self.n * self.k) as f64, bytes as f64)
+    }
+
+    /// The record's params: `layout` (`contiguous` or `masked`), `groups`, `rows` (per group),
+    /// `total_rows`, `room` (masked), `n`, `k`, and `plain_shape` (the key of the plain GEMM to
+    /// compare with).
+    pub fn params(&self) -> BTreeMap<String, serde_json::Value> {
+        let (m, n, k) = self.plain_twin();
+        let mut params = BTreeMap::new();
+        let layout = if self.masked { "masked" } else { "contiguous" };
+        params.insert("layout".into(), json!(layout));
+        params.insert("groups".into(), json!(self.rows.len()));
+        params.insert("rows".into(), json!(self.rows));
+        params.insert("total_rows".into(), json!(m));
+        if self.masked {
+            params.insert("room".into(), json!(self.room));
+        }
+        params.insert("n".into(), json!(n));
+        params.insert("k".into(), json!(k));
+        params.insert("plain_shape".into(), json!(gemm_key(m, n, k)));
+        params
+    }
 }
 
 /// The shapes of one suite.
 pub struct Suite {
     /// FP8 GEMM (M, N, K).
     pub gemm: Vec<(usize, usize, usize)>,
+    /// Grouped FP8 GEMM (mixture of experts); each one's plain twin
+    /// ([`GroupedGemmCase::plain_twin`]) is in `gemm`.
+    pub grouped_gemm: Vec<GroupedGemmCase>,
     /// MLA decode shapes.
     pub mla: Vec<MlaShape>,
     /// Radial attention cases (each also timed dense).
@@ -218,8 +351,10 @@ impl Suite {
                     s_q: 1,
                     fp8,
                 };
+                let grouped_gemm = quick_grouped();
                 Ok(Self {
-                    gemm: vec![(64, 2112, 7168)],
+                    gemm: vec![(64, 2112, 7168), grouped_gemm[0].plain_twin()],
+                    grouped_gemm,
                     mla: vec![mla(false), mla(true)],
                     attention: vec![small],
                 })
@@ -232,8 +367,14 @@ impl Suite {
                     s_q: 1,
                     fp8,
                 };
+                let grouped_gemm = quick_grouped();
                 Ok(Self {
-                    gemm: vec![(64, 2112, 7168), (4096, 7168, 2048)],
+                    gemm: vec![
+                        (64, 2112, 7168),
+                        (4096, 7168, 2048),
+                        grouped_gemm[0].plain_twin(),
+                    ],
+                    grouped_gemm,
                     mla: vec![mla(false), mla(true)],
                     attention: vec![AttentionCase::published("wan", 1)],
                 })
@@ -251,10 +392,19 @@ impl Suite {
             (4096, 7168),
             (7168, 2048),
         ];
-        let gemm = [64, 128, 4096]
+        let mut gemm: Vec<_> = [64, 128, 4096]
             .iter()
             .flat_map(|&m| nk.iter().map(move |&(n, k)| (m, n, k)))
             .collect();
+        // Mixture of experts: 8 experts of 512 to 4096 rows (18432 in all), stacked or each in
+        // a buffer with room for 4096; the plain GEMM of the same rows to compare with.
+        let rows: Vec<usize> = (1..=8).map(|g| 512 * g).collect();
+        let (n, k) = (4096, 7168);
+        let grouped_gemm = vec![
+            GroupedGemmCase::contiguous(&rows, n, k),
+            GroupedGemmCase::masked(&rows, 4096, n, k),
+        ];
+        gemm.push(grouped_gemm[0].plain_twin());
         let mut mla = Vec::new();
         for fp8 in [false, true] {
             for batch in [64, 128] {
@@ -279,10 +429,21 @@ impl Suite {
             .collect();
         Self {
             gemm,
+            grouped_gemm,
             mla,
             attention,
         }
     }
+}
+
+/// The quick suite's grouped cases: 2 groups of 256 and 384 rows, N 1024, K 1024, contiguous
+/// and masked (room for 384 each); both have the same plain twin.
+fn quick_grouped() -> Vec<GroupedGemmCase> {
+    let rows = [256, 384];
+    vec![
+        GroupedGemmCase::contiguous(&rows, 1024, 1024),
+        GroupedGemmCase::masked(&rows, 384, 1024, 1024),
+    ]
 }
 
 /// The data every executor fills its inputs with (random, never zeros), each from its own
@@ -350,5 +511,63 @@ pub mod data {
         let mut table: Vec<i32> = (0..pages as i32).collect();
         Rng::new(seed).shuffle(&mut table);
         table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_suite_keeps_its_18_gemms_first_and_adds_the_grouped_twin() {
+        let suite = Suite::named("standard", "cuda").unwrap();
+        assert_eq!(suite.gemm.len(), 19);
+        assert_eq!(suite.gemm[0], (64, 2112, 7168));
+        assert_eq!(suite.gemm[17], (4096, 7168, 2048));
+        assert_eq!(suite.gemm[18], (18432, 4096, 7168));
+        let keys: Vec<String> = suite.grouped_gemm.iter().map(|c| c.key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "contiguous 8 groups M18432 N4096 K7168",
+                "masked 8 groups of 4096 M18432 N4096 K7168"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_grouped_case_is_valid_and_its_twin_is_in_the_suite() {
+        for (name, backend) in [("standard", "cuda"), ("quick", "cuda"), ("quick", "vulkan")] {
+            let suite = Suite::named(name, backend).unwrap();
+            assert_eq!(suite.grouped_gemm.len(), 2, "{name} {backend}");
+            for case in &suite.grouped_gemm {
+                let op = case.op();
+                op.validate().unwrap();
+                op.validate_group_layout(&case.group_layout()).unwrap();
+                assert!(suite.gemm.contains(&case.plain_twin()), "{}", case.key());
+                let (m, n, k) = case.plain_twin();
+                assert_eq!(case.params()["plain_shape"], gemm_key(m, n, k));
+                // The FLOP of the rows computed equal the plain twin's.
+                assert_eq!(case.flops_bytes().0, Fp8Gemm::new(m, n, k).flops());
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_layouts_and_bytes() {
+        let c = GroupedGemmCase::contiguous(&[256, 384], 1024, 1024);
+        assert_eq!(c.group_layout(), [0, 256, 640]);
+        assert_eq!(c.op().total_rows(), 640);
+        // A 640x1024 + B 2x1024x1024 + D 2x640x1024 + scales 4 x (640x8 + 2x8x8).
+        let bytes = 640 * 1024 + 2 * 1024 * 1024 + 2 * 640 * 1024 + 4 * (640 * 8 + 2 * 8 * 8);
+        assert_eq!(
+            c.flops_bytes(),
+            (2.0 * 640.0 * 1024.0 * 1024.0, bytes as f64)
+        );
+        let m = GroupedGemmCase::masked(&[256, 384], 384, 1024, 1024);
+        assert_eq!(m.group_layout(), [256, 384]);
+        assert_eq!(m.op().total_rows(), 768);
+        // Bytes count the rows computed, not the room.
+        assert_eq!(m.flops_bytes(), c.flops_bytes());
     }
 }

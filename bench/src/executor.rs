@@ -1,7 +1,7 @@
 //! What a backend provides to `tessera bench` ([`crate::run`]): a way of timing each kind of
 //! case of [`crate::cases`]. Implemented by [`crate::bench_cuda`] and [`crate::bench_vk`].
 
-use crate::cases::{AttentionCase, AttentionWork, MlaShape};
+use crate::cases::{AttentionCase, AttentionWork, GroupedGemmCase, MlaShape};
 use crate::schema::{Ceilings, Record};
 
 /// One backend's way of timing the cases. Each method returns the record of one measurement
@@ -15,6 +15,9 @@ pub trait Executor {
     fn notes(&self) -> Vec<String>;
     /// One FP8 GEMM.
     fn gemm(&mut self, m: usize, n: usize, k: usize) -> Record;
+    /// One grouped FP8 GEMM (mixture of experts; op [`crate::cases::GROUPED_GEMM_OP`], params
+    /// [`GroupedGemmCase::params`]).
+    fn grouped_gemm(&mut self, case: &GroupedGemmCase) -> Record;
     /// Prepares the MLA decodes of one cache format (`shapes` all have that format).
     fn mla_begin(&mut self, shapes: &[MlaShape]);
     /// One MLA decode (of the format last prepared).

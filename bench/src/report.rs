@@ -208,6 +208,7 @@ pub fn write(
     }
 
     gemm_section(&mut md, ours, peers, vulkan, dir)?;
+    grouped_gemm_section(&mut md, ours)?;
     mla_section(&mut md, ours, peers, vulkan, dir)?;
     attention_section(&mut md, ours, peers, vulkan, dir)?;
     facts_section(&mut md, peers)?;
@@ -342,6 +343,57 @@ fn gemm_section(
         false,
     ));
     writeln!(md, "\n![FP8 GEMM TFLOPS](fp8_gemm.png)")?;
+    Ok(())
+}
+
+/// The issue's target for grouped GEMM: its TFLOPS over the plain GEMM's at the same total M.
+const GROUPED_TARGET: f64 = 0.95;
+
+/// Grouped FP8 GEMM rows of `ours`, each against the plain GEMM of the same total rows in the
+/// same file (its key in the record's `plain_shape` param).
+fn grouped_gemm_section(md: &mut String, ours: &BenchFile) -> std::fmt::Result {
+    const OP: &str = crate::cases::GROUPED_GEMM_OP;
+    let shapes = shapes(OP, &[ours]);
+    if shapes.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "\n## Grouped FP8 GEMM (mixture of experts)\n")?;
+    writeln!(
+        md,
+        "Each group's rows against its own B (`contiguous`: rows stacked, offsets multiples of \
+         128; `masked`: a buffer per group with room for the rows given, device-side counts). \
+         TFLOPS count the rows computed; `plain` is the FP8 GEMM row of this file with the same \
+         total M, N and K; target grouped / plain >= {GROUPED_TARGET}.\n"
+    )?;
+    writeln!(
+        md,
+        "| shape | rows per group | Tessera ms | TFLOPS | plain shape | plain TFLOPS | grouped / plain |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for s in &shapes {
+        let r = ours.find(OP, s, "tessera");
+        let param = |name: &str| r.and_then(|r| r.params.get(name));
+        let rows = param("rows")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|| "–".into());
+        let plain_shape = param("plain_shape").and_then(|v| v.as_str());
+        let plain = plain_shape.and_then(|p| ours.find("fp8_gemm", p, "tessera"));
+        writeln!(
+            md,
+            "| {s} | {rows} | {} | {} | {} | {} | {} |",
+            ms(time(r)),
+            f(tflops(r), 0),
+            plain_shape.unwrap_or("–"),
+            f(tflops(plain), 0),
+            f(ratio(tflops(r), tflops(plain)), 2)
+        )?;
+    }
     Ok(())
 }
 

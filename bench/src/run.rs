@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::cases::{gemm_flops_bytes, gemm_key, MlaShape, Suite};
+use crate::cases::{gemm_flops_bytes, gemm_key, MlaShape, Suite, GROUPED_GEMM_OP};
 use crate::executor::Executor;
 use crate::schema::{fill_rates, utc_now, BenchFile, Header, Record};
 
@@ -39,7 +39,8 @@ pub struct BenchArgs {
     /// block_size, blocks, nnz, density, indptr, indices), for ci/peers.py.
     #[arg(long, value_name = "DIR")]
     pub masks: Option<PathBuf>,
-    /// Only the ops whose name contains this (fp8_gemm, mla_decode, attention).
+    /// Only the ops whose name contains this (fp8_gemm, fp8_gemm_grouped, mla_decode,
+    /// attention; `fp8_gemm` takes both GEMMs).
     #[arg(long)]
     pub only: Option<String>,
     /// Vulkan only: seconds after which the remaining shapes are skipped (and reported so).
@@ -85,6 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut progress = Progress {
         done: 0,
         total: count("fp8_gemm", suite.gemm.len())
+            + count(GROUPED_GEMM_OP, suite.grouped_gemm.len())
             + count("mla_decode", suite.mla.len())
             + count("attention", 2 * suite.attention.len()),
         start: Instant::now(),
@@ -101,6 +103,15 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             progress.show(&format!("fp8_gemm {}", gemm_key(m, n, k)));
             let mut rec = executor.gemm(m, n, k);
             let (flops, bytes) = gemm_flops_bytes(&tessera::Fp8Gemm::new(m, n, k));
+            fill_rates(&mut rec, flops, bytes, &ceilings);
+            push(&mut file, rec);
+        }
+    }
+    if wants(GROUPED_GEMM_OP) {
+        for case in &suite.grouped_gemm {
+            progress.show(&format!("{GROUPED_GEMM_OP} {}", case.key()));
+            let mut rec = executor.grouped_gemm(case);
+            let (flops, bytes) = case.flops_bytes();
             fill_rates(&mut rec, flops, bytes, &ceilings);
             push(&mut file, rec);
         }
@@ -227,17 +238,17 @@ impl Progress {
 
 fn print_summary(file: &BenchFile) {
     println!(
-        "{:<11} {:<28} {:<16} {:>10} {:>9} {:>9} {:>7} {:>7}",
+        "{:<16} {:<42} {:<16} {:>10} {:>9} {:>9} {:>7} {:>7}",
         "op", "shape", "impl", "ms", "TFLOPS", "GB/s", "%mm", "%copy"
     );
     for r in &file.records {
         match &r.error {
             Some(e) => println!(
-                "{:<11} {:<28} {:<16} error: {e}",
+                "{:<16} {:<42} {:<16} error: {e}",
                 r.op, r.shape, r.implementation
             ),
             None => println!(
-                "{:<11} {:<28} {:<16} {:>10.4} {:>9.1} {:>9.0} {:>7.1} {:>7.1}",
+                "{:<16} {:<42} {:<16} {:>10.4} {:>9.1} {:>9.0} {:>7.1} {:>7.1}",
                 r.op,
                 r.shape,
                 r.implementation,

@@ -1,7 +1,8 @@
 //! `tessera report` end to end: three JSON files in the bench schema (Tessera on CUDA, the peers,
 //! Tessera on Vulkan) joined into `results.md`, with the ratios computed the documented way
-//! (throughput ours / peer, Vulkan / CUDA), failed measurements listed, the FACTS.md check, and a
-//! clear error for a missing or malformed input.
+//! (throughput ours / peer, Vulkan / CUDA), failed measurements listed, the FACTS.md check, the
+//! grouped GEMM rows against the plain GEMM of the same total M, and a clear error for a missing
+//! or malformed input.
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -134,6 +135,76 @@ fn report_joins_cuda_peers_and_vulkan_with_ratios() {
     for want in ["+5.5%", "-12.0%", "-3.3%"] {
         assert!(f.contains(want), "{want} missing from {f}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn grouped(shape: &str, ms: Option<f64>, tflops: Option<f64>, plain: &str) -> Value {
+    let mut r = record("fp8_gemm_grouped", shape, "tessera", ms, tflops);
+    r["params"] = json!({"layout": "contiguous", "groups": 2, "rows": [256, 384],
+        "total_rows": 640, "n": 4096, "k": 7168, "plain_shape": plain});
+    r
+}
+
+#[test]
+fn report_compares_grouped_gemm_with_the_plain_gemm_of_the_same_rows() {
+    let dir = temp_dir("grouped");
+    let plain = "M18432 N4096 K7168";
+    let contiguous = "contiguous 8 groups M18432 N4096 K7168";
+    let masked = "masked 8 groups of 4096 M18432 N4096 K7168";
+    let orphan = "contiguous 2 groups M640 N1024 K1024";
+    write(
+        &dir.join("ours.json"),
+        &json!({"header": header("cuda", 4000.0), "records": [
+            record("fp8_gemm", "M64 N2112 K7168", "tessera", Some(0.1), Some(200.0)),
+            record("fp8_gemm", plain, "tessera", Some(1.0), Some(1000.0)),
+            grouped(contiguous, Some(1.05), Some(950.0), plain),
+            grouped(masked, None, None, plain),
+            grouped(orphan, Some(0.01), Some(100.0), "M640 N1024 K1024"),
+        ]}),
+    );
+    let out = dir.join("out");
+    let status = tessera()
+        .args(["report", "--ours"])
+        .arg(dir.join("ours.json"))
+        .arg("--out")
+        .arg(&out)
+        .env("TESSERA_FONT", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let gemm_at = md.find("## FP8 GEMM").expect("FP8 GEMM section");
+    let grouped_at = md
+        .find("## Grouped FP8 GEMM (mixture of experts)")
+        .unwrap_or_else(|| panic!("no grouped section in\n{md}"));
+    assert!(gemm_at < grouped_at, "{md}");
+    let row = |start: &str| -> Vec<String> {
+        md[grouped_at..]
+            .lines()
+            .find(|l| l.starts_with(&format!("| {start} |")))
+            .unwrap_or_else(|| panic!("no row for {start} in\n{md}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    // | shape | rows per group | ms | TFLOPS | plain shape | plain TFLOPS | grouped / plain |
+    assert_eq!(
+        row(contiguous)[1..8],
+        [contiguous, "256, 384", "1.050", "950", plain, "1000", "0.95"]
+    );
+    // Failed: no time, no ratio (and listed with the failures).
+    assert_eq!(row(masked)[3..8], ["–", "–", plain, "1000", "–"], "{md}");
+    assert!(md.contains(&format!(
+        "- fp8_gemm_grouped {masked} tessera: skipped: too slow"
+    )));
+    // The plain twin is not in the file: dashes.
+    assert_eq!(row(orphan)[5..8], ["M640 N1024 K1024", "–", "–"]);
+    // The grouped rows stay out of the plain FP8 GEMM table.
+    assert!(!md[gemm_at..grouped_at].contains(contiguous));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
