@@ -16,12 +16,14 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use serde_json::json;
-use tessera::cuda::{CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, MlaDecodeBuffers};
+use tessera::cuda::{
+    CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, DeviceInput, MlaDecodeBuffers,
+};
 use tessera::Fp8Gemm;
 
 use crate::cases::{
     data, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase, MlaShape,
-    GROUPED_GEMM_OP,
+    QuantizeCase, GROUPED_GEMM_OP, QUANTIZE_OP, ROTATE_BYTES,
 };
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
@@ -94,6 +96,10 @@ impl Executor for CudaExecutor {
         bench_grouped_gemm(&self.backend, &self.stream, case)
     }
 
+    fn quantize(&mut self, case: &QuantizeCase) -> Record {
+        bench_quantize(&self.backend, &self.stream, case)
+    }
+
     fn mla_begin(&mut self, shapes: &[MlaShape]) {
         self.mla = Some(MlaBench::new(&self.stream, shapes));
     }
@@ -158,6 +164,60 @@ fn time_launches(
         .collect::<Res<Vec<f64>>>()?;
     ms.sort_by(f64::total_cmp);
     Ok((ms[ms.len() / 2], ms[0], reps))
+}
+
+/// One quantizer case, rotating over input sets (so that L2 is not what is measured).
+fn bench_quantize(backend: &CudaBackend, stream: &Arc<CudaStream>, case: &QuantizeCase) -> Record {
+    let key = case.key();
+    let op = case.op();
+    let inner = || -> Res<Record> {
+        let (sr, sc) = op.scales_shape();
+        let elems = op.rows * op.cols;
+        let sets = ROTATE_BYTES.div_ceil(3 * elems).clamp(1, 16);
+        let x: Vec<bf16> = data::bf16s(7, 1 << 16, 3.0);
+        let mut bufs = Vec::with_capacity(sets);
+        for _ in 0..sets {
+            bufs.push((
+                alloc_filled(stream, elems, &x)?,
+                stream
+                    .alloc_zeros::<u8>(elems)
+                    .map_err(|e| format!("alloc: {e}"))?,
+                stream
+                    .alloc_zeros::<f32>(sr * sc)
+                    .map_err(|e| format!("alloc: {e}"))?,
+            ));
+        }
+        let (median, min, reps) = time_launches(stream, |i| {
+            let (x, values, scales) = &mut bufs[i % sets];
+            backend
+                .fp8_quantize_on(
+                    stream,
+                    &op,
+                    &DeviceInput::BF16(x.as_view()),
+                    &mut values.as_view_mut(),
+                    &mut scales.as_view_mut(),
+                )
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(Record {
+            op: QUANTIZE_OP.into(),
+            shape: key.clone(),
+            implementation: IMPL.into(),
+            params: [
+                ("rows", json!(op.rows)),
+                ("cols", json!(op.cols)),
+                ("sets", json!(sets)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        })
+    };
+    inner().unwrap_or_else(|e| Record::failed(QUANTIZE_OP, key.clone(), IMPL, e))
 }
 
 /// Allocates `len` elements (at least 1) and fills them by repeating `pattern` (uploaded once,

@@ -23,7 +23,7 @@ use tessera::{Backend, Fp8Gemm};
 
 use crate::cases::{
     data, gemm_flops_bytes, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase,
-    MlaShape, GROUPED_GEMM_OP,
+    MlaShape, QuantizeCase, GROUPED_GEMM_OP, QUANTIZE_OP,
 };
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
@@ -154,6 +154,13 @@ impl Executor for VulkanExecutor {
         rec
     }
 
+    fn quantize(&mut self, case: &QuantizeCase) -> Record {
+        match self.budget.check(None) {
+            Ok(()) => bench_quantize(&self.backend, &self.timer, case),
+            Err(e) => Record::failed(QUANTIZE_OP, case.key(), IMPL, e),
+        }
+    }
+
     fn grouped_gemm(&mut self, case: &GroupedGemmCase) -> Record {
         // Nothing is timed: the backend's fp8_gemm_grouped returns Unsupported.
         Record {
@@ -261,6 +268,55 @@ fn fits(backend: &VulkanBackend, what: &str, bytes: usize) -> Res<()> {
         ));
     }
     Ok(())
+}
+
+/// One quantizer case (one input set: these are memory-bound and far larger than any cache).
+fn bench_quantize(backend: &VulkanBackend, timer: &Timer, case: &QuantizeCase) -> Record {
+    let key = case.key();
+    let op = case.op();
+    let inner = || -> Res<Record> {
+        let (sr, sc) = op.scales_shape();
+        let elems = op.rows * op.cols;
+        fits(backend, "x", 2 * elems)?;
+        let x: Vec<u8> = data::bf16s(7, 1 << 16, 3.0)
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect();
+        let xb = device_buffer(backend, 2 * elems, &x)?;
+        let values = device_buffer(backend, elems, &[0])?;
+        let scales = device_buffer(backend, 4 * sr * sc, &[0])?;
+        let (median, min, reps, per_batch) = time_dispatches(timer, |cmd, _| {
+            // SAFETY: `cmd` is the timer's command buffer on this backend's device, recording;
+            // the buffers are live storage buffers of that device, kept until the batch is
+            // waited for.
+            unsafe {
+                backend.record_fp8_quantize(
+                    cmd,
+                    &op,
+                    tessera::DType::BF16,
+                    range(&xb),
+                    range(&values),
+                    range(&scales),
+                )
+            }
+            .map_err(|e| e.to_string())
+        })?;
+        Ok(Record {
+            op: QUANTIZE_OP.into(),
+            shape: key.clone(),
+            implementation: IMPL.into(),
+            params: params([
+                ("rows", json!(op.rows)),
+                ("cols", json!(op.cols)),
+                ("dispatches_per_batch", json!(per_batch)),
+            ]),
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        })
+    };
+    inner().unwrap_or_else(|e| Record::failed(QUANTIZE_OP, key.clone(), IMPL, e))
 }
 
 fn range(b: &Buffer) -> BufferRange {

@@ -6,8 +6,8 @@ use half::bf16;
 use serde_json::json;
 use std::collections::BTreeMap;
 use tessera::{
-    BlockMask, DType, Fp8Gemm, GemmGrouping, MlaCacheFormat, MlaCacheLayout, MlaDecode,
-    RadialMaskConfig, SparseAttention,
+    BlockMask, DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, GemmGrouping, MlaCacheFormat,
+    MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule, SparseAttention,
 };
 use tessera_testing::Rng;
 
@@ -323,10 +323,56 @@ pub struct Suite {
     /// Grouped FP8 GEMM (mixture of experts); each one's plain twin
     /// ([`GroupedGemmCase::plain_twin`]) is in `gemm`.
     pub grouped_gemm: Vec<GroupedGemmCase>,
+    /// FP8 quantizers (bf16 in).
+    pub quantize: Vec<QuantizeCase>,
     /// MLA decode shapes.
     pub mla: Vec<MlaShape>,
     /// Radial attention cases (each also timed dense).
     pub attention: Vec<AttentionCase>,
+}
+
+/// The op name of quantizer records.
+pub const QUANTIZE_OP: &str = "fp8_quantize";
+
+/// An FP8 quantizer case: a bf16 `[rows, cols]` matrix to E4M3 with f32 scales per group
+/// (float rule). The bound is memory: bytes = bf16 in + E4M3 out + scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantizeCase {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Activations (1x128) or weights (128x128).
+    pub granularity: Fp8Granularity,
+}
+
+impl QuantizeCase {
+    /// The op.
+    pub fn op(&self) -> Fp8Quantize {
+        Fp8Quantize {
+            rows: self.rows,
+            cols: self.cols,
+            granularity: self.granularity,
+            scale_rule: ScaleRule::Float,
+        }
+    }
+
+    /// The shape key, e.g. `4096x7168 bf16 1x128`.
+    pub fn key(&self) -> String {
+        let g = match self.granularity {
+            Fp8Granularity::PerToken1x128 => "1x128",
+            Fp8Granularity::Block128x128 => "128x128",
+        };
+        format!("{}x{} bf16 {g}", self.rows, self.cols)
+    }
+
+    /// (FLOP, bytes) of one run: no FLOP counted; bytes read and written.
+    pub fn flops_bytes(&self) -> (f64, f64) {
+        let op = self.op();
+        let (sr, sc) = op.scales_shape();
+        let elems = (self.rows * self.cols) as f64;
+        (0.0, 2.0 * elems + elems + 4.0 * (sr * sc) as f64)
+    }
 }
 
 impl Suite {
@@ -355,6 +401,7 @@ impl Suite {
                 Ok(Self {
                     gemm: vec![(64, 2112, 7168), grouped_gemm[0].plain_twin()],
                     grouped_gemm,
+                    quantize: quick_quantize(),
                     mla: vec![mla(false), mla(true)],
                     attention: vec![small],
                 })
@@ -375,6 +422,7 @@ impl Suite {
                         grouped_gemm[0].plain_twin(),
                     ],
                     grouped_gemm,
+                    quantize: quick_quantize(),
                     mla: vec![mla(false), mla(true)],
                     attention: vec![AttentionCase::published("wan", 1)],
                 })
@@ -427,13 +475,36 @@ impl Suite {
             .iter()
             .flat_map(|m| [1, 2, 4].map(|x| AttentionCase::published(m, x)))
             .collect();
+        // The quantizers at DeepSeek-V3's hidden size: 4096 tokens, and a 7168 x 7168 weight.
+        let quantize = vec![
+            QuantizeCase {
+                rows: 4096,
+                cols: 7168,
+                granularity: Fp8Granularity::PerToken1x128,
+            },
+            QuantizeCase {
+                rows: 7168,
+                cols: 7168,
+                granularity: Fp8Granularity::Block128x128,
+            },
+        ];
         Self {
             gemm,
             grouped_gemm,
+            quantize,
             mla,
             attention,
         }
     }
+}
+
+/// The quick suite's quantizer: 256 x 1024 activations.
+fn quick_quantize() -> Vec<QuantizeCase> {
+    vec![QuantizeCase {
+        rows: 256,
+        cols: 1024,
+        granularity: Fp8Granularity::PerToken1x128,
+    }]
 }
 
 /// The quick suite's grouped cases: 2 groups of 256 and 384 rows, N 1024, K 1024, contiguous

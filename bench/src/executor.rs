@@ -1,7 +1,7 @@
 //! What a backend provides to `tessera bench` ([`crate::run`]): a way of timing each kind of
 //! case of [`crate::cases`]. Implemented by [`crate::bench_cuda`] and [`crate::bench_vk`].
 
-use crate::cases::{AttentionCase, AttentionWork, GroupedGemmCase, MlaShape};
+use crate::cases::{AttentionCase, AttentionWork, GroupedGemmCase, MlaShape, QuantizeCase};
 use crate::schema::{Ceilings, Record};
 
 /// One backend's way of timing the cases. Each method returns the record of one measurement
@@ -18,6 +18,8 @@ pub trait Executor {
     /// One grouped FP8 GEMM (mixture of experts; op [`crate::cases::GROUPED_GEMM_OP`], params
     /// [`GroupedGemmCase::params`]).
     fn grouped_gemm(&mut self, case: &GroupedGemmCase) -> Record;
+    /// One FP8 quantizer (bf16 in).
+    fn quantize(&mut self, case: &QuantizeCase) -> Record;
     /// Prepares the MLA decodes of one cache format (`shapes` all have that format).
     fn mla_begin(&mut self, shapes: &[MlaShape]);
     /// One MLA decode (of the format last prepared).

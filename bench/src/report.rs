@@ -209,6 +209,7 @@ pub fn write(
 
     gemm_section(&mut md, ours, peers, vulkan, dir)?;
     grouped_gemm_section(&mut md, ours)?;
+    quantize_section(&mut md, ours, vulkan)?;
     mla_section(&mut md, ours, peers, vulkan, dir)?;
     attention_section(&mut md, ours, peers, vulkan, dir)?;
     facts_section(&mut md, peers)?;
@@ -351,6 +352,55 @@ const GROUPED_TARGET: f64 = 0.95;
 
 /// Grouped FP8 GEMM rows of `ours`, each against the plain GEMM of the same total rows in the
 /// same file (its key in the record's `plain_shape` param).
+/// The target of the quantizers: this fraction of the copy ceiling (issue 9).
+const QUANTIZE_TARGET: f64 = 0.8;
+
+fn quantize_section(
+    md: &mut String,
+    ours: &BenchFile,
+    vulkan: Option<&BenchFile>,
+) -> std::fmt::Result {
+    const OP: &str = crate::cases::QUANTIZE_OP;
+    let shapes = shapes(OP, &[ours]);
+    if shapes.is_empty() {
+        return Ok(());
+    }
+    let copy = ours.header.ceilings.copy_gbps;
+    writeln!(
+        md,
+        "
+## FP8 quantizers (bf16 in, E4M3 and f32 scales out)
+"
+    )?;
+    writeln!(
+        md,
+        "Memory-bound: GB/s count the bf16 read, the E4M3 written and the scales; `% copy` is of          the copy ceiling of this run (target >= {:.0}%).
+",
+        QUANTIZE_TARGET * 100.0
+    )?;
+    writeln!(
+        md,
+        "| shape | Tessera ms | GB/s | % copy | Vulkan ms | Vulkan GB/s | Vulkan / CUDA |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for s in &shapes {
+        let r = ours.find(OP, s, "tessera");
+        let v = vulkan.and_then(|v| v.find(OP, s, "tessera-vulkan"));
+        let pct = gbps(r).zip(copy).map(|(g, c)| 100.0 * g / c);
+        writeln!(
+            md,
+            "| {s} | {} | {} | {} | {} | {} | {} |",
+            ms(time(r)),
+            f(gbps(r), 0),
+            f(pct, 0),
+            ms(time(v)),
+            f(gbps(v), 0),
+            f(ratio(gbps(v), gbps(r)), 3)
+        )?;
+    }
+    Ok(())
+}
+
 fn grouped_gemm_section(md: &mut String, ours: &BenchFile) -> std::fmt::Result {
     const OP: &str = crate::cases::GROUPED_GEMM_OP;
     let shapes = shapes(OP, &[ours]);

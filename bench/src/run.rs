@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::cases::{gemm_flops_bytes, gemm_key, MlaShape, Suite, GROUPED_GEMM_OP};
+use crate::cases::{gemm_flops_bytes, gemm_key, MlaShape, Suite, GROUPED_GEMM_OP, QUANTIZE_OP};
 use crate::executor::Executor;
 use crate::schema::{fill_rates, utc_now, BenchFile, Header, Record};
 
@@ -87,6 +87,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         done: 0,
         total: count("fp8_gemm", suite.gemm.len())
             + count(GROUPED_GEMM_OP, suite.grouped_gemm.len())
+            + count(QUANTIZE_OP, suite.quantize.len())
             + count("mla_decode", suite.mla.len())
             + count("attention", 2 * suite.attention.len()),
         start: Instant::now(),
@@ -111,6 +112,15 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         for case in &suite.grouped_gemm {
             progress.show(&format!("{GROUPED_GEMM_OP} {}", case.key()));
             let mut rec = executor.grouped_gemm(case);
+            let (flops, bytes) = case.flops_bytes();
+            fill_rates(&mut rec, flops, bytes, &ceilings);
+            push(&mut file, rec);
+        }
+    }
+    if wants(QUANTIZE_OP) {
+        for case in &suite.quantize {
+            progress.show(&format!("{QUANTIZE_OP} {}", case.key()));
+            let mut rec = executor.quantize(case);
             let (flops, bytes) = case.flops_bytes();
             fill_rates(&mut rec, flops, bytes, &ceilings);
             push(&mut file, rec);

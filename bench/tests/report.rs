@@ -237,3 +237,54 @@ fn report_names_a_missing_or_malformed_input() {
     assert!(err.contains("bad.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn report_shows_the_quantizers_against_the_copy_ceiling() {
+    let dir = temp_dir("quantize");
+    let shape = "4096x7168 bf16 1x128";
+    let mut ours = record("fp8_quantize", shape, "tessera", Some(0.025), None);
+    ours["gbps"] = json!(3400.0);
+    let mut vk = record("fp8_quantize", shape, "tessera-vulkan", Some(0.05), None);
+    vk["gbps"] = json!(1700.0);
+    write(
+        &dir.join("ours.json"),
+        &json!({"header": header("cuda", 4000.0), "records": [ours]}),
+    );
+    write(
+        &dir.join("vk.json"),
+        &json!({"header": header("vulkan", 4000.0), "records": [vk]}),
+    );
+    let out = dir.join("out");
+    let status = tessera()
+        .args(["report", "--ours"])
+        .arg(dir.join("ours.json"))
+        .arg("--vulkan")
+        .arg(dir.join("vk.json"))
+        .arg("--out")
+        .arg(&out)
+        .env("TESSERA_FONT", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let at = md
+        .find("## FP8 quantizers")
+        .unwrap_or_else(|| panic!("no quantizer section in\n{md}"));
+    let row: Vec<String> = md[at..]
+        .lines()
+        .find(|l| l.starts_with(&format!("| {shape} |")))
+        .unwrap_or_else(|| panic!("no row in\n{md}"))
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect();
+    // | shape | ms | GB/s | % copy | Vulkan ms | Vulkan GB/s | Vulkan / CUDA |
+    assert_eq!(
+        row[1..8],
+        [shape, "0.0250", "3400", "85", "0.0500", "1700", "0.500"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
