@@ -52,6 +52,8 @@ GEMM_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168
 def suite(name):
     if name == "standard":
         gemm = [(m, n, k) for m in (64, 128, 4096) for (n, k) in GEMM_NK]
+        # The plain twin of the grouped (mixture-of-experts) rows of `tessera bench`.
+        gemm.append((18432, 4096, 7168))
         mla = [(b, s, h, q) for b in (64, 128) for s in (4096, 8192, 32768) for h in (16, 128) for q in (1, 2)]
         att = [(model, base * x) for model, base in (("hunyuan", 30), ("wan", 18)) for x in (1, 2, 4)]
     elif name == "quick":
