@@ -13,27 +13,24 @@ use tessera_cuda::plan::{AttentionShape, KernelSpec, MlaDecodeShape, PlannedOp, 
 use tessera_cuda::CudaBackend;
 use tessera_reference::{attention as ref_attn, metrics, mla as ref_mla, CpuBackend};
 
-/// SplitMix64.
-struct Rng(u64);
+/// The workspace's one seeded generator, with the E4M3 codes these tests use.
+struct Rng(tessera_testing::Rng);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(tessera_testing::Rng::new(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+        self.0.uniform_f32(lo, hi)
     }
 
     fn e4m3(&mut self) -> E4M3 {
-        let r = self.next();
-        E4M3::from_bits(
-            (((r & 1) as u8) << 7) | ((4 + ((r >> 1) % 7) as u8) << 3) | ((r >> 4) & 7) as u8,
-        )
+        E4M3::from_bits(self.0.moderate_e4m3())
     }
 }
 
@@ -76,7 +73,7 @@ fn every_gemm_candidate_matches_the_reference() {
     .enumerate()
     {
         let op = Fp8Gemm::new(m, n, k);
-        let mut rng = Rng(100 + i as u64);
+        let mut rng = Rng::new(100 + i as u64);
         let a: Vec<E4M3> = (0..m * k).map(|_| rng.e4m3()).collect();
         let b: Vec<E4M3> = (0..n * k).map(|_| rng.e4m3()).collect();
         let scale = |rng: &mut Rng| 2f32.powf(rng.uniform(-8.0, -6.0));
@@ -129,7 +126,7 @@ fn every_grouped_gemm_candidate_matches_the_reference() {
     ];
     let mut runs = 0;
     for (i, (op, layout)) in cases.iter().enumerate() {
-        let mut rng = Rng(300 + i as u64);
+        let mut rng = Rng::new(300 + i as u64);
         let a: Vec<E4M3> = (0..op.a_len()).map(|_| rng.e4m3()).collect();
         let b: Vec<E4M3> = (0..op.b_len()).map(|_| rng.e4m3()).collect();
         let scale = |rng: &mut Rng| 2f32.powf(rng.uniform(-8.0, -6.0));
@@ -175,7 +172,7 @@ fn every_grouped_gemm_candidate_matches_the_reference() {
 #[test]
 fn every_attention_candidate_matches_the_reference() {
     let Some(be) = backend() else { return };
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for head_dim in [64, 128] {
         for dtype in [DType::F16, DType::BF16] {
             for (block, tokens) in [(64usize, 200usize), (128, 300)] {
@@ -302,7 +299,7 @@ fn every_mla_candidate_matches_the_reference() {
         },
     ];
     let cpu = CpuBackend::new();
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     // (s_q, heads, lens): odd rows and lengths with an empty request; one long request alone,
     // which the plan splits over CTAs (the combine kernel runs).
     let shapes: [(usize, usize, &[usize]); 2] = [(2, 5, &[77, 0, 300]), (1, 16, &[1500])];
@@ -371,7 +368,7 @@ fn every_mla_candidate_matches_the_reference() {
 fn every_quantizer_matches_the_reference_bit_for_bit() {
     let Some(be) = backend() else { return };
     let cpu = CpuBackend::new();
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     for input in [DType::F32, DType::F16, DType::BF16] {
         for granularity in [Fp8Granularity::PerToken1x128, Fp8Granularity::Block128x128] {
             for scale_rule in [ScaleRule::Float, ScaleRule::PowerOfTwo] {

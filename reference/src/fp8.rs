@@ -7,9 +7,7 @@
 //! value reads back as `q · s`.
 
 use std::ops::Range;
-use tessera_core::ops::fp8::{
-    fp8_scale, Fp8Gemm, Fp8Quantize, Fp8Quantized, GemmGrouping, FP8_GROUP,
-};
+use tessera_core::ops::fp8::{fp8_scale, Fp8Gemm, Fp8Quantize, Fp8Quantized, FP8_GROUP};
 use tessera_core::E4M3;
 
 /// Index range of group `index` of `size` along a dimension of `len`, clipped at the end
@@ -161,21 +159,7 @@ pub fn fp8_gemm_grouped(
     let kb = k.div_ceil(FP8_GROUP);
     let (b_len, sb_len) = (n * k, n.div_ceil(FP8_GROUP) * kb);
     let mut d = vec![f64::NAN; op.d_len()];
-    // (first row of the group in A / sA / D, rows computed) per group.
-    let spans: Vec<(usize, usize)> = match op.grouping {
-        GemmGrouping::Single => vec![(0, op.m)],
-        GemmGrouping::Contiguous { groups: g } => (0..g)
-            .map(|i| {
-                let lo = groups[i] as usize;
-                (lo, groups[i + 1] as usize - lo)
-            })
-            .collect(),
-        GemmGrouping::Masked { groups: g } => {
-            (0..g).map(|i| (i * op.m, groups[i] as usize)).collect()
-        }
-        _ => unreachable!("a grouping this reference does not know"),
-    };
-    for (g, &(row0, rows)) in spans.iter().enumerate() {
+    for (g, (row0, rows)) in op.group_spans(groups).into_iter().enumerate() {
         if rows == 0 {
             continue;
         }

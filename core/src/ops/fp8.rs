@@ -301,6 +301,23 @@ impl Fp8Gemm {
         Fp8Gemm::new(rows, self.n, self.k)
     }
 
+    /// The rows each group computes, as (first row of A / sA / D over all groups, rows), from a
+    /// group layout that [`Fp8Gemm::validate_group_layout`] accepted (one span for `Single`).
+    pub fn group_spans(&self, layout: &[i32]) -> Vec<(usize, usize)> {
+        match self.grouping {
+            GemmGrouping::Contiguous { groups } => (0..groups)
+                .map(|g| {
+                    let lo = layout[g] as usize;
+                    (lo, layout[g + 1] as usize - lo)
+                })
+                .collect(),
+            GemmGrouping::Masked { groups } => (0..groups)
+                .map(|g| (g * self.m, layout[g] as usize))
+                .collect(),
+            GemmGrouping::Single => vec![(0, self.m)],
+        }
+    }
+
     /// Length of the group layout [`crate::Backend::fp8_gemm_grouped`] takes: `groups + 1`
     /// offsets (`Contiguous`), `groups` counts (`Masked`), 0 (`Single`).
     pub fn group_layout_len(&self) -> usize {

@@ -152,14 +152,7 @@ impl CudaBackend {
             ));
         }
         let variant = self.fp8_gemm_plan(op)?;
-        let bufs = GemmBuffers {
-            a,
-            a_scales,
-            b,
-            b_scales,
-            groups: Some(groups),
-        };
-        self.launch_gemm(stream, op, variant, &bufs, d)
+        self.fp8_gemm_grouped_variant_on(stream, op, variant, a, a_scales, b, b_scales, groups, d)
     }
 
     /// [`CudaBackend::fp8_gemm_grouped_on`] with an explicit variant, for tests and tuning.
@@ -434,14 +427,7 @@ impl CudaBackend {
         let kb = k.div_ceil(128);
         let (b_len, sb_len) = (n * k, n.div_ceil(128) * kb);
         let mut d = vec![bf16::NAN; op.d_len()];
-        for g in 0..op.grouping.groups() {
-            let (row0, rows) = match op.grouping {
-                GemmGrouping::Contiguous { .. } => {
-                    let lo = groups[g] as usize;
-                    (lo, groups[g + 1] as usize - lo)
-                }
-                _ => (g * op.m, groups[g] as usize),
-            };
+        for (g, (row0, rows)) in op.group_spans(groups).into_iter().enumerate() {
             if rows == 0 {
                 continue;
             }
