@@ -81,6 +81,10 @@ fn wgmma_tensor_maps(
     Ok([map_a, map_b, map_d])
 }
 
+/// Bytes of operand sets the GEMM tuner rotates over (several times the H100/H200's 50-60 MB of
+/// L2), as `tessera bench` does.
+const TUNE_ROTATE_BYTES: usize = 200 << 20;
+
 /// A valid group layout for timing a grouped op: `groups` equal groups of rows (multiples of 128,
 /// the last taking the rest) for `Contiguous`, every group full for `Masked`; empty otherwise.
 fn even_group_layout(op: &Fp8Gemm) -> Vec<i32> {
@@ -350,18 +354,38 @@ impl CudaBackend {
         let scales: Vec<f32> = (0..4096)
             .map(|_| 2f32.powf(rng.uniform(-8.0, -6.0)))
             .collect();
-        let a = scratch_buffer(stream, op.a_len(), &codes)?;
-        let sa = scratch_buffer(stream, op.a_scales_len(), &scales)?;
-        let b = scratch_buffer(stream, op.b_len(), &codes[1..])?;
-        let sb = scratch_buffer(stream, op.b_scales_len(), &scales[1..])?;
-        let mut d = scratch_buffer::<bf16>(stream, op.d_len(), &[])?;
+        // Operand sets rotated over at least TUNE_ROTATE_BYTES, so that a small shape is not
+        // timed out of L2 (as no caller's data would be); each set starts 16-byte aligned.
+        let (a_len, sa_len, b_len, sb_len, d_len) = (
+            op.a_len(),
+            op.a_scales_len(),
+            op.b_len(),
+            op.b_scales_len(),
+            op.d_len(),
+        );
+        let set_bytes = a_len + b_len + 2 * d_len + 4 * (sa_len + sb_len);
+        let sets = TUNE_ROTATE_BYTES.div_ceil(set_bytes.max(1)).clamp(1, 8);
+        let a = scratch_buffer(stream, sets * a_len, &codes)?;
+        let sa = scratch_buffer(stream, sets * sa_len, &scales)?;
+        let b = scratch_buffer(stream, sets * b_len, &codes[1..])?;
+        let sb = scratch_buffer(stream, sets * sb_len, &scales[1..])?;
+        let mut d = scratch_buffer::<bf16>(stream, sets * d_len, &[])?;
         // A grouped op is timed on an even layout: equal groups (contiguous), full groups (masked).
         let layout = even_group_layout(op);
         let groups = upload(stream, &layout)?;
+        let mut run = 0usize;
         time_each(stream, candidates, |v| {
-            let (a, sa) = (a.slice(0..op.a_len()), sa.slice(0..op.a_scales_len()));
-            let (b, sb) = (b.slice(0..op.b_len()), sb.slice(0..op.b_scales_len()));
-            let mut d = d.slice_mut(0..op.d_len());
+            let i = run % sets;
+            run += 1;
+            let (a, sa) = (
+                a.slice(i * a_len..(i + 1) * a_len),
+                sa.slice(i * sa_len..(i + 1) * sa_len),
+            );
+            let (b, sb) = (
+                b.slice(i * b_len..(i + 1) * b_len),
+                sb.slice(i * sb_len..(i + 1) * sb_len),
+            );
+            let mut d = d.slice_mut(i * d_len..(i + 1) * d_len);
             if op.grouping == GemmGrouping::Single {
                 self.fp8_gemm_variant_on(stream, op, *v, &a, &sa, &b, &sb, &mut d)
             } else {
