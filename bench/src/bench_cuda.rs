@@ -331,21 +331,8 @@ fn bench_gemm(
     let key = gemm_key(m, n, k);
     let op = Fp8Gemm::new(m, n, k);
     let inner = || -> Res<Record> {
-        let sets = gemm_sets(&op);
-        let codes = data::gemm_codes();
-        let scales = data::gemm_scales();
-        let mut bufs = Vec::with_capacity(sets);
-        for _ in 0..sets {
-            bufs.push((
-                alloc_filled(stream, m * k, &codes)?,
-                alloc_filled(stream, op.a_scales_len(), &scales)?,
-                alloc_filled(stream, n * k, &codes)?,
-                alloc_filled(stream, op.b_scales_len(), &scales)?,
-                stream
-                    .alloc_zeros::<bf16>(m * n)
-                    .map_err(|e| format!("alloc: {e}"))?,
-            ));
-        }
+        let mut bufs = gemm_operand_sets(stream, &op)?;
+        let sets = bufs.len();
         let (median, min, reps) = time_launches(stream, |i| {
             let (a, sa, b, sb, d) = &mut bufs[i % sets];
             backend
@@ -377,6 +364,34 @@ fn bench_gemm(
     inner().unwrap_or_else(|e| Record::failed("fp8_gemm", key.clone(), IMPL, e))
 }
 
+/// A, sA, B, sB (filled with valid codes and scales) and D of one operand set.
+type GemmSet = (
+    CudaSlice<u8>,
+    CudaSlice<f32>,
+    CudaSlice<u8>,
+    CudaSlice<f32>,
+    CudaSlice<bf16>,
+);
+
+/// The operand sets a GEMM (plain or grouped) rotates over ([`gemm_sets`] of them).
+fn gemm_operand_sets(stream: &Arc<CudaStream>, op: &Fp8Gemm) -> Res<Vec<GemmSet>> {
+    let codes = data::gemm_codes();
+    let scales = data::gemm_scales();
+    (0..gemm_sets(op))
+        .map(|_| {
+            Ok((
+                alloc_filled(stream, op.a_len(), &codes)?,
+                alloc_filled(stream, op.a_scales_len(), &scales)?,
+                alloc_filled(stream, op.b_len(), &codes)?,
+                alloc_filled(stream, op.b_scales_len(), &scales)?,
+                stream
+                    .alloc_zeros::<bf16>(op.d_len())
+                    .map_err(|e| format!("alloc: {e}"))?,
+            ))
+        })
+        .collect()
+}
+
 /// One grouped FP8 GEMM case, rotating over operand sets (the group layout uploaded once).
 fn bench_grouped_gemm(
     backend: &CudaBackend,
@@ -392,21 +407,8 @@ fn bench_grouped_gemm(
         let groups = stream
             .clone_htod(&layout)
             .map_err(|e| format!("upload: {e}"))?;
-        let sets = gemm_sets(&op);
-        let codes = data::gemm_codes();
-        let scales = data::gemm_scales();
-        let mut bufs = Vec::with_capacity(sets);
-        for _ in 0..sets {
-            bufs.push((
-                alloc_filled(stream, op.a_len(), &codes)?,
-                alloc_filled(stream, op.a_scales_len(), &scales)?,
-                alloc_filled(stream, op.b_len(), &codes)?,
-                alloc_filled(stream, op.b_scales_len(), &scales)?,
-                stream
-                    .alloc_zeros::<bf16>(op.d_len())
-                    .map_err(|e| format!("alloc: {e}"))?,
-            ));
-        }
+        let mut bufs = gemm_operand_sets(stream, &op)?;
+        let sets = bufs.len();
         let (median, min, reps) = time_launches(stream, |i| {
             let (a, sa, b, sb, d) = &mut bufs[i % sets];
             backend

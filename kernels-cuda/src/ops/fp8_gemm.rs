@@ -27,11 +27,6 @@ struct GemmBuffers<'a, 'b> {
     groups: Option<&'a CudaView<'b, i32>>,
 }
 
-/// Checks the op's shape (any grouping: the plain entry points call `require_single` first).
-fn check_gemm_op(op: &Fp8Gemm) -> Result<()> {
-    op.validate()
-}
-
 /// Checks that a device buffer starts on an `align`-byte boundary.
 fn check_align(op: &'static str, arg: &str, ptr: u64, align: u64) -> Result<()> {
     if ptr % align != 0 {
@@ -186,7 +181,7 @@ impl CudaBackend {
     /// The GEMM variant for `op` on this device: the plan of its shape class (the heuristic's
     /// pick, or the tuned winner: see [`crate::plan::PlanCache`]).
     pub fn fp8_gemm_plan(&self, op: &Fp8Gemm) -> Result<GemmVariant> {
-        check_gemm_op(op)?;
+        op.validate()?;
         self.runtime
             .plans
             .plan(op, &mut |c: &[GemmVariant]| self.time_fp8_gemm(op, c))
@@ -195,7 +190,7 @@ impl CudaBackend {
     /// Times every GEMM candidate for `op` on scratch buffers and records the fastest as the
     /// plan of its shape class (see [`crate::plan::PlanCache::tune`]).
     pub fn tune_fp8_gemm(&self, op: &Fp8Gemm) -> Result<TuneOutcome> {
-        check_gemm_op(op)?;
+        op.validate()?;
         self.runtime
             .plans
             .tune(op, &mut |c: &[GemmVariant]| self.time_fp8_gemm(op, c))
@@ -237,7 +232,7 @@ impl CudaBackend {
         d: &mut CudaViewMut<'_, bf16>,
     ) -> Result<()> {
         const OP: &str = "fp8_gemm";
-        check_gemm_op(op)?;
+        op.validate()?;
         let GemmBuffers {
             a,
             a_scales,

@@ -194,10 +194,30 @@ impl WgmmaGemm {
         if t.smem_for(2) > max_smem {
             return None;
         }
-        while t.stages < 16 && t.smem_for(t.stages + 1) <= max_smem {
-            t.stages += 1;
-        }
+        t.grow_stages(max_smem);
         Some(t)
+    }
+
+    /// Adds stages while they fit `max_smem` (at most 16).
+    fn grow_stages(&mut self, max_smem: u32) {
+        while self.stages < 16 && self.smem_for(self.stages + 1) <= max_smem {
+            self.stages += 1;
+        }
+    }
+
+    /// The persistent kernel's units of work for `op`: clusters of `cluster_m` vertically
+    /// adjacent tiles (the last cluster row may be partial), times the groups of a masked op
+    /// (whose tiles are enumerated per group).
+    pub fn cluster_tiles(&self, op: &Fp8Gemm) -> u64 {
+        let groups = match op.grouping {
+            tessera_core::GemmGrouping::Masked { groups } => groups as u64,
+            _ => 1,
+        };
+        (op.m as u64)
+            .div_ceil(self.bm as u64)
+            .div_ceil(self.cluster_m.max(1) as u64)
+            .saturating_mul((op.n as u64).div_ceil(self.bn as u64))
+            .saturating_mul(groups)
     }
 
     /// The same tile for an op of `grouping` (0, 1, 2: see [`WgmmaGemm::grouping`]), re-fitted
@@ -214,9 +234,7 @@ impl WgmmaGemm {
         t.grouping = grouping;
         if grouping == 2 && t.epi_swizzle != 0 {
             t.epi_swizzle = 0;
-            while t.stages < 16 && t.smem_for(t.stages + 1) <= max_smem {
-                t.stages += 1;
-            }
+            t.grow_stages(max_smem);
         }
         Some(t)
     }
@@ -317,16 +335,7 @@ impl GemmVariant {
             GemmVariant::MmaSync(_) => tiles,
             GemmVariant::Wgmma(t) => {
                 let cm = t.cluster_m.max(1) as u64;
-                let groups = match op.grouping {
-                    tessera_core::GemmGrouping::Masked { groups } => groups as u64,
-                    _ => 1,
-                };
-                let cluster_tiles = (op.m as u64)
-                    .div_ceil(t.bm as u64)
-                    .div_ceil(cm)
-                    .saturating_mul((op.n as u64).div_ceil(t.bn as u64))
-                    .saturating_mul(groups);
-                cluster_tiles.min((arch.sm_count as u64 / cm).max(1)) * cm
+                t.cluster_tiles(op).min((arch.sm_count as u64 / cm).max(1)) * cm
             }
         };
         match u32::try_from(ctas).ok().filter(|&c| c <= i32::MAX as u32) {

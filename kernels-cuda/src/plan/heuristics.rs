@@ -122,14 +122,7 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
             continue;
         }
         let cm = t.cluster_m.max(1) as u64;
-        let groups = match op.grouping {
-            GemmGrouping::Masked { groups } => groups as u64,
-            _ => 1,
-        };
-        let cluster_tiles = (op.m as u64).div_ceil(t.bm as u64).div_ceil(cm)
-            * (op.n as u64).div_ceil(t.bn as u64)
-            * groups;
-        let (w, fill) = waves(cluster_tiles, (slots / cm).max(1));
+        let (w, fill) = waves(t.cluster_tiles(op), (slots / cm).max(1));
         // Lower is better in every component.
         let key = if small {
             (w as f64, -fill, u32::MAX - t.bn)
