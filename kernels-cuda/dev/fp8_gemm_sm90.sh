@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: build the sm90 FP8 GEMM harness for each variant (in parallel), check each
 # against the reference on edge shapes, time it on the 18 standard shapes; table at the end.
-#   bash kernels-cuda/dev/fp8_gemm_sm90.sh OUTDIR "BM BN ST WG EPI CLUSTER_M ACC_STAGES" [...]   (ST 0: most that fit)
+#   bash kernels-cuda/dev/fp8_gemm_sm90.sh OUTDIR "BM BN ST WG EPI CLUSTER_M ACC_STAGES SPLIT_K" [...]   (ST 0: most that fit)
 # SHAPES="M N K ..." overrides the timed shapes; CHECK_SHAPES the checked ones; NOTIME=1 skips timing.
 set -uo pipefail
 out=${1:?outdir}; shift
@@ -13,7 +13,7 @@ std_shapes="64 2112 7168 64 24576 1536 64 32768 512 64 7168 16384 64 4096 7168 6
 shapes=${SHAPES:-$std_shapes}
 check_shapes=${CHECK_SHAPES:-"1 8 16 200 2112 528 129 136 144 64 7168 2048 4096 2112 7168 300 4096 1536"}
 build() {
-  read -r bm bn st wg epi cm pp <<< "$1"; cm=${cm:-1}; pp=${pp:-1}
+  read -r bm bn st wg epi cm pp sk <<< "$1"; cm=${cm:-1}; pp=${pp:-1}; sk=${sk:-1}
   # ST 0: as many stages as fit in 227 KB (at most 16).
   read -r st smem <<< "$(python3 -c "
 bm,bn,st,epi=$bm,$bn,$st,$epi
@@ -21,17 +21,17 @@ size=lambda st:(bm*bn*2 if epi else 0)+st*bm*128+st*bn*128+st*bm*4+st*16+st*16+1
 if st==0:
     st=max(s for s in range(2,17) if size(s)<=232448)
 print(st,size(st))")"
-  name="bm${bm}_bn${bn}_st${st}_wg${wg}_e${epi}_c${cm}_a${pp}"
+  name="bm${bm}_bn${bn}_st${st}_wg${wg}_e${epi}_c${cm}_a${pp}_s${sk}"
   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -DBLOCK_M=$bm -DBLOCK_N=$bn -DSTAGES=$st \
-    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DGROUPING=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
+    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DSPLIT_K=$sk -DCTAS_PER_SM=${CTAS:-1} -DGROUPING=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
     && echo "built $name: $(grep -o 'Used [0-9]* registers' "$out/build_$name.log" | head -1), $(grep -o '[0-9]* bytes spill stores' "$out/build_$name.log" | head -1)" \
     || { echo "BUILD FAILED $name"; tail -5 "$out/build_$name.log"; }
 }
 export -f build; export out here
 printf '%s\n' "$@" | xargs -P 16 -I{} bash -c 'build "{}"'
 for v in "$@"; do
-  read -r bm bn st wg epi cm pp <<< "$v"; cm=${cm:-1}; pp=${pp:-1}
-  name=$(ls "$out/bin" | grep "^bm${bm}_bn${bn}_st.*_wg${wg}_e${epi}_c${cm}_a${pp}\$" | head -1)
+  read -r bm bn st wg epi cm pp sk <<< "$v"; cm=${cm:-1}; pp=${pp:-1}; sk=${sk:-1}
+  name=$(ls "$out/bin" | grep "^bm${bm}_bn${bn}_st.*_wg${wg}_e${epi}_c${cm}_a${pp}_s${sk}\$" | head -1)
   [ -n "$name" ] && [ -x "$out/bin/$name" ] || continue
   timeout 60 "$out/bin/$name" --check $check_shapes >> "$out/check.log" 2>&1 || echo "CHECK RUN FAILED $name rc=$?" >> "$out/check.log"
   [ -n "${NOTIME:-}" ] || timeout 120 "$out/bin/$name" $shapes >> "$out/time.log" 2>&1 || echo "TIME RUN FAILED $name rc=$?" >> "$out/time.log"

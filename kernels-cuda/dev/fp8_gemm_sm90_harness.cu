@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
     CK(cudaFuncSetAttribute(fp8_gemm_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, fp8_gemm_sm90_kernel));
-    printf("# variant BM%d BN%d ST%d WG%d EPI%d CM%d: regs %d, smem %d, local %zu\n", BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE,
-           CLUSTER_M, fa.numRegs, SMEM_BYTES, (size_t)fa.localSizeBytes);
+    printf("# variant BM%d BN%d ST%d WG%d EPI%d CM%d SK%d: regs %d, smem %d, local %zu\n", BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE,
+           CLUSTER_M, SPLIT_K, fa.numRegs, SMEM_BYTES, (size_t)fa.localSizeBytes);
     for (size_t si = 0; si + 3 <= shapes.size(); si += 3) {
         int m = shapes[si], n = shapes[si + 1], k = shapes[si + 2];
         int nkb = (k + 127) / 128;
@@ -145,24 +145,25 @@ int main(int argc, char** argv) {
                                              : (EPI_SWIZZLE == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
         int tiles_mc = ((m + BLOCK_M - 1) / BLOCK_M + CLUSTER_M - 1) / CLUSTER_M;
         int tiles = tiles_mc * ((n + BLOCK_N - 1) / BLOCK_N);
-        int max_clusters = sms / CLUSTER_M;
+        int max_clusters = sms / CLUSTER;
         {
             cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = dim3(sms / CLUSTER_M * CLUSTER_M);
+            cfg.gridDim = dim3(sms / CLUSTER * CLUSTER);
             cfg.blockDim = dim3(THREADS);
             cfg.dynamicSmemBytes = SMEM_BYTES;
             cudaLaunchAttribute attr[1];
             attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = CLUSTER_M;
+            attr[0].val.clusterDim.x = CLUSTER;
             attr[0].val.clusterDim.y = 1;
             attr[0].val.clusterDim.z = 1;
             cfg.attrs = attr;
             cfg.numAttrs = 1;
             CK(cudaOccupancyMaxActiveClusters(&max_clusters, fp8_gemm_sm90_kernel, &cfg));
         }
-        int grid = std::min(tiles, max_clusters) * CLUSTER_M;
+        // Split-K: one tile per cluster (not persistent).
+        int grid = (SPLIT_K > 1 ? tiles : std::min(tiles, max_clusters)) * CLUSTER;
         auto launch = [&](int s) {
-            if (CLUSTER_M == 1 && plain) {
+            if (CLUSTER == 1 && plain) {
                 fp8_gemm_sm90_kernel<<<grid, THREADS, SMEM_BYTES>>>(sets[s].ta, sets[s].tb, td, sets[s].sa, sets[s].sb, d,
                                                                     m, n, k, (const int*)nullptr, 1);
                 return;
@@ -173,7 +174,7 @@ int main(int argc, char** argv) {
             cfg.dynamicSmemBytes = SMEM_BYTES;
             cudaLaunchAttribute attr[1];
             attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = CLUSTER_M;
+            attr[0].val.clusterDim.x = CLUSTER;
             attr[0].val.clusterDim.y = 1;
             attr[0].val.clusterDim.z = 1;
             cfg.attrs = attr;
@@ -213,8 +214,8 @@ int main(int argc, char** argv) {
             }
             double diff = 1 - 2 * sxy / (sxx + syy);
             bool ok = nan == 0 && diff < 1e-5;
-            printf("CHECK BM%d BN%d ST%d WG%d E%dC%dA%d M%d N%d K%d: diff %.3e nan %zu first_bad %lld -> %s\n", BLOCK_M,
-                   BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, m, n, k, diff, nan, first_bad == (size_t)-1 ? -1ll : (long long)first_bad,
+            printf("CHECK BM%d BN%d ST%d WG%d E%dC%dA%dS%d M%d N%d K%d: diff %.3e nan %zu first_bad %lld -> %s\n", BLOCK_M,
+                   BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, SPLIT_K, m, n, k, diff, nan, first_bad == (size_t)-1 ? -1ll : (long long)first_bad,
                    ok ? "PASS" : "FAIL");
             CK(cudaFree(r));
         } else {
@@ -237,8 +238,8 @@ int main(int argc, char** argv) {
             std::sort(ms.begin(), ms.end());
             float med = ms[reps / 2];
             double bytes = (double)m * k + (double)n * k + 2.0 * m * n;
-            printf("TIME BM%d BN%d ST%d WG%d E%dC%dA%d M%d N%d K%d: %.4f ms %.0f TFLOPS %.0f GB/s (grid %d, tiles %d)\n",
-                   BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, m, n, k, med, flop / med / 1e9, bytes / med / 1e6, grid, tiles);
+            printf("TIME BM%d BN%d ST%d WG%d E%dC%dA%dS%d M%d N%d K%d: %.4f ms %.0f TFLOPS %.0f GB/s (grid %d, tiles %d, max clusters %d)\n",
+                   BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, SPLIT_K, m, n, k, med, flop / med / 1e9, bytes / med / 1e6, grid, tiles, max_clusters);
             for (auto& e : ev) CK(cudaEventDestroy(e));
         }
         for (auto& s : sets) {

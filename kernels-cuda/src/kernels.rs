@@ -2,7 +2,7 @@
 
 use crate::compile::{KernelHeader, KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
-use crate::plan::heuristics::gemm_variants;
+use crate::plan::heuristics::{gemm_variants, wgmma_small_m_tiles};
 use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
     ArchSpec, AttentionVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
@@ -83,6 +83,9 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
     let mut v: Vec<Box<dyn KernelSpec>> = Vec::new();
     for g in gemm_variants(arch) {
         v.push(Box::new(g));
+    }
+    for t in wgmma_small_m_tiles(arch) {
+        v.push(Box::new(crate::plan::GemmVariant::Wgmma(t)));
     }
     for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
         for dtype in [HalfType::F16, HalfType::Bf16] {

@@ -42,20 +42,39 @@
 //     per EPI_SWIZZLE-byte column slab; the store drains while the next tile's K loop runs (its
 //     completion is awaited only before the tile buffer is written again). EPI_SWIZZLE = 0: bf16
 //     pairs stored straight from registers (for BLOCK_N whose rows are not a multiple of 32 bytes).
+//   - SPLIT_K > 1 (small M, where too few tiles would leave SMs idle): a cluster of SPLIT_K CTAs
+//     along x shares one output tile, CTA rank r taking K blocks [r * kb / SPLIT_K,
+//     (r + 1) * kb / SPLIT_K). Each writes its f32 partial tile (register fragment order) into its
+//     own drained stage buffers; after a cluster barrier, rank r sums fragment chunks r,
+//     r + SPLIT_K, ... over ranks 0, 1, ... in that order (through distributed shared memory, so
+//     the result is deterministic) and stores them as bf16. One tile per cluster: the grid is
+//     tiles x SPLIT_K CTAs, not persistent.
 //   - Edges: TMA fills rows / K beyond the tensors with zeros; D stores are clipped (TMA) or masked.
 //
 // Compile-time constants (every one required): BLOCK_M (64, 128 or 256), BLOCK_N (multiple of 8,
 // 8..256), STAGES (>= 2), MATH_WG (1 or 2), EPI_SWIZZLE (0, 32, 64 or 128, dividing 2 * BLOCK_N),
 // CLUSTER_M (1 or 2; 2 needs BLOCK_N a multiple of 16 and a launch with clusters of 2 along x),
+// CTAS_PER_SM (1, or 2 with MATH_WG 1: the launch bounds; the host sizes shared memory to fit),
+// SPLIT_K (1..8; > 1 needs CLUSTER_M 1, GROUPING 0, EPI_SWIZZLE 0 and a launch of tiles x SPLIT_K
+// CTAs in clusters of SPLIT_K along x),
 // GROUPING (0, 1 or 2, see above),
 // ACC_STAGES (1: each K block is issued, waited for and promoted; 2: two accumulators, the next
 // K block issued before the current one is promoted),
 // TESSERA_SMEM_BYTES and TESSERA_THREADS (what the host launches with: checked against the kernel).
 
 #if !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(STAGES) || !defined(MATH_WG) || !defined(EPI_SWIZZLE) || \
-    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(GROUPING) || !defined(TESSERA_SMEM_BYTES) ||         \
-    !defined(TESSERA_THREADS)
-#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, GROUPING, TESSERA_SMEM_BYTES and TESSERA_THREADS"
+    !defined(CLUSTER_M) || !defined(ACC_STAGES) || !defined(GROUPING) || !defined(SPLIT_K) ||                    \
+    !defined(CTAS_PER_SM) || !defined(TESSERA_SMEM_BYTES) || !defined(TESSERA_THREADS)
+#error "sm90/fp8_gemm.cu needs BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, GROUPING, SPLIT_K, CTAS_PER_SM, TESSERA_SMEM_BYTES and TESSERA_THREADS"
+#endif
+#if CTAS_PER_SM != 1 && (CTAS_PER_SM != 2 || MATH_WG != 1)
+#error "CTAS_PER_SM must be 1, or 2 with one math warpgroup"
+#endif
+#if SPLIT_K < 1 || SPLIT_K > 8
+#error "SPLIT_K must be in 1..8 (a portable cluster size)"
+#endif
+#if SPLIT_K > 1 && (CLUSTER_M != 1 || GROUPING != 0 || EPI_SWIZZLE != 0)
+#error "SPLIT_K > 1 needs CLUSTER_M 1, GROUPING 0 and EPI_SWIZZLE 0 (partials are reduced and stored from registers)"
 #endif
 #if GROUPING != 0 && GROUPING != 1 && GROUPING != 2
 #error "GROUPING must be 0 (one GEMM), 1 (contiguous groups) or 2 (masked groups)"
@@ -124,6 +143,18 @@ constexpr u32 FULL_ARRIVALS = 1 + 32;              // the TMA thread + the scale
 constexpr u32 EMPTY_ARRIVALS = 4 * MATH_WG * CLUSTER_M;  // lane 0 of every math warp of the cluster
 constexpr int B_HALF = B_STAGE / CLUSTER_M;                 // the part of B a CTA loads
 static_assert(B_HALF % 1024 == 0, "each CTA's part of the B tile must stay 1024-byte aligned");
+constexpr int CLUSTER = CLUSTER_M * SPLIT_K;  // CTAs per cluster (one of the two is 1)
+// Registers per thread after setmaxnreg (0: none): with two math warpgroups the producer
+// warpgroup gives up what they take. (With one math warpgroup at two CTAs per SM, ptxas
+// serializes the wgmma under setmaxnreg: the launch bounds' 128 registers apply instead.)
+constexpr int PRODUCER_REGS = 40;
+constexpr int MATH_REGS = MATH_WG == 2 ? 232 : 0;
+constexpr int MATH_THREADS = 128 * MATH_WG;
+constexpr int CHUNKS = SUB * BLOCK_N / 8;                   // float4 fragment chunks per math thread
+// Split-K partials: f32 [CHUNKS][MATH_THREADS][4] over the drained A and B stage buffers.
+constexpr int OFF_PARTIAL = OFF_A;
+static_assert(SPLIT_K == 1 || CHUNKS * MATH_THREADS * 16 <= OFF_SA - OFF_A,
+              "the split-K partial tile must fit in the stage buffers");
 
 struct Tile {
     int m0, n0;    // first row (of A / sA / D over all groups) and first column (within the group)
@@ -185,6 +216,16 @@ struct Scheduler {
         return r;
     }
 };
+
+// The K blocks [begin, begin + count) of split `split` of num_kb (balanced: counts differ by at
+// most one; a split is empty only when num_kb < SPLIT_K).
+struct KRange {
+    int begin, count;
+};
+__device__ __forceinline__ KRange k_range(int num_kb, int split) {
+    const int begin = split * num_kb / SPLIT_K;
+    return KRange{begin, (split + 1) * num_kb / SPLIT_K - begin};
+}
 
 struct Pipe {
     int stage = 0;
@@ -262,6 +303,27 @@ __device__ __forceinline__ void promote(float (&out)[ACC], const float (&acc)[AC
     }
 }
 
+// The output coordinates of float4 chunk `c` (sub-tile c / (BLOCK_N / 8), column group
+// c % (BLOCK_N / 8)) of math thread `mt` of the wgmma accumulator layout: values 0, 1 at
+// (row, col), (row, col + 1) and 2, 3 at (row + 8, col), (row + 8, col + 1), relative to the tile.
+struct ChunkAt {
+    int row, col;
+};
+__device__ __forceinline__ ChunkAt chunk_at(int c, int mt) {
+    const int wg = mt / 128, t = mt % 128;
+    const int s = c / (BLOCK_N / 8), i = c % (BLOCK_N / 8);
+    return ChunkAt{wg * 64 * SUB + s * 64 + (t / 32) * 16 + (t % 32) / 4, 8 * i + 2 * (t % 4)};
+}
+
+// Stores one chunk as two bf16 pairs, rows at or past row_end and columns past n left out.
+__device__ __forceinline__ void store_chunk(u16* __restrict__ d, int row, int col, int row_end, int n, float v0,
+                                           float v1, float v2, float v3) {
+    if (col < n) {
+        if (row < row_end) *(u32*)(d + (i64)row * n + col) = pack2<true>(v0, v1);
+        if (row + 8 < row_end) *(u32*)(d + (i64)(row + 8) * n + col) = pack2<true>(v2, v3);
+    }
+}
+
 // Writes this warpgroup's part of the tile (bf16).
 __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const Tile& tile, int wg, int m, int n,
                                          u16* __restrict__ d, const TmaDesc* tma_d) {
@@ -269,18 +331,15 @@ __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const
     const int warp = t / 32, lane = t % 32;
 #if EPI_SWIZZLE == 0
     // bf16 pairs straight to global memory, masked at the edges.
+    (void)warp;
+    (void)lane;
 #pragma unroll
     for (int s = 0; s < SUB; ++s) {
-        const int r0 = tile.m0 + wg * 64 * SUB + s * 64 + warp * 16 + lane / 4;
 #pragma unroll
         for (int i = 0; i < BLOCK_N / 8; ++i) {
-            const int col = tile.n0 + 8 * i + 2 * (lane % 4);
-            if (col < n) {
-                if (r0 < tile.row_end)
-                    *(u32*)(d + (i64)r0 * n + col) = pack2<true>(out[s][4 * i + 0], out[s][4 * i + 1]);
-                if (r0 + 8 < tile.row_end)
-                    *(u32*)(d + (i64)(r0 + 8) * n + col) = pack2<true>(out[s][4 * i + 2], out[s][4 * i + 3]);
-            }
+            const ChunkAt at = chunk_at(s * (BLOCK_N / 8) + i, wg * 128 + t);
+            store_chunk(d, tile.m0 + at.row, tile.n0 + at.col, tile.row_end, n, out[s][4 * i + 0], out[s][4 * i + 1],
+                        out[s][4 * i + 2], out[s][4 * i + 3]);
         }
     }
 #else
@@ -360,49 +419,90 @@ __device__ __forceinline__ void math_tile(u8* smem, u32& round, const Tile& tile
     float acc0[ACC], acc1[ACC];
     Pipe pipe, release;
     pipe.phase = release.phase = round & 1;
-    mbar_wait(&full[pipe.stage], pipe.phase);
-    KScales sc0 = read_scales(smem, pipe.stage, row_in_tile), sc1;
-    issue_k_block(acc0, smem, pipe.stage, wg, 0);
-    pipe.next();
-    for (int kb = 0; kb < num_kb; kb += 2) {
-        if (kb + 1 < num_kb) {
-            mbar_wait(&full[pipe.stage], pipe.phase);
-            sc1 = read_scales(smem, pipe.stage, row_in_tile);
-            issue_k_block(acc1, smem, pipe.stage, wg, 0);
-            pipe.next();
-            wgmma_wait<1>();
-        } else {
-            wgmma_wait<0>();
+    if (num_kb > 0) {  // 0: an empty split (num_kb < SPLIT_K), its partial stays zero
+        mbar_wait(&full[pipe.stage], pipe.phase);
+        KScales sc0 = read_scales(smem, pipe.stage, row_in_tile), sc1;
+        issue_k_block(acc0, smem, pipe.stage, wg, 0);
+        pipe.next();
+        for (int kb = 0; kb < num_kb; kb += 2) {
+            if (kb + 1 < num_kb) {
+                mbar_wait(&full[pipe.stage], pipe.phase);
+                sc1 = read_scales(smem, pipe.stage, row_in_tile);
+                issue_k_block(acc1, smem, pipe.stage, wg, 0);
+                pipe.next();
+                wgmma_wait<1>();
+            } else {
+                wgmma_wait<0>();
+            }
+            reg_fence_all(acc0);
+            release_stage(smem, release.stage, lane);
+            release.next();
+            promote<FORMER>(out[0], acc0, sc0.sa[0], sc0.sb);
+            if (kb + 1 >= num_kb) break;
+            if (kb + 2 < num_kb) {
+                mbar_wait(&full[pipe.stage], pipe.phase);
+                sc0 = read_scales(smem, pipe.stage, row_in_tile);
+                issue_k_block(acc0, smem, pipe.stage, wg, 0);
+                pipe.next();
+                wgmma_wait<1>();
+            } else {
+                wgmma_wait<0>();
+            }
+            reg_fence_all(acc1);
+            release_stage(smem, release.stage, lane);
+            release.next();
+            promote<FORMER>(out[0], acc1, sc1.sa[0], sc1.sb);
         }
-        reg_fence_all(acc0);
-        release_stage(smem, release.stage, lane);
-        release.next();
-        promote<FORMER>(out[0], acc0, sc0.sa[0], sc0.sb);
-        if (kb + 1 >= num_kb) break;
-        if (kb + 2 < num_kb) {
-            mbar_wait(&full[pipe.stage], pipe.phase);
-            sc0 = read_scales(smem, pipe.stage, row_in_tile);
-            issue_k_block(acc0, smem, pipe.stage, wg, 0);
-            pipe.next();
-            wgmma_wait<1>();
-        } else {
-            wgmma_wait<0>();
+        // The stages this tile leaves empty in its last round.
+        for (int kb = num_kb; kb < rounds * STAGES; ++kb) {
+            mbar_wait(&full[release.stage], release.phase);
+            release_stage(smem, release.stage, lane);
+            release.next();
         }
-        reg_fence_all(acc1);
-        release_stage(smem, release.stage, lane);
-        release.next();
-        promote<FORMER>(out[0], acc1, sc1.sa[0], sc1.sb);
-    }
-    // The stages this tile leaves empty in its last round.
-    for (int kb = num_kb; kb < rounds * STAGES; ++kb) {
-        mbar_wait(&full[release.stage], release.phase);
-        release_stage(smem, release.stage, lane);
-        release.next();
     }
     round += rounds;
 #endif
+#if SPLIT_K == 1
     epilogue(out, smem, tile, wg, m, n, d, tma_d);
+#else
+    // This split's partial tile into the drained stage buffers (once every math warp is done
+    // with them), in fragment order: chunk c of math thread mt at [c][mt].
+    named_barrier_sync(1 + MATH_WG, MATH_THREADS);
+    float4* partial = (float4*)(smem + OFF_PARTIAL);
+    const int mt = threadIdx.x - 128;
+#pragma unroll
+    for (int s = 0; s < SUB; ++s)
+#pragma unroll
+        for (int i = 0; i < BLOCK_N / 8; ++i)
+            partial[(s * (BLOCK_N / 8) + i) * MATH_THREADS + mt] =
+                make_float4(out[s][4 * i + 0], out[s][4 * i + 1], out[s][4 * i + 2], out[s][4 * i + 3]);
+    (void)tma_d;
+#endif
 }
+
+#if SPLIT_K > 1
+// After a cluster barrier that follows every split's partial store: this CTA (split `split`)
+// sums chunks split, split + SPLIT_K, ... over the splits in rank order and stores them as bf16.
+__device__ __forceinline__ void reduce_splits(const u8* smem, const Tile& tile, int split, int n,
+                                              u16* __restrict__ d) {
+    const float4* partial = (const float4*)(smem + OFF_PARTIAL);
+    const int mt = threadIdx.x - 128;
+    for (int c = split; c < CHUNKS; c += SPLIT_K) {
+        const float4* at_c = &partial[c * MATH_THREADS + mt];
+        float4 sum = ld_shared_cluster_f32x4(at_c, 0);
+#pragma unroll
+        for (int r = 1; r < SPLIT_K; ++r) {
+            const float4 v = ld_shared_cluster_f32x4(at_c, r);
+            sum.x += v.x;
+            sum.y += v.y;
+            sum.z += v.z;
+            sum.w += v.w;
+        }
+        const ChunkAt at = chunk_at(c, mt);
+        store_chunk(d, tile.m0 + at.row, tile.n0 + at.col, tile.row_end, n, sum.x, sum.y, sum.z, sum.w);
+    }
+}
+#endif
 
 // Dispatches math_tile on FORMER = min(BLOCK_N, 128 - n0 % 128), which is a multiple of
 // gcd(BLOCK_N, 128) (tile starts are multiples of BLOCK_N), trying only those values.
@@ -424,7 +524,7 @@ __device__ __forceinline__ void math_tile_dispatch(int former, u8* smem, u32& ro
 
 }  // namespace fp8_gemm_sm90
 
-extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
+extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, CTAS_PER_SM)
     fp8_gemm_sm90_kernel(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaDesc tma_b,
                          const __grid_constant__ TmaDesc tma_d,
                          const float* __restrict__ sa, const float* __restrict__ sb, u16* __restrict__ d, int m,
@@ -441,8 +541,10 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
     const int num_tiles = sched.num_tiles;  // cluster tiles
     const int a_rows = GROUPING == 2 ? num_groups * m : m;  // rows of A and sA over all groups
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int rank = CLUSTER_M == 1 ? 0 : (int)cluster_cta_rank();
-    const int cluster = blockIdx.x / CLUSTER_M, clusters = gridDim.x / CLUSTER_M;
+    const int rank = CLUSTER_M == 1 ? 0 : (int)cluster_cta_rank();  // the half of B multicast
+    const int cluster = blockIdx.x / CLUSTER, clusters = gridDim.x / CLUSTER;
+    // This CTA's K blocks (all of them without split-K).
+    const KRange kr = k_range(num_kb, SPLIT_K == 1 ? 0 : (int)cluster_cta_rank());
 
     if (threadIdx.x == 0) {
         tma_prefetch_desc(&tma_a);
@@ -462,8 +564,8 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
 
     if (warp < 4) {
         // Producer warpgroup.
-        if constexpr (MATH_WG == 2) setmaxnreg_dec<40>();
-        const int rounds = (num_kb + STAGES - 1) / STAGES;
+        if constexpr (MATH_REGS != 0) setmaxnreg_dec<PRODUCER_REGS>();
+        const int rounds = (kr.count + STAGES - 1) / STAGES;
         if (warp == 0 && lane == 0) {
             // TMA: each tile fills the stages from 0, in rounds of STAGES K blocks (the last round
             // may leave stages empty: they are passed on with a plain arrival).
@@ -475,9 +577,9 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
                 for (int r = 0; r < rounds; ++r, ++round) {
 #pragma unroll
                     for (int stage = 0; stage < STAGES; ++stage) {
-                        const int kb = r * STAGES + stage;
+                        const int kb = kr.begin + r * STAGES + stage;
                         mbar_wait(&empty[stage], (round & 1) ^ 1);
-                        if (kb >= num_kb) {
+                        if (r * STAGES + stage >= kr.count) {
                             mbar_arrive(&full[stage]);
                             continue;
                         }
@@ -504,9 +606,9 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
                 for (int r = 0; r < rounds; ++r, ++round) {
 #pragma unroll
                     for (int stage = 0; stage < STAGES; ++stage) {
-                        const int kb = r * STAGES + stage;
+                        const int kb = kr.begin + r * STAGES + stage;
                         mbar_wait(&empty[stage], (round & 1) ^ 1);
-                        if (kb < num_kb) {
+                        if (r * STAGES + stage < kr.count) {
 #pragma unroll
                             for (int i = lane; i < BLOCK_M; i += 32) {
                                 const int row = tile.m0 + i;
@@ -526,21 +628,28 @@ extern "C" __global__ void __launch_bounds__(fp8_gemm_sm90::THREADS, 1)
             }
         }
     } else {
-        if constexpr (MATH_WG == 2) setmaxnreg_inc<232>();
+        if constexpr (MATH_REGS != 0) setmaxnreg_inc<MATH_REGS>();
         const int wg = warp / 4 - 1;
         u32 round = 0;
         for (int t = cluster; t < num_tiles; t += clusters) {
             const Tile tile = sched.at(t, rank);
             if (!tile.valid) continue;
             const int former = min(BLOCK_N, 128 - tile.n0 % 128);
-            math_tile_dispatch<FORMER_STEP>(former, smem, round, tile, num_kb, wg, m, n, d, &tma_d);
+            math_tile_dispatch<FORMER_STEP>(former, smem, round, tile, kr.count, wg, m, n, d, &tma_d);
         }
 #if EPI_SWIZZLE != 0
         if (threadIdx.x % 128 == 0) tma_store_wait<0>();  // stores complete before the CTA exits
 #endif
     }
-    if constexpr (CLUSTER_M == 2) {
-        // No CTA leaves while its peer may still arrive on its barriers.
+#if SPLIT_K > 1
+    // Every split's partial is in its shared memory; each CTA reduces its share of the tile (one
+    // tile per cluster: the grid is tiles x SPLIT_K).
+    __syncwarp();
+    cluster_sync();
+    if (warp >= 4 && cluster < num_tiles) reduce_splits(smem, sched.at(cluster, 0), (int)cluster_cta_rank(), n, d);
+#endif
+    if constexpr (CLUSTER > 1) {
+        // No CTA leaves while a peer may still arrive on its barriers or read its partial.
         __syncwarp();
         cluster_sync();
     }

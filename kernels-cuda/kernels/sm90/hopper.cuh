@@ -219,6 +219,19 @@ __device__ __forceinline__ u32 cluster_cta_rank() {
     return r;
 }
 
+// 16 bytes at the address `p` has in the shared memory of cluster CTA `cta_rank` (distributed
+// shared memory; order it after the owner's writes with a cluster barrier).
+__device__ __forceinline__ float4 ld_shared_cluster_f32x4(const void* p, u32 cta_rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(p)), "r"(cta_rank));
+    float4 v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
+    return v;
+}
+
 // A barrier over every thread of every CTA of the cluster (release / acquire).
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");

@@ -128,6 +128,15 @@ pub struct WgmmaGemm {
     /// groups, 2 masked groups (see [`tessera_core::GemmGrouping`]); grouped tiles take one CTA
     /// per cluster, and masked ones store D from registers (`epi_swizzle` 0).
     pub grouping: u32,
+    /// CTAs along x of a cluster splitting K (1..=8; for small M, where too few tiles leave
+    /// SMs idle): rank r computes a partial tile over its share of the K blocks and the cluster
+    /// sums the partials through distributed shared memory in rank order (deterministic). Above
+    /// 1 it needs `cluster_m` 1, `grouping` 0 and `epi_swizzle` 0, and the grid is one cluster
+    /// per tile (not persistent).
+    pub split_k: u32,
+    /// CTAs per SM the kernel is compiled and sized for: 1, or 2 (one math warpgroup, `bn` <= 64
+    /// for the 128 registers a thread that leaves, each CTA in half of the SM's shared memory).
+    pub ctas_per_sm: u32,
 }
 
 impl WgmmaGemm {
@@ -190,6 +199,8 @@ impl WgmmaGemm {
             cluster_m,
             acc_stages,
             grouping: 0,
+            split_k: 1,
+            ctas_per_sm: 1,
         };
         if t.smem_for(2) > max_smem {
             return None;
@@ -203,6 +214,45 @@ impl WgmmaGemm {
         while self.stages < 16 && self.smem_for(self.stages + 1) <= max_smem {
             self.stages += 1;
         }
+    }
+
+    /// The same tile splitting K over a cluster of `split_k` CTAs (see [`WgmmaGemm::split_k`]):
+    /// stores from registers, re-fitted to `max_smem`. `None` if the tile cannot split (a 2-CTA
+    /// B multicast cluster or a grouping).
+    pub fn with_split_k(self, split_k: u32, max_smem: u32) -> Option<Self> {
+        if self.cluster_m != 1 || self.grouping != 0 {
+            return None;
+        }
+        let mut t = Self {
+            split_k,
+            epi_swizzle: 0,
+            ..self
+        };
+        t.grow_stages(max_smem);
+        Some(t)
+    }
+
+    /// The same tile for two CTAs per SM on `arch`: as many stages as fit half of the SM's
+    /// shared memory (less the driver's reservation per CTA). `None` if two stages do not fit.
+    pub fn with_two_ctas_per_sm(self, arch: &super::ArchSpec) -> Option<Self> {
+        let half = (arch.max_smem_per_sm / 2)
+            .saturating_sub(super::arch::RESERVED_SMEM_PER_CTA)
+            .min(arch.max_smem_per_block);
+        let mut t = Self {
+            ctas_per_sm: 2,
+            stages: 2,
+            ..self
+        };
+        if t.smem_for(2) > half {
+            return None;
+        }
+        t.grow_stages(half);
+        Some(t)
+    }
+
+    /// CTAs per cluster: the B-multicast pair or the split-K group (one of the two is 1).
+    pub fn cluster_size(&self) -> u32 {
+        self.cluster_m.saturating_mul(self.split_k)
     }
 
     /// The persistent kernel's units of work for `op`: clusters of `cluster_m` vertically
@@ -270,7 +320,17 @@ impl WgmmaGemm {
             && (sub == 1 || self.acc_stages == 1)
             && self.grouping <= 2
             && (self.grouping == 0 || self.cluster_m == 1)
-            && (self.grouping != 2 || self.epi_swizzle == 0);
+            && (self.grouping != 2 || self.epi_swizzle == 0)
+            && (1..=8).contains(&self.split_k)
+            && (self.split_k == 1
+                || (self.cluster_m == 1
+                    && self.grouping == 0
+                    && self.epi_swizzle == 0
+                    // The f32 partial tile fits in the drained stage buffers.
+                    && self.bm as u64 * self.bn as u64 * 4
+                        <= self.stages as u64 * (self.bm + self.bn) as u64 * WGMMA_TILE_K as u64))
+            && (self.ctas_per_sm == 1
+                || (self.ctas_per_sm == 2 && self.math_wg == 1 && self.bn <= 64));
         if ok {
             Ok(())
         } else {
@@ -319,23 +379,29 @@ impl GemmVariant {
 
     /// CTAs resident per SM. The `mma.sync` kernel is compiled with `__launch_bounds__(THREADS,
     /// 1)` and holds about 200 registers a thread, so the register file allows one CTA per SM
-    /// whatever the shared memory would allow: counted as 1.
+    /// whatever the shared memory would allow: counted as 1. The Hopper kernel: its
+    /// [`WgmmaGemm::ctas_per_sm`].
     pub fn ctas_per_sm(&self, _arch: &ArchSpec) -> u32 {
         match self {
-            GemmVariant::MmaSync(_) | GemmVariant::Wgmma(_) => 1,
+            GemmVariant::MmaSync(_) => 1,
+            GemmVariant::Wgmma(t) => t.ctas_per_sm,
         }
     }
 
     /// The launch grid for `op` on `arch`: for the `mma.sync` kernel one CTA per output tile;
-    /// for the persistent Hopper kernel one CTA per SM (whole clusters), fewer when there are
-    /// fewer tiles.
+    /// for the persistent Hopper kernel `ctas_per_sm` CTAs per SM (whole clusters), fewer when
+    /// there are fewer tiles; with split-K one cluster of `split_k` CTAs per tile.
     pub fn grid(&self, op: &Fp8Gemm, arch: &ArchSpec) -> Result<(u32, u32, u32)> {
         let tiles = self.tiles(op);
         let ctas = match self {
             GemmVariant::MmaSync(_) => tiles,
+            GemmVariant::Wgmma(t) if t.split_k > 1 => {
+                t.cluster_tiles(op).saturating_mul(t.split_k as u64)
+            }
             GemmVariant::Wgmma(t) => {
                 let cm = t.cluster_m.max(1) as u64;
-                t.cluster_tiles(op).min((arch.sm_count as u64 / cm).max(1)) * cm
+                let slots = arch.sm_count as u64 * t.ctas_per_sm.max(1) as u64;
+                t.cluster_tiles(op).min((slots / cm).max(1)) * cm
             }
         };
         match u32::try_from(ctas).ok().filter(|&c| c <= i32::MAX as u32) {
@@ -380,6 +446,8 @@ impl KernelSpec for GemmVariant {
                 ("CLUSTER_M", t.cluster_m.to_string()),
                 ("ACC_STAGES", t.acc_stages.to_string()),
                 ("GROUPING", t.grouping.to_string()),
+                ("SPLIT_K", t.split_k.to_string()),
+                ("CTAS_PER_SM", t.ctas_per_sm.to_string()),
             ],
         }
     }
@@ -408,7 +476,7 @@ impl KernelSpec for GemmVariant {
     fn cluster_dims(&self) -> (u32, u32, u32) {
         match self {
             GemmVariant::MmaSync(_) => (1, 1, 1),
-            GemmVariant::Wgmma(t) => (t.cluster_m, 1, 1),
+            GemmVariant::Wgmma(t) => (t.cluster_size(), 1, 1),
         }
     }
 
@@ -438,6 +506,23 @@ impl KernelSpec for GemmVariant {
                             "{} needs wgmma and TMA (sm_90a), which {} lacks",
                             self.label(),
                             arch.nvrtc_target()
+                        ),
+                    });
+                }
+                let per_sm = t.ctas_per_sm.saturating_mul(
+                    t.smem_bytes()
+                        .saturating_add(super::arch::RESERVED_SMEM_PER_CTA),
+                );
+                if per_sm > arch.max_smem_per_sm {
+                    return Err(Error::Unsupported {
+                        op: "fp8_gemm",
+                        backend: BackendKind::Cuda,
+                        reason: format!(
+                            "{} needs {per_sm} bytes of shared memory per SM for {} CTAs; {} has {}",
+                            self.label(),
+                            t.ctas_per_sm,
+                            arch.nvrtc_target(),
+                            arch.max_smem_per_sm
                         ),
                     });
                 }
@@ -623,5 +708,75 @@ mod tests {
             .for_grouping(1, smem)
             .is_none());
         assert_eq!(t.for_grouping(1, smem).unwrap().epi_swizzle, 64);
+    }
+
+    #[test]
+    fn split_k_and_two_ctas_per_sm() {
+        let h = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let smem = h.max_smem_per_block;
+        let t = WgmmaGemm::fitted(64, 64, 1, 1, 2, smem).unwrap();
+        let split = t.with_split_k(4, smem).unwrap();
+        assert_eq!((split.split_k, split.epi_swizzle), (4, 0));
+        let v = GemmVariant::Wgmma(split);
+        v.valid_on(&h).unwrap();
+        assert_eq!(v.cluster_dims(), (4, 1, 1));
+        assert_eq!(v.kernel().define_value("SPLIT_K"), Some("4"));
+        assert_eq!(v.kernel().define_value("CTAS_PER_SM"), Some("1"));
+        // One cluster of 4 per tile (not persistent): 33 column tiles.
+        assert_eq!(
+            v.grid(&Fp8Gemm::new(64, 2112, 7168), &h).unwrap(),
+            (132, 1, 1)
+        );
+        assert_eq!(
+            v.grid(&Fp8Gemm::new(4096, 2112, 7168), &h).unwrap(),
+            (64 * 33 * 4, 1, 1)
+        );
+        // Two CTAs per SM: half the SM's shared memory each, a persistent grid of 2 per SM.
+        let two = t.with_two_ctas_per_sm(&h).unwrap();
+        assert!(2 * (two.smem_bytes() + 1024) <= h.max_smem_per_sm);
+        let v2 = GemmVariant::Wgmma(two);
+        v2.valid_on(&h).unwrap();
+        assert_eq!(v2.kernel().define_value("CTAS_PER_SM"), Some("2"));
+        assert_eq!(
+            v2.grid(&Fp8Gemm::new(64, 24576, 1536), &h).unwrap(),
+            (264, 1, 1)
+        );
+        // What the kernel rejects.
+        let wide = WgmmaGemm::fitted(128, 160, 2, 2, 1, smem).unwrap();
+        assert!(wide.with_split_k(2, smem).is_none());
+        for bad in [
+            WgmmaGemm {
+                split_k: 0,
+                ..split
+            },
+            WgmmaGemm {
+                split_k: 9,
+                ..split
+            },
+            WgmmaGemm {
+                epi_swizzle: 128,
+                ..split
+            },
+            WgmmaGemm {
+                grouping: 1,
+                ..split
+            },
+            WgmmaGemm {
+                ctas_per_sm: 3,
+                ..two
+            },
+            WgmmaGemm { bn: 128, ..two },
+            WgmmaGemm {
+                ctas_per_sm: 2,
+                ..wide
+            },
+            // Two CTAs of this one do not fit an SM's shared memory.
+            WgmmaGemm {
+                ctas_per_sm: 2,
+                ..t
+            },
+        ] {
+            assert!(GemmVariant::Wgmma(bad).valid_on(&h).is_err(), "{bad:?}");
+        }
     }
 }

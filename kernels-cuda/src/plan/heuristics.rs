@@ -4,7 +4,7 @@
 //!
 //! | op | candidates | default pick |
 //! |---|---|---|
-//! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`] | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
+//! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`], and for m <= 256 [`wgmma_small_m_tiles`] (split-K, two CTAs per SM) | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
 //! | attention | the one kernel for (head_dim, dtype, block size) | it |
 //! | MLA decode | every tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first | the fewest rows per CTA that holds all `s_q * heads` rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
@@ -89,6 +89,61 @@ pub fn wgmma_tiles(arch: &ArchSpec) -> Vec<WgmmaGemm> {
     v
 }
 
+/// Largest m for which the GEMM's candidates include the small-M Hopper tiles of
+/// [`wgmma_small_m_tiles`] (split-K, two CTAs per SM).
+pub const SMALL_M_MAX: usize = 256;
+
+/// Split-K Hopper tiles as (rows, columns, math warpgroups, accumulator sets, split): the ones
+/// that won a small-M shape on the H200 (2026-11-30, dev/NOTES-fp8-gemm-sm90.md).
+const WGMMA_SPLIT_K: [(u32, u32, u32, u32, u32); 7] = [
+    (64, 32, 1, 2, 2),
+    (64, 64, 1, 2, 2),
+    (64, 64, 1, 2, 4),
+    (64, 96, 1, 2, 4),
+    (64, 128, 1, 2, 2),
+    (128, 128, 2, 1, 2),
+    (128, 128, 2, 1, 4),
+];
+
+/// Hopper tiles for small M (none without wgmma and TMA): the split-K tiles of
+/// [`WGMMA_SPLIT_K`], and 64 x 32 / 64 x 64 at two CTAs per SM (also split 2 and 4 for 64 x 64).
+pub fn wgmma_small_m_tiles(arch: &ArchSpec) -> Vec<WgmmaGemm> {
+    if !(arch.wgmma && arch.tma) {
+        return Vec::new();
+    }
+    let smem = arch.max_smem_per_block;
+    let mut v = Vec::new();
+    for (bm, bn, math_wg, acc, split) in WGMMA_SPLIT_K {
+        v.extend(
+            WgmmaGemm::fitted(bm, bn, math_wg, 1, acc, smem)
+                .and_then(|t| t.with_split_k(split, smem)),
+        );
+    }
+    for (bn, split) in [(32, 1), (64, 1), (64, 2), (64, 4)] {
+        v.extend(
+            WgmmaGemm::fitted(64, bn, 1, 1, 2, smem)
+                .and_then(|t| t.with_split_k(split, smem))
+                .and_then(|t| t.with_two_ctas_per_sm(arch)),
+        );
+    }
+    v.retain(|t| GemmVariant::Wgmma(*t).valid_on(arch).is_ok());
+    v
+}
+
+/// Clusters of `size` CTAs resident at once on `arch` with `ctas_per_sm` CTAs per SM: SMs
+/// over the cluster size, less 10% above 2 CTAs (clusters stay within a GPC, whose SM counts
+/// do not divide evenly: the H200 holds 39 clusters of 3, 30 of 4, 15 of 8).
+pub fn cluster_slots(arch: &ArchSpec, size: u32, ctas_per_sm: u32) -> u64 {
+    let ctas = arch.sm_count as u64 * ctas_per_sm.max(1) as u64;
+    let size = size.max(1) as u64;
+    let slots = if size <= 2 {
+        ctas / size
+    } else {
+        ctas * 9 / (10 * size)
+    };
+    slots.max(1)
+}
+
 /// The kernel's GROUPING constant of an op: 0 one GEMM, 1 contiguous, 2 masked.
 pub fn grouping_code(op: &Fp8Gemm) -> u32 {
     match op.grouping {
@@ -108,24 +163,38 @@ fn wgmma_tile_efficiency(bn: u32) -> f64 {
     }
 }
 
-/// The default pick among Hopper candidates: for m <= 128 (bound by reading B) the 64-row tiles,
-/// fewest waves, then the fullest last wave, then the widest; otherwise the 128-row tiles of
-/// least estimated time (waves x width / measured per-tile efficiency), one CTA per cluster on
-/// a tie. `None` when there is no Hopper candidate.
+/// The default pick among Hopper candidates at one CTA per SM (two per SM are left to the
+/// tuner). For m <= 128, bound by streaming the operands through each SM: the least bytes a
+/// CTA reads, (rows + columns) x 128 x its K blocks, times the waves of clusters (split-K
+/// tiles only where their clusters fit in one wave), then the fullest last wave, then the
+/// widest; B multicast clusters are left out. Otherwise the
+/// one-wave-at-a-time 128-row tiles of least estimated time (waves x width / measured per-tile
+/// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let small = op.m <= 128;
-    let slots = arch.sm_count as u64;
+    let k_blocks = (op.k as u64).div_ceil(128);
     let mut best: Option<(usize, (f64, f64, u32))> = None;
     for (i, v) in candidates.iter().enumerate() {
         let GemmVariant::Wgmma(t) = v else { continue };
-        if (t.math_wg == 1) != small {
+        if t.ctas_per_sm != 1 {
             continue;
         }
-        let cm = t.cluster_m.max(1) as u64;
-        let (w, fill) = waves(t.cluster_tiles(op), (slots / cm).max(1));
+        if small && t.cluster_m != 1 || !small && (t.math_wg != 2 || t.split_k != 1) {
+            continue;
+        }
+        let (w, fill) = waves(
+            t.cluster_tiles(op),
+            cluster_slots(arch, t.cluster_size(), t.ctas_per_sm),
+        );
+        if t.split_k > 1 && w > 1 {
+            // Split-K grids are not persistent: a second wave of clusters costs a whole
+            // start-up and drain (measured: always slower than a persistent tile).
+            continue;
+        }
         // Lower is better in every component.
         let key = if small {
-            (w as f64, -fill, u32::MAX - t.bn)
+            let per_cta = (t.bm + t.bn) as u64 * 128 * k_blocks.div_ceil(t.split_k as u64);
+            (w as f64 * per_cta as f64, -fill, u32::MAX - t.bn)
         } else {
             (
                 w as f64 * t.bn as f64 / wgmma_tile_efficiency(t.bn),
@@ -140,8 +209,9 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
     best.map(|(i, _)| i)
 }
 
-/// The GEMM candidates for `op` on `arch`, the fallback first: today every variant of
-/// [`gemm_variants`] (each handles any shape).
+/// The GEMM candidates for `op` on `arch`, the fallback first: every variant of
+/// [`gemm_variants`] (each handles any shape), and for m <= [`SMALL_M_MAX`] the small-M tiles
+/// of [`wgmma_small_m_tiles`].
 pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>> {
     op.validate()?;
     let grouping = grouping_code(op);
@@ -170,7 +240,14 @@ pub fn gemm_candidates(op: &Fp8Gemm, arch: &ArchSpec) -> Result<Vec<GemmVariant>
         }
         return Ok(unique);
     }
-    let v = gemm_variants(arch);
+    let mut v = gemm_variants(arch);
+    if op.m <= SMALL_M_MAX {
+        v.extend(
+            wgmma_small_m_tiles(arch)
+                .into_iter()
+                .map(GemmVariant::Wgmma),
+        );
+    }
     if v.is_empty() {
         return Err(Error::Unsupported {
             op: "fp8_gemm",
@@ -524,21 +601,27 @@ mod tests {
         // m 64, n 24576: 192 CTAs of large or small tiles (2 waves) vs 384 tiny (3): the small
         // tile (no padded rows) over the large one.
         assert_eq!(pick(64, 24576, 1536), tile(MmaSyncGemm::SMALL));
-        // With wgmma: the 128-row tiles of least estimated time for large m, the 64-row tiles
-        // filling the SMs best for m <= 128.
+        // With wgmma: the 128-row tiles of least estimated time for large m; for m <= 128 the
+        // tiles whose CTAs read the least, split-K where its clusters fit in one wave.
         let wg = |m, n, k| {
             let op = Fp8Gemm::new(m, n, k);
             let c = gemm_candidates(&op, &h).unwrap();
             match c[pick_gemm(&op, &c, &h)] {
-                GemmVariant::Wgmma(t) => (t.bm, t.bn, t.cluster_m),
+                GemmVariant::Wgmma(t) => (t.bm, t.bn, t.cluster_m, t.split_k),
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(wg(4096, 7168, 16384), (128, 160, 1));
-        assert_eq!(wg(64, 7168, 16384), (64, 56, 1));
-        assert_eq!(wg(64, 2112, 7168), (64, 32, 1));
-        assert_eq!(wg(64, 24576, 1536), (64, 96, 1));
-        assert_eq!(wg(128, 7168, 16384), (64, 128, 1));
+        assert_eq!(wg(4096, 7168, 16384), (128, 160, 1, 1));
+        // 56 tiles of 64 x 128, 2 splits of 64 K blocks: 112 CTAs in one wave.
+        assert_eq!(wg(64, 7168, 16384), (64, 128, 1, 2));
+        // 22 tiles of 64 x 96, 4 splits: 22 clusters of 4 fit in one wave (about 29).
+        assert_eq!(wg(64, 2112, 7168), (64, 96, 1, 4));
+        // 128 tiles of 128 x 192 in one wave read as little as 256 of 64 x 96 in two.
+        assert_eq!(wg(64, 24576, 1536), (128, 192, 1, 1));
+        assert_eq!(wg(128, 7168, 16384), (128, 128, 1, 2));
+        // Split-K clusters that would take two waves are not picked: 56 tiles of 128 x 128 at
+        // 4 splits would.
+        assert_eq!(wg(128, 7168, 2048), (128, 128, 1, 2));
         // sm_89: the e4m3 mma, and no 128 KB tile.
         let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
         let c = gemm_candidates(&Fp8Gemm::new(64, 2112, 512), &l4).unwrap();
