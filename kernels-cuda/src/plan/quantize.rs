@@ -8,6 +8,10 @@ use tessera_core::{DType, Error, Fp8Granularity, Fp8Quantize, Result, ScaleRule}
 /// Threads per quantizer CTA (8 warps).
 pub const QUANTIZE_THREADS: u32 = 256;
 
+/// 1x128 groups each warp of the per-token quantizer handles (its loads all in flight before
+/// any group is reduced): the kernel's `GROUPS_PER_WARP`.
+pub const QUANTIZE_GROUPS_PER_WARP: u32 = 8;
+
 /// The quantizers' input element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,8 +79,8 @@ impl QuantizeVariant {
         })
     }
 
-    /// The launch grid for `op`: one warp per 1x128 group (8 per CTA), or one CTA per 128x128
-    /// block (x: column blocks, y: row blocks).
+    /// The launch grid for `op`: one warp per [`QUANTIZE_GROUPS_PER_WARP`] 1x128 groups (8
+    /// warps per CTA), or one CTA per 128x128 block (x: column blocks, y: row blocks).
     pub fn grid(&self, op: &Fp8Quantize) -> Result<(u32, u32, u32)> {
         let (sr, sc) = op.scales_shape();
         let too_large = |what: usize| {
@@ -89,7 +93,8 @@ impl QuantizeVariant {
         };
         match self.granularity {
             QuantizeGranularity::PerToken1x128 => {
-                let warps = op.rows.checked_mul(sc).ok_or_else(|| too_large(op.rows))?;
+                let groups = op.rows.checked_mul(sc).ok_or_else(|| too_large(op.rows))?;
+                let warps = groups.div_ceil(QUANTIZE_GROUPS_PER_WARP as usize);
                 let ctas = warps.div_ceil((QUANTIZE_THREADS / 32) as usize);
                 let x = u32::try_from(ctas)
                     .ok()
@@ -125,6 +130,7 @@ impl KernelSpec for QuantizeVariant {
         vec![
             ("IN_KIND", kind.to_string()),
             ("POW2", u8::from(self.pow2).to_string()),
+            ("GROUPS_PER_WARP", QUANTIZE_GROUPS_PER_WARP.to_string()),
         ]
     }
 
@@ -177,6 +183,7 @@ mod tests {
             [
                 ("IN_KIND", "2"),
                 ("POW2", "1"),
+                ("GROUPS_PER_WARP", "8"),
                 ("TESSERA_SMEM_BYTES", "0"),
                 ("TESSERA_THREADS", "256"),
             ]
@@ -193,7 +200,7 @@ mod tests {
         assert_eq!(r.kernel().define_value("IN_KIND"), Some("0"));
         assert_eq!(
             r.grid(&row).unwrap(),
-            ((300 * 2usize).div_ceil(8) as u32, 1, 1)
+            ((300 * 2usize).div_ceil(8 * 8) as u32, 1, 1)
         );
         // Both granularities share one compile unit.
         let block = QuantizeVariant {
