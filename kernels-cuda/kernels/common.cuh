@@ -119,6 +119,17 @@ __device__ __forceinline__ u8 f32_to_e4m3(float x) {
 #endif
 }
 
+// Two f32 -> e4m3 as f32_to_e4m3 does, packed: lo in the low byte (the lower address).
+__device__ __forceinline__ u16 f32x2_to_e4m3x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 890
+    u16 r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (u16)((u16)f32_to_e4m3(lo) | ((u16)f32_to_e4m3(hi) << 8));
+#endif
+}
+
 // e4m3 -> f32, exact.
 __device__ __forceinline__ float e4m3_to_f32(u8 x) {
     u32 sign = ((u32)x & 0x80u) << 24;

@@ -53,46 +53,57 @@ __device__ __forceinline__ float load_in(const in_t* p, i64 i) { return bf16_to_
 __device__ __forceinline__ float half_to_f32(u16 h) { return IN_KIND == 1 ? f16_to_f32(h) : bf16_to_f32(h); }
 #endif
 
-// 8 consecutive inputs at element index i (16-byte aligned), streamed past L1.
+// 8 consecutive inputs, kept as loaded (16-bit inputs: two per word) to spare registers.
 struct In8 {
-    float v[8];
+    static constexpr int WORDS = IN_KIND == 0 ? 8 : 4;
+    u32 w[WORDS];
+    __device__ __forceinline__ float at(int e) const {
+#if IN_KIND == 0
+        return __uint_as_float(w[e]);
+#else
+        return half_to_f32((u16)(e % 2 == 0 ? (w[e / 2] & 0xffffu) : (w[e / 2] >> 16)));
+#endif
+    }
 };
+
+// The 8 inputs at element index i (16-byte aligned), streamed past L1.
 __device__ __forceinline__ In8 load8(const in_t* p, i64 i) {
     In8 r;
-#if IN_KIND == 0
-    const uint4 a = __ldcs((const uint4*)(p + i));
-    const uint4 b = __ldcs((const uint4*)(p + i + 4));
-    const u32 w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int j = 0; j < 8; ++j) r.v[j] = __uint_as_float(w[j]);
-#else
-    const uint4 a = __ldcs((const uint4*)(p + i));
-    const u32 w[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        r.v[2 * j] = half_to_f32((u16)(w[j] & 0xffffu));
-        r.v[2 * j + 1] = half_to_f32((u16)(w[j] >> 16));
+    for (int h = 0; h < In8::WORDS / 4; ++h) {
+        const uint4 a = __ldcs((const uint4*)(p + i) + h);
+        r.w[4 * h] = a.x;
+        r.w[4 * h + 1] = a.y;
+        r.w[4 * h + 2] = a.z;
+        r.w[4 * h + 3] = a.w;
     }
-#endif
+    return r;
+}
+
+__device__ __forceinline__ In8 zero8() {
+    In8 r;
+#pragma unroll
+    for (int k = 0; k < In8::WORDS; ++k) r.w[k] = 0;
     return r;
 }
 
 __device__ __forceinline__ float amax8(const In8& x) {
     float a = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) a = fmaxf(a, fabsf(x.v[j]));
+    for (int e = 0; e < 8; ++e) a = fmaxf(a, fabsf(x.at(e)));
     return a;
 }
 
 // The 8 e4m3 bytes of x / s, stored at q + i (8-byte aligned).
 __device__ __forceinline__ void store8(u8* q, i64 i, const In8& x, float s) {
-    u32 lo = 0, hi = 0;
+    u32 w[2];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        lo |= (u32)f32_to_e4m3(x.v[j] / s) << (8 * j);
-        hi |= (u32)f32_to_e4m3(x.v[4 + j] / s) << (8 * j);
+    for (int h = 0; h < 2; ++h) {
+        const int e = 4 * h;
+        w[h] = (u32)f32x2_to_e4m3x2(x.at(e) / s, x.at(e + 1) / s) |
+               ((u32)f32x2_to_e4m3x2(x.at(e + 2) / s, x.at(e + 3) / s) << 16);
     }
-    *(uint2*)(q + i) = make_uint2(lo, hi);
+    *(uint2*)(q + i) = make_uint2(w[0], w[1]);
 }
 
 __device__ __forceinline__ bool vector_path(const in_t* x, const u8* q, int cols) {
@@ -120,24 +131,26 @@ extern "C" __global__ void fp8_quantize_1x128(const in_t* __restrict__ x, u8* __
     if (first >= total) return;
     if (vector_path(x, q, cols)) {
         // Half-warp h takes groups first + 2 j + h; lane l % 16 owns 8 columns of its group.
+        // (row, g) of the group advance without divisions.
         const int half = lane / 16, sub = lane % 16;
         constexpr int STEPS = GROUPS_PER_WARP / 2;
         In8 v[STEPS];
         i64 at[STEPS];
         bool in[STEPS];
+        i64 row = first / groups;
+        int g = (int)(first - row * groups) + half;
+        while (g >= groups) g -= groups, ++row;
 #pragma unroll
         for (int j = 0; j < STEPS; ++j) {
+            if (j > 0) {
+                g += 2;
+                while (g >= groups) g -= groups, ++row;
+            }
             const i64 grp = first + 2 * j + half;
-            const int row = (int)(grp / groups), g = (int)(grp % groups);
             const int c = g * 128 + sub * 8;
             in[j] = grp < total && c < cols;
             at[j] = (i64)row * cols + c;
-            if (in[j]) {
-                v[j] = load8(x, at[j]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[j].v[e] = 0.0f;
-            }
+            v[j] = in[j] ? load8(x, at[j]) : zero8();
         }
 #pragma unroll
         for (int j = 0; j < STEPS; ++j) {
@@ -195,12 +208,7 @@ extern "C" __global__ void fp8_quantize_128x128(const in_t* __restrict__ x, u8* 
 #pragma unroll
         for (int j = 0; j < ROWS_PER_THREAD; ++j) {
             const int r = vr + 16 * j;
-            if (r < nr && vc < nc) {
-                v[j] = load8(x, (i64)(r0 + r) * cols + c0 + vc);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[j].v[e] = 0.0f;
-            }
+            v[j] = r < nr && vc < nc ? load8(x, (i64)(r0 + r) * cols + c0 + vc) : zero8();
             amax = fmaxf(amax, amax8(v[j]));
         }
     } else {
