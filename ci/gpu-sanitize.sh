@@ -10,7 +10,8 @@
 # tests (model-sized shapes, far too slow under the sanitizer); TESSERA_SANITIZER_QUICK=0 runs
 # everything with the suites' own case counts. Each run is cut after TESSERA_SANITIZER_TIMEOUT
 # seconds (default 300). out_of_memory is always left out (it fills the device, which the
-# sanitizer's own allocations need).
+# sanitizer's own allocations need). TESSERA_SANITIZER_TOOLS picks the tools (default
+# "memcheck racecheck synccheck initcheck"), so that a long run can be split over calls.
 set -uo pipefail
 out=${1:?usage: gpu-sanitize.sh OUTDIR}
 mkdir -p "$out"
@@ -40,7 +41,7 @@ for t in "$pack"/bin/cutest-*; do
 done
 failed_any=0
 : > "$out/summary.txt"
-for tool in memcheck racecheck synccheck initcheck; do
+for tool in ${TESSERA_SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
   findings=0; runs=0; failed=0; timed_out=0
   for target in "${targets[@]}"; do
     name=${target%%|*}

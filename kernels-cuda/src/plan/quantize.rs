@@ -8,9 +8,10 @@ use tessera_core::{DType, Error, Fp8Granularity, Fp8Quantize, Result, ScaleRule}
 /// Threads per quantizer CTA (8 warps).
 pub const QUANTIZE_THREADS: u32 = 256;
 
-/// 1x128 groups each warp of the per-token quantizer handles (its loads all in flight before
-/// any group is reduced): the kernel's `GROUPS_PER_WARP`.
-pub const QUANTIZE_GROUPS_PER_WARP: u32 = 8;
+/// 1x128 groups each warp of the per-token quantizer handles for 16-bit inputs (its loads all in
+/// flight before any group is reduced): the kernel's `GROUPS_PER_WARP`; f32 inputs, twice the
+/// registers per group, take half.
+pub const QUANTIZE_GROUPS_PER_WARP: u32 = 16;
 
 /// The quantizers' input element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,8 +80,16 @@ impl QuantizeVariant {
         })
     }
 
-    /// The launch grid for `op`: one warp per [`QUANTIZE_GROUPS_PER_WARP`] 1x128 groups (8
-    /// warps per CTA), or one CTA per 128x128 block (x: column blocks, y: row blocks).
+    /// 1x128 groups per warp of the per-token kernel (see [`QUANTIZE_GROUPS_PER_WARP`]).
+    pub fn groups_per_warp(&self) -> u32 {
+        match self.input {
+            QuantizeInput::F32 => QUANTIZE_GROUPS_PER_WARP / 2,
+            QuantizeInput::F16 | QuantizeInput::Bf16 => QUANTIZE_GROUPS_PER_WARP,
+        }
+    }
+
+    /// The launch grid for `op`: one warp per [`QuantizeVariant::groups_per_warp`] 1x128
+    /// groups (8 warps per CTA), or one CTA per 128x128 block (x: column blocks, y: row blocks).
     pub fn grid(&self, op: &Fp8Quantize) -> Result<(u32, u32, u32)> {
         let (sr, sc) = op.scales_shape();
         let too_large = |what: usize| {
@@ -94,7 +103,7 @@ impl QuantizeVariant {
         match self.granularity {
             QuantizeGranularity::PerToken1x128 => {
                 let groups = op.rows.checked_mul(sc).ok_or_else(|| too_large(op.rows))?;
-                let warps = groups.div_ceil(QUANTIZE_GROUPS_PER_WARP as usize);
+                let warps = groups.div_ceil(self.groups_per_warp() as usize);
                 let ctas = warps.div_ceil((QUANTIZE_THREADS / 32) as usize);
                 let x = u32::try_from(ctas)
                     .ok()
@@ -130,7 +139,7 @@ impl KernelSpec for QuantizeVariant {
         vec![
             ("IN_KIND", kind.to_string()),
             ("POW2", u8::from(self.pow2).to_string()),
-            ("GROUPS_PER_WARP", QUANTIZE_GROUPS_PER_WARP.to_string()),
+            ("GROUPS_PER_WARP", self.groups_per_warp().to_string()),
         ]
     }
 
@@ -183,7 +192,7 @@ mod tests {
             [
                 ("IN_KIND", "2"),
                 ("POW2", "1"),
-                ("GROUPS_PER_WARP", "8"),
+                ("GROUPS_PER_WARP", "16"),
                 ("TESSERA_SMEM_BYTES", "0"),
                 ("TESSERA_THREADS", "256"),
             ]
