@@ -2,7 +2,8 @@
 # On the GPU machine: build the sm90 FP8 GEMM harness for each variant (in parallel), check each
 # against the reference on edge shapes, time it on the 18 standard shapes; table at the end.
 #   bash kernels-cuda/dev/fp8_gemm_sm90.sh OUTDIR "BM BN ST WG EPI CLUSTER_M ACC_STAGES SPLIT_K" [...]   (ST 0: most that fit)
-# SHAPES="M N K ..." overrides the timed shapes; CHECK_SHAPES the checked ones; NOTIME=1 skips timing.
+# SHAPES="M N K ..." overrides the timed shapes; CHECK_SHAPES the checked ones; NOTIME=1 skips timing;
+# CTAS=2 builds for two CTAs per SM; GROUPING=1|2 builds the grouped kernel (run as one group).
 set -uo pipefail
 out=${1:?outdir}; shift
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +24,7 @@ if st==0:
 print(st,size(st))")"
   name="bm${bm}_bn${bn}_st${st}_wg${wg}_e${epi}_c${cm}_a${pp}_s${sk}"
   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -DBLOCK_M=$bm -DBLOCK_N=$bn -DSTAGES=$st \
-    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DSPLIT_K=$sk -DCTAS_PER_SM=${CTAS:-1} -DGROUPING=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
+    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DSPLIT_K=$sk -DCTAS_PER_SM=${CTAS:-1} -DGROUPING=${GROUPING:-0} ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
     && echo "built $name: $(grep -o 'Used [0-9]* registers' "$out/build_$name.log" | head -1), $(grep -o '[0-9]* bytes spill stores' "$out/build_$name.log" | head -1)" \
     || { echo "BUILD FAILED $name"; tail -5 "$out/build_$name.log"; }
 }
