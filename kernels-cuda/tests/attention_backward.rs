@@ -19,6 +19,7 @@ use tessera_cuda::{
     AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut,
 };
 use tessera_reference::{metrics, CpuBackend};
+use tessera_testing::check::{TOL_REL_L2_BWD_BF16, TOL_REL_L2_BWD_F16};
 use tessera_testing::Rng;
 
 /// q, k, v, dO of random values in [-2, 2) and the GPU forward's o and lse.
@@ -151,8 +152,11 @@ fn f64s(t: &Tensor) -> Vec<f64> {
 
 /// Asserts every gradient is finite and within the relative L2 tolerance of the reference.
 fn assert_matches(got: &AttentionGradients, want: &AttentionGradients, dtype: DType, what: &str) {
-    // dS and P are rounded to the input type for the tensor cores, as in the forward.
-    let tol = if dtype == DType::F16 { 1e-2 } else { 3e-2 };
+    let tol = if dtype == DType::F16 {
+        TOL_REL_L2_BWD_F16
+    } else {
+        TOL_REL_L2_BWD_BF16
+    };
     for (name, g, w) in [
         ("dq", &got.dq, &want.dq),
         ("dk", &got.dk, &want.dk),
