@@ -212,6 +212,23 @@ mod tests {
             for c in attention.candidates(&arch).unwrap() {
                 assert!(has(&c));
             }
+            for head_dim in [64, 128] {
+                for dtype in [DType::F16, DType::BF16] {
+                    for block in [64, 128] {
+                        let op = SparseAttention::new(1, 100, 2, head_dim, dtype);
+                        let plans = crate::plan::heuristics::attention_backward_candidates(
+                            &op, block, &arch,
+                        )
+                        .unwrap();
+                        // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89.
+                        let deep = head_dim == 64 || arch.nvrtc_target() != "sm_89";
+                        assert_eq!(plans.len(), if deep { 2 } else { 1 }, "{arch}");
+                        for k in plans.iter().flat_map(|p| p.kernels()) {
+                            assert!(has(&k), "{k:?} on {arch}");
+                        }
+                    }
+                }
+            }
             for layout in [
                 MlaCacheLayout::default(),
                 MlaCacheLayout {
