@@ -284,3 +284,53 @@ fn backward_through_the_trait_matches_the_reference() {
         )
         .unwrap();
 }
+
+#[test]
+fn device_api_names_the_wrong_buffer_or_plan() {
+    let Some(be) = common::backend() else { return };
+    let stream = be.stream();
+    let op = SparseAttention::new(1, 100, 2, 64, DType::BF16);
+    let mask = BlockMask::dense(100, 64).unwrap();
+    let dmask = DeviceBlockMask::new(stream, &mask).unwrap();
+    let n = op.qkv_len();
+    let x = up(stream, &vec![bf16::ZERO; n]);
+    let f16s = up(stream, &vec![f16::ZERO; n]);
+    let lse = up(stream, &vec![0f32; op.lse_len()]);
+    let mut delta = up(stream, &vec![0f32; op.lse_len() + 1]);
+    let (mut dq, mut dk, mut dv) = (x.clone(), x.clone(), x.clone());
+    let plan = be.sparse_attention_backward_plan(&op, &mask).unwrap();
+    let mut call = |plan: AttentionBackwardPlan, delta_len: usize, d_o_f16: bool| {
+        be.sparse_attention_backward_plan_on(
+            stream,
+            &op,
+            plan,
+            &dmask,
+            &mut AttentionBackwardBuffers {
+                q: DeviceHalf::BF16(x.as_view()),
+                k: DeviceHalf::BF16(x.as_view()),
+                v: DeviceHalf::BF16(x.as_view()),
+                o: DeviceHalf::BF16(x.as_view()),
+                lse: lse.as_view(),
+                d_o: if d_o_f16 {
+                    DeviceHalf::F16(f16s.as_view())
+                } else {
+                    DeviceHalf::BF16(x.as_view())
+                },
+                delta: delta.slice_mut(0..delta_len),
+                dq: DeviceHalfMut::BF16(dq.as_view_mut()),
+                dk: DeviceHalfMut::BF16(dk.as_view_mut()),
+                dv: DeviceHalfMut::BF16(dv.as_view_mut()),
+            },
+        )
+        .map_err(|e| e.argument().map(str::to_string))
+    };
+    assert_eq!(call(plan, op.lse_len(), false), Ok(()));
+    assert_eq!(
+        call(plan, op.lse_len() + 1, false),
+        Err(Some("delta".into()))
+    );
+    assert_eq!(call(plan, op.lse_len(), true), Err(Some("d_o".into())));
+    let f16_op = SparseAttention::new(1, 100, 2, 64, DType::F16);
+    let other = be.sparse_attention_backward_plan(&f16_op, &mask).unwrap();
+    assert_eq!(call(other, op.lse_len(), false), Err(Some("plan".into())));
+}
