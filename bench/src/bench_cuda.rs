@@ -17,13 +17,14 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use serde_json::json;
 use tessera::cuda::{
-    CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, DeviceInput, MlaDecodeBuffers,
+    AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, DeviceInput,
+    MlaDecodeBuffers,
 };
 use tessera::Fp8Gemm;
 
 use crate::cases::{
     data, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase, MlaShape,
-    QuantizeCase, GROUPED_GEMM_OP, QUANTIZE_OP, ROTATE_BYTES,
+    QuantizeCase, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP, QUANTIZE_OP, ROTATE_BYTES,
 };
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
@@ -85,6 +86,7 @@ impl Executor for CudaExecutor {
             "fp8_gemm_grouped: FLOP 2 x rows computed x N x K; bytes A and D of the rows computed + B of every group + scales; group layout (i32 offsets or counts) uploaded once; sets rotated as fp8_gemm".into(),
             "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
             "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz (every on block in full); bytes q + k + v + o; one set".into(),
+            "attention_backward: the radial mask; o and lse from one forward run; FLOP 2.5 x the forward's (5 matmuls; the dq pass recomputes S and dP, not counted); bytes q + k + v + o + dO + dq + dk + dv; one set".into(),
         ]
     }
 
@@ -114,6 +116,15 @@ impl Executor for CudaExecutor {
 
     fn attention(&mut self, case: &AttentionCase, work: &AttentionWork, radial: bool) -> Record {
         bench_attention(&self.backend, &self.stream, case, work, radial)
+    }
+
+    fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Option<Record> {
+        Some(bench_attention_backward(
+            &self.backend,
+            &self.stream,
+            case,
+            work,
+        ))
     }
 }
 
@@ -603,4 +614,93 @@ fn bench_attention(
         })
     };
     inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
+}
+
+/// The backward of one radial attention case (delta, dk/dv and dq kernels), after one forward
+/// run that gives it o and lse.
+fn bench_attention_backward(
+    backend: &CudaBackend,
+    stream: &Arc<CudaStream>,
+    case: &AttentionCase,
+    work: &AttentionWork,
+) -> Record {
+    let name = "tessera radial";
+    let key = case.key();
+    let op = &work.op;
+    let inner = || -> Res<Record> {
+        let dmask = DeviceBlockMask::new(stream, &work.mask).map_err(|e| e.to_string())?;
+        let pattern = data::bf16s(41, 1 << 20, 2.0);
+        let n = op.qkv_len();
+        let q = alloc_filled(stream, n, &pattern)?;
+        let k = alloc_filled(stream, n, &pattern[7..])?;
+        let v = alloc_filled(stream, n, &pattern[13..])?;
+        let d_o = alloc_filled(stream, n, &pattern[17..])?;
+        let zeros = |len: usize| {
+            stream
+                .alloc_zeros::<bf16>(len)
+                .map_err(|e| format!("alloc: {e}"))
+        };
+        let floats = |len: usize| {
+            stream
+                .alloc_zeros::<f32>(len)
+                .map_err(|e| format!("alloc: {e}"))
+        };
+        let (mut o, mut dq, mut dk, mut dv) = (zeros(n)?, zeros(n)?, zeros(n)?, zeros(n)?);
+        let (mut lse, mut delta) = (floats(op.lse_len())?, floats(op.lse_len())?);
+        backend
+            .sparse_attention_on(
+                stream,
+                op,
+                &dmask,
+                &DeviceHalf::BF16(q.as_view()),
+                &DeviceHalf::BF16(k.as_view()),
+                &DeviceHalf::BF16(v.as_view()),
+                &mut DeviceHalfMut::BF16(o.as_view_mut()),
+                &mut lse.as_view_mut(),
+            )
+            .map_err(|e| e.to_string())?;
+        let (median, min, reps) = time_launches(stream, |_| {
+            backend
+                .sparse_attention_backward_on(
+                    stream,
+                    op,
+                    &dmask,
+                    &mut AttentionBackwardBuffers {
+                        q: DeviceHalf::BF16(q.as_view()),
+                        k: DeviceHalf::BF16(k.as_view()),
+                        v: DeviceHalf::BF16(v.as_view()),
+                        o: DeviceHalf::BF16(o.as_view()),
+                        lse: lse.as_view(),
+                        d_o: DeviceHalf::BF16(d_o.as_view()),
+                        delta: delta.as_view_mut(),
+                        dq: DeviceHalfMut::BF16(dq.as_view_mut()),
+                        dk: DeviceHalfMut::BF16(dk.as_view_mut()),
+                        dv: DeviceHalfMut::BF16(dv.as_view_mut()),
+                    },
+                )
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(Record {
+            op: ATTENTION_BACKWARD_OP.into(),
+            shape: key.clone(),
+            implementation: name.into(),
+            params: [
+                ("model", json!(case.model)),
+                ("frames", json!(case.frames)),
+                ("tokens", json!(op.tokens)),
+                ("heads", json!(case.heads)),
+                ("head_dim", json!(op.head_dim)),
+                ("density", json!(work.mask.density())),
+                ("nnz", json!(work.mask.nnz())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        })
+    };
+    inner().unwrap_or_else(|e| Record::failed(ATTENTION_BACKWARD_OP, key, name, e))
 }

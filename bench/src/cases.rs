@@ -86,6 +86,23 @@ impl AttentionCase {
     }
 }
 
+/// The op name of the attention backward's records.
+pub const ATTENTION_BACKWARD_OP: &str = "attention_backward";
+
+impl AttentionCase {
+    /// The backward of the radial case: its mask and op, FLOP counted as
+    /// [`SparseAttention::backward_flops`] (2.5 times the forward's), bytes q, k, v, o, dO read
+    /// and dq, dk, dv written.
+    pub fn backward_work(&self) -> Result<AttentionWork, String> {
+        let forward = self.work(true)?;
+        Ok(AttentionWork {
+            flops: forward.op.backward_flops(&forward.mask),
+            bytes: 8.0 * 2.0 * forward.op.qkv_len() as f64,
+            ..forward
+        })
+    }
+}
+
 /// What one attention measurement runs.
 pub struct AttentionWork {
     /// The mask.

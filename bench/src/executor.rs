@@ -26,4 +26,11 @@ pub trait Executor {
     fn mla(&mut self, shape: &MlaShape) -> Record;
     /// One attention case, radial or dense, with its mask and op built ([`AttentionCase::work`]).
     fn attention(&mut self, case: &AttentionCase, work: &AttentionWork, radial: bool) -> Record;
+    /// The backward of one attention case (op [`crate::cases::ATTENTION_BACKWARD_OP`], `work`
+    /// from [`AttentionCase::backward_work`]); `None` when the backend has no backward (no
+    /// record).
+    fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Option<Record> {
+        let _ = (case, work);
+        None
+    }
 }

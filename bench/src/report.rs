@@ -212,6 +212,7 @@ pub fn write(
     quantize_section(&mut md, ours, vulkan)?;
     mla_section(&mut md, ours, peers, vulkan, dir)?;
     attention_section(&mut md, ours, peers, vulkan, dir)?;
+    attention_backward_section(&mut md, ours, peers)?;
     facts_section(&mut md, peers)?;
 
     let errors: Vec<&Record> = ours
@@ -577,6 +578,61 @@ fn mla_section(
         false,
     ));
     writeln!(md, "\n![MLA decode GB/s](mla_decode.png)")?;
+    Ok(())
+}
+
+/// The radial attention backward: our time and TFLOPS, the ratio to our forward on the same
+/// mask, and any peer's backward rows of the same op (e.g. FlexAttention's, once ci/peers.py
+/// times it).
+fn attention_backward_section(
+    md: &mut String,
+    ours: &BenchFile,
+    peers: Option<&BenchFile>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const OP: &str = crate::cases::ATTENTION_BACKWARD_OP;
+    let shapes = shapes(OP, &[ours]);
+    if shapes.is_empty() {
+        return Ok(());
+    }
+    let peer_impls = impls(OP, peers);
+    writeln!(
+        md,
+        "\n## Radial attention backward (bf16, head_dim 128, batch 1)\n"
+    )?;
+    writeln!(
+        md,
+        "TFLOPS count 2.5 times the forward's FLOP (5 matmuls over every on block). Backward / \
+         forward = our backward time over our radial forward time on the same mask.\n"
+    )?;
+    write!(
+        md,
+        "| shape | Tessera backward ms | TFLOPS | backward / forward |"
+    )?;
+    for p in &peer_impls {
+        write!(md, " {p} ms | ours / {p} |")?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "|---|---|---|---|{}",
+        "---|".repeat(2 * peer_impls.len())
+    )?;
+    for s in &shapes {
+        let b = ours.find(OP, s, "tessera radial");
+        let fwd = ours.find("attention", s, "tessera radial");
+        write!(
+            md,
+            "| {s} | {} | {} | {} |",
+            ms(time(b)),
+            f(tflops(b), 0),
+            f(ratio(time(b), time(fwd)), 2)
+        )?;
+        for p in &peer_impls {
+            let peer = time(find(peers, OP, s, p));
+            write!(md, " {} | {} |", ms(peer), f(ratio(peer, time(b)), 2))?;
+        }
+        writeln!(md)?;
+    }
     Ok(())
 }
 

@@ -13,7 +13,10 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::cases::{gemm_flops_bytes, gemm_key, MlaShape, Suite, GROUPED_GEMM_OP, QUANTIZE_OP};
+use crate::cases::{
+    gemm_flops_bytes, gemm_key, MlaShape, Suite, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP,
+    QUANTIZE_OP,
+};
 use crate::executor::Executor;
 use crate::schema::{fill_rates, utc_now, BenchFile, Header, Record};
 
@@ -89,7 +92,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             + count(GROUPED_GEMM_OP, suite.grouped_gemm.len())
             + count(QUANTIZE_OP, suite.quantize.len())
             + count("mla_decode", suite.mla.len())
-            + count("attention", 2 * suite.attention.len()),
+            + count("attention", 3 * suite.attention.len()),
         start: Instant::now(),
     };
     // Written after every measurement, so a run cut short still leaves its results.
@@ -159,6 +162,22 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     }
                     Err(e) => Record::failed("attention", case.key(), "tessera", e),
                 };
+                push(&mut file, rec);
+            }
+            progress.show(&format!("attention {} radial backward", case.key()));
+            let rec = match case.backward_work() {
+                Ok(work) => executor.attention_backward(case, &work).map(|mut rec| {
+                    fill_rates(&mut rec, work.flops, work.bytes, &ceilings);
+                    rec
+                }),
+                Err(e) => Some(Record::failed(
+                    ATTENTION_BACKWARD_OP,
+                    case.key(),
+                    "tessera radial",
+                    e,
+                )),
+            };
+            if let Some(rec) = rec {
                 push(&mut file, rec);
             }
         }

@@ -54,6 +54,7 @@ fn report_joins_cuda_peers_and_vulkan_with_ratios() {
             record("mla_decode", mla, "tessera", Some(0.5), Some(150.0)),
             record("attention", att, "tessera radial", Some(100.0), Some(240.0)),
             record("attention", att, "tessera dense", Some(400.0), Some(240.0)),
+            record("attention_backward", att, "tessera radial", Some(250.0), Some(240.0)),
         ]}),
     );
     write(
@@ -119,6 +120,14 @@ fn report_joins_cuda_peers_and_vulkan_with_ratios() {
     for want in ["4.00", "0.50", "0.250", "–"] {
         assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }
+    // Backward: 250 ms, 2.50 times our radial forward on the same mask.
+    assert!(md.contains("## Radial attention backward"), "{md}");
+    let backward = md
+        .lines()
+        .filter(|l| l.starts_with(&format!("| {att} |")))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no backward row in\n{md}"));
+    assert!(backward.contains("| 2.50 |"), "{backward}");
     assert!(md.contains("Tessera on Vulkan: Test GPU"));
     assert!(md.contains("- Vulkan vulkan note"));
     // The skipped measurement is listed with its reason.

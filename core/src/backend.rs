@@ -3,7 +3,7 @@
 use crate::error::{BackendKind, Result};
 use crate::fp8::E4M3;
 use crate::mask::BlockMask;
-use crate::ops::attention::{AttentionOutput, SparseAttention};
+use crate::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use crate::ops::fp8::{Fp8Gemm, Fp8Quantize, Fp8Quantized};
 use crate::ops::mla::{MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput};
 use crate::tensor::TensorRef;
@@ -58,6 +58,33 @@ pub trait Backend: Send + Sync {
         k: TensorRef<'_>,
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput>;
+
+    /// Block-sparse attention backward: the gradients of q, k and v (see
+    /// [`AttentionGradients`] for the math) from the forward's inputs, its outputs `o` and `lse`
+    /// (as [`Backend::sparse_attention`] returned them) and the gradient `d_o` of the loss with
+    /// respect to o. Layouts: q, k, v, o, `d_o` `[batch, tokens, heads, head_dim]` of `op.dtype`,
+    /// lse f32 `[batch, heads, tokens]` (natural log); validated by
+    /// [`SparseAttention::validate_backward_args`]. Backends without a kernel for it return
+    /// [`crate::Error::Unsupported`] (the default).
+    #[allow(clippy::too_many_arguments)]
+    fn sparse_attention_backward(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+        o: TensorRef<'_>,
+        lse: &[f32],
+        d_o: TensorRef<'_>,
+    ) -> Result<AttentionGradients> {
+        op.validate_backward_args(mask, q, k, v, o, lse, d_o)?;
+        Err(crate::Error::Unsupported {
+            op: "sparse_attention_backward",
+            backend: self.device().backend,
+            reason: "no attention backward kernel".to_string(),
+        })
+    }
 
     /// Writes tokens into the paged cache; see [`MlaAppend`] for layouts.
     fn mla_append(

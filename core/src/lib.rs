@@ -20,7 +20,7 @@ pub use error::{BackendKind, DriverCode, Error, Result};
 pub use fp8::{E4M3, E5M2};
 pub use half::{bf16, f16};
 pub use mask::BlockMask;
-pub use ops::attention::{AttentionOutput, SparseAttention};
+pub use ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 pub use ops::fp8::{
     Fp8Gemm, Fp8Granularity, Fp8Quantize, Fp8Quantized, GemmGrouping, ScaleRule, GEMM_GROUP_ALIGN,
 };

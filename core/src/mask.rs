@@ -225,6 +225,38 @@ impl BlockMask {
         out
     }
 
+    /// The transposed mask: block row `c` of the result lists, ascending, the block rows `r` of
+    /// `self` that attend key block `c` (so a key block's gradients in the attention backward are
+    /// accumulated over the query blocks of row `c`). Rows may be empty (a key block no query
+    /// attends). `t.transpose() == self`.
+    pub fn transpose(&self) -> BlockMask {
+        let nb = self.num_blocks();
+        let mut counts = vec![0u32; nb + 1];
+        for &c in &self.indices {
+            counts[c as usize + 1] += 1;
+        }
+        for c in 0..nb {
+            counts[c + 1] += counts[c];
+        }
+        let indptr = counts.clone();
+        let mut next = counts;
+        let mut indices = vec![0u32; self.indices.len()];
+        // Rows are visited in increasing order, so each transposed row comes out sorted.
+        for r in 0..nb {
+            for &c in self.row(r) {
+                let slot = &mut next[c as usize];
+                indices[*slot as usize] = r as u32;
+                *slot += 1;
+            }
+        }
+        BlockMask {
+            tokens: self.tokens,
+            block_size: self.block_size,
+            indptr,
+            indices,
+        }
+    }
+
     /// The token-level mask, row-major `tokens x tokens` (query row, key column): true where
     /// the query may attend the key.
     pub fn to_token_mask(&self) -> Vec<bool> {
@@ -293,5 +325,26 @@ mod tests {
         assert_eq!(e.argument(), Some("indices[1]"));
         let e = BlockMask::from_bsr(5, 2, vec![0, 1], vec![0]).unwrap_err();
         assert_eq!(e.argument(), Some("indptr"));
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        let bitmap = [true, false, true, true, true, false, false, false, true];
+        let m = BlockMask::from_dense_bitmap(5, 2, &bitmap).unwrap();
+        let t = m.transpose();
+        assert_eq!(t.indptr(), &[0, 2, 3, 5]);
+        assert_eq!(t.indices(), &[0, 1, 1, 0, 2]);
+        let nb = 3;
+        let tb = t.to_dense_bitmap();
+        for r in 0..nb {
+            for c in 0..nb {
+                assert_eq!(tb[r * nb + c], bitmap[c * nb + r]);
+            }
+        }
+        assert_eq!(t.transpose(), m);
+        // A key block no query attends is an empty row of the transpose.
+        let lower = BlockMask::from_dense_bitmap(4, 2, &[true, false, true, false]).unwrap();
+        assert_eq!(lower.transpose().row(1), &[] as &[u32]);
+        assert_eq!(lower.transpose().row(0), &[0, 1]);
     }
 }

@@ -290,6 +290,17 @@ proptest! {
         } else {
             prop_assert_eq!(op.qkv_len(), len);
         }
+        // The backward's arguments: o, lse and d_o on top of the forward's.
+        let _ = no_panic(&op, || op.backward_flops(&mask));
+        let lse = vec![0f32; len / 64];
+        let t = TensorRef::BF16(&x);
+        match no_panic(&op, || op.validate_backward_args(&mask, t, t, t, t, &lse, t)) {
+            Err(e) => prop_assert!(typed(&e), "{e:?}"),
+            Ok(()) => {
+                prop_assert_eq!(op.qkv_len(), len);
+                prop_assert_eq!(op.lse_len(), lse.len());
+            }
+        }
     }
 
     #[test]

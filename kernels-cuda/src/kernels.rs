@@ -2,11 +2,13 @@
 
 use crate::compile::{KernelHeader, KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
+use crate::plan::attention_backward::ATTENTION_BACKWARD_STAGES;
 use crate::plan::heuristics::{gemm_variants, wgmma_small_m_tiles};
 use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
-    ArchSpec, AttentionVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
-    MlaDecodeVariant, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    ArchSpec, AttentionBackwardTiles, AttentionBackwardVariant, AttentionVariant, HalfType,
+    KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant, QuantizeGranularity,
+    QuantizeInput, QuantizeVariant,
 };
 use tessera_core::{MlaCacheFormat, MlaCacheLayout};
 
@@ -43,6 +45,13 @@ pub const FP8_QUANTIZE: KernelSource = KernelSource::new(
 pub const SPARSE_ATTENTION: KernelSource = KernelSource::new(
     "sparse_attention.cu",
     include_str!("../kernels/sparse_attention.cu"),
+);
+
+/// `sparse_attention_backward.cu`: the block-sparse attention backward (delta, dk/dv and dq
+/// passes, one compile unit each).
+pub const SPARSE_ATTENTION_BACKWARD: KernelSource = KernelSource::new(
+    "sparse_attention_backward.cu",
+    include_str!("../kernels/sparse_attention_backward.cu"),
 );
 
 /// `mla_append.cu`: writes tokens into the paged cache (both formats, run-time layout).
@@ -97,6 +106,33 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
                 };
                 if a.valid_on(arch).is_ok() {
                     v.push(Box::new(a));
+                }
+            }
+        }
+    }
+    for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
+        for dtype in [HalfType::F16, HalfType::Bf16] {
+            let head_dim = head_dim as u32;
+            let delta = AttentionBackwardVariant::Delta { head_dim, dtype };
+            if delta.valid_on(arch).is_ok() {
+                v.push(Box::new(delta));
+            }
+            for block in ATTENTION_BLOCK_SIZES {
+                for stages in ATTENTION_BACKWARD_STAGES {
+                    let tiles = AttentionBackwardTiles {
+                        head_dim,
+                        dtype,
+                        block,
+                        stages,
+                    };
+                    for k in [
+                        AttentionBackwardVariant::KeyValue(tiles),
+                        AttentionBackwardVariant::Query(tiles),
+                    ] {
+                        if k.valid_on(arch).is_ok() {
+                            v.push(Box::new(k));
+                        }
+                    }
                 }
             }
         }
@@ -178,6 +214,23 @@ mod tests {
             };
             for c in attention.candidates(&arch).unwrap() {
                 assert!(has(&c));
+            }
+            for head_dim in [64, 128] {
+                for dtype in [DType::F16, DType::BF16] {
+                    for block in [64, 128] {
+                        let op = SparseAttention::new(1, 100, 2, head_dim, dtype);
+                        let plans = crate::plan::heuristics::attention_backward_candidates(
+                            &op, block, &arch,
+                        )
+                        .unwrap();
+                        // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89.
+                        let deep = head_dim == 64 || arch.nvrtc_target() != "sm_89";
+                        assert_eq!(plans.len(), if deep { 2 } else { 1 }, "{arch}");
+                        for k in plans.iter().flat_map(|p| p.kernels()) {
+                            assert!(has(&k), "{k:?} on {arch}");
+                        }
+                    }
+                }
             }
             for layout in [
                 MlaCacheLayout::default(),

@@ -20,6 +20,7 @@ mod probe;
 mod runtime;
 
 pub use ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+pub use ops::attention_backward::AttentionBackwardBuffers;
 pub use ops::fp8::DeviceInput;
 pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
 pub use plan::{ArchSpec, GemmVariant, MmaSyncGemm, TuneOutcome};
@@ -28,7 +29,7 @@ pub use runtime::{CudaRuntime, TUNE_ENV};
 
 use half::bf16;
 use std::sync::Arc;
-use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
+use tessera_core::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use tessera_core::{
     Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Error, Fp8Gemm, Fp8Quantize,
     Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
@@ -165,6 +166,20 @@ impl Backend for CudaBackend {
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput> {
         self.sparse_attention_host(op, mask, q, k, v)
+    }
+
+    fn sparse_attention_backward(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+        o: TensorRef<'_>,
+        lse: &[f32],
+        d_o: TensorRef<'_>,
+    ) -> Result<AttentionGradients> {
+        self.sparse_attention_backward_host(op, mask, q, k, v, o, lse, d_o)
     }
 
     fn mla_append(

@@ -10,8 +10,9 @@ use tessera_core::{Error, MlaCacheFormat, MlaCacheLayout};
 use tessera_cuda::compile::{cached_cubin_in, compile_cubin, KernelVariant};
 use tessera_cuda::kernels::{ci_archs, plannable_variants};
 use tessera_cuda::plan::{
-    AttentionVariant, GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
-    MlaDecodeVariant, MmaSyncGemm, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    AttentionBackwardTiles, AttentionBackwardVariant, AttentionVariant, GemmVariant, HalfType,
+    KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant, MmaSyncGemm,
+    QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 
 /// Whether NVRTC is there; prints `skipped:` (or panics under `TESSERA_REQUIRE_NVRTC=1`) if not.
@@ -83,6 +84,14 @@ fn every_plannable_variant_compiles_for_sm80_sm89_and_sm90a() {
     );
 }
 
+/// The tile passes of the attention backward used by the error tests.
+const BACKWARD_TILES: AttentionBackwardTiles = AttentionBackwardTiles {
+    head_dim: 128,
+    dtype: HalfType::Bf16,
+    block: 128,
+    stages: 2,
+};
+
 /// One variant of every kernel source, with every kind of constant.
 fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
     let fp8 = MlaCacheLayout {
@@ -101,6 +110,12 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
             dtype: HalfType::Bf16,
             block: 64,
         }),
+        Box::new(AttentionBackwardVariant::Delta {
+            head_dim: 64,
+            dtype: HalfType::F16,
+        }),
+        Box::new(AttentionBackwardVariant::KeyValue(BACKWARD_TILES)),
+        Box::new(AttentionBackwardVariant::Query(BACKWARD_TILES)),
         Box::new(MlaDecodeVariant::new(&fp8, (1, 64, 3))),
         Box::new(MlaDecodeVariant::new(&generic, (2, 32, 2))),
         Box::new(MlaAppendVariant),
@@ -182,6 +197,49 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         (set(&attention, "HEAD_DIM", "96"), "HEAD_DIM must be"),
         (
             set(&attention, "TESSERA_SMEM_BYTES", &smem(&attention)),
+            "shared-memory size",
+        ),
+        (
+            set(
+                &AttentionBackwardVariant::KeyValue(BACKWARD_TILES),
+                "STAGES",
+                "3",
+            ),
+            "STAGES must be",
+        ),
+        (
+            set(
+                &AttentionBackwardVariant::Query(BACKWARD_TILES),
+                "PASS",
+                "3",
+            ),
+            "PASS must be",
+        ),
+        (
+            set(
+                &AttentionBackwardVariant::KeyValue(BACKWARD_TILES),
+                "TESSERA_SMEM_BYTES",
+                &smem(&AttentionBackwardVariant::KeyValue(BACKWARD_TILES)),
+            ),
+            "shared-memory size",
+        ),
+        (
+            set(
+                &AttentionBackwardVariant::Query(BACKWARD_TILES),
+                "TESSERA_SMEM_BYTES",
+                &smem(&AttentionBackwardVariant::Query(BACKWARD_TILES)),
+            ),
+            "shared-memory size",
+        ),
+        (
+            set(
+                &AttentionBackwardVariant::Delta {
+                    head_dim: 128,
+                    dtype: HalfType::Bf16,
+                },
+                "TESSERA_SMEM_BYTES",
+                "16",
+            ),
             "shared-memory size",
         ),
         (set(&mla, "KEY_TILE", "16"), "KEY_TILE must be"),

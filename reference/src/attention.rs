@@ -247,15 +247,158 @@ pub fn block_sparse_attention(
     );
     let (tokens, block) = (mask.tokens(), mask.block_size());
     attention_over_keys(shape, q, k, v, scale, |i| {
-        let block_row = i / block;
-        let mut keys = Vec::new();
-        for &block_col in mask.row(block_row) {
-            let first = block_col as usize * block;
-            let end = (first + block).min(tokens); // a partial last block has no padded keys
-            keys.extend(first..end);
-        }
-        keys
+        block_keys(mask, i / block, tokens)
     })
+}
+
+/// Gradients of the reference attention backward, f64, in the layouts of q, k and v:
+/// dq `[batch, q_tokens, heads, head_dim]`, dk and dv `[batch, kv_tokens, heads, head_dim]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionBackwardResult {
+    /// `[batch, q_tokens, heads, head_dim]`.
+    pub dq: Vec<f64>,
+    /// `[batch, kv_tokens, heads, head_dim]`.
+    pub dk: Vec<f64>,
+    /// `[batch, kv_tokens, heads, head_dim]`.
+    pub dv: Vec<f64>,
+}
+
+/// The forward's tensors a backward pass reads: its inputs, its outputs and the gradient of the
+/// loss with respect to o. Layouts as [`AttentionShape`]: q, o, `d_o`
+/// `[batch, q_tokens, heads, head_dim]`; k, v `[batch, kv_tokens, heads, head_dim]`; lse
+/// `[batch, heads, q_tokens]` (natural log).
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardInputs<'a> {
+    /// Queries.
+    pub q: &'a [f64],
+    /// Keys.
+    pub k: &'a [f64],
+    /// Values.
+    pub v: &'a [f64],
+    /// The forward's output.
+    pub o: &'a [f64],
+    /// The forward's log-sum-exp (natural log).
+    pub lse: &'a [f64],
+    /// Gradient of the loss with respect to o.
+    pub d_o: &'a [f64],
+}
+
+/// The backward of [`attention_over_keys`] for the keys `keys_of(query_token)`: with
+/// `p_j = exp(scale · q·k_j - lse)` (the forward's probabilities, from its lse), `D = d_o·o`,
+/// `dp_j = d_o·v_j` and `ds_j = p_j (dp_j - D)`, each query adds `scale · ds_j k_j` to its dq,
+/// `scale · ds_j q` to `dk_j` and `p_j d_o` to `dv_j`. A query with no key adds nothing (its dq
+/// is 0, whatever its lse).
+fn attention_backward_over_keys(
+    shape: AttentionShape,
+    x: BackwardInputs<'_>,
+    scale: f64,
+    keys_of: impl Fn(usize) -> Vec<usize>,
+) -> AttentionBackwardResult {
+    shape.check_inputs(x.q, x.k, x.v);
+    assert_eq!(x.o.len(), shape.q_len(), "o must be like q");
+    assert_eq!(x.d_o.len(), shape.q_len(), "d_o must be like q");
+    assert_eq!(
+        x.lse.len(),
+        shape.lse_len(),
+        "lse must be [batch, heads, q_tokens]"
+    );
+    let d = shape.head_dim;
+    let mut dq = vec![0.0; shape.q_len()];
+    let mut dk = vec![0.0; shape.kv_len()];
+    let mut dv = vec![0.0; shape.kv_len()];
+    for i in 0..shape.q_tokens {
+        let keys = keys_of(i);
+        for b in 0..shape.batch {
+            for h in 0..shape.heads {
+                let qo = shape.q_offset(b, i, h);
+                let query = &x.q[qo..qo + d];
+                let d_o = &x.d_o[qo..qo + d];
+                let lse = x.lse[shape.lse_index(b, h, i)];
+                let delta = dot(d_o, &x.o[qo..qo + d]);
+                for &j in &keys {
+                    let kvo = shape.kv_offset(b, j, h);
+                    let key = &x.k[kvo..kvo + d];
+                    let p = (scale * dot(query, key) - lse).exp();
+                    let ds = p * (dot(d_o, &x.v[kvo..kvo + d]) - delta);
+                    for c in 0..d {
+                        dq[qo + c] += scale * ds * key[c];
+                        dk[kvo + c] += scale * ds * query[c];
+                        dv[kvo + c] += p * d_o[c];
+                    }
+                }
+            }
+        }
+    }
+    AttentionBackwardResult { dq, dk, dv }
+}
+
+/// The backward of [`dense_attention`] with the same optional token mask `[q_tokens,
+/// kv_tokens]` (true = may attend): the gradients of q, k and v given the forward's `o` and
+/// `lse` and the gradient `d_o` of the loss with respect to o (see [`BackwardInputs`] for the
+/// layouts). A query with no allowed key gets dq = 0 and adds nothing to dk and dv.
+///
+/// # Panics
+/// If a slice's length does not match `shape`.
+pub fn dense_attention_backward(
+    shape: AttentionShape,
+    x: BackwardInputs<'_>,
+    scale: f64,
+    token_mask: Option<&[bool]>,
+) -> AttentionBackwardResult {
+    if let Some(mask) = token_mask {
+        assert_eq!(
+            mask.len(),
+            shape.q_tokens * shape.kv_tokens,
+            "token_mask must be [q_tokens, kv_tokens]"
+        );
+    }
+    let allowed = |i: usize, j: usize| token_mask.is_none_or(|m| m[i * shape.kv_tokens + j]);
+    attention_backward_over_keys(shape, x, scale, |i| {
+        (0..shape.kv_tokens).filter(|&j| allowed(i, j)).collect()
+    })
+}
+
+/// The backward of [`block_sparse_attention`]: queries of block row r take gradients from the
+/// keys of the blocks `mask.row(r)` only (padded keys of a partial last block never count), and
+/// the keys of a block get gradients only from the query rows that attend it. Layouts as
+/// [`BackwardInputs`], with `q_tokens == kv_tokens == mask.tokens()`.
+///
+/// A block row with no block (where the forward gives `o = 0`, `lse = -inf`) gets `dq = 0`
+/// and adds nothing to dk and dv; a key block that no row attends gets `dk = dv = 0`.
+///
+/// # Panics
+/// If the token counts differ from `mask.tokens()` or a slice's length does not match `shape`.
+pub fn block_sparse_attention_backward(
+    shape: AttentionShape,
+    x: BackwardInputs<'_>,
+    scale: f64,
+    mask: &BlockMask,
+) -> AttentionBackwardResult {
+    assert_eq!(
+        shape.q_tokens,
+        mask.tokens(),
+        "q_tokens must equal mask.tokens()"
+    );
+    assert_eq!(
+        shape.kv_tokens,
+        mask.tokens(),
+        "kv_tokens must equal mask.tokens()"
+    );
+    let (tokens, block) = (mask.tokens(), mask.block_size());
+    attention_backward_over_keys(shape, x, scale, |i| block_keys(mask, i / block, tokens))
+}
+
+/// The key tokens of the blocks of block row `block_row`, ascending, without the padded keys of
+/// a partial last block.
+fn block_keys(mask: &BlockMask, block_row: usize, tokens: usize) -> Vec<usize> {
+    let block = mask.block_size();
+    let mut keys = Vec::new();
+    for &block_col in mask.row(block_row) {
+        let first = block_col as usize * block;
+        let end = (first + block).min(tokens); // a partial last block has no padded keys
+        keys.extend(first..end);
+    }
+    keys
 }
 
 /// Merges two partial attention results over disjoint key sets of the same queries into the

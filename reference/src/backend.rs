@@ -3,9 +3,11 @@
 //! It validates like every backend, computes in f64 with the reference, and rounds the outputs
 //! to their storage types once at the end. It is slow by design: it exists to be right.
 
-use crate::attention::{block_sparse_attention, AttentionShape};
+use crate::attention::{
+    block_sparse_attention, block_sparse_attention_backward, AttentionShape, BackwardInputs,
+};
 use half::bf16;
-use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
+use tessera_core::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use tessera_core::{
     Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Fp8Gemm, Fp8Quantize,
     Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, Tensor, TensorRef, E4M3,
@@ -76,6 +78,49 @@ impl Backend for CpuBackend {
         Ok(AttentionOutput {
             o: Tensor::from_f64(op.dtype, &r.o),
             lse: r.lse.iter().map(|&x| x as f32).collect(),
+        })
+    }
+
+    /// Computes in f64 from the given `o` and `lse` (as a GPU kernel reads them: rounded to their
+    /// storage types), rounding the gradients to `op.dtype` once at the end.
+    fn sparse_attention_backward(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+        o: TensorRef<'_>,
+        lse: &[f32],
+        d_o: TensorRef<'_>,
+    ) -> Result<AttentionGradients> {
+        op.validate_backward_args(mask, q, k, v, o, lse, d_o)?;
+        let shape = AttentionShape {
+            batch: op.batch,
+            q_tokens: op.tokens,
+            kv_tokens: op.tokens,
+            heads: op.heads,
+            head_dim: op.head_dim,
+        };
+        let (q, k, v, o, d_o) = (to_f64(q), to_f64(k), to_f64(v), to_f64(o), to_f64(d_o));
+        let lse: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+        let g = block_sparse_attention_backward(
+            shape,
+            BackwardInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &o,
+                lse: &lse,
+                d_o: &d_o,
+            },
+            op.softmax_scale as f64,
+            mask,
+        );
+        Ok(AttentionGradients {
+            dq: Tensor::from_f64(op.dtype, &g.dq),
+            dk: Tensor::from_f64(op.dtype, &g.dk),
+            dv: Tensor::from_f64(op.dtype, &g.dv),
         })
     }
 

@@ -24,6 +24,12 @@ pub const TOL_REL_L2_BF16: f64 = 1e-2;
 pub const TOL_REL_L2_F16: f64 = 3e-3;
 /// Largest absolute error allowed on a log-sum-exp (f32, natural log).
 pub const TOL_LSE_ABS: f64 = 2e-3;
+/// Relative L2 error allowed on a gradient of the attention backward in bf16: P and dS are
+/// rounded to bf16 for the tensor cores (as P is in the forward), and the errors of dS add up
+/// over every key (for dq) or query (for dk) of a row.
+pub const TOL_REL_L2_BWD_BF16: f64 = 3e-2;
+/// Relative L2 error allowed on a gradient of the attention backward in f16.
+pub const TOL_REL_L2_BWD_F16: f64 = 1e-2;
 /// `1 - 2Σxy/Σ(x²+y²)` allowed between the backend's bf16 GEMM output and the f64 reference on
 /// the same FP8 inputs (bf16 rounding alone gives about 1e-6).
 pub const TOL_GEMM_DIFF: f64 = 1e-5;
@@ -197,6 +203,102 @@ impl AttentionCase {
                     error: metrics::lse_max_error(&got_lse, &want.lse),
                     tolerance: TOL_LSE_ABS,
                 },
+            ],
+            seconds,
+        })
+    }
+}
+
+/// An attention backward case: the backend's own forward gives o and lse, then its backward
+/// with a random output gradient is compared with the f64 reference backward from the very same
+/// q, k, v, o, lse and dO (so only the backward is judged).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionBackwardCase {
+    /// The shape, mask and inputs, as for the forward.
+    pub forward: AttentionCase,
+}
+
+impl AttentionBackwardCase {
+    /// Runs the case on `backend` and compares with the reference.
+    pub fn run(&self, backend: &dyn Backend) -> Result<CheckOutcome> {
+        let c = &self.forward;
+        let mask = c.mask.build(c.seed)?;
+        let op = SparseAttention::new(c.batch, mask.tokens(), c.heads, c.head_dim, c.dtype);
+        let mut rng = Rng::new(c.seed);
+        let mut input = || Tensor::from_f32(c.dtype, &rng.normals(op.qkv_len()));
+        let (q, k, v, d_o) = (input(), input(), input(), input());
+        let f = backend.sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())?;
+        let (got, seconds) = timed(backend, || {
+            backend.sparse_attention_backward(
+                &op,
+                &mask,
+                q.as_ref(),
+                k.as_ref(),
+                v.as_ref(),
+                f.o.as_ref(),
+                &f.lse,
+                d_o.as_ref(),
+            )
+        })?;
+        let shape = ref_attn::AttentionShape {
+            batch: op.batch,
+            q_tokens: op.tokens,
+            kv_tokens: op.tokens,
+            heads: op.heads,
+            head_dim: op.head_dim,
+        };
+        let f64s = |t: &Tensor| t.to_f32_vec().iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let (qf, kf, vf, of, dof) = (f64s(&q), f64s(&k), f64s(&v), f64s(&f.o), f64s(&d_o));
+        let lse: Vec<f64> = f.lse.iter().map(|&x| x as f64).collect();
+        let want = ref_attn::block_sparse_attention_backward(
+            shape,
+            ref_attn::BackwardInputs {
+                q: &qf,
+                k: &kf,
+                v: &vf,
+                o: &of,
+                lse: &lse,
+                d_o: &dof,
+            },
+            op.softmax_scale as f64,
+            &mask,
+        );
+        let (dq, dk, dv) = (f64s(&got.dq), f64s(&got.dk), f64s(&got.dv));
+        check_lengths(
+            backend.kind(),
+            "sparse_attention_backward",
+            &[
+                ("dq", dq.len(), want.dq.len()),
+                ("dk", dk.len(), want.dk.len()),
+                ("dv", dv.len(), want.dv.len()),
+            ],
+        )?;
+        let tolerance = if c.dtype == DType::F16 {
+            TOL_REL_L2_BWD_F16
+        } else {
+            TOL_REL_L2_BWD_BF16
+        };
+        let metric = |name, got: &[f64], want: &[f64]| Metric {
+            name,
+            error: metrics::relative_l2_error(got, want),
+            tolerance,
+        };
+        Ok(CheckOutcome {
+            op: "attention_backward",
+            shape: format!(
+                "b{} t{} h{} d{} {} B{} density {:.2}",
+                op.batch,
+                op.tokens,
+                op.heads,
+                op.head_dim,
+                c.dtype,
+                mask.block_size(),
+                mask.density()
+            ),
+            metrics: vec![
+                metric("dq rel_l2", &dq, &want.dq),
+                metric("dk rel_l2", &dk, &want.dk),
+                metric("dv rel_l2", &dv, &want.dv),
             ],
             seconds,
         })
@@ -524,6 +626,8 @@ pub enum Case {
     Quantize(QuantizeCase),
     /// FP8 GEMM.
     Gemm(GemmCase),
+    /// Sparse attention backward.
+    AttentionBackward(AttentionBackwardCase),
 }
 
 impl Case {
@@ -534,6 +638,7 @@ impl Case {
             Case::Mla(c) => c.run(backend),
             Case::Quantize(c) => c.run(backend),
             Case::Gemm(c) => c.run(backend),
+            Case::AttentionBackward(c) => c.run(backend),
         }
     }
 }
@@ -695,6 +800,48 @@ pub fn standard_cases(quick: bool, seed: u64) -> Vec<Case> {
                 16 * rng.range(1, if quick { 20 } else { 40 }),
             ),
             seed: rng.next_u64(),
+        }));
+    }
+    cases
+}
+
+/// The attention backward cases of `tessera check`, kept apart from [`standard_cases`] because
+/// not every backend has the backward yet (Vulkan returns [`Error::Unsupported`]): a radial mask
+/// with extra (text) tokens, and random masks with partial last blocks. Drawn from their own
+/// generator, so the standard cases of a seed stay what they were.
+pub fn backward_cases(quick: bool, seed: u64) -> Vec<Case> {
+    let mut rng = Rng::new(seed ^ 0x6277_6421);
+    let mut cases = vec![Case::AttentionBackward(AttentionBackwardCase {
+        forward: AttentionCase {
+            batch: 1,
+            heads: 2,
+            head_dim: 128,
+            dtype: DType::BF16,
+            mask: MaskSpec::Radial(RadialMaskConfig {
+                frames: 4,
+                tokens_per_frame: 100,
+                extra_tokens: 37,
+                block_size: 64,
+                decay: 0.5,
+                sink: true,
+            }),
+            seed: rng.next_u64(),
+        },
+    })];
+    for _ in 0..if quick { 2 } else { 4 } {
+        cases.push(Case::AttentionBackward(AttentionBackwardCase {
+            forward: AttentionCase {
+                batch: rng.range(1, 2),
+                heads: rng.range(1, 3),
+                head_dim: rng.pick(&[64, 128]),
+                dtype: rng.pick(&[DType::F16, DType::BF16]),
+                mask: MaskSpec::Random {
+                    tokens: rng.range(1, if quick { 200 } else { 400 }),
+                    block_size: rng.pick(&[64, 128]),
+                    density: 0.4,
+                },
+                seed: rng.next_u64(),
+            },
         }));
     }
     cases

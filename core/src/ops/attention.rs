@@ -6,6 +6,7 @@ use crate::mask::BlockMask;
 use crate::tensor::{DType, TensorRef};
 
 const OP: &str = "sparse_attention";
+const BACKWARD_OP: &str = "sparse_attention_backward";
 
 /// Head dimensions every backend supports.
 pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
@@ -162,6 +163,60 @@ impl SparseAttention {
     }
 }
 
+impl SparseAttention {
+    /// Floating-point operations of the backward pass counted as usual (5 matmuls over every on
+    /// block: S = q kᵀ recomputed, dP = dO vᵀ, dv = Pᵀ dO, dq = dS k, dk = dSᵀ q): 2.5 times
+    /// [`Self::flops`]. Kernels that recompute S and dP for a separate dq pass do more work than
+    /// this counts.
+    pub fn backward_flops(&self, mask: &BlockMask) -> f64 {
+        2.5 * self.flops(mask)
+    }
+
+    /// Checks the descriptor, the mask and the host tensors of the backward pass
+    /// ([`crate::Backend::sparse_attention_backward`]): `q`, `k`, `v`, the forward's `o` and the
+    /// output gradient `d_o` are `[batch, tokens, heads, head_dim]` of [`Self::dtype`], and the
+    /// forward's `lse` is f32 `[batch, heads, tokens]` (natural log). The mask is checked as for
+    /// the forward (every block row non-empty).
+    #[allow(clippy::too_many_arguments)]
+    pub fn validate_backward_args(
+        &self,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+        o: TensorRef<'_>,
+        lse: &[f32],
+        d_o: TensorRef<'_>,
+    ) -> Result<()> {
+        self.validate_args(mask, q, k, v)?;
+        let shape = format!(
+            "[batch {}, tokens {}, heads {}, head_dim {}]",
+            self.batch, self.tokens, self.heads, self.head_dim
+        );
+        for (arg, t) in [("o", o), ("d_o", d_o)] {
+            if t.dtype() != self.dtype {
+                return Err(Error::invalid(
+                    BACKWARD_OP,
+                    arg,
+                    format!("dtype {}", self.dtype),
+                    t.dtype().name(),
+                ));
+            }
+            check_len(BACKWARD_OP, arg, &shape, self.qkv_len(), t.len())?;
+        }
+        check_len(
+            BACKWARD_OP,
+            "lse",
+            &format!(
+                "f32 [batch {}, heads {}, tokens {}]",
+                self.batch, self.heads, self.tokens
+            ),
+            self.lse_len(),
+            lse.len(),
+        )
+    }
+}
+
 /// Output of [`SparseAttention`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionOutput {
@@ -169,4 +224,23 @@ pub struct AttentionOutput {
     pub o: crate::tensor::Tensor,
     /// f32 `[batch, heads, tokens]`, natural log.
     pub lse: Vec<f32>,
+}
+
+/// Output of the attention backward ([`crate::Backend::sparse_attention_backward`]): the
+/// gradients of a scalar loss with respect to q, k and v, given its gradient `d_o` with respect
+/// to the forward's o.
+///
+/// With `P = softmax(scale · q kᵀ + M)` (the forward's probabilities, recomputed from its lse),
+/// `dP = d_o vᵀ`, `D = rowsum(d_o ∘ o)` and `dS = P ∘ (dP - D)`:
+/// `dq = scale · dS k`, `dk = scale · dSᵀ q`, `dv = Pᵀ d_o`. Keys of blocks the mask has off, and
+/// padded keys of a partial last block, contribute nothing; a key that no query attends gets
+/// zero `dk` and `dv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionGradients {
+    /// `[batch, tokens, heads, head_dim]` in the op's dtype (the layout of q).
+    pub dq: crate::tensor::Tensor,
+    /// `[batch, tokens, heads, head_dim]` in the op's dtype (the layout of k).
+    pub dk: crate::tensor::Tensor,
+    /// `[batch, tokens, heads, head_dim]` in the op's dtype (the layout of v).
+    pub dv: crate::tensor::Tensor,
 }

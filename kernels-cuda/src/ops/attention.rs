@@ -29,7 +29,7 @@ pub const SUPPORTED_BLOCK_SIZES: [usize; 2] = [
     ATTENTION_BLOCK_SIZES[1] as usize,
 ];
 
-fn check_block_size(block_size: usize) -> Result<()> {
+pub(crate) fn check_block_size(block_size: usize) -> Result<()> {
     if SUPPORTED_BLOCK_SIZES.contains(&block_size) {
         Ok(())
     } else {
@@ -42,7 +42,9 @@ fn check_block_size(block_size: usize) -> Result<()> {
 }
 
 /// A [`BlockMask`] uploaded to the device once, for any number of
-/// [`CudaBackend::sparse_attention_on`] calls (every batch, head and layer that shares it).
+/// [`CudaBackend::sparse_attention_on`] and [`CudaBackend::sparse_attention_backward_on`] calls
+/// (every batch, head and layer that shares it): the mask and its transpose
+/// ([`BlockMask::transpose`], which the backward's dk/dv pass walks), built once here.
 ///
 /// It keeps the host mask too (a few bytes per block), so that each call can validate the
 /// descriptor against it without reading the device.
@@ -51,24 +53,31 @@ pub struct DeviceBlockMask {
     mask: BlockMask,
     indptr: CudaSlice<u32>,
     indices: CudaSlice<u32>,
+    transposed_indptr: CudaSlice<u32>,
+    transposed_indices: CudaSlice<u32>,
+}
+
+/// Uploads BSR column indices; an empty allocation is not allowed, so a mask with no block
+/// (which no op accepts) gets a one-element placeholder.
+fn upload_indices(stream: &Arc<CudaStream>, indices: &[u32]) -> Result<CudaSlice<u32>> {
+    if indices.is_empty() {
+        upload(stream, &[0u32])
+    } else {
+        upload(stream, indices)
+    }
 }
 
 impl DeviceBlockMask {
-    /// Uploads `mask` on `stream` (asynchronously with respect to the host; later work on the
-    /// stream sees it).
+    /// Uploads `mask` and its transpose on `stream` (asynchronously with respect to the host;
+    /// later work on the stream sees them).
     pub fn new(stream: &Arc<CudaStream>, mask: &BlockMask) -> Result<Self> {
-        let indptr = upload(stream, mask.indptr())?;
-        // An empty allocation is not allowed: a mask with no block (which no op accepts) gets a
-        // one-element placeholder.
-        let indices = if mask.indices().is_empty() {
-            upload(stream, &[0u32])?
-        } else {
-            upload(stream, mask.indices())?
-        };
+        let transposed = mask.transpose();
         Ok(Self {
             mask: mask.clone(),
-            indptr,
-            indices,
+            indptr: upload(stream, mask.indptr())?,
+            indices: upload_indices(stream, mask.indices())?,
+            transposed_indptr: upload(stream, transposed.indptr())?,
+            transposed_indices: upload_indices(stream, transposed.indices())?,
         })
     }
 
@@ -101,6 +110,18 @@ impl DeviceBlockMask {
     pub fn indices(&self) -> &CudaSlice<u32> {
         &self.indices
     }
+
+    /// The transposed mask's BSR row pointer on the device, `num_blocks + 1` u32: row `c` lists
+    /// the query blocks that attend key block `c`.
+    pub fn transposed_indptr(&self) -> &CudaSlice<u32> {
+        &self.transposed_indptr
+    }
+
+    /// The transposed mask's BSR column indices (query blocks, sorted within each row) on the
+    /// device, `nnz` u32 (one placeholder element when `nnz` is 0).
+    pub fn transposed_indices(&self) -> &CudaSlice<u32> {
+        &self.transposed_indices
+    }
 }
 
 /// A read-only device tensor of 16-bit floats: q, k or v of [`CudaBackend::sparse_attention_on`].
@@ -123,21 +144,21 @@ pub enum DeviceHalfMut<'a> {
 }
 
 impl DeviceHalf<'_> {
-    fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         match self {
             DeviceHalf::F16(_) => DType::F16,
             DeviceHalf::BF16(_) => DType::BF16,
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             DeviceHalf::F16(v) => v.len(),
             DeviceHalf::BF16(v) => v.len(),
         }
     }
 
-    fn address(&self, stream: &CudaStream) -> u64 {
+    pub(crate) fn address(&self, stream: &CudaStream) -> u64 {
         match self {
             DeviceHalf::F16(v) => v.device_ptr(stream).0,
             DeviceHalf::BF16(v) => v.device_ptr(stream).0,
@@ -146,21 +167,21 @@ impl DeviceHalf<'_> {
 }
 
 impl DeviceHalfMut<'_> {
-    fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         match self {
             DeviceHalfMut::F16(_) => DType::F16,
             DeviceHalfMut::BF16(_) => DType::BF16,
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             DeviceHalfMut::F16(v) => v.len(),
             DeviceHalfMut::BF16(v) => v.len(),
         }
     }
 
-    fn address(&self, stream: &CudaStream) -> u64 {
+    pub(crate) fn address(&self, stream: &CudaStream) -> u64 {
         match self {
             DeviceHalfMut::F16(v) => v.device_ptr(stream).0,
             DeviceHalfMut::BF16(v) => v.device_ptr(stream).0,

@@ -2,6 +2,7 @@
 //! wrapper that [`crate::CudaBackend`]'s `Backend` implementation calls.
 
 pub mod attention;
+pub mod attention_backward;
 pub mod fp8;
 pub mod fp8_gemm;
 pub mod mla;

@@ -48,27 +48,7 @@ pub struct AttentionVariant {
 impl AttentionVariant {
     /// The launch grid for `op`: (query tiles, heads, batch).
     pub fn grid(&self, op: &SparseAttention) -> Result<(u32, u32, u32)> {
-        // The grid's y and z dimensions hold heads and batch.
-        for (arg, n) in [("heads", op.heads), ("batch", op.batch)] {
-            if n > 65535 {
-                return Err(Error::invalid(
-                    "sparse_attention",
-                    arg,
-                    "at most 65535 on CUDA",
-                    n.to_string(),
-                ));
-            }
-        }
-        let tiles = op.tokens.div_ceil(ATTENTION_QUERY_TILE as usize);
-        let x = u32::try_from(tiles).map_err(|_| {
-            Error::invalid(
-                "sparse_attention",
-                "tokens",
-                "at most 2^32 - 1 query tiles",
-                op.tokens.to_string(),
-            )
-        })?;
-        Ok((x, op.heads as u32, op.batch as u32))
+        super::attention_backward::query_tile_grid("sparse_attention", op)
     }
 }
 

@@ -6,10 +6,14 @@
 //! |---|---|---|
 //! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`], and for m <= 256 [`wgmma_small_m_tiles`] (split-K, two CTAs per SM) | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
 //! | attention | the one kernel for (head_dim, dtype, block size) | it |
+//! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit | the most buffers (not tuned: the plan is always this pick) |
 //! | MLA decode | every tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first | the fewest rows per CTA that holds all `s_q * heads` rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
 
 use super::attention::{AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES};
+use super::attention_backward::{
+    AttentionBackwardPlan, AttentionBackwardTiles, ATTENTION_BACKWARD_STAGES,
+};
 use super::cache::{bucket, PlannedOp, PlannedVariant, ShapeClass};
 use super::gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm};
 use super::mla::{MlaDecodeShape, MlaDecodeVariant, MLA_DECODE_TILINGS};
@@ -384,6 +388,54 @@ impl PlannedOp for AttentionShape<'_> {
             _ => None,
         }
     }
+}
+
+// ---- attention backward -------------------------------------------------------------------------
+
+/// The attention backward candidates for `op` with a mask of `block_size` on `arch`: the shape of
+/// the tile passes with 1 buffer of streamed tiles (the fallback: fits every family), then with 2
+/// where the shared memory holds them ([`Error::Unsupported`] when the kernel has none).
+pub fn attention_backward_candidates(
+    op: &tessera_core::SparseAttention,
+    block_size: usize,
+    arch: &ArchSpec,
+) -> Result<Vec<AttentionBackwardPlan>> {
+    let unsupported = |reason: String| Error::Unsupported {
+        op: "sparse_attention_backward",
+        backend: BackendKind::Cuda,
+        reason,
+    };
+    let dtype = HalfType::of(op.dtype)
+        .ok_or_else(|| unsupported(format!("dtype {}: f16 or bf16 only", op.dtype.name())))?;
+    if !ATTENTION_BLOCK_SIZES.contains(&(block_size as u32)) {
+        return Err(unsupported(format!(
+            "mask block size {block_size}: the CUDA kernel supports 64 and 128"
+        )));
+    }
+    let plan = |stages| {
+        AttentionBackwardPlan::new(AttentionBackwardTiles {
+            head_dim: u32::try_from(op.head_dim).unwrap_or(u32::MAX),
+            dtype,
+            block: block_size as u32,
+            stages,
+        })
+    };
+    let fallback = plan(ATTENTION_BACKWARD_STAGES[0]);
+    fallback.valid_on(arch)?;
+    let mut v = vec![fallback];
+    v.extend(
+        ATTENTION_BACKWARD_STAGES[1..]
+            .iter()
+            .map(|&s| plan(s))
+            .filter(|p| p.valid_on(arch).is_ok()),
+    );
+    Ok(v)
+}
+
+/// The default attention backward pick: the most buffers of streamed tiles (the last
+/// candidate), so that loads overlap the math.
+pub fn pick_attention_backward(candidates: &[AttentionBackwardPlan]) -> usize {
+    candidates.len().saturating_sub(1)
 }
 
 // ---- MLA decode -------------------------------------------------------------------------------

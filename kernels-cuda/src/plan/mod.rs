@@ -3,7 +3,7 @@
 //! - [`ArchSpec`] says what the device offers (SMs, shared memory, registers, wgmma, TMA...),
 //!   read from the driver, or built from a compute capability for tests and CI.
 //! - A **variant** is a typed description of one compiled kernel function: [`GemmVariant`],
-//!   [`AttentionVariant`], [`MlaDecodeVariant`], [`MlaAppendVariant`], [`MlaCombineVariant`],
+//!   [`AttentionVariant`], [`AttentionBackwardVariant`], [`MlaDecodeVariant`], [`MlaAppendVariant`], [`MlaCombineVariant`],
 //!   [`QuantizeVariant`]. Each implements [`KernelSpec`]: it renders its NVRTC constants and its
 //!   entry name, knows its threads per CTA, dynamic shared memory and cluster shape, and checks
 //!   that it can run on an architecture ([`KernelSpec::valid_on`]). The shared-memory size is
@@ -42,6 +42,7 @@
 
 pub mod arch;
 pub mod attention;
+pub mod attention_backward;
 pub mod cache;
 pub mod functions;
 pub mod gemm;
@@ -54,6 +55,9 @@ pub mod tune;
 
 pub use arch::{ArchFamily, ArchSpec};
 pub use attention::{AttentionShape, AttentionVariant, HalfType};
+pub use attention_backward::{
+    AttentionBackwardPlan, AttentionBackwardTiles, AttentionBackwardVariant,
+};
 pub use cache::{
     PlanCache, PlanOrigin, PlannedOp, PlannedVariant, ShapeClass, Timer, PLAN_FORMAT_VERSION,
 };

@@ -1,0 +1,350 @@
+//! Block-sparse (radial) attention backward on CUDA.
+//!
+//! Three kernels of `kernels/sparse_attention_backward.cu`, launched in order on one stream
+//! (see [`crate::plan::attention_backward`]): `delta = rowsum(dO ∘ O)`; dk and dv per 64 keys over
+//! the transposed mask (the query blocks that attend each key block, built once by
+//! [`DeviceBlockMask::new`]); dq per 64 queries over the mask. Each output element is written
+//! once by one thread, with no atomics: the results are bitwise deterministic. sm_80 and later,
+//! head_dim 64 or 128, f16 or bf16, mask block sizes 64 or 128, any token count.
+//!
+//! Device API: [`CudaBackend::sparse_attention_backward_on`] over [`AttentionBackwardBuffers`].
+
+use super::attention::{check_block_size, DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+use super::{check_device_len, download, to_i32, upload};
+use crate::plan::heuristics::{attention_backward_candidates, pick_attention_backward};
+use crate::plan::{AttentionBackwardPlan, KernelArgs, LaunchOptions};
+use crate::CudaBackend;
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
+use half::{bf16, f16};
+use tessera_core::ops::attention::{AttentionGradients, SparseAttention};
+use tessera_core::{BlockMask, Error, Result, Tensor, TensorRef};
+
+const OP: &str = "sparse_attention_backward";
+
+/// The device buffers of one attention backward call. Layouts as the forward's: q, k, v, o,
+/// `d_o`, dq, dk, dv `[batch, tokens, heads, head_dim]` of the op's dtype (each starting on a
+/// 16-byte boundary, as whole `cudarc` allocations do); lse f32 `[batch, heads, tokens]`
+/// (natural log, as the forward wrote it); `delta` f32 `[batch, heads, tokens]`, a workspace the
+/// call overwrites (`rowsum(d_o ∘ o)`).
+#[derive(Debug)]
+pub struct AttentionBackwardBuffers<'a> {
+    /// The forward's queries.
+    pub q: DeviceHalf<'a>,
+    /// The forward's keys.
+    pub k: DeviceHalf<'a>,
+    /// The forward's values.
+    pub v: DeviceHalf<'a>,
+    /// The forward's output.
+    pub o: DeviceHalf<'a>,
+    /// The forward's log-sum-exp.
+    pub lse: CudaView<'a, f32>,
+    /// The gradient of the loss with respect to o.
+    pub d_o: DeviceHalf<'a>,
+    /// Workspace: `rowsum(d_o ∘ o)`.
+    pub delta: CudaViewMut<'a, f32>,
+    /// Output: the gradient with respect to q.
+    pub dq: DeviceHalfMut<'a>,
+    /// Output: the gradient with respect to k.
+    pub dk: DeviceHalfMut<'a>,
+    /// Output: the gradient with respect to v.
+    pub dv: DeviceHalfMut<'a>,
+}
+
+impl AttentionBackwardBuffers<'_> {
+    /// Checks the element types, lengths and alignment against `op`.
+    fn check(&self, stream: &CudaStream, op: &SparseAttention) -> Result<()> {
+        let inputs = [
+            ("q", &self.q),
+            ("k", &self.k),
+            ("v", &self.v),
+            ("o", &self.o),
+            ("d_o", &self.d_o),
+        ];
+        for (arg, t) in inputs {
+            if t.dtype() != op.dtype {
+                return Err(Error::invalid(
+                    OP,
+                    arg,
+                    format!("dtype {}", op.dtype),
+                    t.dtype().name(),
+                ));
+            }
+            check_device_len(OP, arg, op.qkv_len(), t.len())?;
+            check_aligned(arg, t.address(stream))?;
+        }
+        for (arg, t) in [("dq", &self.dq), ("dk", &self.dk), ("dv", &self.dv)] {
+            if t.dtype() != op.dtype {
+                return Err(Error::invalid(
+                    OP,
+                    arg,
+                    format!("dtype {}", op.dtype),
+                    t.dtype().name(),
+                ));
+            }
+            check_device_len(OP, arg, op.qkv_len(), t.len())?;
+            check_aligned(arg, t.address(stream))?;
+        }
+        check_device_len(OP, "lse", op.lse_len(), self.lse.len())?;
+        check_device_len(OP, "delta", op.lse_len(), self.delta.len())
+    }
+}
+
+fn check_aligned(arg: &str, address: u64) -> Result<()> {
+    if address % 16 != 0 {
+        return Err(Error::invalid(
+            OP,
+            arg,
+            "a device address aligned to 16 bytes",
+            format!("{address:#x}"),
+        ));
+    }
+    Ok(())
+}
+
+fn add_half<'a>(args: &mut KernelArgs<'a>, t: &'a DeviceHalf<'_>) {
+    match t {
+        DeviceHalf::F16(x) => args.buffer(x),
+        DeviceHalf::BF16(x) => args.buffer(x),
+    };
+}
+
+fn add_half_mut<'a>(args: &mut KernelArgs<'a>, t: &'a mut DeviceHalfMut<'_>) {
+    match t {
+        DeviceHalfMut::F16(x) => args.buffer_mut(x),
+        DeviceHalfMut::BF16(x) => args.buffer_mut(x),
+    };
+}
+
+impl CudaBackend {
+    /// Block-sparse attention backward on `stream`, without synchronizing: from the forward's
+    /// q, k, v, o and lse and the output gradient `d_o`, writes dq, dk and dv (see
+    /// [`AttentionGradients`] for the math and [`AttentionBackwardBuffers`] for the layouts),
+    /// using `delta` as workspace. Three kernels (delta, dk/dv over the transposed mask, dq over
+    /// the mask); every element of dq, dk and dv is written (zero for keys no query attends).
+    ///
+    /// Checks the descriptor against the mask (as [`SparseAttention::validate`] does), the
+    /// element types, the lengths and the alignment; the mask's block size must be 64 or 128
+    /// (otherwise [`Error::Unsupported`]). Values are not checked: non-finite inputs give
+    /// non-finite outputs.
+    pub fn sparse_attention_backward_on(
+        &self,
+        stream: &CudaStream,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        buffers: &mut AttentionBackwardBuffers<'_>,
+    ) -> Result<()> {
+        let plan = self.sparse_attention_backward_plan(op, mask.mask())?;
+        self.sparse_attention_backward_plan_on(stream, op, plan, mask, buffers)
+    }
+
+    /// The backward plan for `op` with `mask` on this device: the default pick of
+    /// [`attention_backward_candidates`] (not tuned).
+    pub fn sparse_attention_backward_plan(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+    ) -> Result<AttentionBackwardPlan> {
+        op.validate(mask)?;
+        check_block_size(mask.block_size())?;
+        let candidates = attention_backward_candidates(op, mask.block_size(), &self.runtime.arch)?;
+        Ok(candidates[pick_attention_backward(&candidates)])
+    }
+
+    /// [`CudaBackend::sparse_attention_backward_on`] with an explicit plan (a candidate of
+    /// [`attention_backward_candidates`] for the op and the mask's block size), for tests.
+    pub fn sparse_attention_backward_plan_on(
+        &self,
+        stream: &CudaStream,
+        op: &SparseAttention,
+        plan: AttentionBackwardPlan,
+        mask: &DeviceBlockMask,
+        buffers: &mut AttentionBackwardBuffers<'_>,
+    ) -> Result<()> {
+        op.validate(mask.mask())?;
+        check_block_size(mask.block_size())?;
+        let expected = attention_backward_candidates(op, mask.block_size(), &self.runtime.arch)?;
+        if !expected.contains(&plan) {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                format!(
+                    "a plan for head_dim {}, {} and block size {}",
+                    op.head_dim,
+                    op.dtype,
+                    mask.block_size()
+                ),
+                format!("{plan:?}"),
+            ));
+        }
+        buffers.check(stream, op)?;
+        let tokens = to_i32(OP, "tokens", op.tokens)?;
+        let heads = to_i32(OP, "heads", op.heads)?;
+        let rows = (op.qkv_len() / op.head_dim) as i64;
+        let scale = op.softmax_scale;
+        let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
+        let b = buffers;
+
+        // 1. delta = rowsum(d_o ∘ o).
+        let grid = plan.delta.grid(op)?;
+        let mut args = KernelArgs::new(stream);
+        add_half(&mut args, &b.o);
+        add_half(&mut args, &b.d_o);
+        args.buffer_mut(&mut b.delta)
+            .value(&tokens)
+            .value(&heads)
+            .value(&rows);
+        // SAFETY: the kernel's parameters are (const u16* o, d_o, float* delta, int tokens, int
+        // heads, long long rows) in this order; o and d_o hold rows * head_dim 16-bit elements
+        // (rows = batch * tokens * heads) and start 16-byte aligned, delta batch * heads * tokens
+        // floats (checked above). The grid has one CTA per 16 rows; rows past `rows` are neither
+        // read nor written.
+        unsafe { self.launch_kernel(&plan.delta, grid, args, LaunchOptions::default())? };
+
+        // 2. dk, dv over the transposed mask.
+        let grid = plan.key_value.grid(op)?;
+        let mut args = KernelArgs::new(stream);
+        for t in [&b.q, &b.k, &b.v, &b.d_o] {
+            add_half(&mut args, t);
+        }
+        args.buffer(&b.lse).buffer(&b.delta);
+        add_half_mut(&mut args, &mut b.dk);
+        add_half_mut(&mut args, &mut b.dv);
+        args.buffer(mask.transposed_indptr())
+            .buffer(mask.transposed_indices())
+            .value(&tokens)
+            .value(&heads)
+            .value(&scale)
+            .value(&scale_log2);
+        // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
+        // u16* dk, dv, const u32* t_indptr, t_indices, int tokens, int heads, float scale, float
+        // scale_log2) in this order. The 16-bit tensors hold batch*tokens*heads*head_dim elements
+        // and start 16-byte aligned, lse and delta batch*heads*tokens floats (checked above); the
+        // transposed mask comes from a mask validated against the op (num_blocks + 1 row
+        // pointers, sorted in-range columns), and the grid has one CTA per (64 keys, head,
+        // batch). Rows at or past `tokens` are neither read nor written.
+        unsafe { self.launch_kernel(&plan.key_value, grid, args, LaunchOptions::default())? };
+
+        // 3. dq over the mask.
+        let grid = plan.query.grid(op)?;
+        let mut args = KernelArgs::new(stream);
+        for t in [&b.q, &b.k, &b.v, &b.d_o] {
+            add_half(&mut args, t);
+        }
+        args.buffer(&b.lse).buffer(&b.delta);
+        add_half_mut(&mut args, &mut b.dq);
+        args.buffer(mask.indptr())
+            .buffer(mask.indices())
+            .value(&tokens)
+            .value(&heads)
+            .value(&scale)
+            .value(&scale_log2);
+        // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
+        // u16* dq, const u32* indptr, indices, int tokens, int heads, float scale, float
+        // scale_log2) in this order, with the bounds checked as for step 2 and the mask
+        // validated against the op (no empty row); one CTA per (64 queries, head, batch).
+        unsafe { self.launch_kernel(&plan.query, grid, args, LaunchOptions::default()) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sparse_attention_backward_host(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+        o: TensorRef<'_>,
+        lse: &[f32],
+        d_o: TensorRef<'_>,
+    ) -> Result<AttentionGradients> {
+        op.validate_backward_args(mask, q, k, v, o, lse, d_o)?;
+        check_block_size(mask.block_size())?;
+        let stream = &self.runtime.stream;
+        let dmask = DeviceBlockMask::new(stream, mask)?;
+        let lse = upload(stream, lse)?;
+        let mut delta = upload(stream, &vec![f32::NAN; op.lse_len()])?;
+        let n = op.qkv_len();
+        // Outputs start as NaN so that an element the kernels fail to write shows up.
+        match (q, k, v, o, d_o) {
+            (
+                TensorRef::F16(q),
+                TensorRef::F16(k),
+                TensorRef::F16(v),
+                TensorRef::F16(o),
+                TensorRef::F16(d_o),
+            ) => {
+                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
+                let (o, d_o) = (upload(stream, o)?, upload(stream, d_o)?);
+                let nan = vec![f16::NAN; n];
+                let mut dq = upload(stream, &nan)?;
+                let mut dk = upload(stream, &nan)?;
+                let mut dv = upload(stream, &nan)?;
+                self.sparse_attention_backward_on(
+                    stream,
+                    op,
+                    &dmask,
+                    &mut AttentionBackwardBuffers {
+                        q: DeviceHalf::F16(q.as_view()),
+                        k: DeviceHalf::F16(k.as_view()),
+                        v: DeviceHalf::F16(v.as_view()),
+                        o: DeviceHalf::F16(o.as_view()),
+                        lse: lse.as_view(),
+                        d_o: DeviceHalf::F16(d_o.as_view()),
+                        delta: delta.as_view_mut(),
+                        dq: DeviceHalfMut::F16(dq.as_view_mut()),
+                        dk: DeviceHalfMut::F16(dk.as_view_mut()),
+                        dv: DeviceHalfMut::F16(dv.as_view_mut()),
+                    },
+                )?;
+                Ok(AttentionGradients {
+                    dq: Tensor::F16(download(stream, &dq)?),
+                    dk: Tensor::F16(download(stream, &dk)?),
+                    dv: Tensor::F16(download(stream, &dv)?),
+                })
+            }
+            (
+                TensorRef::BF16(q),
+                TensorRef::BF16(k),
+                TensorRef::BF16(v),
+                TensorRef::BF16(o),
+                TensorRef::BF16(d_o),
+            ) => {
+                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
+                let (o, d_o) = (upload(stream, o)?, upload(stream, d_o)?);
+                let nan = vec![bf16::NAN; n];
+                let mut dq = upload(stream, &nan)?;
+                let mut dk = upload(stream, &nan)?;
+                let mut dv = upload(stream, &nan)?;
+                self.sparse_attention_backward_on(
+                    stream,
+                    op,
+                    &dmask,
+                    &mut AttentionBackwardBuffers {
+                        q: DeviceHalf::BF16(q.as_view()),
+                        k: DeviceHalf::BF16(k.as_view()),
+                        v: DeviceHalf::BF16(v.as_view()),
+                        o: DeviceHalf::BF16(o.as_view()),
+                        lse: lse.as_view(),
+                        d_o: DeviceHalf::BF16(d_o.as_view()),
+                        delta: delta.as_view_mut(),
+                        dq: DeviceHalfMut::BF16(dq.as_view_mut()),
+                        dk: DeviceHalfMut::BF16(dk.as_view_mut()),
+                        dv: DeviceHalfMut::BF16(dv.as_view_mut()),
+                    },
+                )?;
+                Ok(AttentionGradients {
+                    dq: Tensor::BF16(download(stream, &dq)?),
+                    dk: Tensor::BF16(download(stream, &dk)?),
+                    dv: Tensor::BF16(download(stream, &dv)?),
+                })
+            }
+            // validate_backward_args checked that all five are of op.dtype, which is f16 or bf16.
+            _ => Err(Error::invalid(
+                OP,
+                "q",
+                "f16 or bf16 tensors of one dtype",
+                q.dtype().name(),
+            )),
+        }
+    }
+}

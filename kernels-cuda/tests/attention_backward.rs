@@ -1,0 +1,336 @@
+//! The attention backward on the GPU against the f64 reference: every plan candidate at small
+//! and odd shapes (partial last blocks, a key block no query attends, rows with one block),
+//! bitwise determinism, and a property test through the `Backend` trait at random masks and
+//! token counts. The reference runs from the same q, k, v, o, lse and dO (the GPU forward's o
+//! and lse), so only the backward is compared. Outputs start as NaN: an element a kernel fails
+//! to write shows up. Prints `skipped:` and passes without a CUDA device.
+
+mod common;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use half::{bf16, f16};
+use proptest::prelude::*;
+use std::sync::Arc;
+use tessera_core::ops::attention::AttentionGradients;
+use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
+use tessera_cuda::plan::heuristics::attention_backward_candidates;
+use tessera_cuda::plan::{AttentionBackwardPlan, KernelSpec};
+use tessera_cuda::{
+    AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut,
+};
+use tessera_reference::{metrics, CpuBackend};
+use tessera_testing::check::{TOL_REL_L2_BWD_BF16, TOL_REL_L2_BWD_F16};
+use tessera_testing::Rng;
+
+/// q, k, v, dO of random values in [-2, 2) and the GPU forward's o and lse.
+struct Inputs {
+    op: SparseAttention,
+    mask: BlockMask,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Vec<f32>,
+    d_o: Tensor,
+}
+
+impl Inputs {
+    fn new(be: &CudaBackend, op: SparseAttention, mask: BlockMask, rng: &mut Rng) -> Self {
+        let mut input = || {
+            let x: Vec<f32> = (0..op.qkv_len())
+                .map(|_| rng.uniform_f32(-2.0, 2.0))
+                .collect();
+            Tensor::from_f32(op.dtype, &x)
+        };
+        let (q, k, v, d_o) = (input(), input(), input(), input());
+        let f = be
+            .sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())
+            .unwrap();
+        Self {
+            op,
+            mask,
+            q,
+            k,
+            v,
+            o: f.o,
+            lse: f.lse,
+            d_o,
+        }
+    }
+
+    fn reference(&self) -> AttentionGradients {
+        CpuBackend::new()
+            .sparse_attention_backward(
+                &self.op,
+                &self.mask,
+                self.q.as_ref(),
+                self.k.as_ref(),
+                self.v.as_ref(),
+                self.o.as_ref(),
+                &self.lse,
+                self.d_o.as_ref(),
+            )
+            .unwrap()
+    }
+
+    fn through_trait(&self, be: &CudaBackend) -> AttentionGradients {
+        be.sparse_attention_backward(
+            &self.op,
+            &self.mask,
+            self.q.as_ref(),
+            self.k.as_ref(),
+            self.v.as_ref(),
+            self.o.as_ref(),
+            &self.lse,
+            self.d_o.as_ref(),
+        )
+        .unwrap()
+    }
+}
+
+fn up<T: DeviceRepr>(stream: &Arc<CudaStream>, x: &[T]) -> CudaSlice<T> {
+    stream.clone_htod(x).unwrap()
+}
+
+fn down<T: DeviceRepr + Default + Clone>(stream: &Arc<CudaStream>, x: &CudaSlice<T>) -> Vec<T> {
+    stream.clone_dtoh(x).unwrap()
+}
+
+/// Runs `plan` through the device API (outputs and workspace prefilled with NaN).
+fn run_plan(be: &CudaBackend, x: &Inputs, plan: AttentionBackwardPlan) -> AttentionGradients {
+    let stream = be.stream();
+    let mask = DeviceBlockMask::new(stream, &x.mask).unwrap();
+    let lse = up(stream, &x.lse);
+    let mut delta = up(stream, &vec![f32::NAN; x.op.lse_len()]);
+    let n = x.op.qkv_len();
+    macro_rules! run {
+        ($t:ty, $variant:ident, $tensor:ident) => {{
+            let h = |t: &Tensor| -> CudaSlice<$t> {
+                match t {
+                    Tensor::$tensor(v) => up(stream, v),
+                    _ => unreachable!("inputs are of the op's dtype"),
+                }
+            };
+            let (q, k, v, o, d_o) = (h(&x.q), h(&x.k), h(&x.v), h(&x.o), h(&x.d_o));
+            let nan = vec![<$t>::NAN; n];
+            let (mut dq, mut dk, mut dv) = (up(stream, &nan), up(stream, &nan), up(stream, &nan));
+            be.sparse_attention_backward_plan_on(
+                stream,
+                &x.op,
+                plan,
+                &mask,
+                &mut AttentionBackwardBuffers {
+                    q: DeviceHalf::$variant(q.as_view()),
+                    k: DeviceHalf::$variant(k.as_view()),
+                    v: DeviceHalf::$variant(v.as_view()),
+                    o: DeviceHalf::$variant(o.as_view()),
+                    lse: lse.as_view(),
+                    d_o: DeviceHalf::$variant(d_o.as_view()),
+                    delta: delta.as_view_mut(),
+                    dq: DeviceHalfMut::$variant(dq.as_view_mut()),
+                    dk: DeviceHalfMut::$variant(dk.as_view_mut()),
+                    dv: DeviceHalfMut::$variant(dv.as_view_mut()),
+                },
+            )
+            .unwrap();
+            AttentionGradients {
+                dq: Tensor::$tensor(down(stream, &dq)),
+                dk: Tensor::$tensor(down(stream, &dk)),
+                dv: Tensor::$tensor(down(stream, &dv)),
+            }
+        }};
+    }
+    match x.op.dtype {
+        DType::F16 => run!(f16, F16, F16),
+        _ => run!(bf16, BF16, BF16),
+    }
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_f32_vec().iter().map(|&x| x as f64).collect()
+}
+
+/// Asserts every gradient is finite and within the relative L2 tolerance of the reference.
+fn assert_matches(got: &AttentionGradients, want: &AttentionGradients, dtype: DType, what: &str) {
+    let tol = if dtype == DType::F16 {
+        TOL_REL_L2_BWD_F16
+    } else {
+        TOL_REL_L2_BWD_BF16
+    };
+    for (name, g, w) in [
+        ("dq", &got.dq, &want.dq),
+        ("dk", &got.dk, &want.dk),
+        ("dv", &got.dv, &want.dv),
+    ] {
+        let (g, w) = (f64s(g), f64s(w));
+        let bad = g.iter().position(|x| !x.is_finite());
+        assert!(
+            bad.is_none(),
+            "{what}: {name}[{}] is not finite",
+            bad.unwrap_or(0)
+        );
+        let rel = metrics::relative_l2_error(&g, &w);
+        println!("{what}: {name} relative L2 error {rel:.2e}");
+        assert!(rel <= tol, "{what}: {name} relative L2 error {rel} > {tol}");
+    }
+}
+
+/// A random mask over `tokens` with about `density` of the blocks on and the diagonal always on
+/// (no empty row); with `unattended` and at least 3 blocks, key block 1 is off in every row
+/// (row 1 attends block 0 instead), so that no query attends it.
+fn mask(rng: &mut Rng, tokens: usize, block: usize, density: f64, unattended: bool) -> BlockMask {
+    let nb = tokens.div_ceil(block);
+    let mut bitmap: Vec<bool> = (0..nb * nb)
+        .map(|i| i / nb == i % nb || rng.chance(density))
+        .collect();
+    if unattended && nb >= 3 {
+        for r in 0..nb {
+            bitmap[r * nb + 1] = false;
+        }
+        bitmap[nb] = true; // row 1 keeps block 0
+    }
+    BlockMask::from_dense_bitmap(tokens, block, &bitmap).unwrap()
+}
+
+#[test]
+fn every_backward_plan_matches_the_reference() {
+    let Some(be) = common::backend() else { return };
+    let mut rng = Rng::new(0xbac4);
+    for head_dim in [64, 128] {
+        for dtype in [DType::F16, DType::BF16] {
+            for (block, tokens, density) in [
+                (64, 200, 0.4),
+                (128, 300, 0.5),
+                (64, 64, 1.0),
+                (128, 77, 1.0),
+                (64, 450, 0.0),
+            ] {
+                let m = mask(&mut rng, tokens, block, density, true);
+                let op = SparseAttention::new(2, tokens, 3, head_dim, dtype);
+                let x = Inputs::new(&be, op, m, &mut rng);
+                let want = x.reference();
+                for plan in attention_backward_candidates(&x.op, block, be.arch_spec()).unwrap() {
+                    let what = format!(
+                        "d{head_dim} {dtype} B{block} t{tokens} {}",
+                        plan.key_value.label()
+                    );
+                    let got = run_plan(&be, &x, plan);
+                    assert_matches(&got, &want, dtype, &what);
+                    let again = run_plan(&be, &x, plan);
+                    assert_eq!(got, again, "{what}: not bitwise deterministic");
+                    if tokens.div_ceil(block) >= 3 {
+                        // Key block 1 is attended by no row: dk = dv = 0 there.
+                        let row = op_row(&x.op);
+                        for t in block..(2 * block).min(tokens) {
+                            for b in 0..x.op.batch {
+                                let at = (b * x.op.tokens + t) * row;
+                                for g in [&got.dk, &got.dv] {
+                                    let v = g.to_f32_vec();
+                                    assert!(
+                                        v[at..at + row].iter().all(|&e| e == 0.0),
+                                        "{what}: key {t}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Elements per token: heads * head_dim.
+fn op_row(op: &SparseAttention) -> usize {
+    op.heads * op.head_dim
+}
+
+/// Through the `Backend` trait (the default plan) at random token counts, masks and shapes: a
+/// property test (the backend is opened once, so the cases run through proptest's runner).
+#[test]
+fn backward_through_the_trait_matches_the_reference() {
+    let Some(be) = common::backend() else { return };
+    let shapes = (
+        1usize..=400,
+        prop::bool::ANY,
+        0.0f64..=1.0,
+        prop::bool::ANY,
+        prop::bool::ANY,
+        1usize..=2,
+        1usize..=3,
+        any::<u64>(),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+    runner
+        .run(
+            &shapes,
+            |(tokens, block_is_128, density, head_dim_is_128, bf16_type, batch, heads, seed)| {
+                let mut rng = Rng::new(seed);
+                let block = if block_is_128 { 128 } else { 64 };
+                let head_dim = if head_dim_is_128 { 128 } else { 64 };
+                let dtype = if bf16_type { DType::BF16 } else { DType::F16 };
+                let m = mask(&mut rng, tokens, block, density, false);
+                let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
+                let x = Inputs::new(&be, op, m, &mut rng);
+                let got = x.through_trait(&be);
+                assert_matches(
+                    &got,
+                    &x.reference(),
+                    dtype,
+                    &format!("t{tokens} B{block} d{head_dim} {dtype} b{batch} h{heads}"),
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn device_api_names_the_wrong_buffer_or_plan() {
+    let Some(be) = common::backend() else { return };
+    let stream = be.stream();
+    let op = SparseAttention::new(1, 100, 2, 64, DType::BF16);
+    let mask = BlockMask::dense(100, 64).unwrap();
+    let dmask = DeviceBlockMask::new(stream, &mask).unwrap();
+    let n = op.qkv_len();
+    let x = up(stream, &vec![bf16::ZERO; n]);
+    let f16s = up(stream, &vec![f16::ZERO; n]);
+    let lse = up(stream, &vec![0f32; op.lse_len()]);
+    let mut delta = up(stream, &vec![0f32; op.lse_len() + 1]);
+    let (mut dq, mut dk, mut dv) = (x.clone(), x.clone(), x.clone());
+    let plan = be.sparse_attention_backward_plan(&op, &mask).unwrap();
+    let mut call = |plan: AttentionBackwardPlan, delta_len: usize, d_o_f16: bool| {
+        be.sparse_attention_backward_plan_on(
+            stream,
+            &op,
+            plan,
+            &dmask,
+            &mut AttentionBackwardBuffers {
+                q: DeviceHalf::BF16(x.as_view()),
+                k: DeviceHalf::BF16(x.as_view()),
+                v: DeviceHalf::BF16(x.as_view()),
+                o: DeviceHalf::BF16(x.as_view()),
+                lse: lse.as_view(),
+                d_o: if d_o_f16 {
+                    DeviceHalf::F16(f16s.as_view())
+                } else {
+                    DeviceHalf::BF16(x.as_view())
+                },
+                delta: delta.slice_mut(0..delta_len),
+                dq: DeviceHalfMut::BF16(dq.as_view_mut()),
+                dk: DeviceHalfMut::BF16(dk.as_view_mut()),
+                dv: DeviceHalfMut::BF16(dv.as_view_mut()),
+            },
+        )
+        .map_err(|e| e.argument().map(str::to_string))
+    };
+    assert_eq!(call(plan, op.lse_len(), false), Ok(()));
+    assert_eq!(
+        call(plan, op.lse_len() + 1, false),
+        Err(Some("delta".into()))
+    );
+    assert_eq!(call(plan, op.lse_len(), true), Err(Some("d_o".into())));
+    let f16_op = SparseAttention::new(1, 100, 2, 64, DType::F16);
+    let other = be.sparse_attention_backward_plan(&f16_op, &mask).unwrap();
+    assert_eq!(call(other, op.lse_len(), false), Err(Some("plan".into())));
+}
