@@ -167,16 +167,21 @@ fn wgmma_tile_efficiency(bn: u32) -> f64 {
     }
 }
 
+/// K blocks (of 128) up to which small-M GEMMs are planned like large ones (see [`pick_wgmma`]).
+const SHORT_K_BLOCKS: u64 = 12;
+
 /// The default pick among Hopper candidates at one CTA per SM (two per SM are left to the
 /// tuner). For m <= 128, bound by streaming the operands through each SM: the least bytes a
 /// CTA reads, (rows + columns) x 128 x its K blocks, times the waves of clusters (split-K
 /// tiles only where their clusters fit in one wave), then the fullest last wave, then the
-/// widest; B multicast clusters are left out. Otherwise the
-/// one-wave-at-a-time 128-row tiles of least estimated time (waves x width / measured per-tile
+/// widest; B multicast clusters are left out. Otherwise (and for m <= 128 with K <= 1536) the
+/// persistent 128-row tiles of least estimated time (waves x width / measured per-tile
 /// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
-    let small = op.m <= 128;
     let k_blocks = (op.k as u64).div_ceil(128);
+    // Short K (<= 1536) costs the one-warpgroup tiles their per-tile start: there the 128-row
+    // tiles won every tuned small-M shape on the H200 (2026-11-30 plans).
+    let small = op.m <= 128 && k_blocks > SHORT_K_BLOCKS;
     let mut best: Option<(usize, (f64, f64, u32))> = None;
     for (i, v) in candidates.iter().enumerate() {
         let GemmVariant::Wgmma(t) = v else { continue };
@@ -668,7 +673,7 @@ mod tests {
         assert_eq!(wg(64, 7168, 16384), (64, 128, 1, 2));
         // 22 tiles of 64 x 96, 4 splits: 22 clusters of 4 fit in one wave (about 29).
         assert_eq!(wg(64, 2112, 7168), (64, 96, 1, 4));
-        // 128 tiles of 128 x 192 in one wave read as little as 256 of 64 x 96 in two.
+        // Short K: the 128-row tiles (128 x 192 in one wave of 128 tiles).
         assert_eq!(wg(64, 24576, 1536), (128, 192, 1, 1));
         assert_eq!(wg(128, 7168, 16384), (128, 128, 1, 2));
         // Split-K clusters that would take two waves are not picked: 56 tiles of 128 x 128 at
