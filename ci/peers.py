@@ -20,6 +20,18 @@
                                   `tessera bench --masks DIR` wrote (full blocks, no mask_mod)
               cudnn dense         SDPA, cuDNN backend
               flash dense         SDPA, flash backend
+  attention_backward              the backward only of the same three (same keys and params):
+              flex radial         one untimed forward on q, k, v that require grad (flex:
+              cudnn dense         FlexAttention, torch.compile, on the same BSR mask, then one
+              flash dense         untimed backward where its backward compiles; dense: SDPA with
+                                  the backend forced), then the warm-up and timed launches, each
+                                  torch.autograd.grad(out, (q, k, v), dO, retain_graph=True): the
+                                  backward's kernels only (dq, dk, dv new each launch, from
+                                  torch's cache; the forward's saved tensors reused; no .grad
+                                  accumulated). FLOP 2.5 x the forward's, as
+                                  SparseAttention::backward_flops in core; bytes q, k, v, o, dO
+                                  read and dq, dk, dv written, as the bench's backward rows.
+                                  fwd+bwd (tessera report) = the `attention` row + this row.
 
 Timing as in `tessera bench`: a warm-up launch (a second when the first took under 50 ms), then
 3..100 launches (about 0.3 s) each between two CUDA events, median and minimum; for launches under
@@ -31,6 +43,7 @@ over >= 200 MB of operand sets; ceilings (copy, bf16 matmul) measured in the sam
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -67,6 +80,106 @@ def suite(name):
 
 def heads_of(model):
     return 24 if model == "hunyuan" else 40
+
+
+ATTENTION_HEAD_DIM = 128
+ATTENTION_BLOCK = 128
+TOKENS_PER_FRAME = 3840
+# SparseAttention::backward_flops in core: the backward counts 2.5 times the forward's FLOP
+# (5 matmuls against 2).
+BACKWARD_FLOP_FACTOR = 2.5
+
+
+def attention_key(model, frames):
+    """The shape key of an attention case, as AttentionCase::key in bench/src/cases.rs."""
+    return f"{model} F{frames} T{TOKENS_PER_FRAME} h{heads_of(model)}"
+
+
+def attention_flops(heads, tokens, nnz=None, backward=False):
+    """FLOP of one attention run over q, k, v [1, heads, tokens, 128]: 4 x 128 x 128 x d x heads
+    per on block of the mask (nnz blocks), dense (nnz None) every block; times
+    BACKWARD_FLOP_FACTOR for the backward (SparseAttention::flops and ::backward_flops)."""
+    d = ATTENTION_HEAD_DIM
+    if nnz is None:
+        forward = 4.0 * tokens * tokens * d * heads
+    else:
+        forward = 4.0 * ATTENTION_BLOCK * ATTENTION_BLOCK * d * heads * nnz
+    return forward * (BACKWARD_FLOP_FACTOR if backward else 1.0)
+
+
+def attention_bytes(heads, tokens, backward=False):
+    """Bytes of one bf16 attention run: q, k, v, o (forward); q, k, v, o, dO read and dq, dk, dv
+    written (backward), as AttentionCase::work and ::backward_work."""
+    return (8 if backward else 4) * 2.0 * tokens * heads * ATTENTION_HEAD_DIM
+
+
+def read_radial_mask(masks_dir, model, frames, tokens):
+    """The radial mask `tessera bench --masks DIR` wrote for (model, frames), checked: its JSON
+    (tokens, block_size 128, blocks, nnz, density, indptr, indices), or RuntimeError naming
+    the file and what is wrong."""
+    path = os.path.join(masks_dir, f"{model}_F{frames}.json") if masks_dir else None
+    if not path or not os.path.exists(path):
+        raise RuntimeError(f"mask file {path} missing (run tessera bench --masks DIR first)")
+    with open(path) as f:
+        mj = json.load(f)
+    if mj["tokens"] != tokens or mj["block_size"] != ATTENTION_BLOCK:
+        raise RuntimeError(f"mask {path}: tokens {mj['tokens']} block {mj['block_size']}, expected {tokens}, {ATTENTION_BLOCK}")
+    nb, indptr, indices = mj["blocks"], mj["indptr"], mj["indices"]
+    if len(indptr) != nb + 1 or indptr[0] != 0 or indptr[-1] != len(indices) or int(mj["nnz"]) != len(indices):
+        raise RuntimeError(f"mask {path}: indptr of {len(indptr)} entries ending at {indptr[-1] if indptr else None} for {nb} blocks, {len(indices)} indices, nnz {mj['nnz']}")
+    if any(b < a for a, b in zip(indptr, indptr[1:])):
+        raise RuntimeError(f"mask {path}: indptr decreases")
+    if indices and (min(indices) < 0 or max(indices) >= nb):
+        raise RuntimeError(f"mask {path}: indices out of range 0..{nb}")
+    return mj
+
+
+def flex_block_mask(mj):
+    """FlexAttention's BlockMask of a radial mask JSON (read_radial_mask): every on block full,
+    (mask, how) with how the construction used."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nb = mj["blocks"]
+    indptr = torch.tensor(mj["indptr"], dtype=torch.int64)
+    indices = torch.tensor(mj["indices"], dtype=torch.int64)
+    counts = indptr[1:] - indptr[:-1]
+    # FlexAttention wants kv_indices [B, H, q_blocks, kv_blocks]: each row's on columns
+    # first (ascending), the rest ignored.
+    rows = torch.repeat_interleave(torch.arange(nb), counts)
+    cols = torch.arange(indices.numel()) - torch.repeat_interleave(indptr[:-1], counts)
+    kv_idx = torch.zeros(nb, nb, dtype=torch.int32)
+    kv_idx[rows, cols] = indices.to(torch.int32)
+    full_num = counts.to(torch.int32).view(1, 1, nb).to(DEV)
+    full_idx = kv_idx.view(1, 1, nb, nb).to(DEV)
+    try:
+        bm = BlockMask.from_kv_blocks(torch.zeros_like(full_num), torch.zeros_like(full_idx),
+                                      full_num, full_idx, BLOCK_SIZE=ATTENTION_BLOCK)
+        return bm, "full blocks"
+    except Exception:  # noqa: BLE001 - older signature: partial blocks with no mask_mod
+        return BlockMask.from_kv_blocks(full_num, full_idx, BLOCK_SIZE=ATTENTION_BLOCK), "partial blocks, noop mask_mod"
+
+
+def attention_inputs(model, frames):
+    """(key, heads, tokens, params, q, k, v) of an attention case: bf16 [1, heads, tokens, 128]
+    uniform in [-2, 2)."""
+    h = heads_of(model)
+    d = ATTENTION_HEAD_DIM
+    tokens = frames * TOKENS_PER_FRAME
+    base = {"model": model, "frames": frames, "tokens": tokens, "heads": h, "head_dim": d}
+    q = torch.empty(1, h, tokens, d, device=DEV, dtype=torch.bfloat16).uniform_(-2, 2)
+    k = torch.empty_like(q).uniform_(-2, 2)
+    v = torch.empty_like(q).uniform_(-2, 2)
+    return attention_key(model, frames), h, tokens, base, q, k, v
+
+
+def free_memory():
+    """Drops what the last case left (cycles, torch's cached blocks) before the next one."""
+    gc.collect()
+    try:
+        torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001 - a spoilt context: later rows will say so
+        pass
+    torch.cuda.empty_cache()
 
 
 def time_launches(launch):
@@ -157,7 +270,7 @@ class Out:
         self.data["records"].append(rec)
         shown = f"{rec['time_ms']:.4f} ms" if rec["time_ms"] else f"error: {str(rec['error'])[:200]}"
         extra = f"  {rec['tflops']:.1f} TFLOPS {rec['gbps']:.0f} GB/s" if rec["time_ms"] else ""
-        print(f"{rec['op']:<11} {rec['shape']:<28} {rec['impl']:<18} {shown}{extra}", flush=True)
+        print(f"{rec['op']:<18} {rec['shape']:<28} {rec['impl']:<18} {shown}{extra}", flush=True)
         self.save()
 
     def save(self):
@@ -320,33 +433,28 @@ def bench_mla(out, shapes):
         torch.cuda.empty_cache()
 
 
-def bench_attention(out, cases, masks_dir):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+def compiled_flex():
+    """(torch.compile'd flex_attention, None) or (None, the reason it is unavailable)."""
     try:
         import torch._dynamo
         torch._dynamo.config.cache_size_limit = 64
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention
-        flex = torch.compile(flex_attention, dynamic=False)
+        from torch.nn.attention.flex_attention import flex_attention
+        return torch.compile(flex_attention, dynamic=False), None
     except Exception as e:  # noqa: BLE001
-        flex, flex_error = None, f"{type(e).__name__}: {e}"
-    d = 128
+        return None, f"{type(e).__name__}: {e}"
 
-    def inputs(model, frames):
-        h = heads_of(model)
-        tokens = frames * 3840
-        base = {"model": model, "frames": frames, "tokens": tokens, "heads": h, "head_dim": d}
-        q = torch.empty(1, h, tokens, d, device=DEV, dtype=torch.bfloat16).uniform_(-2, 2)
-        k = torch.empty_like(q).uniform_(-2, 2)
-        v = torch.empty_like(q).uniform_(-2, 2)
-        return f"{model} F{frames} T3840 h{h}", h, tokens, base, q, k, v
+
+def bench_attention(out, cases, masks_dir):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    flex, flex_error = compiled_flex()
 
     # Dense first (for every case), FlexAttention after: a failure there (a device-side assert
     # spoils the CUDA context) then costs only the flex rows.
     for model, frames in cases:
-        key, h, tokens, base, q, k, v = inputs(model, frames)
-        dense_flops = 4.0 * tokens * tokens * d * h
-        nbytes = 4 * 2 * tokens * h * d
+        key, h, tokens, base, q, k, v = attention_inputs(model, frames)
+        dense_flops = attention_flops(h, tokens)
+        nbytes = attention_bytes(h, tokens)
         for name, backend in (("cudnn dense", SDPBackend.CUDNN_ATTENTION), ("flash dense", SDPBackend.FLASH_ATTENTION)):
             def run(i, backend=backend):
                 with sdpa_kernel(backend):
@@ -357,49 +465,90 @@ def bench_attention(out, cases, masks_dir):
         torch.cuda.empty_cache()
 
     for model, frames in cases:
-        key, h, tokens, base, q, k, v = inputs(model, frames)
-        nbytes = 4 * 2 * tokens * h * d
-        path = os.path.join(masks_dir, f"{model}_F{frames}.json") if masks_dir else None
+        key, h, tokens, base, q, k, v = attention_inputs(model, frames)
+        nbytes = attention_bytes(h, tokens)
         try:
             if flex is None:
                 raise RuntimeError(f"FlexAttention unavailable: {flex_error}")
-            if not path or not os.path.exists(path):
-                raise RuntimeError(f"mask file {path} missing (run tessera bench --masks DIR first)")
-            with open(path) as f:
-                mj = json.load(f)
-            if mj["tokens"] != tokens or mj["block_size"] != 128:
-                raise RuntimeError(f"mask {path}: tokens {mj['tokens']} block {mj['block_size']}, expected {tokens}, 128")
-            nb = mj["blocks"]
-            indptr = torch.tensor(mj["indptr"], dtype=torch.int64)
-            indices = torch.tensor(mj["indices"], dtype=torch.int64)
-            counts = indptr[1:] - indptr[:-1]
-            if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= nb):
-                raise RuntimeError("mask indices out of range")
-            # FlexAttention wants kv_indices [B, H, q_blocks, kv_blocks]: each row's on columns
-            # first (ascending), the rest ignored.
-            rows = torch.repeat_interleave(torch.arange(nb), counts)
-            cols = torch.arange(indices.numel()) - torch.repeat_interleave(indptr[:-1], counts)
-            kv_idx = torch.zeros(nb, nb, dtype=torch.int32)
-            kv_idx[rows, cols] = indices.to(torch.int32)
-            full_num = counts.to(torch.int32).view(1, 1, nb).to(DEV)
-            full_idx = kv_idx.view(1, 1, nb, nb).to(DEV)
-            try:
-                bm = BlockMask.from_kv_blocks(torch.zeros_like(full_num), torch.zeros_like(full_idx),
-                                              full_num, full_idx, BLOCK_SIZE=128)
-                how = "full blocks"
-            except Exception:  # noqa: BLE001 - older signature: partial blocks with no mask_mod
-                bm = BlockMask.from_kv_blocks(full_num, full_idx, BLOCK_SIZE=128)
-                how = "partial blocks, noop mask_mod"
+            mj = read_radial_mask(masks_dir, model, frames, tokens)
+            bm, how = flex_block_mask(mj)
             nnz = int(mj["nnz"])
             params = dict(base, density=mj["density"], nnz=nnz, block_mask=how)
             rec = measure("attention", key, "flex radial", params, lambda i: flex(q, k, v, block_mask=bm))
-            flops = 4.0 * 128 * 128 * d * h * nnz
+            flops = attention_flops(h, tokens, nnz)
         except Exception as e:  # noqa: BLE001
             rec = {"op": "attention", "shape": key, "impl": "flex radial", "params": base, "error": f"{type(e).__name__}: {e}"[:1000]}
             flops = 0.0
         out.add(rec, flops, nbytes)
         bm = q = k = v = None
         torch.cuda.empty_cache()
+
+
+def backward_launch(forward, q, k, v):
+    """Runs out = forward(q', k', v') once, q', k', v' leaf copies of q, k, v that require grad,
+    and returns launch(i) = torch.autograd.grad(out, (q', k', v'), dO, retain_graph=True) with
+    dO uniform in [-2, 2): each launch runs the backward only (the forward's graph and saved
+    tensors are kept and reused; dq, dk, dv are new each time and dropped, no .grad is
+    accumulated). The forward itself is not timed."""
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    o = forward(qg, kg, vg)
+    d_o = torch.empty_like(o).uniform_(-2, 2)
+
+    def launch(i):
+        return torch.autograd.grad(o, (qg, kg, vg), d_o, retain_graph=True)
+
+    return launch
+
+
+ATTENTION_BACKWARD_OP = "attention_backward"
+
+
+def bench_attention_backward(out, cases, masks_dir):
+    """The attention_backward rows: cuDNN's dense backward for every case, then FlexAttention's
+    on the radial mask, then flash's dense backward (the rows the issue's targets need first; a
+    flex failure that spoils the CUDA context then costs only the flash rows). Every case is
+    freed before the next; an error (out of memory included) becomes the record's error."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    flex, flex_error = compiled_flex()
+    op = ATTENTION_BACKWARD_OP
+
+    def dense_case(model, frames, name, backend):
+        key, h, tokens, base, q, k, v = attention_inputs(model, frames)
+
+        def forward(qg, kg, vg):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qg, kg, vg)
+
+        return measure(op, key, name, dict(base), backward_launch(forward, q, k, v)), attention_flops(h, tokens, backward=True)
+
+    def flex_case(model, frames):
+        key, h, tokens, base, q, k, v = attention_inputs(model, frames)
+        if flex is None:
+            raise RuntimeError(f"FlexAttention unavailable: {flex_error}")
+        mj = read_radial_mask(masks_dir, model, frames, tokens)
+        bm, how = flex_block_mask(mj)
+        nnz = int(mj["nnz"])
+        params = dict(base, density=mj["density"], nnz=nnz, block_mask=how)
+        launch = backward_launch(lambda qg, kg, vg: flex(qg, kg, vg, block_mask=bm), q, k, v)
+        launch(0)  # compiles the backward outside the timed launches
+        torch.cuda.synchronize()
+        return measure(op, key, "flex radial", params, launch), attention_flops(h, tokens, nnz, backward=True)
+
+    runs = [(m, f, "cudnn dense", lambda m=m, f=f: dense_case(m, f, "cudnn dense", SDPBackend.CUDNN_ATTENTION)) for m, f in cases]
+    runs += [(m, f, "flex radial", lambda m=m, f=f: flex_case(m, f)) for m, f in cases]
+    runs += [(m, f, "flash dense", lambda m=m, f=f: dense_case(m, f, "flash dense", SDPBackend.FLASH_ATTENTION)) for m, f in cases]
+    for model, frames, name, run in runs:
+        h, tokens = heads_of(model), frames * TOKENS_PER_FRAME
+        try:
+            rec, flops = run()
+        except Exception as e:  # noqa: BLE001 - out of memory included: recorded, freed, next case
+            params = {"model": model, "frames": frames, "tokens": tokens, "heads": h, "head_dim": ATTENTION_HEAD_DIM}
+            rec = {"op": op, "shape": attention_key(model, frames), "impl": name, "params": params, "error": f"{type(e).__name__}: {e}"[:1000]}
+            flops = 0.0
+        out.add(rec, flops, attention_bytes(h, tokens, backward=True))
+        rec = run = None
+        free_memory()
 
 
 def main():
@@ -427,13 +576,15 @@ def main():
         "ceilings": c,
         "notes": [
             "peers: ci/peers.py; cublas = torch._scaled_mm; mla torch = bmm + f32 softmax + bmm on a contiguous bf16 cache (no paging); flex radial = FlexAttention (torch.compile) on the same BSR; SDPA dense with the cuDNN and flash backends; q, k, v [1, h, S, 128]",
+            "peers attention_backward: after one forward with q, k, v requiring grad (and one untimed backward), each timed launch is torch.autograd.grad(out, (q, k, v), dO, retain_graph=True), the backward only; FLOP 2.5 x the forward's (as Tessera's); the dense peers' fwd+bwd in the report adds their inference forward row (no lse kept), a little faster than a training forward",
         ],
     }
     out = Out(args.json, header)
     out.save()
     t0 = time.time()
     for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm)), ("mla_decode", lambda: bench_mla(out, mla)),
-                   ("attention", lambda: bench_attention(out, att, args.masks))):
+                   ("attention", lambda: bench_attention(out, att, args.masks)),
+                   (ATTENTION_BACKWARD_OP, lambda: bench_attention_backward(out, att, args.masks))):
         if wants(op):
             try:
                 fn()

@@ -41,6 +41,10 @@ if [ ! -x "$glslang_dir/cmeel.prefix/bin/glslangValidator" ]; then
 fi
 export TESSERA_GLSLANG="$glslang_dir/cmeel.prefix/bin/glslangValidator"
 
+step "ci/peers.py compiles and its pure helpers hold (no torch needed)"
+python3 -m py_compile ci/peers.py
+python3 ci/test_peers.py
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -581,9 +581,13 @@ fn mla_section(
     Ok(())
 }
 
+/// Issue 11's training target: at 4x the frames (HunyuanVideo), our radial forward + backward
+/// this many times faster than this peer's dense forward + backward.
+const FWD_BWD_TARGET: (&str, usize, &str, f64) = ("hunyuan", 4, "cudnn dense", 4.0);
+
 /// The radial attention backward: our time and TFLOPS, the ratio to our forward on the same
-/// mask, and any peer's backward rows of the same op (e.g. FlexAttention's, once ci/peers.py
-/// times it).
+/// mask, and the peers' backward rows of the same op (ci/peers.py: FlexAttention on the same
+/// mask, cuDNN and flash dense); then forward + backward, ours against each peer's.
 fn attention_backward_section(
     md: &mut String,
     ours: &BenchFile,
@@ -602,7 +606,9 @@ fn attention_backward_section(
     writeln!(
         md,
         "TFLOPS count 2.5 times the forward's FLOP (5 matmuls over every on block). Backward / \
-         forward = our backward time over our radial forward time on the same mask.\n"
+         forward = our backward time over our radial forward time on the same mask. Ours / peer = \
+         peer time / our time; a dense peer's backward covers every block of the same tokens, so \
+         ours / dense peer is the radial backward's speedup over it.\n"
     )?;
     write!(
         md,
@@ -630,6 +636,49 @@ fn attention_backward_section(
         for p in &peer_impls {
             let peer = time(find(peers, OP, s, p));
             write!(md, " {} | {} |", ms(peer), f(ratio(peer, time(b)), 2))?;
+        }
+        writeln!(md)?;
+    }
+    if peer_impls.is_empty() {
+        return Ok(());
+    }
+    let (target_model, target_mult, target_peer, target) = FWD_BWD_TARGET;
+    let target_shape = crate::cases::AttentionCase::published(target_model, target_mult).key();
+    writeln!(
+        md,
+        "\n### Forward + backward (the attention of a training step)\n"
+    )?;
+    writeln!(
+        md,
+        "Each side's `attention` row plus its `attention_backward` row of the same shape (the \
+         dense peers' forward row is their inference forward, which keeps no lse: a little \
+         faster than the forward of training). Ours / peer = peer fwd+bwd time / ours. Target \
+         (issue 11): ours / {target_peer} >= {target} at {target_shape} (4x the frames).\n"
+    )?;
+    write!(md, "| shape | Tessera radial fwd+bwd ms |")?;
+    for p in &peer_impls {
+        write!(md, " {p} fwd+bwd ms | ours / {p} |")?;
+    }
+    writeln!(md)?;
+    writeln!(md, "|---|---|{}", "---|".repeat(2 * peer_impls.len()))?;
+    let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+    for s in &shapes {
+        let ours_both = sum(
+            time(ours.find("attention", s, "tessera radial")),
+            time(ours.find(OP, s, "tessera radial")),
+        );
+        write!(md, "| {s} | {} |", ms(ours_both))?;
+        for p in &peer_impls {
+            let peer_both = sum(
+                time(find(peers, "attention", s, p)),
+                time(find(peers, OP, s, p)),
+            );
+            write!(
+                md,
+                " {} | {} |",
+                ms(peer_both),
+                f(ratio(peer_both, ours_both), 2)
+            )?;
         }
         writeln!(md)?;
     }

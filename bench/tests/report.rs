@@ -297,3 +297,86 @@ fn report_shows_the_quantizers_against_the_copy_ceiling() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn report_compares_forward_plus_backward_with_the_peers() {
+    let dir = temp_dir("fwd-bwd");
+    let big = "hunyuan F120 T3840 h24";
+    let small = "wan F18 T3840 h40";
+    write(
+        &dir.join("ours.json"),
+        &json!({"header": header("cuda", 4000.0), "records": [
+            record("attention", big, "tessera radial", Some(400.0), Some(240.0)),
+            record("attention", big, "tessera dense", Some(4000.0), Some(240.0)),
+            record("attention_backward", big, "tessera radial", Some(1000.0), Some(240.0)),
+            record("attention", small, "tessera radial", Some(50.0), Some(240.0)),
+            record("attention_backward", small, "tessera radial", None, None),
+        ]}),
+    );
+    write(
+        &dir.join("peers.json"),
+        &json!({"header": header("torch", 4100.0), "records": [
+            record("attention", big, "flex radial", Some(300.0), Some(480.0)),
+            record("attention", big, "cudnn dense", Some(2000.0), Some(480.0)),
+            record("attention_backward", big, "cudnn dense", Some(5000.0), Some(480.0)),
+            record("attention_backward", big, "flex radial", Some(1100.0), Some(480.0)),
+            record("attention", small, "cudnn dense", Some(150.0), Some(480.0)),
+            record("attention_backward", small, "cudnn dense", Some(400.0), Some(480.0)),
+        ]}),
+    );
+    let out = dir.join("out");
+    let status = tessera()
+        .args(["report", "--ours"])
+        .arg(dir.join("ours.json"))
+        .arg("--peers")
+        .arg(dir.join("peers.json"))
+        .arg("--out")
+        .arg(&out)
+        .env("TESSERA_FONT", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let backward_at = md
+        .find("## Radial attention backward")
+        .unwrap_or_else(|| panic!("no backward section in\n{md}"));
+    let both_at = md
+        .find("### Forward + backward")
+        .unwrap_or_else(|| panic!("no fwd+bwd table in\n{md}"));
+    assert!(backward_at < both_at, "{md}");
+    assert!(
+        md[both_at..].contains("ours / cudnn dense >= 4 at hunyuan F120 T3840 h24"),
+        "{md}"
+    );
+    let row = |from: usize, start: &str| -> Vec<String> {
+        md[from..]
+            .lines()
+            .find(|l| l.starts_with(&format!("| {start} |")))
+            .unwrap_or_else(|| panic!("no row for {start} in\n{md}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    // The peers in first-seen order: cudnn dense, then flex radial.
+    // | shape | ours ms | TFLOPS | bwd / fwd | cudnn ms | ours / cudnn | flex ms | ours / flex |
+    assert_eq!(
+        row(backward_at, big)[1..9],
+        [big, "1000.0", "240", "2.50", "5000.0", "5.00", "1100.0", "1.10"]
+    );
+    // | shape | ours fwd+bwd | cudnn fwd+bwd | ours / cudnn | flex fwd+bwd | ours / flex |:
+    // 400 + 1000 against 2000 + 5000 (5.00) and 300 + 1100 (1.00).
+    assert_eq!(
+        row(both_at, big)[1..7],
+        [big, "1400.0", "7000.0", "5.00", "1400.0", "1.00"]
+    );
+    // Our failed backward: no sum, no ratio; the peer's sum is still shown.
+    assert_eq!(
+        row(both_at, small)[1..7],
+        [small, "–", "550.0", "–", "–", "–"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
