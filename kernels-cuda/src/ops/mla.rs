@@ -398,6 +398,15 @@ impl CudaBackend {
         const OP: &str = "mla_decode";
         check_decode_op(op)?;
         let layout = op.layout;
+        if variant.varlen {
+            return Err(Error::invalid(
+                OP,
+                "variant",
+                "a variant for s_q queries per request (varlen false; a varlen plan comes from \
+                 mla_decode_varlen_plan_with)",
+                format!("{variant:?}"),
+            ));
+        }
         if !variant.fits_layout(&layout) {
             return Err(Error::invalid(
                 OP,
