@@ -11,9 +11,9 @@ mod common;
 
 use common::open_or_skip;
 use tessera::{
-    bf16, Backend, BackendKind, BlockMask, DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend,
-    MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule,
-    SparseAttention, Tensor,
+    bf16, Backend, BackendKind, BlockMask, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize,
+    MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeVarlen,
+    RadialMaskConfig, ScaleRule, SparseAttention, Tensor,
 };
 use tessera_testing::Rng;
 
@@ -90,6 +90,32 @@ fn run_all(backend: &dyn Backend) -> Vec<(String, Vec<u32>)> {
             .unwrap();
         out.push((format!("mla decode {format:?} o"), bf16_bits(&r.o)));
         out.push((format!("mla decode {format:?} lse"), f32_bits(&r.lse)));
+
+        // The variable-length decode: two requests over the same pages, 3 and 1 queries
+        // (backends without it say Unsupported, and have nothing to compare).
+        let varlen = MlaDecodeVarlen {
+            batch: 2,
+            total_q: 4,
+            max_s_q: 3,
+            heads: 16,
+            max_pages: pages,
+            softmax_scale: 192f32.powf(-0.5),
+            layout,
+        };
+        let q = bf(rng.normals(varlen.q_len()));
+        let tables = [table.clone(), table].concat();
+        let lens = [tokens as i32, 700];
+        match backend.mla_decode_varlen(&varlen, &cache, &q, &[0, 3, 4], &tables, &lens) {
+            Ok(r) => {
+                out.push((format!("mla decode varlen {format:?} o"), bf16_bits(&r.o)));
+                out.push((
+                    format!("mla decode varlen {format:?} lse"),
+                    f32_bits(&r.lse),
+                ));
+            }
+            Err(Error::Unsupported { .. }) => {}
+            Err(e) => panic!("mla_decode_varlen: {e}"),
+        }
     }
 
     // FP8 quantizers and the GEMM.

@@ -18,8 +18,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tessera::{
     bf16, Backend, BackendKind, BlockMask, CpuBackend, DType, Error, Fp8Gemm, Fp8Granularity,
-    Fp8Quantize, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, ScaleRule,
-    SparseAttention, Tensor, TensorRef, E4M3,
+    Fp8Quantize, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeVarlen,
+    ScaleRule, SparseAttention, Tensor, TensorRef, E4M3,
 };
 
 /// The largest input a case builds in full (elements).
@@ -101,6 +101,16 @@ enum Call {
         pages: usize,
         exact: bool,
         off: usize,
+        block_table: Vec<i32>,
+        seq_lens: Vec<i32>,
+    },
+    DecodeVarlen {
+        op: MlaDecodeVarlen,
+        pages: usize,
+        exact: bool,
+        off: usize,
+        /// Query counts per request (made into offsets when `exact`), or raw offsets.
+        counts: Vec<i32>,
         block_table: Vec<i32>,
         seq_lens: Vec<i32>,
     },
@@ -238,6 +248,52 @@ fn call() -> impl Strategy<Value = Call> {
                 }
             },
         );
+    let decode_varlen = (
+        layout(),
+        prop_oneof![4 => 1usize..6, 1 => dim()],
+        (
+            prop_oneof![4 => 1usize..4, 1 => dim()],
+            prop_oneof![4 => 0usize..8, 1 => dim()],
+            prop_oneof![4 => 1usize..4, 1 => dim()],
+            prop_oneof![4 => 1usize..5, 1 => dim()],
+            prop_oneof![4 => 1usize..4, 1 => dim()],
+        ),
+        prop_oneof![4 => Just(0.1f32), 1 => value()],
+        (exact(), 0usize..100),
+        prop::collection::vec(prop_oneof![4 => 0i32..4, 1 => int32()], 0..5),
+        prop::collection::vec(int32(), 0..12),
+        prop::collection::vec(int32(), 0..4),
+    )
+        .prop_map(
+            |(
+                layout,
+                pages,
+                (batch, total_q, max_s_q, heads, max_pages),
+                scale,
+                (exact, off),
+                counts,
+                block_table,
+                seq_lens,
+            )| {
+                Call::DecodeVarlen {
+                    op: MlaDecodeVarlen {
+                        batch,
+                        total_q,
+                        max_s_q,
+                        heads,
+                        max_pages,
+                        softmax_scale: scale,
+                        layout,
+                    },
+                    pages,
+                    exact,
+                    off,
+                    counts,
+                    block_table,
+                    seq_lens,
+                }
+            },
+        );
     let quantize = (
         dim(),
         dim(),
@@ -287,7 +343,7 @@ fn call() -> impl Strategy<Value = Call> {
             off,
             scales,
         });
-    prop_oneof![attention, append, decode, quantize, gemm]
+    prop_oneof![attention, append, decode, decode_varlen, quantize, gemm]
 }
 
 /// A small cache, or `None` when the layout and page count would make a large or invalid one
@@ -458,6 +514,73 @@ fn run(backend: &dyn Backend, cpu: &CpuBackend, call: &Call) -> Result<(), TestC
                     prop_assert!(
                         out.o.iter().all(|v| v.is_finite()),
                         "{:?}: non-finite o",
+                        backend.kind()
+                    );
+                }
+                Err(e) => check_err(e)?,
+            }
+        }
+        Call::DecodeVarlen {
+            op,
+            pages,
+            exact,
+            off,
+            counts,
+            block_table,
+            seq_lens,
+        } => {
+            let Some(cache) = cache(op.layout, *pages, false) else {
+                return Ok(());
+            };
+            // Exact calls: the offsets of the counts (each clamped to 0..=max_s_q, total_q
+            // taken from them), table entries in range and lengths of 1 by default.
+            let mut op = op.clone();
+            let cu: Vec<i32> = if *exact && op.batch <= 8 {
+                let mut cu = vec![0i32];
+                for b in 0..op.batch {
+                    let n = counts.get(b).copied().unwrap_or(1);
+                    let n = n.clamp(0, op.max_s_q.min(8) as i32);
+                    cu.push(cu[b] + n);
+                }
+                op.total_q = cu[op.batch] as usize;
+                cu
+            } else {
+                counts.clone()
+            };
+            let q_len = length(
+                [op.total_q, op.heads, op.layout.qk_dim()]
+                    .iter()
+                    .try_fold(1usize, |a, &b| a.checked_mul(b)),
+                *exact,
+                *off,
+            );
+            let q = vec![bf16::from_f32(0.5); q_len];
+            let table: Vec<i32> = match op.batch.checked_mul(op.max_pages) {
+                Some(n) if *exact && n <= 64 => (0..n)
+                    .map(|i| block_table.get(i).copied().unwrap_or((i % pages) as i32))
+                    .collect(),
+                _ => block_table.clone(),
+            };
+            let lens: Vec<i32> = if *exact && op.batch <= 8 {
+                (0..op.batch)
+                    .map(|b| seq_lens.get(b).copied().unwrap_or(1))
+                    .collect()
+            } else {
+                seq_lens.clone()
+            };
+            match backend.mla_decode_varlen(&op, &cache, &q, &cu, &table, &lens) {
+                Ok(out) => {
+                    accepted();
+                    prop_assert_eq!(out.o.len(), op.o_len());
+                    prop_assert_eq!(out.lse.len(), op.lse_len());
+                    prop_assert!(
+                        out.o.iter().all(|v| v.is_finite()),
+                        "{:?}: non-finite o",
+                        backend.kind()
+                    );
+                    prop_assert!(
+                        out.lse.iter().all(|v| !v.is_nan()),
+                        "{:?}: an lse not written",
                         backend.kind()
                     );
                 }

@@ -18,7 +18,7 @@ use half::bf16;
 use serde_json::json;
 use tessera::cuda::{
     AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut, DeviceInput,
-    MlaDecodeBuffers,
+    MlaDecodeBuffers, MlaDecodeVarlenBuffers,
 };
 use tessera::Fp8Gemm;
 
@@ -84,7 +84,7 @@ impl Executor for CudaExecutor {
             "time: median of CUDA-event-timed launches after warm-up; reps chosen for ~0.3 s (3..100)".into(),
             "fp8_gemm: FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets (L2 flushed by rotation)".into(),
             "fp8_gemm_grouped: FLOP 2 x rows computed x N x K; bytes A and D of the rows computed + B of every group + scales; group layout (i32 offsets or counts) uploaded once; sets rotated as fp8_gemm".into(),
-            "mla_decode: FLOP 2 b s_q h s_k (576 + 512); bytes cache (b s_k token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
+            "mla_decode: FLOP 2 b s_q h s_k (576 + 512) (skewed or varlen shapes: 2 h (576 + 512) sum of queries x keys per request); bytes cache (keys x token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
             "attention: bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz (every on block in full); bytes q + k + v + o; one set".into(),
             "attention_backward: the radial mask; o and lse from one forward run; FLOP 2.5 x the forward's (5 matmuls; the dq pass recomputes S and dP, not counted); bytes q + k + v + o + dO + dq + dk + dv; one set".into(),
         ]
@@ -488,36 +488,62 @@ impl MlaBench {
             let table = stream
                 .clone_htod(&table)
                 .map_err(|e| format!("upload: {e}"))?;
+            let lens: Vec<i32> = shape.seq_lens().iter().map(|&n| n as i32).collect();
             let lens = stream
-                .clone_htod(&vec![shape.s_k as i32; shape.batch])
+                .clone_htod(&lens)
                 .map_err(|e| format!("upload: {e}"))?;
-            let q = alloc_filled(stream, op.q_len(), &data::bf16s(32, 1 << 16, 1.0))?;
+            let cu_seqlens_q = stream
+                .clone_htod(&shape.cu_seqlens_q())
+                .map_err(|e| format!("upload: {e}"))?;
+            let varlen_op = shape.varlen_op();
+            let (q_len, o_len, lse_len) = if shape.varlen {
+                (varlen_op.q_len(), varlen_op.o_len(), varlen_op.lse_len())
+            } else {
+                (op.q_len(), op.o_len(), op.lse_len())
+            };
+            let q = alloc_filled(stream, q_len, &data::bf16s(32, 1 << 16, 1.0))?;
             let mut o = stream
-                .alloc_zeros::<bf16>(op.o_len())
+                .alloc_zeros::<bf16>(o_len)
                 .map_err(|e| format!("alloc: {e}"))?;
             let mut lse = stream
-                .alloc_zeros::<f32>(op.lse_len())
+                .alloc_zeros::<f32>(lse_len)
                 .map_err(|e| format!("alloc: {e}"))?;
-            let plan = backend
-                .mla_decode_plan(&op, shape.s_k)
-                .map_err(|e| e.to_string())?;
+            let plan = if shape.varlen {
+                backend.mla_decode_varlen_plan(&varlen_op, shape.s_k)
+            } else {
+                backend.mla_decode_plan(&op, shape.s_k)
+            }
+            .map_err(|e| e.to_string())?;
             let mut ws = stream
                 .alloc_zeros::<f32>(plan.workspace_len().max(1))
                 .map_err(|e| format!("alloc: {e}"))?;
             let cache_len = self.pages * layout.page_bytes();
             let (median, min, reps) = time_launches(stream, |_| {
-                let mut bufs = MlaDecodeBuffers {
-                    cache: self.cache.slice(0..cache_len),
-                    q: q.as_view(),
-                    block_table: table.as_view(),
-                    seq_lens: lens.as_view(),
-                    o: o.as_view_mut(),
-                    lse: lse.as_view_mut(),
-                    workspace: ws.as_view_mut(),
-                };
-                backend
-                    .mla_decode_on(stream, &op, &plan, &mut bufs)
-                    .map_err(|e| e.to_string())
+                if shape.varlen {
+                    let mut bufs = MlaDecodeVarlenBuffers {
+                        cache: self.cache.slice(0..cache_len),
+                        q: q.as_view(),
+                        cu_seqlens_q: cu_seqlens_q.as_view(),
+                        block_table: table.as_view(),
+                        seq_lens: lens.as_view(),
+                        o: o.as_view_mut(),
+                        lse: lse.as_view_mut(),
+                        workspace: ws.as_view_mut(),
+                    };
+                    backend.mla_decode_varlen_on(stream, &varlen_op, &plan, &mut bufs)
+                } else {
+                    let mut bufs = MlaDecodeBuffers {
+                        cache: self.cache.slice(0..cache_len),
+                        q: q.as_view(),
+                        block_table: table.as_view(),
+                        seq_lens: lens.as_view(),
+                        o: o.as_view_mut(),
+                        lse: lse.as_view_mut(),
+                        workspace: ws.as_view_mut(),
+                    };
+                    backend.mla_decode_on(stream, &op, &plan, &mut bufs)
+                }
+                .map_err(|e| e.to_string())
             })?;
             let lse_host = stream
                 .clone_dtoh(&lse)
@@ -525,21 +551,13 @@ impl MlaBench {
             if !lse_host.iter().all(|x| x.is_finite()) {
                 return Err("non-finite lse in the timed output".into());
             }
+            let mut params = shape.params();
+            params.insert("splits".into(), json!(plan.splits()));
             Ok(Record {
                 op: "mla_decode".into(),
                 shape: key.clone(),
                 implementation: IMPL.into(),
-                params: [
-                    ("b", json!(shape.batch)),
-                    ("s_k", json!(shape.s_k)),
-                    ("h_q", json!(shape.heads)),
-                    ("s_q", json!(shape.s_q)),
-                    ("cache", json!(if shape.fp8 { "fp8" } else { "bf16" })),
-                    ("splits", json!(plan.splits())),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+                params,
                 time_ms: Some(median),
                 min_ms: Some(min),
                 reps,

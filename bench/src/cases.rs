@@ -7,7 +7,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use tessera::{
     BlockMask, DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, GemmGrouping, MlaCacheFormat,
-    MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule, SparseAttention,
+    MlaCacheLayout, MlaDecode, MlaDecodeVarlen, RadialMaskConfig, ScaleRule, SparseAttention,
 };
 use tessera_testing::Rng;
 
@@ -115,22 +115,54 @@ pub struct AttentionWork {
     pub bytes: f64,
 }
 
-/// An MLA decode shape: pages of 64 (DeepSeek-V3's layout), one length for every request.
+/// How the lengths of an MLA decode shape's requests vary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlaLengths {
+    /// Every request `s_k` keys long.
+    Uniform,
+    /// Long-tailed: a fixed seeded log-uniform draw between [`MLA_SKEW_MIN`] and `s_k` keys
+    /// (one request of each bound), as a serving batch mixes short and long conversations.
+    Skewed,
+}
+
+/// The shortest request of a [`MlaLengths::Skewed`] shape.
+pub const MLA_SKEW_MIN: usize = 64;
+
+/// An MLA decode shape: pages of 64 (DeepSeek-V3's layout), the requests' lengths
+/// ([`MlaLengths`]) and query counts (`s_q` each, or with `varlen` a fixed seeded draw in
+/// `1..=s_q` per request, decoded through [`MlaDecodeVarlen`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlaShape {
     /// Requests.
     pub batch: usize,
-    /// Keys per request.
+    /// Keys per request (the longest request for [`MlaLengths::Skewed`]).
     pub s_k: usize,
     /// Query heads.
     pub heads: usize,
-    /// Query tokens per request.
+    /// Query tokens per request (the most, with `varlen`).
     pub s_q: usize,
     /// FP8 cache (else bf16).
     pub fp8: bool,
+    /// How the lengths vary over requests.
+    pub lengths: MlaLengths,
+    /// Query tokens per request vary (speculative decoding), through [`MlaDecodeVarlen`].
+    pub varlen: bool,
 }
 
 impl MlaShape {
+    /// A shape of `batch` requests of `s_k` keys and `s_q` queries each.
+    pub fn uniform(batch: usize, s_k: usize, heads: usize, s_q: usize, fp8: bool) -> Self {
+        Self {
+            batch,
+            s_k,
+            heads,
+            s_q,
+            fp8,
+            lengths: MlaLengths::Uniform,
+            varlen: false,
+        }
+    }
+
     /// The cache layout.
     pub fn layout(&self) -> MlaCacheLayout {
         MlaCacheLayout {
@@ -143,7 +175,8 @@ impl MlaShape {
         }
     }
 
-    /// The decode (block table of `ceil(s_k / 64)` columns).
+    /// The uniform decode (block table of `ceil(s_k / 64)` columns); with `varlen`, the
+    /// padded shape of [`MlaShape::varlen_op`].
     pub fn op(&self) -> MlaDecode {
         let layout = self.layout();
         MlaDecode {
@@ -156,33 +189,139 @@ impl MlaShape {
         }
     }
 
-    /// Pages the shape reads.
+    /// The variable-length decode of [`MlaShape::query_counts`] (`max_s_q = s_q`).
+    pub fn varlen_op(&self) -> MlaDecodeVarlen {
+        let op = self.op();
+        MlaDecodeVarlen {
+            batch: op.batch,
+            total_q: self.query_counts().iter().sum(),
+            max_s_q: op.s_q,
+            heads: op.heads,
+            max_pages: op.max_pages,
+            softmax_scale: op.softmax_scale,
+            layout: op.layout,
+        }
+    }
+
+    /// Keys of each request: `s_k` each, or the skewed draw (seed 41, log-uniform between
+    /// [`MLA_SKEW_MIN`] and `s_k`; request 0 has `s_k`, request 1 [`MLA_SKEW_MIN`]).
+    pub fn seq_lens(&self) -> Vec<usize> {
+        match self.lengths {
+            MlaLengths::Uniform => vec![self.s_k; self.batch],
+            MlaLengths::Skewed => {
+                let (lo, hi) = (MLA_SKEW_MIN.min(self.s_k), self.s_k);
+                let mut rng = Rng::new(41);
+                (0..self.batch)
+                    .map(|b| match b {
+                        0 => hi,
+                        1 => lo,
+                        _ => {
+                            let t = rng.uniform_f32((lo as f32).ln(), (hi as f32).ln());
+                            (t.exp().round() as usize).clamp(lo, hi)
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Query tokens of each request: `s_q` each, or with `varlen` a draw in `1..=s_q` (seed 43;
+    /// request 0 has `s_q`).
+    pub fn query_counts(&self) -> Vec<usize> {
+        if !self.varlen {
+            return vec![self.s_q; self.batch];
+        }
+        let mut rng = Rng::new(43);
+        (0..self.batch)
+            .map(|b| {
+                if b == 0 {
+                    self.s_q
+                } else {
+                    rng.range(1, self.s_q)
+                }
+            })
+            .collect()
+    }
+
+    /// The offsets `cu_seqlens_q` of [`MlaShape::query_counts`] (`[batch + 1]`).
+    pub fn cu_seqlens_q(&self) -> Vec<i32> {
+        let mut cu = vec![0i32];
+        for n in self.query_counts() {
+            cu.push(cu[cu.len() - 1] + n as i32);
+        }
+        cu
+    }
+
+    /// Pages the shape's block table covers (`batch * ceil(s_k / 64)`; a skewed shape reads
+    /// fewer).
     pub fn pages(&self) -> usize {
         self.batch * self.s_k.div_ceil(self.layout().page_size)
     }
 
-    /// The shape key shared with the peers.
+    /// The shape key shared with the peers: `b128 sk8192 hq16 sq1 bf16` for uniform shapes,
+    /// `b128 sk64-32768 skewed hq16 sq1-2 varlen bf16` for the others.
     pub fn key(&self) -> String {
+        let s_k = match self.lengths {
+            MlaLengths::Uniform => format!("sk{}", self.s_k),
+            MlaLengths::Skewed => format!("sk{}-{} skewed", MLA_SKEW_MIN.min(self.s_k), self.s_k),
+        };
+        let s_q = if self.varlen {
+            format!("sq1-{} varlen", self.s_q)
+        } else {
+            format!("sq{}", self.s_q)
+        };
         format!(
-            "b{} sk{} hq{} sq{} {}",
+            "b{} {s_k} hq{} {s_q} {}",
             self.batch,
-            self.s_k,
             self.heads,
-            self.s_q,
             if self.fp8 { "fp8" } else { "bf16" }
         )
     }
 
-    /// FLOP (`2 b s_q h s_k (576 + 512)`) and bytes (the cache read, q and o) of one run.
+    /// Keys over all requests: the sum of [`MlaShape::seq_lens`].
+    pub fn total_keys(&self) -> usize {
+        self.seq_lens().iter().sum()
+    }
+
+    /// FLOP (`2 h (576 + 512) Σ_b n_b len_b`, `n_b` queries and `len_b` keys of request `b`:
+    /// `2 b s_q h s_k (576 + 512)` for uniform shapes) and bytes (the cache read, q and o) of
+    /// one run.
     pub fn flops_bytes(&self) -> (f64, f64) {
         let layout = self.layout();
-        let op = self.op();
-        let flops = 2.0
-            * (self.batch * self.s_q * self.heads * self.s_k) as f64
-            * (layout.qk_dim() + layout.latent_dim) as f64;
-        let bytes = (self.batch * self.s_k * layout.token_bytes()) as f64
-            + 2.0 * (op.q_len() + op.o_len()) as f64;
+        let lens = self.seq_lens();
+        let counts = self.query_counts();
+        let query_keys: usize = lens.iter().zip(&counts).map(|(l, n)| l * n).sum();
+        let flops =
+            2.0 * (self.heads * query_keys) as f64 * (layout.qk_dim() + layout.latent_dim) as f64;
+        let queries: usize = counts.iter().sum();
+        let q_o = queries * self.heads * (layout.qk_dim() + layout.latent_dim);
+        let bytes = (lens.iter().sum::<usize>() * layout.token_bytes()) as f64 + 2.0 * q_o as f64;
         (flops, bytes)
+    }
+
+    /// The shape's parameters for its record.
+    pub fn params(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut p: BTreeMap<String, serde_json::Value> = [
+            ("b", json!(self.batch)),
+            ("s_k", json!(self.s_k)),
+            ("h_q", json!(self.heads)),
+            ("s_q", json!(self.s_q)),
+            ("cache", json!(if self.fp8 { "fp8" } else { "bf16" })),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if self.lengths == MlaLengths::Skewed {
+            p.insert("lengths".into(), json!("skewed"));
+            p.insert("total_keys".into(), json!(self.total_keys()));
+        }
+        if self.varlen {
+            p.insert(
+                "queries".into(),
+                json!(self.query_counts().iter().sum::<usize>()),
+            );
+        }
+        p
     }
 }
 
@@ -407,13 +546,7 @@ impl Suite {
                     tokens_per_frame: 512,
                     ..small.config
                 };
-                let mla = |fp8| MlaShape {
-                    batch: 4,
-                    s_k: 1024,
-                    heads: 16,
-                    s_q: 1,
-                    fp8,
-                };
+                let mla = |fp8| MlaShape::uniform(4, 1024, 16, 1, fp8);
                 let grouped_gemm = quick_grouped();
                 Ok(Self {
                     gemm: vec![(64, 2112, 7168), grouped_gemm[0].plain_twin()],
@@ -424,12 +557,10 @@ impl Suite {
                 })
             }
             ("quick", _) => {
-                let mla = |fp8| MlaShape {
-                    batch: 64,
-                    s_k: 4096,
-                    heads: 128,
-                    s_q: 1,
-                    fp8,
+                let mla = |fp8| MlaShape::uniform(64, 4096, 128, 1, fp8);
+                let skewed = MlaShape {
+                    lengths: MlaLengths::Skewed,
+                    ..MlaShape::uniform(64, 4096, 16, 2, false)
                 };
                 let grouped_gemm = quick_grouped();
                 Ok(Self {
@@ -440,7 +571,15 @@ impl Suite {
                     ],
                     grouped_gemm,
                     quantize: quick_quantize(),
-                    mla: vec![mla(false), mla(true)],
+                    mla: vec![
+                        mla(false),
+                        mla(true),
+                        skewed,
+                        MlaShape {
+                            varlen: true,
+                            ..skewed
+                        },
+                    ],
                     attention: vec![AttentionCase::published("wan", 1)],
                 })
             }
@@ -476,16 +615,35 @@ impl Suite {
                 for s_k in [4096, 8192, 32768] {
                     for heads in [16, 128] {
                         for s_q in [1, 2] {
-                            mla.push(MlaShape {
-                                batch,
-                                s_k,
-                                heads,
-                                s_q,
-                                fp8,
-                            });
+                            mla.push(MlaShape::uniform(batch, s_k, heads, s_q, fp8));
                         }
                     }
                 }
+            }
+        }
+        // Skewed lengths (b 128, 64 to 32768 keys, long-tailed), each beside the uniform shape of
+        // about the same total keys (the mean length rounded to a page); and speculative
+        // decoding with 1 to 4 draft tokens per request.
+        for fp8 in [false, true] {
+            for heads in [16, 128] {
+                let skewed = MlaShape {
+                    lengths: MlaLengths::Skewed,
+                    ..MlaShape::uniform(128, 32768, heads, 1, fp8)
+                };
+                let mean = skewed.total_keys().div_ceil(skewed.batch);
+                mla.push(skewed);
+                mla.push(MlaShape::uniform(
+                    128,
+                    mean.div_ceil(64) * 64,
+                    heads,
+                    1,
+                    fp8,
+                ));
+                mla.push(MlaShape {
+                    s_q: 4,
+                    varlen: true,
+                    ..skewed
+                });
             }
         }
         let attention = ["hunyuan", "wan"]
@@ -639,6 +797,50 @@ mod tests {
                 assert_eq!(case.flops_bytes().0, Fp8Gemm::new(m, n, k).flops());
             }
         }
+    }
+
+    #[test]
+    fn skewed_and_varlen_mla_shapes() {
+        let suite = Suite::named("standard", "cuda").unwrap();
+        let skewed: Vec<&MlaShape> = suite
+            .mla
+            .iter()
+            .filter(|s| s.lengths == MlaLengths::Skewed)
+            .collect();
+        assert_eq!(skewed.len(), 8);
+        for s in &skewed {
+            let lens = s.seq_lens();
+            assert_eq!(lens.len(), 128);
+            assert_eq!(*lens.iter().max().unwrap(), 32768);
+            assert_eq!(*lens.iter().min().unwrap(), 64);
+            // Long-tailed: the median well below the mean.
+            let mut sorted = lens.clone();
+            sorted.sort_unstable();
+            assert!(sorted[64] * 3 / 2 < s.total_keys() / 128, "{sorted:?}");
+            s.op().validate().unwrap();
+            if s.varlen {
+                let op = s.varlen_op();
+                op.validate_cu_seqlens_q(&s.cu_seqlens_q()).unwrap();
+                assert!(s.key().contains("sq1-4 varlen"), "{}", s.key());
+            }
+        }
+        // Every key is distinct (the report joins on them).
+        let mut keys: Vec<String> = suite.mla.iter().map(MlaShape::key).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), suite.mla.len());
+        assert_eq!(
+            MlaShape::uniform(64, 4096, 16, 2, true).key(),
+            "b64 sk4096 hq16 sq2 fp8"
+        );
+        // A uniform shape's FLOP and bytes as before.
+        let u = MlaShape::uniform(2, 100, 4, 2, false);
+        let (f, b) = u.flops_bytes();
+        assert_eq!(f, 2.0 * (2 * 2 * 4 * 100) as f64 * 1088.0);
+        assert_eq!(
+            b,
+            (200 * 1152) as f64 + 2.0 * (u.op().q_len() + u.op().o_len()) as f64
+        );
     }
 
     #[test]

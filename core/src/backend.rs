@@ -5,7 +5,7 @@ use crate::fp8::E4M3;
 use crate::mask::BlockMask;
 use crate::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use crate::ops::fp8::{Fp8Gemm, Fp8Quantize, Fp8Quantized};
-use crate::ops::mla::{MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput};
+use crate::ops::mla::{MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, MlaDecodeVarlen};
 use crate::tensor::TensorRef;
 use half::bf16;
 
@@ -105,6 +105,28 @@ pub trait Backend: Send + Sync {
         block_table: &[i32],
         seq_lens: &[i32],
     ) -> Result<MlaDecodeOutput>;
+
+    /// Absorbed decode with a variable number of query tokens per request (`cu_seqlens_q`
+    /// offsets into the packed queries); see [`MlaDecodeVarlen`] for layouts. Backends without a
+    /// kernel for it return [`crate::Error::Unsupported`] (the default), after checking the
+    /// descriptor.
+    fn mla_decode_varlen(
+        &self,
+        op: &MlaDecodeVarlen,
+        cache: &MlaCache,
+        q: &[bf16],
+        cu_seqlens_q: &[i32],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<MlaDecodeOutput> {
+        let _ = (cache, q, cu_seqlens_q, block_table, seq_lens);
+        op.validate()?;
+        Err(crate::Error::Unsupported {
+            op: "mla_decode_varlen",
+            backend: self.device().backend,
+            reason: "no variable-length MLA decode kernel yet".to_string(),
+        })
+    }
 
     /// Quantizes to E4M3 with per-group scales; see [`Fp8Quantize`].
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized>;

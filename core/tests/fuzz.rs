@@ -16,8 +16,8 @@ use tessera_core::radial::{
 };
 use tessera_core::{
     bf16, BackendKind, BlockMask, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend,
-    MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule, TensorRef,
-    E4M3, E5M2,
+    MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeVarlen, RadialMaskConfig,
+    ScaleRule, TensorRef, E4M3, E5M2,
 };
 
 /// Runs `f`, turning a panic into a test failure that shows `input`.
@@ -380,6 +380,50 @@ proptest! {
                         let page = block_table[b * max_pages + p];
                         prop_assert!(page >= 0 && (page as usize) < cache.num_pages());
                     }
+                }
+            }
+            Err(e) => prop_assert!(typed(&e), "{e:?}"),
+        }
+    }
+
+    #[test]
+    fn mla_decode_varlen_descriptor(
+        layout in layout(),
+        num_pages in prop_oneof![1usize..6, size()],
+        batch in prop_oneof![1usize..4, size()],
+        total_q in prop_oneof![0usize..8, size()],
+        max_s_q in prop_oneof![1usize..4, size()],
+        heads in prop_oneof![1usize..4, size()],
+        max_pages in prop_oneof![1usize..4, size()],
+        scale in float32(),
+        q_len in prop_oneof![0usize..4000, size().prop_map(|s| s % 8192)],
+        cu_seqlens_q in prop::collection::vec(slot(), 0..6),
+        block_table in prop::collection::vec(slot(), 0..16),
+        seq_lens in prop::collection::vec(slot(), 0..5),
+    ) {
+        let op = MlaDecodeVarlen { batch, total_q, max_s_q, heads, max_pages, softmax_scale: scale, layout };
+        no_panic(&op, || {
+            let _ = (op.q_len(), op.o_len(), op.lse_len(), op.block_table_len(), op.cu_seqlens_q_len());
+            let _ = (op.padded(), op.request(1));
+        });
+        let descriptor = no_panic(&op, || op.validate());
+        if let Err(e) = &descriptor {
+            prop_assert!(typed(e), "{e:?}");
+        }
+        if let Err(e) = no_panic(&op, || op.validate_cu_seqlens_q(&cu_seqlens_q)) {
+            prop_assert!(typed(&e), "{e:?}");
+        }
+        let Some(cache) = small_cache(layout, num_pages) else { return Ok(()); };
+        let q = vec![bf16::ONE; q_len];
+        let input = (&op, num_pages, q_len, &cu_seqlens_q, &block_table, &seq_lens);
+        match no_panic(&input, || op.validate_args(&cache, &q, &cu_seqlens_q, &block_table, &seq_lens)) {
+            Ok(()) => {
+                prop_assert!(descriptor.is_ok());
+                prop_assert_eq!(q.len(), op.q_len());
+                prop_assert_eq!(cu_seqlens_q[0], 0);
+                prop_assert_eq!(cu_seqlens_q[batch] as usize, total_q);
+                for w in cu_seqlens_q.windows(2) {
+                    prop_assert!(w[0] <= w[1] && (w[1] - w[0]) as usize <= max_s_q);
                 }
             }
             Err(e) => prop_assert!(typed(&e), "{e:?}"),

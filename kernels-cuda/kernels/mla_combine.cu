@@ -1,23 +1,42 @@
 // MLA decode's split combine: merges the partial outputs of the KV splits of mla_decode.cu by
 // log-sum-exp.
 //
-// No compile-time constants of its own: TESSERA_SMEM_BYTES 0, TESSERA_THREADS 128.
+// Compile-time constants (required): VARLEN 0 = s_q queries per request, 1 = cu_seqlens_q
+// offsets (as in mla_decode.cu); TESSERA_SMEM_BYTES 0, TESSERA_THREADS 128.
 
+#ifndef VARLEN
+#error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
+#endif
+#if VARLEN != 0 && VARLEN != 1
+#error "VARLEN must be 0 or 1"
+#endif
 static_assert(TESSERA_SMEM_BYTES == 0, "the combine uses no dynamic shared memory");
 static_assert(TESSERA_THREADS == 128, "the combine runs 128 threads per (request, row)");
 
 // One block of 128 threads per (request, row): merges the splits' partial outputs by log-sum-exp.
 //   ws f32 [splits, batch, rows, latent] (partial o), then [splits, batch, rows] (partial lse)
-//   o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]   (rows = s_q * heads)
+//     (rows = s_q * heads; with VARLEN s_q is max_s_q and a request's rows past its own
+//     n * heads are not written by the decode and skipped here)
+//   VARLEN 0: o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]
+//   VARLEN 1: o bf16 [total_q, heads, latent]; lse f32 [heads, total_q]; request b's queries are
+//     the tokens cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (out-of-range offsets: skipped)
 // All splits -inf (no key seen): o = 0, lse = -inf. Any NaN: NaN.
 extern "C" __global__ void __launch_bounds__(128) mla_combine(
-    const float* __restrict__ ws, u16* __restrict__ o, float* __restrict__ lse, int batch, int s_q,
-    int heads, int latent, int splits) {
+    const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
+    float* __restrict__ lse, int batch, int s_q, int total_q, int heads, int latent, int splits) {
     const int rows = s_q * heads;
     const float* ws_o = ws;
     const float* ws_lse = ws + (i64)splits * batch * rows * latent;
     const i64 br = blockIdx.x;  // b * rows + r
     const int b = (int)(br / rows), r = (int)(br % rows);
+#if VARLEN
+    const int q_begin = cu_seqlens_q[b];
+    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
+    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
+    if (bad_q || r >= (int)n_raw * heads) return;
+#else
+    const int q_begin = b * s_q;
+#endif
     const i64 split_stride = (i64)batch * rows;
     float mx = TESSERA_NEG_INF;
     bool nan = false;
@@ -34,7 +53,7 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
         for (int sp = 0; sp < splits; ++sp) sum += expf(ws_lse[sp * split_stride + br] - mx);
         total = mx + logf(sum);
     }
-    u16* orow = o + br * latent;
+    u16* orow = o + ((i64)q_begin * heads + r) * latent;
     for (int c = threadIdx.x * 4; c < latent; c += 128 * 4) {
         float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (nan) {
@@ -58,6 +77,10 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
     }
     if (threadIdx.x == 0) {
         const int i = r / heads, h = r % heads;
+#if VARLEN
+        lse[(i64)h * total_q + q_begin + i] = total;
+#else
         lse[((i64)b * heads + h) * s_q + i] = total;
+#endif
     }
 }

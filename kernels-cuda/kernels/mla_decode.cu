@@ -11,13 +11,20 @@
 //   ROW_SLICES  16-row slices of queries per CTA: 1, 2 or 4 (M = 16 * ROW_SLICES rows)
 //   KEY_TILE    keys per shared-memory tile (N): 32 or 64
 //   STAGES      key tiles in the cp.async pipeline: 2, 3 or 4
+//   VARLEN      0 = s_q queries per request (q, o, lse as below)
+//               1 = a variable number per request: request b owns the packed query tokens
+//               cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (at most s_q = max_s_q of them), q bf16
+//               [total_q, heads, qk], o bf16 [total_q, heads, latent], lse f32 [heads, total_q];
+//               the grid and the workspace are those of s_q = max_s_q, CTAs past a request's
+//               rows exit at once
 //   TESSERA_SMEM_BYTES  mla_smem_layout(...).end below: checked at compile time when the dims are
 //               compile-time (LATENT != 0); 0 when they are run-time, and then the kernel checks
 //               its layout against the launch's dynamic shared memory (and traps if it is short)
 //   TESSERA_THREADS     256 (8 warps)
 //
-// Problem (one KV head, multi-query): for request b, the rows are its s_q * heads queries, row
-// r = i * heads + h (the order of q); query i sees keys j < len - (s_q - 1 - i).
+// Problem (one KV head, multi-query): for request b, the rows are its n * heads queries (n = s_q,
+// or its count with VARLEN), row r = i * heads + h (the order of q); query i sees keys
+// j < len - (n - 1 - i).
 //   q       bf16 [batch, s_q * heads, qk]          qk = latent + rope
 //   cache   u8   [num_pages, page_size, token_bytes]
 //   block_table i32 [batch, max_pages]; seq_lens i32 [batch]
@@ -51,7 +58,9 @@
 //
 // Error signal: a block-table entry read for a key (only those of keys < len) outside
 // 0..num_pages, or a length outside 0..=max_pages*page_size, is never dereferenced; the outputs
-// of the rows of that CTA (and so of their request in split mode) become NaN.
+// of the rows of that CTA (and so of their request in split mode) become NaN. With VARLEN, a
+// request whose offsets are out of range (start < 0, count outside 0..=s_q, end > total_q) has
+// no rows: nothing of it is read or written.
 
 #ifndef FMT
 #error "FMT is required (0 = bf16 records, 1 = FP8 records)"
@@ -74,6 +83,9 @@
 #ifndef STAGES
 #error "STAGES is required (key tiles in flight: 2, 3 or 4)"
 #endif
+#ifndef VARLEN
+#error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
+#endif
 #if FMT != 0 && FMT != 1
 #error "FMT must be 0 or 1"
 #endif
@@ -94,6 +106,9 @@
 #endif
 #if STAGES < 2 || STAGES > 4
 #error "STAGES must be 2, 3 or 4"
+#endif
+#if VARLEN != 0 && VARLEN != 1
+#error "VARLEN must be 0 or 1"
 #endif
 
 #define MLA_WARPS 8
@@ -173,10 +188,10 @@ static_assert(TESSERA_SMEM_BYTES == 0, "run-time dims: the shared memory is size
 template <int RS, int N>
 __device__ __forceinline__ void mla_decode_impl(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,
-    float* __restrict__ ws, int batch, int s_q, int heads, int max_pages, int page_size,
-    int num_pages, int latent_rt, int rope_rt, int token_bytes, int splits, int row_groups,
-    int col_chunks, float scale_log2) {
+    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
+    float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q, int heads,
+    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
+    int splits, int row_groups, int col_chunks, float scale_log2) {
     constexpr int M = 16 * RS;
     constexpr int CW = MLA_WARPS / RS;            // S-phase warps per row slice
     constexpr int SCW = CW < N / 8 ? CW : N / 8;  // of which compute scores
@@ -231,15 +246,29 @@ __device__ __forceinline__ void mla_decode_impl(
     const int g = lane / 4, tq = lane % 4;
     const bool s_warp = cw < SCW;  // this warp computes scores
 
-    const int rows_total = s_q * heads;
+    // This request's queries: n_q of them, packed from token q_begin on (uniform: s_q from b * s_q).
+#if VARLEN
+    const int q_begin = cu_seqlens_q[b];
+    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
+    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
+    const int n_q = bad_q ? 0 : (int)n_raw;
+#else
+    const int q_begin = b * s_q;
+    const int n_q = s_q;
+#endif
+    const int rows_total = n_q * heads;  // this request's rows
+    const int rows_pad = s_q * heads;    // rows per request in the workspace
     const int r0 = rg * M;
+    // CTAs past the request's rows (only with VARLEN) have nothing to do; the whole CTA leaves
+    // before any barrier.
+    if (r0 >= rows_total) return;
     const int rows_here = min(M, rows_total - r0);
     const int len_raw = seq_lens[b];
     const bool bad_len = len_raw < 0 || (i64)len_raw > (i64)max_pages * page_size;
     const int len = bad_len ? 0 : len_raw;
     // Keys visible to the last row of this CTA, and this split's share of them.
     const int i_last = (r0 + rows_here - 1) / heads;
-    const int kv_end = max(0, len - (s_q - 1 - i_last));
+    const int kv_end = max(0, len - (n_q - 1 - i_last));
     const int per_split = ((len + splits - 1) / splits + N - 1) / N * N;
     const int k_begin = split * per_split;
     const int k_end = min(k_begin + per_split, kv_end);
@@ -252,7 +281,7 @@ __device__ __forceinline__ void mla_decode_impl(
         const int r = r0 + rs * 16 + g + 8 * ri;
         if (r < rows_total) {
             const int i = r / heads;
-            lim[ri] = min(len - (s_q - 1 - i), k_end);
+            lim[ri] = min(len - (n_q - 1 - i), k_end);
         } else {
             lim[ri] = -1;
         }
@@ -336,7 +365,7 @@ __device__ __forceinline__ void mla_decode_impl(
     // Prologue: Q (its own commit group), the first STAGES - 1 key tiles (one group each), the
     // table entries of the next tile.
     {
-        const u16* qb = q + ((i64)b * rows_total + r0) * qk;
+        const u16* qb = q + ((i64)q_begin * heads + r0) * qk;
         const int cpr = qk / 8;  // 16-byte chunks per row
         for (int idx = tid; idx < M * cpr; idx += MLA_THREADS) {
             const int row = idx / cpr, c = idx % cpr;
@@ -594,7 +623,7 @@ __device__ __forceinline__ void mla_decode_impl(
     for (int ri = 0; ri < 2; ++ri)
         if (tq == 0) sRed[cw * M + rs * 16 + g + 8 * ri] = l_s[ri];
     __syncthreads();
-    float* ws_lse = ws + (i64)splits * batch * rows_total * latent;
+    float* ws_lse = ws + (i64)splits * batch * rows_pad * latent;
 #pragma unroll
     for (int mt = 0; mt < RS; ++mt)
 #pragma unroll
@@ -613,7 +642,7 @@ __device__ __forceinline__ void mla_decode_impl(
             }
             const bool write_lse = chunk == 0 && warp == 0 && tq == 0;
             if (splits == 1) {
-                u16* orow = o + ((i64)b * rows_total + r) * latent;
+                u16* orow = o + ((i64)q_begin * heads + r) * latent;
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
                     const int col = col0 + nt * 8 + 2 * tq;
@@ -622,10 +651,14 @@ __device__ __forceinline__ void mla_decode_impl(
                 }
                 if (write_lse) {
                     const int i = r / heads, hd = r % heads;
+#if VARLEN
+                    lse[(i64)hd * total_q + q_begin + i] = lse_v;
+#else
                     lse[((i64)b * heads + hd) * s_q + i] = lse_v;
+#endif
                 }
             } else {
-                const i64 wrow = ((i64)split * batch + b) * rows_total + r;
+                const i64 wrow = ((i64)split * batch + b) * rows_pad + r;
                 float* orow = ws + wrow * latent;
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
@@ -641,11 +674,11 @@ __device__ __forceinline__ void mla_decode_impl(
 // The entry point: one tiling (ROW_SLICES, KEY_TILE, STAGES) per compiled variant.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, u16* __restrict__ o, float* __restrict__ lse,
-    float* __restrict__ ws, int batch, int s_q, int heads, int max_pages, int page_size,
-    int num_pages, int latent_rt, int rope_rt, int token_bytes, int splits, int row_groups,
-    int col_chunks, float scale_log2) {
-    mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, o, lse, ws, batch, s_q, heads,
-                                          max_pages, page_size, num_pages, latent_rt, rope_rt, token_bytes,
-                                          splits, row_groups, col_chunks, scale_log2);
+    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
+    float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q, int heads,
+    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
+    int splits, int row_groups, int col_chunks, float scale_log2) {
+    mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, cu_seqlens_q, o, lse, ws, batch, s_q,
+                                          total_q, heads, max_pages, page_size, num_pages, latent_rt, rope_rt,
+                                          token_bytes, splits, row_groups, col_chunks, scale_log2);
 }

@@ -142,11 +142,13 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
             let d = MlaDecodeVariant::new(&layout, t);
             if d.valid_on(arch).is_ok() {
                 v.push(Box::new(d));
+                v.push(Box::new(d.with_varlen(true)));
             }
         }
     }
     v.push(Box::new(MlaAppendVariant));
-    v.push(Box::new(MlaCombineVariant));
+    v.push(Box::new(MlaCombineVariant { varlen: false }));
+    v.push(Box::new(MlaCombineVariant { varlen: true }));
     for input in [QuantizeInput::F32, QuantizeInput::F16, QuantizeInput::Bf16] {
         for pow2 in [false, true] {
             for granularity in [
@@ -255,6 +257,7 @@ mod tests {
                 };
                 for c in shape.candidates(&arch).unwrap() {
                     assert!(has(&c), "{c:?} on {arch}");
+                    assert!(has(&c.with_varlen(true)), "{c:?} varlen on {arch}");
                 }
             }
             let q = QuantizeShape {
@@ -269,7 +272,9 @@ mod tests {
             for c in q.candidates(&arch).unwrap() {
                 assert!(has(&c));
             }
-            assert!(has(&MlaAppendVariant) && has(&MlaCombineVariant));
+            assert!(has(&MlaAppendVariant));
+            assert!(has(&MlaCombineVariant { varlen: false }));
+            assert!(has(&MlaCombineVariant { varlen: true }));
         }
     }
 }

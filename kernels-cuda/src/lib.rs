@@ -22,7 +22,7 @@ mod runtime;
 pub use ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
 pub use ops::attention_backward::AttentionBackwardBuffers;
 pub use ops::fp8::DeviceInput;
-pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
+pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan, MlaDecodeVarlenBuffers};
 pub use plan::{ArchSpec, GemmVariant, MmaSyncGemm, TuneOutcome};
 pub use probe::{probe, CudaProbe};
 pub use runtime::{CudaRuntime, TUNE_ENV};
@@ -32,7 +32,8 @@ use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use tessera_core::{
     Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Error, Fp8Gemm, Fp8Quantize,
-    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef, E4M3,
+    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, MlaDecodeVarlen, Result,
+    TensorRef, E4M3,
 };
 
 /// The CUDA backend on one device.
@@ -202,6 +203,18 @@ impl Backend for CudaBackend {
         seq_lens: &[i32],
     ) -> Result<MlaDecodeOutput> {
         self.mla_decode_host(op, cache, q, block_table, seq_lens)
+    }
+
+    fn mla_decode_varlen(
+        &self,
+        op: &MlaDecodeVarlen,
+        cache: &MlaCache,
+        q: &[bf16],
+        cu_seqlens_q: &[i32],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<MlaDecodeOutput> {
+        self.mla_decode_varlen_host(op, cache, q, cu_seqlens_q, block_table, seq_lens)
     }
 
     fn fp8_quantize(&self, op: &Fp8Quantize, x: TensorRef<'_>) -> Result<Fp8Quantized> {

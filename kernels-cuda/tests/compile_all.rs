@@ -118,8 +118,10 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
         Box::new(AttentionBackwardVariant::Query(BACKWARD_TILES)),
         Box::new(MlaDecodeVariant::new(&fp8, (1, 64, 3))),
         Box::new(MlaDecodeVariant::new(&generic, (2, 32, 2))),
+        Box::new(MlaDecodeVariant::new(&fp8, (4, 32, 3)).with_varlen(true)),
         Box::new(MlaAppendVariant),
-        Box::new(MlaCombineVariant),
+        Box::new(MlaCombineVariant { varlen: false }),
+        Box::new(MlaCombineVariant { varlen: true }),
         Box::new(QuantizeVariant {
             input: QuantizeInput::F16,
             pow2: true,
@@ -243,6 +245,11 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
             "shared-memory size",
         ),
         (set(&mla, "KEY_TILE", "16"), "KEY_TILE must be"),
+        (set(&mla, "VARLEN", "2"), "VARLEN must be"),
+        (
+            set(&MlaCombineVariant { varlen: true }, "VARLEN", "2"),
+            "VARLEN must be",
+        ),
         (
             set(&mla, "TESSERA_SMEM_BYTES", &smem(&mla)),
             "shared-memory size",
@@ -250,7 +257,7 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         (set(&quantize, "IN_KIND", "3"), "IN_KIND must be"),
         (set(&quantize, "TESSERA_THREADS", "128"), "8 warps"),
         (
-            set(&MlaCombineVariant, "TESSERA_SMEM_BYTES", "16"),
+            set(&MlaCombineVariant::default(), "TESSERA_SMEM_BYTES", "16"),
             "no dynamic shared memory",
         ),
     ];

@@ -7,7 +7,8 @@
 use half::bf16;
 use tessera_core::{
     Backend, BlockMask, DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, GemmGrouping, MlaAppend,
-    MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, ScaleRule, SparseAttention, Tensor, E4M3,
+    MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeVarlen, ScaleRule,
+    SparseAttention, Tensor, E4M3,
 };
 use tessera_cuda::plan::{AttentionShape, KernelSpec, MlaDecodeShape, PlannedOp, QuantizeShape};
 use tessera_cuda::CudaBackend;
@@ -354,6 +355,95 @@ fn every_mla_candidate_matches_the_reference() {
                     layout.format, layout.latent_dim, layout.rope_dim, c.label()
                 );
                 assert!(got_o.iter().all(|x| x.is_finite()), "{}", c.label());
+                assert!(
+                    rel <= 1e-2 && lse <= 2e-3,
+                    "{}: rel {rel} lse {lse}",
+                    c.label()
+                );
+            }
+        }
+    }
+}
+
+/// The variable-length decode (`cu_seqlens_q` offsets) on every candidate tiling: random query
+/// counts from 0 to `max_s_q` per request (zero-length requests and requests without queries
+/// among them), one long request that the plan splits over CTAs (the varlen combine runs), both
+/// cache formats and a run-time-dims layout; outputs start as NaN and must all be written.
+#[test]
+fn every_mla_varlen_candidate_matches_the_reference() {
+    let Some(be) = backend() else { return };
+    let layouts = [
+        MlaCacheLayout::default(),
+        MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        },
+        MlaCacheLayout {
+            page_size: 16,
+            latent_dim: 256,
+            rope_dim: 32,
+            format: MlaCacheFormat::Fp8,
+        },
+    ];
+    let mut rng = Rng::new(12);
+    // (max_s_q, heads, lens, query counts).
+    let cases: [(usize, usize, &[usize], &[usize]); 3] = [
+        (4, 5, &[77, 0, 300, 64, 1, 65], &[3, 2, 0, 4, 1, 4]),
+        (2, 16, &[1500, 63], &[2, 1]),
+        (3, 128, &[40, 200, 0], &[1, 3, 0]),
+    ];
+    for layout in layouts {
+        for &(max_s_q, heads, lens, counts) in &cases {
+            let (cache, table, max_pages, ..) = mla_inputs(layout, lens, &mut rng);
+            let mut cu = vec![0i32];
+            for &n in counts {
+                cu.push(cu.last().unwrap() + n as i32);
+            }
+            let op = MlaDecodeVarlen {
+                batch: lens.len(),
+                total_q: *cu.last().unwrap() as usize,
+                max_s_q,
+                heads,
+                max_pages,
+                softmax_scale: 192f32.powf(-0.5),
+                layout,
+            };
+            let q: Vec<bf16> = (0..op.q_len())
+                .map(|_| bf16::from_f32(rng.uniform(-2.0, 2.0)))
+                .collect();
+            let lens_i32: Vec<i32> = lens.iter().map(|&n| n as i32).collect();
+            let q64: Vec<f64> = q.iter().map(|x| x.to_f64()).collect();
+            let want = ref_mla::mla_decode_varlen(&op, &cache, &q64, &cu, &table, &lens_i32);
+            let max_len = lens.iter().copied().max().unwrap_or(0);
+            let padded = op.padded();
+            let shape = MlaDecodeShape {
+                op: &padded,
+                max_seq_len: max_len,
+            };
+            for c in shape.candidates(be.arch_spec()).unwrap() {
+                be.plans().pin(&shape, c).unwrap();
+                let plan = be.mla_decode_varlen_plan(&op, max_len).unwrap();
+                assert!(plan.variant().varlen && plan.variant().tiling() == c.tiling());
+                let out = be
+                    .mla_decode_varlen(&op, &cache, &q, &cu, &table, &lens_i32)
+                    .unwrap();
+                let got_o: Vec<f64> = out.o.iter().map(|x| x.to_f64()).collect();
+                let got_lse: Vec<f64> = out.lse.iter().map(|&x| x as f64).collect();
+                let rel = metrics::relative_l2_error(&got_o, &want.o);
+                let lse = metrics::lse_max_error(&got_lse, &want.lse);
+                println!(
+                    "mla varlen {:?} latent {} max_s_q {max_s_q} h {heads} counts {counts:?} lens {lens:?} {} splits {}: rel {rel:.2e} lse {lse:.2e}",
+                    layout.format, layout.latent_dim, c.label(), plan.splits()
+                );
+                assert!(got_o.iter().all(|x| x.is_finite()), "{}", c.label());
+                assert!(
+                    got_lse
+                        .iter()
+                        .zip(&want.lse)
+                        .all(|(g, w)| !g.is_nan() && (g.is_finite() == w.is_finite())),
+                    "{}: lse not written or -inf mismatch",
+                    c.label()
+                );
                 assert!(
                     rel <= 1e-2 && lse <= 2e-3,
                     "{}: rel {rel} lse {lse}",

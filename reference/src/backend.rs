@@ -10,7 +10,8 @@ use half::bf16;
 use tessera_core::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use tessera_core::{
     Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, Fp8Gemm, Fp8Quantize,
-    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, Tensor, TensorRef, E4M3,
+    Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, MlaDecodeVarlen, Result, Tensor,
+    TensorRef, E4M3,
 };
 
 /// The reference backend. Always available.
@@ -147,6 +148,30 @@ impl Backend for CpuBackend {
     ) -> Result<MlaDecodeOutput> {
         op.validate_args(cache, q, block_table, seq_lens)?;
         let r = crate::mla::mla_decode(op, cache, &bf16_to_f64(q), block_table, seq_lens);
+        Ok(MlaDecodeOutput {
+            o: r.o.iter().map(|&x| bf16::from_f64(x)).collect(),
+            lse: r.lse.iter().map(|&x| x as f32).collect(),
+        })
+    }
+
+    fn mla_decode_varlen(
+        &self,
+        op: &MlaDecodeVarlen,
+        cache: &MlaCache,
+        q: &[bf16],
+        cu_seqlens_q: &[i32],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<MlaDecodeOutput> {
+        op.validate_args(cache, q, cu_seqlens_q, block_table, seq_lens)?;
+        let r = crate::mla::mla_decode_varlen(
+            op,
+            cache,
+            &bf16_to_f64(q),
+            cu_seqlens_q,
+            block_table,
+            seq_lens,
+        );
         Ok(MlaDecodeOutput {
             o: r.o.iter().map(|&x| bf16::from_f64(x)).collect(),
             lse: r.lse.iter().map(|&x| x as f32).collect(),

@@ -17,7 +17,7 @@
 use crate::attention::attend;
 use half::bf16;
 use tessera_core::ops::mla::mla_fp8_scale;
-use tessera_core::{MlaCache, MlaCacheFormat, MlaDecode, E4M3};
+use tessera_core::{MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeVarlen, E4M3};
 
 /// FP8 cache scale groups hold this many latent values.
 const FP8_CACHE_GROUP: usize = 128;
@@ -105,9 +105,10 @@ pub fn visible_keys(seq_len: usize, s_q: usize, query: usize) -> usize {
 /// Output of the reference decode.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaDecodeResult {
-    /// `[batch, s_q, heads, latent_dim]`.
+    /// `[batch, s_q, heads, latent_dim]` ([`mla_decode_varlen`]: `[total_q, heads, latent_dim]`).
     pub o: Vec<f64>,
-    /// `[batch, heads, s_q]`, natural log; -inf where the query sees no key.
+    /// `[batch, heads, s_q]` ([`mla_decode_varlen`]: `[heads, total_q]`), natural log; -inf
+    /// where the query sees no key.
     pub lse: Vec<f64>,
 }
 
@@ -158,16 +159,11 @@ pub fn mla_decode(
     let mut lse = vec![0.0; op.lse_len()];
     for b in 0..op.batch {
         let len = usize::try_from(seq_lens[b]).expect("seq_lens must be >= 0");
-        // Key j of this request as f64 `[latent | rope]`; its value is the latent prefix.
-        let keys: Vec<Vec<f64>> = (0..len)
-            .map(|j| {
-                let page = block_table[b * op.max_pages + j / layout.page_size];
-                let page = usize::try_from(page).expect("block-table entries in use must be >= 0");
-                let (latent, rope) =
-                    cache.read_token(page * layout.page_size + j % layout.page_size);
-                latent.iter().chain(&rope).map(|&x| x as f64).collect()
-            })
-            .collect();
+        let keys = request_keys(
+            cache,
+            &block_table[b * op.max_pages..(b + 1) * op.max_pages],
+            len,
+        );
         let pairs: Vec<(&[f64], &[f64])> = keys
             .iter()
             .map(|key| (&key[..], &key[..latent_dim]))
@@ -184,6 +180,106 @@ pub fn mla_decode(
                 );
                 o[row * latent_dim..(row + 1) * latent_dim].copy_from_slice(&attended.o);
                 lse[(b * op.heads + h) * op.s_q + i] = attended.lse;
+            }
+        }
+    }
+    MlaDecodeResult { o, lse }
+}
+
+/// The keys `0 .. len` of one request as f64 `[latent | rope]` (a key's value is its latent
+/// prefix): key `j` is slot `table_row[j / page_size] * page_size + j % page_size`.
+fn request_keys(cache: &MlaCache, table_row: &[i32], len: usize) -> Vec<Vec<f64>> {
+    let layout: MlaCacheLayout = *cache.layout();
+    (0..len)
+        .map(|j| {
+            let page = table_row[j / layout.page_size];
+            let page = usize::try_from(page).expect("block-table entries in use must be >= 0");
+            let (latent, rope) = cache.read_token(page * layout.page_size + j % layout.page_size);
+            latent.iter().chain(&rope).map(|&x| x as f64).collect()
+        })
+        .collect()
+}
+
+/// Absorbed decode with a variable number of queries per request (see [`MlaDecodeVarlen`]).
+/// Arguments must be valid ([`MlaDecodeVarlen::validate_args`]).
+///
+/// Request `b` owns the query tokens `t` in `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]` (`n` of
+/// them); its query `i = t - cu_seqlens_q[b]` and head `h` attend the keys
+/// `j < visible_keys(seq_lens[b], n, i)`, read as in [`mla_decode`].
+///
+/// Layouts: q f64 `[total_q, heads, latent_dim + rope_dim]`; `cu_seqlens_q` `[batch + 1]`;
+/// `block_table` `[batch, max_pages]`; `seq_lens` `[batch]`; output o
+/// `[total_q, heads, latent_dim]`, lse `[heads, total_q]` (natural log). A query that sees no
+/// key gets `o = 0` and `lse = -inf`. A request with no queries reads nothing.
+///
+/// # Panics
+/// If the arguments are inconsistent (what [`MlaDecodeVarlen::validate_args`] rejects).
+pub fn mla_decode_varlen(
+    op: &MlaDecodeVarlen,
+    cache: &MlaCache,
+    q: &[f64],
+    cu_seqlens_q: &[i32],
+    block_table: &[i32],
+    seq_lens: &[i32],
+) -> MlaDecodeResult {
+    let layout = op.layout;
+    assert_eq!(
+        *cache.layout(),
+        layout,
+        "the cache's layout must be op.layout"
+    );
+    assert_eq!(
+        q.len(),
+        op.q_len(),
+        "q must be [total_q, heads, latent_dim + rope_dim]"
+    );
+    assert_eq!(
+        cu_seqlens_q.len(),
+        op.batch + 1,
+        "cu_seqlens_q must be [batch + 1]"
+    );
+    assert_eq!(
+        block_table.len(),
+        op.batch * op.max_pages,
+        "block_table must be [batch, max_pages]"
+    );
+    assert_eq!(seq_lens.len(), op.batch, "seq_lens must be [batch]");
+    let (latent_dim, qk_dim) = (layout.latent_dim, layout.qk_dim());
+    let scale = op.softmax_scale as f64;
+    let mut o = vec![0.0; op.o_len()];
+    let mut lse = vec![0.0; op.lse_len()];
+    for b in 0..op.batch {
+        let start = usize::try_from(cu_seqlens_q[b]).expect("cu_seqlens_q must be >= 0");
+        let end = usize::try_from(cu_seqlens_q[b + 1]).expect("cu_seqlens_q must be >= 0");
+        let n = end
+            .checked_sub(start)
+            .expect("cu_seqlens_q must not decrease");
+        if n == 0 {
+            continue;
+        }
+        let len = usize::try_from(seq_lens[b]).expect("seq_lens must be >= 0");
+        let keys = request_keys(
+            cache,
+            &block_table[b * op.max_pages..(b + 1) * op.max_pages],
+            len,
+        );
+        let pairs: Vec<(&[f64], &[f64])> = keys
+            .iter()
+            .map(|key| (&key[..], &key[..latent_dim]))
+            .collect();
+        for i in 0..n {
+            let t = start + i;
+            let visible = &pairs[..visible_keys(len, n, i)];
+            for h in 0..op.heads {
+                let row = t * op.heads + h;
+                let attended = attend(
+                    &q[row * qk_dim..(row + 1) * qk_dim],
+                    visible,
+                    latent_dim,
+                    scale,
+                );
+                o[row * latent_dim..(row + 1) * latent_dim].copy_from_slice(&attended.o);
+                lse[h * op.total_q + t] = attended.lse;
             }
         }
     }

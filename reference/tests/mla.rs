@@ -12,12 +12,15 @@ use common::{assert_close, assert_lse_close, Rng};
 use half::bf16;
 use proptest::prelude::*;
 use tessera_core::ops::mla::mla_fp8_scale;
-use tessera_core::{MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, E4M3};
+use tessera_core::{
+    Backend, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeVarlen, E4M3,
+};
 use tessera_reference::attention::{dense_attention, AttentionShape};
 use tessera_reference::mla::{
-    absorb_query, mla_append, mla_decode, mla_reference_mha, project_output, visible_keys,
-    MlaDecodeResult, MlaWeights,
+    absorb_query, mla_append, mla_decode, mla_decode_varlen, mla_reference_mha, project_output,
+    visible_keys, MlaDecodeResult, MlaWeights,
 };
+use tessera_reference::CpuBackend;
 
 fn layout(
     page_size: usize,
@@ -401,8 +404,106 @@ fn page_size() -> impl Strategy<Value = usize> {
     prop_oneof![Just(1usize), Just(3), Just(16), Just(64)]
 }
 
+/// Query counts per request for a varlen decode: `0..=max_s_q`, with 0, 1 and `max_s_q`
+/// frequent; returns them and the offsets `cu_seqlens_q`.
+fn random_query_counts(rng: &mut Rng, batch: usize, max_s_q: usize) -> (Vec<usize>, Vec<i32>) {
+    let counts: Vec<usize> = (0..batch)
+        .map(|_| match rng.below(4) {
+            0 => 0,
+            1 => 1,
+            2 => max_s_q,
+            _ => rng.below(max_s_q + 1),
+        })
+        .collect();
+    let mut cu = vec![0i32];
+    for &n in &counts {
+        cu.push(cu.last().unwrap() + n as i32);
+    }
+    (counts, cu)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The variable-length decode equals decoding each request alone with the uniform op
+    /// (`s_q` = its query count), bit for bit, on the reference and through the CPU backend;
+    /// requests without queries read nothing (their pages may be NaN), both cache formats.
+    #[test]
+    fn varlen_decode_equals_each_request_alone(
+        batch in 1usize..=5,
+        heads in 1usize..=4,
+        max_s_q in 1usize..=5,
+        page_size in page_size(),
+        fp8 in any::<bool>(),
+        rope_dim in prop_oneof![Just(0usize), Just(16)],
+        max_len in 0usize..=90,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let format = if fp8 { MlaCacheFormat::Fp8 } else { MlaCacheFormat::Bf16 };
+        let l = layout(page_size, 128, rope_dim, format);
+        let lens = random_lens(&mut rng, batch, max_len);
+        let paging = Paging::new(&mut rng, lens, page_size);
+        let total: usize = paging.lens.iter().sum();
+        let latent = bf16s(&rng.symmetric_vec(total * l.latent_dim));
+        let rope = bf16s(&rng.symmetric_vec(total * rope_dim));
+        let cache = build_cache(&mut rng, l, &paging, &latent, &rope);
+        let (counts, cu) = random_query_counts(&mut rng, batch, max_s_q);
+        let total_q = *cu.last().unwrap() as usize;
+        let op = MlaDecodeVarlen {
+            batch,
+            total_q,
+            max_s_q,
+            heads,
+            max_pages: paging.max_pages,
+            softmax_scale: 0.3,
+            layout: l,
+        };
+        let qk = l.qk_dim();
+        let q = bf16s(&rng.symmetric_vec(total_q * heads * qk));
+        let lens = paging.seq_lens_i32();
+        op.validate_args(&cache, &q, &cu, &paging.block_table, &lens).unwrap();
+        let q64 = widen(&q);
+        let varlen = mla_decode_varlen(&op, &cache, &q64, &cu, &paging.block_table, &lens);
+        prop_assert_eq!(varlen.o.len(), op.o_len());
+        prop_assert_eq!(varlen.lse.len(), op.lse_len());
+        let cpu = CpuBackend::new();
+        let through_backend = cpu
+            .mla_decode_varlen(&op, &cache, &q, &cu, &paging.block_table, &lens)
+            .unwrap();
+        for (b, &n) in counts.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let start = cu[b] as usize;
+            let alone = op.request(n);
+            let table = &paging.block_table[b * paging.max_pages..(b + 1) * paging.max_pages];
+            let q_b = &q[start * heads * qk..(start + n) * heads * qk];
+            let r = mla_decode(&alone, &cache, &widen(q_b), table, &lens[b..b + 1]);
+            let ld = l.latent_dim;
+            prop_assert_eq!(
+                &varlen.o[start * heads * ld..(start + n) * heads * ld],
+                &r.o[..],
+                "o of request {}", b
+            );
+            let single = cpu.mla_decode(&alone, &cache, q_b, table, &lens[b..b + 1]).unwrap();
+            prop_assert_eq!(
+                &through_backend.o[start * heads * ld..(start + n) * heads * ld],
+                &single.o[..]
+            );
+            for h in 0..heads {
+                for i in 0..n {
+                    let got = varlen.lse[h * total_q + start + i];
+                    let want = r.lse[h * n + i];
+                    prop_assert_eq!(got.to_bits(), want.to_bits(), "lse of request {} head {} query {}", b, h, i);
+                    prop_assert_eq!(
+                        through_backend.lse[h * total_q + start + i].to_bits(),
+                        single.lse[h * n + i].to_bits()
+                    );
+                }
+            }
+        }
+    }
 
     /// Over a NaN-filled bf16 cache with a permuted block table:
     /// absorb_query -> mla_decode -> project_output equals the model's non-absorbed MLA on the

@@ -441,37 +441,14 @@ impl MlaDecode {
     /// `max_pages * page_size`) fitting a `usize`. Every backend calls it before its own limits.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "mla_decode";
-        self.layout.validate()?;
-        if self.batch == 0 {
-            return Err(Error::invalid(OP, "batch", "at least 1", "0"));
-        }
-        if !(1..=128).contains(&self.s_q) {
-            return Err(Error::invalid(OP, "s_q", "1..=128", self.s_q.to_string()));
-        }
-        if !(1..=128).contains(&self.heads) {
-            return Err(Error::invalid(
-                OP,
-                "heads",
-                "1..=128",
-                self.heads.to_string(),
-            ));
-        }
-        if self.max_pages == 0 {
-            return Err(Error::invalid(OP, "max_pages", "at least 1", "0"));
-        }
-        check_scale(OP, self.softmax_scale)?;
+        let dims = DecodeDims::of_uniform(self);
+        dims.validate(OP, ("s_q", self.s_q))?;
         checked_product(
             OP,
             "batch * s_q * heads * (latent_dim + rope_dim)",
             &[self.batch, self.s_q, self.heads, self.layout.qk_dim()],
         )?;
-        checked_product(OP, "batch * max_pages", &[self.batch, self.max_pages])?;
-        checked_product(
-            OP,
-            "max_pages * page_size",
-            &[self.max_pages, self.layout.page_size],
-        )?;
-        Ok(())
+        dims.validate_table_sizes(OP)
     }
 
     /// Checks the descriptor and the host arguments against the cache.
@@ -484,15 +461,8 @@ impl MlaDecode {
     ) -> Result<()> {
         const OP: &str = "mla_decode";
         self.validate()?;
-        if *cache.layout() != self.layout {
-            return Err(Error::invalid(
-                OP,
-                "cache",
-                format!("layout {:?}", self.layout),
-                format!("layout {:?}", cache.layout()),
-            ));
-        }
-        let l = self.layout;
+        let dims = DecodeDims::of_uniform(self);
+        dims.check_cache(OP, cache)?;
         check_len(
             OP,
             "q",
@@ -501,30 +471,124 @@ impl MlaDecode {
                 self.batch,
                 self.s_q,
                 self.heads,
-                l.qk_dim()
+                self.layout.qk_dim()
             ),
             self.q_len(),
             q.len(),
         )?;
+        dims.validate_paging(OP, cache, block_table, seq_lens)
+    }
+}
+
+/// Most query tokens per request of an MLA decode (`s_q`, `max_s_q`), and most query heads.
+pub const MLA_MAX_QUERIES: usize = 128;
+
+/// What the uniform and the variable-length decode share: the paging of the requests' keys and
+/// the limits on it. One source of truth for both descriptors' validation.
+struct DecodeDims {
+    batch: usize,
+    heads: usize,
+    max_pages: usize,
+    softmax_scale: f32,
+    layout: MlaCacheLayout,
+}
+
+impl DecodeDims {
+    fn of_uniform(op: &MlaDecode) -> Self {
+        Self {
+            batch: op.batch,
+            heads: op.heads,
+            max_pages: op.max_pages,
+            softmax_scale: op.softmax_scale,
+            layout: op.layout,
+        }
+    }
+
+    fn of_varlen(op: &MlaDecodeVarlen) -> Self {
+        Self {
+            batch: op.batch,
+            heads: op.heads,
+            max_pages: op.max_pages,
+            softmax_scale: op.softmax_scale,
+            layout: op.layout,
+        }
+    }
+
+    /// The layout, `batch` and `max_pages` at least 1, the query count `queries` (its name and
+    /// value) and `heads` in 1..=[`MLA_MAX_QUERIES`], and the scale.
+    fn validate(&self, op: &'static str, queries: (&str, usize)) -> Result<()> {
+        self.layout.validate()?;
+        if self.batch == 0 {
+            return Err(Error::invalid(op, "batch", "at least 1", "0"));
+        }
+        let range = format!("1..={MLA_MAX_QUERIES}");
+        if !(1..=MLA_MAX_QUERIES).contains(&queries.1) {
+            return Err(Error::invalid(op, queries.0, &range, queries.1.to_string()));
+        }
+        if !(1..=MLA_MAX_QUERIES).contains(&self.heads) {
+            return Err(Error::invalid(op, "heads", range, self.heads.to_string()));
+        }
+        if self.max_pages == 0 {
+            return Err(Error::invalid(op, "max_pages", "at least 1", "0"));
+        }
+        check_scale(op, self.softmax_scale)?;
+        Ok(())
+    }
+
+    /// The block table's sizes (`batch * max_pages`, `max_pages * page_size`) fit a `usize`.
+    fn validate_table_sizes(&self, op: &'static str) -> Result<()> {
+        checked_product(op, "batch * max_pages", &[self.batch, self.max_pages])?;
+        checked_product(
+            op,
+            "max_pages * page_size",
+            &[self.max_pages, self.layout.page_size],
+        )?;
+        Ok(())
+    }
+
+    /// The cache's layout is the op's.
+    fn check_cache(&self, op: &'static str, cache: &MlaCache) -> Result<()> {
+        if *cache.layout() != self.layout {
+            return Err(Error::invalid(
+                op,
+                "cache",
+                format!("layout {:?}", self.layout),
+                format!("layout {:?}", cache.layout()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lengths of `block_table` (`[batch, max_pages]`) and `seq_lens` (`[batch]`), every
+    /// length in `0..=max_pages * page_size`, and the block-table entries covering each
+    /// request's keys in `0..num_pages` of `cache`.
+    fn validate_paging(
+        &self,
+        op: &'static str,
+        cache: &MlaCache,
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<()> {
+        let l = self.layout;
         check_len(
-            OP,
+            op,
             "block_table",
             &format!("[batch {}, max_pages {}]", self.batch, self.max_pages),
-            self.block_table_len(),
+            saturating_product(&[self.batch, self.max_pages]),
             block_table.len(),
         )?;
         check_len(
-            OP,
+            op,
             "seq_lens",
             &format!("[batch {}]", self.batch),
             self.batch,
             seq_lens.len(),
         )?;
-        let capacity = self.capacity();
+        let capacity = saturating_product(&[self.max_pages, l.page_size]);
         for (b, &len) in seq_lens.iter().enumerate() {
             if len < 0 || len as usize > capacity {
                 return Err(Error::invalid(
-                    OP,
+                    op,
                     format!("seq_lens[{b}]"),
                     format!(
                         "0..={capacity} (max_pages {} x page_size {})",
@@ -537,7 +601,7 @@ impl MlaDecode {
                 let page = block_table[b * self.max_pages + p];
                 if page < 0 || page as usize >= cache.num_pages() {
                     return Err(Error::invalid(
-                        OP,
+                        op,
                         format!("block_table[{b}][{p}]"),
                         format!("a page in 0..{}", cache.num_pages()),
                         page.to_string(),
@@ -549,11 +613,271 @@ impl MlaDecode {
     }
 }
 
-/// Output of [`MlaDecode`].
+/// Output of [`MlaDecode`] and [`MlaDecodeVarlen`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaDecodeOutput {
-    /// bf16 `[batch, s_q, heads, latent_dim]`.
+    /// bf16 `[batch, s_q, heads, latent_dim]` ([`MlaDecodeVarlen`]: `[total_q, heads,
+    /// latent_dim]`).
     pub o: Vec<bf16>,
-    /// f32 `[batch, heads, s_q]`, natural log; -inf where the query sees no key.
+    /// f32 `[batch, heads, s_q]` ([`MlaDecodeVarlen`]: `[heads, total_q]`), natural log; -inf
+    /// where the query sees no key.
     pub lse: Vec<f32>,
+}
+
+/// Absorbed MLA decode with a variable number of query tokens per request (speculative decoding
+/// with a different number of draft tokens per request), the queries of all requests packed
+/// one after another and located by the offsets `cu_seqlens_q`.
+///
+/// Request `b` owns the query tokens `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]`; with
+/// `n = cu_seqlens_q[b + 1] - cu_seqlens_q[b]` of them (0 allowed: the request computes
+/// nothing) and `len = seq_lens[b]`, its query `i` (of `n`) sees the keys
+/// `0 .. len - (n - 1 - i)`: the same bottom-right causal alignment as [`MlaDecode`] with
+/// `s_q = n`. Everything else (keys through the block table, values, scale, `o = 0` and
+/// `lse = -inf` for a query that sees no key) is as in [`MlaDecode`]: each request's outputs
+/// are those of an [`MlaDecode`] of that request alone with `s_q = n`
+/// ([`MlaDecodeVarlen::request`]).
+///
+/// Layouts: `q` bf16 `[total_q, heads, latent_dim + rope_dim]`; `cu_seqlens_q` i32
+/// `[batch + 1]`: `cu_seqlens_q[0] = 0`, non-decreasing, `cu_seqlens_q[batch] = total_q`, each
+/// difference in `0..=max_s_q`; `block_table` i32 `[batch, max_pages]`; `seq_lens` i32
+/// `[batch]`; output `o` bf16 `[total_q, heads, latent_dim]`; `lse` f32 `[heads, total_q]`
+/// (natural log; FlashAttention's varlen layout). The block-table entries covering `0 .. len`
+/// are checked for every request, also those with no queries.
+///
+/// `max_s_q` bounds the queries of every request (it need not be reached): GPU kernels are
+/// planned for it, so that a fixed `(batch, total_q, max_s_q)` serves any offsets (CUDA graphs).
+///
+/// # Determinism
+/// As [`MlaDecode`]; the GPU backends split keys by the shape [`MlaDecodeVarlen::padded`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaDecodeVarlen {
+    /// Requests, at least 1.
+    pub batch: usize,
+    /// Query tokens of all requests together: `cu_seqlens_q[batch]`, at most
+    /// `batch * max_s_q` and `i32::MAX` (may be 0).
+    pub total_q: usize,
+    /// Most query tokens of one request: 1..=128.
+    pub max_s_q: usize,
+    /// Query heads h_q: 1..=128.
+    pub heads: usize,
+    /// Columns of the block table, at least 1.
+    pub max_pages: usize,
+    /// Softmax scale.
+    pub softmax_scale: f32,
+    /// The cache layout (must equal the cache's).
+    pub layout: MlaCacheLayout,
+}
+
+impl MlaDecodeVarlen {
+    /// Elements of q: `total_q * heads * (latent_dim + rope_dim)` (saturating at `usize::MAX`
+    /// for a descriptor whose product overflows, which validation rejects; likewise below).
+    pub fn q_len(&self) -> usize {
+        saturating_product(&[self.total_q, self.heads, self.layout.qk_dim()])
+    }
+
+    /// Elements of o: `total_q * heads * latent_dim`.
+    pub fn o_len(&self) -> usize {
+        saturating_product(&[self.total_q, self.heads, self.layout.latent_dim])
+    }
+
+    /// Elements of lse: `heads * total_q`.
+    pub fn lse_len(&self) -> usize {
+        saturating_product(&[self.heads, self.total_q])
+    }
+
+    /// Elements of `cu_seqlens_q`: `batch + 1`.
+    pub fn cu_seqlens_q_len(&self) -> usize {
+        self.batch.saturating_add(1)
+    }
+
+    /// Elements of the block table: `batch * max_pages`.
+    pub fn block_table_len(&self) -> usize {
+        saturating_product(&[self.batch, self.max_pages])
+    }
+
+    /// The uniform decode of `max_s_q` queries for every request of the batch, with the same
+    /// heads, paging, scale and layout: the shape GPU backends plan the kernel for (the rows a
+    /// CTA may hold, the key splits).
+    pub fn padded(&self) -> MlaDecode {
+        MlaDecode {
+            batch: self.batch,
+            s_q: self.max_s_q,
+            heads: self.heads,
+            max_pages: self.max_pages,
+            softmax_scale: self.softmax_scale,
+            layout: self.layout,
+        }
+    }
+
+    /// The uniform decode of one request of `s_q` queries with this op's heads, paging, scale
+    /// and layout: request `b` of a varlen decode computes what this op computes for it alone
+    /// (its row of the block table, its length, `s_q = n` of its queries; for `n >= 1`).
+    pub fn request(&self, s_q: usize) -> MlaDecode {
+        MlaDecode {
+            batch: 1,
+            s_q,
+            ..self.padded()
+        }
+    }
+
+    /// Checks the descriptor on its own: what [`MlaDecode::validate`] checks (with `max_s_q`
+    /// for `s_q`), `total_q` at most `batch * max_s_q` and `i32::MAX`, and `q` fitting a
+    /// `usize`.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "mla_decode_varlen";
+        DecodeDims::of_varlen(self).validate(OP, ("max_s_q", self.max_s_q))?;
+        let most = saturating_product(&[self.batch, self.max_s_q]).min(i32::MAX as usize);
+        if self.total_q > most {
+            return Err(Error::invalid(
+                OP,
+                "total_q",
+                format!(
+                    "at most {most} (batch {} x max_s_q {}, and i32::MAX)",
+                    self.batch, self.max_s_q
+                ),
+                self.total_q.to_string(),
+            ));
+        }
+        checked_product(
+            OP,
+            "total_q * heads * (latent_dim + rope_dim)",
+            &[self.total_q, self.heads, self.layout.qk_dim()],
+        )?;
+        DecodeDims::of_varlen(self).validate_table_sizes(OP)
+    }
+
+    /// Checks the offsets: `batch + 1` of them, `cu_seqlens_q[0] = 0`, each request's count
+    /// `cu_seqlens_q[b + 1] - cu_seqlens_q[b]` in `0..=max_s_q`, `cu_seqlens_q[batch] = total_q`.
+    pub fn validate_cu_seqlens_q(&self, cu_seqlens_q: &[i32]) -> Result<()> {
+        const OP: &str = "mla_decode_varlen";
+        check_len(
+            OP,
+            "cu_seqlens_q",
+            &format!("[batch + 1 = {}]", self.cu_seqlens_q_len()),
+            self.cu_seqlens_q_len(),
+            cu_seqlens_q.len(),
+        )?;
+        if cu_seqlens_q[0] != 0 {
+            return Err(Error::invalid(
+                OP,
+                "cu_seqlens_q[0]",
+                "0",
+                cu_seqlens_q[0].to_string(),
+            ));
+        }
+        for b in 0..self.batch {
+            let (start, end) = (cu_seqlens_q[b] as i64, cu_seqlens_q[b + 1] as i64);
+            let most = start.saturating_add(self.max_s_q.min(i32::MAX as usize) as i64);
+            if !(start..=most).contains(&end) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("cu_seqlens_q[{}]", b + 1),
+                    format!(
+                        "{start}..={most} (request {b}'s queries: 0..=max_s_q {})",
+                        self.max_s_q
+                    ),
+                    end.to_string(),
+                ));
+            }
+        }
+        let last = cu_seqlens_q[self.batch];
+        if last as i64 != self.total_q as i64 {
+            return Err(Error::invalid(
+                OP,
+                format!("cu_seqlens_q[{}]", self.batch),
+                format!("total_q {}", self.total_q),
+                last.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the descriptor and the host arguments against the cache.
+    pub fn validate_args(
+        &self,
+        cache: &MlaCache,
+        q: &[bf16],
+        cu_seqlens_q: &[i32],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<()> {
+        const OP: &str = "mla_decode_varlen";
+        self.validate()?;
+        let dims = DecodeDims::of_varlen(self);
+        dims.check_cache(OP, cache)?;
+        check_len(
+            OP,
+            "q",
+            &format!(
+                "[total_q {}, heads {}, latent+rope {}]",
+                self.total_q,
+                self.heads,
+                self.layout.qk_dim()
+            ),
+            self.q_len(),
+            q.len(),
+        )?;
+        self.validate_cu_seqlens_q(cu_seqlens_q)?;
+        dims.validate_paging(OP, cache, block_table, seq_lens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varlen(batch: usize, total_q: usize, max_s_q: usize) -> MlaDecodeVarlen {
+        MlaDecodeVarlen {
+            batch,
+            total_q,
+            max_s_q,
+            heads: 2,
+            max_pages: 2,
+            softmax_scale: 0.1,
+            layout: MlaCacheLayout {
+                page_size: 4,
+                latent_dim: 64,
+                rope_dim: 16,
+                format: MlaCacheFormat::Bf16,
+            },
+        }
+    }
+
+    #[test]
+    fn varlen_errors_name_the_argument() {
+        let arg = |r: Result<()>| r.unwrap_err().argument().map(str::to_string);
+        assert_eq!(arg(varlen(2, 3, 0).validate()).as_deref(), Some("max_s_q"));
+        assert_eq!(arg(varlen(2, 5, 2).validate()).as_deref(), Some("total_q"));
+        assert_eq!(arg(varlen(0, 0, 2).validate()).as_deref(), Some("batch"));
+        let op = varlen(3, 4, 2);
+        assert!(op.validate_cu_seqlens_q(&[0, 2, 2, 4]).is_ok());
+        let cu = |v: &[i32]| arg(op.validate_cu_seqlens_q(v));
+        assert_eq!(cu(&[0, 2, 4]).as_deref(), Some("cu_seqlens_q"));
+        assert_eq!(cu(&[1, 2, 2, 4]).as_deref(), Some("cu_seqlens_q[0]"));
+        assert_eq!(cu(&[0, 3, 3, 4]).as_deref(), Some("cu_seqlens_q[1]"));
+        assert_eq!(cu(&[0, 2, 1, 4]).as_deref(), Some("cu_seqlens_q[2]"));
+        assert_eq!(cu(&[0, 1, 2, 3]).as_deref(), Some("cu_seqlens_q[3]"));
+        // Paging is checked as for the uniform op, under this op's name.
+        let cache = MlaCache::new(op.layout, 3).unwrap();
+        let q = vec![bf16::ONE; op.q_len()];
+        let e = op
+            .validate_args(&cache, &q, &[0, 2, 2, 4], &[0, 1, -1, 0, 2, 7], &[8, 0, 5])
+            .unwrap_err();
+        assert_eq!(e.argument(), Some("block_table[2][1]"));
+        assert!(e.to_string().starts_with("mla_decode_varlen"), "{e}");
+        let e = op
+            .validate_args(&cache, &q, &[0, 2, 2, 4], &[0; 6], &[9, 0, 0])
+            .unwrap_err();
+        assert_eq!(e.argument(), Some("seq_lens[0]"));
+        assert!(op
+            .validate_args(&cache, &q, &[0, 2, 2, 4], &[0, 1, -1, 0, 2, 1], &[8, 0, 5])
+            .is_ok());
+        // No queries at all is a valid call.
+        let empty = varlen(2, 0, 1);
+        assert!(empty
+            .validate_args(&cache, &[], &[0, 0, 0], &[0; 4], &[3, 0])
+            .is_ok());
+        assert_eq!(op.padded().s_q, 2);
+        assert_eq!(op.request(1).batch, 1);
+    }
 }

@@ -6,9 +6,16 @@
 //! [`MlaDecodeVariant`]) with `mla_combine.cu` (the log-sum-exp combine of the splits). See the
 //! `.cu` files for the tiling.
 //!
-//! Two APIs: [`CudaBackend::mla_append_on`] / [`CudaBackend::mla_decode_on`] over caller-owned
-//! device buffers (no copies, no synchronization), and the host wrappers behind the
-//! [`tessera_core::Backend`] trait.
+//! Two APIs: [`CudaBackend::mla_append_on`] / [`CudaBackend::mla_decode_on`] /
+//! [`CudaBackend::mla_decode_varlen_on`] over caller-owned device buffers (no copies, no
+//! synchronization), and the host wrappers behind the [`tessera_core::Backend`] trait.
+//!
+//! The variable-length decode ([`MlaDecodeVarlen`]) runs the same kernels compiled with
+//! `VARLEN 1`: planned as the uniform decode of `max_s_q` queries per request (the grid and
+//! the workspace), each CTA reads its request's query offset and count from `cu_seqlens_q` on
+//! the device (no host synchronization: a launch with fixed `(batch, total_q, max_s_q)` is
+//! capturable in a CUDA graph and replayable with new offsets), and CTAs past a request's rows
+//! exit at once.
 
 use super::{check_device_len, to_i32, upload};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
@@ -22,7 +29,8 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, De
 use half::bf16;
 use std::sync::Arc;
 use tessera_core::{
-    Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput, Result,
+    Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
+    MlaDecodeVarlen, Result,
 };
 
 /// Most splits of one request's keys.
@@ -52,8 +60,10 @@ fn choose_splits(base_ctas: usize, tiles: usize, sms: usize) -> usize {
     best.1
 }
 
-/// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`]: the kernel variant
-/// (its CTA tiling), the number of KV splits, and the workspace the splits need.
+/// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`] (or
+/// [`CudaBackend::mla_decode_varlen_plan`], whose `s_q` is `max_s_q` and whose variant has
+/// `varlen` set): the kernel variant (its CTA tiling), the number of KV splits, and the
+/// workspace the splits need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MlaDecodePlan {
     batch: usize,
@@ -89,7 +99,8 @@ impl MlaDecodePlan {
     }
 
     /// f32 elements of workspace [`CudaBackend::mla_decode_on`] needs: 0 with one split, else
-    /// `splits * batch * s_q * heads * (latent_dim + 1)` (partial outputs
+    /// `splits * batch * s_q * heads * (latent_dim + 1)` (`s_q` is `max_s_q` for a varlen plan;
+    /// partial outputs
     /// `[splits, batch, s_q * heads, latent_dim]`, then partial lse `[splits, batch, s_q * heads]`).
     pub fn workspace_len(&self) -> usize {
         if self.splits == 1 {
@@ -137,6 +148,42 @@ pub struct MlaDecodeBuffers<'a> {
     /// f32 scratch of at least [`MlaDecodePlan::workspace_len`] elements (any, even empty,
     /// when that is 0).
     pub workspace: CudaViewMut<'a, f32>,
+}
+
+/// Device buffers of [`CudaBackend::mla_decode_varlen_on`] (see [`MlaDecodeVarlen`]).
+#[derive(Debug)]
+pub struct MlaDecodeVarlenBuffers<'a> {
+    /// The paged cache, u8 `[num_pages, page_size, token_bytes]` (see [`MlaCacheLayout`]).
+    pub cache: CudaView<'a, u8>,
+    /// bf16 `[total_q, heads, latent_dim + rope_dim]`.
+    pub q: CudaView<'a, bf16>,
+    /// i32 `[batch + 1]`: request `b`'s queries are `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]`.
+    pub cu_seqlens_q: CudaView<'a, i32>,
+    /// i32 `[batch, max_pages]`.
+    pub block_table: CudaView<'a, i32>,
+    /// i32 `[batch]`.
+    pub seq_lens: CudaView<'a, i32>,
+    /// Output bf16 `[total_q, heads, latent_dim]`.
+    pub o: CudaViewMut<'a, bf16>,
+    /// Output f32 `[heads, total_q]`, natural log.
+    pub lse: CudaViewMut<'a, f32>,
+    /// f32 scratch of at least [`MlaDecodePlan::workspace_len`] elements (any, even empty,
+    /// when that is 0).
+    pub workspace: CudaViewMut<'a, f32>,
+}
+
+/// The device buffers of one decode launch, uniform or variable-length: what
+/// [`CudaBackend::launch_mla_decode`] passes to the kernels.
+struct DecodeLaunch<'s, 'a> {
+    cache: &'s CudaView<'a, u8>,
+    q: &'s CudaView<'a, bf16>,
+    block_table: &'s CudaView<'a, i32>,
+    seq_lens: &'s CudaView<'a, i32>,
+    /// The offsets of a varlen launch; for a uniform one any i32 buffer (not read).
+    cu_seqlens_q: &'s CudaView<'a, i32>,
+    o: &'s mut CudaViewMut<'a, bf16>,
+    lse: &'s mut CudaViewMut<'a, f32>,
+    workspace: &'s mut CudaViewMut<'a, f32>,
 }
 
 /// Checks that a device buffer starts on [`ALIGN`] bytes (empty buffers are not read).
@@ -192,6 +239,29 @@ fn check_decode_op(op: &MlaDecode) -> Result<()> {
         "max_pages * page_size",
         op.max_pages * op.layout.page_size,
     )?;
+    Ok(())
+}
+
+/// Checks a varlen decode descriptor on its own: [`MlaDecodeVarlen::validate`], then what
+/// [`check_decode_op`] checks of its padded uniform shape.
+fn check_varlen_op(op: &MlaDecodeVarlen) -> Result<()> {
+    op.validate()?;
+    check_decode_op(&op.padded())
+}
+
+/// Checks that a workspace of `len` f32 elements is enough for `plan`.
+fn check_workspace(op: &'static str, plan: &MlaDecodePlan, len: usize) -> Result<()> {
+    if len < plan.workspace_len() {
+        return Err(Error::invalid(
+            op,
+            "workspace",
+            format!(
+                "at least {} elements (MlaDecodePlan::workspace_len)",
+                plan.workspace_len()
+            ),
+            format!("{len} elements"),
+        ));
+    }
     Ok(())
 }
 
@@ -328,6 +398,15 @@ impl CudaBackend {
         const OP: &str = "mla_decode";
         check_decode_op(op)?;
         let layout = op.layout;
+        if variant.varlen {
+            return Err(Error::invalid(
+                OP,
+                "variant",
+                "a variant for s_q queries per request (varlen false; a varlen plan comes from \
+                 mla_decode_varlen_plan_with)",
+                format!("{variant:?}"),
+            ));
+        }
         if !variant.fits_layout(&layout) {
             return Err(Error::invalid(
                 OP,
@@ -476,13 +555,14 @@ impl CudaBackend {
         const OP: &str = "mla_decode";
         check_decode_op(op)?;
         let l = op.layout;
-        if (
-            plan.batch,
-            plan.s_q,
-            plan.heads,
-            plan.max_pages,
-            plan.layout,
-        ) != (op.batch, op.s_q, op.heads, op.max_pages, l)
+        if plan.variant.varlen
+            || (
+                plan.batch,
+                plan.s_q,
+                plan.heads,
+                plan.max_pages,
+                plan.layout,
+            ) != (op.batch, op.s_q, op.heads, op.max_pages, l)
         {
             return Err(Error::invalid(
                 OP,
@@ -502,17 +582,7 @@ impl CudaBackend {
         check_device_len(OP, "seq_lens", op.batch, bufs.seq_lens.len())?;
         check_device_len(OP, "o", op.o_len(), bufs.o.len())?;
         check_device_len(OP, "lse", op.lse_len(), bufs.lse.len())?;
-        if bufs.workspace.len() < plan.workspace_len() {
-            return Err(Error::invalid(
-                OP,
-                "workspace",
-                format!(
-                    "at least {} elements (MlaDecodePlan::workspace_len)",
-                    plan.workspace_len()
-                ),
-                format!("{} elements", bufs.workspace.len()),
-            ));
-        }
+        check_workspace(OP, plan, bufs.workspace.len())?;
         check_aligned(OP, "cache", &bufs.cache, stream)?;
         check_aligned(OP, "q", &bufs.q, stream)?;
         check_aligned(OP, "o", &bufs.o, stream)?;
@@ -520,9 +590,162 @@ impl CudaBackend {
             check_aligned(OP, "workspace", &bufs.workspace, stream)?;
         }
 
+        self.launch_mla_decode(
+            stream,
+            plan,
+            op.softmax_scale,
+            pages,
+            0,
+            DecodeLaunch {
+                cache: &bufs.cache,
+                q: &bufs.q,
+                block_table: &bufs.block_table,
+                seq_lens: &bufs.seq_lens,
+                cu_seqlens_q: &bufs.seq_lens,
+                o: &mut bufs.o,
+                lse: &mut bufs.lse,
+                workspace: &mut bufs.workspace,
+            },
+        )
+    }
+
+    /// Plans a variable-length decode: the plan of the uniform decode of `max_s_q` queries per
+    /// request ([`MlaDecodeVarlen::padded`], see [`CudaBackend::mla_decode_plan`]) with the
+    /// kernel compiled for `cu_seqlens_q` offsets. The plan holds for any offsets of the op.
+    pub fn mla_decode_varlen_plan(
+        &self,
+        op: &MlaDecodeVarlen,
+        max_seq_len: usize,
+    ) -> Result<MlaDecodePlan> {
+        check_varlen_op(op)?;
+        let mut plan = self.mla_decode_plan(&op.padded(), max_seq_len)?;
+        plan.variant = plan.variant.with_varlen(true);
+        Ok(plan)
+    }
+
+    /// [`CudaBackend::mla_decode_varlen_plan`] with an explicit tiling (any candidate of
+    /// [`crate::plan::heuristics::mla_decode_candidates`] for the padded op; its `varlen` flag is
+    /// set here), for tests and tuning.
+    pub fn mla_decode_varlen_plan_with(
+        &self,
+        op: &MlaDecodeVarlen,
+        max_seq_len: usize,
+        variant: MlaDecodeVariant,
+    ) -> Result<MlaDecodePlan> {
+        check_varlen_op(op)?;
+        let mut plan =
+            self.mla_decode_plan_with(&op.padded(), max_seq_len, variant.with_varlen(false))?;
+        plan.variant = plan.variant.with_varlen(true);
+        Ok(plan)
+    }
+
+    /// Absorbed MLA decode with a variable number of queries per request, on `stream`, without
+    /// synchronizing (see [`MlaDecodeVarlen`] for the function computed).
+    ///
+    /// Buffers ([`MlaDecodeVarlenBuffers`]): `cache` u8 `[num_pages, page_size, token_bytes]`,
+    /// `q` bf16 `[total_q, heads, latent_dim + rope_dim]`, `cu_seqlens_q` i32 `[batch + 1]`,
+    /// `block_table` i32 `[batch, max_pages]`, `seq_lens` i32 `[batch]`, outputs `o` bf16
+    /// `[total_q, heads, latent_dim]` and `lse` f32 `[heads, total_q]`, and `workspace` f32 of
+    /// [`MlaDecodePlan::workspace_len`] elements. `plan` must come from
+    /// [`CudaBackend::mla_decode_varlen_plan`] for the same op. The offsets are read on the
+    /// device (no synchronization; capturable in a CUDA graph and replayable with new offsets,
+    /// lengths and tables).
+    ///
+    /// Checked here: the descriptor, every length, 16-byte alignment, the plan. On the device,
+    /// as [`CudaBackend::mla_decode_on`] for the table and lengths; a request whose offsets are
+    /// out of range (`cu_seqlens_q[b] < 0`, a count outside `0..=max_s_q`, or past `total_q`)
+    /// is skipped: none of its queries' outputs are written (the host API checks the offsets).
+    /// With `total_q = 0` nothing is launched.
+    pub fn mla_decode_varlen_on(
+        &self,
+        stream: &CudaStream,
+        op: &MlaDecodeVarlen,
+        plan: &MlaDecodePlan,
+        bufs: &mut MlaDecodeVarlenBuffers<'_>,
+    ) -> Result<()> {
+        const OP: &str = "mla_decode_varlen";
+        check_varlen_op(op)?;
+        let l = op.layout;
+        if !plan.variant.varlen
+            || (
+                plan.batch,
+                plan.s_q,
+                plan.heads,
+                plan.max_pages,
+                plan.layout,
+            ) != (op.batch, op.max_s_q, op.heads, op.max_pages, l)
+        {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "a plan made for this op (mla_decode_varlen_plan)",
+                format!("{plan:?}"),
+            ));
+        }
+        let pages = cache_pages(OP, &l, bufs.cache.len())?;
+        check_device_len(OP, "q", op.q_len(), bufs.q.len())?;
+        check_device_len(
+            OP,
+            "cu_seqlens_q",
+            op.cu_seqlens_q_len(),
+            bufs.cu_seqlens_q.len(),
+        )?;
+        check_device_len(
+            OP,
+            "block_table",
+            op.block_table_len(),
+            bufs.block_table.len(),
+        )?;
+        check_device_len(OP, "seq_lens", op.batch, bufs.seq_lens.len())?;
+        check_device_len(OP, "o", op.o_len(), bufs.o.len())?;
+        check_device_len(OP, "lse", op.lse_len(), bufs.lse.len())?;
+        check_workspace(OP, plan, bufs.workspace.len())?;
+        check_aligned(OP, "cache", &bufs.cache, stream)?;
+        check_aligned(OP, "q", &bufs.q, stream)?;
+        check_aligned(OP, "o", &bufs.o, stream)?;
+        if plan.splits > 1 {
+            check_aligned(OP, "workspace", &bufs.workspace, stream)?;
+        }
+        if op.total_q == 0 {
+            return Ok(());
+        }
+        let total_q = to_i32(OP, "total_q", op.total_q)?;
+        self.launch_mla_decode(
+            stream,
+            plan,
+            op.softmax_scale,
+            pages,
+            total_q,
+            DecodeLaunch {
+                cache: &bufs.cache,
+                q: &bufs.q,
+                block_table: &bufs.block_table,
+                seq_lens: &bufs.seq_lens,
+                cu_seqlens_q: &bufs.cu_seqlens_q,
+                o: &mut bufs.o,
+                lse: &mut bufs.lse,
+                workspace: &mut bufs.workspace,
+            },
+        )
+    }
+
+    /// Launches the decode kernel (and the combine with several splits) of `plan` over buffers
+    /// the caller checked against the plan's op: `pages` whole pages of cache, `total_q` the
+    /// packed query tokens of a varlen plan (unused for a uniform one).
+    fn launch_mla_decode(
+        &self,
+        stream: &CudaStream,
+        plan: &MlaDecodePlan,
+        softmax_scale: f32,
+        pages: usize,
+        total_q: i32,
+        bufs: DecodeLaunch<'_, '_>,
+    ) -> Result<()> {
+        const OP: &str = "mla_decode";
+        let l = plan.layout;
         let i = |arg: &str, v: usize| to_i32(OP, arg, v);
-        let (batch, s_q, heads) = (i("batch", op.batch)?, op.s_q as i32, op.heads as i32);
-        let max_pages = i("max_pages", op.max_pages)?;
+        let (batch, s_q, heads) = (i("batch", plan.batch)?, plan.s_q as i32, plan.heads as i32);
+        let max_pages = i("max_pages", plan.max_pages)?;
         let page_size = l.page_size as i32;
         let num_pages = i("num_pages", pages)?;
         let (latent, rope, token_bytes) = (
@@ -533,22 +756,24 @@ impl CudaBackend {
         let splits = plan.splits as i32;
         let row_groups = plan.row_groups as i32;
         let col_chunks = plan.col_chunks as i32;
-        let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
+        let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
 
         let variant = plan.variant;
         let ctas = u32::try_from(plan.ctas()).map_err(|_| {
             Error::invalid(OP, "plan", "at most 2^31 - 1 CTAs", plan.ctas().to_string())
         })?;
         let mut args = KernelArgs::new(stream);
-        args.buffer(&bufs.q)
-            .buffer(&bufs.cache)
-            .buffer(&bufs.block_table)
-            .buffer(&bufs.seq_lens)
-            .buffer_mut(&mut bufs.o)
-            .buffer_mut(&mut bufs.lse)
-            .buffer_mut(&mut bufs.workspace)
+        args.buffer(bufs.q)
+            .buffer(bufs.cache)
+            .buffer(bufs.block_table)
+            .buffer(bufs.seq_lens)
+            .buffer(bufs.cu_seqlens_q)
+            .buffer_mut(&mut *bufs.o)
+            .buffer_mut(&mut *bufs.lse)
+            .buffer_mut(&mut *bufs.workspace)
             .value(&batch)
             .value(&s_q)
+            .value(&total_q)
             .value(&heads)
             .value(&max_pages)
             .value(&page_size)
@@ -560,36 +785,43 @@ impl CudaBackend {
             .value(&row_groups)
             .value(&col_chunks)
             .value(&scale_log2);
-        // SAFETY: the parameters are (const u16*, const u8*, const int*, const int*, u16*, float*,
-        // float*, int x 12, float) in this order. Lengths were checked above: q, o, lse,
-        // block_table and seq_lens match the op, the cache holds num_pages whole pages, the
-        // workspace holds the plan's splits x batch x rows x (latent + 1) floats when splits > 1
-        // (unused otherwise); pointers are 16-byte aligned. The grid is the plan's CTAs, with the
-        // variant's dynamic shared memory (the variant fits the op's layout: checked when the
-        // plan was made, and the plan matches the op). The kernel reads block-table entries only
-        // below each checked length and never dereferences a page outside 0..num_pages.
+        // SAFETY: the parameters are (const u16*, const u8*, const int*, const int*, const int*,
+        // u16*, float*, float*, int x 13, float) in this order. The callers checked the lengths
+        // against the plan's op: q, o, lse, block_table, seq_lens (and cu_seqlens_q, batch + 1,
+        // for a varlen plan: a uniform plan's kernel never reads it) match it, the cache holds
+        // num_pages whole pages, the workspace holds the plan's splits x batch x s_q x heads x
+        // (latent + 1) floats when splits > 1 (unused otherwise); pointers are 16-byte aligned.
+        // The grid is the plan's CTAs, with the variant's dynamic shared memory (the variant
+        // fits the op's layout: checked when the plan was made). The kernel reads block-table
+        // entries only below each checked length, never dereferences a page outside
+        // 0..num_pages, and (varlen) touches only query tokens of offsets within 0..=total_q.
         unsafe { self.launch_kernel(&variant, (ctas, 1, 1), args, LaunchOptions::default())? };
 
         if plan.splits > 1 {
-            let combine = MlaCombineVariant;
-            let rows = u32::try_from(op.batch * op.s_q * op.heads).map_err(|_| {
+            let combine = MlaCombineVariant {
+                varlen: variant.varlen,
+            };
+            let rows = u32::try_from(plan.batch * plan.s_q * plan.heads).map_err(|_| {
                 Error::invalid(OP, "batch * s_q * heads", "at most 2^32 - 1", "more")
             })?;
             let ws = bufs.workspace.as_view();
             let mut args = KernelArgs::new(stream);
             args.buffer(&ws)
-                .buffer_mut(&mut bufs.o)
-                .buffer_mut(&mut bufs.lse)
+                .buffer(bufs.cu_seqlens_q)
+                .buffer_mut(&mut *bufs.o)
+                .buffer_mut(&mut *bufs.lse)
                 .value(&batch)
                 .value(&s_q)
+                .value(&total_q)
                 .value(&heads)
                 .value(&latent)
                 .value(&splits);
-            // SAFETY: the parameters are (const float*, u16*, float*, int x 5) in this order; the
-            // workspace's first splits x batch x rows x latent floats are the partial outputs
-            // and the next splits x batch x rows the partial lse (length checked above, written
-            // by the decode launch before on the same stream). One CTA per (request, row)
-            // writes that row of o and its lse entry only.
+            // SAFETY: the parameters are (const float*, const int*, u16*, float*, int x 6) in
+            // this order; the workspace's first splits x batch x rows x latent floats are the
+            // partial outputs and the next splits x batch x rows the partial lse (length checked
+            // by the callers, written by the decode launch before on the same stream). One CTA
+            // per (request, row of s_q * heads) writes that row of o and its lse entry only
+            // (varlen: rows of the request's own queries, offsets within 0..=total_q).
             unsafe { self.launch_kernel(&combine, (rows, 1, 1), args, LaunchOptions::default())? };
         }
         Ok(())
@@ -663,6 +895,57 @@ impl CudaBackend {
                 workspace: d_ws.as_view_mut(),
             };
             self.mla_decode_on(stream, op, &plan, &mut bufs)?;
+        }
+        Ok(MlaDecodeOutput {
+            o: super::download(stream, &d_o)?,
+            lse: super::download(stream, &d_lse)?,
+        })
+    }
+}
+
+impl CudaBackend {
+    pub(crate) fn mla_decode_varlen_host(
+        &self,
+        op: &MlaDecodeVarlen,
+        cache: &MlaCache,
+        q: &[bf16],
+        cu_seqlens_q: &[i32],
+        block_table: &[i32],
+        seq_lens: &[i32],
+    ) -> Result<MlaDecodeOutput> {
+        op.validate_args(cache, q, cu_seqlens_q, block_table, seq_lens)?;
+        if op.total_q == 0 {
+            return Ok(MlaDecodeOutput {
+                o: Vec::new(),
+                lse: Vec::new(),
+            });
+        }
+        let stream = &self.runtime.stream;
+        let max_len = seq_lens.iter().copied().max().unwrap_or(0).max(0) as usize;
+        let plan = self.mla_decode_varlen_plan(op, max_len)?;
+        let d_cache = upload(stream, cache.as_bytes())?;
+        let d_q = upload(stream, q)?;
+        let d_cu = upload(stream, cu_seqlens_q)?;
+        let d_table = upload(stream, block_table)?;
+        let d_lens = upload(stream, seq_lens)?;
+        // Outputs start as NaN so that an element the kernel fails to write shows up.
+        let mut d_o = upload(stream, &vec![bf16::NAN; op.o_len()])?;
+        let mut d_lse = upload(stream, &vec![f32::NAN; op.lse_len()])?;
+        let mut d_ws = stream
+            .alloc_zeros::<f32>(plan.workspace_len().max(1))
+            .map_err(|e| driver_error("allocating the decode workspace", e))?;
+        {
+            let mut bufs = MlaDecodeVarlenBuffers {
+                cache: d_cache.as_view(),
+                q: d_q.as_view(),
+                cu_seqlens_q: d_cu.as_view(),
+                block_table: d_table.as_view(),
+                seq_lens: d_lens.as_view(),
+                o: d_o.as_view_mut(),
+                lse: d_lse.as_view_mut(),
+                workspace: d_ws.as_view_mut(),
+            };
+            self.mla_decode_varlen_on(stream, op, &plan, &mut bufs)?;
         }
         Ok(MlaDecodeOutput {
             o: super::download(stream, &d_o)?,

@@ -72,9 +72,19 @@ impl KernelSpec for MlaAppendVariant {
     }
 }
 
-/// The split combine: one CTA of 128 threads per (request, query row).
+/// Renders a query layout as the kernels' `VARLEN` constant.
+fn varlen_define(varlen: bool) -> (&'static str, String) {
+    ("VARLEN", u32::from(varlen).to_string())
+}
+
+/// The split combine: one CTA of 128 threads per (request, query row), for the uniform or the
+/// variable-length query layout (`varlen`, as the decode variant it follows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct MlaCombineVariant;
+pub struct MlaCombineVariant {
+    /// Queries located by `cu_seqlens_q` ([`tessera_core::MlaDecodeVarlen`]) rather than `s_q`
+    /// per request.
+    pub varlen: bool,
+}
 
 impl KernelSpec for MlaCombineVariant {
     fn op(&self) -> &'static str {
@@ -84,7 +94,7 @@ impl KernelSpec for MlaCombineVariant {
         crate::kernels::MLA_COMBINE
     }
     fn defines(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
+        vec![varlen_define(self.varlen)]
     }
     fn entry(&self) -> &'static str {
         "mla_combine"
@@ -103,7 +113,10 @@ impl KernelSpec for MlaCombineVariant {
 /// A CTA tiling of the decode kernel for one cache layout: `16 * row_slices` query rows per CTA,
 /// key tiles of `key_tile`, `stages` tiles in flight. DeepSeek-V3's dims (latent 512, rope 64)
 /// are compile-time constants; other layouts share one compile per (format, tiling) with dims
-/// at run time (their shared memory is sized at run time).
+/// at run time (their shared memory is sized at run time). `varlen` compiles the kernel for
+/// queries located by `cu_seqlens_q` ([`tessera_core::MlaDecodeVarlen`]); plans choose the
+/// tiling for the uniform shape ([`tessera_core::MlaDecodeVarlen::padded`]) and the varlen
+/// launch sets the flag ([`MlaDecodeVariant::with_varlen`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MlaDecodeVariant {
     /// Record format.
@@ -118,6 +131,9 @@ pub struct MlaDecodeVariant {
     pub key_tile: u32,
     /// Key tiles in the cp.async pipeline: 2, 3 or 4.
     pub stages: u32,
+    /// Variable query length per request (`VARLEN 1`); absent in plan files: false.
+    #[serde(default)]
+    pub varlen: bool,
 }
 
 /// The decode tilings as (row slices, key tile, stages), in order of preference for many rows;
@@ -142,7 +158,13 @@ impl MlaDecodeVariant {
             row_slices,
             key_tile,
             stages,
+            varlen: false,
         }
+    }
+
+    /// The same tiling for the uniform (`false`) or variable-length (`true`) query layout.
+    pub fn with_varlen(self, varlen: bool) -> Self {
+        Self { varlen, ..self }
     }
 
     /// Whether the dims are compile-time constants (DeepSeek-V3: latent 512, rope 64).
@@ -213,6 +235,7 @@ impl KernelSpec for MlaDecodeVariant {
             ("ROW_SLICES", self.row_slices.to_string()),
             ("KEY_TILE", self.key_tile.to_string()),
             ("STAGES", self.stages.to_string()),
+            varlen_define(self.varlen),
         ]
     }
 
@@ -336,6 +359,7 @@ mod tests {
                 ("ROW_SLICES", "2"),
                 ("KEY_TILE", "32"),
                 ("STAGES", "4"),
+                ("VARLEN", "0"),
                 ("TESSERA_SMEM_BYTES", smem.as_str()),
                 ("TESSERA_THREADS", "256"),
             ]
@@ -361,7 +385,16 @@ mod tests {
             Some("1")
         );
         assert_eq!(MlaAppendVariant.kernel().defines.len(), 2);
-        assert_eq!(MlaCombineVariant.entry(), "mla_combine");
+        assert_eq!(MlaCombineVariant::default().entry(), "mla_combine");
+        let varlen = v.with_varlen(true);
+        assert_eq!(varlen.kernel().define_value("VARLEN"), Some("1"));
+        assert_eq!(varlen.smem_bytes(), v.smem_bytes());
+        assert_eq!(
+            MlaCombineVariant { varlen: true }
+                .kernel()
+                .define_value("VARLEN"),
+            Some("1")
+        );
     }
 
     #[test]
