@@ -176,6 +176,8 @@ class MlaCache:
                  backend: str = "cpu"):
         self.layout = MlaCacheLayout(page_size, latent_dim, rope_dim, format)
         self.backend = backend
+        self._host: Optional[_tessera.HostMlaCache]
+        self._pages: Any
         if device is None:
             self._host = _tessera.HostMlaCache(self.layout, num_pages)
             self._pages = None

@@ -101,9 +101,9 @@ def _sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
             q.device.index, _stream(q.device), _half_dtype(q), (b, t, h, d), softmax_scale, mask,
             _span(q), _span(k), _span(v), _span(o), _span(lse))
         return o, lse
-    o, lse = _tessera.sparse_attention(_numpy_float(q), _numpy_float(k), _numpy_float(v), mask,
-                                       softmax_scale, "cpu")
-    return torch.from_numpy(o).to(q.dtype), torch.from_numpy(lse)
+    o_np, lse_np = _tessera.sparse_attention(_numpy_float(q), _numpy_float(k), _numpy_float(v),
+                                             mask, softmax_scale, "cpu")
+    return torch.from_numpy(o_np).to(q.dtype), torch.from_numpy(lse_np)
 
 
 @_sparse_attention_op.register_fake
@@ -192,9 +192,9 @@ def _fp8_gemm_op(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tensor,
                                _span(a), _span(a_scales), _span(b), _span(b_scales), (0, 0),
                                _span(d))
         return d
-    d = _tessera.fp8_gemm(_bits(a).numpy(), a_scales.numpy(), _bits(b).numpy(),
-                          b_scales.numpy(), "cpu")
-    return torch.from_numpy(d).to(torch.bfloat16)
+    d_np = _tessera.fp8_gemm(_bits(a).numpy(), a_scales.numpy(), _bits(b).numpy(),
+                             b_scales.numpy(), "cpu")
+    return torch.from_numpy(d_np).to(torch.bfloat16)
 
 
 @_fp8_gemm_op.register_fake
@@ -230,9 +230,9 @@ def _fp8_gemm_grouped_op(a: torch.Tensor, a_scales: torch.Tensor, b: torch.Tenso
                                _span(a), _span(a_scales), _span(b), _span(b_scales),
                                _span(groups), _span(d))
         return d
-    d = _tessera.fp8_gemm_grouped(_bits(a).numpy(), a_scales.numpy(), _bits(b).numpy(),
-                                  b_scales.numpy(), groups.numpy(), grouping, "cpu")
-    return torch.from_numpy(d).to(torch.bfloat16)
+    d_np = _tessera.fp8_gemm_grouped(_bits(a).numpy(), a_scales.numpy(), _bits(b).numpy(),
+                                     b_scales.numpy(), groups.numpy(), grouping, "cpu")
+    return torch.from_numpy(d_np).to(torch.bfloat16)
 
 
 @_fp8_gemm_grouped_op.register_fake
@@ -250,6 +250,8 @@ def fp8_gemm_grouped(a, a_scales, b, b_scales, groups, grouping: str):
     b = _check(op, "b", b, _E4M3, 3, names="groups, n, k")
     g, n, k = b.shape
     kb = -(-k // 128)
+    sa_shape: Tuple[int, ...]
+    layout_shape: Tuple[int, ...]
     if grouping == "contiguous":
         a = _check(op, "a", a, _E4M3, 2, b.device, "m, k")
         m = a.shape[0]
