@@ -115,10 +115,7 @@ impl PyBlockMask {
 
     /// The BSR arrays `(indptr, indices)`, int32 (FlexAttention's `BlockMask.from_kv_blocks`
     /// takes them as `kv_num_blocks = diff(indptr)` and the indices row by row).
-    fn to_bsr<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Int32Array<'py>, Int32Array<'py>)> {
+    fn to_bsr<'py>(&self, py: Python<'py>) -> PyResult<(Int32Array<'py>, Int32Array<'py>)> {
         let i32s = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let indptr = i32s(self.mask.indptr());
         let indices = i32s(self.mask.indices());
