@@ -1,6 +1,7 @@
 //! Tessera's ops inside [candle](https://github.com/huggingface/candle): candle `CustomOp`s (and
-//! an `InplaceOp` for the cache append) over candle tensors, zero copy on candle's CPU storage,
-//! where they run Tessera's f64 reference ([`tessera_reference::CpuBackend`]).
+//! an `InplaceOp` for the cache append) over candle tensors on the CPU, where they run Tessera's
+//! f64 reference ([`tessera_reference::CpuBackend`]) on candle's storage (the inputs borrowed,
+//! no copy; the MLA ops copy the pages into the reference's cache and, for the append, back).
 //!
 //! - [`sparse_attention`]: block-sparse (radial) attention forward, q, k, v f16 or bf16
 //!   `[batch, tokens, heads, head_dim]` → `(o, lse)`.
