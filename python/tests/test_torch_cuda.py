@@ -175,7 +175,8 @@ def test_grouped_fp8_gemm_is_each_group_alone():
     offsets = torch.tensor([0, 256, 256, 640, 900], dtype=torch.int32)
     a, sa = tessera.fp8_quantize(_randn(900, k, seed=14), "1x128")
     parts = [tessera.fp8_quantize(_randn(n, k, seed=20 + i), "128x128") for i in range(g)]
-    b = torch.stack([p[0] for p in parts])
+    # (Stacked as bits: not every torch build concatenates float8 tensors.)
+    b = torch.stack([p[0].view(torch.uint8) for p in parts]).view(torch.float8_e4m3fn)
     sb = torch.stack([p[1] for p in parts])
     d = tessera.fp8_gemm_grouped(a, sa, b, sb, offsets.to(DEV))
     for i in range(g):
