@@ -38,7 +38,14 @@ for line in sys.stdin:
 cargo build --release --locked -p tessera-bench
 cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 strip "$pack"/bin/*
-cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/peers.py "$pack/"
+cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/peers.py ci/gpu-python.sh "$pack/"
+# The Python package for ci/gpu-python.sh: its abi3 wheel, pytest's wheels (for Python 3.9 and
+# later: the GPU machine has no index) and the tests.
+mkdir -p "$pack/wheels" "$pack/python-tests"
+python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$pack/wheels" ./python
+python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.9 \
+  -d "$pack/wheels" pytest exceptiongroup tomli
+cp python/tests/*.py "$pack/python-tests/"
 # The GPU machine has the NVIDIA Vulkan driver but no loader: bring Debian's libvulkan1 (amd64),
 # and the GL vendor-neutral dispatch libraries that the NVIDIA driver (libGLX_nvidia) needs.
 if command -v apt-get >/dev/null; then

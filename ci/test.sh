@@ -74,5 +74,19 @@ else
   echo "skipped: no lavapipe ICD (mesa-vulkan-drivers)"
 fi
 
+step "Python package: pip install ./python, then pytest against numpy on the CPU reference"
+# A virtual environment of its own under ~/.cache; the wheel builds with maturin (pyproject.toml)
+# in the workspace's target/ (sharing the release build above). The torch tests skip here,
+# saying why (no torch; test_torch_cuda.py runs on the GPU machine).
+py_env=${TESSERA_PY_ENV:-$HOME/.cache/tessera/pyenv-$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+if [ ! -x "$py_env/bin/python" ]; then
+  python3 -m venv "$py_env"
+fi
+"$py_env/bin/python" -m pip install -q --disable-pip-version-check "pytest>=7,<10" "numpy>=1.21"
+"$py_env/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./python
+# (From the repository root, so that python/tessera, without its extension, is not imported.)
+"$py_env/bin/python" -c "import tessera; print('tessera', tessera.__version__, tessera.__file__)"
+"$py_env/bin/python" -m pytest -q -rs -p no:cacheprovider python/tests
+
 step "done"
 echo "$summary"

@@ -6,9 +6,11 @@
 //! device's exact architecture and cached (see [`compile`]); every op chooses, loads and launches
 //! its kernel through the launch-plan layer ([`plan`]).
 //!
-//! Two APIs: the [`tessera_core::Backend`] trait over host slices (copies in and out, for tests,
-//! the CLI and simple callers), and methods named `*_on` over caller-owned device buffers
-//! (`cudarc` views) on a caller's stream, with no copies and no synchronization.
+//! Three APIs: the [`tessera_core::Backend`] trait over host slices (copies in and out, for
+//! tests, the CLI and simple callers), methods named `*_on` over caller-owned device buffers
+//! (`cudarc` views) on a caller's stream, with no copies and no synchronization, and the same
+//! ops as `unsafe` methods named `*_raw` over device addresses and a `CUstream` ([`raw`]) for
+//! frameworks that own their memory (PyTorch, candle, C).
 
 #![warn(missing_docs)]
 
@@ -17,6 +19,7 @@ pub mod kernels;
 pub mod ops;
 pub mod plan;
 mod probe;
+pub mod raw;
 mod runtime;
 
 pub use ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
@@ -25,6 +28,7 @@ pub use ops::fp8::DeviceInput;
 pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan, MlaDecodeVarlenBuffers};
 pub use plan::{ArchSpec, GemmVariant, MmaSyncGemm, TuneOutcome};
 pub use probe::{probe, CudaProbe};
+pub use raw::{DeviceSpan, MlaAppendSpans, MlaDecodeSpans, RawStream};
 pub use runtime::{CudaRuntime, TUNE_ENV};
 
 use half::bf16;
@@ -41,6 +45,8 @@ use tessera_core::{
 pub struct CudaBackend {
     device: DeviceInfo,
     runtime: CudaRuntime,
+    /// The raw API's handle on the same context, without cudarc's event tracking.
+    raw_ctx: Arc<cudarc::driver::CudaContext>,
 }
 
 impl CudaBackend {
@@ -90,7 +96,12 @@ impl CudaBackend {
                 shared_memory_bytes: None,
             },
         };
-        Ok(Self { device, runtime })
+        let raw_ctx = raw::untracked_context(ordinal)?;
+        Ok(Self {
+            device,
+            runtime,
+            raw_ctx,
+        })
     }
 
     /// The context, for callers that allocate their own buffers.

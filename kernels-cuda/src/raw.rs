@@ -1,0 +1,538 @@
+//! The raw device-pointer API: every op on device addresses (`CUdeviceptr`, as `u64`) and a
+//! caller's `CUstream`, for frameworks that own their memory and streams (PyTorch, candle, C
+//! callers) and cannot hand over `cudarc` buffers.
+//!
+//! Each argument is a [`DeviceSpan`]: an address and a length in elements of the argument's type
+//! (the types and layouts are those of the `*_on` methods, see the README's Layouts table). The
+//! lengths are checked against the op descriptor exactly as the `*_on` methods check theirs, and
+//! every non-empty span is checked to be:
+//! - non-null and aligned to its element size (an f32 span to 4 bytes, bf16 to 2); the ops add
+//!   their own stricter rules (16 bytes for q, k, v, o of the attention; the MLA cache, latent,
+//!   rope, q, o and workspace; A, B and D of the GEMM);
+//! - device memory of this backend's device (`cuPointerGetAttribute`: a host pointer or a
+//!   pointer of another GPU is an [`Error::InvalidArgument`] naming the argument);
+//!
+//! and the stream must belong to this backend's context (the device's primary context, the one
+//! the CUDA runtime, and so PyTorch, uses). What cannot be checked is the caller's word (see
+//! each function's `# Safety`): that each span really is `len` elements of live memory, that
+//! outputs overlap nothing else, and that nothing else uses them until the stream has run the
+//! launch.
+//!
+//! The launches are asynchronous on the caller's stream, allocate nothing, copy nothing, create
+//! and record no events and never synchronize, so they can be captured into a CUDA graph. Two
+//! things on the first call of a shape class happen on the host and may block: loading the
+//! kernel (NVRTC compile or disk cache), and, with `TESSERA_TUNE=1` only, timing the candidates
+//! on the backend's own stream (do not set it while capturing; run `tessera tune` beforehand).
+//!
+//! How: the spans are wrapped, without ownership, into `cudarc` views of a second handle on the
+//! same primary context whose event tracking is off (so no event is created, waited for or
+//! recorded), and the `*_on` methods run on them: one set of checks and one launch path for both
+//! APIs.
+
+use crate::ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+use crate::ops::fp8::DeviceInput;
+use crate::ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
+use crate::runtime::driver_error;
+use crate::CudaBackend;
+use cudarc::driver::sys;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
+use half::{bf16, f16};
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use tessera_core::ops::attention::SparseAttention;
+use tessera_core::{
+    BlockMask, DType, Error, Fp8Gemm, Fp8Quantize, MlaAppend, MlaCacheLayout, MlaDecode, Result,
+};
+
+/// A CUDA stream handle (`CUstream`) of the caller: `torch.cuda.current_stream().cuda_stream`,
+/// candle's `CudaStream::cu_stream()`, or a `cudaStream_t` (the same handle). Null is the
+/// legacy default stream.
+pub type RawStream = sys::CUstream;
+
+/// `len` elements of device memory starting at device address `address` (a `CUdeviceptr`,
+/// e.g. `tensor.data_ptr()`). The element type is the argument's (each function says it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpan {
+    /// The device address of the first element.
+    pub address: u64,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl DeviceSpan {
+    /// `len` elements at `address`.
+    pub const fn new(address: u64, len: usize) -> Self {
+        Self { address, len }
+    }
+
+    /// No elements (for arguments an op does not read, e.g. the rope of a layout without one,
+    /// or the workspace of a one-split decode).
+    pub const EMPTY: DeviceSpan = DeviceSpan { address: 0, len: 0 };
+}
+
+/// Device spans of [`CudaBackend::mla_append_raw`] (types and layouts as [`MlaAppendBuffers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaAppendSpans {
+    /// The paged cache, u8 `[num_pages, page_size, token_bytes]`.
+    pub cache: DeviceSpan,
+    /// bf16 `[tokens, latent_dim]`.
+    pub latent: DeviceSpan,
+    /// bf16 `[tokens, rope_dim]`.
+    pub rope: DeviceSpan,
+    /// i32 `[tokens]`: the slot of each token (negative or out of range: skipped).
+    pub slots: DeviceSpan,
+}
+
+/// Device spans of [`CudaBackend::mla_decode_raw`] (types and layouts as [`MlaDecodeBuffers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaDecodeSpans {
+    /// The paged cache, u8 `[num_pages, page_size, token_bytes]`.
+    pub cache: DeviceSpan,
+    /// bf16 `[batch, s_q, heads, latent_dim + rope_dim]`.
+    pub q: DeviceSpan,
+    /// i32 `[batch, max_pages]`.
+    pub block_table: DeviceSpan,
+    /// i32 `[batch]`.
+    pub seq_lens: DeviceSpan,
+    /// Output bf16 `[batch, s_q, heads, latent_dim]`.
+    pub o: DeviceSpan,
+    /// Output f32 `[batch, heads, s_q]`, natural log.
+    pub lse: DeviceSpan,
+    /// f32 scratch of at least [`MlaDecodePlan::workspace_len`] elements
+    /// ([`DeviceSpan::EMPTY`] when that is 0).
+    pub workspace: DeviceSpan,
+}
+
+/// A second handle on the device's primary context, with cudarc's event tracking off: views
+/// made on it record and wait for no events.
+pub(crate) fn untracked_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    let ctx = CudaContext::new(ordinal)
+        .map_err(|e| driver_error("retaining the primary context for the raw API", e))?;
+    // SAFETY: this handle is used only by the raw API, whose buffers are the caller's (never
+    // allocated or freed through cudarc) and whose ordering is the caller's stream: no cudarc
+    // buffer of this handle needs events. Buffers of the backend's own handle keep theirs.
+    unsafe { ctx.disable_event_tracking() };
+    Ok(ctx)
+}
+
+/// A caller's device range lent to cudarc as a slice it does not own: dropping it forgets the
+/// slice (never frees the memory).
+struct Lent<T>(ManuallyDrop<CudaSlice<T>>);
+
+impl<T> Lent<T> {
+    fn view(&self) -> CudaView<'_, T> {
+        self.0.slice(0..self.0.len())
+    }
+
+    fn view_mut(&mut self) -> CudaViewMut<'_, T> {
+        let len = self.0.len();
+        self.0.slice_mut(0..len)
+    }
+}
+
+impl<T> Drop for Lent<T> {
+    fn drop(&mut self) {
+        // SAFETY: the slice is taken once, here, and not used again.
+        let slice = unsafe { ManuallyDrop::take(&mut self.0) };
+        // The memory is the caller's: give back the address without freeing it (no events to
+        // wait for: the context does not track them).
+        let _ = slice.leak();
+    }
+}
+
+/// The caller's stream wrapped for one call, and the checks every span goes through.
+struct RawCall {
+    op: &'static str,
+    stream: Arc<CudaStream>,
+    ordinal: i32,
+}
+
+impl RawCall {
+    /// Wraps `stream` after checking that it belongs to the backend's context.
+    ///
+    /// # Safety
+    /// `stream` must be a live stream handle (or null) that stays alive during the call.
+    unsafe fn new(backend: &CudaBackend, op: &'static str, stream: RawStream) -> Result<Self> {
+        let ctx = &backend.raw_ctx;
+        ctx.bind_to_thread()
+            .map_err(|e| driver_error("binding the CUDA context", e))?;
+        let mut owner: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: `stream` is live (the caller's contract); `owner` is a valid out-pointer.
+        let status = unsafe { sys::cuStreamGetCtx(stream, &mut owner) };
+        if status != sys::CUresult::CUDA_SUCCESS || owner != ctx.cu_ctx() {
+            return Err(Error::invalid(
+                op,
+                "stream",
+                format!(
+                    "a stream of device {}'s primary context",
+                    backend.raw_ctx.ordinal()
+                ),
+                format!("{stream:?} ({status:?}, context {owner:?})"),
+            ));
+        }
+        // SAFETY: the handle is live for the call (above); the wrapper never destroys it.
+        let wrapped = unsafe { ctx.wrap_borrowed_stream(stream) };
+        Ok(Self {
+            op,
+            stream: wrapped,
+            ordinal: backend.raw_ctx.ordinal() as i32,
+        })
+    }
+
+    /// Checks `span` (`T` elements named `arg`) and lends it to cudarc.
+    ///
+    /// # Safety
+    /// `span` must be `span.len` elements of live device memory (the caller's contract).
+    unsafe fn lend<T>(&self, arg: &str, span: DeviceSpan) -> Result<Lent<T>> {
+        let size = std::mem::size_of::<T>() as u64;
+        if span.len > 0 {
+            let bytes = (span.len as u64).checked_mul(size);
+            if span.address == 0 {
+                return Err(Error::invalid(
+                    self.op,
+                    arg,
+                    "a device address (not null)",
+                    "0x0",
+                ));
+            }
+            if span.address % size != 0 {
+                return Err(Error::invalid(
+                    self.op,
+                    arg,
+                    format!("a device address aligned to {size} bytes"),
+                    format!("{:#x}", span.address),
+                ));
+            }
+            if bytes.and_then(|b| span.address.checked_add(b)).is_none() {
+                return Err(Error::invalid(
+                    self.op,
+                    arg,
+                    "a span inside the address space",
+                    format!("{} elements at {:#x}", span.len, span.address),
+                ));
+            }
+            let mut device: i32 = -1;
+            // SAFETY: `device` is a valid out-pointer for this attribute's int; the address is
+            // only looked up, never dereferenced.
+            let status = unsafe {
+                sys::cuPointerGetAttribute(
+                    &mut device as *mut i32 as *mut std::ffi::c_void,
+                    sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                    span.address,
+                )
+            };
+            if status != sys::CUresult::CUDA_SUCCESS || device != self.ordinal {
+                let got = if status == sys::CUresult::CUDA_SUCCESS {
+                    format!("memory of device {device} at {:#x}", span.address)
+                } else {
+                    format!("{:#x}, not CUDA device memory ({status:?})", span.address)
+                };
+                return Err(Error::invalid(
+                    self.op,
+                    arg,
+                    format!("memory of CUDA device {}", self.ordinal),
+                    got,
+                ));
+            }
+        }
+        // SAFETY: the range is the caller's live device memory (contract); the slice is never
+        // freed (`Lent` forgets it) and has no events (the context does not track them).
+        Ok(Lent(ManuallyDrop::new(unsafe {
+            self.stream.upgrade_device_ptr::<T>(span.address, span.len)
+        })))
+    }
+}
+
+impl CudaBackend {
+    /// Uploads `mask` for [`CudaBackend::sparse_attention_raw`] (and `sparse_attention_on`) and
+    /// waits for the copy, so that the mask is ready for work on any stream.
+    pub fn upload_block_mask(&self, mask: &BlockMask) -> Result<DeviceBlockMask> {
+        let device_mask = DeviceBlockMask::new(self.stream(), mask)?;
+        self.stream()
+            .synchronize()
+            .map_err(|e| driver_error("uploading the block mask", e))?;
+        Ok(device_mask)
+    }
+
+    /// Block-sparse attention forward on the caller's `stream` (as
+    /// [`CudaBackend::sparse_attention_on`]): reads `q`, `k`, `v` (`op.dtype`, f16 or bf16,
+    /// `[batch, tokens, heads, head_dim]`, 16-byte aligned) and writes `o` (same) and `lse` (f32
+    /// `[batch, heads, tokens]`). `mask` from [`CudaBackend::upload_block_mask`].
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, the outputs `o` and
+    /// `lse` must overlap nothing else, and nothing may write the inputs or use the outputs
+    /// until `stream` has run the launch; `stream` must be live.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn sparse_attention_raw(
+        &self,
+        stream: RawStream,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        q: DeviceSpan,
+        k: DeviceSpan,
+        v: DeviceSpan,
+        o: DeviceSpan,
+        lse: DeviceSpan,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "sparse_attention", stream)? };
+        let mut lse = unsafe { call.lend::<f32>("lse", lse)? };
+        match op.dtype {
+            DType::F16 => {
+                let (q, k, v) = unsafe {
+                    (
+                        call.lend::<f16>("q", q)?,
+                        call.lend::<f16>("k", k)?,
+                        call.lend::<f16>("v", v)?,
+                    )
+                };
+                let mut o = unsafe { call.lend::<f16>("o", o)? };
+                self.sparse_attention_on(
+                    &call.stream,
+                    op,
+                    mask,
+                    &DeviceHalf::F16(q.view()),
+                    &DeviceHalf::F16(k.view()),
+                    &DeviceHalf::F16(v.view()),
+                    &mut DeviceHalfMut::F16(o.view_mut()),
+                    &mut lse.view_mut(),
+                )
+            }
+            DType::BF16 => {
+                let (q, k, v) = unsafe {
+                    (
+                        call.lend::<bf16>("q", q)?,
+                        call.lend::<bf16>("k", k)?,
+                        call.lend::<bf16>("v", v)?,
+                    )
+                };
+                let mut o = unsafe { call.lend::<bf16>("o", o)? };
+                self.sparse_attention_on(
+                    &call.stream,
+                    op,
+                    mask,
+                    &DeviceHalf::BF16(q.view()),
+                    &DeviceHalf::BF16(k.view()),
+                    &DeviceHalf::BF16(v.view()),
+                    &mut DeviceHalfMut::BF16(o.view_mut()),
+                    &mut lse.view_mut(),
+                )
+            }
+            other => Err(Error::invalid(
+                "sparse_attention",
+                "dtype",
+                "f16 or bf16",
+                other.name(),
+            )),
+        }
+    }
+
+    /// Appends `op.tokens` tokens to a paged MLA cache on the caller's `stream` (as
+    /// [`CudaBackend::mla_append_on`]; spans as [`MlaAppendSpans`], the cache, latent and rope
+    /// 16-byte aligned).
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, the cache must overlap
+    /// no input, and nothing may write the inputs or use the cache until `stream` has run the
+    /// launch; `stream` must be live.
+    pub unsafe fn mla_append_raw(
+        &self,
+        stream: RawStream,
+        op: &MlaAppend,
+        layout: &MlaCacheLayout,
+        spans: &MlaAppendSpans,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "mla_append", stream)? };
+        let mut cache = unsafe { call.lend::<u8>("cache", spans.cache)? };
+        let latent = unsafe { call.lend::<bf16>("latent", spans.latent)? };
+        let rope = unsafe { call.lend::<bf16>("rope", spans.rope)? };
+        let slots = unsafe { call.lend::<i32>("slots", spans.slots)? };
+        let mut bufs = MlaAppendBuffers {
+            cache: cache.view_mut(),
+            latent: latent.view(),
+            rope: rope.view(),
+            slots: slots.view(),
+        };
+        self.mla_append_on(&call.stream, op, layout, &mut bufs)
+    }
+
+    /// Absorbed MLA decode over a paged cache on the caller's `stream` (as
+    /// [`CudaBackend::mla_decode_on`]; spans as [`MlaDecodeSpans`]; `plan` from
+    /// [`CudaBackend::mla_decode_plan`] for `op`). Block-table entries and lengths live on the
+    /// device and are checked by the kernel (a bad one gives NaN outputs for its request, and
+    /// the cache is never read outside its pages).
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, the outputs `o`, `lse`
+    /// and `workspace` must overlap nothing else, and nothing may write the inputs or use the
+    /// outputs until `stream` has run the launches; `stream` must be live.
+    pub unsafe fn mla_decode_raw(
+        &self,
+        stream: RawStream,
+        op: &MlaDecode,
+        plan: &MlaDecodePlan,
+        spans: &MlaDecodeSpans,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "mla_decode", stream)? };
+        let cache = unsafe { call.lend::<u8>("cache", spans.cache)? };
+        let q = unsafe { call.lend::<bf16>("q", spans.q)? };
+        let table = unsafe { call.lend::<i32>("block_table", spans.block_table)? };
+        let lens = unsafe { call.lend::<i32>("seq_lens", spans.seq_lens)? };
+        let mut o = unsafe { call.lend::<bf16>("o", spans.o)? };
+        let mut lse = unsafe { call.lend::<f32>("lse", spans.lse)? };
+        let mut workspace = unsafe { call.lend::<f32>("workspace", spans.workspace)? };
+        let mut bufs = MlaDecodeBuffers {
+            cache: cache.view(),
+            q: q.view(),
+            block_table: table.view(),
+            seq_lens: lens.view(),
+            o: o.view_mut(),
+            lse: lse.view_mut(),
+            workspace: workspace.view_mut(),
+        };
+        self.mla_decode_on(&call.stream, op, plan, &mut bufs)
+    }
+
+    /// FP8 quantization on the caller's `stream` (as [`CudaBackend::fp8_quantize_on`]): `x` of
+    /// `x_dtype` (f32, f16 or bf16) `[rows, cols]` into `values` (E4M3 bytes `[rows, cols]`) and
+    /// `scales` (f32, [`Fp8Quantize::scales_shape`]).
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, the outputs must
+    /// overlap nothing else, and nothing may write `x` or use the outputs until `stream` has run
+    /// the launch; `stream` must be live.
+    pub unsafe fn fp8_quantize_raw(
+        &self,
+        stream: RawStream,
+        op: &Fp8Quantize,
+        x_dtype: DType,
+        x: DeviceSpan,
+        values: DeviceSpan,
+        scales: DeviceSpan,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "fp8_quantize", stream)? };
+        let mut values = unsafe { call.lend::<u8>("values", values)? };
+        let mut scales = unsafe { call.lend::<f32>("scales", scales)? };
+        let (s, values, scales) = (&call.stream, &mut values.view_mut(), &mut scales.view_mut());
+        match x_dtype {
+            DType::F32 => {
+                let x = unsafe { call.lend::<f32>("x", x)? };
+                self.fp8_quantize_on(s, op, &DeviceInput::F32(x.view()), values, scales)
+            }
+            DType::F16 => {
+                let x = unsafe { call.lend::<f16>("x", x)? };
+                self.fp8_quantize_on(s, op, &DeviceInput::F16(x.view()), values, scales)
+            }
+            DType::BF16 => {
+                let x = unsafe { call.lend::<bf16>("x", x)? };
+                self.fp8_quantize_on(s, op, &DeviceInput::BF16(x.view()), values, scales)
+            }
+            other => Err(Error::invalid(
+                "fp8_quantize",
+                "x_dtype",
+                "f32, f16 or bf16",
+                other.name(),
+            )),
+        }
+    }
+
+    /// Block-scaled FP8 GEMM on the caller's `stream` (as [`CudaBackend::fp8_gemm_on`]): `a`
+    /// E4M3 bytes `[m, k]`, `a_scales` f32 `[m, ceil(k/128)]`, `b` E4M3 bytes `[n, k]`,
+    /// `b_scales` f32 `[ceil(n/128), ceil(k/128)]`, `d` bf16 `[m, n]`; `a`, `b`, `d` 16-byte
+    /// aligned.
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, `d` must overlap
+    /// nothing else, and nothing may write the inputs or use `d` until `stream` has run the
+    /// launch; `stream` must be live.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn fp8_gemm_raw(
+        &self,
+        stream: RawStream,
+        op: &Fp8Gemm,
+        a: DeviceSpan,
+        a_scales: DeviceSpan,
+        b: DeviceSpan,
+        b_scales: DeviceSpan,
+        d: DeviceSpan,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "fp8_gemm", stream)? };
+        let (a, sa) = unsafe {
+            (
+                call.lend::<u8>("a", a)?,
+                call.lend::<f32>("a_scales", a_scales)?,
+            )
+        };
+        let (b, sb) = unsafe {
+            (
+                call.lend::<u8>("b", b)?,
+                call.lend::<f32>("b_scales", b_scales)?,
+            )
+        };
+        let mut d = unsafe { call.lend::<bf16>("d", d)? };
+        self.fp8_gemm_on(
+            &call.stream,
+            op,
+            &a.view(),
+            &sa.view(),
+            &b.view(),
+            &sb.view(),
+            &mut d.view_mut(),
+        )
+    }
+
+    /// Grouped block-scaled FP8 GEMM (mixture of experts) on the caller's `stream` (as
+    /// [`CudaBackend::fp8_gemm_grouped_on`]; the layouts of [`tessera_core::GemmGrouping`],
+    /// `groups` i32 on the device: the `groups + 1` row offsets (contiguous) or the `groups`
+    /// row counts (masked)). Needs the Hopper kernel (sm_90a).
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, the group layout must
+    /// be valid ([`Fp8Gemm::validate_group_layout`]: it is read on the device, unchecked), `d`
+    /// must overlap nothing else, and nothing may write the inputs or use `d` until `stream` has
+    /// run the launch; `stream` must be live.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn fp8_gemm_grouped_raw(
+        &self,
+        stream: RawStream,
+        op: &Fp8Gemm,
+        a: DeviceSpan,
+        a_scales: DeviceSpan,
+        b: DeviceSpan,
+        b_scales: DeviceSpan,
+        groups: DeviceSpan,
+        d: DeviceSpan,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "fp8_gemm_grouped", stream)? };
+        let (a, sa) = unsafe {
+            (
+                call.lend::<u8>("a", a)?,
+                call.lend::<f32>("a_scales", a_scales)?,
+            )
+        };
+        let (b, sb) = unsafe {
+            (
+                call.lend::<u8>("b", b)?,
+                call.lend::<f32>("b_scales", b_scales)?,
+            )
+        };
+        let groups = unsafe { call.lend::<i32>("groups", groups)? };
+        let mut d = unsafe { call.lend::<bf16>("d", d)? };
+        self.fp8_gemm_grouped_on(
+            &call.stream,
+            op,
+            &a.view(),
+            &sa.view(),
+            &b.view(),
+            &sb.view(),
+            &groups.view(),
+            &mut d.view_mut(),
+        )
+    }
+}
