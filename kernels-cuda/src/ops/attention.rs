@@ -15,7 +15,7 @@ use crate::plan::{
     AttentionShape, AttentionVariant, KernelArgs, LaunchOptions, PlannedOp, TuneOutcome,
 };
 use crate::CudaBackend;
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr};
 use half::{bf16, f16};
 use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
@@ -141,6 +141,45 @@ pub enum DeviceHalfMut<'a> {
     F16(CudaViewMut<'a, f16>),
     /// bf16 elements.
     BF16(CudaViewMut<'a, bf16>),
+}
+
+/// The 16-bit element types of attention (f16, bf16): what the host wrappers need to run one
+/// code path for both.
+pub(crate) trait HalfElement: DeviceRepr + Default + Clone + Copy {
+    /// The NaN that output buffers start as (an element a kernel fails to write shows up).
+    const NAN: Self;
+    /// A device tensor of this type.
+    fn device(view: CudaView<'_, Self>) -> DeviceHalf<'_>;
+    /// A writable device tensor of this type.
+    fn device_mut(view: CudaViewMut<'_, Self>) -> DeviceHalfMut<'_>;
+    /// A host tensor of this type.
+    fn tensor(values: Vec<Self>) -> Tensor;
+}
+
+impl HalfElement for f16 {
+    const NAN: Self = f16::NAN;
+    fn device(view: CudaView<'_, Self>) -> DeviceHalf<'_> {
+        DeviceHalf::F16(view)
+    }
+    fn device_mut(view: CudaViewMut<'_, Self>) -> DeviceHalfMut<'_> {
+        DeviceHalfMut::F16(view)
+    }
+    fn tensor(values: Vec<Self>) -> Tensor {
+        Tensor::F16(values)
+    }
+}
+
+impl HalfElement for bf16 {
+    const NAN: Self = bf16::NAN;
+    fn device(view: CudaView<'_, Self>) -> DeviceHalf<'_> {
+        DeviceHalf::BF16(view)
+    }
+    fn device_mut(view: CudaViewMut<'_, Self>) -> DeviceHalfMut<'_> {
+        DeviceHalfMut::BF16(view)
+    }
+    fn tensor(values: Vec<Self>) -> Tensor {
+        Tensor::BF16(values)
+    }
 }
 
 impl DeviceHalf<'_> {
@@ -439,34 +478,10 @@ impl CudaBackend {
         let mut lse = upload(stream, &vec![f32::NAN; op.lse_len()])?;
         let o = match (q, k, v) {
             (TensorRef::F16(q), TensorRef::F16(k), TensorRef::F16(v)) => {
-                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
-                let mut o = upload(stream, &vec![f16::NAN; op.qkv_len()])?;
-                self.sparse_attention_on(
-                    stream,
-                    op,
-                    &dmask,
-                    &DeviceHalf::F16(q.as_view()),
-                    &DeviceHalf::F16(k.as_view()),
-                    &DeviceHalf::F16(v.as_view()),
-                    &mut DeviceHalfMut::F16(o.as_view_mut()),
-                    &mut lse.as_view_mut(),
-                )?;
-                Tensor::F16(download(stream, &o)?)
+                self.sparse_attention_typed(stream, op, &dmask, [q, k, v], &mut lse)?
             }
             (TensorRef::BF16(q), TensorRef::BF16(k), TensorRef::BF16(v)) => {
-                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
-                let mut o = upload(stream, &vec![bf16::NAN; op.qkv_len()])?;
-                self.sparse_attention_on(
-                    stream,
-                    op,
-                    &dmask,
-                    &DeviceHalf::BF16(q.as_view()),
-                    &DeviceHalf::BF16(k.as_view()),
-                    &DeviceHalf::BF16(v.as_view()),
-                    &mut DeviceHalfMut::BF16(o.as_view_mut()),
-                    &mut lse.as_view_mut(),
-                )?;
-                Tensor::BF16(download(stream, &o)?)
+                self.sparse_attention_typed(stream, op, &dmask, [q, k, v], &mut lse)?
             }
             // validate_args checked that all three are of op.dtype, which is f16 or bf16.
             _ => {
@@ -482,5 +497,30 @@ impl CudaBackend {
             o,
             lse: download(stream, &lse)?,
         })
+    }
+
+    /// The host forward for one element type: q, k, v uploaded, o (NaN-filled) computed and
+    /// downloaded; lse written into `lse`.
+    fn sparse_attention_typed<T: HalfElement>(
+        &self,
+        stream: &Arc<CudaStream>,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        [q, k, v]: [&[T]; 3],
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
+        let mut o = upload(stream, &vec![T::NAN; op.qkv_len()])?;
+        self.sparse_attention_on(
+            stream,
+            op,
+            mask,
+            &T::device(q.as_view()),
+            &T::device(k.as_view()),
+            &T::device(v.as_view()),
+            &mut T::device_mut(o.as_view_mut()),
+            &mut lse.as_view_mut(),
+        )?;
+        Ok(T::tensor(download(stream, &o)?))
     }
 }

@@ -9,15 +9,15 @@
 //!
 //! Device API: [`CudaBackend::sparse_attention_backward_on`] over [`AttentionBackwardBuffers`].
 
-use super::attention::{check_block_size, DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+use super::attention::{check_block_size, DeviceBlockMask, DeviceHalf, DeviceHalfMut, HalfElement};
 use super::{check_device_len, download, to_i32, upload};
 use crate::plan::heuristics::{attention_backward_candidates, pick_attention_backward};
 use crate::plan::{AttentionBackwardPlan, KernelArgs, LaunchOptions};
 use crate::CudaBackend;
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
-use half::{bf16, f16};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
+use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionGradients, SparseAttention};
-use tessera_core::{BlockMask, Error, Result, Tensor, TensorRef};
+use tessera_core::{BlockMask, Error, Result, TensorRef};
 
 const OP: &str = "sparse_attention_backward";
 
@@ -263,8 +263,6 @@ impl CudaBackend {
         let dmask = DeviceBlockMask::new(stream, mask)?;
         let lse = upload(stream, lse)?;
         let mut delta = upload(stream, &vec![f32::NAN; op.lse_len()])?;
-        let n = op.qkv_len();
-        // Outputs start as NaN so that an element the kernels fail to write shows up.
         match (q, k, v, o, d_o) {
             (
                 TensorRef::F16(q),
@@ -272,72 +270,14 @@ impl CudaBackend {
                 TensorRef::F16(v),
                 TensorRef::F16(o),
                 TensorRef::F16(d_o),
-            ) => {
-                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
-                let (o, d_o) = (upload(stream, o)?, upload(stream, d_o)?);
-                let nan = vec![f16::NAN; n];
-                let mut dq = upload(stream, &nan)?;
-                let mut dk = upload(stream, &nan)?;
-                let mut dv = upload(stream, &nan)?;
-                self.sparse_attention_backward_on(
-                    stream,
-                    op,
-                    &dmask,
-                    &mut AttentionBackwardBuffers {
-                        q: DeviceHalf::F16(q.as_view()),
-                        k: DeviceHalf::F16(k.as_view()),
-                        v: DeviceHalf::F16(v.as_view()),
-                        o: DeviceHalf::F16(o.as_view()),
-                        lse: lse.as_view(),
-                        d_o: DeviceHalf::F16(d_o.as_view()),
-                        delta: delta.as_view_mut(),
-                        dq: DeviceHalfMut::F16(dq.as_view_mut()),
-                        dk: DeviceHalfMut::F16(dk.as_view_mut()),
-                        dv: DeviceHalfMut::F16(dv.as_view_mut()),
-                    },
-                )?;
-                Ok(AttentionGradients {
-                    dq: Tensor::F16(download(stream, &dq)?),
-                    dk: Tensor::F16(download(stream, &dk)?),
-                    dv: Tensor::F16(download(stream, &dv)?),
-                })
-            }
+            ) => self.backward_typed(stream, op, &dmask, [q, k, v, o, d_o], &lse, &mut delta),
             (
                 TensorRef::BF16(q),
                 TensorRef::BF16(k),
                 TensorRef::BF16(v),
                 TensorRef::BF16(o),
                 TensorRef::BF16(d_o),
-            ) => {
-                let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
-                let (o, d_o) = (upload(stream, o)?, upload(stream, d_o)?);
-                let nan = vec![bf16::NAN; n];
-                let mut dq = upload(stream, &nan)?;
-                let mut dk = upload(stream, &nan)?;
-                let mut dv = upload(stream, &nan)?;
-                self.sparse_attention_backward_on(
-                    stream,
-                    op,
-                    &dmask,
-                    &mut AttentionBackwardBuffers {
-                        q: DeviceHalf::BF16(q.as_view()),
-                        k: DeviceHalf::BF16(k.as_view()),
-                        v: DeviceHalf::BF16(v.as_view()),
-                        o: DeviceHalf::BF16(o.as_view()),
-                        lse: lse.as_view(),
-                        d_o: DeviceHalf::BF16(d_o.as_view()),
-                        delta: delta.as_view_mut(),
-                        dq: DeviceHalfMut::BF16(dq.as_view_mut()),
-                        dk: DeviceHalfMut::BF16(dk.as_view_mut()),
-                        dv: DeviceHalfMut::BF16(dv.as_view_mut()),
-                    },
-                )?;
-                Ok(AttentionGradients {
-                    dq: Tensor::BF16(download(stream, &dq)?),
-                    dk: Tensor::BF16(download(stream, &dk)?),
-                    dv: Tensor::BF16(download(stream, &dv)?),
-                })
-            }
+            ) => self.backward_typed(stream, op, &dmask, [q, k, v, o, d_o], &lse, &mut delta),
             // validate_backward_args checked that all five are of op.dtype, which is f16 or bf16.
             _ => Err(Error::invalid(
                 OP,
@@ -346,5 +286,49 @@ impl CudaBackend {
                 q.dtype().name(),
             )),
         }
+    }
+
+    /// The host backward for one element type: the inputs uploaded, dq, dk, dv (NaN-filled, so
+    /// that an element the kernels fail to write shows up) computed and downloaded.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_typed<T: HalfElement>(
+        &self,
+        stream: &Arc<CudaStream>,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        [q, k, v, o, d_o]: [&[T]; 5],
+        lse: &CudaSlice<f32>,
+        delta: &mut CudaSlice<f32>,
+    ) -> Result<AttentionGradients> {
+        let (q, k, v) = (upload(stream, q)?, upload(stream, k)?, upload(stream, v)?);
+        let (o, d_o) = (upload(stream, o)?, upload(stream, d_o)?);
+        let nan = vec![T::NAN; op.qkv_len()];
+        let (mut dq, mut dk, mut dv) = (
+            upload(stream, &nan)?,
+            upload(stream, &nan)?,
+            upload(stream, &nan)?,
+        );
+        self.sparse_attention_backward_on(
+            stream,
+            op,
+            mask,
+            &mut AttentionBackwardBuffers {
+                q: T::device(q.as_view()),
+                k: T::device(k.as_view()),
+                v: T::device(v.as_view()),
+                o: T::device(o.as_view()),
+                lse: lse.as_view(),
+                d_o: T::device(d_o.as_view()),
+                delta: delta.as_view_mut(),
+                dq: T::device_mut(dq.as_view_mut()),
+                dk: T::device_mut(dk.as_view_mut()),
+                dv: T::device_mut(dv.as_view_mut()),
+            },
+        )?;
+        Ok(AttentionGradients {
+            dq: T::tensor(download(stream, &dq)?),
+            dk: T::tensor(download(stream, &dk)?),
+            dv: T::tensor(download(stream, &dv)?),
+        })
     }
 }
