@@ -133,8 +133,14 @@ fn fmt_opt(x: Option<f64>) -> String {
 }
 
 /// (median ms, min ms, reps) of `launch(i)` (i counts every launch, warm-ups included).
+///
+/// With `sleeper`, launches under 10 ms are queued behind a GPU busy-wait of about 0.2 ms per
+/// rep (at most 20 ms; [`CudaBackend::gpu_sleep_on`]), as ci/peers.py does: the host then runs
+/// ahead of the GPU and the events around each launch measure the GPU's work, not the host's
+/// per-launch work (without it, launches of a few microseconds read as the host's ~20 us).
 fn time_launches(
     stream: &Arc<CudaStream>,
+    sleeper: Option<&CudaBackend>,
     mut launch: impl FnMut(usize) -> Res<()>,
 ) -> Res<(f64, f64, usize)> {
     let sync = |s: &Arc<CudaStream>| s.synchronize().map_err(|e| format!("synchronize: {e}"));
@@ -156,6 +162,12 @@ fn time_launches(
         s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| format!("record_event: {e}"))
     };
+    if let Some(backend) = sleeper.filter(|_| estimate < 0.01) {
+        let sleep = std::time::Duration::from_micros((reps as u64 * 200).min(20_000));
+        backend
+            .gpu_sleep_on(stream, sleep)
+            .map_err(|e| format!("gpu_sleep: {e}"))?;
+    }
     let mut events = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = event(stream)?;
@@ -198,7 +210,7 @@ fn bench_quantize(backend: &CudaBackend, stream: &Arc<CudaStream>, case: &Quanti
                     .map_err(|e| format!("alloc: {e}"))?,
             ));
         }
-        let (median, min, reps) = time_launches(stream, |i| {
+        let (median, min, reps) = time_launches(stream, Some(backend), |i| {
             let (x, values, scales) = &mut bufs[i % sets];
             backend
                 .fp8_quantize_on(
@@ -268,7 +280,7 @@ fn measure_ceilings(stream: &Arc<CudaStream>) -> Ceilings {
         let mut dst = stream
             .alloc_zeros::<u8>(n)
             .map_err(|e| format!("alloc: {e}"))?;
-        let (ms, _, _) = time_launches(stream, |_| {
+        let (ms, _, _) = time_launches(stream, None, |_| {
             stream
                 .memcpy_dtod(&src, &mut dst)
                 .map_err(|e| format!("copy: {e}"))
@@ -323,7 +335,7 @@ fn matmul_ceiling(stream: &Arc<CudaStream>) -> Res<f64> {
         beta: bf16::ZERO,
         ldc: n as i32,
     };
-    let (ms, _, _) = time_launches(stream, |_| {
+    let (ms, _, _) = time_launches(stream, None, |_| {
         // SAFETY: a, b and c hold n*n elements each, column-major with leading dimension n,
         // as cfg says.
         unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| format!("gemm: {e:?}"))
@@ -344,7 +356,7 @@ fn bench_gemm(
     let inner = || -> Res<Record> {
         let mut bufs = gemm_operand_sets(stream, &op)?;
         let sets = bufs.len();
-        let (median, min, reps) = time_launches(stream, |i| {
+        let (median, min, reps) = time_launches(stream, Some(backend), |i| {
             let (a, sa, b, sb, d) = &mut bufs[i % sets];
             backend
                 .fp8_gemm_on(
@@ -420,7 +432,7 @@ fn bench_grouped_gemm(
             .map_err(|e| format!("upload: {e}"))?;
         let mut bufs = gemm_operand_sets(stream, &op)?;
         let sets = bufs.len();
-        let (median, min, reps) = time_launches(stream, |i| {
+        let (median, min, reps) = time_launches(stream, Some(backend), |i| {
             let (a, sa, b, sb, d) = &mut bufs[i % sets];
             backend
                 .fp8_gemm_grouped_on(
@@ -518,7 +530,7 @@ impl MlaBench {
                 .alloc_zeros::<f32>(plan.workspace_len().max(1))
                 .map_err(|e| format!("alloc: {e}"))?;
             let cache_len = self.pages * layout.page_bytes();
-            let (median, min, reps) = time_launches(stream, |_| {
+            let (median, min, reps) = time_launches(stream, Some(backend), |_| {
                 if shape.varlen {
                     let mut bufs = MlaDecodeVarlenBuffers {
                         cache: self.cache.slice(0..cache_len),
@@ -595,7 +607,7 @@ fn bench_attention(
         let mut lse = stream
             .alloc_zeros::<f32>(op.lse_len())
             .map_err(|e| format!("alloc: {e}"))?;
-        let (median, min, reps) = time_launches(stream, |_| {
+        let (median, min, reps) = time_launches(stream, Some(backend), |_| {
             backend
                 .sparse_attention_on(
                     stream,
@@ -677,7 +689,7 @@ fn bench_attention_backward(
                 &mut lse.as_view_mut(),
             )
             .map_err(|e| e.to_string())?;
-        let (median, min, reps) = time_launches(stream, |_| {
+        let (median, min, reps) = time_launches(stream, Some(backend), |_| {
             backend
                 .sparse_attention_backward_on(
                     stream,

@@ -66,6 +66,11 @@ pub const MLA_DECODE: KernelSource =
 pub const MLA_COMBINE: KernelSource =
     KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"));
 
+/// `gpu_sleep.cu`: a busy-wait that holds a stream (for benchmarks; see
+/// [`crate::CudaBackend::gpu_sleep_on`]).
+pub const GPU_SLEEP: KernelSource =
+    KernelSource::new("gpu_sleep.cu", include_str!("../kernels/gpu_sleep.cu"));
+
 /// The MLA layouts whose compile units cover every decode variant: DeepSeek-V3's (compile-time
 /// dims) and the smallest run-time-dims layout of each format (every other layout shares its
 /// compile units; the smallest fits the most tilings).
@@ -147,6 +152,7 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
         }
     }
     v.push(Box::new(MlaAppendVariant));
+    v.push(Box::new(crate::plan::GpuSleepVariant));
     v.push(Box::new(MlaCombineVariant { varlen: false }));
     v.push(Box::new(MlaCombineVariant { varlen: true }));
     for input in [QuantizeInput::F32, QuantizeInput::F16, QuantizeInput::Bf16] {
@@ -273,6 +279,7 @@ mod tests {
                 assert!(has(&c));
             }
             assert!(has(&MlaAppendVariant));
+            assert!(has(&crate::plan::GpuSleepVariant));
             assert!(has(&MlaCombineVariant { varlen: false }));
             assert!(has(&MlaCombineVariant { varlen: true }));
         }

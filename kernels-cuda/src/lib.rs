@@ -162,6 +162,30 @@ impl CudaBackend {
             )
         }
     }
+
+    /// Queues a busy-wait of `duration` on `stream` (one warp spinning on the GPU's global
+    /// timer), without synchronizing: a benchmark queues it before timed launches so that the
+    /// host runs ahead of the GPU and the events around each launch measure the GPU's work
+    /// rather than the host's dispatch. Holds the stream, not the device.
+    pub fn gpu_sleep_on(
+        &self,
+        stream: &cudarc::driver::CudaStream,
+        duration: std::time::Duration,
+    ) -> Result<()> {
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let mut args = plan::KernelArgs::new(stream);
+        args.value(&ns);
+        // SAFETY: the kernel's one parameter is an unsigned long long (u64); it touches no
+        // memory.
+        unsafe {
+            self.launch_kernel(
+                &plan::GpuSleepVariant,
+                (1, 1, 1),
+                args,
+                plan::LaunchOptions::default(),
+            )
+        }
+    }
 }
 
 impl Backend for CudaBackend {

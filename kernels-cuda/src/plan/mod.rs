@@ -52,6 +52,7 @@ pub mod mla;
 pub mod quantize;
 pub mod tensor_map;
 pub mod tune;
+pub mod util;
 
 pub use arch::{ArchFamily, ArchSpec};
 pub use attention::{AttentionShape, AttentionVariant, HalfType};
@@ -68,6 +69,7 @@ pub use mla::{CacheFormat, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape, 
 pub use quantize::{QuantizeGranularity, QuantizeInput, QuantizeShape, QuantizeVariant};
 pub use tensor_map::{TensorMap2d, TmaDtype, TmaSwizzle};
 pub use tune::TuneOutcome;
+pub use util::GpuSleepVariant;
 
 use crate::compile::{KernelSource, KernelVariant};
 use arch::PORTABLE_CLUSTER_SIZE;
