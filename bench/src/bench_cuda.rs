@@ -625,18 +625,7 @@ fn bench_attention(
             op: "attention".into(),
             shape: key.clone(),
             implementation: name.into(),
-            params: [
-                ("model", json!(case.model)),
-                ("frames", json!(case.frames)),
-                ("tokens", json!(op.tokens)),
-                ("heads", json!(case.heads)),
-                ("head_dim", json!(op.head_dim)),
-                ("density", json!(work.mask.density())),
-                ("nnz", json!(work.mask.nnz())),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+            params: work.params(case),
             time_ms: Some(median),
             min_ms: Some(min),
             reps,
@@ -714,18 +703,7 @@ fn bench_attention_backward(
             op: ATTENTION_BACKWARD_OP.into(),
             shape: key.clone(),
             implementation: name.into(),
-            params: [
-                ("model", json!(case.model)),
-                ("frames", json!(case.frames)),
-                ("tokens", json!(op.tokens)),
-                ("heads", json!(case.heads)),
-                ("head_dim", json!(op.head_dim)),
-                ("density", json!(work.mask.density())),
-                ("nnz", json!(work.mask.nnz())),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+            params: work.params(case),
             time_ms: Some(median),
             min_ms: Some(min),
             reps,

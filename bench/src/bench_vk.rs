@@ -612,16 +612,11 @@ fn bench_attention(
             op: "attention".into(),
             shape: key.clone(),
             implementation: name.into(),
-            params: params([
-                ("model", json!(case.model)),
-                ("frames", json!(case.frames)),
-                ("tokens", json!(op.tokens)),
-                ("heads", json!(case.heads)),
-                ("head_dim", json!(op.head_dim)),
-                ("density", json!(work.mask.density())),
-                ("nnz", json!(work.mask.nnz())),
-                ("dispatches_per_batch", json!(per_batch)),
-            ]),
+            params: {
+                let mut p = work.params(case);
+                p.insert("dispatches_per_batch".into(), json!(per_batch));
+                p
+            },
             time_ms: Some(median),
             min_ms: Some(min),
             reps,

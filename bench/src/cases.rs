@@ -115,6 +115,25 @@ pub struct AttentionWork {
     pub bytes: f64,
 }
 
+impl AttentionWork {
+    /// The record's params for `case` (every backend's attention rows, forward and backward):
+    /// model, frames, tokens, heads, head_dim, the mask's density and nnz.
+    pub fn params(&self, case: &AttentionCase) -> BTreeMap<String, serde_json::Value> {
+        [
+            ("model", json!(case.model)),
+            ("frames", json!(case.frames)),
+            ("tokens", json!(self.op.tokens)),
+            ("heads", json!(case.heads)),
+            ("head_dim", json!(self.op.head_dim)),
+            ("density", json!(self.mask.density())),
+            ("nnz", json!(self.mask.nnz())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
 /// How the lengths of an MLA decode shape's requests vary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MlaLengths {
