@@ -62,6 +62,14 @@ pub const MLA_APPEND: KernelSource =
 pub const MLA_DECODE: KernelSource =
     KernelSource::new("mla_decode.cu", include_str!("../kernels/mla_decode.cu"));
 
+/// `sm90/mla_decode.cu`: the absorbed paged decode on wgmma (sm_90a, bf16 records of
+/// DeepSeek-V3's dims).
+pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
+    "sm90/mla_decode.cu",
+    include_str!("../kernels/sm90/mla_decode.cu"),
+)
+.with_headers(&[HOPPER]);
+
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =
     KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"));
@@ -143,8 +151,8 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
         }
     }
     for layout in representative_mla_layouts() {
-        for t in MLA_DECODE_TILINGS {
-            let d = MlaDecodeVariant::new(&layout, t);
+        let tilings = MLA_DECODE_TILINGS.map(|t| MlaDecodeVariant::new(&layout, t));
+        for d in tilings.into_iter().chain([MlaDecodeVariant::sm90(&layout)]) {
             if d.valid_on(arch).is_ok() {
                 v.push(Box::new(d));
                 v.push(Box::new(d.with_varlen(true)));

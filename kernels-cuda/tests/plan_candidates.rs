@@ -302,8 +302,13 @@ fn every_mla_candidate_matches_the_reference() {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(11);
     // (s_q, heads, lens): odd rows and lengths with an empty request; one long request alone,
-    // which the plan splits over CTAs (the combine kernel runs).
-    let shapes: [(usize, usize, &[usize]); 2] = [(2, 5, &[77, 0, 300]), (1, 16, &[1500])];
+    // which the plan splits over CTAs (the combine kernel runs); 4 x 33 rows (three 64-row
+    // groups, the last partial) at lengths around a 64-key tile.
+    let shapes: [(usize, usize, &[usize]); 3] = [
+        (2, 5, &[77, 0, 300]),
+        (1, 16, &[1500]),
+        (4, 33, &[63, 64, 65, 1]),
+    ];
     for layout in layouts {
         for &(s_q, heads, lens) in &shapes {
             let (cache, table, max_pages, latent, rope, slots) = mla_inputs(layout, lens, &mut rng);

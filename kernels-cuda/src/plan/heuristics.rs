@@ -7,7 +7,7 @@
 //! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`], and for m <= 256 [`wgmma_small_m_tiles`] (split-K, two CTAs per SM) | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
 //! | attention | the one kernel for (head_dim, dtype, block size) | it |
 //! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit | the most buffers (not tuned: the plan is always this pick) |
-//! | MLA decode | every tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first | the fewest rows per CTA that holds all `s_q * heads` rows, then the first that fits |
+//! | MLA decode | every `mma.sync` tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first; on sm_90a also the Hopper kernel for bf16 records of DeepSeek-V3's dims | the Hopper kernel for more than 16 rows `s_q * heads`; else the fewest rows per CTA that holds all rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
 
 use super::attention::{AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES};
@@ -16,7 +16,7 @@ use super::attention_backward::{
 };
 use super::cache::{bucket, PlannedOp, PlannedVariant, ShapeClass};
 use super::gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm};
-use super::mla::{MlaDecodeShape, MlaDecodeVariant, MLA_DECODE_TILINGS};
+use super::mla::{MlaDecodeKernel, MlaDecodeShape, MlaDecodeVariant, MLA_DECODE_TILINGS};
 use super::quantize::{QuantizeShape, QuantizeVariant};
 use super::{ArchFamily, ArchSpec, KernelSpec};
 use tessera_core::{BackendKind, Error, Fp8Gemm, GemmGrouping, Result};
@@ -461,6 +461,7 @@ pub fn mla_decode_candidates(
     );
     let v: Vec<MlaDecodeVariant> = order
         .map(|t| MlaDecodeVariant::new(layout, t))
+        .chain([MlaDecodeVariant::sm90(layout)])
         .filter(|v| v.valid_on(arch).is_ok())
         .collect();
     if v.is_empty() {
@@ -479,10 +480,21 @@ pub fn mla_decode_candidates(
     Ok(v)
 }
 
-/// The default MLA decode pick: the fewest rows per CTA that holds all `s_q * heads` rows (16,
-/// 32, else 64), then the first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
+/// The default MLA decode pick: the Hopper kernel where it is a candidate and the rows
+/// `s_q * heads` are more than 16 (at 16 rows the `mma.sync` kernel's 16-row tiles stream the
+/// cache as fast without padding the rows to 64); else the fewest rows per CTA that holds all
+/// rows (16, 32, else 64), then the first tiling in [`MLA_DECODE_TILINGS`] from there that is a
+/// candidate.
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
+    if rows > 16 {
+        if let Some(i) = candidates
+            .iter()
+            .position(|c| c.kernel == MlaDecodeKernel::Wgmma)
+        {
+            return i;
+        }
+    }
     let preferred = if rows <= 16 {
         4
     } else if rows <= 32 {
@@ -492,7 +504,11 @@ pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) 
     };
     MLA_DECODE_TILINGS[preferred..]
         .iter()
-        .find_map(|t| candidates.iter().position(|c| c.tiling() == *t))
+        .find_map(|t| {
+            candidates
+                .iter()
+                .position(|c| c.kernel == MlaDecodeKernel::MmaSync && c.tiling() == *t)
+        })
         .unwrap_or(0)
 }
 
@@ -793,8 +809,9 @@ mod tests {
             c[pick_mla_decode(&shape, &c)].tiling()
         };
         assert_eq!(pick(1, 16), (1, 64, 3));
-        assert_eq!(pick(2, 16), (2, 32, 4));
-        assert_eq!(pick(1, 128), (4, 32, 3));
+        // More rows: the Hopper kernel on sm_90a.
+        assert_eq!(pick(2, 16), crate::plan::mla::MLA_DECODE_SM90_TILING);
+        assert_eq!(pick(1, 128), crate::plan::mla::MLA_DECODE_SM90_TILING);
         // sm_89's 99 KB: only the smallest DeepSeek tiling fits.
         let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
         let op = mla_op(ds, 1, 128);

@@ -1,14 +1,19 @@
 //! The MLA kernels' variants: append (`kernels/mla_append.cu`), absorbed decode
-//! (`kernels/mla_decode.cu`, one CTA tiling per variant) and the split combine
-//! (`kernels/mla_combine.cu`).
+//! (`kernels/mla_decode.cu`, one CTA tiling per variant, and the Hopper kernel
+//! `kernels/sm90/mla_decode.cu`) and the split combine (`kernels/mla_combine.cu`).
 
 use super::{check_resources, ArchSpec, KernelSpec};
 use crate::compile::KernelSource;
 use serde::{Deserialize, Serialize};
-use tessera_core::{MlaCacheFormat, MlaCacheLayout, MlaDecode, Result};
+use tessera_core::{BackendKind, Error, MlaCacheFormat, MlaCacheLayout, MlaDecode, Result};
 
-/// Threads per decode CTA (8 warps).
+/// Threads per decode CTA of the `mma.sync` kernel (8 warps).
 pub const MLA_DECODE_THREADS: u32 = 256;
+/// Threads per decode CTA of the Hopper kernel (a producer and two math warpgroups).
+pub const MLA_DECODE_SM90_THREADS: u32 = 384;
+/// The Hopper kernel's tiling as (row slices of 16, key tile, stages): 64 rows, 64-key tiles,
+/// two tiles in shared memory.
+pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
 /// Threads per combine CTA.
 pub const MLA_COMBINE_THREADS: u32 = 128;
 /// Tokens per append CTA (one warp each).
@@ -110,6 +115,18 @@ impl KernelSpec for MlaCombineVariant {
     }
 }
 
+/// Which decode kernel a variant runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlaDecodeKernel {
+    /// `kernels/mla_decode.cu`: `mma.sync`, 8 warps; every layout, sm_80 and later.
+    #[default]
+    MmaSync,
+    /// `kernels/sm90/mla_decode.cu`: wgmma, a cp.async producer warpgroup and two math
+    /// warpgroups ([`MLA_DECODE_SM90_TILING`]); sm_90a, bf16 records of DeepSeek-V3's dims.
+    Wgmma,
+}
+
 /// A CTA tiling of the decode kernel for one cache layout: `16 * row_slices` query rows per CTA,
 /// key tiles of `key_tile`, `stages` tiles in flight. DeepSeek-V3's dims (latent 512, rope 64)
 /// are compile-time constants; other layouts share one compile per (format, tiling) with dims
@@ -134,6 +151,9 @@ pub struct MlaDecodeVariant {
     /// Variable query length per request (`VARLEN 1`); absent in plan files: false.
     #[serde(default)]
     pub varlen: bool,
+    /// The kernel; absent in plan files: the `mma.sync` one.
+    #[serde(default)]
+    pub kernel: MlaDecodeKernel,
 }
 
 /// The decode tilings as (row slices, key tile, stages), in order of preference for many rows;
@@ -159,6 +179,16 @@ impl MlaDecodeVariant {
             key_tile,
             stages,
             varlen: false,
+            kernel: MlaDecodeKernel::MmaSync,
+        }
+    }
+
+    /// The Hopper kernel's variant for `layout` (valid only for bf16 records of DeepSeek-V3's
+    /// dims on sm_90a: see [`KernelSpec::valid_on`]).
+    pub fn sm90(layout: &MlaCacheLayout) -> Self {
+        Self {
+            kernel: MlaDecodeKernel::Wgmma,
+            ..Self::new(layout, MLA_DECODE_SM90_TILING)
         }
     }
 
@@ -214,7 +244,10 @@ impl KernelSpec for MlaDecodeVariant {
     }
 
     fn source(&self) -> KernelSource {
-        crate::kernels::MLA_DECODE
+        match self.kernel {
+            MlaDecodeKernel::MmaSync => crate::kernels::MLA_DECODE,
+            MlaDecodeKernel::Wgmma => crate::kernels::MLA_DECODE_SM90,
+        }
     }
 
     fn defines(&self) -> Vec<(&'static str, String)> {
@@ -222,6 +255,14 @@ impl KernelSpec for MlaDecodeVariant {
             CacheFormat::Bf16 => 0,
             CacheFormat::Fp8 => 1,
         };
+        if self.kernel == MlaDecodeKernel::Wgmma {
+            return vec![
+                ("FMT", fmt.to_string()),
+                ("LATENT", self.latent_dim.to_string()),
+                ("ROPE", self.rope_dim.to_string()),
+                varlen_define(self.varlen),
+            ];
+        }
         let (latent, rope) = if self.compile_time_dims() {
             (self.latent_dim, self.rope_dim)
         } else {
@@ -244,15 +285,34 @@ impl KernelSpec for MlaDecodeVariant {
     }
 
     fn threads(&self) -> u32 {
-        MLA_DECODE_THREADS
+        match self.kernel {
+            MlaDecodeKernel::MmaSync => MLA_DECODE_THREADS,
+            MlaDecodeKernel::Wgmma => MLA_DECODE_SM90_THREADS,
+        }
     }
 
-    /// The kernel's layout (`mla_smem_layout` in `mla_decode.cu`): Q `[M][qk+8]` bf16 (none for
+    /// The `mma.sync` kernel's layout (`mla_smem_layout` in `mla_decode.cu`): Q `[M][qk+8]` bf16 (none for
     /// the compile-time dims with 16 rows, which keep Q in registers and stage it in a key
     /// buffer), key tiles `[N][qk+8]` bf16 (`stages` of them for bf16 records, one for FP8), FP8
     /// raw records `stages x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange
     /// `[8 / row_slices][M]` f32.
+    /// The Hopper kernel's (`MlaSm90Smem` in `sm90/mla_decode.cu`): Q and `stages` key tiles
+    /// as 128-byte-swizzled blocks of 64 rows x 64 dims, P (one such block), row maxima and sums
+    /// `[2][64]` f32 each, a full barrier per (stage, column block), an empty barrier per stage,
+    /// 16 bytes of flags.
     fn smem_bytes(&self) -> u32 {
+        if self.kernel == MlaDecodeKernel::Wgmma {
+            let block = 64 * 128;
+            let blocks = (self.latent_dim + self.rope_dim) / 64;
+            let rows = self.rows_per_cta();
+            return blocks * block
+                + self.stages * blocks * block
+                + block
+                + 2 * 2 * rows * 4
+                + self.stages * blocks * 8
+                + self.stages * 8
+                + 16;
+        }
         let rows = self.rows_per_cta();
         let keys = self.key_tile;
         let pitch = 2 * (self.latent_dim + self.rope_dim + 8);
@@ -275,6 +335,33 @@ impl KernelSpec for MlaDecodeVariant {
     }
 
     fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
+        if self.kernel == MlaDecodeKernel::Wgmma {
+            if self.tiling() != MLA_DECODE_SM90_TILING
+                || self.format != CacheFormat::Bf16
+                || !self.compile_time_dims()
+            {
+                return Err(Error::invalid(
+                    "mla_decode",
+                    "variant",
+                    format!(
+                        "the Hopper kernel's tiling {MLA_DECODE_SM90_TILING:?} over bf16 records of latent 512 + rope 64"
+                    ),
+                    format!("{self:?}"),
+                ));
+            }
+            if !arch.wgmma {
+                return Err(Error::Unsupported {
+                    op: "mla_decode",
+                    backend: BackendKind::Cuda,
+                    reason: format!(
+                        "{} needs wgmma (sm_90a), which {} lacks",
+                        self.label(),
+                        arch.nvrtc_target()
+                    ),
+                });
+            }
+            return check_resources(self, arch);
+        }
         if !MLA_DECODE_TILINGS.contains(&self.tiling()) {
             return Err(tessera_core::Error::invalid(
                 "mla_decode",
@@ -395,6 +482,36 @@ mod tests {
                 .define_value("VARLEN"),
             Some("1")
         );
+    }
+
+    #[test]
+    fn the_hopper_variant_matches_its_kernel() {
+        let ds = MlaCacheLayout::default();
+        let v = MlaDecodeVariant::sm90(&ds);
+        // Q 9 blocks, two stages of 9 blocks, P, maxima + sums, 18 + 2 barriers, flags: the
+        // kernel's MlaSm90Smem::END.
+        assert_eq!(v.smem_bytes(), 230_576);
+        assert_eq!(v.threads(), 384);
+        assert_eq!(v.rows_per_cta(), 64);
+        let k = v.with_varlen(true).kernel();
+        assert_eq!(k.define_value("VARLEN"), Some("1"));
+        assert_eq!(k.define_value("TESSERA_THREADS"), Some("384"));
+        assert_eq!(k.define_value("ROW_SLICES"), None);
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        v.valid_on(&h200).unwrap();
+        // Not before Hopper, not for FP8 records or other dims.
+        let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        assert!(v.valid_on(&a100).is_err());
+        let fp8 = MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..ds
+        };
+        assert!(MlaDecodeVariant::sm90(&fp8).valid_on(&h200).is_err());
+        let small = MlaCacheLayout {
+            latent_dim: 256,
+            ..ds
+        };
+        assert!(MlaDecodeVariant::sm90(&small).valid_on(&h200).is_err());
     }
 
     #[test]

@@ -65,7 +65,10 @@ pub use cache::{
 pub use functions::{FunctionCache, LoadedFunction};
 pub use gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm, GEMM_TILE_N};
 pub use launch::{KernelArgs, LaunchOptions};
-pub use mla::{CacheFormat, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape, MlaDecodeVariant};
+pub use mla::{
+    CacheFormat, MlaAppendVariant, MlaCombineVariant, MlaDecodeKernel, MlaDecodeShape,
+    MlaDecodeVariant,
+};
 pub use quantize::{QuantizeGranularity, QuantizeInput, QuantizeShape, QuantizeVariant};
 pub use tensor_map::{TensorMap2d, TmaDtype, TmaSwizzle};
 pub use tune::TuneOutcome;

@@ -1,0 +1,416 @@
+// MLA absorbed decode over the paged latent cache for sm_90a: wgmma, a cp.async + mbarrier
+// pipeline filled by a producer warpgroup, two math warpgroups.
+//
+// Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
+//   FMT         0 = bf16 cache records [latent bf16 | rope bf16] (the only format of this kernel)
+//   LATENT      512 and ROPE 64 (DeepSeek-V3's dims; other layouts take the mma.sync kernel)
+//   VARLEN      0 = s_q queries per request, 1 = cu_seqlens_q offsets (as kernels/mla_decode.cu)
+//   TESSERA_SMEM_BYTES  MlaSm90Smem::END below
+//   TESSERA_THREADS     384 (a producer warpgroup and two math warpgroups)
+//
+// Problem, layouts, split mode and error signalling: exactly those of kernels/mla_decode.cu
+// (rows r = i * heads + h of a request, q bf16 [batch, s_q * heads, qk], o bf16
+// [batch, s_q * heads, latent], lse f32 [batch, heads, s_q], the split workspace, NaN outputs
+// for a bad length or block-table entry); the host launches both through one code path.
+//
+// CTA: 64 query rows (a row group) of one request, one split of its keys, all 512 output columns;
+// key tiles of 64 keys in STAGES = 2 shared-memory buffers.
+//   producer WG   copies key tile t (64 records of 1152 bytes, looked up in the block table) with
+//                 16-byte cp.async into the 128-byte-swizzled K layout below, zero-filling keys
+//                 past the split's range, one column block at a time: block cb completes on
+//                 full[t % 2][cb], so that S starts on the first block while the rest is in flight.
+//   math WG w     S_w = Q K^T for keys 32w..32w+32 of the tile (wgmma m64n32k16, 36 k-steps,
+//                 both operands K-major from shared memory); the row max is exchanged with the
+//                 other WG through shared memory; P_w = exp2(S_w - m) (bf16) goes to the shared P
+//                 tile; then O_w (64 x 256, columns 256w..) += P (64 x 64) V (the latent part of
+//                 the same key tile, MN-major) with wgmma m64n256k16; the stage is released to
+//                 the producer (empty[t % 2]) when both WGs' P V are done.
+// Shared memory (all 1024-byte aligned, 128-byte swizzle: the 16-byte chunk c of row r of a
+// 128-byte-wide block lives at r * 128 + ((c ^ (r % 8)) * 16)):
+//   Q   9 column blocks of [64 rows][64 dims]      (9 x 8 KB)
+//   K   STAGES x 9 column blocks of [64 keys][64]  (2 x 72 KB); V = its first 8 blocks
+//   P   [64 rows][64 keys] bf16                    (8 KB)
+//   row maxima [2][64] f32, row sums [2][64] f32, the barriers, the bad-page flag.
+
+#ifndef FMT
+#error "FMT is required (0 = bf16 records)"
+#endif
+#ifndef LATENT
+#error "LATENT is required (512)"
+#endif
+#ifndef ROPE
+#error "ROPE is required (64)"
+#endif
+#ifndef VARLEN
+#error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
+#endif
+#if FMT != 0 || LATENT != 512 || ROPE != 64
+#error "the sm90 MLA decode kernel is built for bf16 records of latent 512 + rope 64"
+#endif
+#if VARLEN != 0 && VARLEN != 1
+#error "VARLEN must be 0 or 1"
+#endif
+
+#define MLA90_ROWS 64                     // query rows per CTA (one wgmma M)
+#define MLA90_KEYS 64                     // keys per tile
+#define MLA90_STAGES 2                    // key tiles in shared memory
+#define MLA90_QK (LATENT + ROPE)          // 576
+#define MLA90_BLOCKS (MLA90_QK / 64)      // 9 column blocks of 64 dims
+#define MLA90_V_BLOCKS (LATENT / 64)      // 8 of them are V
+#define MLA90_RECORD_CHUNKS (MLA90_QK / 8)  // 72 16-byte chunks per record
+#define MLA90_THREADS 384
+
+// Byte offsets of the shared-memory regions; the host's size (kernels-cuda/src/plan/mla.rs) is
+// checked against END at compile time.
+struct MlaSm90Smem {
+    static constexpr int BLOCK_BYTES = MLA90_ROWS * 128;             // one [64][64] bf16 block
+    static constexpr int Q = 0;
+    static constexpr int K = Q + MLA90_BLOCKS * BLOCK_BYTES;
+    static constexpr int STAGE_BYTES = MLA90_BLOCKS * MLA90_KEYS * 128;
+    static constexpr int P = K + MLA90_STAGES * STAGE_BYTES;
+    static constexpr int ROW_MAX = P + MLA90_ROWS * 128;
+    static constexpr int ROW_SUM = ROW_MAX + 2 * MLA90_ROWS * 4;
+    static constexpr int FULL = ROW_SUM + 2 * MLA90_ROWS * 4;  // [stage][column block]
+    static constexpr int EMPTY = FULL + MLA90_STAGES * MLA90_BLOCKS * 8;
+    static constexpr int FLAGS = EMPTY + MLA90_STAGES * 8;
+    static constexpr int END = FLAGS + 16;
+};
+static_assert(MlaSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory size must match the sm90 decode layout");
+static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 warpgroups");
+
+// The byte offset of 16-byte chunk c (0..7) of row r in a 128-byte-swizzled block.
+__device__ __forceinline__ u32 mla90_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+// D(64x32 f32) (+)= A(64x16 bf16, K-major smem) * B(32x16 bf16, K-major smem)^T.
+__device__ __forceinline__ void mla90_wgmma_n32(float* d, u64 a, u64 b, u32 accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, "
+        "%11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// D(64x256 f32) += A(64x16 bf16, K-major smem) * B(16x256 bf16, MN-major smem).
+__device__ __forceinline__ void mla90_wgmma_n256_tb(float* d, u64 a, u64 b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]),
+          "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]),
+          "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]),
+          "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(a), "l"(b), "r"(1));
+}
+
+// Named barriers (0 is __syncthreads).
+#define MLA90_BAR_MAX 1   // the two math WGs: row maxima written
+#define MLA90_BAR_P 2     // the two math WGs: P written
+#define MLA90_BAR_END 3   // all three WGs: the producer's bad-page flag is final
+
+extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
+    const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
+    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
+    float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q, int heads,
+    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
+    int splits, int row_groups, int col_chunks, float scale_log2) {
+    (void)latent_rt;
+    (void)rope_rt;
+    (void)col_chunks;
+    constexpr int latent = LATENT;
+    extern __shared__ __align__(1024) u8 smem[];
+    u8* sQ = smem + MlaSm90Smem::Q;
+    u8* sK = smem + MlaSm90Smem::K;
+    u8* sP = smem + MlaSm90Smem::P;
+    float* sMax = reinterpret_cast<float*>(smem + MlaSm90Smem::ROW_MAX);
+    float* sSum = reinterpret_cast<float*>(smem + MlaSm90Smem::ROW_SUM);
+    u64* full = reinterpret_cast<u64*>(smem + MlaSm90Smem::FULL);
+    u64* empty = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY);
+    int* bad_page_flag = reinterpret_cast<int*>(smem + MlaSm90Smem::FLAGS);
+
+    // Block -> (request, split, row group); row groups of one request run together.
+    i64 bid = blockIdx.x;
+    const int rg = (int)(bid % row_groups);
+    bid /= row_groups;
+    const int split = (int)(bid % splits);
+    const int b = (int)(bid / splits);
+
+    const int tid = threadIdx.x;
+    const int wg = tid / 128;  // 0 producer, 1 and 2 math
+    const int t128 = tid % 128;
+
+#if VARLEN
+    const int q_begin = cu_seqlens_q[b];
+    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
+    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
+    const int n_q = bad_q ? 0 : (int)n_raw;
+#else
+    (void)cu_seqlens_q;
+    (void)total_q;
+    const int q_begin = b * s_q;
+    const int n_q = s_q;
+#endif
+    const int rows_total = n_q * heads;
+    const int rows_pad = s_q * heads;
+    const int r0 = rg * MLA90_ROWS;
+    if (r0 >= rows_total) return;  // the whole CTA leaves before any barrier
+    const int rows_here = min(MLA90_ROWS, rows_total - r0);
+    const int len_raw = seq_lens[b];
+    const bool bad_len = len_raw < 0 || (i64)len_raw > (i64)max_pages * page_size;
+    const int len = bad_len ? 0 : len_raw;
+    const int i_last = (r0 + rows_here - 1) / heads;
+    const int kv_end = max(0, len - (n_q - 1 - i_last));
+    const int per_split = ((len + splits - 1) / splits + MLA90_KEYS - 1) / MLA90_KEYS * MLA90_KEYS;
+    const int k_begin = split * per_split;
+    const int k_end = min(k_begin + per_split, kv_end);
+    const int ntiles = k_end > k_begin ? (k_end - k_begin + MLA90_KEYS - 1) / MLA90_KEYS : 0;
+
+    if (tid == 0) {
+        for (int s = 0; s < MLA90_STAGES; ++s) {
+            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) mbar_init(&full[s * MLA90_BLOCKS + cb], 128);
+            mbar_init(&empty[s], 2);
+        }
+        *bad_page_flag = 0;
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---- producer: key tiles into the swizzled stages ----
+        setmaxnreg_dec<40>();
+        const int warp = t128 / 32, lane = t128 % 32;
+        const i64 bt_row = (i64)b * max_pages;
+        int bad_page = 0;
+        // Thread i copies chunk i % 8 of every column block of keys 16k + i / 8 (k = 0..3) of a
+        // tile. It looks up those 4 records (byte offsets, or -1 to zero-fill: past the range, or
+        // a bad page, which is flagged and never read) one tile ahead of the copies.
+        const int key0 = t128 / 8, chunk = t128 % 8;
+        auto lookup = [&](int t, i64 (&rec)[4]) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int j = k_begin + t * MLA90_KEYS + 16 * k + key0;
+                rec[k] = -1;
+                if (t < ntiles && j < k_end) {
+                    const int p = j / page_size;
+                    const int page = __ldg(block_table + bt_row + p);
+                    if (page < 0 || page >= num_pages)
+                        bad_page = 1;
+                    else
+                        rec[k] = ((i64)page * page_size + (j - p * page_size)) * token_bytes;
+                }
+            }
+        };
+        i64 rec_next[4];
+        lookup(0, rec_next);
+        for (int t = 0; t < ntiles; ++t) {
+            const int s = t % MLA90_STAGES;
+            i64 rec[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) rec[k] = rec_next[k];
+            lookup(t + 1, rec_next);
+            mbar_wait(&empty[s], ((t / MLA90_STAGES) & 1) ^ 1);
+            u8* stage = sK + s * MlaSm90Smem::STAGE_BYTES;
+            // Column block by column block, each completing on its own barrier, so that the
+            // math warpgroups start on the first block while the others are in flight.
+#pragma unroll 1
+            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const bool valid = rec[k] >= 0;
+                    cp_async_16(stage + cb * MlaSm90Smem::BLOCK_BYTES + mla90_swizzle(16 * k + key0, chunk),
+                                valid ? cache + rec[k] + (cb * 8 + chunk) * 16 : cache, valid);
+                }
+                cp_async_mbar_arrive(&full[s * MLA90_BLOCKS + cb]);
+            }
+        }
+        if (bad_page) atomicOr(bad_page_flag, 1);
+        named_barrier_sync(MLA90_BAR_END, MLA90_THREADS);
+        return;
+    }
+
+    // ---- math warpgroups ----
+    setmaxnreg_inc<232>();
+    const int mw = wg - 1;                 // 0: keys 0..31 of each tile, output columns 0..255
+    const int warp = t128 / 32, lane = t128 % 32;
+    const int g = lane / 4, tq = lane % 4;
+    const int mtid = tid - 128;            // 0..255 over both math WGs
+
+    // Q rows r0.. of this request into the swizzled Q blocks (zero rows past the request's).
+    for (int idx = mtid; idx < MLA90_ROWS * MLA90_RECORD_CHUNKS; idx += 256) {
+        const int row = idx / MLA90_RECORD_CHUNKS, c = idx % MLA90_RECORD_CHUNKS;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r0 + row < rows_total)
+            v = *reinterpret_cast<const uint4*>(q + ((i64)q_begin * heads + r0 + row) * MLA90_QK + c * 8);
+        *reinterpret_cast<uint4*>(sQ + (c / 8) * MlaSm90Smem::BLOCK_BYTES + mla90_swizzle(row, c % 8)) = v;
+    }
+    fence_proxy_async_smem();
+    named_barrier_sync(MLA90_BAR_P, 256);
+
+    // This thread's two accumulator rows (wgmma layout: warp w rows 16w + g and 16w + g + 8).
+    int lim[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        const int r = r0 + warp * 16 + g + 8 * ri;
+        lim[ri] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
+    }
+
+    float o_acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o_acc[i] = 0.0f;
+    float m_run[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};
+    float l_run[2] = {0.0f, 0.0f};
+    const u64 q_desc = wgmma_desc(sQ, 16, 1024, WGMMA_SWIZZLE_128B);
+
+    for (int t = 0; t < ntiles; ++t) {
+        const int s = t % MLA90_STAGES;
+        const u32 parity = (t / MLA90_STAGES) & 1;
+        const u8* stage = sK + s * MlaSm90Smem::STAGE_BYTES;
+
+        // S = Q K^T over this WG's 32 keys.
+        float sacc[16];
+        const u64 k_desc = wgmma_desc(stage + mw * 32 * 128, 16, 1024, WGMMA_SWIZZLE_128B);
+        wgmma_fence();
+#pragma unroll
+        for (int cb = 0; cb < MLA90_BLOCKS; ++cb) {
+            mbar_wait(&full[s * MLA90_BLOCKS + cb], parity);
+            fence_proxy_async_smem();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const u64 off = (u64)((cb * MlaSm90Smem::BLOCK_BYTES + kk * 32) >> 4);
+                mla90_wgmma_n32(sacc, q_desc + off, k_desc + off, (cb | kk) != 0);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence_all(sacc);
+
+        // Mask, scale, this WG's row maxima.
+        const int jbase = k_begin + t * MLA90_KEYS + mw * 32;
+        float mloc[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};
+#pragma unroll
+        for (int n8 = 0; n8 < 4; ++n8)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int ri = e / 2;
+                const int j = jbase + n8 * 8 + tq * 2 + (e & 1);
+                const float v = j < lim[ri] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
+                sacc[n8 * 4 + e] = v;
+                mloc[ri] = fmaxf(mloc[ri], v);
+            }
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 1));
+            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 2));
+            if (tq == 0) sMax[mw * MLA90_ROWS + warp * 16 + g + 8 * ri] = mloc[ri];
+        }
+        named_barrier_sync(MLA90_BAR_MAX, 256);
+        float alpha[2], m_use[2];
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            const float other = sMax[(1 - mw) * MLA90_ROWS + warp * 16 + g + 8 * ri];
+            const float m_new = fmaxf(m_run[ri], fmaxf(mloc[ri], other));
+            m_use[ri] = m_new == TESSERA_NEG_INF ? 0.0f : m_new;
+            alpha[ri] = exp2f(m_run[ri] - m_use[ri]);
+            m_run[ri] = m_new;
+        }
+        // P = exp2(S - m) as bf16 into columns 32mw.. of the P tile; row sums in f32.
+#pragma unroll
+        for (int n8 = 0; n8 < 4; ++n8)
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) {
+                const float p0 = exp2f(sacc[n8 * 4 + 2 * ri] - m_use[ri]);
+                const float p1 = exp2f(sacc[n8 * 4 + 2 * ri + 1] - m_use[ri]);
+                l_run[ri] = l_run[ri] * (n8 == 0 ? alpha[ri] : 1.0f) + p0 + p1;
+                const int row = warp * 16 + g + 8 * ri;
+                *reinterpret_cast<u32*>(sP + mla90_swizzle(row, mw * 4 + n8) + tq * 4) = pack2<true>(p0, p1);
+            }
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o_acc[i] *= alpha[(i / 2) & 1];
+        fence_proxy_async_smem();
+        named_barrier_sync(MLA90_BAR_P, 256);
+
+        // O_w += P V[:, 256w .. 256w + 256].
+        const u64 p_desc = wgmma_desc(sP, 16, 1024, WGMMA_SWIZZLE_128B);
+        const u64 v_desc = wgmma_desc(stage + mw * 4 * MlaSm90Smem::BLOCK_BYTES, MlaSm90Smem::BLOCK_BYTES, 1024,
+                                      WGMMA_SWIZZLE_128B);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+            mla90_wgmma_n256_tb(o_acc, p_desc + (u64)((kk * 32) >> 4), v_desc + (u64)((kk * 16 * 128) >> 4));
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence_all(o_acc);
+        if (t128 == 0) mbar_arrive(&empty[s]);
+    }
+
+    // ---- epilogue: total row sums (both WGs' keys), normalize, write ----
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        l_run[ri] += __shfl_xor_sync(0xffffffffu, l_run[ri], 1);
+        l_run[ri] += __shfl_xor_sync(0xffffffffu, l_run[ri], 2);
+        if (tq == 0) sSum[mw * MLA90_ROWS + warp * 16 + g + 8 * ri] = l_run[ri];
+    }
+    named_barrier_sync(MLA90_BAR_END, MLA90_THREADS);
+    const bool bad = bad_len || *bad_page_flag != 0;
+    float* ws_lse = ws + (i64)splits * batch * rows_pad * latent;
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        const int row = warp * 16 + g + 8 * ri;
+        const int r = r0 + row;
+        if (r >= rows_total) continue;
+        const float lt = sSum[row] + sSum[MLA90_ROWS + row];
+        float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+        float lse_v = lt > 0.0f ? (m_run[ri] + log2f(lt)) * 0.69314718055994531f : TESSERA_NEG_INF;
+        if (bad) {
+            inv = TESSERA_NAN;
+            lse_v = TESSERA_NAN;
+        }
+        const bool write_lse = mw == 0 && tq == 0;
+        if (splits == 1) {
+            u16* orow = o + ((i64)q_begin * heads + r) * latent + mw * 256;
+#pragma unroll
+            for (int n8 = 0; n8 < 32; ++n8)
+                *reinterpret_cast<u32*>(orow + n8 * 8 + 2 * tq) =
+                    pack2<true>(o_acc[n8 * 4 + 2 * ri] * inv, o_acc[n8 * 4 + 2 * ri + 1] * inv);
+            if (write_lse) {
+                const int i = r / heads, hd = r % heads;
+#if VARLEN
+                lse[(i64)hd * total_q + q_begin + i] = lse_v;
+#else
+                lse[((i64)b * heads + hd) * s_q + i] = lse_v;
+#endif
+            }
+        } else {
+            const i64 wrow = ((i64)split * batch + b) * rows_pad + r;
+            float* orow = ws + wrow * latent + mw * 256;
+#pragma unroll
+            for (int n8 = 0; n8 < 32; ++n8)
+                *reinterpret_cast<float2*>(orow + n8 * 8 + 2 * tq) =
+                    make_float2(o_acc[n8 * 4 + 2 * ri] * inv, o_acc[n8 * 4 + 2 * ri + 1] * inv);
+            if (write_lse) ws_lse[wrow] = lse_v;
+        }
+    }
+}
