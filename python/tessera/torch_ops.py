@@ -112,14 +112,6 @@ def _(q, k, v, mask_id, softmax_scale):
     return torch.empty_like(q), q.new_empty((b, h, t), dtype=torch.float32)
 
 
-@torch.compiler.assume_constant_result
-def _mask_id(mask: BlockMask) -> int:
-    """Registers the mask for the custom op and returns its id (run when traced, so that the
-    registration is not a side effect that torch.compile defers)."""
-    _MASKS[id(mask)] = mask
-    return id(mask)
-
-
 def sparse_attention(q, k, v, mask, softmax_scale: float):
     op = "sparse_attention"
     if not isinstance(mask, BlockMask):
@@ -129,7 +121,12 @@ def sparse_attention(q, k, v, mask, softmax_scale: float):
     for arg, t in (("k", k), ("v", v)):
         _check(op, arg, t, (q.dtype,), 4, q.device, names)
         _check_shape(op, arg, t, q.shape, names)
-    return torch.ops.tessera.sparse_attention(q, k, v, _mask_id(mask), softmax_scale)
+    # The op takes the mask by id (a custom op's arguments are tensors and plain values). Under
+    # torch.compile, Dynamo turns id() of the mask into a constant guarded on the very object
+    # and replays the registration as a side effect, so the compiled graph finds it too.
+    mask_id = id(mask)
+    _MASKS[mask_id] = mask
+    return torch.ops.tessera.sparse_attention(q, k, v, mask_id, softmax_scale)
 
 
 # ---------------------------------------------------------------------------------------------

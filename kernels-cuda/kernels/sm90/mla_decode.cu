@@ -347,8 +347,12 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 const int row = warp * 16 + g + 8 * ri;
                 *reinterpret_cast<u32*>(sP + mla90_swizzle(row, mw * 4 + n8) + tq * 4) = pack2<true>(p0, p1);
             }
+        // Rescale O only where a row maximum moved in this warp (after the first tiles it rarely
+        // does; alpha is exactly 1 otherwise).
+        if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-        for (int i = 0; i < 128; ++i) o_acc[i] *= alpha[(i / 2) & 1];
+            for (int i = 0; i < 128; ++i) o_acc[i] *= alpha[(i / 2) & 1];
+        }
         fence_proxy_async_smem();
         named_barrier_sync(MLA90_BAR_P, 256);
 
