@@ -110,9 +110,13 @@ impl CudaCall {
     }
 }
 
+/// Where a mask was uploaded: the GPU, the stream handle and the thread (candle's default
+/// stream is the per-thread stream, one handle for a different stream on each thread).
+type MaskKey = (usize, usize, std::thread::ThreadId);
+
 /// A block mask uploaded for the attention, kept by the op for the next forwards on the same
-/// stream (uploaded again for another stream or GPU).
-pub(crate) struct MaskOnDevice(Mutex<Option<(usize, usize, Arc<DeviceBlockMask>)>>);
+/// stream (uploaded again for another stream, thread or GPU).
+pub(crate) struct MaskOnDevice(Mutex<Option<(MaskKey, Arc<DeviceBlockMask>)>>);
 
 impl MaskOnDevice {
     /// Nothing uploaded yet.
@@ -127,15 +131,19 @@ impl MaskOnDevice {
         call: &CudaCall,
         mask: &BlockMask,
     ) -> candle_core::Result<Arc<DeviceBlockMask>> {
-        let key = (call.ordinal(), call.stream.cu_stream() as usize);
+        let key: MaskKey = (
+            call.ordinal(),
+            call.stream.cu_stream() as usize,
+            std::thread::current().id(),
+        );
         let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ordinal, stream, m)) = &*kept {
-            if (*ordinal, *stream) == key {
+        if let Some((k, m)) = &*kept {
+            if *k == key {
                 return Ok(m.clone());
             }
         }
         let m = Arc::new(DeviceBlockMask::new(&call.stream, mask).map_err(candle_error)?);
-        *kept = Some((key.0, key.1, m.clone()));
+        *kept = Some((key, m.clone()));
         Ok(m)
     }
 }

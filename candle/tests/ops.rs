@@ -217,11 +217,19 @@ fn mla_indices_may_be_i32_or_i64_on_the_cpu() {
     let latent = Tensor::from_slice(&bf16s(1, 20 * 128), (20, 128), dev).unwrap();
     let rope = Tensor::from_slice(&bf16s(2, 20 * 64), (20, 64), dev).unwrap();
     let slots: Vec<i32> = (0..20).rev().collect();
-    a.append(&latent, &rope, &Tensor::from_slice(&slots, 20, dev).unwrap())
-        .unwrap();
+    a.append(
+        &latent,
+        &rope,
+        &Tensor::from_slice(&slots, 20, dev).unwrap(),
+    )
+    .unwrap();
     let slots64: Vec<i64> = slots.iter().map(|&s| s as i64).collect();
-    b.append(&latent, &rope, &Tensor::from_slice(&slots64, 20, dev).unwrap())
-        .unwrap();
+    b.append(
+        &latent,
+        &rope,
+        &Tensor::from_slice(&slots64, 20, dev).unwrap(),
+    )
+    .unwrap();
     let bytes = |c: &MlaCache| c.pages().flatten_all().unwrap().to_vec1::<u8>().unwrap();
     assert!(bytes(&a) == bytes(&b));
 
