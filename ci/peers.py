@@ -41,8 +41,9 @@
                                   (checked against their dequantized product first), mla_decode
                                   on a paged bf16 cache (pages of 64, shuffled block table, as
                                   `tessera bench`), attention on the same radial BSR mask, q, k, v
-                                  [1, S, h, 128]. Without the package (or without its CUDA
-                                  backend) these rows are skipped, saying `skipped: ...`.
+                                  [1, S, h, 128] (labelled `tessera (python) radial`). Without
+                                  the package (or without its CUDA backend) these rows are
+                                  skipped, saying `skipped: ...`.
 
 Timing as in `tessera bench`: a warm-up launch (a second when the first took under 50 ms), then
 3..100 launches (about 0.3 s) each between two CUDA events, median and minimum; for launches under
@@ -73,8 +74,11 @@ DEV = "cuda"
 GEMM_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
 
 
-# The impl label of the rows timed through the `tessera` Python package, in this process.
+# The impl label of the rows timed through the `tessera` Python package, in this process; the
+# attention row is radial (`tessera report` compares a peer whose label says radial with our
+# radial row, any other with our dense one).
 TESSERA_PY = "tessera (python)"
+TESSERA_PY_ATTENTION = f"{TESSERA_PY} radial"
 
 
 def gemm_key(m, n, k):
@@ -600,10 +604,10 @@ def tessera_attention(tess, model, frames, masks_dir):
             return tess.sparse_attention(q, k, v, mask)
 
         warm_up(launch)
-        rec = measure("attention", key, TESSERA_PY, params, launch)
+        rec = measure("attention", key, TESSERA_PY_ATTENTION, params, launch)
         return rec, attention_flops(h, tokens, nnz)
     except Exception as e:  # noqa: BLE001 - out of memory included
-        return {"op": "attention", "shape": key, "impl": TESSERA_PY, "params": base,
+        return {"op": "attention", "shape": key, "impl": TESSERA_PY_ATTENTION, "params": base,
                 "error": f"{type(e).__name__}: {e}"[:1000]}, 0.0
 
 
@@ -614,8 +618,8 @@ def bench_attention(out, cases, masks_dir, tess=(None, "not asked")):
     if tess[0] is None:
         print(skipped_line("attention", tess[1]), flush=True)
 
-    # Dense first (for every case), FlexAttention after: a failure there (a device-side assert
-    # spoils the CUDA context) then costs only the flex rows.
+    # Dense first (for every case), then Tessera on the radial mask, FlexAttention last: a
+    # failure there (a device-side assert spoils the CUDA context) then costs only the flex rows.
     for model, frames in cases:
         key, h, tokens, base, q, k, v = attention_inputs(model, frames)
         dense_flops = attention_flops(h, tokens)
@@ -628,6 +632,13 @@ def bench_attention(out, cases, masks_dir, tess=(None, "not asked")):
             out.add(measure("attention", key, name, dict(base), run), dense_flops, nbytes)
         q = k = v = None
         torch.cuda.empty_cache()
+
+    if tess[0] is not None:
+        for model, frames in cases:
+            rec, flops = tessera_attention(tess[0], model, frames, masks_dir)
+            out.add(rec, flops, attention_bytes(heads_of(model), frames * TOKENS_PER_FRAME))
+            rec = None
+            free_memory()
 
     for model, frames in cases:
         key, h, tokens, base, q, k, v = attention_inputs(model, frames)
@@ -646,11 +657,7 @@ def bench_attention(out, cases, masks_dir, tess=(None, "not asked")):
             flops = 0.0
         out.add(rec, flops, nbytes)
         bm = q = k = v = None
-        free_memory()
-        if tess[0] is not None:
-            rec, flops = tessera_attention(tess[0], model, frames, masks_dir)
-            out.add(rec, flops, nbytes)
-            free_memory()
+        torch.cuda.empty_cache()
 
 
 def backward_launch(forward, q, k, v):

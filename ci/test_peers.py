@@ -91,10 +91,12 @@ def main():
         expect_error(lambda: peers.read_radial_mask(d, "wan", 1, 384), "for 3 blocks")
         checks += 8
 
-    # The Tessera (python) rows share the peers' and the bench's shape keys.
+    # The Tessera (python) rows share the peers' and the bench's shape keys; the attention row
+    # says radial (the report compares such a peer with our radial row).
+    assert "radial" in peers.TESSERA_PY_ATTENTION and peers.TESSERA_PY_ATTENTION.startswith(peers.TESSERA_PY)
     assert peers.gemm_key(64, 2112, 7168) == "M64 N2112 K7168"
     assert peers.mla_key(128, 8192, 16, 1) == "b128 sk8192 hq16 sq1 bf16"
-    checks += 2
+    checks += 3
 
     # The MLA block table: batch rows of ceil(s_k / 64) pages, every page once, shuffled, the
     # same on every run.
