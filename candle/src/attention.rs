@@ -134,46 +134,70 @@ impl CustomOp3 for SparseAttentionOp {
         let mask = self.device_mask.get(&call, &self.mask)?;
         let mut lse = call.output::<f32>(op.lse_len())?;
         let lse_shape = (shape[0], shape[2], shape[1]);
+        // o of q's element type; one launch path for both.
+        let launch = |o_view: &mut DeviceHalfMut<'_>| {
+            call.backend
+                .sparse_attention_on(
+                    &call.stream,
+                    &op,
+                    &mask,
+                    &q,
+                    &k,
+                    &v,
+                    o_view,
+                    &mut lse.slice_mut(0..op.lse_len()),
+                )
+                .map_err(candle_error)
+        };
         let o = match dtype {
-            DType::F16 => {
-                let mut o = call.output::<half::f16>(op.qkv_len())?;
-                let mut o_view = DeviceHalfMut::F16(o.slice_mut(0..op.qkv_len()));
-                call.backend
-                    .sparse_attention_on(
-                        &call.stream,
-                        &op,
-                        &mask,
-                        &q,
-                        &k,
-                        &v,
-                        &mut o_view,
-                        &mut lse.slice_mut(0..op.lse_len()),
-                    )
-                    .map_err(candle_error)?;
-                call.cuda_storage(o)
-            }
-            _ => {
-                let mut o = call.output::<half::bf16>(op.qkv_len())?;
-                let mut o_view = DeviceHalfMut::BF16(o.slice_mut(0..op.qkv_len()));
-                call.backend
-                    .sparse_attention_on(
-                        &call.stream,
-                        &op,
-                        &mask,
-                        &q,
-                        &k,
-                        &v,
-                        &mut o_view,
-                        &mut lse.slice_mut(0..op.lse_len()),
-                    )
-                    .map_err(candle_error)?;
-                call.cuda_storage(o)
-            }
+            DType::F16 => half_output::<half::f16>(&call, op.qkv_len(), launch)?,
+            _ => half_output::<half::bf16>(&call, op.qkv_len(), launch)?,
         };
         self.lse
             .set(Storage::Cuda(call.cuda_storage(lse)), lse_shape);
         Ok((o, Shape::from(shape)))
     }
+}
+
+/// A 16-bit float element of an attention output (f16 or bf16).
+#[cfg(feature = "cuda")]
+trait HalfElement:
+    candle_core::cuda_backend::CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr
+{
+    /// A view of such elements as Tessera's 16-bit output.
+    fn wrap(
+        v: candle_core::cuda_backend::cudarc::driver::CudaViewMut<'_, Self>,
+    ) -> tessera_cuda::DeviceHalfMut<'_>;
+}
+
+#[cfg(feature = "cuda")]
+impl HalfElement for half::f16 {
+    fn wrap(
+        v: candle_core::cuda_backend::cudarc::driver::CudaViewMut<'_, Self>,
+    ) -> tessera_cuda::DeviceHalfMut<'_> {
+        tessera_cuda::DeviceHalfMut::F16(v)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl HalfElement for half::bf16 {
+    fn wrap(
+        v: candle_core::cuda_backend::cudarc::driver::CudaViewMut<'_, Self>,
+    ) -> tessera_cuda::DeviceHalfMut<'_> {
+        tessera_cuda::DeviceHalfMut::BF16(v)
+    }
+}
+
+/// A new output of `len` elements of type `T` on the call's device, written by `launch`.
+#[cfg(feature = "cuda")]
+fn half_output<T: HalfElement>(
+    call: &crate::cuda::CudaCall,
+    len: usize,
+    launch: impl FnOnce(&mut tessera_cuda::DeviceHalfMut<'_>) -> candle_core::Result<()>,
+) -> candle_core::Result<candle_core::CudaStorage> {
+    let mut o = call.output::<T>(len)?;
+    launch(&mut T::wrap(o.slice_mut(0..len)))?;
+    Ok(call.cuda_storage(o))
 }
 
 /// Block-sparse attention forward: `(o, lse)` for q, k, v f16 or bf16
