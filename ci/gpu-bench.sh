@@ -3,7 +3,10 @@
 # (PACKDIR from ci/gpu-pack.sh: bin/tessera, peers.py, this script, COMMIT). Runs
 #   0. with BENCH_TUNE=OPS, `tessera tune --op OPS` first (see below),
 #   1. tessera bench --backend cuda (JSON, and the radial masks as JSON for the peers),
-#   2. ci/peers.py with the machine's PyTorch (same shapes, the very same masks),
+#   2. ci/peers.py with the machine's PyTorch (same shapes, the very same masks), and Tessera
+#      timed in the same process through the pack's `tessera` wheel (rows `tessera (python)`;
+#      installed with pip --target and PYTHONPATH, not a venv, which would not see the machine's
+#      torch); a missing package or CUDA backend there fails this script (exit 1, at the end),
 #   3. tessera bench --backend vulkan (the same shapes on the Vulkan backend, NVIDIA driver, with
 #      the Vulkan loader brought in the pack), on what time is left, at most VK_BUDGET seconds,
 #   4. tessera report: OUTDIR/results.md (joined table, ratios ours / peer, Vulkan / CUDA) and
@@ -48,10 +51,25 @@ timeout $(( deadline - $(date +%s) - 60 )) "${tessera_env[@]}" "$pack/bin/tesser
 echo "tessera bench: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 5 "$out/tessera.err"
 
 t1=$(date +%s)
+failed=()
+# The pack's tessera wheel for peers.py's in-process rows. The venv route fails here (a venv made
+# from the machine's python3 does not see its torch): install into a folder on PYTHONPATH.
+pydir=$(mktemp -d)
+if ! python3 -m pip install -q --no-index --no-deps --target "$pydir" "$pack"/wheels/tessera-*.whl > "$out/wheel.log" 2>&1; then
+  failed+=("the tessera wheel did not install: $(tail -n 3 "$out/wheel.log" | tr '\n' ' ')")
+fi
+# Tessera's extension loads libnvrtc.so.13: the toolkit's, or the one torch's wheels brought.
+nvidia_libs=$(python3 -c 'import glob, os, sys; print(":".join(d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "cu13", "lib"))))' 2>/dev/null)
 vk_reserve=${VK_RESERVE:-120}
-timeout $(( deadline - $(date +%s) - vk_reserve )) python3 "$pack/peers.py" --suite "$suite" --masks "$out/masks" \
-  --json "$out/peers.json" > "$out/peers.log" 2>&1
-echo "peers.py: rc=$? in $(( $(date +%s) - t1 )) s"; tail -n 3 "$out/peers.log"
+timeout $(( deadline - $(date +%s) - vk_reserve )) env PYTHONPATH="$pydir${PYTHONPATH:+:$PYTHONPATH}" \
+  LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:$nvidia_libs:${LD_LIBRARY_PATH:-}" \
+  python3 "$pack/peers.py" --suite "$suite" --masks "$out/masks" --json "$out/peers.json" > "$out/peers.log" 2>&1
+echo "peers.py: rc=$? in $(( $(date +%s) - t1 )) s"; grep -m 1 "^tessera " "$out/peers.log"; tail -n 3 "$out/peers.log"
+# On the GPU machine Tessera must be timed beside the peers: a skipped row is a failure.
+if grep -q "^skipped:" "$out/peers.log"; then
+  failed+=("peers.py skipped the tessera (python) rows: $(grep -m 1 "^skipped:" "$out/peers.log")")
+fi
+rm -rf "$pydir"
 
 # Vulkan: the loader travels in the pack (Debian's libvulkan1), the NVIDIA ICD is on the machine.
 t2=$(date +%s)
@@ -80,3 +98,8 @@ echo; cat "$out/tessera.log"
 # Few files come back from a lent machine: everything in one archive, the table beside it.
 tar czf "$out/../bench-$(basename "$out").tgz" -C "$out" . && mv "$out/../bench-$(basename "$out").tgz" "$out/all.tgz"
 find "$out" -mindepth 1 ! -name all.tgz ! -name results.md -delete
+if [ ${#failed[@]} -gt 0 ]; then
+  echo
+  printf 'FAILED: %s\n' "${failed[@]}"
+  exit 1
+fi

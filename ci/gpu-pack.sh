@@ -37,6 +37,34 @@ for line in sys.stdin:
   done
 cargo build --release --locked -p tessera-bench
 cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
+# candle's CUDA path (tessera-candle's `cuda` feature): its test binary (CUDA against the CPU path)
+# and the example. candle-core's CUDA backend builds its kernels with nvcc and links cuBLAS,
+# cuRAND, NVRTC and the CUDA runtime: ci/cuda-toolkit.sh brings CUDA 13.0's from PyPI (cached in
+# ~/.cache; a link-time stub for libcuda). The first build compiles candle's kernels (about 20
+# minutes on 2 cores). In a subshell: the toolkit's variables stay out of the other steps. The
+# two binaries hold candle's kernels (about 38 MB each, stripped): they travel as one xz archive
+# (about 5 MB), which ci/gpu-run.sh unpacks.
+candle_bin=$(mktemp -d)
+(
+  source ci/cuda-toolkit.sh
+  cargo test --release --locked -p tessera-candle --features cuda --test cuda --no-run \
+    --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
+        print(m["executable"])
+' | while read -r exe; do cp "$exe" "$candle_bin/candletest-cuda"; done
+  cargo build --release --locked -p tessera-candle --features cuda --example candle_layers
+  cp "${CARGO_TARGET_DIR:-target}/release/examples/candle_layers" "$candle_bin/candle_layers"
+)
+[ -x "$candle_bin/candletest-cuda" ] || { echo "gpu-pack: the candle CUDA test binary was not built"; exit 1; }
+strip "$candle_bin"/*
+tar -C "$candle_bin" -cf - candletest-cuda candle_layers | xz -9 -T2 > "$pack/candle-cuda.tar.xz"
+rm -rf "$candle_bin"
 strip "$pack"/bin/*
 cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/peers.py ci/gpu-python.sh "$pack/"
 # The Python package for ci/gpu-python.sh: its abi3 wheel, pytest's wheels (for Python 3.9 and

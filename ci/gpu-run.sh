@@ -6,7 +6,9 @@
 # determinism and fuzz suites on CUDA and on Vulkan (NVIDIA driver, loader from the pack) with and
 # without the cooperative-matrix shaders, every test of the Vulkan crate both ways, `tessera check`
 # on CUDA, Vulkan (both ways) and CPU, and compute-sanitizer over the CUDA tests
-# (ci/gpu-sanitize.sh; `sanitize` runs only that, TESSERA_SANITIZER=0 leaves it out). Both
+# (ci/gpu-sanitize.sh; `sanitize` runs only that, TESSERA_SANITIZER=0 leaves it out), and in full
+# mode candle's CUDA path (tessera-candle's `cuda` feature: its tests against the CPU path, then
+# the example), linked against the CUDA 13 libraries of the toolkit or of torch's wheels. Both
 # backends are required: a CUDA or Vulkan device that fails to open fails the run, it is never
 # reported as skipped. Logs and JSON go to OUTDIR, a table last.
 set -uo pipefail
@@ -76,6 +78,22 @@ for t in "$pack"/bin/vktest-*; do
   run "$name" "$t" --nocapture --test-threads=1
   run "$name-portable" env TESSERA_VULKAN_PORTABLE=1 "$t" --nocapture --test-threads=1
 done
+if [ "$mode" = full ]; then
+  # candle's CUDA backend links libcublas.so.13, libcurand.so.10, libnvrtc.so.13 and
+  # libcudart.so.13: the toolkit's (/usr/local/cuda/lib64, already on the path) or those torch's
+  # wheels brought (nvidia/cu13/lib in python3's site-packages).
+  nvidia_libs=$(python3 -c 'import glob, os, sys; print(":".join(d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "cu13", "lib"))))' 2>/dev/null)
+  candle_env=(env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$nvidia_libs")
+  # The binaries travel xz-compressed (ci/gpu-pack.sh); Python's tarfile unpacks them.
+  candle_bin=$(mktemp -d)
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+    "$pack/candle-cuda.tar.xz" "$candle_bin"
+  "${candle_env[@]}" ldd "$candle_bin/candletest-cuda" > "$out/candle_ldd.log" 2>&1
+  grep "not found" "$out/candle_ldd.log"
+  run candle_cuda "${candle_env[@]}" "$candle_bin/candletest-cuda" --nocapture --test-threads=1
+  run candle_layers "${candle_env[@]}" "$candle_bin/candle_layers"
+  rm -rf "$candle_bin"
+fi
 quick=""; [ "$mode" = quick ] && quick="--quick"
 run check_cuda "$pack/bin/tessera" check --backend cuda $quick --json "$out/check-cuda.json"
 run check_vulkan "$pack/bin/tessera" check --backend vulkan $quick --json "$out/check-vulkan.json"
@@ -94,5 +112,6 @@ grep -h "^check:" "$out"/check_*.log 2>/dev/null
 grep -H "^test result" "$out"/*.log 2>/dev/null | sed "s|^$out/||"
 # A suite that says `skipped` here is a failure of the run (both backends are required).
 grep -l "^skipped: backend\|^skipped: no Vulkan\|^skipped: no CUDA" "$out"/*.log 2>/dev/null | sed "s|^$out/|SKIPPED A REQUIRED BACKEND: |"
+grep -l "^device: Cpu" "$out"/candle_layers.log 2>/dev/null | sed "s|^$out/|THE CANDLE EXAMPLE RAN ON THE CPU: |"
 cat "$out/sanitizer/summary.txt" 2>/dev/null
 finish

@@ -33,6 +33,18 @@
                                   read and dq, dk, dv written, as the bench's backward rows.
                                   fwd+bwd (tessera report) = the `attention` row + this row.
 
+  tessera (python)                Tessera itself, timed here in the same process through the
+                                  installed `tessera` Python package (its torch custom ops on
+                                  torch.cuda tensors, zero copy on torch's current stream, outputs
+                                  from torch's allocator), with the same timing function as the
+                                  peers: fp8_gemm on the very operand sets of the cublas rows
+                                  (checked against their dequantized product first), mla_decode
+                                  on a paged bf16 cache (pages of 64, shuffled block table, as
+                                  `tessera bench`), attention on the same radial BSR mask, q, k, v
+                                  [1, S, h, 128] (labelled `tessera (python) radial`). Without
+                                  the package (or without its CUDA backend) these rows are
+                                  skipped, saying `skipped: ...`.
+
 Timing as in `tessera bench`: a warm-up launch (a second when the first took under 50 ms), then
 3..100 launches (about 0.3 s) each between two CUDA events, median and minimum; for launches under
 10 ms a GPU sleep kernel is queued first so that host dispatch is not timed; FP8 GEMM rotates
@@ -60,6 +72,70 @@ FP8 = torch.float8_e4m3fn
 DEV = "cuda"
 
 GEMM_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
+
+
+# The impl label of the rows timed through the `tessera` Python package, in this process; the
+# attention row is radial (`tessera report` compares a peer whose label says radial with our
+# radial row, any other with our dense one).
+TESSERA_PY = "tessera (python)"
+TESSERA_PY_ATTENTION = f"{TESSERA_PY} radial"
+
+
+def gemm_key(m, n, k):
+    """The shape key of an FP8 GEMM, as gemm_key in bench/src/cases.rs."""
+    return f"M{m} N{n} K{k}"
+
+
+def mla_key(b, s_k, h, s_q):
+    """The shape key of a uniform bf16 MLA decode, as MlaShape::key in bench/src/cases.rs."""
+    return f"b{b} sk{s_k} hq{h} sq{s_q} bf16"
+
+
+MLA_PAGE = 64
+
+
+def mla_block_table(batch, s_k, seed=31):
+    """The block table of a paged decode of `batch` requests of `s_k` keys over
+    batch * ceil(s_k / 64) pages: every page used once, in a shuffled order (as `tessera bench`
+    lays its table out), as a list of `batch` rows of ceil(s_k / 64) page indices."""
+    import random
+
+    per = -(-s_k // MLA_PAGE)
+    pages = list(range(batch * per))
+    random.Random(seed).shuffle(pages)
+    return [pages[r * per:(r + 1) * per] for r in range(batch)]
+
+
+def import_tessera():
+    """(tessera, None) when the installed `tessera` Python package imports and its CUDA backend
+    is usable here; otherwise (None, why), and the rows timed through it are skipped."""
+    try:
+        import tessera
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken extension
+        return None, (f"the tessera Python package does not import ({type(e).__name__}: {e}); "
+                      "install the pack's wheel (ci/gpu-bench.sh does)")
+    try:
+        backends = {b["name"]: b for b in tessera.info()["backends"]}
+    except Exception as e:  # noqa: BLE001
+        return None, f"tessera.info() failed: {type(e).__name__}: {e}"
+    cuda = backends.get("cuda")
+    if cuda is None or not cuda.get("usable"):
+        reason = cuda.get("reason") if cuda else "not compiled in"
+        return None, f"tessera {getattr(tessera, '__version__', '?')}: its CUDA backend is not usable: {reason}"
+    return tessera, None
+
+
+def warm_up(launch):
+    """One untimed launch of a Tessera row before measure(): the first call of a shape loads
+    (or NVRTC-compiles) its kernels, plans it and uploads the mask, which would otherwise make
+    time_launches' first estimate, and so its repetition count, that of a slow launch."""
+    launch(-1)
+    torch.cuda.synchronize()
+
+
+def skipped_line(op, reason):
+    """The line that says the Tessera rows of `op` were not timed (ci/gpu-bench.sh fails on it)."""
+    return f"skipped: {TESSERA_PY} {op} rows: {reason}"
 
 
 def suite(name):
@@ -343,12 +419,47 @@ def block_scaled_mm():
     ]
 
 
-def bench_gemm(out, shapes):
+def dequantized_gemm(a, b, sa, sb):
+    """The float32 reference of a block-scaled FP8 GEMM d = (a * sa) @ (b * sb)^T: sa per row and
+    128 of K, sb per 128 x 128 block."""
+    n, k = b.shape
+    rep_a = sa.repeat_interleave(128, dim=1)[:, :k]
+    rep_b = sb.repeat_interleave(128, dim=0)[:n].repeat_interleave(128, dim=1)[:, :k]
+    return (a.float() * rep_a) @ (b.float() * rep_b).t()
+
+
+def relative_error(d, ref):
+    return ((d.float() - ref).norm() / ref.norm()).item()
+
+
+def tessera_gemm(tess, key, params, bufs):
+    """The Tessera (python) row of an FP8 GEMM over the cublas rows' operand sets (fp8 a [m, k],
+    b [n, k], f32 sa [m, kb], sb [n/128, kb]: Tessera's own layouts), after a check of the first
+    set against the dequantized product."""
+    a, b, sa, sb = bufs[0]
+    try:
+        rel = relative_error(tess.fp8_gemm(a, sa, b, sb), dequantized_gemm(a, b, sa, sb))
+        if not rel < 2e-2:
+            raise RuntimeError(f"relative error {rel:.3g} against the dequantized product")
+    except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+        return {"op": "fp8_gemm", "shape": key, "impl": TESSERA_PY, "params": params,
+                "error": f"{type(e).__name__}: {e}"[:1000]}
+
+    def launch(i):
+        a, b, sa, sb = bufs[i % len(bufs)]
+        tess.fp8_gemm(a, sa, b, sb)
+
+    return measure("fp8_gemm", key, TESSERA_PY, params, launch)
+
+
+def bench_gemm(out, shapes, tess=(None, "not asked")):
     one = torch.ones((), device=DEV, dtype=torch.float32)
+    if tess[0] is None:
+        print(skipped_line("fp8_gemm", tess[1]), flush=True)
     variants = block_scaled_mm()
     chosen = None
     for (m, n, k) in shapes:
-        key = f"M{m} N{n} K{k}"
+        key = gemm_key(m, n, k)
         set_bytes = m * k + n * k + 2 * m * n
         sets = max(1, min(16, math.ceil(ROTATE_BYTES / set_bytes)))
         kb = (k + 127) // 128
@@ -381,10 +492,7 @@ def bench_gemm(out, shapes):
                 a, b, sa, sb = bufs[0]
                 d = v(a, b, *prepare(sa, sb)).float()
                 if chosen is None:
-                    rep_a = sa.repeat_interleave(128, dim=1)[:, :k]
-                    rep_b = sb.repeat_interleave(128, dim=0)[:n].repeat_interleave(128, dim=1)[:, :k]
-                    ref = (a.float() * rep_a) @ (b.float() * rep_b).t()
-                    rel = ((d - ref).norm() / ref.norm()).item()
+                    rel = relative_error(d, dequantized_gemm(a, b, sa, sb))
                     if not rel < 2e-2:
                         raise RuntimeError(f"layout {name}: relative error {rel:.3g} against the dequantized product")
                 fn, chosen = v, (name, prepare, v)
@@ -404,15 +512,42 @@ def bench_gemm(out, shapes):
             out.add(measure("fp8_gemm", key, "cublas block", params, block), flops, nbytes)
             out.add(measure("fp8_gemm", key, "cublas block (host)", params, block, time_host), flops, nbytes)
             out.add(measure("fp8_gemm", key, "cublas block (idle events)", params, block, time_idle_events), flops, nbytes)
+        if tess[0] is not None:
+            out.add(tessera_gemm(tess[0], key, {"m": m, "n": n, "k": k, "sets": sets}, bufs), flops, nbytes)
         prepared = None  # noqa: F841 - drops the operand sets' last references
         del bufs
         torch.cuda.empty_cache()
 
 
-def bench_mla(out, shapes):
+def tessera_mla(tess, key, b, s_k, h, s_q, scale):
+    """The Tessera (python) row of a uniform bf16 MLA decode: a tessera.MlaCache on the GPU
+    (pages of 64 filled uniform in [-1, 1)), the shuffled block table of mla_block_table, every
+    request s_k keys, q [b, s_q, h, 576] uniform in [-1, 1)."""
+    params = {"b": b, "s_k": s_k, "h_q": h, "s_q": s_q, "cache": "bf16 paged 64"}
+    try:
+        table = mla_block_table(b, s_k)
+        cache = tess.MlaCache(b * len(table[0]), page_size=MLA_PAGE, format="bf16", device=DEV)
+        cache.pages.view(torch.bfloat16).uniform_(-1, 1)
+        block_table = torch.tensor(table, dtype=torch.int32, device=DEV)
+        seq_lens = torch.full((b,), s_k, dtype=torch.int32, device=DEV)
+        q = torch.empty(b, s_q, h, 576, device=DEV, dtype=torch.bfloat16).uniform_(-1, 1)
+
+        def launch(i):
+            return cache.decode(q, block_table, seq_lens, scale)
+
+        warm_up(launch)
+        return measure("mla_decode", key, TESSERA_PY, params, launch)
+    except Exception as e:  # noqa: BLE001 - out of memory included
+        return {"op": "mla_decode", "shape": key, "impl": TESSERA_PY, "params": params,
+                "error": f"{type(e).__name__}: {e}"[:1000]}
+
+
+def bench_mla(out, shapes, tess=(None, "not asked")):
     scale = 192 ** -0.5
+    if tess[0] is None:
+        print(skipped_line("mla_decode", tess[1]), flush=True)
     for (b, s_k, h, s_q) in shapes:
-        key = f"b{b} sk{s_k} hq{h} sq{s_q} bf16"
+        key = mla_key(b, s_k, h, s_q)
         params = {"b": b, "s_k": s_k, "h_q": h, "s_q": s_q, "cache": "bf16 contiguous"}
         flops = 2.0 * b * s_q * h * s_k * (576 + 512)
         nbytes = b * s_k * 1152 + 2 * b * s_q * h * (576 + 512)
@@ -429,8 +564,11 @@ def bench_mla(out, shapes):
         except Exception as e:  # noqa: BLE001
             rec = {"op": "mla_decode", "shape": key, "impl": "torch", "params": params, "error": f"{type(e).__name__}: {e}"[:1000]}
         out.add(rec, flops, nbytes)
-        kv = q = None
-        torch.cuda.empty_cache()
+        kv = q = run = None
+        free_memory()
+        if tess[0] is not None:
+            out.add(tessera_mla(tess[0], key, b, s_k, h, s_q, scale), flops, nbytes)
+            free_memory()
 
 
 def compiled_flex():
@@ -444,13 +582,44 @@ def compiled_flex():
         return None, f"{type(e).__name__}: {e}"
 
 
-def bench_attention(out, cases, masks_dir):
+def tessera_attention(tess, model, frames, masks_dir):
+    """(record, flops) of the Tessera (python) row of an attention case: tessera.sparse_attention
+    on the radial mask `tessera bench --masks` wrote (tessera.BlockMask.from_bsr of its BSR),
+    q, k, v bf16 [1, S, h, 128] (Tessera's layout) uniform in [-2, 2)."""
+    import numpy as np
+
+    h, d = heads_of(model), ATTENTION_HEAD_DIM
+    tokens = frames * TOKENS_PER_FRAME
+    key = attention_key(model, frames)
+    base = {"model": model, "frames": frames, "tokens": tokens, "heads": h, "head_dim": d}
+    try:
+        mj = read_radial_mask(masks_dir, model, frames, tokens)
+        mask = tess.BlockMask.from_bsr(tokens, ATTENTION_BLOCK, np.asarray(mj["indptr"], dtype=np.int32),
+                                       np.asarray(mj["indices"], dtype=np.int32))
+        nnz = int(mj["nnz"])
+        params = dict(base, density=mj["density"], nnz=nnz, layout="q, k, v [1, S, h, 128]")
+        q, k, v = (torch.empty(1, tokens, h, d, device=DEV, dtype=torch.bfloat16).uniform_(-2, 2) for _ in range(3))
+
+        def launch(i):
+            return tess.sparse_attention(q, k, v, mask)
+
+        warm_up(launch)
+        rec = measure("attention", key, TESSERA_PY_ATTENTION, params, launch)
+        return rec, attention_flops(h, tokens, nnz)
+    except Exception as e:  # noqa: BLE001 - out of memory included
+        return {"op": "attention", "shape": key, "impl": TESSERA_PY_ATTENTION, "params": base,
+                "error": f"{type(e).__name__}: {e}"[:1000]}, 0.0
+
+
+def bench_attention(out, cases, masks_dir, tess=(None, "not asked")):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     flex, flex_error = compiled_flex()
+    if tess[0] is None:
+        print(skipped_line("attention", tess[1]), flush=True)
 
-    # Dense first (for every case), FlexAttention after: a failure there (a device-side assert
-    # spoils the CUDA context) then costs only the flex rows.
+    # Dense first (for every case), then Tessera on the radial mask, FlexAttention last: a
+    # failure there (a device-side assert spoils the CUDA context) then costs only the flex rows.
     for model, frames in cases:
         key, h, tokens, base, q, k, v = attention_inputs(model, frames)
         dense_flops = attention_flops(h, tokens)
@@ -463,6 +632,13 @@ def bench_attention(out, cases, masks_dir):
             out.add(measure("attention", key, name, dict(base), run), dense_flops, nbytes)
         q = k = v = None
         torch.cuda.empty_cache()
+
+    if tess[0] is not None:
+        for model, frames in cases:
+            rec, flops = tessera_attention(tess[0], model, frames, masks_dir)
+            out.add(rec, flops, attention_bytes(heads_of(model), frames * TOKENS_PER_FRAME))
+            rec = None
+            free_memory()
 
     for model, frames in cases:
         key, h, tokens, base, q, k, v = attention_inputs(model, frames)
@@ -562,8 +738,13 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("peers.py: no CUDA device visible to torch")
     gemm, mla, att = suite(args.suite)
+    tess = import_tessera()
     wants = lambda op: args.only is None or args.only in op  # noqa: E731
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}) on {torch.cuda.get_device_name(0)}", flush=True)
+    if tess[0] is not None:
+        print(f"tessera {tess[0].__version__} from {tess[0].__file__}: timed in this process as `{TESSERA_PY}`", flush=True)
+    else:
+        print(skipped_line("all", tess[1]), flush=True)
     c = ceilings()
     print(f"ceilings: copy {c['copy_gbps']:.0f} GB/s, matmul {c['matmul_tflops']:.0f} TFLOPS", flush=True)
     header = {
@@ -576,14 +757,16 @@ def main():
         "ceilings": c,
         "notes": [
             "peers: ci/peers.py; cublas = torch._scaled_mm; mla torch = bmm + f32 softmax + bmm on a contiguous bf16 cache (no paging); flex radial = FlexAttention (torch.compile) on the same BSR; SDPA dense with the cuDNN and flash backends; q, k, v [1, h, S, 128]",
+            f"{TESSERA_PY}: Tessera timed in this process through its Python package (torch custom ops, zero copy, torch's current stream), same timing function as the peers; fp8_gemm on the cublas rows' operand sets, mla_decode on a paged bf16 cache (pages of 64, shuffled table), attention on the same BSR mask with q, k, v [1, S, h, 128]"
+            + ("" if tess[0] is not None else f" -- not run: {tess[1]}"),
             "peers attention_backward: after one forward with q, k, v requiring grad (and one untimed backward), each timed launch is torch.autograd.grad(out, (q, k, v), dO, retain_graph=True), the backward only; FLOP 2.5 x the forward's (as Tessera's); the dense peers' fwd+bwd in the report adds their inference forward row (no lse kept), a little faster than a training forward",
         ],
     }
     out = Out(args.json, header)
     out.save()
     t0 = time.time()
-    for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm)), ("mla_decode", lambda: bench_mla(out, mla)),
-                   ("attention", lambda: bench_attention(out, att, args.masks)),
+    for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm, tess)), ("mla_decode", lambda: bench_mla(out, mla, tess)),
+                   ("attention", lambda: bench_attention(out, att, args.masks, tess)),
                    (ATTENTION_BACKWARD_OP, lambda: bench_attention_backward(out, att, args.masks))):
         if wants(op):
             try:

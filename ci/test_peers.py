@@ -2,7 +2,9 @@
 """Checks the pure helpers of ci/peers.py on any machine, torch or not (without torch, empty
 stand-in modules let the file import; nothing here calls torch): the attention keys, FLOP and
 bytes follow the bench's (bench/src/cases.rs, SparseAttention in core), and read_radial_mask
-takes the mask JSON that `tessera bench --masks` writes and names what is wrong in a bad one.
+takes the mask JSON that `tessera bench --masks` writes and names what is wrong in a bad one; the
+Tessera (python) rows use the same shape keys, a shuffled block table of every page once, and are
+skipped (saying `skipped:`) without the `tessera` package or its CUDA backend.
 
   python3 ci/test_peers.py
 """
@@ -88,6 +90,55 @@ def main():
         write(dict(good, indptr=[0, 2, 5]))
         expect_error(lambda: peers.read_radial_mask(d, "wan", 1, 384), "for 3 blocks")
         checks += 8
+
+    # The Tessera (python) rows share the peers' and the bench's shape keys; the attention row
+    # says radial (the report compares such a peer with our radial row).
+    assert "radial" in peers.TESSERA_PY_ATTENTION and peers.TESSERA_PY_ATTENTION.startswith(peers.TESSERA_PY)
+    assert peers.gemm_key(64, 2112, 7168) == "M64 N2112 K7168"
+    assert peers.mla_key(128, 8192, 16, 1) == "b128 sk8192 hq16 sq1 bf16"
+    checks += 3
+
+    # The MLA block table: batch rows of ceil(s_k / 64) pages, every page once, shuffled, the
+    # same on every run.
+    table = peers.mla_block_table(3, 100)
+    assert [len(r) for r in table] == [2, 2, 2]
+    assert sorted(p for r in table for p in r) == list(range(6))
+    assert peers.mla_block_table(3, 100) == table
+    big = peers.mla_block_table(64, 4096)
+    assert sorted(p for r in big for p in r) == list(range(64 * 64)) and big[0] != list(range(64))
+    checks += 4
+
+    # Without the package, or without its CUDA backend, the rows are skipped and say so (a
+    # `skipped:` line, which ci/gpu-bench.sh fails on); with it, the module is used.
+    saved = sys.modules.get("tessera")
+    try:
+        sys.modules["tessera"] = None  # import tessera raises ImportError
+        mod, why = peers.import_tessera()
+        assert mod is None and "does not import" in why, why
+        line = peers.skipped_line("fp8_gemm", why)
+        assert line.startswith("skipped: tessera (python) fp8_gemm rows: "), line
+
+        def stand_in(cuda):
+            m = types.ModuleType("tessera")
+            m.__version__ = "0.0.0"
+            m.info = lambda: {"version": "0.0.0", "backends": [{"name": "cpu", "usable": True, "reason": None}] + cuda}
+            return m
+
+        sys.modules["tessera"] = stand_in([{"name": "cuda", "usable": False, "reason": "no CUDA driver"}])
+        mod, why = peers.import_tessera()
+        assert mod is None and "CUDA backend is not usable: no CUDA driver" in why, why
+        sys.modules["tessera"] = stand_in([])
+        mod, why = peers.import_tessera()
+        assert mod is None and "not compiled in" in why, why
+        sys.modules["tessera"] = stand_in([{"name": "cuda", "usable": True, "reason": None}])
+        mod, why = peers.import_tessera()
+        assert mod is sys.modules["tessera"] and why is None, why
+        checks += 5
+    finally:
+        if saved is None:
+            sys.modules.pop("tessera", None)
+        else:
+            sys.modules["tessera"] = saved
 
     print(f"ci/peers.py helpers: all {checks} checks hold")
 

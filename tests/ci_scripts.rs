@@ -179,3 +179,46 @@ fn the_sanitizer_step_runs_the_four_tools() {
     }
     let _ = std::fs::remove_dir_all(out_dir);
 }
+
+#[test]
+fn the_candle_cuda_path_is_built_for_the_gpu_machine_only() {
+    // CI builds and tests the default (CPU) features only: no nvcc there.
+    let test_sh = script("test.sh");
+    assert!(
+        !test_sh.contains("tessera-candle --features cuda") && !test_sh.contains("cuda-toolkit.sh"),
+        "ci/test.sh builds candle's CUDA feature"
+    );
+    let toml = std::fs::read_to_string(repo().join("candle/Cargo.toml")).unwrap();
+    assert!(toml.contains("required-features = [\"cuda\"]"));
+    assert!(!toml.contains("default = [\"cuda\"]"));
+    // The pack builds it with the toolkit from PyPI (CUDA 13.0, the GPU machine's, for sm_90),
+    // and the GPU run's full mode runs its tests and example.
+    let pack = script("gpu-pack.sh");
+    assert!(pack.contains("source ci/cuda-toolkit.sh"));
+    assert!(pack.contains("-p tessera-candle --features cuda --test cuda"));
+    assert!(pack.contains("--example candle_layers"));
+    assert!(pack.contains("candle-cuda.tar.xz"));
+    assert!(script("gpu-run.sh").contains("candle-cuda.tar.xz"));
+    let toolkit = script("cuda-toolkit.sh");
+    assert!(toolkit.contains("cuda_toolkit_version=13.0."));
+    assert!(toolkit.contains("export CUDA_COMPUTE_CAP=90"));
+    assert!(toolkit.contains("$HOME/.cache/tessera/"));
+    let run = script("gpu-run.sh");
+    assert!(run.contains("run candle_cuda"));
+    assert!(run.contains("run candle_layers"));
+}
+
+#[test]
+fn the_benchmark_times_tessera_beside_the_peers() {
+    let bench = script("gpu-bench.sh");
+    // The wheel goes on PYTHONPATH (a venv made from the machine's python3 does not see torch).
+    assert!(bench.contains("pip install -q --no-index --no-deps --target"));
+    assert!(bench.contains("wheels/tessera-*.whl"));
+    assert!(!bench.contains("-m venv"));
+    // A skipped tessera (python) row fails the script.
+    assert!(bench.contains("grep -q \"^skipped:\" \"$out/peers.log\""));
+    assert!(bench.contains("exit 1"));
+    let peers = script("peers.py");
+    assert!(peers.contains("TESSERA_PY = \"tessera (python)\""));
+    assert!(script("gpu-pack.sh").contains("python3 -m pip wheel"));
+}

@@ -1,12 +1,26 @@
-//! A small MLA decode step and a radial attention layer through candle (CPU):
-//! `cargo run -p tessera-candle --example candle_layers`.
+//! A small MLA decode step and a radial attention layer through candle, on a CUDA device when
+//! the `cuda` feature is on and one is there (it says which), else on the CPU:
+//! `cargo run -p tessera-candle --example candle_layers` (CPU),
+//! `cargo run -p tessera-candle --features cuda --example candle_layers` (CUDA: needs nvcc to
+//! build, see ci/cuda-toolkit.sh).
 
 use candle_core::{DType, Device, Tensor};
 use tessera_candle::{fp8_gemm, fp8_quantize, sparse_attention, MlaCache};
 use tessera_core::{Fp8Granularity, MlaCacheLayout, RadialMaskConfig, ScaleRule};
 
+/// CUDA device 0 with the `cuda` feature when it opens, else the CPU (saying why).
+fn device() -> Device {
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(d) => return d,
+        Err(e) => println!("no CUDA device ({e}): running on the CPU"),
+    }
+    Device::Cpu
+}
+
 fn main() -> candle_core::Result<()> {
-    let dev = Device::Cpu;
+    let dev = device();
+    println!("device: {dev:?}");
     // Radial attention over 4 frames of 128 tokens and 32 text tokens, then an FP8 projection.
     let mask = RadialMaskConfig {
         frames: 4,
@@ -29,31 +43,42 @@ fn main() -> candle_core::Result<()> {
     let (wq, ws) = fp8_quantize(&w, Fp8Granularity::Block128x128, ScaleRule::Float)?;
     let y = fp8_gemm(&xq, &xs, &wq, &ws)?;
     println!(
-        "radial layer: density {:.3}, o {:?}, lse {:?}, projected {:?}",
+        "radial layer: density {:.3}, o {:?}, lse {:?}, projected {:?} (mean |y| {:.4})",
         mask.density(),
         o.dims(),
         lse.dims(),
-        y.dims()
+        y.dims(),
+        y.to_dtype(DType::F32)?
+            .abs()?
+            .mean_all()?
+            .to_scalar::<f32>()?
     );
 
-    // One MLA decode step: append this step's 4 tokens (one per request), then decode.
+    // One MLA decode step: 4 requests of 100 cached tokens each, then a decode. Indices are
+    // i32 (the CUDA kernels read i32).
     let layout = MlaCacheLayout::default();
     let cache = MlaCache::new(layout, 16, &dev)?;
     let history = Tensor::randn(0f32, 1.0, (4 * 100, 512), &dev)?.to_dtype(DType::BF16)?;
     let rope = Tensor::randn(0f32, 1.0, (4 * 100, 64), &dev)?.to_dtype(DType::BF16)?;
     // Request r owns pages 4r..4r+4; its token t is slot (4r) * 64 + t.
-    let slots: Vec<i64> = (0..4)
+    let slots: Vec<i32> = (0..4)
         .flat_map(|r| (0..100).map(move |t| r * 256 + t))
         .collect();
     cache.append(&history, &rope, &Tensor::from_vec(slots, 400, &dev)?)?;
-    let table: Vec<i64> = (0..16).collect();
+    let table: Vec<i32> = (0..16).collect();
     let q = Tensor::randn(0f32, 1.0, (4, 1, 16, 576), &dev)?.to_dtype(DType::BF16)?;
     let (o, lse) = cache.decode(
         &q,
         &Tensor::from_vec(table, (4, 4), &dev)?,
-        &Tensor::from_vec(vec![100i64; 4], 4, &dev)?,
+        &Tensor::from_vec(vec![100i32; 4], 4, &dev)?,
         192f32.powf(-0.5),
     )?;
-    println!("MLA decode step: o {:?}, lse {:?}", o.dims(), lse.dims());
+    println!(
+        "MLA decode step: o {:?}, lse {:?} (mean lse {:.4}), on {:?}",
+        o.dims(),
+        lse.dims(),
+        lse.mean_all()?.to_scalar::<f32>()?,
+        o.device()
+    );
     Ok(())
 }

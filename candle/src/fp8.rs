@@ -2,19 +2,21 @@
 //! (`CustomOp3` over A, its scales and B, with B's scales in the op). E4M3 values are `u8`
 //! tensors of their bits.
 
-use crate::storage::{candle_error, check_shape, dims, f32s, invalid, storage_dtype, u8s};
+use crate::storage::{
+    candle_error, check_shape, contiguous_range, dims, f32s, invalid, storage_dtype, u8s,
+    SideOutput,
+};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
-use std::sync::Mutex;
 use tessera_core::{Backend, Fp8Gemm, Fp8Granularity, Fp8Quantize, ScaleRule, TensorRef, E4M3};
 use tessera_reference::CpuBackend;
 
 /// FP8 E4M3 quantization of x (f32, f16 or bf16 `[rows, cols]`) → values (u8 E4M3 bits, same
-/// shape); the scales (f32, [`Fp8Quantize::scales_shape`]) are kept for
+/// shape); the scales (f32, [`Fp8Quantize::scales_shape`], on x's device) are kept for
 /// [`Fp8QuantizeOp::take_scales`]. [`fp8_quantize`] returns both.
 pub struct Fp8QuantizeOp {
     granularity: Fp8Granularity,
     scale_rule: ScaleRule,
-    scales: Mutex<Option<(Vec<f32>, [usize; 2])>>,
+    scales: SideOutput,
 }
 
 impl Fp8QuantizeOp {
@@ -23,18 +25,29 @@ impl Fp8QuantizeOp {
         Self {
             granularity,
             scale_rule,
-            scales: Mutex::new(None),
+            scales: SideOutput::new(),
         }
     }
 
-    /// The scales of the last forward as a CPU tensor.
+    /// The scales of the last forward, on x's device.
     pub fn take_scales(&self) -> candle_core::Result<Tensor> {
-        let taken = self.scales.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let (values, shape) =
-            taken.ok_or_else(|| candle_core::Error::Msg("no forward has run".into()))?;
-        Tensor::from_vec(values, &shape, &candle_core::Device::Cpu)
+        self.scales.take()
+    }
+
+    /// The descriptor of a quantization of x (`[rows, cols]`).
+    fn descriptor(&self, l: &Layout) -> candle_core::Result<Fp8Quantize> {
+        let shape = dims(QUANTIZE, "x", l, 2, "rows, cols")?;
+        Ok(Fp8Quantize {
+            rows: shape[0],
+            cols: shape[1],
+            granularity: self.granularity,
+            scale_rule: self.scale_rule,
+        })
     }
 }
+
+const QUANTIZE: &str = "fp8_quantize";
+const GEMM: &str = "fp8_gemm";
 
 impl CustomOp1 for Fp8QuantizeOp {
     fn name(&self) -> &'static str {
@@ -42,21 +55,15 @@ impl CustomOp1 for Fp8QuantizeOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        const OP: &str = "fp8_quantize";
-        let shape = dims(OP, "x", l, 2, "rows, cols")?.to_vec();
-        let op = Fp8Quantize {
-            rows: shape[0],
-            cols: shape[1],
-            granularity: self.granularity,
-            scale_rule: self.scale_rule,
-        };
+        let op = self.descriptor(l)?;
+        let (start, end) = contiguous_range(QUANTIZE, "x", l)?;
         let x = match s {
-            CpuStorage::F32(v) => TensorRef::F32(contiguous_slice(OP, v, l)?),
-            CpuStorage::F16(v) => TensorRef::F16(contiguous_slice(OP, v, l)?),
-            CpuStorage::BF16(v) => TensorRef::BF16(contiguous_slice(OP, v, l)?),
+            CpuStorage::F32(v) => TensorRef::F32(&v[start..end]),
+            CpuStorage::F16(v) => TensorRef::F16(&v[start..end]),
+            CpuStorage::BF16(v) => TensorRef::BF16(&v[start..end]),
             other => {
                 return Err(invalid(
-                    OP,
+                    QUANTIZE,
                     "x",
                     "dtype f32, f16 or bf16",
                     format!("dtype {}", storage_dtype(other)),
@@ -66,26 +73,37 @@ impl CustomOp1 for Fp8QuantizeOp {
         let out = CpuBackend::new()
             .fp8_quantize(&op, x)
             .map_err(candle_error)?;
-        let (sr, sc) = op.scales_shape();
-        *self.scales.lock().unwrap_or_else(|p| p.into_inner()) = Some((out.scales, [sr, sc]));
+        self.scales
+            .set(Storage::Cpu(CpuStorage::F32(out.scales)), op.scales_shape());
         let values = out.values.iter().map(|v| v.to_bits()).collect();
-        Ok((CpuStorage::U8(values), Shape::from(shape)))
+        Ok((CpuStorage::U8(values), Shape::from((op.rows, op.cols))))
     }
-}
 
-fn contiguous_slice<'a, T>(
-    op: &'static str,
-    v: &'a [T],
-    l: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => Err(invalid(
-            op,
-            "x",
-            "a contiguous tensor (call .contiguous())",
-            format!("strides {:?}", l.stride()),
-        )),
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{quantizer_input, CudaCall};
+        let op = self.descriptor(l)?;
+        let x = quantizer_input(QUANTIZE, "x", s, l)?;
+        op.validate().map_err(candle_error)?;
+        let call = CudaCall::new(QUANTIZE, s)?;
+        let mut values = call.output::<u8>(op.len())?;
+        let mut scales = call.output::<f32>(op.scales_len())?;
+        call.backend
+            .fp8_quantize_on(
+                &call.stream,
+                &op,
+                &x,
+                &mut values.slice_mut(0..op.len()),
+                &mut scales.slice_mut(0..op.scales_len()),
+            )
+            .map_err(candle_error)?;
+        self.scales
+            .set(Storage::Cuda(call.cuda_storage(scales)), op.scales_shape());
+        Ok((call.cuda_storage(values), Shape::from((op.rows, op.cols))))
     }
 }
 
@@ -102,8 +120,8 @@ pub fn fp8_quantize(
 }
 
 /// The block-scaled GEMM as a candle op over (a, a_scales, b): a u8 E4M3 `[m, k]`, a_scales f32
-/// `[m, ceil(k/128)]`, b u8 E4M3 `[n, k]`; `b_scales` (f32 `[ceil(n/128), ceil(k/128)]`) is
-/// the op's. Output bf16 `[m, n]`.
+/// `[m, ceil(k/128)]`, b u8 E4M3 `[n, k]`; `b_scales` (f32 `[ceil(n/128), ceil(k/128)]`, on
+/// a's device) is the op's. Output bf16 `[m, n]`.
 pub struct Fp8GemmOp {
     b_scales: Tensor,
 }
@@ -112,6 +130,29 @@ impl Fp8GemmOp {
     /// The GEMM with B's scales.
     pub fn new(b_scales: Tensor) -> Self {
         Self { b_scales }
+    }
+
+    /// Checks the shapes of a, a_scales, b and B's scales (`sl`); the descriptor.
+    fn descriptor(
+        l1: &Layout,
+        l2: &Layout,
+        l3: &Layout,
+        sl: &Layout,
+    ) -> candle_core::Result<Fp8Gemm> {
+        let ad = dims(GEMM, "a", l1, 2, "m, k")?;
+        let bd = dims(GEMM, "b", l3, 2, "n, k")?;
+        let (m, k, n) = (ad[0], ad[1], bd[0]);
+        check_shape(GEMM, "b", l3, &[n, k], "n, k (k of a)")?;
+        let kb = k.div_ceil(128);
+        check_shape(GEMM, "a_scales", l2, &[m, kb], "m, ceil(k/128)")?;
+        check_shape(
+            GEMM,
+            "b_scales",
+            sl,
+            &[n.div_ceil(128), kb],
+            "ceil(n/128), ceil(k/128)",
+        )?;
+        Ok(Fp8Gemm::new(m, n, k))
     }
 }
 
@@ -129,32 +170,68 @@ impl CustomOp3 for Fp8GemmOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        const OP: &str = "fp8_gemm";
-        let ad = dims(OP, "a", l1, 2, "m, k")?;
-        let bd = dims(OP, "b", l3, 2, "n, k")?;
-        let (m, k, n) = (ad[0], ad[1], bd[0]);
-        check_shape(OP, "b", l3, &[n, k], "n, k (k of a)")?;
-        let kb = k.div_ceil(128);
-        check_shape(OP, "a_scales", l2, &[m, kb], "m, ceil(k/128)")?;
         let (storage, sl) = self.b_scales.storage_and_layout();
+        let op = Self::descriptor(l1, l2, l3, sl)?;
         let Storage::Cpu(sb_storage) = &*storage else {
-            return Err(invalid(OP, "b_scales", "a CPU tensor", "another device"));
+            return Err(invalid(
+                GEMM,
+                "b_scales",
+                "a CPU tensor (a's device)",
+                "another device",
+            ));
         };
-        check_shape(
-            OP,
-            "b_scales",
-            sl,
-            &[n.div_ceil(128), kb],
-            "ceil(n/128), ceil(k/128)",
-        )?;
-        let a: &[E4M3] = bytemuck_e4m3(u8s(OP, "a", s1, l1)?);
-        let b: &[E4M3] = bytemuck_e4m3(u8s(OP, "b", s3, l3)?);
-        let sa = f32s(OP, "a_scales", s2, l2)?;
-        let sb = f32s(OP, "b_scales", sb_storage, sl)?;
+        let a: &[E4M3] = bytemuck_e4m3(u8s(GEMM, "a", s1, l1)?);
+        let b: &[E4M3] = bytemuck_e4m3(u8s(GEMM, "b", s3, l3)?);
+        let sa = f32s(GEMM, "a_scales", s2, l2)?;
+        let sb = f32s(GEMM, "b_scales", sb_storage, sl)?;
         let d = CpuBackend::new()
-            .fp8_gemm(&Fp8Gemm::new(m, n, k), a, sa, b, sb)
+            .fp8_gemm(&op, a, sa, b, sb)
             .map_err(candle_error)?;
-        Ok((CpuStorage::BF16(d), Shape::from((m, n))))
+        Ok((CpuStorage::BF16(d), Shape::from((op.m, op.n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{f32_view, u8_view, CudaCall};
+        let (storage, sl) = self.b_scales.storage_and_layout();
+        let op = Self::descriptor(l1, l2, l3, sl)?;
+        let call = CudaCall::new(GEMM, s1)?;
+        call.same_gpu("b_scales", &storage)?;
+        let Storage::Cuda(sb_storage) = &*storage else {
+            return Err(invalid(
+                GEMM,
+                "b_scales",
+                "a CUDA tensor (a's device)",
+                "another device",
+            ));
+        };
+        let a = u8_view(GEMM, "a", s1, l1)?;
+        let sa = f32_view(GEMM, "a_scales", s2, l2)?;
+        let b = u8_view(GEMM, "b", s3, l3)?;
+        let sb = f32_view(GEMM, "b_scales", sb_storage, sl)?;
+        op.validate().map_err(candle_error)?;
+        let len = op.m * op.n;
+        let mut d = call.output::<half::bf16>(len)?;
+        call.backend
+            .fp8_gemm_on(
+                &call.stream,
+                &op,
+                &a,
+                &sa,
+                &b,
+                &sb,
+                &mut d.slice_mut(0..len),
+            )
+            .map_err(candle_error)?;
+        Ok((call.cuda_storage(d), Shape::from((op.m, op.n))))
     }
 }
 

@@ -1,7 +1,13 @@
 //! Tessera's ops inside [candle](https://github.com/huggingface/candle): candle `CustomOp`s (and
-//! an `InplaceOp` for the cache append) over candle tensors on the CPU, where they run Tessera's
-//! f64 reference ([`tessera_reference::CpuBackend`]) on candle's storage (the inputs borrowed,
-//! no copy; the MLA ops copy the pages into the reference's cache and, for the append, back).
+//! an `InplaceOp` for the cache append) over candle tensors
+//! - on the CPU, where they run Tessera's f64 reference ([`tessera_reference::CpuBackend`]) on
+//!   candle's storage (the inputs borrowed, no copy; the MLA ops copy the pages into the
+//!   reference's cache and, for the append, back);
+//! - on CUDA, with the cargo feature `cuda` (off by default: it turns on candle-core's `cuda`
+//!   feature, whose kernels need nvcc to build), where they run Tessera's CUDA kernels on
+//!   candle's `CudaStorage`: zero copy, on candle's stream, outputs allocated on candle's
+//!   device, no synchronization. candle-core 0.11 and tessera-cuda use one cudarc (0.19), so
+//!   candle's buffers and stream go to `tessera_cuda`'s `*_on` API as they are.
 //!
 //! - [`sparse_attention`]: block-sparse (radial) attention forward, q, k, v f16 or bf16
 //!   `[batch, tokens, heads, head_dim]` → `(o, lse)`.
@@ -11,14 +17,15 @@
 //!   [`MlaCache::append`] and the absorbed [`MlaCache::decode`].
 //!
 //! Layouts are Tessera's (the README's Layouts table); tensors must be contiguous (a strided
-//! tensor is an error naming it: call `.contiguous()`). Errors are `candle_core::Error::Msg`
-//! carrying Tessera's message. CUDA tensors are not supported yet (candle's "no cuda
-//! implementation" error): candle's CUDA storage is cudarc 0.19, as Tessera's, and the CUDA
-//! forward would go through `tessera_cuda`'s `*_on` or `*_raw` API on candle's stream.
+//! tensor is an error naming it: call `.contiguous()`); the outputs beyond candle's one (lse,
+//! scales) are on the inputs' device. Errors are `candle_core::Error::Msg` carrying Tessera's
+//! message, naming the argument.
 
 #![warn(missing_docs)]
 
 mod attention;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod fp8;
 mod mla;
 mod storage;

@@ -1,8 +1,11 @@
-//! Reading candle's CPU storage: the contiguous elements of an argument, or an error naming it.
+//! Reading candle's CPU storage: the contiguous elements of an argument, or an error naming it;
+//! the errors and shape checks both devices share; the outputs beyond candle's one.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
 use half::{bf16, f16};
+use std::sync::Mutex;
 
 /// Tessera's error as candle's.
 pub(crate) fn candle_error(e: tessera_core::Error) -> candle_core::Error {
@@ -19,16 +22,14 @@ pub(crate) fn invalid(
     candle_error(tessera_core::Error::invalid(op, arg, expected, got))
 }
 
-/// The elements of a contiguous tensor argument.
-fn contiguous<'a, T>(
+/// The element range `start..end` of a contiguous tensor argument, or an error naming it.
+pub(crate) fn contiguous_range(
     op: &'static str,
     arg: &str,
-    values: &'a [T],
     layout: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => Err(invalid(
+) -> candle_core::Result<(usize, usize)> {
+    layout.contiguous_offsets().ok_or_else(|| {
+        invalid(
             op,
             arg,
             "a contiguous tensor (call .contiguous())",
@@ -37,8 +38,19 @@ fn contiguous<'a, T>(
                 layout.stride(),
                 layout.shape().dims()
             ),
-        )),
-    }
+        )
+    })
+}
+
+/// The elements of a contiguous tensor argument.
+fn contiguous<'a, T>(
+    op: &'static str,
+    arg: &str,
+    values: &'a [T],
+    layout: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = contiguous_range(op, arg, layout)?;
+    Ok(&values[start..end])
 }
 
 /// The name of a storage's element type, for messages.
@@ -64,9 +76,28 @@ macro_rules! typed {
 }
 
 typed!(u8s, U8, u8, "dtype u8");
-typed!(i64s, I64, i64, "dtype i64");
 typed!(f32s, F32, f32, "dtype f32");
 typed!(bf16s, BF16, bf16, "dtype bf16");
+
+/// An index argument (slots, block table, lengths) as i32: an i32 tensor as it is, an i64
+/// tensor converted, naming the argument if a value does not fit i32.
+pub(crate) fn indices(
+    op: &'static str,
+    arg: &str,
+    s: &CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<Vec<i32>> {
+    match s {
+        CpuStorage::I32(v) => Ok(contiguous(op, arg, v, layout)?.to_vec()),
+        CpuStorage::I64(v) => contiguous(op, arg, v, layout)?
+            .iter()
+            .map(|&x| {
+                i32::try_from(x).map_err(|_| invalid(op, arg, "values that fit i32", x.to_string()))
+            })
+            .collect(),
+        other => Err(invalid(op, arg, "dtype i32 or i64", dtype_name(other))),
+    }
+}
 
 /// A 16-bit float argument: f16 or bf16.
 pub(crate) enum Half<'a> {
@@ -142,4 +173,34 @@ pub(crate) fn check_shape(
         ));
     }
     Ok(())
+}
+
+/// An output beyond candle's one output of a custom op (the quantizer's scales, the attention's
+/// and the decode's lse): the forward leaves its storage here, on the op's device, and the
+/// caller takes it as a tensor once the op has run.
+pub(crate) struct SideOutput(Mutex<Option<(Storage, Shape)>>);
+
+impl SideOutput {
+    /// Nothing yet.
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    /// Keeps the output of a forward.
+    pub(crate) fn set(&self, storage: Storage, shape: impl Into<Shape>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((storage, shape.into()));
+    }
+
+    /// The output of the last forward as a (contiguous) tensor; an error before any forward.
+    pub(crate) fn take(&self) -> candle_core::Result<Tensor> {
+        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (storage, shape) =
+            taken.ok_or_else(|| candle_core::Error::Msg("no forward has run".into()))?;
+        Ok(Tensor::from_storage(
+            storage,
+            shape,
+            BackpropOp::none(),
+            false,
+        ))
+    }
 }

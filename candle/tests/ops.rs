@@ -200,3 +200,86 @@ fn mla_cache_append_and_decode_give_the_reference_bits() {
     let after: Vec<u8> = cache.pages().flatten_all().unwrap().to_vec1().unwrap();
     assert!(after == before);
 }
+
+#[test]
+fn mla_indices_may_be_i32_or_i64_on_the_cpu() {
+    let layout = MlaCacheLayout {
+        page_size: 16,
+        latent_dim: 128,
+        rope_dim: 64,
+        format: tessera_core::MlaCacheFormat::Bf16,
+    };
+    let dev = &Device::Cpu;
+    let (a, b) = (
+        MlaCache::new(layout, 2, dev).unwrap(),
+        MlaCache::new(layout, 2, dev).unwrap(),
+    );
+    let latent = Tensor::from_slice(&bf16s(1, 20 * 128), (20, 128), dev).unwrap();
+    let rope = Tensor::from_slice(&bf16s(2, 20 * 64), (20, 64), dev).unwrap();
+    let slots: Vec<i32> = (0..20).rev().collect();
+    a.append(
+        &latent,
+        &rope,
+        &Tensor::from_slice(&slots, 20, dev).unwrap(),
+    )
+    .unwrap();
+    let slots64: Vec<i64> = slots.iter().map(|&s| s as i64).collect();
+    b.append(
+        &latent,
+        &rope,
+        &Tensor::from_slice(&slots64, 20, dev).unwrap(),
+    )
+    .unwrap();
+    let bytes = |c: &MlaCache| c.pages().flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    assert!(bytes(&a) == bytes(&b));
+
+    let q = Tensor::from_slice(&bf16s(3, 2 * 4 * 192), (1, 2, 4, 192), dev).unwrap();
+    let (o32, lse32) = a
+        .decode(
+            &q,
+            &Tensor::from_slice(&[1i32, 0], (1, 2), dev).unwrap(),
+            &Tensor::from_slice(&[20i32], 1, dev).unwrap(),
+            0.1,
+        )
+        .unwrap();
+    let (o64, lse64) = a
+        .decode(
+            &q,
+            &Tensor::from_slice(&[1i64, 0], (1, 2), dev).unwrap(),
+            &Tensor::from_slice(&[20i64], 1, dev).unwrap(),
+            0.1,
+        )
+        .unwrap();
+    assert!(lse32.device().is_cpu());
+    assert_eq!(
+        o32.flatten_all().unwrap().to_vec1::<bf16>().unwrap(),
+        o64.flatten_all().unwrap().to_vec1::<bf16>().unwrap()
+    );
+    assert_eq!(
+        lse32.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        lse64.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+
+    // An index that does not fit i32, or of another dtype: named.
+    let e = a
+        .decode(
+            &q,
+            &Tensor::from_slice(&[1i64 << 40, 0], (1, 2), dev).unwrap(),
+            &Tensor::from_slice(&[20i64], 1, dev).unwrap(),
+            0.1,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("block_table"), "{e}");
+    let e = a
+        .decode(
+            &q,
+            &Tensor::from_slice(&[1i32, 0], (1, 2), dev).unwrap(),
+            &Tensor::from_slice(&[20f32], 1, dev).unwrap(),
+            0.1,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("seq_lens") && e.to_string().contains("i32 or i64"),
+        "{e}"
+    );
+}

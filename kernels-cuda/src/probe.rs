@@ -94,6 +94,18 @@ fn query_driver(lib: &Library) -> Result<(i32, Vec<String>), String> {
     }
 }
 
+/// Whether the CUDA driver library loads (looked up once per process). Checked before a driver
+/// call that can run without a device (encoding a tensor map), which would otherwise panic in
+/// cudarc when the driver is loaded at run time and missing. Works whether cudarc loads the
+/// driver at run time or the build links it (candle-core's CUDA backend does).
+pub(crate) fn driver_library_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        let names: Vec<String> = DRIVER_NAMES.iter().map(|s| s.to_string()).collect();
+        open_first(&names).is_ok()
+    })
+}
+
 /// Looks for the CUDA driver, its devices and NVRTC. Never panics.
 pub fn probe() -> CudaProbe {
     let driver_names: Vec<String> = DRIVER_NAMES.iter().map(|s| s.to_string()).collect();

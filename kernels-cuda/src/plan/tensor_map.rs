@@ -119,8 +119,7 @@ impl TensorMap2d {
             box_outer,
             swizzle,
         )?;
-        // SAFETY: only checks whether the driver library can be loaded.
-        if !unsafe { sys::is_culib_present() } {
+        if !crate::probe::driver_library_present() {
             return Err(Error::BackendUnavailable {
                 backend: BackendKind::Cuda,
                 reason: "no CUDA driver to encode a tensor map".into(),
