@@ -56,6 +56,7 @@ pub use device::{
     DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
+pub use ops::mla::{MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV};
 pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources, SPIRV_DIR_ENV};
 pub use probe::{probe, VulkanDevice, VulkanProbe};
 
@@ -84,6 +85,8 @@ pub mod shaders {
             crate::ops::fp8_gemm::FP8_GEMM_COOPMAT_LARGE,
             crate::ops::mla::MLA_APPEND,
             crate::ops::mla::MLA_DECODE,
+            crate::ops::mla::MLA_DECODE_STREAM,
+            crate::ops::mla::MLA_DECODE_STREAM_ROLLED,
             crate::ops::mla::MLA_COMBINE,
             crate::ops::attention::SPARSE_ATTENTION,
             crate::ops::attention::SPARSE_ATTENTION_COOPMAT,
