@@ -23,10 +23,11 @@
 // accumulators stay in registers, f32.
 // Per tile of KT keys:
 //   1. the records, fetched into registers while the previous tile was being computed (PREFETCH)
-//      or just now, are decoded to f32 into shared memory (bf16 exactly; FP8 codes exactly as
-//      f16 bit patterns scaled by 2^8 and the group's power-of-two scale); a key past the split or
-//      on a page outside 0 .. num_pages is zeros there (the latter flagged: every row that sees it
-//      gets NaN);
+//      or just now, in units of 8 bytes (bf16) or 4 (FP8) that consecutive invocations read and
+//      write consecutively, are decoded to f32 into shared memory (bf16 exactly; FP8 codes
+//      exactly as f16 bit patterns scaled by 2^8 and the group's power-of-two scale); a key past
+//      the split or on a page outside 0 .. num_pages is zeros there (the latter flagged: every
+//      row that sees it gets NaN);
 //   2. scores, KB keys at a time: each lane's partial dot products over its columns (TR x KB of
 //      them), summed over the team by a butterfly of subgroupShuffleXor that leaves each lane
 //      with complete scores ("reduce-scatter"); one lane of each set writes them (masked to -inf
@@ -42,9 +43,8 @@
 // order): 0 = workgroup size TEAMS * SG, 1 = SG (the subgroup size: checked, a power of two),
 // 2 = log2(SG), 3 = TR (rows per team), 4 = KT (keys per tile, a multiple of 4 and of KB),
 // 5 = KB (keys per score batch; TR * KB a power of two), 6 = log2(TR * KB), 7 = LATENT,
-// 8 = ROPE, 9 = FP8 (record format), 10 = VEC4 (records read as 16-byte words: the record size
-// is a multiple of 16 bytes), 11 = PF (record units each invocation stages per tile),
-// 12 = PREFETCH (fetch the next tile before computing this one).
+// 8 = ROPE, 9 = FP8 (record format), 10 = PF (record units each invocation stages per tile),
+// 11 = PREFETCH (fetch the next tile before computing this one).
 // Two builds of this source: mla_decode_stream unrolls every loop over rows, columns, keys and
 // staged units (what keeps the lanes' arrays in registers on a GPU); mla_decode_stream_rolled
 // (ROLLED = 1) unrolls none, for CPU devices, whose compiler takes minutes on the unrolled code
@@ -68,9 +68,8 @@ layout(constant_id = 6) const uint LOG2_V = 5u;
 layout(constant_id = 7) const uint LATENT = 512u;
 layout(constant_id = 8) const uint ROPE = 64u;
 layout(constant_id = 9) const uint FP8 = 0u;
-layout(constant_id = 10) const uint VEC4 = 1u;
-layout(constant_id = 11) const uint PF = 5u;
-layout(constant_id = 12) const uint PREFETCH = 1u;
+layout(constant_id = 10) const uint PF = 5u;
+layout(constant_id = 11) const uint PREFETCH = 1u;
 
 const uint WG = gl_WorkGroupSize.x;
 const uint TEAMS = WG / SG;
@@ -80,6 +79,8 @@ const uint RC = ROPE / 2u;                       // rope vec2 chunks of a key
 const uint LCH = (LC + SG - 1u) / SG;            // latent chunks per lane (LATENT >= 64: >= 1)
 const uint RCH_RAW = (RC + SG - 1u) / SG;
 const uint RCH = RCH_RAW > 0u ? RCH_RAW : 1u;    // rope chunks per lane (none used when ROPE = 0)
+const bool LC_EVEN = LC % SG == 0u;              // every lane's latent chunks exist
+const bool RC_EVEN = RC % SG == 0u && RC > 0u;   // every lane's rope chunks exist
 const uint V = TR * KB;                          // partial scores per lane and batch
 const uint NV = V > SG ? V / SG : 1u;            // complete scores per lane after the butterfly
 const uint OWN_SHIFT = LOG2_SG > LOG2_V ? LOG2_SG - LOG2_V : 0u;  // lanes per copy, log2
@@ -87,12 +88,15 @@ const uint OWN_SHIFT = LOG2_SG > LOG2_V ? LOG2_SG - LOG2_V : 0u;  // lanes per c
 const uint LW = FP8 != 0u ? LATENT / 4u : LATENT / 2u;
 const uint SW = FP8 != 0u ? LATENT / 128u : 0u;
 const uint TW = LW + SW + ROPE / 2u;
-const uint UW = VEC4 != 0u ? 4u : 1u;            // words per staged unit
+// A staged unit: 2 words of bf16 records (4 values: one 16-byte store to the tile, consecutive
+// invocations to consecutive vec4s), 1 word of FP8 records (4 codes, or 2 rope values).
+const uint UW = FP8 != 0u ? 1u : 2u;
 const uint UPR = TW / UW;                        // units per record
 const uint TILE_UNITS = KT * UPR;
 
-layout(set = 0, binding = 0, std430) readonly buffer CacheVec4 { uvec4 cache_vec4[]; };
+// The cache, as words and (bf16 records, 8-byte units) as pairs of words.
 layout(set = 0, binding = 0, std430) readonly buffer CacheWords { uint cache_words[]; };
+layout(set = 0, binding = 0, std430) readonly buffer CachePairs { uvec2 cache_pairs[]; };
 layout(set = 0, binding = 1, std430) readonly buffer Q { uint q[]; };
 layout(set = 0, binding = 2, std430) readonly buffer BlockTable { int block_table[]; };
 layout(set = 0, binding = 3, std430) readonly buffer SeqLens { int seq_lens[]; };
@@ -142,7 +146,7 @@ uint row_keys[TR];  // keys of this split the row sees: k_begin .. row_keys - 1
 // One unit of a record (UW words): its words, the FP8 group scale of a latent unit, and whether
 // its key lies on a bad page.
 struct Unit {
-    uvec4 words;
+    uvec2 words;
     uint scale;
     bool bad;
 };
@@ -183,7 +187,7 @@ vec4 e4m3x4(uint w) {
 // Unit u of the tile starting at key k0 (record k = u / UPR, its unit u % UPR): zeros for a key
 // at or past k_end and for a key on a bad page (flagged).
 Unit load_unit(uint b, uint k0, uint k_end, uint u) {
-    Unit unit = Unit(uvec4(0u), 0u, false);
+    Unit unit = Unit(uvec2(0u), 0u, false);
     uint key = k0 + u / UPR;
     if (u < TILE_UNITS && key < k_end) {
         uint part_index = u % UPR;
@@ -193,10 +197,10 @@ Unit load_unit(uint b, uint k0, uint k_end, uint u) {
         } else {
             uint record = (uint(page) * p.page_size + key % p.page_size) * TW;
             uint w = record + part_index * UW;
-            if (VEC4 != 0u) {
-                unit.words = cache_vec4[w >> 2];
-            } else {
+            if (FP8 != 0u) {
                 unit.words.x = cache_words[w];
+            } else {
+                unit.words = cache_pairs[w >> 1];  // w is even: TW and UW are
             }
             if (FP8 != 0u && part_index * UW < LW) {
                 unit.scale = cache_words[record + LW + (part_index * UW) / 32u];
@@ -226,18 +230,17 @@ void store_unit(uint u, Unit unit) {
         key_bad[k] = unit.bad ? 1u : 0u;
     }
     uint row = k * (LATENT + ROPE);
-    [[unroll]] for (uint e = 0u; e < UW; ++e) {
-        uint w = part_index * UW + e;
-        uint bits = unit.words[e];
+    uint w = part_index * UW;
+    if (FP8 != 0u) {
         if (w < LW) {
-            if (FP8 != 0u) {
-                k_tile[(row >> 2) + w] = e4m3x4(bits) * uintBitsToFloat(unit.scale);
-            } else {
-                put2(row + 2u * w, bf16x2(bits));
-            }
+            k_tile[(row >> 2) + w] = e4m3x4(unit.words.x) * uintBitsToFloat(unit.scale);
         } else if (w >= LW + SW) {
-            put2(row + LATENT + 2u * (w - LW - SW), bf16x2(bits));
+            put2(row + LATENT + 2u * (w - LW - SW), bf16x2(unit.words.x));
         }
+    } else {
+        // Values 2w .. 2w + 3 of the record: latent, or (from LATENT on) rope; LATENT is a
+        // multiple of 4, so the vec4 is whole.
+        k_tile[(row >> 2) + (w >> 1)] = vec4(bf16x2(unit.words.x), bf16x2(unit.words.y));
     }
 }
 
@@ -268,13 +271,13 @@ void score_key(uint kk, uint k) {
     vec4 kl[LCH];
     LOOP for (uint j = 0u; j < LCH; ++j) {
         uint c = lane + SG * j;
-        kl[j] = c < LC ? k_tile[key_base + c] : vec4(0.0);
+        kl[j] = LC_EVEN || c < LC ? k_tile[key_base + c] : vec4(0.0);
     }
     vec2 kr[RCH];
     LOOP for (uint j = 0u; j < RCH; ++j) {
         uint c = lane + SG * j;
         kr[j] = vec2(0.0);
-        if (c < RC) {
+        if (RC_EVEN || c < RC) {
             vec4 w = k_tile[key_base + LC + (c >> 1)];
             kr[j] = (c & 1u) != 0u ? w.zw : w.xy;
         }
@@ -343,7 +346,7 @@ void accumulate_keys(uint k4, float shift[TR]) {
         uint key_base = (4u * k4 + e) * D4;
         LOOP for (uint j = 0u; j < LCH; ++j) {
             uint c = lane + SG * j;
-            vec4 v = c < LC ? k_tile[key_base + c] : vec4(0.0);
+            vec4 v = LC_EVEN || c < LC ? k_tile[key_base + c] : vec4(0.0);
             LOOP for (uint t = 0u; t < TR; ++t) {
                 acc[t * LCH + j] += pk[t][e] * v;
             }
@@ -478,9 +481,11 @@ void main() {
             shift[t] = new_max == NEG_INF ? 0.0 : new_max;
             float alpha = exp2(row_max[t] - shift[t]);
             row_max[t] = new_max;
-            row_sum[t] *= alpha;
-            LOOP for (uint j = 0u; j < LCH; ++j) {
-                acc[t * LCH + j] *= alpha;
+            if (alpha != 1.0) {  // the same in every lane of the team
+                row_sum[t] *= alpha;
+                LOOP for (uint j = 0u; j < LCH; ++j) {
+                    acc[t * LCH + j] *= alpha;
+                }
             }
         }
         LOOP for (uint k4 = 0u; k4 < KT / 4u; ++k4) {

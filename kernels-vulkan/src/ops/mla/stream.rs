@@ -22,13 +22,15 @@ pub(super) const MAX_TEAMS: u32 = 8;
 pub(super) const ROWS_PER_TEAM: [u32; 3] = [1, 2, 4];
 /// Keys per tile the shader can be built for, largest first.
 pub(super) const KEY_TILES: [u32; 3] = [16, 8, 4];
-/// Partial scores a lane sums per butterfly (`rows_per_team · score batch`): 32 registers.
-const PARTIAL_SCORES: u32 = 32;
-/// Most record units (16 bytes, or 4 where records are not a multiple of 16 bytes) each
-/// invocation keeps in registers for the next tile when prefetching: about 20 registers, on
-/// top of the query and output columns of 4 rows (`8 · 4 · 16` for DeepSeek-V3's latent of
-/// 512 on subgroups of 32). With more, the default tiling loads each tile when it is needed.
-const MAX_PREFETCH_UNITS: u32 = 5;
+/// Partial scores a lane sums per butterfly (`rows_per_team · score batch`): 16 registers (a
+/// butterfly of 16 values over 32 lanes costs about one shuffle per value, as one of 32).
+const PARTIAL_SCORES: u32 = 16;
+/// Most registers of staged record units each invocation keeps for the next tile when
+/// prefetching (a unit: its 2 words of bf16 or 1 word and the group scale of FP8, and a flag),
+/// on top of the query and output columns of 4 rows (`2 · 4 · 16 · 4` for DeepSeek-V3's
+/// latent of 512 on subgroups of 32). With more, the default tiling loads each tile when it is
+/// needed.
+const MAX_PREFETCH_REGISTERS: u32 = 36;
 /// Workgroups that run at once per compute unit, by workgroup size (a guess that the split
 /// count needs: one workgroup of 256 invocations with ~230 registers each fills an NVIDIA SM).
 fn resident_per_compute_unit(invocations: u32) -> u64 {
@@ -108,8 +110,6 @@ pub(crate) struct StreamSpec {
     pub rope: u32,
     /// FP8 records (else bf16).
     pub fp8: bool,
-    /// Records read as 16-byte words (their size is a multiple of 16 bytes).
-    pub vec4: bool,
     /// Record units each invocation stages per tile.
     pub staged_units: u32,
     /// Fetch the next tile while computing the current one.
@@ -130,7 +130,6 @@ impl StreamSpec {
             self.latent,
             self.rope,
             u32::from(self.fp8),
-            u32::from(self.vec4),
             self.staged_units,
             u32::from(self.prefetch),
         ]
@@ -138,7 +137,7 @@ impl StreamSpec {
 
     /// The inverse of [`StreamSpec::values`]; `None` for anything else.
     pub fn from_values(v: &[u32]) -> Option<Self> {
-        let &[invocations, subgroup, _, rows_per_team, key_tile, score_batch, _, latent, rope, fp8, vec4, staged_units, prefetch] =
+        let &[invocations, subgroup, _, rows_per_team, key_tile, score_batch, _, latent, rope, fp8, staged_units, prefetch] =
             v
         else {
             return None;
@@ -155,7 +154,6 @@ impl StreamSpec {
             latent,
             rope,
             fp8: fp8 != 0,
-            vec4: vec4 != 0,
             staged_units,
             prefetch: prefetch != 0,
         };
@@ -168,9 +166,23 @@ impl StreamSpec {
     pub fn unrolled_code(&self) -> u32 {
         let latent_chunks = (self.latent / 4).div_ceil(self.subgroup);
         let rope_chunks = (self.rope / 2).div_ceil(self.subgroup);
-        let unit_words = if self.vec4 { 4 } else { 1 };
         self.rows_per_team * self.key_tile * (2 * latent_chunks + rope_chunks)
-            + self.staged_units * unit_words
+            + self.staged_units * self.unit_words()
+    }
+
+    /// 32-bit words of a staged record unit: 2 for bf16 records (4 values, one 16-byte store
+    /// into the tile), 1 for FP8 (4 codes, or 2 rope values).
+    pub fn unit_words(&self) -> u32 {
+        if self.fp8 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Registers an invocation holds for its staged units: the words, an FP8 scale, a flag.
+    fn staged_registers(&self) -> u32 {
+        self.staged_units * (self.unit_words() + u32::from(self.fp8) + 1)
     }
 
     /// Invocations per workgroup.
@@ -246,8 +258,8 @@ fn spec_for(
     teams: u32,
 ) -> Result<StreamSpec> {
     let l = &op.layout;
-    let vec4 = l.token_bytes() % 16 == 0;
-    let units_per_record = token_words(l) / if vec4 { 4 } else { 1 };
+    let fp8 = l.format == MlaCacheFormat::Fp8;
+    let units_per_record = token_words(l) / if fp8 { 1 } else { 2 };
     let invocations = teams * f.subgroup_size;
     let spec = StreamSpec {
         teams,
@@ -257,8 +269,7 @@ fn spec_for(
         score_batch: (PARTIAL_SCORES / tiling.rows_per_team).min(tiling.key_tile),
         latent: l.latent_dim as u32,
         rope: l.rope_dim as u32,
-        fp8: l.format == MlaCacheFormat::Fp8,
-        vec4,
+        fp8,
         staged_units: (tiling.key_tile * units_per_record).div_ceil(invocations),
         prefetch: tiling.prefetch,
     };
@@ -303,7 +314,7 @@ fn row_groups(f: &VulkanFeatures, rows: u64, rows_per_team: u32) -> (u64, u64, u
 }
 
 /// The default tiling on this device: 4 rows per team (fewer with fewer rows); the largest key
-/// tile whose records fit [`MAX_PREFETCH_UNITS`] per invocation, prefetched; else (small
+/// tile whose records fit [`MAX_PREFETCH_REGISTERS`] per invocation, prefetched; else (small
 /// workgroups) the largest tile that fits the shared memory, loaded when needed. On a CPU
 /// device (lavapipe) registers cost nothing: the largest tile that fits, not prefetched.
 /// Unrolled where the code stays within [`unrolled_code_limit`].
@@ -328,7 +339,7 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaSt
         if let Some((tiling, _)) = KEY_TILES
             .iter()
             .filter_map(|&kt| fits(kt, true))
-            .find(|(_, s)| s.staged_units <= MAX_PREFETCH_UNITS)
+            .find(|(_, s)| s.staged_registers() <= MAX_PREFETCH_REGISTERS)
         {
             return Ok(tiling);
         }
@@ -431,7 +442,6 @@ mod tests {
             latent: 512,
             rope: 64,
             fp8: true,
-            vec4: true,
             staged_units: 3,
             prefetch: true,
         };
