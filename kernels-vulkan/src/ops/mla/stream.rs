@@ -31,6 +31,10 @@ const PARTIAL_SCORES: u32 = 16;
 /// latent of 512 on subgroups of 32). With more, the default tiling loads each tile when it is
 /// needed.
 const MAX_PREFETCH_REGISTERS: u32 = 36;
+/// Most registers of staged record units when each tile is loaded when needed (not held while
+/// the tile is computed): workgroups of one subgroup (few rows) stage a whole tile with 32
+/// lanes.
+const MAX_STAGED_REGISTERS: u32 = 64;
 /// Workgroups that run at once per compute unit, by workgroup size (a guess that the split
 /// count needs: one workgroup of 256 invocations with ~230 registers each fills an NVIDIA SM).
 fn resident_per_compute_unit(invocations: u32) -> u64 {
@@ -313,10 +317,11 @@ fn row_groups(f: &VulkanFeatures, rows: u64, rows_per_team: u32) -> (u64, u64, u
     (teams * per_team, groups, teams as u32)
 }
 
-/// The default tiling on this device: 4 rows per team (fewer with fewer rows); the largest key
-/// tile whose records fit [`MAX_PREFETCH_REGISTERS`] per invocation, prefetched; else (small
-/// workgroups) the largest tile that fits the shared memory, loaded when needed. On a CPU
-/// device (lavapipe) registers cost nothing: the largest tile that fits, not prefetched.
+/// The default tiling on this device: 4 rows per team (fewer with fewer rows) and, on a GPU,
+/// the largest key tile whose staged records fit [`MAX_PREFETCH_REGISTERS`] per invocation,
+/// prefetched; else (small workgroups) the largest whose records fit
+/// [`MAX_STAGED_REGISTERS`], loaded when needed; else 4 keys. On a CPU device (lavapipe)
+/// registers cost nothing: the largest tile that fits the shared memory, loaded when needed.
 /// Unrolled where the code stays within [`unrolled_code_limit`].
 pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaStreamTiling> {
     let rows = (op.s_q * op.heads) as u64;
@@ -334,32 +339,35 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaSt
             (MlaStreamTiling { unrolled, ..tiling }, s)
         })
     };
-    let cpu = f.device_type == "Cpu";
-    if !cpu {
-        if let Some((tiling, _)) = KEY_TILES
+    let largest = |prefetch: bool, registers: u32| {
+        KEY_TILES
             .iter()
-            .filter_map(|&kt| fits(kt, true))
-            .find(|(_, s)| s.staged_registers() <= MAX_PREFETCH_REGISTERS)
-        {
-            return Ok(tiling);
-        }
-    }
-    KEY_TILES
-        .iter()
-        .find_map(|&kt| fits(kt, false))
-        .map(|(tiling, _)| tiling)
-        .ok_or_else(|| {
-            let smallest = MlaStreamTiling {
+            .filter_map(|&kt| fits(kt, prefetch))
+            .find(|(_, s)| s.staged_registers() <= registers)
+            .map(|(tiling, _)| tiling)
+    };
+    let smallest = KEY_TILES[KEY_TILES.len() - 1];
+    let chosen = if f.device_type == "Cpu" {
+        largest(false, u32::MAX)
+    } else {
+        largest(true, MAX_PREFETCH_REGISTERS)
+            .or_else(|| largest(false, MAX_STAGED_REGISTERS))
+            .or_else(|| fits(smallest, false).map(|(tiling, _)| tiling))
+    };
+    chosen.map_or_else(
+        || {
+            let tiling = MlaStreamTiling {
                 rows_per_team,
-                key_tile: KEY_TILES[KEY_TILES.len() - 1],
+                key_tile: smallest,
                 prefetch: false,
                 unrolled: false,
             };
-            match spec_for(f, op, &smallest, teams) {
-                Err(e) => e,
-                Ok(_) => unsupported_error("no tiling fits".into()),
-            }
-        })
+            Err(spec_for(f, op, &tiling, teams)
+                .err()
+                .unwrap_or_else(|| unsupported_error("no tiling fits".into())))
+        },
+        Ok,
+    )
 }
 
 /// The number of key splits: the fewest whose workgroups fill the device's waves to 85% (each
@@ -470,5 +478,132 @@ mod tests {
         assert_eq!(choose_splits(512, 512, 264), 1);
         assert_eq!(choose_splits(4, 3, 264), 1);
         assert!(choose_splits(1, 1 << 20, 264) <= MAX_SPLITS);
+    }
+
+    /// The features of an H200 under NVIDIA's driver (what the plan reads of them).
+    fn h200() -> VulkanFeatures {
+        VulkanFeatures {
+            name: "NVIDIA H200".into(),
+            device_type: "Discrete".into(),
+            api_version: (1, 4, 0),
+            driver: None,
+            subgroup_size: 32,
+            min_subgroup_size: 32,
+            max_subgroup_size: 32,
+            subgroup_arithmetic: true,
+            subgroup_shuffle: true,
+            subgroup_size_control: true,
+            compute_units: Some(132),
+            max_shared_memory_bytes: 48 * 1024,
+            max_workgroup_invocations: 1024,
+            max_workgroup_size: [1024, 1024, 64],
+            max_workgroup_count: [u32::MAX, 65535, 65535],
+            max_storage_buffer_range: u32::MAX,
+            min_storage_buffer_offset_alignment: 16,
+            shader_float16: true,
+            shader_int8: true,
+            shader_int16: true,
+            shader_int64: true,
+            storage_buffer_8bit: true,
+            storage_buffer_16bit: true,
+            integer_dot_product: true,
+            bfloat16: false,
+            cooperative_matrix: true,
+            cooperative_matrix_shapes: Vec::new(),
+            cooperative_matrix2_nv: true,
+            max_memory_allocation_size: u64::MAX,
+            max_buffer_size: None,
+            largest_heap_bytes: 141 << 30,
+        }
+    }
+
+    fn deepseek(batch: usize, heads: usize, s_q: usize, format: MlaCacheFormat) -> MlaDecode {
+        MlaDecode {
+            batch,
+            s_q,
+            heads,
+            max_pages: 4096 / 64,
+            softmax_scale: 0.1,
+            layout: MlaCacheLayout {
+                format,
+                ..MlaCacheLayout::default()
+            },
+        }
+    }
+
+    #[test]
+    fn h200_plans_of_the_benchmark_shapes() {
+        let f = h200();
+        let plan = |batch, heads, s_q, format| {
+            let op = deepseek(batch, heads, s_q, format);
+            let tiling = default_tiling(&f, &op).unwrap();
+            (tiling, launch(&f, &op, &tiling).unwrap())
+        };
+        for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {
+            // h_q 16, s_q 1: 4 subgroups of 4 rows, 8-key tiles prefetched, 4 splits of 64
+            // requests fill 2 workgroups on each of 132 SMs.
+            let (t, l) = plan(64, 16, 1, format);
+            assert_eq!(
+                (t.rows_per_team, t.key_tile, t.prefetch, t.unrolled),
+                (4, 8, true, true)
+            );
+            assert_eq!((l.spec.teams, l.row_groups, l.splits), (4, 1, 4));
+            // s_q 2 (and h_q 32): all 32 rows in one workgroup of 8 subgroups, 16-key tiles.
+            let (t, l) = plan(64, 16, 2, format);
+            assert_eq!((t.key_tile, t.prefetch, t.unrolled), (16, true, true));
+            assert_eq!((l.spec.teams, l.rows_per_group, l.row_groups), (8, 32, 1));
+            assert_eq!(plan(128, 32, 1, format).1.row_groups, 1);
+            // h_q 128: row groups of 32.
+            let (_, l) = plan(64, 128, 1, format);
+            assert_eq!((l.rows_per_group, l.row_groups, l.splits), (32, 4, 1));
+            // One row: one subgroup stages 4-key tiles without prefetching.
+            let (t, l) = plan(64, 1, 1, format);
+            assert_eq!((t.rows_per_team, t.key_tile, t.prefetch), (1, 4, false));
+            assert!(l.spec.staged_registers() <= MAX_STAGED_REGISTERS);
+            for (b, h, q) in [(64, 16, 1), (64, 16, 2), (128, 128, 2), (4, 3, 3)] {
+                let (_, l) = plan(b, h, q, format);
+                assert!(l.spec.shared_memory_bytes() <= f.max_shared_memory_bytes);
+                assert!(l.spec.unrolled_code() <= unrolled_code_limit(&f));
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_devices_get_the_rolled_build_for_large_layouts() {
+        let f = VulkanFeatures {
+            device_type: "Cpu".into(),
+            subgroup_size: 8,
+            min_subgroup_size: 8,
+            max_subgroup_size: 8,
+            compute_units: None,
+            max_shared_memory_bytes: 32 * 1024,
+            ..h200()
+        };
+        let op = deepseek(4, 16, 1, MlaCacheFormat::Bf16);
+        let tiling = default_tiling(&f, &op).unwrap();
+        assert!(!tiling.unrolled && !tiling.prefetch, "{tiling:?}");
+        assert_eq!(tiling.key_tile, 8);
+        let small = MlaDecode {
+            layout: MlaCacheLayout {
+                latent_dim: 64,
+                rope_dim: 0,
+                ..MlaCacheLayout::default()
+            },
+            ..deepseek(4, 2, 1, MlaCacheFormat::Bf16)
+        };
+        assert!(default_tiling(&f, &small).unwrap().unrolled);
+        // Subgroups that vary in size, or no shuffles: the shader cannot run.
+        let varying = VulkanFeatures {
+            min_subgroup_size: 8,
+            max_subgroup_size: 32,
+            ..h200()
+        };
+        assert!(unsupported(&varying).is_some());
+        let no_shuffle = VulkanFeatures {
+            subgroup_shuffle: false,
+            ..h200()
+        };
+        assert!(unsupported(&no_shuffle).is_some());
+        assert!(unsupported(&h200()).is_none());
     }
 }
