@@ -108,6 +108,7 @@ layout(push_constant, std430) uniform Params {
     uint heads;
     uint max_pages;
     uint page_size;
+    uint page_shift;      // log2(page_size) for a power of two, else 32 (divide)
     uint num_pages;
     uint row_groups;      // ceil(s_q * heads / rows_per_group)
     uint rows_per_group;  // at most TEAMS * TR
@@ -191,11 +192,13 @@ Unit load_unit(uint b, uint k0, uint k_end, uint u) {
     uint key = k0 + u / UPR;
     if (u < TILE_UNITS && key < k_end) {
         uint part_index = u % UPR;
-        int page = block_table[b * p.max_pages + key / p.page_size];
+        uint page_index = p.page_shift < 32u ? key >> p.page_shift : key / p.page_size;
+        int page = block_table[b * p.max_pages + page_index];
         if (page < 0 || uint(page) >= p.num_pages) {
             unit.bad = true;
         } else {
-            uint record = (uint(page) * p.page_size + key % p.page_size) * TW;
+            uint in_page = key - page_index * p.page_size;
+            uint record = (uint(page) * p.page_size + in_page) * TW;
             uint w = record + part_index * UW;
             if (FP8 != 0u) {
                 unit.words.x = cache_words[w];

@@ -649,6 +649,11 @@ impl VulkanBackend {
                     op.heads as u32,
                     op.max_pages as u32,
                     l.page_size as u32,
+                    if l.page_size.is_power_of_two() {
+                        l.page_size.trailing_zeros()
+                    } else {
+                        32
+                    },
                     num_pages as u32,
                     launch.row_groups as u32,
                     launch.rows_per_group as u32,

@@ -67,7 +67,7 @@ pub const MLA_DECODE_STREAM: Shader = Shader {
     name: "mla_decode_stream",
     spirv: spirv!("mla_decode_stream"),
     storage_buffers: 5,
-    push_constant_bytes: 40,
+    push_constant_bytes: 44,
     resources: stream_resources,
 };
 
