@@ -11,7 +11,7 @@
 //!     32 query rows, key split) reads each key record once for all its rows (every `s_q` of
 //!     `h_q <= 8`, `s_q <= 2` of `h_q = 16`, `h_q = 32`); the rows' query and output columns live
 //!     in registers spread over the lanes of a subgroup, the key tile in shared memory (f32), and
-//!     each score is summed over the lanes by a butterfly of shuffles. See [`stream`].
+//!     each score is summed over the lanes by a butterfly of shuffles (see `mla/stream.rs`).
 //!   - `mla_decode` ([`MlaDecodeKernel::Tiled`], any device with subgroup arithmetic): one
 //!     workgroup of 128 per (request, group of `ROWS` query rows, key split). It keeps the query
 //!     rows in shared memory as f32 and, per tile of `KT` keys, decodes the keys into shared
@@ -603,7 +603,8 @@ impl VulkanBackend {
         to_u32(DECODE, "cache words", cache_bytes / 4)?;
         to_u32(DECODE, "q elements", op.q_len() as u64 + 2)?;
         to_u32(DECODE, "batch * max_pages", batch * max_pages)?;
-        // Key indices up to the capacity, plus a split's rounding to whole key tiles.
+        // Key indices up to the capacity, plus a split's rounding to whole key tiles (at most
+        // 16 keys in both shaders).
         to_u32(
             DECODE,
             "max_pages * page_size + splits * key_tile",
