@@ -172,6 +172,7 @@ fn probe_vulkan() -> BackendStatus {
     let opened = tessera_vulkan::VulkanBackend::new();
     if let Ok(backend) = &opened {
         details.extend(vulkan_feature_lines(backend.features()));
+        details.push(format!("shaders: {}", backend.shader_paths()));
     }
     BackendStatus {
         kind: BackendKind::Vulkan,
@@ -194,6 +195,9 @@ fn vulkan_feature_lines(f: &tessera_vulkan::VulkanFeatures) -> Vec<String> {
     let mut lines = vec![format!("chosen: {}", f.summary())];
     if let Some(driver) = &f.driver {
         lines.push(format!("driver: {driver}"));
+    }
+    if let Some(units) = f.compute_units {
+        lines.push(format!("compute units: {units}"));
     }
     if f.cooperative_matrix {
         let shapes: Vec<String> = f

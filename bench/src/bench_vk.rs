@@ -129,7 +129,7 @@ impl Executor for VulkanExecutor {
             ),
             "buffers: device-local, filled once with random data via a host staging buffer".into(),
             format!("fp8_gemm: {} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets", self.gemm_path),
-            "mla_decode: FLOP 2 b s_q h s_k (576 + 512) (skewed or varlen shapes: 2 h (576 + 512) sum of queries x keys per request); bytes cache (keys x token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
+            "mla_decode: the shader and its plan per shape in the record's params (kernel, plan; see `tessera info`: shaders); FLOP 2 b s_q h s_k (576 + 512) (skewed or varlen shapes: 2 h (576 + 512) sum of queries x keys per request); bytes cache (keys x token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
             format!("attention: {} path; bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set", self.attention_path),
             format!(
                 "copy ceiling: a compute-shader copy of up to 1 GiB (record_copy_words), read + \
@@ -494,9 +494,8 @@ impl MlaBench {
             let q = device_buffer(backend, 2 * op.q_len(), &q_pattern)?;
             let o = device_buffer(backend, 2 * op.o_len(), &bf16::NAN.to_bits().to_le_bytes())?;
             let lse = device_buffer(backend, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
-            let ws_bytes = backend
-                .mla_decode_workspace_bytes(&op)
-                .map_err(|e| e.to_string())?;
+            let plan = backend.mla_decode_plan(&op).map_err(|e| e.to_string())?;
+            let ws_bytes = plan.workspace_bytes();
             let ws = device_buffer(backend, ws_bytes as usize, &[0x7f, 0xc0, 0, 0])?;
             let cache_range = self.cache.range();
             let (median, min, reps, per_batch) = time_dispatches(timer, |cmd, _| {
@@ -504,9 +503,9 @@ impl MlaBench {
                 // recording; the buffers are live storage buffers of that device, kept until the
                 // batch is waited for.
                 unsafe {
-                    backend.record_mla_decode(
+                    backend.record_mla_decode_planned(
                         cmd,
-                        &op,
+                        &plan,
                         self.pages,
                         cache_range,
                         range(&q),
@@ -533,6 +532,8 @@ impl MlaBench {
                 params: {
                     let mut p = shape.params();
                     p.insert("workspace_bytes".into(), json!(ws_bytes));
+                    p.insert("kernel".into(), json!(plan.kernel().name()));
+                    p.insert("plan".into(), json!(plan.to_string()));
                     p.insert("dispatches_per_batch".into(), json!(per_batch));
                     p
                 },

@@ -34,11 +34,16 @@ pub struct VulkanSettings {
     /// Build pipelines from `<dir>/<name>.spv` where such a file exists, instead of the
     /// embedded SPIR-V ([`crate::pipeline::SPIRV_DIR_ENV`]; a development aid, each use logged).
     pub spirv_dir: Option<std::path::PathBuf>,
+    /// The MLA decode's pass-1 shader instead of the default choice
+    /// ([`crate::ops::mla::MLA_DECODE_ENV`]: `tiled`, `stream` or
+    /// `stream:ROWS,KEYS,PREFETCH,UNROLLED`;
+    /// a development aid for measuring, checked when a decode is planned).
+    pub mla_decode: Option<String>,
 }
 
 impl VulkanSettings {
-    /// The settings from `TESSERA_VULKAN_DEVICE`, `TESSERA_VULKAN_PORTABLE` (`1` to set) and
-    /// `TESSERA_VULKAN_SPIRV_DIR` (empty values count as unset).
+    /// The settings from `TESSERA_VULKAN_DEVICE`, `TESSERA_VULKAN_PORTABLE` (`1` to set),
+    /// `TESSERA_VULKAN_SPIRV_DIR` and `TESSERA_VULKAN_MLA_DECODE` (empty values count as unset).
     pub fn from_env() -> Self {
         let non_empty = |name: &str| {
             std::env::var_os(name)
@@ -52,6 +57,7 @@ impl VulkanSettings {
             spirv_dir: std::env::var_os(crate::pipeline::SPIRV_DIR_ENV)
                 .filter(|d| !d.is_empty())
                 .map(std::path::PathBuf::from),
+            mla_decode: non_empty(crate::ops::mla::MLA_DECODE_ENV),
         }
     }
 }
@@ -162,6 +168,11 @@ pub struct VulkanFeatures {
     pub subgroup_shuffle: bool,
     /// `VK_EXT_subgroup_size_control` (or Vulkan 1.3) with `computeFullSubgroups`, enabled.
     pub subgroup_size_control: bool,
+    /// Streaming multiprocessors (`VK_NV_shader_sm_builtins`: 132 on the H200) or compute units
+    /// (`VK_AMD_shader_core_properties`), where the driver reports them: how many workgroups run
+    /// at once, for the ops that split their work to fill the device (the MLA decode's key
+    /// splits).
+    pub compute_units: Option<u32>,
     /// `maxComputeSharedMemorySize` in bytes (32 KiB on lavapipe, 48 KiB on NVIDIA).
     pub max_shared_memory_bytes: u32,
     /// `maxComputeWorkGroupInvocations`.
@@ -390,6 +401,7 @@ unsafe fn inspect(
         subgroup_arithmetic: false,
         subgroup_shuffle: false,
         subgroup_size_control: false,
+        compute_units: None,
         max_shared_memory_bytes: l.max_compute_shared_memory_size,
         max_workgroup_invocations: l.max_compute_work_group_invocations,
         max_workgroup_size: l.max_compute_work_group_size,
@@ -440,6 +452,10 @@ unsafe fn inspect(
     let mut driver = vk::PhysicalDeviceDriverProperties::default();
     let mut maintenance3 = vk::PhysicalDeviceMaintenance3Properties::default();
     let mut maintenance4 = vk::PhysicalDeviceMaintenance4Properties::default();
+    let has_sm_builtins = has(ash::nv::shader_sm_builtins::NAME);
+    let has_amd_cores = has(ash::amd::shader_core_properties::NAME);
+    let mut sm_builtins = vk::PhysicalDeviceShaderSMBuiltinsPropertiesNV::default();
+    let mut amd_cores = vk::PhysicalDeviceShaderCorePropertiesAMD::default();
     {
         let mut props2 = vk::PhysicalDeviceProperties2::default()
             .push_next(&mut subgroup)
@@ -453,8 +469,26 @@ unsafe fn inspect(
         if has_driver_props {
             props2 = props2.push_next(&mut driver);
         }
+        if has_sm_builtins {
+            props2 = props2.push_next(&mut sm_builtins);
+        }
+        if has_amd_cores {
+            props2 = props2.push_next(&mut amd_cores);
+        }
         instance.get_physical_device_properties2(physical, &mut props2);
     }
+    features.compute_units = if has_sm_builtins && sm_builtins.shader_sm_count > 0 {
+        Some(sm_builtins.shader_sm_count)
+    } else if has_amd_cores {
+        Some(
+            amd_cores.shader_engine_count
+                * amd_cores.shader_arrays_per_engine_count
+                * amd_cores.compute_units_per_shader_array,
+        )
+        .filter(|&n| n > 0)
+    } else {
+        None
+    };
     features.max_memory_allocation_size = maintenance3.max_memory_allocation_size;
     if v13 {
         features.max_buffer_size = Some(maintenance4.max_buffer_size);

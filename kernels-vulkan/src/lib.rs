@@ -56,6 +56,7 @@ pub use device::{
     DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
+pub use ops::mla::{MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV};
 pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources, SPIRV_DIR_ENV};
 pub use probe::{probe, VulkanDevice, VulkanProbe};
 
@@ -84,6 +85,8 @@ pub mod shaders {
             crate::ops::fp8_gemm::FP8_GEMM_COOPMAT_LARGE,
             crate::ops::mla::MLA_APPEND,
             crate::ops::mla::MLA_DECODE,
+            crate::ops::mla::MLA_DECODE_STREAM,
+            crate::ops::mla::MLA_DECODE_STREAM_ROLLED,
             crate::ops::mla::MLA_COMBINE,
             crate::ops::attention::SPARSE_ATTENTION,
             crate::ops::attention::SPARSE_ATTENTION_COOPMAT,
@@ -150,22 +153,36 @@ impl VulkanBackend {
             pipelines: PipelineCache::new(&ctx),
             ctx,
         };
-        let gemm_path = if backend.fp8_gemm_uses_cooperative_matrix() {
-            "cooperative matrix"
-        } else {
-            "portable"
-        };
-        let attention_path = if backend.attention_uses_cooperative_matrix(64, 128) {
-            "cooperative matrix"
-        } else {
-            "portable"
-        };
-        backend.info.name = format!(
-            "{}, FP8 GEMM: {gemm_path}, attention: {attention_path}",
-            backend.info.name
-        );
-        backend.info.features.matrix_units = gemm_path == "cooperative matrix";
+        backend.info.name = format!("{}, {}", backend.info.name, backend.shader_paths());
+        backend.info.features.matrix_units = backend.fp8_gemm_uses_cooperative_matrix();
         Ok(backend)
+    }
+
+    /// Which shader each op takes on this device, for `tessera info` and the device name:
+    /// `FP8 GEMM: cooperative matrix|portable, attention: cooperative matrix|portable (head_dim
+    /// 128, blocks of 64), MLA decode: stream|tiled` (or the value of
+    /// [`MLA_DECODE_ENV`] where it overrides the choice).
+    pub fn shader_paths(&self) -> String {
+        let path = |coopmat: bool| {
+            if coopmat {
+                "cooperative matrix"
+            } else {
+                "portable"
+            }
+        };
+        let mla_path = match (
+            self.ctx.settings().mla_decode.as_deref(),
+            self.mla_decode_stream_unsupported(),
+        ) {
+            (Some(forced), _) => format!("{forced} ({MLA_DECODE_ENV})"),
+            (None, None) => "stream".to_string(),
+            (None, Some(_)) => "tiled".to_string(),
+        };
+        format!(
+            "FP8 GEMM: {}, attention: {}, MLA decode: {mla_path}",
+            path(self.fp8_gemm_uses_cooperative_matrix()),
+            path(self.attention_uses_cooperative_matrix(64, 128)),
+        )
     }
 
     /// The instance, device and queue: for callers of the device API, who allocate their

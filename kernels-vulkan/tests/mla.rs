@@ -1,7 +1,7 @@
 //! MLA on the Vulkan backend beyond the conformance suite: the largest layouts (latent 1024,
 //! rope 256: the smallest key tile), the smallest (latent 64, no rope), and the device API's
-//! behaviour with bad values (out-of-range pages, lengths and slots): nothing outside the
-//! buffers is touched, and the queries that see a bad page get NaN.
+//! behaviour with bad values (out-of-range pages, lengths and slots), for both decode shaders:
+//! nothing outside the buffers is touched, and the queries that see a bad page get NaN.
 
 use half::bf16;
 use tessera_core::{
@@ -9,7 +9,7 @@ use tessera_core::{
 };
 use tessera_reference::metrics::{lse_max_error, relative_l2_error};
 use tessera_reference::mla as ref_mla;
-use tessera_vulkan::{Buffer, VulkanBackend};
+use tessera_vulkan::{Buffer, MlaDecodeKernel, VulkanBackend, VulkanSettings};
 
 mod common;
 use common::backend;
@@ -58,6 +58,12 @@ fn check_decode(got: &MlaDecodeOutput, want: &ref_mla::MlaDecodeResult, what: &s
 #[test]
 fn extreme_layouts_match_reference() {
     let Some(b) = backend() else { return };
+    // The host API with the default decode shader, and with the tiled one.
+    let tiled = VulkanBackend::with_settings(VulkanSettings {
+        mla_decode: Some("tiled".into()),
+        ..VulkanSettings::from_env()
+    })
+    .unwrap();
     for (latent_dim, rope_dim, format) in [
         (1024, 256, MlaCacheFormat::Bf16),
         (1024, 256, MlaCacheFormat::Fp8),
@@ -82,12 +88,15 @@ fn extreme_layouts_match_reference() {
         let q = values(op.q_len(), 3);
         let block_table = [5, 2, 0, -1, 1, -1, -1, -1, 3, 4, 1, 0];
         let seq_lens = [19, 1, 28];
-        let got = b
-            .mla_decode(&op, &cache, &q, &block_table, &seq_lens)
-            .unwrap();
         let q64: Vec<f64> = q.iter().map(|x| x.to_f64()).collect();
         let want = ref_mla::mla_decode(&op, &cache, &q64, &block_table, &seq_lens);
-        check_decode(&got, &want, &format!("{layout:?}"));
+        for backend in [&b, &tiled] {
+            let plan = backend.mla_decode_plan(&op).unwrap();
+            let got = backend
+                .mla_decode(&op, &cache, &q, &block_table, &seq_lens)
+                .unwrap();
+            check_decode(&got, &want, &format!("{layout:?} {plan}"));
+        }
     }
 }
 
@@ -143,66 +152,95 @@ fn device_api_stays_in_bounds_with_bad_values() {
         layout,
     };
     let q = values(op.q_len(), 9);
-    let run = |table: &[i32], lens: &[i32]| {
-        let q_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(&q)).unwrap();
-        let bt_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(table)).unwrap();
-        let lens_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(lens)).unwrap();
-        let o_buf = Buffer::filled(ctx, 2 * op.o_len(), &[0xff]).unwrap();
-        let lse_buf = Buffer::filled(ctx, 4 * op.lse_len(), &[0xff]).unwrap();
-        let work = b.mla_decode_workspace_bytes(&op).unwrap() as usize;
-        let work_buf = Buffer::filled(ctx, work, &[0]).unwrap();
-        b.run_and_wait(|cmd| {
-            // SAFETY: as above.
-            unsafe {
-                b.record_mla_decode(
-                    cmd,
-                    &op,
-                    2,
-                    cache_buf.range(),
-                    q_buf.range(),
-                    bt_buf.range(),
-                    lens_buf.range(),
-                    o_buf.range(),
-                    lse_buf.range(),
-                    work_buf.range(),
-                )
+    // The default shader through record_mla_decode, then the tiled one through its plan (the
+    // streaming shader's tilings are in tests/mla_stream.rs).
+    let tiled = b.mla_decode_plan_with(&op, MlaDecodeKernel::Tiled).unwrap();
+    for plan in [None, Some(&tiled)] {
+        let what = plan.map_or("the default shader".into(), |p| p.to_string());
+        let run = |table: &[i32], lens: &[i32]| {
+            let q_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(&q)).unwrap();
+            let bt_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(table)).unwrap();
+            let lens_buf = Buffer::from_bytes(ctx, bytemuck::cast_slice(lens)).unwrap();
+            let o_buf = Buffer::filled(ctx, 2 * op.o_len(), &[0xff]).unwrap();
+            let lse_buf = Buffer::filled(ctx, 4 * op.lse_len(), &[0xff]).unwrap();
+            let work = match plan {
+                Some(p) => p.workspace_bytes() as usize,
+                None => b.mla_decode_workspace_bytes(&op).unwrap() as usize,
+            };
+            let work_buf = Buffer::filled(ctx, work, &[0]).unwrap();
+            b.run_and_wait(|cmd| {
+                // SAFETY: as above.
+                unsafe {
+                    match plan {
+                        Some(p) => b.record_mla_decode_planned(
+                            cmd,
+                            p,
+                            2,
+                            cache_buf.range(),
+                            q_buf.range(),
+                            bt_buf.range(),
+                            lens_buf.range(),
+                            o_buf.range(),
+                            lse_buf.range(),
+                            work_buf.range(),
+                        ),
+                        None => b.record_mla_decode(
+                            cmd,
+                            &op,
+                            2,
+                            cache_buf.range(),
+                            q_buf.range(),
+                            bt_buf.range(),
+                            lens_buf.range(),
+                            o_buf.range(),
+                            lse_buf.range(),
+                            work_buf.range(),
+                        ),
+                    }
+                }
+            })
+            .unwrap();
+            let o = o_buf.read(0, 2 * op.o_len()).unwrap();
+            let lse = lse_buf.read(0, 4 * op.lse_len()).unwrap();
+            let o: Vec<f64> = o
+                .chunks_exact(2)
+                .map(|h| bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f64())
+                .collect();
+            let lse: Vec<f64> = lse
+                .chunks_exact(4)
+                .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]) as f64)
+                .collect();
+            (o, lse)
+        };
+        let (o, lse) = run(&[1, 1000, 0, 1], &[5, 1_000_000]);
+        let q64: Vec<f64> = q.iter().map(|x| x.to_f64()).collect();
+        let want = ref_mla::mla_decode(&op, &want, &q64, &[1, 0, 0, 1], &[5, 8]);
+        let (rows, lat) = (op.s_q * op.heads, layout.latent_dim);
+        for row in 0..2 * rows {
+            let (b_idx, i, h) = (row / rows, (row % rows) / op.heads, row % op.heads);
+            let o_row = &o[row * lat..(row + 1) * lat];
+            let lse_at = lse[(b_idx * op.heads + h) * op.s_q + i];
+            if b_idx == 0 && i == 1 {
+                assert!(
+                    o_row.iter().all(|x| x.is_nan()),
+                    "{what}: row {row}: NaN expected"
+                );
+                assert!(lse_at.is_nan(), "{what}: row {row}: NaN lse expected");
+            } else {
+                let e = relative_l2_error(o_row, &want.o[row * lat..(row + 1) * lat]);
+                assert!(e <= 1e-2, "{what}: row {row}: o rel_l2 {e:e}");
+                let w = want.lse[(b_idx * op.heads + h) * op.s_q + i];
+                assert!(
+                    (lse_at - w).abs() <= 2e-3,
+                    "{what}: row {row}: lse {lse_at} vs {w}"
+                );
             }
-        })
-        .unwrap();
-        let o = o_buf.read(0, 2 * op.o_len()).unwrap();
-        let lse = lse_buf.read(0, 4 * op.lse_len()).unwrap();
-        let o: Vec<f64> = o
-            .chunks_exact(2)
-            .map(|h| bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f64())
-            .collect();
-        let lse: Vec<f64> = lse
-            .chunks_exact(4)
-            .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]) as f64)
-            .collect();
-        (o, lse)
-    };
-    let (o, lse) = run(&[1, 1000, 0, 1], &[5, 1_000_000]);
-    let q64: Vec<f64> = q.iter().map(|x| x.to_f64()).collect();
-    let want = ref_mla::mla_decode(&op, &want, &q64, &[1, 0, 0, 1], &[5, 8]);
-    let (rows, lat) = (op.s_q * op.heads, layout.latent_dim);
-    for row in 0..2 * rows {
-        let (b_idx, i, h) = (row / rows, (row % rows) / op.heads, row % op.heads);
-        let o_row = &o[row * lat..(row + 1) * lat];
-        let lse_at = lse[(b_idx * op.heads + h) * op.s_q + i];
-        if b_idx == 0 && i == 1 {
-            assert!(o_row.iter().all(|x| x.is_nan()), "row {row}: NaN expected");
-            assert!(lse_at.is_nan(), "row {row}: NaN lse expected");
-        } else {
-            let e = relative_l2_error(o_row, &want.o[row * lat..(row + 1) * lat]);
-            assert!(e <= 1e-2, "row {row}: o rel_l2 {e:e}");
-            let w = want.lse[(b_idx * op.heads + h) * op.s_q + i];
-            assert!((lse_at - w).abs() <= 2e-3, "row {row}: lse {lse_at} vs {w}");
         }
+        // Negative lengths: no key, o = 0 and lse = -inf.
+        let (o, lse) = run(&[0, 1, 0, 1], &[-3, 0]);
+        assert!(o.iter().all(|&x| x == 0.0), "{what}");
+        assert!(lse.iter().all(|&x| x == f64::NEG_INFINITY), "{what}");
     }
-    // Negative lengths: no key, o = 0 and lse = -inf.
-    let (o, lse) = run(&[0, 1, 0, 1], &[-3, 0]);
-    assert!(o.iter().all(|&x| x == 0.0));
-    assert!(lse.iter().all(|&x| x == f64::NEG_INFINITY));
 
     // A workspace too small is refused before anything is recorded.
     let big = Buffer::filled(ctx, 1 << 16, &[0]).unwrap();

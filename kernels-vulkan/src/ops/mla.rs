@@ -1,20 +1,34 @@
 //! MLA: appending tokens to the paged latent cache and absorbed decode over it.
 //!
-//! Portable path (32-bit storage words, subgroup arithmetic at most):
+//! Portable path (32-bit storage words, subgroup operations at most):
 //! - `mla_append`: one workgroup of 128 per token writes the words of its record; the FP8
 //!   format's group maxima go through shared-memory atomics, its scales and codes are computed on
 //!   the bits (`shaders/common.glsl`), so the bytes equal the reference's on every device.
-//! - `mla_decode` (split-KV): one workgroup of 128 per (request, group of `ROWS` query rows, key
-//!   split). It keeps the query rows in shared memory as f32 and, per tile of `KT` keys, decodes
-//!   the keys into shared memory (f32), computes the `ROWS x KT` scores (one subgroup's strided
-//!   dot product and `subgroupAdd` each), then updates the online softmax (f32) of each row and
-//!   the invocation's own output columns. `ROWS` (8 where there are that many rows and 4 keys
-//!   still fit, else 4, 2, 1) and `KT` (at most 16) are sized from the device's shared memory,
-//!   `(ROWS + KT) · D · 4` bytes with `D = latent_dim + rope_dim`: DeepSeek-V3 gets 8 rows and
-//!   6 keys on lavapipe's 32 KiB, 8 and 13 on NVIDIA's 48 KiB. Partial outputs (normalized, f32)
-//!   and log-sum-exps go to a workspace buffer.
+//! - The decode runs one of two pass-1 shaders ([`MlaDecodeKernel`], chosen per call by
+//!   [`VulkanBackend::mla_decode_plan`]), then `mla_combine`:
+//!   - `mla_decode_stream` ([`MlaDecodeKernel::Stream`], where the device has subgroup shuffles
+//!     and a fixed subgroup size: NVIDIA, lavapipe): one workgroup per (request, group of up to
+//!     32 query rows, key split) reads each key record once for all its rows (every `s_q` of
+//!     `h_q <= 8`, `s_q <= 2` of `h_q = 16`, `h_q = 32`); the rows' query and output columns live
+//!     in registers spread over the lanes of a subgroup, the key tile in shared memory (f32), and
+//!     each score is summed over the lanes by a butterfly of shuffles (see `mla/stream.rs`).
+//!   - `mla_decode` ([`MlaDecodeKernel::Tiled`], any device with subgroup arithmetic): one
+//!     workgroup of 128 per (request, group of `ROWS` query rows, key split). It keeps the query
+//!     rows in shared memory as f32 and, per tile of `KT` keys, decodes the keys into shared
+//!     memory (f32), computes the `ROWS x KT` scores (one subgroup's strided dot product and
+//!     `subgroupAdd` each), then updates the online softmax (f32) of each row and the
+//!     invocation's own output columns. `ROWS` (8 where there are that many rows and 4 keys
+//!     still fit, else 4, 2, 1) and `KT` (at most 16) are sized from the device's shared memory,
+//!     `(ROWS + KT) · D · 4` bytes with `D = latent_dim + rope_dim`: DeepSeek-V3 gets 8 rows and
+//!     6 keys on lavapipe's 32 KiB, 8 and 13 on NVIDIA's 48 KiB.
+//!
+//!   Both write normalized partial outputs (f32) and log-sum-exps per key split to a workspace.
 //! - `mla_combine`: one invocation per pair of output columns merges the splits by their
 //!   log-sum-exps and rounds to bf16.
+
+mod stream;
+
+pub use stream::{MLA_DECODE_STREAM, MLA_DECODE_STREAM_ROLLED};
 
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
@@ -95,14 +109,191 @@ fn decode_shared_bytes(rows: u32, kt: u32, d: u32) -> u32 {
     4 * (rows * d + kt * d + rows * kt)
 }
 
-/// How a decode is split over workgroups on this device.
-#[derive(Clone, Copy, Debug)]
-struct DecodePlan {
+/// How the tiled shader runs a decode on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TiledPlan {
     rows_per_group: u32,
     key_tile: u32,
     row_groups: u64,
     splits: u64,
     split_keys: u64,
+}
+
+/// The tiling of the streaming decode shader ([`MlaDecodeKernel::Stream`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaStreamTiling {
+    /// Query rows per subgroup: 1, 2 or 4. Each lane keeps its columns of these rows (query
+    /// and output, f32) in registers and applies every key value it reads from shared memory to
+    /// all of them; a workgroup holds up to 8 subgroups.
+    pub rows_per_team: u32,
+    /// Keys per shared-memory tile (f32 records): 4, 8 or 16.
+    pub key_tile: u32,
+    /// Load the next tile's records into registers while the current tile is computed (else
+    /// each tile is loaded when it is needed).
+    pub prefetch: bool,
+    /// Run the build with every loop unrolled (`mla_decode_stream`: what a GPU needs to keep
+    /// the lanes' arrays in registers), else the one without (`mla_decode_stream_rolled`:
+    /// what CPU devices compile in seconds rather than minutes).
+    pub unrolled: bool,
+}
+
+/// The pass-1 shader of a decode (`mla_combine` merges the key splits of both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MlaDecodeKernel {
+    /// `mla_decode.comp`: any device with subgroup arithmetic; a row group of at most 8 rows
+    /// per workgroup, scores by `subgroupAdd`.
+    Tiled,
+    /// `mla_decode_stream.comp`: subgroup shuffles and a fixed subgroup size; each key record
+    /// read once per workgroup of up to 32 rows.
+    Stream(MlaStreamTiling),
+}
+
+impl MlaDecodeKernel {
+    /// `tiled` or `stream`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MlaDecodeKernel::Tiled => "tiled",
+            MlaDecodeKernel::Stream(_) => "stream",
+        }
+    }
+
+    /// Reads [`crate::VulkanSettings::mla_decode`]: `tiled`, `stream` (the default tiling,
+    /// `default_tiling()`), or `stream:ROWS,KEYS,PREFETCH,UNROLLED` (e.g. `stream:4,8,1,1`).
+    fn parse_setting(
+        value: &str,
+        default_tiling: impl FnOnce() -> Result<MlaStreamTiling>,
+    ) -> Result<Self> {
+        let invalid = || {
+            Error::invalid(
+                DECODE,
+                MLA_DECODE_ENV,
+                "tiled, stream or stream:ROWS,KEYS,PREFETCH,UNROLLED (e.g. stream:4,8,1,1)",
+                value,
+            )
+        };
+        match value.trim() {
+            "tiled" => Ok(MlaDecodeKernel::Tiled),
+            "stream" => Ok(MlaDecodeKernel::Stream(default_tiling()?)),
+            v => {
+                let numbers = v.strip_prefix("stream:").ok_or_else(invalid)?;
+                let n: Vec<u32> = numbers
+                    .split(',')
+                    .map(|x| x.trim().parse::<u32>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| invalid())?;
+                match n[..] {
+                    [rows_per_team, key_tile, prefetch @ (0 | 1), unrolled @ (0 | 1)] => {
+                        Ok(MlaDecodeKernel::Stream(MlaStreamTiling {
+                            rows_per_team,
+                            key_tile,
+                            prefetch: prefetch == 1,
+                            unrolled: unrolled == 1,
+                        }))
+                    }
+                    _ => Err(invalid()),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for MlaDecodeKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MlaDecodeKernel::Tiled => write!(f, "tiled"),
+            MlaDecodeKernel::Stream(t) => write!(
+                f,
+                "stream ({} rows per subgroup, {}-key tiles{}{})",
+                t.rows_per_team,
+                t.key_tile,
+                if t.prefetch { ", prefetched" } else { "" },
+                if t.unrolled {
+                    ""
+                } else {
+                    ", loops not unrolled"
+                }
+            ),
+        }
+    }
+}
+
+/// Overrides the decode shader choice (a development aid, read once when the backend is
+/// opened: [`crate::VulkanSettings::mla_decode`]): `tiled`, `stream`, or
+/// `stream:ROWS,KEYS,PREFETCH,UNROLLED` ([`MlaStreamTiling`]'s fields, e.g. `stream:4,8,1,1`).
+pub const MLA_DECODE_ENV: &str = "TESSERA_VULKAN_MLA_DECODE";
+
+/// How a decode runs on this device ([`VulkanBackend::mla_decode_plan`]): the op, the pass-1
+/// shader and its tiling, the query rows per workgroup and the key splits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaDecodePlan {
+    op: MlaDecode,
+    kernel: MlaDecodeKernel,
+    launch: Launch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Launch {
+    Tiled(TiledPlan),
+    Stream(stream::StreamLaunch),
+}
+
+impl MlaDecodePlan {
+    /// The op it was made for.
+    pub fn op(&self) -> &MlaDecode {
+        &self.op
+    }
+
+    /// The pass-1 shader and its tiling.
+    pub fn kernel(&self) -> MlaDecodeKernel {
+        self.kernel
+    }
+
+    /// Key splits of each request (workgroups per request and row group).
+    pub fn splits(&self) -> u64 {
+        match &self.launch {
+            Launch::Tiled(t) => t.splits,
+            Launch::Stream(s) => s.splits,
+        }
+    }
+
+    /// Query rows (of `s_q · heads`) per workgroup: each workgroup reads its split of the
+    /// keys once for all of them.
+    pub fn rows_per_workgroup(&self) -> u64 {
+        match &self.launch {
+            Launch::Tiled(t) => t.rows_per_group as u64,
+            Launch::Stream(s) => s.rows_per_group,
+        }
+    }
+
+    /// Workgroups of pass 1: `batch · row groups · splits`.
+    pub fn workgroups(&self) -> u64 {
+        let row_groups = match &self.launch {
+            Launch::Tiled(t) => t.row_groups,
+            Launch::Stream(s) => s.row_groups,
+        };
+        self.op.batch as u64 * row_groups * self.splits()
+    }
+
+    /// Bytes of workspace: f32 partial outputs `[batch, splits, s_q · heads, latent_dim]`
+    /// then f32 partial log-sum-exps `[batch, splits, s_q · heads]`.
+    pub fn workspace_bytes(&self) -> u64 {
+        let rows = (self.op.s_q * self.op.heads) as u64;
+        4 * self.op.batch as u64 * self.splits() * rows * (self.op.layout.latent_dim as u64 + 1)
+    }
+}
+
+impl std::fmt::Display for MlaDecodePlan {
+    /// E.g. `stream (4 rows per subgroup, 8-key tiles, prefetched), 16 rows per workgroup,
+    /// 4 splits`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {} rows per workgroup, {} splits",
+            self.kernel,
+            self.rows_per_workgroup(),
+            self.splits()
+        )
+    }
 }
 
 /// Checks the descriptor of a decode: [`MlaDecode::validate`], the one definition of its
@@ -124,8 +315,8 @@ fn check_num_pages(op: &'static str, layout: &MlaCacheLayout, num_pages: usize) 
 }
 
 impl VulkanBackend {
-    /// The decode's tiling on this device.
-    fn mla_decode_plan(&self, op: &MlaDecode) -> Result<DecodePlan> {
+    /// The tiled shader's tiling for `op` on this device.
+    fn mla_decode_tiled_plan(&self, op: &MlaDecode) -> Result<TiledPlan> {
         check_decode_op(op)?;
         let f = self.features();
         let d = op.layout.qk_dim() as u32;
@@ -161,7 +352,7 @@ impl VulkanBackend {
             .min(tiles.max(1));
         let split_keys = capacity.div_ceil(splits).div_ceil(key_tile as u64) * key_tile as u64;
         let splits = capacity.div_ceil(split_keys).max(1);
-        Ok(DecodePlan {
+        Ok(TiledPlan {
             rows_per_group,
             key_tile,
             row_groups,
@@ -170,14 +361,58 @@ impl VulkanBackend {
         })
     }
 
+    /// Plans a decode: the pass-1 shader this device runs `op` with and its tiling (see
+    /// [`MlaDecodePlan`]). The streaming shader wherever the device can run it
+    /// ([`VulkanBackend::mla_decode_stream_unsupported`] is `None`), with
+    /// [`MlaStreamTiling`]'s default for the shape; else the tiled one.
+    /// [`crate::VulkanSettings::mla_decode`] (`TESSERA_VULKAN_MLA_DECODE`) overrides the choice.
+    pub fn mla_decode_plan(&self, op: &MlaDecode) -> Result<MlaDecodePlan> {
+        check_decode_op(op)?;
+        let kernel = match self.context().settings().mla_decode.as_deref() {
+            Some(choice) => MlaDecodeKernel::parse_setting(choice, || {
+                stream::default_tiling(self.features(), op)
+            })?,
+            None if stream::unsupported(self.features()).is_none() => {
+                MlaDecodeKernel::Stream(stream::default_tiling(self.features(), op)?)
+            }
+            None => MlaDecodeKernel::Tiled,
+        };
+        self.mla_decode_plan_with(op, kernel)
+    }
+
+    /// [`VulkanBackend::mla_decode_plan`] with the shader (and tiling) given: for tests and
+    /// measurements. [`Error::Unsupported`] where the device cannot run it (or its tiling does
+    /// not fit), [`Error::InvalidArgument`] for a tiling outside the shader's choices.
+    pub fn mla_decode_plan_with(
+        &self,
+        op: &MlaDecode,
+        kernel: MlaDecodeKernel,
+    ) -> Result<MlaDecodePlan> {
+        check_decode_op(op)?;
+        let launch = match &kernel {
+            MlaDecodeKernel::Tiled => Launch::Tiled(self.mla_decode_tiled_plan(op)?),
+            MlaDecodeKernel::Stream(tiling) => {
+                Launch::Stream(stream::launch(self.features(), op, tiling)?)
+            }
+        };
+        Ok(MlaDecodePlan {
+            op: op.clone(),
+            kernel,
+            launch,
+        })
+    }
+
+    /// Why this device cannot run the streaming decode shader ([`MlaDecodeKernel::Stream`]), or
+    /// `None` when it can: it needs subgroup shuffles and a fixed subgroup size (a power of two
+    /// in 4..=128).
+    pub fn mla_decode_stream_unsupported(&self) -> Option<String> {
+        stream::unsupported(self.features())
+    }
+
     /// Bytes of the workspace [`VulkanBackend::record_mla_decode`] needs for `op` on this
-    /// device: f32 partial outputs `[batch, splits, s_q · heads, latent_dim]` then f32 partial
-    /// log-sum-exps `[batch, splits, s_q · heads]` (the number of key splits depends on the
-    /// shape and the device's shared memory).
+    /// device: [`MlaDecodePlan::workspace_bytes`] of [`VulkanBackend::mla_decode_plan`].
     pub fn mla_decode_workspace_bytes(&self, op: &MlaDecode) -> Result<u64> {
-        let plan = self.mla_decode_plan(op)?;
-        let rows = (op.s_q * op.heads) as u64;
-        Ok(4 * op.batch as u64 * plan.splits * rows * (op.layout.latent_dim as u64 + 1))
+        Ok(self.mla_decode_plan(op)?.workspace_bytes())
     }
 
     /// Records an append into the paged cache into `cmd`: token `t` is written to slot
@@ -267,8 +502,9 @@ impl VulkanBackend {
         }
     }
 
-    /// Records an absorbed MLA decode into `cmd` (see [`MlaDecode`]): two dispatches (split-KV
-    /// partials into `workspace`, then their combination) with a barrier between them.
+    /// Records an absorbed MLA decode into `cmd` (see [`MlaDecode`]) with the shader
+    /// [`VulkanBackend::mla_decode_plan`] picks: two dispatches (split-KV partials into
+    /// `workspace`, then their combination) with a barrier between them.
     ///
     /// Buffer ranges (see [`BufferRange`]), little-endian: `cache`
     /// `[num_pages, page_size, token_bytes]` bytes in `op.layout`; `q` bf16
@@ -307,6 +543,44 @@ impl VulkanBackend {
         workspace: BufferRange,
     ) -> Result<()> {
         let plan = self.mla_decode_plan(op)?;
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe {
+            self.record_mla_decode_planned(
+                cmd,
+                &plan,
+                num_pages,
+                cache,
+                q,
+                block_table,
+                seq_lens,
+                o,
+                lse,
+                workspace,
+            )
+        }
+    }
+
+    /// [`VulkanBackend::record_mla_decode`] of `plan`'s op with `plan`'s shader (a plan of this
+    /// backend: [`VulkanBackend::mla_decode_plan`] or [`VulkanBackend::mla_decode_plan_with`]);
+    /// `workspace` holds at least [`MlaDecodePlan::workspace_bytes`].
+    ///
+    /// # Safety
+    /// As [`VulkanBackend::record_mla_decode`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_mla_decode_planned(
+        &self,
+        cmd: vk::CommandBuffer,
+        plan: &MlaDecodePlan,
+        num_pages: usize,
+        cache: BufferRange,
+        q: BufferRange,
+        block_table: BufferRange,
+        seq_lens: BufferRange,
+        o: BufferRange,
+        lse: BufferRange,
+        workspace: BufferRange,
+    ) -> Result<()> {
+        let op = &plan.op;
         let l = op.layout;
         check_num_pages(DECODE, &l, num_pages)?;
         let f = self.features();
@@ -324,27 +598,74 @@ impl VulkanBackend {
         let seq_lens = bind_range(DECODE, "seq_lens", &seq_lens, 4 * batch, f)?;
         let o = bind_range(DECODE, "o", &o, 2 * op.o_len() as u64, f)?;
         let lse = bind_range(DECODE, "lse", &lse, 4 * op.lse_len() as u64, f)?;
-        let work_bytes = self.mla_decode_workspace_bytes(op)?;
+        let work_bytes = plan.workspace_bytes();
         let workspace = bind_range(DECODE, "workspace", &workspace, work_bytes, f)?;
         to_u32(DECODE, "cache words", cache_bytes / 4)?;
         to_u32(DECODE, "q elements", op.q_len() as u64 + 2)?;
         to_u32(DECODE, "batch * max_pages", batch * max_pages)?;
+        // Key indices up to the capacity, plus a split's rounding to whole key tiles (at most
+        // 16 keys in both shaders).
         to_u32(
             DECODE,
-            "max_pages * page_size",
-            max_pages * l.page_size as u64,
+            "max_pages * page_size + splits * key_tile",
+            max_pages * l.page_size as u64 + plan.splits() * MAX_KEY_TILE as u64,
         )?;
         to_u32(DECODE, "workspace elements", work_bytes / 4)?;
-        let fp8 = u32::from(l.format == MlaCacheFormat::Fp8);
-        let d = l.qk_dim() as u32;
-        let cpt = (l.latent_dim as u32).div_ceil(WORKGROUP);
-        let decode = self.pipelines().get(
-            &MLA_DECODE,
-            &[WORKGROUP, fp8, plan.key_tile, d, cpt, plan.rows_per_group],
-        )?;
+        let splits = plan.splits();
+        let (decode, push, groups) = match &plan.launch {
+            Launch::Tiled(tiled) => {
+                let fp8 = u32::from(l.format == MlaCacheFormat::Fp8);
+                let d = l.qk_dim() as u32;
+                let cpt = (l.latent_dim as u32).div_ceil(WORKGROUP);
+                let pipeline = self.pipelines().get(
+                    &MLA_DECODE,
+                    &[WORKGROUP, fp8, tiled.key_tile, d, cpt, tiled.rows_per_group],
+                )?;
+                let push = vec![
+                    op.batch as u32,
+                    op.s_q as u32,
+                    op.heads as u32,
+                    op.max_pages as u32,
+                    l.page_size as u32,
+                    num_pages as u32,
+                    l.latent_dim as u32,
+                    (l.token_bytes() / 4) as u32,
+                    tiled.row_groups as u32,
+                    tiled.splits as u32,
+                    tiled.split_keys as u32,
+                    op.softmax_scale.to_bits(),
+                ];
+                (pipeline, push, batch * tiled.row_groups * tiled.splits)
+            }
+            Launch::Stream(launch) => {
+                let shader = if launch.rolled {
+                    &MLA_DECODE_STREAM_ROLLED
+                } else {
+                    &MLA_DECODE_STREAM
+                };
+                let pipeline = self.pipelines().get(shader, &launch.spec.values())?;
+                let push = vec![
+                    op.batch as u32,
+                    op.s_q as u32,
+                    op.heads as u32,
+                    op.max_pages as u32,
+                    l.page_size as u32,
+                    if l.page_size.is_power_of_two() {
+                        l.page_size.trailing_zeros()
+                    } else {
+                        32
+                    },
+                    num_pages as u32,
+                    launch.row_groups as u32,
+                    launch.rows_per_group as u32,
+                    launch.splits as u32,
+                    (op.softmax_scale * std::f32::consts::LOG2_E).to_bits(),
+                ];
+                (pipeline, push, batch * launch.row_groups * launch.splits)
+            }
+        };
         let combine = self.pipelines().get(&MLA_COMBINE, &[COMBINE_WORKGROUP])?;
-        let decode_groups =
-            linear_groups(batch * plan.row_groups * plan.splits, f.max_workgroup_count)?;
+        let decode_groups = linear_groups(groups, f.max_workgroup_count)?;
         let words = op.o_len() as u64 / 2;
         let combine_groups = linear_groups(
             words.div_ceil(COMBINE_WORKGROUP as u64),
@@ -356,20 +677,7 @@ impl VulkanBackend {
             decode.record(
                 cmd,
                 &[cache, q, block_table, seq_lens, workspace],
-                &[
-                    op.batch as u32,
-                    op.s_q as u32,
-                    op.heads as u32,
-                    op.max_pages as u32,
-                    l.page_size as u32,
-                    num_pages as u32,
-                    l.latent_dim as u32,
-                    (l.token_bytes() / 4) as u32,
-                    plan.row_groups as u32,
-                    plan.splits as u32,
-                    plan.split_keys as u32,
-                    op.softmax_scale.to_bits(),
-                ],
+                &push,
                 decode_groups,
             )?;
             compute_barrier(self.context().device(), cmd);
@@ -381,7 +689,7 @@ impl VulkanBackend {
                     op.s_q as u32,
                     op.heads as u32,
                     l.latent_dim as u32,
-                    plan.splits as u32,
+                    splits as u32,
                 ],
                 combine_groups,
             )
@@ -451,15 +759,19 @@ impl VulkanBackend {
         // Outputs start as NaN so that an element the shaders fail to write shows up.
         let o_buf = Buffer::filled(ctx, 2 * op.o_len(), &bf16::NAN.to_bits().to_le_bytes())?;
         let lse_buf = Buffer::filled(ctx, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
-        let work_bytes = self.mla_decode_workspace_bytes(op)?;
-        let work_buf = Buffer::filled(ctx, work_bytes as usize, &f32::NAN.to_le_bytes())?;
+        let plan = self.mla_decode_plan(op)?;
+        let work_buf = Buffer::filled(
+            ctx,
+            plan.workspace_bytes() as usize,
+            &f32::NAN.to_le_bytes(),
+        )?;
         self.one_shot().run(|cmd| {
             // SAFETY: `cmd` is the backend's own command buffer, recording; the buffers are
             // live storage buffers of this device, kept until `run` has waited.
             unsafe {
-                self.record_mla_decode(
+                self.record_mla_decode_planned(
                     cmd,
-                    op,
+                    &plan,
                     cache.num_pages(),
                     cache_buf.range(),
                     q_buf.range(),
