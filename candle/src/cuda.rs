@@ -59,12 +59,16 @@ impl CudaCall {
         self.stream.context().ordinal()
     }
 
-    /// Checks that a tensor the op holds (`arg`) is on this GPU (candle checks the op's
-    /// arguments itself).
-    pub(crate) fn same_gpu(&self, arg: &str, s: &Storage) -> candle_core::Result<()> {
+    /// The CUDA storage of a tensor the op holds (`arg`), checked to be on this GPU (candle
+    /// checks the op's arguments itself).
+    pub(crate) fn same_gpu<'s>(
+        &self,
+        arg: &str,
+        s: &'s Storage,
+    ) -> candle_core::Result<&'s CudaStorage> {
         match s {
             Storage::Cuda(c) if c.device.cuda_stream().context().ordinal() == self.ordinal() => {
-                Ok(())
+                Ok(c)
             }
             Storage::Cuda(c) => Err(invalid(
                 self.op,

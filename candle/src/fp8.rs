@@ -204,15 +204,7 @@ impl CustomOp3 for Fp8GemmOp {
         let (storage, sl) = self.b_scales.storage_and_layout();
         let op = Self::descriptor(l1, l2, l3, sl)?;
         let call = CudaCall::new(GEMM, s1)?;
-        call.same_gpu("b_scales", &storage)?;
-        let Storage::Cuda(sb_storage) = &*storage else {
-            return Err(invalid(
-                GEMM,
-                "b_scales",
-                "a CUDA tensor (a's device)",
-                "another device",
-            ));
-        };
+        let sb_storage = call.same_gpu("b_scales", &storage)?;
         let a = u8_view(GEMM, "a", s1, l1)?;
         let sa = f32_view(GEMM, "a_scales", s2, l2)?;
         let b = u8_view(GEMM, "b", s3, l3)?;

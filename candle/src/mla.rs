@@ -192,15 +192,7 @@ impl InplaceOp3 for AppendOp {
         let (slots_storage, sl) = self.slots.storage_and_layout();
         let op = self.descriptor(pl, l2, l3, sl)?;
         let call = CudaCall::new(APPEND, s2)?;
-        call.same_gpu("slots", &slots_storage)?;
-        let Storage::Cuda(slots_storage) = &*slots_storage else {
-            return Err(invalid(
-                APPEND,
-                "slots",
-                "a CUDA tensor (the cache's device)",
-                "another device",
-            ));
-        };
+        let slots_storage = call.same_gpu("slots", &slots_storage)?;
         let mut bufs = MlaAppendBuffers {
             latent: bf16_view(APPEND, "latent", s2, l2)?,
             rope: bf16_view(APPEND, "rope", s3, l3)?,
@@ -314,15 +306,7 @@ impl CustomOp3 for DecodeOp {
         let (storage, pl) = self.pages.storage_and_layout();
         let op = self.descriptor(l1, l2, l3, pl)?;
         let call = CudaCall::new(DECODE, s1)?;
-        call.same_gpu("cache", &storage)?;
-        let Storage::Cuda(pages) = &*storage else {
-            return Err(invalid(
-                DECODE,
-                "cache",
-                "u8 pages on q's CUDA device",
-                "another tensor",
-            ));
-        };
+        let pages = call.same_gpu("cache", &storage)?;
         let q = bf16_view(DECODE, "q", s1, l1)?;
         let block_table = i32_view(DECODE, "block_table", s2, l2)?;
         let seq_lens = i32_view(DECODE, "seq_lens", s3, l3)?;

@@ -26,7 +26,7 @@ pub use ops::fp8::{
 };
 pub use ops::mla::{
     MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
-    MlaDecodeVarlen, MLA_MAX_QUERIES,
+    MlaDecodeVarlen, MLA_MAX_KV_SPLITS, MLA_MAX_QUERIES,
 };
 pub use radial::RadialMaskConfig;
 pub use tensor::{DType, Tensor, TensorRef};

@@ -483,6 +483,35 @@ impl MlaDecode {
 /// Most query tokens per request of an MLA decode (`s_q`, `max_s_q`), and most query heads.
 pub const MLA_MAX_QUERIES: usize = 128;
 
+/// Most key splits of one request in a split-KV decode ([`mla_kv_splits`]).
+pub const MLA_MAX_KV_SPLITS: usize = 64;
+
+/// How many key splits a split-KV decode takes, the rule of every GPU backend: `base` blocks
+/// (CTAs, workgroups) before splitting (requests x row groups x column chunks), each request
+/// having `tiles` key tiles, on a device that runs `slots` blocks at once (SMs, or compute units
+/// x blocks resident on each). The fewest splits whose blocks fill their waves to 85%, each
+/// split keeping at least two key tiles and at most [`MLA_MAX_KV_SPLITS`] of them; else the
+/// split count that fills the waves best.
+pub fn mla_kv_splits(base: usize, tiles: usize, slots: usize) -> usize {
+    let slots = slots.max(1);
+    let fill = |s: usize| {
+        let blocks = base.saturating_mul(s).max(1);
+        blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
+    };
+    let cap = (tiles / 2).clamp(1, MLA_MAX_KV_SPLITS);
+    let mut best = (fill(1), 1);
+    for s in 1..=cap {
+        let filled = fill(s);
+        if filled >= 0.85 {
+            return s;
+        }
+        if filled > best.0 + 1e-9 {
+            best = (filled, s);
+        }
+    }
+    best.1
+}
+
 /// What the uniform and the variable-length decode share: the paging of the requests' keys and
 /// the limits on it. One source of truth for both descriptors' validation.
 struct DecodeDims {
@@ -825,6 +854,22 @@ impl MlaDecodeVarlen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_splits_fill_the_slots() {
+        // Enough blocks already: no split.
+        assert_eq!(mla_kv_splits(128, 64, 132), 1);
+        // Few blocks, long keys: split until the waves are full.
+        let s = mla_kv_splits(4, 1024, 132);
+        assert!(4 * s >= 112 && s <= MLA_MAX_KV_SPLITS, "{s}");
+        assert_eq!(mla_kv_splits(64, 512, 264), 4);
+        assert_eq!(mla_kv_splits(128, 512, 264), 2);
+        // Each split keeps two tiles; never more than the cap; nothing degenerate.
+        assert_eq!(mla_kv_splits(4, 3, 132), 1);
+        assert_eq!(mla_kv_splits(1, 1, 132), 1);
+        assert!(mla_kv_splits(1, 1 << 20, 264) <= MLA_MAX_KV_SPLITS);
+        assert_eq!(mla_kv_splits(0, 0, 0), 1);
+    }
 
     fn varlen(batch: usize, total_q: usize, max_s_q: usize) -> MlaDecodeVarlen {
         MlaDecodeVarlen {

@@ -33,32 +33,8 @@ use tessera_core::{
     MlaDecodeVarlen, Result,
 };
 
-/// Most splits of one request's keys.
-const MAX_SPLITS: usize = 64;
 /// Device pointers must start on this many bytes (vector loads and `cp.async`).
 const ALIGN: u64 = 16;
-
-/// The number of KV splits: one CTA runs per SM at a time, so the CTAs should fill whole
-/// waves. Takes the fewest splits (each keeping at least two key tiles) whose CTAs fill their
-/// waves to 85%, else the best filling found.
-fn choose_splits(base_ctas: usize, tiles: usize, sms: usize) -> usize {
-    let fill = |s: usize| {
-        let ctas = base_ctas * s;
-        ctas as f64 / (ctas.div_ceil(sms) * sms) as f64
-    };
-    let cap = (tiles / 2).clamp(1, MAX_SPLITS);
-    let mut best = (fill(1), 1);
-    for s in 1..=cap {
-        let f = fill(s);
-        if f >= 0.85 {
-            return s;
-        }
-        if f > best.0 + 1e-9 {
-            best = (f, s);
-        }
-    }
-    best.1
-}
 
 /// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`] (or
 /// [`CudaBackend::mla_decode_varlen_plan`], whose `s_q` is `max_s_q` and whose variant has
@@ -424,7 +400,7 @@ impl CudaBackend {
             .min(op.max_pages * layout.page_size)
             .div_ceil(variant.key_tile as usize);
         let sms = self.runtime.arch.sm_count.max(1) as usize;
-        let splits = choose_splits(base, tiles, sms);
+        let splits = tessera_core::ops::mla::mla_kv_splits(base, tiles, sms);
         let plan = MlaDecodePlan {
             batch: op.batch,
             s_q: op.s_q,
@@ -951,23 +927,5 @@ impl CudaBackend {
             o: super::download(stream, &d_o)?,
             lse: super::download(stream, &d_lse)?,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_fill_the_sms() {
-        // Enough CTAs already: no split.
-        assert_eq!(choose_splits(128, 64, 132), 1);
-        // Few requests with long sequences: split until the waves are full.
-        let s = choose_splits(4, 1024, 132);
-        assert!((29..=33).contains(&s), "{s}");
-        // Short sequences are not split below two tiles per split.
-        assert_eq!(choose_splits(4, 3, 132), 1);
-        assert_eq!(choose_splits(1, 1, 132), 1);
-        assert!(choose_splits(1, 10_000, 132) <= MAX_SPLITS);
     }
 }

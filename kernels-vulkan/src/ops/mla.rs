@@ -57,8 +57,6 @@ const MIN_KEY_TILE: u32 = 4;
 const MAX_KEY_TILE: u32 = 16;
 /// Decode workgroups aimed at when choosing the number of key splits.
 const TARGET_WORKGROUPS: u64 = 256;
-/// Most key splits.
-const MAX_SPLITS: u64 = 64;
 
 /// Cache append. Bindings: latent, rope, slots, cache. Specialization: workgroup size, FP8.
 pub const MLA_APPEND: Shader = Shader {
@@ -348,7 +346,7 @@ impl VulkanBackend {
         let tiles = capacity.div_ceil(key_tile as u64);
         let splits = TARGET_WORKGROUPS
             .div_ceil(base)
-            .clamp(1, MAX_SPLITS)
+            .clamp(1, tessera_core::MLA_MAX_KV_SPLITS as u64)
             .min(tiles.max(1));
         let split_keys = capacity.div_ceil(splits).div_ceil(key_tile as u64) * key_tile as u64;
         let splits = capacity.div_ceil(split_keys).max(1);

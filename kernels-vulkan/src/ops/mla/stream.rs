@@ -58,8 +58,6 @@ fn unrolled_code_limit(f: &VulkanFeatures) -> u32 {
 }
 /// Concurrent workgroups assumed where the device does not report its compute units.
 const DEFAULT_SLOTS: u64 = 256;
-/// Most key splits of one request.
-const MAX_SPLITS: u64 = 64;
 
 /// Pass 1 of the decode, streaming variant, every loop unrolled (GPUs). Bindings: cache, q,
 /// block_table, seq_lens, workspace. Specialization: [`StreamSpec`].
@@ -370,29 +368,6 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaSt
     )
 }
 
-/// The number of key splits: the fewest whose workgroups fill the device's waves to 85% (each
-/// split keeping at least two key tiles, at most [`MAX_SPLITS`]), else the best filling found;
-/// as the CUDA backend chooses its CTAs' splits.
-fn choose_splits(base: u64, tiles: u64, slots: u64) -> u64 {
-    let slots = slots.max(1);
-    let fill = |s: u64| {
-        let groups = base * s;
-        groups as f64 / (groups.div_ceil(slots) * slots) as f64
-    };
-    let cap = (tiles / 2).clamp(1, MAX_SPLITS);
-    let mut best = (fill(1), 1);
-    for s in 1..=cap {
-        let filled = fill(s);
-        if filled >= 0.85 {
-            return s;
-        }
-        if filled > best.0 + 1e-9 {
-            best = (filled, s);
-        }
-    }
-    best.1
-}
-
 /// The launch of `op` with `tiling` on this device.
 pub(super) fn launch(
     f: &VulkanFeatures,
@@ -425,7 +400,11 @@ pub(super) fn launch(
         units as u64 * resident_per_compute_unit(spec.invocations())
     });
     let tiles = (op.capacity() as u64).div_ceil(spec.key_tile as u64);
-    let splits = choose_splits(op.batch as u64 * groups, tiles, slots);
+    let splits = tessera_core::ops::mla::mla_kv_splits(
+        (op.batch as u64).saturating_mul(groups) as usize,
+        tiles as usize,
+        slots as usize,
+    ) as u64;
     Ok(StreamLaunch {
         spec,
         rolled: !tiling.unrolled,
@@ -467,17 +446,6 @@ mod tests {
         let resources = (MLA_DECODE_STREAM.resources)(&v);
         assert_eq!(resources.invocations, 128);
         assert_eq!(resources.shared_memory_bytes, spec.shared_memory_bytes());
-    }
-
-    #[test]
-    fn splits_fill_the_waves() {
-        // 64 requests of one row group on 264 slots: 4 splits fill 97%.
-        assert_eq!(choose_splits(64, 512, 264), 4);
-        assert_eq!(choose_splits(128, 512, 264), 2);
-        // Enough workgroups already, or too few keys to split.
-        assert_eq!(choose_splits(512, 512, 264), 1);
-        assert_eq!(choose_splits(4, 3, 264), 1);
-        assert!(choose_splits(1, 1 << 20, 264) <= MAX_SPLITS);
     }
 
     /// The features of an H200 under NVIDIA's driver (what the plan reads of them).
