@@ -19,6 +19,7 @@
 
 #include "../kernels/common.cuh"
 #include "../kernels/sm90/hopper.cuh"
+#include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/mla_decode.cu"
 
 #define CK(x)                                                                                      \

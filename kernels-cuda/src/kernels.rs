@@ -68,7 +68,7 @@ pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
     "sm90/mla_decode.cu",
     include_str!("../kernels/sm90/mla_decode.cu"),
 )
-.with_headers(&[HOPPER]);
+.with_headers(&[HOPPER, WGMMA]);
 
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =

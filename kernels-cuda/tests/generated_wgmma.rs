@@ -1,5 +1,6 @@
 //! `kernels/sm90/wgmma.cuh` is generated: one wrapper per wgmma N (the PTX operand list of the
-//! accumulator registers has to be spelled out). This test renders it and compares it with the
+//! accumulator registers has to be spelled out): e4m3 for every N, bf16 for the N the kernels
+//! use, with B K-major or MN-major. This test renders it and compares it with the
 //! committed file; `TESSERA_REGENERATE=1 cargo test -p tessera-cuda --test generated_wgmma`
 //! rewrites the file.
 
@@ -28,6 +29,29 @@ fn render() -> String {
             operands = operands.join(", "),
         )
         .expect("writing to a String cannot fail");
+    }
+    out.push_str(
+        "// WgmmaBf16<N, TRANS_B>::mma(d, a_desc, b_desc, accumulate): D(64xN, f32) (+)= A(64x16 bf16) * B,\n\
+         // A K-major in shared memory; B (16xN bf16) K-major (TRANS_B 0: N rows of 16) or MN-major\n\
+         // (TRANS_B 1: 16 rows of N). d holds N/2 f32 per thread.\n\n\
+         template <int N, int TRANS_B>\nstruct WgmmaBf16;\n\n",
+    );
+    for n in [16, 32, 64, 128, 256] {
+        for trans_b in [0, 1] {
+            let regs = n / 2;
+            let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
+            let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
+            writeln!(
+                out,
+                "template <>\nstruct WgmmaBf16<{n}, {trans_b}> {{\n    static __device__ __forceinline__ void mma(float* d, u64 a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{list}}}, %{a}, %{b}, p, 1, 1, 0, {trans_b};\\n}}\\n\"\n            : {operands}\n            : \"l\"(a), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
+                acc = regs + 2,
+                a = regs,
+                b = regs + 1,
+                list = list.join(", "),
+                operands = operands.join(", "),
+            )
+            .expect("writing to a String cannot fail");
+        }
     }
     out
 }
