@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../kernels/common.cuh"
+#include "../kernels/mla_work.cuh"
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/mla_decode.cu"

@@ -1,5 +1,6 @@
 // MLA absorbed decode over the paged latent cache, with split-KV, on the tensor cores
-// (mma.sync m16n8k16 bf16, f32 accumulation).
+// (mma.sync m16n8k16 bf16, f32 accumulation). Prepended: common.cuh, mla_work.cuh (the CTA's
+// queries and keys, shared with the Hopper kernel sm90/mla_decode.cu).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
 //   FMT         0 = bf16 cache records [latent bf16 | rope bf16]
@@ -246,33 +247,17 @@ __device__ __forceinline__ void mla_decode_impl(
     const int g = lane / 4, tq = lane % 4;
     const bool s_warp = cw < SCW;  // this warp computes scores
 
-    // This request's queries: n_q of them, packed from token q_begin on (uniform: s_q from b * s_q).
-#if VARLEN
-    const int q_begin = cu_seqlens_q[b];
-    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
-    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
-    const int n_q = bad_q ? 0 : (int)n_raw;
-#else
-    const int q_begin = b * s_q;
-    const int n_q = s_q;
-#endif
-    const int rows_total = n_q * heads;  // this request's rows
-    const int rows_pad = s_q * heads;    // rows per request in the workspace
+    // This request's queries and this split's keys (mla_work.cuh). CTAs past the request's rows
+    // (only with VARLEN) have nothing to do; the whole CTA leaves before any barrier.
     const int r0 = rg * M;
-    // CTAs past the request's rows (only with VARLEN) have nothing to do; the whole CTA leaves
-    // before any barrier.
-    if (r0 >= rows_total) return;
-    const int rows_here = min(M, rows_total - r0);
-    const int len_raw = seq_lens[b];
-    const bool bad_len = len_raw < 0 || (i64)len_raw > (i64)max_pages * page_size;
-    const int len = bad_len ? 0 : len_raw;
-    // Keys visible to the last row of this CTA, and this split's share of them.
-    const int i_last = (r0 + rows_here - 1) / heads;
-    const int kv_end = max(0, len - (n_q - 1 - i_last));
-    const int per_split = ((len + splits - 1) / splits + N - 1) / N * N;
-    const int k_begin = split * per_split;
-    const int k_end = min(k_begin + per_split, kv_end);
-    const int ntiles = k_end > k_begin ? (k_end - k_begin + N - 1) / N : 0;
+    MlaCtaWork work;
+    if (!mla_cta_work(seq_lens, cu_seqlens_q, b, split, splits, r0, M, N, s_q, total_q, heads, max_pages, page_size,
+                      work))
+        return;
+    const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
+    const int rows_here = work.rows_here;
+    const bool bad_len = work.bad_len;
+    const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
 
     // Keys each of this thread's two score rows may see (exclusive bound); padding rows none.
     int lim[2];

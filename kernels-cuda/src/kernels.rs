@@ -58,9 +58,17 @@ pub const SPARSE_ATTENTION_BACKWARD: KernelSource = KernelSource::new(
 pub const MLA_APPEND: KernelSource =
     KernelSource::new("mla_append.cu", include_str!("../kernels/mla_append.cu"));
 
+/// `mla_work.cuh`: what one MLA decode CTA works on (its request's queries, this split's keys),
+/// shared by both decode kernels.
+pub const MLA_WORK: KernelHeader = KernelHeader {
+    file: "mla_work.cuh",
+    code: include_str!("../kernels/mla_work.cuh"),
+};
+
 /// `mla_decode.cu`: absorbed paged decode (split-KV), one CTA tiling per compile.
 pub const MLA_DECODE: KernelSource =
-    KernelSource::new("mla_decode.cu", include_str!("../kernels/mla_decode.cu"));
+    KernelSource::new("mla_decode.cu", include_str!("../kernels/mla_decode.cu"))
+        .with_headers(&[MLA_WORK]);
 
 /// `sm90/mla_decode.cu`: the absorbed paged decode on wgmma (sm_90a, bf16 records of
 /// DeepSeek-V3's dims).
@@ -68,7 +76,7 @@ pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
     "sm90/mla_decode.cu",
     include_str!("../kernels/sm90/mla_decode.cu"),
 )
-.with_headers(&[HOPPER, WGMMA]);
+.with_headers(&[MLA_WORK, HOPPER, WGMMA]);
 
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =

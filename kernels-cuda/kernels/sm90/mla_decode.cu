@@ -1,6 +1,6 @@
 // MLA absorbed decode over the paged latent cache for sm_90a: wgmma, a cp.async + mbarrier
 // pipeline filled by a producer warpgroup, two math warpgroups. Prepended: common.cuh,
-// sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16).
+// mla_work.cuh (the CTA's queries and keys), sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
 //   FMT         0 = bf16 cache records [latent bf16 | rope bf16] (the only format of this kernel)
@@ -118,31 +118,16 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     const int wg = tid / 128;  // 0 producer, 1 and 2 math
     const int t128 = tid % 128;
 
-#if VARLEN
-    const int q_begin = cu_seqlens_q[b];
-    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
-    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
-    const int n_q = bad_q ? 0 : (int)n_raw;
-#else
-    (void)cu_seqlens_q;
-    (void)total_q;
-    const int q_begin = b * s_q;
-    const int n_q = s_q;
-#endif
-    const int rows_total = n_q * heads;
-    const int rows_pad = s_q * heads;
+    // This request's queries and this split's keys (mla_work.cuh). CTAs past the request's rows
+    // (only with VARLEN) have nothing to do; the whole CTA leaves before any barrier.
     const int r0 = rg * MLA90_ROWS;
-    if (r0 >= rows_total) return;  // the whole CTA leaves before any barrier
-    const int rows_here = min(MLA90_ROWS, rows_total - r0);
-    const int len_raw = seq_lens[b];
-    const bool bad_len = len_raw < 0 || (i64)len_raw > (i64)max_pages * page_size;
-    const int len = bad_len ? 0 : len_raw;
-    const int i_last = (r0 + rows_here - 1) / heads;
-    const int kv_end = max(0, len - (n_q - 1 - i_last));
-    const int per_split = ((len + splits - 1) / splits + MLA90_KEYS - 1) / MLA90_KEYS * MLA90_KEYS;
-    const int k_begin = split * per_split;
-    const int k_end = min(k_begin + per_split, kv_end);
-    const int ntiles = k_end > k_begin ? (k_end - k_begin + MLA90_KEYS - 1) / MLA90_KEYS : 0;
+    MlaCtaWork work;
+    if (!mla_cta_work(seq_lens, cu_seqlens_q, b, split, splits, r0, MLA90_ROWS, MLA90_KEYS, s_q, total_q, heads,
+                      max_pages, page_size, work))
+        return;
+    const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
+    const bool bad_len = work.bad_len;
+    const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
 
     if (tid == 0) {
         for (int s = 0; s < MLA90_STAGES; ++s) {
@@ -157,7 +142,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     if (wg == 0) {
         // ---- producer: key tiles into the swizzled stages ----
         setmaxnreg_dec<40>();
-        const int warp = t128 / 32, lane = t128 % 32;
         const i64 bt_row = (i64)b * max_pages;
         int bad_page = 0;
         // Thread i copies chunk i % 8 of every column block of keys 16k + i / 8 (k = 0..3) of a

@@ -1,0 +1,56 @@
+// Tessera CUDA kernels: what one MLA decode CTA works on, shared by the mma.sync kernel
+// (mla_decode.cu) and the Hopper kernel (sm90/mla_decode.cu): its request's queries (uniform s_q,
+// or cu_seqlens_q offsets with VARLEN 1), the request's length and this split's share of its
+// keys. Prepended after common.cuh; needs the VARLEN constant.
+
+#ifndef VARLEN
+#error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
+#endif
+
+struct MlaCtaWork {
+    int q_begin;     // the request's first packed query token (uniform: b * s_q)
+    int n_q;         // its queries (VARLEN: 0 when its offsets are out of range)
+    int rows_total;  // its rows, n_q * heads (row r = i * heads + h)
+    int rows_pad;    // rows per request in the workspace, s_q * heads
+    int rows_here;   // of the CTA's rows r0.., those of the request (the rest are padding)
+    bool bad_len;    // seq_lens[b] outside 0..=max_pages * page_size (then no keys are read)
+    int len;         // its keys (0 when bad_len)
+    int k_begin;     // this split's keys: k_begin..k_end, in ntiles tiles of key_tile
+    int k_end;
+    int ntiles;
+};
+
+// The work of the CTA of request b, split `split` of `splits`, rows r0..r0 + rows_per_cta - 1.
+// False when the CTA has no rows (past the request's, VARLEN only): it leaves at once, before any
+// barrier. The keys of the split are those the CTA's last row sees (causal over the s_q
+// positions: query i sees keys j < len - (n_q - 1 - i)), cut into splits of whole key tiles.
+__device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q,
+                                             int b, int split, int splits, int r0, int rows_per_cta, int key_tile,
+                                             int s_q, int total_q, int heads, int max_pages, int page_size,
+                                             MlaCtaWork& w) {
+#if VARLEN
+    w.q_begin = cu_seqlens_q[b];
+    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - w.q_begin;
+    const bool bad_q = w.q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)w.q_begin + n_raw > total_q;
+    w.n_q = bad_q ? 0 : (int)n_raw;
+#else
+    (void)cu_seqlens_q;
+    (void)total_q;
+    w.q_begin = b * s_q;
+    w.n_q = s_q;
+#endif
+    w.rows_total = w.n_q * heads;
+    w.rows_pad = s_q * heads;
+    if (r0 >= w.rows_total) return false;
+    w.rows_here = min(rows_per_cta, w.rows_total - r0);
+    const int len_raw = seq_lens[b];
+    w.bad_len = len_raw < 0 || (i64)len_raw > (i64)max_pages * page_size;
+    w.len = w.bad_len ? 0 : len_raw;
+    const int i_last = (r0 + w.rows_here - 1) / heads;
+    const int kv_end = max(0, w.len - (w.n_q - 1 - i_last));
+    const int per_split = ((w.len + splits - 1) / splits + key_tile - 1) / key_tile * key_tile;
+    w.k_begin = split * per_split;
+    w.k_end = min(w.k_begin + per_split, kv_end);
+    w.ntiles = w.k_end > w.k_begin ? (w.k_end - w.k_begin + key_tile - 1) / key_tile : 0;
+    return true;
+}
