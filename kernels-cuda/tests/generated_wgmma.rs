@@ -6,6 +6,26 @@
 
 use std::fmt::Write;
 
+/// One wrapper: `template <> struct {name}` whose `mma` issues `instruction` (the shape and
+/// types, e.g. `m64n64k32.f32.e4m3.e4m3`) with the N/2 accumulator registers of `n`, the two
+/// descriptors, the accumulate predicate and then `tail` (the immediate scale / transpose
+/// operands).
+fn wrapper(out: &mut String, name: &str, instruction: &str, n: usize, tail: &str) {
+    let regs = n / 2;
+    let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
+    let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
+    writeln!(
+        out,
+        "template <>\nstruct {name} {{\n    static __device__ __forceinline__ void mma(float* d, u64 a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.{instruction} {{{list}}}, %{a}, %{b}, p, {tail};\\n}}\\n\"\n            : {operands}\n            : \"l\"(a), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
+        acc = regs + 2,
+        a = regs,
+        b = regs + 1,
+        list = list.join(", "),
+        operands = operands.join(", "),
+    )
+    .expect("writing to a String cannot fail");
+}
+
 /// The text of `kernels/sm90/wgmma.cuh`.
 fn render() -> String {
     let mut out = String::new();
@@ -16,19 +36,14 @@ fn render() -> String {
          template <int N>\nstruct WgmmaE4M3;\n\n",
     );
     for n in (8..=256).step_by(8) {
-        let regs = n / 2;
-        let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
-        let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
-        writeln!(
-            out,
-            "template <>\nstruct WgmmaE4M3<{n}> {{\n    static __device__ __forceinline__ void mma(float* d, u64 a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3 {{{list}}}, %{a}, %{b}, p, 1, 1;\\n}}\\n\"\n            : {operands}\n            : \"l\"(a), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
-            acc = regs + 2,
-            a = regs,
-            b = regs + 1,
-            list = list.join(", "),
-            operands = operands.join(", "),
-        )
-        .expect("writing to a String cannot fail");
+        let name = format!("WgmmaE4M3<{n}>");
+        wrapper(
+            &mut out,
+            &name,
+            &format!("m64n{n}k32.f32.e4m3.e4m3"),
+            n,
+            "1, 1",
+        );
     }
     out.push_str(
         "// WgmmaBf16<N, TRANS_B>::mma(d, a_desc, b_desc, accumulate): D(64xN, f32) (+)= A(64x16 bf16) * B,\n\
@@ -38,19 +53,15 @@ fn render() -> String {
     );
     for n in [16, 32, 64, 128, 256] {
         for trans_b in [0, 1] {
-            let regs = n / 2;
-            let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
-            let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
-            writeln!(
-                out,
-                "template <>\nstruct WgmmaBf16<{n}, {trans_b}> {{\n    static __device__ __forceinline__ void mma(float* d, u64 a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{list}}}, %{a}, %{b}, p, 1, 1, 0, {trans_b};\\n}}\\n\"\n            : {operands}\n            : \"l\"(a), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
-                acc = regs + 2,
-                a = regs,
-                b = regs + 1,
-                list = list.join(", "),
-                operands = operands.join(", "),
-            )
-            .expect("writing to a String cannot fail");
+            let name = format!("WgmmaBf16<{n}, {trans_b}>");
+            let tail = format!("1, 1, 0, {trans_b}");
+            wrapper(
+                &mut out,
+                &name,
+                &format!("m64n{n}k16.f32.bf16.bf16"),
+                n,
+                &tail,
+            );
         }
     }
     out
