@@ -1,5 +1,6 @@
 // Block-sparse (radial) attention forward, FlashAttention-2 style, with warp-level tensor-core
-// mma (m16n8k16, f32 accumulation): runs on sm_80 and later.
+// mma (m16n8k16, f32 accumulation): runs on sm_80 and later. Prepended: common.cuh,
+// attention_tiles.cuh (the row loads and the P V step, shared with the backward).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention.rs):
 //   HEAD_DIM   64 or 128
@@ -73,22 +74,6 @@ static_assert(BM <= 2 * BN, "Q is staged in one K/V buffer");
 static_assert(2 * BUF_ELEMS * 2 == TESSERA_SMEM_BYTES, "the host's shared-memory size must be two K/V buffers");
 static_assert(NTHREADS == TESSERA_THREADS, "the host's threads per CTA must be one warp per 16 query rows");
 
-// Copies rows [row0, row0 + ROWS) of one head of a [tokens, heads, D] tensor (base points at
-// token 0 of this batch and head) into shared memory dst (ROWS x STRIDE); rows >= tokens are
-// zero-filled without reading global memory.
-template <int ROWS>
-__device__ __forceinline__ void load_rows(u16* dst, const u16* __restrict__ base, int row0, int tokens,
-                                          i64 tok_stride) {
-#pragma unroll
-    for (int i = threadIdx.x; i < ROWS * CHUNKS; i += NTHREADS) {
-        const int r = i / CHUNKS, c = i % CHUNKS;
-        const int t = row0 + r;
-        const bool ok = t < tokens;
-        const u16* src = base + (ok ? (i64)t * tok_stride : 0) + c * 8;
-        cp_async_16(dst + r * STRIDE + c * 8, src, ok);
-    }
-}
-
 }  // namespace attn
 
 extern "C" __global__ void __launch_bounds__(attn::NTHREADS)
@@ -129,12 +114,12 @@ sparse_attention_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const
     u16* const buf1 = smem + BUF_ELEMS;
 
     // Q into buffer 1 and tile 0 into buffer 0, as two commit groups.
-    load_rows<BM>(buf1, q + base, q0, tokens, tok_stride);
+    attn_load_rows<BM, NTHREADS, D>(buf1, q + base, q0, tokens, tok_stride);
     cp_async_commit();
     if (ntiles > 0) {
         const int key0 = tile_key0(0);
-        load_rows<BN>(buf0, k + base, key0, tokens, tok_stride);
-        load_rows<BN>(buf0 + TILE_ELEMS, v + base, key0, tokens, tok_stride);
+        attn_load_rows<BN, NTHREADS, D>(buf0, k + base, key0, tokens, tok_stride);
+        attn_load_rows<BN, NTHREADS, D>(buf0 + TILE_ELEMS, v + base, key0, tokens, tok_stride);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -164,8 +149,8 @@ sparse_attention_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const
         if (j + 1 < ntiles) {
             u16* const nxt = (j & 1) ? buf0 : buf1;
             const int key1 = tile_key0(j + 1);
-            load_rows<BN>(nxt, k + base, key1, tokens, tok_stride);
-            load_rows<BN>(nxt + TILE_ELEMS, v + base, key1, tokens, tok_stride);
+            attn_load_rows<BN, NTHREADS, D>(nxt, k + base, key1, tokens, tok_stride);
+            attn_load_rows<BN, NTHREADS, D>(nxt + TILE_ELEMS, v + base, key1, tokens, tok_stride);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -249,27 +234,8 @@ sparse_attention_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const
             acc[dt][3] *= alpha[1];
         }
 
-        // O += P V: P's accumulator layout is the A-fragment layout of the next mma, so P stays in
-        // registers (two n-tiles of 8 keys make one k-step of 16).
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            u32 a[4];
-            a[0] = pack2<BF16>(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack2<BF16>(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-                u32 r[4];
-                const int row = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
-                const int col = dp * 16 + (lane / 16) * 8;
-                ldmatrix_x4_trans(r, sv + row * STRIDE + col);
-                const u32 b0[2] = {r[0], r[1]};
-                const u32 b1[2] = {r[2], r[3]};
-                mma_16816<BF16>(acc[2 * dp], a, b0);
-                mma_16816<BF16>(acc[2 * dp + 1], a, b1);
-            }
-        }
+        // O += P V (P stays in registers: attention_tiles.cuh).
+        attn_weights_times_rows<BF16, D, BN>(acc, s, sv, lane);
         __syncthreads();  // this buffer is refilled by the next iteration's prefetch
     }
 

@@ -1,5 +1,6 @@
 // Block-sparse (radial) attention backward, FlashAttention-2 style, with warp-level tensor-core
-// mma (m16n8k16, f32 accumulation): runs on sm_80 and later. Three passes, one per compile unit
+// mma (m16n8k16, f32 accumulation): runs on sm_80 and later (prepended: common.cuh,
+// attention_tiles.cuh, shared with the forward). Three passes, one per compile unit
 // (PASS), launched in this order on one stream:
 //   PASS 0  sparse_attention_bwd_delta: delta = rowsum(dO * O) per query row, f32.
 //   PASS 1  sparse_attention_bwd_dkdv: one CTA per (64 keys, head, batch) walks the TRANSPOSED
@@ -151,22 +152,6 @@ static_assert(HALF_ELEMS * 2 + FLOAT_ELEMS * 4 == TESSERA_SMEM_BYTES,
               "the host's shared-memory size must be the resident and streamed tiles (and PASS 1's lse and delta)");
 static_assert(NTHREADS == TESSERA_THREADS, "the host's threads per CTA must be one warp per 16 resident rows");
 
-// Copies rows [row0, row0 + ROWS) of one head of a [tokens, heads, D] tensor (base points at
-// token 0 of this batch and head) into shared memory dst (ROWS x STRIDE); rows >= tokens are
-// zero-filled without reading global memory.
-template <int ROWS>
-__device__ __forceinline__ void load_rows(u16* dst, const u16* __restrict__ base, int row0, int tokens,
-                                          i64 tok_stride) {
-#pragma unroll
-    for (int i = threadIdx.x; i < ROWS * CHUNKS; i += NTHREADS) {
-        const int r = i / CHUNKS, c = i % CHUNKS;
-        const int t = row0 + r;
-        const bool ok = t < tokens;
-        const u16* src = base + (ok ? (i64)t * tok_stride : 0) + c * 8;
-        cp_async_16(dst + r * STRIDE + c * 8, src, ok);
-    }
-}
-
 // The streamed tiles of a BSR row (as the forward's key tiles): every block is SUB tiles, except
 // that tiles starting at or past `tokens` are dropped. Only the last block (num_blocks - 1) can
 // be partial, and indices are sorted, so such tiles can only be at the very end.
@@ -211,32 +196,6 @@ __device__ __forceinline__ void rows_dot_rows(float acc[BN / 8][4], const u16* r
             const u32 b1[2] = {r[2], r[3]};
             mma_16816<BF16>(acc[2 * np], a, b0);
             mma_16816<BF16>(acc[2 * np + 1], a, b1);
-        }
-    }
-}
-
-// acc (16 resident rows x D) += W X: W = the 16 x 64 weights of this warp in accumulator layout
-// (rounded to the input type: the A operand), X = the 64 streamed rows of `streamed` (64 x D,
-// ldmatrix.trans: the contraction runs over the streamed rows).
-__device__ __forceinline__ void weights_times_rows(float acc[D / 8][4], const float w[BN / 8][4],
-                                                   const u16* streamed, int lane) {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-        u32 a[4];
-        a[0] = pack2<BF16>(w[2 * kk][0], w[2 * kk][1]);
-        a[1] = pack2<BF16>(w[2 * kk][2], w[2 * kk][3]);
-        a[2] = pack2<BF16>(w[2 * kk + 1][0], w[2 * kk + 1][1]);
-        a[3] = pack2<BF16>(w[2 * kk + 1][2], w[2 * kk + 1][3]);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-            u32 r[4];
-            const int row = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
-            const int col = dp * 16 + (lane / 16) * 8;
-            ldmatrix_x4_trans(r, streamed + row * STRIDE + col);
-            const u32 b0[2] = {r[0], r[1]};
-            const u32 b1[2] = {r[2], r[3]};
-            mma_16816<BF16>(acc[2 * dp], a, b0);
-            mma_16816<BF16>(acc[2 * dp + 1], a, b1);
         }
     }
 }
@@ -323,8 +282,8 @@ sparse_attention_bwd_dkdv(const u16* __restrict__ q, const u16* __restrict__ k, 
     // rows, so that P = 0) and delta by plain stores (visible after the next barrier).
     auto load_tile = [&](int j, int s) {
         const int q0 = walk.row0(j);
-        load_rows<BN>(stream_q(s), q + base, q0, tokens, tok_stride);
-        load_rows<BN>(stream_do(s), d_o + base, q0, tokens, tok_stride);
+        attn_load_rows<BN, NTHREADS, D>(stream_q(s), q + base, q0, tokens, tok_stride);
+        attn_load_rows<BN, NTHREADS, D>(stream_do(s), d_o + base, q0, tokens, tok_stride);
         for (int i = threadIdx.x; i < BN; i += NTHREADS) {
             const int t = q0 + i;
             stream_lse(s)[i] = t < tokens ? lse_row[t] * LOG2E : TESSERA_INF;
@@ -332,8 +291,8 @@ sparse_attention_bwd_dkdv(const u16* __restrict__ q, const u16* __restrict__ k, 
         }
     };
 
-    load_rows<BM>(sk, k + base, k0, tokens, tok_stride);
-    load_rows<BM>(sv, v + base, k0, tokens, tok_stride);
+    attn_load_rows<BM, NTHREADS, D>(sk, k + base, k0, tokens, tok_stride);
+    attn_load_rows<BM, NTHREADS, D>(sv, v + base, k0, tokens, tok_stride);
     cp_async_commit();
     if (walk.ntiles > 0) load_tile(0, 0);
     cp_async_commit();
@@ -383,8 +342,8 @@ sparse_attention_bwd_dkdv(const u16* __restrict__ q, const u16* __restrict__ k, 
         }
 
         // dV += P^T dO, dK += dS^T Q (scaled at the end).
-        weights_times_rows(acc_dv, pt, sdo, lane);
-        weights_times_rows(acc_dk, dst, sq, lane);
+        attn_weights_times_rows<BF16, D, BN>(acc_dv, pt, sdo, lane);
+        attn_weights_times_rows<BF16, D, BN>(acc_dk, dst, sq, lane);
         __syncthreads();  // this stage is refilled by a later iteration
     }
     cp_async_wait<0>();
@@ -429,12 +388,12 @@ sparse_attention_bwd_dq(const u16* __restrict__ q, const u16* __restrict__ k, co
     auto stream_v = [&](int s) { return smem + (3 + 2 * s) * TILE_ELEMS; };
     auto load_tile = [&](int j, int s) {
         const int key0 = walk.row0(j);
-        load_rows<BN>(stream_k(s), k + base, key0, tokens, tok_stride);
-        load_rows<BN>(stream_v(s), v + base, key0, tokens, tok_stride);
+        attn_load_rows<BN, NTHREADS, D>(stream_k(s), k + base, key0, tokens, tok_stride);
+        attn_load_rows<BN, NTHREADS, D>(stream_v(s), v + base, key0, tokens, tok_stride);
     };
 
-    load_rows<BM>(sq, q + base, q0, tokens, tok_stride);
-    load_rows<BM>(sdo, d_o + base, q0, tokens, tok_stride);
+    attn_load_rows<BM, NTHREADS, D>(sq, q + base, q0, tokens, tok_stride);
+    attn_load_rows<BM, NTHREADS, D>(sdo, d_o + base, q0, tokens, tok_stride);
     cp_async_commit();
     if (walk.ntiles > 0) load_tile(0, 0);
     cp_async_commit();
@@ -493,7 +452,7 @@ sparse_attention_bwd_dq(const u16* __restrict__ q, const u16* __restrict__ k, co
         }
 
         // dQ += dS K (scaled at the end).
-        weights_times_rows(acc, ds, sk, lane);
+        attn_weights_times_rows<BF16, D, BN>(acc, ds, sk, lane);
         __syncthreads();  // this stage is refilled by a later iteration
     }
     cp_async_wait<0>();

@@ -41,18 +41,27 @@ pub const FP8_QUANTIZE: KernelSource = KernelSource::new(
     include_str!("../kernels/fp8_quantize.cu"),
 );
 
+/// `attention_tiles.cuh`: the mma.sync tile steps the attention forward and backward share
+/// (row loads, weights x rows).
+pub const ATTENTION_TILES: KernelHeader = KernelHeader {
+    file: "attention_tiles.cuh",
+    code: include_str!("../kernels/attention_tiles.cuh"),
+};
+
 /// `sparse_attention.cu`: the block-sparse attention forward kernel.
 pub const SPARSE_ATTENTION: KernelSource = KernelSource::new(
     "sparse_attention.cu",
     include_str!("../kernels/sparse_attention.cu"),
-);
+)
+.with_headers(&[ATTENTION_TILES]);
 
 /// `sparse_attention_backward.cu`: the block-sparse attention backward (delta, dk/dv and dq
 /// passes, one compile unit each).
 pub const SPARSE_ATTENTION_BACKWARD: KernelSource = KernelSource::new(
     "sparse_attention_backward.cu",
     include_str!("../kernels/sparse_attention_backward.cu"),
-);
+)
+.with_headers(&[ATTENTION_TILES]);
 
 /// `mla_append.cu`: writes tokens into the paged cache (both formats, run-time layout).
 pub const MLA_APPEND: KernelSource =
