@@ -1,5 +1,5 @@
 // MLA decode's split combine: merges the partial outputs of the KV splits of mla_decode.cu by
-// log-sum-exp.
+// log-sum-exp. Prepended: common.cuh, mla_work.cuh (the request's queries, the lse layout).
 //
 // Compile-time constants (required): VARLEN 0 = s_q queries per request, 1 = cu_seqlens_q
 // offsets (as in mla_decode.cu); TESSERA_SMEM_BYTES 0, TESSERA_THREADS 128.
@@ -29,14 +29,9 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
     const float* ws_lse = ws + (i64)splits * batch * rows * latent;
     const i64 br = blockIdx.x;  // b * rows + r
     const int b = (int)(br / rows), r = (int)(br % rows);
-#if VARLEN
-    const int q_begin = cu_seqlens_q[b];
-    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
-    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
-    if (bad_q || r >= (int)n_raw * heads) return;
-#else
-    const int q_begin = b * s_q;
-#endif
+    int q_begin, n_q;
+    mla_request_queries(cu_seqlens_q, b, s_q, total_q, q_begin, n_q);
+    if (r >= n_q * heads) return;  // rows past the request's (VARLEN), or a bad request
     const i64 split_stride = (i64)batch * rows;
     float mx = TESSERA_NEG_INF;
     bool nan = false;
@@ -75,12 +70,5 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
         out.y = pack2<true>(a[2], a[3]);
         *reinterpret_cast<uint2*>(orow + c) = out;
     }
-    if (threadIdx.x == 0) {
-        const int i = r / heads, h = r % heads;
-#if VARLEN
-        lse[(i64)h * total_q + q_begin + i] = total;
-#else
-        lse[((i64)b * heads + h) * s_q + i] = total;
-#endif
-    }
+    if (threadIdx.x == 0) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = total;
 }

@@ -634,14 +634,7 @@ __device__ __forceinline__ void mla_decode_impl(
                     if (LATENT == 0 && col >= latent) break;
                     *reinterpret_cast<u32*>(orow + col) = pack2<true>(acc[mt][nt][2 * h] * inv, acc[mt][nt][2 * h + 1] * inv);
                 }
-                if (write_lse) {
-                    const int i = r / heads, hd = r % heads;
-#if VARLEN
-                    lse[(i64)hd * total_q + q_begin + i] = lse_v;
-#else
-                    lse[((i64)b * heads + hd) * s_q + i] = lse_v;
-#endif
-                }
+                if (write_lse) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = lse_v;
             } else {
                 const i64 wrow = ((i64)split * batch + b) * rows_pad + r;
                 float* orow = ws + wrow * latent;

@@ -1,11 +1,44 @@
-// Tessera CUDA kernels: what one MLA decode CTA works on, shared by the mma.sync kernel
-// (mla_decode.cu) and the Hopper kernel (sm90/mla_decode.cu): its request's queries (uniform s_q,
-// or cu_seqlens_q offsets with VARLEN 1), the request's length and this split's share of its
-// keys. Prepended after common.cuh; needs the VARLEN constant.
+// Tessera CUDA kernels: what one MLA decode CTA works on and where its results go, shared by the
+// mma.sync kernel (mla_decode.cu), the Hopper kernel (sm90/mla_decode.cu) and the split combine
+// (mla_combine.cu): a request's queries (uniform s_q, or cu_seqlens_q offsets with VARLEN 1), its
+// length and a split's share of its keys, the lse layout. Prepended after common.cuh; needs the
+// VARLEN constant.
 
 #ifndef VARLEN
 #error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
 #endif
+
+// Request b's queries: its first packed query token (uniform: b * s_q) and their count (VARLEN:
+// 0 when its offsets are out of range: start < 0, count outside 0..=s_q, end > total_q).
+__device__ __forceinline__ void mla_request_queries(const int* __restrict__ cu_seqlens_q, int b, int s_q,
+                                                    int total_q, int& q_begin, int& n_q) {
+#if VARLEN
+    q_begin = cu_seqlens_q[b];
+    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - q_begin;
+    const bool bad_q = q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)q_begin + n_raw > total_q;
+    n_q = bad_q ? 0 : (int)n_raw;
+#else
+    (void)cu_seqlens_q;
+    (void)total_q;
+    q_begin = b * s_q;
+    n_q = s_q;
+#endif
+}
+
+// Where row r (= i * heads + h) of request b puts its lse: f32 [batch, heads, s_q], or
+// [heads, total_q] with VARLEN.
+__device__ __forceinline__ i64 mla_lse_index(int b, int r, int q_begin, int heads, int s_q, int total_q) {
+    const int i = r / heads, h = r % heads;
+#if VARLEN
+    (void)b;
+    (void)s_q;
+    return (i64)h * total_q + q_begin + i;
+#else
+    (void)q_begin;
+    (void)total_q;
+    return ((i64)b * heads + h) * s_q + i;
+#endif
+}
 
 struct MlaCtaWork {
     int q_begin;     // the request's first packed query token (uniform: b * s_q)
@@ -28,17 +61,7 @@ __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, c
                                              int b, int split, int splits, int r0, int rows_per_cta, int key_tile,
                                              int s_q, int total_q, int heads, int max_pages, int page_size,
                                              MlaCtaWork& w) {
-#if VARLEN
-    w.q_begin = cu_seqlens_q[b];
-    const i64 n_raw = (i64)cu_seqlens_q[b + 1] - w.q_begin;
-    const bool bad_q = w.q_begin < 0 || n_raw < 0 || n_raw > s_q || (i64)w.q_begin + n_raw > total_q;
-    w.n_q = bad_q ? 0 : (int)n_raw;
-#else
-    (void)cu_seqlens_q;
-    (void)total_q;
-    w.q_begin = b * s_q;
-    w.n_q = s_q;
-#endif
+    mla_request_queries(cu_seqlens_q, b, s_q, total_q, w.q_begin, w.n_q);
     w.rows_total = w.n_q * heads;
     w.rows_pad = s_q * heads;
     if (r0 >= w.rows_total) return false;

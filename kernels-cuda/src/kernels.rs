@@ -89,7 +89,8 @@ pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
 
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =
-    KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"));
+    KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"))
+        .with_headers(&[MLA_WORK]);
 
 /// `gpu_sleep.cu`: a busy-wait that holds a stream (for benchmarks; see
 /// [`crate::CudaBackend::gpu_sleep_on`]).

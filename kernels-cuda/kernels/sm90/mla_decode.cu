@@ -339,14 +339,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             for (int n8 = 0; n8 < 32; ++n8)
                 *reinterpret_cast<u32*>(orow + n8 * 8 + 2 * tq) =
                     pack2<true>(o_acc[n8 * 4 + 2 * ri] * inv, o_acc[n8 * 4 + 2 * ri + 1] * inv);
-            if (write_lse) {
-                const int i = r / heads, hd = r % heads;
-#if VARLEN
-                lse[(i64)hd * total_q + q_begin + i] = lse_v;
-#else
-                lse[((i64)b * heads + hd) * s_q + i] = lse_v;
-#endif
-            }
+            if (write_lse) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = lse_v;
         } else {
             const i64 wrow = ((i64)split * batch + b) * rows_pad + r;
             float* orow = ws + wrow * latent + mw * 256;
