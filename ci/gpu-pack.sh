@@ -44,6 +44,9 @@ cp "${CARGO_TARGET_DIR:-target}/release/tessera" "$pack/bin/tessera"
 # minutes on 2 cores). In a subshell: the toolkit's variables stay out of the other steps. The
 # two binaries hold candle's kernels (about 38 MB each, stripped): they travel as one xz archive
 # (about 5 MB), which ci/gpu-run.sh unpacks.
+# GPU_PACK_CANDLE=0 leaves this step out (a pack for the sanitizer or a kernel check; gpu-run.sh
+# then reports the candle step as not packed).
+if [ "${GPU_PACK_CANDLE:-1}" != 0 ]; then
 candle_bin=$(mktemp -d)
 (
   source ci/cuda-toolkit.sh
@@ -65,6 +68,7 @@ for line in sys.stdin:
 strip "$candle_bin"/*
 tar -C "$candle_bin" -cf - candletest-cuda candle_layers | xz -9 -T2 > "$pack/candle-cuda.tar.xz"
 rm -rf "$candle_bin"
+fi
 strip "$pack"/bin/*
 cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/peers.py ci/gpu-python.sh "$pack/"
 # The Python package for ci/gpu-python.sh: its abi3 wheel, pytest's wheels (for Python 3.9 and

@@ -11,7 +11,8 @@
 # everything with the suites' own case counts. Each run is cut after TESSERA_SANITIZER_TIMEOUT
 # seconds (default 300). out_of_memory is always left out (it fills the device, which the
 # sanitizer's own allocations need). TESSERA_SANITIZER_TOOLS picks the tools (default
-# "memcheck racecheck synccheck initcheck"), so that a long run can be split over calls.
+# "memcheck racecheck synccheck initcheck"), so that a long run can be split over calls;
+# TESSERA_SANITIZER_JOBS runs that many at once, over the GPUs of TESSERA_SANITIZER_GPUS ("0,1").
 set -uo pipefail
 out=${1:?usage: gpu-sanitize.sh OUTDIR}
 mkdir -p "$out"
@@ -39,25 +40,40 @@ for t in "$pack"/bin/cutest-*; do
   esac
   targets+=("$name|$t --test-threads=1")
 done
-failed_any=0
+# Every (tool, binary) pair is one task; TESSERA_SANITIZER_JOBS of them run at once (default 1),
+# spread round-robin over the GPUs listed in TESSERA_SANITIZER_GPUS (default: the first GPU).
+jobs=${TESSERA_SANITIZER_JOBS:-1}
+read -r -a gpus <<< "$(echo "${TESSERA_SANITIZER_GPUS:-0}" | tr ',' ' ')"
+tools=(${TESSERA_SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck})
+one_task() { # tool, name, gpu, command...
+  local tool=$1 name=$2 gpu=$3; shift 3
+  local log="$out/$tool-$name.log" t0=$(date +%s)
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$timeout_s" "$sanitizer" --tool "$tool" --error-exitcode 1 "$@" > "$log" 2>&1
+  local rc=$?
+  local n=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$log" | awk '{s += $3} END {print s + 0}')
+  printf '%-10s %-34s rc=%-3s findings=%-4s gpu=%s %4ss\n' "$tool" "$name" "$rc" "$n" "$gpu" "$(( $(date +%s) - t0 ))" >> "$out/runs.txt"
+}
+: > "$out/runs.txt"
 : > "$out/summary.txt"
-for tool in ${TESSERA_SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
-  findings=0; runs=0; failed=0; timed_out=0
+task=0
+for tool in "${tools[@]}"; do
   for target in "${targets[@]}"; do
     name=${target%%|*}
     read -r -a cmd <<< "${target#*|}"
-    log="$out/$tool-$name.log"
-    timeout "$timeout_s" "$sanitizer" --tool "$tool" --error-exitcode 1 "${cmd[@]}" > "$log" 2>&1
-    rc=$?
-    runs=$((runs + 1))
-    n=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$log" | awk '{s += $3} END {print s + 0}')
-    findings=$((findings + n))
-    if [ "$rc" = 124 ]; then timed_out=$((timed_out + 1)); fi
-    if [ "$rc" != 0 ] && [ "$rc" != 124 ]; then failed=$((failed + 1)); fi
-    printf '%-10s %-34s rc=%-3s findings=%s\n' "$tool" "$name" "$rc" "$n" >> "$out/runs.txt"
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    one_task "$tool" "$name" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" &
+    task=$((task + 1))
   done
-  line="sanitizer $tool: $findings findings in $runs runs ($failed failed, $timed_out timed out after ${timeout_s}s; quick=$quick)"
+done
+wait
+failed_any=0
+for tool in "${tools[@]}"; do
+  line=$(awk -v tool="$tool" -v t="$timeout_s" -v q="$quick" '
+    $1 == tool { runs++; split($3, r, "="); split($4, f, "="); findings += f[2];
+                 if (r[2] == 124) timed++; else if (r[2] != 0) failed++ }
+    END { printf "sanitizer %s: %d findings in %d runs (%d failed, %d timed out after %ss; quick=%s)",
+                 tool, findings, runs, failed, timed, t, q }' "$out/runs.txt")
   echo "$line" | tee -a "$out/summary.txt"
-  if [ "$findings" != 0 ] || [ "$failed" != 0 ]; then failed_any=1; fi
+  case "$line" in *": 0 findings"*"(0 failed"*) ;; *) failed_any=1 ;; esac
 done
 exit "$failed_any"
