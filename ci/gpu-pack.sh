@@ -29,6 +29,9 @@ for line in sys.stdin:
       # The Vulkan crate's SPIR-V test checks the checkout (shader sources, compiler), not the
       # device: it stays on the CPU machine.
       vk:spirv) ;;
+      # Likewise the generated wgmma header's check compares the checkout's file with its
+      # generator: nothing of the device.
+      cu:generated_wgmma) ;;
       # Every other test of the Vulkan crate (unit tests included) runs there against the NVIDIA
       # driver; every test of the CUDA crate (compile check, timings, reliability).
       vk:*) cp "$exe" "$pack/bin/vktest-$name" ;;
