@@ -9,7 +9,7 @@
 //! - non-null and aligned to its element size (an f32 span to 4 bytes, bf16 to 2); the ops add
 //!   their own stricter rules (16 bytes for q, k, v, o of the attention; the MLA cache, latent,
 //!   rope, q, o and workspace; A, B and D of the GEMM);
-//! - device memory of this backend's device (`cuPointerGetAttribute`: a host pointer or a
+//! - device memory of this backend's device (`cuPointerGetAttributes`: a host pointer or a
 //!   pointer of another GPU is an [`Error::InvalidArgument`] naming the argument);
 //!
 //! and the stream must belong to this backend's context (the device's primary context, the one
@@ -211,21 +211,39 @@ impl RawCall {
                     format!("{} elements at {:#x}", span.len, span.address),
                 ));
             }
+            let mut memory_type: u32 = 0;
             let mut device: i32 = -1;
-            // SAFETY: `device` is a valid out-pointer for this attribute's int; the address is
-            // only looked up, never dereferenced.
+            let mut attributes = [
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            ];
+            let mut data = [
+                &mut memory_type as *mut u32 as *mut std::ffi::c_void,
+                &mut device as *mut i32 as *mut std::ffi::c_void,
+            ];
+            // SAFETY: two attributes with an out-pointer each (a CUmemorytype as u32, an int);
+            // the address is only looked up, never dereferenced. Unlike cuPointerGetAttribute,
+            // an address CUDA does not know is not an error here (memory type 0), so a host
+            // pointer is rejected below without a failed driver call.
             let status = unsafe {
-                sys::cuPointerGetAttribute(
-                    &mut device as *mut i32 as *mut std::ffi::c_void,
-                    sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                sys::cuPointerGetAttributes(
+                    attributes.len() as u32,
+                    attributes.as_mut_ptr(),
+                    data.as_mut_ptr(),
                     span.address,
                 )
             };
-            if status != sys::CUresult::CUDA_SUCCESS || device != self.ordinal {
-                let got = if status == sys::CUresult::CUDA_SUCCESS {
-                    format!("memory of device {device} at {:#x}", span.address)
-                } else {
+            let on_device = memory_type == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32;
+            if status != sys::CUresult::CUDA_SUCCESS || !on_device || device != self.ordinal {
+                let got = if status != sys::CUresult::CUDA_SUCCESS {
                     format!("{:#x}, not CUDA device memory ({status:?})", span.address)
+                } else if !on_device {
+                    format!(
+                        "{:#x}, not CUDA device memory (memory type {memory_type})",
+                        span.address
+                    )
+                } else {
+                    format!("memory of device {device} at {:#x}", span.address)
                 };
                 return Err(Error::invalid(
                     self.op,
