@@ -237,14 +237,18 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// A named barrier over `threads` threads (a multiple of 32) of this CTA.
+// A named barrier over `threads` threads (a multiple of 32) of this CTA. The non-aligned form
+// (`barrier.sync`, not `bar.sync` = `barrier.sync.aligned`): a warp may arrive diverged, e.g.
+// right after a branch on the lane (compute-sanitizer's synccheck reports that for the aligned
+// form).
 __device__ __forceinline__ void named_barrier_sync(u32 id, u32 threads) {
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+    asm volatile("barrier.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Arrives on a named barrier without waiting (the other `threads - 32 * warps` come with bar.sync).
+// Arrives on a named barrier without waiting (the other `threads - 32 * warps` come with
+// named_barrier_sync); non-aligned like it.
 __device__ __forceinline__ void named_barrier_arrive(u32 id, u32 threads) {
-    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+    asm volatile("barrier.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Programmatic dependent launch: wait for the grids this one depends on to have completed (or
