@@ -6,9 +6,9 @@ use crate::plan::attention_backward::ATTENTION_BACKWARD_STAGES;
 use crate::plan::heuristics::{gemm_variants, wgmma_small_m_tiles};
 use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
-    ArchSpec, AttentionBackwardTiles, AttentionBackwardVariant, AttentionVariant, HalfType,
-    KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant, QuantizeGranularity,
-    QuantizeInput, QuantizeVariant,
+    ArchSpec, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel, AttentionVariant,
+    HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant,
+    QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 use tessera_core::{MlaCacheFormat, MlaCacheLayout};
 
@@ -54,6 +54,14 @@ pub const SPARSE_ATTENTION: KernelSource = KernelSource::new(
     include_str!("../kernels/sparse_attention.cu"),
 )
 .with_headers(&[ATTENTION_TILES]);
+
+/// `sm90/sparse_attention.cu`: the block-sparse attention forward on wgmma (sm_90a, mask
+/// blocks of 128).
+pub const SPARSE_ATTENTION_SM90: KernelSource = KernelSource::new(
+    "sm90/sparse_attention.cu",
+    include_str!("../kernels/sm90/sparse_attention.cu"),
+)
+.with_headers(&[HOPPER, WGMMA]);
 
 /// `sparse_attention_backward.cu`: the block-sparse attention backward (delta, dk/dv and dq
 /// passes, one compile unit each).
@@ -130,13 +138,16 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
     for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
         for dtype in [HalfType::F16, HalfType::Bf16] {
             for block in ATTENTION_BLOCK_SIZES {
-                let a = AttentionVariant {
-                    head_dim: head_dim as u32,
-                    dtype,
-                    block,
-                };
-                if a.valid_on(arch).is_ok() {
-                    v.push(Box::new(a));
+                for kernel in [AttentionKernel::MmaSync, AttentionKernel::Wgmma] {
+                    let a = AttentionVariant {
+                        head_dim: head_dim as u32,
+                        dtype,
+                        block,
+                        kernel,
+                    };
+                    if a.valid_on(arch).is_ok() {
+                        v.push(Box::new(a));
+                    }
                 }
             }
         }

@@ -10,9 +10,9 @@ use tessera_core::{Error, MlaCacheFormat, MlaCacheLayout};
 use tessera_cuda::compile::{cached_cubin_in, compile_cubin, KernelVariant};
 use tessera_cuda::kernels::{ci_archs, plannable_variants};
 use tessera_cuda::plan::{
-    AttentionBackwardTiles, AttentionBackwardVariant, AttentionVariant, GemmVariant, HalfType,
-    KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant, MmaSyncGemm,
-    QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel, AttentionVariant,
+    GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant,
+    MmaSyncGemm, QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 
 /// Whether NVRTC is there; prints `skipped:` (or panics under `TESSERA_REQUIRE_NVRTC=1`) if not.
@@ -109,6 +109,7 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
             head_dim: 128,
             dtype: HalfType::Bf16,
             block: 64,
+            kernel: AttentionKernel::MmaSync,
         }),
         Box::new(AttentionBackwardVariant::Delta {
             head_dim: 64,
@@ -180,6 +181,7 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         head_dim: 64,
         dtype: HalfType::F16,
         block: 128,
+        kernel: AttentionKernel::MmaSync,
     };
     let mla = MlaDecodeVariant::new(&MlaCacheLayout::default(), (4, 32, 3));
     let quantize = QuantizeVariant {

@@ -1,6 +1,6 @@
 //! `kernels/sm90/wgmma.cuh` is generated: one wrapper per wgmma N (the PTX operand list of the
-//! accumulator registers has to be spelled out): e4m3 for every N, bf16 for the N the kernels
-//! use, with B K-major or MN-major. This test renders it and compares it with the
+//! accumulator registers has to be spelled out): e4m3 for every N, bf16 and f16 for the N the
+//! kernels use, with B K-major or MN-major, and bf16/f16 with A from registers. This test renders it and compares it with the
 //! committed file; `TESSERA_REGENERATE=1 cargo test -p tessera-cuda --test generated_wgmma`
 //! rewrites the file.
 
@@ -20,6 +20,29 @@ fn wrapper(out: &mut String, name: &str, instruction: &str, n: usize, tail: &str
         acc = regs + 2,
         a = regs,
         b = regs + 1,
+        list = list.join(", "),
+        operands = operands.join(", "),
+    )
+    .expect("writing to a String cannot fail");
+}
+
+/// One wrapper with A from registers: `template <> struct {name}` whose `mma(d, a, b, accumulate)`
+/// issues `instruction` with the N/2 accumulator registers, A as four 32-bit registers (two
+/// 16-bit values each, the m64k16 A fragment of the calling warp), B's descriptor, the accumulate
+/// predicate and then `tail`.
+fn register_a_wrapper(out: &mut String, name: &str, instruction: &str, n: usize, tail: &str) {
+    let regs = n / 2;
+    let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
+    let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
+    writeln!(
+        out,
+        "template <>\nstruct {name} {{\n    static __device__ __forceinline__ void mma(float* d, const u32* a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.{instruction} {{{list}}}, {{%{a0}, %{a1}, %{a2}, %{a3}}}, %{b}, p, {tail};\\n}}\\n\"\n            : {operands}\n            : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
+        acc = regs + 5,
+        a0 = regs,
+        a1 = regs + 1,
+        a2 = regs + 2,
+        a3 = regs + 3,
+        b = regs + 4,
         list = list.join(", "),
         operands = operands.join(", "),
     )
@@ -61,6 +84,42 @@ fn render() -> String {
                 &format!("m64n{n}k16.f32.bf16.bf16"),
                 n,
                 &tail,
+            );
+        }
+    }
+    out.push_str(
+        "// WgmmaF16<N, TRANS_B>: as WgmmaBf16, for f16 operands.\n\n\
+         template <int N, int TRANS_B>\nstruct WgmmaF16;\n\n",
+    );
+    for n in [64, 128] {
+        for trans_b in [0, 1] {
+            let name = format!("WgmmaF16<{n}, {trans_b}>");
+            let tail = format!("1, 1, 0, {trans_b}");
+            wrapper(
+                &mut out,
+                &name,
+                &format!("m64n{n}k16.f32.f16.f16"),
+                n,
+                &tail,
+            );
+        }
+    }
+    out.push_str(
+        "// WgmmaRegA<N, BF16>::mma(d, a, b_desc, accumulate): D(64xN, f32) (+)= A(64x16) * B(16xN),\n\
+         // A from registers (a[0..4]: the calling warp's 16 rows in the mma.sync m16n8k16 A-fragment\n\
+         // layout, two values per register), B MN-major in shared memory (16 rows of N); bf16 when\n\
+         // BF16 is 1, f16 when 0. d holds N/2 f32 per thread.\n\n\
+         template <int N, int BF16>\nstruct WgmmaRegA;\n\n",
+    );
+    for n in [64, 128] {
+        for (bf16, ty) in [(1, "bf16"), (0, "f16")] {
+            let name = format!("WgmmaRegA<{n}, {bf16}>");
+            register_a_wrapper(
+                &mut out,
+                &name,
+                &format!("m64n{n}k16.f32.{ty}.{ty}"),
+                n,
+                "1, 1, 1",
             );
         }
     }

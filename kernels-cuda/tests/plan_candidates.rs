@@ -176,7 +176,7 @@ fn every_attention_candidate_matches_the_reference() {
     let mut rng = Rng::new(7);
     for head_dim in [64, 128] {
         for dtype in [DType::F16, DType::BF16] {
-            for (block, tokens) in [(64usize, 200usize), (128, 300)] {
+            for (block, tokens) in [(64usize, 200usize), (128, 300), (128, 129), (128, 128)] {
                 let blocks = tokens.div_ceil(block);
                 // A random mask with the diagonal always on (no empty row).
                 let bitmap: Vec<bool> = (0..blocks * blocks)

@@ -186,6 +186,10 @@ __device__ __forceinline__ void wgmma_wait() {
 // asm only "writes" the register when issued; this ties later uses to a point after the wait).
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
+// The same for a 32-bit operand register (e.g. the A fragment of a wgmma with A from registers:
+// fenced after the wait, its register cannot be reused while the wgmma still reads it).
+__device__ __forceinline__ void reg_fence(u32& r) { asm volatile("" : "+r"(r)::"memory"); }
+
 template <int N>
 __device__ __forceinline__ void reg_fence_all(float (&r)[N]) {
 #pragma unroll

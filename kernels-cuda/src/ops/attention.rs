@@ -1,15 +1,20 @@
 //! Block-sparse (radial) attention on CUDA.
 //!
-//! The kernel (`kernels/sparse_attention.cu`) is FlashAttention-2 style: one CTA of 4 warps per
-//! (64 query rows, head, batch), warps of 16 query rows, the row's key blocks walked in tiles of 64
-//! keys with tensor-core mma and an online softmax in f32. It runs on sm_80 and later, for
-//! head_dim 64 or 128, f16 or bf16, and mask block sizes 64 or 128.
+//! Two kernels, chosen by the launch plan ([`crate::plan::AttentionKernel`]):
+//! - `kernels/sparse_attention.cu`, FlashAttention-2 style: one CTA of 4 warps per (64 query rows,
+//!   head, batch), warps of 16 query rows, the row's key blocks walked in tiles of 64 keys with
+//!   `mma.sync` and an online softmax in f32. sm_80 and later, head_dim 64 or 128, f16 or bf16,
+//!   mask block sizes 64 or 128: the fallback everywhere.
+//! - `kernels/sm90/sparse_attention.cu` (sm_90a, mask blocks of 128): wgmma, a producer
+//!   warpgroup filling K and V tiles through cp.async and mbarriers, two math warpgroups of 64
+//!   query rows whose next Q Kᵀ overlaps the softmax of the previous block; one CTA per (block
+//!   row, head, batch), the rows of a head longest first. The default on Hopper.
 //!
 //! Device API: upload the mask once as a [`DeviceBlockMask`], wrap the tensors as
 //! [`DeviceHalf`] / [`DeviceHalfMut`] and call [`CudaBackend::sparse_attention_on`].
 
 use super::{check_device_len, download, to_i32, upload};
-use crate::plan::attention::ATTENTION_BLOCK_SIZES;
+use crate::plan::attention::{AttentionKernel, ATTENTION_BLOCK_SIZES};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
 use crate::plan::{
     AttentionShape, AttentionVariant, KernelArgs, LaunchOptions, PlannedOp, TuneOutcome,
@@ -55,6 +60,16 @@ pub struct DeviceBlockMask {
     indices: CudaSlice<u32>,
     transposed_indptr: CudaSlice<u32>,
     transposed_indices: CudaSlice<u32>,
+    row_order: CudaSlice<u32>,
+}
+
+/// The mask's block rows, longest first (ties in row order): the order in which the Hopper
+/// forward kernel's CTAs take them, so that the longest rows do not run last.
+fn rows_longest_first(mask: &BlockMask) -> Vec<u32> {
+    let indptr = mask.indptr();
+    let mut rows: Vec<u32> = (0..mask.num_blocks() as u32).collect();
+    rows.sort_by_key(|&r| std::cmp::Reverse(indptr[r as usize + 1] - indptr[r as usize]));
+    rows
 }
 
 /// Uploads BSR column indices; an empty allocation is not allowed, so a mask with no block
@@ -78,7 +93,14 @@ impl DeviceBlockMask {
             indices: upload_indices(stream, mask.indices())?,
             transposed_indptr: upload(stream, transposed.indptr())?,
             transposed_indices: upload_indices(stream, transposed.indices())?,
+            row_order: upload_indices(stream, &rows_longest_first(mask))?,
         })
+    }
+
+    /// The block rows longest first on the device, `num_blocks` u32 (the Hopper forward
+    /// kernel's CTA order).
+    pub fn row_order(&self) -> &CudaSlice<u32> {
+        &self.row_order
     }
 
     /// The host mask it was made from.
@@ -332,6 +354,7 @@ impl CudaBackend {
         }
         let tokens = to_i32(OP, "tokens", op.tokens)?;
         let heads = to_i32(OP, "heads", op.heads)?;
+        let batch = to_i32(OP, "batch", op.batch)?;
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
         // Offsets are computed in 64 bits; the grid's y and z dimensions hold heads and batch
         // (checked by `grid`).
@@ -349,17 +372,25 @@ impl CudaBackend {
         };
         args.buffer_mut(lse)
             .buffer(&mask.indptr)
-            .buffer(&mask.indices)
-            .value(&tokens)
-            .value(&heads)
-            .value(&scale_log2);
+            .buffer(&mask.indices);
+        if variant.kernel == AttentionKernel::Wgmma {
+            args.buffer(&mask.row_order)
+                .value(&tokens)
+                .value(&heads)
+                .value(&batch)
+                .value(&scale_log2);
+        } else {
+            args.value(&tokens).value(&heads).value(&scale_log2);
+        }
         // SAFETY: the kernel's parameters are (const u16* q, k, v, u16* o, float* lse,
-        // const u32* indptr, indices, int tokens, int heads, float scale_log2) in this order. q, k,
-        // v and o hold batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned, lse
+        // const u32* indptr, indices, [wgmma: const u32* row_order,] int tokens, int heads,
+        // [wgmma: int batch,] float scale_log2) in this order. q, k, v and o hold
+        // batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned, lse
         // batch*heads*tokens floats (all checked above); the mask was validated against the op
-        // (num_blocks + 1 row pointers, sorted in-range columns, no empty row), and the grid has
-        // one CTA per (64 query rows, head, batch). The kernel reads and writes only within those
-        // bounds (rows at or past `tokens` are neither read nor written).
+        // (num_blocks + 1 row pointers, sorted in-range columns), row_order is a permutation of
+        // its block rows, and the grid has one CTA per (64 query rows, head, batch), or for wgmma
+        // one per (block row, head, batch) (checked by `grid`). The kernel reads and writes only
+        // within those bounds (rows at or past `tokens` are neither read nor written).
         unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
     }
 

@@ -33,8 +33,28 @@ impl HalfType {
     }
 }
 
-/// A variant of the attention forward kernel: FlashAttention-2 style, one CTA of 4 warps per (64
-/// query rows, head, batch), key tiles of 64 double-buffered in shared memory. sm_80 and later.
+/// Threads per CTA of the Hopper forward kernel: a producer warpgroup and two math warpgroups.
+pub const ATTENTION_SM90_THREADS: u32 = 384;
+/// Query rows per CTA of the Hopper forward kernel (one mask block row of 128).
+pub const ATTENTION_SM90_QUERY_TILE: u32 = 128;
+/// K and V tiles in flight in the Hopper forward kernel.
+pub const ATTENTION_SM90_STAGES: u32 = 2;
+
+/// Which forward kernel a variant runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKernel {
+    /// `kernels/sparse_attention.cu`: FlashAttention-2 style on `mma.sync`, one CTA of 4 warps
+    /// per (64 query rows, head, batch), key tiles of 64 double-buffered; sm_80 and later.
+    #[default]
+    MmaSync,
+    /// `kernels/sm90/sparse_attention.cu`: wgmma, a cp.async producer warpgroup and two math
+    /// warpgroups, one CTA per (mask block row of 128, head, batch), block rows longest first
+    /// ([`crate::ops::attention::DeviceBlockMask::row_order`]); sm_90a, mask blocks of 128.
+    Wgmma,
+}
+
+/// A variant of the attention forward kernel ([`AttentionKernel`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AttentionVariant {
     /// 64 or 128.
@@ -43,12 +63,37 @@ pub struct AttentionVariant {
     pub dtype: HalfType,
     /// Mask block size: 64 or 128.
     pub block: u32,
+    /// The kernel; absent in plan files: the `mma.sync` one.
+    #[serde(default)]
+    pub kernel: AttentionKernel,
 }
 
 impl AttentionVariant {
-    /// The launch grid for `op`: (query tiles, heads, batch).
+    /// The launch grid for `op`: `mma.sync`: (query tiles of 64, heads, batch); wgmma: one
+    /// linear dimension of (block rows x heads x batch) CTAs.
     pub fn grid(&self, op: &SparseAttention) -> Result<(u32, u32, u32)> {
-        super::attention_backward::query_tile_grid("sparse_attention", op)
+        match self.kernel {
+            AttentionKernel::MmaSync => {
+                super::attention_backward::query_tile_grid("sparse_attention", op)
+            }
+            AttentionKernel::Wgmma => {
+                let ctas = op
+                    .tokens
+                    .div_ceil(ATTENTION_SM90_QUERY_TILE as usize)
+                    .checked_mul(op.heads)
+                    .and_then(|x| x.checked_mul(op.batch))
+                    .filter(|&x| x <= i32::MAX as usize)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "sparse_attention",
+                            "batch * heads * ceil(tokens / 128)",
+                            "at most 2^31 - 1 CTAs",
+                            format!("{} x {} x {} block rows", op.batch, op.heads, op.tokens),
+                        )
+                    })?;
+                Ok((ctas as u32, 1, 1))
+            }
+        }
     }
 }
 
@@ -58,32 +103,58 @@ impl KernelSpec for AttentionVariant {
     }
 
     fn source(&self) -> KernelSource {
-        crate::kernels::SPARSE_ATTENTION
+        match self.kernel {
+            AttentionKernel::MmaSync => crate::kernels::SPARSE_ATTENTION,
+            AttentionKernel::Wgmma => crate::kernels::SPARSE_ATTENTION_SM90,
+        }
     }
 
     fn defines(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut d = vec![
             ("HEAD_DIM", self.head_dim.to_string()),
             (
                 "ELEM_BF16",
                 u8::from(self.dtype == HalfType::Bf16).to_string(),
             ),
             ("BLOCK", self.block.to_string()),
-        ]
+        ];
+        if self.kernel == AttentionKernel::Wgmma {
+            d.push(("STAGES", ATTENTION_SM90_STAGES.to_string()));
+        }
+        d
     }
 
     fn entry(&self) -> &'static str {
-        "sparse_attention_fwd"
+        match self.kernel {
+            AttentionKernel::MmaSync => "sparse_attention_fwd",
+            AttentionKernel::Wgmma => "sparse_attention_fwd_sm90",
+        }
     }
 
-    /// One warp per 16 query rows.
+    /// `mma.sync`: one warp per 16 query rows; wgmma: three warpgroups.
     fn threads(&self) -> u32 {
-        ATTENTION_QUERY_TILE / 16 * 32
+        match self.kernel {
+            AttentionKernel::MmaSync => ATTENTION_QUERY_TILE / 16 * 32,
+            AttentionKernel::Wgmma => ATTENTION_SM90_THREADS,
+        }
     }
 
-    /// Two buffers of a K and a V tile of 64 rows, each row padded by 8 elements.
+    /// `mma.sync`: two buffers of a K and a V tile of 64 rows, each row padded by 8 elements.
+    /// wgmma (`AttnSm90Smem` in `sm90/sparse_attention.cu`): Q `[128][head_dim]`, then
+    /// `ATTENTION_SM90_STAGES` K tiles and as many V tiles `[128][head_dim]`, all 16-bit and
+    /// 128-byte swizzled in 64-column blocks, then four barriers (8 bytes) per stage.
     fn smem_bytes(&self) -> u32 {
-        2 * 2 * ATTENTION_KEY_TILE * (self.head_dim.saturating_add(8)) * 2
+        match self.kernel {
+            AttentionKernel::MmaSync => {
+                2 * 2 * ATTENTION_KEY_TILE * (self.head_dim.saturating_add(8)) * 2
+            }
+            AttentionKernel::Wgmma => {
+                let tile = 128 * self.head_dim.saturating_mul(2);
+                ATTENTION_SM90_QUERY_TILE * self.head_dim * 2
+                    + 2 * ATTENTION_SM90_STAGES * tile
+                    + 4 * ATTENTION_SM90_STAGES * 8
+            }
+        }
     }
 
     fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
@@ -99,6 +170,28 @@ impl KernelSpec for AttentionVariant {
                     self.head_dim, self.block
                 ),
             });
+        }
+        if self.kernel == AttentionKernel::Wgmma {
+            if !arch.wgmma {
+                return Err(Error::Unsupported {
+                    op: "sparse_attention",
+                    backend: BackendKind::Cuda,
+                    reason: format!(
+                        "the Hopper attention kernel needs wgmma (sm_90a), which {} lacks",
+                        arch.nvrtc_target()
+                    ),
+                });
+            }
+            if self.block != ATTENTION_SM90_QUERY_TILE {
+                return Err(Error::Unsupported {
+                    op: "sparse_attention",
+                    backend: BackendKind::Cuda,
+                    reason: format!(
+                        "mask block size {}: the Hopper attention kernel takes blocks of {}",
+                        self.block, ATTENTION_SM90_QUERY_TILE
+                    ),
+                });
+            }
         }
         check_resources(self, arch)
     }
@@ -125,6 +218,7 @@ mod tests {
             head_dim: 128,
             dtype: HalfType::Bf16,
             block: 64,
+            kernel: AttentionKernel::MmaSync,
         };
         let k = v.kernel();
         let d: Vec<(&str, &str)> = k.defines.iter().map(|(a, b)| (*a, b.as_str())).collect();
@@ -143,6 +237,7 @@ mod tests {
             head_dim: 64,
             dtype: HalfType::F16,
             block: 128,
+            kernel: AttentionKernel::MmaSync,
         };
         assert_eq!(f16.smem_bytes(), 4 * 64 * 72 * 2);
         assert_eq!(f16.kernel().define_value("ELEM_BF16"), Some("0"));
@@ -165,10 +260,43 @@ mod tests {
             head_dim: 64,
             dtype: HalfType::F16,
             block: 64,
+            kernel: AttentionKernel::MmaSync,
         };
         let op = SparseAttention::new(2, 130, 3, 64, DType::F16);
         assert_eq!(v.grid(&op).unwrap(), (3, 3, 2));
         let op = SparseAttention::new(1, 64, 70_000, 64, DType::F16);
         assert!(v.grid(&op).is_err());
+        let sm90 = AttentionVariant {
+            block: 128,
+            kernel: AttentionKernel::Wgmma,
+            ..v
+        };
+        let op = SparseAttention::new(2, 300, 3, 64, DType::F16);
+        assert_eq!(sm90.grid(&op).unwrap(), (3 * 3 * 2, 1, 1));
+        let op = SparseAttention::new(1 << 20, 1 << 20, 1 << 10, 64, DType::F16);
+        assert!(sm90.grid(&op).is_err());
+    }
+
+    #[test]
+    fn sm90_variant() {
+        let v = AttentionVariant {
+            head_dim: 128,
+            dtype: HalfType::Bf16,
+            block: 128,
+            kernel: AttentionKernel::Wgmma,
+        };
+        // Q 32 KiB, two stages of K and V tiles of 32 KiB, 4 barriers per stage.
+        assert_eq!(v.smem_bytes(), 32768 + 4 * 32768 + 64);
+        assert_eq!(v.threads(), 384);
+        assert_eq!(v.entry(), "sparse_attention_fwd_sm90");
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        v.valid_on(&h200).unwrap();
+        assert!(AttentionVariant { block: 64, ..v }.valid_on(&h200).is_err());
+        let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        assert!(v.valid_on(&a100).is_err());
+        // Plans written before the field existed read as the mma.sync kernel.
+        let old: AttentionVariant =
+            serde_json::from_str(r#"{"head_dim":64,"dtype":"f16","block":64}"#).unwrap();
+        assert_eq!(old.kernel, AttentionKernel::MmaSync);
     }
 }

@@ -5,12 +5,14 @@
 //! | op | candidates | default pick |
 //! |---|---|---|
 //! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`], and for m <= 256 [`wgmma_small_m_tiles`] (split-K, two CTAs per SM) | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
-//! | attention | the one kernel for (head_dim, dtype, block size) | it |
+//! | attention | the `mma.sync` kernel for (head_dim, dtype, block size) (fallback); on sm_90a with blocks of 128 also the Hopper kernel | the Hopper kernel where it is a candidate |
 //! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit | the most buffers (not tuned: the plan is always this pick) |
 //! | MLA decode | every `mma.sync` tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first; on sm_90a also the Hopper kernel for bf16 records of DeepSeek-V3's dims | the Hopper kernel for more than 16 rows `s_q * heads`; else the fewest rows per CTA that holds all rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
 
-use super::attention::{AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES};
+use super::attention::{
+    AttentionKernel, AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES,
+};
 use super::attention_backward::{
     AttentionBackwardPlan, AttentionBackwardTiles, ATTENTION_BACKWARD_STAGES,
 };
@@ -330,8 +332,9 @@ impl PlannedOp for Fp8Gemm {
 
 // ---- attention --------------------------------------------------------------------------------
 
-/// The attention candidates: the one kernel for the op's head_dim, dtype and the mask's block
-/// size ([`Error::Unsupported`] when the kernel has none).
+/// The attention candidates: the `mma.sync` kernel for the op's head_dim, dtype and the mask's
+/// block size ([`Error::Unsupported`] when it has none), then the Hopper kernel where it is valid
+/// (sm_90a, blocks of 128).
 pub fn attention_candidates(
     shape: &AttentionShape,
     arch: &ArchSpec,
@@ -354,9 +357,26 @@ pub fn attention_candidates(
         head_dim: u32::try_from(op.head_dim).unwrap_or(u32::MAX),
         dtype,
         block: shape.block_size as u32,
+        kernel: AttentionKernel::MmaSync,
     };
     v.valid_on(arch)?;
-    Ok(vec![v])
+    let sm90 = AttentionVariant {
+        kernel: AttentionKernel::Wgmma,
+        ..v
+    };
+    Ok(if sm90.valid_on(arch).is_ok() {
+        vec![v, sm90]
+    } else {
+        vec![v]
+    })
+}
+
+/// The default attention pick: the Hopper kernel where it is a candidate, else the first.
+pub fn pick_attention(candidates: &[AttentionVariant]) -> usize {
+    candidates
+        .iter()
+        .position(|c| c.kernel == AttentionKernel::Wgmma)
+        .unwrap_or(0)
 }
 
 impl PlannedOp for AttentionShape<'_> {
@@ -379,8 +399,8 @@ impl PlannedOp for AttentionShape<'_> {
         attention_candidates(self, arch)
     }
 
-    fn heuristic(&self, _candidates: &[AttentionVariant], _arch: &ArchSpec) -> usize {
-        0
+    fn heuristic(&self, candidates: &[AttentionVariant], _arch: &ArchSpec) -> usize {
+        pick_attention(candidates)
     }
 
     fn wrap(v: AttentionVariant) -> PlannedVariant {
@@ -719,8 +739,15 @@ mod tests {
                             mask_density: 0.3,
                         };
                         let c = attention_candidates(&shape, &arch).unwrap();
-                        assert_eq!(c.len(), 1);
-                        c[0].valid_on(&arch).unwrap();
+                        // The mma.sync kernel first (the fallback); the Hopper kernel after it
+                        // on sm_90a with blocks of 128, and then the default pick.
+                        let hopper = arch.wgmma && block_size == 128;
+                        assert_eq!(c.len(), 1 + usize::from(hopper));
+                        assert_eq!(c[0].kernel, AttentionKernel::MmaSync);
+                        for v in &c {
+                            v.valid_on(&arch).unwrap();
+                        }
+                        assert_eq!(pick_attention(&c), usize::from(hopper));
                     }
                 }
             }

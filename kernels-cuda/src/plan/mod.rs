@@ -55,7 +55,7 @@ pub mod tune;
 pub mod util;
 
 pub use arch::{ArchFamily, ArchSpec};
-pub use attention::{AttentionShape, AttentionVariant, HalfType};
+pub use attention::{AttentionKernel, AttentionShape, AttentionVariant, HalfType};
 pub use attention_backward::{
     AttentionBackwardPlan, AttentionBackwardTiles, AttentionBackwardVariant,
 };
