@@ -41,7 +41,9 @@
                                   (checked against their dequantized product first), mla_decode
                                   on a paged bf16 cache (pages of 64, shuffled block table, as
                                   `tessera bench`), attention on the same radial BSR mask, q, k, v
-                                  [1, S, h, 128] (labelled `tessera (python) radial`). Without
+                                  [1, S, h, 128] (labelled `tessera (python) radial`) and on a
+                                  dense mask of the same tokens (`tessera (python) dense`, every
+                                  block counted in full, as `tessera dense`). Without
                                   the package (or without its CUDA backend) these rows are
                                   skipped, saying `skipped: ...`.
 
@@ -75,10 +77,11 @@ GEMM_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168
 
 
 # The impl label of the rows timed through the `tessera` Python package, in this process; the
-# attention row is radial (`tessera report` compares a peer whose label says radial with our
-# radial row, any other with our dense one).
+# attention rows say radial or dense (`tessera report` compares a peer whose label says radial
+# with our radial row, any other with our dense one).
 TESSERA_PY = "tessera (python)"
 TESSERA_PY_ATTENTION = f"{TESSERA_PY} radial"
+TESSERA_PY_ATTENTION_DENSE = f"{TESSERA_PY} dense"
 
 
 def gemm_key(m, n, k):
@@ -582,32 +585,39 @@ def compiled_flex():
         return None, f"{type(e).__name__}: {e}"
 
 
-def tessera_attention(tess, model, frames, masks_dir):
-    """(record, flops) of the Tessera (python) row of an attention case: tessera.sparse_attention
-    on the radial mask `tessera bench --masks` wrote (tessera.BlockMask.from_bsr of its BSR),
-    q, k, v bf16 [1, S, h, 128] (Tessera's layout) uniform in [-2, 2)."""
+def tessera_attention(tess, model, frames, masks_dir, dense=False):
+    """(record, flops) of a Tessera (python) row of an attention case: tessera.sparse_attention
+    on the radial mask `tessera bench --masks` wrote (tessera.BlockMask.from_bsr of its BSR), or
+    with `dense` on tessera.BlockMask.dense of the same tokens (FLOP of every block in full, as
+    the bench's `tessera dense`), q, k, v bf16 [1, S, h, 128] (Tessera's layout) uniform in
+    [-2, 2)."""
     import numpy as np
 
     h, d = heads_of(model), ATTENTION_HEAD_DIM
     tokens = frames * TOKENS_PER_FRAME
     key = attention_key(model, frames)
+    impl = TESSERA_PY_ATTENTION_DENSE if dense else TESSERA_PY_ATTENTION
     base = {"model": model, "frames": frames, "tokens": tokens, "heads": h, "head_dim": d}
     try:
-        mj = read_radial_mask(masks_dir, model, frames, tokens)
-        mask = tess.BlockMask.from_bsr(tokens, ATTENTION_BLOCK, np.asarray(mj["indptr"], dtype=np.int32),
-                                       np.asarray(mj["indices"], dtype=np.int32))
-        nnz = int(mj["nnz"])
-        params = dict(base, density=mj["density"], nnz=nnz, layout="q, k, v [1, S, h, 128]")
+        if dense:
+            mask = tess.BlockMask.dense(tokens, ATTENTION_BLOCK)
+            density, nnz = mask.density, mask.nnz
+        else:
+            mj = read_radial_mask(masks_dir, model, frames, tokens)
+            mask = tess.BlockMask.from_bsr(tokens, ATTENTION_BLOCK, np.asarray(mj["indptr"], dtype=np.int32),
+                                           np.asarray(mj["indices"], dtype=np.int32))
+            density, nnz = mj["density"], int(mj["nnz"])
+        params = dict(base, density=density, nnz=nnz, layout="q, k, v [1, S, h, 128]")
         q, k, v = (torch.empty(1, tokens, h, d, device=DEV, dtype=torch.bfloat16).uniform_(-2, 2) for _ in range(3))
 
         def launch(i):
             return tess.sparse_attention(q, k, v, mask)
 
         warm_up(launch)
-        rec = measure("attention", key, TESSERA_PY_ATTENTION, params, launch)
+        rec = measure("attention", key, impl, params, launch)
         return rec, attention_flops(h, tokens, nnz)
     except Exception as e:  # noqa: BLE001 - out of memory included
-        return {"op": "attention", "shape": key, "impl": TESSERA_PY_ATTENTION, "params": base,
+        return {"op": "attention", "shape": key, "impl": impl, "params": base,
                 "error": f"{type(e).__name__}: {e}"[:1000]}, 0.0
 
 
@@ -635,10 +645,11 @@ def bench_attention(out, cases, masks_dir, tess=(None, "not asked")):
 
     if tess[0] is not None:
         for model, frames in cases:
-            rec, flops = tessera_attention(tess[0], model, frames, masks_dir)
-            out.add(rec, flops, attention_bytes(heads_of(model), frames * TOKENS_PER_FRAME))
-            rec = None
-            free_memory()
+            for dense in (False, True):
+                rec, flops = tessera_attention(tess[0], model, frames, masks_dir, dense)
+                out.add(rec, flops, attention_bytes(heads_of(model), frames * TOKENS_PER_FRAME))
+                rec = None
+                free_memory()
 
     for model, frames in cases:
         key, h, tokens, base, q, k, v = attention_inputs(model, frames)
@@ -757,7 +768,7 @@ def main():
         "ceilings": c,
         "notes": [
             "peers: ci/peers.py; cublas = torch._scaled_mm; mla torch = bmm + f32 softmax + bmm on a contiguous bf16 cache (no paging); flex radial = FlexAttention (torch.compile) on the same BSR; SDPA dense with the cuDNN and flash backends; q, k, v [1, h, S, 128]",
-            f"{TESSERA_PY}: Tessera timed in this process through its Python package (torch custom ops, zero copy, torch's current stream), same timing function as the peers; fp8_gemm on the cublas rows' operand sets, mla_decode on a paged bf16 cache (pages of 64, shuffled table), attention on the same BSR mask with q, k, v [1, S, h, 128]"
+            f"{TESSERA_PY}: Tessera timed in this process through its Python package (torch custom ops, zero copy, torch's current stream), same timing function as the peers; fp8_gemm on the cublas rows' operand sets, mla_decode on a paged bf16 cache (pages of 64, shuffled table), attention on the same BSR mask (radial) and a dense mask (dense) with q, k, v [1, S, h, 128]"
             + ("" if tess[0] is not None else f" -- not run: {tess[1]}"),
             "peers attention_backward: after one forward with q, k, v requiring grad (and one untimed backward), each timed launch is torch.autograd.grad(out, (q, k, v), dO, retain_graph=True), the backward only; FLOP 2.5 x the forward's (as Tessera's); the dense peers' fwd+bwd in the report adds their inference forward row (no lse kept), a little faster than a training forward",
         ],

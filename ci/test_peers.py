@@ -91,12 +91,15 @@ def main():
         expect_error(lambda: peers.read_radial_mask(d, "wan", 1, 384), "for 3 blocks")
         checks += 8
 
-    # The Tessera (python) rows share the peers' and the bench's shape keys; the attention row
-    # says radial (the report compares such a peer with our radial row).
+    # The Tessera (python) rows share the peers' and the bench's shape keys; the radial
+    # attention row says radial (the report compares such a peer with our radial row), the
+    # dense one does not (compared with our dense row).
     assert "radial" in peers.TESSERA_PY_ATTENTION and peers.TESSERA_PY_ATTENTION.startswith(peers.TESSERA_PY)
+    assert "radial" not in peers.TESSERA_PY_ATTENTION_DENSE
+    assert peers.TESSERA_PY_ATTENTION_DENSE.startswith(peers.TESSERA_PY)
     assert peers.gemm_key(64, 2112, 7168) == "M64 N2112 K7168"
     assert peers.mla_key(128, 8192, 16, 1) == "b128 sk8192 hq16 sq1 bf16"
-    checks += 3
+    checks += 5
 
     # The MLA block table: batch rows of ceil(s_k / 64) pages, every page once, shuffled, the
     # same on every run.

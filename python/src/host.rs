@@ -81,7 +81,7 @@ fn sparse_attention<'py>(
         op.softmax_scale = s;
     }
     let b = self::backend(backend)?;
-    let mask = &mask.mask;
+    let mask = mask.mask();
     let result = match (&q, &k, &v) {
         (HalfIn::F16(q), HalfIn::F16(k), HalfIn::F16(v)) => {
             let (q, k, v) = (q.slice(), k.slice(), v.slice());

@@ -31,7 +31,8 @@ def info() -> Dict[str, Any]:
     "details", "software"}, ...]}`."""
 
 class BlockMask:
-    """A block-sparse attention mask: BSR over `ceil(tokens / block_size)` blocks per side."""
+    """A block-sparse attention mask: BSR over `ceil(tokens / block_size)` blocks per side.
+    Each mask gets a key when it is built (`key`), by which `mask_from_key` finds it."""
 
     @staticmethod
     def from_bsr(tokens: int, block_size: int, indptr: npt.NDArray[np.int32],
@@ -48,10 +49,18 @@ class BlockMask:
     def nnz(self) -> int: ...
     @property
     def density(self) -> float: ...
+    @property
+    def key(self) -> int:
+        """Positive, given when the mask is built, never reused in the process (PyTorch's
+        custom op `tessera::sparse_attention` takes it in place of the mask)."""
     def to_bsr(self) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
         """`(indptr, indices)`, int32."""
     def to_dense(self) -> npt.NDArray[np.bool_]:
         """bool `[num_blocks, num_blocks]`."""
+
+def mask_from_key(key: int) -> Optional[BlockMask]:
+    """The mask whose `key` this is (a `BlockMask` sharing its blocks and device copies), or
+    `None` when no mask alive has that key (it was dropped, or never built)."""
 
 class RadialMask(BlockMask):
     """The radial attention mask of `frames` frames of `tokens_per_frame` tokens, then

@@ -13,7 +13,7 @@ before launching. Imported only when a tensor is passed to a ``tessera`` functio
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,11 +22,6 @@ from . import _tessera
 from ._tessera import BlockMask, InvalidArgumentError, MlaCacheLayout
 
 _FP8 = getattr(torch, "float8_e4m3fn", None)
-
-# Masks by id, for the custom ops (which take tensors and scalars only). Kept alive here, so an
-# id is never reused for another mask.
-_MASKS: Dict[int, BlockMask] = {}
-
 
 def _fail(op: str, arg: str, expected: str, got: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"{op}: invalid argument `{arg}`: expected {expected}, got {got}")
@@ -89,10 +84,20 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 # Sparse attention
 
 
+def _mask_of_key(op: str, mask_key: int) -> BlockMask:
+    """The mask whose ``key`` this is (the extension's registry, filled when a mask is built)."""
+    mask = _tessera.mask_from_key(mask_key)
+    if mask is None:
+        raise _fail(op, "mask_key", "the key of a live tessera.BlockMask (its `key` property)",
+                    f"{mask_key}: no mask alive has that key (the mask was dropped, or never "
+                    "built)")
+    return mask
+
+
 @torch.library.custom_op("tessera::sparse_attention", mutates_args=())
-def _sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_id: int,
+def _sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_key: int,
                          softmax_scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    mask = _MASKS[mask_id]
+    mask = _mask_of_key("sparse_attention", mask_key)
     b, t, h, d = q.shape
     if q.device.type == "cuda":
         o = torch.empty_like(q)
@@ -107,7 +112,7 @@ def _sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 
 @_sparse_attention_op.register_fake
-def _(q, k, v, mask_id, softmax_scale):
+def _(q, k, v, mask_key, softmax_scale):
     b, t, h, _d = q.shape
     return torch.empty_like(q), q.new_empty((b, h, t), dtype=torch.float32)
 
@@ -121,12 +126,11 @@ def sparse_attention(q, k, v, mask, softmax_scale: float):
     for arg, t in (("k", k), ("v", v)):
         _check(op, arg, t, (q.dtype,), 4, q.device, names)
         _check_shape(op, arg, t, q.shape, names)
-    # The op takes the mask by id (a custom op's arguments are tensors and plain values). Under
-    # torch.compile, Dynamo turns id() of the mask into a constant guarded on the very object
-    # and replays the registration as a side effect, so the compiled graph finds it too.
-    mask_id = id(mask)
-    _MASKS[mask_id] = mask
-    return torch.ops.tessera.sparse_attention(q, k, v, mask_id, softmax_scale)
+    # The op takes the mask by its key (a custom op's arguments are tensors and plain values),
+    # given when the mask was built: reading it has no side effect, so under torch.compile the
+    # key is a constant of the traced graph and the op finds the mask in the extension's
+    # registry for as long as the mask is alive.
+    return torch.ops.tessera.sparse_attention(q, k, v, mask.key, softmax_scale)
 
 
 # ---------------------------------------------------------------------------------------------

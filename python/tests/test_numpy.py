@@ -64,6 +64,30 @@ def test_bad_masks_are_named():
                                    np.array([0, 0], np.float32))
 
 
+def test_each_mask_gets_a_key_when_it_is_built():
+    from tessera import _tessera
+
+    radial = tessera.RadialMask(frames=2, tokens_per_frame=64, block_size=64)
+    dense = tessera.BlockMask.dense(128, 64)
+    bsr = tessera.BlockMask.from_bsr(128, 64, *radial.to_bsr())
+    keys = [m.key for m in (radial, dense, bsr)]
+    assert all(isinstance(k, int) and k > 0 for k in keys) and len(set(keys)) == 3
+    with pytest.raises(AttributeError):
+        radial.key = keys[1]
+    found = _tessera.mask_from_key(radial.key)
+    assert isinstance(found, tessera.BlockMask) and found.key == radial.key
+    assert np.array_equal(found.to_dense(), radial.to_dense())
+    # A found mask keeps the blocks alive; the key is gone with the last object holding them.
+    key = dense.key
+    found = _tessera.mask_from_key(key)
+    del dense
+    assert _tessera.mask_from_key(key).nnz == found.nnz
+    del found
+    assert _tessera.mask_from_key(key) is None
+    assert _tessera.mask_from_key(0) is None and _tessera.mask_from_key(-1) is None
+    assert _tessera.mask_from_key(2**63 - 1) is None
+
+
 def reference_attention(q, k, v, token_mask, scale):
     """q, k, v [b, t, h, d] float64; token_mask [t, t] bool."""
     s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale

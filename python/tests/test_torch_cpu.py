@@ -57,13 +57,48 @@ def test_torch_compile_traces_the_ops():
     assert torch.equal(compiled(q, k, v, w), layer(q, k, v, w))
 
 
+def test_compiled_attention_finds_masks_never_used_eagerly():
+    # Each mask is built here and used first by the compiled function: its key, given when it
+    # was built, is a constant of the graph that Dynamo guards (a second mask recompiles), and
+    # the wrapper has no side effect to replay after the graph (torch 2.11 replayed the old
+    # call-time registration after the graph ran, so the op could not find the mask).
+    def attend(q, k, v, mask):
+        o, lse = tessera.sparse_attention(q, k, v, mask)
+        return o.float() * 2, lse
+
+    q, k, v = (torch.randn(1, 192, 2, 64).to(torch.float16) for _ in range(3))
+    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
+    masks = [tessera.RadialMask(frames=3, tokens_per_frame=64, block_size=64),
+             tessera.BlockMask.dense(192, 64),
+             tessera.RadialMask(frames=3, tokens_per_frame=64, block_size=64, decay=0.3)]
+    got = [compiled(q, k, v, mask) for mask in masks]
+    for mask, (o, lse) in zip(masks, got):
+        want_o, want_lse = attend(q, k, v, mask)
+        assert torch.equal(o, want_o) and torch.equal(lse, want_lse)
+    assert not torch.equal(got[0][0], got[1][0])
+    explained = torch._dynamo.explain(attend)(q, k, v, tessera.BlockMask.dense(192, 64))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
+def test_the_op_names_a_key_of_no_live_mask():
+    import gc
+
+    q = torch.zeros(1, 64, 1, 64, dtype=torch.float16)
+    mask = tessera.BlockMask.dense(64, 64)
+    key = mask.key
+    torch.ops.tessera.sparse_attention(q, q, q, key, 0.125)
+    del mask
+    gc.collect()
+    for bad in (key, 0, -5):
+        with pytest.raises(tessera.InvalidArgumentError,
+                           match="`mask_key`.*dropped, or never built"):
+            torch.ops.tessera.sparse_attention(q, q, q, bad, 0.125)
+
+
 def test_opcheck_of_the_custom_ops():
     mask = tessera.BlockMask.dense(64, 64)
-    tessera.sparse_attention(torch.zeros(1, 64, 1, 64, dtype=torch.float16),
-                             torch.zeros(1, 64, 1, 64, dtype=torch.float16),
-                             torch.zeros(1, 64, 1, 64, dtype=torch.float16), mask)
     q = torch.randn(1, 64, 1, 64).to(torch.float16)
-    torch.library.opcheck(torch.ops.tessera.sparse_attention.default, (q, q, q, id(mask), 0.125))
+    torch.library.opcheck(torch.ops.tessera.sparse_attention.default, (q, q, q, mask.key, 0.125))
     x = torch.randn(4, 256)
     torch.library.opcheck(torch.ops.tessera.fp8_quantize.default, (x, "1x128", False))
     a, sa = tessera.fp8_quantize(torch.randn(16, 128), "1x128")
