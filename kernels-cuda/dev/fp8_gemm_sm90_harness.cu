@@ -17,15 +17,8 @@
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/fp8_gemm.cu"
+#include "harness.cuh"
 
-#define CK(x)                                                                              \
-    do {                                                                                   \
-        cudaError_t err_ = (x);                                                               \
-        if (err_ != cudaSuccess) {                                                            \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
-            exit(1);                                                                       \
-        }                                                                                  \
-    } while (0)
 
 __global__ void fill_e4m3(u8* p, size_t n, u64 seed) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {

@@ -23,12 +23,5 @@ if [ -n "${NCU:-}" ]; then
   timeout 200 ncu --clock-control none -k mla_decode -s 2 -c 1 --set full --import-source yes -o "$out/mla90" "$out/mla90" --one ${NCU_CASE:-64 1 16 4096} > "$out/ncu.log" 2>&1
   ncu --import "$out/mla90.ncu-rep" --page details > "$out/ncu-details.txt" 2>&1
   grep -E "Duration|Throughput|Issue Slot|Warp Cycles Per|Eligible Warps|No Eligible|Registers Per|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth" "$out/ncu-details.txt" | head -30
-  ncu --import "$out/mla90.ncu-rep" --page raw --csv 2>/dev/null | python3 -c "
-import csv,sys
-rows=list(csv.reader(sys.stdin)); h=rows[0]; v=rows[2] if len(rows)>2 else rows[1]
-for k,x in zip(h,v):
-    if 'smsp__pcsamp_warps_issue_stalled' in k and not k.endswith('_not_issued'):
-        try:
-            if float(x.replace(',',''))>0: print(k.replace('smsp__pcsamp_warps_issue_stalled_',''), x)
-        except: pass" | sort -k2 -n -r | head -14
+  python3 "$here/ncu_stalls.py" "$out/mla90.ncu-rep"
 fi

@@ -22,15 +22,8 @@
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/mla_decode.cu"
+#include "harness.cuh"
 
-#define CK(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t err_ = (x);                                                                    \
-        if (err_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static const int QK = 576, LAT = 512, TB = 1152;
 
@@ -47,16 +40,6 @@ static float bf2f(u16 h) {
     return f;
 }
 
-__global__ void fill_bf16(u16* p, size_t n, u64 seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        u64 x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-        x ^= x >> 31;
-        x *= 0xBF58476D1CE4E5B9ull;
-        x ^= x >> 29;
-        float f = ((int)(x % 2001) - 1000) / 1000.0f;
-        p[i] = (u16)(__float_as_uint(f) >> 16);
-    }
-}
 
 struct Case {
     int batch, s_q, heads, page_size, splits;
@@ -212,8 +195,8 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     CK(cudaMalloc(&dout, (size_t)B * SQ * H * LAT * 2));
     CK(cudaMalloc(&dlse, (size_t)B * H * SQ * 4));
     CK(cudaMalloc(&dws, (size_t)S * B * SQ * H * (LAT + 1) * 4));
-    fill_bf16<<<1024, 256>>>(dq, (size_t)B * SQ * H * QK, 1);
-    fill_bf16<<<4096, 256>>>(dcache, cache_n, 2);
+    fill_half<<<1024, 256>>>(dq, (size_t)B * SQ * H * QK, 1, 1.0f, 1);
+    fill_half<<<4096, 256>>>(dcache, cache_n, 2, 1.0f, 1);
     std::vector<int> bt((size_t)B * max_pages), lens(B, len);
     std::mt19937_64 rng(7);
     for (int i = 0; i < num_pages; ++i) bt[i] = i;

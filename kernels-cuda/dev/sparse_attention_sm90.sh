@@ -31,36 +31,5 @@ if [ -n "${NCU:-}" ]; then
   NO_DENSE=1 timeout 200 ncu --clock-control none -k sparse_attention_fwd_sm90 -s 1 -c 1 --set full --import-source yes -o "$out/att90" "$out/att90_d128_bf1" --time "$masks/wan_F18.bin" 40 69120 > "$out/ncu.log" 2>&1
   ncu --import "$out/att90.ncu-rep" --page details > "$out/ncu-details.txt" 2>&1
   grep -E "Duration|Throughput|Issue Slot|Warp Cycles Per|Eligible Warps|No Eligible|Registers Per|L2 Hit|Mem Busy" "$out/ncu-details.txt" | head -24
-  ncu --import "$out/att90.ncu-rep" --page raw --csv 2>/dev/null | python3 -c "
-import csv,sys
-rows=list(csv.reader(sys.stdin)); h=rows[0]; v=rows[2] if len(rows)>2 else rows[1]
-for k,x in zip(h,v):
-    if 'smsp__pcsamp_warps_issue_stalled' in k and not k.endswith('_not_issued'):
-        try:
-            if float(x.replace(',',''))>0: print(k.replace('smsp__pcsamp_warps_issue_stalled_',''), x)
-        except: pass" | sort -k2 -n -r | head -14
-  # The SASS lines with the most stall samples (all reasons), with their top reasons.
-  ncu --import "$out/att90.ncu-rep" --page source --csv --print-source sass > "$out/ncu-sass.csv" 2>/dev/null
-  python3 - "$out/ncu-sass.csv" <<'PY'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1])))
-rows = rows[1:] if rows and rows[0] and rows[0][0] == "Kernel Name" else rows
-h = rows[0]
-def col(name):
-    for i, c in enumerate(h):
-        if c.strip() == name: return i
-    return None
-src = col("Source"); tot = col("Warp Stall Sampling (All Samples)")
-if src is None or tot is None:
-    print("sass columns:", h[:40]); sys.exit()
-reasons = [i for i, c in enumerate(h) if c.startswith("stall_") and "Not Issued" not in c]
-def num(x):
-    try: return float(x.replace(",", ""))
-    except: return 0.0
-body = [r for r in rows[1:] if len(r) == len(h)]
-total = sum(num(r[tot]) for r in body) or 1
-for r in sorted(body, key=lambda r: -num(r[tot]))[:28]:
-    top = sorted(((num(r[i]), h[i]) for i in reasons), reverse=True)[:2]
-    print(f"{100*num(r[tot])/total:5.1f}%  {r[src][:70]:70s} " + " ".join(f"{n}={v:.0f}" for v, n in top if v))
-PY
+  python3 "$here/ncu_stalls.py" "$out/att90.ncu-rep" --sass
 fi

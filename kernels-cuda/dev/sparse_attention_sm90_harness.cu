@@ -22,15 +22,8 @@
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/sparse_attention.cu"
+#include "harness.cuh"
 
-#define CK(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t err_ = (x);                                                                    \
-        if (err_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static const int D = HEAD_DIM;
 
@@ -225,22 +218,6 @@ static Mask read_mask(const char* path) {
     return m;
 }
 
-__global__ void fill16(u16* p, size_t n, u64 seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        u64 x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-        x ^= x >> 31;
-        x *= 0xBF58476D1CE4E5B9ull;
-        x ^= x >> 29;
-        const float f = ((int)(x % 2001) - 1000) / 500.0f;
-#if ELEM_BF16
-        p[i] = (u16)(__float_as_uint(f) >> 16);
-#else
-        u16 h;
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-        p[i] = h;
-#endif
-    }
-}
 
 static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     const size_t n = (size_t)tokens * heads * D;
@@ -250,9 +227,9 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     CK(cudaMalloc(&d.v, n * 2));
     CK(cudaMalloc(&d.o, n * 2));
     CK(cudaMalloc(&d.lse, (size_t)heads * tokens * 4));
-    fill16<<<1024, 256>>>(d.q, n, 1);
-    fill16<<<1024, 256>>>(d.k, n, 2);
-    fill16<<<1024, 256>>>(d.v, n, 3);
+    fill_half<<<1024, 256>>>(d.q, n, 1, 2.0f, ELEM_BF16);
+    fill_half<<<1024, 256>>>(d.k, n, 2, 2.0f, ELEM_BF16);
+    fill_half<<<1024, 256>>>(d.v, n, 3, 2.0f, ELEM_BF16);
     auto order = row_order_of(m);
     CK(cudaMalloc(&d.indptr, m.indptr.size() * 4));
     CK(cudaMalloc(&d.indices, m.indices.size() * 4));

@@ -6,43 +6,39 @@
 
 use std::fmt::Write;
 
-/// One wrapper: `template <> struct {name}` whose `mma` issues `instruction` (the shape and
-/// types, e.g. `m64n64k32.f32.e4m3.e4m3`) with the N/2 accumulator registers of `n`, the two
-/// descriptors, the accumulate predicate and then `tail` (the immediate scale / transpose
-/// operands).
-fn wrapper(out: &mut String, name: &str, instruction: &str, n: usize, tail: &str) {
-    let regs = n / 2;
-    let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
-    let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
-    writeln!(
-        out,
-        "template <>\nstruct {name} {{\n    static __device__ __forceinline__ void mma(float* d, u64 a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.{instruction} {{{list}}}, %{a}, %{b}, p, {tail};\\n}}\\n\"\n            : {operands}\n            : \"l\"(a), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
-        acc = regs + 2,
-        a = regs,
-        b = regs + 1,
-        list = list.join(", "),
-        operands = operands.join(", "),
-    )
-    .expect("writing to a String cannot fail");
+/// Where a wrapper's A operand comes from.
+#[derive(Clone, Copy)]
+enum OperandA {
+    /// A shared-memory descriptor (`u64 a`).
+    Descriptor,
+    /// Four 32-bit registers (`const u32* a`: two 16-bit values each, the m64k16 A fragment of
+    /// the calling warp).
+    Registers,
 }
 
-/// One wrapper with A from registers: `template <> struct {name}` whose `mma(d, a, b, accumulate)`
-/// issues `instruction` with the N/2 accumulator registers, A as four 32-bit registers (two
-/// 16-bit values each, the m64k16 A fragment of the calling warp), B's descriptor, the accumulate
-/// predicate and then `tail`.
-fn register_a_wrapper(out: &mut String, name: &str, instruction: &str, n: usize, tail: &str) {
+/// One wrapper: `template <> struct {name}` whose `mma(d, a, b, accumulate)` issues
+/// `instruction` (the shape and types, e.g. `m64n64k32.f32.e4m3.e4m3`) with the N/2 accumulator
+/// registers of `n`, A (`a`), B's descriptor, the accumulate predicate and then `tail` (the
+/// immediate scale / transpose operands).
+fn wrapper(out: &mut String, name: &str, instruction: &str, n: usize, a: OperandA, tail: &str) {
     let regs = n / 2;
     let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
     let operands: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
+    // A's operand text, its inputs, its parameter, and the number of its inputs.
+    let (a_text, a_inputs, a_param, a_count) = match a {
+        OperandA::Descriptor => (format!("%{regs}"), "\"l\"(a)".to_string(), "u64 a", 1),
+        OperandA::Registers => (
+            format!("{{%{}, %{}, %{}, %{}}}", regs, regs + 1, regs + 2, regs + 3),
+            "\"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3])".to_string(),
+            "const u32* a",
+            4,
+        ),
+    };
     writeln!(
         out,
-        "template <>\nstruct {name} {{\n    static __device__ __forceinline__ void mma(float* d, const u32* a, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.{instruction} {{{list}}}, {{%{a0}, %{a1}, %{a2}, %{a3}}}, %{b}, p, {tail};\\n}}\\n\"\n            : {operands}\n            : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
-        acc = regs + 5,
-        a0 = regs,
-        a1 = regs + 1,
-        a2 = regs + 2,
-        a3 = regs + 3,
-        b = regs + 4,
+        "template <>\nstruct {name} {{\n    static __device__ __forceinline__ void mma(float* d, {a_param}, u64 b, u32 accumulate) {{\n        asm volatile(\n            \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc}, 0;\\n\"\n            \"wgmma.mma_async.sync.aligned.{instruction} {{{list}}}, {a_text}, %{b}, p, {tail};\\n}}\\n\"\n            : {operands}\n            : {a_inputs}, \"l\"(b), \"r\"(accumulate));\n    }}\n}};\n",
+        acc = regs + a_count + 1,
+        b = regs + a_count,
         list = list.join(", "),
         operands = operands.join(", "),
     )
@@ -65,6 +61,7 @@ fn render() -> String {
             &name,
             &format!("m64n{n}k32.f32.e4m3.e4m3"),
             n,
+            OperandA::Descriptor,
             "1, 1",
         );
     }
@@ -83,6 +80,7 @@ fn render() -> String {
                 &name,
                 &format!("m64n{n}k16.f32.bf16.bf16"),
                 n,
+                OperandA::Descriptor,
                 &tail,
             );
         }
@@ -100,6 +98,7 @@ fn render() -> String {
                 &name,
                 &format!("m64n{n}k16.f32.f16.f16"),
                 n,
+                OperandA::Descriptor,
                 &tail,
             );
         }
@@ -114,11 +113,12 @@ fn render() -> String {
     for n in [64, 128] {
         for (bf16, ty) in [(1, "bf16"), (0, "f16")] {
             let name = format!("WgmmaRegA<{n}, {bf16}>");
-            register_a_wrapper(
+            wrapper(
                 &mut out,
                 &name,
                 &format!("m64n{n}k16.f32.{ty}.{ty}"),
                 n,
+                OperandA::Registers,
                 "1, 1, 1",
             );
         }
