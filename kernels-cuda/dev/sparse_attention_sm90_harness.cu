@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../kernels/common.cuh"
+#include "../kernels/attention_constants.cuh"
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/sparse_attention.cu"

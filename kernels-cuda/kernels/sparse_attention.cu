@@ -1,11 +1,10 @@
 // Block-sparse (radial) attention forward, FlashAttention-2 style, with warp-level tensor-core
 // mma (m16n8k16, f32 accumulation): runs on sm_80 and later. Prepended: common.cuh,
-// attention_tiles.cuh (the row loads and the P V step, shared with the backward).
+// attention_constants.cuh (HEAD_DIM, ELEM_BF16), attention_tiles.cuh (the row loads and the P V
+// step, shared with the backward).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention.rs):
-//   HEAD_DIM   64 or 128
-//   ELEM_BF16  1 = bf16 q/k/v/o, 0 = f16 (not IS_BF16: common.cuh uses that name for template
-//              parameters, which a macro of that name would break)
+//   HEAD_DIM, ELEM_BF16 (attention_constants.cuh)
 //   BLOCK      mask block size, 64 or 128
 //   TESSERA_SMEM_BYTES (4 * 64) * (HEAD_DIM + 8) * 2; TESSERA_THREADS 128
 //
@@ -35,24 +34,12 @@
 // Q is staged in buffer 1 before the loop, and each warp stages its output rows there after it,
 // so that stores to global memory are 16-byte and row-contiguous.
 
-#ifndef HEAD_DIM
-#error "HEAD_DIM is required (64 or 128)"
-#endif
-#ifndef ELEM_BF16
-#error "ELEM_BF16 is required (1 = bf16, 0 = f16)"
-#endif
 #ifndef BLOCK
 #error "BLOCK is required (mask block size, 64 or 128)"
 #endif
 
-#if HEAD_DIM != 64 && HEAD_DIM != 128
-#error "HEAD_DIM must be 64 or 128"
-#endif
 #if BLOCK != 64 && BLOCK != 128
 #error "BLOCK must be 64 or 128"
-#endif
-#if ELEM_BF16 != 0 && ELEM_BF16 != 1
-#error "ELEM_BF16 must be 0 or 1"
 #endif
 
 namespace attn {

@@ -1,6 +1,6 @@
 // Block-sparse (radial) attention backward, FlashAttention-2 style, with warp-level tensor-core
 // mma (m16n8k16, f32 accumulation): runs on sm_80 and later (prepended: common.cuh,
-// attention_tiles.cuh, shared with the forward). Three passes, one per compile unit
+// attention_constants.cuh (HEAD_DIM, ELEM_BF16), attention_tiles.cuh, shared with the forward). Three passes, one per compile unit
 // (PASS), launched in this order on one stream:
 //   PASS 0  sparse_attention_bwd_delta: delta = rowsum(dO * O) per query row, f32.
 //   PASS 1  sparse_attention_bwd_dkdv: one CTA per (64 keys, head, batch) walks the TRANSPOSED
@@ -44,20 +44,8 @@
 #ifndef PASS
 #error "PASS is required (0 = delta, 1 = dk/dv, 2 = dq)"
 #endif
-#ifndef HEAD_DIM
-#error "HEAD_DIM is required (64 or 128)"
-#endif
-#ifndef ELEM_BF16
-#error "ELEM_BF16 is required (1 = bf16, 0 = f16)"
-#endif
 #if PASS != 0 && PASS != 1 && PASS != 2
 #error "PASS must be 0, 1 or 2"
-#endif
-#if HEAD_DIM != 64 && HEAD_DIM != 128
-#error "HEAD_DIM must be 64 or 128"
-#endif
-#if ELEM_BF16 != 0 && ELEM_BF16 != 1
-#error "ELEM_BF16 must be 0 or 1"
 #endif
 #if PASS != 0
 #ifndef BLOCK

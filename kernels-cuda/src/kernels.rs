@@ -41,6 +41,13 @@ pub const FP8_QUANTIZE: KernelSource = KernelSource::new(
     include_str!("../kernels/fp8_quantize.cu"),
 );
 
+/// `attention_constants.cuh`: the checks of the constants every attention kernel takes
+/// (HEAD_DIM, ELEM_BF16).
+pub const ATTENTION_CONSTANTS: KernelHeader = KernelHeader {
+    file: "attention_constants.cuh",
+    code: include_str!("../kernels/attention_constants.cuh"),
+};
+
 /// `attention_tiles.cuh`: the mma.sync tile steps the attention forward and backward share
 /// (row loads, weights x rows).
 pub const ATTENTION_TILES: KernelHeader = KernelHeader {
@@ -53,7 +60,7 @@ pub const SPARSE_ATTENTION: KernelSource = KernelSource::new(
     "sparse_attention.cu",
     include_str!("../kernels/sparse_attention.cu"),
 )
-.with_headers(&[ATTENTION_TILES]);
+.with_headers(&[ATTENTION_CONSTANTS, ATTENTION_TILES]);
 
 /// `sm90/sparse_attention.cu`: the block-sparse attention forward on wgmma (sm_90a, mask
 /// blocks of 128).
@@ -61,7 +68,7 @@ pub const SPARSE_ATTENTION_SM90: KernelSource = KernelSource::new(
     "sm90/sparse_attention.cu",
     include_str!("../kernels/sm90/sparse_attention.cu"),
 )
-.with_headers(&[HOPPER, WGMMA]);
+.with_headers(&[ATTENTION_CONSTANTS, HOPPER, WGMMA]);
 
 /// `sparse_attention_backward.cu`: the block-sparse attention backward (delta, dk/dv and dq
 /// passes, one compile unit each).
@@ -69,7 +76,7 @@ pub const SPARSE_ATTENTION_BACKWARD: KernelSource = KernelSource::new(
     "sparse_attention_backward.cu",
     include_str!("../kernels/sparse_attention_backward.cu"),
 )
-.with_headers(&[ATTENTION_TILES]);
+.with_headers(&[ATTENTION_CONSTANTS, ATTENTION_TILES]);
 
 /// `mla_append.cu`: writes tokens into the paged cache (both formats, run-time layout).
 pub const MLA_APPEND: KernelSource =

@@ -1,10 +1,10 @@
 // Block-sparse (radial) attention forward for sm_90a: wgmma, a cp.async + mbarrier pipeline
 // filled by a producer warpgroup, two math warpgroups of 64 query rows each. Prepended:
-// common.cuh, sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
+// common.cuh, attention_constants.cuh (HEAD_DIM, ELEM_BF16), sm90/hopper.cuh, sm90/wgmma.cuh
+// (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention.rs):
-//   HEAD_DIM   64 or 128
-//   ELEM_BF16  1 = bf16 q/k/v/o, 0 = f16
+//   HEAD_DIM, ELEM_BF16 (attention_constants.cuh)
 //   BLOCK      mask block size: 128 (a CTA's 128 query rows are one mask block row)
 //   STAGES     K and V tiles in flight: 2 or 3
 //   TESSERA_SMEM_BYTES  AttnSm90Smem::END below;  TESSERA_THREADS 384
@@ -34,12 +34,6 @@
 //   K   STAGES x (HEAD_DIM / 64) column blocks of [128 keys][64];  V likewise
 //   the barriers.
 
-#ifndef HEAD_DIM
-#error "HEAD_DIM is required (64 or 128)"
-#endif
-#ifndef ELEM_BF16
-#error "ELEM_BF16 is required (1 = bf16, 0 = f16)"
-#endif
 #ifndef BLOCK
 #error "BLOCK is required (mask block size: 128)"
 #endif
@@ -49,14 +43,8 @@
 #if STAGES != 2 && STAGES != 3
 #error "STAGES must be 2 or 3"
 #endif
-#if HEAD_DIM != 64 && HEAD_DIM != 128
-#error "HEAD_DIM must be 64 or 128"
-#endif
 #if BLOCK != 128
 #error "the sm90 attention kernel takes mask blocks of 128 (one block row per CTA)"
-#endif
-#if ELEM_BF16 != 0 && ELEM_BF16 != 1
-#error "ELEM_BF16 must be 0 or 1"
 #endif
 
 #define ATT90_ROWS 128                 // query rows per CTA (two math warpgroups of 64)
