@@ -29,7 +29,8 @@
 //! recorded), and the `*_on` methods run on them: one set of checks and one launch path for both
 //! APIs.
 
-use crate::ops::attention::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+use crate::ops::attention::{DeviceBlockMask, HalfElement};
+use crate::ops::attention_backward::AttentionBackwardBuffers;
 use crate::ops::fp8::DeviceInput;
 use crate::ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
 use crate::runtime::driver_error;
@@ -68,6 +69,34 @@ impl DeviceSpan {
     /// No elements (for arguments an op does not read, e.g. the rope of a layout without one,
     /// or the workspace of a one-split decode).
     pub const EMPTY: DeviceSpan = DeviceSpan { address: 0, len: 0 };
+}
+
+/// Device spans of [`CudaBackend::sparse_attention_backward_raw`] (types and layouts as
+/// [`AttentionBackwardBuffers`]: q, k, v, o, d_o, dq, dk, dv of the op's dtype
+/// `[batch, tokens, heads, head_dim]`, 16-byte aligned; lse and delta f32
+/// `[batch, heads, tokens]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionBackwardSpans {
+    /// The forward's queries.
+    pub q: DeviceSpan,
+    /// The forward's keys.
+    pub k: DeviceSpan,
+    /// The forward's values.
+    pub v: DeviceSpan,
+    /// The forward's output.
+    pub o: DeviceSpan,
+    /// The forward's log-sum-exp (natural log).
+    pub lse: DeviceSpan,
+    /// The gradient of the loss with respect to o.
+    pub d_o: DeviceSpan,
+    /// Workspace: `rowsum(d_o ∘ o)`.
+    pub delta: DeviceSpan,
+    /// Output: the gradient with respect to q.
+    pub dq: DeviceSpan,
+    /// Output: the gradient with respect to k.
+    pub dk: DeviceSpan,
+    /// Output: the gradient with respect to v.
+    pub dv: DeviceSpan,
 }
 
 /// Device spans of [`CudaBackend::mla_append_raw`] (types and layouts as [`MlaAppendBuffers`]).
@@ -138,6 +167,11 @@ impl<T> Drop for Lent<T> {
         // wait for: the context does not track them).
         let _ = slice.leak();
     }
+}
+
+/// The error of an attention op whose dtype is not a 16-bit float.
+fn invalid_half(op: &'static str, dtype: DType) -> Error {
+    Error::invalid(op, "dtype", "f16 or bf16", dtype.name())
 }
 
 /// The caller's stream wrapped for one call, and the checks every span goes through.
@@ -295,55 +329,120 @@ impl CudaBackend {
     ) -> Result<()> {
         // SAFETY (all unsafe calls here): forwarded from this function's contract.
         let call = unsafe { RawCall::new(self, "sparse_attention", stream)? };
-        let mut lse = unsafe { call.lend::<f32>("lse", lse)? };
         match op.dtype {
-            DType::F16 => {
-                let (q, k, v) = unsafe {
-                    (
-                        call.lend::<f16>("q", q)?,
-                        call.lend::<f16>("k", k)?,
-                        call.lend::<f16>("v", v)?,
-                    )
-                };
-                let mut o = unsafe { call.lend::<f16>("o", o)? };
-                self.sparse_attention_on(
-                    &call.stream,
-                    op,
-                    mask,
-                    &DeviceHalf::F16(q.view()),
-                    &DeviceHalf::F16(k.view()),
-                    &DeviceHalf::F16(v.view()),
-                    &mut DeviceHalfMut::F16(o.view_mut()),
-                    &mut lse.view_mut(),
-                )
-            }
-            DType::BF16 => {
-                let (q, k, v) = unsafe {
-                    (
-                        call.lend::<bf16>("q", q)?,
-                        call.lend::<bf16>("k", k)?,
-                        call.lend::<bf16>("v", v)?,
-                    )
-                };
-                let mut o = unsafe { call.lend::<bf16>("o", o)? };
-                self.sparse_attention_on(
-                    &call.stream,
-                    op,
-                    mask,
-                    &DeviceHalf::BF16(q.view()),
-                    &DeviceHalf::BF16(k.view()),
-                    &DeviceHalf::BF16(v.view()),
-                    &mut DeviceHalfMut::BF16(o.view_mut()),
-                    &mut lse.view_mut(),
-                )
-            }
-            other => Err(Error::invalid(
-                "sparse_attention",
-                "dtype",
-                "f16 or bf16",
-                other.name(),
-            )),
+            DType::F16 => unsafe { self.attention_lent::<f16>(&call, op, mask, q, k, v, o, lse) },
+            DType::BF16 => unsafe { self.attention_lent::<bf16>(&call, op, mask, q, k, v, o, lse) },
+            other => Err(invalid_half(call.op, other)),
         }
+    }
+
+    /// [`CudaBackend::sparse_attention_raw`] for elements `T`.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::sparse_attention_raw`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attention_lent<T: HalfElement>(
+        &self,
+        call: &RawCall,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        q: DeviceSpan,
+        k: DeviceSpan,
+        v: DeviceSpan,
+        o: DeviceSpan,
+        lse: DeviceSpan,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let mut lse = unsafe { call.lend::<f32>("lse", lse)? };
+        let (q, k, v) = unsafe {
+            (
+                call.lend::<T>("q", q)?,
+                call.lend::<T>("k", k)?,
+                call.lend::<T>("v", v)?,
+            )
+        };
+        let mut o = unsafe { call.lend::<T>("o", o)? };
+        self.sparse_attention_on(
+            &call.stream,
+            op,
+            mask,
+            &T::device(q.view()),
+            &T::device(k.view()),
+            &T::device(v.view()),
+            &mut T::device_mut(o.view_mut()),
+            &mut lse.view_mut(),
+        )
+    }
+
+    /// Block-sparse attention backward on the caller's `stream` (as
+    /// [`CudaBackend::sparse_attention_backward_on`]; spans as [`AttentionBackwardSpans`]):
+    /// reads the forward's q, k, v, o, lse and the output gradient d_o, uses `delta` as
+    /// workspace, writes dq, dk, dv. `mask` from [`CudaBackend::upload_block_mask`] (it holds
+    /// the transpose the dk/dv pass walks).
+    ///
+    /// # Safety
+    /// Each span must be `len` live elements of its type on this device, the outputs (dq, dk,
+    /// dv) and `delta` must overlap nothing else, and nothing may write the inputs or use the
+    /// outputs until `stream` has run the launches; `stream` must be live.
+    pub unsafe fn sparse_attention_backward_raw(
+        &self,
+        stream: RawStream,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        spans: &AttentionBackwardSpans,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "sparse_attention_backward", stream)? };
+        match op.dtype {
+            DType::F16 => unsafe { self.attention_backward_lent::<f16>(&call, op, mask, spans) },
+            DType::BF16 => unsafe { self.attention_backward_lent::<bf16>(&call, op, mask, spans) },
+            other => Err(invalid_half(call.op, other)),
+        }
+    }
+
+    /// [`CudaBackend::sparse_attention_backward_raw`] for elements `T`.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::sparse_attention_backward_raw`].
+    unsafe fn attention_backward_lent<T: HalfElement>(
+        &self,
+        call: &RawCall,
+        op: &SparseAttention,
+        mask: &DeviceBlockMask,
+        s: &AttentionBackwardSpans,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let (q, k, v, o, d_o) = unsafe {
+            (
+                call.lend::<T>("q", s.q)?,
+                call.lend::<T>("k", s.k)?,
+                call.lend::<T>("v", s.v)?,
+                call.lend::<T>("o", s.o)?,
+                call.lend::<T>("d_o", s.d_o)?,
+            )
+        };
+        let lse = unsafe { call.lend::<f32>("lse", s.lse)? };
+        let mut delta = unsafe { call.lend::<f32>("delta", s.delta)? };
+        let (mut dq, mut dk, mut dv) = unsafe {
+            (
+                call.lend::<T>("dq", s.dq)?,
+                call.lend::<T>("dk", s.dk)?,
+                call.lend::<T>("dv", s.dv)?,
+            )
+        };
+        let mut bufs = AttentionBackwardBuffers {
+            q: T::device(q.view()),
+            k: T::device(k.view()),
+            v: T::device(v.view()),
+            o: T::device(o.view()),
+            lse: lse.view(),
+            d_o: T::device(d_o.view()),
+            delta: delta.view_mut(),
+            dq: T::device_mut(dq.view_mut()),
+            dk: T::device_mut(dk.view_mut()),
+            dv: T::device_mut(dv.view_mut()),
+        };
+        self.sparse_attention_backward_on(&call.stream, op, mask, &mut bufs)
     }
 
     /// Appends `op.tokens` tokens to a paged MLA cache on the caller's `stream` (as

@@ -12,7 +12,9 @@ use tessera_core::{
     Backend, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend, MlaCache,
     MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule, SparseAttention, TensorRef,
 };
-use tessera_cuda::{CudaBackend, DeviceSpan, MlaAppendSpans, MlaDecodeSpans};
+use tessera_cuda::{
+    AttentionBackwardSpans, CudaBackend, DeviceSpan, MlaAppendSpans, MlaDecodeSpans,
+};
 
 fn span<T>(stream: &CudaStream, s: &CudaSlice<T>) -> DeviceSpan {
     DeviceSpan::new(s.device_ptr(stream).0, s.len())
@@ -128,6 +130,139 @@ fn attention_on_raw_pointers_matches_the_host_api() {
     stream.synchronize().unwrap();
     assert_eq!(
         common::bits_bf16(&stream.clone_dtoh(&o).unwrap()),
+        common::bits_bf16(&before)
+    );
+}
+
+/// The bf16 values of a host tensor (the ops here run in bf16).
+fn bf16_values(t: &tessera_core::Tensor) -> Vec<bf16> {
+    match t {
+        tessera_core::Tensor::BF16(v) => v.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn attention_backward_on_raw_pointers_matches_the_host_api() {
+    let Some((backend, stream)) = setup() else {
+        return;
+    };
+    let mask = RadialMaskConfig {
+        frames: 3,
+        tokens_per_frame: 90,
+        extra_tokens: 7,
+        block_size: 64,
+        decay: 0.95,
+        sink: true,
+    }
+    .build()
+    .unwrap();
+    let op = SparseAttention::new(1, mask.tokens(), 2, 64, DType::BF16);
+    let q = common::bf16s(11, op.qkv_len());
+    let k = common::bf16s(12, op.qkv_len());
+    let v = common::bf16s(13, op.qkv_len());
+    let d_o = common::bf16s(14, op.qkv_len());
+    let fwd = backend
+        .sparse_attention(
+            &op,
+            &mask,
+            TensorRef::BF16(&q),
+            TensorRef::BF16(&k),
+            TensorRef::BF16(&v),
+        )
+        .unwrap();
+    let o = bf16_values(&fwd.o);
+    let want = backend
+        .sparse_attention_backward(
+            &op,
+            &mask,
+            TensorRef::BF16(&q),
+            TensorRef::BF16(&k),
+            TensorRef::BF16(&v),
+            TensorRef::BF16(&o),
+            &fwd.lse,
+            TensorRef::BF16(&d_o),
+        )
+        .unwrap();
+    let dmask = backend.upload_block_mask(&mask).unwrap();
+    let inputs = [&q, &k, &v, &o, &d_o].map(|x| upload(&stream, x));
+    let lse = upload(&stream, &fwd.lse);
+    let delta = upload(&stream, &vec![f32::NAN; op.lse_len()]);
+    let grads = [(); 3].map(|_| upload(&stream, &vec![bf16::NAN; op.qkv_len()]));
+    let spans = AttentionBackwardSpans {
+        q: span(&stream, &inputs[0]),
+        k: span(&stream, &inputs[1]),
+        v: span(&stream, &inputs[2]),
+        o: span(&stream, &inputs[3]),
+        lse: span(&stream, &lse),
+        d_o: span(&stream, &inputs[4]),
+        delta: span(&stream, &delta),
+        dq: span(&stream, &grads[0]),
+        dk: span(&stream, &grads[1]),
+        dv: span(&stream, &grads[2]),
+    };
+    // SAFETY: the spans are live allocations of the stated lengths on this device; the stream
+    // is synchronized before they are read or dropped.
+    unsafe {
+        backend
+            .sparse_attention_backward_raw(stream.cu_stream(), &op, &dmask, &spans)
+            .unwrap();
+    }
+    stream.synchronize().unwrap();
+    for (got, want) in grads.iter().zip([&want.dq, &want.dk, &want.dv]) {
+        assert_eq!(
+            common::bits_bf16(&stream.clone_dtoh(got).unwrap()),
+            common::bits_bf16(&bf16_values(want))
+        );
+    }
+
+    // Bad spans: typed errors naming the argument, the gradients untouched.
+    let before = stream.clone_dtoh(&grads[0]).unwrap();
+    let host = vec![bf16::ZERO; op.qkv_len()];
+    let cases = [
+        (
+            "d_o",
+            AttentionBackwardSpans {
+                d_o: DeviceSpan::new(0, op.qkv_len()),
+                ..spans
+            },
+        ),
+        (
+            "dk",
+            AttentionBackwardSpans {
+                dk: DeviceSpan::new(spans.dk.address + 2, op.qkv_len()),
+                ..spans
+            },
+        ),
+        (
+            "delta",
+            AttentionBackwardSpans {
+                delta: DeviceSpan::new(spans.delta.address, op.lse_len() - 1),
+                ..spans
+            },
+        ),
+        (
+            "o",
+            AttentionBackwardSpans {
+                o: DeviceSpan::new(host.as_ptr() as u64, op.qkv_len()),
+                ..spans
+            },
+        ),
+    ];
+    for (arg, bad) in cases {
+        // SAFETY: the bad spans are rejected before anything is launched (what is tested); the
+        // others are live allocations.
+        let e =
+            unsafe { backend.sparse_attention_backward_raw(stream.cu_stream(), &op, &dmask, &bad) }
+                .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument { arg: a, .. } if a == arg),
+            "{arg}: {e}"
+        );
+    }
+    stream.synchronize().unwrap();
+    assert_eq!(
+        common::bits_bf16(&stream.clone_dtoh(&grads[0]).unwrap()),
         common::bits_bf16(&before)
     );
 }
