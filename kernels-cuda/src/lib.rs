@@ -28,7 +28,10 @@ pub use ops::fp8::DeviceInput;
 pub use ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan, MlaDecodeVarlenBuffers};
 pub use plan::{ArchSpec, GemmVariant, MmaSyncGemm, TuneOutcome};
 pub use probe::{probe, CudaProbe};
-pub use raw::{AttentionBackwardSpans, DeviceSpan, MlaAppendSpans, MlaDecodeSpans, RawStream};
+pub use raw::{
+    AttentionBackwardSpans, DeviceSpan, MlaAppendSpans, MlaDecodeSpans, MlaDecodeVarlenSpans,
+    RawStream,
+};
 pub use runtime::{CudaRuntime, TUNE_ENV};
 
 use half::bf16;

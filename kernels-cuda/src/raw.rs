@@ -32,7 +32,7 @@
 use crate::ops::attention::{DeviceBlockMask, HalfElement};
 use crate::ops::attention_backward::AttentionBackwardBuffers;
 use crate::ops::fp8::DeviceInput;
-use crate::ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan};
+use crate::ops::mla::{MlaAppendBuffers, MlaDecodeBuffers, MlaDecodePlan, MlaDecodeVarlenBuffers};
 use crate::runtime::driver_error;
 use crate::CudaBackend;
 use cudarc::driver::sys;
@@ -42,7 +42,8 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use tessera_core::ops::attention::SparseAttention;
 use tessera_core::{
-    BlockMask, DType, Error, Fp8Gemm, Fp8Quantize, MlaAppend, MlaCacheLayout, MlaDecode, Result,
+    BlockMask, DType, Error, Fp8Gemm, Fp8Quantize, MlaAppend, MlaCacheLayout, MlaDecode,
+    MlaDecodeVarlen, Result,
 };
 
 /// A CUDA stream handle (`CUstream`) of the caller: `torch.cuda.current_stream().cuda_stream`,
@@ -126,6 +127,29 @@ pub struct MlaDecodeSpans {
     /// Output bf16 `[batch, s_q, heads, latent_dim]`.
     pub o: DeviceSpan,
     /// Output f32 `[batch, heads, s_q]`, natural log.
+    pub lse: DeviceSpan,
+    /// f32 scratch of at least [`MlaDecodePlan::workspace_len`] elements
+    /// ([`DeviceSpan::EMPTY`] when that is 0).
+    pub workspace: DeviceSpan,
+}
+
+/// Device spans of [`CudaBackend::mla_decode_varlen_raw`] (types and layouts as
+/// [`MlaDecodeVarlenBuffers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaDecodeVarlenSpans {
+    /// The paged cache, u8 `[num_pages, page_size, token_bytes]`.
+    pub cache: DeviceSpan,
+    /// bf16 `[total_q, heads, latent_dim + rope_dim]`.
+    pub q: DeviceSpan,
+    /// i32 `[batch + 1]`: request `b`'s queries are `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]`.
+    pub cu_seqlens_q: DeviceSpan,
+    /// i32 `[batch, max_pages]`.
+    pub block_table: DeviceSpan,
+    /// i32 `[batch]`.
+    pub seq_lens: DeviceSpan,
+    /// Output bf16 `[total_q, heads, latent_dim]`.
+    pub o: DeviceSpan,
+    /// Output f32 `[heads, total_q]`, natural log.
     pub lse: DeviceSpan,
     /// f32 scratch of at least [`MlaDecodePlan::workspace_len`] elements
     /// ([`DeviceSpan::EMPTY`] when that is 0).
@@ -511,6 +535,43 @@ impl CudaBackend {
             workspace: workspace.view_mut(),
         };
         self.mla_decode_on(&call.stream, op, plan, &mut bufs)
+    }
+
+    /// Absorbed MLA decode with a variable query count per request on the caller's `stream` (as
+    /// [`CudaBackend::mla_decode_varlen_on`]; spans as [`MlaDecodeVarlenSpans`]; `plan` from
+    /// [`CudaBackend::mla_decode_varlen_plan`] for `op`). Offsets, block-table entries and
+    /// lengths live on the device and are checked by the kernel.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::mla_decode_raw`].
+    pub unsafe fn mla_decode_varlen_raw(
+        &self,
+        stream: RawStream,
+        op: &MlaDecodeVarlen,
+        plan: &MlaDecodePlan,
+        spans: &MlaDecodeVarlenSpans,
+    ) -> Result<()> {
+        // SAFETY (all unsafe calls here): forwarded from this function's contract.
+        let call = unsafe { RawCall::new(self, "mla_decode_varlen", stream)? };
+        let cache = unsafe { call.lend::<u8>("cache", spans.cache)? };
+        let q = unsafe { call.lend::<bf16>("q", spans.q)? };
+        let offsets = unsafe { call.lend::<i32>("cu_seqlens_q", spans.cu_seqlens_q)? };
+        let table = unsafe { call.lend::<i32>("block_table", spans.block_table)? };
+        let lens = unsafe { call.lend::<i32>("seq_lens", spans.seq_lens)? };
+        let mut o = unsafe { call.lend::<bf16>("o", spans.o)? };
+        let mut lse = unsafe { call.lend::<f32>("lse", spans.lse)? };
+        let mut workspace = unsafe { call.lend::<f32>("workspace", spans.workspace)? };
+        let mut bufs = MlaDecodeVarlenBuffers {
+            cache: cache.view(),
+            q: q.view(),
+            cu_seqlens_q: offsets.view(),
+            block_table: table.view(),
+            seq_lens: lens.view(),
+            o: o.view_mut(),
+            lse: lse.view_mut(),
+            workspace: workspace.view_mut(),
+        };
+        self.mla_decode_varlen_on(&call.stream, op, plan, &mut bufs)
     }
 
     /// FP8 quantization on the caller's `stream` (as [`CudaBackend::fp8_quantize_on`]): `x` of

@@ -10,10 +10,12 @@ use half::bf16;
 use std::sync::Arc;
 use tessera_core::{
     Backend, DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaAppend, MlaCache,
-    MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule, SparseAttention, TensorRef,
+    MlaCacheLayout, MlaDecode, MlaDecodeVarlen, RadialMaskConfig, ScaleRule, SparseAttention,
+    TensorRef,
 };
 use tessera_cuda::{
     AttentionBackwardSpans, CudaBackend, DeviceSpan, MlaAppendSpans, MlaDecodeSpans,
+    MlaDecodeVarlenSpans,
 };
 
 fn span<T>(stream: &CudaStream, s: &CudaSlice<T>) -> DeviceSpan {
@@ -455,4 +457,56 @@ fn mla_append_and_decode_on_raw_pointers_match_the_host_api() {
     // SAFETY: rejected before launch.
     let e = unsafe { backend.mla_decode_raw(stream.cu_stream(), &op, &plan, &spans) }.unwrap_err();
     assert_eq!(e.argument(), Some("block_table"), "{e}");
+
+    // The same cache through the variable-length decode: 2 and 1 queries.
+    let varlen = MlaDecodeVarlen {
+        batch: 2,
+        total_q: 3,
+        max_s_q: 2,
+        heads: 16,
+        max_pages: 3,
+        softmax_scale: 0.07,
+        layout,
+    };
+    let cu = vec![0, 2, 3];
+    let vq = common::bf16s(24, varlen.q_len());
+    let want = backend
+        .mla_decode_varlen(&varlen, &want_cache, &vq, &cu, &table, &lens)
+        .unwrap();
+    let plan = backend.mla_decode_varlen_plan(&varlen, 40).unwrap();
+    let (dvq, dcu) = (upload(&stream, &vq), upload(&stream, &cu));
+    let o = upload(&stream, &vec![bf16::NAN; varlen.o_len()]);
+    let lse = upload(&stream, &vec![f32::NAN; varlen.lse_len()]);
+    let ws = upload(&stream, &vec![0f32; plan.workspace_len().max(1)]);
+    let mut spans = MlaDecodeVarlenSpans {
+        cache: span(&stream, &cache),
+        q: span(&stream, &dvq),
+        cu_seqlens_q: span(&stream, &dcu),
+        block_table: span(&stream, &dt),
+        seq_lens: span(&stream, &dn),
+        o: span(&stream, &o),
+        lse: span(&stream, &lse),
+        workspace: span(&stream, &ws),
+    };
+    // SAFETY: live allocations of the stated lengths; synchronized before reading.
+    unsafe {
+        backend
+            .mla_decode_varlen_raw(stream.cu_stream(), &varlen, &plan, &spans)
+            .unwrap();
+    }
+    stream.synchronize().unwrap();
+    assert_eq!(
+        common::bits_bf16(&stream.clone_dtoh(&o).unwrap()),
+        common::bits_bf16(&want.o)
+    );
+    assert_eq!(
+        common::bits_f32(&stream.clone_dtoh(&lse).unwrap()),
+        common::bits_f32(&want.lse)
+    );
+    // Offsets one short are named.
+    spans.cu_seqlens_q = DeviceSpan::new(spans.cu_seqlens_q.address, 2);
+    // SAFETY: rejected before launch.
+    let e = unsafe { backend.mla_decode_varlen_raw(stream.cu_stream(), &varlen, &plan, &spans) }
+        .unwrap_err();
+    assert_eq!(e.argument(), Some("cu_seqlens_q"), "{e}");
 }
