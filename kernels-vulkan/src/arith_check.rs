@@ -2,23 +2,39 @@
 //! that the tests compare each with the reference (Rust's IEEE division, `E4M3::from_f32`,
 //! `half`) on many and adversarial inputs. Only the tests use it.
 
-use crate::pipeline::{Shader, ShaderResources};
+use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
+use std::marker::PhantomData;
 
-/// Bindings: a, b, out (u32 each); push constants: count, function.
-pub(crate) const CHECK_ARITH: Shader = Shader {
+/// Bindings: a, b, out (u32 each); push constants: count, function. No specialization
+/// constants ([`CheckArithSpec`]).
+pub(crate) const CHECK_ARITH: Shader<CheckArithSpec> = Shader {
     name: "check_arith",
     spirv: spirv!("check_arith"),
     storage_buffers: 3,
     push_constant_bytes: 8,
-    resources: |_| ShaderResources {
-        invocations: 64,
-        shared_memory_bytes: 0,
-    },
+    specialization: PhantomData,
 };
+
+/// `check_arith.comp` has no specialization constants (64 invocations per workgroup).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct CheckArithSpec;
+
+impl Specialization for CheckArithSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        Vec::new()
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: 64,
+            shared_memory_bytes: 0,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
-    use super::CHECK_ARITH;
+    use super::{CheckArithSpec, CHECK_ARITH};
     use crate::memory::Buffer;
     use crate::pipeline::linear_groups;
     use crate::VulkanBackend;
@@ -55,7 +71,10 @@ mod tests {
         let in_a = Buffer::from_bytes(ctx, bytemuck::cast_slice(a)).unwrap();
         let in_b = Buffer::from_bytes(ctx, bytemuck::cast_slice(b)).unwrap();
         let out = Buffer::filled(ctx, 4 * a.len(), &[0xff]).unwrap();
-        let pipeline = backend.pipelines().get(&CHECK_ARITH, &[]).unwrap();
+        let pipeline = backend
+            .pipelines()
+            .get(&CHECK_ARITH, &CheckArithSpec)
+            .unwrap();
         let groups = linear_groups(
             (a.len() as u64).div_ceil(64),
             backend.features().max_workgroup_count,

@@ -57,7 +57,10 @@ pub use device::{
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
 pub use ops::mla::{MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV};
-pub use pipeline::{PipelineCache, PipelineKey, Shader, ShaderResources, SPIRV_DIR_ENV};
+pub use pipeline::{
+    EmbeddedShader, PipelineCache, PipelineKey, Shader, ShaderResources, SpecConstant,
+    Specialization, SPIRV_DIR_ENV,
+};
 pub use probe::{probe, VulkanDevice, VulkanProbe};
 
 use ash::vk;
@@ -73,25 +76,25 @@ use tessera_core::{
 /// Every shader embedded in the crate, gathered from the op modules (the tests check them
 /// against `shaders/spv/MANIFEST`).
 pub mod shaders {
-    use crate::pipeline::Shader;
+    use crate::pipeline::EmbeddedShader;
 
-    /// Every embedded shader.
-    pub fn all() -> Vec<Shader> {
+    /// Every embedded shader, with the specialization constants its Rust struct declares.
+    pub fn all() -> Vec<EmbeddedShader> {
         vec![
-            crate::ops::fp8::FP8_QUANTIZE_SCALES,
-            crate::ops::fp8::FP8_QUANTIZE_CODES,
-            crate::ops::fp8_gemm::FP8_GEMM,
-            crate::ops::fp8_gemm::FP8_GEMM_COOPMAT,
-            crate::ops::fp8_gemm::FP8_GEMM_COOPMAT_LARGE,
-            crate::ops::mla::MLA_APPEND,
-            crate::ops::mla::MLA_DECODE,
-            crate::ops::mla::MLA_DECODE_STREAM,
-            crate::ops::mla::MLA_DECODE_STREAM_ROLLED,
-            crate::ops::mla::MLA_COMBINE,
-            crate::ops::attention::SPARSE_ATTENTION,
-            crate::ops::attention::SPARSE_ATTENTION_COOPMAT,
-            crate::arith_check::CHECK_ARITH,
-            crate::ops::copy::COPY_WORDS,
+            crate::ops::fp8::FP8_QUANTIZE_SCALES.describe(),
+            crate::ops::fp8::FP8_QUANTIZE_CODES.describe(),
+            crate::ops::fp8_gemm::FP8_GEMM.describe(),
+            crate::ops::fp8_gemm::FP8_GEMM_COOPMAT.describe(),
+            crate::ops::fp8_gemm::FP8_GEMM_COOPMAT_LARGE.describe(),
+            crate::ops::mla::MLA_APPEND.describe(),
+            crate::ops::mla::MLA_DECODE.describe(),
+            crate::ops::mla::MLA_DECODE_STREAM.describe(),
+            crate::ops::mla::MLA_DECODE_STREAM_ROLLED.describe(),
+            crate::ops::mla::MLA_COMBINE.describe(),
+            crate::ops::attention::SPARSE_ATTENTION.describe(),
+            crate::ops::attention::SPARSE_ATTENTION_COOPMAT.describe(),
+            crate::arith_check::CHECK_ARITH.describe(),
+            crate::ops::copy::COPY_WORDS.describe(),
         ]
     }
 }

@@ -1,6 +1,7 @@
-//! Compute pipelines: the embedded shaders ([`Shader`]), their pipelines with layouts
-//! ([`Pipeline`]), a cache keyed by shader name and specialization constants
-//! ([`PipelineCache`]), and recording a dispatch into a command buffer.
+//! Compute pipelines: the embedded shaders ([`Shader`]), their typed specialization constants
+//! ([`Specialization`]), their pipelines with layouts ([`Pipeline`]), a cache keyed by shader
+//! name and specialization constants ([`PipelineCache`]), and recording a dispatch into a
+//! command buffer.
 //!
 //! Conventions every shader follows, so that one pipeline layout shape fits all:
 //! - set 0 holds `storage_buffers` storage buffers at bindings `0..storage_buffers`, bound with
@@ -8,14 +9,18 @@
 //!   recording into a caller's command buffer leaves no descriptor set whose lifetime the caller
 //!   would have to manage;
 //! - one push-constant block of `push_constant_bytes` (32-bit words) holds the shapes;
-//! - specialization constants are 32-bit, with ids `0, 1, 2, ...` in the order of the key's
-//!   `spec` values (id 0 is the workgroup size where the shader has one to choose).
+//! - specialization constants are 32-bit; each shader's are a typed struct (a
+//!   [`Specialization`], the `S` of [`Shader<S>`]) whose [`Specialization::constants`] is the one
+//!   place that gives each field its `constant_id` (or `local_size_x_id`, the workgroup size
+//!   where the shader lets the host choose it). A test (`tests/spirv.rs`) checks those ids and
+//!   names against the declarations of every shader source.
 
 use crate::device::VulkanContext;
 use crate::memory::BufferRange;
 use crate::vk_error;
 use ash::vk;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use tessera_core::{BackendKind, Error, Result};
 
@@ -44,9 +49,10 @@ fn spirv_override(dir: Option<&std::path::Path>, name: &str) -> Result<Option<Ve
 }
 
 /// A compute shader embedded in the crate (SPIR-V from `shaders/spv/`, see the README's
-/// "Vulkan shaders" section), with what its pipeline layout needs.
+/// "Vulkan shaders" section), with what its pipeline layout needs; `S` is the typed struct of
+/// its specialization constants ([`PipelineCache::get`] takes only that type for this shader).
 #[derive(Clone, Copy, Debug)]
-pub struct Shader {
+pub struct Shader<S: Specialization> {
     /// The name: the `.spv` file's stem (e.g. `fp8_gemm`).
     pub name: &'static str,
     /// The SPIR-V module.
@@ -55,9 +61,32 @@ pub struct Shader {
     pub storage_buffers: u32,
     /// Size of the push-constant block in bytes.
     pub push_constant_bytes: u32,
-    /// Invocations per workgroup and shared memory in bytes for given specialization constants,
-    /// checked against the device's limits before the pipeline is created.
-    pub resources: fn(spec: &[u32]) -> ShaderResources,
+    /// The type of its specialization constants (no data).
+    pub specialization: PhantomData<fn() -> S>,
+}
+
+impl<S: Specialization> Shader<S> {
+    /// The shader without its specialization type, for lists of every shader: name, SPIR-V and
+    /// the constants of `S::default()` (the defaults its source declares).
+    pub fn describe(&self) -> EmbeddedShader {
+        EmbeddedShader {
+            name: self.name,
+            spirv: self.spirv,
+            constants: S::default().constants(),
+        }
+    }
+}
+
+/// An embedded shader with its specialization type erased ([`Shader::describe`]); what
+/// [`crate::shaders::all`] lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddedShader {
+    /// [`Shader::name`].
+    pub name: &'static str,
+    /// [`Shader::spirv`].
+    pub spirv: &'static [u8],
+    /// Its specialization constants with the default values its source declares.
+    pub constants: Vec<SpecConstant>,
 }
 
 /// What one workgroup of a shader uses.
@@ -69,13 +98,71 @@ pub struct ShaderResources {
     pub shared_memory_bytes: u32,
 }
 
-/// A cache key: the shader and the values of its specialization constants (ids 0, 1, ...).
+/// One specialization constant of a shader: its id, the name the GLSL source declares it
+/// under, and its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpecConstant {
+    /// The id: `layout(constant_id = ID)`, or `layout(local_size_x_id = ID)` for the workgroup
+    /// size.
+    pub id: u32,
+    /// The constant's name in the source (`layout(constant_id = 1) const uint FP8` gives
+    /// `FP8`); [`SpecConstant::LOCAL_SIZE_X`] for the workgroup size.
+    pub glsl_name: &'static str,
+    /// Its value (32 bits; booleans as 0 or 1).
+    pub value: u32,
+}
+
+impl SpecConstant {
+    /// The [`SpecConstant::glsl_name`] of the workgroup size (`local_size_x_id`).
+    pub const LOCAL_SIZE_X: &'static str = "local_size_x_id";
+
+    /// `layout(constant_id = id) const uint glsl_name` = `value`.
+    pub const fn new(id: u32, glsl_name: &'static str, value: u32) -> Self {
+        Self {
+            id,
+            glsl_name,
+            value,
+        }
+    }
+
+    /// `layout(local_size_x_id = id)`: the workgroup size `value`.
+    pub const fn local_size_x(id: u32, value: u32) -> Self {
+        Self::new(id, Self::LOCAL_SIZE_X, value)
+    }
+}
+
+/// The specialization constants of a shader (or of the builds of one source, which share
+/// them) as a typed struct: each field names a constant, [`Specialization::constants`] gives
+/// every field its id, and the resources follow from the fields.
+pub trait Specialization: Copy + std::fmt::Debug + Default + Send + Sync + 'static {
+    /// Every constant with its id, GLSL name and value: the one place that ties the struct to
+    /// the shader's `constant_id`s (checked against the sources by `tests/spirv.rs`).
+    /// `Self::default()` gives the defaults the shader source declares.
+    fn constants(&self) -> Vec<SpecConstant>;
+
+    /// Invocations per workgroup and shared memory in bytes with these constants, checked
+    /// against the device's limits before the pipeline is created.
+    fn resources(&self) -> ShaderResources;
+}
+
+/// A cache key: the shader and the values of its specialization constants.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
     /// [`Shader::name`].
     pub shader: &'static str,
-    /// Specialization constant values, by id.
-    pub spec: Vec<u32>,
+    /// `(constant id, value)` of every specialization constant, in
+    /// [`Specialization::constants`]' order.
+    pub constants: Vec<(u32, u32)>,
+}
+
+/// What [`Pipeline::new`] takes of a shader and its specialization (no type parameter).
+struct PipelineSource<'a> {
+    name: &'static str,
+    spirv: &'static [u8],
+    storage_buffers: u32,
+    push_constant_bytes: u32,
+    constants: &'a [SpecConstant],
+    resources: ShaderResources,
 }
 
 /// A compute pipeline with its layouts. Destroyed on drop (the cache keeps it until the backend
@@ -104,9 +191,9 @@ fn device_error(message: String) -> Error {
 }
 
 impl Pipeline {
-    fn new(ctx: &Arc<VulkanContext>, shader: &Shader, spec: &[u32]) -> Result<Self> {
+    fn new(ctx: &Arc<VulkanContext>, shader: PipelineSource<'_>, key: PipelineKey) -> Result<Self> {
         let f = ctx.features();
-        let res = (shader.resources)(spec);
+        let res = shader.resources;
         if res.invocations > f.max_workgroup_invocations {
             return Err(Error::Unsupported {
                 op: "vulkan pipeline",
@@ -189,15 +276,20 @@ impl Pipeline {
                 return Err(vk_error("creating a pipeline layout", e));
             }
         }
-        let entries: Vec<vk::SpecializationMapEntry> = (0..spec.len() as u32)
-            .map(|i| {
+        let entries: Vec<vk::SpecializationMapEntry> = (0u32..)
+            .zip(shader.constants)
+            .map(|(i, c)| {
                 vk::SpecializationMapEntry::default()
-                    .constant_id(i)
+                    .constant_id(c.id)
                     .offset(4 * i)
                     .size(4)
             })
             .collect();
-        let data: Vec<u8> = spec.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let data: Vec<u8> = shader
+            .constants
+            .iter()
+            .flat_map(|c| c.value.to_ne_bytes())
+            .collect();
         let spec_info = vk::SpecializationInfo::default()
             .map_entries(&entries)
             .data(&data);
@@ -224,17 +316,17 @@ impl Pipeline {
                     device.destroy_descriptor_set_layout(set_layout, None);
                 }
                 return Err(vk_error(
-                    &format!("creating the pipeline {} {:?}", shader.name, spec),
+                    &format!(
+                        "creating the pipeline {} with constants {:?}",
+                        shader.name, key.constants
+                    ),
                     e,
                 ));
             }
         };
         Ok(Self {
             ctx: ctx.clone(),
-            key: PipelineKey {
-                shader: shader.name,
-                spec: spec.to_vec(),
-            },
+            key,
             pipeline,
             layout,
             set_layout,
@@ -352,19 +444,45 @@ impl PipelineCache {
         }
     }
 
-    /// The pipeline of `shader` with specialization constants `spec` (ids 0, 1, ...), created
-    /// now if it is not cached. Fails with [`Error::Unsupported`] when the shader needs more
-    /// invocations or shared memory than the device has.
-    pub fn get(&self, shader: &Shader, spec: &[u32]) -> Result<Arc<Pipeline>> {
+    /// The pipeline of `shader` with specialization constants `spec`, created now if it is not
+    /// cached. Fails with [`Error::Unsupported`] when the shader needs more invocations or
+    /// shared memory than the device has ([`Specialization::resources`]).
+    ///
+    /// `spec` must be the shader's own struct:
+    /// ```no_run
+    /// # fn f(backend: &tessera_vulkan::VulkanBackend) -> tessera_core::Result<()> {
+    /// use tessera_vulkan::ops::mla::{MlaCombineSpec, MLA_COMBINE};
+    /// let spec = MlaCombineSpec { workgroup_size: 64 };
+    /// let pipeline = backend.pipelines().get(&MLA_COMBINE, &spec)?;
+    /// # Ok(()) }
+    /// ```
+    /// Another shader's constants do not compile:
+    /// ```compile_fail,E0308
+    /// # fn f(backend: &tessera_vulkan::VulkanBackend) -> tessera_core::Result<()> {
+    /// use tessera_vulkan::ops::mla::{MlaCombineSpec, MLA_APPEND};
+    /// let spec = MlaCombineSpec { workgroup_size: 64 };
+    /// let pipeline = backend.pipelines().get(&MLA_APPEND, &spec)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get<S: Specialization>(&self, shader: &Shader<S>, spec: &S) -> Result<Arc<Pipeline>> {
+        let constants = spec.constants();
         let key = PipelineKey {
             shader: shader.name,
-            spec: spec.to_vec(),
+            constants: constants.iter().map(|c| (c.id, c.value)).collect(),
         };
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipelines.get(&key) {
             return Ok(p.clone());
         }
-        let p = Arc::new(Pipeline::new(&self.ctx, shader, spec)?);
+        let source = PipelineSource {
+            name: shader.name,
+            spirv: shader.spirv,
+            storage_buffers: shader.storage_buffers,
+            push_constant_bytes: shader.push_constant_bytes,
+            constants: &constants,
+            resources: spec.resources(),
+        };
+        let p = Arc::new(Pipeline::new(&self.ctx, source, key.clone())?);
         pipelines.insert(key, p.clone());
         Ok(p)
     }

@@ -5,6 +5,8 @@
 use tessera_core::ops::fp8::FP8_GROUP;
 use tessera_core::{DType, Error, Fp8Gemm, Fp8Granularity, Fp8Quantize, ScaleRule, E4M3};
 use tessera_reference::fp8 as ref_fp8;
+use tessera_vulkan::ops::copy::{CopyWordsSpec, COPY_WORDS};
+use tessera_vulkan::ops::mla::{MlaDecodeSpec, MLA_DECODE};
 use tessera_vulkan::{Buffer, BufferRange, MemoryLocation};
 
 mod common;
@@ -218,4 +220,36 @@ fn bad_ranges_are_rejected() {
         );
     }
     cmds.submit_and_wait(&backend);
+}
+
+/// A specialization beyond the device's limits is refused with `Error::Unsupported` naming the
+/// shader and the limit, before any pipeline is made.
+#[test]
+fn specializations_beyond_the_device_limits_are_unsupported() {
+    let Some(backend) = backend() else { return };
+    let f = backend.features();
+    let before = backend.pipelines().len();
+    let too_wide = CopyWordsSpec {
+        workgroup_size: f.max_workgroup_invocations + 1,
+    };
+    match backend.pipelines().get(&COPY_WORDS, &too_wide) {
+        Err(Error::Unsupported { reason, .. }) => assert!(
+            reason.starts_with("copy_words needs") && reason.contains("invocations per workgroup"),
+            "{reason}"
+        ),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    // Four query rows of a record wider than the shared memory.
+    let too_large = MlaDecodeSpec {
+        latent_dim: f.max_shared_memory_bytes / 4,
+        ..MlaDecodeSpec::default()
+    };
+    match backend.pipelines().get(&MLA_DECODE, &too_large) {
+        Err(Error::Unsupported { reason, .. }) => assert!(
+            reason.starts_with("mla_decode needs") && reason.contains("bytes of shared memory"),
+            "{reason}"
+        ),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert_eq!(backend.pipelines().len(), before);
 }

@@ -4,12 +4,15 @@
 //! source and of every `.spv`, with the compiler version and options. Always checked: the sources
 //! and the `.spv` files match the manifest, and the crate embeds exactly the manifest's shaders.
 //! When `TESSERA_GLSLANG` points at glslangValidator (ci/test.sh installs the pinned one from
-//! PyPI and sets it), every shader is also recompiled and compared byte for byte.
+//! PyPI and sets it), every shader is also recompiled and compared byte for byte. And each
+//! shader's Rust specialization struct declares exactly the constants of its source (ids, names
+//! and default values).
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use tessera_vulkan::SpecConstant;
 
 const FIX: &str = "run ci/build-shaders.sh and commit kernels-vulkan/shaders/spv/";
 
@@ -247,6 +250,155 @@ fn spirv_recompiles_identically() {
     );
 }
 
+/// A specialization constant declared in a GLSL source: `layout(constant_id = ID) const uint
+/// NAME = DEFAULT;`, or `layout(local_size_x = DEFAULT, local_size_x_id = ID) in;` (named
+/// `local_size_x_id`, as [`SpecConstant::LOCAL_SIZE_X`]).
+type Declared = (u32, String, u32);
+
+/// Removes `// ...` and `/* ... */` comments.
+fn strip_comments(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    loop {
+        let line = rest.find("//");
+        let block = rest.find("/*");
+        match (line, block) {
+            (Some(l), b) if b.is_none_or(|b| l < b) => {
+                out.push_str(&rest[..l]);
+                rest = rest[l..].find('\n').map_or("", |e| &rest[l + e..]);
+            }
+            (_, Some(b)) => {
+                out.push_str(&rest[..b]);
+                rest = rest[b..].find("*/").map_or("", |e| &rest[b + e + 2..]);
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
+    }
+}
+
+/// A GLSL integer or boolean literal (`128`, `128u`, `0x10u`, `true`).
+fn literal(text: &str) -> Option<u32> {
+    let t = text.trim().trim_end_matches(['u', 'U']);
+    match t {
+        "true" => Some(1),
+        "false" => Some(0),
+        _ => match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => t.parse().ok(),
+        },
+    }
+}
+
+/// Every specialization constant `source` declares, sorted by id.
+fn declared_constants(source: &str) -> Vec<Declared> {
+    let text = strip_comments(source);
+    let mut found = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("layout") {
+        rest = &rest[start + "layout".len()..];
+        let Some(open) = rest.trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let close = open.find(')').expect("an unclosed layout(");
+        let qualifiers: Vec<(&str, &str)> = open[..close]
+            .split(',')
+            .map(|q| {
+                q.split_once('=')
+                    .map_or((q.trim(), ""), |(k, v)| (k.trim(), v.trim()))
+            })
+            .collect();
+        let after = &open[close + 1..];
+        let get = |key: &str| qualifiers.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        if let Some(id) = get("constant_id") {
+            // `const TYPE NAME = VALUE;`
+            let declaration = &after[..after.find(';').expect("a declaration without ;")];
+            let (lhs, value) = declaration
+                .split_once('=')
+                .unwrap_or_else(|| panic!("no default value in {declaration:?}"));
+            let name = lhs.split_whitespace().last().unwrap().to_string();
+            found.push((
+                literal(id).unwrap_or_else(|| panic!("constant_id {id:?}")),
+                name,
+                literal(value).unwrap_or_else(|| panic!("default {value:?} of a constant")),
+            ));
+        }
+        for axis in ["x", "y", "z"] {
+            if let Some(id) = get(&format!("local_size_{axis}_id")) {
+                let size = get(&format!("local_size_{axis}")).unwrap_or("1");
+                found.push((
+                    literal(id).unwrap_or_else(|| panic!("local_size_{axis}_id {id:?}")),
+                    format!("local_size_{axis}_id"),
+                    literal(size).unwrap_or_else(|| panic!("local_size_{axis} {size:?}")),
+                ));
+            }
+        }
+        rest = after;
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn glsl_declarations_are_read() {
+    let source = "// layout(constant_id = 9) const uint COMMENTED = 1u;
+        layout(local_size_x = 128, local_size_x_id = 0) in;
+        layout (constant_id = 2) const uint KT = 8u; /* layout(constant_id = 7) */
+        layout(constant_id = 1) const bool FLAG = true;
+        layout(set = 0, binding = 0) buffer B { uint words[]; };";
+    assert_eq!(
+        declared_constants(source),
+        vec![
+            (0, "local_size_x_id".to_string(), 128),
+            (1, "FLAG".to_string(), 1),
+            (2, "KT".to_string(), 8),
+        ]
+    );
+    assert_eq!(SpecConstant::LOCAL_SIZE_X, "local_size_x_id");
+}
+
+/// Each embedded shader's specialization struct (its `Specialization::constants` of the
+/// default) lists the constants its GLSL source declares: the same ids, names and default
+/// values, none missing, none extra.
+#[test]
+fn specialization_structs_match_the_glsl_constant_ids() {
+    let Some(dir) = shaders_dir() else { return };
+    let m = manifest(&dir);
+    let mut mismatches = Vec::new();
+    for shader in tessera_vulkan::shaders::all() {
+        let file = format!("{}.spv", shader.name);
+        let entry = m
+            .spirv
+            .iter()
+            .find(|s| s.file == file)
+            .unwrap_or_else(|| panic!("the manifest lacks {file}"));
+        let path = dir.join(&entry.source);
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let glsl = declared_constants(&source);
+        let mut rust: Vec<Declared> = shader
+            .constants
+            .iter()
+            .map(|c| (c.id, c.glsl_name.to_string(), c.value))
+            .collect();
+        rust.sort();
+        if rust != glsl {
+            mismatches.push(format!(
+                "{} ({}):\n  Rust (id, name, default): {rust:?}\n  GLSL: {glsl:?}",
+                shader.name, entry.source
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "specialization structs that differ from their shader sources (fix the struct's \
+         `Specialization::constants` or its `Default`):\n{}",
+        mismatches.join("\n")
+    );
+}
+
 /// Away from the checkout (the shader sources absent), every test of this file skips with the
 /// reason instead of failing: the GPU machine runs test binaries without the sources.
 #[test]
@@ -270,7 +422,7 @@ fn missing_sources_are_a_skip_not_a_failure() {
         stdout
             .matches("skipped: the shader sources are not here")
             .count(),
-        3,
+        4,
         "{stdout}"
     );
 }

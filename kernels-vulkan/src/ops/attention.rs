@@ -40,10 +40,11 @@
 use super::{bind_range, to_u32};
 use crate::device::VulkanContext;
 use crate::memory::{Buffer, BufferRange};
-use crate::pipeline::{linear_groups, Shader, ShaderResources};
+use crate::pipeline::{linear_groups, Shader, ShaderResources, SpecConstant, Specialization};
 use crate::VulkanBackend;
 use ash::vk;
 use half::{bf16, f16};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
 use tessera_core::{BackendKind, BlockMask, DType, Error, Result, Tensor, TensorRef};
@@ -63,42 +64,113 @@ pub fn query_tile(block_size: usize) -> u32 {
 }
 
 /// The portable shader. Bindings: q, k, v, mask, o, lse; push constants groups, tiles, tokens,
-/// heads, block size, blocks, nnz, scale · log2(e). Specialization: workgroup size (query rows),
-/// head dim, keys per shared-memory tile, bf16 (1) or f16 (0).
-pub const SPARSE_ATTENTION: Shader = Shader {
+/// heads, block size, blocks, nnz, scale · log2(e). Specialization: [`SparseAttentionSpec`].
+pub const SPARSE_ATTENTION: Shader<SparseAttentionSpec> = Shader {
     name: "sparse_attention",
     spirv: spirv!("sparse_attention"),
     storage_buffers: 6,
     push_constant_bytes: 32,
-    resources: |spec| {
-        let dim = spec.get(1).copied().unwrap_or(128);
-        let bk = spec.get(2).copied().unwrap_or(16);
-        ShaderResources {
-            invocations: spec.first().copied().unwrap_or(QUERY_TILE),
-            // K and V tiles of bk x dim f32.
-            shared_memory_bytes: 2 * bk.saturating_mul(dim).saturating_mul(4),
-        }
-    },
+    specialization: PhantomData,
 };
 
 /// The cooperative-matrix shader (f16 matrices, f32 accumulation and softmax). Bindings and push
 /// constants as [`SPARSE_ATTENTION`] (q, k, v are read as 16-byte vectors); 128 invocations (four
-/// subgroups of 32). Specialization: head dim, keys per shared-memory tile (`BKV`), bf16 (1) or
-/// f16 (0).
-pub const SPARSE_ATTENTION_COOPMAT: Shader = Shader {
+/// subgroups of 32). Specialization: [`SparseAttentionCoopmatSpec`].
+pub const SPARSE_ATTENTION_COOPMAT: Shader<SparseAttentionCoopmatSpec> = Shader {
     name: "sparse_attention_coopmat",
     spirv: spirv!("sparse_attention_coopmat"),
     storage_buffers: 6,
     push_constant_bytes: 32,
-    resources: |spec| {
-        let dim = spec.first().copied().unwrap_or(128);
-        let bkv = spec.get(1).copied().unwrap_or(32);
+    specialization: PhantomData,
+};
+
+/// The specialization constants of `sparse_attention.comp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SparseAttentionSpec {
+    /// Query rows per workgroup, one invocation each (the workgroup size, `BQ`):
+    /// [`query_tile`] of the block size.
+    pub query_tile: u32,
+    /// The head dimension (64 or 128).
+    pub head_dim: u32,
+    /// Keys per shared-memory tile (`BK`).
+    pub key_tile: u32,
+    /// bf16 tensors (else f16).
+    pub bf16: bool,
+}
+
+impl Default for SparseAttentionSpec {
+    fn default() -> Self {
+        Self {
+            query_tile: QUERY_TILE,
+            head_dim: 128,
+            key_tile: 16,
+            bf16: true,
+        }
+    }
+}
+
+impl Specialization for SparseAttentionSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![
+            SpecConstant::local_size_x(0, self.query_tile),
+            SpecConstant::new(1, "HEAD_DIM", self.head_dim),
+            SpecConstant::new(2, "BK", self.key_tile),
+            SpecConstant::new(3, "IS_BF16", u32::from(self.bf16)),
+        ]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.query_tile,
+            shared_memory_bytes: portable_shared_bytes(self.head_dim, self.key_tile),
+        }
+    }
+}
+
+/// Shared memory of `sparse_attention` with `bk` keys per tile: K and V tiles of
+/// `bk x head_dim` f32.
+fn portable_shared_bytes(head_dim: u32, bk: u32) -> u32 {
+    2 * bk.saturating_mul(head_dim).saturating_mul(4)
+}
+
+/// The specialization constants of `sparse_attention_coopmat.comp` (its workgroup is fixed at
+/// 128 invocations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SparseAttentionCoopmatSpec {
+    /// The head dimension (64 or 128).
+    pub head_dim: u32,
+    /// Keys per shared-memory tile (`BKV`): [`coopmat_key_tile`].
+    pub key_tile: u32,
+    /// bf16 tensors (else f16).
+    pub bf16: bool,
+}
+
+impl Default for SparseAttentionCoopmatSpec {
+    fn default() -> Self {
+        Self {
+            head_dim: 128,
+            key_tile: 32,
+            bf16: true,
+        }
+    }
+}
+
+impl Specialization for SparseAttentionCoopmatSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![
+            SpecConstant::new(0, "HEAD_DIM", self.head_dim),
+            SpecConstant::new(1, "BKV", self.key_tile),
+            SpecConstant::new(2, "IS_BF16", u32::from(self.bf16)),
+        ]
+    }
+
+    fn resources(&self) -> ShaderResources {
         ShaderResources {
             invocations: 128,
-            shared_memory_bytes: coopmat_shared_bytes(dim, bkv),
+            shared_memory_bytes: coopmat_shared_bytes(self.head_dim, self.key_tile),
         }
-    },
-};
+    }
+}
 
 /// Query rows per workgroup of the cooperative-matrix path (4 subgroups of 16 rows); the block
 /// size must be a multiple of it.
@@ -198,13 +270,13 @@ impl VulkanBlockMask {
 fn key_tile(head_dim: u32, max_shared: u32) -> Result<u32> {
     [32u32, 16, 8]
         .into_iter()
-        .find(|bk| 2 * bk * head_dim * 4 <= max_shared)
+        .find(|&bk| portable_shared_bytes(head_dim, bk) <= max_shared)
         .ok_or_else(|| Error::Unsupported {
             op: OP,
             backend: BackendKind::Vulkan,
             reason: format!(
                 "head_dim {head_dim} needs {} bytes of shared memory, the device has {max_shared}",
-                2 * 8 * head_dim * 4
+                portable_shared_bytes(head_dim, 8)
             ),
         })
 }
@@ -307,15 +379,22 @@ impl VulkanBackend {
         let groups_u32 = to_u32(OP, "workgroups", groups)?;
         let grid = linear_groups(groups, f.max_workgroup_count)?;
         let head_dim = op.head_dim as u32;
-        let is_bf16 = u32::from(op.dtype == DType::BF16);
+        let bf16 = op.dtype == DType::BF16;
         let pipeline = if coopmat {
-            let bkv = coopmat_key_tile(head_dim, f.max_shared_memory_bytes)?;
-            self.pipelines()
-                .get(&SPARSE_ATTENTION_COOPMAT, &[head_dim, bkv, is_bf16])?
+            let spec = SparseAttentionCoopmatSpec {
+                head_dim,
+                key_tile: coopmat_key_tile(head_dim, f.max_shared_memory_bytes)?,
+                bf16,
+            };
+            self.pipelines().get(&SPARSE_ATTENTION_COOPMAT, &spec)?
         } else {
-            let bk = key_tile(head_dim, f.max_shared_memory_bytes)?;
-            self.pipelines()
-                .get(&SPARSE_ATTENTION, &[bq, head_dim, bk, is_bf16])?
+            let spec = SparseAttentionSpec {
+                query_tile: bq,
+                head_dim,
+                key_tile: key_tile(head_dim, f.max_shared_memory_bytes)?,
+                bf16,
+            };
+            self.pipelines().get(&SPARSE_ATTENTION, &spec)?
         };
         let scale_log2 = (op.softmax_scale as f64 * std::f64::consts::LOG2_E) as f32;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges

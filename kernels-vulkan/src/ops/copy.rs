@@ -4,9 +4,10 @@
 
 use super::bind_range;
 use crate::memory::BufferRange;
-use crate::pipeline::{Shader, ShaderResources};
+use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use crate::VulkanBackend;
 use ash::vk;
+use std::marker::PhantomData;
 use tessera_core::{Error, Result};
 
 const OP: &str = "copy_words";
@@ -14,18 +15,43 @@ const OP: &str = "copy_words";
 /// Invocations per workgroup.
 const WORKGROUP: u32 = 256;
 
-/// The copy shader. Bindings: src, dst; push constants words, stride. Specialization: workgroup
-/// size.
-pub const COPY_WORDS: Shader = Shader {
+/// The copy shader. Bindings: src, dst; push constants words, stride. Specialization:
+/// [`CopyWordsSpec`].
+pub const COPY_WORDS: Shader<CopyWordsSpec> = Shader {
     name: "copy_words",
     spirv: spirv!("copy_words"),
     storage_buffers: 2,
     push_constant_bytes: 8,
-    resources: |spec| ShaderResources {
-        invocations: spec.first().copied().unwrap_or(WORKGROUP),
-        shared_memory_bytes: 0,
-    },
+    specialization: PhantomData,
 };
+
+/// The specialization constants of `copy_words.comp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CopyWordsSpec {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+}
+
+impl Default for CopyWordsSpec {
+    fn default() -> Self {
+        Self {
+            workgroup_size: WORKGROUP,
+        }
+    }
+}
+
+impl Specialization for CopyWordsSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![SpecConstant::local_size_x(0, self.workgroup_size)]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.workgroup_size,
+            shared_memory_bytes: 0,
+        }
+    }
+}
 
 impl VulkanBackend {
     /// Records a copy of `bytes` bytes (a multiple of 16) from `src` to `dst` by a compute
@@ -62,7 +88,10 @@ impl VulkanBackend {
             .map_err(|_| Error::invalid(OP, "bytes", "at most 2^36 - 16", bytes.to_string()))?;
         let groups = (words.div_ceil(WORKGROUP)).clamp(1, f.max_workgroup_count[0].min(65_535));
         let stride = groups * WORKGROUP;
-        let pipeline = self.pipelines().get(&COPY_WORDS, &[WORKGROUP])?;
+        let spec = CopyWordsSpec {
+            workgroup_size: WORKGROUP,
+        };
+        let pipeline = self.pipelines().get(&COPY_WORDS, &spec)?;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; both were checked to hold `bytes`.
         unsafe { pipeline.record(cmd, &[src, dst], &[words, stride], [groups, 1, 1]) }

@@ -8,9 +8,12 @@
 
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
-use crate::pipeline::{compute_barrier, linear_groups, Shader, ShaderResources};
+use crate::pipeline::{
+    compute_barrier, linear_groups, Shader, ShaderResources, SpecConstant, Specialization,
+};
 use crate::VulkanBackend;
 use ash::vk;
+use std::marker::PhantomData;
 use tessera_core::ops::fp8::FP8_AMAX_FLOOR;
 use tessera_core::{DType, Error, Fp8Quantize, Fp8Quantized, Result, ScaleRule, TensorRef, E4M3};
 
@@ -19,43 +22,137 @@ const OP: &str = "fp8_quantize";
 /// Invocations per workgroup of both passes (the minimum every Vulkan device supports).
 const WORKGROUP: u32 = 128;
 
-/// Pass 1: the scales. Bindings: x, scales. Specialization: workgroup size, input kind
-/// (0 f32, 1 f16, 2 bf16), power-of-two scales, most subgroups per workgroup.
-pub const FP8_QUANTIZE_SCALES: Shader = Shader {
+/// Pass 1: the scales. Bindings: x, scales. Specialization: [`Fp8QuantizeScalesSpec`].
+pub const FP8_QUANTIZE_SCALES: Shader<Fp8QuantizeScalesSpec> = Shader {
     name: "fp8_quantize_scales",
     spirv: spirv!("fp8_quantize_scales"),
     storage_buffers: 2,
     push_constant_bytes: 24,
-    resources: |spec| ShaderResources {
-        invocations: spec.first().copied().unwrap_or(128),
-        shared_memory_bytes: 4 * spec.get(3).copied().unwrap_or(32),
-    },
+    specialization: PhantomData,
 };
 
-/// Pass 2: the codes. Bindings: x, scales, values. Specialization: workgroup size, input kind.
-pub const FP8_QUANTIZE_CODES: Shader = Shader {
+/// Pass 2: the codes. Bindings: x, scales, values. Specialization: [`Fp8QuantizeCodesSpec`].
+pub const FP8_QUANTIZE_CODES: Shader<Fp8QuantizeCodesSpec> = Shader {
     name: "fp8_quantize_codes",
     spirv: spirv!("fp8_quantize_codes"),
     storage_buffers: 3,
     push_constant_bytes: 16,
-    resources: |spec| ShaderResources {
-        invocations: spec.first().copied().unwrap_or(128),
-        shared_memory_bytes: 0,
-    },
+    specialization: PhantomData,
 };
 
-/// The shaders' input-kind specialization constant for an input type.
-fn input_kind(input: DType) -> Result<u32> {
-    match input {
-        DType::F32 => Ok(0),
-        DType::F16 => Ok(1),
-        DType::BF16 => Ok(2),
-        other => Err(Error::invalid(
-            OP,
-            "x",
-            "dtype f32, f16 or bf16",
-            other.name(),
-        )),
+/// The element type of the quantizers' input (the shaders' `IN_KIND`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Fp8InputKind {
+    /// f32 (`IN_KIND` 0).
+    #[default]
+    F32,
+    /// f16, two per 32-bit word (`IN_KIND` 1).
+    F16,
+    /// bf16, two per 32-bit word (`IN_KIND` 2).
+    Bf16,
+}
+
+impl Fp8InputKind {
+    /// The kind of an input type, or [`Error::InvalidArgument`] naming `x` for a type the
+    /// quantizers do not take.
+    pub fn of(input: DType) -> Result<Self> {
+        match input {
+            DType::F32 => Ok(Self::F32),
+            DType::F16 => Ok(Self::F16),
+            DType::BF16 => Ok(Self::Bf16),
+            other => Err(Error::invalid(
+                OP,
+                "x",
+                "dtype f32, f16 or bf16",
+                other.name(),
+            )),
+        }
+    }
+
+    /// The value of the shaders' `IN_KIND`.
+    fn code(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Bf16 => 2,
+        }
+    }
+}
+
+/// The specialization constants of `fp8_quantize_scales.comp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fp8QuantizeScalesSpec {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+    /// The input's element type.
+    pub input: Fp8InputKind,
+    /// Round each scale up to a power of two.
+    pub power_of_two_scales: bool,
+    /// Most subgroups per workgroup (`workgroup_size` / the device's smallest subgroup size):
+    /// the length of the shader's reduction array.
+    pub max_subgroups: u32,
+}
+
+impl Default for Fp8QuantizeScalesSpec {
+    fn default() -> Self {
+        Self {
+            workgroup_size: WORKGROUP,
+            input: Fp8InputKind::F32,
+            power_of_two_scales: false,
+            max_subgroups: 32,
+        }
+    }
+}
+
+impl Specialization for Fp8QuantizeScalesSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![
+            SpecConstant::local_size_x(0, self.workgroup_size),
+            SpecConstant::new(1, "IN_KIND", self.input.code()),
+            SpecConstant::new(2, "POW2", u32::from(self.power_of_two_scales)),
+            SpecConstant::new(3, "MAX_SUBGROUPS", self.max_subgroups),
+        ]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.workgroup_size,
+            shared_memory_bytes: 4 * self.max_subgroups,
+        }
+    }
+}
+
+/// The specialization constants of `fp8_quantize_codes.comp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fp8QuantizeCodesSpec {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+    /// The input's element type.
+    pub input: Fp8InputKind,
+}
+
+impl Default for Fp8QuantizeCodesSpec {
+    fn default() -> Self {
+        Self {
+            workgroup_size: WORKGROUP,
+            input: Fp8InputKind::F32,
+        }
+    }
+}
+
+impl Specialization for Fp8QuantizeCodesSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![
+            SpecConstant::local_size_x(0, self.workgroup_size),
+            SpecConstant::new(1, "IN_KIND", self.input.code()),
+        ]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.workgroup_size,
+            shared_memory_bytes: 0,
+        }
     }
 }
 
@@ -90,7 +187,7 @@ impl VulkanBackend {
         scales: BufferRange,
     ) -> Result<()> {
         op.validate()?;
-        let kind = input_kind(input)?;
+        let input_kind = Fp8InputKind::of(input)?;
         let f = self.features();
         let n = op.rows as u64 * op.cols as u64;
         let (sr, sc) = op.scales_shape();
@@ -103,15 +200,18 @@ impl VulkanBackend {
         let rows = to_u32(OP, "rows", op.rows as u64)?;
         let cols = to_u32(OP, "cols", op.cols as u64)?;
         let words = n.div_ceil(4);
-        let pow2 = u32::from(op.scale_rule == ScaleRule::PowerOfTwo);
-        let max_subgroups = WORKGROUP.div_ceil(f.min_subgroup_size.max(1));
-        let scales_pass = self.pipelines().get(
-            &FP8_QUANTIZE_SCALES,
-            &[WORKGROUP, kind, pow2, max_subgroups],
-        )?;
-        let codes_pass = self
-            .pipelines()
-            .get(&FP8_QUANTIZE_CODES, &[WORKGROUP, kind])?;
+        let scales_spec = Fp8QuantizeScalesSpec {
+            workgroup_size: WORKGROUP,
+            input: input_kind,
+            power_of_two_scales: op.scale_rule == ScaleRule::PowerOfTwo,
+            max_subgroups: WORKGROUP.div_ceil(f.min_subgroup_size.max(1)),
+        };
+        let codes_spec = Fp8QuantizeCodesSpec {
+            workgroup_size: WORKGROUP,
+            input: input_kind,
+        };
+        let scales_pass = self.pipelines().get(&FP8_QUANTIZE_SCALES, &scales_spec)?;
+        let codes_pass = self.pipelines().get(&FP8_QUANTIZE_CODES, &codes_spec)?;
         let group_rows = op.group_rows() as u32;
         let scale_groups = linear_groups(groups, f.max_workgroup_count)?;
         let code_groups = linear_groups(words.div_ceil(WORKGROUP as u64), f.max_workgroup_count)?;

@@ -16,10 +16,11 @@
 
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
-use crate::pipeline::{Shader, ShaderResources};
+use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use crate::VulkanBackend;
 use ash::vk;
 use half::bf16;
+use std::marker::PhantomData;
 use tessera_core::ops::fp8::FP8_GROUP;
 use tessera_core::{Error, Fp8Gemm, GemmGrouping, Result, E4M3};
 
@@ -28,47 +29,94 @@ const OP: &str = "fp8_gemm";
 /// Rows and columns of D per workgroup (the shader's `BM`, `BN`).
 const TILE: usize = 64;
 
-/// The portable GEMM. Bindings: A, sA, B, sB, D; push constants m, n, k.
-pub const FP8_GEMM: Shader = Shader {
+/// The portable GEMM. Bindings: A, sA, B, sB, D; push constants m, n, k. No specialization
+/// constants ([`Fp8GemmSpec`]).
+pub const FP8_GEMM: Shader<Fp8GemmSpec> = Shader {
     name: "fp8_gemm",
     spirv: spirv!("fp8_gemm"),
     storage_buffers: 5,
     push_constant_bytes: 12,
-    resources: |_| ShaderResources {
-        invocations: 256,
-        // Two 32 x 64 tiles of f32.
-        shared_memory_bytes: 2 * 32 * 64 * 4,
-    },
+    specialization: PhantomData,
 };
 
 /// The cooperative-matrix GEMM (f16 operands, f32 accumulation), 64x64 tiles of D. Bindings
-/// and push constants as [`FP8_GEMM`]; 128 invocations (four subgroups of 32).
-pub const FP8_GEMM_COOPMAT: Shader = Shader {
+/// and push constants as [`FP8_GEMM`]; 128 invocations (four subgroups of 32). No
+/// specialization constants ([`Fp8GemmCoopmatSpec`]).
+pub const FP8_GEMM_COOPMAT: Shader<Fp8GemmCoopmatSpec> = Shader {
     name: "fp8_gemm_coopmat",
     spirv: spirv!("fp8_gemm_coopmat"),
     storage_buffers: 5,
     push_constant_bytes: 12,
-    resources: |_| ShaderResources {
-        invocations: 128,
-        // A and B tiles of 64 x (128 + 8) f16, a 16 x 16 f32 scratch per subgroup, 64 row
-        // scales.
-        shared_memory_bytes: 2 * 64 * 136 * 2 + 4 * 256 * 4 + 64 * 4,
-    },
+    specialization: PhantomData,
 };
 
 /// The cooperative-matrix GEMM with 128x128 tiles of D: 256 invocations (eight subgroups of 32).
-pub const FP8_GEMM_COOPMAT_LARGE: Shader = Shader {
+/// No specialization constants ([`Fp8GemmCoopmatLargeSpec`]).
+pub const FP8_GEMM_COOPMAT_LARGE: Shader<Fp8GemmCoopmatLargeSpec> = Shader {
     name: "fp8_gemm_coopmat_large",
     spirv: spirv!("fp8_gemm_coopmat_large"),
     storage_buffers: 5,
     push_constant_bytes: 12,
-    resources: |_| ShaderResources {
-        invocations: 256,
-        // A and B tiles of 128 x (64 + 8) f16, a 16 x 16 f32 scratch per subgroup, 128 row
-        // scales.
-        shared_memory_bytes: 2 * 128 * 72 * 2 + 8 * 256 * 4 + 128 * 4,
-    },
+    specialization: PhantomData,
 };
+
+/// `fp8_gemm.comp` has no specialization constants (its tiling is fixed in the source).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Fp8GemmSpec;
+
+impl Specialization for Fp8GemmSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        Vec::new()
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: 256,
+            // Two 32 x 64 tiles of f32.
+            shared_memory_bytes: 2 * 32 * 64 * 4,
+        }
+    }
+}
+
+/// The `fp8_gemm_coopmat` build of `fp8_gemm_coopmat.comp` (64x64 tiles) has no
+/// specialization constants (its tiling comes from macros).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Fp8GemmCoopmatSpec;
+
+impl Specialization for Fp8GemmCoopmatSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        Vec::new()
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: 128,
+            // A and B tiles of 64 x (128 + 8) f16, a 16 x 16 f32 scratch per subgroup, 64 row
+            // scales.
+            shared_memory_bytes: 2 * 64 * 136 * 2 + 4 * 256 * 4 + 64 * 4,
+        }
+    }
+}
+
+/// The `fp8_gemm_coopmat_large` build of `fp8_gemm_coopmat.comp` (128x128 tiles) has no
+/// specialization constants (its tiling comes from macros).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Fp8GemmCoopmatLargeSpec;
+
+impl Specialization for Fp8GemmCoopmatLargeSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        Vec::new()
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: 256,
+            // A and B tiles of 128 x (64 + 8) f16, a 16 x 16 f32 scratch per subgroup, 128 row
+            // scales.
+            shared_memory_bytes: 2 * 128 * 72 * 2 + 8 * 256 * 4 + 128 * 4,
+        }
+    }
+}
 
 /// From this M on, the cooperative-matrix path uses 128x128 tiles of D
 /// ([`FP8_GEMM_COOPMAT_LARGE`]): below it, 64x64 tiles keep more workgroups in flight.
@@ -84,8 +132,12 @@ impl VulkanBackend {
     pub fn fp8_gemm_uses_cooperative_matrix(&self) -> bool {
         let f = self.features();
         super::f16_cooperative_matrix_available(self.context())
-            && [FP8_GEMM_COOPMAT, FP8_GEMM_COOPMAT_LARGE].iter().all(|s| {
-                let r = (s.resources)(&[]);
+            && [
+                Fp8GemmCoopmatSpec.resources(),
+                Fp8GemmCoopmatLargeSpec.resources(),
+            ]
+            .iter()
+            .all(|r| {
                 f.max_shared_memory_bytes >= r.shared_memory_bytes
                     && f.max_workgroup_invocations >= r.invocations
             })
@@ -140,11 +192,8 @@ impl VulkanBackend {
         to_u32(OP, "n * k", n * k)?;
         to_u32(OP, "m * n", m * n)?;
         let coopmat = self.fp8_gemm_uses_cooperative_matrix();
-        let (shader, tile) = match (coopmat, op.m >= LARGE_TILE_M) {
-            (true, true) => (&FP8_GEMM_COOPMAT_LARGE, 2 * TILE),
-            (true, false) => (&FP8_GEMM_COOPMAT, TILE),
-            (false, _) => (&FP8_GEMM, TILE),
-        };
+        let large_tiles = coopmat && op.m >= LARGE_TILE_M;
+        let tile = if large_tiles { 2 * TILE } else { TILE };
         let groups_x = op.n.div_ceil(tile) as u64;
         let groups_y = op.m.div_ceil(tile) as u64;
         if groups_x > f.max_workgroup_count[0] as u64 || groups_y > f.max_workgroup_count[1] as u64
@@ -158,7 +207,14 @@ impl VulkanBackend {
                 ),
             });
         }
-        let pipeline = self.pipelines().get(shader, &[])?;
+        let pipelines = self.pipelines();
+        let pipeline = if large_tiles {
+            pipelines.get(&FP8_GEMM_COOPMAT_LARGE, &Fp8GemmCoopmatLargeSpec)?
+        } else if coopmat {
+            pipelines.get(&FP8_GEMM_COOPMAT, &Fp8GemmCoopmatSpec)?
+        } else {
+            pipelines.get(&FP8_GEMM, &Fp8GemmSpec)?
+        };
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses.
         unsafe {

@@ -28,14 +28,17 @@
 
 mod stream;
 
-pub use stream::{MLA_DECODE_STREAM, MLA_DECODE_STREAM_ROLLED};
+pub use stream::{MlaDecodeStreamSpec, MLA_DECODE_STREAM, MLA_DECODE_STREAM_ROLLED};
 
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
-use crate::pipeline::{compute_barrier, linear_groups, Shader, ShaderResources};
+use crate::pipeline::{
+    compute_barrier, linear_groups, Shader, ShaderResources, SpecConstant, Specialization,
+};
 use crate::VulkanBackend;
 use ash::vk;
 use half::bf16;
+use std::marker::PhantomData;
 use tessera_core::{
     BackendKind, Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode,
     MlaDecodeOutput, Result, E4M3,
@@ -58,49 +61,158 @@ const MAX_KEY_TILE: u32 = 16;
 /// Decode workgroups aimed at when choosing the number of key splits.
 const TARGET_WORKGROUPS: u64 = 256;
 
-/// Cache append. Bindings: latent, rope, slots, cache. Specialization: workgroup size, FP8.
-pub const MLA_APPEND: Shader = Shader {
+/// Cache append. Bindings: latent, rope, slots, cache. Specialization: [`MlaAppendSpec`].
+pub const MLA_APPEND: Shader<MlaAppendSpec> = Shader {
     name: "mla_append",
     spirv: spirv!("mla_append"),
     storage_buffers: 4,
     push_constant_bytes: 24,
-    resources: |spec| ShaderResources {
-        invocations: spec.first().copied().unwrap_or(WORKGROUP),
-        shared_memory_bytes: 64,
-    },
+    specialization: PhantomData,
 };
 
 /// Decode pass 1 (split-KV partials). Bindings: cache, q, block_table, seq_lens, workspace.
-/// Specialization: workgroup size, FP8, keys per tile, `latent_dim + rope_dim`, output columns
-/// per invocation, query rows per workgroup.
-pub const MLA_DECODE: Shader = Shader {
+/// Specialization: [`MlaDecodeSpec`].
+pub const MLA_DECODE: Shader<MlaDecodeSpec> = Shader {
     name: "mla_decode",
     spirv: spirv!("mla_decode"),
     storage_buffers: 5,
     push_constant_bytes: 48,
-    resources: |spec| {
-        let kt = spec.get(2).copied().unwrap_or(8);
-        let d = spec.get(3).copied().unwrap_or(576);
-        let rows = spec.get(5).copied().unwrap_or(4);
-        ShaderResources {
-            invocations: spec.first().copied().unwrap_or(WORKGROUP),
-            shared_memory_bytes: decode_shared_bytes(rows, kt, d),
-        }
-    },
+    specialization: PhantomData,
 };
 
-/// Decode pass 2 (merging the splits). Bindings: workspace, o, lse. Specialization: workgroup
-/// size.
-pub const MLA_COMBINE: Shader = Shader {
+/// Decode pass 2 (merging the splits). Bindings: workspace, o, lse. Specialization:
+/// [`MlaCombineSpec`].
+pub const MLA_COMBINE: Shader<MlaCombineSpec> = Shader {
     name: "mla_combine",
     spirv: spirv!("mla_combine"),
     storage_buffers: 3,
     push_constant_bytes: 20,
-    resources: |spec| ShaderResources {
-        invocations: spec.first().copied().unwrap_or(COMBINE_WORKGROUP),
-        shared_memory_bytes: 0,
-    },
+    specialization: PhantomData,
 };
+
+/// The specialization constants of `mla_append.comp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaAppendSpec {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+    /// FP8 records (else bf16).
+    pub fp8: bool,
+}
+
+impl Default for MlaAppendSpec {
+    fn default() -> Self {
+        Self {
+            workgroup_size: WORKGROUP,
+            fp8: false,
+        }
+    }
+}
+
+impl Specialization for MlaAppendSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![
+            SpecConstant::local_size_x(0, self.workgroup_size),
+            SpecConstant::new(1, "FP8", u32::from(self.fp8)),
+        ]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.workgroup_size,
+            shared_memory_bytes: 64,
+        }
+    }
+}
+
+/// The specialization constants of `mla_decode.comp` (the shader's `D = latent_dim + rope_dim`
+/// and `CPT = ceil(latent_dim / workgroup_size)` follow from the fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaDecodeSpec {
+    /// Invocations per workgroup (`WG`).
+    pub workgroup_size: u32,
+    /// FP8 records (else bf16).
+    pub fp8: bool,
+    /// Keys per shared-memory tile (`KT`).
+    pub key_tile: u32,
+    /// The layout's latent width.
+    pub latent_dim: u32,
+    /// The layout's rope width.
+    pub rope_dim: u32,
+    /// Query rows per workgroup (`ROWS`).
+    pub rows: u32,
+}
+
+impl Default for MlaDecodeSpec {
+    fn default() -> Self {
+        Self {
+            workgroup_size: WORKGROUP,
+            fp8: false,
+            key_tile: 8,
+            latent_dim: 512,
+            rope_dim: 64,
+            rows: 4,
+        }
+    }
+}
+
+impl MlaDecodeSpec {
+    /// `latent_dim + rope_dim` (the shader's `D`).
+    fn qk_dim(&self) -> u32 {
+        self.latent_dim + self.rope_dim
+    }
+}
+
+impl Specialization for MlaDecodeSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![
+            SpecConstant::local_size_x(0, self.workgroup_size),
+            SpecConstant::new(1, "FP8", u32::from(self.fp8)),
+            SpecConstant::new(2, "KT", self.key_tile),
+            SpecConstant::new(3, "D", self.qk_dim()),
+            SpecConstant::new(
+                4,
+                "CPT",
+                self.latent_dim.div_ceil(self.workgroup_size.max(1)),
+            ),
+            SpecConstant::new(5, "ROWS", self.rows),
+        ]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.workgroup_size,
+            shared_memory_bytes: decode_shared_bytes(self.rows, self.key_tile, self.qk_dim()),
+        }
+    }
+}
+
+/// The specialization constants of `mla_combine.comp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaCombineSpec {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+}
+
+impl Default for MlaCombineSpec {
+    fn default() -> Self {
+        Self {
+            workgroup_size: COMBINE_WORKGROUP,
+        }
+    }
+}
+
+impl Specialization for MlaCombineSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        vec![SpecConstant::local_size_x(0, self.workgroup_size)]
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.workgroup_size,
+            shared_memory_bytes: 0,
+        }
+    }
+}
 
 /// Shared memory of `mla_decode`: `rows` query rows and `kt` keys of `d` f32, and the scores.
 fn decode_shared_bytes(rows: u32, kt: u32, d: u32) -> u32 {
@@ -478,8 +590,11 @@ impl VulkanBackend {
             "tokens * latent_dim",
             tokens * layout.latent_dim as u64,
         )?;
-        let fp8 = u32::from(layout.format == MlaCacheFormat::Fp8);
-        let pipeline = self.pipelines().get(&MLA_APPEND, &[WORKGROUP, fp8])?;
+        let spec = MlaAppendSpec {
+            workgroup_size: WORKGROUP,
+            fp8: layout.format == MlaCacheFormat::Fp8,
+        };
+        let pipeline = self.pipelines().get(&MLA_APPEND, &spec)?;
         let groups = linear_groups(tokens, f.max_workgroup_count)?;
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses.
@@ -612,13 +727,15 @@ impl VulkanBackend {
         let splits = plan.splits();
         let (decode, push, groups) = match &plan.launch {
             Launch::Tiled(tiled) => {
-                let fp8 = u32::from(l.format == MlaCacheFormat::Fp8);
-                let d = l.qk_dim() as u32;
-                let cpt = (l.latent_dim as u32).div_ceil(WORKGROUP);
-                let pipeline = self.pipelines().get(
-                    &MLA_DECODE,
-                    &[WORKGROUP, fp8, tiled.key_tile, d, cpt, tiled.rows_per_group],
-                )?;
+                let spec = MlaDecodeSpec {
+                    workgroup_size: WORKGROUP,
+                    fp8: l.format == MlaCacheFormat::Fp8,
+                    key_tile: tiled.key_tile,
+                    latent_dim: l.latent_dim as u32,
+                    rope_dim: l.rope_dim as u32,
+                    rows: tiled.rows_per_group,
+                };
+                let pipeline = self.pipelines().get(&MLA_DECODE, &spec)?;
                 let push = vec![
                     op.batch as u32,
                     op.s_q as u32,
@@ -641,7 +758,7 @@ impl VulkanBackend {
                 } else {
                     &MLA_DECODE_STREAM
                 };
-                let pipeline = self.pipelines().get(shader, &launch.spec.values())?;
+                let pipeline = self.pipelines().get(shader, &launch.spec)?;
                 let push = vec![
                     op.batch as u32,
                     op.s_q as u32,
@@ -662,7 +779,10 @@ impl VulkanBackend {
                 (pipeline, push, batch * launch.row_groups * launch.splits)
             }
         };
-        let combine = self.pipelines().get(&MLA_COMBINE, &[COMBINE_WORKGROUP])?;
+        let combine_spec = MlaCombineSpec {
+            workgroup_size: COMBINE_WORKGROUP,
+        };
+        let combine = self.pipelines().get(&MLA_COMBINE, &combine_spec)?;
         let decode_groups = linear_groups(groups, f.max_workgroup_count)?;
         let words = op.o_len() as u64 / 2;
         let combine_groups = linear_groups(

@@ -12,7 +12,8 @@
 
 use super::{MlaStreamTiling, DECODE};
 use crate::device::VulkanFeatures;
-use crate::pipeline::{Shader, ShaderResources};
+use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
+use std::marker::PhantomData;
 use tessera_core::{BackendKind, Error, MlaCacheFormat, MlaCacheLayout, MlaDecode, Result};
 
 /// Most subgroups ("teams") per workgroup: with 4 rows each, 32 rows share a pass over the
@@ -44,9 +45,9 @@ fn resident_per_compute_unit(invocations: u32) -> u64 {
         1
     }
 }
-/// The largest unrolled loops ([`StreamSpec::unrolled_code`]) a device's compiler gets: a GPU
-/// needs them unrolled to keep the lanes' arrays in registers (DeepSeek-V3's layout on
-/// subgroups of 32 with 32 rows: 596), else [`MLA_DECODE_STREAM_ROLLED`] runs; lavapipe's
+/// The largest unrolled loops ([`MlaDecodeStreamSpec::unrolled_code`]) a device's compiler
+/// gets: a GPU needs them unrolled to keep the lanes' arrays in registers (DeepSeek-V3's layout
+/// on subgroups of 32 with 32 rows: 596), else [`MLA_DECODE_STREAM_ROLLED`] runs; lavapipe's
 /// compiler takes up to a minute on such code (its subgroups of 8 give each lane 4x the
 /// columns), so a CPU device unrolls only small shapes.
 fn unrolled_code_limit(f: &VulkanFeatures) -> u32 {
@@ -60,42 +61,27 @@ fn unrolled_code_limit(f: &VulkanFeatures) -> u32 {
 const DEFAULT_SLOTS: u64 = 256;
 
 /// Pass 1 of the decode, streaming variant, every loop unrolled (GPUs). Bindings: cache, q,
-/// block_table, seq_lens, workspace. Specialization: [`StreamSpec`].
-pub const MLA_DECODE_STREAM: Shader = Shader {
+/// block_table, seq_lens, workspace. Specialization: [`MlaDecodeStreamSpec`].
+pub const MLA_DECODE_STREAM: Shader<MlaDecodeStreamSpec> = Shader {
     name: "mla_decode_stream",
     spirv: spirv!("mla_decode_stream"),
     storage_buffers: 5,
     push_constant_bytes: 44,
-    resources: stream_resources,
+    specialization: PhantomData,
 };
 
 /// [`MLA_DECODE_STREAM`] with no loop unrolled (CPU devices, large layouts: see
 /// [`unrolled_code_limit`]).
-pub const MLA_DECODE_STREAM_ROLLED: Shader = Shader {
+pub const MLA_DECODE_STREAM_ROLLED: Shader<MlaDecodeStreamSpec> = Shader {
     name: "mla_decode_stream_rolled",
     spirv: spirv!("mla_decode_stream_rolled"),
-    resources: stream_resources,
     ..MLA_DECODE_STREAM
 };
 
-fn stream_resources(spec: &[u32]) -> ShaderResources {
-    match StreamSpec::from_values(spec) {
-        Some(s) => ShaderResources {
-            invocations: s.invocations(),
-            shared_memory_bytes: s.shared_memory_bytes(),
-        },
-        // Not a specialization of this shader: no device can make it.
-        None => ShaderResources {
-            invocations: u32::MAX,
-            shared_memory_bytes: u32::MAX,
-        },
-    }
-}
-
-/// The specialization constants of `mla_decode_stream.comp` (the shader's header lists them by
-/// id; [`StreamSpec::values`] writes them in that order).
+/// The specialization constants of `mla_decode_stream.comp` (both builds). The shader's
+/// `LOG2_SG` and `LOG2_V` (`log2(rows_per_team · score_batch)`) follow from the fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct StreamSpec {
+pub struct MlaDecodeStreamSpec {
     /// Subgroups per workgroup.
     pub teams: u32,
     /// The subgroup size the shader is built for (a power of two).
@@ -118,54 +104,60 @@ pub(crate) struct StreamSpec {
     pub prefetch: bool,
 }
 
-impl StreamSpec {
-    /// The values of constant ids 0, 1, ... (the pipeline key).
-    pub fn values(&self) -> Vec<u32> {
+impl Default for MlaDecodeStreamSpec {
+    /// The defaults of the shader source: DeepSeek-V3's bf16 layout, 4 subgroups of 32 with 4
+    /// rows each, 8-key tiles, prefetched.
+    fn default() -> Self {
+        Self {
+            teams: 4,
+            subgroup: 32,
+            rows_per_team: 4,
+            key_tile: 8,
+            score_batch: 8,
+            latent: 512,
+            rope: 64,
+            fp8: false,
+            staged_units: 5,
+            prefetch: true,
+        }
+    }
+}
+
+impl Specialization for MlaDecodeStreamSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
         vec![
-            self.invocations(),
-            self.subgroup,
-            self.subgroup.trailing_zeros(),
-            self.rows_per_team,
-            self.key_tile,
-            self.score_batch,
-            (self.rows_per_team * self.score_batch).trailing_zeros(),
-            self.latent,
-            self.rope,
-            u32::from(self.fp8),
-            self.staged_units,
-            u32::from(self.prefetch),
+            SpecConstant::local_size_x(0, self.invocations()),
+            SpecConstant::new(1, "SG", self.subgroup),
+            SpecConstant::new(2, "LOG2_SG", self.subgroup.trailing_zeros()),
+            SpecConstant::new(3, "TR", self.rows_per_team),
+            SpecConstant::new(4, "KT", self.key_tile),
+            SpecConstant::new(5, "KB", self.score_batch),
+            SpecConstant::new(
+                6,
+                "LOG2_V",
+                (self.rows_per_team * self.score_batch).trailing_zeros(),
+            ),
+            SpecConstant::new(7, "LATENT", self.latent),
+            SpecConstant::new(8, "ROPE", self.rope),
+            SpecConstant::new(9, "FP8", u32::from(self.fp8)),
+            SpecConstant::new(10, "PF", self.staged_units),
+            SpecConstant::new(11, "PREFETCH", u32::from(self.prefetch)),
         ]
     }
 
-    /// The inverse of [`StreamSpec::values`]; `None` for anything else.
-    pub fn from_values(v: &[u32]) -> Option<Self> {
-        let &[invocations, subgroup, _, rows_per_team, key_tile, score_batch, _, latent, rope, fp8, staged_units, prefetch] =
-            v
-        else {
-            return None;
-        };
-        if subgroup == 0 || invocations % subgroup != 0 {
-            return None;
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: self.invocations(),
+            shared_memory_bytes: self.shared_memory_bytes(),
         }
-        let spec = Self {
-            teams: invocations / subgroup,
-            subgroup,
-            rows_per_team,
-            key_tile,
-            score_batch,
-            latent,
-            rope,
-            fp8: fp8 != 0,
-            staged_units,
-            prefetch: prefetch != 0,
-        };
-        (spec.values() == v).then_some(spec)
     }
+}
 
+impl MlaDecodeStreamSpec {
     /// The size of the unrolled loops, in vector operations: a lane's dot products and value
     /// updates per tile (`rows · keys · (2 · latent chunks + rope chunks)`) and the words it
     /// stages.
-    pub fn unrolled_code(&self) -> u32 {
+    pub(crate) fn unrolled_code(&self) -> u32 {
         let latent_chunks = (self.latent / 4).div_ceil(self.subgroup);
         let rope_chunks = (self.rope / 2).div_ceil(self.subgroup);
         self.rows_per_team * self.key_tile * (2 * latent_chunks + rope_chunks)
@@ -174,7 +166,7 @@ impl StreamSpec {
 
     /// 32-bit words of a staged record unit: 2 for bf16 records (4 values, one 16-byte store
     /// into the tile), 1 for FP8 (4 codes, or 2 rope values).
-    pub fn unit_words(&self) -> u32 {
+    pub(crate) fn unit_words(&self) -> u32 {
         if self.fp8 {
             1
         } else {
@@ -188,13 +180,13 @@ impl StreamSpec {
     }
 
     /// Invocations per workgroup.
-    pub fn invocations(&self) -> u32 {
+    pub(crate) fn invocations(&self) -> u32 {
         self.teams * self.subgroup
     }
 
     /// The shader's shared memory: the f32 key tile, the teams' score tiles and the tile's
     /// bad-key flags.
-    pub fn shared_memory_bytes(&self) -> u32 {
+    pub(crate) fn shared_memory_bytes(&self) -> u32 {
         let tile = 4 * self.key_tile * (self.latent + self.rope);
         tile + 4 * self.teams * self.rows_per_team * self.key_tile + 4 * self.key_tile
     }
@@ -204,7 +196,7 @@ impl StreamSpec {
 /// splits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct StreamLaunch {
-    pub spec: StreamSpec,
+    pub spec: MlaDecodeStreamSpec,
     /// Run the build without unrolled loops ([`MLA_DECODE_STREAM_ROLLED`]).
     pub rolled: bool,
     pub rows_per_group: u64,
@@ -258,12 +250,12 @@ fn spec_for(
     op: &MlaDecode,
     tiling: &MlaStreamTiling,
     teams: u32,
-) -> Result<StreamSpec> {
+) -> Result<MlaDecodeStreamSpec> {
     let l = &op.layout;
     let fp8 = l.format == MlaCacheFormat::Fp8;
     let units_per_record = token_words(l) / if fp8 { 1 } else { 2 };
     let invocations = teams * f.subgroup_size;
-    let spec = StreamSpec {
+    let spec = MlaDecodeStreamSpec {
         teams,
         subgroup: f.subgroup_size,
         rows_per_team: tiling.rows_per_team,
@@ -419,8 +411,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_round_trip() {
-        let spec = StreamSpec {
+    fn constants_and_resources() {
+        let spec = MlaDecodeStreamSpec {
             teams: 4,
             subgroup: 32,
             rows_per_team: 4,
@@ -432,18 +424,18 @@ mod tests {
             staged_units: 3,
             prefetch: true,
         };
-        let v = spec.values();
-        assert_eq!(v[0], 128);
-        assert_eq!(v[2], 5);
-        assert_eq!(v[6], 5);
-        assert_eq!(StreamSpec::from_values(&v), Some(spec));
-        assert_eq!(StreamSpec::from_values(&v[1..]), None);
+        let v: Vec<(u32, u32)> = spec.constants().iter().map(|c| (c.id, c.value)).collect();
+        assert_eq!(v[0], (0, 128));
+        assert_eq!(v[2], (2, 5));
+        assert_eq!(v[6], (6, 5));
+        assert_eq!(v[10], (10, 3));
+        assert_eq!(v.len(), 12);
         // DeepSeek-V3, 8 keys: the f32 tile, 4 teams x 4 rows x 8 scores, 8 flags.
         assert_eq!(
             spec.shared_memory_bytes(),
             8 * 576 * 4 + 4 * 4 * 8 * 4 + 8 * 4
         );
-        let resources = (MLA_DECODE_STREAM.resources)(&v);
+        let resources = spec.resources();
         assert_eq!(resources.invocations, 128);
         assert_eq!(resources.shared_memory_bytes, spec.shared_memory_bytes());
     }
