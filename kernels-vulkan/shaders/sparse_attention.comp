@@ -62,30 +62,10 @@ layout(push_constant, std430) uniform Params {
 
 #include "common.glsl"
 #include "half.glsl"
+#include "attention_elements.glsl"
 
 shared vec4 k_tile[BK * D4];
 shared vec4 v_tile[BK * D4];
-
-// A 16-bit value (low 16 bits of h) of the tensors' type -> f32, exact.
-float decode16(uint h) {
-    if (IS_BF16 != 0u) {
-        return uintBitsToFloat(h << 16);
-    }
-    return uintBitsToFloat(f16_bits_to_f32_bits_fast(h));
-}
-
-// Two words (four consecutive elements) -> vec4.
-vec4 decode4(uint w0, uint w1) {
-    return vec4(decode16(w0 & 0xffffu), decode16(w0 >> 16), decode16(w1 & 0xffffu),
-                decode16(w1 >> 16));
-}
-
-uint encode16(float x) {
-    if (IS_BF16 != 0u) {
-        return f32_to_bf16_bits(x);
-    }
-    return f32_to_f16_bits(x);
-}
 
 void main() {
     uint g = linear_workgroup_id();

@@ -22,7 +22,8 @@
 //!   [`VulkanContext::queue`], and keeps the buffers alive until the work completes. Barriers
 //!   between the passes of one op are recorded by the op.
 //!
-//! Ops: the FP8 quantizers, the block-scaled FP8 GEMM, block-sparse attention, and the MLA cache append and paged
+//! Ops: the FP8 quantizers, the block-scaled FP8 GEMM, block-sparse attention (forward and
+//! backward), and the MLA cache append and paged
 //! decode, on the portable path (32-bit storage words, subgroup arithmetic, no 8/16-bit
 //! arithmetic), plus cooperative-matrix FP8 GEMM and sparse attention where the device offers
 //! f16 16x16x16 matrices.
@@ -66,7 +67,7 @@ pub use probe::{probe, VulkanDevice, VulkanProbe};
 use ash::vk;
 use half::bf16;
 use std::sync::Arc;
-use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
+use tessera_core::ops::attention::{AttentionGradients, AttentionOutput, SparseAttention};
 use tessera_core::{
     Backend, BackendKind, BlockMask, DeviceFeatures, DeviceInfo, DriverCode, Error, Fp8Gemm,
     Fp8Quantize, Fp8Quantized, MlaAppend, MlaCache, MlaDecode, MlaDecodeOutput, Result, TensorRef,
@@ -93,6 +94,8 @@ pub mod shaders {
             crate::ops::mla::MLA_COMBINE.describe(),
             crate::ops::attention::SPARSE_ATTENTION.describe(),
             crate::ops::attention::SPARSE_ATTENTION_COOPMAT.describe(),
+            crate::ops::attention_backward::SPARSE_ATTENTION_BWD_DQ.describe(),
+            crate::ops::attention_backward::SPARSE_ATTENTION_BWD_DKDV.describe(),
             crate::arith_check::CHECK_ARITH.describe(),
             crate::ops::copy::COPY_WORDS.describe(),
         ]
@@ -230,6 +233,20 @@ impl Backend for VulkanBackend {
         v: TensorRef<'_>,
     ) -> Result<AttentionOutput> {
         self.sparse_attention_host(op, mask, q, k, v)
+    }
+
+    fn sparse_attention_backward(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+        q: TensorRef<'_>,
+        k: TensorRef<'_>,
+        v: TensorRef<'_>,
+        o: TensorRef<'_>,
+        lse: &[f32],
+        d_o: TensorRef<'_>,
+    ) -> Result<AttentionGradients> {
+        self.sparse_attention_backward_host(op, mask, q, k, v, o, lse, d_o)
     }
 
     fn mla_append(

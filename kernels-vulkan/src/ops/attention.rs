@@ -210,11 +210,14 @@ pub fn coopmat_key_tile(head_dim: u32, max_shared: u32) -> Result<u32> {
 /// [`VulkanBackend::record_sparse_attention`] calls (every batch and head share it).
 ///
 /// Layout of the buffer (u32 words): `indptr` (`num_blocks + 1` entries), then `indices`
-/// (`nnz` entries), as [`BlockMask::indptr`] and [`BlockMask::indices`]. A host copy of the
-/// mask is kept for validation.
+/// (`nnz` entries), as [`BlockMask::indptr`] and [`BlockMask::indices`]. The transposed mask
+/// ([`BlockMask::transpose`]: block row `c` lists the query blocks that attend key block `c`),
+/// which the backward's dk/dv pass walks, is built and uploaded once alongside, in the same
+/// layout. A host copy of the mask is kept for validation.
 pub struct VulkanBlockMask {
     mask: BlockMask,
     buffer: Buffer,
+    transposed: Buffer,
     ctx: Arc<VulkanContext>,
 }
 
@@ -236,16 +239,14 @@ impl VulkanBlockMask {
 
     /// Uploads `mask` into a host-visible storage buffer of `ctx`'s device.
     pub fn on_context(ctx: &Arc<VulkanContext>, mask: &BlockMask) -> Result<Self> {
-        let words: Vec<u32> = mask
-            .indptr()
-            .iter()
-            .chain(mask.indices())
-            .copied()
-            .collect();
-        let buffer = Buffer::from_bytes(ctx, bytemuck::cast_slice(&words))?;
+        let upload = |m: &BlockMask| {
+            let words: Vec<u32> = m.indptr().iter().chain(m.indices()).copied().collect();
+            Buffer::from_bytes(ctx, bytemuck::cast_slice(&words))
+        };
         Ok(Self {
             mask: mask.clone(),
-            buffer,
+            buffer: upload(mask)?,
+            transposed: upload(&mask.transpose())?,
             ctx: ctx.clone(),
         })
     }
@@ -260,8 +261,20 @@ impl VulkanBlockMask {
         &self.buffer
     }
 
-    /// Bytes the shader reads: `4 · (num_blocks + 1 + nnz)`.
-    fn bytes(&self) -> u64 {
+    /// The device buffer of the transposed mask ([`BlockMask::transpose`]): `indptr` then
+    /// `indices`, u32.
+    pub fn transposed_buffer(&self) -> &Buffer {
+        &self.transposed
+    }
+
+    /// Whether the mask was uploaded to `ctx`'s device.
+    pub(crate) fn is_on(&self, ctx: &Arc<VulkanContext>) -> bool {
+        Arc::ptr_eq(&self.ctx, ctx)
+    }
+
+    /// Bytes the shaders read of either buffer (the transpose has as many blocks and entries):
+    /// `4 · (num_blocks + 1 + nnz)`.
+    pub(crate) fn bytes(&self) -> u64 {
         4 * (self.mask.num_blocks() as u64 + 1 + self.mask.nnz() as u64)
     }
 }
@@ -334,7 +347,7 @@ impl VulkanBackend {
         lse: BufferRange,
     ) -> Result<()> {
         op.validate(mask.mask())?;
-        if !Arc::ptr_eq(&mask.ctx, self.context()) {
+        if !mask.is_on(self.context()) {
             return Err(Error::invalid(
                 OP,
                 "mask",

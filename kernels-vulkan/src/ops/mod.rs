@@ -3,6 +3,7 @@
 //! [`crate::VulkanBackend`]'s `Backend` implementation calls.
 
 pub mod attention;
+pub mod attention_backward;
 pub mod copy;
 pub mod fp8;
 pub mod fp8_gemm;

@@ -1,0 +1,324 @@
+//! The attention backward on the Vulkan device against the f64 reference: fixed shapes
+//! (partial last blocks, both block sizes, both head dims, f16 and bf16, a key block no query
+//! attends, rows with one block), determinism, random masks and token counts, a block size other
+//! than 64 and 128, and the device API (caller's buffers, typed errors naming the argument). The
+//! reference runs from the same q, k, v, o, lse and dO (the Vulkan forward's o and lse), so only
+//! the backward is compared. The host API's outputs start as NaN: an element the shaders fail to
+//! write shows up. Prints `skipped:` and passes without a Vulkan device.
+
+mod common;
+
+use half::f16;
+use tessera_core::ops::attention::AttentionGradients;
+use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
+use tessera_reference::CpuBackend;
+use tessera_testing::check::{TOL_REL_L2_BWD_BF16, TOL_REL_L2_BWD_F16};
+use tessera_testing::Rng;
+use tessera_vulkan::ops::attention::VulkanBlockMask;
+use tessera_vulkan::ops::attention_backward::AttentionBackwardRanges;
+use tessera_vulkan::{Buffer, BufferRange, MemoryLocation, VulkanBackend};
+
+/// q, k, v, dO of random values in [-2, 2) and the Vulkan forward's o and lse.
+struct Inputs {
+    op: SparseAttention,
+    mask: BlockMask,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Vec<f32>,
+    d_o: Tensor,
+}
+
+impl Inputs {
+    fn new(be: &VulkanBackend, op: SparseAttention, mask: BlockMask, rng: &mut Rng) -> Self {
+        let mut input = || {
+            let x: Vec<f32> = (0..op.qkv_len())
+                .map(|_| rng.uniform_f32(-2.0, 2.0))
+                .collect();
+            Tensor::from_f32(op.dtype, &x)
+        };
+        let (q, k, v, d_o) = (input(), input(), input(), input());
+        let f = be
+            .sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())
+            .unwrap();
+        Self {
+            op,
+            mask,
+            q,
+            k,
+            v,
+            o: f.o,
+            lse: f.lse,
+            d_o,
+        }
+    }
+
+    fn backward(&self, be: &dyn Backend) -> AttentionGradients {
+        be.sparse_attention_backward(
+            &self.op,
+            &self.mask,
+            self.q.as_ref(),
+            self.k.as_ref(),
+            self.v.as_ref(),
+            self.o.as_ref(),
+            &self.lse,
+            self.d_o.as_ref(),
+        )
+        .unwrap()
+    }
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_f32_vec().iter().map(|&x| x as f64).collect()
+}
+
+/// Asserts every gradient is finite and within the relative L2 tolerance of the reference, the
+/// error of each measured against the largest of the three reference norms (as the CUDA
+/// backward's test: one gradient can be zero in exact arithmetic, e.g. dq with a single key,
+/// while f32 sums leave rounding-sized values there).
+fn assert_matches(got: &AttentionGradients, want: &AttentionGradients, dtype: DType, what: &str) {
+    let tol = if dtype == DType::F16 {
+        TOL_REL_L2_BWD_F16
+    } else {
+        TOL_REL_L2_BWD_BF16
+    };
+    let pairs = [
+        ("dq", f64s(&got.dq), f64s(&want.dq)),
+        ("dk", f64s(&got.dk), f64s(&want.dk)),
+        ("dv", f64s(&got.dv), f64s(&want.dv)),
+    ];
+    let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let scale = pairs
+        .iter()
+        .map(|(_, _, w)| norm(w))
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
+    for (name, g, w) in &pairs {
+        assert_eq!(g.len(), w.len(), "{what}: {name} length");
+        let bad = g.iter().position(|x| !x.is_finite());
+        assert!(
+            bad.is_none(),
+            "{what}: {name}[{}] is not finite",
+            bad.unwrap_or(0)
+        );
+        let diff: Vec<f64> = g.iter().zip(w).map(|(a, b)| a - b).collect();
+        let rel = norm(&diff) / scale;
+        println!("{what}: {name} L2 error / largest gradient norm {rel:.2e}");
+        assert!(
+            rel <= tol,
+            "{what}: {name} L2 error {rel} > {tol} (of the largest gradient norm)"
+        );
+    }
+}
+
+/// A random mask over `tokens` with about `density` of the blocks on and the diagonal always on
+/// (no empty row); with `unattended` and at least 3 blocks, key block 1 is off in every row
+/// (row 1 attends block 0 instead), so that no query attends it.
+fn mask(rng: &mut Rng, tokens: usize, block: usize, density: f64, unattended: bool) -> BlockMask {
+    let nb = tokens.div_ceil(block);
+    let mut bitmap: Vec<bool> = (0..nb * nb)
+        .map(|i| i / nb == i % nb || rng.chance(density))
+        .collect();
+    if unattended && nb >= 3 {
+        for r in 0..nb {
+            bitmap[r * nb + 1] = false;
+        }
+        bitmap[nb] = true; // row 1 keeps block 0
+    }
+    BlockMask::from_dense_bitmap(tokens, block, &bitmap).unwrap()
+}
+
+/// Asserts dk = dv = 0 for every key of block 1 (attended by no query row).
+fn assert_unattended_zero(x: &Inputs, got: &AttentionGradients, block: usize, what: &str) {
+    let row = x.op.heads * x.op.head_dim;
+    let (dk, dv) = (got.dk.to_f32_vec(), got.dv.to_f32_vec());
+    for t in block..(2 * block).min(x.op.tokens) {
+        for b in 0..x.op.batch {
+            let at = (b * x.op.tokens + t) * row;
+            for g in [&dk, &dv] {
+                assert!(
+                    g[at..at + row].iter().all(|&e| e == 0.0),
+                    "{what}: key {t} of an unattended block has a nonzero gradient"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_matches_the_reference_at_fixed_shapes() {
+    let Some(be) = common::backend() else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(0x7b4c);
+    for head_dim in [64, 128] {
+        for dtype in [DType::F16, DType::BF16] {
+            for (block, tokens, density) in [
+                (64, 200, 0.4),
+                (128, 300, 0.5),
+                (64, 64, 1.0),
+                (128, 77, 1.0),
+                (64, 330, 0.0),
+            ] {
+                let m = mask(&mut rng, tokens, block, density, true);
+                let op = SparseAttention::new(2, tokens, 2, head_dim, dtype);
+                let x = Inputs::new(&be, op, m, &mut rng);
+                let what = format!("d{head_dim} {dtype} B{block} t{tokens}");
+                let got = x.backward(&be);
+                assert_matches(&got, &x.backward(&cpu), dtype, &what);
+                assert_eq!(got, x.backward(&be), "{what}: not deterministic");
+                if tokens.div_ceil(block) >= 3 {
+                    assert_unattended_zero(&x, &got, block, &what);
+                }
+            }
+        }
+    }
+}
+
+/// Random token counts (mostly not multiples of the block), masks, batch and heads.
+#[test]
+fn backward_matches_the_reference_at_random_shapes() {
+    let Some(be) = common::backend() else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(0x5eed_bac4);
+    for case in 0..10 {
+        let tokens = rng.range(1, 300);
+        let block = if rng.chance(0.5) { 128 } else { 64 };
+        let head_dim = if rng.chance(0.5) { 128 } else { 64 };
+        let dtype = if rng.chance(0.5) {
+            DType::BF16
+        } else {
+            DType::F16
+        };
+        let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
+        let density = rng.uniform();
+        let unattended = rng.chance(0.5);
+        let m = mask(&mut rng, tokens, block, density, unattended);
+        let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
+        let x = Inputs::new(&be, op, m, &mut rng);
+        let what = format!("case {case}: t{tokens} B{block} d{head_dim} {dtype} b{batch} h{heads}");
+        assert_matches(&x.backward(&be), &x.backward(&cpu), dtype, &what);
+    }
+}
+
+/// The portable path takes any block size (the workgroup's rows are the largest power of two up
+/// to 64 dividing it): 48 and 100, with partial last blocks.
+#[test]
+fn backward_takes_other_block_sizes() {
+    let Some(be) = common::backend() else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(48);
+    for (block, tokens) in [(48, 170), (100, 250)] {
+        let m = mask(&mut rng, tokens, block, 0.5, true);
+        let op = SparseAttention::new(1, tokens, 2, 64, DType::F16);
+        let x = Inputs::new(&be, op, m, &mut rng);
+        let what = format!("B{block} t{tokens}");
+        let got = x.backward(&be);
+        assert_matches(&got, &x.backward(&cpu), DType::F16, &what);
+        assert_unattended_zero(&x, &got, block, &what);
+    }
+}
+
+/// The device API over the caller's buffers gives the host API's bits; bad ranges and a mask of
+/// another token count are typed errors naming the argument.
+#[test]
+fn device_api_matches_the_host_api_and_names_bad_arguments() {
+    let Some(be) = common::backend() else { return };
+    let ctx = be.context();
+    let mut rng = Rng::new(0xde71ce);
+    let tokens = 150;
+    let m = mask(&mut rng, tokens, 64, 0.5, true);
+    let op = SparseAttention::new(1, tokens, 2, 64, DType::F16);
+    let x = Inputs::new(&be, op.clone(), m.clone(), &mut rng);
+    let want = x.backward(&be);
+    let device_mask = VulkanBlockMask::new(&be, &m).unwrap();
+    let half_bytes = |t: &Tensor| -> Vec<u8> {
+        match t {
+            Tensor::F16(v) => bytemuck::cast_slice::<f16, u8>(v).to_vec(),
+            _ => unreachable!(),
+        }
+    };
+    let upload = |t: &Tensor| Buffer::from_bytes(ctx, &half_bytes(t)).unwrap();
+    let (q, k, v, o, d_o) = (
+        upload(&x.q),
+        upload(&x.k),
+        upload(&x.v),
+        upload(&x.o),
+        upload(&x.d_o),
+    );
+    let lse = Buffer::from_bytes(ctx, bytemuck::cast_slice(&x.lse)).unwrap();
+    let n = op.qkv_len();
+    let stats_bytes = 4 * op.lse_len() as u64;
+    let out = || Buffer::new(ctx, 2 * n as u64, MemoryLocation::HostVisible).unwrap();
+    let (dq, dk, dv) = (out(), out(), out());
+    let delta = Buffer::new(ctx, stats_bytes, MemoryLocation::DeviceLocal).unwrap();
+    let ranges = AttentionBackwardRanges {
+        q: q.range(),
+        k: k.range(),
+        v: v.range(),
+        o: o.range(),
+        lse: lse.range(),
+        d_o: d_o.range(),
+        delta: delta.range(),
+        dq: dq.range(),
+        dk: dk.range(),
+        dv: dv.range(),
+    };
+    be.run_and_wait(|cmd| {
+        // SAFETY: `cmd` is the backend's command buffer, recording; the buffers are live storage
+        // buffers of its device, kept until the work has completed.
+        unsafe { be.record_sparse_attention_backward(cmd, &op, &device_mask, &ranges) }
+    })
+    .unwrap();
+    let read = |b: &Buffer| -> Tensor {
+        Tensor::F16(
+            b.read(0, 2 * n)
+                .unwrap()
+                .chunks_exact(2)
+                .map(|h| f16::from_bits(u16::from_le_bytes([h[0], h[1]])))
+                .collect(),
+        )
+    };
+    let got = AttentionGradients {
+        dq: read(&dq),
+        dk: read(&dk),
+        dv: read(&dv),
+    };
+    assert_eq!(got, want, "the device API differs from the host API");
+
+    let other = VulkanBlockMask::new(&be, &mask(&mut rng, tokens + 1, 64, 0.5, false)).unwrap();
+    let expect = |r: tessera_core::Result<()>, arg: &str| match r {
+        Err(tessera_core::Error::InvalidArgument { arg: got, .. }) => assert_eq!(got, arg),
+        other => panic!("expected InvalidArgument naming {arg}, got {other:?}"),
+    };
+    let short = |r: BufferRange| BufferRange::new(r.buffer, r.offset, r.size - 4);
+    be.run_and_wait(|cmd| {
+        // SAFETY: every call fails validation before recording anything.
+        unsafe {
+            expect(
+                be.record_sparse_attention_backward(cmd, &op, &other, &ranges),
+                "mask",
+            );
+            for arg in ["q", "o", "lse", "d_o", "delta", "dq", "dk", "dv"] {
+                let mut bad = ranges;
+                let field = match arg {
+                    "q" => &mut bad.q,
+                    "o" => &mut bad.o,
+                    "lse" => &mut bad.lse,
+                    "d_o" => &mut bad.d_o,
+                    "delta" => &mut bad.delta,
+                    "dq" => &mut bad.dq,
+                    "dk" => &mut bad.dk,
+                    _ => &mut bad.dv,
+                };
+                *field = short(*field);
+                expect(
+                    be.record_sparse_attention_backward(cmd, &op, &device_mask, &bad),
+                    arg,
+                );
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+}
