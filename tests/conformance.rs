@@ -18,7 +18,9 @@ use tessera::{
     MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, RadialMaskConfig, ScaleRule,
     SparseAttention, TensorRef, E4M3,
 };
-use tessera_testing::check::{AttentionCase, Case, GemmCase, MaskSpec, MlaCase, QuantizeCase};
+use tessera_testing::check::{
+    AttentionBackwardCase, AttentionCase, Case, GemmCase, MaskSpec, MlaCase, QuantizeCase,
+};
 
 /// Proptest cases per op: fewer on the slow f64 CPU path; `PROPTEST_CASES` overrides (the
 /// GPU machine's sanitizer run lowers it).
@@ -259,6 +261,30 @@ fn invalid_arguments(kind: BackendKind) {
         tessera::BlockMask::from_dense_bitmap(100, 64, &[true, false, false, false]).unwrap();
     expect_invalid(b.sparse_attention(&op, &holey, t, t, t), "mask block row 1");
 
+    // Sparse attention backward: the forward's checks, then o, d_o and lse.
+    let lse = vec![0f32; op.lse_len()];
+    let short = TensorRef::BF16(&x[1..]);
+    expect_invalid(
+        b.sparse_attention_backward(&op, &mask, short, t, t, t, &lse, t),
+        "q",
+    );
+    expect_invalid(
+        b.sparse_attention_backward(&op, &mask, t, t, t, short, &lse, t),
+        "o",
+    );
+    expect_invalid(
+        b.sparse_attention_backward(&op, &mask, t, t, t, t, &lse, short),
+        "d_o",
+    );
+    expect_invalid(
+        b.sparse_attention_backward(&op, &mask, t, t, t, t, &lse[1..], t),
+        "lse",
+    );
+    expect_invalid(
+        b.sparse_attention_backward(&op, &other_mask, t, t, t, t, &lse, t),
+        "mask",
+    );
+
     // MLA append: bad slots leave the cache untouched.
     let layout = MlaCacheLayout {
         page_size: 4,
@@ -414,6 +440,13 @@ macro_rules! conformance_suite {
             }
 
             #[test]
+            fn sparse_attention_backward_matches_reference() {
+                check_strategy($kind, attention_strategy(), |forward| {
+                    Case::AttentionBackward(AttentionBackwardCase { forward })
+                });
+            }
+
+            #[test]
             fn mla_append_and_decode_match_reference() {
                 check_strategy($kind, mla_strategy(), Case::Mla);
             }
@@ -439,7 +472,11 @@ macro_rules! conformance_suite {
                     return;
                 };
                 let skipped = std::sync::Mutex::new(None);
-                for case in tessera_testing::check::standard_cases(true, 7) {
+                let backward = tessera_testing::check::backward_cases(true, 7);
+                for case in tessera_testing::check::standard_cases(true, 7)
+                    .into_iter()
+                    .chain(backward)
+                {
                     run_case(backend.as_ref(), &case, &skipped).unwrap();
                 }
                 if let Some(why) = skipped.into_inner().unwrap_or_else(|p| p.into_inner()) {

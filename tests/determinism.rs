@@ -2,7 +2,8 @@
 //! bitwise-identical outputs (the guarantee each op's documentation states: no path of Tessera
 //! accumulates floats with atomics; the MLA decode's split-KV partials are merged in a fixed
 //! order, and the split count depends only on the shape and the device). The shapes include an
-//! MLA decode long enough to be split, and partial blocks everywhere.
+//! MLA decode long enough to be split, and partial blocks everywhere; the attention backward
+//! runs from the forward's outputs.
 //!
 //! Runs on the CPU reference and on Vulkan (lavapipe in CI); on CUDA where there is a device
 //! (prints `skipped:` otherwise).
@@ -43,6 +44,26 @@ fn run_all(backend: &dyn Backend) -> Vec<(String, Vec<u32>)> {
             .unwrap();
         out.push((format!("attention {dtype} o"), f32_bits(&r.o.to_f32_vec())));
         out.push((format!("attention {dtype} lse"), f32_bits(&r.lse)));
+        // The backward from the forward's o and lse.
+        let d_o = Tensor::from_f32(dtype, &rng.normals(op.qkv_len()));
+        let g = backend
+            .sparse_attention_backward(
+                &op,
+                &mask,
+                x.as_ref(),
+                x.as_ref(),
+                x.as_ref(),
+                r.o.as_ref(),
+                &r.lse,
+                d_o.as_ref(),
+            )
+            .unwrap();
+        for (name, t) in [("dq", &g.dq), ("dk", &g.dk), ("dv", &g.dv)] {
+            out.push((
+                format!("attention backward {dtype} {name}"),
+                f32_bits(&t.to_f32_vec()),
+            ));
+        }
     }
     let dense = BlockMask::dense(200, 128).unwrap();
     let op = SparseAttention::new(1, 200, 1, 128, DType::BF16);

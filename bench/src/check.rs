@@ -56,8 +56,9 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     );
     let (mut passed, mut failed, mut unsupported) = (0usize, 0usize, 0usize);
     let mut json = Vec::new();
-    // The backward cases run on every backend; one that has no backward yet says so on its own
-    // line (`unsupported`, counted apart), which does not fail the check.
+    // The backward cases run on every backend (the reference, CUDA and Vulkan have it); one
+    // that returns `Unsupported` for a case says so on its own line (`unsupported`, counted
+    // apart), which does not fail the check.
     let cases = standard_cases(args.quick, args.seed)
         .into_iter()
         .map(|c| (c, false))
