@@ -63,7 +63,7 @@ pub const SPARSE_ATTENTION_BWD_DKDV: Shader<AttentionBackwardDkdvSpec> = Shader 
 pub struct AttentionBackwardDqSpec {
     /// Query rows per workgroup, one invocation each (the workgroup size, `BQ`):
     /// [`query_tile`] of the block size.
-    pub query_tile: u32,
+    pub query_rows: u32,
     /// The head dimension (64 or 128).
     pub head_dim: u32,
     /// Keys per shared-memory tile (`BK`).
@@ -75,7 +75,7 @@ pub struct AttentionBackwardDqSpec {
 impl Default for AttentionBackwardDqSpec {
     fn default() -> Self {
         Self {
-            query_tile: 64,
+            query_rows: 64,
             head_dim: 128,
             key_tile: 16,
             bf16: true,
@@ -86,7 +86,7 @@ impl Default for AttentionBackwardDqSpec {
 impl Specialization for AttentionBackwardDqSpec {
     fn constants(&self) -> Vec<SpecConstant> {
         vec![
-            SpecConstant::local_size_x(0, self.query_tile),
+            SpecConstant::local_size_x(0, self.query_rows),
             SpecConstant::new(1, "HEAD_DIM", self.head_dim),
             SpecConstant::new(2, "BK", self.key_tile),
             SpecConstant::new(3, "IS_BF16", u32::from(self.bf16)),
@@ -95,7 +95,7 @@ impl Specialization for AttentionBackwardDqSpec {
 
     fn resources(&self) -> ShaderResources {
         ShaderResources {
-            invocations: self.query_tile,
+            invocations: self.query_rows,
             shared_memory_bytes: dq_shared_bytes(self.head_dim, self.key_tile),
         }
     }
@@ -276,7 +276,7 @@ impl VulkanBackend {
         let dq_pass = self.pipelines().get(
             &SPARSE_ATTENTION_BWD_DQ,
             &AttentionBackwardDqSpec {
-                query_tile: rows,
+                query_rows: rows,
                 head_dim,
                 key_tile: streamed_tile(head_dim, f.max_shared_memory_bytes, dq_shared_bytes)?,
                 bf16,
