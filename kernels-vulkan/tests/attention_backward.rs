@@ -12,7 +12,7 @@ use half::f16;
 use tessera_core::ops::attention::AttentionGradients;
 use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
 use tessera_reference::CpuBackend;
-use tessera_testing::check::{TOL_REL_L2_BWD_BF16, TOL_REL_L2_BWD_F16};
+use tessera_testing::check::{backward_tolerance, gradient_errors};
 use tessera_testing::Rng;
 use tessera_vulkan::ops::attention::VulkanBlockMask;
 use tessera_vulkan::ops::attention_backward::AttentionBackwardRanges;
@@ -73,37 +73,24 @@ fn f64s(t: &Tensor) -> Vec<f64> {
     t.to_f32_vec().iter().map(|&x| x as f64).collect()
 }
 
-/// Asserts every gradient is finite and within the relative L2 tolerance of the reference, the
-/// error of each measured against the largest of the three reference norms (as the CUDA
-/// backward's test: one gradient can be zero in exact arithmetic, e.g. dq with a single key,
-/// while f32 sums leave rounding-sized values there).
+/// Asserts every gradient is finite and within the backward's tolerance of the reference
+/// ([`gradient_errors`]: each error over the largest of the three reference norms).
 fn assert_matches(got: &AttentionGradients, want: &AttentionGradients, dtype: DType, what: &str) {
-    let tol = if dtype == DType::F16 {
-        TOL_REL_L2_BWD_F16
-    } else {
-        TOL_REL_L2_BWD_BF16
-    };
-    let pairs = [
-        ("dq", f64s(&got.dq), f64s(&want.dq)),
-        ("dk", f64s(&got.dk), f64s(&want.dk)),
-        ("dv", f64s(&got.dv), f64s(&want.dv)),
-    ];
-    let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let scale = pairs
-        .iter()
-        .map(|(_, _, w)| norm(w))
-        .fold(0.0f64, f64::max)
-        .max(1e-300);
-    for (name, g, w) in &pairs {
-        assert_eq!(g.len(), w.len(), "{what}: {name} length");
-        let bad = g.iter().position(|x| !x.is_finite());
+    let tol = backward_tolerance(dtype);
+    let (g, w) = (
+        [f64s(&got.dq), f64s(&got.dk), f64s(&got.dv)],
+        [f64s(&want.dq), f64s(&want.dk), f64s(&want.dv)],
+    );
+    let errors = gradient_errors([&g[0], &g[1], &g[2]], [&w[0], &w[1], &w[2]]);
+    for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
+        assert_eq!(g[i].len(), w[i].len(), "{what}: {name} length");
+        let bad = g[i].iter().position(|x| !x.is_finite());
         assert!(
             bad.is_none(),
             "{what}: {name}[{}] is not finite",
             bad.unwrap_or(0)
         );
-        let diff: Vec<f64> = g.iter().zip(w).map(|(a, b)| a - b).collect();
-        let rel = norm(&diff) / scale;
+        let rel = errors[i];
         println!("{what}: {name} L2 error / largest gradient norm {rel:.2e}");
         assert!(
             rel <= tol,

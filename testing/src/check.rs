@@ -273,26 +273,11 @@ impl AttentionBackwardCase {
                 ("dv", dv.len(), want.dv.len()),
             ],
         )?;
-        let tolerance = if c.dtype == DType::F16 {
-            TOL_REL_L2_BWD_F16
-        } else {
-            TOL_REL_L2_BWD_BF16
-        };
-        // Each gradient's L2 error is measured against the largest of the three reference
-        // gradient norms: one gradient can be zero in exact arithmetic (dq where every query
-        // attends a single key: P = 1, so dS = dO·v - dO·o = 0) while a kernel's f32 sums leave
-        // rounding-sized values there.
-        let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let largest = [&want.dq, &want.dk, &want.dv]
-            .into_iter()
-            .map(|w| norm(w))
-            .fold(0.0f64, f64::max);
-        let metric = |name, got: &[f64], want: &[f64]| Metric {
+        let tolerance = backward_tolerance(c.dtype);
+        let [e_dq, e_dk, e_dv] = gradient_errors([&dq, &dk, &dv], [&want.dq, &want.dk, &want.dv]);
+        let metric = |name, error| Metric {
             name,
-            error: {
-                let diff: Vec<f64> = got.iter().zip(want).map(|(g, w)| g - w).collect();
-                norm(&diff) / largest.max(1e-300)
-            },
+            error,
             tolerance,
         };
         Ok(CheckOutcome {
@@ -308,13 +293,36 @@ impl AttentionBackwardCase {
                 mask.density()
             ),
             metrics: vec![
-                metric("dq rel_l2 vs max norm", &dq, &want.dq),
-                metric("dk rel_l2 vs max norm", &dk, &want.dk),
-                metric("dv rel_l2 vs max norm", &dv, &want.dv),
+                metric("dq rel_l2 vs max norm", e_dq),
+                metric("dk rel_l2 vs max norm", e_dk),
+                metric("dv rel_l2 vs max norm", e_dv),
             ],
             seconds,
         })
     }
+}
+
+/// The attention backward's tolerance on [`gradient_errors`] for inputs of `dtype`.
+pub fn backward_tolerance(dtype: DType) -> f64 {
+    if dtype == DType::F16 {
+        TOL_REL_L2_BWD_F16
+    } else {
+        TOL_REL_L2_BWD_BF16
+    }
+}
+
+/// The L2 error of each of the three gradients `got` (dq, dk, dv) against `want`, over the
+/// largest of the three reference norms: one gradient can be zero in exact arithmetic (dq where
+/// every query attends a single key: P = 1, so dS = dO·v - dO·o = 0) while a kernel's f32 sums
+/// leave rounding-sized values there. A NaN anywhere gives NaN (which fails any tolerance).
+pub fn gradient_errors(got: [&[f64]; 3], want: [&[f64]; 3]) -> [f64; 3] {
+    let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>().sqrt();
+    let largest = want
+        .iter()
+        .map(|w| norm(&mut w.iter().copied()))
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
+    std::array::from_fn(|i| norm(&mut got[i].iter().zip(want[i]).map(|(g, w)| g - w)) / largest)
 }
 
 /// `[3, 0, 7]`, or `8x2048` when all lengths are equal.
