@@ -19,7 +19,9 @@ use tessera_cuda::{
     AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut,
 };
 use tessera_reference::CpuBackend;
-use tessera_testing::check::{backward_tolerance, gradient_errors};
+use tessera_testing::backward::{
+    assert_gradients_match, assert_unattended_block_zero, random_mask,
+};
 use tessera_testing::Rng;
 
 /// q, k, v, dO of random values in [-2, 2) and the GPU forward's o and lse.
@@ -146,53 +148,6 @@ fn run_plan(be: &CudaBackend, x: &Inputs, plan: AttentionBackwardPlan) -> Attent
     }
 }
 
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_f32_vec().iter().map(|&x| x as f64).collect()
-}
-
-/// Asserts every gradient is finite and within the backward's tolerance of the reference
-/// ([`gradient_errors`]: each error over the largest of the three reference norms).
-fn assert_matches(got: &AttentionGradients, want: &AttentionGradients, dtype: DType, what: &str) {
-    let tol = backward_tolerance(dtype);
-    let (g, w) = (
-        [f64s(&got.dq), f64s(&got.dk), f64s(&got.dv)],
-        [f64s(&want.dq), f64s(&want.dk), f64s(&want.dv)],
-    );
-    let errors = gradient_errors([&g[0], &g[1], &g[2]], [&w[0], &w[1], &w[2]]);
-    for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
-        assert_eq!(g[i].len(), w[i].len(), "{what}: {name} length");
-        let bad = g[i].iter().position(|x| !x.is_finite());
-        assert!(
-            bad.is_none(),
-            "{what}: {name}[{}] is not finite",
-            bad.unwrap_or(0)
-        );
-        let rel = errors[i];
-        println!("{what}: {name} L2 error / largest gradient norm {rel:.2e}");
-        assert!(
-            rel <= tol,
-            "{what}: {name} L2 error {rel} > {tol} (of the largest gradient norm)"
-        );
-    }
-}
-
-/// A random mask over `tokens` with about `density` of the blocks on and the diagonal always on
-/// (no empty row); with `unattended` and at least 3 blocks, key block 1 is off in every row
-/// (row 1 attends block 0 instead), so that no query attends it.
-fn mask(rng: &mut Rng, tokens: usize, block: usize, density: f64, unattended: bool) -> BlockMask {
-    let nb = tokens.div_ceil(block);
-    let mut bitmap: Vec<bool> = (0..nb * nb)
-        .map(|i| i / nb == i % nb || rng.chance(density))
-        .collect();
-    if unattended && nb >= 3 {
-        for r in 0..nb {
-            bitmap[r * nb + 1] = false;
-        }
-        bitmap[nb] = true; // row 1 keeps block 0
-    }
-    BlockMask::from_dense_bitmap(tokens, block, &bitmap).unwrap()
-}
-
 #[test]
 fn every_backward_plan_matches_the_reference() {
     let Some(be) = common::backend() else { return };
@@ -206,7 +161,7 @@ fn every_backward_plan_matches_the_reference() {
                 (128, 77, 1.0),
                 (64, 450, 0.0),
             ] {
-                let m = mask(&mut rng, tokens, block, density, true);
+                let m = random_mask(&mut rng, tokens, block, density, true);
                 let op = SparseAttention::new(2, tokens, 3, head_dim, dtype);
                 let x = Inputs::new(&be, op, m, &mut rng);
                 let want = x.reference();
@@ -216,34 +171,17 @@ fn every_backward_plan_matches_the_reference() {
                         plan.key_value.label()
                     );
                     let got = run_plan(&be, &x, plan);
-                    assert_matches(&got, &want, dtype, &what);
+                    assert_gradients_match(&got, &want, dtype, &what);
                     let again = run_plan(&be, &x, plan);
                     assert_eq!(got, again, "{what}: not bitwise deterministic");
                     if tokens.div_ceil(block) >= 3 {
                         // Key block 1 is attended by no row: dk = dv = 0 there.
-                        let row = op_row(&x.op);
-                        for t in block..(2 * block).min(tokens) {
-                            for b in 0..x.op.batch {
-                                let at = (b * x.op.tokens + t) * row;
-                                for g in [&got.dk, &got.dv] {
-                                    let v = g.to_f32_vec();
-                                    assert!(
-                                        v[at..at + row].iter().all(|&e| e == 0.0),
-                                        "{what}: key {t}"
-                                    );
-                                }
-                            }
-                        }
+                        assert_unattended_block_zero(&x.op, &got, block, &what);
                     }
                 }
             }
         }
     }
-}
-
-/// Elements per token: heads * head_dim.
-fn op_row(op: &SparseAttention) -> usize {
-    op.heads * op.head_dim
 }
 
 /// Through the `Backend` trait (the default plan) at random token counts, masks and shapes: a
@@ -270,11 +208,11 @@ fn backward_through_the_trait_matches_the_reference() {
                 let block = if block_is_128 { 128 } else { 64 };
                 let head_dim = if head_dim_is_128 { 128 } else { 64 };
                 let dtype = if bf16_type { DType::BF16 } else { DType::F16 };
-                let m = mask(&mut rng, tokens, block, density, false);
+                let m = random_mask(&mut rng, tokens, block, density, false);
                 let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
                 let x = Inputs::new(&be, op, m, &mut rng);
                 let got = x.through_trait(&be);
-                assert_matches(
+                assert_gradients_match(
                     &got,
                     &x.reference(),
                     dtype,

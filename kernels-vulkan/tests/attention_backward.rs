@@ -12,7 +12,9 @@ use half::f16;
 use tessera_core::ops::attention::AttentionGradients;
 use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
 use tessera_reference::CpuBackend;
-use tessera_testing::check::{backward_tolerance, gradient_errors};
+use tessera_testing::backward::{
+    assert_gradients_match, assert_unattended_block_zero, random_mask,
+};
 use tessera_testing::Rng;
 use tessera_vulkan::ops::attention::VulkanBlockMask;
 use tessera_vulkan::ops::attention_backward::AttentionBackwardRanges;
@@ -69,70 +71,6 @@ impl Inputs {
     }
 }
 
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_f32_vec().iter().map(|&x| x as f64).collect()
-}
-
-/// Asserts every gradient is finite and within the backward's tolerance of the reference
-/// ([`gradient_errors`]: each error over the largest of the three reference norms).
-fn assert_matches(got: &AttentionGradients, want: &AttentionGradients, dtype: DType, what: &str) {
-    let tol = backward_tolerance(dtype);
-    let (g, w) = (
-        [f64s(&got.dq), f64s(&got.dk), f64s(&got.dv)],
-        [f64s(&want.dq), f64s(&want.dk), f64s(&want.dv)],
-    );
-    let errors = gradient_errors([&g[0], &g[1], &g[2]], [&w[0], &w[1], &w[2]]);
-    for (i, name) in ["dq", "dk", "dv"].into_iter().enumerate() {
-        assert_eq!(g[i].len(), w[i].len(), "{what}: {name} length");
-        let bad = g[i].iter().position(|x| !x.is_finite());
-        assert!(
-            bad.is_none(),
-            "{what}: {name}[{}] is not finite",
-            bad.unwrap_or(0)
-        );
-        let rel = errors[i];
-        println!("{what}: {name} L2 error / largest gradient norm {rel:.2e}");
-        assert!(
-            rel <= tol,
-            "{what}: {name} L2 error {rel} > {tol} (of the largest gradient norm)"
-        );
-    }
-}
-
-/// A random mask over `tokens` with about `density` of the blocks on and the diagonal always on
-/// (no empty row); with `unattended` and at least 3 blocks, key block 1 is off in every row
-/// (row 1 attends block 0 instead), so that no query attends it.
-fn mask(rng: &mut Rng, tokens: usize, block: usize, density: f64, unattended: bool) -> BlockMask {
-    let nb = tokens.div_ceil(block);
-    let mut bitmap: Vec<bool> = (0..nb * nb)
-        .map(|i| i / nb == i % nb || rng.chance(density))
-        .collect();
-    if unattended && nb >= 3 {
-        for r in 0..nb {
-            bitmap[r * nb + 1] = false;
-        }
-        bitmap[nb] = true; // row 1 keeps block 0
-    }
-    BlockMask::from_dense_bitmap(tokens, block, &bitmap).unwrap()
-}
-
-/// Asserts dk = dv = 0 for every key of block 1 (attended by no query row).
-fn assert_unattended_zero(x: &Inputs, got: &AttentionGradients, block: usize, what: &str) {
-    let row = x.op.heads * x.op.head_dim;
-    let (dk, dv) = (got.dk.to_f32_vec(), got.dv.to_f32_vec());
-    for t in block..(2 * block).min(x.op.tokens) {
-        for b in 0..x.op.batch {
-            let at = (b * x.op.tokens + t) * row;
-            for g in [&dk, &dv] {
-                assert!(
-                    g[at..at + row].iter().all(|&e| e == 0.0),
-                    "{what}: key {t} of an unattended block has a nonzero gradient"
-                );
-            }
-        }
-    }
-}
-
 #[test]
 fn backward_matches_the_reference_at_fixed_shapes() {
     let Some(be) = common::backend() else { return };
@@ -147,15 +85,15 @@ fn backward_matches_the_reference_at_fixed_shapes() {
                 (128, 77, 1.0),
                 (64, 330, 0.0),
             ] {
-                let m = mask(&mut rng, tokens, block, density, true);
+                let m = random_mask(&mut rng, tokens, block, density, true);
                 let op = SparseAttention::new(2, tokens, 2, head_dim, dtype);
                 let x = Inputs::new(&be, op, m, &mut rng);
                 let what = format!("d{head_dim} {dtype} B{block} t{tokens}");
                 let got = x.backward(&be);
-                assert_matches(&got, &x.backward(&cpu), dtype, &what);
+                assert_gradients_match(&got, &x.backward(&cpu), dtype, &what);
                 assert_eq!(got, x.backward(&be), "{what}: not deterministic");
                 if tokens.div_ceil(block) >= 3 {
-                    assert_unattended_zero(&x, &got, block, &what);
+                    assert_unattended_block_zero(&x.op, &got, block, &what);
                 }
             }
         }
@@ -180,11 +118,11 @@ fn backward_matches_the_reference_at_random_shapes() {
         let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
         let density = rng.uniform();
         let unattended = rng.chance(0.5);
-        let m = mask(&mut rng, tokens, block, density, unattended);
+        let m = random_mask(&mut rng, tokens, block, density, unattended);
         let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
         let x = Inputs::new(&be, op, m, &mut rng);
         let what = format!("case {case}: t{tokens} B{block} d{head_dim} {dtype} b{batch} h{heads}");
-        assert_matches(&x.backward(&be), &x.backward(&cpu), dtype, &what);
+        assert_gradients_match(&x.backward(&be), &x.backward(&cpu), dtype, &what);
     }
 }
 
@@ -196,13 +134,13 @@ fn backward_takes_other_block_sizes() {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(48);
     for (block, tokens) in [(48, 170), (100, 250)] {
-        let m = mask(&mut rng, tokens, block, 0.5, true);
+        let m = random_mask(&mut rng, tokens, block, 0.5, true);
         let op = SparseAttention::new(1, tokens, 2, 64, DType::F16);
         let x = Inputs::new(&be, op, m, &mut rng);
         let what = format!("B{block} t{tokens}");
         let got = x.backward(&be);
-        assert_matches(&got, &x.backward(&cpu), DType::F16, &what);
-        assert_unattended_zero(&x, &got, block, &what);
+        assert_gradients_match(&got, &x.backward(&cpu), DType::F16, &what);
+        assert_unattended_block_zero(&x.op, &got, block, &what);
     }
 }
 
@@ -214,7 +152,7 @@ fn device_api_matches_the_host_api_and_names_bad_arguments() {
     let ctx = be.context();
     let mut rng = Rng::new(0xde71ce);
     let tokens = 150;
-    let m = mask(&mut rng, tokens, 64, 0.5, true);
+    let m = random_mask(&mut rng, tokens, 64, 0.5, true);
     let op = SparseAttention::new(1, tokens, 2, 64, DType::F16);
     let x = Inputs::new(&be, op.clone(), m.clone(), &mut rng);
     let want = x.backward(&be);
@@ -273,7 +211,8 @@ fn device_api_matches_the_host_api_and_names_bad_arguments() {
     };
     assert_eq!(got, want, "the device API differs from the host API");
 
-    let other = VulkanBlockMask::new(&be, &mask(&mut rng, tokens + 1, 64, 0.5, false)).unwrap();
+    let other =
+        VulkanBlockMask::new(&be, &random_mask(&mut rng, tokens + 1, 64, 0.5, false)).unwrap();
     let expect = |r: tessera_core::Result<()>, arg: &str| match r {
         Err(tessera_core::Error::InvalidArgument { arg: got, .. }) => assert_eq!(got, arg),
         other => panic!("expected InvalidArgument naming {arg}, got {other:?}"),
