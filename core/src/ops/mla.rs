@@ -597,9 +597,9 @@ pub const MLA_SCHEDULE_BINS: usize = 64;
 ///    block is longer than the longest request's, and the pieces pack the slots.
 /// 4. If the units exceed `max_units`, `s` becomes the largest smaller count whose units fit.
 /// 5. Launch order: the splits that are not a request's last (all `tiles_per_split` long),
-///    requests in order; then the last splits by decreasing bin `rest_b * 64 / (tiles_per_split
-///    + 1)` of their tiles `rest_b` (0 without queries) of [`MLA_SCHEDULE_BINS`], ties by
-///    request index. Workspace slots: the requests of more than one split, in order.
+///    requests in order; then the last splits by decreasing bin
+///    `rest_b * 64 / (tiles_per_split + 1)` of their tiles `rest_b` (0 without queries) of
+///    [`MLA_SCHEDULE_BINS`], ties by request index. Workspace slots: the requests of more than one split, in order.
 pub fn mla_kv_schedule(
     requests: &[MlaScheduleRequest],
     slots: usize,
