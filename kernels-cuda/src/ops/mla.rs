@@ -1282,9 +1282,9 @@ mod tests {
                 .collect();
             let sch = p.host_schedule(&lens, None);
             // Bad lengths (-1, past the table) have no tiles: one split each.
-            for b in 0..batch {
-                if !(0..=20000).contains(&lens[b]) {
-                    assert_eq!(sch.splits[b], 1);
+            for (len, &n) in lens.iter().zip(&sch.splits) {
+                if !(0..=20000).contains(len) {
+                    assert_eq!(n, 1);
                 }
             }
             let ws = encode(&p, &sch);
@@ -1297,9 +1297,9 @@ mod tests {
             // Queries per request: none takes one split and counts no work.
             let counts: Vec<usize> = (0..batch).map(|b| b % 3).collect();
             let sch = p.host_schedule(&lens, Some(&counts));
-            for b in 0..batch {
-                if counts[b] == 0 {
-                    assert_eq!(sch.splits[b], 1);
+            for (&n_q, &n) in counts.iter().zip(&sch.splits) {
+                if n_q == 0 {
+                    assert_eq!(n, 1);
                 }
             }
         }
