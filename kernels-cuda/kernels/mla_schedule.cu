@@ -112,17 +112,18 @@ __device__ __forceinline__ T mla_sched_reduce(T v, T* red) {
     return r;
 }
 
-// The units of pieces of tiles_per_split tiles: the sum of every request's splits.
-__device__ int mla_sched_units(const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, int batch,
+// The units of pieces of tiles_per_split tiles: the sum of every request's splits (up to 64
+// each: a u64 sum).
+__device__ u64 mla_sched_units(const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, int batch,
                                int s_q, int total_q, int heads, int max_pages, int page_size, int key_tile,
-                               int rows_per_cta, int col_chunks, int tiles_per_split, int* red) {
-    int units = 0;
+                               int rows_per_cta, int col_chunks, int tiles_per_split, u64* red) {
+    u64 units = 0;
     for (int b = threadIdx.x; b < batch; b += MLA_SCHED_THREADS) {
         const MlaSchedRequest r = mla_sched_request(seq_lens, cu_seqlens_q, b, s_q, total_q, heads, max_pages,
                                                     page_size, key_tile, rows_per_cta, col_chunks);
-        units += mla_sched_splits(r, tiles_per_split);
+        units += (u64)mla_sched_splits(r, tiles_per_split);
     }
-    return mla_sched_reduce<int, false>(units, red);
+    return mla_sched_reduce<u64, false>(units, red);
 }
 
 // Exclusive prefix sums over the CTA's threads (in thread order) of three counts, and their totals.
@@ -194,13 +195,13 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
         // 4. Within the units: the largest s' <= s whose units fit (units grow with s').
         auto units = [&](int s) {
             return mla_sched_units(seq_lens, cu_seqlens_q, batch, s_q, total_q, heads, max_pages, page_size,
-                                   key_tile, rows_per_cta, col_chunks, (t_max + s - 1) / s, red32);
+                                   key_tile, rows_per_cta, col_chunks, (t_max + s - 1) / s, red64);
         };
-        if (s > 1 && units(s) > max_units) {
+        if (s > 1 && units(s) > (u64)max_units) {
             int fits = 1, over = s;  // units(1) = batch <= max_units
             while (over - fits > 1) {
                 const int mid = (fits + over) / 2;
-                if (units(mid) > max_units)
+                if (units(mid) > (u64)max_units)
                     over = mid;
                 else
                     fits = mid;
