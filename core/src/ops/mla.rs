@@ -389,9 +389,11 @@ impl MlaAppend {
 /// Bitwise deterministic on every backend for the same inputs, device, driver and settings.
 /// The GPU backends split long sequences over several workgroups / CTAs (split-KV): each split
 /// writes its partial output and log-sum-exp to its own workspace slot, and a second pass
-/// merges the splits in a fixed order (split 0, 1, ...); no float atomics. The split count
-/// depends only on the shape and the device (SM count, shared memory), so the same call on a
-/// different device model may round differently (within the conformance tolerances).
+/// merges the splits in a fixed order (split 0, 1, ...); no float atomics. The split counts
+/// depend only on the shape, the device (SM count, shared memory) and, on CUDA, the lengths
+/// themselves (a schedule computed on the device: [`mla_kv_schedule`]), so the same call on a
+/// different device model may round differently (within the conformance tolerances), and a
+/// request's result may round differently when the other requests' lengths change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaDecode {
     /// Requests, at least 1.
@@ -874,7 +876,8 @@ pub struct MlaDecodeOutput {
 /// planned for it, so that a fixed `(batch, total_q, max_s_q)` serves any offsets (CUDA graphs).
 ///
 /// # Determinism
-/// As [`MlaDecode`]; the GPU backends split keys by the shape [`MlaDecodeVarlen::padded`].
+/// As [`MlaDecode`]; the GPU backends plan for the shape [`MlaDecodeVarlen::padded`] (CUDA's
+/// device schedule then weighs each request by its queries and length).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaDecodeVarlen {
     /// Requests, at least 1.
