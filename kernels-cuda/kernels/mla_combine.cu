@@ -16,27 +16,12 @@ static_assert(TESSERA_THREADS == 128, "the combine runs 4 warps, one row each");
 
 #define MLA_COMBINE_ROWS 4  // rows per CTA, one per warp
 
-// Grid: (split request i, group of 4 rows); CTAs past the schedule's split requests exit at once.
-// Request b = split_requests[i] of the schedule has n = req[b].x splits, whose partial results
-// are in the workspace slots req[b].y .. + n; warp w merges row 4 * group + w, in split order.
-//   ws f32 [ws_slots, rows, latent] (partial o), then [ws_slots, rows] (partial lse), then the
-//     schedule (i32, mla_work.cuh); rows = s_q * heads (with VARLEN s_q is max_s_q and a
-//     request's rows past its own n_q * heads are not written by the decode and skipped here)
-//   VARLEN 0: o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]
-//   VARLEN 1: o bf16 [total_q, heads, latent]; lse f32 [heads, total_q]; request b's queries are
-//     the tokens cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (out-of-range offsets: skipped)
-// All splits -inf (no key seen): o = 0, lse = -inf. Any NaN: NaN.
-extern "C" __global__ void __launch_bounds__(128) mla_combine(
-    const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
-    u16* __restrict__ o, float* __restrict__ lse, int batch, int s_q, int total_q, int heads, int latent,
-    int ws_slots) {
+// Merges row r of split request i of the schedule (the warp's; this thread is lane `lane`).
+__device__ __forceinline__ void mla_combine_row(const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q,
+                                                const MlaSchedule& sch, u16* __restrict__ o, float* __restrict__ lse,
+                                                int s_q, int total_q, int heads, int latent, int ws_slots, int i,
+                                                int r, int lane) {
     const int rows = s_q * heads;
-    const int row_quads = (rows + MLA_COMBINE_ROWS - 1) / MLA_COMBINE_ROWS;
-    const MlaSchedule sch = mla_schedule_at(schedule, batch);
-    const int i = (int)(blockIdx.x / row_quads);
-    if (i >= sch.header[1]) return;  // past the split requests: the whole CTA leaves
-    const int lane = threadIdx.x % 32;
-    const int r = (int)(blockIdx.x % row_quads) * MLA_COMBINE_ROWS + threadIdx.x / 32;
     const int b = sch.split_requests[i];
     const int2 req = sch.req[b];
     const int splits = req.x;
@@ -84,3 +69,31 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
     }
     if (lane == 0) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = total;
 }
+
+// Work items: (split request i, group of 4 rows), item = i * row_quads + group; CTA c takes items
+// c, c + gridDim.x, ... below the schedule's split requests x row_quads (none: it exits at once).
+// Request b = split_requests[i] of the schedule has n = req[b].x splits, whose partial results
+// are in the workspace slots req[b].y .. + n; warp w merges row 4 * group + w, in split order.
+//   ws f32 [ws_slots, rows, latent] (partial o), then [ws_slots, rows] (partial lse), then the
+//     schedule (i32, mla_work.cuh); rows = s_q * heads (with VARLEN s_q is max_s_q and a
+//     request's rows past its own n_q * heads are not written by the decode and skipped here)
+//   VARLEN 0: o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]
+//   VARLEN 1: o bf16 [total_q, heads, latent]; lse f32 [heads, total_q]; request b's queries are
+//     the tokens cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (out-of-range offsets: skipped)
+// All splits -inf (no key seen): o = 0, lse = -inf. Any NaN: NaN.
+extern "C" __global__ void __launch_bounds__(128) mla_combine(
+    const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
+    u16* __restrict__ o, float* __restrict__ lse, int batch, int s_q, int total_q, int heads, int latent,
+    int ws_slots) {
+    const int rows = s_q * heads;
+    const int row_quads = (rows + MLA_COMBINE_ROWS - 1) / MLA_COMBINE_ROWS;
+    const MlaSchedule sch = mla_schedule_at(schedule, batch);
+    const i64 items = (i64)sch.header[1] * row_quads;
+    const int lane = threadIdx.x % 32;
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        mla_combine_row(ws, cu_seqlens_q, sch, o, lse, s_q, total_q, heads, latent, ws_slots,
+                        (int)(item / row_quads), (int)(item % row_quads) * MLA_COMBINE_ROWS + threadIdx.x / 32,
+                        lane);
+    }
+}
+

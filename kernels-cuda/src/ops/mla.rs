@@ -21,7 +21,7 @@
 //! exit at once.
 
 use super::{check_device_len, to_i32, upload};
-use crate::plan::mla::MLA_COMBINE_ROWS_PER_CTA;
+use crate::plan::mla::{MLA_COMBINE_CTAS_PER_SM, MLA_COMBINE_ROWS_PER_CTA};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
 use crate::plan::{
     KernelArgs, KernelSpec, LaunchOptions, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape,
@@ -142,11 +142,13 @@ impl MlaDecodePlan {
         self.max_units * self.col_chunks * self.row_groups
     }
 
-    /// CTAs of the combine: one per (request that may be split, 4 rows); a request of `n > 1`
+    /// CTAs of the combine: one per (request that may be split, 4 rows), at most
+    /// [`MLA_COMBINE_CTAS_PER_SM`] per SM (the CTAs stride over the rest); a request of `n > 1`
     /// splits takes `n - 1` units beyond the one every request has.
     fn combine_ctas(&self) -> usize {
         let requests = self.batch.min(self.max_units - self.batch);
-        requests * (self.s_q * self.heads).div_ceil(MLA_COMBINE_ROWS_PER_CTA as usize)
+        let items = requests * (self.s_q * self.heads).div_ceil(MLA_COMBINE_ROWS_PER_CTA as usize);
+        items.min(self.slots * MLA_COMBINE_CTAS_PER_SM as usize)
     }
 
     /// The requests as the schedule weighs them, for lengths `seq_lens` and each request's
@@ -1053,9 +1055,9 @@ impl CudaBackend {
             // int x 6) in this order; the partials hold ws_slots x rows x latent partial outputs
             // then ws_slots x rows partial lse (rows = s_q * heads; length checked by the
             // callers, written by the decode launch before on the same stream), the schedule its
-            // requests of several splits (at most min(batch, max_units - batch), the CTAs' first
-            // index) and their slots. A CTA per (split request, 4 rows) writes those rows of o and
-            // their lse entries only (varlen: rows of the request's own queries, offsets within
+            // requests of several splits (at most min(batch, max_units - batch)) and their slots.
+            // The CTAs stride over the (split request, 4 rows) items, a warp writing its row of o
+            // and its lse entry only (varlen: rows of the request's own queries, offsets within
             // 0..=total_q).
             unsafe { self.launch_kernel(&combine, (ctas, 1, 1), args, LaunchOptions::default())? };
         }
@@ -1254,7 +1256,8 @@ mod tests {
         assert_eq!(p.schedule_offset(), 260 * 128 * 513);
         assert_eq!(p.schedule_len(), 4 + 3 * 128 + 2 * 260);
         assert_eq!(p.workspace_len(), 260 * 128 * 513 + 4 + 384 + 520);
-        assert_eq!((p.ctas(), p.combine_ctas()), (520, 128 * 32));
+        assert_eq!((p.ctas(), p.combine_ctas()), (520, 132 * 8));
+        assert_eq!(plan(4, 1, 128, 32768).combine_ctas(), 4 * 32);
         // An odd batch pads the units to 8 bytes; the schedule starts on 16.
         let p = plan(7, 3, 5, 5000);
         assert_eq!(p.schedule_offset() % 4, 0);

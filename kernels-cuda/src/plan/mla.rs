@@ -16,8 +16,11 @@ pub const MLA_DECODE_SM90_THREADS: u32 = 384;
 pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
 /// Threads per combine CTA: 4 warps, one row each.
 pub const MLA_COMBINE_THREADS: u32 = 128;
-/// Rows (of `s_q * heads`) each combine CTA merges.
+/// Rows (of `s_q * heads`) each combine CTA merges at a time.
 pub const MLA_COMBINE_ROWS_PER_CTA: u32 = 4;
+/// Combine CTAs per SM at most: the combine's grid strides over its work, so that the CTAs of
+/// a launch with few split requests (none, with equal lengths that need no split) are few.
+pub const MLA_COMBINE_CTAS_PER_SM: u32 = 8;
 /// Threads of the split-KV schedule's one CTA.
 pub const MLA_SCHEDULE_THREADS: u32 = 512;
 /// Tokens per append CTA (one warp each).
@@ -121,9 +124,9 @@ impl KernelSpec for MlaScheduleVariant {
     }
 }
 
-/// The split combine: one CTA of 128 threads per (split request, 4 query rows), one warp per row,
-/// for the uniform or the variable-length query layout (`varlen`, as the decode variant it
-/// follows).
+/// The split combine: CTAs of 128 threads striding over the (split request, 4 query rows) items,
+/// one warp per row, for the uniform or the variable-length query layout (`varlen`, as the
+/// decode variant it follows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct MlaCombineVariant {
     /// Queries located by `cu_seqlens_q` ([`tessera_core::MlaDecodeVarlen`]) rather than `s_q`
