@@ -10,7 +10,9 @@
 // are the Rust doc's). Integer arithmetic only, so that both give the same schedule bit for bit.
 //
 // Compile-time constants (required): VARLEN 0 = s_q queries per request, 1 = cu_seqlens_q
-// offsets (as in mla_decode.cu); TESSERA_SMEM_BYTES 0, TESSERA_THREADS 512.
+// offsets (as in mla_decode.cu); MAX_KV_SPLITS (tessera_core::MLA_MAX_KV_SPLITS) and
+// SCHEDULE_BINS (tessera_core::ops::mla::MLA_SCHEDULE_BINS), the rule's constants;
+// TESSERA_SMEM_BYTES 0, TESSERA_THREADS 512.
 //
 // Launch: one CTA. Bounds the host guarantees (MlaDecodePlan): batch * blocks per request and
 // max_units * blocks within 2^31, key tiles within 2^26 (lengths within 2^31 keys of at least 32),
@@ -19,16 +21,23 @@
 #ifndef VARLEN
 #error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
 #endif
+#ifndef MAX_KV_SPLITS
+#error "MAX_KV_SPLITS is required (the most splits of one request)"
+#endif
+#ifndef SCHEDULE_BINS
+#error "SCHEDULE_BINS is required (bins of the launch order's sort key)"
+#endif
 #if VARLEN != 0 && VARLEN != 1
 #error "VARLEN must be 0 or 1"
+#endif
+#if MAX_KV_SPLITS < 1 || SCHEDULE_BINS < 1 || SCHEDULE_BINS > 512
+#error "MAX_KV_SPLITS must be at least 1 and SCHEDULE_BINS in 1..=512 (a thread per bin)"
 #endif
 static_assert(TESSERA_SMEM_BYTES == 0, "the schedule uses no dynamic shared memory");
 static_assert(TESSERA_THREADS == 512, "the schedule runs one CTA of 16 warps");
 
 #define MLA_SCHED_THREADS 512
 #define MLA_SCHED_WARPS (MLA_SCHED_THREADS / 32)
-#define MLA_SCHED_BINS 64       // MLA_SCHEDULE_BINS
-#define MLA_MAX_KV_SPLITS 64    // tessera_core::MLA_MAX_KV_SPLITS
 
 // A 128-bit product, for the exact fill comparisons (u128 in the Rust rule).
 struct MlaU128 {
@@ -167,8 +176,8 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
     __shared__ u64 red64[MLA_SCHED_WARPS];
     __shared__ int red32[MLA_SCHED_WARPS];
     __shared__ int3 scan[MLA_SCHED_WARPS];
-    __shared__ int bin_next[MLA_SCHED_BINS];
-    __shared__ int warp_bin[MLA_SCHED_WARPS][MLA_SCHED_BINS];
+    __shared__ int bin_next[SCHEDULE_BINS];
+    __shared__ int warp_bin[MLA_SCHED_WARPS][SCHEDULE_BINS];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const MlaSchedule sch = mla_schedule_at(schedule, batch);
     max_units = max(max_units, batch);
@@ -189,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
     work = mla_sched_reduce<u64, false>(work, red64);
     int tiles_per_split = t_max;
     if (t_max > 0) {
-        const int cap = min(max(t_max / 2, 1), MLA_MAX_KV_SPLITS);
+        const int cap = min(max(t_max / 2, 1), MAX_KV_SPLITS);
         // 2. The longest request's splits (every thread computes the same).
         int s = mla_fill_waves_splits(work, (u64)t_max, cap, slots);
         // 4. Within the units: the largest s' <= s whose units fit (units grow with s').
@@ -241,9 +250,9 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
         const MlaSchedRequest r = request(b);
         splits = mla_sched_splits(r, tiles_per_split);
         const int rest = r.blocks == 0 ? 0 : r.tiles - (splits - 1) * tiles_per_split;
-        return (int)((u64)rest * MLA_SCHED_BINS / ((u64)tiles_per_split + 1));
+        return (int)((u64)rest * SCHEDULE_BINS / ((u64)tiles_per_split + 1));
     };
-    if (tid < MLA_SCHED_BINS) bin_next[tid] = 0;
+    if (tid < SCHEDULE_BINS) bin_next[tid] = 0;
     __syncthreads();
     for (int b = tid; b < batch; b += MLA_SCHED_THREADS) {
         int splits;
@@ -252,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
     __syncthreads();
     if (tid == 0) {
         int at = leads;
-        for (int k = MLA_SCHED_BINS - 1; k >= 0; --k) {
+        for (int k = SCHEDULE_BINS - 1; k >= 0; --k) {
             const int n = bin_next[k];
             bin_next[k] = at;
             at += n;
@@ -260,17 +269,17 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
     }
     __syncthreads();
     for (int base = 0; base < batch; base += MLA_SCHED_THREADS) {
-        for (int k = tid; k < MLA_SCHED_WARPS * MLA_SCHED_BINS; k += MLA_SCHED_THREADS)
-            warp_bin[k / MLA_SCHED_BINS][k % MLA_SCHED_BINS] = 0;
+        for (int k = tid; k < MLA_SCHED_WARPS * SCHEDULE_BINS; k += MLA_SCHED_THREADS)
+            warp_bin[k / SCHEDULE_BINS][k % SCHEDULE_BINS] = 0;
         __syncthreads();
         const int b = base + tid;
         int splits = 1;
-        const int key = b < batch ? last_bin(b, splits) : MLA_SCHED_BINS;  // past the batch: its own key
+        const int key = b < batch ? last_bin(b, splits) : SCHEDULE_BINS;  // past the batch: its own key
         const u32 peers = __match_any_sync(0xffffffffu, key);
         const int rank = __popc(peers & ((1u << lane) - 1u));  // same-bin lanes before this one
         if (b < batch && rank == 0) warp_bin[warp][key] = __popc(peers);
         __syncthreads();
-        if (tid < MLA_SCHED_BINS) {
+        if (tid < SCHEDULE_BINS) {
             int at = bin_next[tid];
             for (int w = 0; w < MLA_SCHED_WARPS; ++w) {
                 const int n = warp_bin[w][tid];

@@ -271,6 +271,10 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
             set(&MlaScheduleVariant::default(), "TESSERA_THREADS", "256"),
             "one CTA of 16 warps",
         ),
+        (
+            set(&MlaScheduleVariant::default(), "SCHEDULE_BINS", "600"),
+            "SCHEDULE_BINS in 1..=512",
+        ),
     ];
     for (v, expected) in cases {
         let log = compile_error(&v);

@@ -108,7 +108,14 @@ impl KernelSpec for MlaScheduleVariant {
         crate::kernels::MLA_SCHEDULE
     }
     fn defines(&self) -> Vec<(&'static str, String)> {
-        vec![varlen_define(self.varlen)]
+        vec![
+            varlen_define(self.varlen),
+            ("MAX_KV_SPLITS", tessera_core::MLA_MAX_KV_SPLITS.to_string()),
+            (
+                "SCHEDULE_BINS",
+                tessera_core::ops::mla::MLA_SCHEDULE_BINS.to_string(),
+            ),
+        ]
     }
     fn entry(&self) -> &'static str {
         "mla_schedule"
