@@ -1,5 +1,6 @@
 // MLA decode's split combine: merges the partial outputs of the KV splits of mla_decode.cu by
-// log-sum-exp. Prepended: common.cuh, mla_work.cuh (the request's queries, the lse layout).
+// log-sum-exp. Prepended: common.cuh, mla_work.cuh (the request's queries, the split-KV schedule,
+// the lse layout).
 //
 // Compile-time constants (required): VARLEN 0 = s_q queries per request, 1 = cu_seqlens_q
 // offsets (as in mla_decode.cu); TESSERA_SMEM_BYTES 0, TESSERA_THREADS 128.
@@ -11,32 +12,28 @@
 #error "VARLEN must be 0 or 1"
 #endif
 static_assert(TESSERA_SMEM_BYTES == 0, "the combine uses no dynamic shared memory");
-static_assert(TESSERA_THREADS == 128, "the combine runs 128 threads per (request, row)");
+static_assert(TESSERA_THREADS == 128, "the combine runs 4 warps, one row each");
 
-// One block of 128 threads per (request, row): merges the splits' partial outputs by log-sum-exp.
-//   ws f32 [splits, batch, rows, latent] (partial o), then [splits, batch, rows] (partial lse)
-//     (rows = s_q * heads; with VARLEN s_q is max_s_q and a request's rows past its own
-//     n * heads are not written by the decode and skipped here)
-//   VARLEN 0: o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]
-//   VARLEN 1: o bf16 [total_q, heads, latent]; lse f32 [heads, total_q]; request b's queries are
-//     the tokens cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (out-of-range offsets: skipped)
-// All splits -inf (no key seen): o = 0, lse = -inf. Any NaN: NaN.
-extern "C" __global__ void __launch_bounds__(128) mla_combine(
-    const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
-    float* __restrict__ lse, int batch, int s_q, int total_q, int heads, int latent, int splits) {
+#define MLA_COMBINE_ROWS 4  // rows per CTA, one per warp
+
+// Merges row r of split request i of the schedule (the warp's; this thread is lane `lane`).
+__device__ __forceinline__ void mla_combine_row(const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q,
+                                                const MlaSchedule& sch, u16* __restrict__ o, float* __restrict__ lse,
+                                                int s_q, int total_q, int heads, int latent, int ws_slots, int i,
+                                                int r, int lane) {
     const int rows = s_q * heads;
-    const float* ws_o = ws;
-    const float* ws_lse = ws + (i64)splits * batch * rows * latent;
-    const i64 br = blockIdx.x;  // b * rows + r
-    const int b = (int)(br / rows), r = (int)(br % rows);
+    const int b = sch.split_requests[i];
+    const int2 req = sch.req[b];
+    const int splits = req.x;
     int q_begin, n_q;
     mla_request_queries(cu_seqlens_q, b, s_q, total_q, q_begin, n_q);
     if (r >= n_q * heads) return;  // rows past the request's (VARLEN), or a bad request
-    const i64 split_stride = (i64)batch * rows;
+    const float* ws_o = ws + (i64)req.y * rows * latent;
+    const float* ws_lse = ws + (i64)ws_slots * rows * latent + (i64)req.y * rows;
     float mx = TESSERA_NEG_INF;
     bool nan = false;
     for (int sp = 0; sp < splits; ++sp) {
-        const float v = ws_lse[sp * split_stride + br];
+        const float v = ws_lse[(i64)sp * rows + r];
         nan |= v != v;
         mx = fmaxf(mx, v);
     }
@@ -45,20 +42,20 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
         total = TESSERA_NAN;
     } else if (mx != TESSERA_NEG_INF) {
         float sum = 0.0f;
-        for (int sp = 0; sp < splits; ++sp) sum += expf(ws_lse[sp * split_stride + br] - mx);
+        for (int sp = 0; sp < splits; ++sp) sum += expf(ws_lse[(i64)sp * rows + r] - mx);
         total = mx + logf(sum);
     }
     u16* orow = o + ((i64)q_begin * heads + r) * latent;
-    for (int c = threadIdx.x * 4; c < latent; c += 128 * 4) {
+    for (int c = lane * 4; c < latent; c += 32 * 4) {
         float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (nan) {
             a[0] = a[1] = a[2] = a[3] = TESSERA_NAN;
         } else if (mx != TESSERA_NEG_INF) {
             for (int sp = 0; sp < splits; ++sp) {
-                const float ls = ws_lse[sp * split_stride + br];
+                const float ls = ws_lse[(i64)sp * rows + r];
                 if (ls == TESSERA_NEG_INF) continue;
                 const float w = expf(ls - total);
-                const float4 v = *reinterpret_cast<const float4*>(ws_o + (sp * split_stride + br) * latent + c);
+                const float4 v = *reinterpret_cast<const float4*>(ws_o + ((i64)sp * rows + r) * latent + c);
                 a[0] += w * v.x;
                 a[1] += w * v.y;
                 a[2] += w * v.z;
@@ -70,5 +67,33 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
         out.y = pack2<true>(a[2], a[3]);
         *reinterpret_cast<uint2*>(orow + c) = out;
     }
-    if (threadIdx.x == 0) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = total;
+    if (lane == 0) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = total;
 }
+
+// Work items: (split request i, group of 4 rows), item = i * row_quads + group; CTA c takes items
+// c, c + gridDim.x, ... below the schedule's split requests x row_quads (none: it exits at once).
+// Request b = split_requests[i] of the schedule has n = req[b].x splits, whose partial results
+// are in the workspace slots req[b].y .. + n; warp w merges row 4 * group + w, in split order.
+//   ws f32 [ws_slots, rows, latent] (partial o), then [ws_slots, rows] (partial lse), then the
+//     schedule (i32, mla_work.cuh); rows = s_q * heads (with VARLEN s_q is max_s_q and a
+//     request's rows past its own n_q * heads are not written by the decode and skipped here)
+//   VARLEN 0: o bf16 [batch, rows, latent]; lse f32 [batch, heads, s_q]
+//   VARLEN 1: o bf16 [total_q, heads, latent]; lse f32 [heads, total_q]; request b's queries are
+//     the tokens cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (out-of-range offsets: skipped)
+// All splits -inf (no key seen): o = 0, lse = -inf. Any NaN: NaN.
+extern "C" __global__ void __launch_bounds__(128) mla_combine(
+    const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
+    u16* __restrict__ o, float* __restrict__ lse, int batch, int s_q, int total_q, int heads, int latent,
+    int ws_slots) {
+    const int rows = s_q * heads;
+    const int row_quads = (rows + MLA_COMBINE_ROWS - 1) / MLA_COMBINE_ROWS;
+    const MlaSchedule sch = mla_schedule_at(schedule, batch);
+    const i64 items = (i64)sch.header[1] * row_quads;
+    const int lane = threadIdx.x % 32;
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        mla_combine_row(ws, cu_seqlens_q, sch, o, lse, s_q, total_q, heads, latent, ws_slots,
+                        (int)(item / row_quads), (int)(item % row_quads) * MLA_COMBINE_ROWS + threadIdx.x / 32,
+                        lane);
+    }
+}
+

@@ -29,11 +29,15 @@
 //   q       bf16 [batch, s_q * heads, qk]          qk = latent + rope
 //   cache   u8   [num_pages, page_size, token_bytes]
 //   block_table i32 [batch, max_pages]; seq_lens i32 [batch]
-//   o       bf16 [batch, s_q * heads, latent]      (direct mode, splits == 1)
+//   o       bf16 [batch, s_q * heads, latent]      (direct mode: a request of one split)
 //   lse     f32  [batch, heads, s_q], natural log  (direct mode)
-//   ws      f32  split mode: [splits, batch, s_q * heads, latent] (each split's normalized o),
-//                then [splits, batch, s_q * heads] (each split's lse)
+//   ws      f32  split mode: [ws_slots, s_q * heads, latent] (each split's normalized o, at its
+//                request's first slot + split), then [ws_slots, s_q * heads] (each split's lse),
+//                then the split-KV schedule (i32, mla_work.cuh; ws_slots 0: no schedule, every
+//                request one split, unit b = request b)
 //
+// Grid: units x column chunks x row groups, a unit being a (request, split) of the schedule that
+// mla_schedule.cu wrote before this launch (CTAs past the schedule's units exit at once).
 // CTA: 8 warps, M = 16 * RS rows (RS row slices of 16) of one request, one split of its keys,
 // one chunk of DV_CHUNK output columns; key tiles of N keys.
 //   S = Q K^T   warp (rs, cw), rs < RS, cw < CW = 8 / RS: rows rs*16..+16 and keys cw*KW..+KW
@@ -189,10 +193,10 @@ static_assert(TESSERA_SMEM_BYTES == 0, "run-time dims: the shared memory is size
 template <int RS, int N>
 __device__ __forceinline__ void mla_decode_impl(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
-    float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q, int heads,
-    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int splits, int row_groups, int col_chunks, float scale_log2) {
+    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
+    u16* __restrict__ o, float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q,
+    int heads, int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
+    int ws_slots, int row_groups, int col_chunks, float scale_log2) {
     constexpr int M = 16 * RS;
     constexpr int CW = MLA_WARPS / RS;            // S-phase warps per row slice
     constexpr int SCW = CW < N / 8 ? CW : N / 8;  // of which compute scores
@@ -232,14 +236,13 @@ __device__ __forceinline__ void mla_decode_impl(
     constexpr int PS = N + 8;  // pitch of P, elements
     float* sRed = reinterpret_cast<float*>(smem + layout.red);
 
-    // Block -> (request, split, column chunk, row group); row groups of one request run together.
+    // Block -> (unit, column chunk, row group); row groups of one unit run together. A unit is a
+    // (request, split) of the schedule (mla_work.cuh).
     i64 bid = blockIdx.x;
     const int rg = (int)(bid % row_groups);
     bid /= row_groups;
     const int chunk = (int)(bid % col_chunks);
-    bid /= col_chunks;
-    const int split = (int)(bid % splits);
-    const int b = (int)(bid / splits);
+    const int unit = (int)(bid / col_chunks);
 
     const int tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32;
@@ -247,13 +250,15 @@ __device__ __forceinline__ void mla_decode_impl(
     const int g = lane / 4, tq = lane % 4;
     const bool s_warp = cw < SCW;  // this warp computes scores
 
-    // This request's queries and this split's keys (mla_work.cuh). CTAs past the request's rows
-    // (only with VARLEN) have nothing to do; the whole CTA leaves before any barrier.
+    // This unit's request and split, its queries and keys (mla_work.cuh). CTAs past the schedule's
+    // units, or past the request's rows (VARLEN), have nothing to do; the whole CTA leaves before
+    // any barrier.
     const int r0 = rg * M;
     MlaCtaWork work;
-    if (!mla_cta_work(seq_lens, cu_seqlens_q, b, split, splits, r0, M, N, s_q, total_q, heads, max_pages, page_size,
-                      work))
+    if (!mla_cta_work(seq_lens, cu_seqlens_q, schedule, unit, r0, M, N, batch, s_q, total_q, heads, max_pages,
+                      page_size, ws_slots, work))
         return;
+    const int b = work.b;
     const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
     const int rows_here = work.rows_here;
     const bool bad_len = work.bad_len;
@@ -608,7 +613,7 @@ __device__ __forceinline__ void mla_decode_impl(
     for (int ri = 0; ri < 2; ++ri)
         if (tq == 0) sRed[cw * M + rs * 16 + g + 8 * ri] = l_s[ri];
     __syncthreads();
-    float* ws_lse = ws + (i64)splits * batch * rows_pad * latent;
+    float* ws_lse = ws + (i64)ws_slots * rows_pad * latent;
 #pragma unroll
     for (int mt = 0; mt < RS; ++mt)
 #pragma unroll
@@ -626,7 +631,7 @@ __device__ __forceinline__ void mla_decode_impl(
                 lse_v = TESSERA_NAN;
             }
             const bool write_lse = chunk == 0 && warp == 0 && tq == 0;
-            if (splits == 1) {
+            if (work.splits == 1) {
                 u16* orow = o + ((i64)q_begin * heads + r) * latent;
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
@@ -636,7 +641,7 @@ __device__ __forceinline__ void mla_decode_impl(
                 }
                 if (write_lse) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = lse_v;
             } else {
-                const i64 wrow = ((i64)split * batch + b) * rows_pad + r;
+                const i64 wrow = (i64)work.ws_slot * rows_pad + r;
                 float* orow = ws + wrow * latent;
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
@@ -652,11 +657,11 @@ __device__ __forceinline__ void mla_decode_impl(
 // The entry point: one tiling (ROW_SLICES, KEY_TILE, STAGES) per compiled variant.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
-    float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q, int heads,
-    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int splits, int row_groups, int col_chunks, float scale_log2) {
-    mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, cu_seqlens_q, o, lse, ws, batch, s_q,
-                                          total_q, heads, max_pages, page_size, num_pages, latent_rt, rope_rt,
-                                          token_bytes, splits, row_groups, col_chunks, scale_log2);
+    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
+    u16* __restrict__ o, float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q,
+    int heads, int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
+    int ws_slots, int row_groups, int col_chunks, float scale_log2) {
+    mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, cu_seqlens_q, schedule, o, lse, ws, batch,
+                                          s_q, total_q, heads, max_pages, page_size, num_pages, latent_rt, rope_rt,
+                                          token_bytes, ws_slots, row_groups, col_chunks, scale_log2);
 }

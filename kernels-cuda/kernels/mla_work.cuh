@@ -1,8 +1,9 @@
 // Tessera CUDA kernels: what one MLA decode CTA works on and where its results go, shared by the
 // mma.sync kernel (mla_decode.cu), the Hopper kernel (sm90/mla_decode.cu) and the split combine
-// (mla_combine.cu): a request's queries (uniform s_q, or cu_seqlens_q offsets with VARLEN 1), its
-// length and a split's share of its keys, the lse layout. Prepended after common.cuh; needs the
-// VARLEN constant.
+// (mla_combine.cu), and by the split-KV schedule (mla_schedule.cu) that tells each CTA its
+// (request, split): a request's queries (uniform s_q, or cu_seqlens_q offsets with VARLEN 1), its
+// length and a split's share of its keys, the schedule's layout, the lse layout. Prepended after
+// common.cuh; needs the VARLEN constant.
 
 #ifndef VARLEN
 #error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
@@ -40,7 +41,39 @@ __device__ __forceinline__ i64 mla_lse_index(int b, int r, int q_begin, int head
 #endif
 }
 
+// The split-KV schedule of one decode launch, written by mla_schedule.cu on the same stream before
+// the decode and read by the decode kernels and the combine: i32 in the workspace after the
+// partial results, for `batch` requests and `max_units` (request, split) units. The rule is
+// tessera_core::ops::mla::mla_kv_schedule (core/src/ops/mla.rs); the host's copy of this layout
+// is MlaDecodePlan::schedule_len (kernels-cuda/src/ops/mla.rs).
+//   header          [4]: units launched, requests of more than one split, key tiles per split, 0
+//   req             int2 [batch]: (splits, first workspace slot; -1 with one split)
+//   split_requests  [batch]: the requests of more than one split, in order (the first header[1])
+//   (one int of padding when batch is odd)
+//   units           int2 [max_units]: (request, split) in launch order (the first header[0])
+#define MLA_SCHEDULE_HEADER 4
+struct MlaSchedule {
+    int* header;
+    int2* req;
+    int* split_requests;
+    int2* units;
+};
+
+__device__ __forceinline__ MlaSchedule mla_schedule_at(const int* base, int batch) {
+    int* p = const_cast<int*>(base);
+    MlaSchedule s;
+    s.header = p;
+    s.req = reinterpret_cast<int2*>(p + MLA_SCHEDULE_HEADER);
+    s.split_requests = p + MLA_SCHEDULE_HEADER + 2 * batch;
+    s.units = reinterpret_cast<int2*>(p + MLA_SCHEDULE_HEADER + 3 * batch + (batch & 1));
+    return s;
+}
+
 struct MlaCtaWork {
+    int b;           // the request
+    int split;       // which of its splits
+    int splits;      // its splits (1: the outputs are written directly, not to the workspace)
+    int ws_slot;     // the workspace slot of this split (-1 with one split)
     int q_begin;     // the request's first packed query token (uniform: b * s_q)
     int n_q;         // its queries (VARLEN: 0 when its offsets are out of range)
     int rows_total;  // its rows, n_q * heads (row r = i * heads + h)
@@ -53,14 +86,35 @@ struct MlaCtaWork {
     int ntiles;
 };
 
-// The work of the CTA of request b, split `split` of `splits`, rows r0..r0 + rows_per_cta - 1.
-// False when the CTA has no rows (past the request's, VARLEN only): it leaves at once, before any
-// barrier. The keys of the split are those the CTA's last row sees (causal over the s_q
-// positions: query i sees keys j < len - (n_q - 1 - i)), cut into splits of whole key tiles.
+// The work of the CTA of unit `unit` (a (request, split) pair), rows r0..r0 + rows_per_cta - 1.
+// With a schedule (ws_slots > 0) the unit is the schedule's; without (every request one split),
+// unit b is request b. False when the CTA has nothing to do: a unit past the schedule's, or no
+// rows (past the request's, VARLEN only); it leaves at once, before any barrier. The keys of the
+// split are those the CTA's last row sees (causal over the s_q positions: query i sees keys
+// j < len - (n_q - 1 - i)), cut into pieces of the schedule's key tiles per split.
 __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q,
-                                             int b, int split, int splits, int r0, int rows_per_cta, int key_tile,
-                                             int s_q, int total_q, int heads, int max_pages, int page_size,
-                                             MlaCtaWork& w) {
+                                             const int* __restrict__ schedule, int unit, int r0, int rows_per_cta,
+                                             int key_tile, int batch, int s_q, int total_q, int heads, int max_pages,
+                                             int page_size, int ws_slots, MlaCtaWork& w) {
+    i64 keys_per_split = 0;
+    if (ws_slots > 0) {
+        const MlaSchedule sch = mla_schedule_at(schedule, batch);
+        if (unit >= sch.header[0]) return false;
+        const int2 u = sch.units[unit];
+        const int2 req = sch.req[u.x];
+        w.b = u.x;
+        w.split = u.y;
+        w.splits = req.x;
+        w.ws_slot = req.x > 1 ? req.y + u.y : -1;
+        keys_per_split = (i64)sch.header[2] * key_tile;
+    } else {
+        if (unit >= batch) return false;
+        w.b = unit;
+        w.split = 0;
+        w.splits = 1;
+        w.ws_slot = -1;
+    }
+    const int b = w.b;
     mla_request_queries(cu_seqlens_q, b, s_q, total_q, w.q_begin, w.n_q);
     w.rows_total = w.n_q * heads;
     w.rows_pad = s_q * heads;
@@ -71,9 +125,9 @@ __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, c
     w.len = w.bad_len ? 0 : len_raw;
     const int i_last = (r0 + w.rows_here - 1) / heads;
     const int kv_end = max(0, w.len - (w.n_q - 1 - i_last));
-    const int per_split = ((w.len + splits - 1) / splits + key_tile - 1) / key_tile * key_tile;
-    w.k_begin = split * per_split;
-    w.k_end = min(w.k_begin + per_split, kv_end);
+    const i64 k_begin = w.splits == 1 ? 0 : min((i64)w.split * keys_per_split, (i64)w.len);
+    w.k_begin = (int)k_begin;
+    w.k_end = w.splits == 1 ? kv_end : (int)min(k_begin + keys_per_split, (i64)kv_end);
     w.ntiles = w.k_end > w.k_begin ? (w.k_end - w.k_begin + key_tile - 1) / key_tile : 0;
     return true;
 }

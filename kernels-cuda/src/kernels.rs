@@ -8,7 +8,7 @@ use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
     ArchSpec, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel, AttentionVariant,
     HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant,
-    QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    MlaScheduleVariant, QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 use tessera_core::{MlaCacheFormat, MlaCacheLayout};
 
@@ -107,6 +107,13 @@ pub const MLA_COMBINE: KernelSource =
     KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"))
         .with_headers(&[MLA_WORK]);
 
+/// `mla_schedule.cu`: the split-KV schedule of a decode, computed on the device from the lengths.
+pub const MLA_SCHEDULE: KernelSource = KernelSource::new(
+    "mla_schedule.cu",
+    include_str!("../kernels/mla_schedule.cu"),
+)
+.with_headers(&[MLA_WORK]);
+
 /// `gpu_sleep.cu`: a busy-wait that holds a stream (for benchmarks; see
 /// [`crate::CudaBackend::gpu_sleep_on`]).
 pub const GPU_SLEEP: KernelSource =
@@ -199,6 +206,8 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
     v.push(Box::new(crate::plan::GpuSleepVariant));
     v.push(Box::new(MlaCombineVariant { varlen: false }));
     v.push(Box::new(MlaCombineVariant { varlen: true }));
+    v.push(Box::new(MlaScheduleVariant { varlen: false }));
+    v.push(Box::new(MlaScheduleVariant { varlen: true }));
     for input in [QuantizeInput::F32, QuantizeInput::F16, QuantizeInput::Bf16] {
         for pow2 in [false, true] {
             for granularity in [

@@ -12,7 +12,7 @@ use tessera_cuda::kernels::{ci_archs, plannable_variants};
 use tessera_cuda::plan::{
     AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel, AttentionVariant,
     GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant,
-    MmaSyncGemm, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    MlaScheduleVariant, MmaSyncGemm, QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 
 /// Whether NVRTC is there; prints `skipped:` (or panics under `TESSERA_REQUIRE_NVRTC=1`) if not.
@@ -123,6 +123,7 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
         Box::new(MlaAppendVariant),
         Box::new(MlaCombineVariant { varlen: false }),
         Box::new(MlaCombineVariant { varlen: true }),
+        Box::new(MlaScheduleVariant { varlen: true }),
         Box::new(QuantizeVariant {
             input: QuantizeInput::F16,
             pow2: true,
@@ -261,6 +262,18 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         (
             set(&MlaCombineVariant::default(), "TESSERA_SMEM_BYTES", "16"),
             "no dynamic shared memory",
+        ),
+        (
+            set(&MlaScheduleVariant::default(), "VARLEN", "2"),
+            "VARLEN must be",
+        ),
+        (
+            set(&MlaScheduleVariant::default(), "TESSERA_THREADS", "256"),
+            "one CTA of 16 warps",
+        ),
+        (
+            set(&MlaScheduleVariant::default(), "SCHEDULE_BINS", "600"),
+            "SCHEDULE_BINS in 1..=512",
         ),
     ];
     for (v, expected) in cases {

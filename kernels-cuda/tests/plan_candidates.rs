@@ -303,11 +303,15 @@ fn every_mla_candidate_matches_the_reference() {
     let mut rng = Rng::new(11);
     // (s_q, heads, lens): odd rows and lengths with an empty request; one long request alone,
     // which the plan splits over CTAs (the combine kernel runs); 4 x 33 rows (three 64-row
-    // groups, the last partial) at lengths around a 64-key tile.
-    let shapes: [(usize, usize, &[usize]); 3] = [
+    // groups, the last partial) at lengths around a 64-key tile; skewed lengths from 0 to
+    // thousands in one batch, which the device schedule splits unevenly (long requests in many
+    // pieces, short ones whole, around 1, 63, 64, 65 keys).
+    let shapes: [(usize, usize, &[usize]); 5] = [
         (2, 5, &[77, 0, 300]),
         (1, 16, &[1500]),
         (4, 33, &[63, 64, 65, 1]),
+        (1, 16, &[0, 1, 63, 64, 65, 3500, 7, 1200, 2, 2000, 64, 4000]),
+        (2, 32, &[4000, 65, 0, 900, 63, 1, 2500, 64]),
     ];
     for layout in layouts {
         for &(s_q, heads, lens) in &shapes {
@@ -372,8 +376,9 @@ fn every_mla_candidate_matches_the_reference() {
 
 /// The variable-length decode (`cu_seqlens_q` offsets) on every candidate tiling: random query
 /// counts from 0 to `max_s_q` per request (zero-length requests and requests without queries
-/// among them), one long request that the plan splits over CTAs (the varlen combine runs), both
-/// cache formats and a run-time-dims layout; outputs start as NaN and must all be written.
+/// among them), one long request that the plan splits over CTAs (the varlen combine runs),
+/// skewed lengths split unevenly by the device schedule, both cache formats and a
+/// run-time-dims layout; outputs start as NaN and must all be written.
 #[test]
 fn every_mla_varlen_candidate_matches_the_reference() {
     let Some(be) = backend() else { return };
@@ -391,11 +396,24 @@ fn every_mla_varlen_candidate_matches_the_reference() {
         },
     ];
     let mut rng = Rng::new(12);
-    // (max_s_q, heads, lens, query counts).
-    let cases: [(usize, usize, &[usize], &[usize]); 3] = [
+    // (max_s_q, heads, lens, query counts); the last two with skewed lengths (0 to thousands,
+    // around a 64-key tile), a long request without queries among them.
+    let cases: [(usize, usize, &[usize], &[usize]); 5] = [
         (4, 5, &[77, 0, 300, 64, 1, 65], &[3, 2, 0, 4, 1, 4]),
         (2, 16, &[1500, 63], &[2, 1]),
         (3, 128, &[40, 200, 0], &[1, 3, 0]),
+        (
+            4,
+            8,
+            &[0, 1, 63, 64, 65, 2500, 3, 900, 4000],
+            &[2, 4, 0, 1, 3, 4, 1, 2, 3],
+        ),
+        (
+            2,
+            16,
+            &[3000, 64, 3500, 1, 65, 0, 63],
+            &[2, 1, 0, 2, 1, 2, 2],
+        ),
     ];
     for layout in layouts {
         for &(max_s_q, heads, lens, counts) in &cases {

@@ -14,6 +14,8 @@
 // [batch, s_q * heads, latent], lse f32 [batch, heads, s_q], the split workspace, NaN outputs
 // for a bad length or block-table entry); the host launches both through one code path.
 //
+// Grid: units x row groups, a unit being a (request, split) of the split-KV schedule
+// (mla_work.cuh, written by mla_schedule.cu before this launch; CTAs past its units exit at once).
 // CTA: 64 query rows (a row group) of one request, one split of its keys, all 512 output columns;
 // key tiles of 64 keys in STAGES = 2 shared-memory buffers.
 //   producer WG   copies key tile t (64 records of 1152 bytes, looked up in the block table) with
@@ -89,10 +91,10 @@ __device__ __forceinline__ u32 mla90_swizzle(int r, int c) { return (u32)(r * 12
 
 extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, u16* __restrict__ o,
-    float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q, int heads,
-    int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int splits, int row_groups, int col_chunks, float scale_log2) {
+    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
+    u16* __restrict__ o, float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q,
+    int heads, int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
+    int ws_slots, int row_groups, int col_chunks, float scale_log2) {
     (void)latent_rt;
     (void)rope_rt;
     (void)col_chunks;
@@ -107,24 +109,25 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     u64* empty = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY);
     int* bad_page_flag = reinterpret_cast<int*>(smem + MlaSm90Smem::FLAGS);
 
-    // Block -> (request, split, row group); row groups of one request run together.
-    i64 bid = blockIdx.x;
+    // Block -> (unit, row group); row groups of one unit (a (request, split) of the schedule,
+    // mla_work.cuh) run together.
+    const i64 bid = blockIdx.x;
     const int rg = (int)(bid % row_groups);
-    bid /= row_groups;
-    const int split = (int)(bid % splits);
-    const int b = (int)(bid / splits);
+    const int unit = (int)(bid / row_groups);
 
     const int tid = threadIdx.x;
     const int wg = tid / 128;  // 0 producer, 1 and 2 math
     const int t128 = tid % 128;
 
-    // This request's queries and this split's keys (mla_work.cuh). CTAs past the request's rows
-    // (only with VARLEN) have nothing to do; the whole CTA leaves before any barrier.
+    // This unit's request and split, its queries and keys (mla_work.cuh). CTAs past the schedule's
+    // units, or past the request's rows (VARLEN), have nothing to do; the whole CTA leaves before
+    // any barrier.
     const int r0 = rg * MLA90_ROWS;
     MlaCtaWork work;
-    if (!mla_cta_work(seq_lens, cu_seqlens_q, b, split, splits, r0, MLA90_ROWS, MLA90_KEYS, s_q, total_q, heads,
-                      max_pages, page_size, work))
+    if (!mla_cta_work(seq_lens, cu_seqlens_q, schedule, unit, r0, MLA90_ROWS, MLA90_KEYS, batch, s_q, total_q, heads,
+                      max_pages, page_size, ws_slots, work))
         return;
+    const int b = work.b;
     const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
     const bool bad_len = work.bad_len;
     const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
@@ -319,7 +322,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     }
     named_barrier_sync(MLA90_BAR_END, MLA90_THREADS);
     const bool bad = bad_len || *bad_page_flag != 0;
-    float* ws_lse = ws + (i64)splits * batch * rows_pad * latent;
+    float* ws_lse = ws + (i64)ws_slots * rows_pad * latent;
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
         const int row = warp * 16 + g + 8 * ri;
@@ -333,7 +336,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             lse_v = TESSERA_NAN;
         }
         const bool write_lse = mw == 0 && tq == 0;
-        if (splits == 1) {
+        if (work.splits == 1) {
             u16* orow = o + ((i64)q_begin * heads + r) * latent + mw * 256;
 #pragma unroll
             for (int n8 = 0; n8 < 32; ++n8)
@@ -341,7 +344,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                     pack2<true>(o_acc[n8 * 4 + 2 * ri] * inv, o_acc[n8 * 4 + 2 * ri + 1] * inv);
             if (write_lse) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = lse_v;
         } else {
-            const i64 wrow = ((i64)split * batch + b) * rows_pad + r;
+            const i64 wrow = (i64)work.ws_slot * rows_pad + r;
             float* orow = ws + wrow * latent + mw * 256;
 #pragma unroll
             for (int n8 = 0; n8 < 32; ++n8)

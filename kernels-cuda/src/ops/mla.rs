@@ -3,12 +3,15 @@
 //! Kernels: `mla_append.cu` (one warp per token; bf16 copy or FP8 quantization per 128 values)
 //! and `mla_decode.cu` (multi-query attention with one latent KV head on the tensor cores,
 //! `mma.sync` bf16 with f32 accumulation, online softmax, split-KV over CTAs, one CTA tiling per
-//! [`MlaDecodeVariant`]) with `mla_combine.cu` (the log-sum-exp combine of the splits). See the
-//! `.cu` files for the tiling.
+//! [`MlaDecodeVariant`]; `sm90/mla_decode.cu` on wgmma) with `mla_schedule.cu` (the split-KV
+//! schedule, computed on the device from the lengths before the decode) and `mla_combine.cu`
+//! (the log-sum-exp combine of the splits). See the `.cu` files for the tiling.
 //!
 //! Two APIs: [`CudaBackend::mla_append_on`] / [`CudaBackend::mla_decode_on`] /
 //! [`CudaBackend::mla_decode_varlen_on`] over caller-owned device buffers (no copies, no
-//! synchronization), and the host wrappers behind the [`tessera_core::Backend`] trait.
+//! allocation, no synchronization: a decode step is capturable in a CUDA graph and replayable
+//! with new lengths, see [`CudaBackend::mla_decode_on`]), and the host wrappers behind the
+//! [`tessera_core::Backend`] trait.
 //!
 //! The variable-length decode ([`MlaDecodeVarlen`]) runs the same kernels compiled with
 //! `VARLEN 1`: planned as the uniform decode of `max_s_q` queries per request (the grid and
@@ -18,16 +21,18 @@
 //! exit at once.
 
 use super::{check_device_len, to_i32, upload};
+use crate::plan::mla::{MLA_COMBINE_CTAS_PER_SM, MLA_COMBINE_ROWS_PER_CTA};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
 use crate::plan::{
     KernelArgs, KernelSpec, LaunchOptions, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape,
-    MlaDecodeVariant, TuneOutcome,
+    MlaDecodeVariant, MlaScheduleVariant, TuneOutcome,
 };
 use crate::runtime::driver_error;
 use crate::CudaBackend;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr};
 use half::bf16;
 use std::sync::Arc;
+use tessera_core::ops::mla::{MlaKvSchedule, MlaScheduleRequest};
 use tessera_core::{
     Error, MlaAppend, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput,
     MlaDecodeVarlen, Result,
@@ -38,8 +43,15 @@ const ALIGN: u64 = 16;
 
 /// How a decode is spread over CTAs, from [`CudaBackend::mla_decode_plan`] (or
 /// [`CudaBackend::mla_decode_varlen_plan`], whose `s_q` is `max_s_q` and whose variant has
-/// `varlen` set): the kernel variant (its CTA tiling), the number of KV splits, and the
-/// workspace the splits need.
+/// `varlen` set): the kernel variant (its CTA tiling), the room for key splits, and the
+/// workspace they need.
+///
+/// How each request's keys are split is decided on the device, from the lengths, by a small
+/// kernel launched before the decode (`mla_schedule.cu`, the rule of
+/// [`tessera_core::ops::mla::mla_kv_schedule`]): one piece length for the batch, long requests in
+/// several pieces, short ones in one, the pieces launched longest first. The plan fixes what that
+/// needs from the host: the grid (room for [`MlaDecodePlan::max_units`] `(request, split)`
+/// units) and the workspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MlaDecodePlan {
     batch: usize,
@@ -51,12 +63,25 @@ pub struct MlaDecodePlan {
     row_groups: usize,
     col_chunks: usize,
     splits: usize,
+    max_units: usize,
+    slots: usize,
 }
 
 impl MlaDecodePlan {
-    /// Splits of each request's keys over CTAs (1: no workspace, no combine pass).
+    /// Splits of every request when all are `max_seq_len` long
+    /// ([`tessera_core::ops::mla::mla_kv_splits`]; the device schedule cuts such requests into
+    /// the same pieces). Unequal lengths split the longer requests more and the shorter ones
+    /// less, within [`MlaDecodePlan::max_units`].
     pub fn splits(&self) -> usize {
         self.splits
+    }
+
+    /// `(request, split)` units the launch holds ([`tessera_core::ops::mla::mla_kv_max_units`]):
+    /// `batch` when no request can be split (`max_seq_len` under 4 key tiles: no schedule, no
+    /// workspace, no combine), else the grid's units (CTAs past the schedule's units exit at
+    /// once).
+    pub fn max_units(&self) -> usize {
+        self.max_units
     }
 
     /// Query rows (of `s_q * heads`) per CTA: 16, 32 or 64.
@@ -74,21 +99,163 @@ impl MlaDecodePlan {
         &self.variant
     }
 
-    /// f32 elements of workspace [`CudaBackend::mla_decode_on`] needs: 0 with one split, else
-    /// `splits * batch * s_q * heads * (latent_dim + 1)` (`s_q` is `max_s_q` for a varlen plan;
-    /// partial outputs
-    /// `[splits, batch, s_q * heads, latent_dim]`, then partial lse `[splits, batch, s_q * heads]`).
+    /// f32 elements of workspace [`CudaBackend::mla_decode_on`] needs: 0 when no request can be
+    /// split, else the partial results of `ws_slots = mla_kv_ws_slots(batch, max_units)` splits
+    /// (partial outputs `[ws_slots, s_q * heads, latent_dim]`, then partial lse
+    /// `[ws_slots, s_q * heads]`; `s_q` is `max_s_q` for a varlen plan), rounded up to 4
+    /// elements, then the split-KV schedule, i32 (4 + 3 batch + (batch odd) + 2 max_units of
+    /// them, see `kernels/mla_work.cuh`).
     pub fn workspace_len(&self) -> usize {
-        if self.splits == 1 {
-            0
+        if self.scheduled() {
+            self.schedule_offset() + self.schedule_len()
         } else {
-            self.splits * self.batch * self.s_q * self.heads * (self.layout.latent_dim + 1)
+            0
         }
+    }
+
+    /// Whether a request can be split: the launch runs the schedule and the combine.
+    fn scheduled(&self) -> bool {
+        self.max_units > self.batch
+    }
+
+    /// Workspace slots of one split's partial results.
+    fn ws_slots(&self) -> usize {
+        if self.scheduled() {
+            tessera_core::ops::mla::mla_kv_ws_slots(self.batch, self.max_units)
+        } else {
+            0
+        }
+    }
+
+    /// Where the schedule starts in the workspace: after the partial results, on 16 bytes.
+    fn schedule_offset(&self) -> usize {
+        (self.ws_slots() * self.s_q * self.heads * (self.layout.latent_dim + 1)).next_multiple_of(4)
+    }
+
+    /// i32 elements of the schedule (`MlaSchedule` in `kernels/mla_work.cuh`).
+    fn schedule_len(&self) -> usize {
+        4 + 3 * self.batch + self.batch % 2 + 2 * self.max_units
     }
 
     /// CTAs of the decode kernel.
     fn ctas(&self) -> usize {
-        self.batch * self.splits * self.col_chunks * self.row_groups
+        self.max_units * self.col_chunks * self.row_groups
+    }
+
+    /// CTAs of the combine: one per (request that may be split, 4 rows), at most
+    /// [`MLA_COMBINE_CTAS_PER_SM`] per SM (the CTAs stride over the rest); a request of `n > 1`
+    /// splits takes `n - 1` units beyond the one every request has.
+    fn combine_ctas(&self) -> usize {
+        let requests = self.batch.min(self.max_units - self.batch);
+        let items = requests * (self.s_q * self.heads).div_ceil(MLA_COMBINE_ROWS_PER_CTA as usize);
+        items.min(self.slots * MLA_COMBINE_CTAS_PER_SM as usize)
+    }
+
+    /// The requests as the schedule weighs them, for lengths `seq_lens` and each request's
+    /// queries (`query_counts`; `None`: `s_q` each): key tiles (0 for a length outside
+    /// `0..=max_pages * page_size`) and blocks per split (row groups holding its queries x column
+    /// chunks).
+    fn schedule_requests(
+        &self,
+        seq_lens: &[i32],
+        query_counts: Option<&[usize]>,
+    ) -> Vec<MlaScheduleRequest> {
+        let capacity = self.max_pages * self.layout.page_size;
+        let rows_per_cta = self.rows_per_cta();
+        seq_lens
+            .iter()
+            .enumerate()
+            .map(|(b, &len)| {
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&l| l <= capacity)
+                    .unwrap_or(0);
+                let n_q = query_counts.map_or(self.s_q, |c| c.get(b).copied().unwrap_or(0));
+                MlaScheduleRequest {
+                    tiles: len.div_ceil(self.key_tile()),
+                    blocks: (n_q * self.heads).div_ceil(rows_per_cta) * self.col_chunks,
+                }
+            })
+            .collect()
+    }
+
+    /// The split-KV schedule the device computes for lengths `seq_lens` (`[batch]`) and, for a
+    /// varlen plan, each request's queries `query_counts` (`[batch]`, each in `0..=max_s_q`;
+    /// `None`: `s_q` each): [`tessera_core::ops::mla::mla_kv_schedule`] of the plan's requests,
+    /// on the host (for tests and inspection; a plan without a schedule, `max_units == batch`,
+    /// runs every request in one split in request order).
+    pub fn host_schedule(&self, seq_lens: &[i32], query_counts: Option<&[usize]>) -> MlaKvSchedule {
+        let requests = self.schedule_requests(seq_lens, query_counts);
+        tessera_core::ops::mla::mla_kv_schedule(&requests, self.slots, self.max_units)
+    }
+
+    /// The split-KV schedule the last launch of this plan wrote, read from its workspace
+    /// (downloaded: `workspace` f32 of at least [`MlaDecodePlan::workspace_len`] elements), for
+    /// tests: it equals [`MlaDecodePlan::host_schedule`] of the launch's lengths. An error for a
+    /// plan without a schedule or a short workspace.
+    pub fn read_schedule(&self, workspace: &[f32]) -> Result<MlaKvSchedule> {
+        const OP: &str = "mla_decode";
+        if !self.scheduled() {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "a plan that can split requests (max_units > batch)",
+                format!("max_units {} for batch {}", self.max_units, self.batch),
+            ));
+        }
+        check_workspace(OP, self, workspace.len())?;
+        let ints: Vec<i32> = workspace[self.schedule_offset()..self.workspace_len()]
+            .iter()
+            .map(|x| x.to_bits() as i32)
+            .collect();
+        let batch = self.batch;
+        let count = |v: i32, most: usize, what: &str| {
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| n <= most)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        OP,
+                        "workspace",
+                        format!("{what} in 0..={most}"),
+                        v.to_string(),
+                    )
+                })
+        };
+        let units = count(ints[0], self.max_units, "the schedule's units")?;
+        let split_requests = count(ints[1], batch, "the schedule's split requests")?;
+        let tiles_per_split = count(ints[2], i32::MAX as usize, "the schedule's piece")?;
+        let req = &ints[4..4 + 2 * batch];
+        let unit_base = 4 + 3 * batch + batch % 2;
+        let index = |v: i32| count(v, usize::MAX, "an index");
+        let mut splits = Vec::with_capacity(batch);
+        let mut ws_first = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let n = index(req[2 * b])?;
+            splits.push(n);
+            ws_first.push(if n > 1 {
+                Some(index(req[2 * b + 1])?)
+            } else {
+                None
+            });
+        }
+        Ok(MlaKvSchedule {
+            tiles_per_split,
+            splits,
+            ws_first,
+            split_requests: ints[4 + 2 * batch..4 + 2 * batch + split_requests]
+                .iter()
+                .map(|&b| index(b))
+                .collect::<Result<_>>()?,
+            units: (0..units)
+                .map(|u| {
+                    Ok((
+                        index(ints[unit_base + 2 * u])?,
+                        index(ints[unit_base + 2 * u + 1])?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+        })
     }
 }
 
@@ -395,12 +562,13 @@ impl CudaBackend {
         let rows = op.s_q * op.heads;
         let row_groups = rows.div_ceil(variant.rows_per_cta() as usize);
         let col_chunks = layout.latent_dim.div_ceil(variant.dv_chunk() as usize);
-        let base = op.batch * row_groups * col_chunks;
+        let blocks = row_groups * col_chunks;
         let tiles = max_seq_len
             .min(op.max_pages * layout.page_size)
             .div_ceil(variant.key_tile as usize);
-        let sms = self.runtime.arch.sm_count.max(1) as usize;
-        let splits = tessera_core::ops::mla::mla_kv_splits(base, tiles, sms);
+        let slots = self.runtime.arch.sm_count.max(1) as usize;
+        let splits = tessera_core::ops::mla::mla_kv_splits(op.batch * blocks, tiles, slots);
+        let max_units = tessera_core::ops::mla::mla_kv_max_units(op.batch, blocks, tiles, slots);
         let plan = MlaDecodePlan {
             batch: op.batch,
             s_q: op.s_q,
@@ -411,8 +579,12 @@ impl CudaBackend {
             row_groups,
             col_chunks,
             splits,
+            max_units,
+            slots,
         };
         to_i32(OP, "CTAs", plan.ctas())?;
+        to_i32(OP, "schedule units", plan.max_units)?;
+        to_i32(OP, "combine CTAs", plan.combine_ctas())?;
         to_i32(OP, "batch * s_q * heads", op.batch * rows)?;
         Ok(plan)
     }
@@ -521,6 +693,26 @@ impl CudaBackend {
     /// signals by writing NaN to the o and lse of the request's queries (at least those sharing
     /// a CTA with the bad key) instead of reading the page. Entries past the length are never
     /// read.
+    ///
+    /// Launches, in order on `stream`: the split-KV schedule (one CTA reading `seq_lens` and
+    /// writing the workspace's tail: how many pieces each request's keys are cut into, see
+    /// [`MlaDecodePlan`]), the decode, the combine of the split requests; with
+    /// `max_units == batch` only the decode. Nothing is read back to the host.
+    ///
+    /// # CUDA graphs
+    /// The call is capturable (`CudaStream::begin_capture` .. `end_capture` on `stream`) and the
+    /// graph replays with new contents of every buffer (lengths, table, queries, cache), the
+    /// same buffers and the same op and plan. The caller must:
+    /// - make one call with the plan outside the capture first: it compiles and loads the
+    ///   kernels (NVRTC, module loading), which a capture does not allow;
+    /// - capture on a stream of its own (`CudaContext::new_stream`), not the legacy default
+    ///   stream;
+    /// - pass buffers without cudarc's event tracking (allocated after
+    ///   `CudaContext::disable_event_tracking`, their uses then ordered by the caller): with it,
+    ///   each launch waits on the event of every buffer's last write and records a new one, and
+    ///   a wait on an event recorded before the capture is not capturable;
+    /// - keep the workspace (of [`MlaDecodePlan::workspace_len`]) for the graph's life; the
+    ///   schedule lives in it, so two graphs replayed concurrently need two workspaces.
     pub fn mla_decode_on(
         &self,
         stream: &CudaStream,
@@ -562,7 +754,7 @@ impl CudaBackend {
         check_aligned(OP, "cache", &bufs.cache, stream)?;
         check_aligned(OP, "q", &bufs.q, stream)?;
         check_aligned(OP, "o", &bufs.o, stream)?;
-        if plan.splits > 1 {
+        if plan.scheduled() {
             check_aligned(OP, "workspace", &bufs.workspace, stream)?;
         }
 
@@ -625,7 +817,7 @@ impl CudaBackend {
     /// [`MlaDecodePlan::workspace_len`] elements. `plan` must come from
     /// [`CudaBackend::mla_decode_varlen_plan`] for the same op. The offsets are read on the
     /// device (no synchronization; capturable in a CUDA graph and replayable with new offsets,
-    /// lengths and tables).
+    /// lengths and tables, as [`CudaBackend::mla_decode_on`] says).
     ///
     /// Checked here: the descriptor, every length, 16-byte alignment, the plan. On the device,
     /// as [`CudaBackend::mla_decode_on`] for the table and lengths; a request whose offsets are
@@ -679,7 +871,7 @@ impl CudaBackend {
         check_aligned(OP, "cache", &bufs.cache, stream)?;
         check_aligned(OP, "q", &bufs.q, stream)?;
         check_aligned(OP, "o", &bufs.o, stream)?;
-        if plan.splits > 1 {
+        if plan.scheduled() {
             check_aligned(OP, "workspace", &bufs.workspace, stream)?;
         }
         if op.total_q == 0 {
@@ -705,9 +897,10 @@ impl CudaBackend {
         )
     }
 
-    /// Launches the decode kernel (and the combine with several splits) of `plan` over buffers
-    /// the caller checked against the plan's op: `pages` whole pages of cache, `total_q` the
-    /// packed query tokens of a varlen plan (unused for a uniform one).
+    /// Launches the decode of `plan` over buffers the caller checked against the plan's op:
+    /// the split-KV schedule (when a request can be split), the decode kernel, the combine (when
+    /// a request can be split), in this order on `stream`; `pages` whole pages of cache,
+    /// `total_q` the packed query tokens of a varlen plan (unused for a uniform one).
     fn launch_mla_decode(
         &self,
         stream: &CudaStream,
@@ -729,12 +922,72 @@ impl CudaBackend {
             l.rope_dim as i32,
             l.token_bytes() as i32,
         );
-        let splits = plan.splits as i32;
+        let ws_slots = i("workspace slots", plan.ws_slots())?;
         let row_groups = plan.row_groups as i32;
         let col_chunks = plan.col_chunks as i32;
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
-
         let variant = plan.variant;
+
+        // The workspace: the splits' partial results, then the schedule (i32).
+        let (mut partials, mut rest) = bufs.workspace.split_at_mut(if plan.scheduled() {
+            plan.schedule_offset()
+        } else {
+            0
+        });
+        // SAFETY: the schedule is plain i32 data of the size of the f32 it overlays, in the
+        // workspace's tail (the callers checked it holds workspace_len elements), 16-byte aligned
+        // (the workspace is, and the offset is a multiple of 4 elements).
+        let mut schedule = if plan.scheduled() {
+            Some(
+                unsafe { rest.transmute_mut::<i32>(plan.schedule_len()) }.ok_or_else(|| {
+                    Error::invalid(
+                        OP,
+                        "workspace",
+                        format!("{} elements", plan.workspace_len()),
+                        "fewer",
+                    )
+                })?,
+            )
+        } else {
+            None
+        };
+
+        if let Some(schedule) = schedule.as_mut() {
+            let key_tile = variant.key_tile as i32;
+            let rows_per_cta = variant.rows_per_cta() as i32;
+            let slots = i("SMs", plan.slots)?;
+            let max_units = i("schedule units", plan.max_units)?;
+            let spec = MlaScheduleVariant {
+                varlen: variant.varlen,
+            };
+            let mut args = KernelArgs::new(stream);
+            args.buffer(bufs.seq_lens)
+                .buffer(bufs.cu_seqlens_q)
+                .buffer_mut(schedule)
+                .value(&batch)
+                .value(&s_q)
+                .value(&total_q)
+                .value(&heads)
+                .value(&max_pages)
+                .value(&page_size)
+                .value(&key_tile)
+                .value(&rows_per_cta)
+                .value(&col_chunks)
+                .value(&slots)
+                .value(&max_units);
+            // SAFETY: the parameters are (const int*, const int*, int*, int x 11) in this order;
+            // seq_lens holds batch lengths (and cu_seqlens_q, batch + 1 offsets, for a varlen
+            // plan: a uniform plan's kernel never reads it), the schedule
+            // 4 + 3 batch + batch % 2 + 2 max_units i32 (its layout in mla_work.cuh), which the
+            // one CTA writes within: at most max_units units (max_units >= batch, the plan's
+            // grid bounds keep its sums within i32).
+            unsafe { self.launch_kernel(&spec, (1, 1, 1), args, LaunchOptions::default())? };
+        }
+        let schedule_read = match schedule.as_ref() {
+            Some(s) => s.as_view(),
+            None => bufs.seq_lens.slice(..),
+        };
+
         let ctas = u32::try_from(plan.ctas()).map_err(|_| {
             Error::invalid(OP, "plan", "at most 2^31 - 1 CTAs", plan.ctas().to_string())
         })?;
@@ -744,9 +997,10 @@ impl CudaBackend {
             .buffer(bufs.block_table)
             .buffer(bufs.seq_lens)
             .buffer(bufs.cu_seqlens_q)
+            .buffer(&schedule_read)
             .buffer_mut(&mut *bufs.o)
             .buffer_mut(&mut *bufs.lse)
-            .buffer_mut(&mut *bufs.workspace)
+            .buffer_mut(&mut partials)
             .value(&batch)
             .value(&s_q)
             .value(&total_q)
@@ -757,33 +1011,38 @@ impl CudaBackend {
             .value(&latent)
             .value(&rope)
             .value(&token_bytes)
-            .value(&splits)
+            .value(&ws_slots)
             .value(&row_groups)
             .value(&col_chunks)
             .value(&scale_log2);
         // SAFETY: the parameters are (const u16*, const u8*, const int*, const int*, const int*,
-        // u16*, float*, float*, int x 13, float) in this order. The callers checked the lengths
-        // against the plan's op: q, o, lse, block_table, seq_lens (and cu_seqlens_q, batch + 1,
-        // for a varlen plan: a uniform plan's kernel never reads it) match it, the cache holds
-        // num_pages whole pages, the workspace holds the plan's splits x batch x s_q x heads x
-        // (latent + 1) floats when splits > 1 (unused otherwise); pointers are 16-byte aligned.
-        // The grid is the plan's CTAs, with the variant's dynamic shared memory (the variant
+        // const int*, u16*, float*, float*, int x 13, float) in this order. The callers checked
+        // the lengths against the plan's op: q, o, lse, block_table, seq_lens (and cu_seqlens_q,
+        // batch + 1, for a varlen plan: a uniform plan's kernel never reads it) match it, the
+        // cache holds num_pages whole pages; with ws_slots > 0 the schedule was written just
+        // before on this stream and the partials hold ws_slots x s_q x heads x (latent + 1)
+        // floats, of which each split writes its slot (a request's slots are its first slot +
+        // split, within ws_slots: mla_kv_ws_slots); with ws_slots 0 neither is read (the schedule
+        // argument is a stand-in, every request one split writing o and lse). Pointers are
+        // 16-byte aligned. The grid is the plan's max_units x col_chunks x row_groups CTAs (CTAs
+        // past the schedule's units exit), with the variant's dynamic shared memory (the variant
         // fits the op's layout: checked when the plan was made). The kernel reads block-table
         // entries only below each checked length, never dereferences a page outside
         // 0..num_pages, and (varlen) touches only query tokens of offsets within 0..=total_q.
         unsafe { self.launch_kernel(&variant, (ctas, 1, 1), args, LaunchOptions::default())? };
 
-        if plan.splits > 1 {
+        if plan.scheduled() {
             let combine = MlaCombineVariant {
                 varlen: variant.varlen,
             };
-            let rows = u32::try_from(plan.batch * plan.s_q * plan.heads).map_err(|_| {
+            let ctas = u32::try_from(plan.combine_ctas()).map_err(|_| {
                 Error::invalid(OP, "batch * s_q * heads", "at most 2^32 - 1", "more")
             })?;
-            let ws = bufs.workspace.as_view();
+            let partials = partials.as_view();
             let mut args = KernelArgs::new(stream);
-            args.buffer(&ws)
+            args.buffer(&partials)
                 .buffer(bufs.cu_seqlens_q)
+                .buffer(&schedule_read)
                 .buffer_mut(&mut *bufs.o)
                 .buffer_mut(&mut *bufs.lse)
                 .value(&batch)
@@ -791,14 +1050,16 @@ impl CudaBackend {
                 .value(&total_q)
                 .value(&heads)
                 .value(&latent)
-                .value(&splits);
-            // SAFETY: the parameters are (const float*, const int*, u16*, float*, int x 6) in
-            // this order; the workspace's first splits x batch x rows x latent floats are the
-            // partial outputs and the next splits x batch x rows the partial lse (length checked
-            // by the callers, written by the decode launch before on the same stream). One CTA
-            // per (request, row of s_q * heads) writes that row of o and its lse entry only
-            // (varlen: rows of the request's own queries, offsets within 0..=total_q).
-            unsafe { self.launch_kernel(&combine, (rows, 1, 1), args, LaunchOptions::default())? };
+                .value(&ws_slots);
+            // SAFETY: the parameters are (const float*, const int*, const int*, u16*, float*,
+            // int x 6) in this order; the partials hold ws_slots x rows x latent partial outputs
+            // then ws_slots x rows partial lse (rows = s_q * heads; length checked by the
+            // callers, written by the decode launch before on the same stream), the schedule its
+            // requests of several splits (at most min(batch, max_units - batch)) and their slots.
+            // The CTAs stride over the (split request, 4 rows) items, a warp writing its row of o
+            // and its lse entry only (varlen: rows of the request's own queries, offsets within
+            // 0..=total_q).
+            unsafe { self.launch_kernel(&combine, (ctas, 1, 1), args, LaunchOptions::default())? };
         }
         Ok(())
     }
@@ -927,5 +1188,123 @@ impl CudaBackend {
             o: super::download(stream, &d_o)?,
             lse: super::download(stream, &d_lse)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ops::mla::{mla_kv_max_units, mla_kv_ws_slots};
+
+    /// A plan of `batch` requests of `s_q * heads` rows for DeepSeek-V3's layout with the
+    /// Hopper tiling (64 rows per CTA, 64-key tiles) on 132 SMs, made for `max_seq_len`.
+    fn plan(batch: usize, s_q: usize, heads: usize, max_seq_len: usize) -> MlaDecodePlan {
+        let layout = MlaCacheLayout::default();
+        let variant = MlaDecodeVariant::sm90(&layout);
+        let row_groups = (s_q * heads).div_ceil(64);
+        let tiles = max_seq_len.div_ceil(64);
+        MlaDecodePlan {
+            batch,
+            s_q,
+            heads,
+            max_pages: max_seq_len.div_ceil(64).max(1),
+            layout,
+            variant,
+            row_groups,
+            col_chunks: 1,
+            splits: tessera_core::ops::mla::mla_kv_splits(batch * row_groups, tiles, 132),
+            max_units: mla_kv_max_units(batch, row_groups, tiles, 132),
+            slots: 132,
+        }
+    }
+
+    /// What `mla_schedule.cu` writes for `sch` (the layout of `MlaSchedule` in mla_work.cuh),
+    /// as the f32 bits of a workspace of `plan`.
+    fn encode(plan: &MlaDecodePlan, sch: &MlaKvSchedule) -> Vec<f32> {
+        let batch = plan.batch;
+        let mut ints = vec![-7i32; plan.schedule_len()];
+        ints[0] = sch.units.len() as i32;
+        ints[1] = sch.split_requests.len() as i32;
+        ints[2] = sch.tiles_per_split as i32;
+        ints[3] = 0;
+        for b in 0..batch {
+            ints[4 + 2 * b] = sch.splits[b] as i32;
+            ints[4 + 2 * b + 1] = sch.ws_first[b].map_or(-1, |f| f as i32);
+        }
+        for (i, &b) in sch.split_requests.iter().enumerate() {
+            ints[4 + 2 * batch + i] = b as i32;
+        }
+        let units = 4 + 3 * batch + batch % 2;
+        for (u, &(b, i)) in sch.units.iter().enumerate() {
+            ints[units + 2 * u] = b as i32;
+            ints[units + 2 * u + 1] = i as i32;
+        }
+        let mut ws = vec![f32::NAN; plan.schedule_offset()];
+        ws.extend(ints.iter().map(|&v| f32::from_bits(v as u32)));
+        assert_eq!(ws.len(), plan.workspace_len());
+        ws
+    }
+
+    #[test]
+    fn the_workspace_holds_the_partials_then_the_schedule() {
+        // b 128, h 128, 32768 keys: two row groups of 64, one split each at the longest length,
+        // room for 128 + 2 * 66 units; their partials, then the schedule on 16 bytes.
+        let p = plan(128, 1, 128, 32768);
+        assert_eq!((p.splits(), p.max_units()), (1, 128 + 132));
+        assert_eq!(p.ws_slots(), mla_kv_ws_slots(128, 260));
+        assert_eq!(p.ws_slots(), 260);
+        assert_eq!(p.schedule_offset(), 260 * 128 * 513);
+        assert_eq!(p.schedule_len(), 4 + 3 * 128 + 2 * 260);
+        assert_eq!(p.workspace_len(), 260 * 128 * 513 + 4 + 384 + 520);
+        assert_eq!((p.ctas(), p.combine_ctas()), (520, 132 * 8));
+        assert_eq!(plan(4, 1, 128, 32768).combine_ctas(), 4 * 32);
+        // An odd batch pads the units to 8 bytes; the schedule starts on 16.
+        let p = plan(7, 3, 5, 5000);
+        assert_eq!(p.schedule_offset() % 4, 0);
+        assert_eq!(p.schedule_len(), 4 + 21 + 1 + 2 * p.max_units());
+        // Too short to split: no schedule, no workspace, no combine.
+        let p = plan(4, 1, 16, 150);
+        assert_eq!((p.max_units(), p.workspace_len()), (4, 0));
+        assert!(p.read_schedule(&[]).is_err());
+    }
+
+    #[test]
+    fn a_written_schedule_reads_back() {
+        for (batch, s_q, heads) in [(128, 1, 128), (7, 3, 5), (1, 1, 16), (600, 2, 16)] {
+            let p = plan(batch, s_q, heads, 20000);
+            let lens: Vec<i32> = (0..batch)
+                .map(|b| match b % 7 {
+                    0 => 20000,
+                    1 => 0,
+                    2 => 65,
+                    3 => -1,
+                    4 => 63,
+                    5 => 1 + (b as i32 * 37) % 9000,
+                    _ => 25000,
+                })
+                .collect();
+            let sch = p.host_schedule(&lens, None);
+            // Bad lengths (-1, past the table) have no tiles: one split each.
+            for (len, &n) in lens.iter().zip(&sch.splits) {
+                if !(0..=20000).contains(len) {
+                    assert_eq!(n, 1);
+                }
+            }
+            let ws = encode(&p, &sch);
+            assert_eq!(p.read_schedule(&ws).unwrap(), sch);
+            assert!(p.read_schedule(&ws[..ws.len() - 1]).is_err());
+            // A corrupt count is an error, not a panic.
+            let mut bad = ws.clone();
+            bad[p.schedule_offset()] = f32::from_bits(u32::MAX);
+            assert!(p.read_schedule(&bad).is_err());
+            // Queries per request: none takes one split and counts no work.
+            let counts: Vec<usize> = (0..batch).map(|b| b % 3).collect();
+            let sch = p.host_schedule(&lens, Some(&counts));
+            for (&n_q, &n) in counts.iter().zip(&sch.splits) {
+                if n_q == 0 {
+                    assert_eq!(n, 1);
+                }
+            }
+        }
     }
 }

@@ -14,8 +14,15 @@ pub const MLA_DECODE_SM90_THREADS: u32 = 384;
 /// The Hopper kernel's tiling as (row slices of 16, key tile, stages): 64 rows, 64-key tiles,
 /// two tiles in shared memory.
 pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
-/// Threads per combine CTA.
+/// Threads per combine CTA: 4 warps, one row each.
 pub const MLA_COMBINE_THREADS: u32 = 128;
+/// Rows (of `s_q * heads`) each combine CTA merges at a time.
+pub const MLA_COMBINE_ROWS_PER_CTA: u32 = 4;
+/// Combine CTAs per SM at most: the combine's grid strides over its work, so that the CTAs of
+/// a launch with few split requests (none, with equal lengths that need no split) are few.
+pub const MLA_COMBINE_CTAS_PER_SM: u32 = 8;
+/// Threads of the split-KV schedule's one CTA.
+pub const MLA_SCHEDULE_THREADS: u32 = 512;
 /// Tokens per append CTA (one warp each).
 pub const MLA_APPEND_TOKENS_PER_CTA: u32 = 8;
 
@@ -82,8 +89,51 @@ fn varlen_define(varlen: bool) -> (&'static str, String) {
     ("VARLEN", u32::from(varlen).to_string())
 }
 
-/// The split combine: one CTA of 128 threads per (request, query row), for the uniform or the
-/// variable-length query layout (`varlen`, as the decode variant it follows).
+/// The split-KV schedule (`kernels/mla_schedule.cu`): one CTA of 512 threads that computes, from
+/// the lengths on the device, each request's splits and the decode's units before the decode
+/// (the rule of [`tessera_core::ops::mla::mla_kv_schedule`]), for the uniform or the
+/// variable-length query layout (`varlen`, as the decode variant it precedes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MlaScheduleVariant {
+    /// Queries located by `cu_seqlens_q` ([`tessera_core::MlaDecodeVarlen`]) rather than `s_q`
+    /// per request.
+    pub varlen: bool,
+}
+
+impl KernelSpec for MlaScheduleVariant {
+    fn op(&self) -> &'static str {
+        "mla_decode"
+    }
+    fn source(&self) -> KernelSource {
+        crate::kernels::MLA_SCHEDULE
+    }
+    fn defines(&self) -> Vec<(&'static str, String)> {
+        vec![
+            varlen_define(self.varlen),
+            ("MAX_KV_SPLITS", tessera_core::MLA_MAX_KV_SPLITS.to_string()),
+            (
+                "SCHEDULE_BINS",
+                tessera_core::ops::mla::MLA_SCHEDULE_BINS.to_string(),
+            ),
+        ]
+    }
+    fn entry(&self) -> &'static str {
+        "mla_schedule"
+    }
+    fn threads(&self) -> u32 {
+        MLA_SCHEDULE_THREADS
+    }
+    fn smem_bytes(&self) -> u32 {
+        0
+    }
+    fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
+        check_resources(self, arch)
+    }
+}
+
+/// The split combine: CTAs of 128 threads striding over the (split request, 4 query rows) items,
+/// one warp per row, for the uniform or the variable-length query layout (`varlen`, as the
+/// decode variant it follows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct MlaCombineVariant {
     /// Queries located by `cu_seqlens_q` ([`tessera_core::MlaDecodeVarlen`]) rather than `s_q`
@@ -473,6 +523,13 @@ mod tests {
         );
         assert_eq!(MlaAppendVariant.kernel().defines.len(), 2);
         assert_eq!(MlaCombineVariant::default().entry(), "mla_combine");
+        assert_eq!(MlaScheduleVariant::default().entry(), "mla_schedule");
+        assert_eq!(
+            MlaScheduleVariant { varlen: true }
+                .kernel()
+                .define_value("TESSERA_THREADS"),
+            Some("512")
+        );
         let varlen = v.with_varlen(true);
         assert_eq!(varlen.kernel().define_value("VARLEN"), Some("1"));
         assert_eq!(varlen.smem_bytes(), v.smem_bytes());

@@ -4,7 +4,7 @@
 //!   read from the driver, or built from a compute capability for tests and CI.
 //! - A **variant** is a typed description of one compiled kernel function: [`GemmVariant`],
 //!   [`AttentionVariant`], [`AttentionBackwardVariant`], [`MlaDecodeVariant`], [`MlaAppendVariant`], [`MlaCombineVariant`],
-//!   [`QuantizeVariant`]. Each implements [`KernelSpec`]: it renders its NVRTC constants and its
+//!   [`MlaScheduleVariant`], [`QuantizeVariant`]. Each implements [`KernelSpec`]: it renders its NVRTC constants and its
 //!   entry name, knows its threads per CTA, dynamic shared memory and cluster shape, and checks
 //!   that it can run on an architecture ([`KernelSpec::valid_on`]). The shared-memory size is
 //!   computed here once and passed to the kernel as `TESSERA_SMEM_BYTES` (threads as
@@ -67,7 +67,7 @@ pub use gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm, GEMM_TILE_N};
 pub use launch::{KernelArgs, LaunchOptions};
 pub use mla::{
     CacheFormat, MlaAppendVariant, MlaCombineVariant, MlaDecodeKernel, MlaDecodeShape,
-    MlaDecodeVariant,
+    MlaDecodeVariant, MlaScheduleVariant,
 };
 pub use quantize::{QuantizeGranularity, QuantizeInput, QuantizeShape, QuantizeVariant};
 pub use tensor_map::{TensorMap2d, TmaDtype, TmaSwizzle};
