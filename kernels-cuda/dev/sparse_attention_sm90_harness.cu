@@ -90,7 +90,7 @@ struct Dev {
 static void launch(const Dev& d, const Mask& m, int batch, int tokens, int heads, float scale, cudaStream_t st) {
     const long long ctas = (long long)m.nb * heads * batch;
     sparse_attention_fwd_sm90<<<(unsigned)ctas, ATT90_THREADS, smem_bytes(), st>>>(
-        d.q, d.k, d.v, d.o, d.lse, d.indptr, d.indices, d.order, tokens, heads, batch, scale * 1.4426950408889634f);
+        d.q, d.k, d.v, d.o, d.lse, d.indptr, d.indices, d.order, tokens, heads, scale * 1.4426950408889634f);
 }
 
 static Dev upload(const Mask& m, const std::vector<u16>& q, const std::vector<u16>& k, const std::vector<u16>& v,

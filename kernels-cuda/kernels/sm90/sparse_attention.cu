@@ -110,7 +110,7 @@ extern "C" __global__ void __launch_bounds__(ATT90_THREADS, 1)
 sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                           u16* __restrict__ o, float* __restrict__ lse, const u32* __restrict__ indptr,
                           const u32* __restrict__ indices, const u32* __restrict__ row_order, int tokens,
-                          int heads, int batch, float scale_log2) {
+                          int heads, float scale_log2) {
     constexpr int D = HEAD_DIM;
     constexpr bool BF16 = ELEM_BF16 != 0;
     extern __shared__ __align__(1024) u8 smem[];
@@ -128,7 +128,6 @@ sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, 
     const int row_block = (int)row_order[blockIdx.x % num_blocks];
     const int hb = (int)(blockIdx.x / num_blocks);
     const int h = hb % heads, b = hb / heads;
-    (void)batch;
     const int q0 = row_block * ATT90_ROWS;
     const i64 tok_stride = (i64)heads * D;
     const i64 base = ((i64)b * tokens * heads + h) * D;

@@ -354,7 +354,8 @@ impl CudaBackend {
         }
         let tokens = to_i32(OP, "tokens", op.tokens)?;
         let heads = to_i32(OP, "heads", op.heads)?;
-        let batch = to_i32(OP, "batch", op.batch)?;
+        // batch is no kernel argument, but it must fit the grid's i32 arithmetic.
+        to_i32(OP, "batch", op.batch)?;
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
         // Offsets are computed in 64 bits; the grid's y and z dimensions hold heads and batch
         // (checked by `grid`).
@@ -377,14 +378,13 @@ impl CudaBackend {
             args.buffer(&mask.row_order)
                 .value(&tokens)
                 .value(&heads)
-                .value(&batch)
                 .value(&scale_log2);
         } else {
             args.value(&tokens).value(&heads).value(&scale_log2);
         }
         // SAFETY: the kernel's parameters are (const u16* q, k, v, u16* o, float* lse,
         // const u32* indptr, indices, [wgmma: const u32* row_order,] int tokens, int heads,
-        // [wgmma: int batch,] float scale_log2) in this order. q, k, v and o hold
+        // float scale_log2) in this order. q, k, v and o hold
         // batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned, lse
         // batch*heads*tokens floats (all checked above); the mask was validated against the op
         // (num_blocks + 1 row pointers, sorted in-range columns), row_order is a permutation of
