@@ -20,6 +20,7 @@ suite=${2:-standard}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 pack=$(cd "$(dirname "$0")" && pwd)
+source "$pack/gpu-unpack.sh"
 commit=$(head -c 200 "$pack/COMMIT" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')
 export TESSERA_COMMIT="${commit:-unknown}"
 export TESSERA_CACHE_DIR=/tmp/tessera-cache

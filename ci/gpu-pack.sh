@@ -73,7 +73,7 @@ tar -C "$candle_bin" -cf - candletest-cuda candle_layers | xz -9 -T2 > "$pack/ca
 rm -rf "$candle_bin"
 fi
 strip "$pack"/bin/*
-cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/peers.py ci/gpu-python.sh "$pack/"
+cp ci/gpu-run.sh ci/gpu-sanitize.sh ci/gpu-bench.sh ci/gpu-unpack.sh ci/peers.py ci/gpu-python.sh "$pack/"
 # The Python package for ci/gpu-python.sh: its abi3 wheel, pytest's wheels (for Python 3.9 and
 # later: the GPU machine has no index) and the tests.
 mkdir -p "$pack/wheels" "$pack/python-tests"
@@ -96,4 +96,12 @@ if command -v apt-get >/dev/null; then
 fi
 git rev-parse --short HEAD > "$pack/COMMIT" 2>/dev/null || echo unknown > "$pack/COMMIT"
 git diff --quiet 2>/dev/null || echo "+uncommitted" >> "$pack/COMMIT"
-du -sh "$pack"; ls -la "$pack/bin"
+ls -la "$pack/bin"
+# The stripped binaries come to about 60 MB, close to what a device call carries (64 MiB with
+# the checkout): they travel as one xz archive (about 8 MB), which the GPU scripts unpack
+# (ci/gpu-unpack.sh). GPU_PACK_XZ=0 keeps bin/ as it is.
+if [ "${GPU_PACK_XZ:-1}" != 0 ]; then
+  tar -C "$pack" -cf - bin | xz -6 -T2 > "$pack/bin.tar.xz"
+  rm -rf "$pack/bin"
+fi
+du -sh "$pack"

@@ -17,6 +17,7 @@ set -uo pipefail
 out=${1:?usage: gpu-sanitize.sh OUTDIR}
 mkdir -p "$out"
 pack=$(cd "$(dirname "$0")" && pwd)
+source "$pack/gpu-unpack.sh"
 export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_CACHE_DIR=${TESSERA_CACHE_DIR:-/tmp/tessera-cache}
 export TESSERA_REQUIRE_BACKENDS=cuda TESSERA_REQUIRE_CUDA=1 TESSERA_REQUIRE_NVRTC=1
