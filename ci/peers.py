@@ -53,6 +53,7 @@ Timing as in `tessera bench`: a warm-up launch (a second when the first took und
 over >= 200 MB of operand sets; ceilings (copy, bf16 matmul) measured in the same run.
 
   python3 ci/peers.py --masks DIR --json peers.json [--suite standard|quick] [--only OP]
+      [--backward-peers 'cudnn dense,flex radial,flash dense']
 """
 
 import argparse
@@ -690,14 +691,17 @@ def backward_launch(forward, q, k, v):
 ATTENTION_BACKWARD_OP = "attention_backward"
 
 
-def bench_attention_backward(out, cases, masks_dir):
+BACKWARD_PEERS = ("cudnn dense", "flex radial", "flash dense")
+
+
+def bench_attention_backward(out, cases, masks_dir, peers=BACKWARD_PEERS):
     """The attention_backward rows: cuDNN's dense backward for every case, then FlexAttention's
     on the radial mask, then flash's dense backward (the rows the issue's targets need first; a
     flex failure that spoils the CUDA context then costs only the flash rows). Every case is
     freed before the next; an error (out of memory included) becomes the record's error."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    flex, flex_error = compiled_flex()
+    flex, flex_error = compiled_flex() if "flex radial" in peers else (None, "not asked for")
     op = ATTENTION_BACKWARD_OP
 
     def dense_case(model, frames, name, backend):
@@ -725,6 +729,7 @@ def bench_attention_backward(out, cases, masks_dir):
     runs = [(m, f, "cudnn dense", lambda m=m, f=f: dense_case(m, f, "cudnn dense", SDPBackend.CUDNN_ATTENTION)) for m, f in cases]
     runs += [(m, f, "flex radial", lambda m=m, f=f: flex_case(m, f)) for m, f in cases]
     runs += [(m, f, "flash dense", lambda m=m, f=f: dense_case(m, f, "flash dense", SDPBackend.FLASH_ATTENTION)) for m, f in cases]
+    runs = [r for r in runs if r[2] in peers]
     for model, frames, name, run in runs:
         h, tokens = heads_of(model), frames * TOKENS_PER_FRAME
         try:
@@ -744,6 +749,8 @@ def main():
     ap.add_argument("--masks", help="folder of the radial masks written by `tessera bench --masks`")
     ap.add_argument("--suite", default="standard", choices=["standard", "quick"])
     ap.add_argument("--only", help="only ops whose name contains this")
+    ap.add_argument("--backward-peers", default=",".join(BACKWARD_PEERS),
+                    help=f"attention_backward: the peers to time, comma-separated (default: {','.join(BACKWARD_PEERS)})")
     ap.add_argument("--commit", default=os.environ.get("TESSERA_COMMIT", "unknown"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -751,6 +758,10 @@ def main():
     gemm, mla, att = suite(args.suite)
     tess = import_tessera()
     wants = lambda op: args.only is None or args.only in op  # noqa: E731
+    backward_peers = tuple(p.strip() for p in args.backward_peers.split(",") if p.strip())
+    unknown = [p for p in backward_peers if p not in BACKWARD_PEERS]
+    if unknown:
+        sys.exit(f"peers.py: --backward-peers: unknown {unknown}; known: {', '.join(BACKWARD_PEERS)}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}) on {torch.cuda.get_device_name(0)}", flush=True)
     if tess[0] is not None:
         print(f"tessera {tess[0].__version__} from {tess[0].__file__}: timed in this process as `{TESSERA_PY}`", flush=True)
@@ -778,7 +789,7 @@ def main():
     t0 = time.time()
     for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm, tess)), ("mla_decode", lambda: bench_mla(out, mla, tess)),
                    ("attention", lambda: bench_attention(out, att, args.masks, tess)),
-                   (ATTENTION_BACKWARD_OP, lambda: bench_attention_backward(out, att, args.masks))):
+                   (ATTENTION_BACKWARD_OP, lambda: bench_attention_backward(out, att, args.masks, backward_peers))):
         if wants(op):
             try:
                 fn()
