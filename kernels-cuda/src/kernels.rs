@@ -290,12 +290,23 @@ mod tests {
                             &op, block, &arch,
                         )
                         .unwrap();
-                        // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89.
+                        // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89;
+                        // on sm_90a with blocks of 128 also the Hopper tile passes (2 and 3
+                        // stages).
                         let deep = head_dim == 64 || arch.nvrtc_target() != "sm_89";
-                        assert_eq!(plans.len(), if deep { 2 } else { 1 }, "{arch}");
+                        let hopper = if arch.wgmma && block == 128 { 2 } else { 0 };
+                        assert_eq!(plans.len(), if deep { 2 } else { 1 } + hopper, "{arch}");
                         for k in plans.iter().flat_map(|p| p.kernels()) {
                             assert!(has(&k), "{k:?} on {arch}");
                         }
+                        // The default pick: the Hopper tile passes with 3 stages where they are.
+                        let pick = plans[crate::plan::heuristics::pick_attention_backward(&plans)];
+                        let want = if hopper > 0 {
+                            AttentionBackwardKernel::Wgmma
+                        } else {
+                            AttentionBackwardKernel::MmaSync
+                        };
+                        assert_eq!(pick.key_value.tile_kernel(), want, "{arch}");
                     }
                 }
             }

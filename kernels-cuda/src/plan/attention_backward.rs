@@ -178,7 +178,11 @@ pub fn query_tile_grid(op_name: &'static str, op: &SparseAttention) -> Result<(u
 }
 
 /// The grid of one CTA per (`rows`-row tile, head, batch) for `op`.
-fn row_tile_grid(op_name: &'static str, op: &SparseAttention, rows: u32) -> Result<(u32, u32, u32)> {
+fn row_tile_grid(
+    op_name: &'static str,
+    op: &SparseAttention,
+    rows: u32,
+) -> Result<(u32, u32, u32)> {
     // The grid's y and z dimensions hold heads and batch.
     for (arg, n) in [("heads", op.heads), ("batch", op.batch)] {
         if n > 65535 {
@@ -471,10 +475,8 @@ mod tests {
             assert!(AttentionBackwardPlan::new(bad).valid_on(&h200).is_err());
         }
         // Plans written before the field existed read as the mma.sync kernel.
-        let old: AttentionBackwardTiles = serde_json::from_str(
-            r#"{"head_dim":64,"dtype":"f16","block":64,"stages":2}"#,
-        )
-        .unwrap();
+        let old: AttentionBackwardTiles =
+            serde_json::from_str(r#"{"head_dim":64,"dtype":"f16","block":64,"stages":2}"#).unwrap();
         assert_eq!(old.kernel, AttentionBackwardKernel::MmaSync);
     }
 }

@@ -449,7 +449,10 @@ pub fn attention_backward_candidates(
             kernel,
         })
     };
-    let fallback = plan(AttentionBackwardKernel::MmaSync, ATTENTION_BACKWARD_STAGES[0]);
+    let fallback = plan(
+        AttentionBackwardKernel::MmaSync,
+        ATTENTION_BACKWARD_STAGES[0],
+    );
     fallback.valid_on(arch)?;
     let mut v = vec![fallback];
     let others = ATTENTION_BACKWARD_STAGES[1..]
