@@ -2,7 +2,9 @@
 
 use crate::compile::{KernelHeader, KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
-use crate::plan::attention_backward::ATTENTION_BACKWARD_STAGES;
+use crate::plan::attention_backward::{
+    AttentionBackwardKernel, ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
+};
 use crate::plan::heuristics::{gemm_variants, wgmma_small_m_tiles};
 use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
@@ -77,6 +79,14 @@ pub const SPARSE_ATTENTION_BACKWARD: KernelSource = KernelSource::new(
     include_str!("../kernels/sparse_attention_backward.cu"),
 )
 .with_headers(&[ATTENTION_CONSTANTS, ATTENTION_TILES]);
+
+/// `sm90/sparse_attention_backward.cu`: the block-sparse attention backward's dk/dv and dq
+/// passes on wgmma (sm_90a, mask blocks of 128; the delta pass is the file above's).
+pub const SPARSE_ATTENTION_BACKWARD_SM90: KernelSource = KernelSource::new(
+    "sm90/sparse_attention_backward.cu",
+    include_str!("../kernels/sm90/sparse_attention_backward.cu"),
+)
+.with_headers(&[ATTENTION_CONSTANTS, HOPPER, WGMMA]);
 
 /// `mla_append.cu`: writes tokens into the paged cache (both formats, run-time layout).
 pub const MLA_APPEND: KernelSource =
@@ -173,13 +183,18 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
             if delta.valid_on(arch).is_ok() {
                 v.push(Box::new(delta));
             }
+            let kernels = ATTENTION_BACKWARD_STAGES
+                .map(|s| (AttentionBackwardKernel::MmaSync, s))
+                .into_iter()
+                .chain(ATTENTION_BACKWARD_SM90_STAGES.map(|s| (AttentionBackwardKernel::Wgmma, s)));
             for block in ATTENTION_BLOCK_SIZES {
-                for stages in ATTENTION_BACKWARD_STAGES {
+                for (kernel, stages) in kernels.clone() {
                     let tiles = AttentionBackwardTiles {
                         head_dim,
                         dtype,
                         block,
                         stages,
+                        kernel,
                     };
                     for k in [
                         AttentionBackwardVariant::KeyValue(tiles),
@@ -284,12 +299,23 @@ mod tests {
                             &op, block, &arch,
                         )
                         .unwrap();
-                        // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89.
+                        // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89;
+                        // on sm_90a with blocks of 128 also the Hopper tile passes (2 and 3
+                        // stages).
                         let deep = head_dim == 64 || arch.nvrtc_target() != "sm_89";
-                        assert_eq!(plans.len(), if deep { 2 } else { 1 }, "{arch}");
+                        let hopper = if arch.wgmma && block == 128 { 2 } else { 0 };
+                        assert_eq!(plans.len(), if deep { 2 } else { 1 } + hopper, "{arch}");
                         for k in plans.iter().flat_map(|p| p.kernels()) {
                             assert!(has(&k), "{k:?} on {arch}");
                         }
+                        // The default pick: the Hopper tile passes with 3 stages where they are.
+                        let pick = plans[crate::plan::heuristics::pick_attention_backward(&plans)];
+                        let want = if hopper > 0 {
+                            AttentionBackwardKernel::Wgmma
+                        } else {
+                            AttentionBackwardKernel::MmaSync
+                        };
+                        assert_eq!(pick.key_value.tile_kernel(), want, "{arch}");
                     }
                 }
             }

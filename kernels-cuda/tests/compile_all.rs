@@ -10,9 +10,10 @@ use tessera_core::{Error, MlaCacheFormat, MlaCacheLayout};
 use tessera_cuda::compile::{cached_cubin_in, compile_cubin, KernelVariant};
 use tessera_cuda::kernels::{ci_archs, plannable_variants};
 use tessera_cuda::plan::{
-    AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel, AttentionVariant,
-    GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant,
-    MlaScheduleVariant, MmaSyncGemm, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    AttentionBackwardKernel, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel,
+    AttentionVariant, GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
+    MlaDecodeVariant, MlaScheduleVariant, MmaSyncGemm, QuantizeGranularity, QuantizeInput,
+    QuantizeVariant,
 };
 
 /// Whether NVRTC is there; prints `skipped:` (or panics under `TESSERA_REQUIRE_NVRTC=1`) if not.
@@ -90,6 +91,14 @@ const BACKWARD_TILES: AttentionBackwardTiles = AttentionBackwardTiles {
     dtype: HalfType::Bf16,
     block: 128,
     stages: 2,
+    kernel: AttentionBackwardKernel::MmaSync,
+};
+
+/// The Hopper tile passes of the attention backward, in the one-variant-per-source list.
+const BACKWARD_TILES_SM90: AttentionBackwardTiles = AttentionBackwardTiles {
+    stages: 3,
+    kernel: AttentionBackwardKernel::Wgmma,
+    ..BACKWARD_TILES
 };
 
 /// One variant of every kernel source, with every kind of constant.
@@ -117,6 +126,8 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
         }),
         Box::new(AttentionBackwardVariant::KeyValue(BACKWARD_TILES)),
         Box::new(AttentionBackwardVariant::Query(BACKWARD_TILES)),
+        Box::new(AttentionBackwardVariant::KeyValue(BACKWARD_TILES_SM90)),
+        Box::new(AttentionBackwardVariant::Query(BACKWARD_TILES_SM90)),
         Box::new(MlaDecodeVariant::new(&fp8, (1, 64, 3))),
         Box::new(MlaDecodeVariant::new(&generic, (2, 32, 2))),
         Box::new(MlaDecodeVariant::new(&fp8, (4, 32, 3)).with_varlen(true)),
@@ -191,6 +202,8 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         granularity: QuantizeGranularity::PerToken1x128,
     };
     let smem = |s: &dyn KernelSpec| (s.smem_bytes() + 16).to_string();
+    let dkdv_sm90 = AttentionBackwardVariant::KeyValue(BACKWARD_TILES_SM90);
+    let dq_sm90 = AttentionBackwardVariant::Query(BACKWARD_TILES_SM90);
     let cases: Vec<(KernelVariant, &str)> = vec![
         (set(&gemm, "BM", "48"), "BM must be"),
         (set(&gemm, "STAGES", "1"), "STAGES must be"),
@@ -255,6 +268,17 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         ),
         (
             set(&mla, "TESSERA_SMEM_BYTES", &smem(&mla)),
+            "shared-memory size",
+        ),
+        (set(&dkdv_sm90, "STAGES", "5"), "STAGES must be"),
+        (set(&dq_sm90, "BLOCK", "64"), "mask blocks of 128"),
+        (set(&dkdv_sm90, "TESSERA_THREADS", "128"), "3 warpgroups"),
+        (
+            set(&dq_sm90, "TESSERA_SMEM_BYTES", &smem(&dq_sm90)),
+            "shared-memory size",
+        ),
+        (
+            set(&dkdv_sm90, "TESSERA_SMEM_BYTES", &smem(&dkdv_sm90)),
             "shared-memory size",
         ),
         (set(&quantize, "IN_KIND", "3"), "IN_KIND must be"),

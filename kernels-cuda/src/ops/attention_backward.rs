@@ -1,11 +1,13 @@
 //! Block-sparse (radial) attention backward on CUDA.
 //!
-//! Three kernels of `kernels/sparse_attention_backward.cu`, launched in order on one stream
-//! (see [`crate::plan::attention_backward`]): `delta = rowsum(dO ∘ O)`; dk and dv per 64 keys over
-//! the transposed mask (the query blocks that attend each key block, built once by
-//! [`DeviceBlockMask::new`]); dq per 64 queries over the mask. Each output element is written
-//! once by one thread, with no atomics: the results are bitwise deterministic. sm_80 and later,
-//! head_dim 64 or 128, f16 or bf16, mask block sizes 64 or 128, any token count.
+//! Three kernels launched in order on one stream (see [`crate::plan::attention_backward`]):
+//! `delta = rowsum(dO ∘ O)`; dk and dv per 64 keys (`kernels/sparse_attention_backward.cu`,
+//! `mma.sync`) or per key block of 128 (`kernels/sm90/sparse_attention_backward.cu`, wgmma,
+//! sm_90a) over the transposed mask (the query blocks that attend each key block, built once by
+//! [`DeviceBlockMask::new`]); dq per 64 queries or per query block of 128 over the mask. Each
+//! output element is written once by one thread, with no atomics: the results are bitwise
+//! deterministic. sm_80 and later, head_dim 64 or 128, f16 or bf16, mask block sizes 64 or 128,
+//! any token count.
 //!
 //! Device API: [`CudaBackend::sparse_attention_backward_on`] over [`AttentionBackwardBuffers`].
 
@@ -221,7 +223,9 @@ impl CudaBackend {
         // and start 16-byte aligned, lse and delta batch*heads*tokens floats (checked above); the
         // transposed mask comes from a mask validated against the op (num_blocks + 1 row
         // pointers, sorted in-range columns), and the grid has one CTA per (64 keys, head,
-        // batch). Rows at or past `tokens` are neither read nor written.
+        // batch) (`mma.sync`) or per (key block of 128, head, batch) (wgmma, whose plan is valid
+        // only for blocks of 128), as the plan's grid says. Rows at or past `tokens` are neither
+        // read nor written. Both kernels take the same parameters.
         unsafe { self.launch_kernel(&plan.key_value, grid, args, LaunchOptions::default())? };
 
         // 3. dq over the mask.
@@ -241,7 +245,8 @@ impl CudaBackend {
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dq, const u32* indptr, indices, int tokens, int heads, float scale, float
         // scale_log2) in this order, with the bounds checked as for step 2 and the mask
-        // validated against the op (no empty row); one CTA per (64 queries, head, batch).
+        // validated against the op (no empty row); one CTA per (64 queries, head, batch)
+        // (`mma.sync`) or per (query block of 128, head, batch) (wgmma), as for step 2.
         unsafe { self.launch_kernel(&plan.query, grid, args, LaunchOptions::default()) }
     }
 

@@ -32,7 +32,7 @@ use std::sync::RwLock;
 use tessera_core::{BackendKind, Error, Result};
 
 /// The version of the plan file's format; a file of another version is ignored.
-pub const PLAN_FORMAT_VERSION: u32 = 5;
+pub const PLAN_FORMAT_VERSION: u32 = 6;
 
 /// `n` rounded up to a power of two (1 for 0).
 pub fn bucket(n: usize) -> u64 {

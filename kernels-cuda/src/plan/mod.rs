@@ -57,7 +57,8 @@ pub mod util;
 pub use arch::{ArchFamily, ArchSpec};
 pub use attention::{AttentionKernel, AttentionShape, AttentionVariant, HalfType};
 pub use attention_backward::{
-    AttentionBackwardPlan, AttentionBackwardTiles, AttentionBackwardVariant,
+    AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
+    AttentionBackwardVariant,
 };
 pub use cache::{
     PlanCache, PlanOrigin, PlannedOp, PlannedVariant, ShapeClass, Timer, PLAN_FORMAT_VERSION,

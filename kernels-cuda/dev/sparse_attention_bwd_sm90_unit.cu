@@ -1,0 +1,60 @@
+// One kernel of the attention backward as a compile unit of the sm90 backward harness
+// (dev/sparse_attention_bwd_sm90.sh builds it once per kernel, each with its own defines, and
+// links them with sparse_attention_bwd_sm90_harness.cu). UNIT selects the kernel:
+//   0 mma.sync delta, 1 mma.sync dk/dv, 2 mma.sync dq (kernels/sparse_attention_backward.cu)
+//   11 wgmma dk/dv, 12 wgmma dq (kernels/sm90/sparse_attention_backward.cu)
+// and defines the host launcher bwd_launch_<UNIT>(const BwdArgs&, stream).
+#include <cuda_runtime.h>
+
+#include "../kernels/common.cuh"
+#include "../kernels/attention_constants.cuh"
+#if UNIT >= 10
+#include "../kernels/sm90/hopper.cuh"
+#include "../kernels/sm90/wgmma.cuh"
+#include "../kernels/sm90/sparse_attention_backward.cu"
+#else
+#include "../kernels/attention_tiles.cuh"
+#include "../kernels/sparse_attention_backward.cu"
+#endif
+#include "sparse_attention_bwd_sm90_args.h"
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+extern "C" void CAT(bwd_launch_, UNIT)(const BwdArgs& a, cudaStream_t st) {
+#if UNIT == 0
+    const long long rows = (long long)a.batch * a.tokens * a.heads;
+    sparse_attention_bwd_delta<<<(unsigned)((rows + 15) / 16), 128, 0, st>>>(a.o, a.d_o, a.delta, a.tokens, a.heads,
+                                                                            rows);
+#elif UNIT == 1 || UNIT == 2
+    const dim3 grid((a.tokens + 63) / 64, a.heads, a.batch);
+    static bool once = false;
+#if UNIT == 1
+    if (!once) cudaFuncSetAttribute(sparse_attention_bwd_dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
+    sparse_attention_bwd_dkdv<<<grid, 128, TESSERA_SMEM_BYTES, st>>>(a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dk, a.dv,
+                                                                    a.t_indptr, a.t_indices, a.tokens, a.heads, a.scale,
+                                                                    a.scale * 1.4426950408889634f);
+#else
+    if (!once) cudaFuncSetAttribute(sparse_attention_bwd_dq, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
+    sparse_attention_bwd_dq<<<grid, 128, TESSERA_SMEM_BYTES, st>>>(a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dq, a.indptr,
+                                                                  a.indices, a.tokens, a.heads, a.scale,
+                                                                  a.scale * 1.4426950408889634f);
+#endif
+    once = true;
+#else
+    const dim3 grid((a.tokens + 127) / 128, a.heads, a.batch);
+    static bool once = false;
+#if UNIT == 11
+    if (!once) cudaFuncSetAttribute(sparse_attention_bwd_dkdv_sm90, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
+    sparse_attention_bwd_dkdv_sm90<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(
+        a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dk, a.dv, a.t_indptr, a.t_indices, a.tokens, a.heads, a.scale,
+        a.scale * 1.4426950408889634f);
+#else
+    if (!once) cudaFuncSetAttribute(sparse_attention_bwd_dq_sm90, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
+    sparse_attention_bwd_dq_sm90<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dq,
+                                                                       a.indptr, a.indices, a.tokens, a.heads, a.scale,
+                                                                       a.scale * 1.4426950408889634f);
+#endif
+    once = true;
+#endif
+}

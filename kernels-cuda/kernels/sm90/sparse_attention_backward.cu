@@ -1,0 +1,538 @@
+// Block-sparse (radial) attention backward for sm_90a: the two tile passes of
+// kernels/sparse_attention_backward.cu (PASS 1 dk/dv, PASS 2 dq; its PASS 0, delta, is reused as
+// is) with wgmma, a cp.async + mbarrier pipeline filled by a producer warpgroup and two math
+// warpgroups of 64 resident rows each. Prepended: common.cuh, attention_constants.cuh (HEAD_DIM,
+// ELEM_BF16), sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
+//
+// Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention_backward.rs):
+//   PASS       1 = dk/dv (sparse_attention_bwd_dkdv_sm90), 2 = dq (sparse_attention_bwd_dq_sm90)
+//   HEAD_DIM, ELEM_BF16 (attention_constants.cuh)
+//   BLOCK      mask block size: 128 (a CTA's 128 resident rows are one mask block)
+//   STAGES     streamed tiles in flight: 2, 3 or 4
+//   TESSERA_SMEM_BYTES  Bwd90Smem::END below;  TESSERA_THREADS 384
+//
+// Problem, layouts, arguments and padding rules: those of kernels/sparse_attention_backward.cu
+// (q, k, v, dO, dq, dk, dv [batch, tokens, heads, HEAD_DIM]; lse (natural log) and delta f32
+// [batch, heads, tokens]; the BSR mask, and for PASS 1 its transpose, over ceil(tokens / 128)
+// block rows). P = exp(scale q k^T - lse), dP = dO V^T, dS = P (dP - delta); dV = P^T dO,
+// dK = scale dS^T Q, dQ = scale dS K. Deterministic: no atomics, every output element written
+// once by one thread (a key block no query attends gets dk = dv = 0).
+//
+// Grid: (ceil(tokens / 128), heads, batch): CTA x owns the 128 rows of mask block x (PASS 1: keys,
+// walking the transposed mask's row x; PASS 2: queries, walking the mask's row x).
+//   producer WG  streams the other side's rows in tiles of 64 (a mask block is two tiles; a
+//                tile starting at or past `tokens` is dropped), 16-byte cp.async with zero fill
+//                past `tokens` into 128-byte-swizzled stage t % STAGES, completing on full[s];
+//                PASS 1 also copies the tile's lse and delta (4-byte cp.async, zero fill).
+//   math WG w    owns resident rows 64w..64w+63 (loaded by itself into swizzled shared memory).
+//     PASS 1 per query tile: S^T = K Q^T and dP^T = V dO^T (wgmma m64n64, both operands
+//       K-major in shared memory); P^T = exp2(S^T scale log2 e - lse log2 e); dS^T = P^T (dP^T -
+//       delta); dV += P^T dO and dK += dS^T Q (wgmma with A from registers, B = the [64 query
+//       rows][HEAD_DIM] tile, MN-major). A padded query row has zero q and dO (cp.async zero
+//       fill) and lse = delta = 0: P = 1, dP = 0, dS = 0, and its zero dO and q rows add nothing.
+//     PASS 2 per key tile: S = Q K^T, dP = dO V^T, P (0 for keys past `tokens`), dS; dQ += dS K
+//       (A from registers, B = the key tile MN-major). A padded query row gets lse = +inf: P = 0.
+//   Overlap: the exp of P runs while the tensor cores compute dP; dS while they compute
+//   dV (PASS 1); the S of the next tile is issued before the wait for this tile's last wgmma.
+// Shared memory (1024-byte aligned, 128-byte swizzle: 16-byte chunk c of row r of a 64-column
+// block lives at r * 128 + ((c ^ (r % 8)) * 16)):
+//   RES_A, RES_B  the resident rows (PASS 1: K, V; PASS 2: Q, dO): HEAD_DIM / 64 column blocks
+//                 of [128 rows][64] each
+//   STAGE_A, STAGE_B  STAGES x the streamed tiles (PASS 1: Q, dO; PASS 2: K, V): HEAD_DIM / 64
+//                 column blocks of [64 rows][64] each
+//   LSE, DELTA    PASS 1 only: STAGES x 64 f32 each
+//   FULL, EMPTY   STAGES mbarriers each
+
+#ifndef PASS
+#error "PASS is required (1 = dk/dv, 2 = dq)"
+#endif
+#if PASS != 1 && PASS != 2
+#error "PASS must be 1 or 2 (the delta pass is kernels/sparse_attention_backward.cu's PASS 0)"
+#endif
+#ifndef BLOCK
+#error "BLOCK is required (mask block size: 128)"
+#endif
+#if BLOCK != 128
+#error "the sm90 attention backward takes mask blocks of 128 (one block per CTA)"
+#endif
+#ifndef STAGES
+#error "STAGES is required (streamed tiles in flight: 2, 3 or 4)"
+#endif
+#if STAGES < 2 || STAGES > 4
+#error "STAGES must be 2, 3 or 4"
+#endif
+
+#define BWD90_ROWS 128          // resident rows per CTA (one mask block, two math warpgroups)
+#define BWD90_TILE 64           // streamed rows per tile
+#define BWD90_CB (HEAD_DIM / 64)  // 64-column blocks per row
+#define BWD90_THREADS 384
+// PASS 1: the elementwise work of a tile under the dV/dK wgmma of the previous one (32 more
+// live registers: fits at HEAD_DIM 64; at 128 the warpgroups overlap only each other).
+#ifndef BWD90_OVERLAP
+#define BWD90_OVERLAP (HEAD_DIM == 64)
+#endif
+
+#if ELEM_BF16
+#define BWD90_MMA_SS WgmmaBf16<BWD90_TILE, 0>
+#else
+#define BWD90_MMA_SS WgmmaF16<BWD90_TILE, 0>
+#endif
+#define BWD90_MMA_RS WgmmaRegA<HEAD_DIM, ELEM_BF16>
+
+// Byte offsets of the shared-memory regions; the host's size (kernels-cuda/src/plan/
+// attention_backward.rs) is checked against END at compile time.
+struct Bwd90Smem {
+    static constexpr int RES_BLOCK = BWD90_ROWS * 128;   // one [128 rows][64] column block
+    static constexpr int TILE_BLOCK = BWD90_TILE * 128;  // one [64 rows][64] column block
+    static constexpr int RES = BWD90_CB * RES_BLOCK;
+    static constexpr int TILE = BWD90_CB * TILE_BLOCK;
+    static constexpr int RES_A = 0;
+    static constexpr int RES_B = RES_A + RES;
+    static constexpr int STAGE_A = RES_B + RES;
+    static constexpr int STAGE_B = STAGE_A + STAGES * TILE;
+    static constexpr int LSE = STAGE_B + STAGES * TILE;
+    static constexpr int DELTA = LSE + (PASS == 1 ? STAGES * BWD90_TILE * 4 : 0);
+    static constexpr int FULL = DELTA + (PASS == 1 ? STAGES * BWD90_TILE * 4 : 0);
+    static constexpr int EMPTY = FULL + STAGES * 8;
+    static constexpr int END = EMPTY + STAGES * 8;
+};
+static_assert(Bwd90Smem::END == TESSERA_SMEM_BYTES,
+              "the host's shared-memory size must match the sm90 attention backward layout");
+static_assert(TESSERA_THREADS == BWD90_THREADS, "the sm90 attention backward runs 3 warpgroups");
+
+__device__ __forceinline__ u32 bwd90_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+// 2^x on the SFU alone (see sm90/sparse_attention.cu); exp2(-inf) = 0.
+__device__ __forceinline__ float bwd90_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// The streamed tiles of one BSR row: every block is two tiles of 64 rows, except that a tile
+// starting at or past `tokens` is dropped (only the last block can be partial and indices are
+// sorted, so such a tile can only be the row's last).
+struct Bwd90Walk {
+    int first;
+    int ntiles;
+    const u32* indices;
+    __device__ Bwd90Walk(const u32* __restrict__ indptr, const u32* __restrict__ idx, int row, int tokens)
+        : indices(idx) {
+        first = (int)indptr[row];
+        const int last = (int)indptr[row + 1];
+        ntiles = (last - first) * 2;
+        if (last > first && tokens - (int)idx[last - 1] * BLOCK <= BWD90_TILE) ntiles -= 1;
+    }
+    __device__ int row0(int j) const { return (int)indices[first + j / 2] * BLOCK + (j % 2) * BWD90_TILE; }
+};
+
+// Rows row0..row0 + 63 of one head (base: token 0 of the batch and head) into a swizzled tile,
+// zero rows at or past `tokens`; producer thread t128 copies chunk t128 % 8 of rows t128 / 8 +
+// 16 k of every column block.
+__device__ __forceinline__ void bwd90_load_tile(u8* tile, const u16* __restrict__ base, int row0, int tokens,
+                                                i64 tok_stride, int t128) {
+    const int chunk = t128 % 8;
+#pragma unroll
+    for (int k = 0; k < BWD90_TILE / 16; ++k) {
+        const int r = t128 / 8 + 16 * k;
+        const bool ok = row0 + r < tokens;
+        const u16* src = base + (ok ? (i64)(row0 + r) * tok_stride : 0) + chunk * 8;
+#pragma unroll
+        for (int cb = 0; cb < BWD90_CB; ++cb)
+            cp_async_16(tile + cb * Bwd90Smem::TILE_BLOCK + bwd90_swizzle(r, chunk), src + cb * 64, ok);
+    }
+}
+
+// This warpgroup's 64 resident rows (64 mw.. of the CTA's 128, tokens row0 + 64 mw..) into the
+// swizzled resident region `res` (zero rows past `tokens`), by plain loads and stores.
+__device__ __forceinline__ void bwd90_load_resident(u8* res, const u16* __restrict__ base, int row0, int tokens,
+                                                    i64 tok_stride, int mw, int t128) {
+    constexpr int CHUNKS = HEAD_DIM / 8;
+    for (int idx = t128; idx < 64 * CHUNKS; idx += 128) {
+        const int row = 64 * mw + idx / CHUNKS, c = idx % CHUNKS;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (row0 + row < tokens)
+            val = *reinterpret_cast<const uint4*>(base + (i64)(row0 + row) * tok_stride + c * 8);
+        *reinterpret_cast<uint4*>(res + (c / 8) * Bwd90Smem::RES_BLOCK + bwd90_swizzle(row, c % 8)) = val;
+    }
+}
+
+// acc (64 x 64, f32) = A B^T over HEAD_DIM: A this warpgroup's 64 resident rows (descriptor
+// a_desc), B one streamed tile (descriptor b_desc), both K-major; issued, not committed.
+__device__ __forceinline__ void bwd90_rows_dot_rows(float* acc, u64 a_desc, u64 b_desc) {
+#pragma unroll
+    for (int cb = 0; cb < BWD90_CB; ++cb)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const u64 aoff = (u64)((cb * Bwd90Smem::RES_BLOCK + kk * 32) >> 4);
+            const u64 boff = (u64)((cb * Bwd90Smem::TILE_BLOCK + kk * 32) >> 4);
+            BWD90_MMA_SS::mma(acc, a_desc + aoff, b_desc + boff, (cb | kk) != 0);
+        }
+}
+
+// acc (64 x HEAD_DIM) += W B: W (64 x 64) from registers in the A-fragment layout, B one
+// streamed tile [64 rows][HEAD_DIM] (MN-major, descriptor b_desc); issued, not committed.
+__device__ __forceinline__ void bwd90_weights_times_tile(float* acc, const u32 (&w)[4][4], u64 b_desc) {
+#pragma unroll
+    for (int kk = 0; kk < BWD90_TILE / 16; ++kk)
+        BWD90_MMA_RS::mma(acc, w[kk], b_desc + (u64)((kk * 16 * 128) >> 4), 1);
+}
+
+// A 64 x 64 f32 accumulator (wgmma layout) into the A fragments of the next wgmma: k-step kk
+// covers columns 16kk..16kk+15, i.e. n8 tiles 2kk and 2kk + 1.
+template <bool BF16>
+__device__ __forceinline__ void bwd90_pack(u32 (&f)[4][4], const float* acc) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        f[kk][0] = pack2<BF16>(acc[8 * kk + 0], acc[8 * kk + 1]);
+        f[kk][1] = pack2<BF16>(acc[8 * kk + 2], acc[8 * kk + 3]);
+        f[kk][2] = pack2<BF16>(acc[8 * kk + 4], acc[8 * kk + 5]);
+        f[kk][3] = pack2<BF16>(acc[8 * kk + 6], acc[8 * kk + 7]);
+    }
+}
+
+__device__ __forceinline__ void bwd90_fence_frags(u32 (&f)[4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) reg_fence(f[kk][i]);
+}
+
+// Writes this warpgroup's 64 x HEAD_DIM accumulator times `mul` to rows row0 + (0..64) (those <
+// tokens) of out (base: token 0 of the batch and head).
+template <bool BF16>
+__device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* acc, float mul, int row0, int tokens,
+                                            i64 tok_stride, int warp, int g, int tq) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        const int t = row0 + warp * 16 + g + 8 * ri;
+        if (t >= tokens) continue;
+        u16* row = out + (i64)t * tok_stride;
+#pragma unroll
+        for (int n8 = 0; n8 < HEAD_DIM / 8; ++n8)
+            *reinterpret_cast<u32*>(row + n8 * 8 + 2 * tq) =
+                pack2<BF16>(acc[n8 * 4 + 2 * ri] * mul, acc[n8 * 4 + 2 * ri + 1] * mul);
+    }
+}
+
+#if PASS == 1
+#define BWD90_ENTRY sparse_attention_bwd_dkdv_sm90
+#else
+#define BWD90_ENTRY sparse_attention_bwd_dq_sm90
+#endif
+
+// PASS 1: dk, dv for the 128 keys of key block blockIdx.x of head blockIdx.y, batch blockIdx.z,
+// over the query tiles of the transposed mask's row (indptr/indices = t_indptr/t_indices).
+// PASS 2: dq for the 128 queries of query block blockIdx.x over the key tiles of the mask's row.
+// The arguments are those of the mma.sync kernel's pass (kernels/sparse_attention_backward.cu).
+#if PASS == 1
+extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
+sparse_attention_bwd_dkdv_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                               const u16* __restrict__ d_o, const float* __restrict__ lse,
+                               const float* __restrict__ delta, u16* __restrict__ dk, u16* __restrict__ dv,
+                               const u32* __restrict__ indptr, const u32* __restrict__ indices, int tokens,
+                               int heads, float scale, float scale_log2)
+#else
+extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
+sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                             const u16* __restrict__ d_o, const float* __restrict__ lse,
+                             const float* __restrict__ delta, u16* __restrict__ dq, const u32* __restrict__ indptr,
+                             const u32* __restrict__ indices, int tokens, int heads, float scale, float scale_log2)
+#endif
+{
+    constexpr int D = HEAD_DIM;
+    constexpr bool BF16 = ELEM_BF16 != 0;
+    constexpr float LOG2E = 1.4426950408889634074f;
+    extern __shared__ __align__(1024) u8 smem[];
+    u8* const s_res_a = smem + Bwd90Smem::RES_A;
+    u8* const s_res_b = smem + Bwd90Smem::RES_B;
+    u8* const s_stage_a = smem + Bwd90Smem::STAGE_A;
+    u8* const s_stage_b = smem + Bwd90Smem::STAGE_B;
+    u64* const full = reinterpret_cast<u64*>(smem + Bwd90Smem::FULL);
+    u64* const empty = reinterpret_cast<u64*>(smem + Bwd90Smem::EMPTY);
+
+    const int row_block = blockIdx.x;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+    const int r0 = row_block * BWD90_ROWS;  // first resident row (token)
+    const i64 tok_stride = (i64)heads * D;
+    const i64 base = ((i64)b * tokens * heads + h) * D;  // token 0 of batch b, head h
+    const float* const lse_row = lse + ((i64)b * heads + h) * tokens;
+    const float* const delta_row = delta + ((i64)b * heads + h) * tokens;
+    const Bwd90Walk walk(indptr, indices, row_block, tokens);
+    const int ntiles = walk.ntiles;
+#if PASS == 1
+    const u16* const res_a_src = k;
+    const u16* const res_b_src = v;
+    const u16* const stream_a_src = q;
+    const u16* const stream_b_src = d_o;
+#else
+    const u16* const res_a_src = q;
+    const u16* const res_b_src = d_o;
+    const u16* const stream_a_src = k;
+    const u16* const stream_b_src = v;
+#endif
+
+    const int tid = threadIdx.x;
+    const int wg = tid / 128;
+    const int t128 = tid % 128;
+
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(&full[s], 128);
+            mbar_init(&empty[s], 2);
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---- producer ----
+        setmaxnreg_dec<24>();
+        for (int t = 0; t < ntiles; ++t) {
+            const int s = t % STAGES;
+            mbar_wait(&empty[s], ((t / STAGES) & 1) ^ 1);
+            const int row0 = walk.row0(t);
+            bwd90_load_tile(s_stage_a + s * Bwd90Smem::TILE, stream_a_src + base, row0, tokens, tok_stride, t128);
+            bwd90_load_tile(s_stage_b + s * Bwd90Smem::TILE, stream_b_src + base, row0, tokens, tok_stride, t128);
+#if PASS == 1
+            {
+                const int i = t128 % BWD90_TILE;
+                const bool ok = row0 + i < tokens;
+                const float* src = (t128 < BWD90_TILE ? lse_row : delta_row) + (ok ? row0 + i : 0);
+                float* dst = reinterpret_cast<float*>(smem + (t128 < BWD90_TILE ? Bwd90Smem::LSE : Bwd90Smem::DELTA)) +
+                             s * BWD90_TILE + i;
+                cp_async_4(dst, src, ok);
+            }
+#endif
+            cp_async_mbar_arrive(&full[s]);
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
+        return;
+    }
+
+    // ---- math warpgroups ----
+    setmaxnreg_inc<240>();
+    const int mw = wg - 1;
+    const int warp = t128 / 32, lane = t128 % 32;
+    const int g = lane / 4, tq = lane % 4;
+
+    bwd90_load_resident(s_res_a, res_a_src + base, r0, tokens, tok_stride, mw, t128);
+    bwd90_load_resident(s_res_b, res_b_src + base, r0, tokens, tok_stride, mw, t128);
+    fence_proxy_async_smem();
+    named_barrier_sync(1 + mw, 128);
+
+    const u64 a_desc = wgmma_desc(s_res_a + 64 * mw * 128, 16, 1024, WGMMA_SWIZZLE_128B);
+    const u64 b_desc = wgmma_desc(s_res_b + 64 * mw * 128, 16, 1024, WGMMA_SWIZZLE_128B);
+    auto stage_desc = [&](u8* region, int t) {  // K-major operand of S / dP
+        return wgmma_desc(region + (t % STAGES) * Bwd90Smem::TILE, 16, 1024, WGMMA_SWIZZLE_128B);
+    };
+    auto stage_desc_mn = [&](u8* region, int t) {  // MN-major operand of the register-A wgmma
+        return wgmma_desc(region + (t % STAGES) * Bwd90Smem::TILE, Bwd90Smem::TILE_BLOCK, 1024, WGMMA_SWIZZLE_128B);
+    };
+
+    float sacc[BWD90_TILE / 2];   // S (S^T in PASS 1), then P in f32
+    float dpacc[BWD90_TILE / 2];  // dP (dP^T), then dS
+    u32 ds_frag[4][4];            // dS (dS^T) of the previous tile: the A operand of dQ += dS K (dK += dS^T Q)
+
+    // S and dP of tile t (waits for the tile to land), issued and committed as two groups.
+    // Every wgmma group is issued and waited for within one loop iteration, with the same
+    // groups pending at every wait on every path: ptxas serializes all wgmma of the kernel
+    // (warning C7515) when a group issued in one iteration is waited for in the next.
+    auto issue_s_dp = [&](int t) {
+        mbar_wait(&full[t % STAGES], (t / STAGES) & 1);
+        fence_proxy_async_smem();
+        wgmma_fence();
+        bwd90_rows_dot_rows(sacc, a_desc, stage_desc(s_stage_a, t));
+        wgmma_commit();
+        bwd90_rows_dot_rows(dpacc, b_desc, stage_desc(s_stage_b, t));
+        wgmma_commit();
+    };
+    auto release = [&](int t) {
+        if (t128 == 0) mbar_arrive(&empty[t % STAGES]);
+    };
+
+#if PASS == 1
+    u32 p_frag[4][4];  // P^T of the previous tile: the A operand of dV += P^T dO
+    float acc_dv[D / 2], acc_dk[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acc_dv[i] = acc_dk[i] = 0.0f;
+    reg_fence_all(acc_dv);  // initialized before the first wgmma, not sunk below it
+    reg_fence_all(acc_dk);
+
+    // P^T = exp2(S^T scale log2 e - lse log2 e) into sacc, by the query (column) of each element.
+    auto probabilities = [&](int t) {
+        const float* const sl = reinterpret_cast<const float*>(smem + Bwd90Smem::LSE) + (t % STAGES) * BWD90_TILE;
+#pragma unroll
+        for (int n8 = 0; n8 < BWD90_TILE / 8; ++n8) {
+            const float2 l = *reinterpret_cast<const float2*>(sl + n8 * 8 + 2 * tq);
+            const float l0 = l.x * LOG2E, l1 = l.y * LOG2E;
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                sacc[n8 * 4 + e] = bwd90_exp2(fmaf(sacc[n8 * 4 + e], scale_log2, -((e & 1) ? l1 : l0)));
+        }
+    };
+    // dS^T = P^T (dP^T - delta) into dpacc.
+    auto score_grads = [&](int t) {
+        const float* const sd = reinterpret_cast<const float*>(smem + Bwd90Smem::DELTA) + (t % STAGES) * BWD90_TILE;
+#pragma unroll
+        for (int n8 = 0; n8 < BWD90_TILE / 8; ++n8) {
+            const float2 dl = *reinterpret_cast<const float2*>(sd + n8 * 8 + 2 * tq);
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                dpacc[n8 * 4 + e] = sacc[n8 * 4 + e] * (dpacc[n8 * 4 + e] - ((e & 1) ? dl.y : dl.x));
+        }
+    };
+    auto pack = [&]() {
+        bwd90_pack<BF16>(p_frag, sacc);
+        bwd90_pack<BF16>(ds_frag, dpacc);
+        bwd90_fence_frags(p_frag);  // computed before the wgmma that reads them, not sunk into it
+        bwd90_fence_frags(ds_frag);
+    };
+    // dV += P^T dO and dK += dS^T Q of tile t, issued and committed as one group.
+    auto issue_dv_dk = [&](int t) {
+        wgmma_fence();
+        bwd90_weights_times_tile(acc_dv, p_frag, stage_desc_mn(s_stage_b, t));
+        bwd90_weights_times_tile(acc_dk, ds_frag, stage_desc_mn(s_stage_a, t));
+        wgmma_commit();
+    };
+    auto fence_frags = [&]() {
+        bwd90_fence_frags(p_frag);
+        bwd90_fence_frags(ds_frag);
+    };
+
+#if BWD90_OVERLAP
+    // The elementwise work of tile t runs while the tensor cores do dV and dK of tile t - 1.
+    if (ntiles > 0) {
+        issue_s_dp(0);
+        wgmma_wait<0>();
+        reg_fence_all(sacc);
+        reg_fence_all(dpacc);
+        probabilities(0);
+        score_grads(0);
+        pack();
+        for (int t = 1; t < ntiles; ++t) {
+            issue_s_dp(t);
+            issue_dv_dk(t - 1);
+            wgmma_wait<2>();  // S of tile t
+            reg_fence_all(sacc);
+            probabilities(t);
+            wgmma_wait<1>();  // dP of tile t
+            reg_fence_all(dpacc);
+            score_grads(t);
+            wgmma_wait<0>();  // dV, dK of tile t - 1
+            fence_frags();
+            release(t - 1);
+            pack();
+        }
+        issue_dv_dk(ntiles - 1);
+        wgmma_wait<0>();
+        fence_frags();
+    }
+#else
+    // Within a warpgroup: the exp of P^T under dP^T, dS^T under dV; the other warpgroup fills
+    // the rest (the registers of an overlap across tiles exceed the budget at HEAD_DIM 128).
+    for (int t = 0; t < ntiles; ++t) {
+        issue_s_dp(t);
+        wgmma_wait<1>();  // S of tile t
+        reg_fence_all(sacc);
+        probabilities(t);
+        bwd90_pack<BF16>(p_frag, sacc);
+        bwd90_fence_frags(p_frag);
+        wgmma_fence();
+        bwd90_weights_times_tile(acc_dv, p_frag, stage_desc_mn(s_stage_b, t));
+        wgmma_commit();
+        wgmma_wait<1>();  // dP of tile t
+        reg_fence_all(dpacc);
+        score_grads(t);
+        bwd90_pack<BF16>(ds_frag, dpacc);
+        bwd90_fence_frags(ds_frag);
+        wgmma_fence();
+        bwd90_weights_times_tile(acc_dk, ds_frag, stage_desc_mn(s_stage_a, t));
+        wgmma_commit();
+        wgmma_wait<0>();  // dV, dK of tile t
+        fence_frags();
+        release(t);
+    }
+#endif
+    reg_fence_all(acc_dv);
+    reg_fence_all(acc_dk);
+    bwd90_store<BF16>(dk + base, acc_dk, scale, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
+    bwd90_store<BF16>(dv + base, acc_dv, 1.0f, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
+#else
+    float acc_dq[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acc_dq[i] = 0.0f;
+    reg_fence_all(acc_dq);  // initialized before the first wgmma, not sunk below it
+    // This thread's query rows g and g + 8 of its warp: lse in the log2 domain (+inf past
+    // `tokens`, so that P = 0) and delta.
+    float lse2[2], dl[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        const int t = r0 + 64 * mw + warp * 16 + g + 8 * ri;
+        lse2[ri] = t < tokens ? lse_row[t] * LOG2E : TESSERA_INF;
+        dl[ri] = t < tokens ? delta_row[t] : 0.0f;
+    }
+    // Only the last key block can be partial, and only as the row's last tile.
+    const int last_key0 = ntiles > 0 ? walk.row0(ntiles - 1) : 0;
+    const bool last_partial = ntiles > 0 && last_key0 + BWD90_TILE > tokens;
+
+    // P = exp2(S scale log2 e - lse log2 e) into sacc, 0 for keys past `tokens`.
+    auto probabilities = [&](int t) {
+#pragma unroll
+        for (int i = 0; i < BWD90_TILE / 2; ++i) sacc[i] = bwd90_exp2(fmaf(sacc[i], scale_log2, -lse2[(i / 2) & 1]));
+        if (last_partial && t == ntiles - 1) {
+#pragma unroll
+            for (int n8 = 0; n8 < BWD90_TILE / 8; ++n8)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (last_key0 + n8 * 8 + 2 * tq + (e & 1) >= tokens) sacc[n8 * 4 + e] = 0.0f;
+        }
+    };
+    // dS = P (dP - delta) into dpacc.
+    auto score_grads = [&]() {
+#pragma unroll
+        for (int i = 0; i < BWD90_TILE / 2; ++i) dpacc[i] = sacc[i] * (dpacc[i] - dl[(i / 2) & 1]);
+    };
+    auto pack = [&]() {
+        bwd90_pack<BF16>(ds_frag, dpacc);
+        bwd90_fence_frags(ds_frag);  // computed before the wgmma that reads them, not sunk into it
+    };
+    // dQ += dS K of tile t, issued and committed.
+    auto issue_dq = [&](int t) {
+        wgmma_fence();
+        bwd90_weights_times_tile(acc_dq, ds_frag, stage_desc_mn(s_stage_a, t));
+        wgmma_commit();
+    };
+
+    // The elementwise work of tile t runs while the tensor cores do dQ of tile t - 1.
+    if (ntiles > 0) {
+        issue_s_dp(0);
+        wgmma_wait<0>();
+        reg_fence_all(sacc);
+        reg_fence_all(dpacc);
+        probabilities(0);
+        score_grads();
+        pack();
+        for (int t = 1; t < ntiles; ++t) {
+            issue_s_dp(t);
+            issue_dq(t - 1);
+            wgmma_wait<2>();  // S of tile t
+            reg_fence_all(sacc);
+            probabilities(t);
+            wgmma_wait<1>();  // dP of tile t
+            reg_fence_all(dpacc);
+            score_grads();
+            wgmma_wait<0>();  // dQ of tile t - 1
+            bwd90_fence_frags(ds_frag);
+            release(t - 1);
+            pack();
+        }
+        issue_dq(ntiles - 1);
+        wgmma_wait<0>();
+        bwd90_fence_frags(ds_frag);
+    }
+    reg_fence_all(acc_dq);
+    bwd90_store<BF16>(dq + base, acc_dq, scale, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
+#endif
+}
