@@ -695,9 +695,10 @@ BACKWARD_PEERS = ("cudnn dense", "flex radial", "flash dense")
 
 
 def bench_attention_backward(out, cases, masks_dir, peers=BACKWARD_PEERS):
-    """The attention_backward rows: cuDNN's dense backward for every case, then FlexAttention's
-    on the radial mask, then flash's dense backward (the rows the issue's targets need first; a
-    flex failure that spoils the CUDA context then costs only the flash rows). Every case is
+    """The attention_backward rows of `peers`, in that order (by default cuDNN's dense backward for
+    every case, then FlexAttention's on the radial mask, then flash's dense backward: the rows the
+    issue's targets need first; a flex failure that spoils the CUDA context then costs only the
+    flash rows). Every case is
     freed before the next; an error (out of memory included) becomes the record's error."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -726,10 +727,13 @@ def bench_attention_backward(out, cases, masks_dir, peers=BACKWARD_PEERS):
         torch.cuda.synchronize()
         return measure(op, key, "flex radial", params, launch), attention_flops(h, tokens, nnz, backward=True)
 
-    runs = [(m, f, "cudnn dense", lambda m=m, f=f: dense_case(m, f, "cudnn dense", SDPBackend.CUDNN_ATTENTION)) for m, f in cases]
-    runs += [(m, f, "flex radial", lambda m=m, f=f: flex_case(m, f)) for m, f in cases]
-    runs += [(m, f, "flash dense", lambda m=m, f=f: dense_case(m, f, "flash dense", SDPBackend.FLASH_ATTENTION)) for m, f in cases]
-    runs = [r for r in runs if r[2] in peers]
+    case_of = {
+        "cudnn dense": lambda m, f: dense_case(m, f, "cudnn dense", SDPBackend.CUDNN_ATTENTION),
+        "flex radial": flex_case,
+        "flash dense": lambda m, f: dense_case(m, f, "flash dense", SDPBackend.FLASH_ATTENTION),
+    }
+    # In the order asked for (by default cuDNN, FlexAttention, flash), every case of each peer.
+    runs = [(m, f, name, lambda m=m, f=f, c=case_of[name]: c(m, f)) for name in peers for m, f in cases]
     for model, frames, name, run in runs:
         h, tokens = heads_of(model), frames * TOKENS_PER_FRAME
         try:
