@@ -66,6 +66,10 @@
 #define BWD90_TILE 64           // streamed rows per tile
 #define BWD90_CB (HEAD_DIM / 64)  // 64-column blocks per row
 #define BWD90_THREADS 384
+// Arrivals that release a stage: lane 0 of every math warp, after its warp's last read of the
+// stage (PASS 1 reads the tile's lse and delta with plain loads, so a stage is free only when
+// every warp is done; compute-sanitizer racecheck flags one arrival per warpgroup).
+#define BWD90_EMPTY_ARRIVALS 8
 // PASS 1: the elementwise work of a tile under the dV/dK wgmma of the previous one (32 more
 // live registers: fits at HEAD_DIM 64; at 128 the warpgroups overlap only each other).
 #ifndef BWD90_OVERLAP
@@ -280,7 +284,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(&full[s], 128);
-            mbar_init(&empty[s], 2);
+            mbar_init(&empty[s], BWD90_EMPTY_ARRIVALS);
         }
         mbar_fence_init();
     }
@@ -348,8 +352,9 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         bwd90_rows_dot_rows(dpacc, b_desc, stage_desc(s_stage_b, t));
         wgmma_commit();
     };
-    auto release = [&](int t) {
-        if (t128 == 0) mbar_arrive(&empty[t % STAGES]);
+    auto release = [&](int t) {  // this warp is done with tile t's stage
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[t % STAGES]);
     };
 
 #if PASS == 1
