@@ -17,7 +17,6 @@ set -uo pipefail
 out=${1:?usage: gpu-sanitize.sh OUTDIR}
 mkdir -p "$out"
 pack=$(cd "$(dirname "$0")" && pwd)
-source "$pack/gpu-unpack.sh"
 export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TESSERA_CACHE_DIR=${TESSERA_CACHE_DIR:-/tmp/tessera-cache}
 export TESSERA_REQUIRE_BACKENDS=cuda TESSERA_REQUIRE_CUDA=1 TESSERA_REQUIRE_NVRTC=1
@@ -30,6 +29,8 @@ if [ -z "$sanitizer" ] || [ ! -x "$sanitizer" ]; then
   exit 1
 fi
 "$sanitizer" --version > "$out/version.txt" 2>&1
+# The pack's binaries (after the tool check, so that a machine without it says so first).
+source "$pack/gpu-unpack.sh"
 # The binaries: (log name, command...). The conformance suite's CUDA tests only.
 targets=("conformance_cuda|$pack/bin/test-conformance cuda --test-threads=1")
 for t in "$pack"/bin/cutest-*; do

@@ -1,8 +1,11 @@
 // What the nvcc development harnesses of this folder share (included after the kernel headers,
-// which define u8/u16/u64): the CUDA error check and a seeded hash fill of device buffers.
+// which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, and (where
+// ELEM_BF16 is defined) the host conversions of the attention harnesses' 16-bit elements.
 #pragma once
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #define CK(x)                                                                                      \
     do {                                                                                           \
@@ -34,3 +37,45 @@ __global__ void fill_half(u16* p, size_t n, u64 seed, float scale, int bf16) {
         p[i] = h;
     }
 }
+
+#ifdef ELEM_BF16
+// The attention harnesses' 16-bit element on the host (ELEM_BF16: bf16, else IEEE f16), round to
+// nearest even; f2h flushes what would be an f16 subnormal to a signed zero (the inputs here are
+// small and normal, or zero).
+static u16 f2h(float f) {
+#if ELEM_BF16
+    u32 u;
+    memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (u16)(u >> 16);
+#else
+    u32 u;
+    memcpy(&u, &f, 4);
+    const u32 sign = (u >> 16) & 0x8000;
+    const int e = (int)((u >> 23) & 0xff) - 127 + 15;
+    if (e <= 0) return (u16)sign;
+    u32 mant = u & 0x7fffff;
+    u32 r = ((u32)e << 10) | (mant >> 13);
+    const u32 rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (r & 1))) ++r;
+    return (u16)(sign | r);
+#endif
+}
+static float h2f(u16 x) {
+#if ELEM_BF16
+    u32 u = (u32)x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#else
+    const u32 sign = (u32)(x & 0x8000) << 16;
+    const int e = (x >> 10) & 0x1f;
+    const u32 mant = x & 0x3ff;
+    if (e == 31) return mant ? NAN : (sign ? -INFINITY : INFINITY);
+    u32 u = e == 0 ? sign : (sign | ((u32)(e - 15 + 127) << 23) | (mant << 13));
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+#endif

@@ -28,43 +28,6 @@
 
 static const int D = HEAD_DIM;
 
-static u16 f2h(float f) {
-#if ELEM_BF16
-    u32 u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (u16)(u >> 16);
-#else
-    // IEEE half, round to nearest even (inputs here are small and normal, or zero).
-    u32 u;
-    memcpy(&u, &f, 4);
-    const u32 sign = (u >> 16) & 0x8000;
-    const int e = (int)((u >> 23) & 0xff) - 127 + 15;
-    if (e <= 0) return (u16)sign;
-    u32 mant = u & 0x7fffff;
-    u32 r = ((u32)e << 10) | (mant >> 13);
-    const u32 rest = mant & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (r & 1))) ++r;
-    return (u16)(sign | r);
-#endif
-}
-static float h2f(u16 x) {
-#if ELEM_BF16
-    u32 u = (u32)x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-#else
-    const u32 sign = (u32)(x & 0x8000) << 16;
-    const int e = (x >> 10) & 0x1f;
-    const u32 mant = x & 0x3ff;
-    u32 u = e == 0 ? sign : (sign | ((u32)(e - 15 + 127) << 23) | (mant << 13));
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-#endif
-}
-
 struct Mask {
     int nb = 0;
     std::vector<u32> indptr, indices;
