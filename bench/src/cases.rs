@@ -745,28 +745,15 @@ pub mod data {
         let mut rng = Rng::new(21);
         let mut pattern = vec![0u8; 256 * layout.page_bytes()];
         for rec in pattern.chunks_exact_mut(tb) {
-            match layout.format {
-                MlaCacheFormat::Bf16 => {
-                    for v in rec.chunks_exact_mut(2) {
-                        v.copy_from_slice(
-                            &bf16::from_f32(rng.uniform_f32(-1.0, 1.0)).to_le_bytes(),
-                        );
-                    }
-                }
-                MlaCacheFormat::Fp8 => {
-                    let (latent, rest) = rec.split_at_mut(layout.latent_dim);
-                    latent.iter_mut().for_each(|b| *b = rng.moderate_e4m3());
-                    let (sc, rope) = rest.split_at_mut(4 * layout.fp8_groups());
-                    for s in sc.chunks_exact_mut(4) {
-                        s.copy_from_slice(&(1.0f32 / 64.0).to_le_bytes());
-                    }
-                    for v in rope.chunks_exact_mut(2) {
-                        v.copy_from_slice(
-                            &bf16::from_f32(rng.uniform_f32(-1.0, 1.0)).to_le_bytes(),
-                        );
-                    }
-                }
-            }
+            layout
+                .write_record(
+                    rec,
+                    &mut rng,
+                    |r| r.uniform_f32(-1.0, 1.0),
+                    Rng::moderate_e4m3,
+                    1.0 / 64.0,
+                )
+                .expect("records of the layout's token_bytes");
         }
         pattern
     }

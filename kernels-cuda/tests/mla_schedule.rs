@@ -49,25 +49,15 @@ fn skewed_lens(rng: &mut Rng, n: usize, capacity: usize, bad: bool) -> Vec<i32> 
 fn random_cache(rng: &mut Rng, layout: MlaCacheLayout, num_pages: usize) -> MlaCache {
     let mut cache = MlaCache::new(layout, num_pages).unwrap();
     for slot in 0..cache.num_slots() {
-        let rec = cache.token_record_mut(slot);
-        match layout.format {
-            MlaCacheFormat::Bf16 => {
-                for v in rec.chunks_exact_mut(2) {
-                    v.copy_from_slice(&bf16::from_f32(rng.uniform_f32(-1.0, 1.0)).to_le_bytes());
-                }
-            }
-            MlaCacheFormat::Fp8 => {
-                let (latent, rest) = rec.split_at_mut(layout.latent_dim);
-                latent.iter_mut().for_each(|b| *b = rng.moderate_e4m3());
-                let (scales, rope) = rest.split_at_mut(4 * layout.fp8_groups());
-                for s in scales.chunks_exact_mut(4) {
-                    s.copy_from_slice(&(1.0f32 / 64.0).to_le_bytes());
-                }
-                for v in rope.chunks_exact_mut(2) {
-                    v.copy_from_slice(&bf16::from_f32(rng.uniform_f32(-1.0, 1.0)).to_le_bytes());
-                }
-            }
-        }
+        layout
+            .write_record(
+                cache.token_record_mut(slot),
+                rng,
+                |r| r.uniform_f32(-1.0, 1.0),
+                Rng::moderate_e4m3,
+                1.0 / 64.0,
+            )
+            .unwrap();
     }
     cache
 }

@@ -68,6 +68,51 @@ impl MlaCacheLayout {
         self.latent_dim / 128
     }
 
+    /// Writes one token record (`rec`, [`Self::token_bytes`] long) from generators over a state
+    /// `state` (an RNG): every bf16 value (a bf16 record's latent, and the rope of both formats) is
+    /// `value(state)`; an FP8 record's latent bytes are `e4m3(state)` (E4M3 bits) and each of its group
+    /// scales is `fp8_scale`. For test and scratch data (random records, NaN fill).
+    pub fn write_record<G>(
+        &self,
+        rec: &mut [u8],
+        state: &mut G,
+        value: impl FnMut(&mut G) -> f32,
+        e4m3: impl FnMut(&mut G) -> u8,
+        fp8_scale: f32,
+    ) -> Result<()> {
+        check_len(
+            "MlaCacheLayout::write_record",
+            "rec",
+            "token_bytes of the layout",
+            self.token_bytes(),
+            rec.len(),
+        )?;
+        self.write_checked_record(rec, state, value, e4m3, fp8_scale);
+        Ok(())
+    }
+
+    /// [`Self::write_record`] on a record whose length the caller has checked.
+    fn write_checked_record<G>(
+        &self,
+        rec: &mut [u8],
+        state: &mut G,
+        mut value: impl FnMut(&mut G) -> f32,
+        mut e4m3: impl FnMut(&mut G) -> u8,
+        fp8_scale: f32,
+    ) {
+        let (latent_end, rope_start) = match self.format {
+            MlaCacheFormat::Bf16 => (0, 0),
+            MlaCacheFormat::Fp8 => (self.latent_dim, self.rope_offset()),
+        };
+        rec[..latent_end].iter_mut().for_each(|b| *b = e4m3(state));
+        for s in rec[latent_end..rope_start].chunks_exact_mut(4) {
+            s.copy_from_slice(&fp8_scale.to_le_bytes());
+        }
+        for v in rec[rope_start..].chunks_exact_mut(2) {
+            v.copy_from_slice(&bf16::from_f32(value(state)).to_le_bytes());
+        }
+    }
+
     /// Byte offset of the rope part in a token record.
     pub fn rope_offset(&self) -> usize {
         match self.format {
@@ -221,26 +266,14 @@ impl MlaCache {
     /// that must never be read.
     pub fn fill_nan(&mut self) {
         let layout = self.layout;
-        for slot in 0..self.num_slots() {
-            let rec = self.token_record_mut(slot);
-            match layout.format {
-                MlaCacheFormat::Bf16 => {
-                    for c in rec.chunks_exact_mut(2) {
-                        c.copy_from_slice(&bf16::NAN.to_bits().to_le_bytes());
-                    }
-                }
-                MlaCacheFormat::Fp8 => {
-                    let (lat, rest) = rec.split_at_mut(layout.latent_dim);
-                    lat.fill(E4M3::NAN.to_bits());
-                    let (scales, rope) = rest.split_at_mut(4 * layout.fp8_groups());
-                    for c in scales.chunks_exact_mut(4) {
-                        c.copy_from_slice(&f32::NAN.to_le_bytes());
-                    }
-                    for c in rope.chunks_exact_mut(2) {
-                        c.copy_from_slice(&bf16::NAN.to_bits().to_le_bytes());
-                    }
-                }
-            }
+        for rec in self.bytes.chunks_exact_mut(layout.token_bytes()) {
+            layout.write_checked_record(
+                rec,
+                &mut (),
+                |_| f32::NAN,
+                |_| E4M3::NAN.to_bits(),
+                f32::NAN,
+            );
         }
     }
 
@@ -1054,6 +1087,46 @@ impl MlaDecodeVarlen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_record_fills_each_part_and_checks_the_length() {
+        let mut next = 0.0f32;
+        let count = |n: &mut f32| {
+            *n += 1.0;
+            *n
+        };
+        // bf16: latent then rope, in order.
+        let bf = MlaCacheLayout::default();
+        let mut rec = vec![0u8; bf.token_bytes()];
+        bf.write_record(&mut rec, &mut next, count, |_| 0, 0.5)
+            .unwrap();
+        let half = |r: &[u8], i: usize| bf16::from_le_bytes([r[2 * i], r[2 * i + 1]]).to_f32();
+        assert_eq!(half(&rec, 0), 1.0);
+        assert_eq!(half(&rec, bf.qk_dim() - 1), bf.qk_dim() as f32);
+        // FP8: e4m3 latent, the scale per group of 128, bf16 rope.
+        let fp8 = MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        };
+        let mut rec = vec![0u8; fp8.token_bytes()];
+        let mut next = 0.0f32;
+        fp8.write_record(&mut rec, &mut next, count, |_| 0x38, 0.25)
+            .unwrap();
+        assert!(rec[..fp8.latent_dim].iter().all(|&b| b == 0x38));
+        let scales = &rec[fp8.latent_dim..fp8.rope_offset()];
+        assert_eq!(scales.len(), 4 * fp8.fp8_groups());
+        assert!(scales.chunks_exact(4).all(|s| s == 0.25f32.to_le_bytes()));
+        let rope = &rec[fp8.rope_offset()..];
+        assert_eq!(half(rope, 0), 1.0);
+        assert_eq!(half(rope, fp8.rope_dim - 1), fp8.rope_dim as f32);
+        // A record of another length is a typed error naming `rec`; nothing is written.
+        let mut short = vec![7u8; fp8.token_bytes() - 1];
+        let err = fp8
+            .write_record(&mut short, &mut next, count, |_| 0, 1.0)
+            .unwrap_err();
+        assert!(err.to_string().contains("rec"), "{err}");
+        assert!(short.iter().all(|&b| b == 7));
+    }
 
     #[test]
     fn kv_splits_fill_the_slots() {

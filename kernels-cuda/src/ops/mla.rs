@@ -621,24 +621,13 @@ impl CudaBackend {
         let pattern_pages = pool_pages.min(64);
         let mut pattern = vec![0u8; pattern_pages * layout.page_bytes()];
         for rec in pattern.chunks_exact_mut(layout.token_bytes()) {
-            match layout.format {
-                MlaCacheFormat::Bf16 => {
-                    for v in rec.chunks_exact_mut(2) {
-                        v.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
-                    }
-                }
-                MlaCacheFormat::Fp8 => {
-                    let (latent, rest) = rec.split_at_mut(layout.latent_dim);
-                    latent.iter_mut().for_each(|b| *b = rng.e4m3());
-                    let (scales, rope) = rest.split_at_mut(4 * layout.fp8_groups());
-                    for s in scales.chunks_exact_mut(4) {
-                        s.copy_from_slice(&(1.0f32 / 64.0).to_le_bytes());
-                    }
-                    for v in rope.chunks_exact_mut(2) {
-                        v.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
-                    }
-                }
-            }
+            layout.write_record(
+                rec,
+                &mut rng,
+                |r| r.uniform(-1.0, 1.0),
+                ScratchRng::e4m3,
+                1.0 / 64.0,
+            )?;
         }
         let cache_len = pool_pages * layout.page_bytes();
         let cache = scratch_buffer(stream, cache_len, &pattern)?;
