@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use std::sync::Arc;
 use tessera_core::ops::attention::AttentionGradients;
-use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
+use tessera_core::{BlockMask, DType, SparseAttention, Tensor};
 use tessera_cuda::plan::heuristics::attention_backward_candidates;
 use tessera_cuda::plan::{AttentionBackwardPlan, KernelSpec};
 use tessera_cuda::{
@@ -20,75 +20,9 @@ use tessera_cuda::{
 };
 use tessera_reference::CpuBackend;
 use tessera_testing::backward::{
-    assert_gradients_match, assert_unattended_block_zero, random_mask,
+    assert_gradients_match, assert_unattended_block_zero, random_mask, BackwardInputs as Inputs,
 };
 use tessera_testing::Rng;
-
-/// q, k, v, dO of random values in [-2, 2) and the GPU forward's o and lse.
-struct Inputs {
-    op: SparseAttention,
-    mask: BlockMask,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Vec<f32>,
-    d_o: Tensor,
-}
-
-impl Inputs {
-    fn new(be: &CudaBackend, op: SparseAttention, mask: BlockMask, rng: &mut Rng) -> Self {
-        let mut input = || {
-            let x: Vec<f32> = (0..op.qkv_len())
-                .map(|_| rng.uniform_f32(-2.0, 2.0))
-                .collect();
-            Tensor::from_f32(op.dtype, &x)
-        };
-        let (q, k, v, d_o) = (input(), input(), input(), input());
-        let f = be
-            .sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())
-            .unwrap();
-        Self {
-            op,
-            mask,
-            q,
-            k,
-            v,
-            o: f.o,
-            lse: f.lse,
-            d_o,
-        }
-    }
-
-    fn reference(&self) -> AttentionGradients {
-        CpuBackend::new()
-            .sparse_attention_backward(
-                &self.op,
-                &self.mask,
-                self.q.as_ref(),
-                self.k.as_ref(),
-                self.v.as_ref(),
-                self.o.as_ref(),
-                &self.lse,
-                self.d_o.as_ref(),
-            )
-            .unwrap()
-    }
-
-    fn through_trait(&self, be: &CudaBackend) -> AttentionGradients {
-        be.sparse_attention_backward(
-            &self.op,
-            &self.mask,
-            self.q.as_ref(),
-            self.k.as_ref(),
-            self.v.as_ref(),
-            self.o.as_ref(),
-            &self.lse,
-            self.d_o.as_ref(),
-        )
-        .unwrap()
-    }
-}
 
 fn up<T: DeviceRepr>(stream: &Arc<CudaStream>, x: &[T]) -> CudaSlice<T> {
     stream.clone_htod(x).unwrap()
@@ -164,7 +98,7 @@ fn every_backward_plan_matches_the_reference() {
                 let m = random_mask(&mut rng, tokens, block, density, true);
                 let op = SparseAttention::new(2, tokens, 3, head_dim, dtype);
                 let x = Inputs::new(&be, op, m, &mut rng);
-                let want = x.reference();
+                let want = x.backward(&CpuBackend::new());
                 for plan in attention_backward_candidates(&x.op, block, be.arch_spec()).unwrap() {
                     let what = format!(
                         "d{head_dim} {dtype} B{block} t{tokens} {}",
@@ -211,10 +145,10 @@ fn backward_through_the_trait_matches_the_reference() {
                 let m = random_mask(&mut rng, tokens, block, density, false);
                 let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
                 let x = Inputs::new(&be, op, m, &mut rng);
-                let got = x.through_trait(&be);
+                let got = x.backward(&be);
                 assert_gradients_match(
                     &got,
-                    &x.reference(),
+                    &x.backward(&CpuBackend::new()),
                     dtype,
                     &format!("t{tokens} B{block} d{head_dim} {dtype} b{batch} h{heads}"),
                 );

@@ -10,66 +10,15 @@ mod common;
 
 use half::f16;
 use tessera_core::ops::attention::AttentionGradients;
-use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
+use tessera_core::{DType, SparseAttention, Tensor};
 use tessera_reference::CpuBackend;
 use tessera_testing::backward::{
-    assert_gradients_match, assert_unattended_block_zero, random_mask,
+    assert_gradients_match, assert_unattended_block_zero, random_mask, BackwardInputs as Inputs,
 };
 use tessera_testing::Rng;
 use tessera_vulkan::ops::attention::VulkanBlockMask;
 use tessera_vulkan::ops::attention_backward::AttentionBackwardRanges;
-use tessera_vulkan::{Buffer, BufferRange, MemoryLocation, VulkanBackend};
-
-/// q, k, v, dO of random values in [-2, 2) and the Vulkan forward's o and lse.
-struct Inputs {
-    op: SparseAttention,
-    mask: BlockMask,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Vec<f32>,
-    d_o: Tensor,
-}
-
-impl Inputs {
-    fn new(be: &VulkanBackend, op: SparseAttention, mask: BlockMask, rng: &mut Rng) -> Self {
-        let mut input = || {
-            let x: Vec<f32> = (0..op.qkv_len())
-                .map(|_| rng.uniform_f32(-2.0, 2.0))
-                .collect();
-            Tensor::from_f32(op.dtype, &x)
-        };
-        let (q, k, v, d_o) = (input(), input(), input(), input());
-        let f = be
-            .sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())
-            .unwrap();
-        Self {
-            op,
-            mask,
-            q,
-            k,
-            v,
-            o: f.o,
-            lse: f.lse,
-            d_o,
-        }
-    }
-
-    fn backward(&self, be: &dyn Backend) -> AttentionGradients {
-        be.sparse_attention_backward(
-            &self.op,
-            &self.mask,
-            self.q.as_ref(),
-            self.k.as_ref(),
-            self.v.as_ref(),
-            self.o.as_ref(),
-            &self.lse,
-            self.d_o.as_ref(),
-        )
-        .unwrap()
-    }
-}
+use tessera_vulkan::{Buffer, BufferRange, MemoryLocation};
 
 #[test]
 fn backward_matches_the_reference_at_fixed_shapes() {

@@ -1,10 +1,76 @@
 //! What the attention backward's tests on every device backend share: the random mask with an
-//! unattended key block, and the assertions on the three gradients.
+//! unattended key block, the inputs (with the backend's own forward outputs), and the assertions
+//! on the three gradients.
 
 use crate::check::{backward_tolerance, gradient_errors};
 use crate::Rng;
 use tessera_core::ops::attention::AttentionGradients;
-use tessera_core::{BlockMask, DType, SparseAttention, Tensor};
+use tessera_core::{Backend, BlockMask, DType, SparseAttention, Tensor};
+
+/// The backward's inputs: q, k, v, dO of random values in [-2, 2) (`[batch, tokens, heads,
+/// head_dim]` of `op.dtype`) and the o and lse of one forward on the backend under test, so that
+/// every backend's backward (the reference's included) runs from the same o and lse and only the
+/// backward is compared.
+pub struct BackwardInputs {
+    /// The attention op.
+    pub op: SparseAttention,
+    /// Its block mask.
+    pub mask: BlockMask,
+    /// Queries.
+    pub q: Tensor,
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+    /// The forward's output on the backend under test.
+    pub o: Tensor,
+    /// The forward's lse, f32 `[batch, heads, tokens]`.
+    pub lse: Vec<f32>,
+    /// The gradient of the loss with respect to o.
+    pub d_o: Tensor,
+}
+
+impl BackwardInputs {
+    /// Random q, k, v and dO from `rng`, then o and lse from `forward`'s forward (panics if it
+    /// fails: a test helper).
+    pub fn new(forward: &dyn Backend, op: SparseAttention, mask: BlockMask, rng: &mut Rng) -> Self {
+        let mut input = || {
+            let x: Vec<f32> = (0..op.qkv_len())
+                .map(|_| rng.uniform_f32(-2.0, 2.0))
+                .collect();
+            Tensor::from_f32(op.dtype, &x)
+        };
+        let (q, k, v, d_o) = (input(), input(), input(), input());
+        let f = forward
+            .sparse_attention(&op, &mask, q.as_ref(), k.as_ref(), v.as_ref())
+            .unwrap();
+        Self {
+            op,
+            mask,
+            q,
+            k,
+            v,
+            o: f.o,
+            lse: f.lse,
+            d_o,
+        }
+    }
+
+    /// The gradients from `be`'s backward through the [`Backend`] trait (panics if it fails).
+    pub fn backward(&self, be: &dyn Backend) -> AttentionGradients {
+        be.sparse_attention_backward(
+            &self.op,
+            &self.mask,
+            self.q.as_ref(),
+            self.k.as_ref(),
+            self.v.as_ref(),
+            self.o.as_ref(),
+            &self.lse,
+            self.d_o.as_ref(),
+        )
+        .unwrap()
+    }
+}
 
 /// A random mask over `tokens` with about `density` of the blocks on and the diagonal always on
 /// (no empty row); with `unattended` and at least 3 blocks, key block 1 is off in every row
