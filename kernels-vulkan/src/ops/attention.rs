@@ -127,9 +127,9 @@ impl Specialization for SparseAttentionSpec {
     }
 }
 
-/// Shared memory of `sparse_attention` with `bk` keys per tile: K and V tiles of
-/// `bk x head_dim` f32.
-fn portable_shared_bytes(head_dim: u32, bk: u32) -> u32 {
+/// Shared memory of `sparse_attention` (and of the backward's dq pass, which streams the same
+/// tiles) with `bk` keys per tile: K and V tiles of `bk x head_dim` f32.
+pub(super) fn portable_shared_bytes(head_dim: u32, bk: u32) -> u32 {
     2 * bk.saturating_mul(head_dim).saturating_mul(4)
 }
 
@@ -279,17 +279,24 @@ impl VulkanBlockMask {
     }
 }
 
-/// Keys per shared-memory tile: the largest of 32, 16, 8 whose K and V tiles (f32) fit.
-fn key_tile(head_dim: u32, max_shared: u32) -> Result<u32> {
+/// Rows per streamed tile of a portable attention shader: the largest of 32, 16, 8 whose
+/// `shared_bytes(head_dim, rows)` fit `max_shared`, or [`Error::Unsupported`] for `op` naming
+/// the need.
+pub(super) fn streamed_tile(
+    op: &'static str,
+    head_dim: u32,
+    max_shared: u32,
+    shared_bytes: fn(u32, u32) -> u32,
+) -> Result<u32> {
     [32u32, 16, 8]
         .into_iter()
-        .find(|&bk| portable_shared_bytes(head_dim, bk) <= max_shared)
+        .find(|&t| shared_bytes(head_dim, t) <= max_shared)
         .ok_or_else(|| Error::Unsupported {
-            op: OP,
+            op,
             backend: BackendKind::Vulkan,
             reason: format!(
                 "head_dim {head_dim} needs {} bytes of shared memory, the device has {max_shared}",
-                portable_shared_bytes(head_dim, 8)
+                shared_bytes(head_dim, 8)
             ),
         })
 }
@@ -404,7 +411,12 @@ impl VulkanBackend {
             let spec = SparseAttentionSpec {
                 query_tile: bq,
                 head_dim,
-                key_tile: key_tile(head_dim, f.max_shared_memory_bytes)?,
+                key_tile: streamed_tile(
+                    OP,
+                    head_dim,
+                    f.max_shared_memory_bytes,
+                    portable_shared_bytes,
+                )?,
                 bf16,
             };
             self.pipelines().get(&SPARSE_ATTENTION, &spec)?

@@ -21,7 +21,7 @@
 //! Device API: [`VulkanBackend::record_sparse_attention_backward`] over
 //! [`AttentionBackwardRanges`].
 
-use super::attention::{query_tile, VulkanBlockMask};
+use super::attention::{portable_shared_bytes, query_tile, streamed_tile, VulkanBlockMask};
 use super::{bind_range, to_u32};
 use crate::memory::{Buffer, BufferRange};
 use crate::pipeline::{
@@ -32,7 +32,7 @@ use ash::vk;
 use half::{bf16, f16};
 use std::marker::PhantomData;
 use tessera_core::ops::attention::{AttentionGradients, SparseAttention};
-use tessera_core::{BackendKind, BlockMask, DType, Error, Result, Tensor, TensorRef};
+use tessera_core::{BlockMask, DType, Error, Result, Tensor, TensorRef};
 
 const OP: &str = "sparse_attention_backward";
 
@@ -96,7 +96,7 @@ impl Specialization for AttentionBackwardDqSpec {
     fn resources(&self) -> ShaderResources {
         ShaderResources {
             invocations: self.query_rows,
-            shared_memory_bytes: dq_shared_bytes(self.head_dim, self.key_tile),
+            shared_memory_bytes: portable_shared_bytes(self.head_dim, self.key_tile),
         }
     }
 }
@@ -144,31 +144,10 @@ impl Specialization for AttentionBackwardDkdvSpec {
     }
 }
 
-/// Shared memory of the dq pass with `bk` keys per tile: K and V tiles of `bk x head_dim` f32.
-fn dq_shared_bytes(head_dim: u32, bk: u32) -> u32 {
-    2 * bk.saturating_mul(head_dim).saturating_mul(4)
-}
-
 /// Shared memory of the dk/dv pass with `bt` queries per tile: Q and dO tiles of
 /// `bt x head_dim` f32, and `bt` values of lse and of delta.
 fn dkdv_shared_bytes(head_dim: u32, bt: u32) -> u32 {
     2 * bt.saturating_mul(head_dim).saturating_mul(4) + 2 * 4 * bt
-}
-
-/// Rows per streamed tile: the largest of 32, 16, 8 whose `shared_bytes` fit `max_shared`, or
-/// [`Error::Unsupported`] naming the need.
-fn streamed_tile(head_dim: u32, max_shared: u32, shared_bytes: fn(u32, u32) -> u32) -> Result<u32> {
-    [32u32, 16, 8]
-        .into_iter()
-        .find(|&t| shared_bytes(head_dim, t) <= max_shared)
-        .ok_or_else(|| Error::Unsupported {
-            op: OP,
-            backend: BackendKind::Vulkan,
-            reason: format!(
-                "head_dim {head_dim} needs {} bytes of shared memory, the device has {max_shared}",
-                shared_bytes(head_dim, 8)
-            ),
-        })
 }
 
 /// The buffer ranges of one attention backward call ([`BufferRange`]s of storage buffers of the
@@ -278,7 +257,12 @@ impl VulkanBackend {
             &AttentionBackwardDqSpec {
                 query_rows: rows,
                 head_dim,
-                key_tile: streamed_tile(head_dim, f.max_shared_memory_bytes, dq_shared_bytes)?,
+                key_tile: streamed_tile(
+                    OP,
+                    head_dim,
+                    f.max_shared_memory_bytes,
+                    portable_shared_bytes,
+                )?,
                 bf16,
             },
         )?;
@@ -287,7 +271,12 @@ impl VulkanBackend {
             &AttentionBackwardDkdvSpec {
                 key_rows: rows,
                 head_dim,
-                query_tile: streamed_tile(head_dim, f.max_shared_memory_bytes, dkdv_shared_bytes)?,
+                query_tile: streamed_tile(
+                    OP,
+                    head_dim,
+                    f.max_shared_memory_bytes,
+                    dkdv_shared_bytes,
+                )?,
                 bf16,
             },
         )?;
