@@ -2,6 +2,7 @@
 // which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, and (where
 // ELEM_BF16 is defined) the host conversions of the attention harnesses' 16-bit elements.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +37,30 @@ __global__ void fill_half(u16* p, size_t n, u64 seed, float scale, int bf16) {
             asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
         p[i] = h;
     }
+}
+
+// The median time (ms) of `launch()` on the default stream over 10 launches, each between two
+// events, after 2 warm-up launches (the attention harnesses' timing).
+template <class Launch>
+static float median_launch_ms(Launch&& launch) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[10];
+    for (int it = 0; it < 12; ++it) {
+        CK(cudaEventRecord(e0));
+        launch();
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float t;
+        CK(cudaEventElapsedTime(&t, e0, e1));
+        if (it >= 2) ms[it - 2] = t;
+    }
+    CK(cudaGetLastError());
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    std::sort(ms, ms + 10);
+    return ms[5];
 }
 
 #ifdef ELEM_BF16

@@ -258,22 +258,7 @@ static int check_case(int batch, int tokens, int heads, int seed, int dead, int 
 }
 
 static float time_ms(void (*f)(const BwdArgs&, cudaStream_t), const BwdArgs& a) {
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int it = 0; it < 12; ++it) {
-        CK(cudaEventRecord(e0));
-        f(a, 0);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float t;
-        CK(cudaEventElapsedTime(&t, e0, e1));
-        if (it >= 2) ms.push_back(t);
-    }
-    CK(cudaGetLastError());
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
+    return median_launch_ms([&] { f(a, 0); });
 }
 
 static void time_mask(const char* name, const Mask& m, int tokens, int heads) {

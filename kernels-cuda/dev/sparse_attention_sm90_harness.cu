@@ -202,22 +202,7 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     CK(cudaMemcpy(d.indices, m.indices.data(), m.indices.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d.order, order.data(), order.size() * 4, cudaMemcpyHostToDevice));
     const double flops = 4.0 * (double)m.indices.size() * BLOCK * BLOCK * D * heads;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int it = 0; it < 12; ++it) {
-        CK(cudaEventRecord(e0));
-        launch(d, m, 1, tokens, heads, 0.0883883f, 0);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float t;
-        CK(cudaEventElapsedTime(&t, e0, e1));
-        if (it >= 2) ms.push_back(t);
-    }
-    CK(cudaGetLastError());
-    std::sort(ms.begin(), ms.end());
-    const float med = ms[ms.size() / 2];
+    const float med = median_launch_ms([&] { launch(d, m, 1, tokens, heads, 0.0883883f, 0); });
     printf("TIME %-14s tokens %6d heads %2d nnz %7zu: %8.3f ms  %6.1f TFLOPS\n", name, tokens, heads,
            m.indices.size(), med, flops / med / 1e9);
     release(d);
