@@ -48,6 +48,36 @@ struct Case {
 
 static int row_groups_of(int s_q, int heads) { return (s_q * heads + 63) / 64; }
 
+// The split-KV schedule (the layout of mla_work.cuh) of S uniform splits of every one of the B
+// requests, tiles_per_split key tiles each, on the device; split sp of request b writes
+// workspace slot b * S + sp. Null with S = 1: the kernel's direct mode (ws_slots 0).
+static int* uniform_schedule(int B, int S, int tiles_per_split) {
+    if (S == 1) return nullptr;
+    std::vector<int> s(MLA_SCHEDULE_HEADER + 3 * B + (B & 1) + 2 * B * S, 0);
+    s[0] = B * S;  // units
+    s[1] = B;      // requests of more than one split
+    s[2] = tiles_per_split;
+    int* req = s.data() + MLA_SCHEDULE_HEADER;
+    int* split_requests = req + 2 * B;
+    int* units = split_requests + B + (B & 1);
+    for (int b = 0; b < B; ++b) {
+        req[2 * b] = S;
+        req[2 * b + 1] = b * S;
+        split_requests[b] = b;
+    }
+    for (int u = 0; u < B * S; ++u) {
+        units[2 * u] = u / S;
+        units[2 * u + 1] = u % S;
+    }
+    int* d;
+    CK(cudaMalloc(&d, s.size() * 4));
+    CK(cudaMemcpy(d, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
+    return d;
+}
+
+// Key tiles of 64 per split for S splits of max_len keys.
+static int tiles_per_split(int max_len, int S) { return ((max_len + S - 1) / S + 63) / 64; }
+
 // Runs one case; with check, compares against the CPU reference and returns the failures.
 static int run_check(const Case& c, u64 seed) {
     std::mt19937_64 rng(seed);
@@ -93,9 +123,11 @@ static int run_check(const Case& c, u64 seed) {
     CK(cudaMemset(dout, 0xff, (size_t)B * SQ * H * LAT * 2));
     CK(cudaMemset(dlse, 0xff, (size_t)B * H * SQ * 4));
     CK(cudaMemset(dws, 0xff, ws_n * 4));
-    mla_decode<<<B * S * rg, MLA90_THREADS, TESSERA_SMEM_BYTES>>>(dq, (const u8*)dcache, dbt, dlens, nullptr, dout, dlse,
-                                                                  dws, B, SQ, B * SQ, H, max_pages, P, num_pages, 0, 0,
-                                                                  TB, S, rg, 1, scale_log2);
+    int* dsched = uniform_schedule(B, S, tiles_per_split(max_len, S));
+    const int ws_slots = S > 1 ? B * S : 0;
+    mla_decode<<<B * S * rg, MLA90_THREADS, TESSERA_SMEM_BYTES>>>(dq, (const u8*)dcache, dbt, dlens, nullptr, dsched,
+                                                                  dout, dlse, dws, B, SQ, B * SQ, H, max_pages, P,
+                                                                  num_pages, 0, 0, TB, ws_slots, rg, 1, scale_log2);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<u16> out((size_t)B * SQ * H * LAT);
@@ -138,14 +170,14 @@ static int run_check(const Case& c, u64 seed) {
             } else {
                 const float* wl = ws.data() + (size_t)S * B * SQ * H * LAT;
                 double mx = -INFINITY;
-                for (int sp = 0; sp < S; ++sp) mx = std::max(mx, (double)wl[((size_t)sp * B + b) * SQ * H + r]);
+                for (int sp = 0; sp < S; ++sp) mx = std::max(mx, (double)wl[((size_t)b * S + sp) * SQ * H + r]);
                 double tot = 0;
                 for (int sp = 0; sp < S; ++sp) {
-                    const double ls = wl[((size_t)sp * B + b) * SQ * H + r];
+                    const double ls = wl[((size_t)b * S + sp) * SQ * H + r];
                     if (ls == -INFINITY) continue;
                     const double w = exp(ls - mx);
                     tot += w;
-                    for (int d = 0; d < LAT; ++d) got[d] += w * ws[(((size_t)sp * B + b) * SQ * H + r) * LAT + d];
+                    for (int d = 0; d < LAT; ++d) got[d] += w * ws[(((size_t)b * S + sp) * SQ * H + r) * LAT + d];
                 }
                 for (int d = 0; d < LAT; ++d) got[d] = tot > 0 ? got[d] / tot : 0.0;
                 got_lse = tot > 0 ? mx + log(tot) : -INFINITY;
@@ -176,6 +208,7 @@ static int run_check(const Case& c, u64 seed) {
     cudaFree(dout);
     cudaFree(dlse);
     cudaFree(dws);
+    cudaFree(dsched);
     return fails;
 }
 
@@ -204,10 +237,12 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     CK(cudaMemcpy(dbt, bt.data(), bt.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dlens, lens.data(), B * 4, cudaMemcpyHostToDevice));
     const float scale_log2 = 1.0f / sqrtf((float)QK) * 1.4426950408889634f;
+    int* dsched = uniform_schedule(B, S, tiles_per_split(len, S));
+    const int ws_slots = S > 1 ? B * S : 0;
     auto launch = [&]() {
-        mla_decode<<<B * S * rg, MLA90_THREADS, TESSERA_SMEM_BYTES>>>(dq, (const u8*)dcache, dbt, dlens, nullptr, dout,
-                                                                      dlse, dws, B, SQ, B * SQ, H, max_pages, P,
-                                                                      num_pages, 0, 0, TB, S, rg, 1, scale_log2);
+        mla_decode<<<B * S * rg, MLA90_THREADS, TESSERA_SMEM_BYTES>>>(
+            dq, (const u8*)dcache, dbt, dlens, nullptr, dsched, dout, dlse, dws, B, SQ, B * SQ, H, max_pages, P,
+            num_pages, 0, 0, TB, ws_slots, rg, 1, scale_log2);
     };
     launch();
     launch();
@@ -238,6 +273,7 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     cudaFree(dout);
     cudaFree(dlse);
     cudaFree(dws);
+    cudaFree(dsched);
 }
 
 int main(int argc, char** argv) {
