@@ -6,7 +6,7 @@
 # CTA), mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling (RS, N, ST)); default: bf16
 # fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 / NOTIME=1 skip;
 # ONE="B S_Q H S_K;..." times only those cases; HEADS=16 times only h_q 16; TAG=-x
-# renames the variants of this run in the table.
+# renames the variants of this run in the table; NCU=1: see the end.
 set -uo pipefail
 out=${1:?outdir}
 shift
@@ -50,3 +50,12 @@ done
 # TAG=-x renames this run's variants (e.g. a build with other EXTRA_DEFS) in its table.
 [ -n "${TAG:-}" ] && [ -f "$out/time.log" ] && sed -i "s/^TIME \([^ ]*\)/TIME \1${TAG}/" "$out/time.log"
 [ -f "$out/time.log" ] && python3 "$here/mla_decode_sm90_table.py" "$out/time.log"
+# NCU=1 profiles one launch of the first variant (NCU_CASE="B S_Q H S_K") and prints the speed of
+# light and the stall reasons.
+if [ -n "${NCU:-}" ] && [ -x "$out/${variants[0]}" ]; then
+  v=${variants[0]}
+  timeout 200 ncu --clock-control none -k mla_decode -s 2 -c 1 --set full --import-source yes -o "$out/$v" "$out/$v" --one ${NCU_CASE:-64 1 16 4096} > "$out/ncu.log" 2>&1
+  ncu --import "$out/$v.ncu-rep" --page details > "$out/ncu-details.txt" 2>&1
+  grep -E "Duration|Throughput|Issue Slot|Warp Cycles Per|Eligible Warps|No Eligible|Registers Per|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth" "$out/ncu-details.txt" | head -30
+  python3 "$here/ncu_stalls.py" "$out/$v.ncu-rep"
+fi
