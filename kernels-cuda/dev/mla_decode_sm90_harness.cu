@@ -1,8 +1,11 @@
-// Development harness for kernels/sm90/mla_decode.cu on the GPU machine (nvcc, no Rust there).
-// Built by dev/mla_decode_sm90.sh; checks the kernel against a double-precision CPU reference on
+// Development harness for the Hopper MLA decode kernels on the GPU machine (nvcc, no Rust there).
+// Built by dev/mla_decode_sm90.sh; checks a kernel against a double-precision CPU reference on
 // edge cases (lengths 0/1/63/64/65, pages of 16/64, permuted block tables, NaN in unused slots,
 // s_q 1..4, split mode combined on the CPU), then times it on the standard shapes (CUDA events
-// per launch, median).
+// per launch, median). HK picks the kernel (one per build, all with the same arguments):
+//   HK 0  sm90/mla_decode.cu      (FMT 0: bf16 records), 64 rows per CTA
+//   HK 1  sm90/mla_decode_fp8.cu  (FMT 1: FP8 records), ROWS (16 or 32) rows per CTA
+//   HK 2  mla_decode.cu           (mma.sync; FMT 0 or 1, ROW_SLICES, KEY_TILE, STAGES, DV_CHUNK)
 //   harness --check
 //   harness --time                  (b 64/128 x s_k 4096..32768 x (h 128 | h 16) x s_q 1/2)
 //   harness --one B S_Q H S_K       (one timing case)
@@ -17,16 +20,36 @@
 #include <random>
 #include <vector>
 
+#ifndef HK
+#define HK 0
+#endif
+
 #include "../kernels/common.cuh"
 #include "../kernels/mla_work.cuh"
+#if HK == 0 || HK == 1
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
+#endif
+#if HK == 0
 #include "../kernels/sm90/mla_decode.cu"
+static const int H_ROWS = 64, H_KEYS = 64, H_THREADS = MLA90_THREADS;
+static const char* H_NAME = "sm90-bf16";
+#elif HK == 1
+#include "../kernels/sm90/mla_decode_fp8.cu"
+static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
+static const char* H_NAME = ROWS == 16 ? "sm90-fp8-r16" : "sm90-fp8-r32";
+#else
+#include "../kernels/mla_decode.cu"
+static const int H_ROWS = 16 * ROW_SLICES, H_KEYS = KEY_TILE, H_THREADS = MLA_THREADS;
+#define H_STR2(x) #x
+#define H_STR(x) H_STR2(x)
+static const char* H_NAME = FMT == 0 ? "mma-bf16-" H_STR(ROW_SLICES) "x" H_STR(KEY_TILE) "x" H_STR(STAGES)
+                                     : "mma-fp8-" H_STR(ROW_SLICES) "x" H_STR(KEY_TILE) "x" H_STR(STAGES);
+#endif
 #include "harness.cuh"
 
 
-static const int QK = 576, LAT = 512, TB = 1152;
-
+static const int QK = 576, LAT = 512, TB = FMT == 0 ? 1152 : 656;
 static u16 f2bf(float f) {
     u32 u;
     memcpy(&u, &f, 4);
@@ -39,6 +62,12 @@ static float bf2f(u16 h) {
     memcpy(&f, &u, 4);
     return f;
 }
+// e4m3 -> f32 (finite codes only: the harness never writes 0x7f / 0xff into a read record).
+static float e4m3_host(u8 x) {
+    const int sgn = x >> 7, e = (x >> 3) & 15, m = x & 7;
+    const float v = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + m / 8.0f, e - 7);
+    return sgn ? -v : v;
+}
 
 
 struct Case {
@@ -46,7 +75,7 @@ struct Case {
     std::vector<int> lens;
 };
 
-static int row_groups_of(int s_q, int heads) { return (s_q * heads + 63) / 64; }
+static int row_groups_of(int s_q, int heads) { return (s_q * heads + H_ROWS - 1) / H_ROWS; }
 
 // The split-KV schedule (the layout of mla_work.cuh) of S uniform splits of every one of the B
 // requests, tiles_per_split key tiles each, on the device; split sp of request b writes
@@ -75,10 +104,18 @@ static int* uniform_schedule(int B, int S, int tiles_per_split) {
     return d;
 }
 
-// Key tiles of 64 per split for S splits of max_len keys.
-static int tiles_per_split(int max_len, int S) { return ((max_len + S - 1) / S + 63) / 64; }
+// Key tiles of H_KEYS per split for S splits of max_len keys.
+static int tiles_per_split(int max_len, int S) { return ((max_len + S - 1) / S + H_KEYS - 1) / H_KEYS; }
 
-// Runs one case; with check, compares against the CPU reference and returns the failures.
+static void launch_decode(int grid, const u16* dq, const u8* dcache, const int* dbt, const int* dlens,
+                          const int* dsched, u16* dout, float* dlse, float* dws, int B, int SQ, int H, int max_pages,
+                          int P, int num_pages, int ws_slots, int rg, float scale_log2) {
+    mla_decode<<<grid, H_THREADS, TESSERA_SMEM_BYTES>>>(dq, dcache, dbt, dlens, nullptr, dsched, dout, dlse, dws, B,
+                                                        SQ, B * SQ, H, max_pages, P, num_pages, LAT, QK - LAT, TB,
+                                                        ws_slots, rg, 1, scale_log2);
+}
+
+// Runs one case; compares against the CPU reference and returns the failures.
 static int run_check(const Case& c, u64 seed) {
     std::mt19937_64 rng(seed);
     const int B = c.batch, H = c.heads, SQ = c.s_q, P = c.page_size;
@@ -87,9 +124,10 @@ static int run_check(const Case& c, u64 seed) {
     const int max_pages = (max_len + P - 1) / P;
     const int num_pages = B * max_pages + 3;
     std::uniform_real_distribution<float> u(-1.f, 1.f);
-    std::vector<u16> q((size_t)B * SQ * H * QK), cache((size_t)num_pages * P * QK);
+    std::vector<u16> q((size_t)B * SQ * H * QK);
+    std::vector<u8> cache((size_t)num_pages * P * TB, 0xff);  // NaN in every slot not written below
+    std::vector<float> keys((size_t)num_pages * P * QK, NAN);  // the decoded records (reference)
     for (auto& x : q) x = f2bf(u(rng));
-    for (auto& x : cache) x = 0x7fc0;  // NaN in every slot not written below
     std::vector<int> perm(num_pages);
     for (int i = 0; i < num_pages; ++i) perm[i] = i;
     std::shuffle(perm.begin(), perm.end(), rng);
@@ -98,18 +136,43 @@ static int run_check(const Case& c, u64 seed) {
         for (int p = 0; p < max_pages; ++p) bt[(size_t)b * max_pages + p] = perm[b * max_pages + p];
     for (int b = 0; b < B; ++b)
         for (int j = 0; j < c.lens[b]; ++j) {
-            const int page = bt[(size_t)b * max_pages + j / P];
-            u16* rec = &cache[((size_t)page * P + j % P) * QK];
-            for (int d = 0; d < QK; ++d) rec[d] = f2bf(u(rng));
+            const size_t slot = (size_t)bt[(size_t)b * max_pages + j / P] * P + j % P;
+            u8* rec = &cache[slot * TB];
+            float* key = &keys[slot * QK];
+            if (FMT == 0) {
+                for (int d = 0; d < QK; ++d) {
+                    const u16 v = f2bf(u(rng));
+                    memcpy(rec + 2 * d, &v, 2);
+                    key[d] = bf2f(v);
+                }
+            } else {
+                float sc[4];
+                for (int g = 0; g < 4; ++g) {
+                    sc[g] = ldexpf(1.0f, (int)(rng() % 4) - 9);  // 2^-9 .. 2^-6: |k| <= 7
+                    memcpy(rec + LAT + 4 * g, &sc[g], 4);
+                }
+                for (int d = 0; d < LAT; ++d) {
+                    u8 code = (u8)(rng() & 0xff);
+                    if ((code & 0x7f) == 0x7f) code &= 0xfe;  // no NaN codes
+                    rec[d] = code;
+                    key[d] = e4m3_host(code) * sc[d / 128];
+                }
+                for (int d = LAT; d < QK; ++d) {
+                    const u16 v = f2bf(u(rng));
+                    memcpy(rec + LAT + 16 + 2 * (d - LAT), &v, 2);
+                    key[d] = bf2f(v);
+                }
+            }
         }
     const float scale = 1.0f / sqrtf((float)QK);
     const float scale_log2 = scale * 1.4426950408889634f;
     const int rg = row_groups_of(SQ, H), S = c.splits;
-    u16 *dq, *dcache, *dout;
+    u16 *dq, *dout;
+    u8* dcache;
     int *dbt, *dlens;
     float *dlse, *dws;
     CK(cudaMalloc(&dq, q.size() * 2));
-    CK(cudaMalloc(&dcache, cache.size() * 2));
+    CK(cudaMalloc(&dcache, cache.size()));
     CK(cudaMalloc(&dbt, bt.size() * 4));
     CK(cudaMalloc(&dlens, B * 4));
     CK(cudaMalloc(&dout, (size_t)B * SQ * H * LAT * 2));
@@ -117,7 +180,7 @@ static int run_check(const Case& c, u64 seed) {
     const size_t ws_n = (size_t)S * B * SQ * H * (LAT + 1);
     CK(cudaMalloc(&dws, ws_n * 4));
     CK(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(dcache, cache.data(), cache.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dcache, cache.data(), cache.size(), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dbt, bt.data(), bt.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dlens, c.lens.data(), B * 4, cudaMemcpyHostToDevice));
     CK(cudaMemset(dout, 0xff, (size_t)B * SQ * H * LAT * 2));
@@ -125,9 +188,8 @@ static int run_check(const Case& c, u64 seed) {
     CK(cudaMemset(dws, 0xff, ws_n * 4));
     int* dsched = uniform_schedule(B, S, tiles_per_split(max_len, S));
     const int ws_slots = S > 1 ? B * S : 0;
-    mla_decode<<<B * S * rg, MLA90_THREADS, TESSERA_SMEM_BYTES>>>(dq, (const u8*)dcache, dbt, dlens, nullptr, dsched,
-                                                                  dout, dlse, dws, B, SQ, B * SQ, H, max_pages, P,
-                                                                  num_pages, 0, 0, TB, ws_slots, rg, 1, scale_log2);
+    launch_decode(B * S * rg, dq, dcache, dbt, dlens, dsched, dout, dlse, dws, B, SQ, H, max_pages, P, num_pages,
+                  ws_slots, rg, scale_log2);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<u16> out((size_t)B * SQ * H * LAT);
@@ -146,9 +208,9 @@ static int run_check(const Case& c, u64 seed) {
             double m = -INFINITY;
             const u16* qr = &q[((size_t)b * SQ * H + r) * QK];
             for (int j = 0; j < vis; ++j) {
-                const u16* kr = &cache[((size_t)bt[(size_t)b * max_pages + j / P] * P + j % P) * QK];
+                const float* kr = &keys[((size_t)bt[(size_t)b * max_pages + j / P] * P + j % P) * QK];
                 double acc = 0;
-                for (int d = 0; d < QK; ++d) acc += (double)bf2f(qr[d]) * bf2f(kr[d]);
+                for (int d = 0; d < QK; ++d) acc += (double)bf2f(qr[d]) * kr[d];
                 s[j] = acc * scale;
                 m = std::max(m, s[j]);
             }
@@ -157,8 +219,8 @@ static int run_check(const Case& c, u64 seed) {
             for (int j = 0; j < vis; ++j) {
                 const double p = exp(s[j] - m);
                 l += p;
-                const u16* kr = &cache[((size_t)bt[(size_t)b * max_pages + j / P] * P + j % P) * QK];
-                for (int d = 0; d < LAT; ++d) ref[d] += p * bf2f(kr[d]);
+                const float* kr = &keys[((size_t)bt[(size_t)b * max_pages + j / P] * P + j % P) * QK];
+                for (int d = 0; d < LAT; ++d) ref[d] += p * kr[d];
             }
             const double ref_lse = vis ? m + log(l) : -INFINITY;
             // The kernel's result for this row (split mode: combined here).
@@ -182,7 +244,8 @@ static int run_check(const Case& c, u64 seed) {
                 for (int d = 0; d < LAT; ++d) got[d] = tot > 0 ? got[d] / tot : 0.0;
                 got_lse = tot > 0 ? mx + log(tot) : -INFINITY;
             }
-            double err = 0;
+            double err = 0, mag = 1.0;
+            for (int d = 0; d < LAT; ++d) mag = std::max(mag, vis ? fabs(ref[d] / l) : 0.0);
             for (int d = 0; d < LAT; ++d) {
                 const double want = vis ? ref[d] / l : 0.0;
                 const double e = fabs(got[d] - want);
@@ -191,6 +254,7 @@ static int run_check(const Case& c, u64 seed) {
             const double lse_err = (vis == 0) ? (got_lse == -INFINITY ? 0 : INFINITY) : fabs(got_lse - ref_lse);
             max_err = std::max(max_err, err);
             max_lse_err = std::max(max_lse_err, lse_err);
+            err /= mag;  // relative to the row's largest output (FP8 keys reach |7|)
             if (err > 2e-2 || !(lse_err < 2e-3)) {
                 if (fails < 5)
                     printf("  MISMATCH b=%d r=%d (i=%d h=%d) vis=%d: o err %.4g, lse got %.6f want %.6f\n", b, r, i, h,
@@ -198,7 +262,7 @@ static int run_check(const Case& c, u64 seed) {
                 ++fails;
             }
         }
-    printf("CHECK b=%d s_q=%d h=%d page=%d splits=%d lens=[", B, SQ, H, P, S);
+    printf("CHECK %s b=%d s_q=%d h=%d page=%d splits=%d lens=[", H_NAME, B, SQ, H, P, S);
     for (int l : c.lens) printf("%d ", l);
     printf("]: %s (max o err %.3g, max lse err %.3g)\n", fails ? "FAIL" : "PASS", max_err, max_lse_err);
     cudaFree(dq);
@@ -212,24 +276,48 @@ static int run_check(const Case& c, u64 seed) {
     return fails;
 }
 
+// Timing records: bf16 values in [-1, 1]; FP8 codes without NaN, scales 2^-4, bf16 rope.
+__global__ void fill_records(u8* cache, size_t records, int fmt) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < records * 41; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t rec = i / 41, chunk = i % 41;
+        u8* p = cache + rec * (fmt == 0 ? 1152 : 656) + chunk * 16;
+        u32 w[4];
+        for (int k = 0; k < 4; ++k) {
+            const float a = dev_uniform(i * 8 + 2 * k, 3), b = dev_uniform(i * 8 + 2 * k + 1, 3);
+            if (fmt == 1 && chunk < 32)
+                w[k] = ((u32)__float_as_uint(a) & 0x3f3f3f3fu);  // e4m3 codes of magnitude < 2
+            else if (fmt == 1 && chunk == 32)
+                w[k] = __float_as_uint(0.0625f);
+            else
+                w[k] = (__float_as_uint(a) >> 16) | (__float_as_uint(b) & 0xffff0000u);
+        }
+        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+        if (fmt == 0 && chunk < 31) {  // bf16 records are 72 chunks: the other 31
+            u8* p2 = cache + rec * 1152 + (41 + chunk) * 16;
+            *reinterpret_cast<uint4*>(p2) = make_uint4(w[1], w[2], w[3], w[0]);
+        }
+    }
+}
+
 static void run_time(int B, int SQ, int H, int len, int P) {
     const int max_pages = (len + P - 1) / P, num_pages = B * max_pages;
     const int rg = row_groups_of(SQ, H);
     int S = std::max(1, 132 / (B * rg));
-    if (S > 1) S = std::min(S, (len + 63) / 64);
-    u16 *dq, *dcache, *dout;
+    if (S > 1) S = std::min(S, (len + H_KEYS - 1) / H_KEYS);
+    u16 *dq, *dout;
+    u8* dcache;
     int *dbt, *dlens;
     float *dlse, *dws;
-    const size_t cache_n = (size_t)num_pages * P * QK;
+    const size_t records = (size_t)num_pages * P;
     CK(cudaMalloc(&dq, (size_t)B * SQ * H * QK * 2));
-    CK(cudaMalloc(&dcache, cache_n * 2));
+    CK(cudaMalloc(&dcache, records * TB));
     CK(cudaMalloc(&dbt, (size_t)B * max_pages * 4));
     CK(cudaMalloc(&dlens, B * 4));
     CK(cudaMalloc(&dout, (size_t)B * SQ * H * LAT * 2));
     CK(cudaMalloc(&dlse, (size_t)B * H * SQ * 4));
     CK(cudaMalloc(&dws, (size_t)S * B * SQ * H * (LAT + 1) * 4));
     fill_half<<<1024, 256>>>(dq, (size_t)B * SQ * H * QK, 1, 1.0f, 1);
-    fill_half<<<4096, 256>>>(dcache, cache_n, 2, 1.0f, 1);
+    fill_records<<<4096, 256>>>(dcache, records, FMT);
     std::vector<int> bt((size_t)B * max_pages), lens(B, len);
     std::mt19937_64 rng(7);
     for (int i = 0; i < num_pages; ++i) bt[i] = i;
@@ -240,9 +328,8 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     int* dsched = uniform_schedule(B, S, tiles_per_split(len, S));
     const int ws_slots = S > 1 ? B * S : 0;
     auto launch = [&]() {
-        mla_decode<<<B * S * rg, MLA90_THREADS, TESSERA_SMEM_BYTES>>>(
-            dq, (const u8*)dcache, dbt, dlens, nullptr, dsched, dout, dlse, dws, B, SQ, B * SQ, H, max_pages, P,
-            num_pages, 0, 0, TB, ws_slots, rg, 1, scale_log2);
+        launch_decode(B * S * rg, dq, dcache, dbt, dlens, dsched, dout, dlse, dws, B, SQ, H, max_pages, P, num_pages,
+                      ws_slots, rg, scale_log2);
     };
     launch();
     launch();
@@ -263,8 +350,8 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     const double t = ms[reps / 2] * 1e-3;
     const double flops = 2.0 * B * SQ * H * (double)len * (QK + LAT);
     const double bytes = (double)B * len * TB;
-    printf("TIME b=%d s_q=%d h=%d s_k=%d page=%d splits=%d: %.1f us %.0f TFLOPS %.0f GB/s\n", B, SQ, H, len, P, S,
-           t * 1e6, flops / t * 1e-12, bytes / t * 1e-9);
+    printf("TIME %s b=%d s_q=%d h=%d s_k=%d page=%d splits=%d: %.1f us %.0f TFLOPS %.0f GB/s\n", H_NAME, B, SQ, H, len,
+           P, S, t * 1e6, flops / t * 1e-12, bytes / t * 1e-9);
     for (auto& e : ev) CK(cudaEventDestroy(e));
     cudaFree(dq);
     cudaFree(dcache);
@@ -279,15 +366,19 @@ static void run_time(int B, int SQ, int H, int len, int P) {
 int main(int argc, char** argv) {
     CK(cudaFuncSetAttribute(mla_decode, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES));
     bool check = false, time = false;
+    // --heads H1,H2: only these head counts in --time (default 128 and 16).
+    int heads_only = 0;
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--check")) check = true;
         if (!strcmp(argv[i], "--time")) time = true;
+        if (!strcmp(argv[i], "--heads") && i + 1 < argc) heads_only = atoi(argv[++i]);
         // --one B S_Q H S_K: one timing case (for ncu).
         if (!strcmp(argv[i], "--one") && i + 4 < argc) {
             run_time(atoi(argv[i + 1]), atoi(argv[i + 2]), atoi(argv[i + 3]), atoi(argv[i + 4]), 64);
             i += 4;
         }
     }
+    setvbuf(stdout, nullptr, _IOLBF, 0);
     int fails = 0;
     if (check) {
         const Case cases[] = {
@@ -299,21 +390,20 @@ int main(int argc, char** argv) {
             {3, 2, 128, 16, 2, {64, 333, 1}},
             {2, 3, 7, 64, 1, {100, 70}},
             {1, 1, 128, 64, 4, {4096}},
+            {3, 2, 16, 64, 2, {1000, 1, 517}},
+            {2, 4, 8, 128, 1, {257, 2}},
+            {2, 1, 16, 1, 3, {190, 77}},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) fails += run_check(cases[i], 1000 + i);
-        printf("CHECKS %s\n", fails ? "FAILED" : "PASSED");
+        printf("CHECKS %s %s\n", H_NAME, fails ? "FAILED" : "PASSED");
     }
     if (time) {
-        for (int B : {64, 128})
-            for (int len : {4096, 8192, 16384, 32768}) {
-                run_time(B, 1, 128, len, 64);
-                run_time(B, 2, 128, len, 64);
-            }
-        for (int B : {64, 128})
-            for (int len : {4096, 32768}) {
-                run_time(B, 1, 16, len, 64);
-                run_time(B, 2, 16, len, 64);
-            }
+        for (int H : {16, 128}) {
+            if (heads_only && H != heads_only) continue;
+            for (int B : {64, 128})
+                for (int len : {4096, 8192, 16384, 32768})
+                    for (int SQ : {1, 2}) run_time(B, SQ, H, len, 64);
+        }
     }
     return fails ? 1 : 0;
 }

@@ -112,6 +112,14 @@ pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
 )
 .with_headers(&[MLA_WORK, HOPPER, WGMMA]);
 
+/// `sm90/mla_decode_fp8.cu`: the absorbed paged decode of the FP8 cache on wgmma (sm_90a,
+/// DeepSeek-V3's dims, 16 or 32 query rows per CTA), dequantizing into bf16 key tiles.
+pub const MLA_DECODE_SM90_FP8: KernelSource = KernelSource::new(
+    "sm90/mla_decode_fp8.cu",
+    include_str!("../kernels/sm90/mla_decode_fp8.cu"),
+)
+.with_headers(&[MLA_WORK, HOPPER, WGMMA]);
+
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =
     KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"))
@@ -210,7 +218,10 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
     }
     for layout in representative_mla_layouts() {
         let tilings = MLA_DECODE_TILINGS.map(|t| MlaDecodeVariant::new(&layout, t));
-        for d in tilings.into_iter().chain([MlaDecodeVariant::sm90(&layout)]) {
+        for d in tilings
+            .into_iter()
+            .chain(MlaDecodeVariant::sm90_variants(&layout))
+        {
             if d.valid_on(arch).is_ok() {
                 v.push(Box::new(d));
                 v.push(Box::new(d.with_varlen(true)));

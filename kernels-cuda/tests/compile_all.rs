@@ -131,6 +131,7 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
         Box::new(MlaDecodeVariant::new(&fp8, (1, 64, 3))),
         Box::new(MlaDecodeVariant::new(&generic, (2, 32, 2))),
         Box::new(MlaDecodeVariant::new(&fp8, (4, 32, 3)).with_varlen(true)),
+        Box::new(MlaDecodeVariant::wgmma(&fp8, (2, 64, 2))),
         Box::new(MlaAppendVariant),
         Box::new(MlaCombineVariant { varlen: false }),
         Box::new(MlaCombineVariant { varlen: true }),
@@ -202,6 +203,13 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         granularity: QuantizeGranularity::PerToken1x128,
     };
     let smem = |s: &dyn KernelSpec| (s.smem_bytes() + 16).to_string();
+    let mla_fp8_sm90 = MlaDecodeVariant::wgmma(
+        &MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        },
+        (1, 64, 2),
+    );
     let dkdv_sm90 = AttentionBackwardVariant::KeyValue(BACKWARD_TILES_SM90);
     let dq_sm90 = AttentionBackwardVariant::Query(BACKWARD_TILES_SM90);
     let cases: Vec<(KernelVariant, &str)> = vec![
@@ -268,6 +276,11 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         ),
         (
             set(&mla, "TESSERA_SMEM_BYTES", &smem(&mla)),
+            "shared-memory size",
+        ),
+        (set(&mla_fp8_sm90, "ROWS", "64"), "ROWS must be 16 or 32"),
+        (
+            set(&mla_fp8_sm90, "TESSERA_SMEM_BYTES", &smem(&mla_fp8_sm90)),
             "shared-memory size",
         ),
         (set(&dkdv_sm90, "STAGES", "5"), "STAGES must be"),

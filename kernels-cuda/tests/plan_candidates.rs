@@ -280,9 +280,16 @@ fn mla_inputs(
 #[test]
 fn every_mla_candidate_matches_the_reference() {
     let Some(be) = backend() else { return };
+    // DeepSeek-V3's dims in both formats (FP8 also with pages of 16, smaller than a key tile:
+    // on sm_90a the Hopper FP8 kernel's 16- and 32-row variants are candidates), run-time dims.
     let layouts = [
         MlaCacheLayout::default(),
         MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        },
+        MlaCacheLayout {
+            page_size: 16,
             format: MlaCacheFormat::Fp8,
             ..MlaCacheLayout::default()
         },
@@ -385,6 +392,7 @@ fn every_mla_varlen_candidate_matches_the_reference() {
     let layouts = [
         MlaCacheLayout::default(),
         MlaCacheLayout {
+            page_size: 128,
             format: MlaCacheFormat::Fp8,
             ..MlaCacheLayout::default()
         },

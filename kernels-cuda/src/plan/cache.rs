@@ -31,8 +31,10 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use tessera_core::{BackendKind, Error, Result};
 
-/// The version of the plan file's format; a file of another version is ignored.
-pub const PLAN_FORMAT_VERSION: u32 = 6;
+/// The version of the plan file's format; a file of another version is ignored. 7: the FP8
+/// cache gained Hopper decode candidates (`MlaDecodeVariant`s of kernel `wgmma` and format
+/// `fp8`), so that plans tuned or picked without them are made again.
+pub const PLAN_FORMAT_VERSION: u32 = 7;
 
 /// `n` rounded up to a power of two (1 for 0).
 pub fn bucket(n: usize) -> u64 {

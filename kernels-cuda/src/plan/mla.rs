@@ -1,6 +1,7 @@
 //! The MLA kernels' variants: append (`kernels/mla_append.cu`), absorbed decode
-//! (`kernels/mla_decode.cu`, one CTA tiling per variant, and the Hopper kernel
-//! `kernels/sm90/mla_decode.cu`) and the split combine (`kernels/mla_combine.cu`).
+//! (`kernels/mla_decode.cu`, one CTA tiling per variant, and the Hopper kernels
+//! `kernels/sm90/mla_decode.cu` for the bf16 cache and `kernels/sm90/mla_decode_fp8.cu` for the
+//! FP8 cache) and the split combine (`kernels/mla_combine.cu`).
 
 use super::{check_resources, ArchSpec, KernelSpec};
 use crate::compile::KernelSource;
@@ -14,6 +15,10 @@ pub const MLA_DECODE_SM90_THREADS: u32 = 384;
 /// The Hopper kernel's tiling as (row slices of 16, key tile, stages): 64 rows, 64-key tiles,
 /// two tiles in shared memory.
 pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
+/// The Hopper FP8-cache kernel's tilings (`sm90/mla_decode_fp8.cu`, its `ROWS` = 16 x row slices):
+/// 16 or 32 query rows per CTA (the wgmma N of its transposed products), 64-key tiles, two bf16
+/// key tiles in shared memory.
+pub const MLA_DECODE_SM90_FP8_TILINGS: [(u32, u32, u32); 2] = [(1, 64, 2), (2, 64, 2)];
 /// Threads per combine CTA: 4 warps, one row each.
 pub const MLA_COMBINE_THREADS: u32 = 128;
 /// Rows (of `s_q * heads`) each combine CTA merges at a time.
@@ -172,8 +177,10 @@ pub enum MlaDecodeKernel {
     /// `kernels/mla_decode.cu`: `mma.sync`, 8 warps; every layout, sm_80 and later.
     #[default]
     MmaSync,
-    /// `kernels/sm90/mla_decode.cu`: wgmma, a cp.async producer warpgroup and two math
-    /// warpgroups ([`MLA_DECODE_SM90_TILING`]); sm_90a, bf16 records of DeepSeek-V3's dims.
+    /// sm_90a, DeepSeek-V3's dims. bf16 records: `kernels/sm90/mla_decode.cu`, a cp.async
+    /// producer warpgroup and two math warpgroups ([`MLA_DECODE_SM90_TILING`]). FP8 records:
+    /// `kernels/sm90/mla_decode_fp8.cu`, two warpgroups dequantizing into bf16 key tiles and one
+    /// math warpgroup ([`MLA_DECODE_SM90_FP8_TILINGS`]).
     Wgmma,
 }
 
@@ -233,12 +240,39 @@ impl MlaDecodeVariant {
         }
     }
 
-    /// The Hopper kernel's variant for `layout` (valid only for bf16 records of DeepSeek-V3's
-    /// dims on sm_90a: see [`KernelSpec::valid_on`]).
+    /// The Hopper bf16 kernel's variant for `layout` (valid only for bf16 records of
+    /// DeepSeek-V3's dims on sm_90a: see [`KernelSpec::valid_on`]).
     pub fn sm90(layout: &MlaCacheLayout) -> Self {
+        Self::wgmma(layout, MLA_DECODE_SM90_TILING)
+    }
+
+    /// The Hopper kernel's variant for `layout` with `tiling` (valid only for the tilings of the
+    /// layout's format, [`MLA_DECODE_SM90_TILING`] or [`MLA_DECODE_SM90_FP8_TILINGS`]).
+    pub fn wgmma(layout: &MlaCacheLayout, tiling: (u32, u32, u32)) -> Self {
         Self {
             kernel: MlaDecodeKernel::Wgmma,
-            ..Self::new(layout, MLA_DECODE_SM90_TILING)
+            ..Self::new(layout, tiling)
+        }
+    }
+
+    /// The Hopper variants of `layout`'s format: the bf16 kernel's one tiling, or the FP8
+    /// kernel's 16- and 32-row tilings (whether they are valid on an architecture and for the
+    /// dims is [`KernelSpec::valid_on`]'s call).
+    pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
+        match CacheFormat::from(layout.format) {
+            CacheFormat::Bf16 => vec![Self::sm90(layout)],
+            CacheFormat::Fp8 => MLA_DECODE_SM90_FP8_TILINGS
+                .iter()
+                .map(|&t| Self::wgmma(layout, t))
+                .collect(),
+        }
+    }
+
+    /// The tilings the Hopper kernel of this variant's format is built for.
+    fn wgmma_tilings(&self) -> &'static [(u32, u32, u32)] {
+        match self.format {
+            CacheFormat::Bf16 => std::slice::from_ref(&MLA_DECODE_SM90_TILING),
+            CacheFormat::Fp8 => &MLA_DECODE_SM90_FP8_TILINGS,
         }
     }
 
@@ -296,7 +330,10 @@ impl KernelSpec for MlaDecodeVariant {
     fn source(&self) -> KernelSource {
         match self.kernel {
             MlaDecodeKernel::MmaSync => crate::kernels::MLA_DECODE,
-            MlaDecodeKernel::Wgmma => crate::kernels::MLA_DECODE_SM90,
+            MlaDecodeKernel::Wgmma => match self.format {
+                CacheFormat::Bf16 => crate::kernels::MLA_DECODE_SM90,
+                CacheFormat::Fp8 => crate::kernels::MLA_DECODE_SM90_FP8,
+            },
         }
     }
 
@@ -306,12 +343,16 @@ impl KernelSpec for MlaDecodeVariant {
             CacheFormat::Fp8 => 1,
         };
         if self.kernel == MlaDecodeKernel::Wgmma {
-            return vec![
+            let mut d = vec![
                 ("FMT", fmt.to_string()),
                 ("LATENT", self.latent_dim.to_string()),
                 ("ROPE", self.rope_dim.to_string()),
-                varlen_define(self.varlen),
             ];
+            if self.format == CacheFormat::Fp8 {
+                d.push(("ROWS", self.rows_per_cta().to_string()));
+            }
+            d.push(varlen_define(self.varlen));
+            return d;
         }
         let (latent, rope) = if self.compile_time_dims() {
             (self.latent_dim, self.rope_dim)
@@ -346,11 +387,25 @@ impl KernelSpec for MlaDecodeVariant {
     /// buffer), key tiles `[N][qk+8]` bf16 (`stages` of them for bf16 records, one for FP8), FP8
     /// raw records `stages x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange
     /// `[8 / row_slices][M]` f32.
-    /// The Hopper kernel's (`MlaSm90Smem` in `sm90/mla_decode.cu`): Q and `stages` key tiles
-    /// as 128-byte-swizzled blocks of 64 rows x 64 dims, P (one such block), row maxima and sums
-    /// `[2][64]` f32 each, a full barrier per (stage, column block), an empty barrier per stage,
-    /// 16 bytes of flags.
+    /// The Hopper bf16 kernel's (`MlaSm90Smem` in `sm90/mla_decode.cu`): Q and `stages` key
+    /// tiles as 128-byte-swizzled blocks of 64 rows x 64 dims, P (one such block), row maxima
+    /// and sums `[2][64]` f32 each, a full barrier per (stage, column block), an empty barrier
+    /// per stage, 16 bytes of flags.
+    /// The Hopper FP8 kernel's (`MlaSm90Fp8Smem` in `sm90/mla_decode_fp8.cu`), for R rows: Q as
+    /// blocks of R rows x 64 dims, `stages` bf16 key tiles of 64-key x 64-dim blocks, P
+    /// `[R][64]` bf16, column maxima and sums `[4][R]` f32 each, a full and an empty barrier per
+    /// stage, 16 bytes of flags.
     fn smem_bytes(&self) -> u32 {
+        if self.kernel == MlaDecodeKernel::Wgmma && self.format == CacheFormat::Fp8 {
+            let rows = self.rows_per_cta();
+            let blocks = (self.latent_dim + self.rope_dim) / 64;
+            return blocks * rows * 128
+                + self.stages * blocks * self.key_tile * 128
+                + rows * 128
+                + 2 * 4 * rows * 4
+                + 2 * self.stages * 8
+                + 16;
+        }
         if self.kernel == MlaDecodeKernel::Wgmma {
             let block = 64 * 128;
             let blocks = (self.latent_dim + self.rope_dim) / 64;
@@ -386,15 +441,14 @@ impl KernelSpec for MlaDecodeVariant {
 
     fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
         if self.kernel == MlaDecodeKernel::Wgmma {
-            if self.tiling() != MLA_DECODE_SM90_TILING
-                || self.format != CacheFormat::Bf16
-                || !self.compile_time_dims()
-            {
+            if !self.wgmma_tilings().contains(&self.tiling()) || !self.compile_time_dims() {
                 return Err(Error::invalid(
                     "mla_decode",
                     "variant",
                     format!(
-                        "the Hopper kernel's tiling {MLA_DECODE_SM90_TILING:?} over bf16 records of latent 512 + rope 64"
+                        "a Hopper kernel's tiling over records of latent 512 + rope 64 \
+                         ({MLA_DECODE_SM90_TILING:?} for bf16, one of \
+                         {MLA_DECODE_SM90_FP8_TILINGS:?} for FP8)"
                     ),
                     format!("{self:?}"),
                 ));
@@ -556,7 +610,7 @@ mod tests {
         assert_eq!(k.define_value("ROW_SLICES"), None);
         let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
         v.valid_on(&h200).unwrap();
-        // Not before Hopper, not for FP8 records or other dims.
+        // Not before Hopper, not with the other format's tilings or other dims.
         let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
         assert!(v.valid_on(&a100).is_err());
         let fp8 = MlaCacheLayout {
@@ -564,11 +618,56 @@ mod tests {
             ..ds
         };
         assert!(MlaDecodeVariant::sm90(&fp8).valid_on(&h200).is_err());
+        assert!(MlaDecodeVariant::wgmma(&ds, (1, 64, 2))
+            .valid_on(&h200)
+            .is_err());
         let small = MlaCacheLayout {
             latent_dim: 256,
             ..ds
         };
         assert!(MlaDecodeVariant::sm90(&small).valid_on(&h200).is_err());
+        assert!(MlaDecodeVariant::sm90_variants(&MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..small
+        })
+        .iter()
+        .all(|v| v.valid_on(&h200).is_err()));
+    }
+
+    #[test]
+    fn the_hopper_fp8_variants_match_their_kernel() {
+        let fp8 = MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        };
+        let vs = MlaDecodeVariant::sm90_variants(&fp8);
+        assert_eq!(vs.len(), 2);
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        for (v, rows) in vs.iter().zip([16u32, 32]) {
+            v.valid_on(&h200).unwrap();
+            assert!(v.valid_on(&a100).is_err());
+            assert_eq!(v.rows_per_cta(), rows);
+            assert_eq!(v.threads(), 384);
+            // Q 9 blocks of R rows, two bf16 tiles of 9 x 8 KB, P [R][64], maxima + sums
+            // [4][R] f32, 4 barriers, flags: the kernel's MlaSm90Fp8Smem::END.
+            assert_eq!(
+                v.smem_bytes(),
+                9 * rows * 128 + 2 * 9 * 8192 + rows * 128 + 2 * 4 * rows * 4 + 32 + 16
+            );
+            let k = v.with_varlen(true).kernel();
+            assert_eq!(k.source.file, "sm90/mla_decode_fp8.cu");
+            assert_eq!(k.define_value("FMT"), Some("1"));
+            assert_eq!(k.define_value("ROWS"), Some(rows.to_string().as_str()));
+            assert_eq!(k.define_value("VARLEN"), Some("1"));
+            assert_eq!(k.define_value("TESSERA_THREADS"), Some("384"));
+        }
+        assert_eq!(vs[0].smem_bytes(), 168_496);
+        assert_eq!(vs[1].smem_bytes(), 189_488);
+        // Other FP8 tilings are not the kernel's.
+        assert!(MlaDecodeVariant::wgmma(&fp8, (4, 64, 2))
+            .valid_on(&h200)
+            .is_err());
     }
 
     #[test]
