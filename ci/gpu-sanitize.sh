@@ -23,6 +23,9 @@ export TESSERA_REQUIRE_BACKENDS=cuda TESSERA_REQUIRE_CUDA=1 TESSERA_REQUIRE_NVRT
 quick=${TESSERA_SANITIZER_QUICK:-1}
 timeout_s=${TESSERA_SANITIZER_TIMEOUT:-300}
 [ "$quick" = 1 ] && export PROPTEST_CASES=${PROPTEST_CASES:-4}
+# The tests with many large launches (the MLA variable-query and schedule tests) run fewer and
+# shorter cases under the sanitizer (kernels-cuda/tests/common: under_sanitizer).
+export TESSERA_SANITIZER_SMALL=1
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 if [ -z "$sanitizer" ] || [ ! -x "$sanitizer" ]; then
   echo "sanitizer: compute-sanitizer not found (PATH, /usr/local/cuda/bin): no findings can be reported" | tee "$out/summary.txt"
@@ -71,9 +74,22 @@ for tool in "${tools[@]}"; do
   for target in "${targets[@]}"; do
     name=${target%%|*}
     read -r -a cmd <<< "${target#*|}"
-    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-    one_task "$tool" "$name" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" &
-    task=$((task + 1))
+    # racecheck keeps per-launch state on the host (tens of GB over a long test binary): one
+    # process per test, so that one test's size cannot end the others' checks.
+    tests=("")
+    if [ "$tool" = racecheck ]; then
+      mapfile -t tests < <("${cmd[@]}" --list 2>/dev/null | sed -n 's/: test$//p')
+      [ "${#tests[@]}" -gt 0 ] || tests=("")
+    fi
+    for t in "${tests[@]}"; do
+      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+      if [ -n "$t" ]; then
+        one_task "$tool" "$name--$t" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" --exact "$t" &
+      else
+        one_task "$tool" "$name" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" &
+      fi
+      task=$((task + 1))
+    done
   done
 done
 wait

@@ -180,6 +180,90 @@ fn the_sanitizer_step_runs_the_four_tools() {
     let _ = std::fs::remove_dir_all(out_dir);
 }
 
+/// Every CUDA test opens its backend through `kernels-cuda/tests/common` (`backend()`), which
+/// fails where CUDA is required (the GPU machine) instead of printing `skipped` and passing:
+/// plan_candidates and the two timing tests opened it themselves until session 8.
+#[test]
+fn the_cuda_tests_fail_without_a_required_device() {
+    let dir = repo().join("kernels-cuda/tests");
+    let mut own = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.contains("CudaBackend::new()") || text.contains("CudaBackend::with_ordinal(") {
+                own.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        own.is_empty(),
+        "these CUDA tests open the backend themselves, not through common::backend(): {own:?}"
+    );
+}
+
+/// Writes an executable shell script.
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/usr/bin/env bash\n{body}")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// racecheck runs each test of a binary in its own process (one test's host memory cannot end
+/// the others' checks: session 8), the other tools one process per binary; the tests see
+/// `TESSERA_SANITIZER_SMALL=1`. Checked with a stand-in compute-sanitizer and test binaries.
+#[test]
+fn racecheck_runs_one_test_per_process() {
+    let root = temp("sanitizer-split");
+    let (pack, tools, out_dir) = (root.join("pack"), root.join("tools"), root.join("out"));
+    for dir in [pack.join("bin"), tools.clone()] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for name in ["gpu-sanitize.sh", "gpu-unpack.sh"] {
+        std::fs::copy(repo().join("ci").join(name), pack.join(name)).unwrap();
+    }
+    // The stand-in runs the command after its own options and reports no error.
+    write_script(
+        &tools.join("compute-sanitizer"),
+        "[ \"$1\" = --version ] && exit 0\nwhile [ \"$1\" != --error-exitcode ]; do shift; done; shift 2\n\
+         \"$@\"; echo \"========= ERROR SUMMARY: 0 errors\"",
+    );
+    // A libtest-like binary: `--list` names two tests; a run prints its arguments.
+    let fake_test = "if [ \"${*: -1}\" = --list ]; then printf 'alpha: test\\nbeta: test\\n\\n2 tests\\n'; exit 0; fi\n\
+         echo \"args: $* small=$TESSERA_SANITIZER_SMALL\"; echo 'test result: ok.'";
+    write_script(&pack.join("bin/cutest-fake"), fake_test);
+    write_script(&pack.join("bin/test-conformance"), fake_test);
+    let out = Command::new("bash")
+        .arg(pack.join("gpu-sanitize.sh"))
+        .arg(&out_dir)
+        .env("PATH", format!("{}:/usr/bin:/bin", tools.display()))
+        .env("TESSERA_SANITIZER_TOOLS", "memcheck racecheck")
+        .output()
+        .unwrap();
+    let runs = std::fs::read_to_string(out_dir.join("runs.txt")).unwrap_or_default();
+    assert!(out.status.success(), "{out:?}\n{runs}");
+    let lines: Vec<&str> = runs.lines().collect();
+    let count = |tool: &str, name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.split_whitespace().take(2).eq([tool, name]))
+            .count()
+    };
+    for name in ["cutest-fake", "conformance_cuda"] {
+        assert_eq!(count("memcheck", name), 1, "{runs}");
+        assert_eq!(count("racecheck", name), 0, "{runs}");
+        for test in ["alpha", "beta"] {
+            assert_eq!(count("racecheck", &format!("{name}--{test}")), 1, "{runs}");
+        }
+    }
+    let log = std::fs::read_to_string(out_dir.join("racecheck-cutest-fake--beta.log")).unwrap();
+    assert!(
+        log.contains("--exact beta") && log.contains("small=1"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
 #[test]
 fn the_candle_cuda_path_is_built_for_the_gpu_machine_only() {
     // CI builds and tests the default (CPU) features only: no nvcc there.

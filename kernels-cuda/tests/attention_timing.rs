@@ -3,18 +3,17 @@
 //! (no copies in the timed loop), and prints milliseconds and TFLOP/s (counting every on block
 //! in full). Prints `skipped:` and passes without a CUDA device.
 
+mod common;
+
 use std::time::Instant;
 use tessera_core::{BlockMask, DType, RadialMaskConfig, SparseAttention};
-use tessera_cuda::{CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+use tessera_cuda::{DeviceBlockMask, DeviceHalf, DeviceHalfMut};
 
 #[test]
 fn sparse_attention_timing() {
-    let backend = match CudaBackend::new() {
-        Ok(b) => b,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
+    // skipped: without a CUDA device (a failure where CUDA is required)
+    let Some(backend) = common::backend() else {
+        return;
     };
     let (batch, tokens, heads) = (1, 8192, 24);
     // Buffers for the largest head_dim; smaller ones use a prefix.

@@ -6,6 +6,8 @@
 //! best are reported. Inputs are random finite E4M3 codes (never zeros). At the large shapes A and
 //! B fit in L2 (50 MB), as they do in cuBLAS's numbers in FACTS.md §5.
 
+mod common;
+
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
@@ -154,13 +156,8 @@ const EXTRA_TILES: [(&str, MmaSyncGemm); 4] = [
 
 #[test]
 fn fp8_gemm_correct_and_timed() {
-    let be = match CudaBackend::new() {
-        Ok(b) => b,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
-    };
+    // skipped: without a CUDA device (a failure where CUDA is required)
+    let Some(be) = common::backend() else { return };
     let stream = be.stream().clone();
     println!("device: {}", tessera_core::Backend::device(&be).name);
 

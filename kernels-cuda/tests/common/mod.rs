@@ -20,6 +20,14 @@ pub fn cuda_required() -> bool {
         || std::env::var("TESSERA_REQUIRE_CUDA").is_ok_and(|v| v.trim() == "1")
 }
 
+/// Whether this run is under compute-sanitizer (`TESSERA_SANITIZER_SMALL=1`, set by
+/// ci/gpu-sanitize.sh): the tests with many large launches then run fewer and shorter cases, so
+/// that racecheck's host memory and time stay bounded (its host process grew past 72 GB on the
+/// full MLA variable-query test, session 8). Every kernel and path is still exercised.
+pub fn under_sanitizer() -> bool {
+    std::env::var("TESSERA_SANITIZER_SMALL").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Opens CUDA device `ordinal`, or prints `skipped: <why>` (a failure when required).
 pub fn backend_on(ordinal: usize) -> Option<CudaBackend> {
     match CudaBackend::with_ordinal(ordinal) {
