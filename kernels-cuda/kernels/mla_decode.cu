@@ -192,11 +192,7 @@ static_assert(TESSERA_SMEM_BYTES == 0, "run-time dims: the shared memory is size
 
 template <int RS, int N>
 __device__ __forceinline__ void mla_decode_impl(
-    const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
-    u16* __restrict__ o, float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q,
-    int heads, int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int ws_slots, int row_groups, int col_chunks, float scale_log2) {
+    MLA_DECODE_PARAMS) {
     constexpr int M = 16 * RS;
     constexpr int CW = MLA_WARPS / RS;            // S-phase warps per row slice
     constexpr int SCW = CW < N / 8 ? CW : N / 8;  // of which compute scores
@@ -656,11 +652,7 @@ __device__ __forceinline__ void mla_decode_impl(
 
 // The entry point: one tiling (ROW_SLICES, KEY_TILE, STAGES) per compiled variant.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode(
-    const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
-    u16* __restrict__ o, float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q,
-    int heads, int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int ws_slots, int row_groups, int col_chunks, float scale_log2) {
+    MLA_DECODE_PARAMS) {
     mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, cu_seqlens_q, schedule, o, lse, ws, batch,
                                           s_q, total_q, heads, max_pages, page_size, num_pages, latent_rt, rope_rt,
                                           token_bytes, ws_slots, row_groups, col_chunks, scale_log2);

@@ -1,13 +1,24 @@
 // Tessera CUDA kernels: what one MLA decode CTA works on and where its results go, shared by the
-// mma.sync kernel (mla_decode.cu), the Hopper kernel (sm90/mla_decode.cu) and the split combine
-// (mla_combine.cu), and by the split-KV schedule (mla_schedule.cu) that tells each CTA its
-// (request, split): a request's queries (uniform s_q, or cu_seqlens_q offsets with VARLEN 1), its
-// length and a split's share of its keys, the schedule's layout, the lse layout. Prepended after
-// common.cuh; needs the VARLEN constant.
+// mma.sync kernel (mla_decode.cu), the Hopper kernels (sm90/mla_decode.cu, sm90/mla_decode_fp8.cu)
+// and the split combine (mla_combine.cu), and by the split-KV schedule (mla_schedule.cu) that
+// tells each CTA its (request, split): a request's queries (uniform s_q, or cu_seqlens_q offsets
+// with VARLEN 1), its length and a split's share of its keys, the schedule's layout, the lse
+// layout; and the decode kernels' parameter list. Prepended after common.cuh; needs the VARLEN
+// constant.
 
 #ifndef VARLEN
 #error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
 #endif
+
+// The parameters of every decode kernel's entry point `mla_decode` (the mma.sync, Hopper bf16 and
+// Hopper FP8 kernels), in the order the host passes them (kernels-cuda/src/ops/mla.rs).
+#define MLA_DECODE_PARAMS                                                                              \
+    const u16 *__restrict__ q, const u8 *__restrict__ cache, const int *__restrict__ block_table,      \
+        const int *__restrict__ seq_lens, const int *__restrict__ cu_seqlens_q,                        \
+        const int *__restrict__ schedule, u16 *__restrict__ o, float *__restrict__ lse,                \
+        float *__restrict__ ws, int batch, int s_q, int total_q, int heads, int max_pages,             \
+        int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes, int ws_slots,       \
+        int row_groups, int col_chunks, float scale_log2
 
 // Request b's queries: its first packed query token (uniform: b * s_q) and their count (VARLEN:
 // 0 when its offsets are out of range: start < 0, count outside 0..=s_q, end > total_q).

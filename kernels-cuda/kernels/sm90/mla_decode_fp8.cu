@@ -156,11 +156,7 @@ struct M8Raw {
 };
 
 extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
-    const u16* __restrict__ q, const u8* __restrict__ cache, const int* __restrict__ block_table,
-    const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
-    u16* __restrict__ o, float* __restrict__ lse, float* __restrict__ ws, int batch, int s_q, int total_q,
-    int heads, int max_pages, int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes,
-    int ws_slots, int row_groups, int col_chunks, float scale_log2) {
+    MLA_DECODE_PARAMS) {
     (void)latent_rt;
     (void)rope_rt;
     (void)col_chunks;
