@@ -108,6 +108,7 @@ static_assert(TESSERA_THREADS == BWD90_THREADS, "the sm90 attention backward run
 
 __device__ __forceinline__ u32 bwd90_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
+
 // 2^x on the SFU alone (see sm90/sparse_attention.cu); exp2(-inf) = 0.
 __device__ __forceinline__ float bwd90_exp2(float x) {
     float y;
@@ -387,53 +388,28 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
                 dpacc[n8 * 4 + e] = sacc[n8 * 4 + e] * (dpacc[n8 * 4 + e] - ((e & 1) ? dl.y : dl.x));
         }
     };
+#if BWD90_OVERLAP  // (the loop without overlap packs and issues each product on its own)
     auto pack = [&]() {
         bwd90_pack<BF16>(p_frag, sacc);
         bwd90_pack<BF16>(ds_frag, dpacc);
         bwd90_fence_frags(p_frag);  // computed before the wgmma that reads them, not sunk into it
         bwd90_fence_frags(ds_frag);
     };
-    // dV += P^T dO and dK += dS^T Q of tile t, issued and committed as one group.
-    auto issue_dv_dk = [&](int t) {
+    // The register-A products of tile t: dV += P^T dO and dK += dS^T Q, issued and committed as
+    // one group.
+    auto issue_products = [&](int t) {
         wgmma_fence();
         bwd90_weights_times_tile(acc_dv, p_frag, stage_desc_mn(s_stage_b, t));
         bwd90_weights_times_tile(acc_dk, ds_frag, stage_desc_mn(s_stage_a, t));
         wgmma_commit();
     };
-    auto fence_frags = [&]() {
+#endif
+    auto fence_products = [&]() {  // their A fragments stay live until the products complete
         bwd90_fence_frags(p_frag);
         bwd90_fence_frags(ds_frag);
     };
 
-#if BWD90_OVERLAP
-    // The elementwise work of tile t runs while the tensor cores do dV and dK of tile t - 1.
-    if (ntiles > 0) {
-        issue_s_dp(0);
-        wgmma_wait<0>();
-        reg_fence_all(sacc);
-        reg_fence_all(dpacc);
-        probabilities(0);
-        score_grads(0);
-        pack();
-        for (int t = 1; t < ntiles; ++t) {
-            issue_s_dp(t);
-            issue_dv_dk(t - 1);
-            wgmma_wait<2>();  // S of tile t
-            reg_fence_all(sacc);
-            probabilities(t);
-            wgmma_wait<1>();  // dP of tile t
-            reg_fence_all(dpacc);
-            score_grads(t);
-            wgmma_wait<0>();  // dV, dK of tile t - 1
-            fence_frags();
-            release(t - 1);
-            pack();
-        }
-        issue_dv_dk(ntiles - 1);
-        wgmma_wait<0>();
-        fence_frags();
-    }
-#else
+#if !BWD90_OVERLAP
     // Within a warpgroup: the exp of P^T under dP^T, dS^T under dV; the other warpgroup fills
     // the rest (the registers of an overlap across tiles exceed the budget at HEAD_DIM 128).
     for (int t = 0; t < ntiles; ++t) {
@@ -455,14 +431,10 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         bwd90_weights_times_tile(acc_dk, ds_frag, stage_desc_mn(s_stage_a, t));
         wgmma_commit();
         wgmma_wait<0>();  // dV, dK of tile t
-        fence_frags();
+        fence_products();
         release(t);
     }
 #endif
-    reg_fence_all(acc_dv);
-    reg_fence_all(acc_dk);
-    bwd90_store<BF16>(dk + base, acc_dk, scale, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
-    bwd90_store<BF16>(dv + base, acc_dv, 1.0f, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
 #else
     float acc_dq[D / 2];
 #pragma unroll
@@ -493,8 +465,8 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
                     if (last_key0 + n8 * 8 + 2 * tq + (e & 1) >= tokens) sacc[n8 * 4 + e] = 0.0f;
         }
     };
-    // dS = P (dP - delta) into dpacc.
-    auto score_grads = [&]() {
+    // dS = P (dP - delta) into dpacc (delta is per query row: the same for every tile).
+    auto score_grads = [&](int) {
 #pragma unroll
         for (int i = 0; i < BWD90_TILE / 2; ++i) dpacc[i] = sacc[i] * (dpacc[i] - dl[(i / 2) & 1]);
     };
@@ -502,40 +474,51 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         bwd90_pack<BF16>(ds_frag, dpacc);
         bwd90_fence_frags(ds_frag);  // computed before the wgmma that reads them, not sunk into it
     };
-    // dQ += dS K of tile t, issued and committed.
-    auto issue_dq = [&](int t) {
+    // The register-A product of tile t: dQ += dS K, issued and committed.
+    auto issue_products = [&](int t) {
         wgmma_fence();
         bwd90_weights_times_tile(acc_dq, ds_frag, stage_desc_mn(s_stage_a, t));
         wgmma_commit();
     };
+    auto fence_products = [&]() { bwd90_fence_frags(ds_frag); };  // live until dQ completes
+#endif
 
-    // The elementwise work of tile t runs while the tensor cores do dQ of tile t - 1.
+#if PASS == 2 || BWD90_OVERLAP
+    // The elementwise work of tile t runs while the tensor cores do the products of tile t - 1
+    // (dV and dK in PASS 1, dQ in PASS 2).
     if (ntiles > 0) {
         issue_s_dp(0);
         wgmma_wait<0>();
         reg_fence_all(sacc);
         reg_fence_all(dpacc);
         probabilities(0);
-        score_grads();
+        score_grads(0);
         pack();
         for (int t = 1; t < ntiles; ++t) {
             issue_s_dp(t);
-            issue_dq(t - 1);
+            issue_products(t - 1);
             wgmma_wait<2>();  // S of tile t
             reg_fence_all(sacc);
             probabilities(t);
             wgmma_wait<1>();  // dP of tile t
             reg_fence_all(dpacc);
-            score_grads();
-            wgmma_wait<0>();  // dQ of tile t - 1
-            bwd90_fence_frags(ds_frag);
+            score_grads(t);
+            wgmma_wait<0>();  // the products of tile t - 1
+            fence_products();
             release(t - 1);
             pack();
         }
-        issue_dq(ntiles - 1);
+        issue_products(ntiles - 1);
         wgmma_wait<0>();
-        bwd90_fence_frags(ds_frag);
+        fence_products();
     }
+#endif
+#if PASS == 1
+    reg_fence_all(acc_dv);
+    reg_fence_all(acc_dk);
+    bwd90_store<BF16>(dk + base, acc_dk, scale, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
+    bwd90_store<BF16>(dv + base, acc_dv, 1.0f, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
+#else
     reg_fence_all(acc_dq);
     bwd90_store<BF16>(dq + base, acc_dq, scale, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
 #endif
