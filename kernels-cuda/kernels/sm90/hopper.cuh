@@ -158,6 +158,11 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 #define WGMMA_SWIZZLE_64B 2
 #define WGMMA_SWIZZLE_32B 3
 
+// Byte offset of 16-byte chunk c (0..7) of row r in a 128-byte-swizzled tile (rows of 128 bytes,
+// 8-row atoms of 1024 bytes): the layout WGMMA_SWIZZLE_128B reads, chunk c of row r stored at
+// chunk c ^ (r % 8).
+__device__ __forceinline__ u32 swizzle128(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
 // A wgmma shared-memory matrix descriptor: start address, leading and stride byte offsets (all
 // in 16-byte units), swizzle mode. For a K-major operand with a 128-byte swizzle (rows of 128
 // bytes of K, 8-row atoms of 1024 bytes, atoms 1024-byte aligned): lbo is unused, sbo = 1024.

@@ -81,9 +81,6 @@ struct MlaSm90Smem {
 static_assert(MlaSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory size must match the sm90 decode layout");
 static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 warpgroups");
 
-// The byte offset of 16-byte chunk c (0..7) of row r in a 128-byte-swizzled block.
-__device__ __forceinline__ u32 mla90_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
-
 // Named barriers (0 is __syncthreads).
 #define MLA90_BAR_MAX 1   // the two math WGs: row maxima written
 #define MLA90_BAR_P 2     // the two math WGs: P written
@@ -179,7 +176,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 #pragma unroll
                 for (int k = 0; k < 4; ++k) {
                     const bool valid = rec[k] >= 0;
-                    cp_async_16(stage + cb * MlaSm90Smem::BLOCK_BYTES + mla90_swizzle(16 * k + key0, chunk),
+                    cp_async_16(stage + cb * MlaSm90Smem::BLOCK_BYTES + swizzle128(16 * k + key0, chunk),
                                 valid ? cache + rec[k] + (cb * 8 + chunk) * 16 : cache, valid);
                 }
                 cp_async_mbar_arrive(&full[s * MLA90_BLOCKS + cb]);
@@ -203,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r0 + row < rows_total)
             v = *reinterpret_cast<const uint4*>(q + ((i64)q_begin * heads + r0 + row) * MLA90_QK + c * 8);
-        *reinterpret_cast<uint4*>(sQ + (c / 8) * MlaSm90Smem::BLOCK_BYTES + mla90_swizzle(row, c % 8)) = v;
+        *reinterpret_cast<uint4*>(sQ + (c / 8) * MlaSm90Smem::BLOCK_BYTES + swizzle128(row, c % 8)) = v;
     }
     fence_proxy_async_smem();
     named_barrier_sync(MLA90_BAR_P, 256);
@@ -284,7 +281,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 const float p1 = exp2f(sacc[n8 * 4 + 2 * ri + 1] - m_use[ri]);
                 l_run[ri] = l_run[ri] * (n8 == 0 ? alpha[ri] : 1.0f) + p0 + p1;
                 const int row = warp * 16 + g + 8 * ri;
-                *reinterpret_cast<u32*>(sP + mla90_swizzle(row, mw * 4 + n8) + tq * 4) = pack2<true>(p0, p1);
+                *reinterpret_cast<u32*>(sP + swizzle128(row, mw * 4 + n8) + tq * 4) = pack2<true>(p0, p1);
             }
         // Rescale O only where a row maximum moved in this warp (after the first tiles it rarely
         // does; alpha is exactly 1 otherwise).

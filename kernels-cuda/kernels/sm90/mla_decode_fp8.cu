@@ -98,9 +98,6 @@ static_assert(TESSERA_THREADS == M8_THREADS, "the sm90 FP8 decode kernel runs 3 
 static_assert(MlaSm90Fp8Smem::K % 1024 == 0, "the key tiles must be 1024-byte aligned");
 static_assert(ROWS * M8_OUT_PITCH * 4 <= MlaSm90Fp8Smem::TILE, "the output staging must fit in a key tile");
 
-// The byte offset of 16-byte chunk c (0..7) of row r in a 128-byte-swizzled block.
-__device__ __forceinline__ u32 m8_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
-
 // Named barriers (0 is __syncthreads).
 #define M8_BAR_MAX 1   // the math WG: column maxima written
 #define M8_BAR_P 2     // the math WG: P written (and the maxima read)
@@ -247,12 +244,12 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
                 const uint2 d = m8_e4m3x4_scaled(r.codes[m].z, s_m);
                 const uint2 e = m8_e4m3x4_scaled(r.codes[m].w, s_m);
                 u8* blk = tile + m * MlaSm90Fp8Smem::KEY_BLOCK;
-                *reinterpret_cast<uint4*>(blk + m8_swizzle(key, 2 * qr)) = make_uint4(a.x, a.y, c.x, c.y);
-                *reinterpret_cast<uint4*>(blk + m8_swizzle(key, 2 * qr + 1)) = make_uint4(d.x, d.y, e.x, e.y);
+                *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr)) = make_uint4(a.x, a.y, c.x, c.y);
+                *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr + 1)) = make_uint4(d.x, d.y, e.x, e.y);
             }
             u8* rope_blk = tile + M8_V_BLOCKS * MlaSm90Fp8Smem::KEY_BLOCK;
-            *reinterpret_cast<uint4*>(rope_blk + m8_swizzle(key, qr)) = r.rope[0];
-            *reinterpret_cast<uint4*>(rope_blk + m8_swizzle(key, qr + 4)) = r.rope[1];
+            *reinterpret_cast<uint4*>(rope_blk + swizzle128(key, qr)) = r.rope[0];
+            *reinterpret_cast<uint4*>(rope_blk + swizzle128(key, qr + 4)) = r.rope[1];
             fence_proxy_async_smem();
             mbar_arrive(&full[s]);
         };
@@ -283,7 +280,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r0 + row < rows_total)
             v = *reinterpret_cast<const uint4*>(q + ((i64)q_begin * heads + r0 + row) * M8_QK + c * 8);
-        *reinterpret_cast<uint4*>(sQ + (c / 8) * MlaSm90Fp8Smem::Q_BLOCK + m8_swizzle(row, c % 8)) = v;
+        *reinterpret_cast<uint4*>(sQ + (c / 8) * MlaSm90Fp8Smem::Q_BLOCK + swizzle128(row, c % 8)) = v;
     }
     fence_proxy_async_smem();
     named_barrier_sync(M8_BAR_P, 128);
@@ -382,7 +379,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
                 l_run[ci] += p;
                 const int c = n8 * 8 + 2 * tq + (e & 1);
                 const int k = warp * 16 + g + 8 * (e / 2);
-                *reinterpret_cast<u16*>(sP + m8_swizzle(c, k / 8) + (k % 8) * 2) = f32_to_bf16(p);
+                *reinterpret_cast<u16*>(sP + swizzle128(c, k / 8) + (k % 8) * 2) = f32_to_bf16(p);
             }
         // Rescale O^T only where a maximum moved in this warp.
         if (__any_sync(0xffffffffu, moved)) {

@@ -78,7 +78,6 @@ struct AttnSm90Smem {
 static_assert(AttnSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory size must match the sm90 attention layout");
 static_assert(TESSERA_THREADS == ATT90_THREADS, "the sm90 attention kernel runs 3 warpgroups");
 
-__device__ __forceinline__ u32 att90_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
 // 2^x on the SFU alone (exp2f adds a range check and two multiplies for results below 2^-126;
 // here those flush to 0, far under the bf16/f16 resolution of P). exp2(-inf) = 0.
@@ -101,7 +100,7 @@ __device__ __forceinline__ void att90_load_tile(u8* tile, const u16* __restrict_
         const u16* src = base + (ok ? (i64)(key0 + r) * tok_stride : 0) + chunk * 8;
 #pragma unroll
         for (int cb = 0; cb < ATT90_CB; ++cb)
-            cp_async_16(tile + cb * AttnSm90Smem::KV_BLOCK + att90_swizzle(r, chunk), src + cb * 64, ok);
+            cp_async_16(tile + cb * AttnSm90Smem::KV_BLOCK + swizzle128(r, chunk), src + cb * 64, ok);
     }
     cp_async_mbar_arrive(bar);
 }
@@ -180,7 +179,7 @@ sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, 
         const int row = 64 * mw + idx / (D / 8), c = idx % (D / 8);
         uint4 val = make_uint4(0, 0, 0, 0);
         if (q0 + row < tokens) val = *reinterpret_cast<const uint4*>(q + base + (i64)(q0 + row) * tok_stride + c * 8);
-        *reinterpret_cast<uint4*>(sQ + (c / 8) * AttnSm90Smem::Q_BLOCK + att90_swizzle(row, c % 8)) = val;
+        *reinterpret_cast<uint4*>(sQ + (c / 8) * AttnSm90Smem::Q_BLOCK + swizzle128(row, c % 8)) = val;
     }
     fence_proxy_async_smem();
     named_barrier_sync(1 + mw, 128);

@@ -106,8 +106,6 @@ static_assert(Bwd90Smem::END == TESSERA_SMEM_BYTES,
               "the host's shared-memory size must match the sm90 attention backward layout");
 static_assert(TESSERA_THREADS == BWD90_THREADS, "the sm90 attention backward runs 3 warpgroups");
 
-__device__ __forceinline__ u32 bwd90_swizzle(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
-
 
 // 2^x on the SFU alone (see sm90/sparse_attention.cu); exp2(-inf) = 0.
 __device__ __forceinline__ float bwd90_exp2(float x) {
@@ -146,7 +144,7 @@ __device__ __forceinline__ void bwd90_load_tile(u8* tile, const u16* __restrict_
         const u16* src = base + (ok ? (i64)(row0 + r) * tok_stride : 0) + chunk * 8;
 #pragma unroll
         for (int cb = 0; cb < BWD90_CB; ++cb)
-            cp_async_16(tile + cb * Bwd90Smem::TILE_BLOCK + bwd90_swizzle(r, chunk), src + cb * 64, ok);
+            cp_async_16(tile + cb * Bwd90Smem::TILE_BLOCK + swizzle128(r, chunk), src + cb * 64, ok);
     }
 }
 
@@ -160,7 +158,7 @@ __device__ __forceinline__ void bwd90_load_resident(u8* res, const u16* __restri
         uint4 val = make_uint4(0, 0, 0, 0);
         if (row0 + row < tokens)
             val = *reinterpret_cast<const uint4*>(base + (i64)(row0 + row) * tok_stride + c * 8);
-        *reinterpret_cast<uint4*>(res + (c / 8) * Bwd90Smem::RES_BLOCK + bwd90_swizzle(row, c % 8)) = val;
+        *reinterpret_cast<uint4*>(res + (c / 8) * Bwd90Smem::RES_BLOCK + swizzle128(row, c % 8)) = val;
     }
 }
 
