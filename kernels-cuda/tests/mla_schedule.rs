@@ -118,11 +118,12 @@ fn the_device_schedule_is_the_host_rule() {
                 op: &op,
                 max_seq_len: capacity,
             };
-            let lens_sets = [
-                skewed_lens(&mut rng, batch, capacity, true),
-                vec![capacity.min(3000) as i32; batch],
-                vec![0; batch],
-            ];
+            // Under the sanitizer, no set of full-length requests (racecheck's host state
+            // grows with every key a launch reads; the skewed set has full ones too).
+            let mut lens_sets = vec![skewed_lens(&mut rng, batch, capacity, true), vec![0; batch]];
+            if !common::under_sanitizer() {
+                lens_sets.push(vec![capacity.min(3000) as i32; batch]);
+            }
             // Varlen: up to 3 queries per request, some none.
             let counts: Vec<usize> = (0..batch).map(|b| (b * 7 + 1) % 4).collect();
             let mut cu = vec![0i32];
