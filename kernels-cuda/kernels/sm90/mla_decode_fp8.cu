@@ -41,6 +41,11 @@
 //   P   [ROWS rows][64 keys] bf16
 //   column maxima and sums [4 warps][ROWS] f32 each, the barriers, the bad-page flag.
 // After the last tile the first K tile is the output's staging buffer ([ROWS][516] f32).
+//
+// Measured no faster (dev/NOTES-mla-decode-sm90.md, "The f16 route"; the variants are in
+// dev/mla_decode_sm90_fp8_exp.cu): MMAs on the unscaled codes in f16 (dequantizers that only
+// convert), whole-record loads, mbarrier waits with a suspend hint. At h_q 16 the loads alone
+// and the math alone each take ~0.55x the bf16 kernel's time, together ~0.83x.
 
 #ifndef FMT
 #error "FMT is required (1 = FP8 records)"
@@ -67,21 +72,6 @@
 #error "VARLEN must be 0 or 1"
 #endif
 
-// M8_F16 (development switch, harness variants fp8f16-rR): 1 = the MMAs run on the unscaled e4m3
-// codes as f16 (see "The f16 route" below), 0 = the dequantizers write scaled bf16 tiles.
-#ifndef M8_F16
-#define M8_F16 0
-#endif
-// M8_DIAG (harness diagnostics only, wrong results): 1 = the math warpgroup only takes and
-// returns the tiles (no MMA, no softmax), 2 = the dequantizers load nothing (zero records).
-#ifndef M8_DIAG
-#define M8_DIAG 0
-#endif
-// M8_STAGED (with M8_F16): S^T one latent group at a time through two accumulators.
-#ifndef M8_STAGED
-#define M8_STAGED 0
-#endif
-
 #define M8_KEYS 64                      // keys per tile (the wgmma M of S^T)
 #define M8_QK (LATENT + ROPE)           // 576
 #define M8_BLOCKS (M8_QK / 64)          // 9 column blocks of 64 dims
@@ -101,16 +91,7 @@ struct MlaSm90Fp8Smem {
     static constexpr int K = Q + M8_BLOCKS * Q_BLOCK;
     static constexpr int TILE = M8_BLOCKS * KEY_BLOCK;
     static constexpr int P = K + 2 * TILE;
-#if M8_F16
-    static constexpr int P_COPY = ROWS * 128;                 // one [ROWS][64 keys] f16 copy of P^T
-    static constexpr int SCALES = P + 4 * P_COPY;             // [2 tiles][64 keys][4] f32
-    static constexpr int GROUP_MAX = SCALES + 2 * M8_KEYS * 16;  // [2 tiles][4 groups][8 warps] f32
-    static constexpr int Q_FACTOR = GROUP_MAX + 2 * 4 * 8 * 4;   // [ROWS] f32
-    static constexpr int LIMITS = Q_FACTOR + ROWS * 4;           // [ROWS] i32
-    static constexpr int COL_MAX = LIMITS + ROWS * 4;
-#else
     static constexpr int COL_MAX = P + ROWS * 128;
-#endif
     static constexpr int COL_SUM = COL_MAX + 4 * ROWS * 4;
     static constexpr int FULL = COL_SUM + 4 * ROWS * 4;
     static constexpr int EMPTY = FULL + 2 * 8;
@@ -147,57 +128,6 @@ __device__ __forceinline__ uint2 m8_e4m3x4_scaled(u32 w, float s) {
     r.x = pack2<true>(f16_to_f32((u16)(h0 & 0xffffu)) * s, f16_to_f32((u16)(h0 >> 16)) * s);
     r.y = pack2<true>(f16_to_f32((u16)(h1 & 0xffffu)) * s, f16_to_f32((u16)(h1 >> 16)) * s);
     return r;
-}
-
-// Four e4m3 codes (the low byte first) as two packed f16 pairs (exact).
-__device__ __forceinline__ uint2 m8_e4m3x4_f16(u32 w) {
-    uint2 h;
-    asm("{\n.reg .b16 lo, hi;\nmov.b32 {lo, hi}, %2;\ncvt.rn.f16x2.e4m3x2 %0, lo;\ncvt.rn.f16x2.e4m3x2 %1, hi;\n}"
-        : "=r"(h.x), "=r"(h.y)
-        : "r"(w));
-    return h;
-}
-
-// The larger magnitude of a packed bf16 pair, as bf16 bits (sign cleared; NaN above inf above
-// every finite value, as unsigned integers).
-__device__ __forceinline__ u32 m8_bf16x2_abs_max(u32 w) { return max(w & 0x7fffu, (w >> 16) & 0x7fffu); }
-
-// 2^e as f32, e in -126..127.
-__device__ __forceinline__ float m8_exp2i(int e) { return __int_as_float((e + 127) << 23); }
-
-// A packed bf16 pair times `up` (a power of two), as a packed f16 pair.
-__device__ __forceinline__ u32 m8_bf16x2_to_f16x2(u32 w, float up) {
-    return pack2<false>(__uint_as_float(w << 16) * up, __uint_as_float(w & 0xffff0000u) * up);
-}
-
-// D(64 x ROWS, f32) (+)= A(64 x 16) * B(ROWS x 16)^T on f16 operands in shared memory; A K-major
-// (TRANS_A 0) or MN-major (TRANS_A 1), B K-major.
-template <int TRANS_A>
-__device__ __forceinline__ void m8_wgmma_f16(float* d, u64 a, u64 b, u32 accumulate) {
-#if ROWS == 16
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, "
-        "0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "l"(a), "l"(b), "r"(accumulate), "n"(TRANS_A));
-#else
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, "
-        "%13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(a), "l"(b), "r"(accumulate), "n"(TRANS_A));
-#endif
-}
-
-// Stores four 8x8 b16 matrices transposed: lane i gives the address of row i % 8 of stored matrix
-// i / 8, which is column i % 8 of the fragment (row lane / 4, columns 2 (lane % 4) + {0, 1}).
-__device__ __forceinline__ void m8_stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0),
-                 "r"(r1), "r"(r2), "r"(r3)
-                 : "memory");
 }
 
 // O^T tile += V^T P^T: D(64 latent x ROWS) (+)= A(64 x 16 keys, MN-major) * B(ROWS x 16, K-major).
@@ -242,12 +172,6 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     u64* full = reinterpret_cast<u64*>(smem + MlaSm90Fp8Smem::FULL);
     u64* empty = reinterpret_cast<u64*>(smem + MlaSm90Fp8Smem::EMPTY);
     int* bad_page_flag = reinterpret_cast<int*>(smem + MlaSm90Fp8Smem::FLAGS);
-#if M8_F16
-    float4* sScale = reinterpret_cast<float4*>(smem + MlaSm90Fp8Smem::SCALES);      // [2][64 keys]
-    float* sGroupMax = reinterpret_cast<float*>(smem + MlaSm90Fp8Smem::GROUP_MAX);  // [2][4][8]
-    float* sQf = reinterpret_cast<float*>(smem + MlaSm90Fp8Smem::Q_FACTOR);         // [ROWS]
-    int* sLim = reinterpret_cast<int*>(smem + MlaSm90Fp8Smem::LIMITS);              // [ROWS]
-#endif
 
     const i64 bid = blockIdx.x;
     const int rg = (int)(bid % row_groups);
@@ -268,11 +192,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     if (tid == 0) {
         for (int s = 0; s < 2; ++s) {
             mbar_init(&full[s], 256);
-#if M8_F16
-            mbar_init(&empty[s], 128);  // every math thread (they read the tile's scales with plain loads)
-#else
             mbar_init(&empty[s], 4);  // lane 0 of each math warp, after its wgmmas of the tile
-#endif
         }
         *bad_page_flag = 0;
         mbar_fence_init();
@@ -300,7 +220,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             return cache + ((i64)page * page_size + (j - p * page_size)) * token_bytes;
         };
         auto load = [&](int t, M8Raw& r) {
-            const u8* rec = M8_DIAG == 2 ? nullptr : record(t);
+            const u8* rec = record(t);
             if (rec != nullptr) {
 #pragma unroll
                 for (int m = 0; m < 8; ++m) r.codes[m] = m8_ldg16(rec + 16 * (qr + 4 * m));
@@ -318,28 +238,6 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             const int s = t % 2;
             mbar_wait(&empty[s], ((t / 2) & 1) ^ 1);
             u8* tile = sK + s * MlaSm90Fp8Smem::TILE;
-#if M8_F16
-            // The latent as f16 codes (chunk qr + 4m = f16 chunks 2qr, 2qr + 1 of block m), the
-            // key's scales beside the tile, and the tile's largest |scale| of group qr over this
-            // warp's 8 keys (lanes 8qr..8qr + 7).
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const uint4 c = r.codes[m];
-                u8* blk = tile + m * MlaSm90Fp8Smem::KEY_BLOCK;
-                const uint2 a = m8_e4m3x4_f16(c.x), b = m8_e4m3x4_f16(c.y), d = m8_e4m3x4_f16(c.z),
-                            e = m8_e4m3x4_f16(c.w);
-                *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr)) = make_uint4(a.x, a.y, b.x, b.y);
-                *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr + 1)) = make_uint4(d.x, d.y, e.x, e.y);
-            }
-            if (qr == 0) sScale[s * M8_KEYS + key] = make_float4(__uint_as_float(r.scales.x), __uint_as_float(r.scales.y),
-                                                                 __uint_as_float(r.scales.z), __uint_as_float(r.scales.w));
-            const u32 mine = qr == 0 ? r.scales.x : qr == 1 ? r.scales.y : qr == 2 ? r.scales.z : r.scales.w;
-            float gmax = fabsf(__uint_as_float(mine));
-            gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, 1));
-            gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, 2));
-            gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, 4));
-            if (dtid % 8 == 0) sGroupMax[(s * 4 + qr) * 8 + dtid / 32] = gmax;
-#else
             const float sc[4] = {__uint_as_float(r.scales.x), __uint_as_float(r.scales.y),
                                  __uint_as_float(r.scales.z), __uint_as_float(r.scales.w)};
 #pragma unroll
@@ -354,7 +252,6 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
                 *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr)) = make_uint4(a.x, a.y, c.x, c.y);
                 *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr + 1)) = make_uint4(d.x, d.y, e.x, e.y);
             }
-#endif
             u8* rope_blk = tile + M8_V_BLOCKS * MlaSm90Fp8Smem::KEY_BLOCK;
             *reinterpret_cast<uint4*>(rope_blk + swizzle128(key, qr)) = r.rope[0];
             *reinterpret_cast<uint4*>(rope_blk + swizzle128(key, qr + 4)) = r.rope[1];
@@ -381,39 +278,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     setmaxnreg_inc<232>();
     const int warp = t128 / 32, lane = t128 % 32;
     const int g = lane / 4, tq = lane % 4;
-    constexpr int NC = ROWS / 4;
 
-#if M8_F16
-    // Q rows r0.. of this request into the swizzled Q blocks (zero rows past the request's): a
-    // warp per row, the latent as f16 times 2^e_row (e_row puts the row's largest |value| in
-    // [2^14, 2^15): exact, no overflow), the rope as bf16; sQf[row] = 2^-e_row x scale_log2.
-    for (int row = warp; row < ROWS; row += 4) {
-        uint4 a = make_uint4(0, 0, 0, 0), c = a, rp = a;
-        if (r0 + row < rows_total) {
-            const u16* qrow = q + ((i64)q_begin * heads + r0 + row) * M8_QK;
-            a = *reinterpret_cast<const uint4*>(qrow + lane * 8);
-            c = *reinterpret_cast<const uint4*>(qrow + (lane + 32) * 8);
-            if (lane < 8) rp = *reinterpret_cast<const uint4*>(qrow + LATENT + lane * 8);
-        }
-        u32 mx = max(max(max(m8_bf16x2_abs_max(a.x), m8_bf16x2_abs_max(a.y)),
-                         max(m8_bf16x2_abs_max(a.z), m8_bf16x2_abs_max(a.w))),
-                     max(max(m8_bf16x2_abs_max(c.x), m8_bf16x2_abs_max(c.y)),
-                         max(m8_bf16x2_abs_max(c.z), m8_bf16x2_abs_max(c.w))));
-#pragma unroll
-        for (int o = 16; o > 0; o /= 2) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        // bf16 exponent field E: |max| in [2^(E-127), 2^(E-126)); E = 0 (subnormal) clamps.
-        const int e = mx == 0 ? 0 : min(141 - (int)(mx >> 7), 125);
-        const float up = m8_exp2i(e);
-        *reinterpret_cast<uint4*>(sQ + (lane / 8) * MlaSm90Fp8Smem::Q_BLOCK + swizzle128(row, lane % 8)) =
-            make_uint4(m8_bf16x2_to_f16x2(a.x, up), m8_bf16x2_to_f16x2(a.y, up), m8_bf16x2_to_f16x2(a.z, up),
-                       m8_bf16x2_to_f16x2(a.w, up));
-        *reinterpret_cast<uint4*>(sQ + (4 + lane / 8) * MlaSm90Fp8Smem::Q_BLOCK + swizzle128(row, lane % 8)) =
-            make_uint4(m8_bf16x2_to_f16x2(c.x, up), m8_bf16x2_to_f16x2(c.y, up), m8_bf16x2_to_f16x2(c.z, up),
-                       m8_bf16x2_to_f16x2(c.w, up));
-        if (lane < 8) *reinterpret_cast<uint4*>(sQ + M8_V_BLOCKS * MlaSm90Fp8Smem::Q_BLOCK + swizzle128(row, lane)) = rp;
-        if (lane == 0) sQf[row] = m8_exp2i(-e) * scale_log2;
-    }
-#else
     // Q rows r0.. of this request into the swizzled Q blocks (zero rows past the request's).
     for (int idx = t128; idx < ROWS * (M8_QK / 8); idx += 128) {
         const int row = idx / (M8_QK / 8), c = idx % (M8_QK / 8);
@@ -422,29 +287,18 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             v = *reinterpret_cast<const uint4*>(q + ((i64)q_begin * heads + r0 + row) * M8_QK + c * 8);
         *reinterpret_cast<uint4*>(sQ + (c / 8) * MlaSm90Fp8Smem::Q_BLOCK + swizzle128(row, c % 8)) = v;
     }
-#endif
-#if M8_F16
-    // The keys row c sees (causal over the s_q positions), in shared memory: read only for the
-    // tiles that reach past lim_lo, the fewest keys a row of this CTA sees (its first row's).
-    if (t128 < ROWS) {
-        const int r = r0 + t128;
-        sLim[t128] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
-    }
-    const int lim_lo = min(len - (n_q - 1 - r0 / heads), k_end);
-#endif
     fence_proxy_async_smem();
     named_barrier_sync(M8_BAR_P, 128);
 
-#if !M8_F16
     // This thread's columns (query rows) c = n8 * 8 + 2 tq + e1, index ci = 2 n8 + e1, and the
     // keys each sees (causal over the s_q positions).
+    constexpr int NC = ROWS / 4;
     int lim[NC];
 #pragma unroll
     for (int ci = 0; ci < NC; ++ci) {
         const int r = r0 + (ci / 2) * 8 + 2 * tq + (ci & 1);
         lim[ci] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
     }
-#endif
     float o_acc[M8_V_BLOCKS * M8_NACC];
 #pragma unroll
     for (int i = 0; i < M8_V_BLOCKS * M8_NACC; ++i) o_acc[i] = 0.0f;
@@ -456,56 +310,14 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     }
     const u64 q_desc = wgmma_desc(sQ, 16, 1024, WGMMA_SWIZZLE_128B);
     const u64 p_desc = wgmma_desc(sP, 16, 1024, WGMMA_SWIZZLE_128B);
-#if M8_F16
-#if M8_STAGED
-    // S^T group by group through two accumulators (one group's wgmmas run while the previous
-    // group is folded into sx): latent groups 0..3 (f16 codes x f16 Q), then the rope (bf16).
-    float sa[M8_NACC], sb[M8_NACC], sx[M8_NACC];
-#else
-    // S^T in 5 accumulators: latent groups 0..3 (f16 codes x f16 Q) and the rope (bf16).
-    float sacc[5 * M8_NACC];
-#endif
-    // Per latent group: m_g, a power of two >= every |scale| of the group seen so far (never
-    // below M8_SCALE_FLOOR), and 2^15 / m_g. O^T rows (channels) of group g hold O x 2^15 / m_g.
-    float m_grp[4], p_grp[4];
-#pragma unroll
-    for (int gg = 0; gg < 4; ++gg) {
-        m_grp[gg] = 0x1p-100f;
-        p_grp[gg] = 0x1p115f;
-    }
-    // stmatrix addresses of this lane in P copy 0: matrix i / 8 of a group of 4 is (n8 pair
-    // half (i / 8) / 2, key half (i / 8) % 2), its row i % 8 is query row n8 * 8 + i % 8.
-    u32 p_st[ROWS / 16];
-#pragma unroll
-    for (int x = 0; x < ROWS / 16; ++x)
-        p_st[x] = smem_u32(sP) + swizzle128((2 * x + lane / 16) * 8 + lane % 8, 2 * warp + (lane / 8) % 2);
-#else
     float sacc[M8_NACC];
-#endif
 
-#if !(M8_F16 && M8_STAGED)
     // S^T of tile t (issued and committed).
     auto issue_s = [&](int t) {
         const int s = t % 2;
         mbar_wait(&full[s], (t / 2) & 1);
         const u64 k_desc = wgmma_desc(sK + s * MlaSm90Fp8Smem::TILE, 16, 1024, WGMMA_SWIZZLE_128B);
         wgmma_fence();
-#if M8_F16
-#pragma unroll
-        for (int cb = 0; cb < M8_V_BLOCKS; ++cb)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const u64 ko = (u64)((cb * MlaSm90Fp8Smem::KEY_BLOCK + kk * 32) >> 4);
-                const u64 qo = (u64)((cb * MlaSm90Fp8Smem::Q_BLOCK + kk * 32) >> 4);
-                m8_wgmma_f16<0>(sacc + (cb / 2) * M8_NACC, k_desc + ko, q_desc + qo, ((cb & 1) | kk) != 0);
-            }
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            const u64 ko = (u64)((M8_V_BLOCKS * MlaSm90Fp8Smem::KEY_BLOCK + kk * 32) >> 4);
-            const u64 qo = (u64)((M8_V_BLOCKS * MlaSm90Fp8Smem::Q_BLOCK + kk * 32) >> 4);
-            WgmmaBf16<ROWS, 0>::mma(sacc + 4 * M8_NACC, k_desc + ko, q_desc + qo, kk != 0);
-        }
-#else
 #pragma unroll
         for (int cb = 0; cb < M8_BLOCKS; ++cb)
 #pragma unroll
@@ -514,138 +326,17 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
                 const u64 qo = (u64)((cb * MlaSm90Fp8Smem::Q_BLOCK + kk * 32) >> 4);
                 WgmmaBf16<ROWS, 0>::mma(sacc, k_desc + ko, q_desc + qo, (cb | kk) != 0);
             }
-#endif
         wgmma_commit();
     };
-#endif
-
-#if M8_F16 && M8_STAGED
-    // The wgmmas of latent group gg of the tile at k_desc into d (issued, not committed).
-    auto latent_group = [&](float* d, u64 k_desc, int gg) {
-#pragma unroll
-        for (int cb = 2 * gg; cb < 2 * gg + 2; ++cb)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const u64 ko = (u64)((cb * MlaSm90Fp8Smem::KEY_BLOCK + kk * 32) >> 4);
-                const u64 qo = (u64)((cb * MlaSm90Fp8Smem::Q_BLOCK + kk * 32) >> 4);
-                m8_wgmma_f16<0>(d, k_desc + ko, q_desc + qo, ((cb & 1) | kk) != 0);
-            }
-    };
-#endif
 
     for (int t = 0; t < ntiles; ++t) {
         const int s = t % 2;
-#if M8_DIAG == 1
-        mbar_wait(&full[s], (t / 2) & 1);
-#if M8_F16
-        mbar_arrive(&empty[s]);
-#else
-        if (lane == 0) mbar_arrive(&empty[s]);
-#endif
-        continue;
-#endif
-#if M8_F16 && M8_STAGED
-        mbar_wait(&full[s], (t / 2) & 1);
-        const u64 k_desc = wgmma_desc(sK + s * MlaSm90Fp8Smem::TILE, 16, 1024, WGMMA_SWIZZLE_128B);
-        wgmma_fence();
-        latent_group(sa, k_desc, 0);
-        wgmma_commit();
-        latent_group(sb, k_desc, 1);
-        wgmma_commit();
-#else
         issue_s(t);
-#endif
-#if M8_F16
-        // While the wgmmas run: the scales of this thread's keys (warp * 16 + g, + 8) and each
-        // group's new m_g from the dequantizers' per-warp maxima.
-        const float4 sk0 = sScale[s * M8_KEYS + warp * 16 + g];
-        const float4 sk1 = sScale[s * M8_KEYS + warp * 16 + g + 8];
-        float ratio[4];
-        bool grp_moved = false;
-#pragma unroll
-        for (int gg = 0; gg < 4; ++gg) {
-            const float4 a = *reinterpret_cast<const float4*>(sGroupMax + (s * 4 + gg) * 8);
-            const float4 b = *reinterpret_cast<const float4*>(sGroupMax + (s * 4 + gg) * 8 + 4);
-            const float mt = fmaxf(fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w)), fmaxf(fmaxf(b.x, b.y), fmaxf(b.z, b.w)));
-            // The smallest power of two >= mt (mt >= 0; 0 and subnormals give 2^-126).
-            const u32 mb = __float_as_uint(mt);
-            const float m_tile = __uint_as_float((mb & 0x7fffffu) != 0 || mb < 0x800000u ? (mb & 0x7f800000u) + 0x800000u : mb);
-            ratio[gg] = 1.0f;
-            if (m_tile > m_grp[gg]) {
-                // Powers of two: m_old / m_new and 2^15 / m_new from the exponent fields (no
-                // division while the wgmmas are in flight).
-                const int e_old = (int)(__float_as_uint(m_grp[gg]) >> 23), e_new = (int)(__float_as_uint(m_tile) >> 23);
-                ratio[gg] = e_new - e_old > 126 ? 0.0f : __int_as_float((127 + e_old - e_new) << 23);
-                m_grp[gg] = m_tile;
-                p_grp[gg] = __int_as_float((269 - e_new) << 23);
-                grp_moved = true;
-            }
-        }
-#if M8_STAGED
-        // sx = sum_g scale_g(key) x acc_g as the groups complete; the rope lands in sa.
-        wgmma_wait<1>();
-        reg_fence_all(sa);
-#pragma unroll
-        for (int i = 0; i < M8_NACC; ++i) sx[i] = ((i % 4) / 2 ? sk1.x : sk0.x) * sa[i];
-        wgmma_fence();
-        latent_group(sa, k_desc, 2);
-        wgmma_commit();
-        wgmma_wait<1>();
-        reg_fence_all(sb);
-#pragma unroll
-        for (int i = 0; i < M8_NACC; ++i) sx[i] = fmaf((i % 4) / 2 ? sk1.y : sk0.y, sb[i], sx[i]);
-        wgmma_fence();
-        latent_group(sb, k_desc, 3);
-        wgmma_commit();
-        wgmma_wait<1>();
-        reg_fence_all(sa);
-#pragma unroll
-        for (int i = 0; i < M8_NACC; ++i) sx[i] = fmaf((i % 4) / 2 ? sk1.z : sk0.z, sa[i], sx[i]);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            const u64 ko = (u64)((M8_V_BLOCKS * MlaSm90Fp8Smem::KEY_BLOCK + kk * 32) >> 4);
-            const u64 qo = (u64)((M8_V_BLOCKS * MlaSm90Fp8Smem::Q_BLOCK + kk * 32) >> 4);
-            WgmmaBf16<ROWS, 0>::mma(sa, k_desc + ko, q_desc + qo, kk != 0);
-        }
-        wgmma_commit();
-        wgmma_wait<1>();
-        reg_fence_all(sb);
-#pragma unroll
-        for (int i = 0; i < M8_NACC; ++i) sx[i] = fmaf((i % 4) / 2 ? sk1.w : sk0.w, sb[i], sx[i]);
-        wgmma_wait<0>();
-        reg_fence_all(sa);
-#else
         wgmma_wait<0>();
         reg_fence_all(sacc);
-#endif
-#else
-        wgmma_wait<0>();
-        reg_fence_all(sacc);
-#endif
 
         // Mask, scale, this thread's column maxima over its 2 keys, then over the warp's 16 keys.
         const int jbase = k_begin + t * M8_KEYS + warp * 16 + g;
-#if M8_F16
-        // Columns (query rows) c = n8 * 8 + 2 tq + e1, index ci = 2 n8 + e1: their Q factors and,
-        // where the tile reaches past lim_lo, their key limits (padding rows are not masked on the
-        // other tiles: their S is 0, finite, and never written).
-        const bool masked = k_begin + (t + 1) * M8_KEYS > lim_lo;
-        float qf[NC];
-        int lim[NC];
-#pragma unroll
-        for (int n8 = 0; n8 < ROWS / 8; ++n8) {
-            const float2 f = *reinterpret_cast<const float2*>(sQf + n8 * 8 + 2 * tq);
-            qf[2 * n8] = f.x;
-            qf[2 * n8 + 1] = f.y;
-            lim[2 * n8] = lim[2 * n8 + 1] = 0x7fffffff;
-            if (masked) {
-                const int2 l = *reinterpret_cast<const int2*>(sLim + n8 * 8 + 2 * tq);
-                lim[2 * n8] = l.x;
-                lim[2 * n8 + 1] = l.y;
-            }
-        }
-#endif
         float sv[M8_NACC];
         float mloc[NC];
 #pragma unroll
@@ -656,19 +347,8 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             for (int e = 0; e < 4; ++e) {
                 const int ci = 2 * n8 + (e & 1);
                 const int j = jbase + 8 * (e / 2);
-                const int i = n8 * 4 + e;
-#if M8_F16 && M8_STAGED
-                const float sc = fmaf(sx[i], qf[ci], sa[i] * scale_log2);
-#elif M8_F16
-                const float4 sk = e / 2 ? sk1 : sk0;
-                const float x = sk.x * sacc[i] + sk.y * sacc[M8_NACC + i] + sk.z * sacc[2 * M8_NACC + i] +
-                                sk.w * sacc[3 * M8_NACC + i];
-                const float sc = fmaf(x, qf[ci], sacc[4 * M8_NACC + i] * scale_log2);
-#else
-                const float sc = sacc[i] * scale_log2;
-#endif
-                const float v = j < lim[ci] ? sc : TESSERA_NEG_INF;
-                sv[i] = v;
+                const float v = j < lim[ci] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
+                sv[n8 * 4 + e] = v;
                 mloc[ci] = fmaxf(mloc[ci], v);
             }
 #pragma unroll
@@ -691,42 +371,10 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             moved |= alpha[ci] != 1.0f;
             m_run[ci] = m_new;
         }
-#pragma unroll
-        for (int ci = 0; ci < NC; ++ci) l_run[ci] *= alpha[ci];
-#if M8_F16
-        // P^T = exp2(S^T - m) (column sums in f32 per thread), then per latent group g the f16
-        // copy P_g^T[key, q] = P^T x scale_g(key) x 2^15 / m_g (<= 2^15) into P copy g
-        // ([ROWS rows][64 keys], K-major), through stmatrix.trans.
-        float pv[M8_NACC];
-#pragma unroll
-        for (int n8 = 0; n8 < ROWS / 8; ++n8)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int ci = 2 * n8 + (e & 1);
-                pv[n8 * 4 + e] = exp2f(sv[n8 * 4 + e] - m_use[ci]);
-                l_run[ci] += pv[n8 * 4 + e];
-            }
-#pragma unroll
-        for (int gg = 0; gg < 4; ++gg) {
-            const float f0 = (gg == 0 ? sk0.x : gg == 1 ? sk0.y : gg == 2 ? sk0.z : sk0.w) * p_grp[gg];
-            const float f1 = (gg == 0 ? sk1.x : gg == 1 ? sk1.y : gg == 2 ? sk1.z : sk1.w) * p_grp[gg];
-#pragma unroll
-            for (int x = 0; x < ROWS / 16; ++x) {
-                const float* pp = pv + 8 * x;
-                m8_stmatrix_x4_trans(p_st[x] + gg * MlaSm90Fp8Smem::P_COPY, pack2<false>(pp[0] * f0, pp[1] * f0),
-                                     pack2<false>(pp[2] * f1, pp[3] * f1), pack2<false>(pp[4] * f0, pp[5] * f0),
-                                     pack2<false>(pp[6] * f1, pp[7] * f1));
-            }
-        }
-        // Rescale O^T where a maximum or a group's m_g moved.
-        if (__any_sync(0xffffffffu, moved) || grp_moved) {
-#pragma unroll
-            for (int i = 0; i < M8_V_BLOCKS * M8_NACC; ++i)
-                o_acc[i] *= alpha[2 * ((i % M8_NACC) / 4) + (i & 1)] * ratio[i / (2 * M8_NACC)];
-        }
-#else
         // P^T = exp2(S^T - m) as bf16 into the P tile ([ROWS rows][64 keys], K-major for the
         // P V wgmma); column sums in f32 per thread.
+#pragma unroll
+        for (int ci = 0; ci < NC; ++ci) l_run[ci] *= alpha[ci];
 #pragma unroll
         for (int n8 = 0; n8 < ROWS / 8; ++n8)
 #pragma unroll
@@ -743,7 +391,6 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
 #pragma unroll
             for (int i = 0; i < M8_V_BLOCKS * M8_NACC; ++i) o_acc[i] *= alpha[2 * ((i % M8_NACC) / 4) + (i & 1)];
         }
-#endif
         fence_proxy_async_smem();
         named_barrier_sync(M8_BAR_P, 128);
 
@@ -756,21 +403,12 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             const u64 v_desc = wgmma_desc(tile + i * MlaSm90Fp8Smem::KEY_BLOCK, 1024, 1024, WGMMA_SWIZZLE_128B);
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk)
-#if M8_F16
-                m8_wgmma_f16<1>(o_acc + i * M8_NACC, v_desc + (u64)((kk * 16 * 128) >> 4),
-                                p_desc + (u64)(((i / 2) * MlaSm90Fp8Smem::P_COPY + kk * 32) >> 4), 1);
-#else
                 m8_wgmma_vt(o_acc + i * M8_NACC, v_desc + (u64)((kk * 16 * 128) >> 4), p_desc + (u64)((kk * 32) >> 4));
-#endif
         }
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence_all(o_acc);
-#if M8_F16
-        mbar_arrive(&empty[s]);  // the tile (and its scales) go back to the dequantizers
-#else
         if (lane == 0) mbar_arrive(&empty[s]);  // the tile goes back to the dequantizers
-#endif
     }
 
     // ---- epilogue: column sums over the warps, normalize, stage O (rows x latent), write ----
@@ -809,12 +447,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             for (int e = 0; e < 4; ++e) {
                 const int c = n8 * 8 + 2 * tq + (e & 1);
                 const int d = i * 64 + warp * 16 + g + 8 * (e / 2);
-#if M8_F16
-                stage[c * M8_OUT_PITCH + d] =
-                    o_acc[i * M8_NACC + n8 * 4 + e] * inv[2 * n8 + (e & 1)] * (m_grp[i / 2] * 0x1p-15f);
-#else
                 stage[c * M8_OUT_PITCH + d] = o_acc[i * M8_NACC + n8 * 4 + e] * inv[2 * n8 + (e & 1)];
-#endif
             }
     named_barrier_sync(M8_BAR_OUT, 128);
     const int rows_here = min(ROWS, rows_total - r0);
