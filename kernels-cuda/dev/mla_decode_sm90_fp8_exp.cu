@@ -80,8 +80,8 @@
 #error "VARLEN must be 0 or 1"
 #endif
 
-// M8_F16 (development switch, harness variants fp8f16-rR): 1 = the MMAs run on the unscaled e4m3
-// codes as f16 (see "The f16 route" below), 0 = the dequantizers write scaled bf16 tiles.
+// M8_F16 (harness variants fp8f16*-rR): 1 = the MMAs run on the unscaled e4m3
+// codes as f16 (the header above), 0 = the dequantizers write scaled bf16 tiles.
 #ifndef M8_F16
 #define M8_F16 0
 #endif
