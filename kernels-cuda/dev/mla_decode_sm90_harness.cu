@@ -5,6 +5,7 @@
 // per launch, median). HK picks the kernel (one per build, all with the same arguments):
 //   HK 0  sm90/mla_decode.cu      (FMT 0: bf16 records), 64 rows per CTA
 //   HK 1  sm90/mla_decode_fp8.cu  (FMT 1: FP8 records), ROWS (16 or 32) rows per CTA
+//   HK 3  dev/mla_decode_sm90_fp8_exp.cu (the same with the experiments' switches, M8_*)
 //   HK 2  mla_decode.cu           (mma.sync; FMT 0 or 1, ROW_SLICES, KEY_TILE, STAGES, DV_CHUNK)
 //   harness --check
 //   harness --time                  (b 64/128 x s_k 4096..32768 x (h 128 | h 16) x s_q 1/2)
@@ -26,7 +27,7 @@
 
 #include "../kernels/common.cuh"
 #include "../kernels/mla_work.cuh"
-#if HK == 0 || HK == 1
+#if HK == 0 || HK == 1 || HK == 3
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #endif
@@ -34,10 +35,39 @@
 #include "../kernels/sm90/mla_decode.cu"
 static const int H_ROWS = 64, H_KEYS = 64, H_THREADS = MLA90_THREADS;
 static const char* H_NAME = "sm90-bf16";
-#elif HK == 1
+#elif HK == 1 || HK == 3
+#if HK == 1
 #include "../kernels/sm90/mla_decode_fp8.cu"
+#else
+#include "mla_decode_sm90_fp8_exp.cu"
+#endif
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
-static const char* H_NAME = ROWS == 16 ? "sm90-fp8-r16" : "sm90-fp8-r32";
+#define H_STR2(x) #x
+#define H_STR(x) H_STR2(x)
+#if M8_DIAG == 1
+#define H_DIAG "-nomath"
+#elif M8_DIAG == 2
+#define H_DIAG "-noload"
+#else
+#define H_DIAG ""
+#endif
+#if M8_WAIT_HINT
+#define H_HINT "-hint"
+#else
+#define H_HINT ""
+#endif
+#if M8_COALESCED
+#define H_C "c"
+#else
+#define H_C ""
+#endif
+#if M8_F16 && M8_STAGED
+static const char* H_NAME = "sm90-fp8f16" H_C "-r" H_STR(ROWS) H_DIAG H_HINT;
+#elif M8_F16
+static const char* H_NAME = "sm90-fp8f16" H_C "x-r" H_STR(ROWS) H_DIAG H_HINT;
+#else
+static const char* H_NAME = "sm90-fp8" H_C "-r" H_STR(ROWS) H_DIAG H_HINT;
+#endif
 #else
 #include "../kernels/mla_decode.cu"
 static const int H_ROWS = 16 * ROW_SLICES, H_KEYS = KEY_TILE, H_THREADS = MLA_THREADS;
@@ -70,9 +100,17 @@ static float e4m3_host(u8 x) {
 }
 
 
+// mode (FP8 only): 0 = scales 2^-9..2^-6, q and the rope in [-1, 1];
+//   1 = scales spanning 2^-33..2^0 across keys (not powers of two) with every key weighing about
+//       the same in the output (the rope makes P ~ 1 / scale: its dim 0 is -E ln2 sqrt(576) for
+//       the key's scale exponent E, q's rope dim 0 is 1, the rest and q's latent are small);
+//   2 = tiny amax (scales ~0.01 / 448, not powers of two), q rows scaled by 2^-20..2^20.
+// Modes 1 and 2 compare o relative to the row's largest |o| (no floor of 1) and lse relative to
+// max(1, |lse|).
 struct Case {
     int batch, s_q, heads, page_size, splits;
     std::vector<int> lens;
+    int mode = 0;
 };
 
 static int row_groups_of(int s_q, int heads) { return (s_q * heads + H_ROWS - 1) / H_ROWS; }
@@ -128,6 +166,16 @@ static int run_check(const Case& c, u64 seed) {
     std::vector<u8> cache((size_t)num_pages * P * TB, 0xff);  // NaN in every slot not written below
     std::vector<float> keys((size_t)num_pages * P * QK, NAN);  // the decoded records (reference)
     for (auto& x : q) x = f2bf(u(rng));
+    if (c.mode == 1)
+        for (size_t i = 0; i < q.size(); ++i) {
+            const int d = (int)(i % QK);
+            q[i] = f2bf(d == LAT ? 1.0f : 0.01f * u(rng));
+        }
+    if (c.mode == 2)
+        for (size_t row = 0; row < q.size() / QK; ++row) {
+            const float rs = ldexpf(1.0f, (int)(rng() % 41) - 20);
+            for (int d = 0; d < QK; ++d) q[row * QK + d] = f2bf(bf2f(q[row * QK + d]) * rs);
+        }
     std::vector<int> perm(num_pages);
     for (int i = 0; i < num_pages; ++i) perm[i] = i;
     std::shuffle(perm.begin(), perm.end(), rng);
@@ -147,8 +195,14 @@ static int run_check(const Case& c, u64 seed) {
                 }
             } else {
                 float sc[4];
+                const int key_exp = -(int)(rng() % 31);  // mode 1
                 for (int g = 0; g < 4; ++g) {
-                    sc[g] = ldexpf(1.0f, (int)(rng() % 4) - 9);  // 2^-9 .. 2^-6: |k| <= 7
+                    if (c.mode == 1)
+                        sc[g] = ldexpf(1.0f + (float)(rng() % 1024) / 1024.0f, key_exp - (int)(rng() % 4));
+                    else if (c.mode == 2)
+                        sc[g] = 0.01f / 448.0f * (0.5f + 0.5f * (float)(rng() % 1024) / 1024.0f);
+                    else
+                        sc[g] = ldexpf(1.0f, (int)(rng() % 4) - 9);  // 2^-9 .. 2^-6: |k| <= 7
                     memcpy(rec + LAT + 4 * g, &sc[g], 4);
                 }
                 for (int d = 0; d < LAT; ++d) {
@@ -158,7 +212,9 @@ static int run_check(const Case& c, u64 seed) {
                     key[d] = e4m3_host(code) * sc[d / 128];
                 }
                 for (int d = LAT; d < QK; ++d) {
-                    const u16 v = f2bf(u(rng));
+                    float x = u(rng);
+                    if (c.mode == 1) x = d == LAT ? -key_exp * 0.69314718f * sqrtf((float)QK) : 0.01f * x;
+                    const u16 v = f2bf(x);
                     memcpy(rec + LAT + 16 + 2 * (d - LAT), &v, 2);
                     key[d] = bf2f(v);
                 }
@@ -244,17 +300,19 @@ static int run_check(const Case& c, u64 seed) {
                 for (int d = 0; d < LAT; ++d) got[d] = tot > 0 ? got[d] / tot : 0.0;
                 got_lse = tot > 0 ? mx + log(tot) : -INFINITY;
             }
-            double err = 0, mag = 1.0;
+            double err = 0, mag = c.mode ? 1e-300 : 1.0;
             for (int d = 0; d < LAT; ++d) mag = std::max(mag, vis ? fabs(ref[d] / l) : 0.0);
             for (int d = 0; d < LAT; ++d) {
                 const double want = vis ? ref[d] / l : 0.0;
                 const double e = fabs(got[d] - want);
                 err = std::isnan(got[d]) ? INFINITY : std::max(err, e);
             }
-            const double lse_err = (vis == 0) ? (got_lse == -INFINITY ? 0 : INFINITY) : fabs(got_lse - ref_lse);
+            double lse_err = (vis == 0) ? (got_lse == -INFINITY ? 0 : INFINITY) : fabs(got_lse - ref_lse);
+            if (c.mode && vis) lse_err /= std::max(1.0, fabs(ref_lse));
+            if (c.mode) err /= mag;  // reported relative to the row's largest |o|
             max_err = std::max(max_err, err);
             max_lse_err = std::max(max_lse_err, lse_err);
-            err /= mag;  // relative to the row's largest output (FP8 keys reach |7|)
+            if (!c.mode) err /= mag;  // relative to the row's largest output (FP8 keys reach |7|)
             if (err > 2e-2 || !(lse_err < 2e-3)) {
                 if (fails < 5)
                     printf("  MISMATCH b=%d r=%d (i=%d h=%d) vis=%d: o err %.4g, lse got %.6f want %.6f\n", b, r, i, h,
@@ -262,7 +320,7 @@ static int run_check(const Case& c, u64 seed) {
                 ++fails;
             }
         }
-    printf("CHECK %s b=%d s_q=%d h=%d page=%d splits=%d lens=[", H_NAME, B, SQ, H, P, S);
+    printf("CHECK %s b=%d s_q=%d h=%d page=%d splits=%d mode=%d lens=[", H_NAME, B, SQ, H, P, S, c.mode);
     for (int l : c.lens) printf("%d ", l);
     printf("]: %s (max o err %.3g, max lse err %.3g)\n", fails ? "FAIL" : "PASS", max_err, max_lse_err);
     cudaFree(dq);
@@ -393,6 +451,10 @@ int main(int argc, char** argv) {
             {3, 2, 16, 64, 2, {1000, 1, 517}},
             {2, 4, 8, 128, 1, {257, 2}},
             {2, 1, 16, 1, 3, {190, 77}},
+            {2, 2, 16, 64, 1, {700, 333}, 1},
+            {2, 1, 128, 16, 2, {1000, 129}, 1},
+            {3, 2, 16, 64, 1, {300, 64, 1}, 2},
+            {2, 1, 128, 64, 2, {517, 1000}, 2},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) fails += run_check(cases[i], 1000 + i);
         printf("CHECKS %s %s\n", H_NAME, fails ? "FAILED" : "PASSED");
