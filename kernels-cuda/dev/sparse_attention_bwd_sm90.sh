@@ -7,7 +7,8 @@
 # (24), a random mask of DENSITY (0.25) and dense.
 #   bash kernels-cuda/dev/sparse_attention_bwd_sm90.sh OUTDIR
 #   env: STAGES (3), EXTRA_DEFS ("-D..." for the wgmma units), CONFIGS ("128 1;64 1;..."),
-#        NOCHECK, NOTIME, TIME_CONFIGS ("128 1" ...), TOKENS, HEADS, DENSITY, NCU=1, FUSED (1)
+#        NOCHECK, NOTIME, TIME_CONFIGS ("128 1" ...), TOKENS, HEADS, DENSITY, NCU=1, FUSED (1),
+#        LINK_FLAGS (e.g. -L<dir of libcudart_static.a> for a compile-only check elsewhere)
 set -uo pipefail
 out=${1:?outdir}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +39,7 @@ build() { # D BF16
     [ $unit -ge 10 ] && grep -E "C75|spill" "$out/build_${tag}_u$unit.log" | sed "s/^/$tag u$unit: /"
     objs+=("$out/${tag}_u$unit.o")
   done
-  $nv -DHEAD_DIM=$D -DFUSED=${FUSED:-1} -DELEM_BF16=$bf -o "$out/bwd90_$tag" "$here/sparse_attention_bwd_sm90_harness.cu" "${objs[@]}" \
+  $nv ${LINK_FLAGS:-} -DHEAD_DIM=$D -DFUSED=${FUSED:-1} -DELEM_BF16=$bf -o "$out/bwd90_$tag" "$here/sparse_attention_bwd_sm90_harness.cu" "${objs[@]}" \
     > "$out/build_$tag.log" 2>&1 || { echo "LINK FAILED $tag"; tail -20 "$out/build_$tag.log"; return 1; }
 }
 IFS=';' read -ra configs <<< "${CONFIGS:-128 1;128 0;64 1;64 0}"

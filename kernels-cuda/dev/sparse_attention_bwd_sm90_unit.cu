@@ -51,8 +51,8 @@ extern "C" void CAT(bwd_launch_, UNIT)(const BwdArgs& a, cudaStream_t st) {
     const dim3 grid((a.tokens + 127) / 128, a.heads, a.batch);
     static bool once = false;
 #if UNIT == 13 || UNIT == 14
-    if (!once) cudaFuncSetAttribute(sparse_attention_bwd_fused_sm90, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
-    sparse_attention_bwd_fused_sm90<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(
+    if (!once) cudaFuncSetAttribute(BWD90_ENTRY, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
+    BWD90_ENTRY<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(
         a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dk, a.dv, a.dq_accum, a.dq_turns, a.t_rank, a.t_indptr, a.t_indices,
         a.tokens, a.heads, a.scale, a.scale * 1.4426950408889634f);
 #elif UNIT == 11

@@ -305,7 +305,9 @@ __device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* 
     }
 }
 
-#if PASS == 1 && BWD90_FUSED_DQ
+#if PASS == 1 && BWD90_FUSED_DQ && BWD90_DQ_DETERMINISTIC
+#define BWD90_ENTRY sparse_attention_bwd_fused_deterministic_sm90
+#elif PASS == 1 && BWD90_FUSED_DQ
 #define BWD90_ENTRY sparse_attention_bwd_fused_sm90
 #elif PASS == 1
 #define BWD90_ENTRY sparse_attention_bwd_dkdv_sm90
@@ -319,14 +321,13 @@ __device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* 
 // The arguments are those of the mma.sync kernel's pass (kernels/sparse_attention_backward.cu);
 // the fused variant (BWD90_FUSED_DQ) also takes dq_accum, dq_turns and t_rank (header comment;
 // dq_turns and t_rank are read only when BWD90_DQ_DETERMINISTIC).
-#if PASS == 1 && BWD90_FUSED_DQ
+#if PASS == 1 && BWD90_FUSED_DQ  // sparse_attention_bwd_fused_sm90 / _fused_deterministic_sm90
 extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
-sparse_attention_bwd_fused_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
-                                const u16* __restrict__ d_o, const float* __restrict__ lse,
-                                const float* __restrict__ delta, u16* __restrict__ dk, u16* __restrict__ dv,
-                                float* __restrict__ dq_accum, u32* __restrict__ dq_turns,
-                                const u32* __restrict__ t_rank, const u32* __restrict__ indptr,
-                                const u32* __restrict__ indices, int tokens, int heads, float scale, float scale_log2)
+BWD90_ENTRY(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+            const u16* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
+            u16* __restrict__ dk, u16* __restrict__ dv, float* __restrict__ dq_accum, u32* __restrict__ dq_turns,
+            const u32* __restrict__ t_rank, const u32* __restrict__ indptr, const u32* __restrict__ indices,
+            int tokens, int heads, float scale, float scale_log2)
 #elif PASS == 1
 extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
 sparse_attention_bwd_dkdv_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
