@@ -6,8 +6,10 @@
 # then time both kernels' tile passes (and the fused pass) at batch 1, TOKENS (32768), HEADS
 # (24), a random mask of DENSITY (0.25) and dense.
 #   bash kernels-cuda/dev/sparse_attention_bwd_sm90.sh OUTDIR
-#   env: STAGES (3), EXTRA_DEFS ("-D..." for the wgmma units), CONFIGS ("128 1;64 1;..."),
-#        NOCHECK, NOTIME, TIME_CONFIGS ("128 1" ...), TOKENS, HEADS, DENSITY, NCU=1, FUSED (1),
+#   env: STAGES (3), EXTRA_DEFS ("-D..." for the wgmma units 11, 12), FUSED_DEFS (for 13, 14),
+#        CONFIGS ("128 1;64 1;..."),
+#        NOCHECK, NOTIME, TIME_CONFIGS ("128 1" ...), TOKENS, HEADS, DENSITY, NCU=1 (the wgmma
+#        kernels, the atomic fused one included, at 16384 tokens), FUSED (1),
 #        LINK_FLAGS (e.g. -L<dir of libcudart_static.a> for a compile-only check elsewhere)
 set -uo pipefail
 out=${1:?outdir}
@@ -28,8 +30,8 @@ build() { # D BF16
       2) defs="-DPASS=2 -DBLOCK=128 -DSTAGES=2 -DTESSERA_SMEM_BYTES=$((6 * 64 * (D + 8) * 2)) -DTESSERA_THREADS=128" ;;
       11) defs="-DPASS=1 -DBLOCK=128 -DSTAGES=$st ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$((2 * cb * 128 * 128 + 2 * st * cb * 64 * 128 + 2 * st * 64 * 4 + 2 * st * 8)) -DTESSERA_THREADS=384" ;;
       12) defs="-DPASS=2 -DBLOCK=128 -DSTAGES=$st ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$((2 * cb * 128 * 128 + 2 * st * cb * 64 * 128 + 2 * st * 8)) -DTESSERA_THREADS=384" ;;
-      13) defs="-DPASS=1 -DBLOCK=128 -DSTAGES=$st -DBWD90_FUSED_DQ=1 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$fused_smem -DTESSERA_THREADS=384" ;;
-      14) defs="-DPASS=1 -DBLOCK=128 -DSTAGES=$st -DBWD90_FUSED_DQ=1 -DBWD90_DQ_DETERMINISTIC=1 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$fused_smem -DTESSERA_THREADS=384" ;;
+      13) defs="-DPASS=1 -DBLOCK=128 -DSTAGES=$st -DBWD90_FUSED_DQ=1 ${FUSED_DEFS:-} -DTESSERA_SMEM_BYTES=$fused_smem -DTESSERA_THREADS=384" ;;
+      14) defs="-DPASS=1 -DBLOCK=128 -DSTAGES=$st -DBWD90_FUSED_DQ=1 -DBWD90_DQ_DETERMINISTIC=1 ${FUSED_DEFS:-} -DTESSERA_SMEM_BYTES=$fused_smem -DTESSERA_THREADS=384" ;;
       15) defs="-DPASS=3 -DTESSERA_SMEM_BYTES=0 -DTESSERA_THREADS=256" ;;
     esac
     case $unit in 11|12|13|14) echo "$tag u$unit: shared memory $(echo "$defs" | sed -E 's/.*SMEM_BYTES=([0-9]+).*/\1/') bytes (max 232448)" ;; esac
@@ -58,7 +60,9 @@ if [ -z "${NOTIME:-}" ]; then
   done
 fi
 if [ -n "${NCU:-}" ]; then
-  for k in sparse_attention_bwd_dkdv_sm90 sparse_attention_bwd_dq_sm90; do
+  kernels="sparse_attention_bwd_dkdv_sm90 sparse_attention_bwd_dq_sm90"
+  [ "${FUSED:-1}" = 1 ] && kernels="$kernels sparse_attention_bwd_fused_sm90"
+  for k in $kernels; do
     NO_DENSE=1 timeout 150 ncu --clock-control none -k $k -s 1 -c 1 --set full --import-source yes -o "$out/$k" \
       "$out/bwd90_d128_bf1" --time 16384 24 ${DENSITY:-0.25} > "$out/ncu_$k.log" 2>&1
     ncu --import "$out/$k.ncu-rep" --page details > "$out/ncu_$k.txt" 2>&1

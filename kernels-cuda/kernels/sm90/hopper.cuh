@@ -227,7 +227,7 @@ __device__ __forceinline__ void stmatrix_x4(void* smem_row, u32 r0, u32 r1, u32 
 // the stored matrix i / 8, which holds column i % 8 of the lanes' fragments (element (r, c) of
 // the fragment matrix lands at element r of stored row c).
 __device__ __forceinline__ void stmatrix_x4_trans(void* smem_row, u32 r0, u32 r1, u32 r2, u32 r3) {
-    asm volatile("stmatrix.sync.aligned.x4.trans.m8n8.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(smem_u32(smem_row)),
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(smem_u32(smem_row)),
                  "r"(r0), "r"(r1), "r"(r2), "r"(r3)
                  : "memory");
 }
