@@ -5,11 +5,15 @@
 // ELEM_BF16), sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention_backward.rs):
-//   PASS       1 = dk/dv (sparse_attention_bwd_dkdv_sm90), 2 = dq (sparse_attention_bwd_dq_sm90)
+//   PASS       1 = dk/dv (sparse_attention_bwd_dkdv_sm90), 2 = dq (sparse_attention_bwd_dq_sm90),
+//              3 = the fused variant's dq conversion (sparse_attention_bwd_dq_convert_sm90; needs
+//              only HEAD_DIM and ELEM_BF16, TESSERA_THREADS 256, no shared memory)
 //   HEAD_DIM, ELEM_BF16 (attention_constants.cuh)
 //   BLOCK      mask block size: 128 (a CTA's 128 resident rows are one mask block)
 //   STAGES     streamed tiles in flight: 2, 3 or 4
 //   TESSERA_SMEM_BYTES  Bwd90Smem::END below;  TESSERA_THREADS 384
+// Optional (nvcc harness only so far): BWD90_FUSED_DQ (0; 1 with PASS 1: below),
+// BWD90_DQ_DETERMINISTIC (0), BWD90_OVERLAP (1 at HEAD_DIM 64 unless fused, else 0).
 //
 // Problem, layouts, arguments and padding rules: those of kernels/sparse_attention_backward.cu
 // (q, k, v, dO, dq, dk, dv [batch, tokens, heads, HEAD_DIM]; lse (natural log) and delta f32
@@ -40,6 +44,8 @@
 //                 of [128 rows][64] each
 //   STAGE_A, STAGE_B  STAGES x the streamed tiles (PASS 1: Q, dO; PASS 2: K, V): HEAD_DIM / 64
 //                 column blocks of [64 rows][64] each
+//   DS            BWD90_FUSED_DQ only: 2 x the dS of a query tile, [64 query rows][128 keys] as
+//                 two column blocks of [64 rows][64] (32 KB)
 //   LSE, DELTA    PASS 1 only: STAGES x 64 f32 each
 //   FULL, EMPTY   STAGES mbarriers each
 //
