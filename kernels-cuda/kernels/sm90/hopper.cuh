@@ -291,6 +291,14 @@ __device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
     return v;
 }
 
+// A load with gpu-scope relaxed semantics (read from L2, no L1 invalidation): for polling a flag,
+// followed by one ld_acquire_gpu once the value is the awaited one.
+__device__ __forceinline__ u32 ld_relaxed_gpu(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
 // *p += v with gpu-scope release semantics (cumulative: it orders after it whatever this thread,
 // and the threads it synchronized with through a barrier before, wrote or reduced).
 __device__ __forceinline__ void red_release_gpu_add(u32* p, u32 v) {

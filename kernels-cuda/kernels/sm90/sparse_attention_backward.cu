@@ -71,8 +71,8 @@
 //     job, the key blocks that have added; t_rank (u32, parallel to t_indices: entry e of
 //     transposed row kb, query block qb = t_indices[e], holds the rank of kb among the key blocks
 //     of mask row qb, i.e. its position in that sorted row) is the count a CTA waits for before
-//     it adds (one thread spins with ld.acquire.gpu, a warpgroup barrier, the adds, a barrier,
-//     red.release.gpu + 1). Deadlock-free for any grid: CTA (kb, h, b) waits only for CTAs
+//     it adds (one thread polls with ld.relaxed.gpu, then ld.acquire.gpu, a warpgroup barrier,
+//     the adds, a barrier, red.release.gpu + 1). Deadlock-free for any grid: CTA (kb, h, b) waits only for CTAs
 //     (kb' < kb, h, b), whose linear block index is lower; CTAs are dispatched in linear index
 //     order (what the hardware does; CUDA does not promise it, FlashAttention-3's deterministic
 //     mode relies on the same), so every CTA it waits for is resident or done, and by induction
@@ -562,9 +562,13 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         const int qtiles = (tokens + BWD90_TILE - 1) / BWD90_TILE;
         u32* const turn = dq_turns + (((i64)b * heads + h) * qtiles + q0 / BWD90_TILE) * DQ_SPLIT + dq_col0 / 64;
         if (t128 == 0) {
+            // Polls from L2 without invalidating L1 each time (what ld.acquire does), then one
+            // acquire load: it reads the same count (only this CTA increments it next), written
+            // by the previous key block's release, and synchronizes with it.
             const u32 rank = t_rank[walk.first + t / 2];
-            while (ld_acquire_gpu(turn) != rank) {
+            while (ld_relaxed_gpu(turn) != rank) {
             }
+            (void)ld_acquire_gpu(turn);
         }
         named_barrier_sync(4 + mw, 128);
 #endif
