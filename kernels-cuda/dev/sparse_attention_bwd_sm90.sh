@@ -49,7 +49,7 @@ for cfg in "${configs[@]}"; do build $cfg & done; wait
 if [ -z "${NOCHECK:-}" ]; then
   for cfg in "${configs[@]}"; do
     set -- $cfg; tag=d$1_bf$2
-    [ -x "$out/bwd90_$tag" ] && timeout 240 "$out/bwd90_$tag" --check 2>&1 | tee "$out/check_$tag.log" | grep -E "CHECKS|FAIL|check" | cut -c1-220
+    [ -x "$out/bwd90_$tag" ] && timeout 240 "$out/bwd90_$tag" --check 2>&1 | tee "$out/check_$tag.log" | grep -E "CHECKS|FAIL|check|fused" | cut -c1-240
   done
 fi
 if [ -z "${NOTIME:-}" ]; then
