@@ -7,6 +7,12 @@ struct BwdArgs {
     float* delta;
     unsigned short *dq, *dk, *dv;
     const unsigned *indptr, *indices, *t_indptr, *t_indices;
+    // The fused variant (units 13, 14, 15): dq_accum f32 [batch, heads, tokens, head_dim] and
+    // dq_turns u32 [batch, heads, ceil(tokens / 64), head_dim / 64], both zeroed before unit 13/14;
+    // t_rank u32 parallel to t_indices (the rank of the key block among its query block's row).
+    float* dq_accum;
+    unsigned* dq_turns;
+    const unsigned* t_rank;
     int batch, tokens, heads;
     float scale;
 };

@@ -1,13 +1,19 @@
 // Development harness for kernels/sm90/sparse_attention_backward.cu on the GPU machine (nvcc,
 // no Rust there), built by dev/sparse_attention_bwd_sm90.sh for one (HEAD_DIM, ELEM_BF16) pair
 // and linked with five compile units (sparse_attention_bwd_sm90_unit.cu): the mma.sync passes 0
-// (delta), 1 (dk/dv), 2 (dq) and the wgmma passes 1 and 2.
+// (delta), 1 (dk/dv), 2 (dq) and the wgmma passes 1 and 2; with FUSED (1), three more: the
+// fused dk/dv/dq pass (BWD90_FUSED_DQ) with atomic adds (13) and deterministic (14), and the
+// conversion of its f32 dq (15).
 //   harness --check    random BSR masks (token counts not multiples of 128, a key block no
 //                      query attends, rows with one block, an empty row), NaN-prefilled
 //                      gradients: the wgmma dq/dk/dv against the mma.sync ones and against an
-//                      f64 CPU reference (relative L2 error over each gradient)
+//                      f64 CPU reference (relative L2 error over each gradient). FUSED: the
+//                      fused pass's dq/dk/dv the same way, its dk/dv bitwise equal to the
+//                      two-pass wgmma ones, the deterministic mode's dq bitwise equal over two
+//                      runs and its turn counters at the number of key blocks per query block.
 //   harness --time TOKENS HEADS DENSITY   batch 1, a random mask of that block density and the
-//                      dense mask: each tile pass of both kernels, CUDA events, median of 10.
+//                      dense mask: each tile pass of both kernels, CUDA events, median of 10
+//                      (FUSED: the fused pass alone and with the zeroing and conversion).
 // TFLOPS count the matmuls each pass runs, 2 * 128 * 128 * HEAD_DIM flops each per attended
 // (128 x 128) block: dk/dv 4 (S, dP, dV, dK), dq 3 (S, dP, dQ); "bwd" counts the 5 matmuls of
 // a backward that computes S and dP once (FlashAttention's convention: 2.5 x the forward), over
@@ -33,6 +39,14 @@ extern "C" void bwd_launch_1(const BwdArgs&, cudaStream_t);
 extern "C" void bwd_launch_2(const BwdArgs&, cudaStream_t);
 extern "C" void bwd_launch_11(const BwdArgs&, cudaStream_t);
 extern "C" void bwd_launch_12(const BwdArgs&, cudaStream_t);
+#ifndef FUSED
+#define FUSED 0
+#endif
+#if FUSED
+extern "C" void bwd_launch_13(const BwdArgs&, cudaStream_t);
+extern "C" void bwd_launch_14(const BwdArgs&, cudaStream_t);
+extern "C" void bwd_launch_15(const BwdArgs&, cudaStream_t);
+#endif
 
 static const int D = HEAD_DIM;
 static const int BLK = 128;
@@ -40,17 +54,25 @@ static const int BLK = 128;
 struct Mask {
     int nb = 0;
     std::vector<u32> indptr, indices;
+    // Transposed masks only: rank[e] (parallel to indices) is the rank of key block c (this row)
+    // among the key blocks of mask row indices[e], i.e. c's position in that sorted row: the turn
+    // of the fused kernel's deterministic dq adds (BWD90_DQ_DETERMINISTIC).
+    std::vector<u32> rank;
 };
 
 static Mask transpose(const Mask& m) {
     Mask t;
     t.nb = m.nb;
-    std::vector<std::vector<u32>> cols(m.nb);
+    std::vector<std::vector<u32>> cols(m.nb), ranks(m.nb);
     for (int r = 0; r < m.nb; ++r)
-        for (u32 i = m.indptr[r]; i < m.indptr[r + 1]; ++i) cols[m.indices[i]].push_back(r);
+        for (u32 i = m.indptr[r]; i < m.indptr[r + 1]; ++i) {
+            cols[m.indices[i]].push_back(r);
+            ranks[m.indices[i]].push_back(i - m.indptr[r]);
+        }
     t.indptr.push_back(0);
     for (int c = 0; c < m.nb; ++c) {
         for (u32 r : cols[c]) t.indices.push_back(r);
+        for (u32 k : ranks[c]) t.rank.push_back(k);
         t.indptr.push_back((u32)t.indices.size());
     }
     return t;
@@ -66,9 +88,9 @@ static T* dalloc(size_t n) {
 struct Bufs {
     BwdArgs a;
     u16 *q, *k, *v, *o, *d_o, *dq, *dk, *dv;
-    float *lse, *delta;
-    u32 *indptr, *indices, *t_indptr, *t_indices;
-    size_t n;
+    float *lse, *delta, *dq_accum;
+    u32 *indptr, *indices, *t_indptr, *t_indices, *dq_turns, *t_rank;
+    size_t n, turns;
 };
 
 static Bufs make_bufs(int batch, int tokens, int heads, const Mask& m) {
@@ -81,28 +103,46 @@ static Bufs make_bufs(int batch, int tokens, int heads, const Mask& m) {
     const Mask t = transpose(m);
     b.indptr = dalloc<u32>(m.indptr.size()), b.indices = dalloc<u32>(m.indices.size());
     b.t_indptr = dalloc<u32>(t.indptr.size()), b.t_indices = dalloc<u32>(t.indices.size());
+    b.t_rank = dalloc<u32>(t.rank.size()), b.dq_accum = dalloc<float>(b.n);
+    b.turns = (size_t)batch * heads * ((tokens + 63) / 64) * (D / 64);
+    b.dq_turns = dalloc<u32>(b.turns);
     CK(cudaMemcpy(b.indptr, m.indptr.data(), m.indptr.size() * 4, cudaMemcpyHostToDevice));
     if (!m.indices.empty()) CK(cudaMemcpy(b.indices, m.indices.data(), m.indices.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(b.t_indptr, t.indptr.data(), t.indptr.size() * 4, cudaMemcpyHostToDevice));
-    if (!t.indices.empty())
+    if (!t.indices.empty()) {
         CK(cudaMemcpy(b.t_indices, t.indices.data(), t.indices.size() * 4, cudaMemcpyHostToDevice));
-    b.a = BwdArgs{b.q, b.k, b.v, b.o, b.d_o, b.lse, b.delta, b.dq, b.dk, b.dv, b.indptr, b.indices, b.t_indptr,
-                  b.t_indices, batch, tokens, heads, 1.0f / sqrtf((float)D)};
+        CK(cudaMemcpy(b.t_rank, t.rank.data(), t.rank.size() * 4, cudaMemcpyHostToDevice));
+    }
+    b.a = BwdArgs{b.q,        b.k,         b.v,      b.o,       b.d_o,      b.lse,    b.delta,
+                  b.dq,       b.dk,        b.dv,     b.indptr,  b.indices,  b.t_indptr, b.t_indices,
+                  b.dq_accum, b.dq_turns,  b.t_rank, batch,     tokens,     heads,    1.0f / sqrtf((float)D)};
     return b;
 }
 
 static void free_bufs(Bufs& b) {
     for (void* p : {(void*)b.q, (void*)b.k, (void*)b.v, (void*)b.o, (void*)b.d_o, (void*)b.dq, (void*)b.dk,
                     (void*)b.dv, (void*)b.lse, (void*)b.delta, (void*)b.indptr, (void*)b.indices, (void*)b.t_indptr,
-                    (void*)b.t_indices})
+                    (void*)b.t_indices, (void*)b.t_rank, (void*)b.dq_accum, (void*)b.dq_turns})
         cudaFree(p);
 }
 
-static std::vector<u16> fetch(const u16* d, size_t n) {
-    std::vector<u16> h(n);
-    CK(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost));
+template <class T>
+static std::vector<T> fetch(const T* d, size_t n) {
+    std::vector<T> h(n);
+    CK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
 }
+
+#if FUSED
+// The fused pass: zero dq_accum (and the turn counters), then unit 13 (atomic) or 14
+// (deterministic), then the conversion (15).
+static void fused_launch(const Bufs& b, bool deterministic, cudaStream_t st) {
+    CK(cudaMemsetAsync(b.dq_accum, 0, b.n * 4, st));
+    if (deterministic) CK(cudaMemsetAsync(b.dq_turns, 0, b.turns * 4, st));
+    (deterministic ? bwd_launch_14 : bwd_launch_13)(b.a, st);
+    bwd_launch_15(b.a, st);
+}
+#endif
 
 // Relative L2 error of `got` against `ref` over the rows < tokens (NaN counts as infinite).
 static double rel_l2(const std::vector<u16>& got, const std::vector<double>& ref) {
@@ -233,6 +273,31 @@ static int check_case(int batch, int tokens, int heads, int seed, int dead, int 
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     const auto ndq = fetch(bf.dq, n), ndk = fetch(bf.dk, n), ndv = fetch(bf.dv, n);
+#if FUSED
+    // [mode][run]: the fused pass's gradients (atomic once, deterministic twice).
+    std::vector<u16> fdq[2][2], fdk[2], fdv[2];
+    std::vector<float> facc[2];
+    std::vector<u32> turns;
+    for (int mode = 0; mode < 2; ++mode)
+        for (int run = 0; run < 1 + mode; ++run) {
+            nan_fill();
+            fused_launch(bf, mode == 1, 0);
+            CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
+            fdq[mode][run] = fetch(bf.dq, n);
+            if (run == 0) fdk[mode] = fetch(bf.dk, n), fdv[mode] = fetch(bf.dv, n);
+            if (mode == 1) facc[run] = fetch(bf.dq_accum, n);
+            if (mode == 1 && run == 0) turns = fetch(bf.dq_turns, bf.turns);
+        }
+    // The deterministic mode's counters end at the number of key blocks of each query tile's
+    // mask row.
+    int bad_turns = 0;
+    for (size_t i = 0; i < turns.size(); ++i) {
+        const size_t tile = i / (D / 64) % ((tokens + 63) / 64);
+        const int qb = (int)(tile * 64 / BLK);
+        bad_turns += turns[i] != m.indptr[qb + 1] - m.indptr[qb];
+    }
+#endif
     free_bufs(bf);
 
     const double e_ref[3] = {rel_l2(ndq, rdq), rel_l2(ndk, rdk), rel_l2(ndv, rdv)};
@@ -254,6 +319,27 @@ static int check_case(int batch, int tokens, int heads, int seed, int dead, int 
            "%.2e); vs mma.sync %.2e %.2e %.2e; dead block nonzero %d: %s\n",
            batch, tokens, heads, dead, one, empty, e_ref[0], e_ref[1], e_ref[2], e_old_ref[0], e_old_ref[1],
            e_old_ref[2], e_old[0], e_old[1], e_old[2], dead_nonzero, ok ? "ok" : "FAIL");
+#if FUSED
+    bool fused_ok = true;
+    for (int mode = 0; mode < 2; ++mode) {
+        const double f_ref[3] = {rel_l2(fdq[mode][0], rdq), rel_l2(fdk[mode], rdk), rel_l2(fdv[mode], rdv)};
+        const double f_old[3] = {rel_l2(fdq[mode][0], to_f64(odq)), rel_l2(fdk[mode], to_f64(odk)),
+                                 rel_l2(fdv[mode], to_f64(odv))};
+        const bool dkdv_same = fdk[mode] == ndk && fdv[mode] == ndv;
+        bool ok_mode = dkdv_same;
+        for (int i = 0; i < 3; ++i) ok_mode = ok_mode && f_ref[i] <= tol && f_old[i] <= tol;
+        const bool repeat = mode == 0 || (fdq[1][0] == fdq[1][1] && facc[0] == facc[1]);
+        ok_mode = ok_mode && repeat && (mode == 0 || bad_turns == 0);
+        printf("    fused %-13s: rel L2 vs f64 dq %.2e dk %.2e dv %.2e; vs mma.sync %.2e %.2e %.2e; dk/dv bitwise "
+               "= two-pass wgmma: %s",
+               mode ? "deterministic" : "atomic", f_ref[0], f_ref[1], f_ref[2], f_old[0], f_old[1], f_old[2],
+               dkdv_same ? "yes" : "NO");
+        if (mode) printf("; dq bitwise equal over 2 runs: %s; turn counters wrong: %d", repeat ? "yes" : "NO", bad_turns);
+        printf(": %s\n", ok_mode ? "ok" : "FAIL");
+        fused_ok = fused_ok && ok_mode;
+    }
+    ok = ok && fused_ok;
+#endif
     return ok ? 0 : 1;
 }
 
@@ -286,6 +372,24 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
            "speedup %.2fx\n",
            t1n, 4 * mm / t1n / 1e9, t2n, 3 * mm / t2n / 1e9, 7 * mm / (t1n + t2n) / 1e9, 5 * mm / (t1n + t2n) / 1e9,
            (t1o + t2o) / (t1n + t2n));
+#if FUSED
+    // The fused pass alone (dq_accum not re-zeroed between the timed launches: the atomic adds
+    // cost the same; the deterministic counters are re-zeroed, else the turns never come), and
+    // with the zeroing and the conversion: the figure to compare with the two tile passes.
+    const float tf = time_ms(bwd_launch_13, bf.a);
+    const float tfd = median_launch_ms([&] {
+        CK(cudaMemsetAsync(bf.dq_turns, 0, bf.turns * 4, 0));
+        bwd_launch_14(bf.a, 0);
+    });
+    const float tfa = median_launch_ms([&] { fused_launch(bf, false, 0); });
+    const float tfda = median_launch_ms([&] { fused_launch(bf, true, 0); });
+    printf("  fused    atomic %8.3f ms %6.1f TFLOPS (with zeroing + conversion %8.3f ms, bwd-equiv %6.1f, %.2fx the "
+           "two wgmma passes)\n",
+           tf, 5 * mm / tf / 1e9, tfa, 5 * mm / tfa / 1e9, (t1n + t2n) / tfa);
+    printf("  fused    determ %8.3f ms %6.1f TFLOPS (with zeroing + conversion %8.3f ms, bwd-equiv %6.1f, %.2fx the "
+           "two wgmma passes)\n",
+           tfd, 5 * mm / tfd / 1e9, tfda, 5 * mm / tfda / 1e9, (t1n + t2n) / tfda);
+#endif
     free_bufs(bf);
 }
 

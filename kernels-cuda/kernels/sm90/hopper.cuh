@@ -9,7 +9,8 @@
 //     optional cluster multicast, 2D stores from shared memory with bulk-group completion;
 //   - wgmma: shared-memory matrix descriptors, fence / commit / wait, operand register fences
 //     (the generated wrappers for every N are in sm90/wgmma.cuh);
-//   - setmaxnreg, stmatrix, cluster rank / barrier, programmatic dependent launch.
+//   - setmaxnreg, stmatrix, cluster rank / barrier, programmatic dependent launch;
+//   - global f32 reductions (red.global.add.v2.f32) and gpu-scope acquire / release flags.
 // Prepended after common.cuh; usable only when compiling for sm_90a.
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -222,6 +223,15 @@ __device__ __forceinline__ void stmatrix_x4(void* smem_row, u32 r0, u32 r1, u32 
                  : "memory");
 }
 
+// As stmatrix_x4, each 8x8 matrix stored transposed: lane i gives the address of row i % 8 of
+// the stored matrix i / 8, which holds column i % 8 of the lanes' fragments (element (r, c) of
+// the fragment matrix lands at element r of stored row c).
+__device__ __forceinline__ void stmatrix_x4_trans(void* smem_row, u32 r0, u32 r1, u32 r2, u32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(smem_u32(smem_row)),
+                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
 __device__ __forceinline__ u32 cluster_cta_rank() {
     u32 r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -264,3 +274,33 @@ __device__ __forceinline__ void named_barrier_arrive(u32 id, u32 threads) {
 // triggered), and let the next grid on the stream start its prologue.
 __device__ __forceinline__ void pdl_wait_dependencies() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+// ---- global reductions and flags -------------------------------------------------------------
+
+// p[0] += a, p[1] += b (f32, relaxed, gpu scope, performed in L2; no value returned). p 8-byte
+// aligned.
+__device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
+// A load with gpu-scope acquire semantics (what other CTAs released before the value it returns
+// is visible to this thread afterwards).
+__device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// A load with gpu-scope relaxed semantics (read from L2, no L1 invalidation): for polling a flag,
+// followed by one ld_acquire_gpu once the value is the awaited one.
+__device__ __forceinline__ u32 ld_relaxed_gpu(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// *p += v with gpu-scope release semantics (cumulative: it orders after it whatever this thread,
+// and the threads it synchronized with through a barrier before, wrote or reduced).
+__device__ __forceinline__ void red_release_gpu_add(u32* p, u32 v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}

@@ -5,11 +5,15 @@
 // ELEM_BF16), sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/attention_backward.rs):
-//   PASS       1 = dk/dv (sparse_attention_bwd_dkdv_sm90), 2 = dq (sparse_attention_bwd_dq_sm90)
+//   PASS       1 = dk/dv (sparse_attention_bwd_dkdv_sm90), 2 = dq (sparse_attention_bwd_dq_sm90),
+//              3 = the fused variant's dq conversion (sparse_attention_bwd_dq_convert_sm90; needs
+//              only HEAD_DIM and ELEM_BF16, TESSERA_THREADS 256, no shared memory)
 //   HEAD_DIM, ELEM_BF16 (attention_constants.cuh)
 //   BLOCK      mask block size: 128 (a CTA's 128 resident rows are one mask block)
 //   STAGES     streamed tiles in flight: 2, 3 or 4
 //   TESSERA_SMEM_BYTES  Bwd90Smem::END below;  TESSERA_THREADS 384
+// Optional (nvcc harness only so far): BWD90_FUSED_DQ (0; 1 with PASS 1: below),
+// BWD90_DQ_DETERMINISTIC (0), BWD90_OVERLAP (1 at HEAD_DIM 64 unless fused, else 0).
 //
 // Problem, layouts, arguments and padding rules: those of kernels/sparse_attention_backward.cu
 // (q, k, v, dO, dq, dk, dv [batch, tokens, heads, HEAD_DIM]; lse (natural log) and delta f32
@@ -40,15 +44,72 @@
 //                 of [128 rows][64] each
 //   STAGE_A, STAGE_B  STAGES x the streamed tiles (PASS 1: Q, dO; PASS 2: K, V): HEAD_DIM / 64
 //                 column blocks of [64 rows][64] each
+//   DS            BWD90_FUSED_DQ only: 2 x the dS of a query tile, [64 query rows][128 keys] as
+//                 two column blocks of [64 rows][64] (32 KB)
 //   LSE, DELTA    PASS 1 only: STAGES x 64 f32 each
 //   FULL, EMPTY   STAGES mbarriers each
+//
+// Fused dQ (BWD90_FUSED_DQ 1, PASS 1 only; compiled by the nvcc harness, not yet by the plan):
+// sparse_attention_bwd_fused_sm90 is PASS 1 that also accumulates dQ, so that PASS 2 (which
+// recomputes S and dP: 3 of the 7 matmuls) is not run; 5 matmuls in all, FlashAttention-3's count.
+//   Per query tile, once both warpgroups have dS^T (their 64 keys x the tile's 64 queries) in
+//   registers, each stores it as bf16/f16 into the shared buffer DS (t % 2), transposed by
+//   stmatrix .trans into the K-major A operand [64 query rows][128 keys] (two 128-byte-swizzled
+//   column blocks, warpgroup w's keys in block w), then a 256-thread named barrier. dQ_tile =
+//   dS K (m64n64k16 x 8 k-steps over the CTA's 128 keys, A = DS, B = the resident K, MN-major):
+//   at HEAD_DIM 128 warpgroup w computes columns 64w..64w+63 of every tile (32 registers); at 64
+//   warpgroup (t & 1) computes all 64 columns of tile t. The tile goes into dq_accum (f32
+//   [batch, heads, tokens, HEAD_DIM], zeroed by the host) by red.global.add.v2.f32, under the S
+//   and dP of the next tile. PASS 3 (sparse_attention_bwd_dq_convert_sm90) then writes
+//   dq = scale * dq_accum in the element type.
+//   BWD90_DQ_DETERMINISTIC 0: the adds of different key blocks into one element race (f32
+//     rounding depends on their order: dq may differ in its last bits from run to run).
+//   BWD90_DQ_DETERMINISTIC 1: every element of dq_accum receives its adds in increasing key-block
+//     order, so dq is bitwise the same on every run (same inputs and mask; not bitwise equal to
+//     PASS 2's dq, which sums the tiles in another order). dq_turns (u32 [batch][heads]
+//     [ceil(tokens / 64)][HEAD_DIM / 64], zeroed by the host) counts, per query tile and column
+//     job, the key blocks that have added; t_rank (u32, parallel to t_indices: entry e of
+//     transposed row kb, query block qb = t_indices[e], holds the rank of kb among the key blocks
+//     of mask row qb, i.e. its position in that sorted row) is the count a CTA waits for before
+//     it adds (one thread polls with ld.relaxed.gpu, then ld.acquire.gpu, a warpgroup barrier,
+//     the adds, a barrier, red.release.gpu + 1). Deadlock-free for any grid: CTA (kb, h, b) waits only for CTAs
+//     (kb' < kb, h, b), whose linear block index is lower; CTAs are dispatched in linear index
+//     order (what the hardware does; CUDA does not promise it, FlashAttention-3's deterministic
+//     mode relies on the same), so every CTA it waits for is resident or done, and by induction
+//     on the index the lowest waiting CTA's predecessors all finish (a CTA never waits for a
+//     later one: its tiles are walked in increasing query order and each wait is on lower kb).
 
 #ifndef PASS
-#error "PASS is required (1 = dk/dv, 2 = dq)"
+#error "PASS is required (1 = dk/dv, 2 = dq, 3 = fused dq's f32 -> element conversion)"
 #endif
-#if PASS != 1 && PASS != 2
-#error "PASS must be 1 or 2 (the delta pass is kernels/sparse_attention_backward.cu's PASS 0)"
+#if PASS != 1 && PASS != 2 && PASS != 3
+#error "PASS must be 1, 2 or 3 (the delta pass is kernels/sparse_attention_backward.cu's PASS 0)"
 #endif
+
+#if PASS == 3
+// dq [batch, tokens, heads, HEAD_DIM] (element type) = scale * dq_accum [batch, heads, tokens,
+// HEAD_DIM] (f32): one thread per 8 consecutive outputs, groups = batch * tokens * heads *
+// HEAD_DIM / 8. TESSERA_THREADS 256, no shared memory.
+extern "C" __global__ void __launch_bounds__(256)
+sparse_attention_bwd_dq_convert_sm90(const float* __restrict__ dq_accum, u16* __restrict__ dq, int tokens, int heads,
+                                     float scale, i64 groups) {
+    const i64 i = (i64)blockIdx.x * 256 + threadIdx.x;
+    if (i >= groups) return;
+    constexpr int C8 = HEAD_DIM / 8;
+    const int c8 = (int)(i % C8);
+    i64 r = i / C8;
+    const int h = (int)(r % heads);
+    r /= heads;
+    const int t = (int)(r % tokens);
+    const i64 b = r / tokens;
+    const float4* src = reinterpret_cast<const float4*>(dq_accum + ((b * heads + h) * tokens + t) * HEAD_DIM + c8 * 8);
+    const float4 x = src[0], y = src[1];
+    constexpr bool BF16 = ELEM_BF16 != 0;
+    *reinterpret_cast<uint4*>(dq + i * 8) =
+        make_uint4(pack2<BF16>(x.x * scale, x.y * scale), pack2<BF16>(x.z * scale, x.w * scale),
+                   pack2<BF16>(y.x * scale, y.y * scale), pack2<BF16>(y.z * scale, y.w * scale));
+}
+#else  // PASS 1 or 2
 #ifndef BLOCK
 #error "BLOCK is required (mask block size: 128)"
 #endif
@@ -60,6 +121,15 @@
 #endif
 #if STAGES < 2 || STAGES > 4
 #error "STAGES must be 2, 3 or 4"
+#endif
+#ifndef BWD90_FUSED_DQ
+#define BWD90_FUSED_DQ 0
+#endif
+#ifndef BWD90_DQ_DETERMINISTIC
+#define BWD90_DQ_DETERMINISTIC 0
+#endif
+#if BWD90_FUSED_DQ && PASS != 1
+#error "BWD90_FUSED_DQ is a variant of PASS 1"
 #endif
 
 #define BWD90_ROWS 128          // resident rows per CTA (one mask block, two math warpgroups)
@@ -75,7 +145,10 @@
 // PASS 1: the elementwise work of a tile under the dV/dK wgmma of the previous one (32 more
 // live registers: fits at HEAD_DIM 64; at 128 the warpgroups overlap only each other).
 #ifndef BWD90_OVERLAP
-#define BWD90_OVERLAP (HEAD_DIM == 64)
+#define BWD90_OVERLAP (HEAD_DIM == 64 && !BWD90_FUSED_DQ)
+#endif
+#if BWD90_OVERLAP && BWD90_FUSED_DQ
+#error "the fused dQ variant runs PASS 1's loop without cross-tile overlap (BWD90_OVERLAP 0)"
 #endif
 
 #if ELEM_BF16
@@ -84,6 +157,12 @@
 #define BWD90_MMA_SS WgmmaF16<BWD90_TILE, 0>
 #endif
 #define BWD90_MMA_RS WgmmaRegA<HEAD_DIM, ELEM_BF16>
+// Fused dQ: dQ_tile (64 queries x 64 columns) += dS (K-major) K (MN-major)
+#if ELEM_BF16
+#define BWD90_MMA_DQ WgmmaBf16<64, 1>
+#else
+#define BWD90_MMA_DQ WgmmaF16<64, 1>
+#endif
 
 // Byte offsets of the shared-memory regions; the host's size (kernels-cuda/src/plan/
 // attention_backward.rs) is checked against END at compile time.
@@ -96,7 +175,10 @@ struct Bwd90Smem {
     static constexpr int RES_B = RES_A + RES;
     static constexpr int STAGE_A = RES_B + RES;
     static constexpr int STAGE_B = STAGE_A + STAGES * TILE;
-    static constexpr int LSE = STAGE_B + STAGES * TILE;
+    // BWD90_FUSED_DQ: two buffers of dS, each [64 query rows][128 keys] K-major (two column blocks)
+    static constexpr int DS_BUF = 2 * TILE_BLOCK;
+    static constexpr int DS = STAGE_B + STAGES * TILE;
+    static constexpr int LSE = DS + (BWD90_FUSED_DQ ? 2 * DS_BUF : 0);
     static constexpr int DELTA = LSE + (PASS == 1 ? STAGES * BWD90_TILE * 4 : 0);
     static constexpr int FULL = DELTA + (PASS == 1 ? STAGES * BWD90_TILE * 4 : 0);
     static constexpr int EMPTY = FULL + STAGES * 8;
@@ -183,6 +265,15 @@ __device__ __forceinline__ void bwd90_weights_times_tile(float* acc, const u32 (
         BWD90_MMA_RS::mma(acc, w[kk], b_desc + (u64)((kk * 16 * 128) >> 4), 1);
 }
 
+// Ends the live range of an accumulator that the next wgmma overwrites (its first k-step does not
+// accumulate): without it, the wgmma's read-write operands keep it live around the loop (the
+// fused dQ variant needs those registers). volatile: not hoisted out of the loop.
+template <int N>
+__device__ __forceinline__ void bwd90_undefine(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "=f"(r[i]));
+}
+
 // A 64 x 64 f32 accumulator (wgmma layout) into the A fragments of the next wgmma: k-step kk
 // covers columns 16kk..16kk+15, i.e. n8 tiles 2kk and 2kk + 1.
 template <bool BF16>
@@ -220,7 +311,11 @@ __device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* 
     }
 }
 
-#if PASS == 1
+#if PASS == 1 && BWD90_FUSED_DQ && BWD90_DQ_DETERMINISTIC
+#define BWD90_ENTRY sparse_attention_bwd_fused_deterministic_sm90
+#elif PASS == 1 && BWD90_FUSED_DQ
+#define BWD90_ENTRY sparse_attention_bwd_fused_sm90
+#elif PASS == 1
 #define BWD90_ENTRY sparse_attention_bwd_dkdv_sm90
 #else
 #define BWD90_ENTRY sparse_attention_bwd_dq_sm90
@@ -229,8 +324,17 @@ __device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* 
 // PASS 1: dk, dv for the 128 keys of key block blockIdx.x of head blockIdx.y, batch blockIdx.z,
 // over the query tiles of the transposed mask's row (indptr/indices = t_indptr/t_indices).
 // PASS 2: dq for the 128 queries of query block blockIdx.x over the key tiles of the mask's row.
-// The arguments are those of the mma.sync kernel's pass (kernels/sparse_attention_backward.cu).
-#if PASS == 1
+// The arguments are those of the mma.sync kernel's pass (kernels/sparse_attention_backward.cu);
+// the fused variant (BWD90_FUSED_DQ) also takes dq_accum, dq_turns and t_rank (header comment;
+// dq_turns and t_rank are read only when BWD90_DQ_DETERMINISTIC).
+#if PASS == 1 && BWD90_FUSED_DQ  // sparse_attention_bwd_fused_sm90 / _fused_deterministic_sm90
+extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
+BWD90_ENTRY(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+            const u16* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
+            u16* __restrict__ dk, u16* __restrict__ dv, float* __restrict__ dq_accum, u32* __restrict__ dq_turns,
+            const u32* __restrict__ t_rank, const u32* __restrict__ indptr, const u32* __restrict__ indices,
+            int tokens, int heads, float scale, float scale_log2)
+#elif PASS == 1
 extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
 sparse_attention_bwd_dkdv_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                                const u16* __restrict__ d_o, const float* __restrict__ lse,
@@ -407,10 +511,90 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         bwd90_fence_frags(ds_frag);
     };
 
+#if BWD90_FUSED_DQ
+    // dQ jobs: at HEAD_DIM 128 warpgroup mw computes columns 64 mw.. of every query tile; at 64,
+    // warpgroup (t & 1) computes all 64 columns of tile t.
+    constexpr int DQ_SPLIT = D / 64;
+    auto dq_mine = [&](int t) { return DQ_SPLIT == 2 || (t & 1) == mw; };
+    const int dq_col0 = DQ_SPLIT == 2 ? 64 * mw : 0;
+    float acc_dq[32];  // 64 queries x 64 columns of dQ (f32, wgmma layout), without `scale`
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc_dq[i] = 0.0f;
+    reg_fence_all(acc_dq);
+    u8* const s_ds = smem + Bwd90Smem::DS;
+    // B of dQ = dS K: the resident K rows (all 128: both warpgroups' keys), MN-major, column
+    // block dq_col0 / 64.
+    const u64 dq_b_desc = wgmma_desc(s_res_a + (dq_col0 / 64) * Bwd90Smem::RES_BLOCK, Bwd90Smem::RES_BLOCK, 1024,
+                                     WGMMA_SWIZZLE_128B);
+    // dS^T of tile t (ds_frag: this warpgroup's 64 keys x 64 queries) into DS (t % 2) as dS,
+    // K-major: stmatrix .trans stores each 8 x 8 fragment matrix (keys 16 warp + 8 (j % 2).., queries
+    // 8 (2 kk + j / 2)..) as 8 query rows of 8 keys (one 16-byte chunk); then both warpgroups meet.
+    // A buffer is rewritten two tiles later, after the barrier of the tile in between, which
+    // both warpgroups reach only after waiting for their dQ product that read it.
+    auto store_ds = [&](int t) {
+        u8* const buf = s_ds + (t & 1) * Bwd90Smem::DS_BUF + mw * Bwd90Smem::TILE_BLOCK;
+        const int j = lane / 8, i = lane % 8;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+            stmatrix_x4_trans(buf + swizzle128(8 * (2 * kk + j / 2) + i, 2 * warp + (j & 1)), ds_frag[kk][0],
+                              ds_frag[kk][1], ds_frag[kk][2], ds_frag[kk][3]);
+        fence_proxy_async_smem();
+        named_barrier_sync(3, 256);
+    };
+    // dQ_tile = dS K over the CTA's 128 keys (k-step kk: keys 16 kk.., DS column block kk / 4),
+    // issued and committed.
+    auto issue_dq = [&](int t) {
+        const u64 a = wgmma_desc(s_ds + (t & 1) * Bwd90Smem::DS_BUF, 16, 1024, WGMMA_SWIZZLE_128B);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BWD90_ROWS / 16; ++kk) {
+            const u64 aoff = (u64)(((kk / 4) * Bwd90Smem::TILE_BLOCK + (kk % 4) * 32) >> 4);
+            BWD90_MMA_DQ::mma(acc_dq, a + aoff, dq_b_desc + (u64)((kk * 16 * 128) >> 4), kk != 0);
+        }
+        wgmma_commit();
+    };
+    // Adds acc_dq (the dQ job of tile t, completed) into dq_accum rows < tokens. Deterministic:
+    // first waits until the key blocks before this one in mask row (tile's block) have added.
+    float* const dq_acc_head = dq_accum + ((i64)b * heads + h) * tokens * D + dq_col0;
+    auto flush_dq = [&](int t) {
+        const int q0 = walk.row0(t);
+#if BWD90_DQ_DETERMINISTIC
+        const int qtiles = (tokens + BWD90_TILE - 1) / BWD90_TILE;
+        u32* const turn = dq_turns + (((i64)b * heads + h) * qtiles + q0 / BWD90_TILE) * DQ_SPLIT + dq_col0 / 64;
+        if (t128 == 0) {
+            // Polls from L2 without invalidating L1 each time (what ld.acquire does), then one
+            // acquire load: it reads the same count (only this CTA increments it next), written
+            // by the previous key block's release, and synchronizes with it.
+            const u32 rank = t_rank[walk.first + t / 2];
+            while (ld_relaxed_gpu(turn) != rank) {
+            }
+            (void)ld_acquire_gpu(turn);
+        }
+        named_barrier_sync(4 + mw, 128);
+#endif
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            const int row = q0 + warp * 16 + g + 8 * ri;
+            if (row >= tokens) continue;
+            float* const dst = dq_acc_head + (i64)row * D + 2 * tq;
+#pragma unroll
+            for (int n8 = 0; n8 < 8; ++n8) red_add_f32x2(dst + n8 * 8, acc_dq[n8 * 4 + 2 * ri], acc_dq[n8 * 4 + 2 * ri + 1]);
+        }
+#if BWD90_DQ_DETERMINISTIC
+        named_barrier_sync(4 + mw, 128);
+        if (t128 == 0) red_release_gpu_add(turn, 1);
+#endif
+    };
+#endif
+
 #if !BWD90_OVERLAP
     // Within a warpgroup: the exp of P^T under dP^T, dS^T under dV; the other warpgroup fills
     // the rest (the registers of an overlap across tiles exceed the budget at HEAD_DIM 128).
     for (int t = 0; t < ntiles; ++t) {
+#if BWD90_FUSED_DQ
+        bwd90_undefine(sacc);  // overwritten by S and dP: not live across iterations
+        bwd90_undefine(dpacc);
+#endif
         issue_s_dp(t);
         wgmma_wait<1>();  // S of tile t
         reg_fence_all(sacc);
@@ -428,9 +612,25 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         wgmma_fence();
         bwd90_weights_times_tile(acc_dk, ds_frag, stage_desc_mn(s_stage_a, t));
         wgmma_commit();
+#if BWD90_FUSED_DQ
+        // Under dV and dK: this tile's dS to shared memory and its dQ product.
+        store_ds(t);
+        if (dq_mine(t)) {
+            bwd90_undefine(acc_dq);  // not live from the previous tile's adds to this product
+            issue_dq(t);
+        }
+        wgmma_wait<0>();  // dV, dK (and dQ) of tile t
+        reg_fence_all(acc_dq);
+        fence_products();
+        release(t);
+        // The adds, once the products are done: S, dP and P of the next tile leave no
+        // registers for acc_dq (dV + dK + S + dP = 192 of the 240).
+        if (dq_mine(t)) flush_dq(t);
+#else
         wgmma_wait<0>();  // dV, dK of tile t
         fence_products();
         release(t);
+#endif
     }
 #endif
 #else
@@ -521,3 +721,4 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
     bwd90_store<BF16>(dq + base, acc_dq, scale, r0 + 64 * mw, tokens, tok_stride, warp, g, tq);
 #endif
 }
+#endif  // PASS 1 or 2
