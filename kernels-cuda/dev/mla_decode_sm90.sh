@@ -2,16 +2,10 @@
 # On the GPU machine: build the MLA decode harness (nvcc) for each variant named, check each
 # against the CPU reference, time each on the standard shapes, print a bf16-vs-FP8 table.
 #   bash kernels-cuda/dev/mla_decode_sm90.sh OUTDIR [VARIANT...]
-# VARIANT: bf16 (sm90 kernel, bf16 cache); fp8-r16 / fp8-r32 (the library's sm90 FP8 kernel, 16 / 32
-# rows per CTA); mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling
-# (RS, N, ST)); and the experiments of dev/mla_decode_sm90_fp8_exp.cu (NOTES "The f16 route"):
-#   fp8f16-rR   M8_F16 (MMAs on the f16 codes, S^T group by group), fp8f16x-rR the same with the 5
-#               S^T accumulators in one commit group (16 rows only: 32 spills)
-#   fp8c-rR / fp8f16c-rR / fp8f16cx-rR   M8_COALESCED (whole-record loads), old route / f16 route
-#   suffix -nomath / -noload   M8_DIAG 1 / 2 (no MMA and softmax / no cache loads: wrong results,
-#               time them only), then an optional last suffix -hint (M8_WAIT_HINT).
-# Default: bf16 fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 /
-# NOTIME=1 skip; ONE="B S_Q H S_K;..." times only those cases; HEADS=16 times only h_q 16; TAG=-x
+# VARIANT: bf16 (sm90 kernel, bf16 cache), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
+# CTA), mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling (RS, N, ST)); default: bf16
+# fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 / NOTIME=1 skip;
+# ONE="B S_Q H S_K;..." times only those cases; HEADS=16 times only h_q 16; TAG=-x
 # renames the variants of this run in the table; NCU=1: see the end.
 set -uo pipefail
 out=${1:?outdir}
@@ -21,22 +15,11 @@ variants=("$@")
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
-  local v=$1 defs smem v0
-  local diag=""
-  v0=$v
-  [[ $v0 == *-hint ]] && { diag="-DM8_WAIT_HINT=1"; v0=${v0%-hint}; }
-  case $v0 in *-nomath) diag="$diag -DM8_DIAG=1"; v0=${v0%-nomath} ;; *-noload) diag="$diag -DM8_DIAG=2"; v0=${v0%-noload} ;; esac
-  case $v0 in
+  local v=$1 defs smem
+  case $v in
     bf16) defs="-DHK=0 -DFMT=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
-    # fp8-rR alone is the library kernel (HK 1); every other FP8 sm90 variant, and fp8-rR with a
-    # suffix, the experiments' copy dev/mla_decode_sm90_fp8_exp.cu (HK 3).
-    fp8-r*) local r=${v0#fp8-r} hk=1; [ -n "$diag" ] && hk=3; defs="-DHK=$hk -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
-    fp8f16-r*) local r=${v0#fp8f16-r}; defs="-DHK=3 -DFMT=1 -DROWS=$r -DM8_F16=1 -DM8_STAGED=1"; smem=$((1704*r + 149584)) ;;
-    fp8c-r*) local r=${v0#fp8c-r}; defs="-DHK=3 -DFMT=1 -DROWS=$r -DM8_COALESCED=1"; smem=$((1312*r + 147504)) ;;
-    fp8f16c-r*) local r=${v0#fp8f16c-r}; defs="-DHK=3 -DFMT=1 -DROWS=$r -DM8_F16=1 -DM8_STAGED=1 -DM8_COALESCED=1"; smem=$((1704*r + 149584)) ;;
-    fp8f16cx-r*) local r=${v0#fp8f16cx-r}; defs="-DHK=3 -DFMT=1 -DROWS=$r -DM8_F16=1 -DM8_STAGED=0 -DM8_COALESCED=1"; smem=$((1704*r + 149584)) ;;
-    fp8f16x-r*) local r=${v0#fp8f16x-r}; defs="-DHK=3 -DFMT=1 -DROWS=$r -DM8_F16=1 -DM8_STAGED=0"; smem=$((1704*r + 149584)) ;;
-    mma-*) local f=1 t=${v0#mma-fp8-}; [[ $v0 == mma-bf16-* ]] && { f=0; t=${v0#mma-bf16-}; }
+    fp8-r*) local r=${v#fp8-r}; defs="-DHK=1 -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
+    mma-*) local f=1 t=${v#mma-fp8-}; [[ $v == mma-bf16-* ]] && { f=0; t=${v#mma-bf16-}; }
       IFS=x read -r rs n st <<< "$t"
       local m=$((16*rs)) q=$((16*rs*1168)); [ "$rs" = 1 ] && q=0
       # mla_smem_layout of kernels/mla_decode.cu: Q, key tiles (STAGES for bf16, 1 + raw stages for FP8), P, exchange
@@ -44,7 +27,7 @@ build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
       defs="-DHK=2 -DFMT=$f -DROW_SLICES=$rs -DKEY_TILE=$n -DSTAGES=$st -DDV_CHUNK=512" ;;
     *) echo "unknown variant $v"; return 1 ;;
   esac
-  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -lineinfo $defs $diag -DLATENT=512 -DROPE=64 \
+  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -lineinfo $defs -DLATENT=512 -DROPE=64 \
     -DVARLEN=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$([[ $v == mma-* ]] && echo 256 || echo 384) \
     -o "$out/$v" "$here/mla_decode_sm90_harness.cu" > "$out/$v.build.log" 2>&1 || { echo "BUILD FAILED $v"; tail -20 "$out/$v.build.log"; return 1; }
   echo "built $v: $(grep -oE 'Used [0-9]+ registers|[0-9]+ bytes spill stores' "$out/$v.build.log" | tr '\n' ' ')$(grep -c C751 "$out/$v.build.log") C751x"

@@ -5,7 +5,6 @@
 // per launch, median). HK picks the kernel (one per build, all with the same arguments):
 //   HK 0  sm90/mla_decode.cu      (FMT 0: bf16 records), 64 rows per CTA
 //   HK 1  sm90/mla_decode_fp8.cu  (FMT 1: FP8 records), ROWS (16 or 32) rows per CTA
-//   HK 3  dev/mla_decode_sm90_fp8_exp.cu (the same with the experiments' switches, M8_*)
 //   HK 2  mla_decode.cu           (mma.sync; FMT 0 or 1, ROW_SLICES, KEY_TILE, STAGES, DV_CHUNK)
 //   harness --check
 //   harness --time                  (b 64/128 x s_k 4096..32768 x (h 128 | h 16) x s_q 1/2)
@@ -27,7 +26,7 @@
 
 #include "../kernels/common.cuh"
 #include "../kernels/mla_work.cuh"
-#if HK == 0 || HK == 1 || HK == 3
+#if HK == 0 || HK == 1
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #endif
@@ -35,39 +34,10 @@
 #include "../kernels/sm90/mla_decode.cu"
 static const int H_ROWS = 64, H_KEYS = 64, H_THREADS = MLA90_THREADS;
 static const char* H_NAME = "sm90-bf16";
-#elif HK == 1 || HK == 3
-#if HK == 1
+#elif HK == 1
 #include "../kernels/sm90/mla_decode_fp8.cu"
-#else
-#include "mla_decode_sm90_fp8_exp.cu"
-#endif
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
-#define H_STR2(x) #x
-#define H_STR(x) H_STR2(x)
-#if M8_DIAG == 1
-#define H_DIAG "-nomath"
-#elif M8_DIAG == 2
-#define H_DIAG "-noload"
-#else
-#define H_DIAG ""
-#endif
-#if M8_WAIT_HINT
-#define H_HINT "-hint"
-#else
-#define H_HINT ""
-#endif
-#if M8_COALESCED
-#define H_C "c"
-#else
-#define H_C ""
-#endif
-#if M8_F16 && M8_STAGED
-static const char* H_NAME = "sm90-fp8f16" H_C "-r" H_STR(ROWS) H_DIAG H_HINT;
-#elif M8_F16
-static const char* H_NAME = "sm90-fp8f16" H_C "x-r" H_STR(ROWS) H_DIAG H_HINT;
-#else
-static const char* H_NAME = "sm90-fp8" H_C "-r" H_STR(ROWS) H_DIAG H_HINT;
-#endif
+static const char* H_NAME = ROWS == 16 ? "sm90-fp8-r16" : "sm90-fp8-r32";
 #else
 #include "../kernels/mla_decode.cu"
 static const int H_ROWS = 16 * ROW_SLICES, H_KEYS = KEY_TILE, H_THREADS = MLA_THREADS;

@@ -42,8 +42,8 @@
 //   column maxima and sums [4 warps][ROWS] f32 each, the barriers, the bad-page flag.
 // After the last tile the first K tile is the output's staging buffer ([ROWS][516] f32).
 //
-// Measured no faster (dev/NOTES-mla-decode-sm90.md, "The f16 route"; the variants are in
-// dev/mla_decode_sm90_fp8_exp.cu): MMAs on the unscaled codes in f16 (dequantizers that only
+// Measured no faster (dev/NOTES-mla-decode-sm90.md, "The f16 route", which says where the
+// variants are): MMAs on the unscaled codes in f16 (dequantizers that only
 // convert), whole-record loads, mbarrier waits with a suspend hint. At h_q 16 the loads alone
 // and the math alone each take ~0.55x the bf16 kernel's time, together ~0.83x.
 
