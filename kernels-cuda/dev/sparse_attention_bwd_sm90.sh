@@ -2,16 +2,16 @@
 # On the GPU machine: build the sm90 attention backward harness (nvcc) for head_dim 64/128 x
 # bf16/f16 (five compile units each: the mma.sync passes 0, 1, 2 and the wgmma passes 1, 2;
 # with FUSED=1, the default, three more: the fused dk/dv/dq pass in its atomic and deterministic
-# modes and the dq conversion; with WRITER=1, the default when FUSED=1, three more: the fused pass
-# with the dQ writer warps (BWD90_DQ_WRITER) in both modes and its tiled dq conversion), check each against the mma.sync kernel and an f64 CPU reference,
-# then time both kernels' tile passes (and the fused pass) at batch 1, TOKENS (32768), HEADS
+# modes and the dq conversion; with WRITER=1, the default when FUSED=1, three more: the fused
+# pass with the dQ writer warps (BWD90_DQ_WRITER) in both modes and its tiled dq conversion),
+# check each against the mma.sync kernel and an f64 CPU reference, then time both kernels' tile passes (and the fused pass) at batch 1, TOKENS (32768), HEADS
 # (24), a random mask of DENSITY (0.25) and dense.
 #   bash kernels-cuda/dev/sparse_attention_bwd_sm90.sh OUTDIR
 #   env: STAGES (3), EXTRA_DEFS ("-D..." for the wgmma units 11, 12), FUSED_DEFS (for 13, 14,
 #        16, 17), WRITER (1 with FUSED: units 16, 17, 18), CHECK_TIMEOUT (240), TIME_TIMEOUT (120),
 #        CONFIGS ("128 1;64 1;..."),
 #        NOCHECK, NOTIME, TIME_CONFIGS ("128 1" ...), TOKENS, HEADS, DENSITY, NCU=1 (the wgmma
-#        kernels, the atomic fused one included, at 16384 tokens), FUSED (1),
+#        kernels, the atomic fused ones included, at 16384 tokens), FUSED (1),
 #        LINK_FLAGS (e.g. -L<dir of libcudart_static.a> for a compile-only check elsewhere)
 set -uo pipefail
 out=${1:?outdir}
