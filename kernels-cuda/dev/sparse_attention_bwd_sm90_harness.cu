@@ -3,7 +3,8 @@
 // and linked with five compile units (sparse_attention_bwd_sm90_unit.cu): the mma.sync passes 0
 // (delta), 1 (dk/dv), 2 (dq) and the wgmma passes 1 and 2; with FUSED (1), three more: the
 // fused dk/dv/dq pass (BWD90_FUSED_DQ) with atomic adds (13) and deterministic (14), and the
-// conversion of its f32 dq (15).
+// conversion of its f32 dq (15); with WRITER (1 when FUSED), three more: the fused pass with the
+// dQ writer warps (BWD90_DQ_WRITER) atomic (16) and deterministic (17), its tiled dq conversion (18).
 //   harness --check    random BSR masks (token counts not multiples of 128, a key block no
 //                      query attends, rows with one block, an empty row), NaN-prefilled
 //                      gradients: the wgmma dq/dk/dv against the mma.sync ones and against an
@@ -46,6 +47,20 @@ extern "C" void bwd_launch_12(const BwdArgs&, cudaStream_t);
 extern "C" void bwd_launch_13(const BwdArgs&, cudaStream_t);
 extern "C" void bwd_launch_14(const BwdArgs&, cudaStream_t);
 extern "C" void bwd_launch_15(const BwdArgs&, cudaStream_t);
+#endif
+#ifndef WRITER
+#define WRITER 0
+#endif
+#if WRITER
+extern "C" void bwd_launch_16(const BwdArgs&, cudaStream_t);
+extern "C" void bwd_launch_17(const BwdArgs&, cudaStream_t);
+extern "C" void bwd_launch_18(const BwdArgs&, cudaStream_t);
+#endif
+#if FUSED
+// Fused modes: 0 atomic, 1 deterministic, with WRITER 2 writer atomic, 3 writer deterministic.
+static const int FUSED_MODES = WRITER ? 4 : 2;
+static const char* const FUSED_MODE_NAMES[4] = {"atomic", "deterministic", "writer atomic", "writer determ."};
+static bool mode_deterministic(int mode) { return mode & 1; }
 #endif
 
 static const int D = HEAD_DIM;
@@ -91,6 +106,7 @@ struct Bufs {
     float *lse, *delta, *dq_accum;
     u32 *indptr, *indices, *t_indptr, *t_indices, *dq_turns, *t_rank;
     size_t n, turns;
+    size_t n_acc;  // dq_accum's floats: the tiled (writer) layout's, >= n (rows padded to 64)
 };
 
 static Bufs make_bufs(int batch, int tokens, int heads, const Mask& m) {
@@ -103,7 +119,8 @@ static Bufs make_bufs(int batch, int tokens, int heads, const Mask& m) {
     const Mask t = transpose(m);
     b.indptr = dalloc<u32>(m.indptr.size()), b.indices = dalloc<u32>(m.indices.size());
     b.t_indptr = dalloc<u32>(t.indptr.size()), b.t_indices = dalloc<u32>(t.indices.size());
-    b.t_rank = dalloc<u32>(t.rank.size()), b.dq_accum = dalloc<float>(b.n);
+    b.n_acc = (size_t)batch * heads * ((tokens + 63) / 64) * 64 * D;
+    b.t_rank = dalloc<u32>(t.rank.size()), b.dq_accum = dalloc<float>(b.n_acc);
     b.turns = (size_t)batch * heads * ((tokens + 63) / 64) * (D / 64);
     b.dq_turns = dalloc<u32>(b.turns);
     CK(cudaMemcpy(b.indptr, m.indptr.data(), m.indptr.size() * 4, cudaMemcpyHostToDevice));
@@ -134,12 +151,26 @@ static std::vector<T> fetch(const T* d, size_t n) {
 }
 
 #if FUSED
-// The fused pass: zero dq_accum (and the turn counters), then unit 13 (atomic) or 14
-// (deterministic), then the conversion (15).
-static void fused_launch(const Bufs& b, bool deterministic, cudaStream_t st) {
-    CK(cudaMemsetAsync(b.dq_accum, 0, b.n * 4, st));
-    if (deterministic) CK(cudaMemsetAsync(b.dq_turns, 0, b.turns * 4, st));
-    (deterministic ? bwd_launch_14 : bwd_launch_13)(b.a, st);
+// The fused pass of `mode` (above) alone: unit 13, 14, 16 or 17.
+static void fused_pass(const BwdArgs& a, int mode, cudaStream_t st) {
+    void (*const passes[4])(const BwdArgs&, cudaStream_t) = {bwd_launch_13, bwd_launch_14,
+#if WRITER
+                                                             bwd_launch_16, bwd_launch_17
+#else
+                                                             nullptr, nullptr
+#endif
+    };
+    passes[mode](a, st);
+}
+// The fused pass: zero dq_accum (and the turn counters), then the pass, then the conversion (15,
+// or 18 for the writer's tiled dq_accum).
+static void fused_launch(const Bufs& b, int mode, cudaStream_t st) {
+    CK(cudaMemsetAsync(b.dq_accum, 0, b.n_acc * 4, st));
+    if (mode_deterministic(mode)) CK(cudaMemsetAsync(b.dq_turns, 0, b.turns * 4, st));
+    fused_pass(b.a, mode, st);
+#if WRITER
+    if (mode >= 2) return bwd_launch_18(b.a, st);
+#endif
     bwd_launch_15(b.a, st);
 }
 #endif
@@ -274,28 +305,30 @@ static int check_case(int batch, int tokens, int heads, int seed, int dead, int 
     CK(cudaDeviceSynchronize());
     const auto ndq = fetch(bf.dq, n), ndk = fetch(bf.dk, n), ndv = fetch(bf.dv, n);
 #if FUSED
-    // [mode][run]: the fused pass's gradients (atomic once, deterministic twice).
-    std::vector<u16> fdq[2][2], fdk[2], fdv[2];
-    std::vector<float> facc[2];
-    std::vector<u32> turns;
-    for (int mode = 0; mode < 2; ++mode)
-        for (int run = 0; run < 1 + mode; ++run) {
+    // [mode][run]: the fused pass's gradients (atomic modes once, deterministic twice).
+    std::vector<u16> fdq[4][2], fdk[4], fdv[4];
+    std::vector<float> facc[4][2];
+    int bad_turns[4] = {0, 0, 0, 0};
+    for (int mode = 0; mode < FUSED_MODES; ++mode) {
+        const bool det = mode_deterministic(mode);
+        std::vector<u32> turns;
+        for (int run = 0; run < 1 + det; ++run) {
             nan_fill();
-            fused_launch(bf, mode == 1, 0);
+            fused_launch(bf, mode, 0);
             CK(cudaGetLastError());
             CK(cudaDeviceSynchronize());
             fdq[mode][run] = fetch(bf.dq, n);
             if (run == 0) fdk[mode] = fetch(bf.dk, n), fdv[mode] = fetch(bf.dv, n);
-            if (mode == 1) facc[run] = fetch(bf.dq_accum, n);
-            if (mode == 1 && run == 0) turns = fetch(bf.dq_turns, bf.turns);
+            if (det) facc[mode][run] = fetch(bf.dq_accum, bf.n_acc);
+            if (det && run == 0) turns = fetch(bf.dq_turns, bf.turns);
         }
-    // The deterministic mode's counters end at the number of key blocks of each query tile's
-    // mask row.
-    int bad_turns = 0;
-    for (size_t i = 0; i < turns.size(); ++i) {
-        const size_t tile = i / (D / 64) % ((tokens + 63) / 64);
-        const int qb = (int)(tile * 64 / BLK);
-        bad_turns += turns[i] != m.indptr[qb + 1] - m.indptr[qb];
+        // The deterministic modes' counters end at the number of key blocks of each query
+        // tile's mask row.
+        for (size_t i = 0; i < turns.size(); ++i) {
+            const size_t tile = i / (D / 64) % ((tokens + 63) / 64);
+            const int qb = (int)(tile * 64 / BLK);
+            bad_turns[mode] += turns[i] != m.indptr[qb + 1] - m.indptr[qb];
+        }
     }
 #endif
     free_bufs(bf);
@@ -321,20 +354,23 @@ static int check_case(int batch, int tokens, int heads, int seed, int dead, int 
            e_old_ref[2], e_old[0], e_old[1], e_old[2], dead_nonzero, ok ? "ok" : "FAIL");
 #if FUSED
     bool fused_ok = true;
-    for (int mode = 0; mode < 2; ++mode) {
+    for (int mode = 0; mode < FUSED_MODES; ++mode) {
+        const bool det = mode_deterministic(mode);
         const double f_ref[3] = {rel_l2(fdq[mode][0], rdq), rel_l2(fdk[mode], rdk), rel_l2(fdv[mode], rdv)};
         const double f_old[3] = {rel_l2(fdq[mode][0], to_f64(odq)), rel_l2(fdk[mode], to_f64(odk)),
                                  rel_l2(fdv[mode], to_f64(odv))};
         const bool dkdv_same = fdk[mode] == ndk && fdv[mode] == ndv;
         bool ok_mode = dkdv_same;
         for (int i = 0; i < 3; ++i) ok_mode = ok_mode && f_ref[i] <= tol && f_old[i] <= tol;
-        const bool repeat = mode == 0 || (fdq[1][0] == fdq[1][1] && facc[0] == facc[1]);
-        ok_mode = ok_mode && repeat && (mode == 0 || bad_turns == 0);
+        const bool repeat = !det || (fdq[mode][0] == fdq[mode][1] && facc[mode][0] == facc[mode][1]);
+        ok_mode = ok_mode && repeat && (!det || bad_turns[mode] == 0);
         printf("    fused %-13s: rel L2 vs f64 dq %.2e dk %.2e dv %.2e; vs mma.sync %.2e %.2e %.2e; dk/dv bitwise "
                "= two-pass wgmma: %s",
-               mode ? "deterministic" : "atomic", f_ref[0], f_ref[1], f_ref[2], f_old[0], f_old[1], f_old[2],
+               FUSED_MODE_NAMES[mode], f_ref[0], f_ref[1], f_ref[2], f_old[0], f_old[1], f_old[2],
                dkdv_same ? "yes" : "NO");
-        if (mode) printf("; dq bitwise equal over 2 runs: %s; turn counters wrong: %d", repeat ? "yes" : "NO", bad_turns);
+        if (det)
+            printf("; dq bitwise equal over 2 runs: %s; turn counters wrong: %d", repeat ? "yes" : "NO",
+                   bad_turns[mode]);
         printf(": %s\n", ok_mode ? "ok" : "FAIL");
         fused_ok = fused_ok && ok_mode;
     }
@@ -376,19 +412,17 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     // The fused pass alone (dq_accum not re-zeroed between the timed launches: the atomic adds
     // cost the same; the deterministic counters are re-zeroed, else the turns never come), and
     // with the zeroing and the conversion: the figure to compare with the two tile passes.
-    const float tf = time_ms(bwd_launch_13, bf.a);
-    const float tfd = median_launch_ms([&] {
-        CK(cudaMemsetAsync(bf.dq_turns, 0, bf.turns * 4, 0));
-        bwd_launch_14(bf.a, 0);
-    });
-    const float tfa = median_launch_ms([&] { fused_launch(bf, false, 0); });
-    const float tfda = median_launch_ms([&] { fused_launch(bf, true, 0); });
-    printf("  fused    atomic %8.3f ms %6.1f TFLOPS (with zeroing + conversion %8.3f ms, bwd-equiv %6.1f, %.2fx the "
-           "two wgmma passes)\n",
-           tf, 5 * mm / tf / 1e9, tfa, 5 * mm / tfa / 1e9, (t1n + t2n) / tfa);
-    printf("  fused    determ %8.3f ms %6.1f TFLOPS (with zeroing + conversion %8.3f ms, bwd-equiv %6.1f, %.2fx the "
-           "two wgmma passes)\n",
-           tfd, 5 * mm / tfd / 1e9, tfda, 5 * mm / tfda / 1e9, (t1n + t2n) / tfda);
+    static const char* const labels[4] = {"fused    atomic", "fused    determ", "fused-w  atomic", "fused-w  determ"};
+    for (int mode = 0; mode < FUSED_MODES; ++mode) {
+        const float tf = median_launch_ms([&] {
+            if (mode_deterministic(mode)) CK(cudaMemsetAsync(bf.dq_turns, 0, bf.turns * 4, 0));
+            fused_pass(bf.a, mode, 0);
+        });
+        const float tfa = median_launch_ms([&] { fused_launch(bf, mode, 0); });
+        printf("  %s %8.3f ms %6.1f TFLOPS (with zeroing + conversion %8.3f ms, bwd-equiv %6.1f, %.2fx the "
+               "two wgmma passes)\n",
+               labels[mode], tf, 5 * mm / tf / 1e9, tfa, 5 * mm / tfa / 1e9, (t1n + t2n) / tfa);
+    }
 #endif
     free_bufs(bf);
 }

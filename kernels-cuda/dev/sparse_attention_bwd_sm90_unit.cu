@@ -5,6 +5,8 @@
 //   11 wgmma dk/dv, 12 wgmma dq (kernels/sm90/sparse_attention_backward.cu)
 //   13 wgmma dk/dv with fused dq (BWD90_FUSED_DQ, atomic adds), 14 the same, deterministic
 //   (BWD90_DQ_DETERMINISTIC), 15 the fused dq's conversion (PASS 3)
+//   16, 17 the fused pass with the dQ writer warps (BWD90_DQ_WRITER: atomic, deterministic),
+//   18 the conversion of their tiled dq_accum (PASS 3, BWD90_DQ_WRITER)
 // and defines the host launcher bwd_launch_<UNIT>(const BwdArgs&, stream).
 #include <cuda_runtime.h>
 
@@ -43,14 +45,19 @@ extern "C" void CAT(bwd_launch_, UNIT)(const BwdArgs& a, cudaStream_t st) {
                                                                   a.scale * 1.4426950408889634f);
 #endif
     once = true;
-#elif UNIT == 15
+#elif UNIT == 15 || UNIT == 18
     const long long groups = (long long)a.batch * a.tokens * a.heads * HEAD_DIM / 8;
-    sparse_attention_bwd_dq_convert_sm90<<<(unsigned)((groups + 255) / 256), 256, 0, st>>>(a.dq_accum, a.dq, a.tokens,
+#if UNIT == 18
+#define BWD90_CONVERT sparse_attention_bwd_dq_convert_tiled_sm90
+#else
+#define BWD90_CONVERT sparse_attention_bwd_dq_convert_sm90
+#endif
+    BWD90_CONVERT<<<(unsigned)((groups + 255) / 256), 256, 0, st>>>(a.dq_accum, a.dq, a.tokens,
                                                                                         a.heads, a.scale, groups);
 #else
     const dim3 grid((a.tokens + 127) / 128, a.heads, a.batch);
     static bool once = false;
-#if UNIT == 13 || UNIT == 14
+#if UNIT == 13 || UNIT == 14 || UNIT == 16 || UNIT == 17
     if (!once) cudaFuncSetAttribute(BWD90_ENTRY, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
     BWD90_ENTRY<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(
         a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dk, a.dv, a.dq_accum, a.dq_turns, a.t_rank, a.t_indptr, a.t_indices,

@@ -13,7 +13,8 @@
 //   STAGES     streamed tiles in flight: 2, 3 or 4
 //   TESSERA_SMEM_BYTES  Bwd90Smem::END below;  TESSERA_THREADS 384
 // Optional (nvcc harness only so far): BWD90_FUSED_DQ (0; 1 with PASS 1: below),
-// BWD90_DQ_DETERMINISTIC (0), BWD90_OVERLAP (1 at HEAD_DIM 64 unless fused, else 0).
+// BWD90_DQ_DETERMINISTIC (0), BWD90_DQ_WRITER (0; 1 with BWD90_FUSED_DQ, or with PASS 3: below),
+// BWD90_OVERLAP (1 at HEAD_DIM 64 unless fused, else 0).
 //
 // Problem, layouts, arguments and padding rules: those of kernels/sparse_attention_backward.cu
 // (q, k, v, dO, dq, dk, dv [batch, tokens, heads, HEAD_DIM]; lse (natural log) and delta f32
@@ -46,8 +47,11 @@
 //                 column blocks of [64 rows][64] each
 //   DS            BWD90_FUSED_DQ only: 2 x the dS of a query tile, [64 query rows][128 keys] as
 //                 two column blocks of [64 rows][64] (32 KB)
+//   DQ            BWD90_DQ_WRITER only: one f32 dQ job per math warpgroup, 2 x [64][64] (32 KB),
+//                 in the swizzled chunk layout of dq_accum below
 //   LSE, DELTA    PASS 1 only: STAGES x 64 f32 each
 //   FULL, EMPTY   STAGES mbarriers each
+//   DQ_FULL, DQ_EMPTY  BWD90_DQ_WRITER only: 2 mbarriers each (one per math warpgroup)
 //
 // Fused dQ (BWD90_FUSED_DQ 1, PASS 1 only; compiled by the nvcc harness, not yet by the plan):
 // sparse_attention_bwd_fused_sm90 is PASS 1 that also accumulates dQ, so that PASS 2 (which
@@ -78,6 +82,43 @@
 //     mode relies on the same), so every CTA it waits for is resident or done, and by induction
 //     on the index the lowest waiting CTA's predecessors all finish (a CTA never waits for a
 //     later one: its tiles are walked in increasing query order and each wait is on lower kb).
+//
+// dQ writer (BWD90_DQ_WRITER 1, with BWD90_FUSED_DQ; FlashAttention-3's division of the work):
+// the math warpgroups do not add into global memory. Warpgroup mw, once its dQ job of tile t is
+// complete, waits on DQ_EMPTY[mw] (the buffer's previous job has been read), stores the 64 x 64
+// f32 job into DQ[mw] (st.shared.v2, conflict-free in the swizzled layout), fence.proxy.async,
+// arrives on DQ_FULL[mw] (128 arrivals) and goes on with the next tile. Producer warps 2 and 3
+// are the writers of warpgroups 0 and 1 (warps 0 and 1 alone stream the tiles: full[] counts 64
+// arrivals); lane 0 waits on DQ_FULL[mw], adds the whole job with one
+// cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 (16 KB: the job is one contiguous
+// chunk of dq_accum), cp.async.bulk.commit_group, waits and arrives on DQ_EMPTY[mw].
+//   dq_accum layout (writer builds): f32 [batch][heads][ceil(tokens / 64) query tiles]
+//     [HEAD_DIM / 64 column jobs][64 rows][64], element (row r, column c) of a job at
+//     r * 64 + ((c / 8) ^ (r % 8)) * 8 + c % 8 (8-float groups XOR-swizzled by the row, so that
+//     the wgmma-layout stores hit 32 distinct banks per half-warp); the rows of the last tile
+//     past `tokens` are added too (zeros: dS = 0 there) and never read. PASS 3 with
+//     BWD90_DQ_WRITER 1 (sparse_attention_bwd_dq_convert_tiled_sm90) reads this layout.
+//   The bulk reduction adds element by element at L2 (SASS UBLKRED.G.S.ADD.F32.RN, a reduction
+//   like red.global: not FTZ, unlike the REDG of the plain fused build), which the atomic mode
+//   relies on for the concurrent jobs of other key blocks (FlashAttention-3 does the same).
+//   Atomic: cp.async.bulk.wait_group.read 0 (the shared-memory source has been read) before the
+//     DQ_EMPTY arrival; the global adds finish on their own (the kernel's end completes them).
+//   Deterministic: the writer lane does the turn wait (ld.relaxed.gpu poll, ld.acquire.gpu;
+//     before its DQ_FULL wait, so that it overlaps the job's product), then
+//     fence.proxy.async.global (orders the acquire, a generic-proxy operation, before the
+//     async-proxy reduction that follows), the reduction, cp.async.bulk.wait_group 0 (without
+//     .read: the writes are complete and visible to this thread, not only the source read),
+//     fence.proxy.async.global (makes those async-proxy writes part of what this thread's next
+//     generic-proxy release covers), then red.release.gpu + 1. The next key block's writer
+//     acquires that count, so its reduction is ordered after this one's writes. Deadlock freedom
+//     as above: a writer waits only for lower key blocks; the math warpgroups wait only on their
+//     own writer's DQ_EMPTY, which that writer arrives on once its (lower-kb) turn has come, and
+//     they release each stage before that wait, so the producer never waits on other CTAs.
+//   The per-tile 256-thread barrier stays: it is the dS exchange (each warpgroup's dQ product
+//   reads both warpgroups' halves of DS), not a coupling the writer could replace; DS[t % 2] is
+//   still rewritten only after barrier t + 1, which each warpgroup reaches after its wait for
+//   dQ(t) (the writer hand-off happens after that wait and reads DQ, never DS).
+//   Registers: setmaxnreg 24 / 240 at HEAD_DIM 128, 40 / 232 at 64 (BWD90_PRODUCER_REGS).
 
 #ifndef PASS
 #error "PASS is required (1 = dk/dv, 2 = dq, 3 = fused dq's f32 -> element conversion)"
@@ -87,9 +128,31 @@
 #endif
 
 #if PASS == 3
+#ifndef BWD90_DQ_WRITER
+#define BWD90_DQ_WRITER 0
+#endif
 // dq [batch, tokens, heads, HEAD_DIM] (element type) = scale * dq_accum [batch, heads, tokens,
 // HEAD_DIM] (f32): one thread per 8 consecutive outputs, groups = batch * tokens * heads *
-// HEAD_DIM / 8. TESSERA_THREADS 256, no shared memory.
+// HEAD_DIM / 8. TESSERA_THREADS 256, no shared memory. BWD90_DQ_WRITER 1: dq_accum in the writer's
+// tiled layout (header comment), sparse_attention_bwd_dq_convert_tiled_sm90.
+#if BWD90_DQ_WRITER
+extern "C" __global__ void __launch_bounds__(256)
+sparse_attention_bwd_dq_convert_tiled_sm90(const float* __restrict__ dq_accum, u16* __restrict__ dq, int tokens,
+                                           int heads, float scale, i64 groups) {
+    const i64 i = (i64)blockIdx.x * 256 + threadIdx.x;
+    if (i >= groups) return;
+    constexpr int C8 = HEAD_DIM / 8;
+    const int c8 = (int)(i % C8);
+    i64 r = i / C8;
+    const int h = (int)(r % heads);
+    r /= heads;
+    const int t = (int)(r % tokens);
+    const i64 b = r / tokens;
+    const int qtiles = (tokens + 63) / 64, row = t % 64;
+    const i64 job = (((b * heads + h) * qtiles + t / 64) * (HEAD_DIM / 64) + c8 / 8);
+    const float4* src =
+        reinterpret_cast<const float4*>(dq_accum + (job * 64 + row) * 64 + ((c8 % 8) ^ (row % 8)) * 8);
+#else
 extern "C" __global__ void __launch_bounds__(256)
 sparse_attention_bwd_dq_convert_sm90(const float* __restrict__ dq_accum, u16* __restrict__ dq, int tokens, int heads,
                                      float scale, i64 groups) {
@@ -103,6 +166,7 @@ sparse_attention_bwd_dq_convert_sm90(const float* __restrict__ dq_accum, u16* __
     const int t = (int)(r % tokens);
     const i64 b = r / tokens;
     const float4* src = reinterpret_cast<const float4*>(dq_accum + ((b * heads + h) * tokens + t) * HEAD_DIM + c8 * 8);
+#endif
     const float4 x = src[0], y = src[1];
     constexpr bool BF16 = ELEM_BF16 != 0;
     *reinterpret_cast<uint4*>(dq + i * 8) =
@@ -128,8 +192,14 @@ sparse_attention_bwd_dq_convert_sm90(const float* __restrict__ dq_accum, u16* __
 #ifndef BWD90_DQ_DETERMINISTIC
 #define BWD90_DQ_DETERMINISTIC 0
 #endif
+#ifndef BWD90_DQ_WRITER
+#define BWD90_DQ_WRITER 0
+#endif
 #if BWD90_FUSED_DQ && PASS != 1
 #error "BWD90_FUSED_DQ is a variant of PASS 1"
+#endif
+#if BWD90_DQ_WRITER && !BWD90_FUSED_DQ
+#error "BWD90_DQ_WRITER is a variant of the fused dQ pass (BWD90_FUSED_DQ 1)"
 #endif
 
 #define BWD90_ROWS 128          // resident rows per CTA (one mask block, two math warpgroups)
@@ -142,6 +212,16 @@ sparse_attention_bwd_dq_convert_sm90(const float* __restrict__ dq_accum, u16* __
 // __syncwarp, or one per warpgroup after a named barrier: session 8), and every thread arriving
 // is as fast (H200, nvcc harness).
 #define BWD90_EMPTY_ARRIVALS 256
+// Producer threads that stream the tiles (each arrives on full[s]): the whole warpgroup, or with
+// BWD90_DQ_WRITER its warps 0 and 1 (warps 2 and 3 are the dQ writers).
+#define BWD90_LOADERS (BWD90_DQ_WRITER ? 64 : 128)
+// Registers per thread after setmaxnreg (256 x math + 128 x producer = 168 x 384, the launch's):
+// 24 / 240, except 40 / 232 for the dQ writer at HEAD_DIM 64 (its 64 loaders spill 16 bytes at
+// 24; at 128 the math warpgroups need the 240).
+#ifndef BWD90_PRODUCER_REGS
+#define BWD90_PRODUCER_REGS (BWD90_DQ_WRITER && HEAD_DIM == 64 ? 40 : 24)
+#endif
+#define BWD90_MATH_REGS ((168 * 3 - BWD90_PRODUCER_REGS) / 2)
 // PASS 1: the elementwise work of a tile under the dV/dK wgmma of the previous one (32 more
 // live registers: fits at HEAD_DIM 64; at 128 the warpgroups overlap only each other).
 #ifndef BWD90_OVERLAP
@@ -178,11 +258,16 @@ struct Bwd90Smem {
     // BWD90_FUSED_DQ: two buffers of dS, each [64 query rows][128 keys] K-major (two column blocks)
     static constexpr int DS_BUF = 2 * TILE_BLOCK;
     static constexpr int DS = STAGE_B + STAGES * TILE;
-    static constexpr int LSE = DS + (BWD90_FUSED_DQ ? 2 * DS_BUF : 0);
+    // BWD90_DQ_WRITER: one f32 [64][64] dQ job per math warpgroup (swizzled, header comment)
+    static constexpr int DQ_BUF = 64 * 64 * 4;
+    static constexpr int DQ = DS + (BWD90_FUSED_DQ ? 2 * DS_BUF : 0);
+    static constexpr int LSE = DQ + (BWD90_DQ_WRITER ? 2 * DQ_BUF : 0);
     static constexpr int DELTA = LSE + (PASS == 1 ? STAGES * BWD90_TILE * 4 : 0);
     static constexpr int FULL = DELTA + (PASS == 1 ? STAGES * BWD90_TILE * 4 : 0);
     static constexpr int EMPTY = FULL + STAGES * 8;
-    static constexpr int END = EMPTY + STAGES * 8;
+    static constexpr int DQ_FULL = EMPTY + STAGES * 8;
+    static constexpr int DQ_EMPTY = DQ_FULL + (BWD90_DQ_WRITER ? 2 * 8 : 0);
+    static constexpr int END = DQ_EMPTY + (BWD90_DQ_WRITER ? 2 * 8 : 0);
 };
 static_assert(Bwd90Smem::END == TESSERA_SMEM_BYTES,
               "the host's shared-memory size must match the sm90 attention backward layout");
@@ -214,14 +299,16 @@ struct Bwd90Walk {
 };
 
 // Rows row0..row0 + 63 of one head (base: token 0 of the batch and head) into a swizzled tile,
-// zero rows at or past `tokens`; producer thread t128 copies chunk t128 % 8 of rows t128 / 8 +
-// 16 k of every column block.
+// zero rows at or past `tokens`; producer thread t128 (of BWD90_LOADERS) copies chunk t128 % 8
+// of rows t128 / 8 + (BWD90_LOADERS / 8) k of every column block.
 __device__ __forceinline__ void bwd90_load_tile(u8* tile, const u16* __restrict__ base, int row0, int tokens,
                                                 i64 tok_stride, int t128) {
     const int chunk = t128 % 8;
-#pragma unroll
-    for (int k = 0; k < BWD90_TILE / 16; ++k) {
-        const int r = t128 / 8 + 16 * k;
+    // 64 loaders (BWD90_DQ_WRITER): 8 rows each, not unrolled (fewer live registers)
+    constexpr int UNROLL = BWD90_DQ_WRITER ? 1 : BWD90_TILE * 8 / BWD90_LOADERS;
+#pragma unroll UNROLL
+    for (int k = 0; k < BWD90_TILE * 8 / BWD90_LOADERS; ++k) {
+        const int r = t128 / 8 + (BWD90_LOADERS / 8) * k;
         const bool ok = row0 + r < tokens;
         const u16* src = base + (ok ? (i64)(row0 + r) * tok_stride : 0) + chunk * 8;
 #pragma unroll
@@ -311,7 +398,11 @@ __device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* 
     }
 }
 
-#if PASS == 1 && BWD90_FUSED_DQ && BWD90_DQ_DETERMINISTIC
+#if PASS == 1 && BWD90_DQ_WRITER && BWD90_DQ_DETERMINISTIC
+#define BWD90_ENTRY sparse_attention_bwd_fused_writer_deterministic_sm90
+#elif PASS == 1 && BWD90_DQ_WRITER
+#define BWD90_ENTRY sparse_attention_bwd_fused_writer_sm90
+#elif PASS == 1 && BWD90_FUSED_DQ && BWD90_DQ_DETERMINISTIC
 #define BWD90_ENTRY sparse_attention_bwd_fused_deterministic_sm90
 #elif PASS == 1 && BWD90_FUSED_DQ
 #define BWD90_ENTRY sparse_attention_bwd_fused_sm90
@@ -327,7 +418,7 @@ __device__ __forceinline__ void bwd90_store(u16* __restrict__ out, const float* 
 // The arguments are those of the mma.sync kernel's pass (kernels/sparse_attention_backward.cu);
 // the fused variant (BWD90_FUSED_DQ) also takes dq_accum, dq_turns and t_rank (header comment;
 // dq_turns and t_rank are read only when BWD90_DQ_DETERMINISTIC).
-#if PASS == 1 && BWD90_FUSED_DQ  // sparse_attention_bwd_fused_sm90 / _fused_deterministic_sm90
+#if PASS == 1 && BWD90_FUSED_DQ  // sparse_attention_bwd_fused[_writer]_sm90 / _fused[_writer]_deterministic_sm90
 extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
 BWD90_ENTRY(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
             const u16* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
@@ -359,6 +450,11 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
     u8* const s_stage_b = smem + Bwd90Smem::STAGE_B;
     u64* const full = reinterpret_cast<u64*>(smem + Bwd90Smem::FULL);
     u64* const empty = reinterpret_cast<u64*>(smem + Bwd90Smem::EMPTY);
+#if BWD90_DQ_WRITER
+    u64* const dq_full = reinterpret_cast<u64*>(smem + Bwd90Smem::DQ_FULL);
+    u64* const dq_empty = reinterpret_cast<u64*>(smem + Bwd90Smem::DQ_EMPTY);
+    constexpr int DQ_SPLIT = HEAD_DIM / 64;  // dQ column jobs per query tile (see the math warpgroups)
+#endif
 
     const int row_block = blockIdx.x;
     const int h = blockIdx.y;
@@ -388,16 +484,63 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(&full[s], 128);
+            mbar_init(&full[s], BWD90_LOADERS);
             mbar_init(&empty[s], BWD90_EMPTY_ARRIVALS);
         }
+#if BWD90_DQ_WRITER
+        for (int w = 0; w < 2; ++w) {
+            mbar_init(&dq_full[w], 128);
+            mbar_init(&dq_empty[w], 1);
+        }
+#endif
         mbar_fence_init();
     }
     __syncthreads();
 
     if (wg == 0) {
         // ---- producer ----
-        setmaxnreg_dec<24>();
+        setmaxnreg_dec<BWD90_PRODUCER_REGS>();
+#if BWD90_DQ_WRITER
+        if (t128 >= BWD90_LOADERS) {
+            // ---- dQ writer of math warpgroup mw (warps 2, 3; lane 0 alone) ----
+            const int mw = (t128 - BWD90_LOADERS) / 32;
+            if (t128 % 32 != 0) return;
+            const int qtiles = (tokens + BWD90_TILE - 1) / BWD90_TILE;
+            const int job_col = DQ_SPLIT == 2 ? mw : 0;
+            const u32 src = smem_u32(smem + Bwd90Smem::DQ + mw * Bwd90Smem::DQ_BUF);
+            int j = 0;  // this writer's jobs so far
+            for (int t = 0; t < ntiles; ++t) {
+                if (DQ_SPLIT == 1 && (t & 1) != mw) continue;
+                const i64 job = (((i64)b * heads + h) * qtiles + walk.row0(t) / BWD90_TILE) * DQ_SPLIT + job_col;
+#if BWD90_DQ_DETERMINISTIC
+                // The turn first (while the math warpgroup computes the job), then the job.
+                u32* const turn = dq_turns + job;
+                const u32 rank = t_rank[walk.first + t / 2];
+                while (ld_relaxed_gpu(turn) != rank) {
+                }
+                (void)ld_acquire_gpu(turn);
+                asm volatile("fence.proxy.async.global;" ::: "memory");
+#endif
+                mbar_wait(&dq_full[mw], j & 1);
+                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(
+                                 dq_accum + job * (64 * 64)),
+                             "r"(src), "n"(Bwd90Smem::DQ_BUF)
+                             : "memory");
+                tma_store_commit();
+#if BWD90_DQ_DETERMINISTIC
+                tma_store_wait<0>();  // source read, and the adds complete and visible to this thread
+                asm volatile("fence.proxy.async.global;" ::: "memory");
+                red_release_gpu_add(turn, 1);
+#else
+                tma_store_wait_read<0>();  // the source is read: the buffer is free
+#endif
+                mbar_arrive(&dq_empty[mw]);
+                ++j;
+            }
+            tma_store_wait<0>();
+            return;
+        }
+#endif
         for (int t = 0; t < ntiles; ++t) {
             const int s = t % STAGES;
             mbar_wait(&empty[s], ((t / STAGES) & 1) ^ 1);
@@ -405,6 +548,16 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
             bwd90_load_tile(s_stage_a + s * Bwd90Smem::TILE, stream_a_src + base, row0, tokens, tok_stride, t128);
             bwd90_load_tile(s_stage_b + s * Bwd90Smem::TILE, stream_b_src + base, row0, tokens, tok_stride, t128);
 #if PASS == 1
+#if BWD90_DQ_WRITER  // 64 loaders: each copies one lse and one delta
+            {
+                const int i = t128;
+                const bool ok = row0 + i < tokens;
+                cp_async_4(reinterpret_cast<float*>(smem + Bwd90Smem::LSE) + s * BWD90_TILE + i,
+                           lse_row + (ok ? row0 + i : 0), ok);
+                cp_async_4(reinterpret_cast<float*>(smem + Bwd90Smem::DELTA) + s * BWD90_TILE + i,
+                           delta_row + (ok ? row0 + i : 0), ok);
+            }
+#else
             {
                 const int i = t128 % BWD90_TILE;
                 const bool ok = row0 + i < tokens;
@@ -414,6 +567,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
                 cp_async_4(dst, src, ok);
             }
 #endif
+#endif
             cp_async_mbar_arrive(&full[s]);
         }
         asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
@@ -421,7 +575,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
     }
 
     // ---- math warpgroups ----
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<BWD90_MATH_REGS>();
     const int mw = wg - 1;
     const int warp = t128 / 32, lane = t128 % 32;
     const int g = lane / 4, tq = lane % 4;
@@ -514,7 +668,9 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
 #if BWD90_FUSED_DQ
     // dQ jobs: at HEAD_DIM 128 warpgroup mw computes columns 64 mw.. of every query tile; at 64,
     // warpgroup (t & 1) computes all 64 columns of tile t.
+#if !BWD90_DQ_WRITER
     constexpr int DQ_SPLIT = D / 64;
+#endif
     auto dq_mine = [&](int t) { return DQ_SPLIT == 2 || (t & 1) == mw; };
     const int dq_col0 = DQ_SPLIT == 2 ? 64 * mw : 0;
     float acc_dq[32];  // 64 queries x 64 columns of dQ (f32, wgmma layout), without `scale`
@@ -553,6 +709,27 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         }
         wgmma_commit();
     };
+#if BWD90_DQ_WRITER
+    // Hands acc_dq (the dQ job of tile t, completed) to this warpgroup's writer: waits until the
+    // writer has read the previous job out of DQ[mw], stores this one (row r = 16 warp + g + 8 ri,
+    // 8-column group n8 at (n8 ^ (r % 8)) * 8: a half-warp's 16 8-byte stores cover 32 banks),
+    // makes the stores visible to the async proxy and arrives.
+    float* const s_dq = reinterpret_cast<float*>(smem + Bwd90Smem::DQ + mw * Bwd90Smem::DQ_BUF);
+    auto stash_dq = [&](int t) {
+        const int j = DQ_SPLIT == 2 ? t : t >> 1;  // this warpgroup's jobs before tile t
+        mbar_wait(&dq_empty[mw], (j & 1) ^ 1);
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            const int row = warp * 16 + g + 8 * ri;
+#pragma unroll
+            for (int n8 = 0; n8 < 8; ++n8)
+                *reinterpret_cast<float2*>(s_dq + row * 64 + ((n8 ^ g) * 8) + 2 * tq) =
+                    make_float2(acc_dq[n8 * 4 + 2 * ri], acc_dq[n8 * 4 + 2 * ri + 1]);
+        }
+        fence_proxy_async_smem();
+        mbar_arrive(&dq_full[mw]);
+    };
+#else
     // Adds acc_dq (the dQ job of tile t, completed) into dq_accum rows < tokens. Deterministic:
     // first waits until the key blocks before this one in mask row (tile's block) have added.
     float* const dq_acc_head = dq_accum + ((i64)b * heads + h) * tokens * D + dq_col0;
@@ -585,6 +762,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         if (t128 == 0) red_release_gpu_add(turn, 1);
 #endif
     };
+#endif  // BWD90_DQ_WRITER
 #endif
 
 #if !BWD90_OVERLAP
@@ -625,7 +803,11 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
         release(t);
         // The adds, once the products are done: S, dP and P of the next tile leave no
         // registers for acc_dq (dV + dK + S + dP = 192 of the 240).
+#if BWD90_DQ_WRITER
+        if (dq_mine(t)) stash_dq(t);
+#else
         if (dq_mine(t)) flush_dq(t);
+#endif
 #else
         wgmma_wait<0>();  // dV, dK of tile t
         fence_products();
