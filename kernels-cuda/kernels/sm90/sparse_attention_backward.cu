@@ -136,9 +136,13 @@
 // HEAD_DIM / 8. TESSERA_THREADS 256, no shared memory. BWD90_DQ_WRITER 1: dq_accum in the writer's
 // tiled layout (header comment), sparse_attention_bwd_dq_convert_tiled_sm90.
 #if BWD90_DQ_WRITER
+#define BWD90_DQ_CONVERT sparse_attention_bwd_dq_convert_tiled_sm90
+#else
+#define BWD90_DQ_CONVERT sparse_attention_bwd_dq_convert_sm90
+#endif
 extern "C" __global__ void __launch_bounds__(256)
-sparse_attention_bwd_dq_convert_tiled_sm90(const float* __restrict__ dq_accum, u16* __restrict__ dq, int tokens,
-                                           int heads, float scale, i64 groups) {
+BWD90_DQ_CONVERT(const float* __restrict__ dq_accum, u16* __restrict__ dq, int tokens, int heads, float scale,
+                 i64 groups) {
     const i64 i = (i64)blockIdx.x * 256 + threadIdx.x;
     if (i >= groups) return;
     constexpr int C8 = HEAD_DIM / 8;
@@ -148,23 +152,12 @@ sparse_attention_bwd_dq_convert_tiled_sm90(const float* __restrict__ dq_accum, u
     r /= heads;
     const int t = (int)(r % tokens);
     const i64 b = r / tokens;
+#if BWD90_DQ_WRITER
     const int qtiles = (tokens + 63) / 64, row = t % 64;
     const i64 job = (((b * heads + h) * qtiles + t / 64) * (HEAD_DIM / 64) + c8 / 8);
     const float4* src =
         reinterpret_cast<const float4*>(dq_accum + (job * 64 + row) * 64 + ((c8 % 8) ^ (row % 8)) * 8);
 #else
-extern "C" __global__ void __launch_bounds__(256)
-sparse_attention_bwd_dq_convert_sm90(const float* __restrict__ dq_accum, u16* __restrict__ dq, int tokens, int heads,
-                                     float scale, i64 groups) {
-    const i64 i = (i64)blockIdx.x * 256 + threadIdx.x;
-    if (i >= groups) return;
-    constexpr int C8 = HEAD_DIM / 8;
-    const int c8 = (int)(i % C8);
-    i64 r = i / C8;
-    const int h = (int)(r % heads);
-    r /= heads;
-    const int t = (int)(r % tokens);
-    const i64 b = r / tokens;
     const float4* src = reinterpret_cast<const float4*>(dq_accum + ((b * heads + h) * tokens + t) * HEAD_DIM + c8 * 8);
 #endif
     const float4 x = src[0], y = src[1];
