@@ -83,11 +83,10 @@ for tool in "${tools[@]}"; do
     fi
     for t in "${tests[@]}"; do
       while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-      if [ -n "$t" ]; then
-        one_task "$tool" "$name--$t" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" --exact "$t" &
-      else
-        one_task "$tool" "$name" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" &
-      fi
+      # One test: its own log name and `--exact TEST`; else the whole binary.
+      log_name=$name one=()
+      [ -n "$t" ] && { log_name="$name--$t"; one=(--exact "$t"); }
+      one_task "$tool" "$log_name" "${gpus[$((task % ${#gpus[@]}))]}" "${cmd[@]}" "${one[@]}" &
       task=$((task + 1))
     done
   done
