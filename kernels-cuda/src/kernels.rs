@@ -3,7 +3,8 @@
 use crate::compile::{KernelHeader, KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
 use crate::plan::attention_backward::{
-    AttentionBackwardKernel, ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
+    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan,
+    ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
 };
 use crate::plan::heuristics::{gemm_variants, wgmma_small_m_tiles};
 use crate::plan::mla::MLA_DECODE_TILINGS;
@@ -191,23 +192,31 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
             if delta.valid_on(arch).is_ok() {
                 v.push(Box::new(delta));
             }
+            let query_pass = AttentionBackwardDq::QueryPass;
             let kernels = ATTENTION_BACKWARD_STAGES
-                .map(|s| (AttentionBackwardKernel::MmaSync, s))
+                .map(|s| (AttentionBackwardKernel::MmaSync, s, query_pass))
                 .into_iter()
-                .chain(ATTENTION_BACKWARD_SM90_STAGES.map(|s| (AttentionBackwardKernel::Wgmma, s)));
+                .chain([
+                    query_pass,
+                    AttentionBackwardDq::FusedAtomic,
+                    AttentionBackwardDq::FusedDeterministic,
+                ]
+                .into_iter()
+                .flat_map(|dq| {
+                    ATTENTION_BACKWARD_SM90_STAGES.map(|s| (AttentionBackwardKernel::Wgmma, s, dq))
+                }));
             for block in ATTENTION_BLOCK_SIZES {
-                for (kernel, stages) in kernels.clone() {
+                for (kernel, stages, dq) in kernels.clone() {
                     let tiles = AttentionBackwardTiles {
                         head_dim,
                         dtype,
                         block,
                         stages,
                         kernel,
+                        dq,
                     };
-                    for k in [
-                        AttentionBackwardVariant::KeyValue(tiles),
-                        AttentionBackwardVariant::Query(tiles),
-                    ] {
+                    // A plan's kernels: for a fused dq the dk/dv/dq pass and the conversion.
+                    for k in AttentionBackwardPlan::new(tiles).kernels().into_iter().skip(1) {
                         if k.valid_on(arch).is_ok() {
                             v.push(Box::new(k));
                         }
@@ -312,9 +321,10 @@ mod tests {
                         .unwrap();
                         // Two buffers of streamed tiles everywhere but head_dim 128 on sm_89;
                         // on sm_90a with blocks of 128 also the Hopper tile passes (2 and 3
+                        // stages) and the fused-dq plans (atomic and deterministic, 2 and 3
                         // stages).
                         let deep = head_dim == 64 || arch.nvrtc_target() != "sm_89";
-                        let hopper = if arch.wgmma && block == 128 { 2 } else { 0 };
+                        let hopper = if arch.wgmma && block == 128 { 2 + 4 } else { 0 };
                         assert_eq!(plans.len(), if deep { 2 } else { 1 } + hopper, "{arch}");
                         for k in plans.iter().flat_map(|p| p.kernels()) {
                             assert!(has(&k), "{k:?} on {arch}");
@@ -327,6 +337,23 @@ mod tests {
                             AttentionBackwardKernel::MmaSync
                         };
                         assert_eq!(pick.key_value.tile_kernel(), want, "{arch}");
+                        // ... with its own dq pass (the fused-dq plans are candidates, not the
+                        // default), the most stages, and always deterministic.
+                        assert_eq!(pick.dq(), AttentionBackwardDq::QueryPass, "{arch}");
+                        assert!(pick.is_deterministic());
+                        if hopper > 0 {
+                            assert_eq!(pick, plans[3], "{arch}");
+                            let fused: Vec<_> = plans[4..].iter().map(|p| p.dq()).collect();
+                            assert_eq!(
+                                fused,
+                                [
+                                    AttentionBackwardDq::FusedAtomic,
+                                    AttentionBackwardDq::FusedAtomic,
+                                    AttentionBackwardDq::FusedDeterministic,
+                                    AttentionBackwardDq::FusedDeterministic
+                                ]
+                            );
+                        }
                     }
                 }
             }

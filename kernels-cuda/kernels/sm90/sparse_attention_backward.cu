@@ -12,9 +12,11 @@
 //   BLOCK      mask block size: 128 (a CTA's 128 resident rows are one mask block)
 //   STAGES     streamed tiles in flight: 2, 3 or 4
 //   TESSERA_SMEM_BYTES  Bwd90Smem::END below;  TESSERA_THREADS 384
-// Optional (nvcc harness only so far): BWD90_FUSED_DQ (0; 1 with PASS 1: below),
-// BWD90_DQ_DETERMINISTIC (0), BWD90_DQ_WRITER (0; 1 with BWD90_FUSED_DQ, or with PASS 3: below),
-// BWD90_OVERLAP (1 at HEAD_DIM 64 unless fused, else 0).
+// Optional: BWD90_FUSED_DQ (0; 1 with PASS 1: below), BWD90_DQ_DETERMINISTIC (0),
+// BWD90_DQ_WRITER (0; 1 with BWD90_FUSED_DQ, or with PASS 3: below), BWD90_OVERLAP (1 at
+// HEAD_DIM 64 unless fused, else 0). The plan renders BWD90_FUSED_DQ 1, BWD90_DQ_WRITER 1 and
+// BWD90_DQ_DETERMINISTIC 0 / 1 for its fused-dq dk/dv pass and BWD90_DQ_WRITER 1 for PASS 3;
+// the plain fused build (BWD90_DQ_WRITER 0) and BWD90_OVERLAP are the nvcc harness's only.
 //
 // Problem, layouts, arguments and padding rules: those of kernels/sparse_attention_backward.cu
 // (q, k, v, dO, dq, dk, dv [batch, tokens, heads, HEAD_DIM]; lse (natural log) and delta f32
@@ -135,6 +137,8 @@
 // HEAD_DIM] (f32): one thread per 8 consecutive outputs, groups = batch * tokens * heads *
 // HEAD_DIM / 8. TESSERA_THREADS 256, no shared memory. BWD90_DQ_WRITER 1: dq_accum in the writer's
 // tiled layout (header comment), sparse_attention_bwd_dq_convert_tiled_sm90.
+static_assert(TESSERA_THREADS == 256, "the dq conversion runs 256 threads per CTA");
+static_assert(TESSERA_SMEM_BYTES == 0, "the dq conversion uses no dynamic shared memory");
 #if BWD90_DQ_WRITER
 #define BWD90_DQ_CONVERT sparse_attention_bwd_dq_convert_tiled_sm90
 #else

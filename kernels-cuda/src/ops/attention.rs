@@ -49,7 +49,8 @@ pub(crate) fn check_block_size(block_size: usize) -> Result<()> {
 /// A [`BlockMask`] uploaded to the device once, for any number of
 /// [`CudaBackend::sparse_attention_on`] and [`CudaBackend::sparse_attention_backward_on`] calls
 /// (every batch, head and layer that shares it): the mask and its transpose
-/// ([`BlockMask::transpose`], which the backward's dk/dv pass walks), built once here.
+/// ([`BlockMask::transpose`], which the backward's dk/dv pass walks) with its ranks
+/// ([`transposed_ranks`], the deterministic fused-dq backward's add order), built once here.
 ///
 /// It keeps the host mask too (a few bytes per block), so that each call can validate the
 /// descriptor against it without reading the device.
@@ -60,7 +61,28 @@ pub struct DeviceBlockMask {
     indices: CudaSlice<u32>,
     transposed_indptr: CudaSlice<u32>,
     transposed_indices: CudaSlice<u32>,
+    transposed_ranks: CudaSlice<u32>,
     row_order: CudaSlice<u32>,
+}
+
+/// The rank of each entry of the transposed mask (`t = mask.transpose()`) in its query
+/// block's row of `mask`: `nnz` u32, parallel to `t.indices()`; entry `e` of row `kb` of `t`,
+/// query block `qb = t.indices()[e]`, holds the position of `kb` in `mask.row(qb)` (sorted),
+/// i.e. how many key blocks before `kb` attend `qb`. The deterministic fused-dq backward adds
+/// key block `kb`'s dQ tiles of `qb` after exactly that many others (its turn).
+pub fn transposed_ranks(mask: &BlockMask, transposed: &BlockMask) -> Vec<u32> {
+    // Query blocks are visited in increasing order, as BlockMask::transpose fills its rows, so
+    // each key block's next transposed entry is the one of this query block.
+    let mut next: Vec<u32> = transposed.indptr().to_vec();
+    let mut ranks = vec![0u32; transposed.indices().len()];
+    for qb in 0..mask.num_blocks() {
+        for (rank, &kb) in mask.row(qb).iter().enumerate() {
+            let slot = &mut next[kb as usize];
+            ranks[*slot as usize] = rank as u32;
+            *slot += 1;
+        }
+    }
+    ranks
 }
 
 /// The mask's block rows, longest first (ties in row order): the order in which the Hopper
@@ -93,6 +115,7 @@ impl DeviceBlockMask {
             indices: upload_indices(stream, mask.indices())?,
             transposed_indptr: upload(stream, transposed.indptr())?,
             transposed_indices: upload_indices(stream, transposed.indices())?,
+            transposed_ranks: upload_indices(stream, &transposed_ranks(mask, &transposed))?,
             row_order: upload_indices(stream, &rows_longest_first(mask))?,
         })
     }
@@ -143,6 +166,12 @@ impl DeviceBlockMask {
     /// device, `nnz` u32 (one placeholder element when `nnz` is 0).
     pub fn transposed_indices(&self) -> &CudaSlice<u32> {
         &self.transposed_indices
+    }
+
+    /// [`transposed_ranks`] on the device, `nnz` u32 parallel to
+    /// [`DeviceBlockMask::transposed_indices`] (one placeholder element when `nnz` is 0).
+    pub fn transposed_ranks(&self) -> &CudaSlice<u32> {
+        &self.transposed_ranks
     }
 }
 
@@ -553,5 +582,68 @@ impl CudaBackend {
             &mut lse.as_view_mut(),
         )?;
         Ok(T::tensor(download(stream, &o)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_testing::backward::random_mask;
+    use tessera_testing::Rng;
+
+    /// The rank of every transposed entry, by brute force: the position of the key block in
+    /// its query block's row, found by a linear search.
+    fn brute_force_ranks(mask: &BlockMask, transposed: &BlockMask) -> Vec<u32> {
+        let mut ranks = Vec::new();
+        for kb in 0..transposed.num_blocks() {
+            for &qb in transposed.row(kb) {
+                let row = mask.row(qb as usize);
+                let rank = row
+                    .iter()
+                    .position(|&c| c as usize == kb)
+                    .expect("a transposed entry is an entry of the mask");
+                ranks.push(rank as u32);
+            }
+        }
+        ranks
+    }
+
+    #[test]
+    fn transposed_ranks_are_each_key_blocks_position_in_its_query_row() {
+        let mut rng = Rng::new(0x7a4c);
+        for (tokens, block) in [(1, 64), (64, 64), (300, 128), (1000, 64), (2049, 128)] {
+            for density in [0.0, 0.1, 0.5, 1.0] {
+                for unattended in [false, true] {
+                    let mask = random_mask(&mut rng, tokens, block, density, unattended);
+                    let t = mask.transpose();
+                    let ranks = transposed_ranks(&mask, &t);
+                    assert_eq!(ranks.len(), mask.nnz());
+                    assert_eq!(ranks, brute_force_ranks(&mask, &t), "t{tokens} B{block}");
+                    // Per query block, its key blocks' ranks are 0..row length, once each.
+                    let mut seen = vec![Vec::new(); mask.num_blocks()];
+                    for kb in 0..t.num_blocks() {
+                        let range = t.indptr()[kb] as usize..t.indptr()[kb + 1] as usize;
+                        for e in range {
+                            seen[t.indices()[e] as usize].push(ranks[e]);
+                        }
+                    }
+                    for (qb, mut r) in seen.into_iter().enumerate() {
+                        r.sort_unstable();
+                        let want: Vec<u32> = (0..mask.row(qb).len() as u32).collect();
+                        assert_eq!(r, want, "query block {qb}");
+                    }
+                }
+            }
+        }
+        // A lower-triangular mask: key block kb is the kb-th block of every row that has it.
+        let nb = 5;
+        let bitmap: Vec<bool> = (0..nb * nb).map(|i| i % nb <= i / nb).collect();
+        let mask = BlockMask::from_dense_bitmap(nb * 64, 64, &bitmap).unwrap();
+        let t = mask.transpose();
+        let ranks = transposed_ranks(&mask, &t);
+        for kb in 0..nb {
+            let range = t.indptr()[kb] as usize..t.indptr()[kb + 1] as usize;
+            assert!(ranks[range].iter().all(|&r| r as usize == kb));
+        }
     }
 }

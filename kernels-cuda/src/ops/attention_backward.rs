@@ -9,10 +9,19 @@
 //! deterministic. sm_80 and later, head_dim 64 or 128, f16 or bf16, mask block sizes 64 or 128,
 //! any token count.
 //!
+//! On sm_90a the candidates also hold the fused-dq plans
+//! ([`crate::plan::AttentionBackwardDq`]): the wgmma dk/dv pass computes dq too, adding its
+//! f32 tiles into a workspace (`dq_accum`, allocated and zeroed on the stream per call), then a
+//! conversion kernel writes dq. Not the default pick yet. Their atomic mode's dq is not bitwise
+//! reproducible (the adds of different key blocks race); the deterministic mode's is (each
+//! tile's adds in key-block order, through turn counters and the transposed mask's ranks,
+//! [`DeviceBlockMask::transposed_ranks`]). The default pick is always deterministic.
+//!
 //! Device API: [`CudaBackend::sparse_attention_backward_on`] over [`AttentionBackwardBuffers`].
 
 use super::attention::{check_block_size, DeviceBlockMask, DeviceHalf, DeviceHalfMut, HalfElement};
 use super::{check_device_len, download, to_i32, upload};
+use crate::runtime::driver_error;
 use crate::plan::heuristics::{attention_backward_candidates, pick_attention_backward};
 use crate::plan::{AttentionBackwardPlan, KernelArgs, LaunchOptions};
 use crate::CudaBackend;
@@ -91,6 +100,33 @@ impl AttentionBackwardBuffers<'_> {
     }
 }
 
+/// The device workspace of a fused-dq plan ([`crate::plan::AttentionBackwardWorkspace`]),
+/// allocated and zeroed on the call's stream; dropping it frees it in stream order (cudarc's
+/// asynchronous free where the driver has memory pools, else after a synchronization).
+struct FusedDqWorkspace {
+    /// f32 `dq_accum`, zeroed.
+    dq_accum: CudaSlice<f32>,
+    /// u32 `dq_turns`, zeroed (one element in the atomic mode, which never reads it).
+    dq_turns: CudaSlice<u32>,
+}
+
+impl FusedDqWorkspace {
+    /// Allocates and zeroes `sizes` on `stream`: [`Error::OutOfMemory`] when the memory is not
+    /// there.
+    fn new(
+        stream: &Arc<CudaStream>,
+        sizes: &crate::plan::AttentionBackwardWorkspace,
+    ) -> Result<Self> {
+        let dq_accum = stream
+            .alloc_zeros::<f32>(sizes.dq_accum_len.max(1))
+            .map_err(|e| driver_error("allocating the backward's dq_accum workspace", e))?;
+        let dq_turns = stream
+            .alloc_zeros::<u32>(sizes.dq_turns_len.max(1))
+            .map_err(|e| driver_error("allocating the backward's dq_turns workspace", e))?;
+        Ok(Self { dq_accum, dq_turns })
+    }
+}
+
 fn check_aligned(arg: &str, address: u64) -> Result<()> {
     if address % 16 != 0 {
         return Err(Error::invalid(
@@ -130,7 +166,7 @@ impl CudaBackend {
     /// non-finite outputs.
     pub fn sparse_attention_backward_on(
         &self,
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         op: &SparseAttention,
         mask: &DeviceBlockMask,
         buffers: &mut AttentionBackwardBuffers<'_>,
@@ -153,10 +189,15 @@ impl CudaBackend {
     }
 
     /// [`CudaBackend::sparse_attention_backward_on`] with an explicit plan (a candidate of
-    /// [`attention_backward_candidates`] for the op and the mask's block size), for tests.
+    /// [`attention_backward_candidates`] for the op and the mask's block size), for tests and
+    /// measurements. A fused-dq plan allocates its workspace
+    /// ([`AttentionBackwardPlan::workspace`]) on `stream` and frees it in stream order;
+    /// [`Error::OutOfMemory`] when that allocation fails, before any kernel is launched (no
+    /// fallback to another plan). A [`crate::plan::AttentionBackwardDq::FusedAtomic`] plan's dq
+    /// is not bitwise reproducible from run to run.
     pub fn sparse_attention_backward_plan_on(
         &self,
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         op: &SparseAttention,
         plan: AttentionBackwardPlan,
         mask: &DeviceBlockMask,
@@ -185,6 +226,11 @@ impl CudaBackend {
         let scale = op.softmax_scale;
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
         let b = buffers;
+        let fused_workspace = if plan.dq().is_fused() {
+            Some(FusedDqWorkspace::new(stream, &plan.workspace(op)?)?)
+        } else {
+            None
+        };
 
         // 1. delta = rowsum(d_o ∘ o).
         let grid = plan.delta.grid(op)?;
@@ -201,6 +247,18 @@ impl CudaBackend {
         // floats (checked above). The grid has one CTA per 16 rows; rows past `rows` are neither
         // read nor written.
         unsafe { self.launch_kernel(&plan.delta, grid, args, LaunchOptions::default())? };
+
+        if let Some(mut workspace) = fused_workspace {
+            return self.fused_dq_passes_on(
+                stream,
+                op,
+                plan,
+                mask,
+                b,
+                &mut workspace,
+                [scale, scale_log2],
+            );
+        }
 
         // 2. dk, dv over the transposed mask.
         let grid = plan.key_value.grid(op)?;
@@ -247,6 +305,72 @@ impl CudaBackend {
         // scale_log2) in this order, with the bounds checked as for step 2 and the mask
         // validated against the op (no empty row); one CTA per (64 queries, head, batch)
         // (`mma.sync`) or per (query block of 128, head, batch) (wgmma), as for step 2.
+        unsafe { self.launch_kernel(&plan.query, grid, args, LaunchOptions::default()) }
+    }
+
+    /// Steps 2 and 3 of a fused-dq plan, after the delta pass: the dk/dv pass that also adds
+    /// dq into the workspace's `dq_accum`, then `dq = scale * dq_accum`.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_dq_passes_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        op: &SparseAttention,
+        plan: AttentionBackwardPlan,
+        mask: &DeviceBlockMask,
+        b: &mut AttentionBackwardBuffers<'_>,
+        workspace: &mut FusedDqWorkspace,
+        [scale, scale_log2]: [f32; 2],
+    ) -> Result<()> {
+        let tokens = to_i32(OP, "tokens", op.tokens)?;
+        let heads = to_i32(OP, "heads", op.heads)?;
+        let FusedDqWorkspace { dq_accum, dq_turns } = workspace;
+
+        // 2. dk, dv over the transposed mask, and dq added into dq_accum.
+        let grid = plan.key_value.grid(op)?;
+        let mut args = KernelArgs::new(stream);
+        for t in [&b.q, &b.k, &b.v, &b.d_o] {
+            add_half(&mut args, t);
+        }
+        args.buffer(&b.lse).buffer(&b.delta);
+        add_half_mut(&mut args, &mut b.dk);
+        add_half_mut(&mut args, &mut b.dv);
+        args.buffer_mut(dq_accum)
+            .buffer_mut(dq_turns)
+            .buffer(mask.transposed_ranks())
+            .buffer(mask.transposed_indptr())
+            .buffer(mask.transposed_indices())
+            .value(&tokens)
+            .value(&heads)
+            .value(&scale)
+            .value(&scale_log2);
+        // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
+        // u16* dk, dv, float* dq_accum, u32* dq_turns, const u32* t_rank, t_indptr, t_indices,
+        // int tokens, int heads, float scale, float scale_log2) in this order. The tensors are
+        // checked as for the two-pass plans; dq_accum holds the plan's workspace of
+        // batch*heads*ceil(tokens/64)*64*head_dim floats (every 64 x 64 job the kernel adds
+        // into, rows of the last tile past `tokens` included), dq_turns its
+        // batch*heads*ceil(tokens/64)*(head_dim/64) counters in the deterministic mode (read
+        // only there), both zeroed on this stream before the launch; t_rank is parallel to
+        // t_indices (nnz entries, built with the transpose). The grid is one CTA per (key block
+        // of 128, head, batch) (the plan is valid only for the wgmma kernel and blocks of 128);
+        // the deterministic mode's turn waits are only on CTAs of lower linear index.
+        unsafe { self.launch_kernel(&plan.key_value, grid, args, LaunchOptions::default())? };
+
+        // 3. dq = scale * dq_accum.
+        let grid = plan.query.grid(op)?;
+        let groups = (op.qkv_len() / 8) as i64;
+        let mut args = KernelArgs::new(stream);
+        args.buffer(dq_accum);
+        add_half_mut(&mut args, &mut b.dq);
+        args.value(&tokens)
+            .value(&heads)
+            .value(&scale)
+            .value(&groups);
+        // SAFETY: the kernel's parameters are (const float* dq_accum, u16* dq, int tokens, int
+        // heads, float scale, long long groups) in this order; dq holds batch*tokens*heads*
+        // head_dim 16-bit elements starting 16-byte aligned (checked), groups is that over 8,
+        // and the grid has ceil(groups / 256) CTAs of 256 threads (threads past groups return);
+        // it reads dq_accum at the tiled layout's rows < tokens, all within its length.
         unsafe { self.launch_kernel(&plan.query, grid, args, LaunchOptions::default()) }
     }
 

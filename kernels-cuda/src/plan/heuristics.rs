@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`], and for m <= 256 [`wgmma_small_m_tiles`] (split-K, two CTAs per SM) | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
 //! | attention | the `mma.sync` kernel for (head_dim, dtype, block size) (fallback); on sm_90a with blocks of 128 also the Hopper kernel | the Hopper kernel where it is a candidate |
-//! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit; on sm_90a with blocks of 128 also the Hopper tile passes ([`ATTENTION_BACKWARD_SM90_STAGES`]) | the Hopper tile passes with the most stages where they are candidates, else the most buffers (not tuned: the plan is always this pick) |
+//! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit; on sm_90a with blocks of 128 also the Hopper tile passes ([`ATTENTION_BACKWARD_SM90_STAGES`]), then the Hopper fused-dq plans (dq in the dk/dv pass, then its conversion), atomic and deterministic, per stage count that fits | the Hopper tile passes (dq in its own pass) with the most stages where they are candidates, else the most buffers; never a plan whose dq is not bitwise reproducible (not tuned: the plan is always this pick) |
 //! | MLA decode | every `mma.sync` tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first; on sm_90a also the Hopper kernel for bf16 records of DeepSeek-V3's dims | the Hopper kernel for more than 16 rows `s_q * heads`; else the fewest rows per CTA that holds all rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
 
@@ -14,7 +14,7 @@ use super::attention::{
     AttentionKernel, AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES,
 };
 use super::attention_backward::{
-    AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
+    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
     ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
 };
 use super::cache::{bucket, PlannedOp, PlannedVariant, ShapeClass};
@@ -421,8 +421,13 @@ impl PlannedOp for AttentionShape<'_> {
 /// The attention backward candidates for `op` with a mask of `block_size` on `arch`: the shape of
 /// the `mma.sync` tile passes with 1 buffer of streamed tiles (the fallback: fits every family),
 /// then with 2 where the shared memory holds them, then the Hopper tile passes for each of
-/// [`ATTENTION_BACKWARD_SM90_STAGES`] where valid (sm_90a, blocks of 128)
-/// ([`Error::Unsupported`] when the kernel has none).
+/// [`ATTENTION_BACKWARD_SM90_STAGES`] where valid (sm_90a, blocks of 128), then the Hopper
+/// fused-dq plans ([`AttentionBackwardDq::FusedAtomic`], then
+/// [`AttentionBackwardDq::FusedDeterministic`], for each of those stage counts where the shared
+/// memory holds them) ([`Error::Unsupported`] when the kernel has none). The atomic plans'
+/// dq is not bitwise reproducible: [`pick_attention_backward`] never picks them, and a tuner
+/// must not either while the op promises determinism
+/// ([`AttentionBackwardPlan::is_deterministic`]).
 pub fn attention_backward_candidates(
     op: &tessera_core::SparseAttention,
     block_size: usize,
@@ -440,38 +445,58 @@ pub fn attention_backward_candidates(
             "mask block size {block_size}: the CUDA kernel supports 64 and 128"
         )));
     }
-    let plan = |kernel, stages| {
+    let plan = |kernel, stages, dq| {
         AttentionBackwardPlan::new(AttentionBackwardTiles {
             head_dim: u32::try_from(op.head_dim).unwrap_or(u32::MAX),
             dtype,
             block: block_size as u32,
             stages,
             kernel,
+            dq,
         })
     };
     let fallback = plan(
         AttentionBackwardKernel::MmaSync,
         ATTENTION_BACKWARD_STAGES[0],
+        AttentionBackwardDq::QueryPass,
     );
     fallback.valid_on(arch)?;
     let mut v = vec![fallback];
     let others = ATTENTION_BACKWARD_STAGES[1..]
         .iter()
-        .map(|&s| plan(AttentionBackwardKernel::MmaSync, s))
+        .map(|&s| {
+            plan(
+                AttentionBackwardKernel::MmaSync,
+                s,
+                AttentionBackwardDq::QueryPass,
+            )
+        })
         .chain(
-            ATTENTION_BACKWARD_SM90_STAGES
-                .iter()
-                .map(|&s| plan(AttentionBackwardKernel::Wgmma, s)),
+            [
+                AttentionBackwardDq::QueryPass,
+                AttentionBackwardDq::FusedAtomic,
+                AttentionBackwardDq::FusedDeterministic,
+            ]
+            .into_iter()
+            .flat_map(|dq| {
+                ATTENTION_BACKWARD_SM90_STAGES
+                    .iter()
+                    .map(move |&s| plan(AttentionBackwardKernel::Wgmma, s, dq))
+            }),
         );
     v.extend(others.filter(|p| p.valid_on(arch).is_ok()));
     Ok(v)
 }
 
-/// The default attention backward pick: the last candidate: the Hopper tile passes with the
-/// most stages where they are candidates, else the most buffers of streamed tiles, so that
-/// loads overlap the math.
+/// The default attention backward pick: the last candidate whose dq has its own pass: the
+/// Hopper tile passes with the most stages where they are candidates, else the most buffers
+/// of streamed tiles, so that loads overlap the math. The fused-dq plans are candidates for
+/// the tests and for measuring, not yet the default; a non-deterministic plan never is.
 pub fn pick_attention_backward(candidates: &[AttentionBackwardPlan]) -> usize {
-    candidates.len().saturating_sub(1)
+    candidates
+        .iter()
+        .rposition(|p| p.dq() == AttentionBackwardDq::QueryPass)
+        .unwrap_or(0)
 }
 
 // ---- MLA decode -------------------------------------------------------------------------------

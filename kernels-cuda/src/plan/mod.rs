@@ -57,8 +57,8 @@ pub mod util;
 pub use arch::{ArchFamily, ArchSpec};
 pub use attention::{AttentionKernel, AttentionShape, AttentionVariant, HalfType};
 pub use attention_backward::{
-    AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
-    AttentionBackwardVariant,
+    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
+    AttentionBackwardVariant, AttentionBackwardWorkspace,
 };
 pub use cache::{
     PlanCache, PlanOrigin, PlannedOp, PlannedVariant, ShapeClass, Timer, PLAN_FORMAT_VERSION,
