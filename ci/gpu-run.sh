@@ -66,11 +66,12 @@ if [ "$mode" != sanitize ]; then
 run compile_all env TESSERA_REQUIRE_NVRTC=1 "$pack/bin/cutest-compile_all" --nocapture
 run fp8_gemm_timing "$pack/bin/cutest-fp8_gemm_timing" --nocapture --test-threads=1
 run attention_timing "$pack/bin/cutest-attention_timing" --nocapture --test-threads=1
+run attention_backward_timing "$pack/bin/cutest-attention_backward_timing" --nocapture --test-threads=1
 # The CUDA crate's other tests (one at a time: out_of_memory fills the device for a moment).
 for t in "$pack"/bin/cutest-*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
-  case "$name" in cutest-compile_all|cutest-fp8_gemm_timing|cutest-attention_timing) continue ;; esac
+  case "$name" in cutest-compile_all|cutest-fp8_gemm_timing|cutest-attention_timing|cutest-attention_backward_timing) continue ;; esac
   run "$name" "$t" --nocapture --test-threads=1
 done
 for suite in conformance determinism fuzz_backends; do

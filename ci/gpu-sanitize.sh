@@ -41,7 +41,7 @@ for t in "$pack"/bin/cutest-*; do
   name=$(basename "$t")
   case "$name" in
     cutest-out_of_memory) continue ;;
-    cutest-fp8_gemm_timing|cutest-attention_timing) [ "$quick" = 1 ] && continue ;;
+    cutest-fp8_gemm_timing|cutest-attention_timing|cutest-attention_backward_timing) [ "$quick" = 1 ] && continue ;;
   esac
   targets+=("$name|$t --test-threads=1")
 done

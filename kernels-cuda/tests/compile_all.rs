@@ -10,7 +10,7 @@ use tessera_core::{Error, MlaCacheFormat, MlaCacheLayout};
 use tessera_cuda::compile::{cached_cubin_in, compile_cubin, KernelVariant};
 use tessera_cuda::kernels::{ci_archs, plannable_variants};
 use tessera_cuda::plan::{
-    AttentionBackwardKernel, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel,
+    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel,
     AttentionVariant, GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
     MlaDecodeVariant, MlaScheduleVariant, MmaSyncGemm, QuantizeGranularity, QuantizeInput,
     QuantizeVariant,
@@ -92,6 +92,7 @@ const BACKWARD_TILES: AttentionBackwardTiles = AttentionBackwardTiles {
     block: 128,
     stages: 2,
     kernel: AttentionBackwardKernel::MmaSync,
+    dq: AttentionBackwardDq::QueryPass,
 };
 
 /// The Hopper tile passes of the attention backward, in the one-variant-per-source list.
@@ -212,6 +213,12 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
     );
     let dkdv_sm90 = AttentionBackwardVariant::KeyValue(BACKWARD_TILES_SM90);
     let dq_sm90 = AttentionBackwardVariant::Query(BACKWARD_TILES_SM90);
+    // The fused-dq plan's dk/dv/dq pass and dq conversion.
+    let fused = AttentionBackwardPlan::new(AttentionBackwardTiles {
+        dq: AttentionBackwardDq::FusedDeterministic,
+        ..BACKWARD_TILES_SM90
+    });
+    let (fused_sm90, convert_sm90) = (fused.key_value, fused.query);
     let cases: Vec<(KernelVariant, &str)> = vec![
         (set(&gemm, "BM", "48"), "BM must be"),
         (set(&gemm, "STAGES", "1"), "STAGES must be"),
@@ -293,6 +300,19 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         (
             set(&dkdv_sm90, "TESSERA_SMEM_BYTES", &smem(&dkdv_sm90)),
             "shared-memory size",
+        ),
+        (
+            set(&fused_sm90, "TESSERA_SMEM_BYTES", &smem(&fused_sm90)),
+            "shared-memory size",
+        ),
+        (
+            set(&fused_sm90, "BWD90_FUSED_DQ", "0"),
+            "BWD90_DQ_WRITER is a variant of the fused dQ pass",
+        ),
+        (set(&convert_sm90, "TESSERA_THREADS", "128"), "256 threads"),
+        (
+            set(&convert_sm90, "TESSERA_SMEM_BYTES", "16"),
+            "no dynamic shared memory",
         ),
         (set(&quantize, "IN_KIND", "3"), "IN_KIND must be"),
         (set(&quantize, "TESSERA_THREADS", "128"), "8 warps"),

@@ -55,7 +55,7 @@
 //   FULL, EMPTY   STAGES mbarriers each
 //   DQ_FULL, DQ_EMPTY  BWD90_DQ_WRITER only: 2 mbarriers each (one per math warpgroup)
 //
-// Fused dQ (BWD90_FUSED_DQ 1, PASS 1 only; compiled by the nvcc harness, not yet by the plan):
+// Fused dQ (BWD90_FUSED_DQ 1, PASS 1 only; the plan builds it only with BWD90_DQ_WRITER 1):
 // sparse_attention_bwd_fused_sm90 is PASS 1 that also accumulates dQ, so that PASS 2 (which
 // recomputes S and dP: 3 of the 7 matmuls) is not run; 5 matmuls in all, FlashAttention-3's count.
 //   Per query tile, once both warpgroups have dS^T (their 64 keys x the tile's 64 queries) in
