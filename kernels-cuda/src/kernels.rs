@@ -196,15 +196,18 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
             let kernels = ATTENTION_BACKWARD_STAGES
                 .map(|s| (AttentionBackwardKernel::MmaSync, s, query_pass))
                 .into_iter()
-                .chain([
-                    query_pass,
-                    AttentionBackwardDq::FusedAtomic,
-                    AttentionBackwardDq::FusedDeterministic,
-                ]
-                .into_iter()
-                .flat_map(|dq| {
-                    ATTENTION_BACKWARD_SM90_STAGES.map(|s| (AttentionBackwardKernel::Wgmma, s, dq))
-                }));
+                .chain(
+                    [
+                        query_pass,
+                        AttentionBackwardDq::FusedAtomic,
+                        AttentionBackwardDq::FusedDeterministic,
+                    ]
+                    .into_iter()
+                    .flat_map(|dq| {
+                        ATTENTION_BACKWARD_SM90_STAGES
+                            .map(|s| (AttentionBackwardKernel::Wgmma, s, dq))
+                    }),
+                );
             for block in ATTENTION_BLOCK_SIZES {
                 for (kernel, stages, dq) in kernels.clone() {
                     let tiles = AttentionBackwardTiles {
@@ -216,7 +219,11 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
                         dq,
                     };
                     // A plan's kernels: for a fused dq the dk/dv/dq pass and the conversion.
-                    for k in AttentionBackwardPlan::new(tiles).kernels().into_iter().skip(1) {
+                    for k in AttentionBackwardPlan::new(tiles)
+                        .kernels()
+                        .into_iter()
+                        .skip(1)
+                    {
                         if k.valid_on(arch).is_ok() {
                             v.push(Box::new(k));
                         }

@@ -22,7 +22,11 @@ fn attention_backward_timing() {
         return;
     };
     // Under compute-sanitizer (its full run): a short sequence, every candidate still runs.
-    let tokens = if common::under_sanitizer() { 1024 } else { 32768 };
+    let tokens = if common::under_sanitizer() {
+        1024
+    } else {
+        32768
+    };
     let (batch, heads) = (1, 24);
     let op = SparseAttention::new(batch, tokens, heads, 128, DType::BF16);
     let stream = backend.stream().clone();

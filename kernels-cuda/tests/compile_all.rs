@@ -10,10 +10,10 @@ use tessera_core::{Error, MlaCacheFormat, MlaCacheLayout};
 use tessera_cuda::compile::{cached_cubin_in, compile_cubin, KernelVariant};
 use tessera_cuda::kernels::{ci_archs, plannable_variants};
 use tessera_cuda::plan::{
-    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel,
-    AttentionVariant, GemmVariant, HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant,
-    MlaDecodeVariant, MlaScheduleVariant, MmaSyncGemm, QuantizeGranularity, QuantizeInput,
-    QuantizeVariant,
+    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
+    AttentionBackwardVariant, AttentionKernel, AttentionVariant, GemmVariant, HalfType, KernelSpec,
+    MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant, MlaScheduleVariant, MmaSyncGemm,
+    QuantizeGranularity, QuantizeInput, QuantizeVariant,
 };
 
 /// Whether NVRTC is there; prints `skipped:` (or panics under `TESSERA_REQUIRE_NVRTC=1`) if not.

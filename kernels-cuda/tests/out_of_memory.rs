@@ -12,7 +12,9 @@ use tessera_core::{
 };
 use tessera_cuda::plan::heuristics::attention_backward_candidates;
 use tessera_cuda::plan::AttentionBackwardPlan;
-use tessera_cuda::{AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut};
+use tessera_cuda::{
+    AttentionBackwardBuffers, CudaBackend, DeviceBlockMask, DeviceHalf, DeviceHalfMut,
+};
 
 #[test]
 fn out_of_memory_is_typed_and_the_backend_keeps_working() {
@@ -66,7 +68,9 @@ fn out_of_memory_is_typed_and_the_backend_keeps_working() {
     println!("{e}");
     match &mut backward {
         Some(b) => {
-            let e = b.run(&backend).expect_err("the fused backward ran with the memory taken");
+            let e = b
+                .run(&backend)
+                .expect_err("the fused backward ran with the memory taken");
             assert!(e.is_out_of_memory(), "expected OutOfMemory, got {e:?}");
             println!("{e}");
         }

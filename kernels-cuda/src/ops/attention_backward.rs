@@ -21,9 +21,9 @@
 
 use super::attention::{check_block_size, DeviceBlockMask, DeviceHalf, DeviceHalfMut, HalfElement};
 use super::{check_device_len, download, to_i32, upload};
-use crate::runtime::driver_error;
 use crate::plan::heuristics::{attention_backward_candidates, pick_attention_backward};
 use crate::plan::{AttentionBackwardPlan, KernelArgs, LaunchOptions};
+use crate::runtime::driver_error;
 use crate::CudaBackend;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
 use std::sync::Arc;

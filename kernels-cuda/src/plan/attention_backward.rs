@@ -335,7 +335,10 @@ impl KernelSpec for AttentionBackwardVariant {
             );
             d.push(("BWD90_FUSED_DQ", "1".to_string()));
             d.push(("BWD90_DQ_WRITER", "1".to_string()));
-            d.push(("BWD90_DQ_DETERMINISTIC", u8::from(deterministic).to_string()));
+            d.push((
+                "BWD90_DQ_DETERMINISTIC",
+                u8::from(deterministic).to_string(),
+            ));
         }
         if let AttentionBackwardVariant::ConvertDq { .. } = self {
             d.push(("BWD90_DQ_WRITER", "1".to_string()));
@@ -347,7 +350,9 @@ impl KernelSpec for AttentionBackwardVariant {
         let wgmma = self.tile_kernel() == AttentionBackwardKernel::Wgmma;
         match self {
             AttentionBackwardVariant::Delta { .. } => "sparse_attention_bwd_delta",
-            AttentionBackwardVariant::ConvertDq { .. } => "sparse_attention_bwd_dq_convert_tiled_sm90",
+            AttentionBackwardVariant::ConvertDq { .. } => {
+                "sparse_attention_bwd_dq_convert_tiled_sm90"
+            }
             AttentionBackwardVariant::KeyValue(t) if t.dq == AttentionBackwardDq::FusedAtomic => {
                 "sparse_attention_bwd_fused_writer_sm90"
             }
@@ -379,7 +384,9 @@ impl KernelSpec for AttentionBackwardVariant {
     /// [`ATTENTION_BACKWARD_FUSED_DQ_SMEM`] more). The dq conversion: none.
     fn smem_bytes(&self) -> u32 {
         match self {
-            AttentionBackwardVariant::Delta { .. } | AttentionBackwardVariant::ConvertDq { .. } => 0,
+            AttentionBackwardVariant::Delta { .. } | AttentionBackwardVariant::ConvertDq { .. } => {
+                0
+            }
             AttentionBackwardVariant::KeyValue(t) if t.kernel == AttentionBackwardKernel::Wgmma => {
                 t.sm90_bytes(true)
             }
@@ -768,7 +775,10 @@ mod tests {
                 ]
             );
             assert_eq!(kv.define_value("PASS"), Some("1"));
-            assert_eq!(kv.define_value("BWD90_DQ_DETERMINISTIC"), Some(deterministic));
+            assert_eq!(
+                kv.define_value("BWD90_DQ_DETERMINISTIC"),
+                Some(deterministic)
+            );
             // The sizes the nvcc harness measured with (NOTES-sparse-attention-bwd-sm90.md): the
             // two-pass dk/dv pass's + 32 KiB of dS + 32 KiB of dQ jobs + 4 mbarriers.
             assert_eq!(plan.key_value.smem_bytes(), 230_992);
@@ -811,7 +821,9 @@ mod tests {
             dq: AttentionBackwardDq::FusedAtomic,
             ..tiles(64, 2)
         };
-        assert!(AttentionBackwardVariant::KeyValue(mma).valid_on(&h200).is_err());
+        assert!(AttentionBackwardVariant::KeyValue(mma)
+            .valid_on(&h200)
+            .is_err());
         let wgmma = AttentionBackwardTiles {
             kernel: AttentionBackwardKernel::Wgmma,
             ..mma
@@ -823,7 +835,10 @@ mod tests {
         // unchanged) and are deterministic.
         let two_pass = fused(128, 3, AttentionBackwardDq::QueryPass);
         assert!(two_pass.is_deterministic());
-        assert_eq!(two_pass.key_value.kernel().define_value("BWD90_FUSED_DQ"), None);
+        assert_eq!(
+            two_pass.key_value.kernel().define_value("BWD90_FUSED_DQ"),
+            None
+        );
         assert_eq!(two_pass.key_value.entry(), "sparse_attention_bwd_dkdv_sm90");
     }
 
