@@ -1,9 +1,11 @@
 //! Determinism: every op run twice on the same inputs, on the same backend and device, gives
 //! bitwise-identical outputs (the guarantee each op's documentation states: no path of Tessera
-//! accumulates floats with atomics; the MLA decode's split-KV partials are merged in a fixed
+//! accumulates floats with atomics, except the attention backward's dq when the op does not ask
+//! for determinism; the MLA decode's split-KV partials are merged in a fixed
 //! order, and the split count depends only on the shape and the device). The shapes include an
 //! MLA decode long enough to be split, and partial blocks everywhere; the attention backward
-//! runs from the forward's outputs.
+//! runs from the forward's outputs, with [`SparseAttention::deterministic_backward`] set (without
+//! it, dq may be added in any order where that is faster: CUDA on sm_90a).
 //!
 //! Runs on the CPU reference and on Vulkan (lavapipe in CI); on CUDA where there is a device
 //! (prints `skipped:` otherwise).
@@ -37,7 +39,8 @@ fn run_all(backend: &dyn Backend) -> Vec<(String, Vec<u32>)> {
     .build()
     .unwrap();
     for dtype in [DType::BF16, DType::F16] {
-        let op = SparseAttention::new(1, mask.tokens(), 2, 64, dtype);
+        let op =
+            SparseAttention::new(1, mask.tokens(), 2, 64, dtype).with_deterministic_backward(true);
         let x = Tensor::from_f32(dtype, &rng.normals(op.qkv_len()));
         let r = backend
             .sparse_attention(&op, &mask, x.as_ref(), x.as_ref(), x.as_ref())
@@ -72,6 +75,27 @@ fn run_all(backend: &dyn Backend) -> Vec<(String, Vec<u32>)> {
         .sparse_attention(&op, &dense, x.as_ref(), x.as_ref(), x.as_ref())
         .unwrap();
     out.push(("attention dense o".into(), f32_bits(&r.o.to_f32_vec())));
+    // The backward with blocks of 128 and head_dim 128 (where CUDA on sm_90a has the fused-dq
+    // plans), deterministic on request.
+    let op = op.with_deterministic_backward(true);
+    let g = backend
+        .sparse_attention_backward(
+            &op,
+            &dense,
+            x.as_ref(),
+            x.as_ref(),
+            x.as_ref(),
+            r.o.as_ref(),
+            &r.lse,
+            x.as_ref(),
+        )
+        .unwrap();
+    for (name, t) in [("dq", &g.dq), ("dk", &g.dk), ("dv", &g.dv)] {
+        out.push((
+            format!("attention dense backward {name}"),
+            f32_bits(&t.to_f32_vec()),
+        ));
+    }
 
     // MLA: append, then a decode long enough to be split over several workgroups / CTAs.
     for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {

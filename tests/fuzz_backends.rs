@@ -179,6 +179,7 @@ fn call() -> impl Strategy<Value = Call> {
                         head_dim,
                         dtype,
                         softmax_scale: scale,
+                        deterministic_backward: off % 2 == 0,
                     },
                     mask_tokens,
                     block_size,

@@ -24,7 +24,8 @@ use tessera::Fp8Gemm;
 
 use crate::cases::{
     data, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase, MlaShape,
-    QuantizeCase, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP, QUANTIZE_OP, ROTATE_BYTES,
+    QuantizeCase, ATTENTION_BACKWARD_IMPLS, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP, QUANTIZE_OP,
+    ROTATE_BYTES,
 };
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
@@ -118,13 +119,13 @@ impl Executor for CudaExecutor {
         bench_attention(&self.backend, &self.stream, case, work, radial)
     }
 
-    fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Option<Record> {
-        Some(bench_attention_backward(
-            &self.backend,
-            &self.stream,
-            case,
-            work,
-        ))
+    fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Vec<Record> {
+        [false, true]
+            .into_iter()
+            .map(|deterministic| {
+                bench_attention_backward(&self.backend, &self.stream, case, work, deterministic)
+            })
+            .collect()
     }
 }
 
@@ -635,17 +636,19 @@ fn bench_attention(
     inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
 }
 
-/// The backward of one radial attention case (delta, dk/dv and dq kernels), after one forward
-/// run that gives it o and lse.
+/// The backward of one radial attention case (the default plan for the op with
+/// [`tessera::SparseAttention::deterministic_backward`] = `deterministic`), after one forward run that
+/// gives it o and lse.
 fn bench_attention_backward(
     backend: &CudaBackend,
     stream: &Arc<CudaStream>,
     case: &AttentionCase,
     work: &AttentionWork,
+    deterministic: bool,
 ) -> Record {
-    let name = "tessera radial";
+    let name = ATTENTION_BACKWARD_IMPLS[usize::from(deterministic)];
     let key = case.key();
-    let op = &work.op;
+    let op = &work.op.clone().with_deterministic_backward(deterministic);
     let inner = || -> Res<Record> {
         let dmask = DeviceBlockMask::new(stream, &work.mask).map_err(|e| e.to_string())?;
         let pattern = data::bf16s(41, 1 << 20, 2.0);

@@ -89,6 +89,10 @@ impl AttentionCase {
 /// The op name of the attention backward's records.
 pub const ATTENTION_BACKWARD_OP: &str = "attention_backward";
 
+/// The implementation names of our attention backward's records: the default (dq added in any
+/// order where that is faster) and with [`SparseAttention::deterministic_backward`] set.
+pub const ATTENTION_BACKWARD_IMPLS: [&str; 2] = ["tessera radial", "tessera radial deterministic"];
+
 impl AttentionCase {
     /// The backward of the radial case: its mask and op, FLOP counted as
     /// [`SparseAttention::backward_flops`] (2.5 times the forward's), bytes q, k, v, o, dO read

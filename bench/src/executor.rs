@@ -27,10 +27,10 @@ pub trait Executor {
     /// One attention case, radial or dense, with its mask and op built ([`AttentionCase::work`]).
     fn attention(&mut self, case: &AttentionCase, work: &AttentionWork, radial: bool) -> Record;
     /// The backward of one attention case (op [`crate::cases::ATTENTION_BACKWARD_OP`], `work`
-    /// from [`AttentionCase::backward_work`]); `None` when the backend has no backward (no
-    /// record).
-    fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Option<Record> {
+    /// from [`AttentionCase::backward_work`]): one record per way the backend runs it
+    /// ([`crate::cases::ATTENTION_BACKWARD_IMPLS`]); none when the backend has no backward.
+    fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Vec<Record> {
         let _ = (case, work);
-        None
+        Vec::new()
     }
 }

@@ -608,34 +608,45 @@ fn attention_backward_section(
         "TFLOPS count 2.5 times the forward's FLOP (5 matmuls over every on block). Backward / \
          forward = our backward time over our radial forward time on the same mask. Ours / peer = \
          peer time / our time; a dense peer's backward covers every block of the same tokens, so \
-         ours / dense peer is the radial backward's speedup over it.\n"
+         ours / dense peer is the radial backward's speedup over it. Tessera's default backward \
+         may add dq in any order (the fused atomic plan on sm_90a); `deterministic` is the same \
+         op asking for a bitwise reproducible dq (ours det. / peer = peer time / that time).\n"
     )?;
+    let [default_impl, deterministic_impl] = crate::cases::ATTENTION_BACKWARD_IMPLS;
     write!(
         md,
-        "| shape | Tessera backward ms | TFLOPS | backward / forward |"
+        "| shape | Tessera backward ms | TFLOPS | backward / forward | deterministic ms |"
     )?;
     for p in &peer_impls {
-        write!(md, " {p} ms | ours / {p} |")?;
+        write!(md, " {p} ms | ours / {p} | ours det. / {p} |")?;
     }
     writeln!(md)?;
     writeln!(
         md,
-        "|---|---|---|---|{}",
-        "---|".repeat(2 * peer_impls.len())
+        "|---|---|---|---|---|{}",
+        "---|".repeat(3 * peer_impls.len())
     )?;
     for s in &shapes {
-        let b = ours.find(OP, s, "tessera radial");
+        let b = ours.find(OP, s, default_impl);
+        let det = time(ours.find(OP, s, deterministic_impl));
         let fwd = ours.find("attention", s, "tessera radial");
         write!(
             md,
-            "| {s} | {} | {} | {} |",
+            "| {s} | {} | {} | {} | {} |",
             ms(time(b)),
             f(tflops(b), 0),
-            f(ratio(time(b), time(fwd)), 2)
+            f(ratio(time(b), time(fwd)), 2),
+            ms(det)
         )?;
         for p in &peer_impls {
             let peer = time(find(peers, OP, s, p));
-            write!(md, " {} | {} |", ms(peer), f(ratio(peer, time(b)), 2))?;
+            write!(
+                md,
+                " {} | {} | {} |",
+                ms(peer),
+                f(ratio(peer, time(b)), 2),
+                f(ratio(peer, det), 2)
+            )?;
         }
         writeln!(md)?;
     }
@@ -665,7 +676,7 @@ fn attention_backward_section(
     for s in &shapes {
         let ours_both = sum(
             time(ours.find("attention", s, "tessera radial")),
-            time(ours.find(OP, s, "tessera radial")),
+            time(ours.find(OP, s, default_impl)),
         );
         write!(md, "| {s} | {} |", ms(ours_both))?;
         for p in &peer_impls {

@@ -14,8 +14,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::cases::{
-    gemm_flops_bytes, gemm_key, MlaShape, Suite, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP,
-    QUANTIZE_OP,
+    gemm_flops_bytes, gemm_key, MlaShape, Suite, ATTENTION_BACKWARD_IMPLS, ATTENTION_BACKWARD_OP,
+    GROUPED_GEMM_OP, QUANTIZE_OP,
 };
 use crate::executor::Executor;
 use crate::schema::{fill_rates, utc_now, BenchFile, Header, Record};
@@ -165,19 +165,23 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 push(&mut file, rec);
             }
             progress.show(&format!("attention {} radial backward", case.key()));
-            let rec = match case.backward_work() {
-                Ok(work) => executor.attention_backward(case, &work).map(|mut rec| {
-                    fill_rates(&mut rec, work.flops, work.bytes, &ceilings);
-                    rec
-                }),
-                Err(e) => Some(Record::failed(
+            let recs = match case.backward_work() {
+                Ok(work) => executor
+                    .attention_backward(case, &work)
+                    .into_iter()
+                    .map(|mut rec| {
+                        fill_rates(&mut rec, work.flops, work.bytes, &ceilings);
+                        rec
+                    })
+                    .collect(),
+                Err(e) => vec![Record::failed(
                     ATTENTION_BACKWARD_OP,
                     case.key(),
-                    "tessera radial",
+                    ATTENTION_BACKWARD_IMPLS[0],
                     e,
-                )),
+                )],
             };
-            if let Some(rec) = rec {
+            for rec in recs {
                 push(&mut file, rec);
             }
         }

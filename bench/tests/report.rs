@@ -309,6 +309,7 @@ fn report_compares_forward_plus_backward_with_the_peers() {
             record("attention", big, "tessera radial", Some(400.0), Some(240.0)),
             record("attention", big, "tessera dense", Some(4000.0), Some(240.0)),
             record("attention_backward", big, "tessera radial", Some(1000.0), Some(240.0)),
+            record("attention_backward", big, "tessera radial deterministic", Some(1250.0), Some(192.0)),
             record("attention", small, "tessera radial", Some(50.0), Some(240.0)),
             record("attention_backward", small, "tessera radial", None, None),
         ]}),
@@ -362,10 +363,14 @@ fn report_compares_forward_plus_backward_with_the_peers() {
             .collect()
     };
     // The peers in first-seen order: cudnn dense, then flex radial.
-    // | shape | ours ms | TFLOPS | bwd / fwd | cudnn ms | ours / cudnn | flex ms | ours / flex |
+    // | shape | ours ms | TFLOPS | bwd / fwd | deterministic ms | cudnn ms | ours / cudnn |
+    // ours det. / cudnn | flex ms | ours / flex | ours det. / flex |
     assert_eq!(
-        row(backward_at, big)[1..9],
-        [big, "1000.0", "240", "2.50", "5000.0", "5.00", "1100.0", "1.10"]
+        row(backward_at, big)[1..12],
+        [
+            big, "1000.0", "240", "2.50", "1250.0", "5000.0", "5.00", "4.00", "1100.0", "1.10",
+            "0.88"
+        ]
     );
     // | shape | ours fwd+bwd | cudnn fwd+bwd | ours / cudnn | flex fwd+bwd | ours / flex |:
     // 400 + 1000 against 2000 + 5000 (5.00) and 300 + 1100 (1.00).

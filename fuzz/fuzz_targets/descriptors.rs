@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
                 head_dim: if i.bool() { 64 } else { i.size() },
                 dtype: [DType::BF16, DType::F16, DType::F32][i.size() % 3],
                 softmax_scale: i.f32(),
+                deterministic_backward: i.bool(),
             };
             let _ = (op.qkv_len(), op.lse_len());
             let tokens = 1 + i.size() % 300;

@@ -336,18 +336,36 @@ mod tests {
                         for k in plans.iter().flat_map(|p| p.kernels()) {
                             assert!(has(&k), "{k:?} on {arch}");
                         }
-                        // The default pick: the Hopper tile passes with 3 stages where they are.
-                        let pick = plans[crate::plan::heuristics::pick_attention_backward(&plans)];
+                        // The deterministic pick: the Hopper tile passes with 3 stages where
+                        // they are.
+                        let pick_for = |deterministic| {
+                            plans[crate::plan::heuristics::pick_attention_backward(
+                                &plans,
+                                deterministic,
+                            )]
+                        };
+                        let pick = pick_for(true);
                         let want = if hopper > 0 {
                             AttentionBackwardKernel::Wgmma
                         } else {
                             AttentionBackwardKernel::MmaSync
                         };
                         assert_eq!(pick.key_value.tile_kernel(), want, "{arch}");
-                        // ... with its own dq pass (the fused-dq plans are candidates, not the
-                        // default), the most stages, and always deterministic.
+                        // ... with its own dq pass, the most stages, and deterministic.
                         assert_eq!(pick.dq(), AttentionBackwardDq::QueryPass, "{arch}");
                         assert!(pick.is_deterministic());
+                        // Without the request: the fused atomic plan where it is a candidate
+                        // (2 stages at head_dim 128, 3 at 64), else the same pick.
+                        let fast = pick_for(false);
+                        if hopper > 0 {
+                            assert_eq!(fast.dq(), AttentionBackwardDq::FusedAtomic, "{arch}");
+                            let stages = if head_dim == 128 { 2 } else { 3 };
+                            assert_eq!(fast, plans[if head_dim == 128 { 4 } else { 5 }], "{arch}");
+                            assert!(matches!(fast.key_value,
+                                AttentionBackwardVariant::KeyValue(t) if t.stages == stages));
+                        } else {
+                            assert_eq!(fast, pick, "{arch}");
+                        }
                         if hopper > 0 {
                             assert_eq!(pick, plans[3], "{arch}");
                             let fused: Vec<_> = plans[4..].iter().map(|p| p.dq()).collect();

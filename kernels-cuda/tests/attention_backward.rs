@@ -2,8 +2,8 @@
 //! and odd shapes (partial last blocks, a key block no query attends, rows with one block),
 //! bitwise determinism (of every plan but the atomic fused-dq ones, whose dq may differ in its
 //! last bits; their dk and dv are bitwise the two-pass plan's), the fused-dq plans where many
-//! key blocks add into each query tile, and a property test through the `Backend` trait at random masks and
-//! token counts. The reference runs from the same q, k, v, o, lse and dO (the GPU forward's o
+//! key blocks add into each query tile, and a property test through the `Backend` trait at
+//! random masks and token counts, with and without the request for a deterministic dq. The reference runs from the same q, k, v, o, lse and dO (the GPU forward's o
 //! and lse), so only the backward is compared. Outputs start as NaN: an element a kernel fails
 //! to write shows up. Prints `skipped:` and passes without a CUDA device.
 
@@ -199,8 +199,10 @@ fn fused_dq_plans_under_contention() {
     println!("{ran} fused-dq plan runs matched the reference");
 }
 
-/// Through the `Backend` trait (the default plan) at random token counts, masks and shapes: a
-/// property test (the backend is opened once, so the cases run through proptest's runner).
+/// Through the `Backend` trait (the default plan, with and without the request for a
+/// deterministic dq; with it, a second run must give the same bits) at random token counts,
+/// masks and shapes: a property test (the backend is opened once, so the cases run through
+/// proptest's runner).
 #[test]
 fn backward_through_the_trait_matches_the_reference() {
     let Some(be) = common::backend() else { return };
@@ -213,26 +215,40 @@ fn backward_through_the_trait_matches_the_reference() {
         1usize..=2,
         1usize..=3,
         any::<u64>(),
+        prop::bool::ANY,
     );
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
     runner
         .run(
             &shapes,
-            |(tokens, block_is_128, density, head_dim_is_128, bf16_type, batch, heads, seed)| {
+            |(
+                tokens,
+                block_is_128,
+                density,
+                head_dim_is_128,
+                bf16_type,
+                batch,
+                heads,
+                seed,
+                deterministic,
+            )| {
                 let mut rng = Rng::new(seed);
                 let block = if block_is_128 { 128 } else { 64 };
                 let head_dim = if head_dim_is_128 { 128 } else { 64 };
                 let dtype = if bf16_type { DType::BF16 } else { DType::F16 };
                 let m = random_mask(&mut rng, tokens, block, density, false);
-                let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype);
+                let op = SparseAttention::new(batch, tokens, heads, head_dim, dtype)
+                    .with_deterministic_backward(deterministic);
                 let x = Inputs::new(&be, op, m, &mut rng);
                 let got = x.backward(&be);
-                assert_gradients_match(
-                    &got,
-                    &x.backward(&CpuBackend::new()),
-                    dtype,
-                    &format!("t{tokens} B{block} d{head_dim} {dtype} b{batch} h{heads}"),
+                let what = format!(
+                    "t{tokens} B{block} d{head_dim} {dtype} b{batch} h{heads} \
+                     deterministic {deterministic}"
                 );
+                assert_gradients_match(&got, &x.backward(&CpuBackend::new()), dtype, &what);
+                if deterministic {
+                    assert_eq!(x.backward(&be), got, "{what}: not bitwise deterministic");
+                }
                 Ok(())
             },
         )

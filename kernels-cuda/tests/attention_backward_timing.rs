@@ -63,7 +63,7 @@ fn attention_backward_timing() {
             let mask = random_mask(&mut rng, tokens, 128, density, false);
             let dmask = DeviceBlockMask::new(&stream, &mask).unwrap();
             let plans = attention_backward_candidates(&op, 128, backend.arch_spec()).unwrap();
-            let default = pick_attention_backward(&plans);
+            let default = pick_attention_backward(&plans, op.deterministic_backward);
             let mut times = Vec::new();
             for plan in &plans {
                 let [dq, dk, dv] = &mut grads;

@@ -31,6 +31,12 @@ pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
 /// cooperative-matrix path takes a column maximum with an integer `atomicMax` on the bit
 /// patterns, which is order-independent). Results may differ between devices or between the
 /// CUDA, Vulkan portable and cooperative-matrix paths (within the conformance tolerances).
+///
+/// The backward ([`crate::Backend::sparse_attention_backward`]) is bitwise deterministic in
+/// the same way for dk and dv, and for dq when [`Self::deterministic_backward`] is set; when it
+/// is not (the default), a backend may add the f32 partial sums of dq in whatever order its
+/// CTAs run, where that is faster (CUDA on sm_90a), and dq may then differ in its last bits
+/// from run to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SparseAttention {
     /// Batch size, at least 1.
@@ -45,6 +51,11 @@ pub struct SparseAttention {
     pub dtype: DType,
     /// Softmax scale, finite and > 0 (usually `head_dim^-0.5`).
     pub softmax_scale: f32,
+    /// The backward only: dq bitwise the same on every run (its partial sums added in a fixed
+    /// order) even where another order is faster. `false` in [`Self::new`]: the fastest dq,
+    /// reproducible within the conformance tolerances but not bit for bit. The forward, dk
+    /// and dv are bitwise deterministic either way.
+    pub deterministic_backward: bool,
 }
 
 impl SparseAttention {
@@ -57,6 +68,15 @@ impl SparseAttention {
             head_dim,
             dtype,
             softmax_scale: (head_dim as f32).powf(-0.5),
+            deterministic_backward: false,
+        }
+    }
+
+    /// The descriptor with [`Self::deterministic_backward`] set to `deterministic`.
+    pub fn with_deterministic_backward(self, deterministic: bool) -> Self {
+        Self {
+            deterministic_backward: deterministic,
+            ..self
         }
     }
 

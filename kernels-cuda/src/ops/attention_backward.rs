@@ -12,10 +12,12 @@
 //! On sm_90a the candidates also hold the fused-dq plans
 //! ([`crate::plan::AttentionBackwardDq`]): the wgmma dk/dv pass computes dq too, adding its
 //! f32 tiles into a workspace (`dq_accum`, allocated and zeroed on the stream per call), then a
-//! conversion kernel writes dq. Not the default pick yet. Their atomic mode's dq is not bitwise
-//! reproducible (the adds of different key blocks race); the deterministic mode's is (each
-//! tile's adds in key-block order, through turn counters and the transposed mask's ranks,
-//! [`DeviceBlockMask::transposed_ranks`]). The default pick is always deterministic.
+//! conversion kernel writes dq. Their atomic mode's dq is not bitwise reproducible (the adds of
+//! different key blocks race); it is the default pick unless the op asks for a deterministic
+//! backward ([`SparseAttention::deterministic_backward`]), which picks the tile passes above.
+//! The deterministic fused mode's dq is reproducible (each tile's adds in key-block order,
+//! through turn counters and the transposed mask's ranks,
+//! [`DeviceBlockMask::transposed_ranks`]).
 //!
 //! Device API: [`CudaBackend::sparse_attention_backward_on`] over [`AttentionBackwardBuffers`].
 
@@ -176,7 +178,8 @@ impl CudaBackend {
     }
 
     /// The backward plan for `op` with `mask` on this device: the default pick of
-    /// [`attention_backward_candidates`] (not tuned).
+    /// [`attention_backward_candidates`] for [`SparseAttention::deterministic_backward`] (not
+    /// tuned).
     pub fn sparse_attention_backward_plan(
         &self,
         op: &SparseAttention,
@@ -185,7 +188,7 @@ impl CudaBackend {
         op.validate(mask)?;
         check_block_size(mask.block_size())?;
         let candidates = attention_backward_candidates(op, mask.block_size(), &self.runtime.arch)?;
-        Ok(candidates[pick_attention_backward(&candidates)])
+        Ok(candidates[pick_attention_backward(&candidates, op.deterministic_backward)])
     }
 
     /// [`CudaBackend::sparse_attention_backward_on`] with an explicit plan (a candidate of

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | FP8 GEMM | `mma.sync` tiles SMALL (fallback), LARGE, TINY, LARGE_DEEP where they fit; e4m3 mma on sm_89; on sm_90a also the wgmma tiles of [`wgmma_tiles`], and for m <= 256 [`wgmma_small_m_tiles`] (split-K, two CTAs per SM) | `mma.sync`: fewest waves over the SMs, then the fullest last wave, then the least padding; sm_90a: [`pick_wgmma`] |
 //! | attention | the `mma.sync` kernel for (head_dim, dtype, block size) (fallback); on sm_90a with blocks of 128 also the Hopper kernel | the Hopper kernel where it is a candidate |
-//! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit; on sm_90a with blocks of 128 also the Hopper tile passes ([`ATTENTION_BACKWARD_SM90_STAGES`]), then the Hopper fused-dq plans (dq in the dk/dv pass, then its conversion), atomic and deterministic, per stage count that fits | the Hopper tile passes (dq in its own pass) with the most stages where they are candidates, else the most buffers; never a plan whose dq is not bitwise reproducible (not tuned: the plan is always this pick) |
+//! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit; on sm_90a with blocks of 128 also the Hopper tile passes ([`ATTENTION_BACKWARD_SM90_STAGES`]), then the Hopper fused-dq plans (dq in the dk/dv pass, then its conversion), atomic and deterministic, per stage count that fits | unless the op asks for a deterministic backward, the fused atomic plan with [`attention_backward_fused_stages`] where it is a candidate; else the Hopper tile passes (dq in its own pass) with the most stages where they are candidates, else the most buffers (not tuned: the plan is always this pick) |
 //! | MLA decode | every `mma.sync` tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first; on sm_90a also the Hopper kernel for bf16 records of DeepSeek-V3's dims | the Hopper kernel for more than 16 rows `s_q * heads`; else the fewest rows per CTA that holds all rows, then the first that fits |
 //! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
 
@@ -15,7 +15,7 @@ use super::attention::{
 };
 use super::attention_backward::{
     AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
-    ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
+    AttentionBackwardVariant, ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
 };
 use super::cache::{bucket, PlannedOp, PlannedVariant, ShapeClass};
 use super::gemm::{GemmVariant, MmaSyncGemm, WgmmaGemm};
@@ -425,9 +425,9 @@ impl PlannedOp for AttentionShape<'_> {
 /// fused-dq plans ([`AttentionBackwardDq::FusedAtomic`], then
 /// [`AttentionBackwardDq::FusedDeterministic`], for each of those stage counts where the shared
 /// memory holds them) ([`Error::Unsupported`] when the kernel has none). The atomic plans'
-/// dq is not bitwise reproducible: [`pick_attention_backward`] never picks them, and a tuner
-/// must not either while the op promises determinism
-/// ([`AttentionBackwardPlan::is_deterministic`]).
+/// dq is not bitwise reproducible ([`AttentionBackwardPlan::is_deterministic`]):
+/// [`pick_attention_backward`] picks them only when the op does not ask for a deterministic
+/// backward.
 pub fn attention_backward_candidates(
     op: &tessera_core::SparseAttention,
     block_size: usize,
@@ -488,15 +488,45 @@ pub fn attention_backward_candidates(
     Ok(v)
 }
 
-/// The default attention backward pick: the last candidate whose dq has its own pass: the
-/// Hopper tile passes with the most stages where they are candidates, else the most buffers
-/// of streamed tiles, so that loads overlap the math. The fused-dq plans are candidates for
-/// the tests and for measuring, not yet the default; a non-deterministic plan never is.
-pub fn pick_attention_backward(candidates: &[AttentionBackwardPlan]) -> usize {
-    candidates
+/// Stages of the fused atomic backward that the default pick takes at `head_dim`: 2 at 128
+/// (3 stages leave 231 KB of shared memory for little more overlap), 3 at 64. Measured on the
+/// H200 (session 10, `attention_backward_timing`, 1 x 24 heads x 32768 tokens, random masks of
+/// density 0.25 and dense, per-call workspace included): the two-pass plan's time over the
+/// fused atomic plan's was 1.09-1.10 (2 stages) and 1.05-1.09 (3 stages) at head_dim 128,
+/// 1.10-1.12 (2) and 1.13 (3) at 64.
+pub fn attention_backward_fused_stages(head_dim: u32) -> u32 {
+    if head_dim >= 128 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The default attention backward pick for an op that asks for a bitwise deterministic dq
+/// (`deterministic`, [`tessera_core::SparseAttention::deterministic_backward`]) or not.
+/// Not deterministic: the fused atomic plan ([`AttentionBackwardDq::FusedAtomic`], 5 matmuls
+/// instead of 7) with [`attention_backward_fused_stages`] where it is a candidate (sm_90a,
+/// blocks of 128). Otherwise, and where there is none: the last candidate whose dq has its own
+/// pass (the Hopper tile passes with the most stages where they are candidates, else the most
+/// buffers of streamed tiles, so that loads overlap the math). The fused deterministic plan is
+/// never the default: its turn waits cost more than the saved matmuls on sparse masks (0.83x the
+/// two-pass plan at density 0.25; 1.07-1.10x on dense masks).
+pub fn pick_attention_backward(candidates: &[AttentionBackwardPlan], deterministic: bool) -> usize {
+    let two_pass = candidates
         .iter()
         .rposition(|p| p.dq() == AttentionBackwardDq::QueryPass)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    if deterministic {
+        return two_pass;
+    }
+    candidates
+        .iter()
+        .position(|p| {
+            matches!(p.key_value, AttentionBackwardVariant::KeyValue(t)
+                if t.dq == AttentionBackwardDq::FusedAtomic
+                    && t.stages == attention_backward_fused_stages(t.head_dim))
+        })
+        .unwrap_or(two_pass)
 }
 
 // ---- MLA decode -------------------------------------------------------------------------------
