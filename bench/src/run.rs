@@ -146,9 +146,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
     }
-    if wants("attention") {
+    // `--only attention` runs both directions; `--only attention_backward` the backward alone.
+    let (forward, backward) = (wants("attention"), wants(ATTENTION_BACKWARD_OP));
+    if forward || backward {
         for case in &suite.attention {
-            for radial in [true, false] {
+            for radial in [true, false].into_iter().filter(|_| forward) {
                 progress.show(&format!(
                     "attention {} {}",
                     case.key(),
@@ -163,6 +165,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     Err(e) => Record::failed("attention", case.key(), "tessera", e),
                 };
                 push(&mut file, rec);
+            }
+            if !backward {
+                continue;
             }
             progress.show(&format!("attention {} radial backward", case.key()));
             let recs = match case.backward_work() {
