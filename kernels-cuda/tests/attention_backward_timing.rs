@@ -1,6 +1,7 @@
 //! Times every attention backward candidate (the two-pass plans and, on sm_90a, the fused-dq
 //! plans) at the nvcc harness's shapes (1 batch x 24 heads x 32768 tokens, bf16, head_dim 128
-//! and 64, mask blocks of 128, random of density 0.25 and dense) through the device API (no
+//! and 64, mask blocks of 128, random of density 0.25, dense, and radial masks of the bench's
+//! HunyuanVideo and Wan settings over frames of 3840 tokens) through the device API (no
 //! copies in the timed loop; a fused plan's per-call workspace allocation and zeroing are
 //! timed), and prints milliseconds and TFLOP/s of 5 matmuls
 //! ([`SparseAttention::backward_flops`]) with the ratio to the default pick. Prints `skipped:`
@@ -9,7 +10,7 @@
 mod common;
 
 use std::time::Instant;
-use tessera_core::{DType, SparseAttention};
+use tessera_core::{DType, RadialMaskConfig, SparseAttention};
 use tessera_cuda::plan::heuristics::{attention_backward_candidates, pick_attention_backward};
 use tessera_cuda::plan::KernelSpec;
 use tessera_cuda::{AttentionBackwardBuffers, DeviceBlockMask, DeviceHalf, DeviceHalfMut};
@@ -56,12 +57,32 @@ fn attention_backward_timing() {
         "{}: b{batch} t{tokens} h{heads} bf16 B128",
         backend.context().name().unwrap_or_default()
     );
+    // Random masks, a dense one, and radial masks of the bench's two settings (HunyuanVideo:
+    // decay 0.95, no sink; Wan: decay 0.2, a sink) over frames of 3840 tokens.
+    let radial = |decay: f64, sink: bool| {
+        let frames = (tokens / 3840).max(1);
+        RadialMaskConfig {
+            frames,
+            tokens_per_frame: tokens / frames,
+            extra_tokens: tokens - frames * (tokens / frames),
+            block_size: 128,
+            decay,
+            sink,
+        }
+        .build()
+        .unwrap()
+    };
+    let masks = [
+        ("random", random_mask(&mut rng, tokens, 128, 0.25, false)),
+        ("dense", random_mask(&mut rng, tokens, 128, 1.0, false)),
+        ("radial hunyuan", radial(0.95, false)),
+        ("radial wan", radial(0.2, true)),
+    ];
     for head_dim in [128, 64] {
-        for density in [0.25, 1.0] {
+        for (mask_name, mask) in &masks {
             let op = SparseAttention::new(batch, tokens, heads, head_dim, DType::BF16);
             let n = op.qkv_len();
-            let mask = random_mask(&mut rng, tokens, 128, density, false);
-            let dmask = DeviceBlockMask::new(&stream, &mask).unwrap();
+            let dmask = DeviceBlockMask::new(&stream, mask).unwrap();
             let plans = attention_backward_candidates(&op, 128, backend.arch_spec()).unwrap();
             let default = pick_attention_backward(&plans, op.deterministic_backward);
             let mut times = Vec::new();
@@ -103,13 +124,13 @@ fn attention_backward_timing() {
             }
             for (i, (plan, seconds)) in plans.iter().zip(&times).enumerate() {
                 println!(
-                    "timing-bwd: d{head_dim} density {:.3} {:?} {:<28} {:8.3} ms {:6.1} TFLOP/s \
-                     {:.3}x the default{}  {}",
+                    "timing-bwd: d{head_dim} {mask_name:<14} density {:.3} {:?} {:<28} {:8.3} ms \
+                     {:6.1} TFLOP/s {:.3}x the default{}  {}",
                     mask.density(),
                     plan.key_value.tile_kernel(),
                     format!("{:?} stages {}", plan.dq(), stages(plan)),
                     seconds * 1e3,
-                    op.backward_flops(&mask) / seconds / 1e12,
+                    op.backward_flops(mask) / seconds / 1e12,
                     times[default] / seconds,
                     if i == default { " (default)" } else { "" },
                     plan.key_value.label()
