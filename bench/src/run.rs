@@ -92,7 +92,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             + count(GROUPED_GEMM_OP, suite.grouped_gemm.len())
             + count(QUANTIZE_OP, suite.quantize.len())
             + count("mla_decode", suite.mla.len())
-            + count("attention", 3 * suite.attention.len()),
+            + count("attention", 2 * suite.attention.len())
+            + count(ATTENTION_BACKWARD_OP, suite.attention.len()),
         start: Instant::now(),
     };
     // Written after every measurement, so a run cut short still leaves its results.
