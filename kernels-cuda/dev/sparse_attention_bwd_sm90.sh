@@ -18,9 +18,7 @@ out=${1:?outdir}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 st=${STAGES:-3}
-# ROTATED (0): BWD90_ROTATED_WALK (PASS 1 units only); 0 keeps their dk/dv bitwise the mma.sync
-# pass's (the checks compare them), 1 is the library's walk.
-nv="nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo -DBWD90_ROTATED_WALK=${ROTATED:-0}"
+nv="nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo"
 build() { # D BF16
   local D=$1 bf=$2 tag=d$1_bf$2 cb=$(($1 / 64))
   local objs=() units="0 1 2 11 12"

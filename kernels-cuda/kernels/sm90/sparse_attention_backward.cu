@@ -83,7 +83,7 @@
 //     order (what the hardware does; CUDA does not promise it, FlashAttention-3's deterministic
 //     mode relies on the same), so every CTA it waits for is resident or done, and by induction
 //     on the index the lowest waiting CTA's predecessors all finish (a CTA never waits for a
-//     later one: whatever the order of its walk, each wait is on lower kb).
+//     later one: its tiles are walked in increasing query order and each wait is on lower kb).
 //
 // dQ writer (BWD90_DQ_WRITER 1, with BWD90_FUSED_DQ; FlashAttention-3's division of the work):
 // the math warpgroups do not add into global memory. Warpgroup mw, once its dQ job of tile t is
@@ -227,18 +227,6 @@ BWD90_DQ_CONVERT(const float* __restrict__ dq_accum, u16* __restrict__ dq, int t
 #if BWD90_OVERLAP && BWD90_FUSED_DQ
 #error "the fused dQ variant runs PASS 1's loop without cross-tile overlap (BWD90_OVERLAP 0)"
 #endif
-// PASS 1 walks its transposed row from the diagonal (the first query block >= its key block)
-// to the end, then wraps to the start: the CTAs resident at once (consecutive key blocks of one
-// head) then stream nearly the same query tiles at the same time, and with a fused dQ add into
-// the same dq_accum tiles, which stay in L2 (in increasing order, each CTA starts at query block
-// 0 and the CTAs drift apart over a long row; a head's dq_accum outgrows the L2 past ~100k
-// tokens at head_dim 128: bench, session 10). BWD90_ROTATED_WALK 0: increasing order (the nvcc
-// harness, whose checks compare dk/dv bitwise with the mma.sync pass's, which sums in that
-// order). PASS 2 always walks in increasing order (it masks its row's last tile by position).
-#ifndef BWD90_ROTATED_WALK
-#define BWD90_ROTATED_WALK 1
-#endif
-#define BWD90_ROTATE (BWD90_ROTATED_WALK && PASS == 1)
 
 #if ELEM_BF16
 #define BWD90_MMA_SS WgmmaBf16<BWD90_TILE, 0>
@@ -292,44 +280,19 @@ __device__ __forceinline__ float bwd90_exp2(float x) {
 
 // The streamed tiles of one BSR row: every block is two tiles of 64 rows, except that a tile
 // starting at or past `tokens` is dropped (only the last block can be partial and indices are
-// sorted, so such a tile can only be the last block's second). Blocks in increasing order, or
-// with BWD90_ROTATE from the first block >= `row` to the end, then from the start.
+// sorted, so such a tile can only be the row's last).
 struct Bwd90Walk {
-    int first;    // the row's first entry in indices
-    int nblocks;  // its entries
-    int start;    // the walk's first block (an offset from `first`)
-    int lone;     // walk position of the last block's only tile (a dropped second tile), or -1
+    int first;
     int ntiles;
     const u32* indices;
     __device__ Bwd90Walk(const u32* __restrict__ indptr, const u32* __restrict__ idx, int row, int tokens)
         : indices(idx) {
         first = (int)indptr[row];
         const int last = (int)indptr[row + 1];
-        nblocks = last - first;
-        ntiles = nblocks * 2;
-        const bool dropped = nblocks > 0 && tokens - (int)idx[last - 1] * BLOCK <= BWD90_TILE;
-        if (dropped) ntiles -= 1;
-        start = 0;
-#if BWD90_ROTATE
-        int lo = first, hi = last;  // the first entry >= row (indices are sorted)
-        while (lo < hi) {
-            const int mid = (lo + hi) / 2;
-            if ((int)idx[mid] < row) lo = mid + 1;
-            else hi = mid;
-        }
-        if (lo < last) start = lo - first;
-#endif
-        lone = dropped ? 2 * (nblocks - 1 - start) : -1;
+        ntiles = (last - first) * 2;
+        if (last > first && tokens - (int)idx[last - 1] * BLOCK <= BWD90_TILE) ntiles -= 1;
     }
-    // Walk position j's tile index past the lone tile (which has no second half).
-    __device__ int slot(int j) const { return lone >= 0 && j > lone ? j + 1 : j; }
-    // The indices entry of walk position j.
-    __device__ int entry(int j) const {
-        const int e = start + slot(j) / 2;
-        return first + (e >= nblocks ? e - nblocks : e);
-    }
-    // The first row of walk position j's tile.
-    __device__ int row0(int j) const { return (int)indices[entry(j)] * BLOCK + (slot(j) % 2) * BWD90_TILE; }
+    __device__ int row0(int j) const { return (int)indices[first + j / 2] * BLOCK + (j % 2) * BWD90_TILE; }
 };
 
 // Rows row0..row0 + 63 of one head (base: token 0 of the batch and head) into a swizzled tile,
@@ -549,7 +512,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
 #if BWD90_DQ_DETERMINISTIC
                 // The turn first (while the math warpgroup computes the job), then the job.
                 u32* const turn = dq_turns + job;
-                const u32 rank = t_rank[walk.entry(t)];
+                const u32 rank = t_rank[walk.first + t / 2];
                 while (ld_relaxed_gpu(turn) != rank) {
                 }
                 (void)ld_acquire_gpu(turn);
@@ -776,7 +739,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
             // Polls from L2 without invalidating L1 each time (what ld.acquire does), then one
             // acquire load: it reads the same count (only this CTA increments it next), written
             // by the previous key block's release, and synchronizes with it.
-            const u32 rank = t_rank[walk.entry(t)];
+            const u32 rank = t_rank[walk.first + t / 2];
             while (ld_relaxed_gpu(turn) != rank) {
             }
             (void)ld_acquire_gpu(turn);
