@@ -2,20 +2,29 @@
 // (activations) or per 128x128 block (weights).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/quantize.rs):
-//   IN_KIND   0 = f32 input, 1 = f16, 2 = bf16
-//   POW2      1 = scales rounded up to a power of two, 0 = not
-//   GROUPS_PER_WARP  1x128 groups each warp of fp8_quantize_1x128 handles (even)
+//   IN_KIND          0 = f32 input, 1 = f16, 2 = bf16
+//   POW2             1 = scales rounded up to a power of two, 0 = not
+//   GROUP_THREADS    threads per 1x128 group on fp8_quantize_1x128's vector path: 16 (8 columns
+//                    each) or 8 (16 columns each, as two 8-column chunks 64 columns apart, so that
+//                    every load instruction of a warp is contiguous)
+//   GROUP_BATCH      units each warp of fp8_quantize_1x128 loads before it reduces any, 1..8 (a
+//                    unit: the 32 / GROUP_THREADS consecutive groups of one warp-wide step)
+//   MIN_CTAS_PER_SM  CTAs per SM the registers are capped for (__launch_bounds__);
+//                    fp8_quantize_1x128's grid is at most this many CTAs per SM
 //   TESSERA_SMEM_BYTES 0 (no dynamic shared memory); TESSERA_THREADS 256 (8 warps)
 //
-// Vector path (columns a multiple of 8, x and q 16- and 8-byte aligned): each thread loads 8
-// consecutive inputs with one or two 16-byte loads and stores their 8 bytes at once; a 1x128
-// group is 16 threads, and a warp issues the loads of all its groups before reducing any (bytes
-// in flight to reach copy speed). Otherwise the scalar path, one element at a time. Both give
-// the same bits.
+// Grids: fp8_quantize_1x128 is persistent: each warp takes a balanced contiguous range of units
+// and walks it batch after batch, the next batch's loads issued before the current batch is
+// reduced. fp8_quantize_128x128 is one CTA per 128x128 tile (x: column tiles, y: row tiles).
+// (Other grids measured on the H200: kernels-cuda/dev/NOTES-fp8-quantize.md.)
+//
+// Vector path (columns a multiple of 8, x and q 16- and 8-byte aligned): a thread loads 8
+// consecutive inputs with one or two 16-byte loads (streamed past L1) and stores their 8 bytes
+// at once (streaming). Otherwise the scalar path, one element at a time. Both give the same bits.
 //
 // Scale rule (bit-exact with tessera_core::ops::fp8::fp8_scale): s = max(amax, 1e-4f) / 448
 // (IEEE division), optionally rounded up to a power of two; q = e4m3(x / s) (IEEE division,
-// round to nearest even, saturating).
+// round to nearest even, saturating). How x / s is computed: see GroupScale.
 
 #ifndef IN_KIND
 #error "IN_KIND is required (0 = f32, 1 = f16, 2 = bf16)"
@@ -29,11 +38,23 @@
 #if POW2 != 0 && POW2 != 1
 #error "POW2 must be 0 or 1"
 #endif
-#ifndef GROUPS_PER_WARP
-#error "GROUPS_PER_WARP is required (1x128 groups per warp, even)"
+#ifndef GROUP_THREADS
+#error "GROUP_THREADS is required (threads per 1x128 group: 16 or 8)"
 #endif
-#if GROUPS_PER_WARP < 2 || GROUPS_PER_WARP % 2 != 0
-#error "GROUPS_PER_WARP must be even and at least 2"
+#if GROUP_THREADS != 16 && GROUP_THREADS != 8
+#error "GROUP_THREADS must be 16 or 8"
+#endif
+#ifndef GROUP_BATCH
+#error "GROUP_BATCH is required (units per batch of fp8_quantize_1x128, 1..8)"
+#endif
+#if GROUP_BATCH < 1 || GROUP_BATCH > 8
+#error "GROUP_BATCH must be in 1..8"
+#endif
+#ifndef MIN_CTAS_PER_SM
+#error "MIN_CTAS_PER_SM is required (the register cap's CTAs per SM, 1..8)"
+#endif
+#if MIN_CTAS_PER_SM < 1 || MIN_CTAS_PER_SM > 8
+#error "MIN_CTAS_PER_SM must be in 1..8"
 #endif
 static_assert(TESSERA_SMEM_BYTES == 0, "the quantizers use no dynamic shared memory");
 static_assert(TESSERA_THREADS == 256, "the quantizers run 8 warps per CTA");
@@ -48,10 +69,6 @@ __device__ __forceinline__ float load_in(const in_t* p, i64 i) { return f16_to_f
 typedef u16 in_t;
 __device__ __forceinline__ float load_in(const in_t* p, i64 i) { return bf16_to_f32(p[i]); }
 #endif
-#if IN_KIND != 0
-// A 16-bit input's value (the low half of a 32-bit word is the lower address).
-__device__ __forceinline__ float half_to_f32(u16 h) { return IN_KIND == 1 ? f16_to_f32(h) : bf16_to_f32(h); }
-#endif
 
 // 8 consecutive inputs, kept as loaded (16-bit inputs: two per word) to spare registers.
 struct In8 {
@@ -60,8 +77,11 @@ struct In8 {
     __device__ __forceinline__ float at(int e) const {
 #if IN_KIND == 0
         return __uint_as_float(w[e]);
+#elif IN_KIND == 1
+        return f16_to_f32((u16)(e % 2 == 0 ? (w[e / 2] & 0xffffu) : (w[e / 2] >> 16)));
 #else
-        return half_to_f32((u16)(e % 2 == 0 ? (w[e / 2] & 0xffffu) : (w[e / 2] >> 16)));
+        // The low half of a word is the lower address.
+        return __uint_as_float(e % 2 == 0 ? w[e / 2] << 16 : w[e / 2] & 0xffff0000u);
 #endif
     }
 };
@@ -94,22 +114,6 @@ __device__ __forceinline__ float amax8(const In8& x) {
     return a;
 }
 
-// The 8 e4m3 bytes of x / s, stored at q + i (8-byte aligned).
-__device__ __forceinline__ void store8(u8* q, i64 i, const In8& x, float s) {
-    u32 w[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int e = 4 * h;
-        w[h] = (u32)f32x2_to_e4m3x2(x.at(e) / s, x.at(e + 1) / s) |
-               ((u32)f32x2_to_e4m3x2(x.at(e + 2) / s, x.at(e + 3) / s) << 16);
-    }
-    *(uint2*)(q + i) = make_uint2(w[0], w[1]);
-}
-
-__device__ __forceinline__ bool vector_path(const in_t* x, const u8* q, int cols) {
-    return cols % 8 == 0 && ((u64)x % 16) == 0 && ((u64)q % 8) == 0;
-}
-
 __device__ __forceinline__ float fp8_scale(float amax) {
     float s = fmaxf(amax, 1e-4f) / 448.0f;
 #if POW2
@@ -120,123 +124,250 @@ __device__ __forceinline__ float fp8_scale(float amax) {
     return s;
 }
 
-// GROUPS_PER_WARP (row, 128-column group) pairs per warp, in row-major order of the groups.
-// x, q: [rows, cols]; scales: [rows, ceil(cols / 128)].
-extern "C" __global__ void fp8_quantize_1x128(const in_t* __restrict__ x, u8* __restrict__ q,
-                                              float* __restrict__ scales, int rows, int cols) {
+// A group's scale s and what its quotients x / s need.
+//   Power-of-two scales: x * (1 / s), exact.
+//   Otherwise, 16-bit inputs: y = RN(1 / s) and one correction: q0 = RN(x y), r = RN(s q0 - x)
+//   (exact, by the FMA), q = RN(q0 - r y). Its e4m3 equals that of the IEEE quotient for every
+//   (x, amax) pair of 16-bit values with |x| <= amax, and the f32 quotient itself wherever
+//   |x / s| >= 2^-12 (checked exhaustively, bf16 and f16, by dev/fp8_quantize_sm90_harness.cu),
+//   in three instructions for the division's dozen. The residual is s q0 - x rather than
+//   x - s q0 so that x = -0 gives -0; s = inf (an infinite input) takes 0 in the residual, so
+//   that q = q0 = x * 0, which is x / inf.
+//   f32 inputs: the IEEE division (no exhaustive check is possible there).
+struct GroupScale {
+    float s, s_res, neg_y;
+};
+
+__device__ __forceinline__ GroupScale group_scale(float amax) {
+    GroupScale g;
+    g.s = fp8_scale(amax);
+    g.s_res = g.s == __int_as_float(0x7f800000) ? 0.0f : g.s;
+    g.neg_y = -__frcp_rn(g.s);
+    return g;
+}
+
+__device__ __forceinline__ float quotient(float x, const GroupScale& g) {
+#if POW2
+    return __fmul_rn(x, -g.neg_y);
+#elif IN_KIND == 0
+    return __fdiv_rn(x, g.s);
+#else
+    const float q0 = __fmul_rn(x, -g.neg_y);
+    return __fmaf_rn(__fmaf_rn(g.s_res, q0, -x), g.neg_y, q0);
+#endif
+}
+
+// The 8 e4m3 bytes of x / s, stored at q + i (8-byte aligned), streaming.
+__device__ __forceinline__ void store8(u8* q, i64 i, const In8& x, const GroupScale& g) {
+    u32 w[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int e = 4 * h;
+        w[h] = (u32)f32x2_to_e4m3x2(quotient(x.at(e), g), quotient(x.at(e + 1), g)) |
+               ((u32)f32x2_to_e4m3x2(quotient(x.at(e + 2), g), quotient(x.at(e + 3), g)) << 16);
+    }
+    __stcs((uint2*)(q + i), make_uint2(w[0], w[1]));
+}
+
+__device__ __forceinline__ bool vector_path(const in_t* x, const u8* q, int cols) {
+    return cols % 8 == 0 && ((u64)x % 16) == 0 && ((u64)q % 8) == 0;
+}
+
+// ---- 1x128 ------------------------------------------------------------------------------------
+
+// Groups per unit, 8-column chunks per thread and group, and the columns between a thread's chunks.
+constexpr int UNIT_GROUPS = 32 / GROUP_THREADS;
+constexpr int GROUP_CHUNKS = 16 / GROUP_THREADS;
+constexpr int CHUNK_STRIDE = 8 * GROUP_THREADS;
+
+// (row, g) of the group of a thread's team in the current unit. One cursor walks the loads,
+// another the reductions and stores, so that a batch holds only the loaded inputs.
+struct RowCursor {
+    i64 row;
+    int g;
+    __device__ __forceinline__ void advance(int groups) {
+        g += UNIT_GROUPS;
+        while (g >= groups) g -= groups, ++row;
+    }
+};
+
+typedef In8 RowBatch[GROUP_BATCH][GROUP_CHUNKS];
+
+// Units u .. u + GROUP_BATCH - 1 (those below uend): team `team`'s group of each, lane `sub`'s
+// chunks (zeros where nothing is loaded).
+__device__ __forceinline__ void load_batch(RowBatch& v, RowCursor& c, i64 u, i64 uend, const in_t* x, int groups,
+                                           int cols, i64 total, int team, int sub) {
+#pragma unroll
+    for (int j = 0; j < GROUP_BATCH; ++j) {
+        const bool in = u + j < uend && (u + j) * UNIT_GROUPS + team < total;
+        const int left = in ? cols - c.g * 128 - sub * 8 : 0;
+        const i64 at = c.row * cols + c.g * 128 + sub * 8;
+#pragma unroll
+        for (int k = 0; k < GROUP_CHUNKS; ++k)
+            v[j][k] = k * CHUNK_STRIDE < left ? load8(x, at + k * CHUNK_STRIDE) : zero8();
+        c.advance(groups);
+    }
+}
+
+// Reduces, scales and stores the batch load_batch loaded for units u ...
+__device__ __forceinline__ void quantize_batch(const RowBatch& v, RowCursor& c, i64 u, i64 uend, u8* q,
+                                               float* scales, int groups, int cols, i64 total, int team,
+                                               int sub) {
+#pragma unroll
+    for (int j = 0; j < GROUP_BATCH; ++j) {
+        if (u + j >= uend) break;  // the same for the whole warp
+        float amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < GROUP_CHUNKS; ++k) amax = fmaxf(amax, amax8(v[j][k]));
+#pragma unroll
+        for (int o = GROUP_THREADS / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const GroupScale g = group_scale(amax);
+        const i64 grp = (u + j) * UNIT_GROUPS + team;
+        const int left = grp < total ? cols - c.g * 128 - sub * 8 : 0;
+        const i64 at = c.row * cols + c.g * 128 + sub * 8;
+#pragma unroll
+        for (int k = 0; k < GROUP_CHUNKS; ++k)
+            if (k * CHUNK_STRIDE < left) store8(q, at + k * CHUNK_STRIDE, v[j][k], g);
+        if (sub == 0 && grp < total) scales[grp] = g.s;
+        c.advance(groups);
+    }
+}
+
+// x, q: [rows, cols]; scales: [rows, ceil(cols / 128)]. Each warp takes a balanced contiguous
+// range of units (of UNIT_GROUPS consecutive groups in row-major order).
+extern "C" __global__ void __launch_bounds__(TESSERA_THREADS, MIN_CTAS_PER_SM)
+    fp8_quantize_1x128(const in_t* __restrict__ x, u8* __restrict__ q, float* __restrict__ scales, int rows,
+                       int cols) {
     const int groups = (cols + 127) / 128;
     const i64 total = (i64)rows * groups;
-    const i64 first = ((i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * GROUPS_PER_WARP;
+    const i64 units = (total + UNIT_GROUPS - 1) / UNIT_GROUPS;
+    const i64 warp = (i64)blockIdx.x * (TESSERA_THREADS / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    if (first >= total) return;
+    const i64 warps = (i64)gridDim.x * (TESSERA_THREADS / 32);
+    const i64 ubeg = warp * units / warps, uend = (warp + 1) * units / warps;
+    if (ubeg >= uend) return;
     if (vector_path(x, q, cols)) {
-        // Half-warp h takes groups first + 2 j + h; lane l % 16 owns 8 columns of its group.
-        // (row, g) of the group advance without divisions.
-        const int half = lane / 16, sub = lane % 16;
-        constexpr int STEPS = GROUPS_PER_WARP / 2;
-        In8 v[STEPS];
-        i64 at[STEPS];
-        bool in[STEPS];
-        i64 row = first / groups;
-        int g = (int)(first - row * groups) + half;
-        while (g >= groups) g -= groups, ++row;
-#pragma unroll
-        for (int j = 0; j < STEPS; ++j) {
-            if (j > 0) {
-                g += 2;
-                while (g >= groups) g -= groups, ++row;
-            }
-            const i64 grp = first + 2 * j + half;
-            const int c = g * 128 + sub * 8;
-            in[j] = grp < total && c < cols;
-            at[j] = (i64)row * cols + c;
-            v[j] = in[j] ? load8(x, at[j]) : zero8();
-        }
-#pragma unroll
-        for (int j = 0; j < STEPS; ++j) {
-            float amax = amax8(v[j]);
-#pragma unroll
-            for (int o = 8; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            const float s = fp8_scale(amax);
-            if (in[j]) store8(q, at[j], v[j], s);
-            const i64 grp = first + 2 * j + half;
-            if (sub == 0 && grp < total) scales[grp] = s;
+        const int team = lane / GROUP_THREADS, sub = lane % GROUP_THREADS;
+        RowCursor lc;
+        const i64 first = ubeg * UNIT_GROUPS + team;
+        lc.row = first / groups;
+        lc.g = (int)(first - lc.row * groups);
+        RowCursor qc = lc;
+        // Two batches in registers: the next one's loads are in flight while this one is reduced.
+        RowBatch a, b;
+        load_batch(a, lc, ubeg, uend, x, groups, cols, total, team, sub);
+        for (i64 u = ubeg;;) {
+            load_batch(b, lc, u + GROUP_BATCH, uend, x, groups, cols, total, team, sub);
+            quantize_batch(a, qc, u, uend, q, scales, groups, cols, total, team, sub);
+            u += GROUP_BATCH;
+            if (u >= uend) break;
+            load_batch(a, lc, u + GROUP_BATCH, uend, x, groups, cols, total, team, sub);
+            quantize_batch(b, qc, u, uend, q, scales, groups, cols, total, team, sub);
+            u += GROUP_BATCH;
+            if (u >= uend) break;
         }
         return;
     }
-    for (int j = 0; j < GROUPS_PER_WARP; ++j) {
-        const i64 grp = first + j;
-        if (grp >= total) return;
-        const int row = (int)(grp / groups);
-        const int g = (int)(grp % groups);
+    // Scalar path: the warp's groups one at a time, 4 columns per lane.
+    const i64 gend = min(uend * UNIT_GROUPS, total);
+    for (i64 grp = ubeg * UNIT_GROUPS; grp < gend; ++grp) {
+        const i64 row = grp / groups;
+        const int g = (int)(grp - row * groups);
         float v[4];
         float amax = 0.0f;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            int c = g * 128 + lane * 4 + i;
-            v[i] = c < cols ? load_in(x, (i64)row * cols + c) : 0.0f;
+            const int c = g * 128 + lane * 4 + i;
+            v[i] = c < cols ? load_in(x, row * cols + c) : 0.0f;
             amax = fmaxf(amax, fabsf(v[i]));
         }
         amax = warp_max(amax);
-        const float s = fp8_scale(amax);
+        const GroupScale s = group_scale(amax);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            int c = g * 128 + lane * 4 + i;
-            if (c < cols) q[(i64)row * cols + c] = f32_to_e4m3(v[i] / s);
+            const int c = g * 128 + lane * 4 + i;
+            if (c < cols) q[row * cols + c] = f32_to_e4m3(quotient(v[i], s));
         }
-        if (lane == 0) scales[grp] = s;
+        if (lane == 0) scales[grp] = s.s;
     }
 }
 
-// One block of 256 threads per 128x128 tile.
-// x, q: [rows, cols]; scales: [ceil(rows / 128), ceil(cols / 128)].
-extern "C" __global__ void fp8_quantize_128x128(const in_t* __restrict__ x, u8* __restrict__ q,
-                                                float* __restrict__ scales, int rows, int cols) {
-    __shared__ float warp_amax[8];
-    const int groups = (cols + 127) / 128;
-    const int tile_r = blockIdx.y, tile_c = blockIdx.x;
-    const int r0 = tile_r * 128, c0 = tile_c * 128;
-    const int nr = min(128, rows - r0), nc = min(128, cols - c0);
-    float amax = 0.0f;
-    const bool vec = vector_path(x, q, cols);
-    // Vector path: thread t holds rows t / 16 + 16 j (j < 8), columns 8 (t % 16) .. + 7, in
-    // registers from the one read of the tile.
-    constexpr int ROWS_PER_THREAD = 128 * 16 / 256;
-    In8 v[ROWS_PER_THREAD];
-    const int vr = threadIdx.x / 16, vc = (threadIdx.x % 16) * 8;
-    if (vec) {
+// ---- 128x128 ----------------------------------------------------------------------------------
+
+// Vector path: thread t holds rows t / 16 + 16 j (j < 8), columns 8 (t % 16) .. + 7 of a tile, in
+// registers from the one read of the tile.
+constexpr int TILE_ROWS_PER_THREAD = 128 * 16 / TESSERA_THREADS;
+typedef In8 TileRegs[TILE_ROWS_PER_THREAD];
+
+__device__ __forceinline__ void load_tile(TileRegs& v, const in_t* x, int tile, int tiles_c, int rows, int cols) {
+    const int r0 = tile / tiles_c * 128 + threadIdx.x / 16, c = tile % tiles_c * 128 + threadIdx.x % 16 * 8;
 #pragma unroll
-        for (int j = 0; j < ROWS_PER_THREAD; ++j) {
-            const int r = vr + 16 * j;
-            v[j] = r < nr && vc < nc ? load8(x, (i64)(r0 + r) * cols + c0 + vc) : zero8();
-            amax = fmaxf(amax, amax8(v[j]));
-        }
-    } else {
-        for (int i = threadIdx.x; i < 128 * 128; i += blockDim.x) {
-            int r = i / 128, c = i % 128;
-            if (r < nr && c < nc) amax = fmaxf(amax, fabsf(load_in(x, (i64)(r0 + r) * cols + c0 + c)));
-        }
+    for (int j = 0; j < TILE_ROWS_PER_THREAD; ++j) {
+        const int r = r0 + 16 * j;
+        v[j] = r < rows && c < cols ? load8(x, (i64)r * cols + c) : zero8();
     }
+}
+
+// The tile's amax over the CTA, through red (one slot per warp).
+__device__ __forceinline__ float tile_amax(float amax, float* red) {
     amax = warp_max(amax);
-    if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = amax;
     __syncthreads();
     amax = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x / 32); ++w) amax = fmaxf(amax, warp_amax[w]);
-    const float s = fp8_scale(amax);
-    if (vec) {
 #pragma unroll
-        for (int j = 0; j < ROWS_PER_THREAD; ++j) {
-            const int r = vr + 16 * j;
-            if (r < nr && vc < nc) store8(q, (i64)(r0 + r) * cols + c0 + vc, v[j], s);
-        }
-    } else {
-        for (int i = threadIdx.x; i < 128 * 128; i += blockDim.x) {
-            int r = i / 128, c = i % 128;
-            if (r < nr && c < nc) {
-                i64 idx = (i64)(r0 + r) * cols + c0 + c;
-                q[idx] = f32_to_e4m3(load_in(x, idx) / s);
-            }
+    for (int w = 0; w < TESSERA_THREADS / 32; ++w) amax = fmaxf(amax, red[w]);
+    return amax;
+}
+
+__device__ __forceinline__ void quantize_tile(const TileRegs& v, float* red, u8* q, float* scales, int tile,
+                                              int tiles_c, int rows, int cols) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < TILE_ROWS_PER_THREAD; ++j) amax = fmaxf(amax, amax8(v[j]));
+    const GroupScale g = group_scale(tile_amax(amax, red));
+    const int r0 = tile / tiles_c * 128 + threadIdx.x / 16, c = tile % tiles_c * 128 + threadIdx.x % 16 * 8;
+#pragma unroll
+    for (int j = 0; j < TILE_ROWS_PER_THREAD; ++j) {
+        const int r = r0 + 16 * j;
+        if (r < rows && c < cols) store8(q, (i64)r * cols + c, v[j], g);
+    }
+    if (threadIdx.x == 0) scales[tile] = g.s;
+}
+
+// Scalar path: one tile, read twice.
+__device__ __forceinline__ void quantize_tile_scalar(const in_t* x, float* red, u8* q, float* scales, int tile,
+                                                     int tiles_c, int rows, int cols) {
+    const int r0 = tile / tiles_c * 128, c0 = tile % tiles_c * 128;
+    const int nr = min(128, rows - r0), nc = min(128, cols - c0);
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < 128 * 128; i += TESSERA_THREADS) {
+        const int r = i / 128, c = i % 128;
+        if (r < nr && c < nc) amax = fmaxf(amax, fabsf(load_in(x, (i64)(r0 + r) * cols + c0 + c)));
+    }
+    const GroupScale g = group_scale(tile_amax(amax, red));
+    for (int i = threadIdx.x; i < 128 * 128; i += TESSERA_THREADS) {
+        const int r = i / 128, c = i % 128;
+        if (r < nr && c < nc) {
+            const i64 idx = (i64)(r0 + r) * cols + c0 + c;
+            q[idx] = f32_to_e4m3(quotient(load_in(x, idx), g));
         }
     }
-    if (threadIdx.x == 0) scales[(i64)tile_r * groups + tile_c] = s;
+    if (threadIdx.x == 0) scales[tile] = g.s;
+}
+
+// x, q: [rows, cols]; scales: [ceil(rows / 128), ceil(cols / 128)] (tile index = its scale's).
+// One CTA per tile: x column tiles, y row tiles.
+extern "C" __global__ void __launch_bounds__(TESSERA_THREADS, MIN_CTAS_PER_SM)
+    fp8_quantize_128x128(const in_t* __restrict__ x, u8* __restrict__ q, float* __restrict__ scales, int rows,
+                         int cols) {
+    __shared__ float red[TESSERA_THREADS / 32];
+    const int tiles_c = (cols + 127) / 128;
+    const int tile = blockIdx.y * tiles_c + blockIdx.x;
+    if (vector_path(x, q, cols)) {
+        TileRegs v;
+        load_tile(v, x, tile, tiles_c, rows, cols);
+        quantize_tile(v, red, q, scales, tile, tiles_c, rows, cols);
+    } else {
+        quantize_tile_scalar(x, red, q, scales, tile, tiles_c, rows, cols);
+    }
 }

@@ -317,6 +317,15 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         (set(&quantize, "IN_KIND", "3"), "IN_KIND must be"),
         (set(&quantize, "TESSERA_THREADS", "128"), "8 warps"),
         (
+            set(&quantize, "GROUP_THREADS", "4"),
+            "GROUP_THREADS must be 16 or 8",
+        ),
+        (set(&quantize, "GROUP_BATCH", "0"), "GROUP_BATCH must be in"),
+        (
+            set(&quantize, "MIN_CTAS_PER_SM", "9"),
+            "MIN_CTAS_PER_SM must be in",
+        ),
+        (
             set(&MlaCombineVariant::default(), "TESSERA_SMEM_BYTES", "16"),
             "no dynamic shared memory",
         ),

@@ -493,10 +493,19 @@ fn every_quantizer_matches_the_reference_bit_for_bit() {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(5);
     // Columns not a multiple of 8 take the scalar path, the others the vector path (a partial
-    // last group of 40 columns; whole groups).
-    for (rows, cols) in [(131, 300), (131, 296), (3, 1024)] {
+    // last group of 40 columns; whole groups). 1600 x 7168 (per token only): enough groups that
+    // each warp of the persistent grid walks several batches (on the H200, 5 units of 4 groups
+    // per warp for 16-bit inputs and 14 units of 2 for f32), through both of its batch buffers.
+    let per_token = [Fp8Granularity::PerToken1x128];
+    let both = [Fp8Granularity::PerToken1x128, Fp8Granularity::Block128x128];
+    for (rows, cols, granularities) in [
+        (131, 300, &both[..]),
+        (131, 296, &both[..]),
+        (3, 1024, &both[..]),
+        (1600, 7168, &per_token[..]),
+    ] {
         for input in [DType::F32, DType::F16, DType::BF16] {
-            for granularity in [Fp8Granularity::PerToken1x128, Fp8Granularity::Block128x128] {
+            for &granularity in granularities {
                 for scale_rule in [ScaleRule::Float, ScaleRule::PowerOfTwo] {
                     let op = Fp8Quantize {
                         rows,

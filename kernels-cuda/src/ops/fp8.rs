@@ -74,7 +74,7 @@ impl CudaBackend {
                         reason: "the quantizers have one candidate each: nothing to tune".into(),
                     })
                 })?;
-        let grid = variant.grid(op)?;
+        let grid = variant.grid(op, &self.runtime.arch)?;
         let mut args = KernelArgs::new(stream);
         match x {
             DeviceInput::F32(v) => args.buffer(v),

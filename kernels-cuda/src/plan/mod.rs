@@ -70,7 +70,9 @@ pub use mla::{
     CacheFormat, MlaAppendVariant, MlaCombineVariant, MlaDecodeKernel, MlaDecodeShape,
     MlaDecodeVariant, MlaScheduleVariant,
 };
-pub use quantize::{QuantizeGranularity, QuantizeInput, QuantizeShape, QuantizeVariant};
+pub use quantize::{
+    QuantizeGranularity, QuantizeInput, QuantizeLaunch, QuantizeShape, QuantizeVariant,
+};
 pub use tensor_map::{TensorMap2d, TmaDtype, TmaSwizzle};
 pub use tune::TuneOutcome;
 pub use util::GpuSleepVariant;

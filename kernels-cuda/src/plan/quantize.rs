@@ -8,11 +8,28 @@ use tessera_core::{DType, Error, Fp8Granularity, Fp8Quantize, Result, ScaleRule}
 /// Threads per quantizer CTA (8 warps).
 pub const QUANTIZE_THREADS: u32 = 256;
 
-/// 1x128 groups each warp of the per-token quantizer handles for 16-bit inputs (its loads all in
-/// flight before any group is reduced): the kernel's `GROUPS_PER_WARP`; f32 inputs, twice the
-/// registers per group, take half. (16 measured slower on the H200: 51.7% of the copy ceiling
-/// against 64.1% with 8, at 4096 x 7168 bf16.)
-pub const QUANTIZE_GROUPS_PER_WARP: u32 = 8;
+/// How a quantizer is laid out and launched: the kernel's compile-time constants (see
+/// `kernels/fp8_quantize.cu`), one per [`QuantizeVariant`] ([`QuantizeVariant::launch`]).
+/// Measured on the H200 (kernels-cuda/dev/NOTES-fp8-quantize.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantizeLaunch {
+    /// Threads per 1x128 group of the per-token kernel's vector path, 16 or 8
+    /// (`GROUP_THREADS`).
+    pub group_threads: u32,
+    /// Units (32 / `group_threads` consecutive groups) each warp of the per-token kernel loads
+    /// before it reduces any, 1..=8 (`GROUP_BATCH`).
+    pub group_batch: u32,
+    /// CTAs per SM the kernel's registers are capped for (`MIN_CTAS_PER_SM`); the per-token
+    /// kernel's persistent grid is at most this many CTAs per SM.
+    pub min_ctas_per_sm: u32,
+}
+
+impl QuantizeLaunch {
+    /// 1x128 groups per unit (one warp-wide step of the per-token kernel).
+    pub fn unit_groups(&self) -> u32 {
+        32 / self.group_threads
+    }
+}
 
 /// The quantizers' input element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,17 +98,33 @@ impl QuantizeVariant {
         })
     }
 
-    /// 1x128 groups per warp of the per-token kernel (see [`QUANTIZE_GROUPS_PER_WARP`]).
-    pub fn groups_per_warp(&self) -> u32 {
-        match self.input {
-            QuantizeInput::F32 => QUANTIZE_GROUPS_PER_WARP / 2,
-            QuantizeInput::F16 | QuantizeInput::Bf16 => QUANTIZE_GROUPS_PER_WARP,
+    /// The kernel's layout and register cap. 16-bit inputs, per token: 8 threads per group, 2
+    /// units per batch, 4 CTAs per SM (71% of the copy ceiling at 4096 x 7168 bf16, against 62%
+    /// for the one-batch-per-warp grid it replaced); 128x128: 3 CTAs per SM (89% at 7168 x 7168,
+    /// against 79% at 4 and 82% at 2). f32 inputs (twice the registers per element, not timed):
+    /// 16 threads per group and 3 CTAs per SM per token, 2 CTAs per SM per block, the largest
+    /// that ptxas fits without spilling.
+    pub fn launch(&self) -> QuantizeLaunch {
+        let f32_input = self.input == QuantizeInput::F32;
+        let (group_threads, group_batch) = if f32_input { (16, 2) } else { (8, 2) };
+        let min_ctas_per_sm = match (self.granularity, f32_input) {
+            (QuantizeGranularity::PerToken1x128, false) => 4,
+            (QuantizeGranularity::PerToken1x128, true) => 3,
+            (QuantizeGranularity::Block128x128, false) => 3,
+            (QuantizeGranularity::Block128x128, true) => 2,
+        };
+        QuantizeLaunch {
+            group_threads,
+            group_batch,
+            min_ctas_per_sm,
         }
     }
 
-    /// The launch grid for `op`: one warp per [`QuantizeVariant::groups_per_warp`] 1x128
-    /// groups (8 warps per CTA), or one CTA per 128x128 block (x: column blocks, y: row blocks).
-    pub fn grid(&self, op: &Fp8Quantize) -> Result<(u32, u32, u32)> {
+    /// The launch grid for `op` on `arch`: per token, a persistent grid of at most
+    /// [`QuantizeLaunch::min_ctas_per_sm`] CTAs per SM and no more CTAs than there are units for
+    /// their 8 warps (each warp a balanced range of units); 128x128, one CTA per block (x: column
+    /// blocks, y: row blocks).
+    pub fn grid(&self, op: &Fp8Quantize, arch: &ArchSpec) -> Result<(u32, u32, u32)> {
         let (sr, sc) = op.scales_shape();
         let too_large = |what: usize| {
             Error::invalid(
@@ -103,14 +136,13 @@ impl QuantizeVariant {
         };
         match self.granularity {
             QuantizeGranularity::PerToken1x128 => {
+                let launch = self.launch();
                 let groups = op.rows.checked_mul(sc).ok_or_else(|| too_large(op.rows))?;
-                let warps = groups.div_ceil(self.groups_per_warp() as usize);
-                let ctas = warps.div_ceil((QUANTIZE_THREADS / 32) as usize);
-                let x = u32::try_from(ctas)
-                    .ok()
-                    .filter(|&c| c <= i32::MAX as u32)
-                    .ok_or_else(|| too_large(ctas))?;
-                Ok((x, 1, 1))
+                let units = groups.div_ceil(launch.unit_groups() as usize);
+                let ctas = units
+                    .div_ceil((QUANTIZE_THREADS / 32) as usize)
+                    .min(arch.sm_count as usize * launch.min_ctas_per_sm as usize);
+                Ok((u32::try_from(ctas).map_err(|_| too_large(ctas))?, 1, 1))
             }
             QuantizeGranularity::Block128x128 => {
                 if sr > 65535 {
@@ -137,10 +169,13 @@ impl KernelSpec for QuantizeVariant {
             QuantizeInput::F16 => 1,
             QuantizeInput::Bf16 => 2,
         };
+        let launch = self.launch();
         vec![
             ("IN_KIND", kind.to_string()),
             ("POW2", u8::from(self.pow2).to_string()),
-            ("GROUPS_PER_WARP", self.groups_per_warp().to_string()),
+            ("GROUP_THREADS", launch.group_threads.to_string()),
+            ("GROUP_BATCH", launch.group_batch.to_string()),
+            ("MIN_CTAS_PER_SM", launch.min_ctas_per_sm.to_string()),
         ]
     }
 
@@ -185,6 +220,7 @@ mod tests {
             granularity: Fp8Granularity::Block128x128,
             scale_rule: ScaleRule::PowerOfTwo,
         };
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
         let v = QuantizeVariant::for_op(&op, DType::BF16).unwrap();
         let d: Vec<(&str, String)> = v.kernel().defines;
         let d: Vec<(&str, &str)> = d.iter().map(|(a, b)| (*a, b.as_str())).collect();
@@ -193,13 +229,15 @@ mod tests {
             [
                 ("IN_KIND", "2"),
                 ("POW2", "1"),
-                ("GROUPS_PER_WARP", "8"),
+                ("GROUP_THREADS", "8"),
+                ("GROUP_BATCH", "2"),
+                ("MIN_CTAS_PER_SM", "3"),
                 ("TESSERA_SMEM_BYTES", "0"),
                 ("TESSERA_THREADS", "256"),
             ]
         );
         assert_eq!(v.entry(), "fp8_quantize_128x128");
-        assert_eq!(v.grid(&op).unwrap(), (2, 3, 1));
+        assert_eq!(v.grid(&op, &h200).unwrap(), (2, 3, 1));
         let row = Fp8Quantize {
             granularity: Fp8Granularity::PerToken1x128,
             scale_rule: ScaleRule::Float,
@@ -208,16 +246,26 @@ mod tests {
         let r = QuantizeVariant::for_op(&row, DType::F32).unwrap();
         assert_eq!(r.entry(), "fp8_quantize_1x128");
         assert_eq!(r.kernel().define_value("IN_KIND"), Some("0"));
+        assert_eq!(r.kernel().define_value("GROUP_THREADS"), Some("16"));
+        // 600 groups in units of 2, 8 warps per CTA: fewer CTAs than the persistent grid.
         assert_eq!(
-            r.grid(&row).unwrap(),
-            ((300 * 2usize).div_ceil(4 * 8) as u32, 1, 1)
+            r.grid(&row, &h200).unwrap(),
+            (300usize.div_ceil(8) as u32, 1, 1)
         );
-        // Both granularities share one compile unit.
+        // 4096 x 7168 bf16: 57344 units of 4 groups, capped at 4 CTAs on each of 132 SMs.
+        let big = Fp8Quantize {
+            rows: 4096,
+            cols: 7168,
+            ..row
+        };
+        let b = QuantizeVariant::for_op(&big, DType::BF16).unwrap();
+        assert_eq!(b.grid(&big, &h200).unwrap(), (132 * 4, 1, 1));
+        // The two granularities are entry points of one source, each with its register cap.
         let block = QuantizeVariant {
             granularity: QuantizeGranularity::Block128x128,
             ..r
         };
-        assert_eq!(r.kernel(), block.kernel());
+        assert_eq!(r.kernel().source, block.kernel().source);
         assert_ne!(r.entry(), block.entry());
         assert!(QuantizeVariant::for_op(&op, DType::E4M3).is_err());
     }
