@@ -155,6 +155,22 @@ fn add_half_mut<'a>(args: &mut KernelArgs<'a>, t: &'a mut DeviceHalfMut<'_>) {
     };
 }
 
+/// The first parameters of every dk/dv kernel (two-pass and fused): q, k, v, d_o, lse, delta,
+/// dk, dv.
+fn key_value_args<'a>(
+    stream: &'a Arc<CudaStream>,
+    b: &'a mut AttentionBackwardBuffers<'_>,
+) -> KernelArgs<'a> {
+    let mut args = KernelArgs::new(stream);
+    for t in [&b.q, &b.k, &b.v, &b.d_o] {
+        add_half(&mut args, t);
+    }
+    args.buffer(&b.lse).buffer(&b.delta);
+    add_half_mut(&mut args, &mut b.dk);
+    add_half_mut(&mut args, &mut b.dv);
+    args
+}
+
 impl CudaBackend {
     /// Block-sparse attention backward on `stream`, without synchronizing: from the forward's
     /// q, k, v, o and lse and the output gradient `d_o`, writes dq, dk and dv (see
@@ -265,13 +281,7 @@ impl CudaBackend {
 
         // 2. dk, dv over the transposed mask.
         let grid = plan.key_value.grid(op)?;
-        let mut args = KernelArgs::new(stream);
-        for t in [&b.q, &b.k, &b.v, &b.d_o] {
-            add_half(&mut args, t);
-        }
-        args.buffer(&b.lse).buffer(&b.delta);
-        add_half_mut(&mut args, &mut b.dk);
-        add_half_mut(&mut args, &mut b.dv);
+        let mut args = key_value_args(stream, b);
         args.buffer(mask.transposed_indptr())
             .buffer(mask.transposed_indices())
             .value(&tokens)
@@ -330,13 +340,7 @@ impl CudaBackend {
 
         // 2. dk, dv over the transposed mask, and dq added into dq_accum.
         let grid = plan.key_value.grid(op)?;
-        let mut args = KernelArgs::new(stream);
-        for t in [&b.q, &b.k, &b.v, &b.d_o] {
-            add_half(&mut args, t);
-        }
-        args.buffer(&b.lse).buffer(&b.delta);
-        add_half_mut(&mut args, &mut b.dk);
-        add_half_mut(&mut args, &mut b.dv);
+        let mut args = key_value_args(stream, b);
         args.buffer_mut(dq_accum)
             .buffer_mut(dq_turns)
             .buffer(mask.transposed_ranks())
