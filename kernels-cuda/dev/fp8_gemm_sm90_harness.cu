@@ -225,23 +225,10 @@ int main(int argc, char** argv) {
             CK(cudaDeviceSynchronize());
             double flop = 2.0 * m * n * k;
             int reps = (int)std::max(5.0, std::min(100.0, 0.3 / (flop / 1e15)));
-            std::vector<cudaEvent_t> ev(2 * reps);
-            for (auto& e : ev) CK(cudaEventCreate(&e));
-            for (int i = 0; i < reps; ++i) {
-                CK(cudaEventRecord(ev[2 * i]));
-                launch(i % nsets);
-                CK(cudaEventRecord(ev[2 * i + 1]));
-            }
-            CK(cudaDeviceSynchronize());
-            CK(cudaGetLastError());
-            std::vector<float> ms(reps);
-            for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-            std::sort(ms.begin(), ms.end());
-            float med = ms[reps / 2];
+            float med = median_event_ms([&](int i) { launch(i % nsets); }, reps);
             double bytes = (double)m * k + (double)n * k + 2.0 * m * n;
             printf("TIME BM%d BN%d ST%d WG%d E%dC%dA%dS%d M%d N%d K%d: %.4f ms %.0f TFLOPS %.0f GB/s (grid %d, tiles %d, max clusters %d)\n",
                    BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, SPLIT_K, m, n, k, med, flop / med / 1e9, bytes / med / 1e6, grid, tiles, max_clusters);
-            for (auto& e : ev) CK(cudaEventDestroy(e));
         }
         for (auto& s : sets) {
             CK(cudaFree(s.a)); CK(cudaFree(s.b)); CK(cudaFree(s.sa)); CK(cudaFree(s.sb));

@@ -444,44 +444,27 @@ __global__ void fill_plain(in_t* p, size_t n, u64 seed) {
 
 // ---- timing ---------------------------------------------------------------------------------
 
-__global__ void spin(unsigned long long ns) {
-    unsigned long long t0, t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    do {
-        __nanosleep(1000);
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    } while (t - t0 < ns);
-}
-
 // The bench's timing: `reps` launches, each between two events, queued behind a busy-wait so
 // that the host runs ahead; the median ms. And the mean of `reps` back-to-back launches.
 template <class L>
 static void time_it(L&& launch, int reps, float* median, float* b2b) {
     for (int i = 0; i < 3; ++i) launch(i);
     CK(cudaDeviceSynchronize());
-    std::vector<cudaEvent_t> ev(2 * reps);
-    for (auto& e : ev) CK(cudaEventCreate(&e));
-    spin<<<1, 1>>>((unsigned long long)std::min(reps * 200, 20000) * 1000ull);
-    for (int i = 0; i < reps; ++i) {
-        CK(cudaEventRecord(ev[2 * i]));
-        launch(i);
-        CK(cudaEventRecord(ev[2 * i + 1]));
-    }
-    CK(cudaDeviceSynchronize());
-    CK(cudaGetLastError());
-    std::vector<float> ms(reps);
-    for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    std::sort(ms.begin(), ms.end());
-    *median = ms[reps / 2];
-    spin<<<1, 1>>>((unsigned long long)std::min(reps * 200, 20000) * 1000ull);
-    CK(cudaEventRecord(ev[0]));
+    const unsigned long long queue_ns = (unsigned long long)std::min(reps * 200, 20000) * 1000ull;
+    *median = median_event_ms(launch, reps, queue_ns);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    harness_spin<<<1, 1>>>(queue_ns);
+    CK(cudaEventRecord(e0));
     for (int i = 0; i < reps; ++i) launch(i);
-    CK(cudaEventRecord(ev[1]));
+    CK(cudaEventRecord(e1));
     CK(cudaDeviceSynchronize());
     float t;
-    CK(cudaEventElapsedTime(&t, ev[0], ev[1]));
+    CK(cudaEventElapsedTime(&t, e0, e1));
     *b2b = t / reps;
-    for (auto& e : ev) CK(cudaEventDestroy(e));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
 }
 
 // ---- what is run ----------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 // What the nvcc development harnesses of this folder share (included after the kernel headers,
-// which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, and (where
-// ELEM_BF16 is defined) the host conversions of the attention harnesses' 16-bit elements.
+// which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, the event
+// timings, and (where ELEM_BF16 is defined) the host conversions of the attention harnesses'
+// 16-bit elements.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #define CK(x)                                                                                      \
     do {                                                                                           \
@@ -39,8 +41,42 @@ __global__ void fill_half(u16* p, size_t n, u64 seed, float scale, int bf16) {
     }
 }
 
+// A one-thread busy-wait of `ns` nanoseconds: launches queued behind it are recorded while the
+// host runs ahead of the GPU, so that their events time the GPU alone.
+static __global__ void harness_spin(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(1000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
+// The median time (ms) of `reps` launches launch(0), launch(1), ... on the default stream, each
+// between two events, recorded one after the other without waiting (behind a busy-wait of
+// `queue_ns` first when it is not 0), then synchronized once.
+template <class Launch>
+static float median_event_ms(Launch&& launch, int reps, unsigned long long queue_ns = 0) {
+    std::vector<cudaEvent_t> ev(2 * reps);
+    for (auto& e : ev) CK(cudaEventCreate(&e));
+    if (queue_ns != 0) harness_spin<<<1, 1>>>(queue_ns);
+    for (int i = 0; i < reps; ++i) {
+        CK(cudaEventRecord(ev[2 * i]));
+        launch(i);
+        CK(cudaEventRecord(ev[2 * i + 1]));
+    }
+    CK(cudaDeviceSynchronize());
+    CK(cudaGetLastError());
+    std::vector<float> ms(reps);
+    for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    for (auto& e : ev) CK(cudaEventDestroy(e));
+    std::sort(ms.begin(), ms.end());
+    return ms[reps / 2];
+}
+
 // The median time (ms) of `launch()` on the default stream over 10 launches, each between two
-// events, after 2 warm-up launches (the attention harnesses' timing).
+// events and waited for before the next, after 2 warm-up launches (the attention harnesses'
+// timing).
 template <class Launch>
 static float median_launch_ms(Launch&& launch) {
     cudaEvent_t e0, e1;

@@ -362,25 +362,11 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     launch();
     launch();
     CK(cudaDeviceSynchronize());
-    const int reps = 15;
-    std::vector<cudaEvent_t> ev(2 * reps);
-    for (auto& e : ev) CK(cudaEventCreate(&e));
-    for (int i = 0; i < reps; ++i) {
-        CK(cudaEventRecord(ev[2 * i]));
-        launch();
-        CK(cudaEventRecord(ev[2 * i + 1]));
-    }
-    CK(cudaDeviceSynchronize());
-    CK(cudaGetLastError());
-    std::vector<float> ms(reps);
-    for (int i = 0; i < reps; ++i) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    std::sort(ms.begin(), ms.end());
-    const double t = ms[reps / 2] * 1e-3;
+    const double t = median_event_ms([&](int) { launch(); }, 15) * 1e-3;
     const double flops = 2.0 * B * SQ * H * (double)len * (QK + LAT);
     const double bytes = (double)B * len * TB;
     printf("TIME %s b=%d s_q=%d h=%d s_k=%d page=%d splits=%d: %.1f us %.0f TFLOPS %.0f GB/s\n", H_NAME, B, SQ, H, len,
            P, S, t * 1e6, flops / t * 1e-12, bytes / t * 1e-9);
-    for (auto& e : ev) CK(cudaEventDestroy(e));
     cudaFree(dq);
     cudaFree(dcache);
     cudaFree(dbt);
