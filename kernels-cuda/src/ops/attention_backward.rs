@@ -155,6 +155,16 @@ fn add_half_mut<'a>(args: &mut KernelArgs<'a>, t: &'a mut DeviceHalfMut<'_>) {
     };
 }
 
+/// The scalar parameters of the tile kernels (dk/dv, dq and the dq conversion), checked and
+/// computed once per call.
+#[derive(Clone, Copy)]
+struct TileScalars {
+    tokens: i32,
+    heads: i32,
+    scale: f32,
+    scale_log2: f32,
+}
+
 /// The first parameters of every dk/dv kernel (two-pass and fused): q, k, v, d_o, lse, delta,
 /// dk, dv.
 fn key_value_args<'a>(
@@ -244,6 +254,12 @@ impl CudaBackend {
         let rows = (op.qkv_len() / op.head_dim) as i64;
         let scale = op.softmax_scale;
         let scale_log2 = op.softmax_scale * std::f32::consts::LOG2_E;
+        let scalars = TileScalars {
+            tokens,
+            heads,
+            scale,
+            scale_log2,
+        };
         let b = buffers;
         let fused_workspace = if plan.dq().is_fused() {
             Some(FusedDqWorkspace::new(stream, &plan.workspace(op)?)?)
@@ -268,15 +284,7 @@ impl CudaBackend {
         unsafe { self.launch_kernel(&plan.delta, grid, args, LaunchOptions::default())? };
 
         if let Some(mut workspace) = fused_workspace {
-            return self.fused_dq_passes_on(
-                stream,
-                op,
-                plan,
-                mask,
-                b,
-                &mut workspace,
-                [scale, scale_log2],
-            );
+            return self.fused_dq_passes_on(stream, op, plan, mask, b, &mut workspace, scalars);
         }
 
         // 2. dk, dv over the transposed mask.
@@ -332,10 +340,14 @@ impl CudaBackend {
         mask: &DeviceBlockMask,
         b: &mut AttentionBackwardBuffers<'_>,
         workspace: &mut FusedDqWorkspace,
-        [scale, scale_log2]: [f32; 2],
+        scalars: TileScalars,
     ) -> Result<()> {
-        let tokens = to_i32(OP, "tokens", op.tokens)?;
-        let heads = to_i32(OP, "heads", op.heads)?;
+        let TileScalars {
+            tokens,
+            heads,
+            scale,
+            scale_log2,
+        } = scalars;
         let FusedDqWorkspace { dq_accum, dq_turns } = workspace;
 
         // 2. dk, dv over the transposed mask, and dq added into dq_accum.
