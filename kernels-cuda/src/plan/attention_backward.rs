@@ -74,7 +74,8 @@ pub enum AttentionBackwardDq {
     /// In the wgmma dk/dv pass (`BWD90_FUSED_DQ`, `BWD90_DQ_WRITER`: 5 matmuls), the 64 x 64 f32
     /// dQ tiles of the key blocks that attend a query tile added into `dq_accum` by
     /// `cp.reduce.async.bulk` in whatever order the CTAs run: dq may differ in its last bits
-    /// from run to run (dk and dv do not). Never the default pick (see
+    /// from run to run (dk and dv do not). The default pick where it is a candidate, unless the
+    /// op asks for a deterministic backward (see
     /// [`super::heuristics::pick_attention_backward`]).
     FusedAtomic,
     /// As [`AttentionBackwardDq::FusedAtomic`], but each tile of `dq_accum` receives its adds
@@ -94,6 +95,28 @@ impl AttentionBackwardDq {
     pub fn is_deterministic(self) -> bool {
         self != AttentionBackwardDq::FusedAtomic
     }
+}
+
+/// The one-dimensional grid of a pass with `per_cta` of `items` per CTA: at most `i32::MAX`
+/// CTAs, else an error naming `arg` (the op's product that `items` is) and the most `unit` it can
+/// have on CUDA.
+fn linear_grid(items: usize, per_cta: usize, arg: &str, unit: &str) -> Result<(u32, u32, u32)> {
+    let ctas = items.div_ceil(per_cta);
+    let x = u32::try_from(ctas)
+        .ok()
+        .filter(|&x| x <= i32::MAX as u32)
+        .ok_or_else(|| {
+            Error::invalid(
+                OP,
+                arg,
+                format!(
+                    "at most {} {unit} on CUDA",
+                    i32::MAX as u64 * per_cta as u64
+                ),
+                items.to_string(),
+            )
+        })?;
+    Ok((x, 1, 1))
 }
 
 /// The shape of the two tile passes.
@@ -224,42 +247,20 @@ impl AttentionBackwardVariant {
         match self {
             AttentionBackwardVariant::Delta { .. } => {
                 let rows = op.qkv_len() / op.head_dim.max(1);
-                let ctas = rows.div_ceil(ATTENTION_BACKWARD_DELTA_ROWS as usize);
-                let x = u32::try_from(ctas)
-                    .ok()
-                    .filter(|&x| x <= i32::MAX as u32)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            OP,
-                            "batch * tokens * heads",
-                            format!(
-                                "at most {} rows on CUDA",
-                                i32::MAX as u64 * ATTENTION_BACKWARD_DELTA_ROWS as u64
-                            ),
-                            rows.to_string(),
-                        )
-                    })?;
-                Ok((x, 1, 1))
+                linear_grid(
+                    rows,
+                    ATTENTION_BACKWARD_DELTA_ROWS as usize,
+                    "batch * tokens * heads",
+                    "rows",
+                )
             }
-            AttentionBackwardVariant::ConvertDq { .. } => {
-                let groups = op.qkv_len() / 8;
-                let ctas = groups.div_ceil(ATTENTION_BACKWARD_CONVERT_THREADS as usize);
-                let x = u32::try_from(ctas)
-                    .ok()
-                    .filter(|&x| x <= i32::MAX as u32)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            OP,
-                            "batch * tokens * heads * head_dim",
-                            format!(
-                                "at most {} elements on CUDA",
-                                i32::MAX as u64 * ATTENTION_BACKWARD_CONVERT_THREADS as u64 * 8
-                            ),
-                            op.qkv_len().to_string(),
-                        )
-                    })?;
-                Ok((x, 1, 1))
-            }
+            // One thread per 8 elements.
+            AttentionBackwardVariant::ConvertDq { .. } => linear_grid(
+                op.qkv_len(),
+                ATTENTION_BACKWARD_CONVERT_THREADS as usize * 8,
+                "batch * tokens * heads * head_dim",
+                "elements",
+            ),
             _ if self.tile_kernel() == AttentionBackwardKernel::Wgmma => {
                 row_tile_grid(OP, op, ATTENTION_BACKWARD_SM90_ROWS)
             }
