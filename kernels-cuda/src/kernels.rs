@@ -2,18 +2,14 @@
 
 use crate::compile::{KernelHeader, KernelSource, KernelVariant};
 use crate::plan::attention::ATTENTION_BLOCK_SIZES;
-use crate::plan::attention_backward::{
-    AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan,
-    ATTENTION_BACKWARD_SM90_STAGES, ATTENTION_BACKWARD_STAGES,
-};
-use crate::plan::heuristics::{gemm_variants, wgmma_small_m_tiles};
+use crate::plan::heuristics::{attention_backward_candidates, gemm_variants, wgmma_small_m_tiles};
 use crate::plan::mla::MLA_DECODE_TILINGS;
 use crate::plan::{
-    ArchSpec, AttentionBackwardTiles, AttentionBackwardVariant, AttentionKernel, AttentionVariant,
-    HalfType, KernelSpec, MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant,
-    MlaScheduleVariant, QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    ArchSpec, AttentionKernel, AttentionVariant, HalfType, KernelSpec, MlaAppendVariant,
+    MlaCombineVariant, MlaDecodeVariant, MlaScheduleVariant, QuantizeGranularity, QuantizeInput,
+    QuantizeVariant,
 };
-use tessera_core::{MlaCacheFormat, MlaCacheLayout};
+use tessera_core::{DType, MlaCacheFormat, MlaCacheLayout, SparseAttention};
 
 /// `fp8_gemm.cu`: the block-scaled FP8 GEMM on `mma.sync`.
 pub const FP8_GEMM: KernelSource =
@@ -185,48 +181,18 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
             }
         }
     }
+    // The attention backward: every kernel of every candidate plan (the candidates depend on
+    // the head dimension, the element type and the mask's block size only).
     for head_dim in tessera_core::ops::attention::SUPPORTED_HEAD_DIMS {
-        for dtype in [HalfType::F16, HalfType::Bf16] {
-            let head_dim = head_dim as u32;
-            let delta = AttentionBackwardVariant::Delta { head_dim, dtype };
-            if delta.valid_on(arch).is_ok() {
-                v.push(Box::new(delta));
-            }
-            let query_pass = AttentionBackwardDq::QueryPass;
-            let kernels = ATTENTION_BACKWARD_STAGES
-                .map(|s| (AttentionBackwardKernel::MmaSync, s, query_pass))
-                .into_iter()
-                .chain(
-                    [
-                        query_pass,
-                        AttentionBackwardDq::FusedAtomic,
-                        AttentionBackwardDq::FusedDeterministic,
-                    ]
-                    .into_iter()
-                    .flat_map(|dq| {
-                        ATTENTION_BACKWARD_SM90_STAGES
-                            .map(|s| (AttentionBackwardKernel::Wgmma, s, dq))
-                    }),
-                );
+        for dtype in [DType::F16, DType::BF16] {
             for block in ATTENTION_BLOCK_SIZES {
-                for (kernel, stages, dq) in kernels.clone() {
-                    let tiles = AttentionBackwardTiles {
-                        head_dim,
-                        dtype,
-                        block,
-                        stages,
-                        kernel,
-                        dq,
-                    };
-                    // A plan's kernels: for a fused dq the dk/dv/dq pass and the conversion.
-                    for k in AttentionBackwardPlan::new(tiles)
-                        .kernels()
-                        .into_iter()
-                        .skip(1)
-                    {
-                        if k.valid_on(arch).is_ok() {
-                            v.push(Box::new(k));
-                        }
+                let op = SparseAttention::new(1, 1, 1, head_dim, dtype);
+                for plan in attention_backward_candidates(&op, block as usize, arch)
+                    .into_iter()
+                    .flatten()
+                {
+                    for k in plan.kernels() {
+                        v.push(Box::new(k));
                     }
                 }
             }
@@ -294,7 +260,10 @@ pub fn ci_archs() -> Vec<ArchSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{AttentionShape, MlaDecodeShape, PlannedOp, QuantizeShape};
+    use crate::plan::{
+        AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardVariant, AttentionShape,
+        MlaDecodeShape, PlannedOp, QuantizeShape,
+    };
     use tessera_core::{
         DType, Fp8Gemm, Fp8Granularity, Fp8Quantize, MlaDecode, ScaleRule, SparseAttention,
     };
