@@ -120,12 +120,7 @@ impl Executor for CudaExecutor {
     }
 
     fn attention_backward(&mut self, case: &AttentionCase, work: &AttentionWork) -> Vec<Record> {
-        [false, true]
-            .into_iter()
-            .map(|deterministic| {
-                bench_attention_backward(&self.backend, &self.stream, case, work, deterministic)
-            })
-            .collect()
+        bench_attention_backward(&self.backend, &self.stream, case, work)
     }
 }
 
@@ -636,20 +631,18 @@ fn bench_attention(
     inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
 }
 
-/// The backward of one radial attention case (the default plan for the op with
-/// [`tessera::SparseAttention::deterministic_backward`] = `deterministic`), after one forward run that
-/// gives it o and lse.
+/// The backward of one radial attention case, after one forward run that gives it o and lse:
+/// one record per way of running it ([`ATTENTION_BACKWARD_IMPLS`]: the default plan for the op,
+/// then with [`tessera::SparseAttention::deterministic_backward`] set), on the same inputs.
 fn bench_attention_backward(
     backend: &CudaBackend,
     stream: &Arc<CudaStream>,
     case: &AttentionCase,
     work: &AttentionWork,
-    deterministic: bool,
-) -> Record {
-    let name = ATTENTION_BACKWARD_IMPLS[usize::from(deterministic)];
+) -> Vec<Record> {
     let key = case.key();
-    let op = &work.op.clone().with_deterministic_backward(deterministic);
-    let inner = || -> Res<Record> {
+    let op = &work.op;
+    let inner = || -> Res<Vec<Record>> {
         let dmask = DeviceBlockMask::new(stream, &work.mask).map_err(|e| e.to_string())?;
         let pattern = data::bf16s(41, 1 << 20, 2.0);
         let n = op.qkv_len();
@@ -681,37 +674,50 @@ fn bench_attention_backward(
                 &mut lse.as_view_mut(),
             )
             .map_err(|e| e.to_string())?;
-        let (median, min, reps) = time_launches(stream, Some(backend), |_| {
-            backend
-                .sparse_attention_backward_on(
-                    stream,
-                    op,
-                    &dmask,
-                    &mut AttentionBackwardBuffers {
-                        q: DeviceHalf::BF16(q.as_view()),
-                        k: DeviceHalf::BF16(k.as_view()),
-                        v: DeviceHalf::BF16(v.as_view()),
-                        o: DeviceHalf::BF16(o.as_view()),
-                        lse: lse.as_view(),
-                        d_o: DeviceHalf::BF16(d_o.as_view()),
-                        delta: delta.as_view_mut(),
-                        dq: DeviceHalfMut::BF16(dq.as_view_mut()),
-                        dk: DeviceHalfMut::BF16(dk.as_view_mut()),
-                        dv: DeviceHalfMut::BF16(dv.as_view_mut()),
-                    },
-                )
-                .map_err(|e| e.to_string())
-        })?;
-        Ok(Record {
-            op: ATTENTION_BACKWARD_OP.into(),
-            shape: key.clone(),
-            implementation: name.into(),
-            params: work.params(case),
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+        let mut records = Vec::new();
+        for (name, deterministic) in ATTENTION_BACKWARD_IMPLS.into_iter().zip([false, true]) {
+            let op = &op.clone().with_deterministic_backward(deterministic);
+            let timed = time_launches(stream, Some(backend), |_| {
+                backend
+                    .sparse_attention_backward_on(
+                        stream,
+                        op,
+                        &dmask,
+                        &mut AttentionBackwardBuffers {
+                            q: DeviceHalf::BF16(q.as_view()),
+                            k: DeviceHalf::BF16(k.as_view()),
+                            v: DeviceHalf::BF16(v.as_view()),
+                            o: DeviceHalf::BF16(o.as_view()),
+                            lse: lse.as_view(),
+                            d_o: DeviceHalf::BF16(d_o.as_view()),
+                            delta: delta.as_view_mut(),
+                            dq: DeviceHalfMut::BF16(dq.as_view_mut()),
+                            dk: DeviceHalfMut::BF16(dk.as_view_mut()),
+                            dv: DeviceHalfMut::BF16(dv.as_view_mut()),
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+            });
+            records.push(match timed {
+                Ok((median, min, reps)) => Record {
+                    op: ATTENTION_BACKWARD_OP.into(),
+                    shape: key.clone(),
+                    implementation: name.into(),
+                    params: work.params(case),
+                    time_ms: Some(median),
+                    min_ms: Some(min),
+                    reps,
+                    ..Default::default()
+                },
+                Err(e) => Record::failed(ATTENTION_BACKWARD_OP, key.clone(), name, e),
+            });
+        }
+        Ok(records)
     };
-    inner().unwrap_or_else(|e| Record::failed(ATTENTION_BACKWARD_OP, key, name, e))
+    inner().unwrap_or_else(|e| {
+        ATTENTION_BACKWARD_IMPLS
+            .into_iter()
+            .map(|name| Record::failed(ATTENTION_BACKWARD_OP, key.clone(), name, e.clone()))
+            .collect()
+    })
 }
