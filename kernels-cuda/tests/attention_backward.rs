@@ -3,8 +3,9 @@
 //! bitwise determinism (of every plan but the atomic fused-dq ones, whose dq may differ in its
 //! last bits; their dk and dv are bitwise the two-pass plan's), the fused-dq plans where many
 //! key blocks add into each query tile, and a property test through the `Backend` trait at
-//! random masks and token counts, with and without the request for a deterministic dq. The reference runs from the same q, k, v, o, lse and dO (the GPU forward's o
-//! and lse), so only the backward is compared. Outputs start as NaN: an element a kernel fails
+//! random masks and token counts, with and without the request for a deterministic dq. The
+//! reference runs from the same q, k, v, o, lse and dO (the GPU forward's o and lse), so only the
+//! backward is compared. Outputs start as NaN: an element a kernel fails
 //! to write shows up. Prints `skipped:` and passes without a CUDA device.
 
 mod common;
