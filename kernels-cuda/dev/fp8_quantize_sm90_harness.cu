@@ -10,7 +10,10 @@
 // device-to-device copy (read + write bytes) and a copy of the quantizer's byte count.
 // WITH_VARIANTS=1 (bf16 only) adds the exploratory variants of namespace var (load and store
 // flavours, division vs reciprocal, grids, CTA sizes) and an exhaustive check of the reciprocal
-// form of x / s over every (bf16 or f16 x, amax) pair.
+// form of x / s over every (bf16 or f16 x, amax) pair. WITH_SWEEP=1 (bf16 only) adds instead the
+// 1x128 sweep of dev/fp8_quantize_1x128_sweep.cuh (set SWEEP_SET 1, 2 or 3; set 1 also times the
+// ceilings: copy kernels of the quantizer's byte count, a cudaMemcpy of its total bytes, empty
+// kernels), run by dev/fp8_quantize_1x128_sweep.sh.
 //   harness [--check]     (--check: checks only)
 #include <cuda_runtime.h>
 
@@ -33,6 +36,18 @@
 
 #ifndef WITH_VARIANTS
 #define WITH_VARIANTS 0
+#endif
+#ifndef WITH_SWEEP
+#define WITH_SWEEP 0
+#endif
+#ifndef SWEEP_SET
+#define SWEEP_SET 0
+#endif
+#if WITH_SWEEP && (IN_KIND != 2 || WITH_VARIANTS)
+#error "the sweep is bf16 only, without WITH_VARIANTS"
+#endif
+#if WITH_SWEEP
+#include "fp8_quantize_1x128_sweep.cuh"
 #endif
 #ifndef LIBRARY_NAME
 #define LIBRARY_NAME "library"
@@ -477,6 +492,13 @@ struct Variant {
     int threads, mode, minb, units_per_warp, teams;  // mode -1: the library kernel
 };
 
+// Modes of the variants: -1 the library kernel (its plan's grid); 0 one batch per warp; 1, 2, 3
+// (the sweep) persistent: min(minb CTAs per SM, one unit per warp); 4: minb CTAs per SM (the
+// ceilings' copy kernels); 5: one CTA. Kernels that do not quantize (timed only):
+static bool quantizes(const Variant& v) {
+    return strncmp(v.name, "memonly", 7) && strncmp(v.name, "copy", 4) && strncmp(v.name, "empty", 5);
+}
+
 static int g_sms = 132;
 
 // The library kernels' grids (as kernels-cuda/src/plan/quantize.rs computes them).
@@ -500,6 +522,19 @@ static dim3 library_grid(bool block, int rows, int cols) {
     }
 #define V128(name, THREADS, DIV, LD, ST, MODE, MINB) \
     Variant { name, var::q128<THREADS, DIV, LD, ST, MODE, MINB>, THREADS, MODE, MINB, 0, 0 }
+#endif
+#if WITH_SWEEP
+// name: oORDER tTPG bBATCH lLD cST vSC xTHREADS mMINB (see dev/fp8_quantize_1x128_sweep.cuh)
+#define VS(TPG, BATCH, ORDER, LD, ST, SC, THREADS, MINB)                                                 \
+    Variant {                                                                                            \
+        "o" #ORDER "t" #TPG "b" #BATCH "l" #LD "c" #ST "v" #SC "x" #THREADS "m" #MINB,                   \
+            sweep::q1x128<TPG, BATCH, ORDER, LD, ST, SC, THREADS, MINB>, THREADS, 3, MINB, BATCH, 32 / TPG \
+    }
+#define VCOPY(ORDER, UNROLL, THREADS, CTAS_PER_SM)                                                   \
+    Variant {                                                                                        \
+        "copy-o" #ORDER "u" #UNROLL "x" #THREADS "m" #CTAS_PER_SM, sweep::copy_bytes<ORDER, UNROLL, THREADS>, \
+            THREADS, 4, CTAS_PER_SM, 0, 0                                                            \
+    }
 #endif
 
 // name: tTPG sSTEPS dDIV lLD cST mMODE xTHREADS bMINB (see namespace var)
@@ -536,6 +571,26 @@ static const Variant kRow[] = {
     V1("memonly-t16s4m2x256b4", 16, 4, 1, 0, 1, 2, 256, 4, 1),
     V1("memonly-t16s4m0x256", 16, 4, 1, 0, 1, 0, 256, 1, 1),
 #endif
+#if WITH_SWEEP && SWEEP_SET == 1  // the ceilings, the library's order reproduced, the orders
+    VCOPY(0, 1, 256, 2), VCOPY(0, 1, 256, 8), VCOPY(0, 2, 256, 1), VCOPY(0, 2, 256, 2), VCOPY(0, 2, 256, 4),
+    VCOPY(0, 4, 256, 1), VCOPY(0, 4, 256, 2), VCOPY(0, 2, 512, 2), VCOPY(1, 2, 256, 4),
+    {"empty-528x256", sweep::empty, 256, 4, 4, 0, 0}, {"empty-1x32", sweep::empty, 32, 5, 1, 0, 0},
+    VS(8, 2, 0, 0, 1, 0, 256, 4), VS(8, 2, 1, 0, 1, 0, 256, 4), VS(8, 2, 2, 0, 1, 0, 256, 4),
+    VS(8, 1, 1, 0, 1, 0, 256, 4), VS(16, 2, 1, 0, 1, 0, 256, 4), VS(16, 4, 1, 0, 1, 0, 256, 4),
+    VS(8, 4, 1, 0, 1, 0, 256, 2), VS(8, 4, 1, 0, 1, 0, 256, 3), VS(8, 4, 2, 0, 1, 0, 256, 2),
+#elif WITH_SWEEP && SWEEP_SET == 2  // load, store and scale-store flavours
+    VS(8, 2, 1, 1, 1, 0, 256, 4), VS(8, 2, 1, 2, 1, 0, 256, 4), VS(8, 2, 1, 3, 1, 0, 256, 4),
+    VS(8, 2, 1, 4, 1, 0, 256, 4), VS(8, 2, 1, 0, 0, 0, 256, 4), VS(8, 2, 1, 0, 1, 1, 256, 4),
+    VS(8, 2, 0, 3, 1, 0, 256, 4), VS(8, 2, 0, 1, 1, 0, 256, 4), VS(8, 2, 2, 3, 1, 0, 256, 4),
+    VS(16, 2, 1, 3, 1, 0, 256, 4),
+#elif WITH_SWEEP && SWEEP_SET == 3  // CTA sizes, CTAs per SM, batches
+    VS(8, 2, 1, 0, 1, 0, 128, 8), VS(8, 2, 1, 0, 1, 0, 512, 2), VS(8, 8, 1, 0, 1, 0, 256, 1),
+    VS(8, 4, 1, 0, 1, 0, 512, 1), VS(8, 2, 1, 0, 1, 0, 256, 3), VS(8, 2, 1, 0, 1, 0, 256, 2),
+    VS(8, 4, 0, 0, 1, 0, 256, 2), VS(8, 4, 1, 0, 1, 0, 128, 4), VS(16, 8, 1, 0, 1, 0, 256, 2),
+    VS(8, 8, 2, 0, 1, 0, 256, 1),
+#elif WITH_SWEEP
+#error "SWEEP_SET must be 1, 2 or 3"
+#endif
 };
 
 static const Variant kBlock[] = {
@@ -558,6 +613,8 @@ static const Variant kBlock[] = {
 
 static dim3 grid_of(const Variant& v, bool block, int rows, int cols) {
     if (v.mode == -1) return library_grid(block, rows, cols);
+    if (v.mode == 4) return dim3(g_sms * v.minb);
+    if (v.mode == 5) return dim3(1);
     const int groups = (cols + 127) / 128;
     if (block) {
         if (v.mode == 2) return dim3(std::min(g_sms * v.minb, groups * ((rows + 127) / 128)));
@@ -607,7 +664,7 @@ static int check_all(const Variant* vs, int nv, bool block, int rows, int cols, 
     int fails = 0;
     for (int i = 0; i < nv; ++i) {
         // The variants of namespace var have no scalar path.
-        if (strncmp(vs[i].name, "memonly", 7) == 0 || (vs[i].mode != -1 && (shift || cols % 8))) continue;
+        if (!quantizes(vs[i]) || (vs[i].mode != -1 && (shift || cols % 8))) continue;
         CK(cudaMemset(s.q, 0xa5, n));
         CK(cudaMemset(s.s, 0xff, ns * 4));
         launch(vs[i], block, s, rows, cols);
@@ -645,13 +702,13 @@ static void time_all(const Variant* vs, int nv, bool block, int rows, int cols, 
     }
     const char* what = block ? "128x128" : "1x128";
     float med, b2b;
-    if (WITH_VARIANTS) {
+    if (WITH_VARIANTS || (WITH_SWEEP && SWEEP_SET == 1 && !block)) {
         const size_t half_bytes = (size_t)(bytes / 2);
         for (auto& d : cdst) CK(cudaMalloc(&d, half_bytes));
         time_it([&](int i) { CK(cudaMemcpyAsync(cdst[i % sets], s[i % sets].x, half_bytes, cudaMemcpyDeviceToDevice)); },
                 reps, &med, &b2b);
         printf("ROW %-7s %dx%d %-26s %8.4f ms %8.4f ms(b2b) %5.0f GB/s %5.1f%% of copy  (%d sets)\n", what, rows, cols,
-               "copy-same-bytes", med, b2b, bytes / (med * 1e6), 100.0 * bytes / (med * 1e6) / copy_gbps, sets);
+               "memcpy-same-total", med, b2b, bytes / (med * 1e6), 100.0 * bytes / (med * 1e6) / copy_gbps, sets);
         for (auto& d : cdst) CK(cudaFree(d));
     }
     for (int i = 0; i < nv; ++i) {
