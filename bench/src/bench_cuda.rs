@@ -24,8 +24,8 @@ use tessera::Fp8Gemm;
 
 use crate::cases::{
     data, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase, MlaShape,
-    QuantizeCase, ATTENTION_BACKWARD_IMPLS, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP, QUANTIZE_OP,
-    ROTATE_BYTES,
+    QuantizeCase, ATTENTION_BACKWARD_IMPLS, ATTENTION_BACKWARD_OP, GROUPED_GEMM_OP,
+    QUANTIZE_COPY_MS_PARAM, QUANTIZE_OP, ROTATE_BYTES,
 };
 use crate::executor::Executor;
 use crate::schema::{Ceilings, Record};
@@ -218,6 +218,25 @@ fn bench_quantize(backend: &CudaBackend, stream: &Arc<CudaStream>, case: &Quanti
                 )
                 .map_err(|e| e.to_string())
         })?;
+        // The copy ceiling at this size: a device-to-device copy that reads and writes as many
+        // bytes in all as the quantizer (bf16 in, E4M3 and f32 scales out), timed the same way.
+        // A kernel of a few tens of microseconds pays fixed costs that the 1 GiB copy of the
+        // header's ceiling spreads thin.
+        let copy_elems = (3 * elems + 4 * sr * sc).div_ceil(4);
+        let mut copy_dst = Vec::with_capacity(sets);
+        for _ in 0..sets {
+            copy_dst.push(
+                stream
+                    .alloc_zeros::<bf16>(copy_elems)
+                    .map_err(|e| format!("alloc: {e}"))?,
+            );
+        }
+        let (copy_ms, _, _) = time_launches(stream, Some(backend), |i| {
+            let src = bufs[i % sets].0.slice(0..copy_elems);
+            stream
+                .memcpy_dtod(&src, &mut copy_dst[i % sets])
+                .map_err(|e| format!("copy: {e}"))
+        })?;
         Ok(Record {
             op: QUANTIZE_OP.into(),
             shape: key.clone(),
@@ -226,6 +245,7 @@ fn bench_quantize(backend: &CudaBackend, stream: &Arc<CudaStream>, case: &Quanti
                 ("rows", json!(op.rows)),
                 ("cols", json!(op.cols)),
                 ("sets", json!(sets)),
+                (QUANTIZE_COPY_MS_PARAM, json!(copy_ms)),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))

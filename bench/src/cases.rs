@@ -512,6 +512,10 @@ pub struct Suite {
 
 /// The op name of quantizer records.
 pub const QUANTIZE_OP: &str = "fp8_quantize";
+/// The quantizer record's parameter holding the time (ms) of a device-to-device copy that moves
+/// as many bytes in all (read + write) as the quantizer, timed the same way: the copy ceiling at
+/// this size.
+pub const QUANTIZE_COPY_MS_PARAM: &str = "copy_same_bytes_ms";
 
 /// An FP8 quantizer case: a bf16 `[rows, cols]` matrix to E4M3 with f32 scales per group
 /// (float rule). The bound is memory: bytes = bf16 in + E4M3 out + scales.

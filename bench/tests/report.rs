@@ -253,6 +253,7 @@ fn report_shows_the_quantizers_against_the_copy_ceiling() {
     let shape = "4096x7168 bf16 1x128";
     let mut ours = record("fp8_quantize", shape, "tessera", Some(0.025), None);
     ours["gbps"] = json!(3400.0);
+    ours["params"] = json!({"copy_same_bytes_ms": 0.02});
     let mut vk = record("fp8_quantize", shape, "tessera-vulkan", Some(0.05), None);
     vk["gbps"] = json!(1700.0);
     write(
@@ -290,10 +291,11 @@ fn report_shows_the_quantizers_against_the_copy_ceiling() {
         .split('|')
         .map(|c| c.trim().to_string())
         .collect();
-    // | shape | ms | GB/s | % copy | Vulkan ms | Vulkan GB/s | Vulkan / CUDA |
+    // | shape | ms | GB/s | % copy | same-size copy ms | % same-size copy | Vulkan ms |
+    //   Vulkan GB/s | Vulkan / CUDA |
     assert_eq!(
-        row[1..8],
-        [shape, "0.0250", "3400", "85", "0.0500", "1700", "0.500"]
+        row[1..10],
+        [shape, "0.0250", "3400", "85", "0.0200", "80", "0.0500", "1700", "0.500"]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
