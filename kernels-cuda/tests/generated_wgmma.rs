@@ -110,7 +110,7 @@ fn render() -> String {
          // BF16 is 1, f16 when 0. d holds N/2 f32 per thread.\n\n\
          template <int N, int BF16>\nstruct WgmmaRegA;\n\n",
     );
-    for n in [64, 128, 256] {
+    for n in [64, 128] {
         for (bf16, ty) in [(1, "bf16"), (0, "f16")] {
             let name = format!("WgmmaRegA<{n}, {bf16}>");
             wrapper(

@@ -54,18 +54,6 @@
 #error "VARLEN must be 0 or 1"
 #endif
 
-// MLA90_SEESAW 1 (experiment): the tiles in pairs (a, b = a + 1); math warpgroup w owns tile
-// a + w (its S = Q K^T over all 64 keys, m64n64, and its softmax) and output columns
-// 256w..256w + 255 of every tile. Per pair, warpgroup w: S of its tile; the running maximum
-// as the other warpgroup last published it; softmax; publishes its maximum; O += P V of its
-// tile (P from registers); the pair's final maximum (warpgroup 1's); its P rescaled to it into
-// the dead rope block of its tile's stage; O += P' V of the other tile (P' from there). One
-// warpgroup's softmax runs under the other's MMAs. Stage halves are released per warpgroup
-// (half h by warpgroup h), the rope block (P) by the warpgroup that reads it last.
-#ifndef MLA90_SEESAW
-#define MLA90_SEESAW 0
-#endif
-
 #define MLA90_ROWS 64                     // query rows per CTA (one wgmma M)
 #define MLA90_KEYS 64                     // keys per tile
 #define MLA90_STAGES 2                    // key tiles in shared memory
@@ -88,18 +76,7 @@ struct MlaSm90Smem {
     static constexpr int FULL = ROW_SUM + 2 * MLA90_ROWS * 4;  // [stage][column block]
     static constexpr int EMPTY = FULL + MLA90_STAGES * MLA90_BLOCKS * 8;
     static constexpr int FLAGS = EMPTY + MLA90_STAGES * 8;
-#if MLA90_SEESAW
-    // [pair % 2][warpgroup][row] published maxima; READY_M[w], PSTORE[w]; EMPTY_HALF[stage][half];
-    // EMPTY_ROPE[stage] (EMPTY above is unused)
-    static constexpr int SEESAW_MAX = FLAGS + 16;
-    static constexpr int READY_M = SEESAW_MAX + 2 * 2 * MLA90_ROWS * 4;
-    static constexpr int PSTORE = READY_M + 2 * 8;
-    static constexpr int EMPTY_HALF = PSTORE + 2 * 8;
-    static constexpr int EMPTY_ROPE = EMPTY_HALF + MLA90_STAGES * 2 * 8;
-    static constexpr int END = EMPTY_ROPE + MLA90_STAGES * 8;
-#else
     static constexpr int END = FLAGS + 16;
-#endif
 };
 static_assert(MlaSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory size must match the sm90 decode layout");
 static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 warpgroups");
@@ -146,23 +123,13 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     const int b = work.b;
     const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
     const bool bad_len = work.bad_len;
-    const int len = work.len, k_begin = work.k_begin, k_end = work.k_end;
-    // MLA90_SEESAW takes the tiles in pairs: an odd count gets one more tile, all past the
-    // split's keys (zero-filled by the producer, masked by the math warpgroups).
-    const int ntiles = MLA90_SEESAW ? (work.ntiles + 1) & ~1 : work.ntiles;
+    const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
 
     if (tid == 0) {
         for (int s = 0; s < MLA90_STAGES; ++s) {
             for (int cb = 0; cb < MLA90_BLOCKS; ++cb) mbar_init(&full[s * MLA90_BLOCKS + cb], 128);
             mbar_init(&empty[s], 2);
         }
-#if MLA90_SEESAW
-        {
-            u64* const bars = reinterpret_cast<u64*>(smem + MlaSm90Smem::READY_M);
-            for (int i = 0; i < 4; ++i) mbar_init(bars + i, 128);  // READY_M, PSTORE
-            for (int i = 0; i < 3 * MLA90_STAGES; ++i) mbar_init(bars + 4 + i, 1);  // EMPTY_HALF, EMPTY_ROPE
-        }
-#endif
         *bad_page_flag = 0;
         mbar_fence_init();
     }
@@ -200,23 +167,12 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 #pragma unroll
             for (int k = 0; k < 4; ++k) rec[k] = rec_next[k];
             lookup(t + 1, rec_next);
-#if !MLA90_SEESAW
             mbar_wait(&empty[s], ((t / MLA90_STAGES) & 1) ^ 1);
-#endif
             u8* stage = sK + s * MlaSm90Smem::STAGE_BYTES;
             // Column block by column block, each completing on its own barrier, so that the
             // math warpgroups start on the first block while the others are in flight.
 #pragma unroll 1
-            for (int i = 0; i < MLA90_BLOCKS; ++i) {
-#if MLA90_SEESAW
-                // The owner's half first (released first), then the other half, then the rope.
-                const int cb = i < 8 ? ((i / 4) ^ s) * 4 + i % 4 : 8;
-                const u32 use_parity = ((t / MLA90_STAGES) & 1) ^ 1;
-                u64* const bars = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY_HALF);
-                if (i % 4 == 0) mbar_wait(i < 8 ? &bars[s * 2 + cb / 4] : &bars[MLA90_STAGES * 2 + s], use_parity);
-#else
-                const int cb = i;
-#endif
+            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) {
 #pragma unroll
                 for (int k = 0; k < 4; ++k) {
                     const bool valid = rec[k] >= 0;
@@ -257,182 +213,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         lim[ri] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
     }
 
-#if MLA90_SEESAW
-    float o_acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) o_acc[i] = 0.0f;
-    const u64 q_desc = wgmma_desc(sQ, 16, 1024, WGMMA_SWIZZLE_128B);
-    float* const s_max = reinterpret_cast<float*>(smem + MlaSm90Smem::SEESAW_MAX);  // [pair % 2][wg][row]
-    u64* const ready_m = reinterpret_cast<u64*>(smem + MlaSm90Smem::READY_M);
-    u64* const pstore = reinterpret_cast<u64*>(smem + MlaSm90Smem::PSTORE);
-    u64* const empty_half = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY_HALF);  // [stage][half]
-    u64* const empty_rope = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY_ROPE);
-    // Maxima are raw (-inf while a row has seen no key); a factor exp2(old - new) uses
-    // new' = (new == -inf ? 0 : new), so that it is 0, never inf or NaN, when old is -inf.
-    auto use = [](float m) { return m == TESSERA_NEG_INF ? 0.0f : m; };
-    float m_final[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};  // after the last pair (both WGs agree)
-    float m_o[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};      // the maximum O is scaled to
-    float l_run[2] = {0.0f, 0.0f};                          // this WG's tiles' sums, scaled to m_final
-    const int own_stage = mw;                               // tile a + mw lives in stage mw
-    const int row_a = warp * 16 + g;                        // this thread's rows: row_a, row_a + 8
-
-    for (int a = 0; a < ntiles; a += 2) {
-        const int pr = a / 2;
-        const u32 pp = pr & 1;
-        const int t_own = a + mw;
-        const u8* own = sK + own_stage * MlaSm90Smem::STAGE_BYTES;
-        const u8* other = sK + (1 - own_stage) * MlaSm90Smem::STAGE_BYTES;
-
-        // a. S = Q K^T of this WG's tile (the whole tile first: a wait loop between the fence
-        //    and the wgmma made ptxas serialize every wgmma of the kernel).
-        float sacc[32];
-#pragma unroll 1
-        for (int cb = 0; cb < MLA90_BLOCKS; ++cb) mbar_wait(&full[own_stage * MLA90_BLOCKS + cb], pp);
-        fence_proxy_async_smem();
-        {
-            const u64 k_desc = wgmma_desc(own, 16, 1024, WGMMA_SWIZZLE_128B);
-            wgmma_fence();
-#pragma unroll
-            for (int cb = 0; cb < MLA90_BLOCKS; ++cb)
-#pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    const u64 off = (u64)((cb * MlaSm90Smem::BLOCK_BYTES + kk * 32) >> 4);
-                    WgmmaBf16<64, 0>::mma(sacc, q_desc + off, k_desc + off, (cb | kk) != 0);
-                }
-            wgmma_commit();
-        }
-        // b. The maximum before this tile: WG 0 takes the previous pair's final one (WG 1's),
-        //    WG 1 the one WG 0 publishes for this pair's first tile.
-        float m_prev[2] = {m_final[0], m_final[1]};
-        if (pr > 0 || mw == 1) {
-            const int q = pr - 1 + mw;  // the publication waited for
-            mbar_wait(&ready_m[1 - mw], q & 1);
-#pragma unroll
-            for (int ri = 0; ri < 2; ++ri)
-                m_prev[ri] = fmaxf(m_prev[ri], s_max[((q & 1) * 2 + 1 - mw) * MLA90_ROWS + row_a + 8 * ri]);
-        }
-        // c, d. Softmax of this WG's tile; its maximum published.
-        wgmma_wait<0>();
-        reg_fence_all(sacc);
-        const int jbase = k_begin + t_own * MLA90_KEYS;
-        float m_new[2];
-        {
-            float mloc[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};
-#pragma unroll
-            for (int n8 = 0; n8 < 8; ++n8)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int ri = e / 2;
-                    const int j = jbase + n8 * 8 + tq * 2 + (e & 1);
-                    const float v = j < lim[ri] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
-                    sacc[n8 * 4 + e] = v;
-                    mloc[ri] = fmaxf(mloc[ri], v);
-                }
-#pragma unroll
-            for (int ri = 0; ri < 2; ++ri) {
-                mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 1));
-                mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 2));
-                m_new[ri] = fmaxf(m_prev[ri], mloc[ri]);
-                if (tq == 0) s_max[(pp * 2 + mw) * MLA90_ROWS + row_a + 8 * ri] = m_new[ri];
-            }
-        }
-        mbar_arrive(&ready_m[mw]);
-        float psum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-            sacc[i] = exp2f(sacc[i] - use(m_new[(i / 2) & 1]));
-            psum[(i / 2) & 1] += sacc[i];
-        }
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) l_run[ri] = l_run[ri] * exp2f(m_final[ri] - use(m_new[ri])) + psum[ri];
-        // e. O_w (rescaled to m_new) += P V of this WG's tile, its own columns, P from registers.
-        u32 p_frag[4][4];
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            p_frag[kk][0] = pack2<true>(sacc[8 * kk + 0], sacc[8 * kk + 1]);
-            p_frag[kk][1] = pack2<true>(sacc[8 * kk + 2], sacc[8 * kk + 3]);
-            p_frag[kk][2] = pack2<true>(sacc[8 * kk + 4], sacc[8 * kk + 5]);
-            p_frag[kk][3] = pack2<true>(sacc[8 * kk + 6], sacc[8 * kk + 7]);
-        }
-#pragma unroll
-        for (int i = 0; i < 128; ++i) o_acc[i] *= exp2f(m_o[(i / 2) & 1] - use(m_new[(i / 2) & 1]));
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) m_o[ri] = m_new[ri];
-        reg_fence_all(o_acc);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) reg_fence(p_frag[kk][i]);
-        {
-            const u64 v_desc = wgmma_desc(own + mw * 4 * MlaSm90Smem::BLOCK_BYTES, MlaSm90Smem::BLOCK_BYTES, 1024,
-                                          WGMMA_SWIZZLE_128B);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                WgmmaRegA<256, 1>::mma(o_acc, p_frag[kk], v_desc + (u64)((kk * 16 * 128) >> 4), 1);
-            wgmma_commit();
-        }
-        // f. The pair's final maximum: WG 1's (WG 1 waits on its own, completed, barrier).
-        mbar_wait(&ready_m[1], pp);
-        float m_pair[2];
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {
-            m_pair[ri] = fmaxf(m_new[ri], s_max[(pp * 2 + 1) * MLA90_ROWS + row_a + 8 * ri]);
-            const float f = exp2f(m_new[ri] - use(m_pair[ri]));
-            l_run[ri] *= f;
-#pragma unroll
-            for (int n8 = 0; n8 < 8; ++n8) {
-                sacc[n8 * 4 + 2 * ri] *= f;
-                sacc[n8 * 4 + 2 * ri + 1] *= f;
-            }
-            m_final[ri] = m_pair[ri];
-        }
-        // g. This WG's P, rescaled to the pair's maximum, into its stage's rope block (dead since
-        //    its S), for the other WG.
-        {
-            u8* const p_tile = const_cast<u8*>(own) + 8 * MlaSm90Smem::BLOCK_BYTES;
-#pragma unroll
-            for (int n8 = 0; n8 < 8; ++n8)
-#pragma unroll
-                for (int ri = 0; ri < 2; ++ri)
-                    *reinterpret_cast<u32*>(p_tile + swizzle128(row_a + 8 * ri, n8) + tq * 4) =
-                        pack2<true>(sacc[n8 * 4 + 2 * ri], sacc[n8 * 4 + 2 * ri + 1]);
-            fence_proxy_async_smem();
-            mbar_arrive(&pstore[mw]);
-        }
-        // h. O_w (rescaled to the pair's maximum) += P' V of the other WG's tile.
-        mbar_wait(&pstore[1 - mw], pp);
-        fence_proxy_async_smem();  // the other stage's V, seen through the other WG's waits
-        wgmma_wait<0>();
-        reg_fence_all(o_acc);
-        if (t128 == 0) mbar_arrive(&empty_half[own_stage * 2 + mw]);  // own half of own stage
-#pragma unroll
-        for (int i = 0; i < 128; ++i) o_acc[i] *= exp2f(m_o[(i / 2) & 1] - use(m_pair[(i / 2) & 1]));
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) m_o[ri] = m_pair[ri];
-        reg_fence_all(o_acc);
-        {
-            const u64 p_desc = wgmma_desc(other + 8 * MlaSm90Smem::BLOCK_BYTES, 16, 1024, WGMMA_SWIZZLE_128B);
-            const u64 v_desc = wgmma_desc(other + mw * 4 * MlaSm90Smem::BLOCK_BYTES, MlaSm90Smem::BLOCK_BYTES, 1024,
-                                          WGMMA_SWIZZLE_128B);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                WgmmaBf16<256, 1>::mma(o_acc, p_desc + (u64)((kk * 32) >> 4), v_desc + (u64)((kk * 16 * 128) >> 4),
-                                       1);
-            wgmma_commit();
-        }
-        // i. Done with the other stage's half and its P.
-        wgmma_wait<0>();
-        reg_fence_all(o_acc);
-        if (t128 == 0) {
-            mbar_arrive(&empty_half[(1 - own_stage) * 2 + mw]);
-            mbar_arrive(&empty_rope[1 - own_stage]);
-        }
-    }
-    float m_run[2] = {m_final[0], m_final[1]};
-
-#else
     float o_acc[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) o_acc[i] = 0.0f;
@@ -526,7 +306,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         if (t128 == 0) mbar_arrive(&empty[s]);
     }
 
-#endif
     // ---- epilogue: total row sums (both WGs' keys), normalize, write ----
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
