@@ -9,7 +9,9 @@
 //     tile spans two groups);
 //   GROUPING 2 (masked): A [num_groups, m, k], sA [num_groups, m, ...], D [num_groups, m, n],
 //     `groups` holds the row counts: tiles past a group's count are skipped, and D's rows at or
-//     past it are not written (stores straight from registers, masked per row).
+//     past it are not written (a warpgroup's rows all below the count go out by TMA store, the
+//     others are copied from the epilogue tile row by row, or stored from registers when
+//     EPI_SWIZZLE is 0).
 //
 // Design (warp-specialized, persistent):
 //   - CTA = 1 producer warpgroup + MATH_WG math warpgroups (128 threads each). BLOCK_M x BLOCK_N
@@ -81,9 +83,6 @@
 #endif
 #if GROUPING != 0 && CLUSTER_M != 1
 #error "grouped GEMMs take one CTA per cluster (vertically adjacent tiles may belong to different groups)"
-#endif
-#if GROUPING == 2 && EPI_SWIZZLE != 0
-#error "masked groups store D from registers (EPI_SWIZZLE 0): TMA stores cannot skip the rows past a group's count"
 #endif
 #if ACC_STAGES != 1 && (ACC_STAGES != 2 || BLOCK_M != 64 * MATH_WG)
 #error "ACC_STAGES must be 1, or 2 with one 64-row sub-tile per math warpgroup"
@@ -367,11 +366,38 @@ __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const
     }
     fence_proxy_async_smem();
     named_barrier_sync(1 + wg, 128);
-    if (t == 0) {
+    const int wg_row0 = tile.m0 + wg * WG_ROWS;
+    if (GROUPING != 2 || wg_row0 + WG_ROWS <= tile.row_end) {
+        if (t == 0) {
 #pragma unroll
-        for (int slab = 0; slab < BLOCK_N / SLAB_COLS; ++slab)
-            tma_store_2d(tma_d, dbuf + slab * WG_ROWS * EPI_SWIZZLE, tile.n0 + slab * SLAB_COLS, tile.m0 + wg * WG_ROWS);
-        tma_store_commit();
+            for (int slab = 0; slab < BLOCK_N / SLAB_COLS; ++slab)
+                tma_store_2d(tma_d, dbuf + slab * WG_ROWS * EPI_SWIZZLE, tile.n0 + slab * SLAB_COLS, wg_row0);
+            tma_store_commit();
+        }
+    } else {
+        // A masked group's last rows: the TMA store cannot stop at the group's count, so the
+        // warpgroup copies its rows below row_end from the tile to D, 16 bytes per thread and
+        // step (consecutive threads on consecutive chunks of a row), columns past n left out.
+        // The tile is read before this warpgroup's next epilogue (behind its named barrier).
+        constexpr int ROW_CHUNKS = BLOCK_N / 8;
+        const int rows = min(WG_ROWS, tile.row_end - wg_row0);
+        for (int idx = t; idx < rows * ROW_CHUNKS; idx += 128) {
+            const int row = idx / ROW_CHUNKS, c = idx % ROW_CHUNKS;
+            const int slab = (8 * c) / SLAB_COLS;
+            const u32 chunk = ((8 * c) % SLAB_COLS) / 8;
+            const u32 rr = row % 8;
+            const u32 x = EPI_SWIZZLE == 128 ? rr : (EPI_SWIZZLE == 64 ? (rr / 2) % 4 : (rr / 4) % 2);
+            const uint4 v = *reinterpret_cast<const uint4*>(dbuf + slab * WG_ROWS * EPI_SWIZZLE + row * EPI_SWIZZLE +
+                                                            (chunk ^ x) * 16);
+            const int col = tile.n0 + 8 * c;
+            u16* const dst = d + (i64)(wg_row0 + row) * n + col;
+            if (col + 8 <= n && n % 8 == 0) {
+                *reinterpret_cast<uint4*>(dst) = v;
+            } else {
+                const u16* const h = reinterpret_cast<const u16*>(&v);
+                for (int e = 0; e < 8 && col + e < n; ++e) dst[e] = h[e];
+            }
+        }
     }
 #endif
 }

@@ -126,7 +126,8 @@ pub struct WgmmaGemm {
     pub acc_stages: u32,
     /// The op's grouping (a compile-time constant of the kernel): 0 one GEMM, 1 contiguous
     /// groups, 2 masked groups (see [`tessera_core::GemmGrouping`]); grouped tiles take one CTA
-    /// per cluster, and masked ones store D from registers (`epi_swizzle` 0).
+    /// per cluster. A masked tile stores a warpgroup's rows by TMA when all are below the
+    /// group's count, and copies the rest row by row from its epilogue tile.
     pub grouping: u32,
     /// CTAs along x of a cluster splitting K (1..=8; for small M, where too few tiles leave
     /// SMs idle): rank r computes a partial tile over its share of the K blocks and the cluster
@@ -271,7 +272,7 @@ impl WgmmaGemm {
     }
 
     /// The same tile for an op of `grouping` (0, 1, 2: see [`WgmmaGemm::grouping`]), re-fitted
-    /// to `max_smem` (a masked tile drops its epilogue tile and gains stages); `None` if the tile
+    /// to `max_smem`; `None` if the tile
     /// cannot serve it (a 2-CTA cluster).
     pub fn for_grouping(self, grouping: u32, max_smem: u32) -> Option<Self> {
         if grouping == 0 {
@@ -282,10 +283,6 @@ impl WgmmaGemm {
         }
         let mut t = Self::fitted(self.bm, self.bn, self.math_wg, 1, self.acc_stages, max_smem)?;
         t.grouping = grouping;
-        if grouping == 2 && t.epi_swizzle != 0 {
-            t.epi_swizzle = 0;
-            t.grow_stages(max_smem);
-        }
         Some(t)
     }
 
@@ -320,7 +317,6 @@ impl WgmmaGemm {
             && (sub == 1 || self.acc_stages == 1)
             && self.grouping <= 2
             && (self.grouping == 0 || self.cluster_m == 1)
-            && (self.grouping != 2 || self.epi_swizzle == 0)
             && (1..=8).contains(&self.split_k)
             && (self.split_k == 1
                 || (self.cluster_m == 1
@@ -686,18 +682,23 @@ mod tests {
                 cluster_m: 2,
                 ..t
             },
-            WgmmaGemm { grouping: 2, ..t },
+            WgmmaGemm {
+                grouping: 2,
+                cluster_m: 2,
+                ..t
+            },
         ] {
             assert!(GemmVariant::Wgmma(bad).valid_on(&h).is_err(), "{bad:?}");
         }
         // Too much shared memory for the device.
         assert!(WgmmaGemm::fitted(128, 192, 2, 1, 1, 100_000).is_none());
-        // Grouped tiles: one CTA per cluster; masked ones store from registers.
+        // Grouped tiles: one CTA per cluster; masked ones keep the TMA-store epilogue tile.
         let smem = h.max_smem_per_block;
         let masked = t.for_grouping(2, smem).unwrap();
+        let contiguous = t.for_grouping(1, smem).unwrap();
         assert_eq!(
             (masked.grouping, masked.epi_swizzle, masked.stages),
-            (2, 0, 6)
+            (2, contiguous.epi_swizzle, contiguous.stages)
         );
         GemmVariant::Wgmma(masked).valid_on(&h).unwrap();
         assert_eq!(
