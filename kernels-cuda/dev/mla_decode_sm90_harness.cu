@@ -4,7 +4,8 @@
 // s_q 1..4, split mode combined on the CPU), then times it on the standard shapes (CUDA events
 // per launch, median). HK picks the kernel (one per build, all with the same arguments):
 //   HK 0  sm90/mla_decode.cu      (FMT 0: bf16 records), 64 rows per CTA
-//   HK 1  sm90/mla_decode_fp8.cu  (FMT 1: FP8 records), ROWS (16 or 32) rows per CTA
+//   HK 1  sm90/mla_decode_fp8.cu  (FMT 1: FP8 records; FMT 0: bf16 records, the transposed
+//         bf16 kernel), ROWS (16 or 32) rows per CTA
 //   HK 2  mla_decode.cu           (mma.sync; FMT 0 or 1, ROW_SLICES, KEY_TILE, STAGES, DV_CHUNK)
 //   harness --check
 //   harness --time                  (b 64/128 x s_k 4096..32768 x (h 128 | h 16) x s_q 1/2)
@@ -37,7 +38,8 @@ static const char* H_NAME = "sm90-bf16";
 #elif HK == 1
 #include "../kernels/sm90/mla_decode_fp8.cu"
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
-static const char* H_NAME = ROWS == 16 ? "sm90-fp8-r16" : "sm90-fp8-r32";
+static const char* H_NAME = FMT == 0 ? (ROWS == 16 ? "sm90-bf16t-r16" : "sm90-bf16t-r32")
+                                     : (ROWS == 16 ? "sm90-fp8-r16" : "sm90-fp8-r32");
 #else
 #include "../kernels/mla_decode.cu"
 static const int H_ROWS = 16 * ROW_SLICES, H_KEYS = KEY_TILE, H_THREADS = MLA_THREADS;

@@ -109,8 +109,9 @@ pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
 )
 .with_headers(&[MLA_WORK, HOPPER, WGMMA]);
 
-/// `sm90/mla_decode_fp8.cu`: the absorbed paged decode of the FP8 cache on wgmma (sm_90a,
-/// DeepSeek-V3's dims, 16 or 32 query rows per CTA), dequantizing into bf16 key tiles.
+/// `sm90/mla_decode_fp8.cu`: the transposed absorbed paged decode on wgmma (sm_90a, DeepSeek-V3's
+/// dims, 16 or 32 query rows per CTA) into bf16 key tiles: dequantized from the FP8 cache
+/// (`FMT 1`) or copied from the bf16 cache by cp.async (`FMT 0`).
 pub const MLA_DECODE_SM90_FP8: KernelSource = KernelSource::new(
     "sm90/mla_decode_fp8.cu",
     include_str!("../kernels/sm90/mla_decode_fp8.cu"),

@@ -1,14 +1,17 @@
-// MLA absorbed decode over the paged FP8 latent cache for sm_90a, for few query rows per request
-// (h_q * s_q <= 32 per CTA: the memory-bound decode of tensor-parallel shards). Prepended:
-// common.cuh, mla_work.cuh (the CTA's queries and keys), sm90/hopper.cuh, sm90/wgmma.cuh.
+// MLA absorbed decode over the paged latent cache (FP8, or bf16: "transposed bf16") for sm_90a,
+// for few query rows per request (h_q * s_q <= 32 per CTA: the memory-bound decode of
+// tensor-parallel shards). Prepended: common.cuh, mla_work.cuh (the CTA's queries and keys),
+// sm90/hopper.cuh, sm90/wgmma.cuh.
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
-//   FMT         1 = FP8 records [latent e4m3 | latent/128 f32 scales | rope bf16] (656 bytes)
+//   FMT         1 = FP8 records [latent e4m3 | latent/128 f32 scales | rope bf16] (656 bytes);
+//               0 = bf16 records [latent bf16 | rope bf16] (1152 bytes): the two non-math
+//               warpgroups only copy (loaders, below), the math warpgroup is the same code
 //   LATENT      512 and ROPE 64 (DeepSeek-V3's dims)
 //   ROWS        16 or 32: query rows per CTA (heads x s_q folded, as every MLA decode kernel)
 //   VARLEN      0 = s_q queries per request, 1 = cu_seqlens_q offsets (as kernels/mla_decode.cu)
 //   TESSERA_SMEM_BYTES  MlaSm90Fp8Smem::END below
-//   TESSERA_THREADS     384 (a math warpgroup and two dequantizing warpgroups)
+//   TESSERA_THREADS     384 (a math warpgroup and two dequantizing / loading warpgroups)
 //
 // Problem, layouts, split mode and error signalling: exactly those of kernels/mla_decode.cu
 // (rows r = i * heads + h of a request, q bf16 [batch, s_q * heads, qk], o bf16
@@ -34,6 +37,12 @@
 //                    rescaled where a maximum moved, O^T += V^T P^T; the tile is released
 //                    (empty[t % 2]) once its wgmmas are done, while the dequantizers fill the
 //                    other tile.
+//   FMT 0: loader WGs thread (keys k0 and k0 + 32 of the tile, chunk c of 8): 16-byte cp.async
+//                    of chunk c of each column block of both records straight into the swizzled
+//                    tile (zero-fill past the split or on a bad page, flagged, never read), block
+//                    table looked up one tile ahead; column block cb completes on
+//                    full[t % 2][cb] (cp.async.mbarrier.arrive.noinc), so S^T starts on the
+//                    first 8 KB while the rest is in flight.
 // Shared memory (1024-byte aligned, 128-byte swizzle: 16-byte chunk c of row r of a 128-byte-wide
 // block at r * 128 + ((c ^ (r % 8)) * 16)):
 //   Q   9 column blocks of [ROWS rows][64 dims]
@@ -48,7 +57,7 @@
 // and the math alone each take ~0.55x the bf16 kernel's time, together ~0.83x.
 
 #ifndef FMT
-#error "FMT is required (1 = FP8 records)"
+#error "FMT is required (1 = FP8 records, 0 = bf16 records)"
 #endif
 #ifndef LATENT
 #error "LATENT is required (512)"
@@ -62,8 +71,8 @@
 #ifndef VARLEN
 #error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
 #endif
-#if FMT != 1 || LATENT != 512 || ROPE != 64
-#error "the sm90 FP8 MLA decode kernel is built for FP8 records of latent 512 + rope 64"
+#if (FMT != 0 && FMT != 1) || LATENT != 512 || ROPE != 64
+#error "the sm90 transposed MLA decode kernel is built for FP8 or bf16 records of latent 512 + rope 64"
 #endif
 #if ROWS != 16 && ROWS != 32
 #error "ROWS must be 16 or 32"
@@ -81,6 +90,7 @@
 #define M8_ROPE_AT (LATENT + LATENT / 32)  // 528: the bf16 rope
 #define M8_OUT_PITCH (LATENT + 4)       // f32 per row of the output staging (bank spread)
 #define M8_NACC (ROWS / 2)              // accumulator floats per thread of one m64nROWS wgmma
+#define M8_FULL_BARS (FMT == 0 ? M8_BLOCKS : 1)  // full barriers per tile: per column block for bf16
 
 // Byte offsets of the shared-memory regions; the host's size (kernels-cuda/src/plan/mla.rs) is
 // checked against END at compile time.
@@ -94,7 +104,7 @@ struct MlaSm90Fp8Smem {
     static constexpr int COL_MAX = P + ROWS * 128;
     static constexpr int COL_SUM = COL_MAX + 4 * ROWS * 4;
     static constexpr int FULL = COL_SUM + 4 * ROWS * 4;
-    static constexpr int EMPTY = FULL + 2 * 8;
+    static constexpr int EMPTY = FULL + 2 * M8_FULL_BARS * 8;
     static constexpr int FLAGS = EMPTY + 2 * 8;
     static constexpr int END = FLAGS + 16;
 };
@@ -109,6 +119,7 @@ static_assert(ROWS * M8_OUT_PITCH * 4 <= MlaSm90Fp8Smem::TILE, "the output stagi
 #define M8_BAR_END 3   // all three WGs: the dequantizers' bad-page flag is final
 #define M8_BAR_OUT 4   // the math WG: the output staged
 
+#if FMT == 1
 // 16 bytes from global memory through the non-coherent path (the cache is read-only here).
 __device__ __forceinline__ uint4 m8_ldg16(const u8* p) {
     uint4 v;
@@ -129,6 +140,7 @@ __device__ __forceinline__ uint2 m8_e4m3x4_scaled(u32 w, float s) {
     r.y = pack2<true>(f16_to_f32((u16)(h1 & 0xffffu)) * s, f16_to_f32((u16)(h1 >> 16)) * s);
     return r;
 }
+#endif
 
 // O^T tile += V^T P^T: D(64 latent x ROWS) (+)= A(64 x 16 keys, MN-major) * B(ROWS x 16, K-major).
 __device__ __forceinline__ void m8_wgmma_vt(float* d, u64 a, u64 b) {
@@ -150,12 +162,14 @@ __device__ __forceinline__ void m8_wgmma_vt(float* d, u64 a, u64 b) {
 #endif
 }
 
+#if FMT == 1
 // The raw bytes of one key of a tile that one dequantizing thread converts.
 struct M8Raw {
     uint4 codes[8];  // latent chunks q + 4m (m = 0..7) of 16 codes
     uint4 rope[2];   // rope chunks q and q + 4 (8 bf16 each)
     uint4 scales;    // the 4 f32 scales
 };
+#endif
 
 extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     MLA_DECODE_PARAMS) {
@@ -190,8 +204,8 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
 
     if (tid == 0) {
+        for (int s = 0; s < 2 * M8_FULL_BARS; ++s) mbar_init(&full[s], 256);
         for (int s = 0; s < 2; ++s) {
-            mbar_init(&full[s], 256);
             mbar_init(&empty[s], 4);  // lane 0 of each math warp, after its wgmmas of the tile
         }
         *bad_page_flag = 0;
@@ -200,13 +214,55 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     __syncthreads();
 
     if (wg != 0) {
-        // ---- dequantizers: FP8 records -> the bf16 key tiles ----
         setmaxnreg_dec<136>();  // 256 x 136 + 128 x 232 = 384 x 168, the launch allocation
         const int dtid = tid - 128;           // 0..255
-        const int key = (dtid / 32) * 8 + dtid % 8;  // key of the tile
-        const int qr = (dtid % 32) / 8;       // quarter: latent chunks qr + 4m, rope chunks qr, qr + 4
         const i64 bt_row = (i64)b * max_pages;
         int bad_page = 0;
+#if FMT == 0
+        // ---- loaders: bf16 records -> the key tiles, with cp.async ----
+        // Thread dtid copies chunk dtid % 8 of every column block of keys k0 and k0 + 32 (a warp:
+        // 4 records x 128 contiguous bytes per copy). The records' byte offsets (-1: zero-fill)
+        // are looked up one tile ahead of the copies.
+        const int k0 = dtid / 8, chunk = dtid % 8;
+        auto lookup = [&](int t, i64 (&rec)[2]) {
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                const int j = k_begin + t * M8_KEYS + 32 * k + k0;
+                rec[k] = -1;
+                if (t < ntiles && j < k_end) {
+                    const int p = j / page_size;
+                    const int page = __ldg(block_table + bt_row + p);
+                    if (page < 0 || page >= num_pages)
+                        bad_page = 1;
+                    else
+                        rec[k] = ((i64)page * page_size + (j - p * page_size)) * token_bytes;
+                }
+            }
+        };
+        i64 rec_next[2];
+        lookup(0, rec_next);
+        for (int t = 0; t < ntiles; ++t) {
+            const int s = t % 2;
+            const i64 rec[2] = {rec_next[0], rec_next[1]};
+            lookup(t + 1, rec_next);
+            mbar_wait(&empty[s], ((t / 2) & 1) ^ 1);
+            u8* tile = sK + s * MlaSm90Fp8Smem::TILE;
+            // Column block by column block, each completing on its own barrier.
+#pragma unroll 1
+            for (int cb = 0; cb < M8_BLOCKS; ++cb) {
+#pragma unroll
+                for (int k = 0; k < 2; ++k) {
+                    const bool valid = rec[k] >= 0;
+                    cp_async_16(tile + cb * MlaSm90Fp8Smem::KEY_BLOCK + swizzle128(32 * k + k0, chunk),
+                                valid ? cache + rec[k] + (cb * 8 + chunk) * 16 : cache, valid);
+                }
+                cp_async_mbar_arrive(&full[s * M8_BLOCKS + cb]);
+            }
+        }
+#else
+        // ---- dequantizers: FP8 records -> the bf16 key tiles ----
+        const int key = (dtid / 32) * 8 + dtid % 8;  // key of the tile
+        const int qr = (dtid % 32) / 8;       // quarter: latent chunks qr + 4m, rope chunks qr, qr + 4
         // The record of key `key` of tile t, or null (past the split's keys, or a bad page).
         auto record = [&](int t) -> const u8* {
             const int j = k_begin + t * M8_KEYS + key;
@@ -269,6 +325,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
                 store(t + 1, rb);
             }
         }
+#endif
         if (bad_page) atomicOr(bad_page_flag, 1);
         named_barrier_sync(M8_BAR_END, M8_THREADS);
         return;
@@ -315,17 +372,26 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     // S^T of tile t (issued and committed).
     auto issue_s = [&](int t) {
         const int s = t % 2;
-        mbar_wait(&full[s], (t / 2) & 1);
+        if (FMT == 1) mbar_wait(&full[s], (t / 2) & 1);
         const u64 k_desc = wgmma_desc(sK + s * MlaSm90Fp8Smem::TILE, 16, 1024, WGMMA_SWIZZLE_128B);
-        wgmma_fence();
+        if (FMT == 1) wgmma_fence();
 #pragma unroll
-        for (int cb = 0; cb < M8_BLOCKS; ++cb)
+        for (int cb = 0; cb < M8_BLOCKS; ++cb) {
+            if (FMT == 0) {
+                // bf16: column block cb's cp.async copies landed (generic-proxy writes: fenced
+                // before the wgmma reads them through the async proxy). A wgmma fence after each
+                // wait: ptxas would otherwise inject one (C7519) for the accumulator.
+                mbar_wait(&full[s * M8_BLOCKS + cb], (t / 2) & 1);
+                fence_proxy_async_smem();
+                wgmma_fence();
+            }
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
                 const u64 ko = (u64)((cb * MlaSm90Fp8Smem::KEY_BLOCK + kk * 32) >> 4);
                 const u64 qo = (u64)((cb * MlaSm90Fp8Smem::Q_BLOCK + kk * 32) >> 4);
                 WgmmaBf16<ROWS, 0>::mma(sacc, k_desc + ko, q_desc + qo, (cb | kk) != 0);
             }
+        }
         wgmma_commit();
     };
 

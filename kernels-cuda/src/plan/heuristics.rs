@@ -569,9 +569,10 @@ pub fn mla_decode_candidates(
 /// The default MLA decode pick: for the FP8 cache, the Hopper FP8 kernel where it is a
 /// candidate, with 16 rows per CTA for at most 16 rows `s_q * heads`, else 32 (measured on the
 /// H200 faster than the `mma.sync` kernel at every standard shape: 1.3x at 16 rows, 2.3x at 32,
-/// 1.4x at 128); for bf16, the Hopper kernel where it is a candidate and the rows are more than
-/// 16 (at 16 rows the `mma.sync` kernel's 16-row tiles stream the cache as fast without padding
-/// the rows to 64); else the fewest rows per CTA that holds all rows (16, 32, else 64), then the
+/// 1.4x at 128); for bf16, the Hopper 64-row kernel where it is a candidate and the rows are
+/// more than 16 (at 16 rows the `mma.sync` kernel's 16-row tiles stream the cache as fast
+/// without padding the rows to 64; the transposed bf16 tilings are candidates, not yet
+/// measured, so never the default); else the fewest rows per CTA that holds all rows (16, 32, else 64), then the
 /// first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
@@ -586,7 +587,7 @@ pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) 
     } else if rows > 16 {
         if let Some(i) = candidates
             .iter()
-            .position(|c| c.kernel == MlaDecodeKernel::Wgmma)
+            .position(|c| c.kernel == MlaDecodeKernel::Wgmma && !c.is_transposed())
         {
             return i;
         }
@@ -915,6 +916,13 @@ mod tests {
         // More rows: the Hopper kernel on sm_90a.
         assert_eq!(pick(2, 16), crate::plan::mla::MLA_DECODE_SM90_TILING);
         assert_eq!(pick(1, 128), crate::plan::mla::MLA_DECODE_SM90_TILING);
+        // The transposed bf16 tilings are candidates on sm_90a, never the default.
+        let op = mla_op(ds, 2, 16);
+        let c = mla_decode_candidates(&mla_shape(&op), &h).unwrap();
+        assert_eq!(
+            c.iter().filter(|v| v.is_transposed()).count(),
+            crate::plan::mla::MLA_DECODE_SM90_TRANSPOSED_TILINGS.len()
+        );
         // The FP8 cache: the Hopper FP8 kernel on sm_90a, 16 or 32 rows per CTA; the mma.sync
         // kernel elsewhere.
         let fp8 = MlaCacheLayout {

@@ -1,7 +1,8 @@
 //! The MLA kernels' variants: append (`kernels/mla_append.cu`), absorbed decode
 //! (`kernels/mla_decode.cu`, one CTA tiling per variant, and the Hopper kernels
-//! `kernels/sm90/mla_decode.cu` for the bf16 cache and `kernels/sm90/mla_decode_fp8.cu` for the
-//! FP8 cache) and the split combine (`kernels/mla_combine.cu`).
+//! `kernels/sm90/mla_decode.cu` for the bf16 cache with 64 rows per CTA, and the transposed
+//! `kernels/sm90/mla_decode_fp8.cu` for the FP8 cache and for the bf16 cache with 16 or 32 rows
+//! per CTA) and the split combine (`kernels/mla_combine.cu`).
 
 use super::{check_resources, ArchSpec, KernelSpec};
 use crate::compile::KernelSource;
@@ -15,10 +16,10 @@ pub const MLA_DECODE_SM90_THREADS: u32 = 384;
 /// The Hopper kernel's tiling as (row slices of 16, key tile, stages): 64 rows, 64-key tiles,
 /// two tiles in shared memory.
 pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
-/// The Hopper FP8-cache kernel's tilings (`sm90/mla_decode_fp8.cu`, its `ROWS` = 16 x row slices):
-/// 16 or 32 query rows per CTA (the wgmma N of its transposed products), 64-key tiles, two bf16
-/// key tiles in shared memory.
-pub const MLA_DECODE_SM90_FP8_TILINGS: [(u32, u32, u32); 2] = [(1, 64, 2), (2, 64, 2)];
+/// The Hopper transposed kernel's tilings (`sm90/mla_decode_fp8.cu`, its `ROWS` = 16 x row
+/// slices), for both cache formats: 16 or 32 query rows per CTA (the wgmma N of its transposed
+/// products), 64-key tiles, two bf16 key tiles in shared memory.
+pub const MLA_DECODE_SM90_TRANSPOSED_TILINGS: [(u32, u32, u32); 2] = [(1, 64, 2), (2, 64, 2)];
 /// Threads per combine CTA: 4 warps, one row each.
 pub const MLA_COMBINE_THREADS: u32 = 128;
 /// Rows (of `s_q * heads`) each combine CTA merges at a time.
@@ -177,10 +178,11 @@ pub enum MlaDecodeKernel {
     /// `kernels/mla_decode.cu`: `mma.sync`, 8 warps; every layout, sm_80 and later.
     #[default]
     MmaSync,
-    /// sm_90a, DeepSeek-V3's dims. bf16 records: `kernels/sm90/mla_decode.cu`, a cp.async
-    /// producer warpgroup and two math warpgroups ([`MLA_DECODE_SM90_TILING`]). FP8 records:
-    /// `kernels/sm90/mla_decode_fp8.cu`, two warpgroups dequantizing into bf16 key tiles and one
-    /// math warpgroup ([`MLA_DECODE_SM90_FP8_TILINGS`]).
+    /// sm_90a, DeepSeek-V3's dims. bf16 records with [`MLA_DECODE_SM90_TILING`] (64 rows):
+    /// `kernels/sm90/mla_decode.cu`, a cp.async producer warpgroup and two math warpgroups.
+    /// [`MLA_DECODE_SM90_TRANSPOSED_TILINGS`] (16 or 32 rows, either format):
+    /// `kernels/sm90/mla_decode_fp8.cu`, transposed products on one math warpgroup, two
+    /// warpgroups filling its bf16 key tiles (FP8: dequantizing; bf16: cp.async copies).
     Wgmma,
 }
 
@@ -247,7 +249,8 @@ impl MlaDecodeVariant {
     }
 
     /// The Hopper kernel's variant for `layout` with `tiling` (valid only for the tilings of the
-    /// layout's format, [`MLA_DECODE_SM90_TILING`] or [`MLA_DECODE_SM90_FP8_TILINGS`]).
+    /// layout's format: [`MLA_DECODE_SM90_TRANSPOSED_TILINGS`], and for bf16 also
+    /// [`MLA_DECODE_SM90_TILING`]).
     pub fn wgmma(layout: &MlaCacheLayout, tiling: (u32, u32, u32)) -> Self {
         Self {
             kernel: MlaDecodeKernel::Wgmma,
@@ -255,25 +258,32 @@ impl MlaDecodeVariant {
         }
     }
 
-    /// The Hopper variants of `layout`'s format: the bf16 kernel's one tiling, or the FP8
-    /// kernel's 16- and 32-row tilings (whether they are valid on an architecture and for the
-    /// dims is [`KernelSpec::valid_on`]'s call).
+    /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first, then
+    /// the transposed kernel's 16- and 32-row tilings (both formats; whether they are valid on an
+    /// architecture and for the dims is [`KernelSpec::valid_on`]'s call).
     pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
-        match CacheFormat::from(layout.format) {
-            CacheFormat::Bf16 => vec![Self::sm90(layout)],
-            CacheFormat::Fp8 => MLA_DECODE_SM90_FP8_TILINGS
-                .iter()
-                .map(|&t| Self::wgmma(layout, t))
-                .collect(),
-        }
+        let sixty_four_rows = match CacheFormat::from(layout.format) {
+            CacheFormat::Bf16 => Some(MLA_DECODE_SM90_TILING),
+            CacheFormat::Fp8 => None,
+        };
+        sixty_four_rows
+            .into_iter()
+            .chain(MLA_DECODE_SM90_TRANSPOSED_TILINGS)
+            .map(|t| Self::wgmma(layout, t))
+            .collect()
     }
 
-    /// The tilings the Hopper kernel of this variant's format is built for.
-    fn wgmma_tilings(&self) -> &'static [(u32, u32, u32)] {
-        match self.format {
-            CacheFormat::Bf16 => std::slice::from_ref(&MLA_DECODE_SM90_TILING),
-            CacheFormat::Fp8 => &MLA_DECODE_SM90_FP8_TILINGS,
-        }
+    /// Whether this Hopper variant runs the transposed kernel (`sm90/mla_decode_fp8.cu`): every
+    /// tiling but the bf16 kernel's 64-row one.
+    pub fn is_transposed(&self) -> bool {
+        self.kernel == MlaDecodeKernel::Wgmma
+            && !(self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
+    }
+
+    /// Whether the tiling is one a Hopper kernel of this variant's format is built for.
+    fn is_wgmma_tiling(&self) -> bool {
+        MLA_DECODE_SM90_TRANSPOSED_TILINGS.contains(&self.tiling())
+            || (self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
     }
 
     /// The same tiling for the uniform (`false`) or variable-length (`true`) query layout.
@@ -330,10 +340,8 @@ impl KernelSpec for MlaDecodeVariant {
     fn source(&self) -> KernelSource {
         match self.kernel {
             MlaDecodeKernel::MmaSync => crate::kernels::MLA_DECODE,
-            MlaDecodeKernel::Wgmma => match self.format {
-                CacheFormat::Bf16 => crate::kernels::MLA_DECODE_SM90,
-                CacheFormat::Fp8 => crate::kernels::MLA_DECODE_SM90_FP8,
-            },
+            MlaDecodeKernel::Wgmma if self.is_transposed() => crate::kernels::MLA_DECODE_SM90_FP8,
+            MlaDecodeKernel::Wgmma => crate::kernels::MLA_DECODE_SM90,
         }
     }
 
@@ -348,7 +356,7 @@ impl KernelSpec for MlaDecodeVariant {
                 ("LATENT", self.latent_dim.to_string()),
                 ("ROPE", self.rope_dim.to_string()),
             ];
-            if self.format == CacheFormat::Fp8 {
+            if self.is_transposed() {
                 d.push(("ROWS", self.rows_per_cta().to_string()));
             }
             d.push(varlen_define(self.varlen));
@@ -391,19 +399,24 @@ impl KernelSpec for MlaDecodeVariant {
     /// tiles as 128-byte-swizzled blocks of 64 rows x 64 dims, P (one such block), row maxima
     /// and sums `[2][64]` f32 each, a full barrier per (stage, column block), an empty barrier
     /// per stage, 16 bytes of flags.
-    /// The Hopper FP8 kernel's (`MlaSm90Fp8Smem` in `sm90/mla_decode_fp8.cu`), for R rows: Q as
-    /// blocks of R rows x 64 dims, `stages` bf16 key tiles of 64-key x 64-dim blocks, P
-    /// `[R][64]` bf16, column maxima and sums `[4][R]` f32 each, a full and an empty barrier per
-    /// stage, 16 bytes of flags.
+    /// The Hopper transposed kernel's (`MlaSm90Fp8Smem` in `sm90/mla_decode_fp8.cu`), for R
+    /// rows: Q as blocks of R rows x 64 dims, `stages` bf16 key tiles of 64-key x 64-dim blocks,
+    /// P `[R][64]` bf16, column maxima and sums `[4][R]` f32 each, full barriers (per stage for
+    /// FP8, per (stage, column block) for bf16), an empty barrier per stage, 16 bytes of flags.
     fn smem_bytes(&self) -> u32 {
-        if self.kernel == MlaDecodeKernel::Wgmma && self.format == CacheFormat::Fp8 {
+        if self.is_transposed() {
             let rows = self.rows_per_cta();
             let blocks = (self.latent_dim + self.rope_dim) / 64;
+            let full_barriers = match self.format {
+                CacheFormat::Bf16 => self.stages * blocks,
+                CacheFormat::Fp8 => self.stages,
+            };
             return blocks * rows * 128
                 + self.stages * blocks * self.key_tile * 128
                 + rows * 128
                 + 2 * 4 * rows * 4
-                + 2 * self.stages * 8
+                + full_barriers * 8
+                + self.stages * 8
                 + 16;
         }
         if self.kernel == MlaDecodeKernel::Wgmma {
@@ -441,14 +454,14 @@ impl KernelSpec for MlaDecodeVariant {
 
     fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
         if self.kernel == MlaDecodeKernel::Wgmma {
-            if !self.wgmma_tilings().contains(&self.tiling()) || !self.compile_time_dims() {
+            if !self.is_wgmma_tiling() || !self.compile_time_dims() {
                 return Err(Error::invalid(
                     "mla_decode",
                     "variant",
                     format!(
                         "a Hopper kernel's tiling over records of latent 512 + rope 64 \
-                         ({MLA_DECODE_SM90_TILING:?} for bf16, one of \
-                         {MLA_DECODE_SM90_FP8_TILINGS:?} for FP8)"
+                         (one of {MLA_DECODE_SM90_TRANSPOSED_TILINGS:?}, or for bf16 also \
+                         {MLA_DECODE_SM90_TILING:?})"
                     ),
                     format!("{self:?}"),
                 ));
@@ -618,7 +631,7 @@ mod tests {
             ..ds
         };
         assert!(MlaDecodeVariant::sm90(&fp8).valid_on(&h200).is_err());
-        assert!(MlaDecodeVariant::wgmma(&ds, (1, 64, 2))
+        assert!(MlaDecodeVariant::wgmma(&ds, (2, 64, 3))
             .valid_on(&h200)
             .is_err());
         let small = MlaCacheLayout {
@@ -668,6 +681,38 @@ mod tests {
         assert!(MlaDecodeVariant::wgmma(&fp8, (4, 64, 2))
             .valid_on(&h200)
             .is_err());
+    }
+
+    #[test]
+    fn the_hopper_transposed_bf16_variants_match_their_kernel() {
+        let ds = MlaCacheLayout::default();
+        let vs = MlaDecodeVariant::sm90_variants(&ds);
+        assert_eq!(vs.len(), 3);
+        assert!(!vs[0].is_transposed());
+        assert_eq!(vs[0].tiling(), MLA_DECODE_SM90_TILING);
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        for (v, rows) in vs[1..].iter().zip([16u32, 32]) {
+            assert!(v.is_transposed());
+            v.valid_on(&h200).unwrap();
+            assert!(v.valid_on(&a100).is_err());
+            assert_eq!(v.rows_per_cta(), rows);
+            assert_eq!(v.threads(), 384);
+            // As the FP8 variant's, with a full barrier per (stage, column block): 18 + 2
+            // barriers (the kernel's MlaSm90Fp8Smem::END with FMT 0).
+            assert_eq!(
+                v.smem_bytes(),
+                9 * rows * 128 + 2 * 9 * 8192 + rows * 128 + 2 * 4 * rows * 4 + 20 * 8 + 16
+            );
+            let k = v.kernel();
+            assert_eq!(k.source.file, "sm90/mla_decode_fp8.cu");
+            assert_eq!(k.define_value("FMT"), Some("0"));
+            assert_eq!(k.define_value("ROWS"), Some(rows.to_string().as_str()));
+            assert_eq!(k.define_value("VARLEN"), Some("0"));
+        }
+        assert_eq!(vs[1].smem_bytes(), 168_624);
+        assert_eq!(vs[2].smem_bytes(), 189_616);
+        assert_eq!(vs[0].kernel().source.file, "sm90/mla_decode.cu");
     }
 
     #[test]
