@@ -576,15 +576,18 @@ pub fn mla_decode_candidates(
 /// first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
-    if shape.op.layout.format == MlaCacheFormat::Fp8 {
+    // The transposed sm90 kernel (16 or 32 query rows as the wgmma N, no padding): every FP8
+    // shape, and bf16 up to 32 rows (H200, 2026-11-30: 3561-4456 GB/s at h_q 16 s_q 1 with 16
+    // rows, 3272-4387 at s_q 2 with 32, against 3137-3660 for the 64-row kernel; see
+    // dev/NOTES-mla-decode-sm90.md).
+    if shape.op.layout.format == MlaCacheFormat::Fp8 || rows <= 32 {
         let row_slices = if rows <= 16 { 1 } else { 2 };
-        if let Some(i) = candidates
-            .iter()
-            .position(|c| c.kernel == MlaDecodeKernel::Wgmma && c.row_slices == row_slices)
-        {
+        if let Some(i) = candidates.iter().position(|c| {
+            c.kernel == MlaDecodeKernel::Wgmma && c.is_transposed() && c.row_slices == row_slices
+        }) {
             return i;
         }
-    } else if rows > 16 {
+    } else {
         if let Some(i) = candidates
             .iter()
             .position(|c| c.kernel == MlaDecodeKernel::Wgmma && !c.is_transposed())
@@ -912,11 +915,12 @@ mod tests {
             let c = mla_decode_candidates(&shape, &h).unwrap();
             c[pick_mla_decode(&shape, &c)].tiling()
         };
-        assert_eq!(pick(1, 16), (1, 64, 3));
-        // More rows: the Hopper kernel on sm_90a.
-        assert_eq!(pick(2, 16), crate::plan::mla::MLA_DECODE_SM90_TILING);
+        // bf16 on sm_90a: the transposed Hopper kernel up to 32 rows (16 or 32 per CTA), the
+        // 64-row one above.
+        assert_eq!(pick(1, 16), (1, 64, 2));
+        assert_eq!(pick(2, 16), (2, 64, 2));
         assert_eq!(pick(1, 128), crate::plan::mla::MLA_DECODE_SM90_TILING);
-        // The transposed bf16 tilings are candidates on sm_90a, never the default.
+        // The transposed bf16 tilings are candidates on sm_90a.
         let op = mla_op(ds, 2, 16);
         let c = mla_decode_candidates(&mla_shape(&op), &h).unwrap();
         assert_eq!(
