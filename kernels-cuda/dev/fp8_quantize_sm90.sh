@@ -5,23 +5,32 @@
 # with the registers ptxas gave each kernel; then check every other build bit for bit against the
 # reference (in parallel).
 #   bash kernels-cuda/dev/fp8_quantize_sm90.sh OUTDIR CONFIG...
-# CONFIG: "GROUP_THREADS GROUP_BATCH MIN_CTAS_PER_SM" (the library's defines),
-# "variants" (the exploratory variants of the harness, with the library's first CONFIG), or
-# "before" (the kernel file $BEFORE, e.g. an older fp8_quantize.cu that takes GROUPS_PER_WARP=8).
+# CONFIG: "GROUP_THREADS GROUP_BATCH MIN_CTAS_PER_SM UNIT_ORDER" (the library's defines, as the
+# plan renders them: "8 1 4 1" is the sm_90 default for 16-bit inputs, interleaved; "8 2 4 0" the
+# contiguous candidate; f32 "16 2 3 0" and "16 1 3 1"), "variants" (the exploratory variants of
+# the harness, with the library's first CONFIG), or "before" (the kernel file $BEFORE, e.g. an
+# older fp8_quantize.cu that takes GROUPS_PER_WARP=8).
 # IN_KINDS="2 1 0" (default) are the input types checked; only bf16 (2), float rule, is timed (first).
 set -uo pipefail
 out=${1:?outdir}; shift
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out/bin"
 first=""
-for c in "$@"; do [[ $c =~ ^[0-9] ]] && { first=$c; break; }; done
+for c in "$@"; do
+  case $c in
+    before|variants) ;;
+    *) [[ $c =~ ^[0-9]+\ [0-9]+\ [0-9]+\ [01]$ ]] \
+         || { echo "bad CONFIG '$c': want \"GROUP_THREADS GROUP_BATCH MIN_CTAS_PER_SM UNIT_ORDER\"" >&2; exit 2; }
+       [ -n "$first" ] || first=$c ;;
+  esac
+done
 defs_of() {  # config -> "defines|name" (defines without quotes)
   case $1 in
     before) echo "-DGROUPS_PER_WARP=8|before" ;;
-    variants) read -r gt gb mc <<< "$first"
-      echo "-DGROUP_THREADS=$gt -DGROUP_BATCH=$gb -DMIN_CTAS_PER_SM=$mc -DWITH_VARIANTS=1|variants" ;;
-    *) read -r gt gb mc <<< "$1"
-      echo "-DGROUP_THREADS=$gt -DGROUP_BATCH=$gb -DMIN_CTAS_PER_SM=$mc|t${gt}b${gb}m${mc}" ;;
+    variants) read -r gt gb mc uo <<< "$first"
+      echo "-DGROUP_THREADS=$gt -DGROUP_BATCH=$gb -DMIN_CTAS_PER_SM=$mc -DUNIT_ORDER=$uo -DWITH_VARIANTS=1|variants" ;;
+    *) read -r gt gb mc uo <<< "$1"
+      echo "-DGROUP_THREADS=$gt -DGROUP_BATCH=$gb -DMIN_CTAS_PER_SM=$mc -DUNIT_ORDER=$uo|t${gt}b${gb}m${mc}o${uo}" ;;
   esac
 }
 build() {  # config kind pow2

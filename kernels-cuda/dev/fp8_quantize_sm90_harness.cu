@@ -11,9 +11,9 @@
 // WITH_VARIANTS=1 (bf16 only) adds the exploratory variants of namespace var (load and store
 // flavours, division vs reciprocal, grids, CTA sizes) and an exhaustive check of the reciprocal
 // form of x / s over every (bf16 or f16 x, amax) pair. WITH_SWEEP=1 (bf16 only) adds instead the
-// 1x128 sweep of dev/fp8_quantize_1x128_sweep.cuh (set SWEEP_SET 1, 2 or 3; set 1 also times the
-// ceilings: copy kernels of the quantizer's byte count, a cudaMemcpy of its total bytes, empty
-// kernels), run by dev/fp8_quantize_1x128_sweep.sh.
+// 1x128 sweep of dev/fp8_quantize_1x128_sweep.cuh (set SWEEP_SET 1, 2, 3 or 4; sets 1 and 4 also
+// time the ceilings: copy kernels of the quantizer's byte count, a cudaMemcpy of its total bytes;
+// set 1 empty kernels too), run by dev/fp8_quantize_1x128_sweep.sh.
 //   harness [--check]     (--check: checks only)
 #include <cuda_runtime.h>
 
@@ -588,8 +588,16 @@ static const Variant kRow[] = {
     VS(8, 4, 1, 0, 1, 0, 512, 1), VS(8, 2, 1, 0, 1, 0, 256, 3), VS(8, 2, 1, 0, 1, 0, 256, 2),
     VS(8, 4, 0, 0, 1, 0, 256, 2), VS(8, 4, 1, 0, 1, 0, 128, 4), VS(16, 8, 1, 0, 1, 0, 256, 2),
     VS(8, 8, 2, 0, 1, 0, 256, 1),
+#elif WITH_SWEEP && SWEEP_SET == 4  // around set 1's winner o1t8b1l0c1v0x256m4 (the library's
+                                    // default since): loads, stores, CTAs per SM, CTA sizes, t16
+    VCOPY(0, 1, 256, 8), VCOPY(0, 4, 256, 2),
+    VS(8, 1, 1, 0, 1, 0, 256, 4), VS(8, 1, 1, 2, 1, 0, 256, 4), VS(8, 1, 1, 1, 1, 0, 256, 4),
+    VS(8, 1, 1, 0, 0, 0, 256, 4), VS(8, 1, 1, 2, 0, 0, 256, 4), VS(8, 1, 1, 0, 1, 0, 256, 3),
+    VS(8, 1, 1, 0, 1, 0, 256, 6), VS(8, 1, 1, 0, 1, 0, 256, 8), VS(8, 1, 1, 0, 1, 0, 128, 8),
+    VS(8, 1, 1, 0, 1, 0, 128, 12), VS(8, 1, 1, 0, 1, 0, 512, 2), VS(16, 1, 1, 0, 1, 0, 256, 4),
+    VS(16, 1, 1, 2, 1, 0, 256, 4), VS(8, 1, 1, 2, 1, 0, 256, 3),
 #elif WITH_SWEEP
-#error "SWEEP_SET must be 1, 2 or 3"
+#error "SWEEP_SET must be 1, 2, 3 or 4"
 #endif
 };
 
@@ -702,7 +710,7 @@ static void time_all(const Variant* vs, int nv, bool block, int rows, int cols, 
     }
     const char* what = block ? "128x128" : "1x128";
     float med, b2b;
-    if (WITH_VARIANTS || (WITH_SWEEP && SWEEP_SET == 1 && !block)) {
+    if (WITH_VARIANTS || (WITH_SWEEP && (SWEEP_SET == 1 || SWEEP_SET == 4) && !block)) {
         const size_t half_bytes = (size_t)(bytes / 2);
         for (auto& d : cdst) CK(cudaMalloc(&d, half_bytes));
         time_it([&](int i) { CK(cudaMemcpyAsync(cdst[i % sets], s[i % sets].x, half_bytes, cudaMemcpyDeviceToDevice)); },

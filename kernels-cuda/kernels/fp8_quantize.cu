@@ -11,11 +11,16 @@
 //                    unit: the 32 / GROUP_THREADS consecutive groups of one warp-wide step)
 //   MIN_CTAS_PER_SM  CTAs per SM the registers are capped for (__launch_bounds__);
 //                    fp8_quantize_1x128's grid is at most this many CTAs per SM
+//   UNIT_ORDER       the units each warp of fp8_quantize_1x128 takes (W warps in the grid, U
+//                    units): 0 = a balanced contiguous range [w U / W, (w + 1) U / W);
+//                    1 = interleaved, warp w takes units w, w + W, w + 2 W, ... (the grid reads
+//                    one window of about W units at a time, not W separate streams; the warps'
+//                    counts differ by at most one unit)
 //   TESSERA_SMEM_BYTES 0 (no dynamic shared memory); TESSERA_THREADS 256 (8 warps)
 //
-// Grids: fp8_quantize_1x128 is persistent: each warp takes a balanced contiguous range of units
-// and walks it batch after batch, the next batch's loads issued before the current batch is
-// reduced. fp8_quantize_128x128 is one CTA per 128x128 tile (x: column tiles, y: row tiles).
+// Grids: fp8_quantize_1x128 is persistent: each warp takes its units (UNIT_ORDER) and walks
+// them batch after batch, the next batch's loads issued before the current batch is reduced.
+// fp8_quantize_128x128 is one CTA per 128x128 tile (x: column tiles, y: row tiles).
 // (Other grids measured on the H200: kernels-cuda/dev/NOTES-fp8-quantize.md.)
 //
 // Vector path (columns a multiple of 8, x and q 16- and 8-byte aligned): a thread loads 8
@@ -55,6 +60,12 @@
 #endif
 #if MIN_CTAS_PER_SM < 1 || MIN_CTAS_PER_SM > 8
 #error "MIN_CTAS_PER_SM must be in 1..8"
+#endif
+#ifndef UNIT_ORDER
+#error "UNIT_ORDER is required (the units of fp8_quantize_1x128's warps: 0 = contiguous ranges, 1 = interleaved)"
+#endif
+#if UNIT_ORDER != 0 && UNIT_ORDER != 1
+#error "UNIT_ORDER must be 0 (contiguous) or 1 (interleaved)"
 #endif
 static_assert(TESSERA_SMEM_BYTES == 0, "the quantizers use no dynamic shared memory");
 static_assert(TESSERA_THREADS == 256, "the quantizers run 8 warps per CTA");
@@ -180,6 +191,12 @@ constexpr int UNIT_GROUPS = 32 / GROUP_THREADS;
 constexpr int GROUP_CHUNKS = 16 / GROUP_THREADS;
 constexpr int CHUNK_STRIDE = 8 * GROUP_THREADS;
 
+// A number of groups split into whole rows and the rest (< groups): what UNIT_ORDER 1 moves a
+// cursor by from one of a warp's units to its next (W units), without a division.
+struct UnitStep {
+    int rows, rest;
+};
+
 // (row, g) of the group of a thread's team in the current unit. One cursor walks the loads,
 // another the reductions and stores, so that a batch holds only the loaded inputs.
 struct RowCursor {
@@ -188,6 +205,12 @@ struct RowCursor {
     __device__ __forceinline__ void advance(int groups) {
         g += UNIT_GROUPS;
         while (g >= groups) g -= groups, ++row;
+    }
+    // Moves by `step` (UNIT_ORDER 1: to the warp's next unit).
+    __device__ __forceinline__ void advance_by(UnitStep step, int groups) {
+        row += step.rows;
+        g += step.rest;
+        if (g >= groups) g -= groups, ++row;
     }
 };
 
@@ -233,11 +256,126 @@ __device__ __forceinline__ void quantize_batch(const RowBatch& v, RowCursor& c, 
     }
 }
 
-// x, q: [rows, cols]; scales: [rows, ceil(cols / 128)]. Each warp takes a balanced contiguous
-// range of units (of UNIT_GROUPS consecutive groups in row-major order).
+#if UNIT_ORDER == 1
+// The scalar path's group grp: 4 columns per lane.
+__device__ __forceinline__ void quantize_group_scalar(const in_t* x, u8* q, float* scales, i64 grp, int groups,
+                                                      int cols, int lane) {
+    const i64 row = grp / groups;
+    const int g = (int)(grp - row * groups);
+    float v[4];
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = g * 128 + lane * 4 + i;
+        v[i] = c < cols ? load_in(x, row * cols + c) : 0.0f;
+        amax = fmaxf(amax, fabsf(v[i]));
+    }
+    amax = warp_max(amax);
+    const GroupScale s = group_scale(amax);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = g * 128 + lane * 4 + i;
+        if (c < cols) q[row * cols + c] = f32_to_e4m3(quotient(v[i], s));
+    }
+    if (lane == 0) scales[grp] = s.s;
+}
+
+// Interleaved order: the warp's j-th unit (j < count) is unit warp + j W. A cursor moves from one
+// to the next by `step`; the last unit of the matrix may end past its last row (c.row == rows).
+
+// The warp's units j0 .. j0 + GROUP_BATCH - 1: team `team`'s group of each, lane `sub`'s chunks
+// (zeros where nothing is loaded).
+__device__ __forceinline__ void load_strided_batch(RowBatch& v, RowCursor& c, i64 j0, i64 count, UnitStep step,
+                                                   const in_t* x, int rows, int groups, int cols, int sub) {
+#pragma unroll
+    for (int j = 0; j < GROUP_BATCH; ++j) {
+        const bool in = j0 + j < count && c.row < rows;
+        const int left = in ? cols - c.g * 128 - sub * 8 : 0;
+        const i64 at = c.row * cols + c.g * 128 + sub * 8;
+#pragma unroll
+        for (int k = 0; k < GROUP_CHUNKS; ++k)
+            v[j][k] = k * CHUNK_STRIDE < left ? load8(x, at + k * CHUNK_STRIDE) : zero8();
+        c.advance_by(step, groups);
+    }
+}
+
+// Reduces, scales and stores the batch load_strided_batch loaded for the warp's units j0 ...
+__device__ __forceinline__ void quantize_strided_batch(const RowBatch& v, RowCursor& c, i64 j0, i64 count,
+                                                       UnitStep step, u8* q, float* scales, int rows, int groups,
+                                                       int cols, int sub) {
+#pragma unroll
+    for (int j = 0; j < GROUP_BATCH; ++j) {
+        if (j0 + j >= count) break;  // the same for the whole warp
+        float amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < GROUP_CHUNKS; ++k) amax = fmaxf(amax, amax8(v[j][k]));
+#pragma unroll
+        for (int o = GROUP_THREADS / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const GroupScale g = group_scale(amax);
+        const bool in = c.row < rows;
+        const int left = in ? cols - c.g * 128 - sub * 8 : 0;
+        const i64 at = c.row * cols + c.g * 128 + sub * 8;
+#pragma unroll
+        for (int k = 0; k < GROUP_CHUNKS; ++k)
+            if (k * CHUNK_STRIDE < left) store8(q, at + k * CHUNK_STRIDE, v[j][k], g);
+        if (sub == 0 && in) scales[c.row * groups + c.g] = g.s;
+        c.advance_by(step, groups);
+    }
+}
+
+// Warp `warp` of `warps`: units warp, warp + W, warp + 2 W, ...
+__device__ __forceinline__ void quantize_interleaved(const in_t* x, u8* q, float* scales, int rows, int cols,
+                                                     i64 warp, i64 warps, int lane) {
+    const int groups = (cols + 127) / 128;
+    const i64 total = (i64)rows * groups;
+    const i64 units = (total + UNIT_GROUPS - 1) / UNIT_GROUPS;
+    const i64 count = units > warp ? (units - warp + warps - 1) / warps : 0;
+    if (count <= 0) return;
+    if (vector_path(x, q, cols)) {
+        const int team = lane / GROUP_THREADS, sub = lane % GROUP_THREADS;
+        const i64 ahead = warps * UNIT_GROUPS;
+        const UnitStep step{(int)(ahead / groups), (int)(ahead % groups)};
+        RowCursor lc;
+        const i64 first = warp * UNIT_GROUPS + team;
+        lc.row = first / groups;
+        lc.g = (int)(first - lc.row * groups);
+        RowCursor qc = lc;
+        // Two batches in registers: the next one's loads are in flight while this one is reduced.
+        RowBatch a, b;
+        load_strided_batch(a, lc, 0, count, step, x, rows, groups, cols, sub);
+        for (i64 j = 0;;) {
+            load_strided_batch(b, lc, j + GROUP_BATCH, count, step, x, rows, groups, cols, sub);
+            quantize_strided_batch(a, qc, j, count, step, q, scales, rows, groups, cols, sub);
+            j += GROUP_BATCH;
+            if (j >= count) break;
+            load_strided_batch(a, lc, j + GROUP_BATCH, count, step, x, rows, groups, cols, sub);
+            quantize_strided_batch(b, qc, j, count, step, q, scales, rows, groups, cols, sub);
+            j += GROUP_BATCH;
+            if (j >= count) break;
+        }
+        return;
+    }
+    // Scalar path: the groups of the warp's units one at a time.
+    for (i64 u = warp; u < units; u += warps) {
+        const i64 gend = min((u + 1) * UNIT_GROUPS, total);
+        for (i64 grp = u * UNIT_GROUPS; grp < gend; ++grp) quantize_group_scalar(x, q, scales, grp, groups, cols, lane);
+    }
+}
+#endif
+
+// x, q: [rows, cols]; scales: [rows, ceil(cols / 128)]. Each warp takes its units (of UNIT_GROUPS
+// consecutive groups in row-major order) in UNIT_ORDER.
 extern "C" __global__ void __launch_bounds__(TESSERA_THREADS, MIN_CTAS_PER_SM)
     fp8_quantize_1x128(const in_t* __restrict__ x, u8* __restrict__ q, float* __restrict__ scales, int rows,
                        int cols) {
+#if UNIT_ORDER == 1
+    const i64 warp = (i64)blockIdx.x * (TESSERA_THREADS / 32) + threadIdx.x / 32;
+    const i64 warps = (i64)gridDim.x * (TESSERA_THREADS / 32);
+    quantize_interleaved(x, q, scales, rows, cols, warp, warps, threadIdx.x % 32);
+#else
+    // UNIT_ORDER 0: warp w of W takes the balanced contiguous range [w U / W, (w + 1) U / W).
+    // (Written out here, not through quantize_group_scalar and a helper of its own: either moves
+    // ptxas's allocation of the vector path, 4 -> 16 bytes of spill for bf16 at 4 CTAs per SM.)
     const int groups = (cols + 127) / 128;
     const i64 total = (i64)rows * groups;
     const i64 units = (total + UNIT_GROUPS - 1) / UNIT_GROUPS;
@@ -290,6 +428,7 @@ extern "C" __global__ void __launch_bounds__(TESSERA_THREADS, MIN_CTAS_PER_SM)
         }
         if (lane == 0) scales[grp] = s.s;
     }
+#endif
 }
 
 // ---- 128x128 ----------------------------------------------------------------------------------

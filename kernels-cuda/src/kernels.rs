@@ -223,11 +223,9 @@ pub fn plannable_specs(arch: &ArchSpec) -> Vec<Box<dyn KernelSpec>> {
                 QuantizeGranularity::PerToken1x128,
                 QuantizeGranularity::Block128x128,
             ] {
-                v.push(Box::new(QuantizeVariant {
-                    input,
-                    pow2,
-                    granularity,
-                }));
+                for q in QuantizeVariant::candidates_of(input, pow2, granularity, arch) {
+                    v.push(Box::new(q));
+                }
             }
         }
     }
@@ -378,17 +376,19 @@ mod tests {
                     assert!(has(&c.with_varlen(true)), "{c:?} varlen on {arch}");
                 }
             }
-            let q = QuantizeShape {
-                op: Fp8Quantize {
-                    rows: 5,
-                    cols: 300,
-                    granularity: Fp8Granularity::Block128x128,
-                    scale_rule: ScaleRule::PowerOfTwo,
-                },
-                input: DType::F16,
-            };
-            for c in q.candidates(&arch).unwrap() {
-                assert!(has(&c));
+            for granularity in [Fp8Granularity::Block128x128, Fp8Granularity::PerToken1x128] {
+                let q = QuantizeShape {
+                    op: Fp8Quantize {
+                        rows: 5,
+                        cols: 300,
+                        granularity,
+                        scale_rule: ScaleRule::PowerOfTwo,
+                    },
+                    input: DType::F16,
+                };
+                for c in q.candidates(&arch).unwrap() {
+                    assert!(has(&c), "{c:?} on {arch}");
+                }
             }
             assert!(has(&MlaAppendVariant));
             assert!(has(&crate::plan::GpuSleepVariant));

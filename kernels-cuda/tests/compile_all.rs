@@ -13,7 +13,7 @@ use tessera_cuda::plan::{
     AttentionBackwardDq, AttentionBackwardKernel, AttentionBackwardPlan, AttentionBackwardTiles,
     AttentionBackwardVariant, AttentionKernel, AttentionVariant, GemmVariant, HalfType, KernelSpec,
     MlaAppendVariant, MlaCombineVariant, MlaDecodeVariant, MlaScheduleVariant, MmaSyncGemm,
-    QuantizeGranularity, QuantizeInput, QuantizeVariant,
+    QuantizeGranularity, QuantizeInput, QuantizeVariant, UnitOrder,
 };
 
 /// Whether NVRTC is there; prints `skipped:` (or panics under `TESSERA_REQUIRE_NVRTC=1`) if not.
@@ -141,6 +141,13 @@ fn one_variant_per_source() -> Vec<Box<dyn KernelSpec>> {
             input: QuantizeInput::F16,
             pow2: true,
             granularity: QuantizeGranularity::Block128x128,
+            unit_order: UnitOrder::Contiguous,
+        }),
+        Box::new(QuantizeVariant {
+            input: QuantizeInput::Bf16,
+            pow2: false,
+            granularity: QuantizeGranularity::PerToken1x128,
+            unit_order: UnitOrder::Interleaved,
         }),
     ]
 }
@@ -202,6 +209,7 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         input: QuantizeInput::F32,
         pow2: false,
         granularity: QuantizeGranularity::PerToken1x128,
+        unit_order: UnitOrder::Contiguous,
     };
     let smem = |s: &dyn KernelSpec| (s.smem_bytes() + 16).to_string();
     let mla_fp8_sm90 = MlaDecodeVariant::wgmma(
@@ -324,6 +332,10 @@ fn unsupported_constants_and_a_shared_memory_drift_fail_to_compile() {
         (
             set(&quantize, "MIN_CTAS_PER_SM", "9"),
             "MIN_CTAS_PER_SM must be in",
+        ),
+        (
+            set(&quantize, "UNIT_ORDER", "2"),
+            "UNIT_ORDER must be 0 (contiguous) or 1 (interleaved)",
         ),
         (
             set(&MlaCombineVariant::default(), "TESSERA_SMEM_BYTES", "16"),

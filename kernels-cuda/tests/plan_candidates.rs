@@ -496,6 +496,8 @@ fn every_quantizer_matches_the_reference_bit_for_bit() {
     // last group of 40 columns; whole groups). 1600 x 7168 (per token only): enough groups that
     // each warp of the persistent grid walks several batches (on the H200, 5 units of 4 groups
     // per warp for 16-bit inputs and 14 units of 2 for f32), through both of its batch buffers.
+    // Per token the candidates are both unit orders (contiguous ranges and interleaved, with
+    // their batch sizes): each is pinned and checked.
     let per_token = [Fp8Granularity::PerToken1x128];
     let both = [Fp8Granularity::PerToken1x128, Fp8Granularity::Block128x128];
     for (rows, cols, granularities) in [

@@ -8,7 +8,7 @@
 //! class.
 
 use super::{check_device_len, download, to_i32, upload};
-use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
+use crate::plan::tune::{scratch_buffer, time_each, ScratchRng, TUNE_ROTATE_BYTES};
 use crate::plan::{
     GemmVariant, KernelArgs, LaunchOptions, TensorMap2d, TmaDtype, TmaSwizzle, TuneOutcome,
     WgmmaGemm,
@@ -75,10 +75,6 @@ fn wgmma_tensor_maps(
     let map_d = TensorMap2d::tiled(d, TmaDtype::BF16, n, m, 2 * n, box_n, wg_rows, swizzle)?;
     Ok([map_a, map_b, map_d])
 }
-
-/// Bytes of operand sets the GEMM tuner rotates over (several times the H100/H200's 50-60 MB of
-/// L2), as `tessera bench` does.
-const TUNE_ROTATE_BYTES: usize = 200 << 20;
 
 /// A valid group layout for timing a grouped op: `groups` equal groups of rows (multiples of 128,
 /// the last taking the rest) for `Contiguous`, every group full for `Masked`; empty otherwise.

@@ -8,7 +8,7 @@
 //! | attention | the `mma.sync` kernel for (head_dim, dtype, block size) (fallback); on sm_90a with blocks of 128 also the Hopper kernel | the Hopper kernel where it is a candidate |
 //! | attention backward | the delta, dk/dv and dq kernels for (head_dim, dtype, block size) with 1 buffer of streamed tiles (fallback), then 2 where they fit; on sm_90a with blocks of 128 also the Hopper tile passes ([`ATTENTION_BACKWARD_SM90_STAGES`]), then the Hopper fused-dq plans (dq in the dk/dv pass, then its conversion), atomic and deterministic, per stage count that fits | unless the op asks for a deterministic backward, the fused atomic plan with [`attention_backward_fused_stages`] where it is a candidate; else the Hopper tile passes (dq in its own pass) with the most stages where they are candidates, else the most buffers (not tuned: the plan is always this pick) |
 //! | MLA decode | every `mma.sync` tiling whose shared memory fits, the smallest (16 rows, 32 keys, 2 stages) first; on sm_90a also the Hopper kernel for bf16 records of DeepSeek-V3's dims | the Hopper kernel for more than 16 rows `s_q * heads`; else the fewest rows per CTA that holds all rows, then the first that fits |
-//! | FP8 quantize | the one kernel for (input, rule, granularity) | it |
+//! | FP8 quantize | per token the kernel for (input, rule) in both unit orders, the default first: interleaved for 16-bit inputs on sm_90, else contiguous; 128x128 the one kernel for (input, rule) | the first |
 
 use super::attention::{
     AttentionKernel, AttentionShape, AttentionVariant, HalfType, ATTENTION_BLOCK_SIZES,
@@ -652,11 +652,14 @@ impl PlannedOp for MlaDecodeShape<'_> {
 
 // ---- FP8 quantize -----------------------------------------------------------------------------
 
-/// The quantizer candidates: the one kernel for the input type, rule and granularity.
+/// The quantizer candidates ([`QuantizeVariant::candidates`]): per token both unit orders, the
+/// one measured faster on the architecture first; 128x128 one kernel.
 pub fn quantize_candidates(shape: &QuantizeShape, arch: &ArchSpec) -> Result<Vec<QuantizeVariant>> {
-    let v = QuantizeVariant::for_op(&shape.op, shape.input)?;
-    v.valid_on(arch)?;
-    Ok(vec![v])
+    let candidates = QuantizeVariant::candidates(&shape.op, shape.input, arch)?;
+    for v in &candidates {
+        v.valid_on(arch)?;
+    }
+    Ok(candidates)
 }
 
 impl PlannedOp for QuantizeShape {
@@ -956,21 +959,30 @@ mod tests {
     }
 
     #[test]
-    fn quantize_has_one_candidate() {
-        let h = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
-        for input in [DType::F32, DType::F16, DType::BF16] {
-            let shape = QuantizeShape {
-                op: Fp8Quantize {
-                    rows: 3,
-                    cols: 130,
-                    granularity: Fp8Granularity::PerToken1x128,
-                    scale_rule: ScaleRule::Float,
-                },
-                input,
-            };
-            let c = quantize_candidates(&shape, &h).unwrap();
-            assert_eq!(c.len(), 1);
-            c[0].valid_on(&h).unwrap();
+    fn quantize_has_both_unit_orders_per_token_and_one_kernel_per_block() {
+        for h in archs() {
+            for input in [DType::F32, DType::F16, DType::BF16] {
+                for (granularity, count) in [
+                    (Fp8Granularity::PerToken1x128, 2),
+                    (Fp8Granularity::Block128x128, 1),
+                ] {
+                    let shape = QuantizeShape {
+                        op: Fp8Quantize {
+                            rows: 3,
+                            cols: 130,
+                            granularity,
+                            scale_rule: ScaleRule::Float,
+                        },
+                        input,
+                    };
+                    let c = quantize_candidates(&shape, &h).unwrap();
+                    assert_eq!(c.len(), count);
+                    assert_eq!(shape.heuristic(&c, &h), 0);
+                    for v in &c {
+                        v.valid_on(&h).unwrap();
+                    }
+                }
+            }
         }
     }
 }

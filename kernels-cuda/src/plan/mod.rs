@@ -71,7 +71,7 @@ pub use mla::{
     MlaDecodeVariant, MlaScheduleVariant,
 };
 pub use quantize::{
-    QuantizeGranularity, QuantizeInput, QuantizeLaunch, QuantizeShape, QuantizeVariant,
+    QuantizeGranularity, QuantizeInput, QuantizeLaunch, QuantizeShape, QuantizeVariant, UnitOrder,
 };
 pub use tensor_map::{TensorMap2d, TmaDtype, TmaSwizzle};
 pub use tune::TuneOutcome;

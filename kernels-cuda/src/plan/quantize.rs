@@ -22,12 +22,39 @@ pub struct QuantizeLaunch {
     /// CTAs per SM the kernel's registers are capped for (`MIN_CTAS_PER_SM`); the per-token
     /// kernel's persistent grid is at most this many CTAs per SM.
     pub min_ctas_per_sm: u32,
+    /// The units each warp of the per-token kernel takes (`UNIT_ORDER`).
+    pub unit_order: UnitOrder,
 }
 
 impl QuantizeLaunch {
     /// 1x128 groups per unit (one warp-wide step of the per-token kernel).
     pub fn unit_groups(&self) -> u32 {
         32 / self.group_threads
+    }
+}
+
+/// The order in which the warps of the per-token kernel (W warps in its persistent grid, U units
+/// of 32 / `group_threads` consecutive 1x128 groups, row-major) take the units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitOrder {
+    /// Warp w takes the balanced contiguous range `[w U / W, (w + 1) U / W)` (`UNIT_ORDER` 0).
+    Contiguous,
+    /// Warp w takes units w, w + W, w + 2 W, ...: the grid reads one window of about W units at
+    /// a time rather than W separate streams (`UNIT_ORDER` 1).
+    Interleaved,
+}
+
+impl UnitOrder {
+    /// Both orders.
+    pub const ALL: [UnitOrder; 2] = [UnitOrder::Contiguous, UnitOrder::Interleaved];
+
+    /// The kernel's `UNIT_ORDER`.
+    pub fn define(self) -> u32 {
+        match self {
+            UnitOrder::Contiguous => 0,
+            UnitOrder::Interleaved => 1,
+        }
     }
 }
 
@@ -74,7 +101,8 @@ impl From<Fp8Granularity> for QuantizeGranularity {
     }
 }
 
-/// A quantizer: input type, scale rule and granularity (two entry points of one compile unit).
+/// A quantizer: input type, scale rule, granularity (two entry points of one compile unit) and,
+/// per token, the order of the units ([`QuantizeVariant::launch`] derives the rest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct QuantizeVariant {
     /// Input element type.
@@ -83,30 +111,75 @@ pub struct QuantizeVariant {
     pub pow2: bool,
     /// Scale groups.
     pub granularity: QuantizeGranularity,
+    /// The per-token kernel's unit order ([`UnitOrder::Contiguous`] for 128x128, which has no
+    /// units).
+    pub unit_order: UnitOrder,
 }
 
 impl QuantizeVariant {
-    /// The variant for `op` on input of `dtype` (f32, f16 or bf16).
-    pub fn for_op(op: &Fp8Quantize, dtype: DType) -> Result<Self> {
+    /// The candidates for `op` on input of `dtype` (f32, f16 or bf16) on `arch`, the default
+    /// first: per token both unit orders, interleaved first for 16-bit inputs on sm_90 (the
+    /// measured winner there: 77.5% of the copy ceiling at 4096 x 7168 bf16 on the H200, against
+    /// 71.4% contiguous), contiguous first elsewhere (not measured); 128x128 one variant.
+    pub fn candidates(op: &Fp8Quantize, dtype: DType, arch: &ArchSpec) -> Result<Vec<Self>> {
         let input = QuantizeInput::of(dtype).ok_or_else(|| {
             Error::invalid("fp8_quantize", "x", "dtype f32, f16 or bf16", dtype.name())
         })?;
-        Ok(Self {
+        Ok(Self::candidates_of(
             input,
-            pow2: op.scale_rule == ScaleRule::PowerOfTwo,
-            granularity: op.granularity.into(),
-        })
+            op.scale_rule == ScaleRule::PowerOfTwo,
+            op.granularity.into(),
+            arch,
+        ))
     }
 
-    /// The kernel's layout and register cap. 16-bit inputs, per token: 8 threads per group, 2
-    /// units per batch, 4 CTAs per SM (71% of the copy ceiling at 4096 x 7168 bf16, against 62%
-    /// for the one-batch-per-warp grid it replaced); 128x128: 3 CTAs per SM (89% at 7168 x 7168,
+    /// [`QuantizeVariant::candidates`] by input type, rule and granularity.
+    pub fn candidates_of(
+        input: QuantizeInput,
+        pow2: bool,
+        granularity: QuantizeGranularity,
+        arch: &ArchSpec,
+    ) -> Vec<Self> {
+        let variant = |unit_order| Self {
+            input,
+            pow2,
+            granularity,
+            unit_order,
+        };
+        match granularity {
+            QuantizeGranularity::Block128x128 => vec![variant(UnitOrder::Contiguous)],
+            QuantizeGranularity::PerToken1x128 => {
+                let interleaved_first =
+                    arch.compute_capability == (9, 0) && input != QuantizeInput::F32;
+                let mut orders = UnitOrder::ALL;
+                if interleaved_first {
+                    orders.reverse();
+                }
+                orders.into_iter().map(variant).collect()
+            }
+        }
+    }
+
+    /// The default variant for `op` on input of `dtype` on `arch` (the first candidate).
+    pub fn for_op(op: &Fp8Quantize, dtype: DType, arch: &ArchSpec) -> Result<Self> {
+        Ok(Self::candidates(op, dtype, arch)?[0])
+    }
+
+    /// The kernel's layout and register cap (measured on the H200: see
+    /// kernels-cuda/dev/NOTES-fp8-quantize.md). 16-bit inputs, per token: 8 threads per group
+    /// and 4 CTAs per SM; interleaved, 1 unit per batch (77.5% of the 1 GiB copy ceiling at
+    /// 4096 x 7168 bf16; 2 units: 73.3%); contiguous, 2 units per batch (71.4%; 1 unit per batch
+    /// per warp without the persistent grid: 62%). 128x128: 3 CTAs per SM (89% at 7168 x 7168,
     /// against 79% at 4 and 82% at 2). f32 inputs (twice the registers per element, not timed):
     /// 16 threads per group and 3 CTAs per SM per token, 2 CTAs per SM per block, the largest
     /// that ptxas fits without spilling.
     pub fn launch(&self) -> QuantizeLaunch {
         let f32_input = self.input == QuantizeInput::F32;
-        let (group_threads, group_batch) = if f32_input { (16, 2) } else { (8, 2) };
+        let group_threads = if f32_input { 16 } else { 8 };
+        let group_batch = match self.unit_order {
+            UnitOrder::Contiguous => 2,
+            UnitOrder::Interleaved => 1,
+        };
         let min_ctas_per_sm = match (self.granularity, f32_input) {
             (QuantizeGranularity::PerToken1x128, false) => 4,
             (QuantizeGranularity::PerToken1x128, true) => 3,
@@ -117,13 +190,14 @@ impl QuantizeVariant {
             group_threads,
             group_batch,
             min_ctas_per_sm,
+            unit_order: self.unit_order,
         }
     }
 
     /// The launch grid for `op` on `arch`: per token, a persistent grid of at most
     /// [`QuantizeLaunch::min_ctas_per_sm`] CTAs per SM and no more CTAs than there are units for
-    /// their 8 warps (each warp a balanced range of units); 128x128, one CTA per block (x: column
-    /// blocks, y: row blocks).
+    /// their 8 warps (each warp takes its units in [`QuantizeLaunch::unit_order`]); 128x128, one
+    /// CTA per block (x: column blocks, y: row blocks).
     pub fn grid(&self, op: &Fp8Quantize, arch: &ArchSpec) -> Result<(u32, u32, u32)> {
         let (sr, sc) = op.scales_shape();
         let too_large = |what: usize| {
@@ -176,6 +250,7 @@ impl KernelSpec for QuantizeVariant {
             ("GROUP_THREADS", launch.group_threads.to_string()),
             ("GROUP_BATCH", launch.group_batch.to_string()),
             ("MIN_CTAS_PER_SM", launch.min_ctas_per_sm.to_string()),
+            ("UNIT_ORDER", launch.unit_order.define().to_string()),
         ]
     }
 
@@ -221,7 +296,7 @@ mod tests {
             scale_rule: ScaleRule::PowerOfTwo,
         };
         let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
-        let v = QuantizeVariant::for_op(&op, DType::BF16).unwrap();
+        let v = QuantizeVariant::for_op(&op, DType::BF16, &h200).unwrap();
         let d: Vec<(&str, String)> = v.kernel().defines;
         let d: Vec<(&str, &str)> = d.iter().map(|(a, b)| (*a, b.as_str())).collect();
         assert_eq!(
@@ -232,6 +307,7 @@ mod tests {
                 ("GROUP_THREADS", "8"),
                 ("GROUP_BATCH", "2"),
                 ("MIN_CTAS_PER_SM", "3"),
+                ("UNIT_ORDER", "0"),
                 ("TESSERA_SMEM_BYTES", "0"),
                 ("TESSERA_THREADS", "256"),
             ]
@@ -243,10 +319,11 @@ mod tests {
             scale_rule: ScaleRule::Float,
             ..op
         };
-        let r = QuantizeVariant::for_op(&row, DType::F32).unwrap();
+        let r = QuantizeVariant::for_op(&row, DType::F32, &h200).unwrap();
         assert_eq!(r.entry(), "fp8_quantize_1x128");
         assert_eq!(r.kernel().define_value("IN_KIND"), Some("0"));
         assert_eq!(r.kernel().define_value("GROUP_THREADS"), Some("16"));
+        assert_eq!(r.kernel().define_value("UNIT_ORDER"), Some("0"));
         // 600 groups in units of 2, 8 warps per CTA: fewer CTAs than the persistent grid.
         assert_eq!(
             r.grid(&row, &h200).unwrap(),
@@ -258,8 +335,18 @@ mod tests {
             cols: 7168,
             ..row
         };
-        let b = QuantizeVariant::for_op(&big, DType::BF16).unwrap();
+        let b = QuantizeVariant::for_op(&big, DType::BF16, &h200).unwrap();
         assert_eq!(b.grid(&big, &h200).unwrap(), (132 * 4, 1, 1));
+        // ... interleaved, 8 threads per group, 1 unit per batch (the H200's measured winner).
+        let d = b.kernel();
+        for (name, value) in [
+            ("GROUP_THREADS", "8"),
+            ("GROUP_BATCH", "1"),
+            ("MIN_CTAS_PER_SM", "4"),
+            ("UNIT_ORDER", "1"),
+        ] {
+            assert_eq!(d.define_value(name), Some(value), "{name}");
+        }
         // The two granularities are entry points of one source, each with its register cap.
         let block = QuantizeVariant {
             granularity: QuantizeGranularity::Block128x128,
@@ -267,6 +354,51 @@ mod tests {
         };
         assert_eq!(r.kernel().source, block.kernel().source);
         assert_ne!(r.entry(), block.entry());
-        assert!(QuantizeVariant::for_op(&op, DType::E4M3).is_err());
+        assert!(QuantizeVariant::for_op(&op, DType::E4M3, &h200).is_err());
+    }
+
+    #[test]
+    fn candidates_put_the_measured_order_first() {
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        let orders = |input, granularity, arch: &ArchSpec| -> Vec<UnitOrder> {
+            QuantizeVariant::candidates_of(input, false, granularity, arch)
+                .iter()
+                .map(|v| v.unit_order)
+                .collect()
+        };
+        use QuantizeGranularity::{Block128x128, PerToken1x128};
+        use UnitOrder::{Contiguous, Interleaved};
+        for input in [QuantizeInput::F16, QuantizeInput::Bf16] {
+            assert_eq!(
+                orders(input, PerToken1x128, &h200),
+                [Interleaved, Contiguous]
+            );
+            assert_eq!(
+                orders(input, PerToken1x128, &a100),
+                [Contiguous, Interleaved]
+            );
+        }
+        for arch in [&h200, &a100] {
+            assert_eq!(
+                orders(QuantizeInput::F32, PerToken1x128, arch),
+                [Contiguous, Interleaved]
+            );
+            for input in [QuantizeInput::F32, QuantizeInput::F16, QuantizeInput::Bf16] {
+                assert_eq!(orders(input, Block128x128, arch), [Contiguous]);
+            }
+        }
+        // The contiguous order keeps the layout measured before the interleaved one.
+        let contiguous = QuantizeVariant {
+            input: QuantizeInput::Bf16,
+            pow2: false,
+            granularity: PerToken1x128,
+            unit_order: Contiguous,
+        };
+        let l = contiguous.launch();
+        assert_eq!(
+            (l.group_threads, l.group_batch, l.min_ctas_per_sm),
+            (8, 2, 4)
+        );
     }
 }

@@ -14,6 +14,10 @@ use tessera_core::Result;
 /// Timed launches per candidate.
 pub const TUNE_REPS: usize = 5;
 
+/// Bytes of operand sets a tuner rotates over (several times the H100/H200's 50-60 MB of L2), as
+/// `tessera bench` does, so that a small shape is not timed out of L2.
+pub const TUNE_ROTATE_BYTES: usize = 200 << 20;
+
 /// What a tuning measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TuneOutcome {
