@@ -97,12 +97,21 @@ struct In8 {
     }
 };
 
-// The 8 inputs at element index i (16-byte aligned), streamed past L1.
+// The 8 inputs at element index i (16-byte aligned): streamed past L1 (ld.global.cs), or with
+// plain loads (PLAIN: the interleaved order's, 2-3 % faster there on the H200; see
+// dev/NOTES-fp8-quantize.md, set 4).
+template <bool PLAIN = false>
 __device__ __forceinline__ In8 load8(const in_t* p, i64 i) {
     In8 r;
 #pragma unroll
     for (int h = 0; h < In8::WORDS / 4; ++h) {
-        const uint4 a = __ldcs((const uint4*)(p + i) + h);
+        uint4 a;
+        if constexpr (PLAIN)
+            asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(a.x), "=r"(a.y), "=r"(a.z), "=r"(a.w)
+                         : "l"((const uint4*)(p + i) + h));
+        else
+            a = __ldcs((const uint4*)(p + i) + h);
         r.w[4 * h] = a.x;
         r.w[4 * h + 1] = a.y;
         r.w[4 * h + 2] = a.z;
@@ -294,7 +303,7 @@ __device__ __forceinline__ void load_strided_batch(RowBatch& v, RowCursor& c, i6
         const i64 at = c.row * cols + c.g * 128 + sub * 8;
 #pragma unroll
         for (int k = 0; k < GROUP_CHUNKS; ++k)
-            v[j][k] = k * CHUNK_STRIDE < left ? load8(x, at + k * CHUNK_STRIDE) : zero8();
+            v[j][k] = k * CHUNK_STRIDE < left ? load8<true>(x, at + k * CHUNK_STRIDE) : zero8();
         c.advance_by(step, groups);
     }
 }

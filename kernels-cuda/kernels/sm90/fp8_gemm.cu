@@ -8,10 +8,10 @@
 //     (`groups` holds the num_groups + 1 offsets, each but the last a multiple of 128, so no
 //     tile spans two groups);
 //   GROUPING 2 (masked): A [num_groups, m, k], sA [num_groups, m, ...], D [num_groups, m, n],
-//     `groups` holds the row counts: tiles past a group's count are skipped, and D's rows at or
-//     past it are not written (a warpgroup's rows all below the count go out by TMA store, the
-//     others are copied from the epilogue tile row by row, or stored from registers when
-//     EPI_SWIZZLE is 0).
+//     `groups` holds the row counts: only tiles below a group's count are scheduled, and D's
+//     rows at or past it are not written (a warpgroup's rows all below the count go out by TMA
+//     store, the others are copied from the epilogue tile row by row, or stored from registers
+//     when EPI_SWIZZLE is 0).
 //
 // Design (warp-specialized, persistent):
 //   - CTA = 1 producer warpgroup + MATH_WG math warpgroups (128 threads each). BLOCK_M x BLOCK_N
@@ -163,13 +163,15 @@ struct Tile {
     int b_row0;    // first row of B over all groups: group * n + n0
     int sb_row0;   // first row of sB over all groups: group * ceil(n/128) + n0 / 128
     int row_end;   // rows of D at or past this are not written (direct-store epilogue)
-    bool valid;    // false: a masked group's tile past its count (skipped by every role)
+    bool valid;    // false: a masked group's tile past its count (skipped by every role; the
+                   // scheduler enumerates none)
 };
 
 // The tile of cluster rank `rank` at linear cluster-tile index t; cluster tiles are CLUSTER_M
 // vertically adjacent tiles in a grouped order (GROUP_M M-blocks share the B columns they read);
 // a last CTA past m computes zeros that are never stored. With groups, the tile's group gives
-// its B rows: contiguous groups by their offsets, masked groups by the tile index (group-major).
+// its B rows: contiguous groups by their offsets, masked groups by the tile index (group-major,
+// only the tiles below each group's count).
 struct Scheduler {
     int m, n, tiles_mc, tiles_n, num_tiles, sb_rows;
     const int* groups;
@@ -183,22 +185,36 @@ struct Scheduler {
         tiles_mc = ((m + BLOCK_M - 1) / BLOCK_M + CLUSTER_M - 1) / CLUSTER_M;
         tiles_n = (n + BLOCK_N - 1) / BLOCK_N;
         sb_rows = (n + 127) / 128;
-        num_tiles = tiles_mc * tiles_n * (GROUPING == 2 ? num_groups : 1);
+        num_tiles = tiles_mc * tiles_n;
+        if constexpr (GROUPING == 2) {
+            num_tiles = 0;
+            for (int g = 0; g < num_groups; ++g) num_tiles += count_blocks(g) * tiles_n;
+        }
+    }
+
+    // Masked groups: the M-blocks of group g below its count (the count clamped to 0..m). Only
+    // those tiles are enumerated (group-major), so the persistent CTAs share the work evenly.
+    __device__ __forceinline__ int count_blocks(int g) const {
+        const int count = min(max(__ldg(&groups[g]), 0), m);
+        return (count + BLOCK_M - 1) / BLOCK_M;
     }
 
     __device__ __forceinline__ Tile at(int t, int rank) const {
         Tile r;
         int group = 0;
+        int group_mc = tiles_mc;  // cluster M-blocks of the tile's group
         if constexpr (GROUPING == 2) {
-            const int per_group = tiles_mc * tiles_n;
-            group = t / per_group;
-            t -= group * per_group;
+            group_mc = count_blocks(0);
+            while (t >= group_mc * tiles_n) {
+                t -= group_mc * tiles_n;
+                group_mc = count_blocks(++group);
+            }
         }
         constexpr int GROUP = GROUP_M / CLUSTER_M;
         const int per_raster = GROUP * tiles_n;
         const int raster = t / per_raster;
         const int first_m = raster * GROUP;
-        const int rows = min(tiles_mc - first_m, GROUP);
+        const int rows = min(group_mc - first_m, GROUP);
         const int in_raster = t - raster * per_raster;
         const int m_local = ((first_m + in_raster % rows) * CLUSTER_M + rank) * BLOCK_M;
         r.n0 = (in_raster / rows) * BLOCK_N;
@@ -208,8 +224,8 @@ struct Scheduler {
         if constexpr (GROUPING == 1) {
             while (group + 1 < num_groups && __ldg(&groups[group + 1]) <= m_local) ++group;
         } else if constexpr (GROUPING == 2) {
-            const int count = __ldg(&groups[group]);
-            r.valid = m_local < count;
+            const int count = min(max(__ldg(&groups[group]), 0), m);
+            r.valid = m_local < count;  // always, by the enumeration
             r.m0 = group * m + m_local;
             r.row_end = group * m + count;
         }
