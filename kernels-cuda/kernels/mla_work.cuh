@@ -142,3 +142,19 @@ __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, c
     w.ntiles = w.k_end > w.k_begin ? (w.k_end - w.k_begin + key_tile - 1) / key_tile : 0;
     return true;
 }
+
+// The byte offset in the cache of key j of request row bt_row of the block table (bt_row = the
+// request's first entry), or -1 when j is at or past k_end (nothing to read) or its page entry
+// is outside 0..num_pages (then bad_page is set to 1: the outputs become NaN; the page is never
+// read).
+__device__ __forceinline__ i64 mla_record_offset(const int* __restrict__ block_table, i64 bt_row, int j, int k_end,
+                                                 int page_size, int num_pages, int token_bytes, int& bad_page) {
+    if (j >= k_end) return -1;
+    const int p = j / page_size;
+    const int page = __ldg(block_table + bt_row + p);
+    if (page < 0 || page >= num_pages) {
+        bad_page = 1;
+        return -1;
+    }
+    return ((i64)page * page_size + (j - p * page_size)) * token_bytes;
+}

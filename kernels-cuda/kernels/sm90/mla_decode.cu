@@ -146,18 +146,10 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         const int key0 = t128 / 8, chunk = t128 % 8;
         auto lookup = [&](int t, i64 (&rec)[4]) {
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const int j = k_begin + t * MLA90_KEYS + 16 * k + key0;
-                rec[k] = -1;
-                if (t < ntiles && j < k_end) {
-                    const int p = j / page_size;
-                    const int page = __ldg(block_table + bt_row + p);
-                    if (page < 0 || page >= num_pages)
-                        bad_page = 1;
-                    else
-                        rec[k] = ((i64)page * page_size + (j - p * page_size)) * token_bytes;
-                }
-            }
+            for (int k = 0; k < 4; ++k)
+                rec[k] = t < ntiles ? mla_record_offset(block_table, bt_row, k_begin + t * MLA90_KEYS + 16 * k + key0,
+                                                        k_end, page_size, num_pages, token_bytes, bad_page)
+                                    : -1;
         };
         i64 rec_next[4];
         lookup(0, rec_next);

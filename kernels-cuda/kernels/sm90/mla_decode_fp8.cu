@@ -226,18 +226,10 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
         const int k0 = dtid / 8, chunk = dtid % 8;
         auto lookup = [&](int t, i64 (&rec)[2]) {
 #pragma unroll
-            for (int k = 0; k < 2; ++k) {
-                const int j = k_begin + t * M8_KEYS + 32 * k + k0;
-                rec[k] = -1;
-                if (t < ntiles && j < k_end) {
-                    const int p = j / page_size;
-                    const int page = __ldg(block_table + bt_row + p);
-                    if (page < 0 || page >= num_pages)
-                        bad_page = 1;
-                    else
-                        rec[k] = ((i64)page * page_size + (j - p * page_size)) * token_bytes;
-                }
-            }
+            for (int k = 0; k < 2; ++k)
+                rec[k] = t < ntiles ? mla_record_offset(block_table, bt_row, k_begin + t * M8_KEYS + 32 * k + k0, k_end,
+                                                        page_size, num_pages, token_bytes, bad_page)
+                                    : -1;
         };
         i64 rec_next[2];
         lookup(0, rec_next);
@@ -265,15 +257,10 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
         const int qr = (dtid % 32) / 8;       // quarter: latent chunks qr + 4m, rope chunks qr, qr + 4
         // The record of key `key` of tile t, or null (past the split's keys, or a bad page).
         auto record = [&](int t) -> const u8* {
-            const int j = k_begin + t * M8_KEYS + key;
-            if (t >= ntiles || j >= k_end) return nullptr;
-            const int p = j / page_size;
-            const int page = __ldg(block_table + bt_row + p);
-            if (page < 0 || page >= num_pages) {
-                bad_page = 1;
-                return nullptr;
-            }
-            return cache + ((i64)page * page_size + (j - p * page_size)) * token_bytes;
+            if (t >= ntiles) return nullptr;
+            const i64 off = mla_record_offset(block_table, bt_row, k_begin + t * M8_KEYS + key, k_end, page_size,
+                                              num_pages, token_bytes, bad_page);
+            return off < 0 ? nullptr : cache + off;
         };
         auto load = [&](int t, M8Raw& r) {
             const u8* rec = record(t);
