@@ -44,6 +44,15 @@ enum ScratchInput {
     BF16(CudaSlice<bf16>),
 }
 
+/// The plan key of quantizing `op` from input of `dtype` (after validating `op`).
+fn quantize_shape(op: &Fp8Quantize, dtype: DType) -> Result<QuantizeShape> {
+    op.validate()?;
+    Ok(QuantizeShape {
+        op: *op,
+        input: dtype,
+    })
+}
+
 impl CudaBackend {
     /// Quantizes `x` (`[rows, cols]`) into `values` (E4M3 bytes, `[rows, cols]`) and `scales`
     /// (f32, [`Fp8Quantize::scales_shape`]) on `stream`, without synchronizing. Shapes are
@@ -71,31 +80,19 @@ impl CudaBackend {
     /// The quantizer variant for `op` on input of `dtype` on this device: the plan of its shape
     /// class (the heuristic's pick, or the tuned winner: see [`crate::plan::PlanCache`]).
     pub fn fp8_quantize_plan(&self, op: &Fp8Quantize, dtype: DType) -> Result<QuantizeVariant> {
-        op.validate()?;
-        let shape = QuantizeShape {
-            op: *op,
-            input: dtype,
-        };
-        self.runtime
-            .plans
-            .plan(&shape, &mut |c: &[QuantizeVariant]| {
-                self.time_fp8_quantize(op, dtype, c)
-            })
+        self.runtime.plans.plan(
+            &quantize_shape(op, dtype)?,
+            &mut |c: &[QuantizeVariant]| self.time_fp8_quantize(op, dtype, c),
+        )
     }
 
     /// Times every quantizer candidate for `op` on input of `dtype` on scratch buffers and
     /// records the fastest as the plan of its shape class (see [`crate::plan::PlanCache::tune`]).
     pub fn tune_fp8_quantize(&self, op: &Fp8Quantize, dtype: DType) -> Result<TuneOutcome> {
-        op.validate()?;
-        let shape = QuantizeShape {
-            op: *op,
-            input: dtype,
-        };
-        self.runtime
-            .plans
-            .tune(&shape, &mut |c: &[QuantizeVariant]| {
-                self.time_fp8_quantize(op, dtype, c)
-            })
+        self.runtime.plans.tune(
+            &quantize_shape(op, dtype)?,
+            &mut |c: &[QuantizeVariant]| self.time_fp8_quantize(op, dtype, c),
+        )
     }
 
     /// Launches `variant` on buffers the caller has checked against `op` (`x` and `values`
