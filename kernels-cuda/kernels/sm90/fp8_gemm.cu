@@ -192,12 +192,12 @@ struct Scheduler {
         }
     }
 
-    // Masked groups: the M-blocks of group g below its count (the count clamped to 0..m). Only
-    // those tiles are enumerated (group-major), so the persistent CTAs share the work evenly.
-    __device__ __forceinline__ int count_blocks(int g) const {
-        const int count = min(max(__ldg(&groups[g]), 0), m);
-        return (count + BLOCK_M - 1) / BLOCK_M;
-    }
+    // Masked groups: group g's row count, clamped to 0..m.
+    __device__ __forceinline__ int group_count(int g) const { return min(max(__ldg(&groups[g]), 0), m); }
+
+    // Masked groups: the M-blocks of group g below its count. Only those tiles are enumerated
+    // (group-major), so the persistent CTAs share the work evenly.
+    __device__ __forceinline__ int count_blocks(int g) const { return (group_count(g) + BLOCK_M - 1) / BLOCK_M; }
 
     __device__ __forceinline__ Tile at(int t, int rank) const {
         Tile r;
@@ -224,7 +224,7 @@ struct Scheduler {
         if constexpr (GROUPING == 1) {
             while (group + 1 < num_groups && __ldg(&groups[group + 1]) <= m_local) ++group;
         } else if constexpr (GROUPING == 2) {
-            const int count = min(max(__ldg(&groups[group]), 0), m);
+            const int count = group_count(group);
             r.valid = m_local < count;  // always, by the enumeration
             r.m0 = group * m + m_local;
             r.row_end = group * m + count;
@@ -340,6 +340,12 @@ __device__ __forceinline__ void store_chunk(u16* __restrict__ d, int row, int co
     }
 }
 
+// The epilogue tile's swizzle: the 16-byte chunk index of a row with row % 8 = r8 is XORed with
+// this (EPI_SWIZZLE bytes per row of a column slab, as the TMA store's map reads them).
+__device__ __forceinline__ u32 epi_chunk_xor(u32 r8) {
+    return EPI_SWIZZLE == 128 ? r8 : (EPI_SWIZZLE == 64 ? (r8 / 2) % 4 : (r8 / 4) % 2);
+}
+
 // Writes this warpgroup's part of the tile (bf16).
 __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const Tile& tile, int wg, int m, int n,
                                          u16* __restrict__ d, const TmaDesc* tma_d) {
@@ -366,7 +372,7 @@ __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const
     if (t == 0) tma_store_wait_read<0>();  // the previous tile's stores have read the buffer
     named_barrier_sync(1 + wg, 128);
     const int r8 = lane / 4;  // row % 8 of both of this thread's rows
-    const u32 xor_chunk = EPI_SWIZZLE == 128 ? r8 : (EPI_SWIZZLE == 64 ? (r8 / 2) % 4 : (r8 / 4) % 2);
+    const u32 xor_chunk = epi_chunk_xor(r8);
 #pragma unroll
     for (int s = 0; s < SUB; ++s) {
         const int row = s * 64 + warp * 16 + r8;
@@ -401,10 +407,8 @@ __device__ __forceinline__ void epilogue(float (&out)[SUB][ACC], u8* smem, const
             const int row = idx / ROW_CHUNKS, c = idx % ROW_CHUNKS;
             const int slab = (8 * c) / SLAB_COLS;
             const u32 chunk = ((8 * c) % SLAB_COLS) / 8;
-            const u32 rr = row % 8;
-            const u32 x = EPI_SWIZZLE == 128 ? rr : (EPI_SWIZZLE == 64 ? (rr / 2) % 4 : (rr / 4) % 2);
             const uint4 v = *reinterpret_cast<const uint4*>(dbuf + slab * WG_ROWS * EPI_SWIZZLE + row * EPI_SWIZZLE +
-                                                            (chunk ^ x) * 16);
+                                                            (chunk ^ epi_chunk_xor(row % 8)) * 16);
             const int col = tile.n0 + 8 * c;
             u16* const dst = d + (i64)(wg_row0 + row) * n + col;
             if (col + 8 <= n && n % 8 == 0) {
