@@ -165,6 +165,17 @@ struct TileScalars {
     scale_log2: f32,
 }
 
+impl TileScalars {
+    /// The last parameters of every dk/dv and dq tile kernel: int tokens, int heads, float
+    /// scale, float scale_log2.
+    fn push_tail<'a>(&'a self, args: &mut KernelArgs<'a>) {
+        args.value(&self.tokens)
+            .value(&self.heads)
+            .value(&self.scale)
+            .value(&self.scale_log2);
+    }
+}
+
 /// The first parameters of every dk/dv kernel (two-pass and fused): q, k, v, d_o, lse, delta,
 /// dk, dv.
 fn key_value_args<'a>(
@@ -291,11 +302,8 @@ impl CudaBackend {
         let grid = plan.key_value.grid(op)?;
         let mut args = key_value_args(stream, b);
         args.buffer(mask.transposed_indptr())
-            .buffer(mask.transposed_indices())
-            .value(&tokens)
-            .value(&heads)
-            .value(&scale)
-            .value(&scale_log2);
+            .buffer(mask.transposed_indices());
+        scalars.push_tail(&mut args);
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dk, dv, const u32* t_indptr, t_indices, int tokens, int heads, float scale, float
         // scale_log2) in this order. The 16-bit tensors hold batch*tokens*heads*head_dim elements
@@ -315,12 +323,8 @@ impl CudaBackend {
         }
         args.buffer(&b.lse).buffer(&b.delta);
         add_half_mut(&mut args, &mut b.dq);
-        args.buffer(mask.indptr())
-            .buffer(mask.indices())
-            .value(&tokens)
-            .value(&heads)
-            .value(&scale)
-            .value(&scale_log2);
+        args.buffer(mask.indptr()).buffer(mask.indices());
+        scalars.push_tail(&mut args);
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dq, const u32* indptr, indices, int tokens, int heads, float scale, float
         // scale_log2) in this order, with the bounds checked as for step 2 and the mask
@@ -346,7 +350,7 @@ impl CudaBackend {
             tokens,
             heads,
             scale,
-            scale_log2,
+            ..
         } = scalars;
         let FusedDqWorkspace { dq_accum, dq_turns } = workspace;
 
@@ -357,11 +361,8 @@ impl CudaBackend {
             .buffer_mut(dq_turns)
             .buffer(mask.transposed_ranks())
             .buffer(mask.transposed_indptr())
-            .buffer(mask.transposed_indices())
-            .value(&tokens)
-            .value(&heads)
-            .value(&scale)
-            .value(&scale_log2);
+            .buffer(mask.transposed_indices());
+        scalars.push_tail(&mut args);
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dk, dv, float* dq_accum, u32* dq_turns, const u32* t_rank, t_indptr, t_indices,
         // int tokens, int heads, float scale, float scale_log2) in this order. The tensors are
