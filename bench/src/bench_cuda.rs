@@ -237,11 +237,11 @@ fn bench_quantize(backend: &CudaBackend, stream: &Arc<CudaStream>, case: &Quanti
                 .memcpy_dtod(&src, &mut copy_dst[i % sets])
                 .map_err(|e| format!("copy: {e}"))
         })?;
-        Ok(Record {
-            op: QUANTIZE_OP.into(),
-            shape: key.clone(),
-            implementation: IMPL.into(),
-            params: [
+        Ok(Record::timed(
+            QUANTIZE_OP,
+            key.clone(),
+            IMPL,
+            [
                 ("rows", json!(op.rows)),
                 ("cols", json!(op.cols)),
                 ("sets", json!(sets)),
@@ -250,11 +250,8 @@ fn bench_quantize(backend: &CudaBackend, stream: &Arc<CudaStream>, case: &Quanti
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record::failed(QUANTIZE_OP, key.clone(), IMPL, e))
 }
@@ -386,19 +383,16 @@ fn bench_gemm(
                 )
                 .map_err(|e| e.to_string())
         })?;
-        Ok(Record {
-            op: "fp8_gemm".into(),
-            shape: key.clone(),
-            implementation: IMPL.into(),
-            params: [("m", m), ("n", n), ("k", k), ("sets", sets)]
+        Ok(Record::timed(
+            "fp8_gemm",
+            key.clone(),
+            IMPL,
+            [("m", m), ("n", n), ("k", k), ("sets", sets)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect(),
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record::failed("fp8_gemm", key.clone(), IMPL, e))
 }
@@ -465,16 +459,13 @@ fn bench_grouped_gemm(
         })?;
         let mut params = case.params();
         params.insert("sets".into(), json!(sets));
-        Ok(Record {
-            op: GROUPED_GEMM_OP.into(),
-            shape: key.clone(),
-            implementation: IMPL.into(),
+        Ok(Record::timed(
+            GROUPED_GEMM_OP,
+            key.clone(),
+            IMPL,
             params,
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record {
         params: case.params(),
@@ -581,16 +572,13 @@ impl MlaBench {
             }
             let mut params = shape.params();
             params.insert("splits".into(), json!(plan.splits()));
-            Ok(Record {
-                op: "mla_decode".into(),
-                shape: key.clone(),
-                implementation: IMPL.into(),
+            Ok(Record::timed(
+                "mla_decode",
+                key.clone(),
+                IMPL,
                 params,
-                time_ms: Some(median),
-                min_ms: Some(min),
-                reps,
-                ..Default::default()
-            })
+                (median, min, reps),
+            ))
         };
         inner().unwrap_or_else(|e| Record::failed("mla_decode", key.clone(), IMPL, e))
     }
@@ -637,16 +625,13 @@ fn bench_attention(
                 )
                 .map_err(|e| e.to_string())
         })?;
-        Ok(Record {
-            op: "attention".into(),
-            shape: key.clone(),
-            implementation: name.into(),
-            params: work.params(case),
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+        Ok(Record::timed(
+            "attention",
+            key.clone(),
+            name,
+            work.params(case),
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
 }
@@ -719,16 +704,13 @@ fn bench_attention_backward(
                     .map_err(|e| e.to_string())
             });
             records.push(match timed {
-                Ok((median, min, reps)) => Record {
-                    op: ATTENTION_BACKWARD_OP.into(),
-                    shape: key.clone(),
-                    implementation: name.into(),
-                    params: work.params(case),
-                    time_ms: Some(median),
-                    min_ms: Some(min),
-                    reps,
-                    ..Default::default()
-                },
+                Ok(timing) => Record::timed(
+                    ATTENTION_BACKWARD_OP,
+                    key.clone(),
+                    name,
+                    work.params(case),
+                    timing,
+                ),
                 Err(e) => Record::failed(ATTENTION_BACKWARD_OP, key.clone(), name, e),
             });
         }

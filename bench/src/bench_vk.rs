@@ -301,20 +301,17 @@ fn bench_quantize(backend: &VulkanBackend, timer: &Timer, case: &QuantizeCase) -
             }
             .map_err(|e| e.to_string())
         })?;
-        Ok(Record {
-            op: QUANTIZE_OP.into(),
-            shape: key.clone(),
-            implementation: IMPL.into(),
-            params: params([
+        Ok(Record::timed(
+            QUANTIZE_OP,
+            key.clone(),
+            IMPL,
+            params([
                 ("rows", json!(op.rows)),
                 ("cols", json!(op.cols)),
                 ("dispatches_per_batch", json!(per_batch)),
             ]),
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record::failed(QUANTIZE_OP, key.clone(), IMPL, e))
 }
@@ -425,11 +422,11 @@ fn bench_gemm(
         {
             return Err("non-finite values in the timed output".into());
         }
-        Ok(Record {
-            op: "fp8_gemm".into(),
-            shape: key.clone(),
-            implementation: IMPL.into(),
-            params: params([
+        Ok(Record::timed(
+            "fp8_gemm",
+            key.clone(),
+            IMPL,
+            params([
                 ("m", json!(m)),
                 ("n", json!(n)),
                 ("k", json!(k)),
@@ -437,11 +434,8 @@ fn bench_gemm(
                 ("path", json!(path)),
                 ("dispatches_per_batch", json!(per_batch)),
             ]),
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record::failed("fp8_gemm", key.clone(), IMPL, e))
 }
@@ -525,11 +519,11 @@ impl MlaBench {
             {
                 return Err("non-finite lse in the timed output".into());
             }
-            Ok(Record {
-                op: "mla_decode".into(),
-                shape: key.clone(),
-                implementation: IMPL.into(),
-                params: {
+            Ok(Record::timed(
+                "mla_decode",
+                key.clone(),
+                IMPL,
+                {
                     let mut p = shape.params();
                     p.insert("workspace_bytes".into(), json!(ws_bytes));
                     p.insert("kernel".into(), json!(plan.kernel().name()));
@@ -537,11 +531,8 @@ impl MlaBench {
                     p.insert("dispatches_per_batch".into(), json!(per_batch));
                     p
                 },
-                time_ms: Some(median),
-                min_ms: Some(min),
-                reps,
-                ..Default::default()
-            })
+                (median, min, reps),
+            ))
         };
         inner().unwrap_or_else(|e| Record::failed("mla_decode", key.clone(), IMPL, e))
     }
@@ -609,20 +600,17 @@ fn bench_attention(
         {
             return Err("non-finite lse in the timed output".into());
         }
-        Ok(Record {
-            op: "attention".into(),
-            shape: key.clone(),
-            implementation: name.into(),
-            params: {
+        Ok(Record::timed(
+            "attention",
+            key.clone(),
+            name,
+            {
                 let mut p = work.params(case);
                 p.insert("dispatches_per_batch".into(), json!(per_batch));
                 p
             },
-            time_ms: Some(median),
-            min_ms: Some(min),
-            reps,
-            ..Default::default()
-        })
+            (median, min, reps),
+        ))
     };
     inner().unwrap_or_else(|e| Record::failed("attention", key, name, e))
 }

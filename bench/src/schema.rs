@@ -82,6 +82,27 @@ pub struct Record {
 }
 
 impl Record {
+    /// A timed measurement: `(median, min, reps)` as the executors' timers return them (ms, ms,
+    /// timed runs); the rates are filled in later.
+    pub fn timed(
+        op: &str,
+        shape: String,
+        implementation: &str,
+        params: BTreeMap<String, serde_json::Value>,
+        (median, min, reps): (f64, f64, usize),
+    ) -> Self {
+        Record {
+            op: op.into(),
+            shape,
+            implementation: implementation.into(),
+            params,
+            time_ms: Some(median),
+            min_ms: Some(min),
+            reps,
+            ..Default::default()
+        }
+    }
+
     /// A measurement that failed or was skipped: no time, `error` says why.
     pub fn failed(op: &str, shape: String, implementation: &str, error: String) -> Self {
         Record {
