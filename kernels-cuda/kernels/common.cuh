@@ -220,3 +220,22 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
+
+// ---- programmatic dependent launch (sm_90+; no-ops before) ----------------------------------
+//
+// A kernel the host launches with programmatic stream serialization (LaunchOptions::
+// programmatic_dependent_launch) may start before the previous grid on its stream has finished:
+// it must call pdl_wait_dependencies() before it reads anything that grid writes (the wait
+// returns once that grid has completed and its writes are visible; without such a launch it
+// returns at once). pdl_launch_dependents() lets the next such grid start its CTAs (each CTA of
+// this grid calls it, or exits) while this one runs.
+__device__ __forceinline__ void pdl_wait_dependencies() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}

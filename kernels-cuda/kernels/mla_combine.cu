@@ -45,27 +45,40 @@ __device__ __forceinline__ void mla_combine_row(const float* __restrict__ ws, co
         for (int sp = 0; sp < splits; ++sp) sum += expf(ws_lse[(i64)sp * rows + r] - mx);
         total = mx + logf(sum);
     }
+    // Columns c0 + 4 lane + 128 k (k = 0..3) of every 512, all four through one pass over the
+    // splits (unrolled), so that many loads are in flight (a request has up to 64 splits).
     u16* orow = o + ((i64)q_begin * heads + r) * latent;
-    for (int c = lane * 4; c < latent; c += 32 * 4) {
-        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (nan) {
-            a[0] = a[1] = a[2] = a[3] = TESSERA_NAN;
-        } else if (mx != TESSERA_NEG_INF) {
+    for (int c0 = 0; c0 < latent; c0 += 512) {
+        float a[4][4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) a[k][0] = a[k][1] = a[k][2] = a[k][3] = nan ? TESSERA_NAN : 0.0f;
+        if (!nan && mx != TESSERA_NEG_INF) {
+#pragma unroll 4
             for (int sp = 0; sp < splits; ++sp) {
                 const float ls = ws_lse[(i64)sp * rows + r];
                 if (ls == TESSERA_NEG_INF) continue;
                 const float w = expf(ls - total);
-                const float4 v = *reinterpret_cast<const float4*>(ws_o + ((i64)sp * rows + r) * latent + c);
-                a[0] += w * v.x;
-                a[1] += w * v.y;
-                a[2] += w * v.z;
-                a[3] += w * v.w;
+                const float* src = ws_o + ((i64)sp * rows + r) * latent + c0 + lane * 4;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    if (c0 + lane * 4 + k * 128 >= latent) break;
+                    const float4 v = *reinterpret_cast<const float4*>(src + k * 128);
+                    a[k][0] += w * v.x;
+                    a[k][1] += w * v.y;
+                    a[k][2] += w * v.z;
+                    a[k][3] += w * v.w;
+                }
             }
         }
-        uint2 out;
-        out.x = pack2<true>(a[0], a[1]);
-        out.y = pack2<true>(a[2], a[3]);
-        *reinterpret_cast<uint2*>(orow + c) = out;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int c = c0 + lane * 4 + k * 128;
+            if (c >= latent) break;
+            uint2 out;
+            out.x = pack2<true>(a[k][0], a[k][1]);
+            out.y = pack2<true>(a[k][2], a[k][3]);
+            *reinterpret_cast<uint2*>(orow + c) = out;
+        }
     }
     if (lane == 0) lse[mla_lse_index(b, r, q_begin, heads, s_q, total_q)] = total;
 }
@@ -85,6 +98,9 @@ extern "C" __global__ void __launch_bounds__(128) mla_combine(
     const float* __restrict__ ws, const int* __restrict__ cu_seqlens_q, const int* __restrict__ schedule,
     u16* __restrict__ o, float* __restrict__ lse, int batch, int s_q, int total_q, int heads, int latent,
     int ws_slots) {
+    // Launched programmatically after the decode (common.cuh): its partials and the schedule
+    // are complete and visible only after this wait.
+    pdl_wait_dependencies();
     const int rows = s_q * heads;
     const int row_quads = (rows + MLA_COMBINE_ROWS - 1) / MLA_COMBINE_ROWS;
     const MlaSchedule sch = mla_schedule_at(schedule, batch);

@@ -597,6 +597,7 @@ __device__ __forceinline__ void mla_decode_impl(
     }
 
     // ---- epilogue: total row sums, normalize, write ----
+    mla_decode_epilogue_begins();
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
         l_s[ri] += __shfl_xor_sync(0xffffffffu, l_s[ri], 1);

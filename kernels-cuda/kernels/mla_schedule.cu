@@ -121,20 +121,6 @@ __device__ __forceinline__ T mla_sched_reduce(T v, T* red) {
     return r;
 }
 
-// The units of pieces of tiles_per_split tiles: the sum of every request's splits (up to 64
-// each: a u64 sum).
-__device__ u64 mla_sched_units(const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q, int batch,
-                               int s_q, int total_q, int heads, int max_pages, int page_size, int key_tile,
-                               int rows_per_cta, int col_chunks, int tiles_per_split, u64* red) {
-    u64 units = 0;
-    for (int b = threadIdx.x; b < batch; b += MLA_SCHED_THREADS) {
-        const MlaSchedRequest r = mla_sched_request(seq_lens, cu_seqlens_q, b, s_q, total_q, heads, max_pages,
-                                                    page_size, key_tile, rows_per_cta, col_chunks);
-        units += (u64)mla_sched_splits(r, tiles_per_split);
-    }
-    return mla_sched_reduce<u64, false>(units, red);
-}
-
 // Exclusive prefix sums over the CTA's threads (in thread order) of three counts, and their totals.
 __device__ __forceinline__ void mla_sched_scan3(int3 v, int3& before, int3& total, int3* warp_sums) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -178,13 +164,20 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
     __shared__ int3 scan[MLA_SCHED_WARPS];
     __shared__ int bin_next[SCHEDULE_BINS];
     __shared__ int warp_bin[MLA_SCHED_WARPS][SCHEDULE_BINS];
+    // The decode (launched programmatically, common.cuh) may start its CTAs now: each waits in
+    // mla_cta_work for this grid to complete before reading the schedule.
+    pdl_launch_dependents();
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const MlaSchedule sch = mla_schedule_at(schedule, batch);
     max_units = max(max_units, batch);
-    auto request = [&](int b) {
+    // Request b as the schedule weighs it. Each pass below visits b = tid, tid + 512, ..: the
+    // first (every request when batch <= 512) is read once, here, and kept in registers.
+    auto read_request = [&](int b) {
         return mla_sched_request(seq_lens, cu_seqlens_q, b, s_q, total_q, heads, max_pages, page_size, key_tile,
                                  rows_per_cta, col_chunks);
     };
+    const MlaSchedRequest mine = tid < batch ? read_request(tid) : MlaSchedRequest{0, 0};
+    auto request = [&](int b) { return b == tid ? mine : read_request(b); };
 
     // 1. The longest request with queries, and the work.
     int t_max = 0;
@@ -202,9 +195,13 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
         // 2. The longest request's splits (every thread computes the same).
         int s = mla_fill_waves_splits(work, (u64)t_max, cap, slots);
         // 4. Within the units: the largest s' <= s whose units fit (units grow with s').
+        // The units of pieces of ceil(t_max / s) tiles: the sum of every request's splits (up to
+        // 64 each: a u64 sum).
         auto units = [&](int s) {
-            return mla_sched_units(seq_lens, cu_seqlens_q, batch, s_q, total_q, heads, max_pages, page_size,
-                                   key_tile, rows_per_cta, col_chunks, (t_max + s - 1) / s, red64);
+            const int piece = (t_max + s - 1) / s;
+            u64 n = 0;
+            for (int b = tid; b < batch; b += MLA_SCHED_THREADS) n += (u64)mla_sched_splits(request(b), piece);
+            return mla_sched_reduce<u64, false>(n, red64);
         };
         if (s > 1 && units(s) > (u64)max_units) {
             int fits = 1, over = s;  // units(1) = batch <= max_units
@@ -259,12 +256,33 @@ extern "C" __global__ void __launch_bounds__(MLA_SCHED_THREADS) mla_schedule(
         atomicAdd(&bin_next[last_bin(b, splits)], 1);  // integer counts: order-independent
     }
     __syncthreads();
-    if (tid == 0) {
-        int at = leads;
-        for (int k = SCHEDULE_BINS - 1; k >= 0; --k) {
-            const int n = bin_next[k];
-            bin_next[k] = at;
-            at += n;
+    if (warp == 0) {
+        // Each bin's first position, bins in decreasing order after the leads: lane l takes
+        // positions l * PER .. of that order (bin SCHEDULE_BINS - 1 - position), an exclusive
+        // scan over the lanes.
+        constexpr int PER = (SCHEDULE_BINS + 31) / 32;
+        int mine_n = 0;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int pos = lane * PER + i;
+            if (pos < SCHEDULE_BINS) mine_n += bin_next[SCHEDULE_BINS - 1 - pos];
+        }
+        int inc = mine_n;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int x = __shfl_up_sync(0xffffffffu, inc, o);
+            if (lane >= o) inc += x;
+        }
+        int at = leads + inc - mine_n;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int pos = lane * PER + i;
+            if (pos < SCHEDULE_BINS) {
+                const int k = SCHEDULE_BINS - 1 - pos;
+                const int n = bin_next[k];
+                bin_next[k] = at;
+                at += n;
+            }
         }
     }
     __syncthreads();

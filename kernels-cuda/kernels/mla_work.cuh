@@ -103,10 +103,15 @@ struct MlaCtaWork {
 // rows (past the request's, VARLEN only); it leaves at once, before any barrier. The keys of the
 // split are those the CTA's last row sees (causal over the s_q positions: query i sees keys
 // j < len - (n_q - 1 - i)), cut into pieces of the schedule's key tiles per split.
+// Every CTA of a decode kernel calls it first: with a schedule the host launches the decode
+// programmatically after mla_schedule.cu (common.cuh), so the CTA waits here for the schedule
+// to be written. (The decode kernels let the combine's CTAs start at their epilogue:
+// mla_decode_epilogue_begins.)
 __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens_q,
                                              const int* __restrict__ schedule, int unit, int r0, int rows_per_cta,
                                              int key_tile, int batch, int s_q, int total_q, int heads, int max_pages,
                                              int page_size, int ws_slots, MlaCtaWork& w) {
+    pdl_wait_dependencies();
     i64 keys_per_split = 0;
     if (ws_slots > 0) {
         const MlaSchedule sch = mla_schedule_at(schedule, batch);
@@ -142,6 +147,12 @@ __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, c
     w.ntiles = w.k_end > w.k_begin ? (w.k_end - w.k_begin + key_tile - 1) / key_tile : 0;
     return true;
 }
+
+// A decode CTA's main loop is done: the combine (launched programmatically after the decode)
+// may start its CTAs once every decode CTA got here or exited, and they wait for the whole
+// decode before reading its partials. (A trigger at the CTA's start measured the same within
+// the noise at h_q 16, 2026-11-30; here the combine's CTAs do not sit beside the decode's.)
+__device__ __forceinline__ void mla_decode_epilogue_begins() { pdl_launch_dependents(); }
 
 // The byte offset in the cache of key j of request row bt_row of the block table (bt_row = the
 // request's first entry), or -1 when j is at or past k_end (nothing to read) or its page entry

@@ -9,7 +9,7 @@
 //     optional cluster multicast, 2D stores from shared memory with bulk-group completion;
 //   - wgmma: shared-memory matrix descriptors, fence / commit / wait, operand register fences
 //     (the generated wrappers for every N are in sm90/wgmma.cuh);
-//   - setmaxnreg, stmatrix, cluster rank / barrier, programmatic dependent launch;
+//   - setmaxnreg, stmatrix, cluster rank / barrier (programmatic dependent launch: common.cuh);
 //   - global f32 reductions (red.global.add.v2.f32) and gpu-scope acquire / release flags.
 // Prepended after common.cuh; usable only when compiling for sm_90a.
 
@@ -202,7 +202,7 @@ __device__ __forceinline__ void reg_fence_all(float (&r)[N]) {
     for (int i = 0; i < N; ++i) reg_fence(r[i]);
 }
 
-// ---- registers, stmatrix, cluster, PDL -------------------------------------------------------
+// ---- registers, stmatrix, cluster -----------------------------------------------------------
 
 // Gives back registers (a producer warpgroup that only issues copies) / takes more (math
 // warpgroups). Takes effect only with a register cap at entry (__launch_bounds__(T, 1)).
@@ -269,11 +269,6 @@ __device__ __forceinline__ void named_barrier_sync(u32 id, u32 threads) {
 __device__ __forceinline__ void named_barrier_arrive(u32 id, u32 threads) {
     asm volatile("barrier.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
-
-// Programmatic dependent launch: wait for the grids this one depends on to have completed (or
-// triggered), and let the next grid on the stream start its prologue.
-__device__ __forceinline__ void pdl_wait_dependencies() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
 // ---- global reductions and flags -------------------------------------------------------------
 

@@ -299,6 +299,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     }
 
     // ---- epilogue: total row sums (both WGs' keys), normalize, write ----
+    mla_decode_epilogue_begins();
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
         l_run[ri] += __shfl_xor_sync(0xffffffffu, l_run[ri], 1);

@@ -465,6 +465,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     }
 
     // ---- epilogue: column sums over the warps, normalize, stage O (rows x latent), write ----
+    mla_decode_epilogue_begins();
 #pragma unroll
     for (int ci = 0; ci < NC; ++ci) {
         l_run[ci] += __shfl_xor_sync(0xffffffffu, l_run[ci], 4);

@@ -916,6 +916,12 @@ impl CudaBackend {
         let col_chunks = plan.col_chunks as i32;
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let variant = plan.variant;
+        // With a schedule, the decode and the combine are launched programmatically (sm_90+):
+        // each starts its CTAs while the grid before it finishes, and waits for that grid's
+        // output in the kernel (mla_cta_work, mla_combine: griddepcontrol.wait).
+        let after_previous = LaunchOptions {
+            programmatic_dependent_launch: self.runtime.arch.programmatic_launch,
+        };
 
         // The workspace: the splits' partial results, then the schedule (i32).
         let (mut partials, mut rest) = bufs.workspace.split_at_mut(if plan.scheduled() {
@@ -1009,7 +1015,8 @@ impl CudaBackend {
         // the lengths against the plan's op: q, o, lse, block_table, seq_lens (and cu_seqlens_q,
         // batch + 1, for a varlen plan: a uniform plan's kernel never reads it) match it, the
         // cache holds num_pages whole pages; with ws_slots > 0 the schedule was written just
-        // before on this stream and the partials hold ws_slots x s_q x heads x (latent + 1)
+        // before on this stream (a programmatic launch: every CTA reads it only after
+        // griddepcontrol.wait, first thing in mla_cta_work) and the partials hold ws_slots x s_q x heads x (latent + 1)
         // floats, of which each split writes its slot (a request's slots are its first slot +
         // split, within ws_slots: mla_kv_ws_slots); with ws_slots 0 neither is read (the schedule
         // argument is a stand-in, every request one split writing o and lse). Pointers are
@@ -1018,7 +1025,12 @@ impl CudaBackend {
         // fits the op's layout: checked when the plan was made). The kernel reads block-table
         // entries only below each checked length, never dereferences a page outside
         // 0..num_pages, and (varlen) touches only query tokens of offsets within 0..=total_q.
-        unsafe { self.launch_kernel(&variant, (ctas, 1, 1), args, LaunchOptions::default())? };
+        let decode_options = if plan.scheduled() {
+            after_previous
+        } else {
+            LaunchOptions::default()
+        };
+        unsafe { self.launch_kernel(&variant, (ctas, 1, 1), args, decode_options)? };
 
         if plan.scheduled() {
             let combine = MlaCombineVariant {
@@ -1043,12 +1055,13 @@ impl CudaBackend {
             // SAFETY: the parameters are (const float*, const int*, const int*, u16*, float*,
             // int x 6) in this order; the partials hold ws_slots x rows x latent partial outputs
             // then ws_slots x rows partial lse (rows = s_q * heads; length checked by the
-            // callers, written by the decode launch before on the same stream), the schedule its
+            // callers, written by the decode launch before on the same stream, read only after
+            // the kernel's griddepcontrol.wait, its first statement), the schedule its
             // requests of several splits (at most min(batch, max_units - batch)) and their slots.
             // The CTAs stride over the (split request, 4 rows) items, a warp writing its row of o
             // and its lse entry only (varlen: rows of the request's own queries, offsets within
             // 0..=total_q).
-            unsafe { self.launch_kernel(&combine, (ctas, 1, 1), args, LaunchOptions::default())? };
+            unsafe { self.launch_kernel(&combine, (ctas, 1, 1), args, after_previous)? };
         }
         Ok(())
     }
