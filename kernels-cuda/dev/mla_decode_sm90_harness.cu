@@ -34,7 +34,7 @@
 #if HK == 0
 #include "../kernels/sm90/mla_decode.cu"
 static const int H_ROWS = 64, H_KEYS = 64, H_THREADS = MLA90_THREADS;
-static const char* H_NAME = MLA90_SEESAW ? "sm90-bf16-seesaw" : "sm90-bf16";
+static const char* H_NAME = "sm90-bf16";
 #elif HK == 1
 #include "../kernels/sm90/mla_decode_fp8.cu"
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
