@@ -104,11 +104,31 @@ fn every_gemm_candidate_matches_the_reference() {
 }
 
 /// Grouped GEMMs (mixture of experts): every candidate for contiguous and masked groups, with
-/// empty, full and partial groups; the rows a masked group leaves out must stay NaN.
+/// empty, full and partial groups, and many groups (the kernel looks a tile's group up: a binary
+/// search over contiguous offsets, a scan over masked counts); the rows a masked group leaves out
+/// must stay NaN.
 #[test]
 fn every_grouped_gemm_candidate_matches_the_reference() {
     let Some(be) = backend() else { return };
-    let cases: [(Fp8Gemm, Vec<i32>); 3] = [
+    // 37 contiguous groups over 4500 rows (offsets: multiples of 128, some equal: empty
+    // groups) and 33 masked groups of up to 96 rows (counts 0..=96).
+    let mut layout_rng = Rng::new(299);
+    let mut offsets: Vec<i32> = (0..36)
+        .map(|_| (layout_rng.next() % 36) as i32 * 128)
+        .collect();
+    offsets.push(0);
+    offsets.sort_unstable();
+    offsets.push(4500);
+    let counts: Vec<i32> = (0..33).map(|_| (layout_rng.next() % 97) as i32).collect();
+    let cases: [(Fp8Gemm, Vec<i32>); 5] = [
+        (
+            Fp8Gemm::grouped(4500, 136, 256, GemmGrouping::Contiguous { groups: 37 }),
+            offsets,
+        ),
+        (
+            Fp8Gemm::grouped(96, 264, 128, GemmGrouping::Masked { groups: 33 }),
+            counts,
+        ),
         (
             Fp8Gemm::grouped(484, 264, 400, GemmGrouping::Contiguous { groups: 4 }),
             vec![0, 128, 128, 384, 484],

@@ -222,7 +222,16 @@ struct Scheduler {
         r.row_end = m;
         r.valid = true;
         if constexpr (GROUPING == 1) {
-            while (group + 1 < num_groups && __ldg(&groups[group + 1]) <= m_local) ++group;
+            // The last group whose first row is at or before the tile's (offsets ascending; an
+            // empty group shares its offset with the next): a binary search.
+            int hi = num_groups - 1;
+            while (group < hi) {
+                const int mid = (group + hi + 1) / 2;
+                if (__ldg(&groups[mid]) <= m_local)
+                    group = mid;
+                else
+                    hi = mid - 1;
+            }
         } else if constexpr (GROUPING == 2) {
             const int count = group_count(group);
             r.valid = m_local < count;  // always, by the enumeration
