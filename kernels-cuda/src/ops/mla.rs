@@ -1016,10 +1016,11 @@ impl CudaBackend {
         // batch + 1, for a varlen plan: a uniform plan's kernel never reads it) match it, the
         // cache holds num_pages whole pages; with ws_slots > 0 the schedule was written just
         // before on this stream (a programmatic launch: every CTA reads it only after
-        // griddepcontrol.wait, first thing in mla_cta_work) and the partials hold ws_slots x s_q x heads x (latent + 1)
-        // floats, of which each split writes its slot (a request's slots are its first slot +
-        // split, within ws_slots: mla_kv_ws_slots); with ws_slots 0 neither is read (the schedule
-        // argument is a stand-in, every request one split writing o and lse). Pointers are
+        // griddepcontrol.wait, first thing in mla_cta_work) and the partials hold
+        // ws_slots x s_q x heads x (latent + 1) floats, of which each split writes its slot (a
+        // request's slots are its first slot + split, within ws_slots: mla_kv_ws_slots); with
+        // ws_slots 0 neither is read (the schedule argument is a stand-in, every request one
+        // split writing o and lse). Pointers are
         // 16-byte aligned. The grid is the plan's max_units x col_chunks x row_groups CTAs (CTAs
         // past the schedule's units exit), with the variant's dynamic shared memory (the variant
         // fits the op's layout: checked when the plan was made). The kernel reads block-table
