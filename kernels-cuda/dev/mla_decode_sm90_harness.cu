@@ -29,6 +29,7 @@
 #include "../kernels/mla_work.cuh"
 #if HK == 0 || HK == 1
 #include "../kernels/sm90/hopper.cuh"
+#include "../kernels/sm90/mla_tiles.cuh"
 #include "../kernels/sm90/wgmma.cuh"
 #endif
 #if HK == 0

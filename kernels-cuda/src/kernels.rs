@@ -96,6 +96,13 @@ pub const MLA_WORK: KernelHeader = KernelHeader {
     code: include_str!("../kernels/mla_work.cuh"),
 };
 
+/// `sm90/mla_tiles.cuh`: copying bf16 cache records into the Hopper decode kernels' swizzled key
+/// tiles (cp.async), shared by both of them.
+pub const MLA_TILES_SM90: KernelHeader = KernelHeader {
+    file: "sm90/mla_tiles.cuh",
+    code: include_str!("../kernels/sm90/mla_tiles.cuh"),
+};
+
 /// `mla_decode.cu`: absorbed paged decode (split-KV), one CTA tiling per compile.
 pub const MLA_DECODE: KernelSource =
     KernelSource::new("mla_decode.cu", include_str!("../kernels/mla_decode.cu"))
@@ -107,7 +114,7 @@ pub const MLA_DECODE_SM90: KernelSource = KernelSource::new(
     "sm90/mla_decode.cu",
     include_str!("../kernels/sm90/mla_decode.cu"),
 )
-.with_headers(&[MLA_WORK, HOPPER, WGMMA]);
+.with_headers(&[MLA_WORK, HOPPER, MLA_TILES_SM90, WGMMA]);
 
 /// `sm90/mla_decode_fp8.cu`: the transposed absorbed paged decode on wgmma (sm_90a, DeepSeek-V3's
 /// dims, 16 or 32 query rows per CTA) into bf16 key tiles: dequantized from the FP8 cache
@@ -116,7 +123,7 @@ pub const MLA_DECODE_SM90_FP8: KernelSource = KernelSource::new(
     "sm90/mla_decode_fp8.cu",
     include_str!("../kernels/sm90/mla_decode_fp8.cu"),
 )
-.with_headers(&[MLA_WORK, HOPPER, WGMMA]);
+.with_headers(&[MLA_WORK, HOPPER, MLA_TILES_SM90, WGMMA]);
 
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =

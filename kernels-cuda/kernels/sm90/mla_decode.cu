@@ -1,6 +1,7 @@
 // MLA absorbed decode over the paged latent cache for sm_90a: wgmma, a cp.async + mbarrier
 // pipeline filled by a producer warpgroup, two math warpgroups. Prepended: common.cuh,
-// mla_work.cuh (the CTA's queries and keys), sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16).
+// mla_work.cuh (the CTA's queries and keys), sm90/hopper.cuh, sm90/mla_tiles.cuh (the record
+// copies), sm90/wgmma.cuh (WgmmaBf16).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
 //   FMT         0 = bf16 cache records [latent bf16 | rope bf16] (the only format of this kernel)
@@ -165,12 +166,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             // math warpgroups start on the first block while the others are in flight.
 #pragma unroll 1
             for (int cb = 0; cb < MLA90_BLOCKS; ++cb) {
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const bool valid = rec[k] >= 0;
-                    cp_async_16(stage + cb * MlaSm90Smem::BLOCK_BYTES + swizzle128(16 * k + key0, chunk),
-                                valid ? cache + rec[k] + (cb * 8 + chunk) * 16 : cache, valid);
-                }
+                mla_copy_record_chunks(stage + cb * MlaSm90Smem::BLOCK_BYTES, cache, rec, cb, key0, 16, chunk);
                 cp_async_mbar_arrive(&full[s * MLA90_BLOCKS + cb]);
             }
         }

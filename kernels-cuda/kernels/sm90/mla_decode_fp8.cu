@@ -1,7 +1,7 @@
 // MLA absorbed decode over the paged latent cache (FP8, or bf16: "transposed bf16") for sm_90a,
 // for few query rows per request (h_q * s_q <= 32 per CTA: the memory-bound decode of
 // tensor-parallel shards). Prepended: common.cuh, mla_work.cuh (the CTA's queries and keys),
-// sm90/hopper.cuh, sm90/wgmma.cuh.
+// sm90/hopper.cuh, sm90/mla_tiles.cuh (FMT 0's record copies), sm90/wgmma.cuh.
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
 //   FMT         1 = FP8 records [latent e4m3 | latent/128 f32 scales | rope bf16] (656 bytes);
@@ -242,12 +242,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             // Column block by column block, each completing on its own barrier.
 #pragma unroll 1
             for (int cb = 0; cb < M8_BLOCKS; ++cb) {
-#pragma unroll
-                for (int k = 0; k < 2; ++k) {
-                    const bool valid = rec[k] >= 0;
-                    cp_async_16(tile + cb * MlaSm90Fp8Smem::KEY_BLOCK + swizzle128(32 * k + k0, chunk),
-                                valid ? cache + rec[k] + (cb * 8 + chunk) * 16 : cache, valid);
-                }
+                mla_copy_record_chunks(tile + cb * MlaSm90Fp8Smem::KEY_BLOCK, cache, rec, cb, k0, 32, chunk);
                 cp_async_mbar_arrive(&full[s * M8_BLOCKS + cb]);
             }
         }
