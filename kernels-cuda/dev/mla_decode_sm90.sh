@@ -2,7 +2,8 @@
 # On the GPU machine: build the MLA decode harness (nvcc) for each variant named, check each
 # against the CPU reference, time each on the standard shapes, print a bf16-vs-FP8 table.
 #   bash kernels-cuda/dev/mla_decode_sm90.sh OUTDIR [VARIANT...]
-# VARIANT: bf16 (sm90 kernel, bf16 cache), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
+# VARIANT: bf16 (sm90 kernel, bf16 cache), bf16-seesaw (the same kernel with SEESAW=1: FlashMLA's
+# schedule, TMA refills), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
 # CTA), bf16t-r16 / bf16t-r32 (the same kernel with FMT 0: bf16 records copied by cp.async,
 # transposed products, no row padding), mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling (RS, N, ST)); default: bf16
 # fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 / NOTIME=1 skip;
@@ -18,7 +19,8 @@ mkdir -p "$out"
 build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
   local v=$1 defs smem
   case $v in
-    bf16) defs="-DHK=0 -DFMT=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
+    bf16) defs="-DHK=0 -DFMT=0 -DSEESAW=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
+    bf16-seesaw) defs="-DHK=0 -DFMT=0 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16 + 3*64*4 + 2*8)) ;;
     fp8-r*) local r=${v#fp8-r}; defs="-DHK=1 -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
     bf16t-r*) local r=${v#bf16t-r}; defs="-DHK=1 -DFMT=0 -DROWS=$r"; smem=$((1312*r + 147632)) ;;
     mma-*) local f=1 t=${v#mma-fp8-}; [[ $v == mma-bf16-* ]] && { f=0; t=${v#mma-bf16-}; }

@@ -35,7 +35,7 @@
 #if HK == 0
 #include "../kernels/sm90/mla_decode.cu"
 static const int H_ROWS = 64, H_KEYS = 64, H_THREADS = MLA90_THREADS;
-static const char* H_NAME = "sm90-bf16";
+static const char* H_NAME = SEESAW ? "sm90-bf16-seesaw" : "sm90-bf16";
 #elif HK == 1
 #include "../kernels/sm90/mla_decode_fp8.cu"
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
@@ -118,15 +118,45 @@ static int* uniform_schedule(int B, int S, int tiles_per_split) {
 // Key tiles of H_KEYS per split for S splits of max_len keys.
 static int tiles_per_split(int max_len, int S) { return ((max_len + S - 1) / S + H_KEYS - 1) / H_KEYS; }
 
+// The cache's tensor map for the SEESAW build (set_cache_map); unused (zeros) otherwise.
+static MlaCacheMap g_cache_map = {};
+
 static void launch_decode(int grid, const u16* dq, const u8* dcache, const int* dbt, const int* dlens,
                           const int* dsched, u16* dout, float* dlse, float* dws, int B, int SQ, int H, int max_pages,
                           int P, int num_pages, int ws_slots, int rg, float scale_log2) {
     mla_decode<<<grid, H_THREADS, TESSERA_SMEM_BYTES>>>(dq, dcache, dbt, dlens, nullptr, dsched, dout, dlse, dws, B,
                                                         SQ, B * SQ, H, max_pages, P, num_pages, LAT, QK - LAT, TB,
-                                                        ws_slots, rg, 1, scale_log2);
+                                                        ws_slots, rg, 1, scale_log2, g_cache_map);
 }
 
 // Runs one case; compares against the CPU reference and returns the failures.
+#if HK == 0 && SEESAW
+// The SEESAW build reads the cache through a 2-D tensor map [records][576] bf16, boxes of
+// 64 keys x 64 dims, 128-byte swizzle (as kernels-cuda/src/ops/mla.rs makes it).
+static void set_cache_map(void* dcache, size_t records) {
+    typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                      const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                      CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    EncodeTiledFn encode;
+    cudaDriverEntryPointQueryResult q;
+    CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &q));
+    CUtensorMap cmap;
+    cuuint64_t dims[2] = {QK, (cuuint64_t)records};
+    cuuint64_t strides[1] = {(cuuint64_t)TB};
+    cuuint32_t box[2] = {64, 64}, estr[2] = {1, 1};
+    if (encode(&cmap, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, dcache, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+        fprintf(stderr, "cuTensorMapEncodeTiled failed\n");
+        exit(1);
+    }
+    static_assert(sizeof(cmap) == sizeof(g_cache_map), "a tensor map is 128 bytes");
+    memcpy(&g_cache_map, &cmap, sizeof(cmap));
+}
+// Page sizes the SEESAW build takes: multiples of 64 (one box per column block of a tile).
+static bool seesaw_page_ok(int page) { return page % 64 == 0; }
+#endif
+
 static int run_check(const Case& c, u64 seed) {
     std::mt19937_64 rng(seed);
     const int B = c.batch, H = c.heads, SQ = c.s_q, P = c.page_size;
@@ -136,6 +166,9 @@ static int run_check(const Case& c, u64 seed) {
     const int num_pages = B * max_pages + 3;
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     std::vector<u16> q((size_t)B * SQ * H * QK);
+#if HK == 0 && SEESAW
+    if (!seesaw_page_ok(P)) return 0;  // the plan keeps such page sizes on the other kernels
+#endif
     std::vector<u8> cache((size_t)num_pages * P * TB, 0xff);  // NaN in every slot not written below
     std::vector<float> keys((size_t)num_pages * P * QK, NAN);  // the decoded records (reference)
     for (auto& x : q) x = f2bf(u(rng));
@@ -210,6 +243,9 @@ static int run_check(const Case& c, u64 seed) {
     CK(cudaMalloc(&dws, ws_n * 4));
     CK(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dcache, cache.data(), cache.size(), cudaMemcpyHostToDevice));
+#if HK == 0 && SEESAW
+    set_cache_map(dcache, (size_t)num_pages * P);
+#endif
     CK(cudaMemcpy(dbt, bt.data(), bt.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dlens, c.lens.data(), B * 4, cudaMemcpyHostToDevice));
     CK(cudaMemset(dout, 0xff, (size_t)B * SQ * H * LAT * 2));
@@ -357,6 +393,9 @@ static void run_time(int B, int SQ, int H, int len, int P) {
     CK(cudaMemcpy(dlens, lens.data(), B * 4, cudaMemcpyHostToDevice));
     const float scale_log2 = 1.0f / sqrtf((float)QK) * 1.4426950408889634f;
     int* dsched = uniform_schedule(B, S, tiles_per_split(len, S));
+#if HK == 0 && SEESAW
+    set_cache_map(dcache, records);
+#endif
     const int ws_slots = S > 1 ? B * S : 0;
     auto launch = [&]() {
         launch_decode(B * S * rg, dq, dcache, dbt, dlens, dsched, dout, dlse, dws, B, SQ, H, max_pages, P, num_pages,

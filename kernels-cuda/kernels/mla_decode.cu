@@ -192,7 +192,7 @@ static_assert(TESSERA_SMEM_BYTES == 0, "run-time dims: the shared memory is size
 
 template <int RS, int N>
 __device__ __forceinline__ void mla_decode_impl(
-    MLA_DECODE_PARAMS) {
+    MLA_DECODE_PROBLEM_PARAMS) {
     constexpr int M = 16 * RS;
     constexpr int CW = MLA_WARPS / RS;            // S-phase warps per row slice
     constexpr int SCW = CW < N / 8 ? CW : N / 8;  // of which compute scores
@@ -657,4 +657,5 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode(
     mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, cu_seqlens_q, schedule, o, lse, ws, batch,
                                           s_q, total_q, heads, max_pages, page_size, num_pages, latent_rt, rope_rt,
                                           token_bytes, ws_slots, row_groups, col_chunks, scale_log2);
+    (void)cache_map;  // the Hopper bf16 seesaw's; unused here
 }

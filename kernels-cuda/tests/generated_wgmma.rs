@@ -1,6 +1,7 @@
 //! `kernels/sm90/wgmma.cuh` is generated: one wrapper per wgmma N (the PTX operand list of the
 //! accumulator registers has to be spelled out): e4m3 for every N, bf16 and f16 for the N the
-//! kernels use, with B K-major or MN-major, and bf16/f16 with A from registers. This test renders it and compares it with the
+//! kernels use, with B K-major or MN-major, and bf16/f16 with A from registers (B MN-major, or
+//! K-major for N 64). This test renders it and compares it with the
 //! committed file; `TESSERA_REGENERATE=1 cargo test -p tessera-cuda --test generated_wgmma`
 //! rewrites the file.
 
@@ -110,7 +111,7 @@ fn render() -> String {
          // BF16 is 1, f16 when 0. d holds N/2 f32 per thread.\n\n\
          template <int N, int BF16>\nstruct WgmmaRegA;\n\n",
     );
-    for n in [64, 128] {
+    for n in [64, 128, 256] {
         for (bf16, ty) in [(1, "bf16"), (0, "f16")] {
             let name = format!("WgmmaRegA<{n}, {bf16}>");
             wrapper(
@@ -120,6 +121,23 @@ fn render() -> String {
                 n,
                 OperandA::Registers,
                 "1, 1, 1",
+            );
+        }
+    }
+    out.push_str(
+        "// WgmmaRegAK<N, BF16>: as WgmmaRegA with B K-major in shared memory (N rows of 16).\n\n\
+         template <int N, int BF16>\nstruct WgmmaRegAK;\n\n",
+    );
+    for n in [64] {
+        for (bf16, ty) in [(1, "bf16"), (0, "f16")] {
+            let name = format!("WgmmaRegAK<{n}, {bf16}>");
+            wrapper(
+                &mut out,
+                &name,
+                &format!("m64n{n}k16.f32.{ty}.{ty}"),
+                n,
+                OperandA::Registers,
+                "1, 1, 0",
             );
         }
     }

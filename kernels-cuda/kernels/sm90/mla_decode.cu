@@ -55,6 +55,31 @@
 #error "VARLEN must be 0 or 1"
 #endif
 
+// SEESAW 1: FlashMLA's schedule (dev/NOTES-mla-decode-sm90.md, "the refill, with TMA at the
+// release"). Key tiles in pairs (a in stage 0, b = a + 1 in stage 1); math warpgroup w computes S
+// of tile a + w over all 64 keys (m64n64) and its softmax, and owns output columns 256w.. of both
+// tiles: WG 0 takes P_a V_a[L] from registers, WG 1 (after WG 0's maximum) P_b V_b[R], then each
+// the other's rescaled P through shared memory; each issues the S of its next tile at the end of
+// the pair, while the other still works. A stage is refilled in two parts (L = column blocks
+// 0..3, R = 4..8): the warpgroup that read a part last issues its TMA copies (the tile two
+// ahead) as soon as it is done with it. The producer warpgroup only loads tiles 0 and 1 (and
+// zeroes the partial tile, below). Q's rope block lives in registers (A of the rope k-steps),
+// its shared memory holds P_b.
+// The cache is read through the tensor map `cache_map` ([records][576] bf16, boxes of [64 keys]
+// [64 dims], 128-byte swizzle), one box per column block of a tile: the host keeps SEESAW to page
+// sizes that are multiples of 64. Tiles wholly past the split's end are read from outside the
+// map (zeros); a bad page is flagged and read the same way. The last tile's keys past the end
+// may hold anything (NaN in unused slots) and must be zero before P V (their P is 0, but
+// 0 x NaN is NaN): that tile's copies complete on `landed` instead, and the producer warpgroup
+// zeroes those rows, then completes the tile's full barriers. (Zeroing in the math warpgroups,
+// even behind a branch not taken, cost them 4 %.)
+#ifndef SEESAW
+#error "SEESAW is required (0 = the default schedule with cp.async loads, 1 = FlashMLA's with TMA refills)"
+#endif
+#if SEESAW != 0 && SEESAW != 1
+#error "SEESAW must be 0 or 1"
+#endif
+
 #define MLA90_ROWS 64                     // query rows per CTA (one wgmma M)
 #define MLA90_KEYS 64                     // keys per tile
 #define MLA90_STAGES 2                    // key tiles in shared memory
@@ -77,7 +102,17 @@ struct MlaSm90Smem {
     static constexpr int FULL = ROW_SUM + 2 * MLA90_ROWS * 4;  // [stage][column block]
     static constexpr int EMPTY = FULL + MLA90_STAGES * MLA90_BLOCKS * 8;
     static constexpr int FLAGS = EMPTY + MLA90_STAGES * 8;
+#if SEESAW
+    // The running row maximum, WG 0's and WG 1's rescale factors of the pair, [64] f32 each
+    // (EMPTY above is unused).
+    static constexpr int SEESAW_M = FLAGS + 16;
+    static constexpr int SCALE0 = SEESAW_M + MLA90_ROWS * 4;
+    static constexpr int SCALE1 = SCALE0 + MLA90_ROWS * 4;
+    static constexpr int LANDED = SCALE1 + MLA90_ROWS * 4;  // [part]: the last tile's copies
+    static constexpr int END = LANDED + 2 * 8;
+#else
     static constexpr int END = FLAGS + 16;
+#endif
 };
 static_assert(MlaSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory size must match the sm90 decode layout");
 static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 warpgroups");
@@ -86,6 +121,13 @@ static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 w
 #define MLA90_BAR_MAX 1   // the two math WGs: row maxima written
 #define MLA90_BAR_P 2     // the two math WGs: P written
 #define MLA90_BAR_END 3   // all three WGs: the producer's bad-page flag is final
+#if SEESAW
+#define MLA90_BAR_SCALE0 4  // WG 0 -> WG 1: the pair's first maximum and WG 0's factor written
+#define MLA90_BAR_SCALE1 5  // WG 1 -> WG 0: the pair's maximum and WG 1's factor written
+#define MLA90_BAR_P0 6      // WG 0 -> WG 1: P_a (rescaled) in sP
+#define MLA90_BAR_P1 7      // WG 1 -> WG 0: P_b in the Q rope block, and P_a V_a[R] issued
+#define MLA90_BAR_ZEROED 8  // the producer WG: the last tile's rows past the end are zero
+#endif
 
 extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     MLA_DECODE_PARAMS) {
@@ -124,13 +166,62 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     const int b = work.b;
     const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
     const bool bad_len = work.bad_len;
-    const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
+    const int len = work.len, k_begin = work.k_begin, k_end = work.k_end;
+    // The seesaw takes the tiles in pairs: an odd count gets one more, all past the split's keys
+    // (read as zeros, masked by the math).
+    const int ntiles = SEESAW ? (work.ntiles + 1) & ~1 : work.ntiles;
+#if SEESAW
+    const TmaDesc* map = reinterpret_cast<const TmaDesc*>(&cache_map);
+    const int outside = num_pages * page_size;  // the first row past the map
+    u64* const landed = reinterpret_cast<u64*>(smem + MlaSm90Smem::LANDED);
+    // The split's last tile when it ends inside the tile (its keys past the end need zeroing).
+    const int partial_tile = (k_end - k_begin) % MLA90_KEYS != 0 ? work.ntiles - 1 : -1;
+    // Page sizes are multiples of 64 and powers of two in practice: shifts instead of divisions.
+    const int page_shift = (page_size & (page_size - 1)) == 0 ? __ffs(page_size) - 1 : -1;
+    // Tile t's block-table entry (0 past the split's end: not read).
+    auto tile_page = [&](int t) {
+        const int j = k_begin + t * MLA90_KEYS;
+        const int p = page_shift >= 0 ? j >> page_shift : j / page_size;
+        return j < k_end ? __ldg(block_table + (i64)b * max_pages + p) : 0;
+    };
+    // Tile t's map row given its entry: outside the map past the split's end, or for a bad page
+    // (flagged in bad_page).
+    auto tile_row = [&](int t, int page, int& bad_page) {
+        const int j = k_begin + t * MLA90_KEYS;
+        if (j >= k_end) return outside;
+        if (page < 0 || page >= num_pages) {
+            bad_page = 1;
+            return outside;
+        }
+        return page_shift >= 0 ? (page << page_shift) + (j & (page_size - 1)) : page * page_size + j % page_size;
+    };
+    // Part `part` of tile t (column blocks 0..3 or 4..8) from map row `row` into stage `stage` by
+    // TMA (one thread): each block completes on its full barrier, or the whole part on
+    // landed[part] for the partial tile.
+    auto copy_part = [&](int t, int stage, int part, int row) {
+        const int cb_from = part * 4, cb_to = part == 0 ? 4 : MLA90_BLOCKS;
+        const bool to_landed = t == partial_tile;
+        if (to_landed) mbar_arrive_expect_tx(&landed[part], (cb_to - cb_from) * MlaSm90Smem::BLOCK_BYTES);
+#pragma unroll
+        for (int cb = cb_from; cb < cb_to; ++cb) {
+            u64* bar = to_landed ? &landed[part] : &full[stage * MLA90_BLOCKS + cb];
+            if (!to_landed) mbar_arrive_expect_tx(bar, MlaSm90Smem::BLOCK_BYTES);
+            tma_load_2d(sK + stage * MlaSm90Smem::STAGE_BYTES + cb * MlaSm90Smem::BLOCK_BYTES, map, bar, cb * 64, row);
+        }
+    };
+#endif
 
     if (tid == 0) {
         for (int s = 0; s < MLA90_STAGES; ++s) {
-            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) mbar_init(&full[s * MLA90_BLOCKS + cb], 128);
+            // SEESAW: one arrival (the TMA's issuer, with the block's bytes); else the producer's
+            // 128 cp.async arrivals.
+            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) mbar_init(&full[s * MLA90_BLOCKS + cb], SEESAW ? 1 : 128);
             mbar_init(&empty[s], 2);
         }
+#if SEESAW
+        mbar_init(&landed[0], 1);
+        mbar_init(&landed[1], 1);
+#endif
         *bad_page_flag = 0;
         mbar_fence_init();
     }
@@ -152,6 +243,42 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                                                         k_end, page_size, num_pages, token_bytes, bad_page)
                                     : -1;
         };
+#if SEESAW
+        // Tiles 0 and 1; the math warpgroups issue every later refill as they release a part.
+        if (t128 == 0) {
+            tma_prefetch_desc(map);
+            for (int t = 0; t < 2 && t < ntiles; ++t) {
+                const int row = tile_row(t, tile_page(t), bad_page);
+                copy_part(t, t, 0, row);
+                copy_part(t, t, 1, row);
+            }
+        }
+        // The partial tile: as each part lands, zero its V rows past the end, then complete the
+        // part's full barriers (one arrival each, no bytes).
+        if (partial_tile >= 0) {
+            const int stage = partial_tile % MLA90_STAGES;
+            const int valid = k_end - (k_begin + partial_tile * MLA90_KEYS);
+            u8* const st = sK + stage * MlaSm90Smem::STAGE_BYTES;
+            for (int i = 0; i < 2; ++i) {
+                const int part = i ^ stage;  // the order the math warpgroups release a stage's parts
+                const int cb_from = part * 4, cb_to = part == 0 ? 4 : MLA90_BLOCKS;
+                mbar_wait(&landed[part], 0);
+                const int v_blocks = min(cb_to, MLA90_V_BLOCKS) - cb_from;
+                for (int idx = t128; idx < (MLA90_KEYS - valid) * v_blocks * 8; idx += 128) {
+                    const int row = valid + idx / (v_blocks * 8), cb = cb_from + (idx / 8) % v_blocks, c = idx % 8;
+                    *reinterpret_cast<uint4*>(st + cb * MlaSm90Smem::BLOCK_BYTES + swizzle128(row, c)) =
+                        make_uint4(0, 0, 0, 0);
+                }
+                fence_proxy_async_smem();
+                named_barrier_sync(MLA90_BAR_ZEROED, 128);
+                if (t128 == 0)
+                    for (int cb = cb_from; cb < cb_to; ++cb) mbar_arrive(&full[stage * MLA90_BLOCKS + cb]);
+            }
+        }
+        (void)lookup;
+        (void)key0;
+        (void)chunk;
+#else
         i64 rec_next[4];
         lookup(0, rec_next);
         for (int t = 0; t < ntiles; ++t) {
@@ -170,6 +297,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 cp_async_mbar_arrive(&full[s * MLA90_BLOCKS + cb]);
             }
         }
+#endif
         if (bad_page) atomicOr(bad_page_flag, 1);
         named_barrier_sync(MLA90_BAR_END, MLA90_THREADS);
         return;
@@ -201,6 +329,274 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         lim[ri] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
     }
 
+#if SEESAW
+    float o_acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o_acc[i] = 0.0f;
+    float m_run[2];
+    float l_run[2] = {0.0f, 0.0f};  // this WG's part of the row sums (its keys), at the running maximum
+    const u64 q_desc = wgmma_desc(sQ, 16, 1024, WGMMA_SWIZZLE_128B);
+    float* const s_m = reinterpret_cast<float*>(smem + MlaSm90Smem::SEESAW_M);
+    float* const s_scale0 = reinterpret_cast<float*>(smem + MlaSm90Smem::SCALE0);
+    float* const s_scale1 = reinterpret_cast<float*>(smem + MlaSm90Smem::SCALE1);
+    // The role, provably uniform over the warp (ptxas then keeps the wgmma pipelines of the two
+    // roles' code apart).
+    const int role = __shfl_sync(0xffffffffu, mw, 0);
+    const int row_a = warp * 16 + g;  // this thread's rows: row_a, row_a + 8
+    // Raw maxima are -inf while a row has seen no key; factors exp2(old - use(new)) are then 0.
+    auto use = [](float m) { return m == TESSERA_NEG_INF ? 0.0f : m; };
+
+    // Q's rope block (column block 8) as this warp's A fragments, for the rope k-steps of S.
+    u32 q8[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+        ldmatrix_x4(q8[kk], sQ + 8 * MlaSm90Smem::BLOCK_BYTES +
+                                swizzle128(warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), 2 * kk + lane / 16));
+    if (role == 0 && tq == 0) {
+        s_m[row_a] = TESSERA_NEG_INF;
+        s_m[row_a + 8] = TESSERA_NEG_INF;
+    }
+    named_barrier_sync(MLA90_BAR_P, 256);  // both WGs hold block 8: it is P_b's from now on
+    u8* const s_pb = sQ + 8 * MlaSm90Smem::BLOCK_BYTES;
+
+    // S of the tile in this WG's stage (parity `parity`), into sacc (issued, committed per block:
+    // 9 groups). Blocks in the order the producer fills the stage, the rope block last with Q
+    // from registers.
+    float sacc[32];
+    u8* const own = sK + role * MlaSm90Smem::STAGE_BYTES;
+    const u64 own_desc = wgmma_desc(own, 16, 1024, WGMMA_SWIZZLE_128B);
+    auto issue_s = [&](u32 parity, int from, int to) {
+#pragma unroll
+        for (int i = from; i < to; ++i) {
+            const int cb = i < 8 ? ((i / 4) ^ role) * 4 + i % 4 : 8;
+            mbar_wait(&full[role * MLA90_BLOCKS + cb], parity);
+            fence_proxy_async_smem();
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const u64 off = (u64)((cb * MlaSm90Smem::BLOCK_BYTES + kk * 32) >> 4);
+                if (i < 8)
+                    WgmmaBf16<64, 0>::mma(sacc, q_desc + off, own_desc + off, (i | kk) != 0);
+                else
+                    WgmmaRegAK<64, 1>::mma(sacc, q8[kk], own_desc + off, 1);
+            }
+            wgmma_commit();
+        }
+    };
+    // Scale and mask S (tile t), this thread's row maxima over it.
+    auto mask_s = [&](int t, float (&mloc)[2]) {
+        const int jbase = k_begin + t * MLA90_KEYS;
+        mloc[0] = mloc[1] = TESSERA_NEG_INF;
+#pragma unroll
+        for (int n8 = 0; n8 < 8; ++n8)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int ri = e / 2;
+                const int j = jbase + n8 * 8 + tq * 2 + (e & 1);
+                const float v = j < lim[ri] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
+                sacc[n8 * 4 + e] = v;
+                mloc[ri] = fmaxf(mloc[ri], v);
+            }
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 1));
+            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 2));
+        }
+    };
+    // o_acc *= f (per row), skipped where no factor of the warp differs from 1.
+    auto rescale_o = [&](const float (&f)[2]) {
+        if (__any_sync(0xffffffffu, f[0] != 1.0f || f[1] != 1.0f)) {
+#pragma unroll
+            for (int i = 0; i < 128; ++i) o_acc[i] *= f[(i / 2) & 1];
+        }
+        reg_fence_all(o_acc);
+    };
+    // sacc -> P fragments (bf16, A of m64n256k16), and P into a shared [64][64] tile.
+    u32 p_frag[4][4];
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) p_frag[kk][i] = pack2<true>(sacc[8 * kk + 2 * i], sacc[8 * kk + 2 * i + 1]);
+    };
+    auto store_p = [&](u8* tile) {
+#pragma unroll
+        for (int n8 = 0; n8 < 8; ++n8)
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri)
+                *reinterpret_cast<u32*>(tile + swizzle128(row_a + 8 * ri, n8) + tq * 4) =
+                    pack2<true>(sacc[n8 * 4 + 2 * ri], sacc[n8 * 4 + 2 * ri + 1]);
+        fence_proxy_async_smem();
+    };
+    // O (this WG's 256 columns) += P V: P from registers / from a shared tile, V the stage's
+    // column blocks 4 role.. (MN-major). Issued and committed.
+    auto pv_regs = [&](const u8* stage) {
+        const u64 v_desc =
+            wgmma_desc(stage + role * 4 * MlaSm90Smem::BLOCK_BYTES, MlaSm90Smem::BLOCK_BYTES, 1024, WGMMA_SWIZZLE_128B);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) reg_fence(p_frag[kk][i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) WgmmaRegA<256, 1>::mma(o_acc, p_frag[kk], v_desc + (u64)((kk * 16 * 128) >> 4), 1);
+        wgmma_commit();
+    };
+    auto pv_smem = [&](const u8* stage, const u8* p_tile) {
+        const u64 p_desc = wgmma_desc(p_tile, 16, 1024, WGMMA_SWIZZLE_128B);
+        const u64 v_desc =
+            wgmma_desc(stage + role * 4 * MlaSm90Smem::BLOCK_BYTES, MlaSm90Smem::BLOCK_BYTES, 1024, WGMMA_SWIZZLE_128B);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+            WgmmaBf16<256, 1>::mma(o_acc, p_desc + (u64)((kk * 32) >> 4), v_desc + (u64)((kk * 16 * 128) >> 4), 1);
+        wgmma_commit();
+    };
+    // A part of a stage this warpgroup read last: its refill, the tile two ahead in that stage
+    // (this pair's + 2), if any, issued now by one thread.
+    // A part of a stage this warpgroup read last: its refill, the tile two ahead in that stage
+    // (this pair's + 2), if any, issued now by one thread. Its block-table entry is read here
+    // too: read at the pair's start instead (a pair ahead), the math warpgroups were 2-10 %
+    // slower (session 13).
+    int pair_now = 0;
+    int bad_page = 0;
+    auto release = [&](int stage, int part) {
+        const int t = 2 * (pair_now + 1) + stage;
+        if (t128 == 0 && t < ntiles) copy_part(t, stage, part, tile_row(t, tile_page(t), bad_page));
+    };
+    u8* const stage_a = sK;
+    u8* const stage_b = sK + MlaSm90Smem::STAGE_BYTES;
+
+    (void)sMax;  // the seesaw exchanges maxima through s_m
+    const int npairs = ntiles / 2;
+    if (npairs > 0) issue_s(0, 0, MLA90_BLOCKS);
+    wgmma_wait<0>();
+    reg_fence_all(sacc);
+    for (int pr = 0; pr < npairs; ++pr) {
+        pair_now = pr;
+        const bool more = pr + 1 < npairs;
+        const u32 next_parity = (pr + 1) & 1;
+        float mloc[2], f[2];
+        if (role == 0) {
+            // 1. Softmax of tile a against the running maximum (WG 1's of the last pair).
+            mask_s(2 * pr, mloc);
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) {
+                const float m_prev = s_m[row_a + 8 * ri];
+                m_run[ri] = fmaxf(m_prev, mloc[ri]);
+                f[ri] = exp2f(m_prev - use(m_run[ri]));
+            }
+            __syncwarp();  // the quad's reads of s_m before its lane 0 writes
+            if (tq == 0) {
+#pragma unroll
+                for (int ri = 0; ri < 2; ++ri) {
+                    s_m[row_a + 8 * ri] = m_run[ri];
+                    s_scale0[row_a + 8 * ri] = f[ri];
+                }
+            }
+            __threadfence_block();
+            named_barrier_arrive(MLA90_BAR_SCALE0, 256);
+            float psum[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int i = 0; i < 32; ++i) {
+                sacc[i] = exp2f(sacc[i] - use(m_run[(i / 2) & 1]));
+                psum[(i / 2) & 1] += sacc[i];
+            }
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) l_run[ri] = l_run[ri] * f[ri] + psum[ri];
+            rescale_o(f);
+            // 2. O_L += P_a V_a[L] (P from registers); then stage a's L part is free.
+            pack_p();
+            pv_regs(stage_a);
+            wgmma_wait<0>();
+            reg_fence_all(o_acc);
+            release(0, 0);
+            // 3. The pair's maximum (WG 1's): P_a rescaled to it, for WG 1.
+            named_barrier_sync(MLA90_BAR_SCALE1, 256);
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) {
+                f[ri] = s_scale1[row_a + 8 * ri];
+                l_run[ri] *= f[ri];
+            }
+#pragma unroll
+            for (int i = 0; i < 32; ++i) sacc[i] *= f[(i / 2) & 1];
+            store_p(sP);
+            __threadfence_block();
+            named_barrier_arrive(MLA90_BAR_P0, 256);
+            // 4. O_L (rescaled) += P_b V_b[L], P_b from WG 1 through shared memory.
+            named_barrier_sync(MLA90_BAR_P1, 256);
+            rescale_o(f);
+            pv_smem(stage_b, s_pb);
+        } else {
+            // 1. Softmax of tile b against WG 0's maximum of the pair.
+            named_barrier_sync(MLA90_BAR_SCALE0, 256);
+            mask_s(2 * pr + 1, mloc);
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) {
+                const float m_a = s_m[row_a + 8 * ri];
+                m_run[ri] = fmaxf(m_a, mloc[ri]);
+                const float f1 = exp2f(m_a - use(m_run[ri]));
+                f[ri] = f1 * s_scale0[row_a + 8 * ri];
+                mloc[ri] = f1;
+            }
+            __syncwarp();
+            if (tq == 0) {
+#pragma unroll
+                for (int ri = 0; ri < 2; ++ri) {
+                    s_m[row_a + 8 * ri] = m_run[ri];
+                    s_scale1[row_a + 8 * ri] = mloc[ri];
+                }
+            }
+            __threadfence_block();
+            named_barrier_arrive(MLA90_BAR_SCALE1, 256);
+            float psum[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int i = 0; i < 32; ++i) {
+                sacc[i] = exp2f(sacc[i] - use(m_run[(i / 2) & 1]));
+                psum[(i / 2) & 1] += sacc[i];
+            }
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) l_run[ri] = l_run[ri] * f[ri] + psum[ri];
+            rescale_o(f);
+            // 2. P_b for WG 0; O_R += P_b V_b[R] (P from registers).
+            store_p(s_pb);
+            pack_p();
+            pv_regs(stage_b);
+            // 3. O_R += P_a V_a[R], P_a from WG 0; then tell WG 0 P_b is in.
+            named_barrier_sync(MLA90_BAR_P0, 256);
+            pv_smem(stage_a, sP);
+            __threadfence_block();
+            named_barrier_arrive(MLA90_BAR_P1, 256);
+            // 4. Stage b's R part is free once P_b V_b[R] is done, stage a's once P_a V_a[R] is.
+            wgmma_wait<1>();
+            release(1, 1);
+            wgmma_wait<0>();
+            reg_fence_all(o_acc);
+            release(0, 1);
+        }
+        // 5. S of this WG's tile of the next pair (WG 0's own L part was released first; WG 0
+        //    frees stage b's L part once its P_b V_b[L] is done, within its S).
+        if (role == 0) {
+            if (more) {
+                issue_s(next_parity, 0, 4);  // its own L part, released first
+                wgmma_wait<4>();             // P_b V_b[L] is done
+            } else {
+                wgmma_wait<0>();
+            }
+            reg_fence_all(o_acc);
+            release(1, 0);
+            if (more) issue_s(next_parity, 4, MLA90_BLOCKS);
+        } else if (more) {
+            issue_s(next_parity, 0, MLA90_BLOCKS);
+        }
+        wgmma_wait<0>();
+        reg_fence_all(sacc);
+        reg_fence_all(o_acc);
+    }
+    // The final maximum (WG 1's of the last pair; WG 0 saw it published at its BAR_SCALE1).
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) m_run[ri] = npairs > 0 ? s_m[row_a + 8 * ri] : TESSERA_NEG_INF;
+#else
     float o_acc[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) o_acc[i] = 0.0f;
@@ -293,6 +689,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         reg_fence_all(o_acc);
         if (t128 == 0) mbar_arrive(&empty[s]);
     }
+#endif
 
     // ---- epilogue: total row sums (both WGs' keys), normalize, write ----
     mla_decode_epilogue_begins();
@@ -302,6 +699,9 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         l_run[ri] += __shfl_xor_sync(0xffffffffu, l_run[ri], 2);
         if (tq == 0) sSum[mw * MLA90_ROWS + warp * 16 + g + 8 * ri] = l_run[ri];
     }
+#if SEESAW
+    if (bad_page) atomicOr(bad_page_flag, 1);  // a refill's page (flag read after the barrier)
+#endif
     named_barrier_sync(MLA90_BAR_END, MLA90_THREADS);
     const bool bad = bad_len || *bad_page_flag != 0;
     float* ws_lse = ws + (i64)ws_slots * rows_pad * latent;

@@ -25,7 +25,7 @@ use crate::plan::mla::{MLA_COMBINE_CTAS_PER_SM, MLA_COMBINE_ROWS_PER_CTA};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
 use crate::plan::{
     KernelArgs, KernelSpec, LaunchOptions, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape,
-    MlaDecodeVariant, MlaScheduleVariant, TuneOutcome,
+    MlaDecodeVariant, MlaScheduleVariant, TensorMap2d, TmaDtype, TmaSwizzle, TuneOutcome,
 };
 use crate::runtime::driver_error;
 use crate::CudaBackend;
@@ -986,6 +986,26 @@ impl CudaBackend {
         let ctas = u32::try_from(plan.ctas()).map_err(|_| {
             Error::invalid(OP, "plan", "at most 2^31 - 1 CTAs", plan.ctas().to_string())
         })?;
+        // The seesaw reads the cache through a tensor map ([records][qk] bf16, boxes of 64 keys
+        // x 64 dims, 128-byte swizzle: MlaCacheMap in mla_work.cuh; its pages are multiples of
+        // 64 keys);
+        // every other variant gets an unused one. (The guard records the launch's read of the
+        // cache when dropped, after the launch.)
+        let (cache_address, _cache_read) = bufs.cache.device_ptr(stream);
+        let cache_map = if variant.seesaw {
+            TensorMap2d::tiled(
+                cache_address,
+                TmaDtype::BF16,
+                (l.latent_dim + l.rope_dim) as u64,
+                (pages * l.page_size) as u64,
+                l.token_bytes() as u64,
+                64,
+                64,
+                TmaSwizzle::B128,
+            )?
+        } else {
+            TensorMap2d::unused()
+        };
         let mut args = KernelArgs::new(stream);
         args.buffer(bufs.q)
             .buffer(bufs.cache)
@@ -1010,8 +1030,11 @@ impl CudaBackend {
             .value(&row_groups)
             .value(&col_chunks)
             .value(&scale_log2);
+        args.value(&cache_map);
         // SAFETY: the parameters are (const u16*, const u8*, const int*, const int*, const int*,
-        // const int*, u16*, float*, float*, int x 13, float) in this order. The callers checked
+        // const int*, u16*, float*, float*, int x 13, float, a 128-byte tensor map) in this
+        // order; the seesaw's map covers exactly the cache's pages * page_size records (its
+        // copies past them read zeros), the other kernels never read theirs. The callers checked
         // the lengths against the plan's op: q, o, lse, block_table, seq_lens (and cu_seqlens_q,
         // batch + 1, for a varlen plan: a uniform plan's kernel never reads it) match it, the
         // cache holds num_pages whole pages; with ws_slots > 0 the schedule was written just

@@ -213,6 +213,21 @@ pub struct MlaDecodeVariant {
     /// The kernel; absent in plan files: the `mma.sync` one.
     #[serde(default)]
     pub kernel: MlaDecodeKernel,
+    /// The Hopper bf16 64-row kernel with FlashMLA's schedule (`SEESAW 1` of
+    /// `sm90/mla_decode.cu`): each math warpgroup computes S of every other key tile and the two
+    /// exchange P; a stage part is refilled by TMA, issued by the warpgroup that read it last.
+    /// It reads the cache through a tensor map, one box of 64 keys per column block of a tile,
+    /// so it serves only the page sizes [`mla_seesaw_page_size_ok`] accepts. Absent in plan
+    /// files: false.
+    #[serde(default)]
+    pub seesaw: bool,
+}
+
+/// Whether the seesaw variant serves pages of `page_size` keys: multiples of 64, so that each
+/// 64-key tile is one TMA box per column block. (Boxes of smaller pages, several per block,
+/// made its refills slower than the default schedule: session 13.)
+pub fn mla_seesaw_page_size_ok(page_size: usize) -> bool {
+    page_size > 0 && page_size % 64 == 0
 }
 
 /// The decode tilings as (row slices, key tile, stages), in order of preference for many rows;
@@ -239,6 +254,7 @@ impl MlaDecodeVariant {
             stages,
             varlen: false,
             kernel: MlaDecodeKernel::MmaSync,
+            seesaw: false,
         }
     }
 
@@ -258,19 +274,28 @@ impl MlaDecodeVariant {
         }
     }
 
-    /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first, then
-    /// the transposed kernel's 16- and 32-row tilings (both formats; whether they are valid on an
-    /// architecture and for the dims is [`KernelSpec::valid_on`]'s call).
+    /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first (the
+    /// seesaw, where the page size allows it, then the default schedule), then the transposed
+    /// kernel's 16- and 32-row tilings (both formats; whether they are valid on an architecture
+    /// and for the dims is [`KernelSpec::valid_on`]'s call).
     pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
-        let sixty_four_rows = match CacheFormat::from(layout.format) {
-            CacheFormat::Bf16 => Some(MLA_DECODE_SM90_TILING),
-            CacheFormat::Fp8 => None,
-        };
-        sixty_four_rows
-            .into_iter()
-            .chain(MLA_DECODE_SM90_TRANSPOSED_TILINGS)
-            .map(|t| Self::wgmma(layout, t))
-            .collect()
+        let mut v = Vec::new();
+        if CacheFormat::from(layout.format) == CacheFormat::Bf16 {
+            let sixty_four_rows = Self::wgmma(layout, MLA_DECODE_SM90_TILING);
+            if mla_seesaw_page_size_ok(layout.page_size) {
+                v.push(Self {
+                    seesaw: true,
+                    ..sixty_four_rows
+                });
+            }
+            v.push(sixty_four_rows);
+        }
+        v.extend(
+            MLA_DECODE_SM90_TRANSPOSED_TILINGS
+                .iter()
+                .map(|&t| Self::wgmma(layout, t)),
+        );
+        v
     }
 
     /// Whether this Hopper variant runs the transposed kernel (`sm90/mla_decode_fp8.cu`): every
@@ -324,11 +349,13 @@ impl MlaDecodeVariant {
         (self.row_slices, self.key_tile, self.stages)
     }
 
-    /// Whether this variant is for `layout` (same format and dims).
+    /// Whether this variant is for `layout` (same format and dims; the seesaw also needs a page
+    /// size its TMA boxes tile).
     pub fn fits_layout(&self, layout: &MlaCacheLayout) -> bool {
         CacheFormat::from(layout.format) == self.format
             && self.latent_dim as usize == layout.latent_dim
             && self.rope_dim as usize == layout.rope_dim
+            && (!self.seesaw || mla_seesaw_page_size_ok(layout.page_size))
     }
 }
 
@@ -358,6 +385,8 @@ impl KernelSpec for MlaDecodeVariant {
             ];
             if self.is_transposed() {
                 d.push(("ROWS", self.rows_per_cta().to_string()));
+            } else {
+                d.push(("SEESAW", u32::from(self.seesaw).to_string()));
             }
             d.push(varlen_define(self.varlen));
             return d;
@@ -423,13 +452,17 @@ impl KernelSpec for MlaDecodeVariant {
             let block = 64 * 128;
             let blocks = (self.latent_dim + self.rope_dim) / 64;
             let rows = self.rows_per_cta();
+            // The seesaw adds the running maximum and the two warpgroups' factors, [64] f32 each,
+            // and the partial tile's two `landed` barriers.
+            let seesaw = if self.seesaw { 3 * rows * 4 + 2 * 8 } else { 0 };
             return blocks * block
                 + self.stages * blocks * block
                 + block
                 + 2 * 2 * rows * 4
                 + self.stages * blocks * 8
                 + self.stages * 8
-                + 16;
+                + 16
+                + seesaw;
         }
         let rows = self.rows_per_cta();
         let keys = self.key_tile;
@@ -453,6 +486,14 @@ impl KernelSpec for MlaDecodeVariant {
     }
 
     fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
+        if self.seesaw && (self.kernel != MlaDecodeKernel::Wgmma || self.is_transposed()) {
+            return Err(Error::invalid(
+                "mla_decode",
+                "variant",
+                "the seesaw only on the Hopper bf16 kernel's 64-row tiling",
+                format!("{self:?}"),
+            ));
+        }
         if self.kernel == MlaDecodeKernel::Wgmma {
             if !self.is_wgmma_tiling() || !self.compile_time_dims() {
                 return Err(Error::invalid(
@@ -686,8 +727,11 @@ mod tests {
     #[test]
     fn the_hopper_transposed_bf16_variants_match_their_kernel() {
         let ds = MlaCacheLayout::default();
-        let vs = MlaDecodeVariant::sm90_variants(&ds);
-        assert_eq!(vs.len(), 3);
+        // The seesaw, the default 64-row schedule, the transposed 16 and 32 rows.
+        let all = MlaDecodeVariant::sm90_variants(&ds);
+        assert_eq!(all.len(), 4);
+        assert!(all[0].seesaw && !all[1].seesaw);
+        let vs = &all[1..];
         assert!(!vs[0].is_transposed());
         assert_eq!(vs[0].tiling(), MLA_DECODE_SM90_TILING);
         let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
@@ -713,6 +757,54 @@ mod tests {
         assert_eq!(vs[1].smem_bytes(), 168_624);
         assert_eq!(vs[2].smem_bytes(), 189_616);
         assert_eq!(vs[0].kernel().source.file, "sm90/mla_decode.cu");
+        assert_eq!(vs[0].kernel().define_value("SEESAW"), Some("0"));
+    }
+
+    #[test]
+    fn the_seesaw_variant_matches_its_kernel_and_page_sizes() {
+        let ds = MlaCacheLayout::default();
+        let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
+        let v = MlaDecodeVariant::sm90_variants(&ds)[0];
+        assert!(v.seesaw && !v.is_transposed());
+        v.valid_on(&h200).unwrap();
+        let k = v.kernel();
+        assert_eq!(k.source.file, "sm90/mla_decode.cu");
+        assert_eq!(k.define_value("SEESAW"), Some("1"));
+        // The default layout plus the running maximum and two factors, [64] f32 each (the
+        // kernel's MlaSm90Smem::END with SEESAW 1).
+        let default = MlaDecodeVariant { seesaw: false, ..v };
+        assert_eq!(v.smem_bytes(), default.smem_bytes() + 3 * 64 * 4 + 2 * 8);
+        // Page sizes of whole 64-key boxes: multiples of 64.
+        for (page, ok) in [
+            (64, true),
+            (128, true),
+            (256, true),
+            (32, false),
+            (16, false),
+            (8, false),
+            (4, false),
+            (1, false),
+            (48, false),
+            (96, false),
+        ] {
+            assert_eq!(mla_seesaw_page_size_ok(page), ok, "page {page}");
+            let layout = MlaCacheLayout {
+                page_size: page,
+                ..ds
+            };
+            assert_eq!(v.fits_layout(&layout), ok, "page {page}");
+            assert_eq!(
+                MlaDecodeVariant::sm90_variants(&layout)[0].seesaw,
+                ok,
+                "page {page}"
+            );
+        }
+        // Only the 64-row bf16 kernel has it.
+        let transposed = MlaDecodeVariant {
+            seesaw: true,
+            ..MlaDecodeVariant::sm90_variants(&ds)[2]
+        };
+        assert!(transposed.valid_on(&h200).is_err());
     }
 
     #[test]

@@ -219,6 +219,15 @@ impl TensorMap2d {
         Ok(())
     }
 
+    /// A map no copy reads: all zeros, for a kernel parameter that the launched variant ignores
+    /// (the decode kernels share one parameter list; only one of them reads its map).
+    pub fn unused() -> Self {
+        // SAFETY: a zeroed CUtensorMap is valid plain data (128 zero bytes).
+        Self {
+            map: unsafe { std::mem::zeroed() },
+        }
+    }
+
     /// The encoded descriptor.
     pub fn as_raw(&self) -> &sys::CUtensorMap {
         &self.map
