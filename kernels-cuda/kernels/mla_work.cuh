@@ -11,8 +11,8 @@
 #endif
 
 // A TMA tensor map of the cache (the driver's 128-byte CUtensorMap), passed by value: read only by
-// the Hopper bf16 kernel's SEESAW build ([records][576] bf16, boxes of min(64, page size) keys x
-// 64 dims, 128-byte swizzle); every other kernel receives an unused one.
+// the Hopper bf16 kernel's SEESAW build ([records][576] bf16, boxes of 64 keys x 64 dims,
+// 128-byte swizzle; pages of multiples of 64 keys); every other kernel receives an unused one.
 struct __align__(64) MlaCacheMap {
     u64 opaque[16];
 };

@@ -139,7 +139,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     u8* sQ = smem + MlaSm90Smem::Q;
     u8* sK = smem + MlaSm90Smem::K;
     u8* sP = smem + MlaSm90Smem::P;
-    float* sMax = reinterpret_cast<float*>(smem + MlaSm90Smem::ROW_MAX);
     float* sSum = reinterpret_cast<float*>(smem + MlaSm90Smem::ROW_SUM);
     u64* full = reinterpret_cast<u64*>(smem + MlaSm90Smem::FULL);
     u64* empty = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY);
@@ -230,19 +229,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     if (wg == 0) {
         // ---- producer: key tiles into the swizzled stages ----
         setmaxnreg_dec<40>();
-        const i64 bt_row = (i64)b * max_pages;
         int bad_page = 0;
-        // Thread i copies chunk i % 8 of every column block of keys 16k + i / 8 (k = 0..3) of a
-        // tile. It looks up those 4 records (byte offsets, or -1 to zero-fill: past the range, or
-        // a bad page, which is flagged and never read) one tile ahead of the copies.
-        const int key0 = t128 / 8, chunk = t128 % 8;
-        auto lookup = [&](int t, i64 (&rec)[4]) {
-#pragma unroll
-            for (int k = 0; k < 4; ++k)
-                rec[k] = t < ntiles ? mla_record_offset(block_table, bt_row, k_begin + t * MLA90_KEYS + 16 * k + key0,
-                                                        k_end, page_size, num_pages, token_bytes, bad_page)
-                                    : -1;
-        };
 #if SEESAW
         // Tiles 0 and 1; the math warpgroups issue every later refill as they release a part.
         if (t128 == 0) {
@@ -275,10 +262,19 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                     for (int cb = cb_from; cb < cb_to; ++cb) mbar_arrive(&full[stage * MLA90_BLOCKS + cb]);
             }
         }
-        (void)lookup;
-        (void)key0;
-        (void)chunk;
 #else
+        const i64 bt_row = (i64)b * max_pages;
+        // Thread i copies chunk i % 8 of every column block of keys 16k + i / 8 (k = 0..3) of a
+        // tile. It looks up those 4 records (byte offsets, or -1 to zero-fill: past the range, or
+        // a bad page, which is flagged and never read) one tile ahead of the copies.
+        const int key0 = t128 / 8, chunk = t128 % 8;
+        auto lookup = [&](int t, i64 (&rec)[4]) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                rec[k] = t < ntiles ? mla_record_offset(block_table, bt_row, k_begin + t * MLA90_KEYS + 16 * k + key0,
+                                                        k_end, page_size, num_pages, token_bytes, bad_page)
+                                    : -1;
+        };
         i64 rec_next[4];
         lookup(0, rec_next);
         for (int t = 0; t < ntiles; ++t) {
@@ -467,7 +463,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     u8* const stage_a = sK;
     u8* const stage_b = sK + MlaSm90Smem::STAGE_BYTES;
 
-    (void)sMax;  // the seesaw exchanges maxima through s_m
     const int npairs = ntiles / 2;
     if (npairs > 0) issue_s(0, 0, MLA90_BLOCKS);
     wgmma_wait<0>();
@@ -597,6 +592,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) m_run[ri] = npairs > 0 ? s_m[row_a + 8 * ri] : TESSERA_NEG_INF;
 #else
+    float* const sMax = reinterpret_cast<float*>(smem + MlaSm90Smem::ROW_MAX);  // [WG][64] row maxima
     float o_acc[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) o_acc[i] = 0.0f;
