@@ -589,8 +589,8 @@ pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) 
         }
     } else {
         // The 64-row kernel: its seesaw variant first where the page size allows it (listed first
-        // by sm90_variants; harness, H200, session 12: 522-631 TFLOPS at h_q 128 against
-        // 408-462 for the default schedule).
+        // by sm90_variants; H200 check-11: 462-559 TFLOPS at h_q 128, where the default schedule
+        // ran at 354-389 in check-10).
         if let Some(i) = candidates
             .iter()
             .position(|c| c.kernel == MlaDecodeKernel::Wgmma && !c.is_transposed())
