@@ -407,6 +407,18 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         }
         reg_fence_all(o_acc);
     };
+    // P = exp2(S - m_run) in sacc, l_run = l_run f + the rows' sums of P, o_acc *= f.
+    auto exponentiate_s = [&](const float (&f)[2]) {
+        float psum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            sacc[i] = exp2f(sacc[i] - use(m_run[(i / 2) & 1]));
+            psum[(i / 2) & 1] += sacc[i];
+        }
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) l_run[ri] = l_run[ri] * f[ri] + psum[ri];
+        rescale_o(f);
+    };
     // sacc -> P fragments (bf16, A of m64n256k16), and P into a shared [64][64] tile.
     u32 p_frag[4][4];
     auto pack_p = [&]() {
@@ -491,15 +503,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             }
             __threadfence_block();
             named_barrier_arrive(MLA90_BAR_SCALE0, 256);
-            float psum[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int i = 0; i < 32; ++i) {
-                sacc[i] = exp2f(sacc[i] - use(m_run[(i / 2) & 1]));
-                psum[(i / 2) & 1] += sacc[i];
-            }
-#pragma unroll
-            for (int ri = 0; ri < 2; ++ri) l_run[ri] = l_run[ri] * f[ri] + psum[ri];
-            rescale_o(f);
+            exponentiate_s(f);
             // 2. O_L += P_a V_a[L] (P from registers); then stage a's L part is free.
             pack_p();
             pv_regs(stage_a);
@@ -544,15 +548,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             }
             __threadfence_block();
             named_barrier_arrive(MLA90_BAR_SCALE1, 256);
-            float psum[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int i = 0; i < 32; ++i) {
-                sacc[i] = exp2f(sacc[i] - use(m_run[(i / 2) & 1]));
-                psum[(i / 2) & 1] += sacc[i];
-            }
-#pragma unroll
-            for (int ri = 0; ri < 2; ++ri) l_run[ri] = l_run[ri] * f[ri] + psum[ri];
-            rescale_o(f);
+            exponentiate_s(f);
             // 2. P_b for WG 0; O_R += P_b V_b[R] (P from registers).
             store_p(s_pb);
             pack_p();
