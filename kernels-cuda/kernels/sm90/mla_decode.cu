@@ -129,6 +129,30 @@ static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 w
 #define MLA90_BAR_ZEROED 8  // the producer WG: the last tile's rows past the end are zero
 #endif
 
+// S of 2 V keys (the V f32 of an m64n(2V) accumulator fragment: keys jbase + 8 n8 + 2 tq + {0, 1}
+// of the thread's two rows) in the log2 domain: scaled by scale_log2, keys at or past the row's
+// limit lim[ri] -inf; mloc = the rows' maxima over the quad.
+template <int V>
+__device__ __forceinline__ void mla90_scale_mask_s(float (&sacc)[V], int jbase, int tq, const int (&lim)[2],
+                                                   float scale_log2, float (&mloc)[2]) {
+    mloc[0] = mloc[1] = TESSERA_NEG_INF;
+#pragma unroll
+    for (int n8 = 0; n8 < V / 4; ++n8)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int ri = e / 2;
+            const int j = jbase + n8 * 8 + tq * 2 + (e & 1);
+            const float v = j < lim[ri] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
+            sacc[n8 * 4 + e] = v;
+            mloc[ri] = fmaxf(mloc[ri], v);
+        }
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 1));
+        mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 2));
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     MLA_DECODE_PARAMS) {
     (void)latent_rt;
@@ -381,23 +405,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     };
     // Scale and mask S (tile t), this thread's row maxima over it.
     auto mask_s = [&](int t, float (&mloc)[2]) {
-        const int jbase = k_begin + t * MLA90_KEYS;
-        mloc[0] = mloc[1] = TESSERA_NEG_INF;
-#pragma unroll
-        for (int n8 = 0; n8 < 8; ++n8)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int ri = e / 2;
-                const int j = jbase + n8 * 8 + tq * 2 + (e & 1);
-                const float v = j < lim[ri] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
-                sacc[n8 * 4 + e] = v;
-                mloc[ri] = fmaxf(mloc[ri], v);
-            }
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {
-            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 1));
-            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 2));
-        }
+        mla90_scale_mask_s(sacc, k_begin + t * MLA90_KEYS, tq, lim, scale_log2, mloc);
     };
     // o_acc *= f (per row), skipped where no factor of the warp differs from 1.
     auto rescale_o = [&](const float (&f)[2]) {
@@ -620,24 +628,11 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         reg_fence_all(sacc);
 
         // Mask, scale, this WG's row maxima.
-        const int jbase = k_begin + t * MLA90_KEYS + mw * 32;
-        float mloc[2] = {TESSERA_NEG_INF, TESSERA_NEG_INF};
+        float mloc[2];
+        mla90_scale_mask_s(sacc, k_begin + t * MLA90_KEYS + mw * 32, tq, lim, scale_log2, mloc);
 #pragma unroll
-        for (int n8 = 0; n8 < 4; ++n8)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int ri = e / 2;
-                const int j = jbase + n8 * 8 + tq * 2 + (e & 1);
-                const float v = j < lim[ri] ? sacc[n8 * 4 + e] * scale_log2 : TESSERA_NEG_INF;
-                sacc[n8 * 4 + e] = v;
-                mloc[ri] = fmaxf(mloc[ri], v);
-            }
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {
-            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 1));
-            mloc[ri] = fmaxf(mloc[ri], __shfl_xor_sync(0xffffffffu, mloc[ri], 2));
+        for (int ri = 0; ri < 2; ++ri)
             if (tq == 0) sMax[mw * MLA90_ROWS + warp * 16 + g + 8 * ri] = mloc[ri];
-        }
         named_barrier_sync(MLA90_BAR_MAX, 256);
         float alpha[2], m_use[2];
 #pragma unroll
