@@ -127,6 +127,10 @@ static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 w
 #define MLA90_BAR_P0 6      // WG 0 -> WG 1: P_a (rescaled) in sP
 #define MLA90_BAR_P1 7      // WG 1 -> WG 0: P_b in the Q rope block, and P_a V_a[R] issued
 #define MLA90_BAR_ZEROED 8  // the producer WG: the last tile's rows past the end are zero
+
+// The column blocks of a stage's part (SEESAW refills a stage in two): L = 0..3, R = 4..8.
+__device__ __forceinline__ int mla90_part_begin(int part) { return part * 4; }
+__device__ __forceinline__ int mla90_part_end(int part) { return part == 0 ? 4 : MLA90_BLOCKS; }
 #endif
 
 // S of 2 V keys (the V f32 of an m64n(2V) accumulator fragment: keys jbase + 8 n8 + 2 tq + {0, 1}
@@ -201,16 +205,12 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     const int partial_tile = (k_end - k_begin) % MLA90_KEYS != 0 ? work.ntiles - 1 : -1;
     // Page sizes are multiples of 64 and powers of two in practice: shifts instead of divisions.
     const int page_shift = (page_size & (page_size - 1)) == 0 ? __ffs(page_size) - 1 : -1;
-    // Tile t's block-table entry (0 past the split's end: not read).
-    auto tile_page = [&](int t) {
+    // Tile t's map row, read through the block table: outside the map past the split's end
+    // (the entry is not read), or for a bad page (flagged in bad_page).
+    auto tile_row = [&](int t, int& bad_page) {
         const int j = k_begin + t * MLA90_KEYS;
         const int p = page_shift >= 0 ? j >> page_shift : j / page_size;
-        return j < k_end ? __ldg(block_table + (i64)b * max_pages + p) : 0;
-    };
-    // Tile t's map row given its entry: outside the map past the split's end, or for a bad page
-    // (flagged in bad_page).
-    auto tile_row = [&](int t, int page, int& bad_page) {
-        const int j = k_begin + t * MLA90_KEYS;
+        const int page = j < k_end ? __ldg(block_table + (i64)b * max_pages + p) : 0;
         if (j >= k_end) return outside;
         if (page < 0 || page >= num_pages) {
             bad_page = 1;
@@ -222,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     // TMA (one thread): each block completes on its full barrier, or the whole part on
     // landed[part] for the partial tile.
     auto copy_part = [&](int t, int stage, int part, int row) {
-        const int cb_from = part * 4, cb_to = part == 0 ? 4 : MLA90_BLOCKS;
+        const int cb_from = mla90_part_begin(part), cb_to = mla90_part_end(part);
         const bool to_landed = t == partial_tile;
         if (to_landed) mbar_arrive_expect_tx(&landed[part], (cb_to - cb_from) * MlaSm90Smem::BLOCK_BYTES);
 #pragma unroll
@@ -259,7 +259,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         if (t128 == 0) {
             tma_prefetch_desc(map);
             for (int t = 0; t < 2 && t < ntiles; ++t) {
-                const int row = tile_row(t, tile_page(t), bad_page);
+                const int row = tile_row(t, bad_page);
                 copy_part(t, t, 0, row);
                 copy_part(t, t, 1, row);
             }
@@ -272,7 +272,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             u8* const st = sK + stage * MlaSm90Smem::STAGE_BYTES;
             for (int i = 0; i < 2; ++i) {
                 const int part = i ^ stage;  // the order the math warpgroups release a stage's parts
-                const int cb_from = part * 4, cb_to = part == 0 ? 4 : MLA90_BLOCKS;
+                const int cb_from = mla90_part_begin(part), cb_to = mla90_part_end(part);
                 mbar_wait(&landed[part], 0);
                 const int v_blocks = min(cb_to, MLA90_V_BLOCKS) - cb_from;
                 for (int idx = t128; idx < (MLA90_KEYS - valid) * v_blocks * 8; idx += 128) {
@@ -415,6 +415,20 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         }
         reg_fence_all(o_acc);
     };
+    // The running maxima m_run and this WG's rescale factors to s_m and s_scale (lane 0 of each
+    // quad, after the quad's reads of s_m), then the other WG is told through barrier `bar`.
+    auto publish_maximum = [&](float* s_scale, const float (&factor)[2], u32 bar) {
+        __syncwarp();
+        if (tq == 0) {
+#pragma unroll
+            for (int ri = 0; ri < 2; ++ri) {
+                s_m[row_a + 8 * ri] = m_run[ri];
+                s_scale[row_a + 8 * ri] = factor[ri];
+            }
+        }
+        __threadfence_block();
+        named_barrier_arrive(bar, 256);
+    };
     // P = exp2(S - m_run) in sacc, l_run = l_run f + the rows' sums of P, o_acc *= f.
     auto exponentiate_s = [&](const float (&f)[2]) {
         float psum[2] = {0.0f, 0.0f};
@@ -468,17 +482,14 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             WgmmaBf16<256, 1>::mma(o_acc, p_desc + (u64)((kk * 32) >> 4), v_desc + (u64)((kk * 16 * 128) >> 4), 1);
         wgmma_commit();
     };
-    // A part of a stage this warpgroup read last: its refill, the tile two ahead in that stage
-    // (this pair's + 2), if any, issued now by one thread.
-    // A part of a stage this warpgroup read last: its refill, the tile two ahead in that stage
-    // (this pair's + 2), if any, issued now by one thread. Its block-table entry is read here
-    // too: read at the pair's start instead (a pair ahead), the math warpgroups were 2-10 %
+    // A part of a stage this warpgroup read last in pair pr: its refill, the tile two ahead in
+    // that stage (pair pr + 1's), if any, issued now by one thread. Its block-table entry is read
+    // here too: read at the pair's start instead (a pair ahead), the math warpgroups were 2-10 %
     // slower (session 13).
-    int pair_now = 0;
     int bad_page = 0;
-    auto release = [&](int stage, int part) {
-        const int t = 2 * (pair_now + 1) + stage;
-        if (t128 == 0 && t < ntiles) copy_part(t, stage, part, tile_row(t, tile_page(t), bad_page));
+    auto release = [&](int pr, int stage, int part) {
+        const int t = 2 * (pr + 1) + stage;
+        if (t128 == 0 && t < ntiles) copy_part(t, stage, part, tile_row(t, bad_page));
     };
     u8* const stage_a = sK;
     u8* const stage_b = sK + MlaSm90Smem::STAGE_BYTES;
@@ -488,7 +499,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     wgmma_wait<0>();
     reg_fence_all(sacc);
     for (int pr = 0; pr < npairs; ++pr) {
-        pair_now = pr;
         const bool more = pr + 1 < npairs;
         const u32 next_parity = (pr + 1) & 1;
         float mloc[2], f[2];
@@ -501,23 +511,14 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 m_run[ri] = fmaxf(m_prev, mloc[ri]);
                 f[ri] = exp2f(m_prev - use(m_run[ri]));
             }
-            __syncwarp();  // the quad's reads of s_m before its lane 0 writes
-            if (tq == 0) {
-#pragma unroll
-                for (int ri = 0; ri < 2; ++ri) {
-                    s_m[row_a + 8 * ri] = m_run[ri];
-                    s_scale0[row_a + 8 * ri] = f[ri];
-                }
-            }
-            __threadfence_block();
-            named_barrier_arrive(MLA90_BAR_SCALE0, 256);
+            publish_maximum(s_scale0, f, MLA90_BAR_SCALE0);
             exponentiate_s(f);
             // 2. O_L += P_a V_a[L] (P from registers); then stage a's L part is free.
             pack_p();
             pv_regs(stage_a);
             wgmma_wait<0>();
             reg_fence_all(o_acc);
-            release(0, 0);
+            release(pr, 0, 0);
             // 3. The pair's maximum (WG 1's): P_a rescaled to it, for WG 1.
             named_barrier_sync(MLA90_BAR_SCALE1, 256);
 #pragma unroll
@@ -546,16 +547,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 f[ri] = f1 * s_scale0[row_a + 8 * ri];
                 mloc[ri] = f1;
             }
-            __syncwarp();
-            if (tq == 0) {
-#pragma unroll
-                for (int ri = 0; ri < 2; ++ri) {
-                    s_m[row_a + 8 * ri] = m_run[ri];
-                    s_scale1[row_a + 8 * ri] = mloc[ri];
-                }
-            }
-            __threadfence_block();
-            named_barrier_arrive(MLA90_BAR_SCALE1, 256);
+            publish_maximum(s_scale1, mloc, MLA90_BAR_SCALE1);
             exponentiate_s(f);
             // 2. P_b for WG 0; O_R += P_b V_b[R] (P from registers).
             store_p(s_pb);
@@ -568,10 +560,10 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
             named_barrier_arrive(MLA90_BAR_P1, 256);
             // 4. Stage b's R part is free once P_b V_b[R] is done, stage a's once P_a V_a[R] is.
             wgmma_wait<1>();
-            release(1, 1);
+            release(pr, 1, 1);
             wgmma_wait<0>();
             reg_fence_all(o_acc);
-            release(0, 1);
+            release(pr, 0, 1);
         }
         // 5. S of this WG's tile of the next pair (WG 0's own L part was released first; WG 0
         //    frees stage b's L part once its P_b V_b[L] is done, within its S).
@@ -583,7 +575,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 wgmma_wait<0>();
             }
             reg_fence_all(o_acc);
-            release(1, 0);
+            release(pr, 1, 0);
             if (more) issue_s(next_parity, 4, MLA90_BLOCKS);
         } else if (more) {
             issue_s(next_parity, 0, MLA90_BLOCKS);

@@ -988,9 +988,8 @@ impl CudaBackend {
         })?;
         // The seesaw reads the cache through a tensor map ([records][qk] bf16, boxes of 64 keys
         // x 64 dims, 128-byte swizzle: MlaCacheMap in mla_work.cuh; its pages are multiples of
-        // 64 keys);
-        // every other variant gets an unused one. (The guard records the launch's read of the
-        // cache when dropped, after the launch.)
+        // 64 keys); every other variant gets an unused one. (The guard records the launch's read
+        // of the cache when dropped, after the launch.)
         let (cache_address, _cache_read) = bufs.cache.device_ptr(stream);
         let cache_map = if variant.seesaw {
             TensorMap2d::tiled(

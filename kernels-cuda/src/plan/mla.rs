@@ -770,8 +770,8 @@ mod tests {
         let k = v.kernel();
         assert_eq!(k.source.file, "sm90/mla_decode.cu");
         assert_eq!(k.define_value("SEESAW"), Some("1"));
-        // The default layout plus the running maximum and two factors, [64] f32 each (the
-        // kernel's MlaSm90Smem::END with SEESAW 1).
+        // The default layout plus the running maximum and two factors, [64] f32 each, and the
+        // two `landed` barriers (the kernel's MlaSm90Smem::END with SEESAW 1).
         let default = MlaDecodeVariant { seesaw: false, ..v };
         assert_eq!(v.smem_bytes(), default.smem_bytes() + 3 * 64 * 4 + 2 * 8);
         // Page sizes of whole 64-key boxes: multiples of 64.
