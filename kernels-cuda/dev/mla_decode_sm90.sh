@@ -4,11 +4,11 @@
 #   bash kernels-cuda/dev/mla_decode_sm90.sh OUTDIR [VARIANT...]
 # VARIANT: bf16 (sm90 kernel, bf16 cache), bf16-seesaw (the same kernel with SEESAW=1: FlashMLA's
 # schedule, TMA refills), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
-# CTA), bf16t-r16 / bf16t-r32 (the same kernel with FMT 0: bf16 records copied by cp.async,
+# CTA), fp8rs-r16 (sm90/mla_decode_fp8_rs.cu: the cache operand in registers), bf16t-r16 / bf16t-r32 (the same kernel with FMT 0: bf16 records copied by cp.async,
 # transposed products, no row padding), mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling (RS, N, ST)); default: bf16
 # fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 / NOTIME=1 skip;
 # ONE="B S_Q H S_K;..." times only those cases; HEADS=16 times only h_q 16; TAG=-x
-# renames the variants of this run in the table; NCU=1: see the end.
+# renames the variants of this run in the table; CHECK_TIMEOUT=S (default 120); NCU=1: see the end.
 set -uo pipefail
 out=${1:?outdir}
 shift
@@ -22,6 +22,7 @@ build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
     bf16) defs="-DHK=0 -DFMT=0 -DSEESAW=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
     bf16-seesaw) defs="-DHK=0 -DFMT=0 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16 + 3*64*4 + 2*8)) ;;
     fp8-r*) local r=${v#fp8-r}; defs="-DHK=1 -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
+    fp8rs-r16) defs="-DHK=3 -DFMT=1 -DROWS=16"; smem=204176 ;;
     bf16t-r*) local r=${v#bf16t-r}; defs="-DHK=1 -DFMT=0 -DROWS=$r"; smem=$((1312*r + 147632)) ;;
     mma-*) local f=1 t=${v#mma-fp8-}; [[ $v == mma-bf16-* ]] && { f=0; t=${v#mma-bf16-}; }
       IFS=x read -r rs n st <<< "$t"
@@ -32,7 +33,7 @@ build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
     *) echo "unknown variant $v"; return 1 ;;
   esac
   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -lineinfo $defs -DLATENT=512 -DROPE=64 \
-    -DVARLEN=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$([[ $v == mma-* ]] && echo 256 || echo 384) \
+    -DVARLEN=0 ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$(case $v in mma-*) echo 256 ;; *) echo 384 ;; esac) \
     -o "$out/$v" "$here/mla_decode_sm90_harness.cu" > "$out/$v.build.log" 2>&1 || { echo "BUILD FAILED $v"; tail -20 "$out/$v.build.log"; return 1; }
   echo "built $v: $(grep -oE 'Used [0-9]+ registers|[0-9]+ bytes spill stores' "$out/$v.build.log" | tr '\n' ' ')$(grep -c C751 "$out/$v.build.log") C751x"
 }
@@ -41,7 +42,7 @@ wait
 for v in "${variants[@]}"; do
   [ -x "$out/$v" ] || continue
   if [ -z "${NOCHECK:-}" ]; then
-    timeout 120 "$out/$v" --check > "$out/$v.check.log" 2>&1; rc=$?
+    timeout ${CHECK_TIMEOUT:-120} "$out/$v" --check > "$out/$v.check.log" 2>&1; rc=$?
     echo "check $v rc=$rc $(grep -c PASS "$out/$v.check.log") pass, $(grep -c FAIL "$out/$v.check.log") fail"
     grep -E "FAIL|MISMATCH" "$out/$v.check.log" | head -4
     # A check that ran out of time (a hang) is not timed: the run stays within its budget.

@@ -125,6 +125,15 @@ pub const MLA_DECODE_SM90_FP8: KernelSource = KernelSource::new(
 )
 .with_headers(&[MLA_WORK, HOPPER, MLA_TILES_SM90, WGMMA]);
 
+/// `sm90/mla_decode_fp8_rs.cu`: the absorbed paged decode over the FP8 cache on wgmma (sm_90a,
+/// DeepSeek-V3's dims, 16 query rows per CTA) with the cache operand of both products converted
+/// straight into registers from raw records copied in bulk.
+pub const MLA_DECODE_SM90_FP8_RS: KernelSource = KernelSource::new(
+    "sm90/mla_decode_fp8_rs.cu",
+    include_str!("../kernels/sm90/mla_decode_fp8_rs.cu"),
+)
+.with_headers(&[MLA_WORK, HOPPER]);
+
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =
     KernelSource::new("mla_combine.cu", include_str!("../kernels/mla_combine.cu"))

@@ -576,6 +576,14 @@ pub fn mla_decode_candidates(
 /// first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
+    // The FP8 register-operand sm90 kernel up to 16 rows (H200, 2026-12-01: 0.69-0.84x the time
+    // of the transposed bf16 kernel at h_q 16 s_q 1, where the transposed FP8 kernel takes
+    // 0.92-1.0x; dev/NOTES-mla-decode-sm90.md).
+    if shape.op.layout.format == MlaCacheFormat::Fp8 && rows <= 16 {
+        if let Some(i) = candidates.iter().position(|c| c.is_fp8_registers()) {
+            return i;
+        }
+    }
     // The transposed sm90 kernel (16 or 32 query rows as the wgmma N, no padding): every FP8
     // shape, and bf16 up to 32 rows (H200, 2026-11-30: 3561-4456 GB/s at h_q 16 s_q 1 with 16
     // rows, 3272-4387 at s_q 2 with 32, against 3137-3660 for the 64-row kernel; see
@@ -933,8 +941,8 @@ mod tests {
             c.iter().filter(|v| v.is_transposed()).count(),
             crate::plan::mla::MLA_DECODE_SM90_TRANSPOSED_TILINGS.len()
         );
-        // The FP8 cache: the Hopper FP8 kernel on sm_90a, 16 or 32 rows per CTA; the mma.sync
-        // kernel elsewhere.
+        // The FP8 cache: on sm_90a the register-operand kernel up to 16 rows, else the transposed
+        // Hopper kernel's 32 rows per CTA; the mma.sync kernel elsewhere.
         let fp8 = MlaCacheLayout {
             format: MlaCacheFormat::Fp8,
             ..ds
@@ -947,7 +955,13 @@ mod tests {
             let v = c[pick_mla_decode(&shape, &c)];
             (v.kernel, v.tiling())
         };
-        assert_eq!(pick_fp8(1, 16, &h), (MlaDecodeKernel::Wgmma, (1, 64, 2)));
+        assert_eq!(
+            pick_fp8(1, 16, &h),
+            (
+                MlaDecodeKernel::Wgmma,
+                crate::plan::mla::MLA_DECODE_SM90_FP8_REGISTERS_TILING
+            )
+        );
         assert_eq!(pick_fp8(2, 16, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
         assert_eq!(pick_fp8(1, 128, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
         assert_eq!(pick_fp8(1, 16, &a100).0, MlaDecodeKernel::MmaSync);

@@ -1,8 +1,9 @@
 //! The MLA kernels' variants: append (`kernels/mla_append.cu`), absorbed decode
 //! (`kernels/mla_decode.cu`, one CTA tiling per variant, and the Hopper kernels
-//! `kernels/sm90/mla_decode.cu` for the bf16 cache with 64 rows per CTA, and the transposed
+//! `kernels/sm90/mla_decode.cu` for the bf16 cache with 64 rows per CTA, the transposed
 //! `kernels/sm90/mla_decode_fp8.cu` for the FP8 cache and for the bf16 cache with 16 or 32 rows
-//! per CTA) and the split combine (`kernels/mla_combine.cu`).
+//! per CTA, and `kernels/sm90/mla_decode_fp8_rs.cu` for the FP8 cache with 16 rows per CTA and
+//! the cache operand in registers) and the split combine (`kernels/mla_combine.cu`).
 
 use super::{check_resources, ArchSpec, KernelSpec};
 use crate::compile::KernelSource;
@@ -20,6 +21,9 @@ pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
 /// slices), for both cache formats: 16 or 32 query rows per CTA (the wgmma N of its transposed
 /// products), 64-key tiles, two bf16 key tiles in shared memory.
 pub const MLA_DECODE_SM90_TRANSPOSED_TILINGS: [(u32, u32, u32); 2] = [(1, 64, 2), (2, 64, 2)];
+/// The Hopper FP8 kernel with the cache operand in registers (`sm90/mla_decode_fp8_rs.cu`): 16
+/// query rows per CTA, 64-key tiles, four raw FP8 tiles in shared memory.
+pub const MLA_DECODE_SM90_FP8_REGISTERS_TILING: (u32, u32, u32) = (1, 64, 4);
 /// Threads per combine CTA: 4 warps, one row each.
 pub const MLA_COMBINE_THREADS: u32 = 128;
 /// Rows (of `s_q * heads`) each combine CTA merges at a time.
@@ -183,6 +187,9 @@ pub enum MlaDecodeKernel {
     /// [`MLA_DECODE_SM90_TRANSPOSED_TILINGS`] (16 or 32 rows, either format):
     /// `kernels/sm90/mla_decode_fp8.cu`, transposed products on one math warpgroup, two
     /// warpgroups filling its bf16 key tiles (FP8: dequantizing; bf16: cp.async copies).
+    /// FP8 records with [`MLA_DECODE_SM90_FP8_REGISTERS_TILING`] (16 rows):
+    /// `kernels/sm90/mla_decode_fp8_rs.cu`, raw records copied in bulk, two math warpgroups
+    /// converting the codes straight into their wgmma operand registers.
     Wgmma,
 }
 
@@ -275,11 +282,15 @@ impl MlaDecodeVariant {
     }
 
     /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first (the
-    /// seesaw, where the page size allows it, then the default schedule), then the transposed
-    /// kernel's 16- and 32-row tilings (both formats; whether they are valid on an architecture
-    /// and for the dims is [`KernelSpec::valid_on`]'s call).
+    /// seesaw, where the page size allows it, then the default schedule), for FP8 the
+    /// register-operand kernel first, then the transposed kernel's 16- and 32-row tilings (both
+    /// formats; whether they are valid on an architecture and for the dims is
+    /// [`KernelSpec::valid_on`]'s call).
     pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
         let mut v = Vec::new();
+        if CacheFormat::from(layout.format) == CacheFormat::Fp8 {
+            v.push(Self::wgmma(layout, MLA_DECODE_SM90_FP8_REGISTERS_TILING));
+        }
         if CacheFormat::from(layout.format) == CacheFormat::Bf16 {
             let sixty_four_rows = Self::wgmma(layout, MLA_DECODE_SM90_TILING);
             if mla_seesaw_page_size_ok(layout.page_size) {
@@ -299,16 +310,27 @@ impl MlaDecodeVariant {
     }
 
     /// Whether this Hopper variant runs the transposed kernel (`sm90/mla_decode_fp8.cu`): every
-    /// tiling but the bf16 kernel's 64-row one.
+    /// tiling but the bf16 kernel's 64-row one and the FP8 register-operand kernel's.
     pub fn is_transposed(&self) -> bool {
         self.kernel == MlaDecodeKernel::Wgmma
             && !(self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
+            && !self.is_fp8_registers()
+    }
+
+    /// Whether this Hopper variant runs the FP8 register-operand kernel
+    /// (`sm90/mla_decode_fp8_rs.cu`).
+    pub fn is_fp8_registers(&self) -> bool {
+        self.kernel == MlaDecodeKernel::Wgmma
+            && self.format == CacheFormat::Fp8
+            && self.tiling() == MLA_DECODE_SM90_FP8_REGISTERS_TILING
     }
 
     /// Whether the tiling is one a Hopper kernel of this variant's format is built for.
     fn is_wgmma_tiling(&self) -> bool {
         MLA_DECODE_SM90_TRANSPOSED_TILINGS.contains(&self.tiling())
             || (self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
+            || (self.format == CacheFormat::Fp8
+                && self.tiling() == MLA_DECODE_SM90_FP8_REGISTERS_TILING)
     }
 
     /// The same tiling for the uniform (`false`) or variable-length (`true`) query layout.
@@ -367,6 +389,9 @@ impl KernelSpec for MlaDecodeVariant {
     fn source(&self) -> KernelSource {
         match self.kernel {
             MlaDecodeKernel::MmaSync => crate::kernels::MLA_DECODE,
+            MlaDecodeKernel::Wgmma if self.is_fp8_registers() => {
+                crate::kernels::MLA_DECODE_SM90_FP8_RS
+            }
             MlaDecodeKernel::Wgmma if self.is_transposed() => crate::kernels::MLA_DECODE_SM90_FP8,
             MlaDecodeKernel::Wgmma => crate::kernels::MLA_DECODE_SM90,
         }
@@ -377,6 +402,14 @@ impl KernelSpec for MlaDecodeVariant {
             CacheFormat::Bf16 => 0,
             CacheFormat::Fp8 => 1,
         };
+        if self.is_fp8_registers() {
+            return vec![
+                ("LATENT", self.latent_dim.to_string()),
+                ("ROPE", self.rope_dim.to_string()),
+                ("ROWS", self.rows_per_cta().to_string()),
+                varlen_define(self.varlen),
+            ];
+        }
         if self.kernel == MlaDecodeKernel::Wgmma {
             let mut d = vec![
                 ("FMT", fmt.to_string()),
@@ -432,7 +465,24 @@ impl KernelSpec for MlaDecodeVariant {
     /// rows: Q as blocks of R rows x 64 dims, `stages` bf16 key tiles of 64-key x 64-dim blocks,
     /// P `[R][64]` bf16, column maxima and sums `[4][R]` f32 each, full barriers (per stage for
     /// FP8, per (stage, column block) for bf16), an empty barrier per stage, 16 bytes of flags.
+    /// The FP8 register-operand kernel's (`MlaSm90Fp8RsSmem` in `sm90/mla_decode_fp8_rs.cu`), for
+    /// R rows: `stages` raw tiles of 64 records, Q as blocks of R rows x 64 dims, P' (per math
+    /// warpgroup, 4 copies of `[R][64]` bf16), column maxima and sums `[2][4][R]` f32 each, the
+    /// row exponents `[R]` i32, the merge `[4][R]` f32, a full and an empty barrier per stage,
+    /// 16 bytes of flags.
     fn smem_bytes(&self) -> u32 {
+        if self.is_fp8_registers() {
+            let rows = self.rows_per_cta();
+            let blocks = (self.latent_dim + self.rope_dim) / 64;
+            return self.stages * self.key_tile * self.token_bytes()
+                + blocks * rows * 128
+                + 2 * 4 * rows * 128
+                + 2 * (2 * 4 * rows * 4)
+                + rows * 4
+                + 4 * rows * 4
+                + 2 * self.stages * 8
+                + 16;
+        }
         if self.is_transposed() {
             let rows = self.rows_per_cta();
             let blocks = (self.latent_dim + self.rope_dim) / 64;
@@ -501,8 +551,9 @@ impl KernelSpec for MlaDecodeVariant {
                     "variant",
                     format!(
                         "a Hopper kernel's tiling over records of latent 512 + rope 64 \
-                         (one of {MLA_DECODE_SM90_TRANSPOSED_TILINGS:?}, or for bf16 also \
-                         {MLA_DECODE_SM90_TILING:?})"
+                         (one of {MLA_DECODE_SM90_TRANSPOSED_TILINGS:?}, for bf16 also \
+                         {MLA_DECODE_SM90_TILING:?}, for FP8 also \
+                         {MLA_DECODE_SM90_FP8_REGISTERS_TILING:?})"
                     ),
                     format!("{self:?}"),
                 ));
@@ -694,10 +745,45 @@ mod tests {
             format: MlaCacheFormat::Fp8,
             ..MlaCacheLayout::default()
         };
-        let vs = MlaDecodeVariant::sm90_variants(&fp8);
-        assert_eq!(vs.len(), 2);
+        let all = MlaDecodeVariant::sm90_variants(&fp8);
+        assert_eq!(all.len(), 3);
         let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
         let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
+        // The register-operand kernel first.
+        let rs = all[0];
+        assert!(rs.is_fp8_registers() && !rs.is_transposed());
+        rs.valid_on(&h200).unwrap();
+        assert!(rs.valid_on(&a100).is_err());
+        assert_eq!((rs.rows_per_cta(), rs.threads()), (16, 384));
+        // 4 raw tiles of 64 x 656 bytes, Q 9 blocks of 16 rows, P' 2 x 4 x [16][64] bf16, maxima
+        // and sums [2][4][16] f32 each, exponents [16], merge [4][16], 8 barriers, flags: the
+        // kernel's MlaSm90Fp8RsSmem::END.
+        assert_eq!(
+            rs.smem_bytes(),
+            4 * 64 * 656
+                + 9 * 16 * 128
+                + 8 * 16 * 128
+                + 2 * 2 * 4 * 16 * 4
+                + 16 * 4
+                + 4 * 16 * 4
+                + 64
+                + 16
+        );
+        assert_eq!(rs.smem_bytes(), 204_176);
+        let k = rs.with_varlen(true).kernel();
+        assert_eq!(k.source.file, "sm90/mla_decode_fp8_rs.cu");
+        assert_eq!(k.define_value("FMT"), None);
+        assert_eq!(k.define_value("ROWS"), Some("16"));
+        assert_eq!(k.define_value("VARLEN"), Some("1"));
+        assert_eq!(k.define_value("TESSERA_THREADS"), Some("384"));
+        // Not a bf16 tiling.
+        assert!(MlaDecodeVariant::wgmma(
+            &MlaCacheLayout::default(),
+            MLA_DECODE_SM90_FP8_REGISTERS_TILING
+        )
+        .valid_on(&h200)
+        .is_err());
+        let vs = &all[1..];
         for (v, rows) in vs.iter().zip([16u32, 32]) {
             v.valid_on(&h200).unwrap();
             assert!(v.valid_on(&a100).is_err());
