@@ -49,8 +49,9 @@
 //                   per tile of 64 keys: reads the tile's block-table entries, waits for its
 //                   stage to be free, zero-fills the keys past the split's end and on bad pages
 //                   (flagged: NaN outputs), then one bulk copy (cp.async.bulk) per run of keys on
-//                   one page, all completing on the stage's full barrier (expected bytes set by
-//                   lane 0 first). (An L2 prefetch of the records 4 or 8 tiles ahead was slower.)
+//                   one page, all completing on the stage's full barrier (every lane arrives, lane 0
+//                   first with the expected bytes). (An L2 prefetch of the records 4 or 8 tiles
+//                   ahead was slower.)
 //   math WG w       the tiles t = w, w + 2, ..: its own softmax state and O^T; at the end the two
 //                   states are merged through shared memory. Each chunk's bytes are read one
 //                   chunk ahead; a stage is released as soon as its last bytes are in registers
@@ -120,14 +121,17 @@ static_assert(2 * ROWS * R8_OUT_PITCH * 4 <= R8_STAGES * MlaSm90Fp8RsSmem::TILE,
 #define R8_BAR_MAX 1   // 1, 2: a WG's column maxima written
 #define R8_BAR_P 3     // 3, 4: a WG's P' copies written (and the maxima read)
 #define R8_BAR_MATH 5  // both math WGs: O^T and the softmax states staged
-#define R8_BAR_END 6   // all: the producer's bad-page flag is final
-#define R8_BAR_OUT 7   // both math WGs: the merge factors written
+#define R8_BAR_END 6   // all: the producer's bad-page flag is final, RAW free
+#define R8_BAR_OUT 7   // all: the output staged and the merge factors written
 
 // ---- the permutations (one source for the fragments, Q'^T, P'^T and the output) -------------
 
-// S^T row 16w + 8h + g is this key of the tile (quarter-warp LDS.128 of the records conflict free:
-// keys of lanes g and g + 1 differ by 4 modulo 8 in 16-byte units, a record being 41 of them).
-__device__ __forceinline__ int r8_s_key(int w, int h, int g) { return (g & 1) * 4 + (g >> 1) * 8 + w + 32 * h; }
+// S^T row 16w + 8h + g is this key of the tile: rows g and g + 8 are keys 2b and 2b + 1 (one
+// 32-bit store of P' for both), and the keys of lanes g and g + 1 differ by 4 modulo 8 in 16-byte
+// units (a record being 41 of them), so that a quarter-warp's LDS.128 of the records is conflict free.
+__device__ __forceinline__ int r8_s_key(int w, int h, int g) {
+    return 2 * ((g & 1) * 2 + (g >> 1) * 4 + (w & 1) + 16 * (w >> 1)) + h;
+}
 // Latent dim of logical column c (0..15) of k-step kk (0..31) of S^T's contraction: thread quarter
 // tq = (c % 8) / 2 reads bytes 64 (kk / 4) + 16 tq .. + 15 of a record; k-step kk uses 4 of them.
 __device__ __forceinline__ int r8_latent_dim(int kk, int c) {
@@ -230,8 +234,8 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
 
     if (tid == 0) {
         for (int s = 0; s < R8_STAGES; ++s) {
-            mbar_init(&full[s], 1);   // lane 0 of the producer (+ the copies' bytes)
-            mbar_init(&empty[s], 4);  // lane 0 of each warp of the consuming math WG
+            mbar_init(&full[s], 32);   // the producer warp's lanes (+ the copies' bytes)
+            mbar_init(&empty[s], 128);  // every thread of the consuming math WG
         }
         *bad_page_flag = 0;
         mbar_fence_init();
@@ -242,7 +246,9 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
         // ---- producer warpgroup (its first warp): raw records -> the stages ----
         setmaxnreg_dec<56>();  // 128 x 56 + 256 x 224 = 384 x 168, the launch allocation
         if (tid >= 288) {
+            // Idle: at the two barriers of the epilogue, so that no warp leaves before them.
             named_barrier_sync(R8_BAR_END, R8_THREADS);
+            named_barrier_sync(R8_BAR_OUT, R8_THREADS);
             return;
         }
         const int lane = tid % 32;
@@ -294,15 +300,22 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
                 }
             // Zeros written through the generic proxy, where copies (async proxy) write next round.
             if (__any_sync(0xffffffffu, zero != 0)) fence_proxy_async_smem();
-            __syncwarp();
-            if (lane == 0) mbar_arrive_expect_tx(&full[s], bytes);
+            // Every lane arrives (releasing its own zeros); lane 0 first sets the bytes to wait for.
+            if (lane == 0)
+                mbar_arrive_expect_tx(&full[s], bytes);
+            else
+                mbar_arrive(&full[s]);
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < 2; ++k)
                 if (src[k] != nullptr) r8_bulk_copy(stage + (lane + 32 * k) * R8_REC, src[k], run_bytes[k], &full[s]);
         }
-        if (bad_page) atomicOr(bad_page_flag, 1);
+        // One flag write per warp, and the warp converged at the barriers (a warp arriving in
+        // pieces would count more than once).
+        if (__any_sync(0xffffffffu, bad_page) && lane == 0) atomicOr(bad_page_flag, 1);
+        __syncwarp();
         named_barrier_sync(R8_BAR_END, R8_THREADS);
+        named_barrier_sync(R8_BAR_OUT, R8_THREADS);
         return;
     }
 
@@ -496,18 +509,26 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
         // P = exp2(S - m); P'_g = P * scale_g(key) as bf16 into copy g of P'^T ([ROWS][64 keys]).
 #pragma unroll
         for (int ci = 0; ci < R8_NC; ++ci) l_run[ci] *= alpha[ci];
+        float p[R8_NACC];
 #pragma unroll
         for (int i = 0; i < R8_NACC; ++i) {
-            const int h = (i / 2) & 1, ci = 2 * (i / 4) + (i & 1);
-            const float p = r8_ex2(sv[i] - m_use[ci]);
-            l_run[ci] += p;
-            const int c = (i / 4) * 8 + 2 * tq + (i & 1);
-            const int k = key_h[h];
-            const u32 at = swizzle128(c, k / 8) + (k % 8) * 2;
-#pragma unroll
-            for (int gr = 0; gr < 4; ++gr)
-                *reinterpret_cast<u16*>(sP + gr * MlaSm90Fp8RsSmem::P_COPY + at) = f32_to_bf16(p * scl[h][gr]);
+            const int ci = 2 * (i / 4) + (i & 1);
+            p[i] = r8_ex2(sv[i] - m_use[ci]);
+            l_run[ci] += p[i];
         }
+        // Keys key_h[0] and key_h[0] + 1 (rows g and g + 8) of column c: one bf16 pair per copy.
+        const int k0 = key_h[0];
+#pragma unroll
+        for (int n8 = 0; n8 < ROWS / 8; ++n8)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int i = n8 * 4 + e, c = n8 * 8 + 2 * tq + e;
+                const u32 at = swizzle128(c, k0 / 8) + (k0 % 8) * 2;
+#pragma unroll
+                for (int gr = 0; gr < 4; ++gr)
+                    *reinterpret_cast<u32*>(sP + gr * MlaSm90Fp8RsSmem::P_COPY + at) =
+                        pack2<true>(p[i] * scl[0][gr], p[i + 2] * scl[1][gr]);
+            }
         if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
             for (int i = 0; i < 8 * R8_NACC; ++i) o_acc[i] *= alpha[2 * ((i % R8_NACC) / 4) + (i & 1)];
@@ -548,11 +569,9 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
                 r8_reg_fence(f[pp][0]);
                 r8_reg_fence(f[pp][1]);
             }
-            if (v == 7) {
-                // The stage's last reads are in registers: back to the producer.
-                __syncwarp();
-                if (lane == 0) mbar_arrive(&empty[s]);
-            }
+            // This thread's last reads of the stage are in registers: back to the producer once
+            // every thread of the warpgroup's are.
+            if (v == 7) mbar_arrive(&empty[s]);
             wgmma_fence();
 #pragma unroll
             for (int pp = 0; pp < 2; ++pp) {
@@ -612,7 +631,7 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
                 ws[(i64)ws_slots * rows_pad * latent + (i64)work.ws_slot * rows_pad + r0 + c] = lse_v;
         }
     }
-    named_barrier_sync(R8_BAR_OUT, 256);
+    named_barrier_sync(R8_BAR_OUT, R8_THREADS);
     const float* st0 = reinterpret_cast<const float*>(sRaw);
     const float* st1 = st0 + ROWS * R8_OUT_PITCH;
     const int rows_here = min(ROWS, rows_total - r0);
