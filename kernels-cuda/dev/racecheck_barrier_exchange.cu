@@ -8,6 +8,9 @@
 //   compute-sanitizer --tool racecheck ./rc [mode]
 // mode 0: the seesaw's pattern (membar.cta before each arrive); 1: without the membar;
 // 2: bar.sync on both sides (a control that must be clean).
+// Result (H200, CUDA 13.0, session 14): modes 0 and 1 report 12 hazards each, mode 2 none; the
+// outputs are the same in all three. racecheck does not take barrier.arrive as ordering the
+// arriving threads' earlier writes before the syncing threads' later reads.
 #include <cstdio>
 #include <cstdlib>
 
