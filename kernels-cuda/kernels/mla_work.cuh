@@ -157,6 +157,31 @@ __device__ __forceinline__ bool mla_cta_work(const int* __restrict__ seq_lens, c
     return true;
 }
 
+// Row r's log-sum-exp (natural log): into lse when the CTA's request has one split, else into the
+// split workspace after its partial outputs ([ws_slots][rows_pad] f32 behind [ws_slots][rows_pad]
+// [latent]).
+__device__ __forceinline__ void mla_store_row_lse(const MlaCtaWork& work, float* __restrict__ lse,
+                                                  float* __restrict__ ws, int r, int heads, int s_q, int total_q,
+                                                  int ws_slots, int latent, float lse_v) {
+    if (work.splits == 1)
+        lse[mla_lse_index(work.b, r, work.q_begin, heads, s_q, total_q)] = lse_v;
+    else
+        ws[(i64)ws_slots * work.rows_pad * latent + (i64)work.ws_slot * work.rows_pad + r] = lse_v;
+}
+
+// Four output values of row r at latent columns d..d + 3 (d a multiple of 4): bf16 into o when the
+// CTA's request has one split, else f32 into its slot of the split workspace.
+__device__ __forceinline__ void mla_store_row4(const MlaCtaWork& work, u16* __restrict__ o, float* __restrict__ ws,
+                                               int r, int heads, int latent, int d, float4 v) {
+    if (work.splits == 1) {
+        u16* orow = o + ((i64)work.q_begin * heads + r) * latent + d;
+        *reinterpret_cast<uint2*>(orow) = make_uint2(pack2<true>(v.x, v.y), pack2<true>(v.z, v.w));
+    } else {
+        float* orow = ws + ((i64)work.ws_slot * work.rows_pad + r) * latent + d;
+        *reinterpret_cast<float4*>(orow) = v;
+    }
+}
+
 // A decode CTA's main loop is done: the combine (launched programmatically after the decode)
 // may start its CTAs once every decode CTA got here or exited, and they wait for the whole
 // decode before reading its partials. (A trigger at the CTA's start measured the same within

@@ -200,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
                       max_pages, page_size, ws_slots, work))
         return;
     const int b = work.b;
-    const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
+    const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total;
     const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
 
     if (tid == 0) {
@@ -482,10 +482,7 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
         if (g == 0 && warp == 0 && r0 + c < rows_total) {
             const float lse_v = bad ? TESSERA_NAN
                                     : (lt > 0.0f ? (m_run[ci] + log2f(lt)) * 0.69314718055994531f : TESSERA_NEG_INF);
-            if (work.splits == 1)
-                lse[mla_lse_index(b, r0 + c, q_begin, heads, s_q, total_q)] = lse_v;
-            else
-                ws[(i64)ws_slots * rows_pad * latent + (i64)work.ws_slot * rows_pad + r0 + c] = lse_v;
+            mla_store_row_lse(work, lse, ws, r0 + c, heads, s_q, total_q, ws_slots, latent, lse_v);
         }
     }
 #pragma unroll
@@ -503,12 +500,6 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
     for (int idx = t128; idx < rows_here * (LATENT / 4); idx += 128) {
         const int c = idx / (LATENT / 4), d = (idx % (LATENT / 4)) * 4;
         const float4 v = *reinterpret_cast<const float4*>(stage + c * M8_OUT_PITCH + d);
-        if (work.splits == 1) {
-            u16* orow = o + ((i64)q_begin * heads + r0 + c) * latent + d;
-            *reinterpret_cast<uint2*>(orow) = make_uint2(pack2<true>(v.x, v.y), pack2<true>(v.z, v.w));
-        } else {
-            float* orow = ws + ((i64)work.ws_slot * rows_pad + r0 + c) * latent + d;
-            *reinterpret_cast<float4*>(orow) = v;
-        }
+        mla_store_row4(work, o, ws, r0 + c, heads, latent, d, v);
     }
 }

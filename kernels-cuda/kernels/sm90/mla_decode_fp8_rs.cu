@@ -149,22 +149,15 @@ __device__ __forceinline__ int r8_out_dim(int i, int w, int h, int g) {
 
 // ---- register-operand wgmma: D(64 x 16) (+)= A(64 x 16, registers) * B(16 x 16, K-major smem) --
 
-__device__ __forceinline__ void r8_wgmma_f16(float* d, const u32 (&a)[4], u64 b, u32 accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, "
-        "%12, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-}
-__device__ __forceinline__ void r8_wgmma_bf16(float* d, const u32 (&a)[4], u64 b, u32 accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, "
-        "%12, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-}
+// TY: f16 or bf16 (A and B); the accumulate flag as a predicate.
+#define R8_WGMMA_RS(TY)                                                                                     \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                              \
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY                                    \
+                 " {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"              \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate))
+__device__ __forceinline__ void r8_wgmma_f16(float* d, const u32 (&a)[4], u64 b, u32 accumulate) { R8_WGMMA_RS("f16"); }
+__device__ __forceinline__ void r8_wgmma_bf16(float* d, const u32 (&a)[4], u64 b, u32 accumulate) { R8_WGMMA_RS("bf16"); }
 __device__ __forceinline__ void r8_reg_fence(u32 (&r)[4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) reg_fence(r[i]);
@@ -229,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
                       max_pages, page_size, ws_slots, work))
         return;
     const int b = work.b;
-    const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total, rows_pad = work.rows_pad;
+    const int q_begin = work.q_begin, n_q = work.n_q, rows_total = work.rows_total;
     const int len = work.len, k_begin = work.k_begin, k_end = work.k_end, ntiles = work.ntiles;
 
     if (tid == 0) {
@@ -625,10 +618,7 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
         sMerge[ROWS + c] = a1 * inv;
         if (r0 + c < rows_total) {
             const float lse_v = bad ? TESSERA_NAN : (lt > 0.0f ? (m + log2f(lt)) * 0.69314718055994531f : TESSERA_NEG_INF);
-            if (work.splits == 1)
-                lse[mla_lse_index(b, r0 + c, q_begin, heads, s_q, total_q)] = lse_v;
-            else
-                ws[(i64)ws_slots * rows_pad * latent + (i64)work.ws_slot * rows_pad + r0 + c] = lse_v;
+            mla_store_row_lse(work, lse, ws, r0 + c, heads, s_q, total_q, ws_slots, latent, lse_v);
         }
     }
     named_barrier_sync(R8_BAR_OUT, R8_THREADS);
@@ -641,12 +631,6 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
         const float4 x = *reinterpret_cast<const float4*>(st0 + c * R8_OUT_PITCH + d);
         const float4 y = *reinterpret_cast<const float4*>(st1 + c * R8_OUT_PITCH + d);
         const float4 v = make_float4(x.x * f0 + y.x * f1, x.y * f0 + y.y * f1, x.z * f0 + y.z * f1, x.w * f0 + y.w * f1);
-        if (work.splits == 1) {
-            u16* orow = o + ((i64)q_begin * heads + r0 + c) * latent + d;
-            *reinterpret_cast<uint2*>(orow) = make_uint2(pack2<true>(v.x, v.y), pack2<true>(v.z, v.w));
-        } else {
-            float* orow = ws + ((i64)work.ws_slot * rows_pad + r0 + c) * latent + d;
-            *reinterpret_cast<float4*>(orow) = v;
-        }
+        mla_store_row4(work, o, ws, r0 + c, heads, latent, d, v);
     }
 }
