@@ -4,7 +4,7 @@
 #   bash kernels-cuda/dev/mla_decode_sm90.sh OUTDIR [VARIANT...]
 # VARIANT: bf16 (sm90 kernel, bf16 cache), bf16-seesaw (the same kernel with SEESAW=1: FlashMLA's
 # schedule, TMA refills), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
-# CTA), fp8rs-r16 (sm90/mla_decode_fp8_rs.cu: the cache operand in registers), bf16t-r16 / bf16t-r32 (the same kernel with FMT 0: bf16 records copied by cp.async,
+# CTA), fp8rs-r16 / fp8rsp-r32 (sm90/mla_decode_fp8_rs.cu / _rs_pairs.cu: the cache operand in registers), bf16t-r16 / bf16t-r32 (the same kernel with FMT 0: bf16 records copied by cp.async,
 # transposed products, no row padding), mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling (RS, N, ST)); default: bf16
 # fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 / NOTIME=1 skip;
 # ONE="B S_Q H S_K;..." times only those cases; HEADS=16 times only h_q 16; TAG=-x
@@ -23,6 +23,7 @@ build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
     bf16-seesaw) defs="-DHK=0 -DFMT=0 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16 + 3*64*4 + 2*8)) ;;
     fp8-r*) local r=${v#fp8-r}; defs="-DHK=1 -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
     fp8rs-r16) defs="-DHK=3 -DFMT=1 -DROWS=16"; smem=204176 ;;
+    fp8rsp-r32) defs="-DHK=4 -DFMT=1 -DROWS=32"; smem=215760 ;;
     bf16t-r*) local r=${v#bf16t-r}; defs="-DHK=1 -DFMT=0 -DROWS=$r"; smem=$((1312*r + 147632)) ;;
     mma-*) local f=1 t=${v#mma-fp8-}; [[ $v == mma-bf16-* ]] && { f=0; t=${v#mma-bf16-}; }
       IFS=x read -r rs n st <<< "$t"

@@ -8,6 +8,7 @@
 //         bf16 kernel), ROWS (16 or 32) rows per CTA
 //   HK 2  mla_decode.cu           (mma.sync; FMT 0 or 1, ROW_SLICES, KEY_TILE, STAGES, DV_CHUNK)
 //   HK 3  sm90/mla_decode_fp8_rs.cu (FMT 1: FP8 records, the cache operand in registers), ROWS 16
+//   HK 4  sm90/mla_decode_fp8_rs_pairs.cu (the same with ROWS 32, tiles in pairs)
 //   harness --check
 //   harness --time                  (b 64/128 x s_k 4096..32768 x (h 128 | h 16) x s_q 1/2)
 //   harness --one B S_Q H S_K       (one timing case)
@@ -28,7 +29,7 @@
 
 #include "../kernels/common.cuh"
 #include "../kernels/mla_work.cuh"
-#if HK == 0 || HK == 1 || HK == 3
+#if HK == 0 || HK == 1 || HK == 3 || HK == 4
 #include "../kernels/sm90/hopper.cuh"
 #include "../kernels/sm90/mla_tiles.cuh"
 #include "../kernels/sm90/wgmma.cuh"
@@ -43,9 +44,15 @@ static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
 static const char* H_NAME = FMT == 0 ? (ROWS == 16 ? "sm90-bf16t-r16" : "sm90-bf16t-r32")
                                      : (ROWS == 16 ? "sm90-fp8-r16" : "sm90-fp8-r32");
 #elif HK == 3
+#include "../kernels/sm90/mla_fp8_rs.cuh"
 #include "../kernels/sm90/mla_decode_fp8_rs.cu"
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = R8_THREADS;
 static const char* H_NAME = "sm90-fp8rs-r16";
+#elif HK == 4
+#include "../kernels/sm90/mla_fp8_rs.cuh"
+#include "../kernels/sm90/mla_decode_fp8_rs_pairs.cu"
+static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = R8_THREADS;
+static const char* H_NAME = "sm90-fp8rsp-r32";
 #else
 #include "../kernels/mla_decode.cu"
 static const int H_ROWS = 16 * ROW_SLICES, H_KEYS = KEY_TILE, H_THREADS = MLA_THREADS;

@@ -125,14 +125,30 @@ pub const MLA_DECODE_SM90_FP8: KernelSource = KernelSource::new(
 )
 .with_headers(&[MLA_WORK, HOPPER, MLA_TILES_SM90, WGMMA]);
 
+/// `sm90/mla_fp8_rs.cuh`: what the two FP8 register-operand decode kernels share (fragment
+/// permutations, conversions, wgmma wrappers, the producer warpgroup, the staging of Q).
+pub const MLA_FP8_RS_SM90: KernelHeader = KernelHeader {
+    file: "sm90/mla_fp8_rs.cuh",
+    code: include_str!("../kernels/sm90/mla_fp8_rs.cuh"),
+};
+
 /// `sm90/mla_decode_fp8_rs.cu`: the absorbed paged decode over the FP8 cache on wgmma (sm_90a,
 /// DeepSeek-V3's dims, 16 query rows per CTA) with the cache operand of both products converted
-/// straight into registers from raw records copied in bulk.
+/// straight into registers from raw records copied in bulk; the two math warpgroups on
+/// alternating tiles.
 pub const MLA_DECODE_SM90_FP8_RS: KernelSource = KernelSource::new(
     "sm90/mla_decode_fp8_rs.cu",
     include_str!("../kernels/sm90/mla_decode_fp8_rs.cu"),
 )
-.with_headers(&[MLA_WORK, HOPPER]);
+.with_headers(&[MLA_WORK, HOPPER, MLA_FP8_RS_SM90]);
+
+/// `sm90/mla_decode_fp8_rs_pairs.cu`: as `sm90/mla_decode_fp8_rs.cu` with 32 query rows per CTA,
+/// tiles in pairs (each math warpgroup S of one tile of the pair, O^T of half the dims over both).
+pub const MLA_DECODE_SM90_FP8_RS_PAIRS: KernelSource = KernelSource::new(
+    "sm90/mla_decode_fp8_rs_pairs.cu",
+    include_str!("../kernels/sm90/mla_decode_fp8_rs_pairs.cu"),
+)
+.with_headers(&[MLA_WORK, HOPPER, MLA_FP8_RS_SM90]);
 
 /// `mla_combine.cu`: the log-sum-exp combine of the decode's KV splits.
 pub const MLA_COMBINE: KernelSource =

@@ -576,11 +576,16 @@ pub fn mla_decode_candidates(
 /// first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
-    // The FP8 register-operand sm90 kernel up to 16 rows (H200, 2026-12-01: 0.69-0.84x the time
-    // of the transposed bf16 kernel at h_q 16 s_q 1, where the transposed FP8 kernel takes
-    // 0.92-1.0x; dev/NOTES-mla-decode-sm90.md).
-    if shape.op.layout.format == MlaCacheFormat::Fp8 && rows <= 16 {
-        if let Some(i) = candidates.iter().position(|c| c.is_fp8_registers()) {
+    // The FP8 register-operand sm90 kernels: 16 rows per CTA up to 16 rows (H200, check-12:
+    // 0.71-0.89x the bf16 time at h_q 16 s_q 1, where the transposed FP8 kernel took 0.98-1.0x),
+    // else 32 (tile pairs; harness, session 14: 0.87x the transposed FP8 kernel's time at h_q 16
+    // s_q 2, 252-272 TFLOPS at h_q 128 against 211-222; dev/NOTES-mla-decode-sm90.md).
+    if shape.op.layout.format == MlaCacheFormat::Fp8 {
+        let row_slices = if rows <= 16 { 1 } else { 2 };
+        if let Some(i) = candidates
+            .iter()
+            .position(|c| c.is_fp8_registers() && c.row_slices == row_slices)
+        {
             return i;
         }
     }
@@ -941,8 +946,8 @@ mod tests {
             c.iter().filter(|v| v.is_transposed()).count(),
             crate::plan::mla::MLA_DECODE_SM90_TRANSPOSED_TILINGS.len()
         );
-        // The FP8 cache: on sm_90a the register-operand kernel up to 16 rows, else the transposed
-        // Hopper kernel's 32 rows per CTA; the mma.sync kernel elsewhere.
+        // The FP8 cache: on sm_90a the register-operand kernels, 16 rows per CTA up to 16 rows,
+        // else 32; the mma.sync kernel elsewhere.
         let fp8 = MlaCacheLayout {
             format: MlaCacheFormat::Fp8,
             ..ds
@@ -959,11 +964,15 @@ mod tests {
             pick_fp8(1, 16, &h),
             (
                 MlaDecodeKernel::Wgmma,
-                crate::plan::mla::MLA_DECODE_SM90_FP8_REGISTERS_TILING
+                crate::plan::mla::MLA_DECODE_SM90_FP8_REGISTERS_TILINGS[0]
             )
         );
-        assert_eq!(pick_fp8(2, 16, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
-        assert_eq!(pick_fp8(1, 128, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
+        let pairs = (
+            MlaDecodeKernel::Wgmma,
+            crate::plan::mla::MLA_DECODE_SM90_FP8_REGISTERS_TILINGS[1],
+        );
+        assert_eq!(pick_fp8(2, 16, &h), pairs);
+        assert_eq!(pick_fp8(1, 128, &h), pairs);
         assert_eq!(pick_fp8(1, 16, &a100).0, MlaDecodeKernel::MmaSync);
         assert_eq!(pick_fp8(1, 128, &a100).0, MlaDecodeKernel::MmaSync);
         // sm_89's 99 KB: only the smallest DeepSeek tiling fits.

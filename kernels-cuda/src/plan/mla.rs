@@ -2,8 +2,9 @@
 //! (`kernels/mla_decode.cu`, one CTA tiling per variant, and the Hopper kernels
 //! `kernels/sm90/mla_decode.cu` for the bf16 cache with 64 rows per CTA, the transposed
 //! `kernels/sm90/mla_decode_fp8.cu` for the FP8 cache and for the bf16 cache with 16 or 32 rows
-//! per CTA, and `kernels/sm90/mla_decode_fp8_rs.cu` for the FP8 cache with 16 rows per CTA and
-//! the cache operand in registers) and the split combine (`kernels/mla_combine.cu`).
+//! per CTA, and `kernels/sm90/mla_decode_fp8_rs.cu` / `mla_decode_fp8_rs_pairs.cu` for the FP8
+//! cache with 16 / 32 rows per CTA and the cache operand in registers) and the split combine
+//! (`kernels/mla_combine.cu`).
 
 use super::{check_resources, ArchSpec, KernelSpec};
 use crate::compile::KernelSource;
@@ -21,9 +22,10 @@ pub const MLA_DECODE_SM90_TILING: (u32, u32, u32) = (4, 64, 2);
 /// slices), for both cache formats: 16 or 32 query rows per CTA (the wgmma N of its transposed
 /// products), 64-key tiles, two bf16 key tiles in shared memory.
 pub const MLA_DECODE_SM90_TRANSPOSED_TILINGS: [(u32, u32, u32); 2] = [(1, 64, 2), (2, 64, 2)];
-/// The Hopper FP8 kernel with the cache operand in registers (`sm90/mla_decode_fp8_rs.cu`): 16
-/// query rows per CTA, 64-key tiles, four raw FP8 tiles in shared memory.
-pub const MLA_DECODE_SM90_FP8_REGISTERS_TILING: (u32, u32, u32) = (1, 64, 4);
+/// The Hopper FP8 kernels with the cache operand in registers, 64-key tiles, four raw FP8 tiles
+/// in shared memory: 16 query rows per CTA (`sm90/mla_decode_fp8_rs.cu`), 32
+/// (`sm90/mla_decode_fp8_rs_pairs.cu`).
+pub const MLA_DECODE_SM90_FP8_REGISTERS_TILINGS: [(u32, u32, u32); 2] = [(1, 64, 4), (2, 64, 4)];
 /// Threads per combine CTA: 4 warps, one row each.
 pub const MLA_COMBINE_THREADS: u32 = 128;
 /// Rows (of `s_q * heads`) each combine CTA merges at a time.
@@ -187,9 +189,10 @@ pub enum MlaDecodeKernel {
     /// [`MLA_DECODE_SM90_TRANSPOSED_TILINGS`] (16 or 32 rows, either format):
     /// `kernels/sm90/mla_decode_fp8.cu`, transposed products on one math warpgroup, two
     /// warpgroups filling its bf16 key tiles (FP8: dequantizing; bf16: cp.async copies).
-    /// FP8 records with [`MLA_DECODE_SM90_FP8_REGISTERS_TILING`] (16 rows):
-    /// `kernels/sm90/mla_decode_fp8_rs.cu`, raw records copied in bulk, two math warpgroups
-    /// converting the codes straight into their wgmma operand registers.
+    /// FP8 records with [`MLA_DECODE_SM90_FP8_REGISTERS_TILINGS`] (16 or 32 rows):
+    /// `kernels/sm90/mla_decode_fp8_rs.cu` / `mla_decode_fp8_rs_pairs.cu`, raw records copied in
+    /// bulk, two math warpgroups converting the codes straight into their wgmma operand
+    /// registers.
     Wgmma,
 }
 
@@ -283,13 +286,17 @@ impl MlaDecodeVariant {
 
     /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first (the
     /// seesaw, where the page size allows it, then the default schedule), for FP8 the
-    /// register-operand kernel first, then the transposed kernel's 16- and 32-row tilings (both
+    /// register-operand kernels (16, 32 rows) first, then the transposed kernel's 16- and 32-row tilings (both
     /// formats; whether they are valid on an architecture and for the dims is
     /// [`KernelSpec::valid_on`]'s call).
     pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
         let mut v = Vec::new();
         if CacheFormat::from(layout.format) == CacheFormat::Fp8 {
-            v.push(Self::wgmma(layout, MLA_DECODE_SM90_FP8_REGISTERS_TILING));
+            v.extend(
+                MLA_DECODE_SM90_FP8_REGISTERS_TILINGS
+                    .iter()
+                    .map(|&t| Self::wgmma(layout, t)),
+            );
         }
         if CacheFormat::from(layout.format) == CacheFormat::Bf16 {
             let sixty_four_rows = Self::wgmma(layout, MLA_DECODE_SM90_TILING);
@@ -317,12 +324,12 @@ impl MlaDecodeVariant {
             && !self.is_fp8_registers()
     }
 
-    /// Whether this Hopper variant runs the FP8 register-operand kernel
-    /// (`sm90/mla_decode_fp8_rs.cu`).
+    /// Whether this Hopper variant runs an FP8 register-operand kernel
+    /// (`sm90/mla_decode_fp8_rs.cu`, or with 32 rows `sm90/mla_decode_fp8_rs_pairs.cu`).
     pub fn is_fp8_registers(&self) -> bool {
         self.kernel == MlaDecodeKernel::Wgmma
             && self.format == CacheFormat::Fp8
-            && self.tiling() == MLA_DECODE_SM90_FP8_REGISTERS_TILING
+            && MLA_DECODE_SM90_FP8_REGISTERS_TILINGS.contains(&self.tiling())
     }
 
     /// Whether the tiling is one a Hopper kernel of this variant's format is built for.
@@ -330,7 +337,7 @@ impl MlaDecodeVariant {
         MLA_DECODE_SM90_TRANSPOSED_TILINGS.contains(&self.tiling())
             || (self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
             || (self.format == CacheFormat::Fp8
-                && self.tiling() == MLA_DECODE_SM90_FP8_REGISTERS_TILING)
+                && MLA_DECODE_SM90_FP8_REGISTERS_TILINGS.contains(&self.tiling()))
     }
 
     /// The same tiling for the uniform (`false`) or variable-length (`true`) query layout.
@@ -389,8 +396,11 @@ impl KernelSpec for MlaDecodeVariant {
     fn source(&self) -> KernelSource {
         match self.kernel {
             MlaDecodeKernel::MmaSync => crate::kernels::MLA_DECODE,
-            MlaDecodeKernel::Wgmma if self.is_fp8_registers() => {
+            MlaDecodeKernel::Wgmma if self.is_fp8_registers() && self.row_slices == 1 => {
                 crate::kernels::MLA_DECODE_SM90_FP8_RS
+            }
+            MlaDecodeKernel::Wgmma if self.is_fp8_registers() => {
+                crate::kernels::MLA_DECODE_SM90_FP8_RS_PAIRS
             }
             MlaDecodeKernel::Wgmma if self.is_transposed() => crate::kernels::MLA_DECODE_SM90_FP8,
             MlaDecodeKernel::Wgmma => crate::kernels::MLA_DECODE_SM90,
@@ -465,23 +475,27 @@ impl KernelSpec for MlaDecodeVariant {
     /// rows: Q as blocks of R rows x 64 dims, `stages` bf16 key tiles of 64-key x 64-dim blocks,
     /// P `[R][64]` bf16, column maxima and sums `[4][R]` f32 each, full barriers (per stage for
     /// FP8, per (stage, column block) for bf16), an empty barrier per stage, 16 bytes of flags.
-    /// The FP8 register-operand kernel's (`MlaSm90Fp8RsSmem` in `sm90/mla_decode_fp8_rs.cu`), for
-    /// R rows: `stages` raw tiles of 64 records, Q as blocks of R rows x 64 dims, P' (per math
-    /// warpgroup, 4 copies of `[R][64]` bf16), column maxima and sums `[2][4][R]` f32 each, the
-    /// row exponents `[R]` i32, the merge `[4][R]` f32, a full and an empty barrier per stage,
-    /// 16 bytes of flags.
+    /// The FP8 register-operand kernels' (`MlaSm90Fp8RsSmem` in `sm90/mla_decode_fp8_rs.cu` and
+    /// `sm90/mla_decode_fp8_rs_pairs.cu`), for R rows: `stages` raw tiles of 64 records, Q as
+    /// blocks of R rows x 64 dims, then with 16 rows P' (per math warpgroup, 4 copies of
+    /// `[R][64]` bf16), column maxima and sums `[2][4][R]` f32 each, the row exponents `[R]` i32,
+    /// the merge `[4][R]` f32; with 32 rows P (per tile of a pair, `[R][64]` bf16), column maxima
+    /// `[2][R][4]` f32, the pair's tile maxima `[2][2][R]` f32, column sums `[2][4][R]` f32, the row
+    /// exponents; then a full and an empty barrier per stage, 16 bytes of flags.
     fn smem_bytes(&self) -> u32 {
         if self.is_fp8_registers() {
             let rows = self.rows_per_cta();
             let blocks = (self.latent_dim + self.rope_dim) / 64;
-            return self.stages * self.key_tile * self.token_bytes()
+            let common = self.stages * self.key_tile * self.token_bytes()
                 + blocks * rows * 128
-                + 2 * 4 * rows * 128
-                + 2 * (2 * 4 * rows * 4)
                 + rows * 4
-                + 4 * rows * 4
                 + 2 * self.stages * 8
                 + 16;
+            return if self.row_slices == 1 {
+                common + 2 * 4 * rows * 128 + 2 * (2 * 4 * rows * 4) + 4 * rows * 4
+            } else {
+                common + 2 * rows * 128 + 2 * rows * 4 * 4 + 2 * 2 * rows * 4 + 2 * 4 * rows * 4
+            };
         }
         if self.is_transposed() {
             let rows = self.rows_per_cta();
@@ -553,7 +567,7 @@ impl KernelSpec for MlaDecodeVariant {
                         "a Hopper kernel's tiling over records of latent 512 + rope 64 \
                          (one of {MLA_DECODE_SM90_TRANSPOSED_TILINGS:?}, for bf16 also \
                          {MLA_DECODE_SM90_TILING:?}, for FP8 also \
-                         {MLA_DECODE_SM90_FP8_REGISTERS_TILING:?})"
+                         {MLA_DECODE_SM90_FP8_REGISTERS_TILINGS:?})"
                     ),
                     format!("{self:?}"),
                 ));
@@ -746,20 +760,31 @@ mod tests {
             ..MlaCacheLayout::default()
         };
         let all = MlaDecodeVariant::sm90_variants(&fp8);
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 4);
         let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
         let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
-        // The register-operand kernel first.
-        let rs = all[0];
-        assert!(rs.is_fp8_registers() && !rs.is_transposed());
-        rs.valid_on(&h200).unwrap();
-        assert!(rs.valid_on(&a100).is_err());
-        assert_eq!((rs.rows_per_cta(), rs.threads()), (16, 384));
-        // 4 raw tiles of 64 x 656 bytes, Q 9 blocks of 16 rows, P' 2 x 4 x [16][64] bf16, maxima
-        // and sums [2][4][16] f32 each, exponents [16], merge [4][16], 8 barriers, flags: the
-        // kernel's MlaSm90Fp8RsSmem::END.
+        // The register-operand kernels first: 16 rows (alternating tiles), 32 (tile pairs).
+        for (rs, rows, file) in [
+            (all[0], 16u32, "sm90/mla_decode_fp8_rs.cu"),
+            (all[1], 32, "sm90/mla_decode_fp8_rs_pairs.cu"),
+        ] {
+            assert!(rs.is_fp8_registers() && !rs.is_transposed());
+            rs.valid_on(&h200).unwrap();
+            assert!(rs.valid_on(&a100).is_err());
+            assert_eq!((rs.rows_per_cta(), rs.threads()), (rows, 384));
+            let k = rs.with_varlen(true).kernel();
+            assert_eq!(k.source.file, file);
+            assert_eq!(k.define_value("FMT"), None);
+            assert_eq!(k.define_value("ROWS"), Some(rows.to_string().as_str()));
+            assert_eq!(k.define_value("VARLEN"), Some("1"));
+            assert_eq!(k.define_value("TESSERA_THREADS"), Some("384"));
+        }
+        // 4 raw tiles of 64 x 656 bytes, Q 9 blocks of R rows, then (16 rows) P' 2 x 4 x [16][64]
+        // bf16, maxima and sums [2][4][16] f32 each, exponents [16], merge [4][16]; (32 rows) P
+        // 2 x [32][64] bf16, maxima [2][32][4], tile maxima [2][2][32], sums [2][4][32] f32,
+        // exponents [32]; 8 barriers, flags: the kernels' MlaSm90Fp8RsSmem::END.
         assert_eq!(
-            rs.smem_bytes(),
+            all[0].smem_bytes(),
             4 * 64 * 656
                 + 9 * 16 * 128
                 + 8 * 16 * 128
@@ -769,21 +794,27 @@ mod tests {
                 + 64
                 + 16
         );
-        assert_eq!(rs.smem_bytes(), 204_176);
-        let k = rs.with_varlen(true).kernel();
-        assert_eq!(k.source.file, "sm90/mla_decode_fp8_rs.cu");
-        assert_eq!(k.define_value("FMT"), None);
-        assert_eq!(k.define_value("ROWS"), Some("16"));
-        assert_eq!(k.define_value("VARLEN"), Some("1"));
-        assert_eq!(k.define_value("TESSERA_THREADS"), Some("384"));
-        // Not a bf16 tiling.
-        assert!(MlaDecodeVariant::wgmma(
-            &MlaCacheLayout::default(),
-            MLA_DECODE_SM90_FP8_REGISTERS_TILING
-        )
-        .valid_on(&h200)
-        .is_err());
-        let vs = &all[1..];
+        assert_eq!(all[0].smem_bytes(), 204_176);
+        assert_eq!(
+            all[1].smem_bytes(),
+            4 * 64 * 656
+                + 9 * 32 * 128
+                + 2 * 32 * 128
+                + 2 * 32 * 4 * 4
+                + 2 * 2 * 32 * 4
+                + 2 * 4 * 32 * 4
+                + 32 * 4
+                + 64
+                + 16
+        );
+        assert_eq!(all[1].smem_bytes(), 215_760);
+        // Not bf16 tilings.
+        for t in MLA_DECODE_SM90_FP8_REGISTERS_TILINGS {
+            assert!(MlaDecodeVariant::wgmma(&MlaCacheLayout::default(), t)
+                .valid_on(&h200)
+                .is_err());
+        }
+        let vs = &all[2..];
         for (v, rows) in vs.iter().zip([16u32, 32]) {
             v.valid_on(&h200).unwrap();
             assert!(v.valid_on(&a100).is_err());
