@@ -577,10 +577,11 @@ pub fn mla_decode_candidates(
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
     // The FP8 register-operand sm90 kernels: 16 rows per CTA up to 16 rows (H200, check-12:
-    // 0.71-0.89x the bf16 time at h_q 16 s_q 1, where the transposed FP8 kernel took 0.98-1.0x),
-    // else 32 (tile pairs; harness, session 14: 0.87x the transposed FP8 kernel's time at h_q 16
-    // s_q 2, 252-272 TFLOPS at h_q 128 against 211-222; dev/NOTES-mla-decode-sm90.md).
-    if shape.op.layout.format == MlaCacheFormat::Fp8 {
+    // 0.71-0.89x the bf16 time at h_q 16 s_q 1, where the transposed FP8 kernel took 0.98-1.0x);
+    // 32 (tile pairs) above 64 rows (check-13: 204-254 TFLOPS at h_q 128, 1.03-1.12x the
+    // transposed kernel). From 17 to 64 rows the transposed kernel below (check-13: the 32-row
+    // register-operand kernel at 0.90-1.05x its speed at h_q 16 s_q 2, 0.97x at varlen h_q 16).
+    if shape.op.layout.format == MlaCacheFormat::Fp8 && (rows <= 16 || rows > 64) {
         let row_slices = if rows <= 16 { 1 } else { 2 };
         if let Some(i) = candidates
             .iter()
@@ -946,8 +947,8 @@ mod tests {
             c.iter().filter(|v| v.is_transposed()).count(),
             crate::plan::mla::MLA_DECODE_SM90_TRANSPOSED_TILINGS.len()
         );
-        // The FP8 cache: on sm_90a the register-operand kernels, 16 rows per CTA up to 16 rows,
-        // else 32; the mma.sync kernel elsewhere.
+        // The FP8 cache: on sm_90a the register-operand kernels, 16 rows per CTA up to 16 rows
+        // and 32 above 64; the transposed kernel's 32 rows between; the mma.sync kernel elsewhere.
         let fp8 = MlaCacheLayout {
             format: MlaCacheFormat::Fp8,
             ..ds
@@ -971,7 +972,9 @@ mod tests {
             MlaDecodeKernel::Wgmma,
             crate::plan::mla::MLA_DECODE_SM90_FP8_REGISTERS_TILINGS[1],
         );
-        assert_eq!(pick_fp8(2, 16, &h), pairs);
+        assert_eq!(pick_fp8(2, 16, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
+        assert_eq!(pick_fp8(4, 16, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
+        assert_eq!(pick_fp8(5, 16, &h), pairs);
         assert_eq!(pick_fp8(1, 128, &h), pairs);
         assert_eq!(pick_fp8(1, 16, &a100).0, MlaDecodeKernel::MmaSync);
         assert_eq!(pick_fp8(1, 128, &a100).0, MlaDecodeKernel::MmaSync);
