@@ -286,8 +286,8 @@ impl MlaDecodeVariant {
 
     /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first (the
     /// seesaw, where the page size allows it, then the default schedule), for FP8 the
-    /// register-operand kernels (16, 32 rows) first, then the transposed kernel's 16- and 32-row tilings (both
-    /// formats; whether they are valid on an architecture and for the dims is
+    /// register-operand kernels (16, 32 rows) first, then the transposed kernel's 16- and 32-row
+    /// tilings (both formats; whether they are valid on an architecture and for the dims is
     /// [`KernelSpec::valid_on`]'s call).
     pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
         let mut v = Vec::new();
