@@ -478,10 +478,11 @@ impl KernelSpec for MlaDecodeVariant {
     /// The FP8 register-operand kernels' (`MlaSm90Fp8RsSmem` in `sm90/mla_decode_fp8_rs.cu` and
     /// `sm90/mla_decode_fp8_rs_pairs.cu`), for R rows: `stages` raw tiles of 64 records, Q as
     /// blocks of R rows x 64 dims, then with 16 rows P' (per math warpgroup, 4 copies of
-    /// `[R][64]` bf16), column maxima and sums `[2][4][R]` f32 each, the row exponents `[R]` i32,
-    /// the merge `[4][R]` f32; with 32 rows P (per tile of a pair, `[R][64]` bf16), column maxima
-    /// `[2][R][4]` f32, the pair's tile maxima `[2][2][R]` f32, column sums `[2][4][R]` f32, the row
-    /// exponents; then a full and an empty barrier per stage, 16 bytes of flags.
+    /// `[R][64]` bf16), column maxima `[2][R][4]` and sums `[2][4][R]` f32, the row exponents
+    /// `[R]` i32, the merge `[4][R]` f32; with 32 rows P (per tile of a pair, `[R][64]` bf16),
+    /// column maxima `[2][R][4]` f32, the pair's tile maxima `[2][2][R]` f32, column sums
+    /// `[2][4][R]` f32, the row exponents; then a full and an empty barrier per stage, 16 bytes
+    /// of flags.
     fn smem_bytes(&self) -> u32 {
         if self.is_fp8_registers() {
             let rows = self.rows_per_cta();
