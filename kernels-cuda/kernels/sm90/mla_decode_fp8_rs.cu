@@ -35,10 +35,10 @@
 // same cols), a2 / a3 = cols + 8; rows 16w.. for warp w): both products permute their
 // contraction index and their M index so that a thread's fragments come from a few contiguous
 // bytes of the raw records, bank-conflict free; Q'^T, P'^T and the output staging carry the
-// same permutations (one source: the r8_* index functions below).
+// same permutations (one source: the r8_* index functions of sm90/mla_fp8_rs.cuh).
 //   S^T rows (keys): row 16w + 8h + g is key r8_s_key(w, h, g) of the tile.
-//   S^T contraction (dims): logical column 16kk + c of the latent is dim r8_latent_dim(kk, c); of
-//       the rope, rope dim r8_rope_dim(kk, c). A thread (lane quarter tq) reads 16 contiguous
+//   S^T contraction (dims): latent dim d is logical column r8_latent_column(d) of Q'^T, rope dim
+//       r the rope's column r8_rope_column(r). A thread (lane quarter tq) reads 16 contiguous
 //       bytes of a key's latent per 4 k-steps (LDS.128), 16 of its rope per 2.
 //   V^T rows (dims): row 16w + 8h + g of O^T tile 2p + s is dim 128p + 4(8w + g) + 2s + h;
 //       V^T columns (keys) are the tile's keys in order. A thread reads one 32-bit word (4 dims)
@@ -175,17 +175,10 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
     }
     named_barrier_sync(R8_BAR_MATH, 256);
 
-    // This thread's columns (query rows) c = n8 * 8 + 2 tq + e1, index ci = 2 n8 + e1: the keys
-    // each sees (causal over the s_q positions) and its softmax multiplier (scale_log2 * 2^-e_row).
+    // This thread's columns (query rows r8_column(ci, tq)): the keys each sees, the softmax multiplier.
     int lim[R8_NC];
     float cmul[R8_NC];
-#pragma unroll
-    for (int ci = 0; ci < R8_NC; ++ci) {
-        const int c = (ci / 2) * 8 + 2 * tq + (ci & 1);
-        const int r = r0 + c;
-        lim[ci] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
-        cmul[ci] = scale_log2 * ldexpf(1.0f, -sExp[c]);
-    }
+    r8_columns(lim, cmul, sExp, tq, r0, rows_total, len, n_q, heads, k_end, scale_log2);
     float o_acc[8 * R8_NACC];
 #pragma unroll
     for (int i = 0; i < 8 * R8_NACC; ++i) o_acc[i] = 0.0f;

@@ -142,13 +142,7 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
 
     int lim[R8_NC];
     float cmul[R8_NC];
-#pragma unroll
-    for (int ci = 0; ci < R8_NC; ++ci) {
-        const int c = (ci / 2) * 8 + 2 * tq + (ci & 1);
-        const int r = r0 + c;
-        lim[ci] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
-        cmul[ci] = scale_log2 * ldexpf(1.0f, -sExp[c]);
-    }
+    r8_columns(lim, cmul, sExp, tq, r0, rows_total, len, n_q, heads, k_end, scale_log2);
     // O^T tiles 4wg.. (dims 256wg.., groups 2wg, 2wg + 1) over both tiles of every pair.
     float o_acc[4 * R8_NACC];
 #pragma unroll

@@ -29,15 +29,20 @@
 __device__ __forceinline__ int r8_s_key(int w, int h, int g) {
     return 2 * ((g & 1) * 2 + (g >> 1) * 4 + (w & 1) + 16 * (w >> 1)) + h;
 }
-// Latent dim of logical column c (0..15) of k-step kk (0..31) of S^T's contraction: thread quarter
-// tq = (c % 8) / 2 reads bytes 64 (kk / 4) + 16 tq .. + 15 of a record; k-step kk uses 4 of them.
-__device__ __forceinline__ int r8_latent_dim(int kk, int c) {
-    return 64 * (kk / 4) + 16 * ((c % 8) / 2) + 4 * (kk % 4) + 2 * (c / 8) + (c % 2);
+// S^T's contraction, latent: thread quarter tq reads bytes 64 J + 16 tq .. + 15 of a record and
+// k-step kk = 4 J + s uses bytes 4 s .. 4 s + 3 of them, as its logical columns 2 tq, 2 tq + 1 (the
+// first two) and 2 tq + 8, 2 tq + 9. So dim d = 64 J + 16 tq + 4 s + 2 hi + e is logical column
+// 16 kk + 2 tq + e + 8 hi of Q'^T (this function; the fragment loads are its inverse).
+__device__ __forceinline__ int r8_latent_column(int d) {
+    const int kk = 4 * (d / 64) + (d % 16) / 4, c = 2 * ((d % 64) / 16) + (d % 2) + 8 * ((d % 4) / 2);
+    return 16 * kk + c;
 }
-// Rope dim of logical column c of rope k-step kk (0..3): bytes R8_ROPE_AT + 64 (kk / 2) + 16 tq.. (8
-// bf16), k-step kk using 4 of them.
-__device__ __forceinline__ int r8_rope_dim(int kk, int c) {
-    return 32 * (kk / 2) + 8 * ((c % 8) / 2) + 4 * (kk % 2) + 2 * (c / 8) + (c % 2);
+// The rope: thread quarter tq reads 16 bytes (8 bf16) at R8_ROPE_AT + 64 J + 16 tq and rope k-step
+// kk = 2 J + s uses 4 of them: rope dim r = 32 J + 8 tq + 4 s + 2 hi + e is rope column
+// 16 kk + 2 tq + e + 8 hi.
+__device__ __forceinline__ int r8_rope_column(int r) {
+    const int kk = 2 * (r / 32) + (r % 8) / 4, c = 2 * ((r % 32) / 8) + (r % 2) + 8 * ((r % 4) / 2);
+    return 16 * kk + c;
 }
 // O^T row (tile i, row 16w + 8h + g) is this latent dim.
 __device__ __forceinline__ int r8_out_dim(int i, int w, int h, int g) {
@@ -110,10 +115,30 @@ __device__ __forceinline__ void r8_bulk_copy(void* dst, const void* src, u32 byt
 }
 
 
+// ---- the math warpgroups' columns ----------------------------------------------------------
+
+// Column (query row of the CTA) ci of this thread's wgmma accumulator fragment (lane quarter tq).
+__device__ __forceinline__ int r8_column(int ci, int tq) { return (ci / 2) * 8 + 2 * tq + (ci & 1); }
+
+// This thread's columns (query rows r0 + r8_column(ci, tq)): the keys each sees (causal over the
+// s_q positions; -1 for a row at or past rows_total) and its softmax multiplier
+// scale_log2 * 2^-e_row.
+__device__ __forceinline__ void r8_columns(int (&lim)[R8_NC], float (&cmul)[R8_NC], const int* row_exp, int tq,
+                                           int r0, int rows_total, int len, int n_q, int heads, int k_end,
+                                           float scale_log2) {
+#pragma unroll
+    for (int ci = 0; ci < R8_NC; ++ci) {
+        const int c = r8_column(ci, tq);
+        const int r = r0 + c;
+        lim[ci] = r < rows_total ? min(len - (n_q - 1 - r / heads), k_end) : -1;
+        cmul[ci] = scale_log2 * ldexpf(1.0f, -row_exp[c]);
+    }
+}
+
 // Q rows r0.. of a request into Q'^T (9 swizzled blocks of R8_Q_BLOCK): each row's exponent e_row
 // (2^e_row times its largest |latent| in [2^14, 2^15), 0 for a zero row, within +-120) into
 // row_exp, the latent as f16 * 2^e_row and the rope as bf16 * 2^e_row at their logical columns
-// (the inverses of r8_latent_dim and r8_rope_dim); rows past `rows` are zeros. Thread t of
+// (r8_latent_column, LATENT + r8_rope_column); rows past `rows` are zeros. Thread t of
 // `nthreads` (a multiple of 32): rows t / 16, + nthreads / 16, .., latent dims 32 (t % 16).., rope
 // dims 4 (t % 16)... The caller fences and synchronizes.
 __device__ __forceinline__ void r8_stage_q(u8* sQ, int* row_exp, const u16* __restrict__ q, int rows, int t,
@@ -133,17 +158,13 @@ __device__ __forceinline__ void r8_stage_q(u8* sQ, int* row_exp, const u16* __re
         const float mul = ldexpf(1.0f, e_row);
         for (int d = 32 * part; d < 32 * part + 32; ++d) {
             const float x = real ? bf16_to_f32(qrow[d]) * mul : 0.0f;
-            // d = 64 J + 16 tq + 4 s + 2 hi + e is logical column 16 (4 J + s) + 2 tq + e + 8 hi.
-            const int kk = 4 * (d / 64) + (d % 16) / 4, c = 2 * ((d % 64) / 16) + (d % 2) + 8 * ((d % 4) / 2);
-            const int L = 16 * kk + c;
+            const int L = r8_latent_column(d);
             *reinterpret_cast<u16*>(sQ + (L / 64) * R8_Q_BLOCK + swizzle128(row, (L % 64) / 8) + (L % 8) * 2) =
                 f32_to_f16(x);
         }
         for (int r = 4 * part; r < 4 * part + 4; ++r) {
             const float x = real ? bf16_to_f32(qrow[LATENT + r]) * mul : 0.0f;
-            // r = 32 J + 8 tq + 4 s + 2 hi + e is rope column 16 (2 J + s) + 2 tq + e + 8 hi.
-            const int kk = 2 * (r / 32) + (r % 8) / 4, c = 2 * ((r % 32) / 8) + (r % 2) + 8 * ((r % 4) / 2);
-            const int L = LATENT + 16 * kk + c;
+            const int L = LATENT + r8_rope_column(r);
             *reinterpret_cast<u16*>(sQ + (L / 64) * R8_Q_BLOCK + swizzle128(row, (L % 64) / 8) + (L % 8) * 2) =
                 f32_to_bf16(x);
         }
