@@ -332,12 +332,12 @@ impl MlaDecodeVariant {
             && MLA_DECODE_SM90_FP8_REGISTERS_TILINGS.contains(&self.tiling())
     }
 
-    /// Whether the tiling is one a Hopper kernel of this variant's format is built for.
+    /// Whether the tiling is one a Hopper kernel of this variant's format is built for (asked of
+    /// `Wgmma` variants).
     fn is_wgmma_tiling(&self) -> bool {
         MLA_DECODE_SM90_TRANSPOSED_TILINGS.contains(&self.tiling())
             || (self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
-            || (self.format == CacheFormat::Fp8
-                && MLA_DECODE_SM90_FP8_REGISTERS_TILINGS.contains(&self.tiling()))
+            || self.is_fp8_registers()
     }
 
     /// The same tiling for the uniform (`false`) or variable-length (`true`) query layout.
