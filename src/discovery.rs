@@ -223,6 +223,10 @@ fn vulkan_feature_lines(f: &tessera_vulkan::VulkanFeatures) -> Vec<String> {
             .collect();
         lines.push(format!("cooperative matrix shapes: {}", shapes.join(", ")));
     }
+    lines.push(format!(
+        "VK_KHR_shader_bfloat16 (bf16 type and matrices): {}",
+        if f.bfloat16 { "enabled" } else { "no" }
+    ));
     if f.cooperative_matrix2_nv {
         lines.push("VK_NV_cooperative_matrix2: present (not used)".into());
     }

@@ -200,7 +200,8 @@ pub struct VulkanFeatures {
     pub storage_buffer_16bit: bool,
     /// `VK_KHR_shader_integer_dot_product` is present.
     pub integer_dot_product: bool,
-    /// `VK_KHR_shader_bfloat16` is present (not enabled yet).
+    /// `VK_KHR_shader_bfloat16` with its bf16 type and bf16 cooperative matrices
+    /// (`shaderBFloat16Type`, `shaderBFloat16CooperativeMatrix`), enabled.
     pub bfloat16: bool,
     /// `VK_KHR_cooperative_matrix` is present and `cooperativeMatrix` enabled.
     pub cooperative_matrix: bool,
@@ -310,7 +311,42 @@ struct Optional {
     size_control: bool,
     full_subgroups: bool,
     coop_matrix: bool,
+    bfloat16: bool,
 }
+
+/// `VkPhysicalDeviceShaderBfloat16FeaturesKHR` (`VK_KHR_shader_bfloat16`), newer than ash's
+/// headers: the same layout as the C structure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct ShaderBfloat16Features {
+    s_type: vk::StructureType,
+    p_next: *mut std::ffi::c_void,
+    shader_bfloat16_type: vk::Bool32,
+    shader_bfloat16_dot_product: vk::Bool32,
+    shader_bfloat16_cooperative_matrix: vk::Bool32,
+}
+
+/// The extension that [`ShaderBfloat16Features`] belongs to.
+const SHADER_BFLOAT16_NAME: &CStr = c"VK_KHR_shader_bfloat16";
+
+impl Default for ShaderBfloat16Features {
+    fn default() -> Self {
+        Self {
+            // VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_BFLOAT16_FEATURES_KHR
+            s_type: vk::StructureType::from_raw(1_000_141_000),
+            p_next: std::ptr::null_mut(),
+            shader_bfloat16_type: vk::FALSE,
+            shader_bfloat16_dot_product: vk::FALSE,
+            shader_bfloat16_cooperative_matrix: vk::FALSE,
+        }
+    }
+}
+
+// SAFETY: `ShaderBfloat16Features` starts with `sType` and `pNext` like every Vulkan
+// structure (`#[repr(C)]`), and the specification lists it as extending both.
+unsafe impl vk::ExtendsPhysicalDeviceFeatures2 for ShaderBfloat16Features {}
+// SAFETY: as above.
+unsafe impl vk::ExtendsDeviceCreateInfo for ShaderBfloat16Features {}
 
 /// A physical device with everything needed to judge and open it.
 struct Candidate {
@@ -415,7 +451,7 @@ unsafe fn inspect(
         storage_buffer_8bit: false,
         storage_buffer_16bit: false,
         integer_dot_product: has(ash::khr::shader_integer_dot_product::NAME),
-        bfloat16: extensions.iter().any(|e| e == "VK_KHR_shader_bfloat16"),
+        bfloat16: false,
         cooperative_matrix: false,
         cooperative_matrix_shapes: Vec::new(),
         cooperative_matrix2_nv: extensions.iter().any(|e| e == "VK_NV_cooperative_matrix2"),
@@ -519,11 +555,13 @@ unsafe fn inspect(
     let has_8bit = v12 || has(ash::khr::_8bit_storage::NAME);
     let has_f16i8 = v12 || has(ash::khr::shader_float16_int8::NAME);
     let has_coop = has(ash::khr::cooperative_matrix::NAME);
+    let has_bf16 = has(SHADER_BFLOAT16_NAME);
     let mut storage16 = vk::PhysicalDevice16BitStorageFeatures::default();
     let mut storage8 = vk::PhysicalDevice8BitStorageFeatures::default();
     let mut f16i8 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
     let mut size_control_f = vk::PhysicalDeviceSubgroupSizeControlFeatures::default();
     let mut coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+    let mut bf16 = ShaderBfloat16Features::default();
     let base = {
         let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut storage16);
         if has_8bit {
@@ -538,6 +576,9 @@ unsafe fn inspect(
         if has_coop {
             f2 = f2.push_next(&mut coop);
         }
+        if has_bf16 {
+            f2 = f2.push_next(&mut bf16);
+        }
         instance.get_physical_device_features2(physical, &mut f2);
         f2.features
     };
@@ -550,6 +591,12 @@ unsafe fn inspect(
     optional.size_control = has_size_control && size_control_f.subgroup_size_control == vk::TRUE;
     optional.full_subgroups = has_size_control && size_control_f.compute_full_subgroups == vk::TRUE;
     optional.coop_matrix = has_coop && coop.cooperative_matrix == vk::TRUE;
+    // Only as a pair: the shaders that use bf16 use it in cooperative matrices.
+    optional.bfloat16 = has_bf16
+        && optional.coop_matrix
+        && bf16.shader_bfloat16_type == vk::TRUE
+        && bf16.shader_bfloat16_cooperative_matrix == vk::TRUE;
+    features.bfloat16 = optional.bfloat16;
     features.storage_buffer_16bit = optional.storage16;
     features.storage_buffer_8bit = optional.storage8;
     features.shader_float16 = optional.float16;
@@ -765,6 +812,7 @@ impl VulkanContext {
             o.size_control && !v13,
         );
         want(ash::khr::cooperative_matrix::NAME, o.coop_matrix);
+        want(SHADER_BFLOAT16_NAME, o.bfloat16);
 
         let base = vk::PhysicalDeviceFeatures::default()
             .shader_int16(o.int16)
@@ -781,6 +829,11 @@ impl VulkanContext {
             .compute_full_subgroups(o.full_subgroups);
         let mut coop =
             vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
+        let mut bf16 = ShaderBfloat16Features {
+            shader_bfloat16_type: vk::TRUE,
+            shader_bfloat16_cooperative_matrix: vk::TRUE,
+            ..Default::default()
+        };
         let mut features2 = vk::PhysicalDeviceFeatures2::default()
             .features(base)
             .push_next(&mut storage16);
@@ -795,6 +848,9 @@ impl VulkanContext {
         }
         if o.coop_matrix {
             features2 = features2.push_next(&mut coop);
+        }
+        if o.bfloat16 {
+            features2 = features2.push_next(&mut bf16);
         }
         let create = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queue_info)

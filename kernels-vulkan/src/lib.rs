@@ -57,7 +57,9 @@ pub use device::{
     DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
-pub use ops::mla::{MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV};
+pub use ops::mla::{
+    MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV,
+};
 pub use pipeline::{
     EmbeddedShader, PipelineCache, PipelineKey, Shader, ShaderResources, SpecConstant,
     Specialization, SPIRV_DIR_ENV,
@@ -91,6 +93,7 @@ pub mod shaders {
             crate::ops::mla::MLA_DECODE.describe(),
             crate::ops::mla::MLA_DECODE_STREAM.describe(),
             crate::ops::mla::MLA_DECODE_STREAM_ROLLED.describe(),
+            crate::ops::mla::MLA_DECODE_COOPMAT.describe(),
             crate::ops::mla::MLA_COMBINE.describe(),
             crate::ops::attention::SPARSE_ATTENTION.describe(),
             crate::ops::attention::SPARSE_ATTENTION_COOPMAT.describe(),

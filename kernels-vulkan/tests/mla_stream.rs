@@ -2,8 +2,9 @@
 //! compared with the f64 reference: the streaming shader (`mla_decode_stream`, both builds) at
 //! random shapes and tilings (h_q 1..=32, s_q 1..=4, lengths 0, 1, 63, 64, 65 and random, pages
 //! of 16 and 64 in permuted block tables, NaN in every unused slot, latent 256 and 512, bf16
-//! and FP8 records), the tiled shader at such shapes, the default choice, and the
-//! `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run at subgroup
+//! and FP8 records), the tiled shader at such shapes, the cooperative-matrix shader (bf16
+//! records, every tiling) where the device has bf16 cooperative matrices, the default choice,
+//! and the `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run at subgroup
 //! sizes 4 and 16 (`LP_NATIVE_VECTOR_WIDTH`, in a child process), beside the default 8.
 
 use half::bf16;
@@ -13,11 +14,12 @@ use tessera_reference::mla as ref_mla;
 use tessera_testing::check::{TOL_LSE_ABS, TOL_REL_L2_BF16};
 use tessera_testing::Rng;
 use tessera_vulkan::{
-    Buffer, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, VulkanBackend, VulkanSettings,
+    Buffer, MatrixComponent, MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling,
+    VulkanBackend, VulkanSettings,
 };
 
 mod common;
-use common::backend;
+use common::{backend, vulkan_required};
 
 /// One decode: its layout, requests and inputs (a cache written by the reference, NaN in every
 /// slot no request uses, pages in a random order).
@@ -230,6 +232,13 @@ fn random_case(rng: &mut Rng, seed: u64) -> Case {
 fn random_tiling(b: &VulkanBackend, op: &MlaDecode, rng: &mut Rng) -> MlaDecodeKernel {
     let default = match b.mla_decode_plan(op).unwrap().kernel() {
         MlaDecodeKernel::Stream(t) => t,
+        // bf16 records on a device with bf16 matrices: the streaming shader as a GPU builds it.
+        MlaDecodeKernel::Coopmat(_) => MlaStreamTiling {
+            rows_per_team: 4,
+            key_tile: 8,
+            prefetch: true,
+            unrolled: true,
+        },
         MlaDecodeKernel::Tiled => panic!("the streaming shader is supported, and the default"),
     };
     for _ in 0..16 {
@@ -330,11 +339,18 @@ fn deepseek_shapes_match_reference() {
             format,
             ..MlaCacheLayout::default()
         };
+        let coopmat =
+            format == MlaCacheFormat::Bf16 && b.mla_decode_coopmat_unsupported().is_none();
         for (heads, s_q) in [(16, 1), (16, 2), (32, 1), (128, 1)] {
             let case = Case::new(layout, s_q, heads, &[130, 64, 1], 5 + heads as u64);
             let plan = b.mla_decode_plan(&case.op).unwrap();
-            assert_eq!(plan.kernel().name(), "stream", "{plan}");
-            assert!(plan.rows_per_workgroup() <= 32, "{plan}");
+            if coopmat {
+                assert_eq!(plan.kernel().name(), "coopmat", "{plan}");
+                assert_eq!(plan.rows_per_workgroup(), 16, "{plan}");
+            } else {
+                assert_eq!(plan.kernel().name(), "stream", "{plan}");
+                assert!(plan.rows_per_workgroup() <= 32, "{plan}");
+            }
             case.check(&b, plan.kernel()).unwrap();
         }
     }
@@ -349,7 +365,11 @@ fn plans_say_what_runs_and_refuse_bad_tilings() {
         heads: 16,
         max_pages: 64,
         softmax_scale: 0.1,
-        layout: MlaCacheLayout::default(),
+        // FP8 records: the streaming shader on every device.
+        layout: MlaCacheLayout {
+            format: MlaCacheFormat::Fp8,
+            ..MlaCacheLayout::default()
+        },
     };
     let plan = b.mla_decode_plan(&op).unwrap();
     // Every row of a request shares one pass over its keys.
@@ -447,7 +467,31 @@ fn the_override_setting_picks_the_shader() {
             unrolled: false,
         })
     );
-    for bad in ["fast", "stream:4,8", "stream:4,8,2,1", "stream:a,8,1,1"] {
+    // The cooperative-matrix shader: parsed everywhere, planned where the device has it.
+    let with_coopmat = open("coopmat:16,0");
+    let coopmat = with_coopmat.mla_decode_plan(&op);
+    match with_coopmat.mla_decode_coopmat_unsupported() {
+        None => assert_eq!(
+            coopmat.unwrap().kernel(),
+            MlaDecodeKernel::Coopmat(MlaCoopmatTiling {
+                key_tile: 16,
+                prefetch: false,
+            })
+        ),
+        Some(_) => assert!(
+            matches!(coopmat, Err(Error::Unsupported { .. })),
+            "{coopmat:?}"
+        ),
+    }
+    drop(with_coopmat);
+    for bad in [
+        "fast",
+        "stream:4,8",
+        "stream:4,8,2,1",
+        "stream:a,8,1,1",
+        "coopmat:32",
+        "coopmat:32,2",
+    ] {
         match kernel(&open(bad)) {
             Err(Error::InvalidArgument { arg, .. }) => {
                 assert_eq!(arg, tessera_vulkan::MLA_DECODE_ENV, "{bad}")
@@ -455,6 +499,154 @@ fn the_override_setting_picks_the_shader() {
             other => panic!("{bad}: expected InvalidArgument, got {other:?}"),
         }
     }
+}
+
+/// The backend if it can run the cooperative-matrix shader, else `None` after printing
+/// `skipped: <why>`. Where the device lists bf16 16x16x16 matrices in subgroup scope and
+/// `TESSERA_REQUIRE_VULKAN=1` (the GPU machine), not being able to run it is a failure.
+fn coopmat_backend() -> Option<VulkanBackend> {
+    let b = backend()?;
+    if let Some(why) = b.mla_decode_coopmat_unsupported() {
+        let f = b.features();
+        let listed = f.cooperative_matrix_shapes.iter().any(|s| {
+            s.subgroup_scope
+                && (s.m, s.n, s.k) == (16, 16, 16)
+                && s.a == MatrixComponent::BF16
+                && s.c == MatrixComponent::F32
+        });
+        if listed && vulkan_required() && !b.context().settings().portable {
+            panic!("the device lists bf16 matrices, but the coopmat decode cannot run: {why}");
+        }
+        println!("skipped: {why}");
+        return None;
+    }
+    Some(b)
+}
+
+/// Every tiling of the cooperative-matrix shader.
+const COOPMAT_TILINGS: [MlaCoopmatTiling; 4] = [
+    MlaCoopmatTiling {
+        key_tile: 32,
+        prefetch: true,
+    },
+    MlaCoopmatTiling {
+        key_tile: 32,
+        prefetch: false,
+    },
+    MlaCoopmatTiling {
+        key_tile: 16,
+        prefetch: true,
+    },
+    MlaCoopmatTiling {
+        key_tile: 16,
+        prefetch: false,
+    },
+];
+
+#[test]
+fn coopmat_random_shapes_match_reference() {
+    let Some(b) = coopmat_backend() else { return };
+    let mut rng = Rng::new(0x5eed_0003);
+    let mut ran = 0;
+    for i in 0..case_count(24) * 2 {
+        let case = random_case(&mut rng, 3000 + i as u64);
+        let layout = case.op.layout;
+        if layout.format != MlaCacheFormat::Bf16 {
+            continue;
+        }
+        // The shader's layouts: multiples of 16 (rope 0 too).
+        let case = if layout.rope_dim % 16 == 0 {
+            case
+        } else {
+            let lens: Vec<usize> = case.seq_lens.iter().map(|&n| n as usize).collect();
+            let layout = MlaCacheLayout {
+                rope_dim: 16,
+                ..layout
+            };
+            Case::new(layout, case.op.s_q, case.op.heads, &lens, 4000 + i as u64)
+        };
+        let tiling = COOPMAT_TILINGS[ran % COOPMAT_TILINGS.len()];
+        case.check(&b, MlaDecodeKernel::Coopmat(tiling)).unwrap();
+        ran += 1;
+    }
+    assert!(ran >= 8, "only {ran} bf16 cases");
+}
+
+#[test]
+fn coopmat_every_tiling_at_deepseek_shapes() {
+    let Some(b) = coopmat_backend() else { return };
+    // Long enough for several tiles per split, lengths that end inside a tile, an empty
+    // request, s_q 1..=3 (rows that see fewer keys), 16, 24 (a partial row group) and 128
+    // heads.
+    let layout = MlaCacheLayout::default();
+    let mut seed = 600;
+    for tiling in COOPMAT_TILINGS {
+        for (heads, s_q, lens) in [
+            (16, 1, vec![1000, 33, 0]),
+            (16, 2, vec![257, 64]),
+            (24, 3, vec![95, 1, 130]),
+            (128, 1, vec![300]),
+        ] {
+            seed += 1;
+            let case = Case::new(layout, s_q, heads, &lens, seed);
+            case.check(&b, MlaDecodeKernel::Coopmat(tiling)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn coopmat_refuses_what_it_cannot_run() {
+    let Some(b) = coopmat_backend() else { return };
+    let op = |format, latent_dim, rope_dim| MlaDecode {
+        batch: 2,
+        s_q: 1,
+        heads: 16,
+        max_pages: 4,
+        softmax_scale: 0.1,
+        layout: MlaCacheLayout {
+            format,
+            latent_dim,
+            rope_dim,
+            ..MlaCacheLayout::default()
+        },
+    };
+    let tiling = MlaDecodeKernel::Coopmat(COOPMAT_TILINGS[0]);
+    for (format, latent, rope) in [
+        (MlaCacheFormat::Fp8, 512, 64),
+        (MlaCacheFormat::Bf16, 512, 8),
+    ] {
+        let plan = b.mla_decode_plan_with(&op(format, latent, rope), tiling);
+        assert!(matches!(plan, Err(Error::Unsupported { .. })), "{plan:?}");
+        // The default plan still runs such ops (on another shader).
+        let default = b.mla_decode_plan(&op(format, latent, rope)).unwrap();
+        assert_ne!(default.kernel().name(), "coopmat", "{default}");
+    }
+    // Latent 1024 + rope 256: 32-key tiles need 90 KiB of shared memory, 16-key ones fit 48.
+    let wide = op(MlaCacheFormat::Bf16, 1024, 256);
+    if b.features().max_shared_memory_bytes < 90 * 1024 {
+        let plan = b.mla_decode_plan_with(&wide, tiling);
+        assert!(matches!(plan, Err(Error::Unsupported { .. })), "{plan:?}");
+    }
+    b.mla_decode_plan(&wide).unwrap();
+    let bad = b.mla_decode_plan_with(
+        &op(MlaCacheFormat::Bf16, 512, 64),
+        MlaDecodeKernel::Coopmat(MlaCoopmatTiling {
+            key_tile: 64,
+            prefetch: true,
+        }),
+    );
+    match bad {
+        Err(Error::InvalidArgument { arg, .. }) => assert_eq!(arg, "tiling.key_tile"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    let plan = b
+        .mla_decode_plan(&op(MlaCacheFormat::Bf16, 512, 64))
+        .unwrap();
+    assert!(
+        plan.to_string()
+            .starts_with("coopmat (32-key tiles, prefetched), 16 rows"),
+        "{plan}"
+    );
 }
 
 /// Reruns [`stream_random_shapes_match_reference`] in a child process with lavapipe's vectors

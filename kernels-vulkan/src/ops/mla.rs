@@ -22,12 +22,20 @@
 //!     `(ROWS + KT) · D · 4` bytes with `D = latent_dim + rope_dim`: DeepSeek-V3 gets 8 rows and
 //!     6 keys on lavapipe's 32 KiB, 8 and 13 on NVIDIA's 48 KiB.
 //!
-//!   Both write normalized partial outputs (f32) and log-sum-exps per key split to a workspace.
+//!   - `mla_decode_coopmat` ([`MlaDecodeKernel::Coopmat`], the bf16 cache where the device has
+//!     bf16 cooperative matrices, a subgroup of 32 and shuffles: NVIDIA): one workgroup of 4
+//!     subgroups per (request, group of 16 query rows, key split); the 16 rows are the M
+//!     dimension of bf16 x bf16 -> f32 16x16x16 products (scores over the bf16 records in
+//!     shared memory, then `P · V`), see `mla/coopmat.rs`.
+//!
+//!   All write normalized partial outputs (f32) and log-sum-exps per key split to a workspace.
 //! - `mla_combine`: one invocation per pair of output columns merges the splits by their
 //!   log-sum-exps and rounds to bf16.
 
+mod coopmat;
 mod stream;
 
+pub use coopmat::{MlaDecodeCoopmatSpec, MLA_DECODE_COOPMAT};
 pub use stream::{MlaDecodeStreamSpec, MLA_DECODE_STREAM, MLA_DECODE_STREAM_ROLLED};
 
 use super::{bind_range, to_u32};
@@ -247,7 +255,17 @@ pub struct MlaStreamTiling {
     pub unrolled: bool,
 }
 
-/// The pass-1 shader of a decode (`mla_combine` merges the key splits of both).
+/// The tiling of the cooperative-matrix decode shader ([`MlaDecodeKernel::Coopmat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaCoopmatTiling {
+    /// Keys per shared-memory tile (bf16 records): 16 or 32.
+    pub key_tile: u32,
+    /// Load the next tile's records into registers while the current tile is computed (else
+    /// each tile is loaded when it is needed).
+    pub prefetch: bool,
+}
+
+/// The pass-1 shader of a decode (`mla_combine` merges the key splits of all of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MlaDecodeKernel {
     /// `mla_decode.comp`: any device with subgroup arithmetic; a row group of at most 8 rows
@@ -256,42 +274,63 @@ pub enum MlaDecodeKernel {
     /// `mla_decode_stream.comp`: subgroup shuffles and a fixed subgroup size; each key record
     /// read once per workgroup of up to 32 rows.
     Stream(MlaStreamTiling),
+    /// `mla_decode_coopmat.comp`: the bf16 cache on bf16 cooperative matrices; 16 rows per
+    /// workgroup.
+    Coopmat(MlaCoopmatTiling),
 }
 
 impl MlaDecodeKernel {
-    /// `tiled` or `stream`.
+    /// `tiled`, `stream` or `coopmat`.
     pub fn name(&self) -> &'static str {
         match self {
             MlaDecodeKernel::Tiled => "tiled",
             MlaDecodeKernel::Stream(_) => "stream",
+            MlaDecodeKernel::Coopmat(_) => "coopmat",
         }
     }
 
-    /// Reads [`crate::VulkanSettings::mla_decode`]: `tiled`, `stream` (the default tiling,
-    /// `default_tiling()`), or `stream:ROWS,KEYS,PREFETCH,UNROLLED` (e.g. `stream:4,8,1,1`).
+    /// Reads [`crate::VulkanSettings::mla_decode`]: `tiled`, `stream` or `coopmat` (their
+    /// default tilings, from `stream_tiling()` and `coopmat_tiling()`),
+    /// `stream:ROWS,KEYS,PREFETCH,UNROLLED` (e.g. `stream:4,8,1,1`) or `coopmat:KEYS,PREFETCH`
+    /// (e.g. `coopmat:32,1`).
     fn parse_setting(
         value: &str,
-        default_tiling: impl FnOnce() -> Result<MlaStreamTiling>,
+        stream_tiling: impl FnOnce() -> Result<MlaStreamTiling>,
+        coopmat_tiling: impl FnOnce() -> Result<MlaCoopmatTiling>,
     ) -> Result<Self> {
         let invalid = || {
             Error::invalid(
                 DECODE,
                 MLA_DECODE_ENV,
-                "tiled, stream or stream:ROWS,KEYS,PREFETCH,UNROLLED (e.g. stream:4,8,1,1)",
+                "tiled, stream, coopmat, stream:ROWS,KEYS,PREFETCH,UNROLLED (e.g. stream:4,8,1,1) \
+                 or coopmat:KEYS,PREFETCH (e.g. coopmat:32,1)",
                 value,
             )
         };
+        let numbers = |list: &str| -> Result<Vec<u32>> {
+            list.split(',')
+                .map(|x| x.trim().parse::<u32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| invalid())
+        };
         match value.trim() {
             "tiled" => Ok(MlaDecodeKernel::Tiled),
-            "stream" => Ok(MlaDecodeKernel::Stream(default_tiling()?)),
+            "stream" => Ok(MlaDecodeKernel::Stream(stream_tiling()?)),
+            "coopmat" => Ok(MlaDecodeKernel::Coopmat(coopmat_tiling()?)),
             v => {
-                let numbers = v.strip_prefix("stream:").ok_or_else(invalid)?;
-                let n: Vec<u32> = numbers
-                    .split(',')
-                    .map(|x| x.trim().parse::<u32>())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| invalid())?;
-                match n[..] {
+                if let Some(list) = v.strip_prefix("coopmat:") {
+                    return match numbers(list)?[..] {
+                        [key_tile, prefetch @ (0 | 1)] => {
+                            Ok(MlaDecodeKernel::Coopmat(MlaCoopmatTiling {
+                                key_tile,
+                                prefetch: prefetch == 1,
+                            }))
+                        }
+                        _ => Err(invalid()),
+                    };
+                }
+                let list = v.strip_prefix("stream:").ok_or_else(invalid)?;
+                match numbers(list)?[..] {
                     [rows_per_team, key_tile, prefetch @ (0 | 1), unrolled @ (0 | 1)] => {
                         Ok(MlaDecodeKernel::Stream(MlaStreamTiling {
                             rows_per_team,
@@ -323,13 +362,20 @@ impl std::fmt::Display for MlaDecodeKernel {
                     ", loops not unrolled"
                 }
             ),
+            MlaDecodeKernel::Coopmat(t) => write!(
+                f,
+                "coopmat ({}-key tiles{})",
+                t.key_tile,
+                if t.prefetch { ", prefetched" } else { "" }
+            ),
         }
     }
 }
 
 /// Overrides the decode shader choice (a development aid, read once when the backend is
-/// opened: [`crate::VulkanSettings::mla_decode`]): `tiled`, `stream`, or
-/// `stream:ROWS,KEYS,PREFETCH,UNROLLED` ([`MlaStreamTiling`]'s fields, e.g. `stream:4,8,1,1`).
+/// opened: [`crate::VulkanSettings::mla_decode`]): `tiled`, `stream`, `coopmat`,
+/// `stream:ROWS,KEYS,PREFETCH,UNROLLED` ([`MlaStreamTiling`]'s fields, e.g. `stream:4,8,1,1`)
+/// or `coopmat:KEYS,PREFETCH` ([`MlaCoopmatTiling`]'s fields, e.g. `coopmat:32,1`).
 pub const MLA_DECODE_ENV: &str = "TESSERA_VULKAN_MLA_DECODE";
 
 /// How a decode runs on this device ([`VulkanBackend::mla_decode_plan`]): the op, the pass-1
@@ -345,6 +391,18 @@ pub struct MlaDecodePlan {
 enum Launch {
     Tiled(TiledPlan),
     Stream(stream::StreamLaunch),
+    Coopmat(coopmat::CoopmatLaunch),
+}
+
+impl Launch {
+    /// Keys per tile: a split's keys are rounded up to a multiple of it.
+    fn key_tile(&self) -> u32 {
+        match self {
+            Launch::Tiled(t) => t.key_tile,
+            Launch::Stream(s) => s.spec.key_tile,
+            Launch::Coopmat(c) => c.spec.key_tile,
+        }
+    }
 }
 
 impl MlaDecodePlan {
@@ -363,6 +421,7 @@ impl MlaDecodePlan {
         match &self.launch {
             Launch::Tiled(t) => t.splits,
             Launch::Stream(s) => s.splits,
+            Launch::Coopmat(c) => c.splits,
         }
     }
 
@@ -372,6 +431,7 @@ impl MlaDecodePlan {
         match &self.launch {
             Launch::Tiled(t) => t.rows_per_group as u64,
             Launch::Stream(s) => s.rows_per_group,
+            Launch::Coopmat(_) => coopmat::ROWS,
         }
     }
 
@@ -380,6 +440,7 @@ impl MlaDecodePlan {
         let row_groups = match &self.launch {
             Launch::Tiled(t) => t.row_groups,
             Launch::Stream(s) => s.row_groups,
+            Launch::Coopmat(c) => c.row_groups,
         };
         self.op.batch as u64 * row_groups * self.splits()
     }
@@ -472,20 +533,31 @@ impl VulkanBackend {
     }
 
     /// Plans a decode: the pass-1 shader this device runs `op` with and its tiling (see
-    /// [`MlaDecodePlan`]). The streaming shader wherever the device can run it
+    /// [`MlaDecodePlan`]). The cooperative-matrix shader for the bf16 cache wherever the device
+    /// can run it ([`VulkanBackend::mla_decode_coopmat_unsupported`] is `None`) and its default
+    /// tiling fits the layout; else the streaming shader wherever the device can run it
     /// ([`VulkanBackend::mla_decode_stream_unsupported`] is `None`), with
     /// [`MlaStreamTiling`]'s default for the shape; else the tiled one.
     /// [`crate::VulkanSettings::mla_decode`] (`TESSERA_VULKAN_MLA_DECODE`) overrides the choice.
     pub fn mla_decode_plan(&self, op: &MlaDecode) -> Result<MlaDecodePlan> {
         check_decode_op(op)?;
+        let f = self.features();
+        let coopmat_tiling = || coopmat::default_tiling(f, op);
         let kernel = match self.context().settings().mla_decode.as_deref() {
-            Some(choice) => MlaDecodeKernel::parse_setting(choice, || {
-                stream::default_tiling(self.features(), op)
-            })?,
-            None if stream::unsupported(self.features()).is_none() => {
-                MlaDecodeKernel::Stream(stream::default_tiling(self.features(), op)?)
-            }
-            None => MlaDecodeKernel::Tiled,
+            Some(choice) => MlaDecodeKernel::parse_setting(
+                choice,
+                || stream::default_tiling(f, op),
+                coopmat_tiling,
+            )?,
+            None => match coopmat_tiling() {
+                Ok(tiling) if self.mla_decode_coopmat_unsupported().is_none() => {
+                    MlaDecodeKernel::Coopmat(tiling)
+                }
+                _ if stream::unsupported(f).is_none() => {
+                    MlaDecodeKernel::Stream(stream::default_tiling(f, op)?)
+                }
+                _ => MlaDecodeKernel::Tiled,
+            },
         };
         self.mla_decode_plan_with(op, kernel)
     }
@@ -504,6 +576,12 @@ impl VulkanBackend {
             MlaDecodeKernel::Stream(tiling) => {
                 Launch::Stream(stream::launch(self.features(), op, tiling)?)
             }
+            MlaDecodeKernel::Coopmat(tiling) => Launch::Coopmat(coopmat::launch(
+                self.features(),
+                self.context().settings().portable,
+                op,
+                tiling,
+            )?),
         };
         Ok(MlaDecodePlan {
             op: op.clone(),
@@ -517,6 +595,15 @@ impl VulkanBackend {
     /// in 4..=128).
     pub fn mla_decode_stream_unsupported(&self) -> Option<String> {
         stream::unsupported(self.features())
+    }
+
+    /// Why this device cannot run the cooperative-matrix decode shader
+    /// ([`MlaDecodeKernel::Coopmat`], the bf16 cache), or `None` when it can: bf16 x bf16 ->
+    /// f32 16x16x16 cooperative matrices in subgroup scope, subgroup shuffles, a subgroup size
+    /// fixed at 32, buffer offsets aligned to 16 bytes, and the context not opened with
+    /// [`crate::VulkanSettings::portable`].
+    pub fn mla_decode_coopmat_unsupported(&self) -> Option<String> {
+        coopmat::unsupported(self.features(), self.context().settings().portable)
     }
 
     /// Bytes of the workspace [`VulkanBackend::record_mla_decode`] needs for `op` on this
@@ -716,12 +803,11 @@ impl VulkanBackend {
         to_u32(DECODE, "cache words", cache_bytes / 4)?;
         to_u32(DECODE, "q elements", op.q_len() as u64 + 2)?;
         to_u32(DECODE, "batch * max_pages", batch * max_pages)?;
-        // Key indices up to the capacity, plus a split's rounding to whole key tiles (at most
-        // 16 keys in both shaders).
+        // Key indices up to the capacity, plus a split's rounding to whole key tiles.
         to_u32(
             DECODE,
             "max_pages * page_size + splits * key_tile",
-            max_pages * l.page_size as u64 + plan.splits() * MAX_KEY_TILE as u64,
+            max_pages * l.page_size as u64 + plan.splits() * plan.launch.key_tile() as u64,
         )?;
         to_u32(DECODE, "workspace elements", work_bytes / 4)?;
         let splits = plan.splits();
@@ -773,6 +859,27 @@ impl VulkanBackend {
                     num_pages as u32,
                     launch.row_groups as u32,
                     launch.rows_per_group as u32,
+                    launch.splits as u32,
+                    (op.softmax_scale * std::f32::consts::LOG2_E).to_bits(),
+                ];
+                (pipeline, push, batch * launch.row_groups * launch.splits)
+            }
+            Launch::Coopmat(launch) => {
+                let pipeline = self.pipelines().get(&MLA_DECODE_COOPMAT, &launch.spec)?;
+                let push = vec![
+                    op.batch as u32,
+                    op.s_q as u32,
+                    op.heads as u32,
+                    op.max_pages as u32,
+                    l.page_size as u32,
+                    if l.page_size.is_power_of_two() {
+                        l.page_size.trailing_zeros()
+                    } else {
+                        32
+                    },
+                    num_pages as u32,
+                    launch.row_groups as u32,
+                    coopmat::ROWS as u32,
                     launch.splits as u32,
                     (op.softmax_scale * std::f32::consts::LOG2_E).to_bits(),
                 ];
