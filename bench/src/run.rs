@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// attention; `fp8_gemm` takes both GEMMs).
     #[arg(long)]
     pub only: Option<String>,
+    /// Only the MLA decode shapes whose key contains this (e.g. `hq16 sq1 bf16`; the keys are
+    /// the table's shape column).
+    #[arg(long, value_name = "SUBSTRING")]
+    pub mla_shapes: Option<String>,
     /// Vulkan only: seconds after which the remaining shapes are skipped (and reported so).
     #[arg(long, value_name = "SECONDS", default_value_t = 170.0)]
     pub budget_s: f64,
@@ -63,6 +67,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let suite = Suite::named(&args.suite, &args.backend)?;
     let wants = |op: &str| args.only.as_ref().is_none_or(|o| op.contains(o.as_str()));
+    let keep_mla = |shape: &MlaShape| {
+        args.mla_shapes
+            .as_ref()
+            .is_none_or(|k| shape.key().contains(k.as_str()))
+    };
     if let Some(dir) = &args.masks {
         write_masks(&suite, dir)?;
     }
@@ -91,7 +100,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         total: count("fp8_gemm", suite.gemm.len())
             + count(GROUPED_GEMM_OP, suite.grouped_gemm.len())
             + count(QUANTIZE_OP, suite.quantize.len())
-            + count("mla_decode", suite.mla.len())
+            + count(
+                "mla_decode",
+                suite.mla.iter().filter(|s| keep_mla(s)).count(),
+            )
             + count("attention", 2 * suite.attention.len())
             + count(ATTENTION_BACKWARD_OP, suite.attention.len()),
         start: Instant::now(),
@@ -132,8 +144,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     if wants("mla_decode") {
         for fp8 in [false, true] {
-            let shapes: Vec<MlaShape> =
-                suite.mla.iter().filter(|s| s.fp8 == fp8).copied().collect();
+            let shapes: Vec<MlaShape> = suite
+                .mla
+                .iter()
+                .filter(|s| s.fp8 == fp8 && keep_mla(s))
+                .copied()
+                .collect();
             if shapes.is_empty() {
                 continue;
             }

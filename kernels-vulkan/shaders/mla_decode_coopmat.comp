@@ -18,10 +18,11 @@
 // Subgroup s owns the 16-wide steps ks = s, s + NSG, ... of the D = 576 contraction (Q as bf16
 // A matrices in registers, loaded once) and the 16-wide latent column blocks s, s + NSG, ... of
 // the output (f32 accumulators in registers). Per tile of KT keys:
-//   1. the records (fetched into registers while the previous tile was computed, PREFETCH) are
-//      stored to shared memory as they are (bf16, rows padded by 8 values); a key past the split
-//      or on a page outside 0 .. num_pages is zeros (the latter flagged: every row that sees it
-//      gets NaN); barrier;
+//   1. the records (each by WG / KT invocations with one page lookup, reading 16 WG / KT
+//      contiguous bytes at a time; fetched into registers while the previous tile is computed
+//      where PREFETCH) are stored to shared memory as they are (bf16, rows padded by 8
+//      values); a key past the split or on a page outside 0 .. num_pages is zeros (the latter
+//      flagged: every row that sees it gets NaN); barrier;
 //   2. each subgroup multiplies its Q steps by the tile's Kᵀ (column-major loads of the records)
 //      into 16 x KT partial scores, stored to its own f32 region; barrier;
 //   3. 8 invocations per row sum the NSG partials, apply scale · log2(e) and the row's
@@ -70,7 +71,8 @@ const uint KB = KT / 16u;                      // 16-key blocks per tile
 const uint SP = KT + 4u;                       // f32 row stride of the partial scores
 const uint S_REGION = ROWS * SP;               // f32 per subgroup's partial scores (>= 256)
 const uint PW = KT / 2u + 4u;                  // words (bf16 pairs) per row of probabilities
-const uint LOADS = (KT * DV + WG - 1u) / WG;   // uvec4 of records per invocation and tile
+const uint TPK = WG / KT;                      // invocations loading one record (4 or 8)
+const uint LOADS = (DV + TPK - 1u) / TPK;      // uvec4 of its record per invocation and tile
 const uint TPR = WG / ROWS;                    // softmax invocations per row (a power of two)
 const uint KPI = KT / TPR;                     // keys per softmax invocation (even)
 
@@ -111,42 +113,42 @@ shared uint key_bad[KT];             // 1 where the tile's key lies on a page ou
 shared float alpha_sh[ROWS];         // this tile's rescale factor of each row
 shared float inv_sh[ROWS];           // 1 / l of each row at the end (NaN for a bad row)
 
-// The records of the tile at k0 that this invocation stages (uvec4 tid + WG * i), and which of
-// them are the first unit of a key on a bad page.
+// The record this invocation stages of the tile at k0: key tid / TPK, its uvec4s tid % TPK +
+// TPK * i (TPK invocations read 16 TPK contiguous bytes of a record at a time), zeros for a key
+// past the split or on a bad page (flagged).
 uvec4 staged[LOADS];
-uint staged_bad;
+bool staged_bad;
 
 void fetch_tile(uint b, uint k0, uint k_end) {
-    staged_bad = 0u;
+    uint key = k0 + gl_LocalInvocationIndex / TPK;
+    uint part0 = gl_LocalInvocationIndex % TPK;
+    uint base = 0u;
+    bool valid = false;
+    staged_bad = false;
+    if (key < k_end) {
+        uint page_index = p.page_shift < 32u ? key >> p.page_shift : key / p.page_size;
+        int page = block_table[b * p.max_pages + page_index];
+        staged_bad = page < 0 || uint(page) >= p.num_pages;
+        valid = !staged_bad;
+        base = valid ? (uint(page) * p.page_size + key - page_index * p.page_size) * DV : 0u;
+    }
     [[unroll]] for (uint i = 0u; i < LOADS; ++i) {
-        uint idx = gl_LocalInvocationIndex + WG * i;
-        uint j = idx / DV;
-        uint key = k0 + j;
-        staged[i] = uvec4(0u);
-        if (idx < KT * DV && key < k_end) {
-            uint page_index = p.page_shift < 32u ? key >> p.page_shift : key / p.page_size;
-            int page = block_table[b * p.max_pages + page_index];
-            if (page < 0 || uint(page) >= p.num_pages) {
-                staged_bad |= 1u << i;
-            } else {
-                uint in_page = key - page_index * p.page_size;
-                staged[i] = cache4[(uint(page) * p.page_size + in_page) * DV + idx % DV];
-            }
-        }
+        uint part = part0 + TPK * i;
+        staged[i] = valid && part < DV ? cache4[base + part] : uvec4(0u);
     }
 }
 
 void store_staged() {
+    uint j = gl_LocalInvocationIndex / TPK;
+    uint part0 = gl_LocalInvocationIndex % TPK;
     [[unroll]] for (uint i = 0u; i < LOADS; ++i) {
-        uint idx = gl_LocalInvocationIndex + WG * i;
-        if (idx < KT * DV) {
-            uint j = idx / DV;
-            uint part = idx % DV;
+        uint part = part0 + TPK * i;
+        if (part < DV) {
             kv_sh[j * SROW + part] = staged[i];
-            if (part == 0u) {
-                key_bad[j] = (staged_bad >> i) & 1u;
-            }
         }
+    }
+    if (part0 == 0u) {
+        key_bad[j] = staged_bad ? 1u : 0u;
     }
 }
 
