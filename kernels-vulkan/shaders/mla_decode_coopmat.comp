@@ -1,9 +1,10 @@
 // MLA absorbed decode, pass 1 of 2 (split-KV), cooperative-matrix variant: bf16 x bf16 -> f32
-// 16x16x16 matrices in subgroup scope (VK_KHR_cooperative_matrix with VK_KHR_shader_bfloat16),
-// for the bf16 cache. Same contract and workspace as mla_decode_stream.comp (merged by
-// mla_combine.comp):
-//   cache        [num_pages, page_size, D] bf16 records [latent | rope] (D = LATENT + ROPE),
-//                read as uvec4 (8 values)
+// 16x16x16 matrices in subgroup scope (VK_KHR_cooperative_matrix with VK_KHR_shader_bfloat16).
+// Same contract and workspace as mla_decode_stream.comp (merged by mla_combine.comp):
+//   cache        [num_pages, page_size, record] read as uvec4: bf16 records [latent | rope]
+//                (D = LATENT + ROPE values), or (FP8) [latent e4m3 | LATENT / 128 f32 scales |
+//                rope bf16] with LATENT a multiple of 512 (so that every part starts at a
+//                16-byte boundary; DeepSeek-V3's 656 bytes)
 //   q            bf16 [batch, s_q, heads, D], read as uvec4
 //   block_table  i32 [batch, max_pages]
 //   seq_lens     i32 [batch] (clamped to 0 .. max_pages * page_size)
@@ -20,9 +21,10 @@
 // the output (f32 accumulators in registers). Per tile of KT keys:
 //   1. the records (each by WG / KT invocations with one page lookup, reading 16 WG / KT
 //      contiguous bytes at a time; fetched into registers while the previous tile is computed
-//      where PREFETCH) are stored to shared memory as they are (bf16, rows padded by 8
-//      values); a key past the split or on a page outside 0 .. num_pages is zeros (the latter
-//      flagged: every row that sees it gets NaN); barrier;
+//      where PREFETCH) are stored to shared memory as bf16 (rows padded by 8 values): bf16
+//      records as they are, FP8 codes decoded exactly (through their f16 bit patterns, times
+//      the group's power-of-two scale); a key past the split or on a page outside
+//      0 .. num_pages is zeros (the latter flagged: every row that sees it gets NaN); barrier;
 //   2. each subgroup multiplies its Q steps by the tile's Kᵀ (column-major loads of the records)
 //      into 16 x KT partial scores, stored to its own f32 region; barrier;
 //   3. 8 invocations per row sum the NSG partials, apply scale · log2(e) and the row's
@@ -39,7 +41,7 @@
 //
 // Specialization constants (kernels-vulkan/src/ops/mla/coopmat.rs, MlaDecodeCoopmatSpec):
 // 0 = workgroup size (NSG · 32), 1 = KT (16 or 32), 2 = LATENT, 3 = ROPE (both multiples of
-// 16), 4 = PREFETCH.
+// 16), 4 = PREFETCH, 5 = FP8 (the record format).
 // A workgroup whose subgroups are not NSG full subgroups of 32 writes NaN (an error signal, not
 // a silent wrong answer).
 #version 450
@@ -56,13 +58,17 @@ layout(constant_id = 1) const uint KT = 32u;
 layout(constant_id = 2) const uint LATENT = 512u;
 layout(constant_id = 3) const uint ROPE = 64u;
 layout(constant_id = 4) const uint PREFETCH = 1u;
+layout(constant_id = 5) const uint FP8 = 0u;
 
 const uint WG = gl_WorkGroupSize.x;
 const uint NSG = WG / 32u;
 const uint ROWS = 16u;                         // query rows per workgroup
 const uint D = LATENT + ROPE;
-const uint DV = D / 8u;                        // uvec4 per record
-const uint SROW = DV + 1u;                     // uvec4 per record in shared memory (+8 values)
+const uint DV = D / 8u;                        // uvec4 per record in shared memory (bf16)
+const uint SROW = DV + 1u;                     // uvec4 per shared row (+8 values)
+const uint LU = LATENT / 16u;                  // FP8: uvec4 of latent codes (16 each)
+const uint SU = LATENT / 512u;                 // FP8: uvec4 of scales (4 each)
+const uint RV = FP8 != 0u ? LU + SU + ROPE / 8u : DV;  // uvec4 per record in the cache
 const uint KSTEPS = D / 16u;                   // 16-wide steps of the score contraction
 const uint KS_PER = (KSTEPS + NSG - 1u) / NSG; // steps per subgroup
 const uint LB = LATENT / 16u;                  // 16-wide output column blocks
@@ -72,11 +78,12 @@ const uint SP = KT + 4u;                       // f32 row stride of the partial 
 const uint S_REGION = ROWS * SP;               // f32 per subgroup's partial scores (>= 256)
 const uint PW = KT / 2u + 4u;                  // words (bf16 pairs) per row of probabilities
 const uint TPK = WG / KT;                      // invocations loading one record (4 or 8)
-const uint LOADS = (DV + TPK - 1u) / TPK;      // uvec4 of its record per invocation and tile
+const uint LOADS = (RV + TPK - 1u) / TPK;      // uvec4 of its record per invocation and tile
 const uint TPR = WG / ROWS;                    // softmax invocations per row (a power of two)
 const uint KPI = KT / TPR;                     // keys per softmax invocation (even)
 
 layout(set = 0, binding = 0, std430) readonly buffer Cache { uvec4 cache4[]; };
+layout(set = 0, binding = 0, std430) readonly buffer CacheWords { float cache_floats[]; };
 layout(set = 0, binding = 1, std430) readonly buffer Q { uvec4 q4[]; };
 layout(set = 0, binding = 2, std430) readonly buffer BlockTable { int block_table[]; };
 layout(set = 0, binding = 3, std430) readonly buffer SeqLens { int seq_lens[]; };
@@ -97,6 +104,7 @@ layout(push_constant, std430) uniform Params {
 } p;
 
 #include "common.glsl"
+#include "mla_fp8.glsl"
 
 #define NEG_INF uintBitsToFloat(0xff800000u)
 #define NAN uintBitsToFloat(0x7fc00000u)
@@ -117,6 +125,7 @@ shared float inv_sh[ROWS];           // 1 / l of each row at the end (NaN for a 
 // TPK * i (TPK invocations read 16 TPK contiguous bytes of a record at a time), zeros for a key
 // past the split or on a bad page (flagged).
 uvec4 staged[LOADS];
+float staged_scale[LOADS];  // FP8: the group scale of a latent uvec4
 bool staged_bad;
 
 void fetch_tile(uint b, uint k0, uint k_end) {
@@ -130,11 +139,16 @@ void fetch_tile(uint b, uint k0, uint k_end) {
         int page = block_table[b * p.max_pages + page_index];
         staged_bad = page < 0 || uint(page) >= p.num_pages;
         valid = !staged_bad;
-        base = valid ? (uint(page) * p.page_size + key - page_index * p.page_size) * DV : 0u;
+        base = valid ? (uint(page) * p.page_size + key - page_index * p.page_size) * RV : 0u;
     }
     [[unroll]] for (uint i = 0u; i < LOADS; ++i) {
         uint part = part0 + TPK * i;
-        staged[i] = valid && part < DV ? cache4[base + part] : uvec4(0u);
+        staged[i] = valid && part < RV ? cache4[base + part] : uvec4(0u);
+        if (FP8 != 0u) {
+            // The scale of the part's 128-value group (words after the LATENT / 4 of codes).
+            uint scale_at = 4u * base + LATENT / 4u + part / 8u;
+            staged_scale[i] = valid && part < LU ? cache_floats[scale_at] : 0.0;
+        }
     }
 }
 
@@ -143,8 +157,24 @@ void store_staged() {
     uint part0 = gl_LocalInvocationIndex % TPK;
     [[unroll]] for (uint i = 0u; i < LOADS; ++i) {
         uint part = part0 + TPK * i;
-        if (part < DV) {
-            kv_sh[j * SROW + part] = staged[i];
+        uint at = j * SROW;
+        if (FP8 == 0u) {
+            if (part < DV) {
+                kv_sh[at + part] = staged[i];
+            }
+        } else if (part < LU) {
+            // 16 codes -> 16 bf16 (exact: 4 significant bits times a power of two).
+            uint w[8];
+            [[unroll]] for (uint q = 0u; q < 4u; ++q) {
+                vec4 v = e4m3x4(staged[i][q]) * staged_scale[i];
+                uvec4 bits = floatBitsToUint(v);
+                w[2u * q] = (bits.x >> 16) | (bits.y & 0xffff0000u);
+                w[2u * q + 1u] = (bits.z >> 16) | (bits.w & 0xffff0000u);
+            }
+            kv_sh[at + 2u * part] = uvec4(w[0], w[1], w[2], w[3]);
+            kv_sh[at + 2u * part + 1u] = uvec4(w[4], w[5], w[6], w[7]);
+        } else if (part >= LU + SU && part < RV) {
+            kv_sh[at + LATENT / 8u + (part - LU - SU)] = staged[i];  // rope, bf16
         }
     }
     if (part0 == 0u) {

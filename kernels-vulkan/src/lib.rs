@@ -170,9 +170,9 @@ impl VulkanBackend {
 
     /// Which shader each op takes on this device, for `tessera info` and the device name:
     /// `FP8 GEMM: cooperative matrix|portable, attention: cooperative matrix|portable (head_dim
-    /// 128, blocks of 64), MLA decode: coopmat (bf16 cache), stream|tiled` (the bf16 cache's
-    /// shader where the device runs the cooperative-matrix one, then the other records'; or the
-    /// value of [`MLA_DECODE_ENV`] where it overrides the choice).
+    /// 128, blocks of 64), MLA decode: [coopmat (where the layout fits), ]stream|tiled` (the
+    /// cooperative-matrix shader where the device runs it, then the shader of the layouts it
+    /// does not take; or the value of [`MLA_DECODE_ENV`] where it overrides the choice).
     pub fn shader_paths(&self) -> String {
         let path = |coopmat: bool| {
             if coopmat {
@@ -192,7 +192,7 @@ impl VulkanBackend {
         let mla_path = if self.ctx.settings().mla_decode.is_none()
             && self.mla_decode_coopmat_unsupported().is_none()
         {
-            format!("coopmat (bf16 cache), {mla_path}")
+            format!("coopmat (where the layout fits), {mla_path}")
         } else {
             mla_path
         };

@@ -2,9 +2,9 @@
 //! compared with the f64 reference: the streaming shader (`mla_decode_stream`, both builds) at
 //! random shapes and tilings (h_q 1..=32, s_q 1..=4, lengths 0, 1, 63, 64, 65 and random, pages
 //! of 16 and 64 in permuted block tables, NaN in every unused slot, latent 256 and 512, bf16
-//! and FP8 records), the tiled shader at such shapes, the cooperative-matrix shader (bf16
-//! records, every tiling) where the device has bf16 cooperative matrices, the default choice,
-//! and the `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run at subgroup
+//! and FP8 records), the tiled shader at such shapes, the cooperative-matrix shader (every
+//! tiling, bf16 and FP8 records) where the device has bf16 cooperative matrices, the default
+//! choice, and the `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run at subgroup
 //! sizes 4 and 16 (`LP_NATIVE_VECTOR_WIDTH`, in a child process), beside the default 8.
 
 use half::bf16;
@@ -339,8 +339,7 @@ fn deepseek_shapes_match_reference() {
             format,
             ..MlaCacheLayout::default()
         };
-        let coopmat =
-            format == MlaCacheFormat::Bf16 && b.mla_decode_coopmat_unsupported().is_none();
+        let coopmat = b.mla_decode_coopmat_unsupported().is_none();
         for (heads, s_q) in [(16, 1), (16, 2), (32, 1), (128, 1)] {
             let case = Case::new(layout, s_q, heads, &[130, 64, 1], 5 + heads as u64);
             let plan = b.mla_decode_plan(&case.op).unwrap();
@@ -548,39 +547,37 @@ fn coopmat_random_shapes_match_reference() {
     let Some(b) = coopmat_backend() else { return };
     let mut rng = Rng::new(0x5eed_0003);
     let mut ran = 0;
-    for i in 0..case_count(24) * 2 {
+    for i in 0..case_count(24) {
         let case = random_case(&mut rng, 3000 + i as u64);
         let layout = case.op.layout;
-        if layout.format != MlaCacheFormat::Bf16 {
-            continue;
-        }
-        // The shader's layouts: multiples of 16 (rope 0 too).
-        let case = if layout.rope_dim % 16 == 0 {
-            case
+        let kernel = MlaDecodeKernel::Coopmat(COOPMAT_TILINGS[i % COOPMAT_TILINGS.len()]);
+        // bf16 records, and FP8 ones whose parts start at 16-byte boundaries.
+        if layout.format == MlaCacheFormat::Bf16 || layout.latent_dim % 512 == 0 {
+            case.check(&b, kernel).unwrap();
+            ran += 1;
         } else {
-            let lens: Vec<usize> = case.seq_lens.iter().map(|&n| n as usize).collect();
-            let layout = MlaCacheLayout {
-                rope_dim: 16,
-                ..layout
-            };
-            Case::new(layout, case.op.s_q, case.op.heads, &lens, 4000 + i as u64)
-        };
-        let tiling = COOPMAT_TILINGS[ran % COOPMAT_TILINGS.len()];
-        case.check(&b, MlaDecodeKernel::Coopmat(tiling)).unwrap();
-        ran += 1;
+            let plan = b.mla_decode_plan_with(&case.op, kernel);
+            assert!(matches!(plan, Err(Error::Unsupported { .. })), "{plan:?}");
+        }
     }
-    assert!(ran >= 8, "only {ran} bf16 cases");
+    assert!(ran >= 8, "only {ran} cases ran");
 }
 
 #[test]
 fn coopmat_every_tiling_at_deepseek_shapes() {
     let Some(b) = coopmat_backend() else { return };
-    // Long enough for several tiles per split, lengths that end inside a tile, an empty
-    // request, s_q 1..=3 (rows that see fewer keys), 16, 24 (a partial row group) and 128
-    // heads.
-    let layout = MlaCacheLayout::default();
+    // Both record formats; long enough for several tiles per split, lengths that end inside a
+    // tile, an empty request, s_q 1..=3 (rows that see fewer keys), 16, 24 (a partial row
+    // group) and 128 heads.
     let mut seed = 600;
-    for tiling in COOPMAT_TILINGS {
+    for (tiling, format) in COOPMAT_TILINGS
+        .into_iter()
+        .flat_map(|t| [(t, MlaCacheFormat::Bf16), (t, MlaCacheFormat::Fp8)])
+    {
+        let layout = MlaCacheLayout {
+            format,
+            ..MlaCacheLayout::default()
+        };
         for (heads, s_q, lens) in [
             (16, 1, vec![1000, 33, 0]),
             (16, 2, vec![257, 64]),
@@ -611,8 +608,8 @@ fn coopmat_refuses_what_it_cannot_run() {
         },
     };
     let tiling = MlaDecodeKernel::Coopmat(COOPMAT_TILINGS[0]);
-    // FP8 records: the streaming shader.
-    let fp8 = op(MlaCacheFormat::Fp8, 512, 64);
+    // FP8 records of latent 256 (parts off 16-byte boundaries): the streaming shader.
+    let fp8 = op(MlaCacheFormat::Fp8, 256, 64);
     let plan = b.mla_decode_plan_with(&fp8, tiling);
     assert!(matches!(plan, Err(Error::Unsupported { .. })), "{plan:?}");
     let default = b.mla_decode_plan(&fp8).unwrap();

@@ -22,11 +22,12 @@
 //!     `(ROWS + KT) · D · 4` bytes with `D = latent_dim + rope_dim`: DeepSeek-V3 gets 8 rows and
 //!     6 keys on lavapipe's 32 KiB, 8 and 13 on NVIDIA's 48 KiB.
 //!
-//!   - `mla_decode_coopmat` ([`MlaDecodeKernel::Coopmat`], the bf16 cache where the device has
-//!     bf16 cooperative matrices, a subgroup of 32 and shuffles: NVIDIA): one workgroup of 4
-//!     subgroups per (request, group of 16 query rows, key split); the 16 rows are the M
-//!     dimension of bf16 x bf16 -> f32 16x16x16 products (scores over the bf16 records in
-//!     shared memory, then `P · V`), see `mla/coopmat.rs`.
+//!   - `mla_decode_coopmat` ([`MlaDecodeKernel::Coopmat`], where the device has bf16
+//!     cooperative matrices, a subgroup of 32 and shuffles: NVIDIA; bf16 records, and FP8 ones
+//!     of a latent width that is a multiple of 512): one workgroup of 4 subgroups per (request,
+//!     group of 16 query rows, key split); the 16 rows are the M dimension of bf16 x bf16 ->
+//!     f32 16x16x16 products (scores over the records in shared memory as bf16, then `P · V`),
+//!     see `mla/coopmat.rs`.
 //!
 //!   All write normalized partial outputs (f32) and log-sum-exps per key split to a workspace.
 //! - `mla_combine`: one invocation per pair of output columns merges the splits by their
@@ -258,7 +259,7 @@ pub struct MlaStreamTiling {
 /// The tiling of the cooperative-matrix decode shader ([`MlaDecodeKernel::Coopmat`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MlaCoopmatTiling {
-    /// Keys per shared-memory tile (bf16 records): 16 or 32.
+    /// Keys per shared-memory tile (records as bf16): 16 or 32.
     pub key_tile: u32,
     /// Load the next tile's records into registers while the current tile is computed (else
     /// each tile is loaded when it is needed).
@@ -274,8 +275,8 @@ pub enum MlaDecodeKernel {
     /// `mla_decode_stream.comp`: subgroup shuffles and a fixed subgroup size; each key record
     /// read once per workgroup of up to 32 rows.
     Stream(MlaStreamTiling),
-    /// `mla_decode_coopmat.comp`: the bf16 cache on bf16 cooperative matrices; 16 rows per
-    /// workgroup.
+    /// `mla_decode_coopmat.comp`: bf16 cooperative matrices (bf16 records, FP8 ones decoded to
+    /// bf16); 16 rows per workgroup.
     Coopmat(MlaCoopmatTiling),
 }
 
@@ -533,7 +534,7 @@ impl VulkanBackend {
     }
 
     /// Plans a decode: the pass-1 shader this device runs `op` with and its tiling (see
-    /// [`MlaDecodePlan`]). The cooperative-matrix shader for the bf16 cache wherever the device
+    /// [`MlaDecodePlan`]). The cooperative-matrix shader wherever the device
     /// can run it ([`VulkanBackend::mla_decode_coopmat_unsupported`] is `None`) and its default
     /// tiling fits the layout; else the streaming shader wherever the device can run it
     /// ([`VulkanBackend::mla_decode_stream_unsupported`] is `None`), with
@@ -598,7 +599,7 @@ impl VulkanBackend {
     }
 
     /// Why this device cannot run the cooperative-matrix decode shader
-    /// ([`MlaDecodeKernel::Coopmat`], the bf16 cache), or `None` when it can: bf16 x bf16 ->
+    /// ([`MlaDecodeKernel::Coopmat`]), or `None` when it can: bf16 x bf16 ->
     /// f32 16x16x16 cooperative matrices in subgroup scope, subgroup shuffles, a subgroup size
     /// fixed at 32, buffer offsets aligned to 16 bytes, and the context not opened with
     /// [`crate::VulkanSettings::portable`].

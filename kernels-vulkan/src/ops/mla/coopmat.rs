@@ -7,8 +7,9 @@
 //! matrices in registers and the output column blocks `s, s + 4, ...` as f32 accumulators. Per
 //! tile of keys the bf16 records go to shared memory as they are; the partial scores of the
 //! four subgroups are summed by the softmax invocations (8 per row), whose bf16 probabilities
-//! and rescale factors go back through shared memory to the `P · V` products. Only the bf16
-//! cache (the FP8 one stays on the streaming shader).
+//! and rescale factors go back through shared memory to the `P · V` products. FP8 records are
+//! decoded to bf16 (exactly) on their way into shared memory, where their latent width is a
+//! multiple of 512 (each part of a record then starts at a 16-byte boundary).
 
 use super::{MlaCoopmatTiling, DECODE};
 use crate::device::{MatrixComponent, VulkanFeatures};
@@ -51,6 +52,8 @@ pub struct MlaDecodeCoopmatSpec {
     pub rope: u32,
     /// Fetch the next tile's records into registers while the current one is computed.
     pub prefetch: bool,
+    /// FP8 records (else bf16).
+    pub fp8: bool,
 }
 
 impl Default for MlaDecodeCoopmatSpec {
@@ -63,6 +66,7 @@ impl Default for MlaDecodeCoopmatSpec {
             latent: 512,
             rope: 64,
             prefetch: true,
+            fp8: false,
         }
     }
 }
@@ -75,6 +79,7 @@ impl Specialization for MlaDecodeCoopmatSpec {
             SpecConstant::new(2, "LATENT", self.latent),
             SpecConstant::new(3, "ROPE", self.rope),
             SpecConstant::new(4, "PREFETCH", u32::from(self.prefetch)),
+            SpecConstant::new(5, "FP8", u32::from(self.fp8)),
         ]
     }
 
@@ -169,8 +174,12 @@ fn spec_for(
     tiling: &MlaCoopmatTiling,
 ) -> Result<MlaDecodeCoopmatSpec> {
     let l = &op.layout;
-    if l.format != MlaCacheFormat::Bf16 {
-        return Err(unsupported_error("the bf16 cache only".into()));
+    let fp8 = l.format == MlaCacheFormat::Fp8;
+    if fp8 && l.latent_dim % 512 != 0 {
+        return Err(unsupported_error(format!(
+            "FP8 records with latent_dim {}: the shader needs a multiple of 512 (16-byte parts)",
+            l.latent_dim
+        )));
     }
     // The layout's own rules (MlaCacheLayout::validate) make latent_dim and rope_dim multiples
     // of 16, the matrices' width.
@@ -188,6 +197,7 @@ fn spec_for(
         latent: l.latent_dim as u32,
         rope: l.rope_dim as u32,
         prefetch: tiling.prefetch,
+        fp8,
     };
     if spec.shared_memory_bytes() > f.max_shared_memory_bytes {
         return Err(unsupported_error(format!(
@@ -256,7 +266,10 @@ mod tests {
     fn constants_and_shared_memory() {
         let spec = MlaDecodeCoopmatSpec::default();
         let v: Vec<(u32, u32)> = spec.constants().iter().map(|c| (c.id, c.value)).collect();
-        assert_eq!(v, vec![(0, 128), (1, 32), (2, 512), (3, 64), (4, 1)]);
+        assert_eq!(
+            v,
+            vec![(0, 128), (1, 32), (2, 512), (3, 64), (4, 1), (5, 0)]
+        );
         // DeepSeek-V3, 32 keys: records 32 x 584 bf16, scores 4 x 16 x 36 f32, probabilities
         // 16 x 40 bf16, 32 flags, 2 x 16 row values: within NVIDIA's 48 KiB.
         assert_eq!(
