@@ -11,6 +11,8 @@
 #      the Vulkan loader brought in the pack), on what time is left, at most VK_BUDGET seconds,
 #   4. tessera report: OUTDIR/results.md (joined table, ratios ours / peer, Vulkan / CUDA) and
 #      OUTDIR/*.png.
+# BENCH_ONLY=OP (e.g. mla_decode) runs only the ops whose name contains OP, in all three
+# (`tessera bench --only`, `peers.py --only`): a run for one op's change.
 # Logs go to OUTDIR too. BENCH_BUDGET (seconds, default 510) bounds the whole: the peers get
 # what the bench left minus VK_RESERVE (default 120) kept for Vulkan; every step writes its JSON
 # as it goes, so a cut run still reports.
@@ -39,6 +41,7 @@ echo "commit $TESSERA_COMMIT; $(tail -n 1 "$out/gpu.txt")"
 
 t0=$(date +%s)
 deadline=$(( t0 + ${BENCH_BUDGET:-510} ))
+only=(); [ -n "${BENCH_ONLY:-}" ] && only=(--only "$BENCH_ONLY")
 # BENCH_TUNE=gemm|attention|mla|all: first `tessera tune` those ops' standard shapes on this GPU
 # (the plans land next to the NVRTC cache, where the bench reads them); the plan file is kept.
 if [ -n "${BENCH_TUNE:-}" ]; then
@@ -47,7 +50,7 @@ if [ -n "${BENCH_TUNE:-}" ]; then
   echo "tessera tune --op $BENCH_TUNE: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 3 "$out/tune.log"
   cp "$TESSERA_CACHE_DIR"/cuda/plans-*.json "$out/" 2>/dev/null
 fi
-timeout $(( deadline - $(date +%s) - 60 )) "${tessera_env[@]}" "$pack/bin/tessera" bench --backend cuda --suite "$suite" \
+timeout $(( deadline - $(date +%s) - 60 )) "${tessera_env[@]}" "$pack/bin/tessera" bench --backend cuda --suite "$suite" "${only[@]}" \
   --json "$out/tessera.json" --masks "$out/masks" > "$out/tessera.log" 2> "$out/tessera.err"
 echo "tessera bench: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 5 "$out/tessera.err"
 
@@ -64,7 +67,7 @@ nvidia_libs=$(python3 -c 'import glob, os, sys; print(":".join(d for p in sys.pa
 vk_reserve=${VK_RESERVE:-120}
 timeout $(( deadline - $(date +%s) - vk_reserve )) env PYTHONPATH="$pydir${PYTHONPATH:+:$PYTHONPATH}" \
   LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:$nvidia_libs:${LD_LIBRARY_PATH:-}" \
-  python3 "$pack/peers.py" --suite "$suite" --masks "$out/masks" --json "$out/peers.json" > "$out/peers.log" 2>&1
+  python3 "$pack/peers.py" --suite "$suite" "${only[@]}" --masks "$out/masks" --json "$out/peers.json" > "$out/peers.log" 2>&1
 echo "peers.py: rc=$? in $(( $(date +%s) - t1 )) s"; grep -m 1 "^tessera " "$out/peers.log"; tail -n 3 "$out/peers.log"
 # On the GPU machine Tessera must be timed beside the peers: a skipped row is a failure.
 if grep -q "^skipped:" "$out/peers.log"; then
@@ -83,7 +86,7 @@ vk_budget=$(( deadline - $(date +%s) - 40 ))
 [ "$vk_budget" -gt "${VK_BUDGET:-170}" ] && vk_budget=${VK_BUDGET:-170}
 if [ "$vk_budget" -gt 20 ]; then
   timeout $(( vk_budget + 30 )) "${tessera_env[@]}" TESSERA_BACKEND=vulkan "$pack/bin/tessera" bench --backend vulkan \
-    --suite "$suite" --budget-s "$vk_budget" --json "$out/vulkan.json" > "$out/vulkan.log" 2> "$out/vulkan.err"
+    --suite "$suite" "${only[@]}" --budget-s "$vk_budget" --json "$out/vulkan.json" > "$out/vulkan.log" 2> "$out/vulkan.err"
   echo "tessera bench --backend vulkan: rc=$? in $(( $(date +%s) - t2 )) s (budget ${vk_budget} s)"; tail -n 3 "$out/vulkan.err"
 else
   echo "tessera bench --backend vulkan: not run (${vk_budget} s left)"
