@@ -364,9 +364,10 @@ fn plans_say_what_runs_and_refuse_bad_tilings() {
         heads: 16,
         max_pages: 64,
         softmax_scale: 0.1,
-        // FP8 records: the streaming shader on every device.
+        // FP8 records of latent 256: the streaming shader on every device.
         layout: MlaCacheLayout {
             format: MlaCacheFormat::Fp8,
+            latent_dim: 256,
             ..MlaCacheLayout::default()
         },
     };
@@ -376,7 +377,7 @@ fn plans_say_what_runs_and_refuse_bad_tilings() {
     assert_eq!(plan.workgroups(), 64 * plan.splits());
     assert_eq!(
         plan.workspace_bytes(),
-        4 * 64 * plan.splits() * 32 * (512 + 1)
+        4 * 64 * plan.splits() * 32 * (256 + 1)
     );
     assert_eq!(
         b.mla_decode_workspace_bytes(&op).unwrap(),

@@ -212,15 +212,16 @@ fn spec_for(
     Ok(spec)
 }
 
-/// The default tiling: the largest key tile that fits the shared memory, loaded when it is
-/// needed (on the H200 the registers of a prefetched tile cost more than the overlap gains:
-/// 1.0-1.1 TB/s against 1.2-1.3 at h_q 16, bench of 2026-12-01).
+/// The default tiling: the largest key tile that fits the shared memory; prefetched for FP8
+/// records only. On the H200 at h_q 16 (2026-12-01): bf16 records 1.2-1.3 TB/s loaded when
+/// needed against 1.0-1.1 prefetched (72 registers of a prefetched tile cost more than the
+/// overlap gains); FP8 records (44 registers) 740-810 GB/s prefetched against 655-692.
 pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaCoopmatTiling> {
     let mut last = None;
     for key_tile in KEY_TILES {
         let tiling = MlaCoopmatTiling {
             key_tile,
-            prefetch: false,
+            prefetch: op.layout.format == MlaCacheFormat::Fp8,
         };
         match spec_for(f, op, &tiling) {
             Ok(_) => return Ok(tiling),
