@@ -235,6 +235,17 @@ impl VulkanFeatures {
             .find(|s| s.subgroup_scope && s.a == a && s.b == b && s.c == c && s.result == c)
     }
 
+    /// Whether the 16x16x16 shape (what Tessera's cooperative-matrix shaders use) exists in
+    /// subgroup scope with A and B of type `ab` and C and the result of type `c`.
+    pub fn has_cooperative_matrix_16x16x16(&self, ab: MatrixComponent, c: MatrixComponent) -> bool {
+        self.cooperative_matrix_shapes.iter().any(|s| {
+            s.subgroup_scope
+                && (s.m, s.n, s.k) == (16, 16, 16)
+                && (s.a, s.b) == (ab, ab)
+                && (s.c, s.result) == (c, c)
+        })
+    }
+
     /// One line for [`tessera_core::DeviceInfo::name`] and `tessera info`.
     pub fn summary(&self) -> String {
         let (ma, mi, pa) = self.api_version;

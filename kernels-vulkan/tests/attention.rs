@@ -303,14 +303,7 @@ fn cooperative_matrix_path_is_taken_where_offered() {
         assert!(!backend.attention_uses_cooperative_matrix(block, d));
     }
     let offered = f.cooperative_matrix
-        && f.cooperative_matrix_shapes.iter().any(|s| {
-            s.subgroup_scope
-                && (s.m, s.n, s.k) == (16, 16, 16)
-                && s.a == MatrixComponent::F16
-                && s.b == MatrixComponent::F16
-                && s.c == MatrixComponent::F32
-                && s.result == MatrixComponent::F32
-        })
+        && f.has_cooperative_matrix_16x16x16(MatrixComponent::F16, MatrixComponent::F32)
         && f.shader_float16
         && f.subgroup_shuffle
         && (f.min_subgroup_size, f.max_subgroup_size) == (32, 32);

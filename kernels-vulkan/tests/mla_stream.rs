@@ -508,12 +508,7 @@ fn coopmat_backend() -> Option<VulkanBackend> {
     let b = backend()?;
     if let Some(why) = b.mla_decode_coopmat_unsupported() {
         let f = b.features();
-        let listed = f.cooperative_matrix_shapes.iter().any(|s| {
-            s.subgroup_scope
-                && (s.m, s.n, s.k) == (16, 16, 16)
-                && s.a == MatrixComponent::BF16
-                && s.c == MatrixComponent::F32
-        });
+        let listed = f.has_cooperative_matrix_16x16x16(MatrixComponent::BF16, MatrixComponent::F32);
         if listed && vulkan_required() && !b.context().settings().portable {
             panic!("the device lists bf16 matrices, but the coopmat decode cannot run: {why}");
         }

@@ -223,6 +223,70 @@ impl Specialization for MlaCombineSpec {
     }
 }
 
+/// [`Error::Unsupported`] for the decode, naming the pass-1 shader that cannot run and why.
+fn shader_unsupported(shader: &str, reason: String) -> Error {
+    Error::Unsupported {
+        op: DECODE,
+        backend: BackendKind::Vulkan,
+        reason: format!("{shader}: {reason}"),
+    }
+}
+
+/// Concurrent workgroups assumed where the device does not report its compute units.
+const DEFAULT_SLOTS: u64 = 256;
+
+/// Key splits per (request, row group) for the streaming and cooperative-matrix shaders:
+/// [`tessera_core::ops::mla::mla_kv_splits`] (the rule the CUDA backend uses too) over the
+/// workgroups that run at once, `resident` per compute unit where the device reports its
+/// compute units.
+fn key_splits(
+    f: &crate::device::VulkanFeatures,
+    op: &MlaDecode,
+    row_groups: u64,
+    key_tile: u32,
+    resident: u64,
+) -> u64 {
+    let slots = f
+        .compute_units
+        .map_or(DEFAULT_SLOTS, |units| units as u64 * resident);
+    let tiles = (op.capacity() as u64).div_ceil(key_tile as u64);
+    tessera_core::ops::mla::mla_kv_splits(
+        (op.batch as u64).saturating_mul(row_groups) as usize,
+        tiles as usize,
+        slots as usize,
+    ) as u64
+}
+
+/// The push constants of the streaming and cooperative-matrix shaders (one layout): the op's
+/// sizes, the page shift (32 where the page size is not a power of two), the row groups, the
+/// key splits and `softmax_scale · log2(e)`.
+fn row_group_push(
+    op: &MlaDecode,
+    num_pages: usize,
+    row_groups: u64,
+    rows_per_group: u64,
+    splits: u64,
+) -> Vec<u32> {
+    let page_size = op.layout.page_size;
+    vec![
+        op.batch as u32,
+        op.s_q as u32,
+        op.heads as u32,
+        op.max_pages as u32,
+        page_size as u32,
+        if page_size.is_power_of_two() {
+            page_size.trailing_zeros()
+        } else {
+            32
+        },
+        num_pages as u32,
+        row_groups as u32,
+        rows_per_group as u32,
+        splits as u32,
+        (op.softmax_scale * std::f32::consts::LOG2_E).to_bits(),
+    ]
+}
+
 /// Shared memory of `mla_decode`: `rows` query rows and `kt` keys of `d` f32, and the scores.
 fn decode_shared_bytes(rows: u32, kt: u32, d: u32) -> u32 {
     4 * (rows * d + kt * d + rows * kt)
@@ -846,44 +910,24 @@ impl VulkanBackend {
                     &MLA_DECODE_STREAM
                 };
                 let pipeline = self.pipelines().get(shader, &launch.spec)?;
-                let push = vec![
-                    op.batch as u32,
-                    op.s_q as u32,
-                    op.heads as u32,
-                    op.max_pages as u32,
-                    l.page_size as u32,
-                    if l.page_size.is_power_of_two() {
-                        l.page_size.trailing_zeros()
-                    } else {
-                        32
-                    },
-                    num_pages as u32,
-                    launch.row_groups as u32,
-                    launch.rows_per_group as u32,
-                    launch.splits as u32,
-                    (op.softmax_scale * std::f32::consts::LOG2_E).to_bits(),
-                ];
+                let push = row_group_push(
+                    op,
+                    num_pages,
+                    launch.row_groups,
+                    launch.rows_per_group,
+                    launch.splits,
+                );
                 (pipeline, push, batch * launch.row_groups * launch.splits)
             }
             Launch::Coopmat(launch) => {
                 let pipeline = self.pipelines().get(&MLA_DECODE_COOPMAT, &launch.spec)?;
-                let push = vec![
-                    op.batch as u32,
-                    op.s_q as u32,
-                    op.heads as u32,
-                    op.max_pages as u32,
-                    l.page_size as u32,
-                    if l.page_size.is_power_of_two() {
-                        l.page_size.trailing_zeros()
-                    } else {
-                        32
-                    },
-                    num_pages as u32,
-                    launch.row_groups as u32,
-                    coopmat::ROWS as u32,
-                    launch.splits as u32,
-                    (op.softmax_scale * std::f32::consts::LOG2_E).to_bits(),
-                ];
+                let push = row_group_push(
+                    op,
+                    num_pages,
+                    launch.row_groups,
+                    coopmat::ROWS,
+                    launch.splits,
+                );
                 (pipeline, push, batch * launch.row_groups * launch.splits)
             }
         };

@@ -27,16 +27,8 @@ pub(crate) fn f16_cooperative_matrix_available(ctx: &VulkanContext) -> bool {
         return false;
     }
     let f = ctx.features();
-    let shape = f.cooperative_matrix_shapes.iter().any(|s| {
-        s.subgroup_scope
-            && (s.m, s.n, s.k) == (16, 16, 16)
-            && s.a == MatrixComponent::F16
-            && s.b == MatrixComponent::F16
-            && s.c == MatrixComponent::F32
-            && s.result == MatrixComponent::F32
-    });
     f.cooperative_matrix
-        && shape
+        && f.has_cooperative_matrix_16x16x16(MatrixComponent::F16, MatrixComponent::F32)
         && f.shader_float16
         && f.subgroup_size == 32
         && f.min_subgroup_size == 32

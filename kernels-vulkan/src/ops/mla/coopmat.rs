@@ -15,7 +15,7 @@ use super::{MlaCoopmatTiling, DECODE};
 use crate::device::{MatrixComponent, VulkanFeatures};
 use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use std::marker::PhantomData;
-use tessera_core::{BackendKind, Error, MlaCacheFormat, MlaDecode, Result};
+use tessera_core::{Error, MlaCacheFormat, MlaDecode, Result};
 
 /// Query rows per workgroup: the M dimension of the matrices.
 pub(super) const ROWS: u64 = 16;
@@ -26,8 +26,6 @@ pub(super) const KEY_TILES: [u32; 2] = [32, 16];
 /// Workgroups that run at once per compute unit (a guess for the split count: NVIDIA's SMs
 /// hold up to four of 48 KiB of shared memory, fewer with the registers of a prefetched tile).
 const RESIDENT_PER_COMPUTE_UNIT: u64 = 2;
-/// Concurrent workgroups assumed where the device does not report its compute units.
-const DEFAULT_SLOTS: u64 = 256;
 
 /// Pass 1 of the decode, cooperative-matrix variant. Bindings: cache, q, block_table, seq_lens,
 /// workspace. Specialization: [`MlaDecodeCoopmatSpec`].
@@ -124,14 +122,7 @@ pub(super) struct CoopmatLaunch {
 /// invocations per workgroup, and buffer offsets aligned to 16 bytes (it reads 16-byte words).
 /// [`crate::VulkanSettings::portable`] rules it out too.
 pub(super) fn unsupported(f: &VulkanFeatures, portable: bool) -> Option<String> {
-    let shape = f.cooperative_matrix_shapes.iter().any(|s| {
-        s.subgroup_scope
-            && (s.m, s.n, s.k) == (16, 16, 16)
-            && s.a == MatrixComponent::BF16
-            && s.b == MatrixComponent::BF16
-            && s.c == MatrixComponent::F32
-            && s.result == MatrixComponent::F32
-    });
+    let shape = f.has_cooperative_matrix_16x16x16(MatrixComponent::BF16, MatrixComponent::F32);
     if portable {
         Some("the portable shaders were asked for (TESSERA_VULKAN_PORTABLE)".into())
     } else if !f.cooperative_matrix || !f.bfloat16 || !shape {
@@ -160,11 +151,7 @@ pub(super) fn unsupported(f: &VulkanFeatures, portable: bool) -> Option<String> 
 }
 
 fn unsupported_error(reason: String) -> Error {
-    Error::Unsupported {
-        op: DECODE,
-        backend: BackendKind::Vulkan,
-        reason: format!("the cooperative-matrix decode shader: {reason}"),
-    }
+    super::shader_unsupported("the cooperative-matrix decode shader", reason)
 }
 
 /// Why `op` cannot run on the shader on this device (with `tiling`), if it cannot.
@@ -243,19 +230,10 @@ pub(super) fn launch(
     }
     let spec = spec_for(f, op, tiling)?;
     let row_groups = ((op.s_q * op.heads) as u64).div_ceil(ROWS);
-    let slots = f.compute_units.map_or(DEFAULT_SLOTS, |units| {
-        units as u64 * RESIDENT_PER_COMPUTE_UNIT
-    });
-    let tiles = (op.capacity() as u64).div_ceil(spec.key_tile as u64);
-    let splits = tessera_core::ops::mla::mla_kv_splits(
-        (op.batch as u64).saturating_mul(row_groups) as usize,
-        tiles as usize,
-        slots as usize,
-    ) as u64;
     Ok(CoopmatLaunch {
         spec,
         row_groups,
-        splits,
+        splits: super::key_splits(f, op, row_groups, spec.key_tile, RESIDENT_PER_COMPUTE_UNIT),
     })
 }
 

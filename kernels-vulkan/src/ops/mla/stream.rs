@@ -14,7 +14,7 @@ use super::{MlaStreamTiling, DECODE};
 use crate::device::VulkanFeatures;
 use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use std::marker::PhantomData;
-use tessera_core::{BackendKind, Error, MlaCacheFormat, MlaCacheLayout, MlaDecode, Result};
+use tessera_core::{Error, MlaCacheFormat, MlaCacheLayout, MlaDecode, Result};
 
 /// Most subgroups ("teams") per workgroup: with 4 rows each, 32 rows share a pass over the
 /// keys (`h_q = 16` with `s_q = 2`, or `h_q = 32`); more rows take more row groups.
@@ -57,8 +57,6 @@ fn unrolled_code_limit(f: &VulkanFeatures) -> u32 {
         1024
     }
 }
-/// Concurrent workgroups assumed where the device does not report its compute units.
-const DEFAULT_SLOTS: u64 = 256;
 
 /// Pass 1 of the decode, streaming variant, every loop unrolled (GPUs). Bindings: cache, q,
 /// block_table, seq_lens, workspace. Specialization: [`MlaDecodeStreamSpec`].
@@ -231,11 +229,7 @@ pub(super) fn unsupported(f: &VulkanFeatures) -> Option<String> {
 }
 
 fn unsupported_error(reason: String) -> Error {
-    Error::Unsupported {
-        op: DECODE,
-        backend: BackendKind::Vulkan,
-        reason: format!("the streaming decode shader: {reason}"),
-    }
+    super::shader_unsupported("the streaming decode shader", reason)
 }
 
 /// 32-bit words of a record.
@@ -388,15 +382,8 @@ pub(super) fn launch(
     let rows = (op.s_q * op.heads) as u64;
     let (rows_per_group, groups, teams) = row_groups(f, rows, tiling.rows_per_team);
     let spec = spec_for(f, op, tiling, teams)?;
-    let slots = f.compute_units.map_or(DEFAULT_SLOTS, |units| {
-        units as u64 * resident_per_compute_unit(spec.invocations())
-    });
-    let tiles = (op.capacity() as u64).div_ceil(spec.key_tile as u64);
-    let splits = tessera_core::ops::mla::mla_kv_splits(
-        (op.batch as u64).saturating_mul(groups) as usize,
-        tiles as usize,
-        slots as usize,
-    ) as u64;
+    let resident = resident_per_compute_unit(spec.invocations());
+    let splits = super::key_splits(f, op, groups, spec.key_tile, resident);
     Ok(StreamLaunch {
         spec,
         rolled: !tiling.unrolled,
