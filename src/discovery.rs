@@ -228,7 +228,7 @@ fn vulkan_feature_lines(f: &tessera_vulkan::VulkanFeatures) -> Vec<String> {
         if f.bfloat16 { "enabled" } else { "no" }
     ));
     if f.cooperative_matrix2_nv {
-        lines.push("VK_NV_cooperative_matrix2: present (not used)".into());
+        lines.push("VK_NV_cooperative_matrix2: enabled (not used yet)".into());
     }
     lines
 }

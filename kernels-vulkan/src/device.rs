@@ -207,7 +207,8 @@ pub struct VulkanFeatures {
     pub cooperative_matrix: bool,
     /// The cooperative-matrix configurations (empty without the extension).
     pub cooperative_matrix_shapes: Vec<CooperativeMatrixShape>,
-    /// `VK_NV_cooperative_matrix2` is present (not enabled yet).
+    /// `VK_NV_cooperative_matrix2` with workgroup-scope matrices, flexible dimensions,
+    /// reductions, conversions, per-element operations and tensor addressing, enabled.
     pub cooperative_matrix2_nv: bool,
     /// `maxMemoryAllocationSize` (Vulkan 1.1) in bytes: drivers may refuse larger allocations
     /// (then [`tessera_core::Error::OutOfMemory`] with the `VkResult`).
@@ -323,7 +324,67 @@ struct Optional {
     full_subgroups: bool,
     coop_matrix: bool,
     bfloat16: bool,
+    coop_matrix2: bool,
 }
+
+/// `VkPhysicalDeviceCooperativeMatrix2FeaturesNV` (`VK_NV_cooperative_matrix2`), newer than
+/// ash's headers: the same layout as the C structure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct CooperativeMatrix2Features {
+    s_type: vk::StructureType,
+    p_next: *mut std::ffi::c_void,
+    workgroup_scope: vk::Bool32,
+    flexible_dimensions: vk::Bool32,
+    reductions: vk::Bool32,
+    conversions: vk::Bool32,
+    per_element_operations: vk::Bool32,
+    tensor_addressing: vk::Bool32,
+    block_loads: vk::Bool32,
+}
+
+/// The extension that [`CooperativeMatrix2Features`] belongs to.
+const COOPERATIVE_MATRIX2_NAME: &CStr = c"VK_NV_cooperative_matrix2";
+
+impl Default for CooperativeMatrix2Features {
+    fn default() -> Self {
+        Self {
+            // VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV
+            s_type: vk::StructureType::from_raw(1_000_593_000),
+            p_next: std::ptr::null_mut(),
+            workgroup_scope: vk::FALSE,
+            flexible_dimensions: vk::FALSE,
+            reductions: vk::FALSE,
+            conversions: vk::FALSE,
+            per_element_operations: vk::FALSE,
+            tensor_addressing: vk::FALSE,
+            block_loads: vk::FALSE,
+        }
+    }
+}
+
+impl CooperativeMatrix2Features {
+    /// Whether every feature but block loads is on (what a shader of workgroup-scope matrices
+    /// with reductions, per-element operations and tensor loads needs).
+    fn usable(&self) -> bool {
+        [
+            self.workgroup_scope,
+            self.flexible_dimensions,
+            self.reductions,
+            self.conversions,
+            self.per_element_operations,
+            self.tensor_addressing,
+        ]
+        .iter()
+        .all(|&f| f == vk::TRUE)
+    }
+}
+
+// SAFETY: `CooperativeMatrix2Features` starts with `sType` and `pNext` like every Vulkan
+// structure (`#[repr(C)]`), and the specification lists it as extending both.
+unsafe impl vk::ExtendsPhysicalDeviceFeatures2 for CooperativeMatrix2Features {}
+// SAFETY: as above.
+unsafe impl vk::ExtendsDeviceCreateInfo for CooperativeMatrix2Features {}
 
 /// `VkPhysicalDeviceShaderBfloat16FeaturesKHR` (`VK_KHR_shader_bfloat16`), newer than ash's
 /// headers: the same layout as the C structure.
@@ -465,7 +526,7 @@ unsafe fn inspect(
         bfloat16: false,
         cooperative_matrix: false,
         cooperative_matrix_shapes: Vec::new(),
-        cooperative_matrix2_nv: extensions.iter().any(|e| e == "VK_NV_cooperative_matrix2"),
+        cooperative_matrix2_nv: false,
         max_memory_allocation_size: u64::MAX,
         max_buffer_size: None,
         largest_heap_bytes: {
@@ -567,12 +628,14 @@ unsafe fn inspect(
     let has_f16i8 = v12 || has(ash::khr::shader_float16_int8::NAME);
     let has_coop = has(ash::khr::cooperative_matrix::NAME);
     let has_bf16 = has(SHADER_BFLOAT16_NAME);
+    let has_coop2 = has(COOPERATIVE_MATRIX2_NAME);
     let mut storage16 = vk::PhysicalDevice16BitStorageFeatures::default();
     let mut storage8 = vk::PhysicalDevice8BitStorageFeatures::default();
     let mut f16i8 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
     let mut size_control_f = vk::PhysicalDeviceSubgroupSizeControlFeatures::default();
     let mut coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
     let mut bf16 = ShaderBfloat16Features::default();
+    let mut coop2 = CooperativeMatrix2Features::default();
     let base = {
         let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut storage16);
         if has_8bit {
@@ -589,6 +652,9 @@ unsafe fn inspect(
         }
         if has_bf16 {
             f2 = f2.push_next(&mut bf16);
+        }
+        if has_coop2 {
+            f2 = f2.push_next(&mut coop2);
         }
         instance.get_physical_device_features2(physical, &mut f2);
         f2.features
@@ -608,6 +674,8 @@ unsafe fn inspect(
         && bf16.shader_bfloat16_type == vk::TRUE
         && bf16.shader_bfloat16_cooperative_matrix == vk::TRUE;
     features.bfloat16 = optional.bfloat16;
+    optional.coop_matrix2 = has_coop2 && optional.coop_matrix && coop2.usable();
+    features.cooperative_matrix2_nv = optional.coop_matrix2;
     features.storage_buffer_16bit = optional.storage16;
     features.storage_buffer_8bit = optional.storage8;
     features.shader_float16 = optional.float16;
@@ -824,6 +892,7 @@ impl VulkanContext {
         );
         want(ash::khr::cooperative_matrix::NAME, o.coop_matrix);
         want(SHADER_BFLOAT16_NAME, o.bfloat16);
+        want(COOPERATIVE_MATRIX2_NAME, o.coop_matrix2);
 
         let base = vk::PhysicalDeviceFeatures::default()
             .shader_int16(o.int16)
@@ -862,6 +931,19 @@ impl VulkanContext {
         }
         if o.bfloat16 {
             features2 = features2.push_next(&mut bf16);
+        }
+        // Every feature `CooperativeMatrix2Features::usable` checked (block loads left off).
+        let mut coop2 = CooperativeMatrix2Features {
+            workgroup_scope: vk::TRUE,
+            flexible_dimensions: vk::TRUE,
+            reductions: vk::TRUE,
+            conversions: vk::TRUE,
+            per_element_operations: vk::TRUE,
+            tensor_addressing: vk::TRUE,
+            ..Default::default()
+        };
+        if o.coop_matrix2 {
+            features2 = features2.push_next(&mut coop2);
         }
         let create = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queue_info)
