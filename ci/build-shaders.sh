@@ -18,6 +18,11 @@
 # Variants: by default X.comp gives X.spv. A source may ask for more outputs with lines
 #   // tessera-variant: NAME -DMACRO=VALUE ...
 # each compiled from the same source with the extra options into NAME.spv.
+# Target: every shader is SPIR-V for Vulkan 1.1 unless its source has a line
+#   // tessera-target: vulkan1.3
+# (what GL_NV_cooperative_matrix2 needs: SPIR-V 1.6); the compiler and spirv-val then use that
+# environment for all its outputs, and the manifest records it with the extra options. The Rust
+# side runs such a shader only on devices of that Vulkan version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -57,12 +62,18 @@ for src in $(ls *.comp | LC_ALL=C sort); do
   while IFS= read -r line; do
     variants+=("$line")
   done < <(sed -n 's|^// tessera-variant: *||p' "$src")
+  env_of_src=$(sed -n 's|^// tessera-target: *||p' "$src" | head -n 1)
   for v in "${variants[@]}"; do
     read -r -a words <<< "$v"
     name=${words[0]}
     extra=("${words[@]:1}")
+    src_env=$target_env
+    if [ -n "$env_of_src" ]; then
+      src_env=$env_of_src
+      extra+=(--target-env "$src_env")  # after the default: glslang takes the last
+    fi
     "$glslang" --quiet "${options[@]}" "${extra[@]}" "$src" -o "$out/$name.spv"
-    "$spirv_val" --target-env "$target_env" "$out/$name.spv" ||
+    "$spirv_val" --target-env "$src_env" "$out/$name.spv" ||
       { echo "error: spirv-val rejects $name.spv (from $src)" >&2; exit 1; }
     line="spirv $name.spv $(sha256sum "$out/$name.spv" | cut -d' ' -f1) $src"
     [ ${#extra[@]} -gt 0 ] && line="$line ${extra[*]}"
