@@ -4,8 +4,9 @@
 //! of 16 and 64 in permuted block tables, NaN in every unused slot, latent 256 and 512, bf16
 //! and FP8 records), the tiled shader at such shapes, the cooperative-matrix shader (every
 //! tiling, bf16 and FP8 records) where the device has bf16 cooperative matrices, the default
-//! choice, and the `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run at subgroup
-//! sizes 4 and 16 (`LP_NATIVE_VECTOR_WIDTH`, in a child process), beside the default 8.
+//! choice, and the `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run
+//! at subgroup sizes 4 and 16 (`LP_NATIVE_VECTOR_WIDTH`, in a child process), beside the default
+//! 8.
 
 use half::bf16;
 use tessera_core::{Error, MlaCache, MlaCacheFormat, MlaCacheLayout, MlaDecode, MlaDecodeOutput};

@@ -17,22 +17,43 @@ use tessera_core::{BackendKind, Error, Result};
 /// matrices are available (to test that path on such a device).
 pub const PORTABLE_ENV: &str = "TESSERA_VULKAN_PORTABLE";
 
-/// What every cooperative-matrix shader of the crate needs: 16x16x16 f16 x f16 -> f32
-/// cooperative matrices in subgroup scope, f16 arithmetic, a subgroup size fixed at 32 (the
-/// shaders split their work by subgroup), and the context not opened with
-/// [`crate::VulkanSettings::portable`] ([`PORTABLE_ENV`] = `1`). Each op adds its own limits
-/// (shared memory, shapes).
-pub(crate) fn f16_cooperative_matrix_available(ctx: &VulkanContext) -> bool {
-    if ctx.settings().portable {
-        return false;
+/// Why the crate's cooperative-matrix shaders with A and B of type `ab` cannot run on this
+/// device, or `None`: they need 16x16x16 `ab` x `ab` -> f32 cooperative matrices in subgroup
+/// scope, a subgroup size fixed at 32 (the shaders split their work by subgroup), and the
+/// context not opened with [`crate::VulkanSettings::portable`] ([`PORTABLE_ENV`] = `1`). Each
+/// shader adds its own needs (arithmetic types, shared memory, shapes).
+pub(crate) fn cooperative_matrix_unsupported(
+    f: &VulkanFeatures,
+    portable: bool,
+    ab: MatrixComponent,
+) -> Option<String> {
+    if portable {
+        Some(format!(
+            "the portable shaders were asked for ({PORTABLE_ENV})"
+        ))
+    } else if !f.cooperative_matrix || !f.has_cooperative_matrix_16x16x16(ab, MatrixComponent::F32)
+    {
+        let t = format!("{ab:?}").to_lowercase();
+        Some(format!(
+            "no {t} x {t} -> f32 16x16x16 cooperative matrices in subgroup scope"
+        ))
+    } else if (f.subgroup_size, f.min_subgroup_size, f.max_subgroup_size) != (32, 32, 32) {
+        Some(format!(
+            "subgroup size {} ({}..{}): the cooperative-matrix shaders need a fixed 32",
+            f.subgroup_size, f.min_subgroup_size, f.max_subgroup_size
+        ))
+    } else {
+        None
     }
+}
+
+/// What the f16 cooperative-matrix shaders (FP8 GEMM, attention) need:
+/// [`cooperative_matrix_unsupported`] of f16 is `None`, and f16 arithmetic.
+pub(crate) fn f16_cooperative_matrix_available(ctx: &VulkanContext) -> bool {
     let f = ctx.features();
-    f.cooperative_matrix
-        && f.has_cooperative_matrix_16x16x16(MatrixComponent::F16, MatrixComponent::F32)
-        && f.shader_float16
-        && f.subgroup_size == 32
-        && f.min_subgroup_size == 32
-        && f.max_subgroup_size == 32
+    f.shader_float16
+        && cooperative_matrix_unsupported(f, ctx.settings().portable, MatrixComponent::F16)
+            .is_none()
 }
 
 /// Checks a buffer range given to the device API and returns the part the shader binds:

@@ -122,18 +122,14 @@ pub(super) struct CoopmatLaunch {
 /// invocations per workgroup, and buffer offsets aligned to 16 bytes (it reads 16-byte words).
 /// [`crate::VulkanSettings::portable`] rules it out too.
 pub(super) fn unsupported(f: &VulkanFeatures, portable: bool) -> Option<String> {
-    let shape = f.has_cooperative_matrix_16x16x16(MatrixComponent::BF16, MatrixComponent::F32);
-    if portable {
-        Some("the portable shaders were asked for (TESSERA_VULKAN_PORTABLE)".into())
-    } else if !f.cooperative_matrix || !f.bfloat16 || !shape {
-        Some("no bf16 x bf16 -> f32 16x16x16 cooperative matrices in subgroup scope".into())
+    if let Some(reason) =
+        crate::ops::cooperative_matrix_unsupported(f, portable, MatrixComponent::BF16)
+    {
+        Some(reason)
+    } else if !f.bfloat16 {
+        Some("VK_KHR_shader_bfloat16's bf16 matrices are not enabled".into())
     } else if !f.subgroup_shuffle {
         Some("no subgroup shuffles in compute shaders".into())
-    } else if (f.subgroup_size, f.min_subgroup_size, f.max_subgroup_size) != (32, 32, 32) {
-        Some(format!(
-            "subgroup size {} ({}..{}): the shader needs a fixed 32",
-            f.subgroup_size, f.min_subgroup_size, f.max_subgroup_size
-        ))
     } else if f.max_workgroup_invocations < 32 * SUBGROUPS {
         Some(format!(
             "{} invocations per workgroup, fewer than {}",
