@@ -28,7 +28,13 @@
 #extension GL_EXT_shader_16bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int32 : require
 
-layout(local_size_x = 128, local_size_x_id = 0) in;
+// Workgroup-scope matrices of 16 rows need a workgroup of 32 or 64 invocations on the H200
+// (its flexible-dimension configurations: M granularity 16 up to 64 invocations, 32 at 128 and
+// 256); at 128 invocations a 16-row product silently gives zeros (cm2_probe.comp).
+#ifndef WG
+#define WG 64
+#endif
+layout(local_size_x = WG) in;
 layout(constant_id = 1) const uint KT = 32u;
 layout(constant_id = 2) const uint LATENT = 512u;
 layout(constant_id = 3) const uint ROPE = 64u;
