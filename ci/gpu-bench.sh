@@ -13,6 +13,7 @@
 #      OUTDIR/*.png.
 # BENCH_ONLY=OP (e.g. mla_decode) runs only the ops whose name contains OP, in all three
 # (`tessera bench --only`, `peers.py --only`): a run for one op's change.
+# BENCH_MLA_SHAPES=SUBSTRING keeps only the MLA decode shapes whose key contains it (all three).
 # Logs go to OUTDIR too. BENCH_BUDGET (seconds, default 510) bounds the whole: the peers get
 # what the bench left minus VK_RESERVE (default 120) kept for Vulkan; every step writes its JSON
 # as it goes, so a cut run still reports.
@@ -42,6 +43,7 @@ echo "commit $TESSERA_COMMIT; $(tail -n 1 "$out/gpu.txt")"
 t0=$(date +%s)
 deadline=$(( t0 + ${BENCH_BUDGET:-510} ))
 only=(); [ -n "${BENCH_ONLY:-}" ] && only=(--only "$BENCH_ONLY")
+[ -n "${BENCH_MLA_SHAPES:-}" ] && only+=(--mla-shapes "$BENCH_MLA_SHAPES")
 # BENCH_TUNE=gemm|attention|mla|all: first `tessera tune` those ops' standard shapes on this GPU
 # (the plans land next to the NVRTC cache, where the bench reads them); the plan file is kept.
 if [ -n "${BENCH_TUNE:-}" ]; then

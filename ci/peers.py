@@ -546,12 +546,14 @@ def tessera_mla(tess, key, b, s_k, h, s_q, scale):
                 "error": f"{type(e).__name__}: {e}"[:1000]}
 
 
-def bench_mla(out, shapes, tess=(None, "not asked")):
+def bench_mla(out, shapes, tess=(None, "not asked"), key_filter=None):
     scale = 192 ** -0.5
     if tess[0] is None:
         print(skipped_line("mla_decode", tess[1]), flush=True)
     for (b, s_k, h, s_q) in shapes:
         key = mla_key(b, s_k, h, s_q)
+        if key_filter is not None and key_filter not in key:
+            continue
         params = {"b": b, "s_k": s_k, "h_q": h, "s_q": s_q, "cache": "bf16 contiguous"}
         flops = 2.0 * b * s_q * h * s_k * (576 + 512)
         nbytes = b * s_k * 1152 + 2 * b * s_q * h * (576 + 512)
@@ -753,6 +755,7 @@ def main():
     ap.add_argument("--masks", help="folder of the radial masks written by `tessera bench --masks`")
     ap.add_argument("--suite", default="standard", choices=["standard", "quick"])
     ap.add_argument("--only", help="only ops whose name contains this")
+    ap.add_argument("--mla-shapes", help="only the MLA decode shapes whose key contains this (as `tessera bench --mla-shapes`)")
     ap.add_argument("--backward-peers", default=",".join(BACKWARD_PEERS),
                     help=f"attention_backward: the peers to time, comma-separated (default: {','.join(BACKWARD_PEERS)})")
     ap.add_argument("--commit", default=os.environ.get("TESSERA_COMMIT", "unknown"))
@@ -791,7 +794,7 @@ def main():
     out = Out(args.json, header)
     out.save()
     t0 = time.time()
-    for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm, tess)), ("mla_decode", lambda: bench_mla(out, mla, tess)),
+    for op, fn in (("fp8_gemm", lambda: bench_gemm(out, gemm, tess)), ("mla_decode", lambda: bench_mla(out, mla, tess, args.mla_shapes)),
                    ("attention", lambda: bench_attention(out, att, args.masks, tess)),
                    (ATTENTION_BACKWARD_OP, lambda: bench_attention_backward(out, att, args.masks, backward_peers))):
         if wants(op):

@@ -228,7 +228,28 @@ fn vulkan_feature_lines(f: &tessera_vulkan::VulkanFeatures) -> Vec<String> {
         if f.bfloat16 { "enabled" } else { "no" }
     ));
     if f.cooperative_matrix2_nv {
-        lines.push("VK_NV_cooperative_matrix2: enabled (not used yet)".into());
+        let configs: Vec<String> = f
+            .cooperative_matrix_flexible
+            .iter()
+            .filter(|c| c.workgroup_scope)
+            .map(|c| {
+                format!(
+                    "{:?}·{:?}+{:?} M/{} N/{} K/{} at {}",
+                    c.a,
+                    c.b,
+                    c.c,
+                    c.m_granularity,
+                    c.n_granularity,
+                    c.k_granularity,
+                    c.workgroup_invocations
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "VK_NV_cooperative_matrix2: enabled; workgroup-scope configurations (type, \
+             granularities, invocations): {}",
+            configs.join(", ")
+        ));
     }
     lines
 }

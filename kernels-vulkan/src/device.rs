@@ -143,6 +143,44 @@ pub struct CooperativeMatrixShape {
     pub subgroup_scope: bool,
 }
 
+/// One configuration of `VK_NV_cooperative_matrix2`'s flexible dimensions
+/// (`VkCooperativeMatrixFlexibleDimensionsPropertiesNV`): matrices of any size that is a
+/// multiple of the granularities, `Result[M, N] = A[M, K] · B[K, N] + C[M, N]`, in workgroup
+/// scope for workgroups of exactly `workgroup_invocations` (or in subgroup scope).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlexibleMatrixConfig {
+    /// M is a multiple of this.
+    pub m_granularity: u32,
+    /// N is a multiple of this.
+    pub n_granularity: u32,
+    /// K is a multiple of this.
+    pub k_granularity: u32,
+    /// Element type of A.
+    pub a: MatrixComponent,
+    /// Element type of B.
+    pub b: MatrixComponent,
+    /// Element type of C.
+    pub c: MatrixComponent,
+    /// Element type of the result.
+    pub result: MatrixComponent,
+    /// Whether the matrices are owned by a workgroup (else by a subgroup).
+    pub workgroup_scope: bool,
+    /// Invocations of the workgroup this configuration is for (workgroup scope only).
+    pub workgroup_invocations: u32,
+}
+
+impl FlexibleMatrixConfig {
+    /// Whether a product with these dimensions may use this configuration.
+    pub fn fits(&self, m: u32, n: u32, k: u32) -> bool {
+        m > 0
+            && n > 0
+            && k > 0
+            && m % self.m_granularity.max(1) == 0
+            && n % self.n_granularity.max(1) == 0
+            && k % self.k_granularity.max(1) == 0
+    }
+}
+
 /// What the chosen device offers: limits, subgroups, arithmetic and storage types, matrix units.
 /// The shaders choose their variant and specialization constants from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +248,8 @@ pub struct VulkanFeatures {
     /// `VK_NV_cooperative_matrix2` with workgroup-scope matrices, flexible dimensions,
     /// reductions, conversions, per-element operations and tensor addressing, enabled.
     pub cooperative_matrix2_nv: bool,
+    /// `VK_NV_cooperative_matrix2`'s flexible-dimension configurations (empty without it).
+    pub cooperative_matrix_flexible: Vec<FlexibleMatrixConfig>,
     /// `maxMemoryAllocationSize` (Vulkan 1.1) in bytes: drivers may refuse larger allocations
     /// (then [`tessera_core::Error::OutOfMemory`] with the `VkResult`).
     pub max_memory_allocation_size: u64,
@@ -244,6 +284,22 @@ impl VulkanFeatures {
                 && (s.m, s.n, s.k) == (16, 16, 16)
                 && (s.a, s.b) == (ab, ab)
                 && (s.c, s.result) == (c, c)
+        })
+    }
+
+    /// The workgroup-scope flexible configuration (`VK_NV_cooperative_matrix2`) for workgroups
+    /// of `invocations` with A and B of type `ab` and C and the result of type `c`, if any.
+    pub fn flexible_workgroup_config(
+        &self,
+        invocations: u32,
+        ab: MatrixComponent,
+        c: MatrixComponent,
+    ) -> Option<FlexibleMatrixConfig> {
+        self.cooperative_matrix_flexible.iter().copied().find(|f| {
+            f.workgroup_scope
+                && f.workgroup_invocations == invocations
+                && (f.a, f.b) == (ab, ab)
+                && (f.c, f.result) == (c, c)
         })
     }
 
@@ -456,6 +512,97 @@ impl Candidate {
     }
 }
 
+/// `VkCooperativeMatrixFlexibleDimensionsPropertiesNV` (`VK_NV_cooperative_matrix2`), newer
+/// than ash's headers: the same layout as the C structure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct FlexibleDimensionsProperties {
+    s_type: vk::StructureType,
+    p_next: *mut std::ffi::c_void,
+    m_granularity: u32,
+    n_granularity: u32,
+    k_granularity: u32,
+    a_type: vk::ComponentTypeKHR,
+    b_type: vk::ComponentTypeKHR,
+    c_type: vk::ComponentTypeKHR,
+    result_type: vk::ComponentTypeKHR,
+    saturating_accumulation: vk::Bool32,
+    scope: vk::ScopeKHR,
+    workgroup_invocations: u32,
+}
+
+/// `vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV`.
+type FlexibleDimensionsFn = unsafe extern "system" fn(
+    vk::PhysicalDevice,
+    *mut u32,
+    *mut FlexibleDimensionsProperties,
+) -> vk::Result;
+
+/// The device's flexible-dimension configurations (empty where the loader does not offer the
+/// command).
+///
+/// # Safety
+/// `physical` must come from `instance`, which must be live and offer `VK_NV_cooperative_matrix2`
+/// on that device.
+unsafe fn flexible_configs(
+    entry: &ash::Entry,
+    instance: &ash::Instance,
+    physical: vk::PhysicalDevice,
+) -> Result<Vec<FlexibleMatrixConfig>> {
+    let name = c"vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV";
+    // SAFETY: the instance is live; the name is a NUL-terminated command name.
+    let Some(command) = (unsafe { entry.get_instance_proc_addr(instance.handle(), name.as_ptr()) })
+    else {
+        return Ok(Vec::new());
+    };
+    // SAFETY: the loader returned this command under its name, whose C signature this is.
+    let command: FlexibleDimensionsFn = unsafe { std::mem::transmute(command) };
+    let empty = FlexibleDimensionsProperties {
+        // VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV
+        s_type: vk::StructureType::from_raw(1_000_593_001),
+        p_next: std::ptr::null_mut(),
+        m_granularity: 0,
+        n_granularity: 0,
+        k_granularity: 0,
+        a_type: vk::ComponentTypeKHR::FLOAT32,
+        b_type: vk::ComponentTypeKHR::FLOAT32,
+        c_type: vk::ComponentTypeKHR::FLOAT32,
+        result_type: vk::ComponentTypeKHR::FLOAT32,
+        saturating_accumulation: vk::FALSE,
+        scope: vk::ScopeKHR::SUBGROUP,
+        workgroup_invocations: 0,
+    };
+    let mut count = 0u32;
+    // SAFETY: a count query with a null array.
+    unsafe { command(physical, &mut count, std::ptr::null_mut()) }
+        .result()
+        .map_err(|e| vk_error("listing flexible cooperative matrix configurations", e))?;
+    let mut props = vec![empty; count as usize];
+    // SAFETY: `props` holds `count` initialised structures of the right type.
+    let r = unsafe { command(physical, &mut count, props.as_mut_ptr()) };
+    if r != vk::Result::SUCCESS && r != vk::Result::INCOMPLETE {
+        return Err(vk_error(
+            "listing flexible cooperative matrix configurations",
+            r,
+        ));
+    }
+    props.truncate(count as usize);
+    Ok(props
+        .iter()
+        .map(|p| FlexibleMatrixConfig {
+            m_granularity: p.m_granularity,
+            n_granularity: p.n_granularity,
+            k_granularity: p.k_granularity,
+            a: MatrixComponent::from_vk(p.a_type),
+            b: MatrixComponent::from_vk(p.b_type),
+            c: MatrixComponent::from_vk(p.c_type),
+            result: MatrixComponent::from_vk(p.result_type),
+            workgroup_scope: p.scope == vk::ScopeKHR::WORKGROUP,
+            workgroup_invocations: p.workgroup_invocations,
+        })
+        .collect())
+}
+
 /// Reads the properties and features of one physical device.
 ///
 /// # Safety
@@ -527,6 +674,7 @@ unsafe fn inspect(
         cooperative_matrix: false,
         cooperative_matrix_shapes: Vec::new(),
         cooperative_matrix2_nv: false,
+        cooperative_matrix_flexible: Vec::new(),
         max_memory_allocation_size: u64::MAX,
         max_buffer_size: None,
         largest_heap_bytes: {
@@ -711,6 +859,9 @@ unsafe fn inspect(
                 subgroup_scope: s.scope == vk::ScopeKHR::SUBGROUP,
             })
             .collect();
+    }
+    if optional.coop_matrix2 {
+        features.cooperative_matrix_flexible = flexible_configs(entry, instance, physical)?;
     }
     Ok(Candidate {
         index,

@@ -53,12 +53,12 @@ mod probe;
 /// The `ash` version this crate is built on, for callers of the device API (`ash::vk` types).
 pub use ash;
 pub use device::{
-    CooperativeMatrixShape, MatrixComponent, VulkanContext, VulkanFeatures, VulkanSettings,
-    DEVICE_ENV,
+    CooperativeMatrixShape, FlexibleMatrixConfig, MatrixComponent, VulkanContext, VulkanFeatures,
+    VulkanSettings, DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
 pub use ops::mla::{
-    MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV,
+    MlaCm2Tiling, MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV,
 };
 pub use pipeline::{
     EmbeddedShader, PipelineCache, PipelineKey, Shader, ShaderResources, SpecConstant,
@@ -94,6 +94,7 @@ pub mod shaders {
             crate::ops::mla::MLA_DECODE_STREAM.describe(),
             crate::ops::mla::MLA_DECODE_STREAM_ROLLED.describe(),
             crate::ops::mla::MLA_DECODE_COOPMAT.describe(),
+            crate::ops::mla::MLA_DECODE_CM2.describe(),
             crate::ops::mla::MLA_COMBINE.describe(),
             crate::ops::attention::SPARSE_ATTENTION.describe(),
             crate::ops::attention::SPARSE_ATTENTION_COOPMAT.describe(),
@@ -170,9 +171,10 @@ impl VulkanBackend {
 
     /// Which shader each op takes on this device, for `tessera info` and the device name:
     /// `FP8 GEMM: cooperative matrix|portable, attention: cooperative matrix|portable (head_dim
-    /// 128, blocks of 64), MLA decode: [coopmat (where the layout fits), ]stream|tiled` (the
-    /// cooperative-matrix shader where the device runs it, then the shader of the layouts it
-    /// does not take; or the value of [`MLA_DECODE_ENV`] where it overrides the choice).
+    /// 128, blocks of 64), MLA decode: [cm2 (bf16, 32+ rows), ][coopmat (where the layout
+    /// fits), ]stream|tiled` (the cooperative-matrix shaders where the device runs them, then
+    /// the shader of the layouts they do not take; or the value of [`MLA_DECODE_ENV`] where it
+    /// overrides the choice).
     pub fn shader_paths(&self) -> String {
         let path = |coopmat: bool| {
             if coopmat {
@@ -193,6 +195,13 @@ impl VulkanBackend {
             && self.mla_decode_coopmat_unsupported().is_none()
         {
             format!("coopmat (where the layout fits), {mla_path}")
+        } else {
+            mla_path
+        };
+        let mla_path = if self.ctx.settings().mla_decode.is_none()
+            && self.mla_decode_cm2_unsupported().is_none()
+        {
+            format!("cm2 (bf16, 32+ rows), {mla_path}")
         } else {
             mla_path
         };

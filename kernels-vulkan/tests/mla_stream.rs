@@ -3,8 +3,10 @@
 //! random shapes and tilings (h_q 1..=32, s_q 1..=4, lengths 0, 1, 63, 64, 65 and random, pages
 //! of 16 and 64 in permuted block tables, NaN in every unused slot, latent 256 and 512, bf16
 //! and FP8 records), the tiled shader at such shapes, the cooperative-matrix shader (every
-//! tiling, bf16 and FP8 records) where the device has bf16 cooperative matrices, the default
-//! choice, and the `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run
+//! tiling, bf16 and FP8 records) where the device has bf16 cooperative matrices, the
+//! cooperative-matrix-2 shader (every tiling the device's granularities allow, bf16 records)
+//! where it has `VK_NV_cooperative_matrix2`, the default choice, and the
+//! `TESSERA_VULKAN_MLA_DECODE` override. On lavapipe the random shapes also run
 //! at subgroup sizes 4 and 16 (`LP_NATIVE_VECTOR_WIDTH`, in a child process), beside the default
 //! 8.
 
@@ -15,8 +17,8 @@ use tessera_reference::mla as ref_mla;
 use tessera_testing::check::{TOL_LSE_ABS, TOL_REL_L2_BF16};
 use tessera_testing::Rng;
 use tessera_vulkan::{
-    Buffer, MatrixComponent, MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling,
-    VulkanBackend, VulkanSettings,
+    Buffer, MatrixComponent, MlaCm2Tiling, MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan,
+    MlaStreamTiling, VulkanBackend, VulkanSettings,
 };
 
 mod common;
@@ -234,7 +236,7 @@ fn random_tiling(b: &VulkanBackend, op: &MlaDecode, rng: &mut Rng) -> MlaDecodeK
     let default = match b.mla_decode_plan(op).unwrap().kernel() {
         MlaDecodeKernel::Stream(t) => t,
         // bf16 records on a device with bf16 matrices: the streaming shader as a GPU builds it.
-        MlaDecodeKernel::Coopmat(_) => MlaStreamTiling {
+        MlaDecodeKernel::Coopmat(_) | MlaDecodeKernel::Cm2(_) => MlaStreamTiling {
             rows_per_team: 4,
             key_tile: 8,
             prefetch: true,
@@ -485,6 +487,20 @@ fn the_override_setting_picks_the_shader() {
         ),
     }
     drop(with_coopmat);
+    // The cooperative-matrix-2 shader: the same.
+    let with_cm2 = open("cm2:64,32");
+    let cm2 = with_cm2.mla_decode_plan(&op);
+    match with_cm2.mla_decode_cm2_unsupported() {
+        None => assert_eq!(
+            cm2.unwrap().kernel(),
+            MlaDecodeKernel::Cm2(MlaCm2Tiling {
+                rows: 64,
+                key_tile: 32,
+            })
+        ),
+        Some(_) => assert!(matches!(cm2, Err(Error::Unsupported { .. })), "{cm2:?}"),
+    }
+    drop(with_cm2);
     for bad in [
         "fast",
         "stream:4,8",
@@ -492,6 +508,8 @@ fn the_override_setting_picks_the_shader() {
         "stream:a,8,1,1",
         "coopmat:32",
         "coopmat:32,2",
+        "cm2:64",
+        "cm2:x,32",
     ] {
         match kernel(&open(bad)) {
             Err(Error::InvalidArgument { arg, .. }) => {
@@ -637,6 +655,167 @@ fn coopmat_refuses_what_it_cannot_run() {
             .starts_with("coopmat (32-key tiles), 16 rows"),
         "{plan}"
     );
+}
+
+/// The backend if it can run the cooperative-matrix-2 shader, else `None` after printing
+/// `skipped: <why>`. Where the device has `VK_NV_cooperative_matrix2` enabled and
+/// `TESSERA_REQUIRE_VULKAN=1` (the GPU machine), not being able to run it is a failure.
+fn cm2_backend() -> Option<VulkanBackend> {
+    let b = backend()?;
+    if let Some(why) = b.mla_decode_cm2_unsupported() {
+        let enabled = b.features().cooperative_matrix2_nv;
+        if enabled && vulkan_required() && !b.context().settings().portable {
+            panic!(
+                "the device has VK_NV_cooperative_matrix2, but the cm2 decode cannot run: {why}"
+            );
+        }
+        println!("skipped: {why}");
+        return None;
+    }
+    Some(b)
+}
+
+/// Every tiling of the cooperative-matrix-2 shader (the device's granularities may refuse some:
+/// on the H200, 16-key tiles at 64 rows).
+const CM2_TILINGS: [MlaCm2Tiling; 6] = [
+    MlaCm2Tiling {
+        rows: 32,
+        key_tile: 32,
+    },
+    MlaCm2Tiling {
+        rows: 64,
+        key_tile: 64,
+    },
+    MlaCm2Tiling {
+        rows: 32,
+        key_tile: 64,
+    },
+    MlaCm2Tiling {
+        rows: 32,
+        key_tile: 16,
+    },
+    MlaCm2Tiling {
+        rows: 64,
+        key_tile: 32,
+    },
+    MlaCm2Tiling {
+        rows: 64,
+        key_tile: 16,
+    },
+];
+
+/// Runs `kernel` on `case` where the plan accepts it; `Ok(false)` where the plan refuses it as
+/// unsupported (a page size the key tile does not divide, a granularity), which it must say.
+fn check_if_planned(
+    b: &VulkanBackend,
+    case: &Case,
+    kernel: MlaDecodeKernel,
+) -> Result<bool, String> {
+    match b.mla_decode_plan_with(&case.op, kernel) {
+        Ok(_) => case.check(b, kernel).map(|()| true),
+        Err(Error::Unsupported { reason, .. }) => {
+            assert!(
+                reason.contains("page size") || reason.contains("granularities"),
+                "{kernel}: {reason}"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(format!("{kernel}: {e}")),
+    }
+}
+
+#[test]
+fn cm2_random_shapes_match_reference() {
+    let Some(b) = cm2_backend() else { return };
+    let mut rng = Rng::new(0x5eed_0004);
+    let mut ran = 0;
+    for i in 0..case_count(24) {
+        let case = random_case(&mut rng, 4000 + i as u64);
+        let kernel = MlaDecodeKernel::Cm2(CM2_TILINGS[i % CM2_TILINGS.len()]);
+        if case.op.layout.format == MlaCacheFormat::Fp8 {
+            let plan = b.mla_decode_plan_with(&case.op, kernel);
+            assert!(matches!(plan, Err(Error::Unsupported { .. })), "{plan:?}");
+        } else if check_if_planned(&b, &case, kernel).unwrap() {
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "only {ran} cases ran");
+}
+
+#[test]
+fn cm2_every_tiling_at_deepseek_shapes() {
+    let Some(b) = cm2_backend() else { return };
+    // Long enough for several tiles per split, lengths that end inside a tile, an empty
+    // request, s_q 1..=3 (rows that see fewer keys), 16 rows (half a 32-row group), 72 (partial
+    // groups) and 128 heads; a bad page (-1 in the table) in the last case.
+    let mut seed = 700;
+    let mut ran = 0;
+    for tiling in CM2_TILINGS {
+        for (heads, s_q, lens) in [
+            (16, 2, vec![1000, 33, 0]),
+            (16, 1, vec![257, 64]),
+            (24, 3, vec![95, 1, 130]),
+            (128, 1, vec![300]),
+            (128, 2, vec![130, 0, 65]),
+        ] {
+            seed += 1;
+            let case = Case::new(MlaCacheLayout::default(), s_q, heads, &lens, seed);
+            ran += usize::from(check_if_planned(&b, &case, MlaDecodeKernel::Cm2(tiling)).unwrap());
+        }
+    }
+    assert!(ran >= 10, "only {ran} cases ran");
+}
+
+#[test]
+fn cm2_is_the_plan_from_32_rows_and_refuses_what_it_cannot_run() {
+    let Some(b) = cm2_backend() else { return };
+    let op = |format, heads, s_q| MlaDecode {
+        batch: 4,
+        s_q,
+        heads,
+        max_pages: 8,
+        softmax_scale: 0.1,
+        layout: MlaCacheLayout {
+            format,
+            ..MlaCacheLayout::default()
+        },
+    };
+    let plan = |format, heads, s_q| {
+        b.mla_decode_plan(&op(format, heads, s_q))
+            .unwrap()
+            .to_string()
+    };
+    let bf16 = MlaCacheFormat::Bf16;
+    assert!(
+        plan(bf16, 16, 2).starts_with("cm2 (32-key tiles), 32 rows"),
+        "{}",
+        plan(bf16, 16, 2)
+    );
+    assert!(
+        plan(bf16, 128, 1).starts_with("cm2 (64-key tiles), 64 rows"),
+        "{}",
+        plan(bf16, 128, 1)
+    );
+    // 16 rows: the coopmat shader (as fast, and no rows wasted); FP8 records: never cm2.
+    assert!(
+        !plan(bf16, 16, 1).starts_with("cm2"),
+        "{}",
+        plan(bf16, 16, 1)
+    );
+    assert!(!plan(MlaCacheFormat::Fp8, 128, 1).starts_with("cm2"));
+    let t = MlaDecodeKernel::Cm2(CM2_TILINGS[0]);
+    let fp8 = b.mla_decode_plan_with(&op(MlaCacheFormat::Fp8, 128, 1), t);
+    assert!(matches!(fp8, Err(Error::Unsupported { .. })), "{fp8:?}");
+    for (rows, key_tile, arg) in [(16, 32, "tiling.rows"), (32, 128, "tiling.key_tile")] {
+        let bad = b.mla_decode_plan_with(
+            &op(bf16, 16, 2),
+            MlaDecodeKernel::Cm2(MlaCm2Tiling { rows, key_tile }),
+        );
+        match bad {
+            Err(Error::InvalidArgument { arg: a, .. }) => assert_eq!(a, arg),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
 }
 
 /// Reruns [`stream_random_shapes_match_reference`] in a child process with lavapipe's vectors

@@ -29,13 +29,22 @@
 //!     f32 16x16x16 products (scores over the records in shared memory as bf16, then `P · V`),
 //!     see `mla/coopmat.rs`.
 //!
+//!   - `mla_decode_cm2` ([`MlaDecodeKernel::Cm2`], where the device has
+//!     `VK_NV_cooperative_matrix2` with a workgroup-scope bf16 configuration that fits: NVIDIA;
+//!     bf16 records): one workgroup per (request, group of 32 or 64 query rows, key split) of
+//!     workgroup-scope products loaded straight from the cache, see `mla/cm2.rs`. The plan takes
+//!     it where a request has at least 32 query rows (it is no faster than the coopmat shader
+//!     with 16).
+//!
 //!   All write normalized partial outputs (f32) and log-sum-exps per key split to a workspace.
 //! - `mla_combine`: one invocation per pair of output columns merges the splits by their
 //!   log-sum-exps and rounds to bf16.
 
+mod cm2;
 mod coopmat;
 mod stream;
 
+pub use cm2::{MlaDecodeCm2Spec, MLA_DECODE_CM2};
 pub use coopmat::{MlaDecodeCoopmatSpec, MLA_DECODE_COOPMAT};
 pub use stream::{MlaDecodeStreamSpec, MLA_DECODE_STREAM, MLA_DECODE_STREAM_ROLLED};
 
@@ -330,6 +339,15 @@ pub struct MlaCoopmatTiling {
     pub prefetch: bool,
 }
 
+/// The tiling of the cooperative-matrix-2 decode shader ([`MlaDecodeKernel::Cm2`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaCm2Tiling {
+    /// Query rows per workgroup: 32 (128 invocations) or 64 (256).
+    pub rows: u32,
+    /// Keys per tile: 64, 32 or 16, dividing the page size.
+    pub key_tile: u32,
+}
+
 /// The pass-1 shader of a decode (`mla_combine` merges the key splits of all of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MlaDecodeKernel {
@@ -342,33 +360,39 @@ pub enum MlaDecodeKernel {
     /// `mla_decode_coopmat.comp`: bf16 cooperative matrices (bf16 records, FP8 ones decoded to
     /// bf16); 16 rows per workgroup.
     Coopmat(MlaCoopmatTiling),
+    /// `mla_decode_cm2.comp`: `VK_NV_cooperative_matrix2` workgroup-scope bf16 matrices (bf16
+    /// records); 32 or 64 rows per workgroup.
+    Cm2(MlaCm2Tiling),
 }
 
 impl MlaDecodeKernel {
-    /// `tiled`, `stream` or `coopmat`.
+    /// `tiled`, `stream`, `coopmat` or `cm2`.
     pub fn name(&self) -> &'static str {
         match self {
             MlaDecodeKernel::Tiled => "tiled",
             MlaDecodeKernel::Stream(_) => "stream",
             MlaDecodeKernel::Coopmat(_) => "coopmat",
+            MlaDecodeKernel::Cm2(_) => "cm2",
         }
     }
 
-    /// Reads [`crate::VulkanSettings::mla_decode`]: `tiled`, `stream` or `coopmat` (their
-    /// default tilings, from `stream_tiling()` and `coopmat_tiling()`),
-    /// `stream:ROWS,KEYS,PREFETCH,UNROLLED` (e.g. `stream:4,8,1,1`) or `coopmat:KEYS,PREFETCH`
-    /// (e.g. `coopmat:32,1`).
+    /// Reads [`crate::VulkanSettings::mla_decode`]: `tiled`, `stream`, `coopmat` or `cm2`
+    /// (their default tilings, from `stream_tiling()`, `coopmat_tiling()` and `cm2_tiling()`),
+    /// `stream:ROWS,KEYS,PREFETCH,UNROLLED` (e.g. `stream:4,8,1,1`), `coopmat:KEYS,PREFETCH`
+    /// (e.g. `coopmat:32,1`) or `cm2:ROWS,KEYS` (e.g. `cm2:64,64`).
     fn parse_setting(
         value: &str,
         stream_tiling: impl FnOnce() -> Result<MlaStreamTiling>,
         coopmat_tiling: impl FnOnce() -> Result<MlaCoopmatTiling>,
+        cm2_tiling: impl FnOnce() -> Result<MlaCm2Tiling>,
     ) -> Result<Self> {
         let invalid = || {
             Error::invalid(
                 DECODE,
                 MLA_DECODE_ENV,
-                "tiled, stream, coopmat, stream:ROWS,KEYS,PREFETCH,UNROLLED (e.g. stream:4,8,1,1) \
-                 or coopmat:KEYS,PREFETCH (e.g. coopmat:32,1)",
+                "tiled, stream, coopmat, cm2, stream:ROWS,KEYS,PREFETCH,UNROLLED (e.g. \
+                 stream:4,8,1,1), coopmat:KEYS,PREFETCH (e.g. coopmat:32,1) or cm2:ROWS,KEYS \
+                 (e.g. cm2:64,64)",
                 value,
             )
         };
@@ -382,7 +406,16 @@ impl MlaDecodeKernel {
             "tiled" => Ok(MlaDecodeKernel::Tiled),
             "stream" => Ok(MlaDecodeKernel::Stream(stream_tiling()?)),
             "coopmat" => Ok(MlaDecodeKernel::Coopmat(coopmat_tiling()?)),
+            "cm2" => Ok(MlaDecodeKernel::Cm2(cm2_tiling()?)),
             v => {
+                if let Some(list) = v.strip_prefix("cm2:") {
+                    return match numbers(list)?[..] {
+                        [rows, key_tile] => {
+                            Ok(MlaDecodeKernel::Cm2(MlaCm2Tiling { rows, key_tile }))
+                        }
+                        _ => Err(invalid()),
+                    };
+                }
                 if let Some(list) = v.strip_prefix("coopmat:") {
                     return match numbers(list)?[..] {
                         [key_tile, prefetch @ (0 | 1)] => {
@@ -433,14 +466,16 @@ impl std::fmt::Display for MlaDecodeKernel {
                 t.key_tile,
                 if t.prefetch { ", prefetched" } else { "" }
             ),
+            MlaDecodeKernel::Cm2(t) => write!(f, "cm2 ({}-key tiles)", t.key_tile),
         }
     }
 }
 
 /// Overrides the decode shader choice (a development aid, read once when the backend is
-/// opened: [`crate::VulkanSettings::mla_decode`]): `tiled`, `stream`, `coopmat`,
-/// `stream:ROWS,KEYS,PREFETCH,UNROLLED` ([`MlaStreamTiling`]'s fields, e.g. `stream:4,8,1,1`)
-/// or `coopmat:KEYS,PREFETCH` ([`MlaCoopmatTiling`]'s fields, e.g. `coopmat:32,1`).
+/// opened: [`crate::VulkanSettings::mla_decode`]): `tiled`, `stream`, `coopmat`, `cm2`,
+/// `stream:ROWS,KEYS,PREFETCH,UNROLLED` ([`MlaStreamTiling`]'s fields, e.g. `stream:4,8,1,1`),
+/// `coopmat:KEYS,PREFETCH` ([`MlaCoopmatTiling`]'s fields, e.g. `coopmat:32,1`) or
+/// `cm2:ROWS,KEYS` ([`MlaCm2Tiling`]'s fields, e.g. `cm2:64,64`).
 pub const MLA_DECODE_ENV: &str = "TESSERA_VULKAN_MLA_DECODE";
 
 /// How a decode runs on this device ([`VulkanBackend::mla_decode_plan`]): the op, the pass-1
@@ -457,6 +492,7 @@ enum Launch {
     Tiled(TiledPlan),
     Stream(stream::StreamLaunch),
     Coopmat(coopmat::CoopmatLaunch),
+    Cm2(cm2::Cm2Launch),
 }
 
 impl Launch {
@@ -466,6 +502,7 @@ impl Launch {
             Launch::Tiled(t) => t.key_tile,
             Launch::Stream(s) => s.spec.key_tile,
             Launch::Coopmat(c) => c.spec.key_tile,
+            Launch::Cm2(c) => c.spec.key_tile,
         }
     }
 }
@@ -487,6 +524,7 @@ impl MlaDecodePlan {
             Launch::Tiled(t) => t.splits,
             Launch::Stream(s) => s.splits,
             Launch::Coopmat(c) => c.splits,
+            Launch::Cm2(c) => c.splits,
         }
     }
 
@@ -497,6 +535,7 @@ impl MlaDecodePlan {
             Launch::Tiled(t) => t.rows_per_group as u64,
             Launch::Stream(s) => s.rows_per_group,
             Launch::Coopmat(_) => coopmat::ROWS,
+            Launch::Cm2(c) => c.spec.rows as u64,
         }
     }
 
@@ -506,6 +545,7 @@ impl MlaDecodePlan {
             Launch::Tiled(t) => t.row_groups,
             Launch::Stream(s) => s.row_groups,
             Launch::Coopmat(c) => c.row_groups,
+            Launch::Cm2(c) => c.row_groups,
         };
         self.op.batch as u64 * row_groups * self.splits()
     }
@@ -529,6 +569,47 @@ impl std::fmt::Display for MlaDecodePlan {
             self.rows_per_workgroup(),
             self.splits()
         )
+    }
+}
+
+/// The features of an H200 under NVIDIA's driver (what the plans read of them), for the
+/// submodules' tests.
+#[cfg(test)]
+pub(super) fn h200_features() -> crate::device::VulkanFeatures {
+    use crate::device::VulkanFeatures;
+    VulkanFeatures {
+        name: "NVIDIA H200".into(),
+        device_type: "Discrete".into(),
+        api_version: (1, 4, 0),
+        driver: None,
+        subgroup_size: 32,
+        min_subgroup_size: 32,
+        max_subgroup_size: 32,
+        subgroup_arithmetic: true,
+        subgroup_shuffle: true,
+        subgroup_size_control: true,
+        compute_units: Some(132),
+        max_shared_memory_bytes: 48 * 1024,
+        max_workgroup_invocations: 1024,
+        max_workgroup_size: [1024, 1024, 64],
+        max_workgroup_count: [u32::MAX, 65535, 65535],
+        max_storage_buffer_range: u32::MAX,
+        min_storage_buffer_offset_alignment: 16,
+        shader_float16: true,
+        shader_int8: true,
+        shader_int16: true,
+        shader_int64: true,
+        storage_buffer_8bit: true,
+        storage_buffer_16bit: true,
+        integer_dot_product: true,
+        bfloat16: false,
+        cooperative_matrix: true,
+        cooperative_matrix_shapes: Vec::new(),
+        cooperative_matrix2_nv: true,
+        cooperative_matrix_flexible: Vec::new(),
+        max_memory_allocation_size: u64::MAX,
+        max_buffer_size: None,
+        largest_heap_bytes: 141 << 30,
     }
 }
 
@@ -598,7 +679,10 @@ impl VulkanBackend {
     }
 
     /// Plans a decode: the pass-1 shader this device runs `op` with and its tiling (see
-    /// [`MlaDecodePlan`]). The cooperative-matrix shader wherever the device
+    /// [`MlaDecodePlan`]). The cooperative-matrix-2 shader for bf16 records where a request has
+    /// at least 32 query rows, the device can run it
+    /// ([`VulkanBackend::mla_decode_cm2_unsupported`] is `None`) and its default tiling fits;
+    /// else the cooperative-matrix shader wherever the device
     /// can run it ([`VulkanBackend::mla_decode_coopmat_unsupported`] is `None`) and its default
     /// tiling fits the layout; else the streaming shader wherever the device can run it
     /// ([`VulkanBackend::mla_decode_stream_unsupported`] is `None`), with
@@ -608,17 +692,21 @@ impl VulkanBackend {
         check_decode_op(op)?;
         let f = self.features();
         let coopmat_tiling = || coopmat::default_tiling(f, op);
+        let cm2_tiling = || cm2::default_tiling(f, op);
+        let cm2_wanted = op.s_q * op.heads >= 32 && self.mla_decode_cm2_unsupported().is_none();
         let kernel = match self.context().settings().mla_decode.as_deref() {
             Some(choice) => MlaDecodeKernel::parse_setting(
                 choice,
                 || stream::default_tiling(f, op),
                 coopmat_tiling,
+                cm2_tiling,
             )?,
-            None => match coopmat_tiling() {
-                Ok(tiling) if self.mla_decode_coopmat_unsupported().is_none() => {
+            None => match (cm2_wanted.then(cm2_tiling), coopmat_tiling()) {
+                (Some(Ok(tiling)), _) => MlaDecodeKernel::Cm2(tiling),
+                (_, Ok(tiling)) if self.mla_decode_coopmat_unsupported().is_none() => {
                     MlaDecodeKernel::Coopmat(tiling)
                 }
-                _ if stream::unsupported(f).is_none() => {
+                (_, _) if stream::unsupported(f).is_none() => {
                     MlaDecodeKernel::Stream(stream::default_tiling(f, op)?)
                 }
                 _ => MlaDecodeKernel::Tiled,
@@ -647,6 +735,12 @@ impl VulkanBackend {
                 op,
                 tiling,
             )?),
+            MlaDecodeKernel::Cm2(tiling) => Launch::Cm2(cm2::launch(
+                self.features(),
+                self.context().settings().portable,
+                op,
+                tiling,
+            )?),
         };
         Ok(MlaDecodePlan {
             op: op.clone(),
@@ -669,6 +763,14 @@ impl VulkanBackend {
     /// [`crate::VulkanSettings::portable`].
     pub fn mla_decode_coopmat_unsupported(&self) -> Option<String> {
         coopmat::unsupported(self.features(), self.context().settings().portable)
+    }
+
+    /// Why this device cannot run the cooperative-matrix-2 decode shader
+    /// ([`MlaDecodeKernel::Cm2`]), or `None` when it can: `VK_NV_cooperative_matrix2` enabled,
+    /// bf16 matrices, Vulkan 1.3, a workgroup-scope bf16 x bf16 -> f32 configuration for 128 or
+    /// 256 invocations, and the context not opened with [`crate::VulkanSettings::portable`].
+    pub fn mla_decode_cm2_unsupported(&self) -> Option<String> {
+        cm2::unsupported(self.features(), self.context().settings().portable)
     }
 
     /// Bytes of the workspace [`VulkanBackend::record_mla_decode`] needs for `op` on this
@@ -926,6 +1028,17 @@ impl VulkanBackend {
                     num_pages,
                     launch.row_groups,
                     coopmat::ROWS,
+                    launch.splits,
+                );
+                (pipeline, push, batch * launch.row_groups * launch.splits)
+            }
+            Launch::Cm2(launch) => {
+                let pipeline = self.pipelines().get(&MLA_DECODE_CM2, &launch.spec)?;
+                let push = row_group_push(
+                    op,
+                    num_pages,
+                    launch.row_groups,
+                    launch.spec.rows as u64,
                     launch.splits,
                 );
                 (pipeline, push, batch * launch.row_groups * launch.splits)

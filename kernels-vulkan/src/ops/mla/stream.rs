@@ -396,6 +396,7 @@ pub(super) fn launch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::mla::h200_features as h200;
 
     #[test]
     fn constants_and_resources() {
@@ -425,43 +426,6 @@ mod tests {
         let resources = spec.resources();
         assert_eq!(resources.invocations, 128);
         assert_eq!(resources.shared_memory_bytes, spec.shared_memory_bytes());
-    }
-
-    /// The features of an H200 under NVIDIA's driver (what the plan reads of them).
-    fn h200() -> VulkanFeatures {
-        VulkanFeatures {
-            name: "NVIDIA H200".into(),
-            device_type: "Discrete".into(),
-            api_version: (1, 4, 0),
-            driver: None,
-            subgroup_size: 32,
-            min_subgroup_size: 32,
-            max_subgroup_size: 32,
-            subgroup_arithmetic: true,
-            subgroup_shuffle: true,
-            subgroup_size_control: true,
-            compute_units: Some(132),
-            max_shared_memory_bytes: 48 * 1024,
-            max_workgroup_invocations: 1024,
-            max_workgroup_size: [1024, 1024, 64],
-            max_workgroup_count: [u32::MAX, 65535, 65535],
-            max_storage_buffer_range: u32::MAX,
-            min_storage_buffer_offset_alignment: 16,
-            shader_float16: true,
-            shader_int8: true,
-            shader_int16: true,
-            shader_int64: true,
-            storage_buffer_8bit: true,
-            storage_buffer_16bit: true,
-            integer_dot_product: true,
-            bfloat16: false,
-            cooperative_matrix: true,
-            cooperative_matrix_shapes: Vec::new(),
-            cooperative_matrix2_nv: true,
-            max_memory_allocation_size: u64::MAX,
-            max_buffer_size: None,
-            largest_heap_bytes: 141 << 30,
-        }
     }
 
     fn deepseek(batch: usize, heads: usize, s_q: usize, format: MlaCacheFormat) -> MlaDecode {

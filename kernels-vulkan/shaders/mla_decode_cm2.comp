@@ -1,23 +1,35 @@
-// EXPERIMENT, NOT WORKING YET (session 15): the MLA decode's pass 1 on VK_NV_cooperative_matrix2
-// (workgroup-scope bf16 matrices, tensor loads straight from the paged cache with clamping in
-// place of zero-filled tiles, row reductions and per-element operations instead of trips
-// through shared memory). Same interface as shaders/mla_decode_coopmat.comp (bindings, push
-// constants, specialization ids), bf16 records only, KT dividing the page size. Not part of the
-// build (ci/build-shaders.sh compiles shaders/ only).
+// MLA absorbed decode, pass 1 of 2 (split-KV), on VK_NV_cooperative_matrix2: bf16 x bf16 -> f32
+// products of workgroup-scope matrices loaded straight from the paged cache by tensor
+// addressing, row reductions and per-element operations (no shared memory of its own; the
+// driver stages what it needs). Same contract and workspace as mla_decode_coopmat.comp (merged
+// by mla_combine.comp), bf16 records only:
+//   cache        bf16 [num_pages, page_size, D] (D = LATENT + ROPE: [latent | rope])
+//   q            bf16 [batch, s_q, heads, D]
+//   block_table  i32 [batch, max_pages]
+//   seq_lens     i32 [batch] (clamped to 0 .. max_pages * page_size)
+//   work         f32: o_part [batch, splits, s_q * heads, LATENT] (normalized), then
+//                lse_part [batch, splits, s_q * heads] (natural log, -inf when empty)
+// Workgroups: linear index = (b * splits + split) * row_groups + g; group g holds the rows
+// ROWS g .. ROWS g + ROWS - 1 (r = i * heads + h; rows past s_q * heads are clamped away: read
+// as zeros, never written). Query i sees keys 0 .. len - (s_q - 1 - i); split `split` covers the
+// keys split * S .. (split + 1) * S - 1 with S = ceil(ceil(len / splits) / KT) * KT.
 //
-// Status on the H200 (driver 580.159.04): compiles for SPIR-V 1.6 only (glslang rejects
-// GL_NV_cooperative_matrix2 for vulkan1.1), the pipeline is created and runs, but every lse
-// comes out non-finite (the decode's output is zero), also with the visibility mask and the
-// probability threshold taken out. Not yet checked, in this order: the flexible dimensions the
-// driver lists (vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV: M/N/K
-// granularity and workgroup size for bf16), the element units of tensor-layout offsets and
-// strides on a bfloat16_t buffer, the column-0 tensor store of lse. The next step is the
-// smallest shader per primitive (load Q and store it back; one product; one reduction).
+// Per tile of KT keys (KT divides the page size, so a tile lies in one page):
+//   S = Q · Kᵀ in D / CD steps (q's and the records' columns c CD .. c CD + CD - 1, the records
+//   loaded transposed, rows past the split's end clamped to zero); the scale · log2(e) and each
+//   row's visibility by a per-element operation; the online softmax in base 2 (row max by a row
+//   reduction, P = exp2(S - m) and alpha = exp2(m_old - m) per element, l += row sum of P in
+//   f32); the accumulators (LATENT / CV of ROWS x CV) times alpha smeared across the row, plus
+//   bf16(P) · V (the records' first LATENT columns, CV at a time). A tile on a page outside
+//   0 .. num_pages is skipped and remembered: every row that sees it gets NaN.
 //
-// To run it: glslangValidator -V --target-env vulkan1.3 (from kernels-vulkan/shaders/, for
-// common.glsl) into DIR/mla_decode_coopmat.spv, then TESSERA_VULKAN_SPIRV_DIR=DIR with
-// TESSERA_VULKAN_MLA_DECODE=coopmat:32,0 (the backend enables the extension's features where
-// the driver offers them).
+// Specialization constants (kernels-vulkan/src/ops/mla/cm2.rs, MlaDecodeCm2Spec): 0 = workgroup
+// size, 1 = KT, 2 = LATENT, 3 = ROPE, 4 = ROWS, 5 = CD (divides D), 6 = CV (divides LATENT).
+// Every matrix dimension must be a multiple of the granularity the driver lists for that
+// workgroup size (vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV; on the
+// H200 the rows are a multiple of 32 at 128 and 256 invocations, and a product of 16 rows at
+// 128 invocations silently gives zeros): the host checks it before it picks this shader.
+// tessera-target: vulkan1.3
 #version 450
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_GOOGLE_include_directive : require
@@ -28,21 +40,15 @@
 #extension GL_EXT_shader_16bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int32 : require
 
-// Workgroup-scope matrices of 16 rows need a workgroup of 32 or 64 invocations on the H200
-// (its flexible-dimension configurations: M granularity 16 up to 64 invocations, 32 at 128 and
-// 256); at 128 invocations a 16-row product silently gives zeros (cm2_probe.comp).
-#ifndef WG
-#define WG 64
-#endif
-layout(local_size_x = WG) in;
+layout(local_size_x = 128, local_size_x_id = 0) in;
 layout(constant_id = 1) const uint KT = 32u;
 layout(constant_id = 2) const uint LATENT = 512u;
 layout(constant_id = 3) const uint ROPE = 64u;
-layout(constant_id = 4) const uint PREFETCH = 1u;  // not used
-layout(constant_id = 5) const uint FP8 = 0u;       // bf16 records only
-
-const uint ROWS = 16u;
+layout(constant_id = 4) const uint ROWS = 32u;
+layout(constant_id = 5) const uint CD = 64u;
+layout(constant_id = 6) const uint CV = 256u;
 const uint D = LATENT + ROPE;
+const uint NO = LATENT / CV;  // output accumulators
 
 layout(set = 0, binding = 0, std430) readonly buffer Cache { bfloat16_t cache[]; };
 layout(set = 0, binding = 1, std430) readonly buffer Q { bfloat16_t q[]; };
@@ -72,7 +78,7 @@ layout(push_constant, std430) uniform Params {
 #define LN2 0.69314718055994531
 
 #define ACC_S coopmat<float, gl_ScopeWorkgroup, ROWS, KT, gl_MatrixUseAccumulator>
-#define ACC_O coopmat<float, gl_ScopeWorkgroup, ROWS, LATENT, gl_MatrixUseAccumulator>
+#define ACC_O coopmat<float, gl_ScopeWorkgroup, ROWS, CV, gl_MatrixUseAccumulator>
 
 // Keys of this split row r (of the group) sees: k_begin .. seen - 1 (0 past the group's rows).
 uint seen_keys(uint r, uint row0, uint row_end, uint len, uint k_end) {
@@ -93,6 +99,10 @@ float maskScore(const in uint32_t r, const in uint32_t c, const in float e, cons
 
 float maxReduce(const in float x, const in float y) {
     return max(x, y);
+}
+
+float addReduce(const in float x, const in float y) {
+    return x + y;
 }
 
 float smearReduce(const in float x, const in float y) {
@@ -154,14 +164,12 @@ void main() {
         createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
     tl_q = setTensorLayoutDimensionNV(tl_q, b * rows + row_end, D);
     tl_q = setTensorLayoutStrideNV(tl_q, D, 1);
-    coopmat<bfloat16_t, gl_ScopeWorkgroup, ROWS, D, gl_MatrixUseA> q_mat;
-    coopMatLoadTensorNV(q_mat, q, 0, sliceTensorLayoutNV(tl_q, b * rows + row0, ROWS, 0, D));
-
-    ACC_O o = ACC_O(0.0);
+    ACC_O o[NO];
+    [[unroll]] for (uint c = 0u; c < NO; ++c) {
+        o[c] = ACC_O(0.0);
+    }
     ACC_S m = ACC_S(NEG_BIG);
     ACC_S l = ACC_S(0.0);
-    coopmat<bfloat16_t, gl_ScopeWorkgroup, KT, KT, gl_MatrixUseB> ones =
-        coopmat<bfloat16_t, gl_ScopeWorkgroup, KT, KT, gl_MatrixUseB>(1.0);
     tensorViewNV<2, false, 1, 0> transposed = createTensorViewNV(2, false, 1, 0);
 
     for (uint k0 = k_begin; k0 < k_end; k0 += KT) {
@@ -177,10 +185,16 @@ void main() {
         tl_k = setTensorLayoutDimensionNV(tl_k, min(KT, k_end - k0), D);
         tl_k = setTensorLayoutStrideNV(tl_k, D, 1);
 
-        coopmat<bfloat16_t, gl_ScopeWorkgroup, D, KT, gl_MatrixUseB> k_t;
-        coopMatLoadTensorNV(k_t, cache, base, sliceTensorLayoutNV(tl_k, 0, KT, 0, D), transposed);
         ACC_S s = ACC_S(0.0);
-        s = coopMatMulAdd(q_mat, k_t, s);
+        [[unroll]] for (uint c = 0u; c < D / CD; ++c) {
+            coopmat<bfloat16_t, gl_ScopeWorkgroup, ROWS, CD, gl_MatrixUseA> q_c;
+            coopMatLoadTensorNV(q_c, q, 0,
+                                sliceTensorLayoutNV(tl_q, b * rows + row0, ROWS, c * CD, CD));
+            coopmat<bfloat16_t, gl_ScopeWorkgroup, CD, KT, gl_MatrixUseB> k_c;
+            coopMatLoadTensorNV(k_c, cache, base, sliceTensorLayoutNV(tl_k, 0, KT, c * CD, CD),
+                                transposed);
+            s = coopMatMulAdd(q_c, k_c, s);
+        }
         coopMatPerElementNV(s, s, maskScore, k0, row0, row_end, len, k_end);
 
         ACC_S row_max;
@@ -193,17 +207,19 @@ void main() {
         coopMatPerElementNV(alpha, m, rescaleOf, m_new);
         coopmat<bfloat16_t, gl_ScopeWorkgroup, ROWS, KT, gl_MatrixUseA> p_a =
             coopmat<bfloat16_t, gl_ScopeWorkgroup, ROWS, KT, gl_MatrixUseA>(prob);
-        ACC_S row_sum = ACC_S(0.0);
-        row_sum = coopMatMulAdd(p_a, ones, row_sum);
+        ACC_S row_sum;
+        coopMatReduceNV(row_sum, prob, gl_CooperativeMatrixReduceRowNV, addReduce);
         l = alpha * l + row_sum;
         m = m_new;
 
-        coopmat<bfloat16_t, gl_ScopeWorkgroup, KT, LATENT, gl_MatrixUseB> v;
-        coopMatLoadTensorNV(v, cache, base, sliceTensorLayoutNV(tl_k, 0, KT, 0, LATENT));
         ACC_O alpha_wide;
         coopMatReduceNV(alpha_wide, alpha, gl_CooperativeMatrixReduceRowNV, smearReduce);
-        o *= alpha_wide;
-        o = coopMatMulAdd(p_a, v, o);
+        [[unroll]] for (uint c = 0u; c < NO; ++c) {
+            coopmat<bfloat16_t, gl_ScopeWorkgroup, KT, CV, gl_MatrixUseB> v;
+            coopMatLoadTensorNV(v, cache, base, sliceTensorLayoutNV(tl_k, 0, KT, c * CV, CV));
+            o[c] *= alpha_wide;
+            o[c] = coopMatMulAdd(p_a, v, o[c]);
+        }
     }
 
     ACC_O inv_wide;
@@ -211,7 +227,9 @@ void main() {
     [[unroll]] for (int k = 0; k < inv_wide.length(); ++k) {
         inv_wide[k] = inv_wide[k] > 0.0 ? 1.0 / inv_wide[k] : 0.0;
     }
-    coopMatPerElementNV(o, o, finishO, inv_wide, kbad, row0, row_end, len, k_end);
+    [[unroll]] for (uint c = 0u; c < NO; ++c) {
+        coopMatPerElementNV(o[c], o[c], finishO, inv_wide, kbad, row0, row_end, len, k_end);
+    }
     ACC_S lse;
     coopMatPerElementNV(lse, l, finishLse, m, kbad, row0, row_end, len, k_end);
     // Rows past the group's end are clamped away.
@@ -219,7 +237,10 @@ void main() {
         createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
     tl_o = setTensorLayoutDimensionNV(tl_o, prow_base + row_end, LATENT);
     tl_o = setTensorLayoutStrideNV(tl_o, LATENT, 1);
-    coopMatStoreTensorNV(o, work, 0, sliceTensorLayoutNV(tl_o, prow_base + row0, ROWS, 0, LATENT));
+    [[unroll]] for (uint c = 0u; c < NO; ++c) {
+        coopMatStoreTensorNV(o[c], work, 0,
+                             sliceTensorLayoutNV(tl_o, prow_base + row0, ROWS, c * CV, CV));
+    }
     // lse: column 0 of the row-smeared matrix, into lse_part[prow].
     tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> tl_l =
         createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
