@@ -336,17 +336,21 @@ fn unrolled_build_matches_reference() {
 fn deepseek_shapes_match_reference() {
     let Some(b) = stream_backend() else { return };
     // DeepSeek-V3's layout at the benchmark's head counts (16 with s_q 1 and 2, 32, and 128 in
-    // row groups), both formats, pages of 64.
+    // row groups), both formats, pages of 64, with the shader the plan picks for each.
     for format in [MlaCacheFormat::Bf16, MlaCacheFormat::Fp8] {
         let layout = MlaCacheLayout {
             format,
             ..MlaCacheLayout::default()
         };
         let coopmat = b.mla_decode_coopmat_unsupported().is_none();
+        let cm2 = b.mla_decode_cm2_unsupported().is_none();
         for (heads, s_q) in [(16, 1), (16, 2), (32, 1), (128, 1)] {
             let case = Case::new(layout, s_q, heads, &[130, 64, 1], 5 + heads as u64);
             let plan = b.mla_decode_plan(&case.op).unwrap();
-            if coopmat {
+            if cm2 && format == MlaCacheFormat::Bf16 && heads * s_q >= 32 {
+                assert_eq!(plan.kernel().name(), "cm2", "{plan}");
+                assert!(plan.rows_per_workgroup() >= 32, "{plan}");
+            } else if coopmat {
                 assert_eq!(plan.kernel().name(), "coopmat", "{plan}");
                 assert_eq!(plan.rows_per_workgroup(), 16, "{plan}");
             } else {
