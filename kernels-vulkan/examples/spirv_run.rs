@@ -17,10 +17,9 @@
 //!   device's limit; default 128); `--spec` sets `constant_id`s;
 //! - `--repeat N` records the dispatch N more times (a barrier between each) after the checked
 //!   one and prints the mean time per dispatch (wall clock of one submission);
-//! - `--info` prints the device's features and, where it offers `VK_NV_cooperative_matrix2`,
-//!   its flexible-dimension cooperative-matrix configurations.
+//! - `--info` prints the device's summary and its `VK_NV_cooperative_matrix2` flexible-dimension
+//!   configurations (`VulkanFeatures::cooperative_matrix_flexible`).
 
-use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
@@ -138,80 +137,34 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(a)
 }
 
-/// `VkCooperativeMatrixFlexibleDimensionsPropertiesNV`, newer than ash's headers.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct FlexibleDimensions {
-    s_type: vk::StructureType,
-    p_next: *mut c_void,
-    m_granularity: u32,
-    n_granularity: u32,
-    k_granularity: u32,
-    a_type: vk::ComponentTypeKHR,
-    b_type: vk::ComponentTypeKHR,
-    c_type: vk::ComponentTypeKHR,
-    result_type: vk::ComponentTypeKHR,
-    saturating_accumulation: vk::Bool32,
-    scope: vk::ScopeKHR,
-    workgroup_invocations: u32,
-}
-
-type FlexibleDimensionsFn =
-    unsafe extern "system" fn(vk::PhysicalDevice, *mut u32, *mut FlexibleDimensions) -> vk::Result;
-
 fn print_info(backend: &VulkanBackend) {
-    let ctx = backend.context();
-    println!("{}", backend.features().summary());
-    let name = c"vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV";
-    // SAFETY: the instance is live; the name is a NUL-terminated command name.
-    let f = unsafe {
-        ctx.entry()
-            .get_instance_proc_addr(ctx.instance().handle(), name.as_ptr())
-    };
-    let Some(f) = f else {
-        println!("flexible dimensions: the command is not offered");
-        return;
-    };
-    // SAFETY: the loader returned this command under its name, whose signature this is.
-    let f: FlexibleDimensionsFn = unsafe { std::mem::transmute(f) };
-    let mut count = 0u32;
-    // SAFETY: a count query with a null array.
-    let r = unsafe { f(ctx.physical_device(), &mut count, std::ptr::null_mut()) };
-    println!("flexible dimensions: {r:?}, {count} configurations");
-    let mut props = vec![
-        FlexibleDimensions {
-            // VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV
-            s_type: vk::StructureType::from_raw(1_000_593_001),
-            p_next: std::ptr::null_mut(),
-            m_granularity: 0,
-            n_granularity: 0,
-            k_granularity: 0,
-            a_type: vk::ComponentTypeKHR::FLOAT16,
-            b_type: vk::ComponentTypeKHR::FLOAT16,
-            c_type: vk::ComponentTypeKHR::FLOAT16,
-            result_type: vk::ComponentTypeKHR::FLOAT16,
-            saturating_accumulation: 0,
-            scope: vk::ScopeKHR::DEVICE,
-            workgroup_invocations: 0,
-        };
-        count as usize
-    ];
-    // SAFETY: `props` holds `count` initialised structures.
-    let r = unsafe { f(ctx.physical_device(), &mut count, props.as_mut_ptr()) };
-    println!("  ({r:?})");
-    for p in &props[..count as usize] {
+    let f = backend.features();
+    println!("{}", f.summary());
+    println!(
+        "VK_NV_cooperative_matrix2: {}; {} flexible-dimension configurations",
+        if f.cooperative_matrix2_nv {
+            "enabled"
+        } else {
+            "not enabled"
+        },
+        f.cooperative_matrix_flexible.len()
+    );
+    for c in &f.cooperative_matrix_flexible {
         println!(
-            "  M/{} N/{} K/{} A {:?} B {:?} C {:?} R {:?} sat {} scope {:?} invocations {}",
-            p.m_granularity,
-            p.n_granularity,
-            p.k_granularity,
-            p.a_type,
-            p.b_type,
-            p.c_type,
-            p.result_type,
-            p.saturating_accumulation,
-            p.scope,
-            p.workgroup_invocations
+            "  M/{} N/{} K/{} {:?}·{:?}+{:?}->{:?} {} {}",
+            c.m_granularity,
+            c.n_granularity,
+            c.k_granularity,
+            c.a,
+            c.b,
+            c.c,
+            c.result,
+            if c.workgroup_scope {
+                "workgroup of"
+            } else {
+                "subgroup"
+            },
+            c.workgroup_invocations
         );
     }
 }

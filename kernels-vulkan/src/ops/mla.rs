@@ -266,6 +266,27 @@ fn key_splits(
     ) as u64
 }
 
+/// `Ok` where `value` is one of `choices`, else [`choice_error`]: the check of every shader's
+/// tiling fields.
+fn check_choice(arg: &str, value: u32, choices: &[u32]) -> Result<()> {
+    if choices.contains(&value) {
+        Ok(())
+    } else {
+        Err(choice_error(arg, value, choices))
+    }
+}
+
+/// [`Error::InvalidArgument`] for a tiling field `arg` (`tiling.key_tile`...) that is not one of
+/// `choices`.
+fn choice_error(arg: &str, value: u32, choices: &[u32]) -> Error {
+    Error::invalid(
+        DECODE,
+        arg,
+        format!("one of {choices:?}"),
+        value.to_string(),
+    )
+}
+
 /// The push constants of the streaming and cooperative-matrix shaders (one layout): the op's
 /// sizes, the page shift (32 where the page size is not a power of two), the row groups, the
 /// key splits and `softmax_scale · log2(e)`.

@@ -10,7 +10,7 @@
 //! 16-row product at 128 invocations silently gives zeros there, which is why the plan checks
 //! the list rather than trusting the extension's presence).
 
-use super::{MlaCm2Tiling, DECODE};
+use super::MlaCm2Tiling;
 use crate::device::{FlexibleMatrixConfig, MatrixComponent, VulkanFeatures};
 use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use std::marker::PhantomData;
@@ -187,21 +187,10 @@ fn spec_for(f: &VulkanFeatures, op: &MlaDecode, tiling: &MlaCm2Tiling) -> Result
         ));
     }
     let Some(choice) = ROW_CHOICES.iter().find(|c| c.rows == tiling.rows) else {
-        return Err(Error::invalid(
-            DECODE,
-            "tiling.rows",
-            format!("one of {:?}", ROW_CHOICES.map(|c| c.rows)),
-            tiling.rows.to_string(),
-        ));
+        let choices = ROW_CHOICES.map(|c| c.rows);
+        return Err(super::choice_error("tiling.rows", tiling.rows, &choices));
     };
-    if !KEY_TILES.contains(&tiling.key_tile) {
-        return Err(Error::invalid(
-            DECODE,
-            "tiling.key_tile",
-            format!("one of {KEY_TILES:?}"),
-            tiling.key_tile.to_string(),
-        ));
-    }
+    super::check_choice("tiling.key_tile", tiling.key_tile, &KEY_TILES)?;
     if l.page_size % tiling.key_tile as usize != 0 {
         return Err(unsupported_error(format!(
             "{}-key tiles need a page size that is a multiple of it, not {}",

@@ -11,7 +11,7 @@
 //! decoded to bf16 (exactly) on their way into shared memory, where their latent width is a
 //! multiple of 512 (each part of a record then starts at a 16-byte boundary).
 
-use super::{MlaCoopmatTiling, DECODE};
+use super::MlaCoopmatTiling;
 use crate::device::{MatrixComponent, VulkanFeatures};
 use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use std::marker::PhantomData;
@@ -166,14 +166,7 @@ fn spec_for(
     }
     // The layout's own rules (MlaCacheLayout::validate) make latent_dim and rope_dim multiples
     // of 16, the matrices' width.
-    if !KEY_TILES.contains(&tiling.key_tile) {
-        return Err(Error::invalid(
-            DECODE,
-            "tiling.key_tile",
-            format!("one of {KEY_TILES:?}"),
-            tiling.key_tile.to_string(),
-        ));
-    }
+    super::check_choice("tiling.key_tile", tiling.key_tile, &KEY_TILES)?;
     let spec = MlaDecodeCoopmatSpec {
         subgroups: SUBGROUPS,
         key_tile: tiling.key_tile,

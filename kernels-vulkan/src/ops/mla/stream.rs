@@ -10,7 +10,7 @@
 //! by a butterfly of `subgroupShuffleXor` (which needs subgroup shuffles and a known, fixed
 //! subgroup size).
 
-use super::{MlaStreamTiling, DECODE};
+use super::MlaStreamTiling;
 use crate::device::VulkanFeatures;
 use crate::pipeline::{Shader, ShaderResources, SpecConstant, Specialization};
 use std::marker::PhantomData;
@@ -363,22 +363,8 @@ pub(super) fn launch(
     if let Some(reason) = unsupported(f) {
         return Err(unsupported_error(reason));
     }
-    if !ROWS_PER_TEAM.contains(&tiling.rows_per_team) {
-        return Err(Error::invalid(
-            DECODE,
-            "tiling.rows_per_team",
-            format!("one of {ROWS_PER_TEAM:?}"),
-            tiling.rows_per_team.to_string(),
-        ));
-    }
-    if !KEY_TILES.contains(&tiling.key_tile) {
-        return Err(Error::invalid(
-            DECODE,
-            "tiling.key_tile",
-            format!("one of {KEY_TILES:?}"),
-            tiling.key_tile.to_string(),
-        ));
-    }
+    super::check_choice("tiling.rows_per_team", tiling.rows_per_team, &ROWS_PER_TEAM)?;
+    super::check_choice("tiling.key_tile", tiling.key_tile, &KEY_TILES)?;
     let rows = (op.s_q * op.heads) as u64;
     let (rows_per_group, groups, teams) = row_groups(f, rows, tiling.rows_per_team);
     let spec = spec_for(f, op, tiling, teams)?;
