@@ -183,27 +183,24 @@ impl VulkanBackend {
                 "portable"
             }
         };
-        let mla_path = match (
-            self.ctx.settings().mla_decode.as_deref(),
-            self.mla_decode_stream_unsupported(),
-        ) {
-            (Some(forced), _) => format!("{forced} ({MLA_DECODE_ENV})"),
-            (None, None) => "stream".to_string(),
-            (None, Some(_)) => "tiled".to_string(),
-        };
-        let mla_path = if self.ctx.settings().mla_decode.is_none()
-            && self.mla_decode_coopmat_unsupported().is_none()
-        {
-            format!("coopmat (where the layout fits), {mla_path}")
-        } else {
-            mla_path
-        };
-        let mla_path = if self.ctx.settings().mla_decode.is_none()
-            && self.mla_decode_cm2_unsupported().is_none()
-        {
-            format!("cm2 (bf16, 32+ rows), {mla_path}")
-        } else {
-            mla_path
+        let mla_path = match self.ctx.settings().mla_decode.as_deref() {
+            Some(forced) => format!("{forced} ({MLA_DECODE_ENV})"),
+            None => {
+                // The plan's order: each shader where the device runs it, then the fallback.
+                let mut shaders = Vec::new();
+                if self.mla_decode_cm2_unsupported().is_none() {
+                    shaders.push("cm2 (bf16, 32+ rows)");
+                }
+                if self.mla_decode_coopmat_unsupported().is_none() {
+                    shaders.push("coopmat (where the layout fits)");
+                }
+                shaders.push(if self.mla_decode_stream_unsupported().is_none() {
+                    "stream"
+                } else {
+                    "tiled"
+                });
+                shaders.join(", ")
+            }
         };
         format!(
             "FP8 GEMM: {}, attention: {}, MLA decode: {mla_path}",

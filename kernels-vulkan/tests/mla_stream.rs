@@ -18,7 +18,7 @@ use tessera_testing::check::{TOL_LSE_ABS, TOL_REL_L2_BF16};
 use tessera_testing::Rng;
 use tessera_vulkan::{
     Buffer, MatrixComponent, MlaCm2Tiling, MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan,
-    MlaStreamTiling, VulkanBackend, VulkanSettings,
+    MlaStreamTiling, VulkanBackend, VulkanFeatures, VulkanSettings,
 };
 
 mod common;
@@ -268,13 +268,31 @@ fn case_count(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn stream_backend() -> Option<VulkanBackend> {
+/// The backend if it can run `shader` (`unsupported` is `None`), else `None` after printing
+/// `skipped: <why>`. Where `offered` says what the device has that the shader needs (e.g. `lists
+/// bf16 matrices`) and `TESSERA_REQUIRE_VULKAN=1` (the GPU machine), not being able to run it
+/// is a failure.
+fn backend_running(
+    shader: &str,
+    unsupported: impl Fn(&VulkanBackend) -> Option<String>,
+    offered: impl Fn(&VulkanFeatures) -> Option<&'static str>,
+) -> Option<VulkanBackend> {
     let b = backend()?;
-    if let Some(why) = b.mla_decode_stream_unsupported() {
-        println!("skipped: {why}");
-        return None;
+    let Some(why) = unsupported(&b) else {
+        return Some(b);
+    };
+    if let Some(what) = offered(b.features()) {
+        if vulkan_required() && !b.context().settings().portable {
+            panic!("the device {what}, but the {shader} decode cannot run: {why}");
+        }
     }
-    Some(b)
+    println!("skipped: {why}");
+    None
+}
+
+/// [`backend_running`] the streaming shader (skipped wherever it cannot run).
+fn stream_backend() -> Option<VulkanBackend> {
+    backend_running("stream", |b| b.mla_decode_stream_unsupported(), |_| None)
 }
 
 #[test]
@@ -524,21 +542,17 @@ fn the_override_setting_picks_the_shader() {
     }
 }
 
-/// The backend if it can run the cooperative-matrix shader, else `None` after printing
-/// `skipped: <why>`. Where the device lists bf16 16x16x16 matrices in subgroup scope and
-/// `TESSERA_REQUIRE_VULKAN=1` (the GPU machine), not being able to run it is a failure.
+/// [`backend_running`] the cooperative-matrix shader (a failure on the GPU machine where the
+/// device lists bf16 16x16x16 matrices in subgroup scope).
 fn coopmat_backend() -> Option<VulkanBackend> {
-    let b = backend()?;
-    if let Some(why) = b.mla_decode_coopmat_unsupported() {
-        let f = b.features();
-        let listed = f.has_cooperative_matrix_16x16x16(MatrixComponent::BF16, MatrixComponent::F32);
-        if listed && vulkan_required() && !b.context().settings().portable {
-            panic!("the device lists bf16 matrices, but the coopmat decode cannot run: {why}");
-        }
-        println!("skipped: {why}");
-        return None;
-    }
-    Some(b)
+    backend_running(
+        "coopmat",
+        |b| b.mla_decode_coopmat_unsupported(),
+        |f| {
+            f.has_cooperative_matrix_16x16x16(MatrixComponent::BF16, MatrixComponent::F32)
+                .then_some("lists bf16 matrices")
+        },
+    )
 }
 
 /// Every tiling of the cooperative-matrix shader.
@@ -661,22 +675,17 @@ fn coopmat_refuses_what_it_cannot_run() {
     );
 }
 
-/// The backend if it can run the cooperative-matrix-2 shader, else `None` after printing
-/// `skipped: <why>`. Where the device has `VK_NV_cooperative_matrix2` enabled and
-/// `TESSERA_REQUIRE_VULKAN=1` (the GPU machine), not being able to run it is a failure.
+/// [`backend_running`] the cooperative-matrix-2 shader (a failure on the GPU machine where the
+/// device has `VK_NV_cooperative_matrix2` enabled).
 fn cm2_backend() -> Option<VulkanBackend> {
-    let b = backend()?;
-    if let Some(why) = b.mla_decode_cm2_unsupported() {
-        let enabled = b.features().cooperative_matrix2_nv;
-        if enabled && vulkan_required() && !b.context().settings().portable {
-            panic!(
-                "the device has VK_NV_cooperative_matrix2, but the cm2 decode cannot run: {why}"
-            );
-        }
-        println!("skipped: {why}");
-        return None;
-    }
-    Some(b)
+    backend_running(
+        "cm2",
+        |b| b.mla_decode_cm2_unsupported(),
+        |f| {
+            f.cooperative_matrix2_nv
+                .then_some("has VK_NV_cooperative_matrix2")
+        },
+    )
 }
 
 /// Every tiling of the cooperative-matrix-2 shader (the device's granularities may refuse some:
