@@ -3,7 +3,8 @@
 # against the CPU reference, time each on the standard shapes, print a bf16-vs-FP8 table.
 #   bash kernels-cuda/dev/mla_decode_sm90.sh OUTDIR [VARIANT...]
 # VARIANT: bf16 (sm90 kernel, bf16 cache), bf16-seesaw (the same kernel with SEESAW=1: FlashMLA's
-# schedule, TMA refills), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
+# schedule, TMA refills), fp8-seesaw (the same over the FP8 cache: codes by TMA, converted by the
+# producer warpgroup), fp8-r16 / fp8-r32 (sm90 FP8 kernel, 16 / 32 rows per
 # CTA), fp8rs-r16 / fp8rsp-r32 (sm90/mla_decode_fp8_rs.cu / _rs_pairs.cu: the cache operand in registers), bf16t-r16 / bf16t-r32 (the same kernel with FMT 0: bf16 records copied by cp.async,
 # transposed products, no row padding), mma-fp8-RSxNxST / mma-bf16-RSxNxST (the mma.sync kernel, FP8 / bf16 cache, tiling (RS, N, ST)); default: bf16
 # fp8-r16 fp8-r32. EXTRA_DEFS="-D..." builds every variant with it; NOCHECK=1 / NOTIME=1 skip;
@@ -21,6 +22,7 @@ build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
   case $v in
     bf16) defs="-DHK=0 -DFMT=0 -DSEESAW=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
     bf16-seesaw) defs="-DHK=0 -DFMT=0 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16 + 3*64*4 + 2*8)) ;;
+    fp8-seesaw) defs="-DHK=0 -DFMT=1 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*16 + 2*9*8 + 2*2*8 + 16 + 3*64*4)) ;;
     fp8-r*) local r=${v#fp8-r}; defs="-DHK=1 -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
     fp8rs-r16) defs="-DHK=3 -DFMT=1 -DROWS=16"; smem=204176 ;;
     fp8rsp-r32) defs="-DHK=4 -DFMT=1 -DROWS=32"; smem=215760 ;;

@@ -3,7 +3,7 @@
 // edge cases (lengths 0/1/63/64/65, pages of 16/64, permuted block tables, NaN in unused slots,
 // s_q 1..4, split mode combined on the CPU), then times it on the standard shapes (CUDA events
 // per launch, median). HK picks the kernel (one per build, all with the same arguments):
-//   HK 0  sm90/mla_decode.cu      (FMT 0: bf16 records), 64 rows per CTA
+//   HK 0  sm90/mla_decode.cu      (FMT 0: bf16 records; FMT 1 with SEESAW 1: FP8 records), 64 rows per CTA
 //   HK 1  sm90/mla_decode_fp8.cu  (FMT 1: FP8 records; FMT 0: bf16 records, the transposed
 //         bf16 kernel), ROWS (16 or 32) rows per CTA
 //   HK 2  mla_decode.cu           (mma.sync; FMT 0 or 1, ROW_SLICES, KEY_TILE, STAGES, DV_CHUNK)
@@ -37,7 +37,7 @@
 #if HK == 0
 #include "../kernels/sm90/mla_decode.cu"
 static const int H_ROWS = 64, H_KEYS = 64, H_THREADS = MLA90_THREADS;
-static const char* H_NAME = SEESAW ? "sm90-bf16-seesaw" : "sm90-bf16";
+static const char* H_NAME = SEESAW ? (FMT == 1 ? "sm90-fp8-seesaw" : "sm90-bf16-seesaw") : "sm90-bf16";
 #elif HK == 1
 #include "../kernels/sm90/mla_decode_fp8.cu"
 static const int H_ROWS = ROWS, H_KEYS = 64, H_THREADS = M8_THREADS;
@@ -130,22 +130,35 @@ static int* uniform_schedule(int B, int S, int tiles_per_split) {
 // Key tiles of H_KEYS per split for S splits of max_len keys.
 static int tiles_per_split(int max_len, int S) { return ((max_len + S - 1) / S + H_KEYS - 1) / H_KEYS; }
 
-// The cache's tensor map for the SEESAW build (set_cache_map); unused (zeros) otherwise.
-static MlaCacheMap g_cache_map = {};
+// The cache's tensor maps for the SEESAW build (set_cache_map); unused (zeros) otherwise.
+static MlaCacheMap g_cache_map = {}, g_scale_map = {};
 
 static void launch_decode(int grid, const u16* dq, const u8* dcache, const int* dbt, const int* dlens,
                           const int* dsched, u16* dout, float* dlse, float* dws, int B, int SQ, int H, int max_pages,
                           int P, int num_pages, int ws_slots, int rg, float scale_log2) {
     mla_decode<<<grid, H_THREADS, TESSERA_SMEM_BYTES>>>(dq, dcache, dbt, dlens, nullptr, dsched, dout, dlse, dws, B,
                                                         SQ, B * SQ, H, max_pages, P, num_pages, LAT, QK - LAT, TB,
-                                                        ws_slots, rg, 1, scale_log2, g_cache_map);
+                                                        ws_slots, rg, 1, scale_log2, g_cache_map, g_scale_map);
 }
 
 // Runs one case; compares against the CPU reference and returns the failures.
 #if HK == 0 && SEESAW
 // The SEESAW build reads the cache through a 2-D tensor map [records][576] bf16, boxes of
-// 64 keys x 64 dims, 128-byte swizzle (as kernels-cuda/src/ops/mla.rs makes it).
+// 64 keys x 64 dims, 128-byte swizzle (as kernels-cuda/src/ops/mla.rs makes it); FP8 records
+// through [records][656] bytes, boxes of 64 keys x 128 bytes (128-byte swizzle) and of 64 keys x
+// 16 bytes (no swizzle: the scales).
+static void encode_map(MlaCacheMap* out, CUtensorMapDataType dtype, void* base, cuuint64_t inner, size_t records,
+                       cuuint32_t box_inner, CUtensorMapSwizzle swizzle);
 static void set_cache_map(void* dcache, size_t records) {
+    if (FMT == 1) {
+        encode_map(&g_cache_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, dcache, TB, records, 128, CU_TENSOR_MAP_SWIZZLE_128B);
+        encode_map(&g_scale_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, dcache, TB, records, 16, CU_TENSOR_MAP_SWIZZLE_NONE);
+    } else {
+        encode_map(&g_cache_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, dcache, QK, records, 64, CU_TENSOR_MAP_SWIZZLE_128B);
+    }
+}
+static void encode_map(MlaCacheMap* out, CUtensorMapDataType dtype, void* dcache, cuuint64_t inner, size_t records,
+                       cuuint32_t box_inner, CUtensorMapSwizzle swizzle) {
     typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                       const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
                                       CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -153,17 +166,17 @@ static void set_cache_map(void* dcache, size_t records) {
     cudaDriverEntryPointQueryResult q;
     CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &q));
     CUtensorMap cmap;
-    cuuint64_t dims[2] = {QK, (cuuint64_t)records};
+    cuuint64_t dims[2] = {inner, (cuuint64_t)records};
     cuuint64_t strides[1] = {(cuuint64_t)TB};
-    cuuint32_t box[2] = {64, 64}, estr[2] = {1, 1};
-    if (encode(&cmap, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, dcache, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+    cuuint32_t box[2] = {box_inner, 64}, estr[2] = {1, 1};
+    if (encode(&cmap, dtype, 2, dcache, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
         fprintf(stderr, "cuTensorMapEncodeTiled failed\n");
         exit(1);
     }
-    static_assert(sizeof(cmap) == sizeof(g_cache_map), "a tensor map is 128 bytes");
-    memcpy(&g_cache_map, &cmap, sizeof(cmap));
+    static_assert(sizeof(cmap) == sizeof(MlaCacheMap), "a tensor map is 128 bytes");
+    memcpy(out, &cmap, sizeof(cmap));
 }
 // Page sizes the SEESAW build takes: multiples of 64 (one box per column block of a tile).
 static bool seesaw_page_ok(int page) { return page % 64 == 0; }

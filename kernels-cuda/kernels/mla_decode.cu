@@ -657,5 +657,6 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode(
     mla_decode_impl<ROW_SLICES, KEY_TILE>(q, cache, block_table, seq_lens, cu_seqlens_q, schedule, o, lse, ws, batch,
                                           s_q, total_q, heads, max_pages, page_size, num_pages, latent_rt, rope_rt,
                                           token_bytes, ws_slots, row_groups, col_chunks, scale_log2);
-    (void)cache_map;  // the Hopper bf16 seesaw's; unused here
+    (void)cache_map;  // the Hopper seesaw's; unused here
+    (void)scale_map;
 }

@@ -11,15 +11,18 @@
 #endif
 
 // A TMA tensor map of the cache (the driver's 128-byte CUtensorMap), passed by value: read only by
-// the Hopper bf16 kernel's SEESAW build ([records][576] bf16, boxes of 64 keys x 64 dims,
-// 128-byte swizzle; pages of multiples of 64 keys); every other kernel receives an unused one.
+// the Hopper 64-row kernel's SEESAW builds (sm90/mla_decode.cu; pages of multiples of 64 keys),
+// which take two: `cache_map` (bf16 records: [records][576] bf16, boxes of 64 keys x 64 dims;
+// FP8 records: [records][656] bytes, boxes of 64 keys x 128 bytes; 128-byte swizzle) and, for
+// FP8 records only, `scale_map` (the same [records][656] bytes, boxes of 64 keys x 16 bytes, no
+// swizzle: a tile's scales). Every other kernel receives unused ones.
 struct __align__(64) MlaCacheMap {
     u64 opaque[16];
 };
 
 // The parameters of every decode kernel's entry point `mla_decode` (the mma.sync, Hopper bf16 and
 // Hopper FP8 kernels), in the order the host passes them (kernels-cuda/src/ops/mla.rs): the
-// problem's (MLA_DECODE_PROBLEM_PARAMS, which device helpers take too), then the cache's map.
+// problem's (MLA_DECODE_PROBLEM_PARAMS, which device helpers take too), then the cache's maps.
 #define MLA_DECODE_PROBLEM_PARAMS                                                                      \
     const u16 *__restrict__ q, const u8 *__restrict__ cache, const int *__restrict__ block_table,      \
         const int *__restrict__ seq_lens, const int *__restrict__ cu_seqlens_q,                        \
@@ -27,7 +30,9 @@ struct __align__(64) MlaCacheMap {
         float *__restrict__ ws, int batch, int s_q, int total_q, int heads, int max_pages,             \
         int page_size, int num_pages, int latent_rt, int rope_rt, int token_bytes, int ws_slots,       \
         int row_groups, int col_chunks, float scale_log2
-#define MLA_DECODE_PARAMS MLA_DECODE_PROBLEM_PARAMS, const __grid_constant__ MlaCacheMap cache_map
+#define MLA_DECODE_PARAMS                                                                         \
+    MLA_DECODE_PROBLEM_PARAMS, const __grid_constant__ MlaCacheMap cache_map,                      \
+        const __grid_constant__ MlaCacheMap scale_map
 
 // Request b's queries: its first packed query token (uniform: b * s_q) and their count (VARLEN:
 // 0 when its offsets are out of range: start < 0, count outside 0..=s_q, end > total_q).

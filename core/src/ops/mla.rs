@@ -13,7 +13,10 @@ pub enum MlaCacheFormat {
     #[default]
     Bf16,
     /// DeepSeek-V3.2's FP8 layout: `[latent e4m3 | latent/128 f32 scales | rope bf16]`
-    /// (656 bytes for DeepSeek-V3). Each scale is [`mla_fp8_scale`] of its 128 values.
+    /// (656 bytes for DeepSeek-V3). Each scale is [`mla_fp8_scale`] of its 128 values, a
+    /// power of two. Decode kernels may rely on that: a record written with another scale is
+    /// decoded with its values rounded toward zero to bf16 by the CUDA backend's Hopper 64-row
+    /// kernel (up to 2^-7 of each), not exactly.
     Fp8,
 }
 

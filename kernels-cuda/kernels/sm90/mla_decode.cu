@@ -4,7 +4,8 @@
 // copies), sm90/wgmma.cuh (WgmmaBf16).
 //
 // Compile-time constants (all required; rendered by kernels-cuda/src/plan/mla.rs):
-//   FMT         0 = bf16 cache records [latent bf16 | rope bf16] (the only format of this kernel)
+//   FMT         0 = bf16 cache records [latent bf16 | rope bf16]; 1 = FP8 records [latent e4m3 |
+//               latent/128 f32 scales | rope bf16] (656 bytes; SEESAW 1 only: see below)
 //   LATENT      512 and ROPE 64 (DeepSeek-V3's dims; other layouts take the mma.sync kernel)
 //   VARLEN      0 = s_q queries per request, 1 = cu_seqlens_q offsets (as kernels/mla_decode.cu)
 //   TESSERA_SMEM_BYTES  MlaSm90Smem::END below
@@ -48,8 +49,8 @@
 #ifndef VARLEN
 #error "VARLEN is required (0 = s_q queries per request, 1 = cu_seqlens_q offsets)"
 #endif
-#if FMT != 0 || LATENT != 512 || ROPE != 64
-#error "the sm90 MLA decode kernel is built for bf16 records of latent 512 + rope 64"
+#if (FMT != 0 && FMT != 1) || LATENT != 512 || ROPE != 64
+#error "the sm90 MLA decode kernel is built for bf16 or FP8 records of latent 512 + rope 64"
 #endif
 #if VARLEN != 0 && VARLEN != 1
 #error "VARLEN must be 0 or 1"
@@ -79,6 +80,25 @@
 #if SEESAW != 0 && SEESAW != 1
 #error "SEESAW must be 0 or 1"
 #endif
+#if FMT == 1 && !SEESAW
+#error "FP8 records (FMT 1) are built with SEESAW 1 only"
+#endif
+
+// FMT 1 (FP8 records): the same schedule and bf16 tiles; a refill brings the codes, not the bf16
+// values. The releasing thread's TMA copies a part's two 128-code groups (boxes of [64 keys][128
+// bytes] from `cache_map`, [records][656] bytes) into the part's last two column blocks, and the
+// rope (bf16 already) straight into column block 8; the stage's first refilled part (L of stage
+// 0, R of stage 1: the order the warpgroups release them) also brings the tile's scales (a box
+// of [64 keys][16 bytes] from `scale_map`). All but the rope complete on raw[stage][part]. The
+// producer warpgroup, idle in the bf16 build, converts: per part it waits for raw, then for each
+// of the two groups reads its codes (thread i: codes 64 (i % 2).. of key i / 2), multiplies them
+// by the key's scale of that group (bf16 by truncation: exact for the format's power-of-two
+// scales, mla_e4m3x4_scaled_truncated), writes the group's two bf16 column blocks and completes their
+// full barriers (128 arrivals: every producer thread, after its proxy fence). The first group's
+// blocks are free; the second's hold the raw codes of both groups, so the warpgroup syncs
+// (MLA90_BAR_CONVERT) between reading and writing them. It zeroes the keys of the split's last
+// tile past its end (unused slots may hold NaN codes or scales) instead of converting them; keys
+// read from outside the map are zero codes with zero scales.
 
 #define MLA90_ROWS 64                     // query rows per CTA (one wgmma M)
 #define MLA90_KEYS 64                     // keys per tile
@@ -88,6 +108,11 @@
 #define MLA90_V_BLOCKS (LATENT / 64)      // 8 of them are V
 #define MLA90_RECORD_CHUNKS (MLA90_QK / 8)  // 72 16-byte chunks per record
 #define MLA90_THREADS 384
+// Registers per thread after setmaxnreg (3 x 128 threads x 168 at launch): the producer's
+// conversion (FMT 1) runs 10 % faster with 56 than with 40 (harness, h_q 128), where the math
+// warpgroups still fit in 224; more for the producer makes the math spill.
+#define MLA90_PRODUCER_REGS (FMT == 1 ? 56 : 40)
+#define MLA90_MATH_REGS (FMT == 1 ? 224 : 232)
 
 // Byte offsets of the shared-memory regions; the host's size (kernels-cuda/src/plan/mla.rs) is
 // checked against END at compile time.
@@ -97,19 +122,36 @@ struct MlaSm90Smem {
     static constexpr int K = Q + MLA90_BLOCKS * BLOCK_BYTES;
     static constexpr int STAGE_BYTES = MLA90_BLOCKS * MLA90_KEYS * 128;
     static constexpr int P = K + MLA90_STAGES * STAGE_BYTES;
+#if FMT == 1
+    // FP8: the tiles' scales [stage][64 keys][4] f32 (1 KB a stage) where the bf16 build keeps
+    // its row maxima (unused by the seesaw) and sums; the epilogue's row sums [2][64] f32 reuse
+    // stage 0's scales (read by the producer before the last tiles' full barriers complete, so
+    // before any math thread reaches the epilogue). Then the raw barriers [stage][part].
+    static constexpr int SCALES = P + MLA90_ROWS * 128;
+    static constexpr int SCALE_STAGE_BYTES = MLA90_KEYS * 16;
+    static constexpr int ROW_SUM = SCALES;
+    static constexpr int FULL = SCALES + MLA90_STAGES * SCALE_STAGE_BYTES;  // [stage][column block]
+    static constexpr int RAW = FULL + MLA90_STAGES * MLA90_BLOCKS * 8;
+    static constexpr int FLAGS = RAW + MLA90_STAGES * 2 * 8;
+#else
     static constexpr int ROW_MAX = P + MLA90_ROWS * 128;
     static constexpr int ROW_SUM = ROW_MAX + 2 * MLA90_ROWS * 4;
     static constexpr int FULL = ROW_SUM + 2 * MLA90_ROWS * 4;  // [stage][column block]
     static constexpr int EMPTY = FULL + MLA90_STAGES * MLA90_BLOCKS * 8;
     static constexpr int FLAGS = EMPTY + MLA90_STAGES * 8;
+#endif
 #if SEESAW
     // The running row maximum, WG 0's and WG 1's rescale factors of the pair, [64] f32 each
     // (EMPTY above is unused).
     static constexpr int SEESAW_M = FLAGS + 16;
     static constexpr int SCALE0 = SEESAW_M + MLA90_ROWS * 4;
     static constexpr int SCALE1 = SCALE0 + MLA90_ROWS * 4;
+#if FMT == 1
+    static constexpr int END = SCALE1 + MLA90_ROWS * 4;
+#else
     static constexpr int LANDED = SCALE1 + MLA90_ROWS * 4;  // [part]: the last tile's copies
     static constexpr int END = LANDED + 2 * 8;
+#endif
 #else
     static constexpr int END = FLAGS + 16;
 #endif
@@ -126,7 +168,8 @@ static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 w
 #define MLA90_BAR_SCALE1 5  // WG 1 -> WG 0: the pair's maximum and WG 1's factor written
 #define MLA90_BAR_P0 6      // WG 0 -> WG 1: P_a (rescaled) in sP
 #define MLA90_BAR_P1 7      // WG 1 -> WG 0: P_b in the Q rope block, and P_a V_a[R] issued
-#define MLA90_BAR_ZEROED 8  // the producer WG: the last tile's rows past the end are zero
+#define MLA90_BAR_ZEROED 8  // the producer WG: the last tile's rows past the end are zero (FMT 0)
+#define MLA90_BAR_CONVERT 8  // the producer WG: a part's codes all read, its blocks may be written (FMT 1)
 
 // The column blocks of a stage's part (SEESAW refills a stage in two): L = 0..3, R = 4..8.
 __device__ __forceinline__ int mla90_part_begin(int part) { return part * 4; }
@@ -169,7 +212,9 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     u8* sP = smem + MlaSm90Smem::P;
     float* sSum = reinterpret_cast<float*>(smem + MlaSm90Smem::ROW_SUM);
     u64* full = reinterpret_cast<u64*>(smem + MlaSm90Smem::FULL);
+#if FMT == 0
     u64* empty = reinterpret_cast<u64*>(smem + MlaSm90Smem::EMPTY);
+#endif
     int* bad_page_flag = reinterpret_cast<int*>(smem + MlaSm90Smem::FLAGS);
 
     // Block -> (unit, row group); row groups of one unit (a (request, split) of the schedule,
@@ -200,7 +245,14 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 #if SEESAW
     const TmaDesc* map = reinterpret_cast<const TmaDesc*>(&cache_map);
     const int outside = num_pages * page_size;  // the first row past the map
+#if FMT == 1
+    const TmaDesc* smap = reinterpret_cast<const TmaDesc*>(&scale_map);
+    u64* const raw = reinterpret_cast<u64*>(smem + MlaSm90Smem::RAW);
+    u8* const sScales = smem + MlaSm90Smem::SCALES;
+#else
+    (void)scale_map;
     u64* const landed = reinterpret_cast<u64*>(smem + MlaSm90Smem::LANDED);
+#endif
     // The split's last tile when it ends inside the tile (its keys past the end need zeroing).
     const int partial_tile = (k_end - k_begin) % MLA90_KEYS != 0 ? work.ntiles - 1 : -1;
     // Page sizes are multiples of 64 and powers of two in practice: shifts instead of divisions.
@@ -218,6 +270,27 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         }
         return page_shift >= 0 ? (page << page_shift) + (j & (page_size - 1)) : page * page_size + j % page_size;
     };
+#if FMT == 1
+    // Part `part` of tile t from map row `row` into stage `stage` by TMA (one thread): its two
+    // code groups into its last two column blocks and, with the stage's first refilled part, the
+    // tile's scales, all on raw[stage][part]; with R, the rope into block 8 on its full barrier.
+    auto copy_part = [&](int t, int stage, int part, int row) {
+        (void)t;
+        u8* const st = sK + stage * MlaSm90Smem::STAGE_BYTES;
+        u64* const bar = &raw[stage * 2 + part];
+        const bool scales = part == stage;
+        mbar_arrive_expect_tx(bar, 2 * MlaSm90Smem::BLOCK_BYTES + (scales ? MlaSm90Smem::SCALE_STAGE_BYTES : 0));
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            tma_load_2d(st + (part * 4 + 2 + h) * MlaSm90Smem::BLOCK_BYTES, map, bar, (2 * part + h) * 128, row);
+        if (scales) tma_load_2d(sScales + stage * MlaSm90Smem::SCALE_STAGE_BYTES, smap, bar, LATENT, row);
+        if (part == 1) {
+            u64* const rope_bar = &full[stage * MLA90_BLOCKS + 8];
+            mbar_arrive_expect_tx(rope_bar, MlaSm90Smem::BLOCK_BYTES);
+            tma_load_2d(st + 8 * MlaSm90Smem::BLOCK_BYTES, map, rope_bar, LATENT + LATENT / 32, row);
+        }
+    };
+#else
     // Part `part` of tile t (column blocks 0..3 or 4..8) from map row `row` into stage `stage` by
     // TMA (one thread): each block completes on its full barrier, or the whole part on
     // landed[part] for the partial tile.
@@ -233,15 +306,22 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         }
     };
 #endif
+#endif
 
     if (tid == 0) {
         for (int s = 0; s < MLA90_STAGES; ++s) {
             // SEESAW: one arrival (the TMA's issuer, with the block's bytes); else the producer's
-            // 128 cp.async arrivals.
-            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) mbar_init(&full[s * MLA90_BLOCKS + cb], SEESAW ? 1 : 128);
+            // 128 cp.async arrivals. FP8: the producer's 128 conversions, the rope block the TMA's.
+            for (int cb = 0; cb < MLA90_BLOCKS; ++cb)
+                mbar_init(&full[s * MLA90_BLOCKS + cb], SEESAW && (FMT == 0 || cb == 8) ? 1 : 128);
+#if FMT == 1
+            mbar_init(&raw[s * 2], 1);
+            mbar_init(&raw[s * 2 + 1], 1);
+#else
             mbar_init(&empty[s], 2);
+#endif
         }
-#if SEESAW
+#if SEESAW && FMT == 0
         mbar_init(&landed[0], 1);
         mbar_init(&landed[1], 1);
 #endif
@@ -252,18 +332,70 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 
     if (wg == 0) {
         // ---- producer: key tiles into the swizzled stages ----
-        setmaxnreg_dec<40>();
+        setmaxnreg_dec<MLA90_PRODUCER_REGS>();
         int bad_page = 0;
 #if SEESAW
         // Tiles 0 and 1; the math warpgroups issue every later refill as they release a part.
-        if (t128 == 0) {
+        if (tid == 0) {
             tma_prefetch_desc(map);
+#if FMT == 1
+            tma_prefetch_desc(smap);
+#endif
             for (int t = 0; t < 2 && t < ntiles; ++t) {
                 const int row = tile_row(t, bad_page);
                 copy_part(t, t, 0, row);
                 copy_part(t, t, 1, row);
             }
         }
+#if FMT == 1
+        // Every part of every tile, in the order the math warpgroups release them (a pair's: L of
+        // stage 0, R of stage 1, R of stage 0, L of stage 1), converted as its codes land.
+        const int key = t128 / 2, half = t128 % 2;
+        const int valid_last = partial_tile >= 0 ? k_end - (k_begin + partial_tile * MLA90_KEYS) : MLA90_KEYS;
+        for (int t = 0; t < ntiles; t += 2) {
+            const u32 parity = (t / 2) & 1;
+#pragma unroll 1
+            for (int e = 0; e < 4; ++e) {
+                const int stage = e & 1, part = (e == 1 || e == 2) ? 1 : 0;
+                const bool zero = t + stage == partial_tile && key >= valid_last;
+                u8* const st = sK + stage * MlaSm90Smem::STAGE_BYTES;
+                const float* const sc =
+                    reinterpret_cast<const float*>(sScales + stage * MlaSm90Smem::SCALE_STAGE_BYTES) + key * 4;
+                mbar_wait(&raw[stage * 2 + part], parity);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    // Group 2 part + h: codes in block 4 part + 2 + h, values to blocks
+                    // 4 part + 2h (codes 0..63) and 4 part + 2h + 1 (64..127); this thread's
+                    // 64 codes are chunks 4 half.. of its key's row. Group 1's blocks hold the
+                    // codes of both groups until every thread has read them.
+                    const u8* const codes = st + (part * 4 + 2 + h) * MlaSm90Smem::BLOCK_BYTES;
+                    uint4 c[4];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) c[i] = *reinterpret_cast<const uint4*>(codes + swizzle128(key, 4 * half + i));
+                    const float scale = sc[2 * part + h];
+                    if (h == 1) named_barrier_sync(MLA90_BAR_CONVERT, 128);
+                    u8* const dst = st + (part * 4 + 2 * h + half) * MlaSm90Smem::BLOCK_BYTES;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
+                        if (!zero) {
+                            const uint2 a = mla_e4m3x4_scaled_truncated(c[i].x, scale);
+                            const uint2 b2 = mla_e4m3x4_scaled_truncated(c[i].y, scale);
+                            const uint2 c2 = mla_e4m3x4_scaled_truncated(c[i].z, scale);
+                            const uint2 d = mla_e4m3x4_scaled_truncated(c[i].w, scale);
+                            lo = make_uint4(a.x, a.y, b2.x, b2.y);
+                            hi = make_uint4(c2.x, c2.y, d.x, d.y);
+                        }
+                        *reinterpret_cast<uint4*>(dst + swizzle128(key, 2 * i)) = lo;
+                        *reinterpret_cast<uint4*>(dst + swizzle128(key, 2 * i + 1)) = hi;
+                    }
+                    fence_proxy_async_smem();
+                    mbar_arrive(&full[stage * MLA90_BLOCKS + part * 4 + 2 * h]);
+                    mbar_arrive(&full[stage * MLA90_BLOCKS + part * 4 + 2 * h + 1]);
+                }
+            }
+        }
+#else
         // The partial tile: as each part lands, zero its V rows past the end, then complete the
         // part's full barriers (one arrival each, no bytes).
         if (partial_tile >= 0) {
@@ -286,6 +418,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                     for (int cb = cb_from; cb < cb_to; ++cb) mbar_arrive(&full[stage * MLA90_BLOCKS + cb]);
             }
         }
+#endif
 #else
         const i64 bt_row = (i64)b * max_pages;
         // Thread i copies chunk i % 8 of every column block of keys 16k + i / 8 (k = 0..3) of a
@@ -324,7 +457,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
     }
 
     // ---- math warpgroups ----
-    setmaxnreg_inc<232>();
+    setmaxnreg_inc<MLA90_MATH_REGS>();
     const int mw = wg - 1;                 // 0: keys 0..31 of each tile, output columns 0..255
     const int warp = t128 / 32, lane = t128 % 32;
     const int g = lane / 4, tq = lane % 4;

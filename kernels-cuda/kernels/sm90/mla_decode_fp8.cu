@@ -129,17 +129,6 @@ __device__ __forceinline__ uint4 m8_ldg16(const u8* p) {
     return v;
 }
 
-// Four e4m3 codes (the low byte first) times the scale s, as two packed bf16 pairs (exact for a
-// power-of-two scale: e4m3 has 3 mantissa bits).
-__device__ __forceinline__ uint2 m8_e4m3x4_scaled(u32 w, float s) {
-    u32 h0, h1;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h0) : "h"((u16)(w & 0xffffu)));
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h1) : "h"((u16)(w >> 16)));
-    uint2 r;
-    r.x = pack2<true>(f16_to_f32((u16)(h0 & 0xffffu)) * s, f16_to_f32((u16)(h0 >> 16)) * s);
-    r.y = pack2<true>(f16_to_f32((u16)(h1 & 0xffffu)) * s, f16_to_f32((u16)(h1 >> 16)) * s);
-    return r;
-}
 #endif
 
 // O^T tile += V^T P^T: D(64 latent x ROWS) (+)= A(64 x 16 keys, MN-major) * B(ROWS x 16, K-major).
@@ -282,10 +271,10 @@ extern "C" __global__ void __launch_bounds__(M8_THREADS, 1) mla_decode(
             for (int m = 0; m < 8; ++m) {
                 // Latent chunk qr + 4m (dims 16(qr + 4m)..) is bf16 chunks 2qr, 2qr + 1 of block m.
                 const float s_m = sc[m / 2];
-                const uint2 a = m8_e4m3x4_scaled(r.codes[m].x, s_m);
-                const uint2 c = m8_e4m3x4_scaled(r.codes[m].y, s_m);
-                const uint2 d = m8_e4m3x4_scaled(r.codes[m].z, s_m);
-                const uint2 e = m8_e4m3x4_scaled(r.codes[m].w, s_m);
+                const uint2 a = mla_e4m3x4_scaled(r.codes[m].x, s_m);
+                const uint2 c = mla_e4m3x4_scaled(r.codes[m].y, s_m);
+                const uint2 d = mla_e4m3x4_scaled(r.codes[m].z, s_m);
+                const uint2 e = mla_e4m3x4_scaled(r.codes[m].w, s_m);
                 u8* blk = tile + m * MlaSm90Fp8Smem::KEY_BLOCK;
                 *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr)) = make_uint4(a.x, a.y, c.x, c.y);
                 *reinterpret_cast<uint4*>(blk + swizzle128(key, 2 * qr + 1)) = make_uint4(d.x, d.y, e.x, e.y);

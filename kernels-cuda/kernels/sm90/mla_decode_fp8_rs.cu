@@ -119,6 +119,7 @@ extern "C" __global__ void __launch_bounds__(R8_THREADS, 1) mla_decode(MLA_DECOD
     (void)rope_rt;
     (void)col_chunks;
     (void)cache_map;
+    (void)scale_map;
     constexpr int latent = LATENT;
     extern __shared__ __align__(1024) u8 smem[];
     u8* sRaw = smem + MlaSm90Fp8RsSmem::RAW;

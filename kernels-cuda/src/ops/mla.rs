@@ -986,24 +986,46 @@ impl CudaBackend {
         let ctas = u32::try_from(plan.ctas()).map_err(|_| {
             Error::invalid(OP, "plan", "at most 2^31 - 1 CTAs", plan.ctas().to_string())
         })?;
-        // The seesaw reads the cache through a tensor map ([records][qk] bf16, boxes of 64 keys
-        // x 64 dims, 128-byte swizzle: MlaCacheMap in mla_work.cuh; its pages are multiples of
-        // 64 keys); every other variant gets an unused one. (The guard records the launch's read
-        // of the cache when dropped, after the launch.)
+        // The seesaw reads the cache through tensor maps (MlaCacheMap in mla_work.cuh; its pages
+        // are multiples of 64 keys): bf16 records as [records][qk] bf16, boxes of 64 keys x 64
+        // dims, 128-byte swizzle; FP8 records as [records][token bytes] bytes, boxes of 64 keys x
+        // 128 bytes (128-byte swizzle: codes, rope) and 64 keys x 16 bytes (no swizzle: scales).
+        // Every other variant gets unused ones. (The guard records the launch's read of the
+        // cache when dropped, after the launch.)
         let (cache_address, _cache_read) = bufs.cache.device_ptr(stream);
-        let cache_map = if variant.seesaw {
+        let records = (pages * l.page_size) as u64;
+        let record_bytes = l.token_bytes() as u64;
+        let byte_map = |box_inner, swizzle| {
             TensorMap2d::tiled(
                 cache_address,
-                TmaDtype::BF16,
-                (l.latent_dim + l.rope_dim) as u64,
-                (pages * l.page_size) as u64,
-                l.token_bytes() as u64,
+                TmaDtype::U8,
+                record_bytes,
+                records,
+                record_bytes,
+                box_inner,
                 64,
-                64,
-                TmaSwizzle::B128,
-            )?
-        } else {
-            TensorMap2d::unused()
+                swizzle,
+            )
+        };
+        let (cache_map, scale_map) = match (variant.seesaw, l.format) {
+            (false, _) => (TensorMap2d::unused(), TensorMap2d::unused()),
+            (true, MlaCacheFormat::Bf16) => (
+                TensorMap2d::tiled(
+                    cache_address,
+                    TmaDtype::BF16,
+                    (l.latent_dim + l.rope_dim) as u64,
+                    records,
+                    record_bytes,
+                    64,
+                    64,
+                    TmaSwizzle::B128,
+                )?,
+                TensorMap2d::unused(),
+            ),
+            (true, MlaCacheFormat::Fp8) => (
+                byte_map(128, TmaSwizzle::B128)?,
+                byte_map(16, TmaSwizzle::None)?,
+            ),
         };
         let mut args = KernelArgs::new(stream);
         args.buffer(bufs.q)
@@ -1029,10 +1051,10 @@ impl CudaBackend {
             .value(&row_groups)
             .value(&col_chunks)
             .value(&scale_log2);
-        args.value(&cache_map);
+        args.value(&cache_map).value(&scale_map);
         // SAFETY: the parameters are (const u16*, const u8*, const int*, const int*, const int*,
-        // const int*, u16*, float*, float*, int x 13, float, a 128-byte tensor map) in this
-        // order; the seesaw's map covers exactly the cache's pages * page_size records (its
+        // const int*, u16*, float*, float*, int x 13, float, two 128-byte tensor maps) in this
+        // order; the seesaw's maps cover exactly the cache's pages * page_size records (its
         // copies past them read zeros), the other kernels never read theirs. The callers checked
         // the lengths against the plan's op: q, o, lse, block_table, seq_lens (and cu_seqlens_q,
         // batch + 1, for a varlen plan: a uniform plan's kernel never reads it) match it, the

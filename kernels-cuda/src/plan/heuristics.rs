@@ -576,11 +576,23 @@ pub fn mla_decode_candidates(
 /// first tiling in [`MLA_DECODE_TILINGS`] from there that is a candidate.
 pub fn pick_mla_decode(shape: &MlaDecodeShape, candidates: &[MlaDecodeVariant]) -> usize {
     let rows = shape.op.s_q * shape.op.heads;
+    // The FP8 seesaw (64 rows per CTA, the codes converted into bf16 tiles by the producer
+    // warpgroup) above 64 rows where the page size allows it (H200 harness, session 17: 355-392
+    // TFLOPS at h_q 128, 1.4x the 32-row register-operand kernel's 238-273 in the same run).
+    if shape.op.layout.format == MlaCacheFormat::Fp8 && rows > 64 {
+        if let Some(i) = candidates
+            .iter()
+            .position(|c| c.kernel == MlaDecodeKernel::Wgmma && c.seesaw)
+        {
+            return i;
+        }
+    }
     // The FP8 register-operand sm90 kernels: 16 rows per CTA up to 16 rows (H200, check-12:
     // 0.71-0.89x the bf16 time at h_q 16 s_q 1, where the transposed FP8 kernel took 0.98-1.0x);
-    // 32 (tile pairs) above 64 rows (check-13: 204-254 TFLOPS at h_q 128, 1.03-1.12x the
-    // transposed kernel). From 17 to 64 rows the transposed kernel below (check-13: the 32-row
-    // register-operand kernel at 0.90-1.05x its speed at h_q 16 s_q 2, 0.97x at varlen h_q 16).
+    // 32 (tile pairs) above 64 rows where the seesaw cannot run (check-13: 204-254 TFLOPS at h_q
+    // 128, 1.03-1.12x the transposed kernel). From 17 to 64 rows the transposed kernel below
+    // (check-13: the 32-row register-operand kernel at 0.90-1.05x its speed at h_q 16 s_q 2, 0.97x
+    // at varlen h_q 16).
     if shape.op.layout.format == MlaCacheFormat::Fp8 && (rows <= 16 || rows > 64) {
         let row_slices = if rows <= 16 { 1 } else { 2 };
         if let Some(i) = candidates
@@ -947,8 +959,9 @@ mod tests {
             c.iter().filter(|v| v.is_transposed()).count(),
             crate::plan::mla::MLA_DECODE_SM90_TRANSPOSED_TILINGS.len()
         );
-        // The FP8 cache: on sm_90a the register-operand kernels, 16 rows per CTA up to 16 rows
-        // and 32 above 64; the transposed kernel's 32 rows between; the mma.sync kernel elsewhere.
+        // The FP8 cache: on sm_90a the register-operand kernel's 16 rows per CTA up to 16 rows,
+        // the 64-row seesaw above 64 (the 32-row register-operand kernel where pages are not of
+        // 64s); the transposed kernel's 32 rows between; the mma.sync kernel elsewhere.
         let fp8 = MlaCacheLayout {
             format: MlaCacheFormat::Fp8,
             ..ds
@@ -974,8 +987,21 @@ mod tests {
         );
         assert_eq!(pick_fp8(2, 16, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
         assert_eq!(pick_fp8(4, 16, &h), (MlaDecodeKernel::Wgmma, (2, 64, 2)));
-        assert_eq!(pick_fp8(5, 16, &h), pairs);
-        assert_eq!(pick_fp8(1, 128, &h), pairs);
+        let seesaw = (
+            MlaDecodeKernel::Wgmma,
+            crate::plan::mla::MLA_DECODE_SM90_TILING,
+        );
+        assert_eq!(pick_fp8(5, 16, &h), seesaw);
+        assert_eq!(pick_fp8(1, 128, &h), seesaw);
+        let small_pages = MlaCacheLayout {
+            page_size: 16,
+            ..fp8
+        };
+        let op = mla_op(small_pages, 1, 128);
+        let shape = mla_shape(&op);
+        let c = mla_decode_candidates(&shape, &h).unwrap();
+        let v = c[pick_mla_decode(&shape, &c)];
+        assert_eq!((v.kernel, v.tiling()), pairs);
         assert_eq!(pick_fp8(1, 16, &a100).0, MlaDecodeKernel::MmaSync);
         assert_eq!(pick_fp8(1, 128, &a100).0, MlaDecodeKernel::MmaSync);
         // sm_89's 99 KB: only the smallest DeepSeek tiling fits.

@@ -223,12 +223,13 @@ pub struct MlaDecodeVariant {
     /// The kernel; absent in plan files: the `mma.sync` one.
     #[serde(default)]
     pub kernel: MlaDecodeKernel,
-    /// The Hopper bf16 64-row kernel with FlashMLA's schedule (`SEESAW 1` of
+    /// The Hopper 64-row kernel with FlashMLA's schedule (`SEESAW 1` of
     /// `sm90/mla_decode.cu`): each math warpgroup computes S of every other key tile and the two
-    /// exchange P; a stage part is refilled by TMA, issued by the warpgroup that read it last.
-    /// It reads the cache through a tensor map, one box of 64 keys per column block of a tile,
-    /// so it serves only the page sizes [`mla_seesaw_page_size_ok`] accepts. Absent in plan
-    /// files: false.
+    /// exchange P; a stage part is refilled by TMA, issued by the warpgroup that read it last
+    /// (FP8 records: the codes, which the producer warpgroup converts into the bf16 tile). It
+    /// reads the cache through tensor maps, one box of 64 keys per column block of a tile, so it
+    /// serves only the page sizes [`mla_seesaw_page_size_ok`] accepts. The only 64-row variant
+    /// of FP8 records. Absent in plan files: false.
     #[serde(default)]
     pub seesaw: bool,
 }
@@ -286,9 +287,9 @@ impl MlaDecodeVariant {
 
     /// The Hopper variants of `layout`'s format: for bf16 the 64-row kernel's tiling first (the
     /// seesaw, where the page size allows it, then the default schedule), for FP8 the
-    /// register-operand kernels (16, 32 rows) first, then the transposed kernel's 16- and 32-row
-    /// tilings (both formats; whether they are valid on an architecture and for the dims is
-    /// [`KernelSpec::valid_on`]'s call).
+    /// register-operand kernels (16, 32 rows) first, then the 64-row seesaw where the page size
+    /// allows it; then the transposed kernel's 16- and 32-row tilings (both formats; whether
+    /// they are valid on an architecture and for the dims is [`KernelSpec::valid_on`]'s call).
     pub fn sm90_variants(layout: &MlaCacheLayout) -> Vec<Self> {
         let mut v = Vec::new();
         if CacheFormat::from(layout.format) == CacheFormat::Fp8 {
@@ -297,6 +298,12 @@ impl MlaDecodeVariant {
                     .iter()
                     .map(|&t| Self::wgmma(layout, t)),
             );
+            if mla_seesaw_page_size_ok(layout.page_size) {
+                v.push(Self {
+                    seesaw: true,
+                    ..Self::wgmma(layout, MLA_DECODE_SM90_TILING)
+                });
+            }
         }
         if CacheFormat::from(layout.format) == CacheFormat::Bf16 {
             let sixty_four_rows = Self::wgmma(layout, MLA_DECODE_SM90_TILING);
@@ -317,11 +324,19 @@ impl MlaDecodeVariant {
     }
 
     /// Whether this Hopper variant runs the transposed kernel (`sm90/mla_decode_fp8.cu`): every
-    /// tiling but the bf16 kernel's 64-row one and the FP8 register-operand kernel's.
+    /// tiling but the 64-row kernel's and the FP8 register-operand kernel's.
     pub fn is_transposed(&self) -> bool {
         self.kernel == MlaDecodeKernel::Wgmma
-            && !(self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
+            && !self.is_sixty_four_rows()
             && !self.is_fp8_registers()
+    }
+
+    /// Whether this Hopper variant runs the 64-row kernel (`sm90/mla_decode.cu`): bf16 records
+    /// with [`MLA_DECODE_SM90_TILING`], or FP8 records with that tiling and the seesaw.
+    pub fn is_sixty_four_rows(&self) -> bool {
+        self.kernel == MlaDecodeKernel::Wgmma
+            && self.tiling() == MLA_DECODE_SM90_TILING
+            && (self.format == CacheFormat::Bf16 || self.seesaw)
     }
 
     /// Whether this Hopper variant runs an FP8 register-operand kernel
@@ -336,7 +351,7 @@ impl MlaDecodeVariant {
     /// `Wgmma` variants).
     fn is_wgmma_tiling(&self) -> bool {
         MLA_DECODE_SM90_TRANSPOSED_TILINGS.contains(&self.tiling())
-            || (self.format == CacheFormat::Bf16 && self.tiling() == MLA_DECODE_SM90_TILING)
+            || self.is_sixty_four_rows()
             || self.is_fp8_registers()
     }
 
@@ -467,10 +482,12 @@ impl KernelSpec for MlaDecodeVariant {
     /// buffer), key tiles `[N][qk+8]` bf16 (`stages` of them for bf16 records, one for FP8), FP8
     /// raw records `stages x [N][token_bytes rounded up to 16]`, P `[M][N+8]` bf16, the exchange
     /// `[8 / row_slices][M]` f32.
-    /// The Hopper bf16 kernel's (`MlaSm90Smem` in `sm90/mla_decode.cu`): Q and `stages` key
+    /// The Hopper 64-row kernel's (`MlaSm90Smem` in `sm90/mla_decode.cu`): Q and `stages` key
     /// tiles as 128-byte-swizzled blocks of 64 rows x 64 dims, P (one such block), row maxima
     /// and sums `[2][64]` f32 each, a full barrier per (stage, column block), an empty barrier
-    /// per stage, 16 bytes of flags.
+    /// per stage, 16 bytes of flags; the seesaw's three `[64]` f32 exchanges and two `landed`
+    /// barriers. FP8 (seesaw only): the tiles' scales `[stages][64][4]` f32 in place of the row
+    /// maxima and sums, raw barriers `[stages][2]` in place of the empty ones, no `landed`.
     /// The Hopper transposed kernel's (`MlaSm90Fp8Smem` in `sm90/mla_decode_fp8.cu`), for R
     /// rows: Q as blocks of R rows x 64 dims, `stages` bf16 key tiles of 64-key x 64-dim blocks,
     /// P `[R][64]` bf16, column maxima and sums `[4][R]` f32 each, full barriers (per stage for
@@ -517,6 +534,16 @@ impl KernelSpec for MlaDecodeVariant {
             let block = 64 * 128;
             let blocks = (self.latent_dim + self.rope_dim) / 64;
             let rows = self.rows_per_cta();
+            if self.format == CacheFormat::Fp8 {
+                return blocks * block
+                    + self.stages * blocks * block
+                    + block
+                    + self.stages * self.key_tile * 16
+                    + self.stages * blocks * 8
+                    + self.stages * 2 * 8
+                    + 16
+                    + 3 * rows * 4;
+            }
             // The seesaw adds the running maximum and the two warpgroups' factors, [64] f32 each,
             // and the partial tile's two `landed` barriers.
             let seesaw = if self.seesaw { 3 * rows * 4 + 2 * 8 } else { 0 };
@@ -551,11 +578,11 @@ impl KernelSpec for MlaDecodeVariant {
     }
 
     fn valid_on(&self, arch: &ArchSpec) -> Result<()> {
-        if self.seesaw && (self.kernel != MlaDecodeKernel::Wgmma || self.is_transposed()) {
+        if self.seesaw && !self.is_sixty_four_rows() {
             return Err(Error::invalid(
                 "mla_decode",
                 "variant",
-                "the seesaw only on the Hopper bf16 kernel's 64-row tiling",
+                "the seesaw only on the Hopper kernel's 64-row tiling",
                 format!("{self:?}"),
             ));
         }
@@ -568,7 +595,8 @@ impl KernelSpec for MlaDecodeVariant {
                         "a Hopper kernel's tiling over records of latent 512 + rope 64 \
                          (one of {MLA_DECODE_SM90_TRANSPOSED_TILINGS:?}, for bf16 also \
                          {MLA_DECODE_SM90_TILING:?}, for FP8 also \
-                         {MLA_DECODE_SM90_FP8_REGISTERS_TILINGS:?})"
+                         {MLA_DECODE_SM90_FP8_REGISTERS_TILINGS:?} and {MLA_DECODE_SM90_TILING:?} \
+                         with the seesaw)"
                     ),
                     format!("{self:?}"),
                 ));
@@ -761,7 +789,7 @@ mod tests {
             ..MlaCacheLayout::default()
         };
         let all = MlaDecodeVariant::sm90_variants(&fp8);
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 5);
         let h200 = ArchSpec::from_compute_capability(9, 0, 132).unwrap();
         let a100 = ArchSpec::from_compute_capability(8, 0, 108).unwrap();
         // The register-operand kernels first: 16 rows (alternating tiles), 32 (tile pairs).
@@ -815,7 +843,33 @@ mod tests {
                 .valid_on(&h200)
                 .is_err());
         }
-        let vs = &all[2..];
+        // Then the 64-row seesaw: the bf16 kernel's file with FMT 1; Q, two bf16 tiles of 9 x 8 KB,
+        // P, scales [2][64][4] f32, 18 full and 4 raw barriers, flags, the seesaw's three [64]
+        // f32: the kernel's MlaSm90Smem::END with FMT 1.
+        let seesaw = all[2];
+        assert!(seesaw.seesaw && seesaw.is_sixty_four_rows() && !seesaw.is_transposed());
+        seesaw.valid_on(&h200).unwrap();
+        assert!(seesaw.valid_on(&a100).is_err());
+        assert_eq!(
+            seesaw.smem_bytes(),
+            9 * 8192 + 2 * 9 * 8192 + 8192 + 2 * 64 * 16 + 18 * 8 + 4 * 8 + 16 + 3 * 64 * 4
+        );
+        assert_eq!(seesaw.smem_bytes(), 232_384);
+        assert!(seesaw.smem_bytes() <= h200.max_smem_per_block);
+        let k = seesaw.kernel();
+        assert_eq!(k.source.file, "sm90/mla_decode.cu");
+        assert_eq!(k.define_value("FMT"), Some("1"));
+        assert_eq!(k.define_value("SEESAW"), Some("1"));
+        // Pages not of 64s: no seesaw.
+        assert_eq!(
+            MlaDecodeVariant::sm90_variants(&MlaCacheLayout {
+                page_size: 16,
+                ..fp8
+            })
+            .len(),
+            4
+        );
+        let vs = &all[3..];
         for (v, rows) in vs.iter().zip([16u32, 32]) {
             v.valid_on(&h200).unwrap();
             assert!(v.valid_on(&a100).is_err());
@@ -836,7 +890,7 @@ mod tests {
         }
         assert_eq!(vs[0].smem_bytes(), 168_496);
         assert_eq!(vs[1].smem_bytes(), 189_488);
-        // Other FP8 tilings are not the kernel's.
+        // Other FP8 tilings are not the kernel's, nor the 64-row tiling without the seesaw.
         assert!(MlaDecodeVariant::wgmma(&fp8, (4, 64, 2))
             .valid_on(&h200)
             .is_err());
