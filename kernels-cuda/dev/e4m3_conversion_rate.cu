@@ -1,0 +1,52 @@
+// Throughput of e4m3 -> scaled bf16 conversions (dev tool, session 17): every SM runs W warps,
+// each converting 4-code words from registers (8 independent chains a thread); prints the cycles
+// per word per scheduler for each route:
+//   0 the e4m3x2 -> f16x2 unpack alone; 1 unpack, f16 -> f32, x scale, cvt.rn.bf16x2.f32 (the
+//   rounding route); 2 the same truncated to bf16 by prmt; 3 unpack, f16 bits moved into bf16
+//   position, two mul.bf16x2; 4 bytes -> bf16 bits by integer operations, two mul.bf16x2; 5 route
+//   1 without the multiply.
+// On the GPU machine: nvcc -O3 -arch=sm_90a -o conv_rate e4m3_conversion_rate.cu && ./conv_rate
+#include <cstdio>
+#include <cstdint>
+typedef uint32_t u32;
+__device__ __forceinline__ float f16f(unsigned short x){float r;asm("cvt.f32.f16 %0, %1;":"=f"(r):"h"(x));return r;}
+__device__ __forceinline__ u32 pk(float lo,float hi){u32 r;asm("cvt.rn.bf16x2.f32 %0, %1, %2;":"=r"(r):"f"(hi),"f"(lo));return r;}
+__device__ __forceinline__ void unpack(u32 w,u32&h0,u32&h1){asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}":"=r"(h0),"=r"(h1):"r"(w));}
+__device__ __forceinline__ u32 prmt(u32 a,u32 b,u32 s){u32 r;asm("prmt.b32 %0,%1,%2,%3;":"=r"(r):"r"(a),"r"(b),"r"(s));return r;}
+__device__ __forceinline__ u32 mulbf(u32 a,u32 b){u32 r;asm("mul.rn.bf16x2 %0,%1,%2;":"=r"(r):"r"(a),"r"(b));return r;}
+template<int M> __device__ __forceinline__ uint2 conv(u32 w,float s,u32 s2){
+  uint2 r; u32 h0,h1;
+  if(M==0){ unpack(w,h0,h1); r.x=h0; r.y=h1; }
+  if(M==1){ unpack(w,h0,h1); r.x=pk(f16f(h0&0xffff)*s,f16f(h0>>16)*s); r.y=pk(f16f(h1&0xffff)*s,f16f(h1>>16)*s);}
+  if(M==2){ unpack(w,h0,h1); float a=f16f(h0&0xffff)*s,b=f16f(h0>>16)*s,c=f16f(h1&0xffff)*s,d=f16f(h1>>16)*s;
+            r.x=prmt(__float_as_uint(a),__float_as_uint(b),0x7632); r.y=prmt(__float_as_uint(c),__float_as_uint(d),0x7632);}
+  if(M==3){ unpack(w,h0,h1); auto rb=[](u32 h){return ((h&0x7fff7fffu)>>3)|(h&0x80008000u);};
+            r.x=mulbf(mulbf(rb(h0),0x77807780u),s2); r.y=mulbf(mulbf(rb(h1),0x77807780u),s2);}
+  if(M==4){ // bytes -> bf16 bits (x 2^-120) by integer ops, then x 2^120 x s
+            u32 x0=prmt(w,0,0x4140), x1=prmt(w,0,0x4342);
+            auto f=[](u32 x){return (((x&0x007f007fu)<<4)|((x<<8)&0x80008000u));};
+            r.x=mulbf(mulbf(f(x0),0x7b807b80u),s2); r.y=mulbf(mulbf(f(x1),0x7b807b80u),s2);}
+  if(M==5){ // hadd2.f32 only path cost: unpack + 4 cvt f16->f32, pack (no mul)
+            unpack(w,h0,h1); r.x=pk(f16f(h0&0xffff),f16f(h0>>16)); r.y=pk(f16f(h1&0xffff),f16f(h1>>16));}
+  return r;
+}
+template<int M> __global__ void k(const u32* in, uint2* out, int iters, long long* cyc){
+  u32 w[8]; for(int i=0;i<8;++i) w[i]=in[threadIdx.x*8+i];
+  float s=1.0f/64; u32 s2=0x3c803c80u; uint2 acc=make_uint2(0,0);
+  __syncthreads(); long long t0=clock64();
+  for(int it=0;it<iters;++it){
+#pragma unroll
+    for(int i=0;i<8;++i){ uint2 r=conv<M>(w[i],s,s2); acc.x^=r.x; acc.y+=r.y; w[i]=w[i]*1664525u+r.x; }
+  }
+  long long t1=clock64(); out[blockIdx.x*blockDim.x+threadIdx.x]=acc; if(threadIdx.x==0) cyc[blockIdx.x]=t1-t0;
+}
+template<int M> void run(int warps){
+  u32* in; uint2* out; long long* cyc; cudaMalloc(&in,4096*4); cudaMalloc(&out,132*1024*8); cudaMalloc(&cyc,132*8);
+  cudaMemset(in,0x3a,4096*4); int iters=2000;
+  k<M><<<132,warps*32>>>(in,out,iters,cyc); cudaDeviceSynchronize();
+  k<M><<<132,warps*32>>>(in,out,iters,cyc); cudaDeviceSynchronize();
+  long long c; cudaMemcpy(&c,cyc,8,cudaMemcpyDeviceToHost);
+  double words_per_smsp=(double)iters*8*(warps/4.0);
+  printf("mode %d warps %2d: %.2f cycles per word (4 codes) per SMSP\n",M,warps,c/words_per_smsp);
+}
+int main(){ for(int w: {4,8}){ run<0>(w); run<1>(w); run<2>(w); run<3>(w); run<4>(w); run<5>(w);} }
