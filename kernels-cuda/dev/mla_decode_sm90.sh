@@ -20,10 +20,9 @@ mkdir -p "$out"
 build() {  # variant -> $out/$variant (binary), $out/$variant.build.log
   local v=$1 defs smem
   case $v in
-    bf16) defs="-DHK=0 -DFMT=0 -DSEESAW=0 -DCROSSOVER=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
-    bf16-seesaw) defs="-DHK=0 -DFMT=0 -DSEESAW=1 -DCROSSOVER=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16 + 3*64*4 + 2*8)) ;;
-    fp8-seesaw) defs="-DHK=0 -DFMT=1 -DSEESAW=1 -DCROSSOVER=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*16 + 2*9*8 + 2*2*8 + 16 + 3*64*4)) ;;
-    fp8-crossover) defs="-DHK=0 -DFMT=1 -DSEESAW=1 -DCROSSOVER=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*16 + 2*9*8 + 2*2*8 + 2*2*8 + 16 + 3*64*4)) ;;
+    bf16) defs="-DHK=0 -DFMT=0 -DSEESAW=0"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16)) ;;
+    bf16-seesaw) defs="-DHK=0 -DFMT=0 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*4*2 + 2*9*8 + 2*8 + 16 + 3*64*4 + 2*8)) ;;
+    fp8-seesaw) defs="-DHK=0 -DFMT=1 -DSEESAW=1"; smem=$((9*8192 + 2*9*8192 + 8192 + 2*64*16 + 2*9*8 + 2*2*8 + 16 + 3*64*4)) ;;
     fp8-r*) local r=${v#fp8-r}; defs="-DHK=1 -DFMT=1 -DROWS=$r"; smem=$((1312*r + 147504)) ;;
     fp8rs-r16) defs="-DHK=3 -DFMT=1 -DROWS=16"; smem=204176 ;;
     fp8rsp-r32) defs="-DHK=4 -DFMT=1 -DROWS=32"; smem=215760 ;;

@@ -26,9 +26,6 @@
 #ifndef HK
 #define HK 0
 #endif
-#ifndef CROSSOVER
-#define CROSSOVER 0
-#endif
 
 #include "../kernels/common.cuh"
 #include "../kernels/mla_work.cuh"
@@ -139,26 +136,9 @@ static MlaCacheMap g_cache_map = {}, g_scale_map = {};
 static void launch_decode(int grid, const u16* dq, const u8* dcache, const int* dbt, const int* dlens,
                           const int* dsched, u16* dout, float* dlse, float* dws, int B, int SQ, int H, int max_pages,
                           int P, int num_pages, int ws_slots, int rg, float scale_log2) {
-#if HK == 0 && CROSSOVER
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(H_THREADS);
-    cfg.dynamicSmemBytes = TESSERA_SMEM_BYTES;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 2;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&cfg, mla_decode, dq, (const u8*)dcache, (const int*)dbt, (const int*)dlens, (const int*)nullptr,
-                          (const int*)dsched, dout, dlse, dws, B, SQ, B * SQ, H, max_pages, P, num_pages, LAT, QK - LAT, TB,
-                          ws_slots, rg, 1, scale_log2, g_cache_map, g_scale_map));
-#else
     mla_decode<<<grid, H_THREADS, TESSERA_SMEM_BYTES>>>(dq, dcache, dbt, dlens, nullptr, dsched, dout, dlse, dws, B,
                                                         SQ, B * SQ, H, max_pages, P, num_pages, LAT, QK - LAT, TB,
                                                         ws_slots, rg, 1, scale_log2, g_cache_map, g_scale_map);
-#endif
 }
 
 // Runs one case; compares against the CPU reference and returns the failures.
@@ -213,9 +193,6 @@ static int run_check(const Case& c, u64 seed) {
     std::vector<u16> q((size_t)B * SQ * H * QK);
 #if HK == 0 && SEESAW
     if (!seesaw_page_ok(P)) return 0;  // the plan keeps such page sizes on the other kernels
-#endif
-#if HK == 0 && CROSSOVER
-    if (H % 128 != 0) return 0;  // the plan keeps other head counts on the other kernels
 #endif
     std::vector<u8> cache((size_t)num_pages * P * TB, 0xff);  // NaN in every slot not written below
     std::vector<float> keys((size_t)num_pages * P * QK, NAN);  // the decoded records (reference)
@@ -415,9 +392,6 @@ __global__ void fill_records(u8* cache, size_t records, int fmt) {
 }
 
 static void run_time(int B, int SQ, int H, int len, int P) {
-#if HK == 0 && CROSSOVER
-    if (H % 128 != 0) return;
-#endif
     const int max_pages = (len + P - 1) / P, num_pages = B * max_pages;
     const int rg = row_groups_of(SQ, H);
     int S = std::max(1, 132 / (B * rg));

@@ -83,12 +83,6 @@
 #if FMT == 1 && !SEESAW
 #error "FP8 records (FMT 1) are built with SEESAW 1 only"
 #endif
-#ifndef CROSSOVER
-#define CROSSOVER 0  // experiment (harness only): 1 = FP8 records converted by 2-CTA clusters, each CTA one group of every part for both
-#endif
-#if CROSSOVER && FMT != 1
-#error "CROSSOVER 1 needs FMT 1"
-#endif
 
 // FMT 1 (FP8 records): the same schedule and bf16 tiles; a refill brings the codes, not the bf16
 // values. The releasing thread's TMA copies a part's two 128-code groups (boxes of [64 keys][128
@@ -138,8 +132,7 @@ struct MlaSm90Smem {
     static constexpr int ROW_SUM = SCALES;
     static constexpr int FULL = SCALES + MLA90_STAGES * SCALE_STAGE_BYTES;  // [stage][column block]
     static constexpr int RAW = FULL + MLA90_STAGES * MLA90_BLOCKS * 8;
-    static constexpr int FREED = RAW + MLA90_STAGES * 2 * 8;  // [stage][part], CROSSOVER: both CTAs released it
-    static constexpr int FLAGS = FREED + (CROSSOVER ? MLA90_STAGES * 2 * 8 : 0);
+    static constexpr int FLAGS = RAW + MLA90_STAGES * 2 * 8;
 #else
     static constexpr int ROW_MAX = P + MLA90_ROWS * 128;
     static constexpr int ROW_SUM = ROW_MAX + 2 * MLA90_ROWS * 4;
@@ -181,28 +174,6 @@ static_assert(TESSERA_THREADS == MLA90_THREADS, "the sm90 decode kernel runs 3 w
 // The column blocks of a stage's part (SEESAW refills a stage in two): L = 0..3, R = 4..8.
 __device__ __forceinline__ int mla90_part_begin(int part) { return part * 4; }
 __device__ __forceinline__ int mla90_part_end(int part) { return part == 0 ? 4 : MLA90_BLOCKS; }
-#endif
-
-#if CROSSOVER
-// One arrival on the barrier at `bar`'s offset in cluster CTA `peer` (release at cluster scope:
-// this CTA's reads of the part it frees are done).
-__device__ __forceinline__ void mla90_arrive_peer(u64* bar, int peer) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(bar)), "r"(peer));
-    asm volatile("mbarrier.arrive.relaxed.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
-}
-// The address of `p`'s offset in cluster CTA `peer`'s shared memory.
-__device__ __forceinline__ u32 mla90_peer_address(const void* p, int peer) {
-    u32 r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(p)), "r"(peer));
-    return r;
-}
-// 16 bytes to the peer's shared memory at `remote`, counted on its barrier at `remote_bar`.
-__device__ __forceinline__ void mla90_st_async(u32 remote, uint4 v, u32 remote_bar) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(remote),
-                 "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar)
-                 : "memory");
-}
 #endif
 
 // S of 2 V keys (the V f32 of an m64n(2V) accumulator fragment: keys jbase + 8 n8 + 2 tq + {0, 1}
@@ -254,10 +225,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 
     const int tid = threadIdx.x;
     const int wg = tid / 128;  // 0 producer, 1 and 2 math
-    // CROSSOVER: this CTA's rank in its 2-CTA cluster (row groups 2k and 2k + 1 of a unit: the same
-    // keys when heads is a multiple of 128, which the host ensures).
-    const int rank = CROSSOVER ? (int)cluster_cta_rank() : 0;
-    (void)rank;
     const int t128 = tid % 128;
 
     // This unit's request and split, its queries and keys (mla_work.cuh). CTAs past the schedule's
@@ -281,9 +248,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 #if FMT == 1
     const TmaDesc* smap = reinterpret_cast<const TmaDesc*>(&scale_map);
     u64* const raw = reinterpret_cast<u64*>(smem + MlaSm90Smem::RAW);
-#if CROSSOVER
-    u64* const freed = reinterpret_cast<u64*>(smem + MlaSm90Smem::FREED);
-#endif
     u8* const sScales = smem + MlaSm90Smem::SCALES;
 #else
     (void)scale_map;
@@ -307,38 +271,24 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         return page_shift >= 0 ? (page << page_shift) + (j & (page_size - 1)) : page * page_size + j % page_size;
     };
 #if FMT == 1
-    // Part `part` of tile t from map row `row` into stage `stage` by TMA (one thread): its code
-    // groups (CROSSOVER: this CTA's one) into the part's last blocks and, with the stage's first
-    // refilled part, the tile's scales, all on raw[stage][part]; with R, the rope into block 8 on
-    // its full barrier. CROSSOVER: also arms the full barriers of the peer's group (its st.async
-    // bytes complete them) and tells both CTAs' producers (freed) that this CTA's part is free.
+    // Part `part` of tile t from map row `row` into stage `stage` by TMA (one thread): its two
+    // code groups into its last two column blocks and, with the stage's first refilled part, the
+    // tile's scales, all on raw[stage][part]; with R, the rope into block 8 on its full barrier.
     auto copy_part = [&](int t, int stage, int part, int row) {
         (void)t;
         u8* const st = sK + stage * MlaSm90Smem::STAGE_BYTES;
         u64* const bar = &raw[stage * 2 + part];
         const bool scales = part == stage;
-#if CROSSOVER
-        mbar_arrive_expect_tx(bar, MlaSm90Smem::BLOCK_BYTES + (scales ? MlaSm90Smem::SCALE_STAGE_BYTES : 0));
-        tma_load_2d(st + (part * 4 + 2 * rank + 1) * MlaSm90Smem::BLOCK_BYTES, map, bar, (2 * part + rank) * 128, row);
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-            mbar_arrive_expect_tx(&full[stage * MLA90_BLOCKS + part * 4 + 2 * (rank ^ 1) + i], MlaSm90Smem::BLOCK_BYTES);
-#else
         mbar_arrive_expect_tx(bar, 2 * MlaSm90Smem::BLOCK_BYTES + (scales ? MlaSm90Smem::SCALE_STAGE_BYTES : 0));
 #pragma unroll
         for (int h = 0; h < 2; ++h)
             tma_load_2d(st + (part * 4 + 2 + h) * MlaSm90Smem::BLOCK_BYTES, map, bar, (2 * part + h) * 128, row);
-#endif
         if (scales) tma_load_2d(sScales + stage * MlaSm90Smem::SCALE_STAGE_BYTES, smap, bar, LATENT, row);
         if (part == 1) {
             u64* const rope_bar = &full[stage * MLA90_BLOCKS + 8];
             mbar_arrive_expect_tx(rope_bar, MlaSm90Smem::BLOCK_BYTES);
             tma_load_2d(st + 8 * MlaSm90Smem::BLOCK_BYTES, map, rope_bar, LATENT + LATENT / 32, row);
         }
-#if CROSSOVER
-        mbar_arrive(&freed[stage * 2 + part]);
-        mla90_arrive_peer(&freed[stage * 2 + part], rank ^ 1);
-#endif
     };
 #else
     // Part `part` of tile t (column blocks 0..3 or 4..8) from map row `row` into stage `stage` by
@@ -362,19 +312,11 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         for (int s = 0; s < MLA90_STAGES; ++s) {
             // SEESAW: one arrival (the TMA's issuer, with the block's bytes); else the producer's
             // 128 cp.async arrivals. FP8: the producer's 128 conversions, the rope block the TMA's.
-            for (int cb = 0; cb < MLA90_BLOCKS; ++cb) {
-                // CROSSOVER: the peer's groups' blocks, one arrival (this CTA's releasing thread,
-                // with the bytes the peer's st.async bring).
-                const bool peers = CROSSOVER && cb < 8 && (cb / 2) % 2 != rank;
-                mbar_init(&full[s * MLA90_BLOCKS + cb], SEESAW && (FMT == 0 || cb == 8 || peers) ? 1 : 128);
-            }
+            for (int cb = 0; cb < MLA90_BLOCKS; ++cb)
+                mbar_init(&full[s * MLA90_BLOCKS + cb], SEESAW && (FMT == 0 || cb == 8) ? 1 : 128);
 #if FMT == 1
             mbar_init(&raw[s * 2], 1);
             mbar_init(&raw[s * 2 + 1], 1);
-#if CROSSOVER
-            mbar_init(&freed[s * 2], 2);
-            mbar_init(&freed[s * 2 + 1], 2);
-#endif
 #else
             mbar_init(&empty[s], 2);
 #endif
@@ -386,11 +328,7 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
         *bad_page_flag = 0;
         mbar_fence_init();
     }
-#if CROSSOVER
-    cluster_sync();  // both CTAs' barriers are initialized before either arrives on the other's
-#else
     __syncthreads();
-#endif
 
     if (wg == 0) {
         // ---- producer: key tiles into the swizzled stages ----
@@ -424,31 +362,19 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                 const float* const sc =
                     reinterpret_cast<const float*>(sScales + stage * MlaSm90Smem::SCALE_STAGE_BYTES) + key * 4;
                 mbar_wait(&raw[stage * 2 + part], parity);
-#if CROSSOVER
-                mbar_wait(&freed[stage * 2 + part], parity);
-                {
-                    // This CTA's group 2 part + rank, for both CTAs: codes in block
-                    // 4 part + 2 rank + 1, values to blocks 4 part + 2 rank (+ 1).
-                    const int h = rank;
-#else
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-#endif
                     // Group 2 part + h: codes in block 4 part + 2 + h, values to blocks
                     // 4 part + 2h (codes 0..63) and 4 part + 2h + 1 (64..127); this thread's
                     // 64 codes are chunks 4 half.. of its key's row. Group 1's blocks hold the
                     // codes of both groups until every thread has read them.
-                    const u8* const codes = st + (part * 4 + (CROSSOVER ? 2 * h + 1 : 2 + h)) * MlaSm90Smem::BLOCK_BYTES;
+                    const u8* const codes = st + (part * 4 + 2 + h) * MlaSm90Smem::BLOCK_BYTES;
                     uint4 c[4];
 #pragma unroll
                     for (int i = 0; i < 4; ++i) c[i] = *reinterpret_cast<const uint4*>(codes + swizzle128(key, 4 * half + i));
                     const float scale = sc[2 * part + h];
-                    if (CROSSOVER || h == 1) named_barrier_sync(MLA90_BAR_CONVERT, 128);
+                    if (h == 1) named_barrier_sync(MLA90_BAR_CONVERT, 128);
                     u8* const dst = st + (part * 4 + 2 * h + half) * MlaSm90Smem::BLOCK_BYTES;
-#if CROSSOVER
-                    const u32 remote_bar = mla90_peer_address(&full[stage * MLA90_BLOCKS + part * 4 + 2 * h + half], rank ^ 1);
-                    const u32 remote_row = mla90_peer_address(dst + key * 128, rank ^ 1);
-#endif
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
                         uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
@@ -462,10 +388,6 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
                         }
                         *reinterpret_cast<uint4*>(dst + swizzle128(key, 2 * i)) = lo;
                         *reinterpret_cast<uint4*>(dst + swizzle128(key, 2 * i + 1)) = hi;
-#if CROSSOVER
-                        mla90_st_async(remote_row + (((2 * i) ^ (key & 7)) << 4), lo, remote_bar);
-                        mla90_st_async(remote_row + (((2 * i + 1) ^ (key & 7)) << 4), hi, remote_bar);
-#endif
                     }
                     fence_proxy_async_smem();
                     mbar_arrive(&full[stage * MLA90_BLOCKS + part * 4 + 2 * h]);
