@@ -185,7 +185,9 @@ pub enum MlaDecodeKernel {
     #[default]
     MmaSync,
     /// sm_90a, DeepSeek-V3's dims. bf16 records with [`MLA_DECODE_SM90_TILING`] (64 rows):
-    /// `kernels/sm90/mla_decode.cu`, a cp.async producer warpgroup and two math warpgroups.
+    /// `kernels/sm90/mla_decode.cu`, a cp.async producer warpgroup and two math warpgroups (or,
+    /// with the seesaw, TMA refills; FP8 records too, their codes converted into the bf16 tiles
+    /// by the producer warpgroup).
     /// [`MLA_DECODE_SM90_TRANSPOSED_TILINGS`] (16 or 32 rows, either format):
     /// `kernels/sm90/mla_decode_fp8.cu`, transposed products on one math warpgroup, two
     /// warpgroups filling its bf16 key tiles (FP8: dequantizing; bf16: cp.async copies).
