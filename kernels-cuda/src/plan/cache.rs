@@ -33,8 +33,9 @@ use tessera_core::{BackendKind, Error, Result};
 
 /// The version of the plan file's format; a file of another version is ignored. 7: the FP8
 /// cache gained Hopper decode candidates (`MlaDecodeVariant`s of kernel `wgmma` and format
-/// `fp8`), so that plans tuned or picked without them are made again.
-pub const PLAN_FORMAT_VERSION: u32 = 7;
+/// `fp8`), so that plans tuned or picked without them are made again. 8: the same for the FP8
+/// cache's 64-row seesaw (`seesaw` with format `fp8`).
+pub const PLAN_FORMAT_VERSION: u32 = 8;
 
 /// `n` rounded up to a power of two (1 for 0).
 pub fn bucket(n: usize) -> u64 {
