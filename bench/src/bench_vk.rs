@@ -18,7 +18,7 @@ use std::time::Instant;
 use half::bf16;
 use serde_json::json;
 use tessera::vulkan::ops::attention::VulkanBlockMask;
-use tessera::vulkan::{Buffer, BufferRange, VulkanBackend};
+use tessera::vulkan::{Buffer, BufferRange, MlaDecodeKernel, MlaDecodePlan, VulkanBackend};
 use tessera::{Backend, Fp8Gemm};
 
 use crate::cases::{
@@ -442,13 +442,32 @@ fn bench_gemm(
 
 /// One paged cache for one format, for the largest shapes that fit one storage buffer, filled
 /// with valid records ([`data::mla_cache_pattern`]).
-struct MlaBench {
+pub(crate) struct MlaBench {
     cache: Buffer,
     pages: usize,
 }
 
+/// A decode's inputs and outputs on the device for one shape (the cache is [`MlaBench`]'s).
+struct MlaBuffers {
+    table: Buffer,
+    lens: Buffer,
+    q: Buffer,
+    o: Buffer,
+    lse: Buffer,
+}
+
+/// The time of one plan: median ms, min ms, dispatches timed, dispatches per batch, workspace
+/// bytes.
+pub(crate) struct MlaTimed {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub reps: usize,
+    pub per_batch: usize,
+    pub workspace_bytes: u64,
+}
+
 impl MlaBench {
-    fn new(backend: &VulkanBackend, shapes: &[MlaShape]) -> Res<Self> {
+    pub(crate) fn new(backend: &VulkanBackend, shapes: &[MlaShape]) -> Res<Self> {
         let layout = shapes.first().ok_or("no shapes")?.layout();
         let max_pages = backend.features().max_storage_buffer_range as usize / layout.page_bytes();
         let pages = shapes
@@ -462,76 +481,132 @@ impl MlaBench {
         Ok(Self { cache, pages })
     }
 
-    fn bench(&mut self, backend: &VulkanBackend, timer: &Timer, shape: &MlaShape) -> Record {
-        let key = shape.key();
+    /// The shape's buffers (inputs filled, outputs NaN), or why it cannot run here.
+    fn buffers(&self, backend: &VulkanBackend, shape: &MlaShape) -> Res<MlaBuffers> {
+        if shape.varlen {
+            // Nothing is timed: the backend's mla_decode_varlen returns Unsupported.
+            return Err("skipped: no variable-length MLA decode on Vulkan".into());
+        }
         let layout = shape.layout();
         let op = shape.op();
+        let used = shape.pages();
+        fits(backend, "cache", used * layout.page_bytes())?;
+        if used > self.pages {
+            return Err("cache too small".into());
+        }
+        let table = data::block_table(31 + shape.batch as u64, used);
+        let ctx = backend.context();
+        let table = Buffer::from_bytes(ctx, &i32_bytes(&table)).map_err(|e| e.to_string())?;
+        let lens: Vec<i32> = shape.seq_lens().iter().map(|&n| n as i32).collect();
+        let lens = Buffer::from_bytes(ctx, &i32_bytes(&lens)).map_err(|e| e.to_string())?;
+        let q_pattern: Vec<u8> = data::bf16s(32, 1 << 16, 1.0)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        Ok(MlaBuffers {
+            table,
+            lens,
+            q: device_buffer(backend, 2 * op.q_len(), &q_pattern)?,
+            o: device_buffer(backend, 2 * op.o_len(), &bf16::NAN.to_bits().to_le_bytes())?,
+            lse: device_buffer(backend, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?,
+        })
+    }
+
+    /// Times `plan` (of `shape`'s op) and checks that its log-sum-exps came out finite.
+    fn time_with(
+        &self,
+        backend: &VulkanBackend,
+        timer: &Timer,
+        shape: &MlaShape,
+        bufs: &MlaBuffers,
+        plan: &MlaDecodePlan,
+    ) -> Res<MlaTimed> {
+        let op = shape.op();
+        let workspace_bytes = plan.workspace_bytes();
+        let ws = device_buffer(backend, workspace_bytes as usize, &[0x7f, 0xc0, 0, 0])?;
+        let cache_range = self.cache.range();
+        let (median_ms, min_ms, reps, per_batch) = time_dispatches(timer, |cmd, _| {
+            // SAFETY: `cmd` is the timer's command buffer on this backend's device, recording;
+            // the buffers are live storage buffers of that device, kept until the batch is
+            // waited for.
+            unsafe {
+                backend.record_mla_decode_planned(
+                    cmd,
+                    plan,
+                    self.pages,
+                    cache_range,
+                    range(&bufs.q),
+                    range(&bufs.table),
+                    range(&bufs.lens),
+                    range(&bufs.o),
+                    range(&bufs.lse),
+                    range(&ws),
+                )
+            }
+            .map_err(|e| e.to_string())
+        })?;
+        let lse_host = download(backend, &bufs.lse, 4 * op.lse_len())?;
+        if !lse_host
+            .chunks_exact(4)
+            .all(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]).is_finite())
+        {
+            return Err("non-finite lse in the timed output".into());
+        }
+        Ok(MlaTimed {
+            median_ms,
+            min_ms,
+            reps,
+            per_batch,
+            workspace_bytes,
+        })
+    }
+
+    /// Times every candidate plan of `shape` ([`VulkanBackend::mla_decode_candidates`], the
+    /// default first): each with its time, or why it failed.
+    pub(crate) fn time_candidates(
+        &self,
+        backend: &VulkanBackend,
+        timer: &Timer,
+        shape: &MlaShape,
+    ) -> Res<Vec<(MlaDecodeKernel, Res<MlaTimed>)>> {
+        let bufs = self.buffers(backend, shape)?;
+        let op = shape.op();
+        let candidates = backend
+            .mla_decode_candidates(&op)
+            .map_err(|e| e.to_string())?;
+        Ok(candidates
+            .into_iter()
+            .map(|k| {
+                let timed = backend
+                    .mla_decode_plan_with(&op, k)
+                    .map_err(|e| e.to_string())
+                    .and_then(|plan| self.time_with(backend, timer, shape, &bufs, &plan));
+                (k, timed)
+            })
+            .collect())
+    }
+
+    fn bench(&mut self, backend: &VulkanBackend, timer: &Timer, shape: &MlaShape) -> Record {
+        let key = shape.key();
         let inner = || -> Res<Record> {
-            if shape.varlen {
-                // Nothing is timed: the backend's mla_decode_varlen returns Unsupported.
-                return Err("skipped: no variable-length MLA decode on Vulkan".into());
-            }
-            let used = shape.pages();
-            fits(backend, "cache", used * layout.page_bytes())?;
-            if used > self.pages {
-                return Err("cache too small".into());
-            }
-            let table = data::block_table(31 + shape.batch as u64, used);
-            let ctx = backend.context();
-            let table = Buffer::from_bytes(ctx, &i32_bytes(&table)).map_err(|e| e.to_string())?;
-            let lens: Vec<i32> = shape.seq_lens().iter().map(|&n| n as i32).collect();
-            let lens = Buffer::from_bytes(ctx, &i32_bytes(&lens)).map_err(|e| e.to_string())?;
-            let q_pattern: Vec<u8> = data::bf16s(32, 1 << 16, 1.0)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            let q = device_buffer(backend, 2 * op.q_len(), &q_pattern)?;
-            let o = device_buffer(backend, 2 * op.o_len(), &bf16::NAN.to_bits().to_le_bytes())?;
-            let lse = device_buffer(backend, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
-            let plan = backend.mla_decode_plan(&op).map_err(|e| e.to_string())?;
-            let ws_bytes = plan.workspace_bytes();
-            let ws = device_buffer(backend, ws_bytes as usize, &[0x7f, 0xc0, 0, 0])?;
-            let cache_range = self.cache.range();
-            let (median, min, reps, per_batch) = time_dispatches(timer, |cmd, _| {
-                // SAFETY: `cmd` is the timer's command buffer on this backend's device,
-                // recording; the buffers are live storage buffers of that device, kept until the
-                // batch is waited for.
-                unsafe {
-                    backend.record_mla_decode_planned(
-                        cmd,
-                        &plan,
-                        self.pages,
-                        cache_range,
-                        range(&q),
-                        range(&table),
-                        range(&lens),
-                        range(&o),
-                        range(&lse),
-                        range(&ws),
-                    )
-                }
-                .map_err(|e| e.to_string())
-            })?;
-            let lse_host = download(backend, &lse, 4 * op.lse_len())?;
-            if !lse_host
-                .chunks_exact(4)
-                .all(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]).is_finite())
-            {
-                return Err("non-finite lse in the timed output".into());
-            }
+            let bufs = self.buffers(backend, shape)?;
+            let plan = backend
+                .mla_decode_plan(&shape.op())
+                .map_err(|e| e.to_string())?;
+            let t = self.time_with(backend, timer, shape, &bufs, &plan)?;
             Ok(Record::timed(
                 "mla_decode",
                 key.clone(),
                 IMPL,
                 {
                     let mut p = shape.params();
-                    p.insert("workspace_bytes".into(), json!(ws_bytes));
+                    p.insert("workspace_bytes".into(), json!(t.workspace_bytes));
                     p.insert("kernel".into(), json!(plan.kernel().name()));
                     p.insert("plan".into(), json!(plan.to_string()));
-                    p.insert("dispatches_per_batch".into(), json!(per_batch));
+                    p.insert("dispatches_per_batch".into(), json!(t.per_batch));
                     p
                 },
-                (median, min, reps),
+                (t.median_ms, t.min_ms, t.reps),
             ))
         };
         inner().unwrap_or_else(|e| Record::failed("mla_decode", key.clone(), IMPL, e))

@@ -1,6 +1,8 @@
 //! `tessera tune`: times every kernel candidate of the standard shapes on the CUDA device, keeps
 //! the fastest per shape class, and writes them to the plan file next to the NVRTC disk cache
 //! (`tessera_cuda::plan::PlanCache`), which later processes read when they create the backend.
+//! With `--backend vulkan`, the same for the Vulkan backend's MLA decode (its pass-1 shaders and
+//! their tilings: `tessera_vulkan::plan::VulkanPlans`), timed as `tessera bench` times it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -9,7 +11,12 @@ use tessera::cuda::plan::TuneOutcome;
 use tessera::cuda::CudaBackend;
 use tessera::{BlockMask, DType, Fp8Gemm, SparseAttention};
 
-use crate::cases::{gemm_key, Suite};
+use tessera::vulkan::plan::MlaDecodeClass;
+use tessera::vulkan::VulkanBackend;
+
+use crate::bench_vk::MlaBench;
+use crate::cases::{gemm_key, MlaShape, Suite};
+use crate::vk_timing::Timer;
 
 /// Arguments of `tessera tune`.
 #[derive(clap::Args, Debug)]
@@ -20,6 +27,12 @@ pub struct TuneArgs {
     /// `standard` (every shape of `tessera bench`) or `quick` (a small subset).
     #[arg(long, default_value = "standard")]
     pub suite: String,
+    /// `cuda`, or `vulkan` (the MLA decode only: `--op mla` or `all`).
+    #[arg(long, default_value = "cuda")]
+    pub backend: String,
+    /// Only the MLA decode shapes whose key contains this (as `tessera bench --mla-shapes`).
+    #[arg(long)]
+    pub mla_shapes: Option<String>,
 }
 
 type Job<'a> = (String, Box<dyn Fn() -> tessera::Result<TuneOutcome> + 'a>);
@@ -35,6 +48,12 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             return Err(format!("--op: expected gemm, attention, mla or all, got {other}").into())
         }
     };
+    if args.backend == "vulkan" {
+        return run_vulkan(ops, args);
+    }
+    if args.backend != "cuda" {
+        return Err(format!("--backend: expected cuda or vulkan, got {}", args.backend).into());
+    }
     let suite = Suite::named(&args.suite, "cuda")?;
     let backend = CudaBackend::new()?;
     eprintln!(
@@ -73,7 +92,7 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     if ops.contains(&"mla") {
-        for shape in &suite.mla {
+        for shape in suite.mla.iter().filter(|s| keep_mla(args, s)) {
             let op = shape.op();
             let s_k = shape.s_k;
             jobs.push((
@@ -105,6 +124,100 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     if failed > 0 {
         eprintln!("{failed} of {total} shapes failed");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `--mla-shapes` keeps `shape`.
+fn keep_mla(args: &TuneArgs, shape: &MlaShape) -> bool {
+    args.mla_shapes
+        .as_deref()
+        .is_none_or(|f| shape.key().contains(f))
+}
+
+/// `tessera tune --backend vulkan`: every MLA decode candidate of the suite's shapes (variable
+/// query lengths left out: the Vulkan backend has no such decode), the fastest stored per
+/// shape class and written to the Vulkan plan file.
+fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if !ops.contains(&"mla") {
+        return Err(
+            "--backend vulkan: only the MLA decode has candidates to tune (--op mla)".into(),
+        );
+    }
+    let suite = Suite::named(&args.suite, "vulkan")?;
+    let backend = VulkanBackend::new()?;
+    let timer = Timer::new(&backend)?;
+    eprintln!("tuning on {}", tessera::Backend::device(&backend).name);
+    let start = Instant::now();
+    let mut failed = 0;
+    for fp8 in [false, true] {
+        let shapes: Vec<MlaShape> = suite
+            .mla
+            .iter()
+            .filter(|s| s.fp8 == fp8 && !s.varlen && keep_mla(args, s))
+            .copied()
+            .collect();
+        if shapes.is_empty() {
+            continue;
+        }
+        let bench = match MlaBench::new(&backend, &shapes) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!(
+                    "{} shapes ({}): {e}",
+                    shapes.len(),
+                    if fp8 { "fp8" } else { "bf16" }
+                );
+                continue;
+            }
+        };
+        for shape in &shapes {
+            let name = format!("mla_decode {}", shape.key());
+            let line = match bench.time_candidates(&backend, &timer, shape) {
+                Ok(timed) => {
+                    let ok = || {
+                        timed
+                            .iter()
+                            .filter_map(|(k, t)| t.as_ref().ok().map(|t| (k, t)))
+                    };
+                    match ok().min_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms)) {
+                        Some((best, t)) => {
+                            backend
+                                .plans()
+                                .set_mla_decode(MlaDecodeClass::of(&shape.op()), *best);
+                            let default = timed[0].1.as_ref().map(|d| d.median_ms);
+                            format!(
+                                "{} candidates ({} failed), best {best:?} {:.4} ms{}",
+                                timed.len(),
+                                timed.len() - ok().count(),
+                                t.median_ms,
+                                default.map_or(String::new(), |d| format!(
+                                    " (default {d:.4} ms, {:.2}x)",
+                                    d / t.median_ms
+                                ))
+                            )
+                        }
+                        None => {
+                            failed += 1;
+                            format!("every candidate failed: {:?}", timed[0].1.as_ref().err())
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    format!("error: {e}")
+                }
+            };
+            eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
+        }
+    }
+    match backend.plans().save()? {
+        Some(path) => println!("wrote the tuned plans to {}", path.display()),
+        None => println!("no plan file written (no cache folder, or nothing tuned)"),
+    }
+    if failed > 0 {
+        eprintln!("{failed} shapes failed");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod cache_dir;
 pub mod error;
 pub mod fp8;
 pub mod mask;
@@ -16,6 +17,7 @@ pub mod radial;
 pub mod tensor;
 
 pub use backend::{Backend, DeviceFeatures, DeviceInfo};
+pub use cache_dir::cache_root;
 pub use error::{BackendKind, DriverCode, Error, Result};
 pub use fp8::{E4M3, E5M2};
 pub use half::{bf16, f16};

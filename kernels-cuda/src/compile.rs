@@ -267,16 +267,11 @@ pub fn compile_cubin(variant: &KernelVariant, arch: &str) -> Result<Vec<u8>> {
     result
 }
 
-/// The on-disk cache folder: `TESSERA_CACHE_DIR`, else `$XDG_CACHE_HOME/tessera/cuda`, else
-/// `~/.cache/tessera/cuda`. `None` when none can be determined (then only memory is used).
+/// The on-disk cache folder: `cuda` in [`tessera_core::cache_root`] (`TESSERA_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/tessera`, else `~/.cache/tessera`). `None` when none can be determined
+/// (then only memory is used).
 pub fn disk_cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("TESSERA_CACHE_DIR") {
-        return Some(PathBuf::from(d).join("cuda"));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("tessera").join("cuda"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("tessera").join("cuda"))
+    tessera_core::cache_root().map(|d| d.join("cuda"))
 }
 
 /// Returns the cubin of `variant` for `arch`: from the disk cache ([`disk_cache_dir`]) if

@@ -39,11 +39,16 @@ pub struct VulkanSettings {
     /// `stream:ROWS,KEYS,PREFETCH,UNROLLED`;
     /// a development aid for measuring, checked when a decode is planned).
     pub mla_decode: Option<String>,
+    /// The folder of the tuned-plan file ([`crate::plan::VulkanPlans`]): `vulkan` in
+    /// [`tessera_core::cache_root`] by [`VulkanSettings::from_env`]; `None`: plans live in
+    /// memory only (none read, `save` writes nothing).
+    pub plan_dir: Option<std::path::PathBuf>,
 }
 
 impl VulkanSettings {
     /// The settings from `TESSERA_VULKAN_DEVICE`, `TESSERA_VULKAN_PORTABLE` (`1` to set),
-    /// `TESSERA_VULKAN_SPIRV_DIR` and `TESSERA_VULKAN_MLA_DECODE` (empty values count as unset).
+    /// `TESSERA_VULKAN_SPIRV_DIR` and `TESSERA_VULKAN_MLA_DECODE` (empty values count as unset),
+    /// and the plan folder from `TESSERA_CACHE_DIR` ([`tessera_core::cache_root`]).
     pub fn from_env() -> Self {
         let non_empty = |name: &str| {
             std::env::var_os(name)
@@ -58,6 +63,7 @@ impl VulkanSettings {
                 .filter(|d| !d.is_empty())
                 .map(std::path::PathBuf::from),
             mla_decode: non_empty(crate::ops::mla::MLA_DECODE_ENV),
+            plan_dir: tessera_core::cache_root().map(|d| d.join("vulkan")),
         }
     }
 }
@@ -301,6 +307,15 @@ impl VulkanFeatures {
                 && (f.a, f.b) == (ab, ab)
                 && (f.c, f.result) == (c, c)
         })
+    }
+
+    /// The device as tuned plans know it ([`crate::plan::VulkanPlans`]): its name and, where
+    /// reported, its driver (plans tuned under another driver are not used).
+    pub fn plan_key(&self) -> String {
+        match &self.driver {
+            Some(d) => format!("{} ({d})", self.name),
+            None => self.name.clone(),
+        }
     }
 
     /// One line for [`tessera_core::DeviceInfo::name`] and `tessera info`.

@@ -48,6 +48,7 @@ pub mod device;
 pub mod memory;
 pub mod ops;
 pub mod pipeline;
+pub mod plan;
 mod probe;
 
 /// The `ash` version this crate is built on, for callers of the device API (`ash::vk` types).
@@ -130,6 +131,7 @@ pub struct VulkanBackend {
     info: DeviceInfo,
     one_shot: command::OneShot,
     pipelines: PipelineCache,
+    plans: plan::VulkanPlans,
     ctx: Arc<VulkanContext>,
 }
 
@@ -162,6 +164,7 @@ impl VulkanBackend {
             info,
             one_shot: command::OneShot::new(&ctx)?,
             pipelines: PipelineCache::new(&ctx),
+            plans: plan::VulkanPlans::load(&f.plan_key(), ctx.settings().plan_dir.as_deref()),
             ctx,
         };
         backend.info.name = format!("{}, {}", backend.info.name, backend.shader_paths());
@@ -213,6 +216,12 @@ impl VulkanBackend {
     /// buffers ([`Buffer::new`]) and command buffers on it.
     pub fn context(&self) -> &Arc<VulkanContext> {
         &self.ctx
+    }
+
+    /// The tuned plans of this device ([`plan::VulkanPlans`]: read when the backend was created,
+    /// written by `tessera tune --backend vulkan`).
+    pub fn plans(&self) -> &plan::VulkanPlans {
+        &self.plans
     }
 
     /// What the device offers.

@@ -879,3 +879,100 @@ fn stream_random_shapes_at_other_subgroup_sizes() {
         }
     }
 }
+
+/// The backend without stored plans or the override setting (the heuristic decides).
+fn heuristic_backend() -> Option<VulkanBackend> {
+    let b = stream_backend()?;
+    drop(b);
+    Some(
+        VulkanBackend::with_settings(VulkanSettings {
+            mla_decode: None,
+            plan_dir: None,
+            ..VulkanSettings::from_env()
+        })
+        .unwrap(),
+    )
+}
+
+#[test]
+fn every_candidate_matches_reference() {
+    let Some(b) = heuristic_backend() else { return };
+    let fp8 = MlaCacheLayout {
+        format: MlaCacheFormat::Fp8,
+        ..MlaCacheLayout::default()
+    };
+    let cases = [
+        Case::new(MlaCacheLayout::default(), 2, 16, &[63, 64, 65, 1], 71),
+        Case::new(fp8, 1, 5, &[77, 0, 130], 72),
+    ];
+    for case in &cases {
+        let candidates = b.mla_decode_candidates(&case.op).unwrap();
+        // The heuristic's pick first, no repeats.
+        assert_eq!(
+            candidates[0],
+            b.mla_decode_plan(&case.op).unwrap().kernel(),
+            "{:?}",
+            case.op
+        );
+        for (i, k) in candidates.iter().enumerate() {
+            assert!(!candidates[..i].contains(k), "{k:?} twice");
+        }
+        println!("{:?}: {} candidates", case.op, candidates.len());
+        for &k in &candidates {
+            case.check(&b, k).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_stored_plan_is_used_where_it_runs() {
+    use tessera_vulkan::plan::MlaDecodeClass;
+    let Some(b) = heuristic_backend() else { return };
+    let op = |batch| MlaDecode {
+        batch,
+        s_q: 2,
+        heads: 16,
+        max_pages: 3,
+        softmax_scale: 0.1,
+        layout: MlaCacheLayout::default(),
+    };
+    let candidates = b.mla_decode_candidates(&op(4)).unwrap();
+    let heuristic = candidates[0];
+    let Some(&other) = candidates.last().filter(|&&k| k != heuristic) else {
+        println!("skipped: one candidate only on this device");
+        return;
+    };
+    b.plans().set_mla_decode(MlaDecodeClass::of(&op(4)), other);
+    assert_eq!(b.mla_decode_plan(&op(4)).unwrap().kernel(), other);
+    // The same class (batch 3 rounds up to 4), another class.
+    assert_eq!(b.mla_decode_plan(&op(3)).unwrap().kernel(), other);
+    assert_eq!(
+        b.mla_decode_plan(&op(5)).unwrap().kernel(),
+        b.mla_decode_candidates(&op(5)).unwrap()[0]
+    );
+    // A stored plan the device cannot run for the op: the heuristic instead.
+    let invalid = MlaDecodeKernel::Stream(MlaStreamTiling {
+        rows_per_team: 3,
+        key_tile: 8,
+        prefetch: true,
+        unrolled: false,
+    });
+    b.plans()
+        .set_mla_decode(MlaDecodeClass::of(&op(4)), invalid);
+    assert_eq!(b.mla_decode_plan(&op(4)).unwrap().kernel(), heuristic);
+    // The setting overrides a stored plan.
+    drop(b);
+    let with_setting = VulkanBackend::with_settings(VulkanSettings {
+        mla_decode: Some("tiled".into()),
+        plan_dir: None,
+        ..VulkanSettings::from_env()
+    })
+    .unwrap();
+    with_setting
+        .plans()
+        .set_mla_decode(MlaDecodeClass::of(&op(4)), other);
+    assert_eq!(
+        with_setting.mla_decode_plan(&op(4)).unwrap().kernel(),
+        MlaDecodeKernel::Tiled
+    );
+}

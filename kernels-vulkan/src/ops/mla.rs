@@ -53,6 +53,7 @@ use crate::memory::{Buffer, BufferRange};
 use crate::pipeline::{
     compute_barrier, linear_groups, Shader, ShaderResources, SpecConstant, Specialization,
 };
+use crate::plan::MlaDecodeClass;
 use crate::VulkanBackend;
 use ash::vk;
 use half::bf16;
@@ -333,7 +334,7 @@ struct TiledPlan {
 }
 
 /// The tiling of the streaming decode shader ([`MlaDecodeKernel::Stream`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MlaStreamTiling {
     /// Query rows per subgroup: 1, 2 or 4. Each lane keeps its columns of these rows (query
     /// and output, f32) in registers and applies every key value it reads from shared memory to
@@ -351,7 +352,7 @@ pub struct MlaStreamTiling {
 }
 
 /// The tiling of the cooperative-matrix decode shader ([`MlaDecodeKernel::Coopmat`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MlaCoopmatTiling {
     /// Keys per shared-memory tile (records as bf16): 16 or 32.
     pub key_tile: u32,
@@ -361,7 +362,7 @@ pub struct MlaCoopmatTiling {
 }
 
 /// The tiling of the cooperative-matrix-2 decode shader ([`MlaDecodeKernel::Cm2`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MlaCm2Tiling {
     /// Query rows per workgroup: 32 (128 invocations) or 64 (256).
     pub rows: u32,
@@ -370,7 +371,8 @@ pub struct MlaCm2Tiling {
 }
 
 /// The pass-1 shader of a decode (`mla_combine` merges the key splits of all of them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MlaDecodeKernel {
     /// `mla_decode.comp`: any device with subgroup arithmetic; a row group of at most 8 rows
     /// per workgroup, scores by `subgroupAdd`.
@@ -709,20 +711,42 @@ impl VulkanBackend {
     /// ([`VulkanBackend::mla_decode_stream_unsupported`] is `None`), with
     /// [`MlaStreamTiling`]'s default for the shape; else the tiled one.
     /// [`crate::VulkanSettings::mla_decode`] (`TESSERA_VULKAN_MLA_DECODE`) overrides the choice.
+    ///
+    /// Between the two: a plan stored for the op's shape class ([`crate::plan::VulkanPlans`],
+    /// `tessera tune --backend vulkan`), where the device can run it for `op`.
     pub fn mla_decode_plan(&self, op: &MlaDecode) -> Result<MlaDecodePlan> {
         check_decode_op(op)?;
         let f = self.features();
-        let coopmat_tiling = || coopmat::default_tiling(f, op);
-        let cm2_tiling = || cm2::default_tiling(f, op);
-        let cm2_wanted = op.s_q * op.heads >= 32 && self.mla_decode_cm2_unsupported().is_none();
-        let kernel = match self.context().settings().mla_decode.as_deref() {
-            Some(choice) => MlaDecodeKernel::parse_setting(
+        if let Some(choice) = self.context().settings().mla_decode.as_deref() {
+            let kernel = MlaDecodeKernel::parse_setting(
                 choice,
                 || stream::default_tiling(f, op),
-                coopmat_tiling,
-                cm2_tiling,
-            )?,
-            None => match (cm2_wanted.then(cm2_tiling), coopmat_tiling()) {
+                || coopmat::default_tiling(f, op),
+                || cm2::default_tiling(f, op),
+            )?;
+            return self.mla_decode_plan_with(op, kernel);
+        }
+        if let Some(kernel) = self.plans().mla_decode(&MlaDecodeClass::of(op)) {
+            match self.mla_decode_plan_with(op, kernel) {
+                Ok(plan) => return Ok(plan),
+                Err(e) => {
+                    log::info!("the stored MLA decode plan {kernel:?} does not run here: {e}")
+                }
+            }
+        }
+        self.mla_decode_plan_with(op, self.mla_decode_heuristic(op)?)
+    }
+
+    /// The shader and tiling [`VulkanBackend::mla_decode_plan`] takes for `op` without a
+    /// setting or a stored plan (see there).
+    fn mla_decode_heuristic(&self, op: &MlaDecode) -> Result<MlaDecodeKernel> {
+        let f = self.features();
+        let cm2_wanted = op.s_q * op.heads >= 32 && self.mla_decode_cm2_unsupported().is_none();
+        Ok(
+            match (
+                cm2_wanted.then(|| cm2::default_tiling(f, op)),
+                coopmat::default_tiling(f, op),
+            ) {
                 (Some(Ok(tiling)), _) => MlaDecodeKernel::Cm2(tiling),
                 (_, Ok(tiling)) if self.mla_decode_coopmat_unsupported().is_none() => {
                     MlaDecodeKernel::Coopmat(tiling)
@@ -732,8 +756,49 @@ impl VulkanBackend {
                 }
                 _ => MlaDecodeKernel::Tiled,
             },
-        };
-        self.mla_decode_plan_with(op, kernel)
+        )
+    }
+
+    /// Every pass-1 shader and tiling this device runs `op` with ([`VulkanBackend::mla_decode_plan_with`]
+    /// accepts it): the heuristic's pick first (see [`VulkanBackend::mla_decode_plan`]), then the
+    /// cooperative-matrix-2 tilings, the cooperative-matrix ones, the streaming ones and the tiled
+    /// shader. On CPU devices the streaming shader's unrolled builds are left out (they take
+    /// minutes to compile there, and the heuristic never picks them). What `tessera tune
+    /// --backend vulkan` times.
+    pub fn mla_decode_candidates(&self, op: &MlaDecode) -> Result<Vec<MlaDecodeKernel>> {
+        check_decode_op(op)?;
+        let first = self.mla_decode_heuristic(op)?;
+        let cpu = self.features().device_type == "Cpu";
+        let cm2 = cm2::KEY_TILES.into_iter().flat_map(|key_tile| {
+            cm2::row_choices()
+                .map(move |rows| MlaDecodeKernel::Cm2(MlaCm2Tiling { rows, key_tile }))
+        });
+        let coopmat = coopmat::KEY_TILES.into_iter().flat_map(|key_tile| {
+            [true, false]
+                .map(|prefetch| MlaDecodeKernel::Coopmat(MlaCoopmatTiling { key_tile, prefetch }))
+        });
+        let stream = stream::ROWS_PER_TEAM.into_iter().flat_map(|rows_per_team| {
+            stream::KEY_TILES.into_iter().flat_map(move |key_tile| {
+                [(true, true), (false, true), (true, false), (false, false)].map(
+                    move |(prefetch, unrolled)| {
+                        MlaDecodeKernel::Stream(MlaStreamTiling {
+                            rows_per_team,
+                            key_tile,
+                            prefetch,
+                            unrolled,
+                        })
+                    },
+                )
+            })
+        });
+        let others = cm2
+            .chain(coopmat)
+            .chain(
+                stream.filter(|k| !(cpu && matches!(k, MlaDecodeKernel::Stream(t) if t.unrolled))),
+            )
+            .chain([MlaDecodeKernel::Tiled])
+            .filter(|&k| k != first && self.mla_decode_plan_with(op, k).is_ok());
+        Ok(std::iter::once(first).chain(others).collect())
     }
 
     /// [`VulkanBackend::mla_decode_plan`] with the shader (and tiling) given: for tests and

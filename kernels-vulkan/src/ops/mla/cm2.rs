@@ -262,6 +262,11 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaCm
 }
 
 /// The launch of `op` with `tiling` on this device.
+/// The rows per workgroup the shader can be built for.
+pub(super) fn row_choices() -> impl Iterator<Item = u32> + Clone {
+    ROW_CHOICES.iter().map(|c| c.rows)
+}
+
 pub(super) fn launch(
     f: &VulkanFeatures,
     portable: bool,
