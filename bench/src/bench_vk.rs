@@ -18,7 +18,9 @@ use std::time::Instant;
 use half::bf16;
 use serde_json::json;
 use tessera::vulkan::ops::attention::VulkanBlockMask;
-use tessera::vulkan::{Buffer, BufferRange, MlaDecodeKernel, MlaDecodePlan, VulkanBackend};
+use tessera::vulkan::{
+    Buffer, BufferRange, Fp8GemmKernel, MlaDecodeKernel, MlaDecodePlan, VulkanBackend,
+};
 use tessera::{Backend, Fp8Gemm};
 
 use crate::cases::{
@@ -128,7 +130,7 @@ impl Executor for VulkanExecutor {
                 self.timer.period_ns()
             ),
             "buffers: device-local, filled once with random data via a host staging buffer".into(),
-            format!("fp8_gemm: {} path; FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets", self.gemm_path),
+            format!("fp8_gemm: {} path by default (each record's path: its plan's shader, portable, coopmat or coopmat_large); FLOP 2MNK; bytes A + B + D + scales; inputs rotated over >= 200 MB of sets", self.gemm_path),
             "mla_decode: the shader and its plan per shape in the record's params (kernel, plan; see `tessera info`: shaders); FLOP 2 b s_q h s_k (576 + 512) (skewed or varlen shapes: 2 h (576 + 512) sum of queries x keys per request); bytes cache (keys x token_bytes) + q + o; pages of 64 in a shuffled block table; one set".into(),
             format!("attention: {} path; bf16, head_dim 128, batch 1; FLOP 4 B^2 d h nnz; bytes q + k + v + o; one set", self.attention_path),
             format!(
@@ -144,7 +146,7 @@ impl Executor for VulkanExecutor {
         let op = Fp8Gemm::new(m, n, k);
         let predicted = self.gemm_rate.map(|r| op.flops() / r / 1e12);
         let rec = match self.budget.check(predicted) {
-            Ok(()) => bench_gemm(&self.backend, &self.timer, m, n, k, self.gemm_path),
+            Ok(()) => bench_gemm(&self.backend, &self.timer, m, n, k),
             Err(e) => Record::failed("fp8_gemm", gemm_key(m, n, k), IMPL, e),
         };
         // The rate, for the next prediction (the runner fills the record's own).
@@ -367,61 +369,68 @@ fn measure_ceilings(backend: &VulkanBackend, timer: &Timer) -> (Ceilings, Option
 }
 
 /// One FP8 GEMM shape, rotating over operand sets.
-fn bench_gemm(
+/// Times `kernel` on `op`, operand sets rotated over >= 200 MB: (median ms, min ms, dispatches
+/// timed, dispatches per batch, sets).
+pub(crate) fn time_gemm_kernel(
     backend: &VulkanBackend,
     timer: &Timer,
-    m: usize,
-    n: usize,
-    k: usize,
-    path: &str,
-) -> Record {
+    op: &Fp8Gemm,
+    kernel: Fp8GemmKernel,
+) -> Res<(f64, f64, usize, usize, usize)> {
+    let (m, n, k) = (op.m, op.n, op.k);
+    fits(backend, "b", n * k)?;
+    fits(backend, "a", m * k)?;
+    fits(backend, "d", 2 * m * n)?;
+    let sets = gemm_sets(op);
+    let codes = data::gemm_codes();
+    let scales: Vec<u8> = data::gemm_scales()
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    let nan = bf16::NAN.to_bits().to_le_bytes();
+    let mut bufs = Vec::with_capacity(sets);
+    for s in 0..sets {
+        bufs.push((
+            device_buffer(backend, m * k, &codes[s..])?,
+            device_buffer(backend, 4 * op.a_scales_len(), &scales)?,
+            device_buffer(backend, n * k, &codes[3 * s + 1..])?,
+            device_buffer(backend, 4 * op.b_scales_len(), &scales[4..])?,
+            device_buffer(backend, 2 * m * n, &nan)?,
+        ));
+    }
+    let (median, min, reps, per_batch) = time_dispatches(timer, |cmd, i| {
+        let (a, sa, b, sb, d) = &bufs[i % sets];
+        // SAFETY: `cmd` is the timer's command buffer on this backend's device, recording; the
+        // buffers are live storage buffers of that device, kept until the batch is waited for.
+        unsafe {
+            backend.record_fp8_gemm_with(
+                cmd,
+                op,
+                kernel,
+                range(a),
+                range(sa),
+                range(b),
+                range(sb),
+                range(d),
+            )
+        }
+        .map_err(|e| e.to_string())
+    })?;
+    let d = download(backend, &bufs[0].4, 2 * m * n.min(64))?;
+    if d.chunks_exact(2)
+        .any(|h| !bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).is_finite())
+    {
+        return Err("non-finite values in the timed output".into());
+    }
+    Ok((median, min, reps, per_batch, sets))
+}
+
+fn bench_gemm(backend: &VulkanBackend, timer: &Timer, m: usize, n: usize, k: usize) -> Record {
     let key = gemm_key(m, n, k);
     let op = Fp8Gemm::new(m, n, k);
     let inner = || -> Res<Record> {
-        fits(backend, "b", n * k)?;
-        fits(backend, "a", m * k)?;
-        fits(backend, "d", 2 * m * n)?;
-        let sets = gemm_sets(&op);
-        let codes = data::gemm_codes();
-        let scales: Vec<u8> = data::gemm_scales()
-            .iter()
-            .flat_map(|s| s.to_le_bytes())
-            .collect();
-        let nan = bf16::NAN.to_bits().to_le_bytes();
-        let mut bufs = Vec::with_capacity(sets);
-        for s in 0..sets {
-            bufs.push((
-                device_buffer(backend, m * k, &codes[s..])?,
-                device_buffer(backend, 4 * op.a_scales_len(), &scales)?,
-                device_buffer(backend, n * k, &codes[3 * s + 1..])?,
-                device_buffer(backend, 4 * op.b_scales_len(), &scales[4..])?,
-                device_buffer(backend, 2 * m * n, &nan)?,
-            ));
-        }
-        let (median, min, reps, per_batch) = time_dispatches(timer, |cmd, i| {
-            let (a, sa, b, sb, d) = &bufs[i % sets];
-            // SAFETY: `cmd` is the timer's command buffer on this backend's device, recording;
-            // the buffers are live storage buffers of that device, kept until the batch is
-            // waited for.
-            unsafe {
-                backend.record_fp8_gemm(
-                    cmd,
-                    &op,
-                    range(a),
-                    range(sa),
-                    range(b),
-                    range(sb),
-                    range(d),
-                )
-            }
-            .map_err(|e| e.to_string())
-        })?;
-        let d = download(backend, &bufs[0].4, 2 * m * n.min(64))?;
-        if d.chunks_exact(2)
-            .any(|h| !bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).is_finite())
-        {
-            return Err("non-finite values in the timed output".into());
-        }
+        let kernel = backend.fp8_gemm_plan(&op).map_err(|e| e.to_string())?;
+        let (median, min, reps, per_batch, sets) = time_gemm_kernel(backend, timer, &op, kernel)?;
         Ok(Record::timed(
             "fp8_gemm",
             key.clone(),
@@ -431,7 +440,7 @@ fn bench_gemm(
                 ("n", json!(n)),
                 ("k", json!(k)),
                 ("sets", json!(sets)),
-                ("path", json!(path)),
+                ("path", json!(kernel.name())),
                 ("dispatches_per_batch", json!(per_batch)),
             ]),
             (median, min, reps),

@@ -11,10 +11,10 @@ use tessera::cuda::plan::TuneOutcome;
 use tessera::cuda::CudaBackend;
 use tessera::{BlockMask, DType, Fp8Gemm, SparseAttention};
 
-use tessera::vulkan::plan::MlaDecodeClass;
+use tessera::vulkan::plan::{Fp8GemmClass, MlaDecodeClass};
 use tessera::vulkan::VulkanBackend;
 
-use crate::bench_vk::MlaBench;
+use crate::bench_vk::{time_gemm_kernel, MlaBench};
 use crate::cases::{gemm_key, MlaShape, Suite};
 use crate::vk_timing::Timer;
 
@@ -136,13 +136,15 @@ fn keep_mla(args: &TuneArgs, shape: &MlaShape) -> bool {
         .is_none_or(|f| shape.key().contains(f))
 }
 
-/// `tessera tune --backend vulkan`: every MLA decode candidate of the suite's shapes (variable
-/// query lengths left out: the Vulkan backend has no such decode), the fastest stored per
-/// shape class and written to the Vulkan plan file.
+/// `tessera tune --backend vulkan`: every FP8 GEMM and MLA decode candidate of the suite's
+/// shapes (variable query lengths left out: the Vulkan backend has no such decode), the fastest
+/// stored per shape class and written to the Vulkan plan file.
 fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    if !ops.contains(&"mla") {
+    if !ops.contains(&"mla") && !ops.contains(&"gemm") {
         return Err(
-            "--backend vulkan: only the MLA decode has candidates to tune (--op mla)".into(),
+            "--backend vulkan: the FP8 GEMM and the MLA decode have candidates to tune \
+                    (--op gemm, mla or all)"
+                .into(),
         );
     }
     let suite = Suite::named(&args.suite, "vulkan")?;
@@ -151,7 +153,57 @@ fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::er
     eprintln!("tuning on {}", tessera::Backend::device(&backend).name);
     let start = Instant::now();
     let mut failed = 0;
-    for fp8 in [false, true] {
+    let gemm_shapes: &[(usize, usize, usize)] = if ops.contains(&"gemm") {
+        &suite.gemm
+    } else {
+        &[]
+    };
+    for &(m, n, k) in gemm_shapes {
+        let op = Fp8Gemm::new(m, n, k);
+        let name = format!("fp8_gemm {}", gemm_key(m, n, k));
+        let line = match backend.fp8_gemm_candidates(&op) {
+            Ok(candidates) => {
+                let timed: Vec<_> = candidates
+                    .iter()
+                    .map(|&kernel| (kernel, time_gemm_kernel(&backend, &timer, &op, kernel)))
+                    .collect();
+                let best = timed
+                    .iter()
+                    .filter_map(|(k, t)| t.as_ref().ok().map(|t| (*k, t.0)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                match best {
+                    Some((kernel, ms)) => {
+                        backend.plans().set_fp8_gemm(Fp8GemmClass::of(&op), kernel);
+                        let default = timed[0].1.as_ref().map(|t| t.0);
+                        format!(
+                            "{} candidates, best {} {ms:.4} ms{}",
+                            timed.len(),
+                            kernel.name(),
+                            default.map_or(String::new(), |d| format!(
+                                " (default {d:.4} ms, {:.2}x)",
+                                d / ms
+                            ))
+                        )
+                    }
+                    None => {
+                        failed += 1;
+                        format!("every candidate failed: {:?}", timed[0].1.as_ref().err())
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                format!("error: {e}")
+            }
+        };
+        eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
+    }
+    let mla_formats: &[bool] = if ops.contains(&"mla") {
+        &[false, true]
+    } else {
+        &[]
+    };
+    for &fp8 in mla_formats {
         let shapes: Vec<MlaShape> = suite
             .mla
             .iter()

@@ -1,9 +1,12 @@
-//! Tuned plans: which pass-1 shader and tiling an MLA decode shape class runs on this device.
+//! Tuned plans: which pass-1 shader and tiling an MLA decode shape class runs on this device, and
+//! which shader an FP8 GEMM shape class runs.
 //!
-//! Without a stored plan, [`crate::VulkanBackend::mla_decode_plan`] takes its heuristic pick.
-//! `tessera tune --backend vulkan` times every candidate
-//! ([`crate::VulkanBackend::mla_decode_candidates`]) of the standard shapes, stores the fastest
-//! per shape class here ([`VulkanPlans::set_mla_decode`]) and writes them as JSON
+//! Without a stored plan, [`crate::VulkanBackend::mla_decode_plan`] and
+//! [`crate::VulkanBackend::fp8_gemm_plan`] take their heuristic picks. `tessera tune --backend
+//! vulkan` times every candidate ([`crate::VulkanBackend::mla_decode_candidates`],
+//! [`crate::VulkanBackend::fp8_gemm_candidates`]) of the standard shapes, stores the fastest per
+//! shape class here ([`VulkanPlans::set_mla_decode`], [`VulkanPlans::set_fp8_gemm`]) and writes
+//! them as JSON
 //! ([`VulkanPlans::save`]: `plans-<device>.json` in [`crate::VulkanSettings::plan_dir`],
 //! written to a temporary file and renamed over the old one), which backends read when they are
 //! created. A file that cannot be read or parsed, or whose format or device differ, is ignored,
@@ -12,14 +15,16 @@
 //!
 //! An MLA decode's shape class ([`MlaDecodeClass`]): the layout and the rows per request
 //! (`s_q * heads`) exact, the batch and the cache capacity per request (`max_pages *
-//! page_size`) rounded up to powers of two.
+//! page_size`) rounded up to powers of two. An FP8 GEMM's ([`Fp8GemmClass`]): m rounded up to a
+//! power of two, n and k exact.
 
+use crate::ops::fp8_gemm::Fp8GemmKernel;
 use crate::ops::mla::MlaDecodeKernel;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use tessera_core::{BackendKind, Error, MlaCacheFormat, MlaDecode, Result};
+use tessera_core::{BackendKind, Error, Fp8Gemm, MlaCacheFormat, MlaDecode, Result};
 
 /// The version of the plan file's format; a file of another version is ignored.
 pub const VULKAN_PLAN_FORMAT: u32 = 1;
@@ -64,11 +69,33 @@ impl MlaDecodeClass {
     }
 }
 
+/// The shape class of an FP8 GEMM (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fp8GemmClass {
+    /// m rounded up to a power of two.
+    pub m_bucket: u64,
+    /// n.
+    pub n: u64,
+    /// k.
+    pub k: u64,
+}
+
+impl Fp8GemmClass {
+    /// The class of `op`.
+    pub fn of(op: &Fp8Gemm) -> Self {
+        Self {
+            m_bucket: bucket(op.m as u64),
+            n: op.n as u64,
+            k: op.k as u64,
+        }
+    }
+}
+
 /// One stored plan of the file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct MlaDecodeEntry {
-    class: MlaDecodeClass,
-    kernel: MlaDecodeKernel,
+struct Entry<C, K> {
+    class: C,
+    kernel: K,
 }
 
 /// The plan file's contents.
@@ -76,7 +103,47 @@ struct MlaDecodeEntry {
 struct PlanFile {
     format: u32,
     device: String,
-    mla_decode: Vec<MlaDecodeEntry>,
+    #[serde(default)]
+    mla_decode: Vec<Entry<MlaDecodeClass, MlaDecodeKernel>>,
+    #[serde(default)]
+    fp8_gemm: Vec<Entry<Fp8GemmClass, Fp8GemmKernel>>,
+}
+
+/// One op's stored plans.
+type Plans<C, K> = RwLock<HashMap<C, K>>;
+
+fn get<C: Eq + std::hash::Hash, K: Copy>(plans: &Plans<C, K>, class: &C) -> Option<K> {
+    plans
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(class)
+        .copied()
+}
+
+fn set<C: Eq + std::hash::Hash, K>(plans: &Plans<C, K>, class: C, kernel: K) {
+    plans
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(class, kernel);
+}
+
+fn count<C, K>(plans: &Plans<C, K>) -> usize {
+    plans.read().unwrap_or_else(|e| e.into_inner()).len()
+}
+
+/// The stored plans as file entries, sorted by their JSON (a stable order).
+fn entries<C: Copy + Serialize, K: Copy>(plans: &Plans<C, K>) -> Vec<Entry<C, K>> {
+    let mut v: Vec<Entry<C, K>> = plans
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(class, kernel)| Entry {
+            class: *class,
+            kernel: *kernel,
+        })
+        .collect();
+    v.sort_by_cached_key(|e| serde_json::to_string(&e.class).unwrap_or_default());
+    v
 }
 
 /// The tuned plans of one device (see the module doc).
@@ -84,7 +151,8 @@ struct PlanFile {
 pub struct VulkanPlans {
     device: String,
     path: Option<PathBuf>,
-    mla_decode: RwLock<HashMap<MlaDecodeClass, MlaDecodeKernel>>,
+    mla_decode: Plans<MlaDecodeClass, MlaDecodeKernel>,
+    fp8_gemm: Plans<Fp8GemmClass, Fp8GemmKernel>,
 }
 
 impl VulkanPlans {
@@ -93,10 +161,12 @@ impl VulkanPlans {
     pub fn load(device: &str, dir: Option<&Path>) -> Self {
         let path = dir.map(|d| d.join(plan_file_name(device)));
         let mut mla_decode = HashMap::new();
+        let mut fp8_gemm = HashMap::new();
         if let Some(file) = path.as_deref().and_then(|p| std::fs::read(p).ok()) {
             match serde_json::from_slice::<PlanFile>(&file) {
                 Ok(f) if f.format == VULKAN_PLAN_FORMAT && f.device == device => {
                     mla_decode.extend(f.mla_decode.into_iter().map(|e| (e.class, e.kernel)));
+                    fp8_gemm.extend(f.fp8_gemm.into_iter().map(|e| (e.class, e.kernel)));
                 }
                 Ok(_) => log::info!(
                     "ignoring {}: another format or device",
@@ -112,32 +182,34 @@ impl VulkanPlans {
             device: device.to_string(),
             path,
             mla_decode: RwLock::new(mla_decode),
+            fp8_gemm: RwLock::new(fp8_gemm),
         }
     }
 
-    /// The stored plan of `class`, if any.
+    /// The stored MLA decode plan of `class`, if any.
     pub fn mla_decode(&self, class: &MlaDecodeClass) -> Option<MlaDecodeKernel> {
-        self.mla_decode
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(class)
-            .copied()
+        get(&self.mla_decode, class)
     }
 
-    /// Stores `kernel` as the plan of `class` (in memory; [`VulkanPlans::save`] writes them).
+    /// Stores `kernel` as the MLA decode plan of `class` (in memory; [`VulkanPlans::save`]
+    /// writes them).
     pub fn set_mla_decode(&self, class: MlaDecodeClass, kernel: MlaDecodeKernel) {
-        self.mla_decode
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(class, kernel);
+        set(&self.mla_decode, class, kernel);
     }
 
-    /// How many plans are stored.
+    /// The stored FP8 GEMM plan of `class`, if any.
+    pub fn fp8_gemm(&self, class: &Fp8GemmClass) -> Option<Fp8GemmKernel> {
+        get(&self.fp8_gemm, class)
+    }
+
+    /// Stores `kernel` as the FP8 GEMM plan of `class` (in memory).
+    pub fn set_fp8_gemm(&self, class: Fp8GemmClass, kernel: Fp8GemmKernel) {
+        set(&self.fp8_gemm, class, kernel);
+    }
+
+    /// How many plans are stored (all ops).
     pub fn len(&self) -> usize {
-        self.mla_decode
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        count(&self.mla_decode) + count(&self.fp8_gemm)
     }
 
     /// Whether no plan is stored.
@@ -152,35 +224,14 @@ impl VulkanPlans {
         let Some(path) = self.path.clone() else {
             return Ok(None);
         };
-        let mut entries: Vec<MlaDecodeEntry> = self
-            .mla_decode
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(class, kernel)| MlaDecodeEntry {
-                class: *class,
-                kernel: *kernel,
-            })
-            .collect();
-        if entries.is_empty() {
+        if self.is_empty() {
             return Ok(None);
         }
-        entries.sort_by_key(|e| {
-            let c = e.class;
-            (
-                c.fp8,
-                c.latent_dim,
-                c.rope_dim,
-                c.page_size,
-                c.rows,
-                c.batch_bucket,
-                c.capacity_bucket,
-            )
-        });
         let file = PlanFile {
             format: VULKAN_PLAN_FORMAT,
             device: self.device.clone(),
-            mla_decode: entries,
+            mla_decode: entries(&self.mla_decode),
+            fp8_gemm: entries(&self.fp8_gemm),
         };
         let failed = |what: &str, e: &dyn std::fmt::Display| Error::Device {
             backend: BackendKind::Vulkan,
@@ -265,11 +316,15 @@ mod tests {
         plans.set_mla_decode(class, cm2);
         let other = MlaDecodeClass::of(&op(1, 1, 128, 16));
         plans.set_mla_decode(other, stream);
+        let gemm = Fp8GemmClass::of(&Fp8Gemm::new(100, 7168, 2048));
+        assert_eq!(gemm.m_bucket, 128);
+        plans.set_fp8_gemm(gemm, Fp8GemmKernel::CoopmatLarge);
         let path = plans.save().unwrap().expect("a file");
         assert_eq!(path.file_name().unwrap(), "plans-GPU_A__driver_1.0_.json");
 
         let again = VulkanPlans::load("GPU A (driver 1.0)", Some(&dir));
-        assert_eq!(again.len(), 2);
+        assert_eq!(again.len(), 3);
+        assert_eq!(again.fp8_gemm(&gemm), Some(Fp8GemmKernel::CoopmatLarge));
         assert_eq!(again.mla_decode(&class), Some(cm2));
         assert_eq!(again.mla_decode(&other), Some(stream));
         // Another device's name: another file, nothing read.

@@ -124,23 +124,122 @@ pub const LARGE_TILE_M: usize = 512;
 
 pub use super::PORTABLE_ENV;
 
+/// The shader of an FP8 GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fp8GemmKernel {
+    /// `fp8_gemm.comp`: any device with subgroup arithmetic; 64x64 tiles of D.
+    Portable,
+    /// `fp8_gemm_coopmat.comp`: f16 cooperative matrices, 64x64 tiles.
+    Coopmat,
+    /// `fp8_gemm_coopmat_large`: the same shader built for 128x128 tiles.
+    CoopmatLarge,
+}
+
+impl Fp8GemmKernel {
+    /// Every kernel, the portable one first.
+    pub const ALL: [Fp8GemmKernel; 3] = [
+        Fp8GemmKernel::Portable,
+        Fp8GemmKernel::Coopmat,
+        Fp8GemmKernel::CoopmatLarge,
+    ];
+
+    /// `portable`, `coopmat` or `coopmat_large`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fp8GemmKernel::Portable => "portable",
+            Fp8GemmKernel::Coopmat => "coopmat",
+            Fp8GemmKernel::CoopmatLarge => "coopmat_large",
+        }
+    }
+
+    /// The side of the square tile of D each workgroup computes.
+    fn tile(&self) -> usize {
+        match self {
+            Fp8GemmKernel::CoopmatLarge => 2 * TILE,
+            _ => TILE,
+        }
+    }
+}
+
 impl VulkanBackend {
     /// Whether [`VulkanBackend::record_fp8_gemm`] uses the cooperative-matrix shader here: the
     /// device has 16x16x16 f16 x f16 -> f32 cooperative matrices in subgroup scope, f16
     /// arithmetic, a fixed subgroup size of 32 and 24 KiB of shared memory, and
     /// `TESSERA_VULKAN_PORTABLE` is not `1`.
     pub fn fp8_gemm_uses_cooperative_matrix(&self) -> bool {
+        self.fp8_gemm_kernel_unsupported(Fp8GemmKernel::Coopmat)
+            .is_none()
+            && self
+                .fp8_gemm_kernel_unsupported(Fp8GemmKernel::CoopmatLarge)
+                .is_none()
+    }
+
+    /// Why this device cannot run `kernel`, or `None` when it can (the cooperative-matrix
+    /// builds: see [`VulkanBackend::fp8_gemm_uses_cooperative_matrix`]; the portable one runs
+    /// everywhere).
+    pub fn fp8_gemm_kernel_unsupported(&self, kernel: Fp8GemmKernel) -> Option<String> {
         let f = self.features();
-        super::f16_cooperative_matrix_available(self.context())
-            && [
-                Fp8GemmCoopmatSpec.resources(),
-                Fp8GemmCoopmatLargeSpec.resources(),
-            ]
-            .iter()
-            .all(|r| {
-                f.max_shared_memory_bytes >= r.shared_memory_bytes
-                    && f.max_workgroup_invocations >= r.invocations
+        let resources = match kernel {
+            Fp8GemmKernel::Portable => return None,
+            Fp8GemmKernel::Coopmat => Fp8GemmCoopmatSpec.resources(),
+            Fp8GemmKernel::CoopmatLarge => Fp8GemmCoopmatLargeSpec.resources(),
+        };
+        if !super::f16_cooperative_matrix_available(self.context()) {
+            return Some(
+                "needs f16 16x16x16 cooperative matrices in subgroup scope, f16 arithmetic and \
+                 a subgroup size of 32 (and TESSERA_VULKAN_PORTABLE not 1)"
+                    .into(),
+            );
+        }
+        (f.max_shared_memory_bytes < resources.shared_memory_bytes
+            || f.max_workgroup_invocations < resources.invocations)
+            .then(|| {
+                format!(
+                    "needs {} bytes of shared memory and {} invocations per workgroup",
+                    resources.shared_memory_bytes, resources.invocations
+                )
             })
+    }
+
+    /// The shader [`VulkanBackend::record_fp8_gemm`] runs `op` with: a plan stored for the op's
+    /// shape class ([`crate::plan::VulkanPlans`], `tessera tune --backend vulkan --op gemm`)
+    /// where the device runs it, else the cooperative-matrix shader where the device runs it
+    /// (128x128 tiles from M = [`LARGE_TILE_M`]), else the portable one.
+    pub fn fp8_gemm_plan(&self, op: &Fp8Gemm) -> Result<Fp8GemmKernel> {
+        op.validate()?;
+        if let Some(kernel) = self.plans().fp8_gemm(&crate::plan::Fp8GemmClass::of(op)) {
+            if self.fp8_gemm_kernel_unsupported(kernel).is_none() {
+                return Ok(kernel);
+            }
+            log::info!("the stored FP8 GEMM plan {kernel:?} does not run here");
+        }
+        Ok(self.fp8_gemm_heuristic(op))
+    }
+
+    /// The shader [`VulkanBackend::fp8_gemm_plan`] takes without a stored plan.
+    fn fp8_gemm_heuristic(&self, op: &Fp8Gemm) -> Fp8GemmKernel {
+        if !self.fp8_gemm_uses_cooperative_matrix() {
+            Fp8GemmKernel::Portable
+        } else if op.m >= LARGE_TILE_M {
+            Fp8GemmKernel::CoopmatLarge
+        } else {
+            Fp8GemmKernel::Coopmat
+        }
+    }
+
+    /// Every shader this device runs `op` with, the heuristic's pick first (what `tessera tune
+    /// --backend vulkan --op gemm` times).
+    pub fn fp8_gemm_candidates(&self, op: &Fp8Gemm) -> Result<Vec<Fp8GemmKernel>> {
+        op.validate()?;
+        let first = self.fp8_gemm_heuristic(op);
+        Ok(std::iter::once(first)
+            .chain(
+                Fp8GemmKernel::ALL
+                    .into_iter()
+                    .filter(|&k| k != first && self.fp8_gemm_kernel_unsupported(k).is_none()),
+            )
+            .collect())
     }
 
     /// Records `D = A · Bᵀ` with block scales into `cmd`:
@@ -172,7 +271,36 @@ impl VulkanBackend {
         b_scales: BufferRange,
         d: BufferRange,
     ) -> Result<()> {
+        let kernel = self.fp8_gemm_plan(op)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.record_fp8_gemm_with(cmd, op, kernel, a, a_scales, b, b_scales, d) }
+    }
+
+    /// [`VulkanBackend::record_fp8_gemm`] with the shader given (tests, tuning):
+    /// [`Error::Unsupported`] where the device cannot run it.
+    ///
+    /// # Safety
+    /// As [`VulkanBackend::record_fp8_gemm`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_fp8_gemm_with(
+        &self,
+        cmd: vk::CommandBuffer,
+        op: &Fp8Gemm,
+        kernel: Fp8GemmKernel,
+        a: BufferRange,
+        a_scales: BufferRange,
+        b: BufferRange,
+        b_scales: BufferRange,
+        d: BufferRange,
+    ) -> Result<()> {
         op.validate()?;
+        if let Some(reason) = self.fp8_gemm_kernel_unsupported(kernel) {
+            return Err(Error::Unsupported {
+                op: OP,
+                backend: tessera_core::BackendKind::Vulkan,
+                reason: format!("the {} shader {reason}", kernel.name()),
+            });
+        }
         if op.grouping != GemmGrouping::Single {
             return Err(Error::Unsupported {
                 op: OP,
@@ -191,9 +319,7 @@ impl VulkanBackend {
         to_u32(OP, "m * k", m * k)?;
         to_u32(OP, "n * k", n * k)?;
         to_u32(OP, "m * n", m * n)?;
-        let coopmat = self.fp8_gemm_uses_cooperative_matrix();
-        let large_tiles = coopmat && op.m >= LARGE_TILE_M;
-        let tile = if large_tiles { 2 * TILE } else { TILE };
+        let tile = kernel.tile();
         let groups_x = op.n.div_ceil(tile) as u64;
         let groups_y = op.m.div_ceil(tile) as u64;
         if groups_x > f.max_workgroup_count[0] as u64 || groups_y > f.max_workgroup_count[1] as u64
@@ -208,12 +334,12 @@ impl VulkanBackend {
             });
         }
         let pipelines = self.pipelines();
-        let pipeline = if large_tiles {
-            pipelines.get(&FP8_GEMM_COOPMAT_LARGE, &Fp8GemmCoopmatLargeSpec)?
-        } else if coopmat {
-            pipelines.get(&FP8_GEMM_COOPMAT, &Fp8GemmCoopmatSpec)?
-        } else {
-            pipelines.get(&FP8_GEMM, &Fp8GemmSpec)?
+        let pipeline = match kernel {
+            Fp8GemmKernel::CoopmatLarge => {
+                pipelines.get(&FP8_GEMM_COOPMAT_LARGE, &Fp8GemmCoopmatLargeSpec)?
+            }
+            Fp8GemmKernel::Coopmat => pipelines.get(&FP8_GEMM_COOPMAT, &Fp8GemmCoopmatSpec)?,
+            Fp8GemmKernel::Portable => pipelines.get(&FP8_GEMM, &Fp8GemmSpec)?,
         };
         // SAFETY: the caller guarantees that `cmd` records on this device and that the ranges
         // are valid storage buffers; the ranges were checked to hold what the shader accesses.
