@@ -1,8 +1,9 @@
 //! `tessera tune`: times every kernel candidate of the standard shapes on the CUDA device, keeps
 //! the fastest per shape class, and writes them to the plan file next to the NVRTC disk cache
 //! (`tessera_cuda::plan::PlanCache`), which later processes read when they create the backend.
-//! With `--backend vulkan`, the same for the Vulkan backend's MLA decode (its pass-1 shaders and
-//! their tilings: `tessera_vulkan::plan::VulkanPlans`), timed as `tessera bench` times it.
+//! With `--backend vulkan`, the same for the Vulkan backend's FP8 GEMM (its shaders) and MLA
+//! decode (its pass-1 shaders and their tilings): `tessera_vulkan::plan::VulkanPlans`, each
+//! candidate timed as `tessera bench --backend vulkan` times the op.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -27,7 +28,8 @@ pub struct TuneArgs {
     /// `standard` (every shape of `tessera bench`) or `quick` (a small subset).
     #[arg(long, default_value = "standard")]
     pub suite: String,
-    /// `cuda`, or `vulkan` (the MLA decode only: `--op mla` or `all`).
+    /// `cuda`, or `vulkan` (the FP8 GEMM and the MLA decode: the Vulkan attention has no
+    /// candidates yet).
     #[arg(long, default_value = "cuda")]
     pub backend: String,
     /// Only the MLA decode shapes whose key contains this (as `tessera bench --mla-shapes`).
