@@ -120,15 +120,7 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             start.elapsed().as_secs_f64()
         );
     }
-    match backend.plans().save()? {
-        Some(path) => println!("wrote the tuned plans to {}", path.display()),
-        None => println!("no plan file written (no cache folder, or nothing tuned)"),
-    }
-    if failed > 0 {
-        eprintln!("{failed} of {total} shapes failed");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    finish(backend.plans().save()?, failed, total)
 }
 
 /// Whether `--mla-shapes` keeps `shape`.
@@ -155,49 +147,33 @@ fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::er
     eprintln!("tuning on {}", tessera::Backend::device(&backend).name);
     let start = Instant::now();
     let mut failed = 0;
+    let mut shapes_tried = 0;
     let gemm_shapes: &[(usize, usize, usize)] = if ops.contains(&"gemm") {
         &suite.gemm
     } else {
         &[]
     };
     for &(m, n, k) in gemm_shapes {
+        shapes_tried += 1;
         let op = Fp8Gemm::new(m, n, k);
         let name = format!("fp8_gemm {}", gemm_key(m, n, k));
-        let line = match backend.fp8_gemm_candidates(&op) {
-            Ok(candidates) => {
-                let timed: Vec<_> = candidates
-                    .iter()
-                    .map(|&kernel| (kernel, time_gemm_kernel(&backend, &timer, &op, kernel)))
-                    .collect();
-                let best = timed
-                    .iter()
-                    .filter_map(|(k, t)| t.as_ref().ok().map(|t| (*k, t.0)))
-                    .min_by(|a, b| a.1.total_cmp(&b.1));
-                match best {
-                    Some((kernel, ms)) => {
-                        backend.plans().set_fp8_gemm(Fp8GemmClass::of(&op), kernel);
-                        let default = timed[0].1.as_ref().map(|t| t.0);
-                        format!(
-                            "{} candidates, best {} {ms:.4} ms{}",
-                            timed.len(),
-                            kernel.name(),
-                            default.map_or(String::new(), |d| format!(
-                                " (default {d:.4} ms, {:.2}x)",
-                                d / ms
-                            ))
-                        )
-                    }
-                    None => {
-                        failed += 1;
-                        format!("every candidate failed: {:?}", timed[0].1.as_ref().err())
-                    }
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                format!("error: {e}")
-            }
-        };
+        let timed = backend
+            .fp8_gemm_candidates(&op)
+            .map_err(|e| e.to_string())
+            .map(|candidates| {
+                candidates
+                    .into_iter()
+                    .map(|kernel| {
+                        let t = time_gemm_kernel(&backend, &timer, &op, kernel);
+                        (kernel, t.map(|t| t.0))
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let (best, line) = fastest(timed, |k| k.name().to_string());
+        match best {
+            Some(kernel) => backend.plans().set_fp8_gemm(Fp8GemmClass::of(&op), kernel),
+            None => failed += 1,
+        }
         eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
     }
     let mla_formats: &[bool] = if ops.contains(&"mla") {
@@ -227,52 +203,77 @@ fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::er
             }
         };
         for shape in &shapes {
+            shapes_tried += 1;
             let name = format!("mla_decode {}", shape.key());
-            let line = match bench.time_candidates(&backend, &timer, shape) {
-                Ok(timed) => {
-                    let ok = || {
-                        timed
-                            .iter()
-                            .filter_map(|(k, t)| t.as_ref().ok().map(|t| (k, t)))
-                    };
-                    match ok().min_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms)) {
-                        Some((best, t)) => {
-                            backend
-                                .plans()
-                                .set_mla_decode(MlaDecodeClass::of(&shape.op()), *best);
-                            let default = timed[0].1.as_ref().map(|d| d.median_ms);
-                            format!(
-                                "{} candidates ({} failed), best {best:?} {:.4} ms{}",
-                                timed.len(),
-                                timed.len() - ok().count(),
-                                t.median_ms,
-                                default.map_or(String::new(), |d| format!(
-                                    " (default {d:.4} ms, {:.2}x)",
-                                    d / t.median_ms
-                                ))
-                            )
-                        }
-                        None => {
-                            failed += 1;
-                            format!("every candidate failed: {:?}", timed[0].1.as_ref().err())
-                        }
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    format!("error: {e}")
-                }
-            };
+            let timed = bench.time_candidates(&backend, &timer, shape).map(|all| {
+                all.into_iter()
+                    .map(|(k, t)| (k, t.map(|t| t.median_ms)))
+                    .collect::<Vec<_>>()
+            });
+            let (best, line) = fastest(timed, |k| format!("{k:?}"));
+            match best {
+                Some(kernel) => backend
+                    .plans()
+                    .set_mla_decode(MlaDecodeClass::of(&shape.op()), kernel),
+                None => failed += 1,
+            }
             eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
         }
     }
-    match backend.plans().save()? {
+    finish(backend.plans().save()?, failed, shapes_tried)
+}
+
+/// Says where the plans were written (`saved`: the plan file, if one was) and how many of
+/// `total` shapes failed; exit code 1 if any did.
+fn finish(
+    saved: Option<std::path::PathBuf>,
+    failed: usize,
+    total: usize,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match saved {
         Some(path) => println!("wrote the tuned plans to {}", path.display()),
         None => println!("no plan file written (no cache folder, or nothing tuned)"),
     }
     if failed > 0 {
-        eprintln!("{failed} shapes failed");
+        eprintln!("{failed} of {total} shapes failed");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The candidates of one shape, each with its time in ms or why it failed (the heuristic's pick
+/// first), or why none could be listed.
+type Timed<K> = Result<Vec<(K, Result<f64, String>)>, String>;
+
+/// The fastest of the candidates timed for one shape (ms, or why each failed; the heuristic's
+/// pick first), if any ran, and a line saying so: how many, how many failed, the best (named by
+/// `name`) and its speed-up over the first.
+fn fastest<K: Copy>(timed: Timed<K>, name: impl Fn(&K) -> String) -> (Option<K>, String) {
+    let timed = match timed {
+        Ok(t) if !t.is_empty() => t,
+        Ok(_) => return (None, "no candidates".into()),
+        Err(e) => return (None, format!("error: {e}")),
+    };
+    let ok: Vec<(K, f64)> = timed
+        .iter()
+        .filter_map(|(k, t)| t.as_ref().ok().map(|&ms| (*k, ms)))
+        .collect();
+    let Some(&(best, ms)) = ok.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        return (
+            None,
+            format!("every candidate failed: {:?}", timed[0].1.as_ref().err()),
+        );
+    };
+    let default = timed[0].1.as_ref().ok().map_or(String::new(), |d| {
+        format!(" (default {d:.4} ms, {:.2}x)", d / ms)
+    });
+    (
+        Some(best),
+        format!(
+            "{} candidates ({} failed), best {} {ms:.4} ms{default}",
+            timed.len(),
+            timed.len() - ok.len(),
+            name(&best)
+        ),
+    )
 }
