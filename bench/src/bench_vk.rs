@@ -19,9 +19,10 @@ use half::bf16;
 use serde_json::json;
 use tessera::vulkan::ops::attention::VulkanBlockMask;
 use tessera::vulkan::{
-    Buffer, BufferRange, Fp8GemmKernel, MlaDecodeKernel, MlaDecodePlan, VulkanBackend,
+    AttentionKernel, Buffer, BufferRange, Fp8GemmKernel, MlaDecodeKernel, MlaDecodePlan,
+    VulkanBackend,
 };
-use tessera::{Backend, Fp8Gemm};
+use tessera::{Backend, BlockMask, Fp8Gemm, SparseAttention};
 
 use crate::cases::{
     data, gemm_flops_bytes, gemm_key, gemm_sets, AttentionCase, AttentionWork, GroupedGemmCase,
@@ -627,6 +628,59 @@ fn i32_bytes(v: &[i32]) -> Vec<u8> {
 }
 
 /// One attention case, radial or dense; `check(flops)` says whether to run it.
+/// Times `kernel` on `op` over `mask` (inputs from a fixed pattern, outputs NaN first): (median
+/// ms, min ms, dispatches timed, dispatches per batch), after checking the lse came out finite.
+pub(crate) fn time_attention_kernel(
+    backend: &VulkanBackend,
+    timer: &Timer,
+    op: &SparseAttention,
+    mask: &BlockMask,
+    kernel: AttentionKernel,
+) -> Res<(f64, f64, usize, usize)> {
+    fits(backend, "q", 2 * op.qkv_len())?;
+    let dmask = VulkanBlockMask::new(backend, mask).map_err(|e| e.to_string())?;
+    let pattern: Vec<u8> = data::bf16s(41, 1 << 20, 2.0)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let q = device_buffer(backend, 2 * op.qkv_len(), &pattern)?;
+    let k = device_buffer(backend, 2 * op.qkv_len(), &pattern[14..])?;
+    let v = device_buffer(backend, 2 * op.qkv_len(), &pattern[26..])?;
+    let o = device_buffer(
+        backend,
+        2 * op.qkv_len(),
+        &bf16::NAN.to_bits().to_le_bytes(),
+    )?;
+    let lse = device_buffer(backend, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
+    let timed = time_dispatches(timer, |cmd, _| {
+        // SAFETY: `cmd` is the timer's command buffer on this backend's device, recording; the
+        // buffers and the mask are live storage buffers of that device, kept until the batch
+        // is waited for.
+        unsafe {
+            backend.record_sparse_attention_with(
+                cmd,
+                op,
+                kernel,
+                &dmask,
+                range(&q),
+                range(&k),
+                range(&v),
+                range(&o),
+                range(&lse),
+            )
+        }
+        .map_err(|e| e.to_string())
+    })?;
+    let lse_host = download(backend, &lse, 4 * op.lse_len().min(1 << 16))?;
+    if !lse_host
+        .chunks_exact(4)
+        .all(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]).is_finite())
+    {
+        return Err("non-finite lse in the timed output".into());
+    }
+    Ok(timed)
+}
+
 fn bench_attention(
     backend: &VulkanBackend,
     timer: &Timer,
@@ -644,46 +698,9 @@ fn bench_attention(
     let op = &work.op;
     let inner = || -> Res<Record> {
         check(work.flops)?;
-        fits(backend, "q", 2 * op.qkv_len())?;
-        let dmask = VulkanBlockMask::new(backend, &work.mask).map_err(|e| e.to_string())?;
-        let pattern: Vec<u8> = data::bf16s(41, 1 << 20, 2.0)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let q = device_buffer(backend, 2 * op.qkv_len(), &pattern)?;
-        let k = device_buffer(backend, 2 * op.qkv_len(), &pattern[14..])?;
-        let v = device_buffer(backend, 2 * op.qkv_len(), &pattern[26..])?;
-        let o = device_buffer(
-            backend,
-            2 * op.qkv_len(),
-            &bf16::NAN.to_bits().to_le_bytes(),
-        )?;
-        let lse = device_buffer(backend, 4 * op.lse_len(), &f32::NAN.to_le_bytes())?;
-        let (median, min, reps, per_batch) = time_dispatches(timer, |cmd, _| {
-            // SAFETY: `cmd` is the timer's command buffer on this backend's device, recording;
-            // the buffers and the mask are live storage buffers of that device, kept until the
-            // batch is waited for.
-            unsafe {
-                backend.record_sparse_attention(
-                    cmd,
-                    op,
-                    &dmask,
-                    range(&q),
-                    range(&k),
-                    range(&v),
-                    range(&o),
-                    range(&lse),
-                )
-            }
-            .map_err(|e| e.to_string())
-        })?;
-        let lse_host = download(backend, &lse, 4 * op.lse_len().min(1 << 16))?;
-        if !lse_host
-            .chunks_exact(4)
-            .all(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]).is_finite())
-        {
-            return Err("non-finite lse in the timed output".into());
-        }
+        let kernel = backend.attention_plan(op, &work.mask);
+        let (median, min, reps, per_batch) =
+            time_attention_kernel(backend, timer, op, &work.mask, kernel)?;
         Ok(Record::timed(
             "attention",
             key.clone(),
@@ -691,6 +708,7 @@ fn bench_attention(
             {
                 let mut p = work.params(case);
                 p.insert("dispatches_per_batch".into(), json!(per_batch));
+                p.insert("kernel".into(), json!(kernel.name()));
                 p
             },
             (median, min, reps),

@@ -1,9 +1,10 @@
 //! `tessera tune`: times every kernel candidate of the standard shapes on the CUDA device, keeps
 //! the fastest per shape class, and writes them to the plan file next to the NVRTC disk cache
 //! (`tessera_cuda::plan::PlanCache`), which later processes read when they create the backend.
-//! With `--backend vulkan`, the same for the Vulkan backend's FP8 GEMM (its shaders) and MLA
-//! decode (its pass-1 shaders and their tilings): `tessera_vulkan::plan::VulkanPlans`, each
-//! candidate timed as `tessera bench --backend vulkan` times the op.
+//! With `--backend vulkan`, the same for the Vulkan backend's FP8 GEMM and attention (their
+//! shaders) and MLA decode (its pass-1 shaders and their tilings):
+//! `tessera_vulkan::plan::VulkanPlans`, each candidate timed as `tessera bench --backend vulkan`
+//! times the op.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,11 +13,11 @@ use tessera::cuda::plan::TuneOutcome;
 use tessera::cuda::CudaBackend;
 use tessera::{BlockMask, DType, Fp8Gemm, SparseAttention};
 
-use tessera::vulkan::plan::{Fp8GemmClass, MlaDecodeClass};
-use tessera::vulkan::VulkanBackend;
+use tessera::vulkan::plan::{AttentionClass, Fp8GemmClass, MlaDecodeClass};
+use tessera::vulkan::{AttentionKernel, VulkanBackend};
 
-use crate::bench_vk::{time_gemm_kernel, MlaBench};
-use crate::cases::{gemm_key, MlaShape, Suite};
+use crate::bench_vk::{time_attention_kernel, time_gemm_kernel, MlaBench};
+use crate::cases::{gemm_key, AttentionCase, MlaShape, Suite};
 use crate::vk_timing::Timer;
 
 /// Arguments of `tessera tune`.
@@ -28,8 +29,7 @@ pub struct TuneArgs {
     /// `standard` (every shape of `tessera bench`) or `quick` (a small subset).
     #[arg(long, default_value = "standard")]
     pub suite: String,
-    /// `cuda`, or `vulkan` (the FP8 GEMM and the MLA decode: the Vulkan attention has no
-    /// candidates yet).
+    /// `cuda` or `vulkan`.
     #[arg(long, default_value = "cuda")]
     pub backend: String,
     /// Only the MLA decode shapes whose key contains this (as `tessera bench --mla-shapes`).
@@ -130,17 +130,10 @@ fn keep_mla(args: &TuneArgs, shape: &MlaShape) -> bool {
         .is_none_or(|f| shape.key().contains(f))
 }
 
-/// `tessera tune --backend vulkan`: every FP8 GEMM and MLA decode candidate of the suite's
-/// shapes (variable query lengths left out: the Vulkan backend has no such decode), the fastest
-/// stored per shape class and written to the Vulkan plan file.
+/// `tessera tune --backend vulkan`: every FP8 GEMM, attention (radial and dense) and MLA decode
+/// candidate of the suite's shapes (variable query lengths left out: the Vulkan backend has no
+/// such decode), the fastest stored per shape class and written to the Vulkan plan file.
 fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    if !ops.contains(&"mla") && !ops.contains(&"gemm") {
-        return Err(
-            "--backend vulkan: the FP8 GEMM and the MLA decode have candidates to tune \
-                    (--op gemm, mla or all)"
-                .into(),
-        );
-    }
     let suite = Suite::named(&args.suite, "vulkan")?;
     let backend = VulkanBackend::new()?;
     let timer = Timer::new(&backend)?;
@@ -175,6 +168,46 @@ fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::er
             None => failed += 1,
         }
         eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
+    }
+    let attention_cases: &[AttentionCase] = if ops.contains(&"attention") {
+        &suite.attention
+    } else {
+        &[]
+    };
+    for case in attention_cases {
+        for radial in [true, false] {
+            shapes_tried += 1;
+            let kind = if radial { "radial" } else { "dense" };
+            let name = format!("attention {} {kind}", case.key());
+            let tokens = case.config.tokens();
+            let op = SparseAttention::new(1, tokens, case.heads, 128, DType::BF16);
+            let mask = if radial {
+                case.config.build()
+            } else {
+                BlockMask::dense(tokens, case.config.block_size)
+            };
+            let (best, line) = match &mask {
+                Ok(mask) => {
+                    let timed: Vec<_> = backend
+                        .attention_candidates(&op, mask)
+                        .into_iter()
+                        .map(|kernel| {
+                            let t = time_attention_kernel(&backend, &timer, &op, mask, kernel);
+                            (kernel, t.map(|t| t.0))
+                        })
+                        .collect();
+                    fastest(Ok(timed), |k| k.name().to_string())
+                }
+                Err(e) => fastest::<AttentionKernel>(Err(e.to_string()), |_| String::new()),
+            };
+            match (best, &mask) {
+                (Some(kernel), Ok(mask)) => backend
+                    .plans()
+                    .set_attention(AttentionClass::of(&op, mask), kernel),
+                _ => failed += 1,
+            }
+            eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
+        }
     }
     let mla_formats: &[bool] = if ops.contains(&"mla") {
         &[false, true]

@@ -58,6 +58,7 @@ pub use device::{
     VulkanSettings, DEVICE_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
+pub use ops::attention::AttentionKernel;
 pub use ops::fp8_gemm::Fp8GemmKernel;
 pub use ops::mla::{
     MlaCm2Tiling, MlaCoopmatTiling, MlaDecodeKernel, MlaDecodePlan, MlaStreamTiling, MLA_DECODE_ENV,

@@ -1,12 +1,13 @@
 //! Tuned plans: which pass-1 shader and tiling an MLA decode shape class runs on this device, and
-//! which shader an FP8 GEMM shape class runs.
+//! which shader an FP8 GEMM or attention shape class runs.
 //!
-//! Without a stored plan, [`crate::VulkanBackend::mla_decode_plan`] and
-//! [`crate::VulkanBackend::fp8_gemm_plan`] take their heuristic picks. `tessera tune --backend
-//! vulkan` times every candidate ([`crate::VulkanBackend::mla_decode_candidates`],
-//! [`crate::VulkanBackend::fp8_gemm_candidates`]) of the standard shapes, stores the fastest per
-//! shape class here ([`VulkanPlans::set_mla_decode`], [`VulkanPlans::set_fp8_gemm`]) and writes
-//! them as JSON
+//! Without a stored plan, [`crate::VulkanBackend::mla_decode_plan`],
+//! [`crate::VulkanBackend::fp8_gemm_plan`] and [`crate::VulkanBackend::attention_plan`] take their
+//! heuristic picks. `tessera tune --backend vulkan` times every candidate
+//! ([`crate::VulkanBackend::mla_decode_candidates`], [`crate::VulkanBackend::fp8_gemm_candidates`],
+//! [`crate::VulkanBackend::attention_candidates`]) of the standard shapes, stores the fastest per
+//! shape class here ([`VulkanPlans::set_mla_decode`], [`VulkanPlans::set_fp8_gemm`],
+//! [`VulkanPlans::set_attention`]) and writes them as JSON
 //! ([`VulkanPlans::save`]: `plans-<device>.json` in [`crate::VulkanSettings::plan_dir`],
 //! written to a temporary file and renamed over the old one), which backends read when they are
 //! created. A file that cannot be read or parsed, or whose format or device differ, is ignored,
@@ -16,15 +17,21 @@
 //! An MLA decode's shape class ([`MlaDecodeClass`]): the layout and the rows per request
 //! (`s_q * heads`) exact, the batch and the cache capacity per request (`max_pages *
 //! page_size`) rounded up to powers of two. An FP8 GEMM's ([`Fp8GemmClass`]): m rounded up to a
-//! power of two, n and k exact.
+//! power of two, n and k exact. An attention's ([`AttentionClass`]): head_dim, element type and
+//! block size exact, tokens and batch x heads rounded up to powers of two, the mask's density
+//! rounded up to eighths.
 
+use crate::ops::attention::AttentionKernel;
 use crate::ops::fp8_gemm::Fp8GemmKernel;
 use crate::ops::mla::MlaDecodeKernel;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use tessera_core::{BackendKind, Error, Fp8Gemm, MlaCacheFormat, MlaDecode, Result};
+use tessera_core::{
+    BackendKind, BlockMask, DType, Error, Fp8Gemm, MlaCacheFormat, MlaDecode, Result,
+    SparseAttention,
+};
 
 /// The version of the plan file's format; a file of another version is ignored.
 pub const VULKAN_PLAN_FORMAT: u32 = 1;
@@ -91,6 +98,38 @@ impl Fp8GemmClass {
     }
 }
 
+/// The shape class of a block-sparse attention forward (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttentionClass {
+    /// head_dim.
+    pub head_dim: u64,
+    /// bf16 (else f16).
+    pub bf16: bool,
+    /// The mask's block size.
+    pub block: u64,
+    /// Tokens rounded up to a power of two.
+    pub tokens_bucket: u64,
+    /// batch x heads rounded up to a power of two.
+    pub batch_heads_bucket: u64,
+    /// The mask's density (blocks on over all blocks) rounded up to eighths, 0..=8.
+    pub density_eighths: u8,
+}
+
+impl AttentionClass {
+    /// The class of `op` over `mask`.
+    pub fn of(op: &SparseAttention, mask: &BlockMask) -> Self {
+        let blocks = (mask.num_blocks() as u64).pow(2).max(1);
+        Self {
+            head_dim: op.head_dim as u64,
+            bf16: op.dtype == DType::BF16,
+            block: mask.block_size() as u64,
+            tokens_bucket: bucket(op.tokens as u64),
+            batch_heads_bucket: bucket((op.batch as u64).saturating_mul(op.heads as u64)),
+            density_eighths: ((mask.nnz() as u64 * 8).div_ceil(blocks)).min(8) as u8,
+        }
+    }
+}
+
 /// One stored plan of the file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry<C, K> {
@@ -107,6 +146,8 @@ struct PlanFile {
     mla_decode: Vec<Entry<MlaDecodeClass, MlaDecodeKernel>>,
     #[serde(default)]
     fp8_gemm: Vec<Entry<Fp8GemmClass, Fp8GemmKernel>>,
+    #[serde(default)]
+    attention: Vec<Entry<AttentionClass, AttentionKernel>>,
 }
 
 /// One op's stored plans.
@@ -153,6 +194,7 @@ pub struct VulkanPlans {
     path: Option<PathBuf>,
     mla_decode: Plans<MlaDecodeClass, MlaDecodeKernel>,
     fp8_gemm: Plans<Fp8GemmClass, Fp8GemmKernel>,
+    attention: Plans<AttentionClass, AttentionKernel>,
 }
 
 impl VulkanPlans {
@@ -162,11 +204,13 @@ impl VulkanPlans {
         let path = dir.map(|d| d.join(plan_file_name(device)));
         let mut mla_decode = HashMap::new();
         let mut fp8_gemm = HashMap::new();
+        let mut attention = HashMap::new();
         if let Some(file) = path.as_deref().and_then(|p| std::fs::read(p).ok()) {
             match serde_json::from_slice::<PlanFile>(&file) {
                 Ok(f) if f.format == VULKAN_PLAN_FORMAT && f.device == device => {
                     mla_decode.extend(f.mla_decode.into_iter().map(|e| (e.class, e.kernel)));
                     fp8_gemm.extend(f.fp8_gemm.into_iter().map(|e| (e.class, e.kernel)));
+                    attention.extend(f.attention.into_iter().map(|e| (e.class, e.kernel)));
                 }
                 Ok(_) => log::info!(
                     "ignoring {}: another format or device",
@@ -183,6 +227,7 @@ impl VulkanPlans {
             path,
             mla_decode: RwLock::new(mla_decode),
             fp8_gemm: RwLock::new(fp8_gemm),
+            attention: RwLock::new(attention),
         }
     }
 
@@ -207,9 +252,19 @@ impl VulkanPlans {
         set(&self.fp8_gemm, class, kernel);
     }
 
+    /// The stored attention plan of `class`, if any.
+    pub fn attention(&self, class: &AttentionClass) -> Option<AttentionKernel> {
+        get(&self.attention, class)
+    }
+
+    /// Stores `kernel` as the attention plan of `class` (in memory).
+    pub fn set_attention(&self, class: AttentionClass, kernel: AttentionKernel) {
+        set(&self.attention, class, kernel);
+    }
+
     /// How many plans are stored (all ops).
     pub fn len(&self) -> usize {
-        count(&self.mla_decode) + count(&self.fp8_gemm)
+        count(&self.mla_decode) + count(&self.fp8_gemm) + count(&self.attention)
     }
 
     /// Whether no plan is stored.
@@ -232,6 +287,7 @@ impl VulkanPlans {
             device: self.device.clone(),
             mla_decode: entries(&self.mla_decode),
             fp8_gemm: entries(&self.fp8_gemm),
+            attention: entries(&self.attention),
         };
         let failed = |what: &str, e: &dyn std::fmt::Display| Error::Device {
             backend: BackendKind::Vulkan,
@@ -319,11 +375,24 @@ mod tests {
         let gemm = Fp8GemmClass::of(&Fp8Gemm::new(100, 7168, 2048));
         assert_eq!(gemm.m_bucket, 128);
         plans.set_fp8_gemm(gemm, Fp8GemmKernel::CoopmatLarge);
+        let mask = BlockMask::dense(1000, 64).unwrap();
+        let attention =
+            AttentionClass::of(&SparseAttention::new(1, 1000, 3, 128, DType::BF16), &mask);
+        assert_eq!(
+            (
+                attention.tokens_bucket,
+                attention.batch_heads_bucket,
+                attention.density_eighths
+            ),
+            (1024, 4, 8)
+        );
+        plans.set_attention(attention, AttentionKernel::Portable);
         let path = plans.save().unwrap().expect("a file");
         assert_eq!(path.file_name().unwrap(), "plans-GPU_A__driver_1.0_.json");
 
         let again = VulkanPlans::load("GPU A (driver 1.0)", Some(&dir));
-        assert_eq!(again.len(), 3);
+        assert_eq!(again.len(), 4);
+        assert_eq!(again.attention(&attention), Some(AttentionKernel::Portable));
         assert_eq!(again.fp8_gemm(&gemm), Some(Fp8GemmKernel::CoopmatLarge));
         assert_eq!(again.mla_decode(&class), Some(cm2));
         assert_eq!(again.mla_decode(&other), Some(stream));

@@ -279,7 +279,7 @@ fn check_case(
     let (o_err, lse_err) = errors(op, m, q, k, v, &out.o.to_f32_vec(), &out.lse);
     println!(
         "{label} [{}]: o rel_l2 {o_err:.2e}, lse max abs {lse_err:.2e}",
-        path(backend, m.block_size(), op.head_dim)
+        backend.attention_plan(op, m).name()
     );
     let tol = if op.dtype == DType::F16 { 3e-3 } else { 1e-2 };
     assert!(o_err <= tol, "{label}: o rel_l2 {o_err:e}");
@@ -509,5 +509,56 @@ fn dense_attention_timing() {
             secs * 1e3,
             flops / secs / 1e12
         );
+    }
+}
+
+/// Every shader the device runs each shape with, each made the shape's stored plan (so the host
+/// API takes it), against the reference; a stored shader the device cannot run is not taken.
+#[test]
+fn every_attention_candidate_matches_the_reference_as_the_stored_plan() {
+    use tessera_vulkan::plan::AttentionClass;
+    use tessera_vulkan::AttentionKernel;
+    let Some(b) = common::backend_with(|s| s.plan_dir = None) else {
+        return;
+    };
+    // (tokens, heads, head_dim, block, dtype): both block sizes and head dims, partial blocks,
+    // and a block size only the portable shader takes.
+    let shapes = [
+        (191, 2, 64, 64, DType::BF16),
+        (300, 1, 128, 128, DType::F16),
+        (100, 2, 64, 48, DType::BF16),
+    ];
+    for (i, &(tokens, heads, head_dim, block, dtype)) in shapes.iter().enumerate() {
+        let op = SparseAttention::new(1, tokens, heads, head_dim, dtype);
+        let m = mask(tokens, block, 300 + i as u32);
+        let n = op.qkv_len();
+        let seed = 3000 + 3 * i as u32;
+        let (q, k, v) = (
+            tensor(dtype, &values(n, seed)),
+            tensor(dtype, &values(n, seed + 1)),
+            tensor(dtype, &values(n, seed + 2)),
+        );
+        let candidates = b.attention_candidates(&op, &m);
+        assert_eq!(
+            candidates[0],
+            b.attention_plan(&op, &m),
+            "the heuristic's first"
+        );
+        let coopmat_runs = b.attention_uses_cooperative_matrix(block, head_dim);
+        assert_eq!(candidates.len(), if coopmat_runs { 2 } else { 1 });
+        let class = AttentionClass::of(&op, &m);
+        for &kernel in &candidates {
+            b.plans().set_attention(class, kernel);
+            assert_eq!(b.attention_plan(&op, &m), kernel);
+            let label = format!(
+                "t{tokens} h{heads} d{head_dim} B{block} {dtype} {}",
+                kernel.name()
+            );
+            check_case(&b, &op, &m, &q, &k, &v, &label);
+        }
+        if !coopmat_runs {
+            b.plans().set_attention(class, AttentionKernel::Coopmat);
+            assert_eq!(b.attention_plan(&op, &m), AttentionKernel::Portable);
+        }
     }
 }

@@ -8,7 +8,7 @@ use half::bf16;
 use tessera_core::{Backend, Fp8Gemm, E4M3};
 use tessera_reference::{fp8 as ref_fp8, metrics};
 use tessera_vulkan::plan::Fp8GemmClass;
-use tessera_vulkan::{Fp8GemmKernel, VulkanBackend, VulkanSettings};
+use tessera_vulkan::{Fp8GemmKernel, VulkanBackend};
 
 mod common;
 use common::backend;
@@ -106,13 +106,9 @@ fn gemm_matches_the_reference_on_both_tilings_and_propagates_nan() {
 /// API takes it), against the reference; the plan takes a stored shader only where it runs.
 #[test]
 fn every_gemm_candidate_matches_the_reference_as_the_stored_plan() {
-    let Some(b) = backend() else { return };
-    drop(b);
-    let b = VulkanBackend::with_settings(VulkanSettings {
-        plan_dir: None,
-        ..VulkanSettings::from_env()
-    })
-    .unwrap();
+    let Some(b) = common::backend_with(|s| s.plan_dir = None) else {
+        return;
+    };
     for (case, &(m, n, k)) in SHAPES.iter().enumerate() {
         let op = Fp8Gemm::new(m, n, k);
         let candidates = b.fp8_gemm_candidates(&op).unwrap();

@@ -883,20 +883,10 @@ fn stream_random_shapes_at_other_subgroup_sizes() {
 /// The backend without stored plans or the override setting (the heuristic decides), where it
 /// opens and runs the streaming shader (as [`stream_backend`]; one backend opened).
 fn heuristic_backend() -> Option<VulkanBackend> {
-    let b = match VulkanBackend::with_settings(VulkanSettings {
-        mla_decode: None,
-        plan_dir: None,
-        ..VulkanSettings::from_env()
-    }) {
-        Ok(b) => b,
-        Err(e) => {
-            if vulkan_required() {
-                panic!("TESSERA_REQUIRE_VULKAN=1 but the Vulkan backend does not open: {e}");
-            }
-            println!("skipped: {e}");
-            return None;
-        }
-    };
+    let b = common::backend_with(|s| {
+        s.mla_decode = None;
+        s.plan_dir = None;
+    })?;
     match b.mla_decode_stream_unsupported() {
         Some(why) => {
             println!("skipped: {why}");

@@ -301,9 +301,73 @@ pub(super) fn streamed_tile(
         })
 }
 
+/// The shader of a block-sparse attention forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKernel {
+    /// `sparse_attention.comp`: any device with subgroup arithmetic.
+    Portable,
+    /// `sparse_attention_coopmat.comp`: f16 cooperative matrices (see
+    /// [`VulkanBackend::attention_uses_cooperative_matrix`]).
+    Coopmat,
+}
+
+impl AttentionKernel {
+    /// `portable` or `coopmat`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttentionKernel::Portable => "portable",
+            AttentionKernel::Coopmat => "coopmat",
+        }
+    }
+}
+
 impl VulkanBackend {
+    /// The shader [`VulkanBackend::record_sparse_attention`] runs `op` with for a mask of
+    /// `block_size` blocks: a plan stored for the shape class ([`crate::plan::VulkanPlans`],
+    /// `tessera tune --backend vulkan --op attention`) where the device runs it, else the
+    /// cooperative-matrix shader where it runs
+    /// ([`VulkanBackend::attention_uses_cooperative_matrix`]), else the portable one.
+    pub fn attention_plan(&self, op: &SparseAttention, mask: &BlockMask) -> AttentionKernel {
+        let block_size = mask.block_size();
+        if let Some(kernel) = self
+            .plans()
+            .attention(&crate::plan::AttentionClass::of(op, mask))
+        {
+            if kernel == AttentionKernel::Portable
+                || self.attention_uses_cooperative_matrix(block_size, op.head_dim)
+            {
+                return kernel;
+            }
+            log::info!("the stored attention plan {kernel:?} does not run here");
+        }
+        self.attention_heuristic(block_size, op.head_dim)
+    }
+
+    fn attention_heuristic(&self, block_size: usize, head_dim: usize) -> AttentionKernel {
+        if self.attention_uses_cooperative_matrix(block_size, head_dim) {
+            AttentionKernel::Coopmat
+        } else {
+            AttentionKernel::Portable
+        }
+    }
+
+    /// Every shader this device runs `op` with for `mask`'s block size, the heuristic's pick
+    /// first (what `tessera tune --backend vulkan --op attention` times).
+    pub fn attention_candidates(
+        &self,
+        op: &SparseAttention,
+        mask: &BlockMask,
+    ) -> Vec<AttentionKernel> {
+        match self.attention_heuristic(mask.block_size(), op.head_dim) {
+            AttentionKernel::Coopmat => vec![AttentionKernel::Coopmat, AttentionKernel::Portable],
+            AttentionKernel::Portable => vec![AttentionKernel::Portable],
+        }
+    }
+
     /// Whether [`VulkanBackend::record_sparse_attention`] (and the host API) takes the
-    /// cooperative-matrix path for a mask of `block_size` and this `head_dim`: the device has
+    /// cooperative-matrix path by default for a mask of `block_size` and this `head_dim`, and
+    /// whether [`AttentionKernel::Coopmat`] runs there at all: the device has
     /// 16x16x16 f16 x f16 -> f32 cooperative matrices in subgroup scope, f16 arithmetic, subgroup
     /// shuffles and a subgroup size fixed at 32, `TESSERA_VULKAN_PORTABLE` is not `1`,
     /// `block_size` is a multiple of 64 (so 64 and 128 qualify; other block sizes take the
@@ -354,6 +418,31 @@ impl VulkanBackend {
         lse: BufferRange,
     ) -> Result<()> {
         op.validate(mask.mask())?;
+        let kernel = self.attention_plan(op, mask.mask());
+        // SAFETY: forwarded from the caller.
+        unsafe { self.record_sparse_attention_with(cmd, op, kernel, mask, q, k, v, o, lse) }
+    }
+
+    /// [`VulkanBackend::record_sparse_attention`] with the shader given (tests, tuning):
+    /// [`Error::Unsupported`] where the device cannot run it for the mask's block size and
+    /// `head_dim`.
+    ///
+    /// # Safety
+    /// As [`VulkanBackend::record_sparse_attention`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn record_sparse_attention_with(
+        &self,
+        cmd: vk::CommandBuffer,
+        op: &SparseAttention,
+        kernel: AttentionKernel,
+        mask: &VulkanBlockMask,
+        q: BufferRange,
+        k: BufferRange,
+        v: BufferRange,
+        o: BufferRange,
+        lse: BufferRange,
+    ) -> Result<()> {
+        op.validate(mask.mask())?;
         if !mask.is_on(self.context()) {
             return Err(Error::invalid(
                 OP,
@@ -363,7 +452,18 @@ impl VulkanBackend {
             ));
         }
         let block_size = mask.mask().block_size();
-        let coopmat = self.attention_uses_cooperative_matrix(block_size, op.head_dim);
+        let coopmat = kernel == AttentionKernel::Coopmat;
+        if coopmat && !self.attention_uses_cooperative_matrix(block_size, op.head_dim) {
+            return Err(Error::Unsupported {
+                op: OP,
+                backend: tessera_core::BackendKind::Vulkan,
+                reason: format!(
+                    "the cooperative-matrix attention shader at block size {block_size}, \
+                     head_dim {} (see attention_uses_cooperative_matrix)",
+                    op.head_dim
+                ),
+            });
+        }
         let bq = if coopmat {
             COOPMAT_QUERY_TILE
         } else {

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use tessera_vulkan::ash::vk;
-use tessera_vulkan::VulkanBackend;
+use tessera_vulkan::{VulkanBackend, VulkanSettings};
 
 /// Whether `TESSERA_REQUIRE_VULKAN=1`: the GPU machine's run sets it, so that a Vulkan device
 /// that fails to open fails the tests instead of skipping them.
@@ -16,7 +16,19 @@ pub fn vulkan_required() -> bool {
 /// Opens the backend, or prints `skipped: <why>` and returns `None` (a failure when
 /// [`vulkan_required`]).
 pub fn backend() -> Option<VulkanBackend> {
-    match VulkanBackend::new() {
+    opened(VulkanBackend::new())
+}
+
+/// [`backend`] with the environment's settings changed by `change` (e.g. no plan folder, so that
+/// no tuned plan of this machine is read).
+pub fn backend_with(change: impl FnOnce(&mut VulkanSettings)) -> Option<VulkanBackend> {
+    let mut settings = VulkanSettings::from_env();
+    change(&mut settings);
+    opened(VulkanBackend::with_settings(settings))
+}
+
+fn opened(backend: tessera_core::Result<VulkanBackend>) -> Option<VulkanBackend> {
+    match backend {
         Ok(b) => Some(b),
         Err(e) => {
             if vulkan_required() {
