@@ -518,7 +518,7 @@ fn dense_attention_timing() {
 fn every_attention_candidate_matches_the_reference_as_the_stored_plan() {
     use tessera_vulkan::plan::AttentionClass;
     use tessera_vulkan::AttentionKernel;
-    let Some(b) = common::backend_with(|s| s.plan_dir = None) else {
+    let Some(b) = common::backend() else {
         return;
     };
     // (tokens, heads, head_dim, block, dtype): both block sizes and head dims, partial blocks,

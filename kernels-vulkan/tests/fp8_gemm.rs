@@ -106,7 +106,7 @@ fn gemm_matches_the_reference_on_both_tilings_and_propagates_nan() {
 /// API takes it), against the reference; the plan takes a stored shader only where it runs.
 #[test]
 fn every_gemm_candidate_matches_the_reference_as_the_stored_plan() {
-    let Some(b) = common::backend_with(|s| s.plan_dir = None) else {
+    let Some(b) = common::backend() else {
         return;
     };
     for (case, &(m, n, k)) in SHAPES.iter().enumerate() {

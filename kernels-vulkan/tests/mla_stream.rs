@@ -883,10 +883,7 @@ fn stream_random_shapes_at_other_subgroup_sizes() {
 /// The backend without stored plans or the override setting (the heuristic decides), where it
 /// opens and runs the streaming shader (as [`stream_backend`]; one backend opened).
 fn heuristic_backend() -> Option<VulkanBackend> {
-    let b = common::backend_with(|s| {
-        s.mla_decode = None;
-        s.plan_dir = None;
-    })?;
+    let b = common::backend_with(|s| s.mla_decode = None)?;
     match b.mla_decode_stream_unsupported() {
         Some(why) => {
             println!("skipped: {why}");

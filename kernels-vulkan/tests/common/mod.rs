@@ -13,16 +13,21 @@ pub fn vulkan_required() -> bool {
     std::env::var("TESSERA_REQUIRE_VULKAN").is_ok_and(|v| v.trim() == "1")
 }
 
-/// Opens the backend, or prints `skipped: <why>` and returns `None` (a failure when
+/// Opens the backend with the environment's settings but no plan folder (so that tests which
+/// expect the heuristic's picks never read plans tuned on this machine; the plan tests store
+/// theirs explicitly), or prints `skipped: <why>` and returns `None` (a failure when
 /// [`vulkan_required`]).
 pub fn backend() -> Option<VulkanBackend> {
-    opened(VulkanBackend::new())
+    backend_with(|_| {})
 }
 
-/// [`backend`] with the environment's settings changed by `change` (e.g. no plan folder, so that
-/// no tuned plan of this machine is read).
+/// [`backend`] with its settings changed by `change` (e.g. no override of the MLA decode's
+/// shader).
 pub fn backend_with(change: impl FnOnce(&mut VulkanSettings)) -> Option<VulkanBackend> {
-    let mut settings = VulkanSettings::from_env();
+    let mut settings = VulkanSettings {
+        plan_dir: None,
+        ..VulkanSettings::from_env()
+    };
     change(&mut settings);
     opened(VulkanBackend::with_settings(settings))
 }
