@@ -334,35 +334,39 @@ impl VulkanBackend {
             .plans()
             .attention(&crate::plan::AttentionClass::of(op, mask))
         {
-            if kernel == AttentionKernel::Portable
-                || self.attention_uses_cooperative_matrix(block_size, op.head_dim)
-            {
+            if self.attention_kernel_runs(kernel, block_size, op.head_dim) {
                 return kernel;
             }
             log::info!("the stored attention plan {kernel:?} does not run here");
         }
-        self.attention_heuristic(block_size, op.head_dim)
+        self.attention_candidates(op, mask)[0]
     }
 
-    fn attention_heuristic(&self, block_size: usize, head_dim: usize) -> AttentionKernel {
-        if self.attention_uses_cooperative_matrix(block_size, head_dim) {
-            AttentionKernel::Coopmat
-        } else {
-            AttentionKernel::Portable
-        }
+    /// Whether this device runs `kernel` for a mask of `block_size` and this `head_dim` (the
+    /// portable shader everywhere, the cooperative-matrix one where
+    /// [`VulkanBackend::attention_uses_cooperative_matrix`]).
+    fn attention_kernel_runs(
+        &self,
+        kernel: AttentionKernel,
+        block_size: usize,
+        head_dim: usize,
+    ) -> bool {
+        kernel == AttentionKernel::Portable
+            || self.attention_uses_cooperative_matrix(block_size, head_dim)
     }
 
     /// Every shader this device runs `op` with for `mask`'s block size, the heuristic's pick
-    /// first (what `tessera tune --backend vulkan --op attention` times).
+    /// first (the cooperative-matrix shader where it runs; what `tessera tune --backend vulkan
+    /// --op attention` times).
     pub fn attention_candidates(
         &self,
         op: &SparseAttention,
         mask: &BlockMask,
     ) -> Vec<AttentionKernel> {
-        match self.attention_heuristic(mask.block_size(), op.head_dim) {
-            AttentionKernel::Coopmat => vec![AttentionKernel::Coopmat, AttentionKernel::Portable],
-            AttentionKernel::Portable => vec![AttentionKernel::Portable],
-        }
+        [AttentionKernel::Coopmat, AttentionKernel::Portable]
+            .into_iter()
+            .filter(|&k| self.attention_kernel_runs(k, mask.block_size(), op.head_dim))
+            .collect()
     }
 
     /// Whether [`VulkanBackend::record_sparse_attention`] (and the host API) takes the
@@ -417,7 +421,6 @@ impl VulkanBackend {
         o: BufferRange,
         lse: BufferRange,
     ) -> Result<()> {
-        op.validate(mask.mask())?;
         let kernel = self.attention_plan(op, mask.mask());
         // SAFETY: forwarded from the caller.
         unsafe { self.record_sparse_attention_with(cmd, op, kernel, mask, q, k, v, o, lse) }
@@ -453,7 +456,7 @@ impl VulkanBackend {
         }
         let block_size = mask.mask().block_size();
         let coopmat = kernel == AttentionKernel::Coopmat;
-        if coopmat && !self.attention_uses_cooperative_matrix(block_size, op.head_dim) {
+        if !self.attention_kernel_runs(kernel, block_size, op.head_dim) {
             return Err(Error::Unsupported {
                 op: OP,
                 backend: tessera_core::BackendKind::Vulkan,

@@ -185,12 +185,8 @@ impl VulkanBackend {
             Fp8GemmKernel::Coopmat => Fp8GemmCoopmatSpec.resources(),
             Fp8GemmKernel::CoopmatLarge => Fp8GemmCoopmatLargeSpec.resources(),
         };
-        if !super::f16_cooperative_matrix_available(self.context()) {
-            return Some(
-                "needs f16 16x16x16 cooperative matrices in subgroup scope, f16 arithmetic and \
-                 a subgroup size of 32 (and TESSERA_VULKAN_PORTABLE not 1)"
-                    .into(),
-            );
+        if let Some(reason) = super::f16_cooperative_matrix_unsupported(self.context()) {
+            return Some(reason);
         }
         (f.max_shared_memory_bytes < resources.shared_memory_bytes
             || f.max_workgroup_invocations < resources.invocations)

@@ -47,13 +47,18 @@ pub(crate) fn cooperative_matrix_unsupported(
     }
 }
 
-/// What the f16 cooperative-matrix shaders (FP8 GEMM, attention) need:
-/// [`cooperative_matrix_unsupported`] of f16 is `None`, and f16 arithmetic.
-pub(crate) fn f16_cooperative_matrix_available(ctx: &VulkanContext) -> bool {
+/// Why the f16 cooperative-matrix shaders (FP8 GEMM, attention) cannot run here, or `None`:
+/// [`cooperative_matrix_unsupported`] of f16, and f16 arithmetic.
+pub(crate) fn f16_cooperative_matrix_unsupported(ctx: &VulkanContext) -> Option<String> {
     let f = ctx.features();
-    f.shader_float16
-        && cooperative_matrix_unsupported(f, ctx.settings().portable, MatrixComponent::F16)
-            .is_none()
+    cooperative_matrix_unsupported(f, ctx.settings().portable, MatrixComponent::F16)
+        .or_else(|| (!f.shader_float16).then(|| "no f16 arithmetic (shaderFloat16)".to_string()))
+}
+
+/// Whether the f16 cooperative-matrix shaders can run here
+/// ([`f16_cooperative_matrix_unsupported`] is `None`).
+pub(crate) fn f16_cooperative_matrix_available(ctx: &VulkanContext) -> bool {
+    f16_cooperative_matrix_unsupported(ctx).is_none()
 }
 
 /// Checks a buffer range given to the device API and returns the part the shader binds:
