@@ -55,7 +55,7 @@ fn open_vulkan() -> Result<Box<dyn Backend>> {
 /// Whether an open Vulkan backend runs on a CPU implementation (lavapipe).
 #[cfg(feature = "vulkan")]
 fn vulkan_is_software(backend: &tessera_vulkan::VulkanBackend) -> bool {
-    backend.features().device_type == "Cpu"
+    backend.features().is_cpu()
 }
 
 /// Opens `kind` for [`best_available`]: `None` when it does not open, or when it is a

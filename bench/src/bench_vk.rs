@@ -339,7 +339,7 @@ fn measure_ceilings(backend: &VulkanBackend, timer: &Timer) -> (Ceilings, Option
     };
     let copy = |shader: bool| -> Res<f64> {
         let n = (1usize << 30).min(backend.features().max_storage_buffer_range as usize / 16 * 16);
-        let n = if backend.features().device_type == "Cpu" {
+        let n = if backend.features().is_cpu() {
             n.min(64 << 20)
         } else {
             n

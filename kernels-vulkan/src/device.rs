@@ -309,6 +309,11 @@ impl VulkanFeatures {
         })
     }
 
+    /// Whether the device is a CPU implementation (lavapipe): `device_type` `Cpu`.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+
     /// The device as tuned plans know it ([`crate::plan::VulkanPlans`]): its name and, where
     /// reported, its driver (plans tuned under another driver are not used).
     pub fn plan_key(&self) -> String {

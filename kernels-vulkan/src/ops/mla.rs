@@ -759,43 +759,20 @@ impl VulkanBackend {
         )
     }
 
-    /// Every pass-1 shader and tiling this device runs `op` with ([`VulkanBackend::mla_decode_plan_with`]
-    /// accepts it): the heuristic's pick first (see [`VulkanBackend::mla_decode_plan`]), then the
-    /// cooperative-matrix-2 tilings, the cooperative-matrix ones, the streaming ones and the tiled
-    /// shader. On CPU devices the streaming shader's unrolled builds are left out (they take
-    /// minutes to compile there, and the heuristic never picks them). What `tessera tune
-    /// --backend vulkan` times.
+    /// Every pass-1 shader and tiling this device runs `op` with
+    /// ([`VulkanBackend::mla_decode_plan_with`] accepts it): the heuristic's pick first (see
+    /// [`VulkanBackend::mla_decode_plan`]), then the cooperative-matrix-2 tilings, the
+    /// cooperative-matrix ones, the streaming ones and the tiled shader. On CPU devices the
+    /// streaming shader's unrolled builds are left out (they compile for minutes there), unless
+    /// the heuristic picks one (it does for small layouts). What `tessera tune --backend vulkan`
+    /// times.
     pub fn mla_decode_candidates(&self, op: &MlaDecode) -> Result<Vec<MlaDecodeKernel>> {
         check_decode_op(op)?;
         let first = self.mla_decode_heuristic(op)?;
-        let cpu = self.features().device_type == "Cpu";
-        let cm2 = cm2::KEY_TILES.into_iter().flat_map(|key_tile| {
-            cm2::row_choices()
-                .map(move |rows| MlaDecodeKernel::Cm2(MlaCm2Tiling { rows, key_tile }))
-        });
-        let coopmat = coopmat::KEY_TILES.into_iter().flat_map(|key_tile| {
-            [true, false]
-                .map(|prefetch| MlaDecodeKernel::Coopmat(MlaCoopmatTiling { key_tile, prefetch }))
-        });
-        let stream = stream::ROWS_PER_TEAM.into_iter().flat_map(|rows_per_team| {
-            stream::KEY_TILES.into_iter().flat_map(move |key_tile| {
-                [(true, true), (false, true), (true, false), (false, false)].map(
-                    move |(prefetch, unrolled)| {
-                        MlaDecodeKernel::Stream(MlaStreamTiling {
-                            rows_per_team,
-                            key_tile,
-                            prefetch,
-                            unrolled,
-                        })
-                    },
-                )
-            })
-        });
-        let others = cm2
-            .chain(coopmat)
-            .chain(
-                stream.filter(|k| !(cpu && matches!(k, MlaDecodeKernel::Stream(t) if t.unrolled))),
-            )
+        let others = cm2::tilings()
+            .map(MlaDecodeKernel::Cm2)
+            .chain(coopmat::tilings().map(MlaDecodeKernel::Coopmat))
+            .chain(stream::tilings(self.features()).map(MlaDecodeKernel::Stream))
             .chain([MlaDecodeKernel::Tiled])
             .filter(|&k| k != first && self.mla_decode_plan_with(op, k).is_ok());
         Ok(std::iter::once(first).chain(others).collect())

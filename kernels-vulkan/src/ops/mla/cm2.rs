@@ -262,9 +262,14 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaCm
 }
 
 /// The launch of `op` with `tiling` on this device.
-/// The rows per workgroup the shader can be built for.
-pub(super) fn row_choices() -> impl Iterator<Item = u32> + Clone {
-    ROW_CHOICES.iter().map(|c| c.rows)
+/// Every tiling the shader can be built with: each key tile, with each row choice.
+pub(super) fn tilings() -> impl Iterator<Item = MlaCm2Tiling> {
+    KEY_TILES.into_iter().flat_map(|key_tile| {
+        ROW_CHOICES.iter().map(move |c| MlaCm2Tiling {
+            rows: c.rows,
+            key_tile,
+        })
+    })
 }
 
 pub(super) fn launch(

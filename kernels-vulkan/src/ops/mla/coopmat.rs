@@ -23,6 +23,13 @@ pub(super) const ROWS: u64 = 16;
 const SUBGROUPS: u32 = 4;
 /// Keys per shared-memory tile the shader can be built for, largest first.
 pub(super) const KEY_TILES: [u32; 2] = [32, 16];
+
+/// Every tiling the shader can be built with: each key tile, prefetched first.
+pub(super) fn tilings() -> impl Iterator<Item = MlaCoopmatTiling> {
+    KEY_TILES
+        .into_iter()
+        .flat_map(|key_tile| [true, false].map(|prefetch| MlaCoopmatTiling { key_tile, prefetch }))
+}
 /// Workgroups that run at once per compute unit (a guess for the split count: NVIDIA's SMs
 /// hold up to four of 48 KiB of shared memory, fewer with the registers of a prefetched tile).
 const RESIDENT_PER_COMPUTE_UNIT: u64 = 2;

@@ -51,7 +51,7 @@ fn resident_per_compute_unit(invocations: u32) -> u64 {
 /// compiler takes up to a minute on such code (its subgroups of 8 give each lane 4x the
 /// columns), so a CPU device unrolls only small shapes.
 fn unrolled_code_limit(f: &VulkanFeatures) -> u32 {
-    if f.device_type == "Cpu" {
+    if f.is_cpu() {
         256
     } else {
         1024
@@ -331,7 +331,7 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaSt
             .map(|(tiling, _)| tiling)
     };
     let smallest = KEY_TILES[KEY_TILES.len() - 1];
-    let chosen = if f.device_type == "Cpu" {
+    let chosen = if f.is_cpu() {
         largest(false, u32::MAX)
     } else {
         largest(true, MAX_PREFETCH_REGISTERS)
@@ -352,6 +352,30 @@ pub(super) fn default_tiling(f: &VulkanFeatures, op: &MlaDecode) -> Result<MlaSt
         },
         Ok,
     )
+}
+
+/// Every tiling the shader can be built with, in order (rows per team, then key tiles, then
+/// prefetched and unrolled first); on a CPU device only the builds without unrolled loops (the
+/// unrolled ones of most layouts compile there for minutes; [`default_tiling`] takes them
+/// only within [`unrolled_code_limit`]).
+pub(super) fn tilings(f: &VulkanFeatures) -> impl Iterator<Item = MlaStreamTiling> {
+    let builds: &[(bool, bool)] = if f.is_cpu() {
+        &[(true, false), (false, false)]
+    } else {
+        &[(true, true), (false, true), (true, false), (false, false)]
+    };
+    ROWS_PER_TEAM.into_iter().flat_map(move |rows_per_team| {
+        KEY_TILES.into_iter().flat_map(move |key_tile| {
+            builds
+                .iter()
+                .map(move |&(prefetch, unrolled)| MlaStreamTiling {
+                    rows_per_team,
+                    key_tile,
+                    prefetch,
+                    unrolled,
+                })
+        })
+    })
 }
 
 /// The launch of `op` with `tiling` on this device.
