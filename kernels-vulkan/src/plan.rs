@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use tessera_core::ops::size_bucket;
 use tessera_core::{
     BackendKind, BlockMask, DType, Error, Fp8Gemm, MlaCacheFormat, MlaDecode, Result,
     SparseAttention,
@@ -55,11 +56,6 @@ pub struct MlaDecodeClass {
     pub capacity_bucket: u64,
 }
 
-/// `n` rounded up to a power of two (1 for 0).
-fn bucket(n: u64) -> u64 {
-    n.max(1).checked_next_power_of_two().unwrap_or(u64::MAX)
-}
-
 impl MlaDecodeClass {
     /// The class of `op`.
     pub fn of(op: &MlaDecode) -> Self {
@@ -70,8 +66,8 @@ impl MlaDecodeClass {
             rope_dim: l.rope_dim as u32,
             page_size: l.page_size as u32,
             rows: op.s_q.saturating_mul(op.heads) as u64,
-            batch_bucket: bucket(op.batch as u64),
-            capacity_bucket: bucket((op.max_pages as u64).saturating_mul(l.page_size as u64)),
+            batch_bucket: size_bucket(op.batch),
+            capacity_bucket: size_bucket(op.max_pages.saturating_mul(l.page_size)),
         }
     }
 }
@@ -91,7 +87,7 @@ impl Fp8GemmClass {
     /// The class of `op`.
     pub fn of(op: &Fp8Gemm) -> Self {
         Self {
-            m_bucket: bucket(op.m as u64),
+            m_bucket: size_bucket(op.m),
             n: op.n as u64,
             k: op.k as u64,
         }
@@ -123,8 +119,8 @@ impl AttentionClass {
             head_dim: op.head_dim as u64,
             bf16: op.dtype == DType::BF16,
             block: mask.block_size() as u64,
-            tokens_bucket: bucket(op.tokens as u64),
-            batch_heads_bucket: bucket((op.batch as u64).saturating_mul(op.heads as u64)),
+            tokens_bucket: size_bucket(op.tokens),
+            batch_heads_bucket: size_bucket(op.batch.saturating_mul(op.heads)),
             density_eighths: ((mask.nnz() as u64 * 8).div_ceil(blocks)).min(8) as u8,
         }
     }

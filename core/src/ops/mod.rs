@@ -10,6 +10,14 @@ pub mod mla;
 
 use crate::error::{Error, Result};
 
+/// `n` rounded up to a power of two (1 for 0): how the backends' plan caches bucket a size
+/// (m, tokens, batch, ...) into a shape class.
+pub fn size_bucket(n: usize) -> u64 {
+    (n.max(1) as u64)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+}
+
 /// Checks that an argument holds exactly `expected` elements; `shape` describes them in the
 /// error (e.g. `[m 4, k 128]`). Backends use it for their device-buffer APIs too.
 pub fn check_len(

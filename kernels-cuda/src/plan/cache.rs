@@ -37,12 +37,7 @@ use tessera_core::{BackendKind, Error, Result};
 /// cache's 64-row seesaw (`seesaw` with format `fp8`).
 pub const PLAN_FORMAT_VERSION: u32 = 8;
 
-/// `n` rounded up to a power of two (1 for 0).
-pub fn bucket(n: usize) -> u64 {
-    (n.max(1) as u64)
-        .checked_next_power_of_two()
-        .unwrap_or(u64::MAX)
-}
+pub use tessera_core::ops::size_bucket as bucket;
 
 /// A coarse class of shapes that share one plan (see the module doc for each op's bucketing).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
