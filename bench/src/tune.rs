@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use tessera::cuda::plan::TuneOutcome;
 use tessera::cuda::CudaBackend;
-use tessera::{BlockMask, DType, Fp8Gemm, SparseAttention};
+use tessera::Fp8Gemm;
 
 use tessera::vulkan::plan::{AttentionClass, Fp8GemmClass, MlaDecodeClass};
-use tessera::vulkan::{AttentionKernel, VulkanBackend};
+use tessera::vulkan::VulkanBackend;
 
 use crate::bench_vk::{time_attention_kernel, time_gemm_kernel, MlaBench};
 use crate::cases::{gemm_key, AttentionCase, MlaShape, Suite};
@@ -37,7 +37,7 @@ pub struct TuneArgs {
     pub mla_shapes: Option<String>,
 }
 
-type Job<'a> = (String, Box<dyn Fn() -> tessera::Result<TuneOutcome> + 'a>);
+type Job<'a> = (String, Box<dyn Fn() -> Result<TuneOutcome, String> + 'a>);
 
 /// Runs `tessera tune`.
 pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -69,25 +69,23 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         for &(m, n, k) in &suite.gemm {
             jobs.push((
                 format!("fp8_gemm {}", gemm_key(m, n, k)),
-                Box::new(move || be.tune_fp8_gemm(&Fp8Gemm::new(m, n, k))),
+                Box::new(move || {
+                    be.tune_fp8_gemm(&Fp8Gemm::new(m, n, k))
+                        .map_err(|e| e.to_string())
+                }),
             ));
         }
     }
     if ops.contains(&"attention") {
         for case in &suite.attention {
             for radial in [true, false] {
-                let tokens = case.config.tokens();
-                let mask = if radial {
-                    case.config.build()
-                } else {
-                    BlockMask::dense(tokens, case.config.block_size)
-                };
-                let op = SparseAttention::new(1, tokens, case.heads, 128, DType::BF16);
-                let kind = if radial { "radial" } else { "dense" };
+                let work = case.work(radial);
                 jobs.push((
-                    format!("attention {} {kind}", case.key()),
+                    attention_name(case, radial),
                     Box::new(move || {
-                        be.tune_sparse_attention(&op, mask.as_ref().map_err(Clone::clone)?)
+                        let w = work.as_ref()?;
+                        be.tune_sparse_attention(&w.op, &w.mask)
+                            .map_err(|e| e.to_string())
                     }),
                 ));
             }
@@ -99,7 +97,7 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let s_k = shape.s_k;
             jobs.push((
                 format!("mla_decode {}", shape.key()),
-                Box::new(move || be.tune_mla_decode(&op, s_k)),
+                Box::new(move || be.tune_mla_decode(&op, s_k).map_err(|e| e.to_string())),
             ));
         }
     }
@@ -121,6 +119,12 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
     }
     finish(backend.plans().save()?, failed, total)
+}
+
+/// The progress name of an attention shape: `attention <key> radial|dense`.
+fn attention_name(case: &AttentionCase, radial: bool) -> String {
+    let kind = if radial { "radial" } else { "dense" };
+    format!("attention {} {kind}", case.key())
 }
 
 /// Whether `--mla-shapes` keeps `shape`.
@@ -177,35 +181,25 @@ fn run_vulkan(ops: &[&str], args: &TuneArgs) -> Result<ExitCode, Box<dyn std::er
     for case in attention_cases {
         for radial in [true, false] {
             shapes_tried += 1;
-            let kind = if radial { "radial" } else { "dense" };
-            let name = format!("attention {} {kind}", case.key());
-            let tokens = case.config.tokens();
-            let op = SparseAttention::new(1, tokens, case.heads, 128, DType::BF16);
-            let mask = if radial {
-                case.config.build()
-            } else {
-                BlockMask::dense(tokens, case.config.block_size)
-            };
-            let (best, line) = match &mask {
-                Ok(mask) => {
-                    let timed: Vec<_> = backend
-                        .attention_candidates(&op, mask)
-                        .into_iter()
-                        .map(|kernel| {
-                            let t = time_attention_kernel(&backend, &timer, &op, mask, kernel);
-                            (kernel, t.map(|t| t.0))
-                        })
-                        .collect();
-                    fastest(Ok(timed), |k| k.name().to_string())
-                }
-                Err(e) => fastest::<AttentionKernel>(Err(e.to_string()), |_| String::new()),
-            };
-            match (best, &mask) {
-                (Some(kernel), Ok(mask)) => backend
+            let work = case.work(radial);
+            let timed = work.as_ref().map_err(Clone::clone).map(|w| {
+                backend
+                    .attention_candidates(&w.op, &w.mask)
+                    .into_iter()
+                    .map(|kernel| {
+                        let t = time_attention_kernel(&backend, &timer, &w.op, &w.mask, kernel);
+                        (kernel, t.map(|t| t.0))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let (best, line) = fastest(timed, |k| k.name().to_string());
+            match (best, &work) {
+                (Some(kernel), Ok(w)) => backend
                     .plans()
-                    .set_attention(AttentionClass::of(&op, mask), kernel),
+                    .set_attention(AttentionClass::of(&w.op, &w.mask), kernel),
                 _ => failed += 1,
             }
+            let name = attention_name(case, radial);
             eprintln!("{:6.1} s  {name}: {line}", start.elapsed().as_secs_f64());
         }
     }
