@@ -8,8 +8,8 @@ out=${1:?outdir}; masks=${2:-}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 build() { # D BF16
-  local st=${STAGES:-2}
-  local smem=$(python3 -c "D=$1; cb=D//64; print(cb*128*128 + 2*$st*cb*128*128 + 4*$st*8)")
+  local st=${STAGES:-3}
+  local smem=$(python3 -c "D=$1; cb=D//64; print(cb*128*128 + 2*$st*cb*128*128 + 4*$st*8 + 8)")
   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -lineinfo -DHEAD_DIM=$1 -DELEM_BF16=$2 \
     -DBLOCK=128 -DSTAGES=$st ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=384 -o "$out/att90_d$1_bf$2" \
     "$here/sparse_attention_sm90_harness.cu" > "$out/build_d$1_bf$2.log" 2>&1 || { echo "BUILD FAILED d$1 bf$2"; tail -30 "$out/build_d$1_bf$2.log"; return 1; }

@@ -48,12 +48,43 @@ struct Dev {
     u16 *q, *k, *v, *o;
     float* lse;
     u32 *indptr, *indices, *order;
+    TmaDesc qm, km, vm;  // q, k, v as the kernel's tensor maps
 };
+
+// x [batch, tokens, heads, D] as a 3-D map (heads x D, tokens, batch), boxes of [128 tokens][64].
+static TmaDesc encode_qkv(const u16* x, int batch, int tokens, int heads) {
+    typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                      const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                      CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    static EncodeTiledFn encode = nullptr;
+    if (!encode) {
+        cudaDriverEntryPointQueryResult qr;
+        CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &qr));
+    }
+    CUtensorMap cmap;
+    cuuint64_t dims[3] = {(cuuint64_t)heads * D, (cuuint64_t)tokens, (cuuint64_t)batch};
+    cuuint64_t strides[2] = {(cuuint64_t)heads * D * 2, (cuuint64_t)tokens * heads * D * 2};
+    cuuint32_t box[3] = {64, 128, 1}, estr[3] = {1, 1, 1};
+    if (encode(&cmap, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, (void*)x, dims, strides, box, estr,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+        fprintf(stderr, "cuTensorMapEncodeTiled failed\n");
+        exit(1);
+    }
+    TmaDesc t;
+    memcpy(&t, &cmap, sizeof(t));
+    return t;
+}
+static void encode_maps(Dev& d, int batch, int tokens, int heads) {
+    d.qm = encode_qkv(d.q, batch, tokens, heads);
+    d.km = encode_qkv(d.k, batch, tokens, heads);
+    d.vm = encode_qkv(d.v, batch, tokens, heads);
+}
 
 static void launch(const Dev& d, const Mask& m, int batch, int tokens, int heads, float scale, cudaStream_t st) {
     const long long ctas = (long long)m.nb * heads * batch;
     sparse_attention_fwd_sm90<<<(unsigned)ctas, ATT90_THREADS, smem_bytes(), st>>>(
-        d.q, d.k, d.v, d.o, d.lse, d.indptr, d.indices, d.order, tokens, heads, scale * 1.4426950408889634f);
+        d.qm, d.km, d.vm, d.o, d.lse, d.indptr, d.indices, d.order, tokens, heads, scale * 1.4426950408889634f);
 }
 
 static Dev upload(const Mask& m, const std::vector<u16>& q, const std::vector<u16>& k, const std::vector<u16>& v,
@@ -106,6 +137,7 @@ static int check_case(int batch, int tokens, int heads, int seed, int empty_ever
     for (size_t i = 0; i < n; ++i) q[i] = f2h(u(rng)), k[i] = f2h(u(rng)), v[i] = f2h(u(rng));
     const size_t lse_n = (size_t)batch * heads * tokens;
     Dev d = upload(m, q, k, v, lse_n);
+    encode_maps(d, batch, tokens, heads);
     const float scale = 1.0f / sqrtf((float)D);
     launch(d, m, batch, tokens, heads, scale, 0);
     CK(cudaGetLastError());
@@ -201,6 +233,7 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     CK(cudaMemcpy(d.indptr, m.indptr.data(), m.indptr.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d.indices, m.indices.data(), m.indices.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d.order, order.data(), order.size() * 4, cudaMemcpyHostToDevice));
+    encode_maps(d, 1, tokens, heads);
     const double flops = 4.0 * (double)m.indices.size() * BLOCK * BLOCK * D * heads;
     const float med = median_launch_ms([&] { launch(d, m, 1, tokens, heads, 0.0883883f, 0); });
     printf("TIME %-14s tokens %6d heads %2d nnz %7zu: %8.3f ms  %6.1f TFLOPS\n", name, tokens, heads,

@@ -112,6 +112,15 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaDesc* desc, u64*
         : "memory");
 }
 
+// As tma_load_2d for a 3-D tensor map (coordinates c0 innermost, c1, c2 outermost).
+__device__ __forceinline__ void tma_load_3d(void* dst, const TmaDesc* desc, u64* bar, int c0, int c1, int c2) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(
+            smem_u32(dst)),
+        "l"((u64)desc), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
+        : "memory");
+}
+
 // As tma_load_2d, but the box lands at the same offset in the shared memory of every CTA of the
 // cluster in `cta_mask`, and completes on the barrier at `bar`'s offset in each of them.
 __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TmaDesc* desc, u64* bar, int c0, int c1,

@@ -1,5 +1,5 @@
-// Block-sparse (radial) attention forward for sm_90a: wgmma, a cp.async + mbarrier pipeline
-// filled by a producer warpgroup, two math warpgroups of 64 query rows each. Prepended:
+// Block-sparse (radial) attention forward for sm_90a: wgmma, a TMA + mbarrier pipeline filled by
+// one producer thread, two math warpgroups of 64 query rows each. Prepended:
 // common.cuh, attention_constants.cuh (HEAD_DIM, ELEM_BF16), sm90/hopper.cuh, sm90/wgmma.cuh
 // (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
 //
@@ -15,14 +15,16 @@
 // query rows >= tokens are computed on zeros and never written; a row with no block gets o = 0
 // and lse = -inf. One more input: `row_order` u32 [num_blocks], the block rows in the order CTAs
 // take them within a (head, batch) (the host sorts them longest first, so that the long rows do
-// not form the tail).
+// not form the tail). q, k and v arrive as TMA tensor maps (`q_map`, `k_map`, `v_map`): each the
+// 3-D tensor (heads x HEAD_DIM, tokens, batch) of 16-bit elements, boxes of [128 tokens][64],
+// 128-byte swizzle, so that tokens at or past `tokens` of a batch read as zeros.
 //
 // Grid: one CTA per (block row, head, batch), linear: CTA i takes block row
 // row_order[i % num_blocks] of (head, batch) i / num_blocks (h = that % heads).
-//   producer WG  copies key block t (K then V: 128 rows of HEAD_DIM, 16-byte cp.async with zero
-//                fill past `tokens`) into the 128-byte-swizzled stage t % STAGES; K completes
-//                on full_k, V on full_v, and each has its own "empty" barrier, so that the next
-//                K lands while the previous V is still being read.
+//   producer WG  one thread copies Q (on q_full), then key block t (K then V: 128 rows of
+//                HEAD_DIM, one TMA box per 64 columns) into the 128-byte-swizzled stage
+//                t % STAGES; K completes on full_k, V on full_v, and each has its own "empty"
+//                barrier, so that the next K lands while the previous V is still being read.
 //   math WG w    rows 64w..64w+63 of the CTA's 128: S = Q K^T (wgmma m64n128k16, both operands
 //                K-major in shared memory); online softmax in registers (log2 domain); P stays in
 //                registers as the A operand of O += P V (wgmma with A from registers, V
@@ -73,7 +75,8 @@ struct AttnSm90Smem {
     static constexpr int FULL_V = FULL_K + ATT90_STAGES * 8;
     static constexpr int EMPTY_K = FULL_V + ATT90_STAGES * 8;
     static constexpr int EMPTY_V = EMPTY_K + ATT90_STAGES * 8;
-    static constexpr int END = EMPTY_V + ATT90_STAGES * 8;
+    static constexpr int Q_FULL = EMPTY_V + ATT90_STAGES * 8;
+    static constexpr int END = Q_FULL + 8;
 };
 static_assert(AttnSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory size must match the sm90 attention layout");
 static_assert(TESSERA_THREADS == ATT90_THREADS, "the sm90 attention kernel runs 3 warpgroups");
@@ -87,29 +90,11 @@ __device__ __forceinline__ float att90_exp2(float x) {
     return y;
 }
 
-// Rows key0..key0 + 127 of one head (base: token 0 of the batch and head) into a swizzled tile,
-// zero rows at or past `tokens`; thread t128 of the producer copies chunk t128 % 8 of rows
-// t128 / 8 + 16 k; completes on `bar` (one arrival per producer thread).
-__device__ __forceinline__ void att90_load_tile(u8* tile, const u16* __restrict__ base, int key0, int tokens,
-                                                i64 tok_stride, int t128, u64* bar) {
-    const int chunk = t128 % 8;
-#pragma unroll
-    for (int k = 0; k < ATT90_KEYS / 16; ++k) {
-        const int r = t128 / 8 + 16 * k;
-        const bool ok = key0 + r < tokens;
-        const u16* src = base + (ok ? (i64)(key0 + r) * tok_stride : 0) + chunk * 8;
-#pragma unroll
-        for (int cb = 0; cb < ATT90_CB; ++cb)
-            cp_async_16(tile + cb * AttnSm90Smem::KV_BLOCK + swizzle128(r, chunk), src + cb * 64, ok);
-    }
-    cp_async_mbar_arrive(bar);
-}
-
 extern "C" __global__ void __launch_bounds__(ATT90_THREADS, 1)
-sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
-                          u16* __restrict__ o, float* __restrict__ lse, const u32* __restrict__ indptr,
-                          const u32* __restrict__ indices, const u32* __restrict__ row_order, int tokens,
-                          int heads, float scale_log2) {
+sparse_attention_fwd_sm90(const __grid_constant__ TmaDesc q_map, const __grid_constant__ TmaDesc k_map,
+                          const __grid_constant__ TmaDesc v_map, u16* __restrict__ o, float* __restrict__ lse,
+                          const u32* __restrict__ indptr, const u32* __restrict__ indices,
+                          const u32* __restrict__ row_order, int tokens, int heads, float scale_log2) {
     constexpr int D = HEAD_DIM;
     constexpr bool BF16 = ELEM_BF16 != 0;
     extern __shared__ __align__(1024) u8 smem[];
@@ -120,6 +105,7 @@ sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, 
     u64* full_v = reinterpret_cast<u64*>(smem + AttnSm90Smem::FULL_V);
     u64* empty_k = reinterpret_cast<u64*>(smem + AttnSm90Smem::EMPTY_K);
     u64* empty_v = reinterpret_cast<u64*>(smem + AttnSm90Smem::EMPTY_V);
+    u64* q_full = reinterpret_cast<u64*>(smem + AttnSm90Smem::Q_FULL);
 
     // (head, batch) outer, block rows inner: the CTAs that run together share one head's K and V
     // in L2 (a head's whole K and V is a few tens of MB at video lengths).
@@ -143,46 +129,54 @@ sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, 
 
     if (tid == 0) {
         for (int s = 0; s < ATT90_STAGES; ++s) {
-            mbar_init(&full_k[s], 128);
-            mbar_init(&full_v[s], 128);
+            mbar_init(&full_k[s], 1);
+            mbar_init(&full_v[s], 1);
             mbar_init(&empty_k[s], 2);
             mbar_init(&empty_v[s], 2);
         }
+        mbar_init(q_full, 1);
         mbar_fence_init();
     }
     __syncthreads();
 
     if (wg == 0) {
-        // ---- producer ----
-        setmaxnreg_dec<48>();
-        for (int t = 0; t < ntiles; ++t) {
-            const int s = t % ATT90_STAGES;
-            const u32 parity = ((t / ATT90_STAGES) & 1) ^ 1;
-            const int key0 = (int)indices[first + t] * ATT90_KEYS;
-            mbar_wait(&empty_k[s], parity);
-            att90_load_tile(sK + s * AttnSm90Smem::TILE, k + base, key0, tokens, tok_stride, t128, &full_k[s]);
-            mbar_wait(&empty_v[s], parity);
-            att90_load_tile(sV + s * AttnSm90Smem::TILE, v + base, key0, tokens, tok_stride, t128, &full_v[s]);
+        // ---- producer: one thread issues every copy ----
+        setmaxnreg_dec<24>();
+        if (t128 == 0) {
+            tma_prefetch_desc(&q_map);
+            tma_prefetch_desc(&k_map);
+            tma_prefetch_desc(&v_map);
+            mbar_arrive_expect_tx(q_full, ATT90_CB * AttnSm90Smem::Q_BLOCK);
+#pragma unroll
+            for (int cb = 0; cb < ATT90_CB; ++cb)
+                tma_load_3d(sQ + cb * AttnSm90Smem::Q_BLOCK, &q_map, q_full, h * D + cb * 64, q0, b);
+            for (int t = 0; t < ntiles; ++t) {
+                const int s = t % ATT90_STAGES;
+                const u32 parity = ((t / ATT90_STAGES) & 1) ^ 1;
+                const int key0 = (int)indices[first + t] * ATT90_KEYS;
+                mbar_wait(&empty_k[s], parity);
+                mbar_arrive_expect_tx(&full_k[s], AttnSm90Smem::TILE);
+#pragma unroll
+                for (int cb = 0; cb < ATT90_CB; ++cb)
+                    tma_load_3d(sK + s * AttnSm90Smem::TILE + cb * AttnSm90Smem::KV_BLOCK, &k_map, &full_k[s],
+                                h * D + cb * 64, key0, b);
+                mbar_wait(&empty_v[s], parity);
+                mbar_arrive_expect_tx(&full_v[s], AttnSm90Smem::TILE);
+#pragma unroll
+                for (int cb = 0; cb < ATT90_CB; ++cb)
+                    tma_load_3d(sV + s * AttnSm90Smem::TILE + cb * AttnSm90Smem::KV_BLOCK, &v_map, &full_v[s],
+                                h * D + cb * 64, key0, b);
+            }
         }
-        asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
         return;
     }
-
     // ---- math warpgroups ----
-    setmaxnreg_inc<224>();
+    setmaxnreg_inc<240>();
     const int mw = wg - 1;
     const int warp = t128 / 32, lane = t128 % 32;
     const int g = lane / 4, tq = lane % 4;
 
-    // This WG's 64 Q rows into the swizzled Q blocks (zero rows past `tokens`).
-    for (int idx = t128; idx < 64 * (D / 8); idx += 128) {
-        const int row = 64 * mw + idx / (D / 8), c = idx % (D / 8);
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (q0 + row < tokens) val = *reinterpret_cast<const uint4*>(q + base + (i64)(q0 + row) * tok_stride + c * 8);
-        *reinterpret_cast<uint4*>(sQ + (c / 8) * AttnSm90Smem::Q_BLOCK + swizzle128(row, c % 8)) = val;
-    }
-    fence_proxy_async_smem();
-    named_barrier_sync(1 + mw, 128);
+    mbar_wait(q_full, 0);  // Q (zeros past `tokens`)
 
     float o_acc[D / 2];
 #pragma unroll
@@ -197,7 +191,6 @@ sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, 
     auto issue_s = [&](int t) {
         const int s = t % ATT90_STAGES;
         mbar_wait(&full_k[s], (t / ATT90_STAGES) & 1);
-        fence_proxy_async_smem();
         const u64 k_desc = wgmma_desc(sK + s * AttnSm90Smem::TILE, 16, 1024, WGMMA_SWIZZLE_128B);
         wgmma_fence();
 #pragma unroll
@@ -213,7 +206,6 @@ sparse_attention_fwd_sm90(const u16* __restrict__ q, const u16* __restrict__ k, 
     // Waits until V of tile t has landed.
     auto wait_v = [&](int t) {
         mbar_wait(&full_v[t % ATT90_STAGES], (t / ATT90_STAGES) & 1);
-        fence_proxy_async_smem();
     };
     // O += P V for tile t (V already waited for), issued and committed.
     auto issue_pv = [&](int t) {

@@ -6,7 +6,7 @@
 //!   `mma.sync` and an online softmax in f32. sm_80 and later, head_dim 64 or 128, f16 or bf16,
 //!   mask block sizes 64 or 128: the fallback everywhere.
 //! - `kernels/sm90/sparse_attention.cu` (sm_90a, mask blocks of 128): wgmma, a producer
-//!   warpgroup filling K and V tiles through cp.async and mbarriers, two math warpgroups of 64
+//!   thread filling Q and the K and V tiles through TMA (3-D tensor maps) and mbarriers, two math warpgroups of 64
 //!   query rows whose next Q Kᵀ overlaps the softmax of the previous block; one CTA per (block
 //!   row, head, batch), the rows of a head longest first. The default on Hopper.
 //!
@@ -14,13 +14,16 @@
 //! [`DeviceHalf`] / [`DeviceHalfMut`] and call [`CudaBackend::sparse_attention_on`].
 
 use super::{check_device_len, download, to_i32, upload};
-use crate::plan::attention::{AttentionKernel, ATTENTION_BLOCK_SIZES};
+use crate::plan::attention::{AttentionKernel, ATTENTION_BLOCK_SIZES, ATTENTION_SM90_QUERY_TILE};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
 use crate::plan::{
-    AttentionShape, AttentionVariant, KernelArgs, LaunchOptions, PlannedOp, TuneOutcome,
+    AttentionShape, AttentionVariant, KernelArgs, LaunchOptions, PlannedOp, TensorMap, TmaDtype,
+    TmaSwizzle, TuneOutcome,
 };
 use crate::CudaBackend;
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr, SyncOnDrop,
+};
 use half::{bf16, f16};
 use std::sync::Arc;
 use tessera_core::ops::attention::{AttentionOutput, SparseAttention};
@@ -234,6 +237,15 @@ impl HalfElement for bf16 {
 }
 
 impl DeviceHalf<'_> {
+    /// The buffer's address on `stream`, and the guard that records the stream's read of it
+    /// when dropped (for a launch that reads it through a tensor map, not a pointer argument).
+    pub(crate) fn device_ptr<'s>(&'s self, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+        match self {
+            DeviceHalf::F16(x) => x.device_ptr(stream),
+            DeviceHalf::BF16(x) => x.device_ptr(stream),
+        }
+    }
+
     pub(crate) fn dtype(&self) -> DType {
         match self {
             DeviceHalf::F16(_) => DType::F16,
@@ -389,6 +401,54 @@ impl CudaBackend {
         // Offsets are computed in 64 bits; the grid's y and z dimensions hold heads and batch
         // (checked by `grid`).
         let grid = variant.grid(op)?;
+        if variant.kernel == AttentionKernel::Wgmma {
+            // q, k and v through TMA tensor maps: each the 3-D tensor (heads x head_dim, tokens,
+            // batch), boxes of 128 tokens x 64 columns with the 128-byte swizzle, so that tokens
+            // at or past `tokens` of a batch read as zeros. (The guards record the launch's
+            // reads when dropped, after the launch.)
+            let dtype = match op.dtype {
+                DType::BF16 => TmaDtype::BF16,
+                _ => TmaDtype::F16,
+            };
+            let row = (op.heads * op.head_dim) as u64;
+            let (q_address, _q_read) = q.device_ptr(stream);
+            let (k_address, _k_read) = k.device_ptr(stream);
+            let (v_address, _v_read) = v.device_ptr(stream);
+            let map = |address| {
+                TensorMap::tiled_3d(
+                    address,
+                    dtype,
+                    [row, op.tokens as u64, op.batch as u64],
+                    [2 * row, 2 * row * op.tokens as u64],
+                    [64, ATTENTION_SM90_QUERY_TILE, 1],
+                    TmaSwizzle::B128,
+                )
+            };
+            let maps = [map(q_address)?, map(k_address)?, map(v_address)?];
+            let mut args = KernelArgs::new(stream);
+            args.value(&maps[0]).value(&maps[1]).value(&maps[2]);
+            match o {
+                DeviceHalfMut::F16(x) => args.buffer_mut(x),
+                DeviceHalfMut::BF16(x) => args.buffer_mut(x),
+            };
+            args.buffer_mut(lse)
+                .buffer(&mask.indptr)
+                .buffer(&mask.indices)
+                .buffer(&mask.row_order)
+                .value(&tokens)
+                .value(&heads)
+                .value(&scale_log2);
+            // SAFETY: the kernel's parameters are (three 128-byte tensor maps q_map, k_map,
+            // v_map, u16* o, float* lse, const u32* indptr, indices, row_order, int tokens, int
+            // heads, float scale_log2) in this order. The maps cover exactly q, k and v (each
+            // batch*tokens*heads*head_dim 16-bit elements, 16-byte aligned: checked above; TMA
+            // reads zeros past them), o holds as many, lse batch*heads*tokens floats; the mask
+            // was validated against the op (num_blocks + 1 row pointers, sorted in-range
+            // columns), row_order is a permutation of its block rows, and the grid has one CTA
+            // per (block row, head, batch) (checked by `grid`). The kernel writes only o and lse
+            // rows below `tokens`.
+            return unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) };
+        }
         let mut args = KernelArgs::new(stream);
         for t in [q, k, v] {
             match t {
@@ -402,23 +462,16 @@ impl CudaBackend {
         };
         args.buffer_mut(lse)
             .buffer(&mask.indptr)
-            .buffer(&mask.indices);
-        if variant.kernel == AttentionKernel::Wgmma {
-            args.buffer(&mask.row_order)
-                .value(&tokens)
-                .value(&heads)
-                .value(&scale_log2);
-        } else {
-            args.value(&tokens).value(&heads).value(&scale_log2);
-        }
+            .buffer(&mask.indices)
+            .value(&tokens)
+            .value(&heads)
+            .value(&scale_log2);
         // SAFETY: the kernel's parameters are (const u16* q, k, v, u16* o, float* lse,
-        // const u32* indptr, indices, [wgmma: const u32* row_order,] int tokens, int heads,
-        // float scale_log2) in this order. q, k, v and o hold
-        // batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned, lse
-        // batch*heads*tokens floats (all checked above); the mask was validated against the op
-        // (num_blocks + 1 row pointers, sorted in-range columns), row_order is a permutation of
-        // its block rows, and the grid has one CTA per (64 query rows, head, batch), or for wgmma
-        // one per (block row, head, batch) (checked by `grid`). The kernel reads and writes only
+        // const u32* indptr, indices, int tokens, int heads, float scale_log2) in this order. q,
+        // k, v and o hold batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned,
+        // lse batch*heads*tokens floats (all checked above); the mask was validated against the
+        // op (num_blocks + 1 row pointers, sorted in-range columns), and the grid has one CTA per
+        // (64 query rows, head, batch) (checked by `grid`). The kernel reads and writes only
         // within those bounds (rows at or past `tokens` are neither read nor written).
         unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
     }

@@ -10,8 +10,7 @@
 use super::{check_device_len, download, to_i32, upload};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng, TUNE_ROTATE_BYTES};
 use crate::plan::{
-    GemmVariant, KernelArgs, LaunchOptions, TensorMap2d, TmaDtype, TmaSwizzle, TuneOutcome,
-    WgmmaGemm,
+    GemmVariant, KernelArgs, LaunchOptions, TensorMap, TmaDtype, TmaSwizzle, TuneOutcome, WgmmaGemm,
 };
 use crate::CudaBackend;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr};
@@ -50,12 +49,12 @@ fn wgmma_tensor_maps(
     a: u64,
     b: u64,
     d: u64,
-) -> Result<[TensorMap2d; 3]> {
+) -> Result<[TensorMap; 3]> {
     // Rows of A and D over all groups; rows of B over all groups.
     let (m, n, k) = (op.total_rows() as u64, op.n as u64, op.k as u64);
     let b_rows = op.grouping.groups() as u64 * n;
-    let map_a = TensorMap2d::tiled(a, TmaDtype::U8, k, m, k, 128, t.bm, TmaSwizzle::B128)?;
-    let map_b = TensorMap2d::tiled(
+    let map_a = TensorMap::tiled(a, TmaDtype::U8, k, m, k, 128, t.bm, TmaSwizzle::B128)?;
+    let map_b = TensorMap::tiled(
         b,
         TmaDtype::U8,
         k,
@@ -72,7 +71,7 @@ fn wgmma_tensor_maps(
         32 => (16, TmaSwizzle::B32),
         _ => (8, TmaSwizzle::None),
     };
-    let map_d = TensorMap2d::tiled(d, TmaDtype::BF16, n, m, 2 * n, box_n, wg_rows, swizzle)?;
+    let map_d = TensorMap::tiled(d, TmaDtype::BF16, n, m, 2 * n, box_n, wg_rows, swizzle)?;
     Ok([map_a, map_b, map_d])
 }
 

@@ -25,7 +25,7 @@ use crate::plan::mla::{MLA_COMBINE_CTAS_PER_SM, MLA_COMBINE_ROWS_PER_CTA};
 use crate::plan::tune::{scratch_buffer, time_each, ScratchRng};
 use crate::plan::{
     KernelArgs, KernelSpec, LaunchOptions, MlaAppendVariant, MlaCombineVariant, MlaDecodeShape,
-    MlaDecodeVariant, MlaScheduleVariant, TensorMap2d, TmaDtype, TmaSwizzle, TuneOutcome,
+    MlaDecodeVariant, MlaScheduleVariant, TensorMap, TmaDtype, TmaSwizzle, TuneOutcome,
 };
 use crate::runtime::driver_error;
 use crate::CudaBackend;
@@ -996,7 +996,7 @@ impl CudaBackend {
         let records = (pages * l.page_size) as u64;
         let record_bytes = l.token_bytes() as u64;
         let byte_map = |box_inner, swizzle| {
-            TensorMap2d::tiled(
+            TensorMap::tiled(
                 cache_address,
                 TmaDtype::U8,
                 record_bytes,
@@ -1008,9 +1008,9 @@ impl CudaBackend {
             )
         };
         let (cache_map, scale_map) = match (variant.seesaw, l.format) {
-            (false, _) => (TensorMap2d::unused(), TensorMap2d::unused()),
+            (false, _) => (TensorMap::unused(), TensorMap::unused()),
             (true, MlaCacheFormat::Bf16) => (
-                TensorMap2d::tiled(
+                TensorMap::tiled(
                     cache_address,
                     TmaDtype::BF16,
                     (l.latent_dim + l.rope_dim) as u64,
@@ -1020,7 +1020,7 @@ impl CudaBackend {
                     64,
                     TmaSwizzle::B128,
                 )?,
-                TensorMap2d::unused(),
+                TensorMap::unused(),
             ),
             (true, MlaCacheFormat::Fp8) => (
                 byte_map(128, TmaSwizzle::B128)?,

@@ -5,7 +5,7 @@
 //! device buffers (their address, with cudarc's stream tracking kept for the launch: the launch
 //! waits for earlier writes, and for earlier reads of written buffers, and is recorded as a read
 //! or a write of each), and by-value arguments of any `DeviceRepr` type (scalars, or a 128-byte
-//! [`super::TensorMap2d`]).
+//! [`super::TensorMap`]).
 
 use super::functions::FunctionCache;
 use super::{ArchSpec, KernelSpec};
@@ -48,7 +48,7 @@ impl<'a> KernelArgs<'a> {
         }
     }
 
-    /// A by-value argument (a scalar, or a struct such as a [`super::TensorMap2d`]): its bytes
+    /// A by-value argument (a scalar, or a struct such as a [`super::TensorMap`]): its bytes
     /// are copied into the kernel's parameter at launch.
     pub fn value<T: DeviceRepr>(&mut self, v: &'a T) -> &mut Self {
         self.args.push(Arg::Value(v as *const T as *const c_void));

@@ -20,7 +20,7 @@
 //! - [`FunctionCache`] loads each variant's function once per context and sets its shared-memory
 //!   limit once; [`crate::CudaBackend::launch_kernel`] launches it through `cuLaunchKernelEx`
 //!   (clusters, programmatic dependent launch) with [`KernelArgs`] (device buffers with cudarc's
-//!   stream tracking, and by-value arguments such as a [`TensorMap2d`]).
+//!   stream tracking, and by-value arguments such as a [`TensorMap`]).
 //!
 //! # Adding a kernel variant
 //! 1. Write the kernel in `kernels/` (required constants checked with `#ifndef X #error`, no
@@ -35,7 +35,7 @@
 //!    the fallback; for the GEMM in [`heuristics::gemm_variants`], which is also what CI
 //!    compiles), and to the op's launch code in `ops/` (its arguments and grid: a new arm of
 //!    the `match` in `CudaBackend::fp8_gemm_variant_on`, building its [`KernelArgs`], e.g. with
-//!    a [`TensorMap2d`] by value, and launching with [`crate::CudaBackend::launch_kernel`]).
+//!    a [`TensorMap`] by value, and launching with [`crate::CudaBackend::launch_kernel`]).
 //! 4. CI then compiles it for sm_80, sm_89 and sm_90a wherever it is a candidate
 //!    (`tests/compile_all.rs`), and the GPU test `tests/plan_candidates.rs` runs it against the
 //!    reference.
@@ -73,7 +73,7 @@ pub use mla::{
 pub use quantize::{
     QuantizeGranularity, QuantizeInput, QuantizeLaunch, QuantizeShape, QuantizeVariant, UnitOrder,
 };
-pub use tensor_map::{TensorMap2d, TmaDtype, TmaSwizzle};
+pub use tensor_map::{TensorMap, TmaDtype, TmaSwizzle};
 pub use tune::TuneOutcome;
 pub use util::GpuSleepVariant;
 

@@ -13,6 +13,8 @@ pub enum TmaDtype {
     U8,
     /// bfloat16.
     BF16,
+    /// IEEE half.
+    F16,
     /// f32.
     F32,
 }
@@ -22,7 +24,7 @@ impl TmaDtype {
     pub fn size_in_bytes(self) -> u64 {
         match self {
             TmaDtype::U8 => 1,
-            TmaDtype::BF16 => 2,
+            TmaDtype::BF16 | TmaDtype::F16 => 2,
             TmaDtype::F32 => 4,
         }
     }
@@ -31,6 +33,7 @@ impl TmaDtype {
         match self {
             TmaDtype::U8 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
             TmaDtype::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            TmaDtype::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
             TmaDtype::F32 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
         }
     }
@@ -71,21 +74,22 @@ impl TmaSwizzle {
     }
 }
 
-/// A 2-D tiled TMA tensor map: a row-major `[outer, inner]` tensor in global memory, copied in
-/// boxes of `[box_outer, box_inner]` elements. 128 bytes, passed to kernels by value.
+/// A tiled TMA tensor map of rank 2 ([`TensorMap::tiled`]: a row-major `[outer, inner]` tensor
+/// copied in boxes of `[box_outer, box_inner]` elements) or 3 ([`TensorMap::tiled_3d`]). 128
+/// bytes, passed to kernels by value.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
-pub struct TensorMap2d {
+pub struct TensorMap {
     map: sys::CUtensorMap,
 }
 
 // SAFETY: a tensor map is 128 bytes of plain data that the kernel receives by value as a
 // `CUtensorMap` (the same layout, from the driver's own definition).
-unsafe impl DeviceRepr for TensorMap2d {}
+unsafe impl DeviceRepr for TensorMap {}
 
 const OP: &str = "tensor_map";
 
-impl TensorMap2d {
+impl TensorMap {
     /// Encodes a tiled map of the row-major tensor at device address `ptr`: `outer_elems` rows
     /// of `inner_elems` elements of `dtype`, rows `outer_stride_bytes` apart; boxes of
     /// `box_outer` rows of `box_inner` elements, stored in shared memory with `swizzle`.
@@ -119,29 +123,108 @@ impl TensorMap2d {
             box_outer,
             swizzle,
         )?;
+        Self::encode(
+            ptr,
+            dtype,
+            &[inner_elems, outer_elems],
+            &[outer_stride_bytes],
+            &[box_inner, box_outer],
+            swizzle,
+        )
+    }
+
+    /// Encodes a tiled map of a 3-D tensor at `ptr`: `[outer, middle, inner]` elements of
+    /// `dtype` (`dims` = `[inner, middle, outer]`), the middle and outer dimensions
+    /// `strides_bytes` = `[middle_stride, outer_stride]` bytes apart; boxes of `boxes` =
+    /// `[box_inner, box_middle, box_outer]` elements, stored in shared memory as
+    /// `[box_outer][box_middle][box_inner]` with `swizzle`. Out-of-bounds elements, in any
+    /// dimension, read as zeros; L2 promotion 256 bytes.
+    ///
+    /// Checked first as [`TensorMap::tiled`] checks each dimension (the inner one as its
+    /// `inner_elems` / `box_inner`, each stride as its `outer_stride_bytes`, each outer box as
+    /// its `box_outer`); the outer stride must hold the middle dimension's rows.
+    pub fn tiled_3d(
+        ptr: u64,
+        dtype: TmaDtype,
+        dims: [u64; 3],
+        strides_bytes: [u64; 2],
+        boxes: [u32; 3],
+        swizzle: TmaSwizzle,
+    ) -> Result<Self> {
+        Self::check(
+            ptr,
+            dtype,
+            dims[0],
+            dims[1],
+            strides_bytes[0],
+            boxes[0],
+            boxes[1],
+            swizzle,
+        )?;
+        // The outer dimension: rows of `dims[1]` middle rows, `strides_bytes[1]` apart.
+        if !(1..=1u64 << 32).contains(&dims[2]) {
+            return Err(Error::invalid(
+                OP,
+                "outer_elems",
+                "1..=2^32",
+                dims[2].to_string(),
+            ));
+        }
+        let plane_bytes = dims[1] * strides_bytes[0];
+        if strides_bytes[1] % 16 != 0
+            || strides_bytes[1] >= 1u64 << 40
+            || strides_bytes[1] < plane_bytes
+        {
+            return Err(Error::invalid(
+                OP,
+                "outer_stride_bytes",
+                format!("a multiple of 16 below 2^40 and at least one plane ({plane_bytes} bytes)"),
+                strides_bytes[1].to_string(),
+            ));
+        }
+        if !(1..=256).contains(&boxes[2]) {
+            return Err(Error::invalid(
+                OP,
+                "box_outer",
+                "1..=256",
+                boxes[2].to_string(),
+            ));
+        }
+        Self::encode(ptr, dtype, &dims, &strides_bytes, &boxes, swizzle)
+    }
+
+    /// `cuTensorMapEncodeTiled` of rank `dims.len()` (strides: one fewer; element strides 1),
+    /// after the checks of the public constructors.
+    fn encode(
+        ptr: u64,
+        dtype: TmaDtype,
+        dims: &[u64],
+        strides_bytes: &[u64],
+        boxes: &[u32],
+        swizzle: TmaSwizzle,
+    ) -> Result<Self> {
+        debug_assert!(strides_bytes.len() + 1 == dims.len() && boxes.len() == dims.len());
         if !crate::probe::driver_library_present() {
             return Err(Error::BackendUnavailable {
                 backend: BackendKind::Cuda,
                 reason: "no CUDA driver to encode a tensor map".into(),
             });
         }
-        let dims = [inner_elems, outer_elems];
-        let strides = [outer_stride_bytes];
-        let boxes = [box_inner, box_outer];
-        let element_strides = [1u32, 1];
+        let element_strides = [1u32; 5];
         // SAFETY: a zeroed tensor map is valid plain data; the driver overwrites it.
         let mut map: sys::CUtensorMap = unsafe { std::mem::zeroed() };
-        // SAFETY: every pointer is to a live local array of the length the rank (2) implies
-        // (rank - 1 strides); the arguments were checked against the driver's documented
-        // preconditions above; the address is only recorded, not dereferenced, by the driver.
+        // SAFETY: `dims` and `boxes` hold `rank` entries, `strides_bytes` rank - 1 and
+        // `element_strides` at least rank (rank is 2 or 3 from the constructors); the arguments
+        // were checked against the driver's documented preconditions; the address is only
+        // recorded, not dereferenced, by the driver.
         let rc = unsafe {
             sys::cuTensorMapEncodeTiled(
                 &mut map,
                 dtype.driver(),
-                2,
+                dims.len() as u32,
                 ptr as *mut std::ffi::c_void,
                 dims.as_ptr(),
-                strides.as_ptr(),
+                strides_bytes.as_ptr(),
                 boxes.as_ptr(),
                 element_strides.as_ptr(),
                 sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -155,7 +238,7 @@ impl TensorMap2d {
         Ok(Self { map })
     }
 
-    /// The checks of [`TensorMap2d::tiled`], without the driver.
+    /// The checks of [`TensorMap::tiled`], without the driver.
     #[allow(clippy::too_many_arguments)]
     pub fn check(
         ptr: u64,
@@ -246,10 +329,10 @@ mod tests {
 
     #[test]
     fn layout_is_the_driver_descriptor() {
-        assert_eq!(std::mem::size_of::<TensorMap2d>(), 128);
-        assert!(std::mem::align_of::<TensorMap2d>() >= 64);
+        assert_eq!(std::mem::size_of::<TensorMap>(), 128);
+        assert!(std::mem::align_of::<TensorMap>() >= 64);
         assert_eq!(
-            std::mem::size_of::<TensorMap2d>(),
+            std::mem::size_of::<TensorMap>(),
             std::mem::size_of::<sys::CUtensorMap>()
         );
     }
@@ -270,7 +353,7 @@ mod tests {
             B128,
         );
         let check = |t: (u64, TmaDtype, u64, u64, u64, u32, u32, TmaSwizzle)| {
-            TensorMap2d::check(t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7)
+            TensorMap::check(t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7)
         };
         check(ok).unwrap();
         check((0x1000_0000, BF16, 64, 3, 128, 64, 3, B128)).unwrap();
@@ -327,10 +410,32 @@ mod tests {
             let e = check(t).unwrap_err();
             assert_eq!(arg_of(e), arg, "{t:?}");
         }
+        // Rank 3 (q [batch 2, tokens 300, heads 3 x 64] in boxes of 128 tokens x 64): the outer
+        // stride must hold the middle dimension's rows, the outer box 1..=256.
+        let t3 = |strides: [u64; 2], boxes: [u32; 3]| {
+            TensorMap::tiled_3d(0x1000_0008, F16, [192, 300, 2], strides, boxes, B128)
+                .map(|_| ())
+                .unwrap_err()
+        };
+        assert_eq!(arg_of(t3([384, 300 * 384], [64, 128, 1])), "ptr");
+        let t3 = |strides: [u64; 2], boxes: [u32; 3]| {
+            TensorMap::tiled_3d(0x1000_0000, F16, [192, 300, 2], strides, boxes, B128).map(|_| ())
+        };
+        for (strides, boxes, arg) in [
+            ([384, 299 * 384], [64, 128, 1], "outer_stride_bytes"),
+            ([384, 300 * 384 + 8], [64, 128, 1], "outer_stride_bytes"),
+            ([376, 300 * 384], [64, 128, 1], "outer_stride_bytes"),
+            ([384, 300 * 384], [64, 128, 0], "box_outer"),
+            ([384, 300 * 384], [64, 300, 1], "box_outer"),
+            ([384, 300 * 384], [72, 128, 1], "box_inner"),
+        ] {
+            let e = t3(strides, boxes).unwrap_err();
+            assert_eq!(arg_of(e), arg, "{strides:?} {boxes:?}");
+        }
         // A box may reach past the tensor (a 64-row operand in 128-row boxes): zeros are read.
         check((0x1000_0000, U8, 7168, 64, 7168, 128, 128, B128)).unwrap();
         // Bad arguments are rejected before the driver is touched (no GPU needed).
-        let e = TensorMap2d::tiled(0x1000_0008, U8, 7168, 4096, 7168, 128, 128, B128).unwrap_err();
+        let e = TensorMap::tiled(0x1000_0008, U8, 7168, 4096, 7168, 128, 128, B128).unwrap_err();
         assert_eq!(arg_of(e), "ptr");
     }
 }
