@@ -14,6 +14,8 @@
 # BENCH_ONLY=OP (e.g. mla_decode) runs only the ops whose name contains OP, in all three
 # (`tessera bench --only`, `peers.py --only`): a run for one op's change.
 # BENCH_MLA_SHAPES=SUBSTRING keeps only the MLA decode shapes whose key contains it (all three).
+# BENCH_BACKWARD_PEERS='flex radial' (peers.py --backward-peers) times only those attention
+# backward peers (cuDNN's dense backward alone takes minutes at the long shapes).
 # Logs go to OUTDIR too. BENCH_BUDGET (seconds, default 510) bounds the whole: the peers get
 # what the bench left minus VK_RESERVE (default 120) kept for Vulkan; every step writes its JSON
 # as it goes, so a cut run still reports.
@@ -44,6 +46,7 @@ t0=$(date +%s)
 deadline=$(( t0 + ${BENCH_BUDGET:-510} ))
 only=(); [ -n "${BENCH_ONLY:-}" ] && only=(--only "$BENCH_ONLY")
 [ -n "${BENCH_MLA_SHAPES:-}" ] && only+=(--mla-shapes "$BENCH_MLA_SHAPES")
+peer_args=(); [ -n "${BENCH_BACKWARD_PEERS:-}" ] && peer_args=(--backward-peers "$BENCH_BACKWARD_PEERS")
 # BENCH_TUNE=gemm|attention|mla|all: first `tessera tune` those ops' standard shapes on this GPU
 # (the plans land next to the NVRTC cache, where the bench reads them); the plan file is kept.
 if [ -n "${BENCH_TUNE:-}" ]; then
@@ -69,7 +72,7 @@ nvidia_libs=$(python3 -c 'import glob, os, sys; print(":".join(d for p in sys.pa
 vk_reserve=${VK_RESERVE:-120}
 timeout $(( deadline - $(date +%s) - vk_reserve )) env PYTHONPATH="$pydir${PYTHONPATH:+:$PYTHONPATH}" \
   LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:$nvidia_libs:${LD_LIBRARY_PATH:-}" \
-  python3 "$pack/peers.py" --suite "$suite" "${only[@]}" --masks "$out/masks" --json "$out/peers.json" > "$out/peers.log" 2>&1
+  python3 "$pack/peers.py" --suite "$suite" "${only[@]}" "${peer_args[@]}" --masks "$out/masks" --json "$out/peers.json" > "$out/peers.log" 2>&1
 echo "peers.py: rc=$? in $(( $(date +%s) - t1 )) s"; grep -m 1 "^tessera " "$out/peers.log"; tail -n 3 "$out/peers.log"
 # On the GPU machine Tessera must be timed beside the peers: a skipped row is a failure.
 if grep -q "^skipped:" "$out/peers.log"; then

@@ -8,7 +8,11 @@
 //   16, 17 the fused pass with the dQ writer warps (BWD90_DQ_WRITER: atomic, deterministic),
 //   18 the conversion of their tiled dq_accum (PASS 3, BWD90_DQ_WRITER)
 // and defines the host launcher bwd_launch_<UNIT>(const BwdArgs&, stream).
+#include <cuda.h>
 #include <cuda_runtime.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "../kernels/common.cuh"
 #include "../kernels/attention_constants.cuh"
@@ -24,6 +28,35 @@
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
+
+#if UNIT >= 11 && UNIT != 15 && UNIT != 18
+// x [batch, tokens, heads, HEAD_DIM] as the wgmma passes' streamed-tile map: the 3-D tensor
+// (heads x HEAD_DIM, tokens, batch), boxes of [64 tokens][64], 128-byte swizzle.
+static TmaDesc stream_map(const unsigned short* x, const BwdArgs& a) {
+    typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                      const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                      CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    static EncodeTiledFn encode = nullptr;
+    if (!encode) {
+        cudaDriverEntryPointQueryResult qr;
+        cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &qr);
+    }
+    CUtensorMap cmap;
+    const cuuint64_t row = (cuuint64_t)a.heads * HEAD_DIM;
+    cuuint64_t dims[3] = {row, (cuuint64_t)a.tokens, (cuuint64_t)a.batch};
+    cuuint64_t strides[2] = {row * 2, row * 2 * (cuuint64_t)a.tokens};
+    cuuint32_t box[3] = {64, 64, 1}, estr[3] = {1, 1, 1};
+    if (!encode || encode(&cmap, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, (void*)x, dims, strides, box, estr,
+                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+        fprintf(stderr, "cuTensorMapEncodeTiled failed\n");
+        exit(1);
+    }
+    TmaDesc t;
+    memcpy(&t, &cmap, sizeof(t));
+    return t;
+}
+#endif
 
 extern "C" void CAT(bwd_launch_, UNIT)(const BwdArgs& a, cudaStream_t st) {
 #if UNIT == 0
@@ -61,17 +94,18 @@ extern "C" void CAT(bwd_launch_, UNIT)(const BwdArgs& a, cudaStream_t st) {
     if (!once) cudaFuncSetAttribute(BWD90_ENTRY, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
     BWD90_ENTRY<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(
         a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dk, a.dv, a.dq_accum, a.dq_turns, a.t_rank, a.t_indptr, a.t_indices,
-        a.tokens, a.heads, a.scale, a.scale * 1.4426950408889634f);
+        a.tokens, a.heads, a.scale, a.scale * 1.4426950408889634f, stream_map(a.q, a), stream_map(a.d_o, a));
 #elif UNIT == 11
     if (!once) cudaFuncSetAttribute(sparse_attention_bwd_dkdv_sm90, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
     sparse_attention_bwd_dkdv_sm90<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(
         a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dk, a.dv, a.t_indptr, a.t_indices, a.tokens, a.heads, a.scale,
-        a.scale * 1.4426950408889634f);
+        a.scale * 1.4426950408889634f, stream_map(a.q, a), stream_map(a.d_o, a));
 #else
     if (!once) cudaFuncSetAttribute(sparse_attention_bwd_dq_sm90, cudaFuncAttributeMaxDynamicSharedMemorySize, TESSERA_SMEM_BYTES);
     sparse_attention_bwd_dq_sm90<<<grid, 384, TESSERA_SMEM_BYTES, st>>>(a.q, a.k, a.v, a.d_o, a.lse, a.delta, a.dq,
                                                                        a.indptr, a.indices, a.tokens, a.heads, a.scale,
-                                                                       a.scale * 1.4426950408889634f);
+                                                                       a.scale * 1.4426950408889634f,
+                                                                       stream_map(a.k, a), stream_map(a.v, a));
 #endif
     once = true;
 #endif

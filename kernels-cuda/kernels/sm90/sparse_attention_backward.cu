@@ -1,6 +1,6 @@
 // Block-sparse (radial) attention backward for sm_90a: the two tile passes of
 // kernels/sparse_attention_backward.cu (PASS 1 dk/dv, PASS 2 dq; its PASS 0, delta, is reused as
-// is) with wgmma, a cp.async + mbarrier pipeline filled by a producer warpgroup and two math
+// is) with wgmma, a TMA + mbarrier pipeline filled by a producer warpgroup and two math
 // warpgroups of 64 resident rows each. Prepended: common.cuh, attention_constants.cuh (HEAD_DIM,
 // ELEM_BF16), sm90/hopper.cuh, sm90/wgmma.cuh (WgmmaBf16 / WgmmaF16 / WgmmaRegA).
 //
@@ -28,14 +28,17 @@
 // Grid: (ceil(tokens / 128), heads, batch): CTA x owns the 128 rows of mask block x (PASS 1: keys,
 // walking the transposed mask's row x; PASS 2: queries, walking the mask's row x).
 //   producer WG  streams the other side's rows in tiles of 64 (a mask block is two tiles; a
-//                tile starting at or past `tokens` is dropped), 16-byte cp.async with zero fill
-//                past `tokens` into 128-byte-swizzled stage t % STAGES, completing on full[s];
-//                PASS 1 also copies the tile's lse and delta (4-byte cp.async, zero fill).
+//                tile starting at or past `tokens` is dropped): its thread 0 copies both tiles
+//                of stage t % STAGES by TMA (stream_a_map, stream_b_map: PASS 1 q and dO, PASS 2
+//                k and v, each the 3-D tensor (heads x HEAD_DIM, tokens, batch) in boxes of
+//                [64 tokens][64], 128-byte swizzle: zeros past `tokens`), completing on full[s];
+//                in PASS 1 the loaders also copy the tile's lse and delta (4-byte cp.async, zero
+//                fill) and arrive there too.
 //   math WG w    owns resident rows 64w..64w+63 (loaded by itself into swizzled shared memory).
 //     PASS 1 per query tile: S^T = K Q^T and dP^T = V dO^T (wgmma m64n64, both operands
 //       K-major in shared memory); P^T = exp2(S^T scale log2 e - lse log2 e); dS^T = P^T (dP^T -
 //       delta); dV += P^T dO and dK += dS^T Q (wgmma with A from registers, B = the [64 query
-//       rows][HEAD_DIM] tile, MN-major). A padded query row has zero q and dO (cp.async zero
+//       rows][HEAD_DIM] tile, MN-major). A padded query row has zero q and dO (TMA zero
 //       fill) and lse = delta = 0: P = 1, dP = 0, dS = 0, and its zero dO and q rows add nothing.
 //     PASS 2 per key tile: S = Q K^T, dP = dO V^T, P (0 for keys past `tokens`), dS; dQ += dS K
 //       (A from registers, B = the key tile MN-major). A padded query row gets lse = +inf: P = 0.
@@ -212,6 +215,9 @@ BWD90_DQ_CONVERT(const float* __restrict__ dq_accum, u16* __restrict__ dq, int t
 // Producer threads that stream the tiles (each arrives on full[s]): the whole warpgroup, or with
 // BWD90_DQ_WRITER its warps 0 and 1 (warps 2 and 3 are the dQ writers).
 #define BWD90_LOADERS (BWD90_DQ_WRITER ? 64 : 128)
+// Arrivals that complete a stage: the TMA thread's (with the tiles' bytes), and in PASS 1 every
+// loader's cp.async of the tile's lse and delta.
+#define BWD90_FULL_ARRIVALS (1 + (PASS == 1 ? BWD90_LOADERS : 0))
 // Registers per thread after setmaxnreg (256 x math + 128 x producer = 168 x 384, the launch's):
 // 24 / 240, except 40 / 232 for the dQ writer at HEAD_DIM 64 (its 64 loaders spill 16 bytes at
 // 24; at 128 the math warpgroups need the 240).
@@ -294,25 +300,6 @@ struct Bwd90Walk {
     }
     __device__ int row0(int j) const { return (int)indices[first + j / 2] * BLOCK + (j % 2) * BWD90_TILE; }
 };
-
-// Rows row0..row0 + 63 of one head (base: token 0 of the batch and head) into a swizzled tile,
-// zero rows at or past `tokens`; producer thread t128 (of BWD90_LOADERS) copies chunk t128 % 8
-// of rows t128 / 8 + (BWD90_LOADERS / 8) k of every column block.
-__device__ __forceinline__ void bwd90_load_tile(u8* tile, const u16* __restrict__ base, int row0, int tokens,
-                                                i64 tok_stride, int t128) {
-    const int chunk = t128 % 8;
-    // 64 loaders (BWD90_DQ_WRITER): 8 rows each, not unrolled (fewer live registers)
-    constexpr int UNROLL = BWD90_DQ_WRITER ? 1 : BWD90_TILE * 8 / BWD90_LOADERS;
-#pragma unroll UNROLL
-    for (int k = 0; k < BWD90_TILE * 8 / BWD90_LOADERS; ++k) {
-        const int r = t128 / 8 + (BWD90_LOADERS / 8) * k;
-        const bool ok = row0 + r < tokens;
-        const u16* src = base + (ok ? (i64)(row0 + r) * tok_stride : 0) + chunk * 8;
-#pragma unroll
-        for (int cb = 0; cb < BWD90_CB; ++cb)
-            cp_async_16(tile + cb * Bwd90Smem::TILE_BLOCK + swizzle128(r, chunk), src + cb * 64, ok);
-    }
-}
 
 // This warpgroup's 64 resident rows (64 mw.. of the CTA's 128, tokens row0 + 64 mw..) into the
 // swizzled resident region `res` (zero rows past `tokens`), by plain loads and stores.
@@ -421,20 +408,24 @@ BWD90_ENTRY(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __r
             const u16* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
             u16* __restrict__ dk, u16* __restrict__ dv, float* __restrict__ dq_accum, u32* __restrict__ dq_turns,
             const u32* __restrict__ t_rank, const u32* __restrict__ indptr, const u32* __restrict__ indices,
-            int tokens, int heads, float scale, float scale_log2)
+            int tokens, int heads, float scale, float scale_log2, const __grid_constant__ TmaDesc stream_a_map,
+            const __grid_constant__ TmaDesc stream_b_map)
 #elif PASS == 1
 extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
 sparse_attention_bwd_dkdv_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                                const u16* __restrict__ d_o, const float* __restrict__ lse,
                                const float* __restrict__ delta, u16* __restrict__ dk, u16* __restrict__ dv,
                                const u32* __restrict__ indptr, const u32* __restrict__ indices, int tokens,
-                               int heads, float scale, float scale_log2)
+                               int heads, float scale, float scale_log2,
+                               const __grid_constant__ TmaDesc stream_a_map,
+                               const __grid_constant__ TmaDesc stream_b_map)
 #else
 extern "C" __global__ void __launch_bounds__(BWD90_THREADS, 1)
 sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                              const u16* __restrict__ d_o, const float* __restrict__ lse,
                              const float* __restrict__ delta, u16* __restrict__ dq, const u32* __restrict__ indptr,
-                             const u32* __restrict__ indices, int tokens, int heads, float scale, float scale_log2)
+                             const u32* __restrict__ indices, int tokens, int heads, float scale, float scale_log2,
+                             const __grid_constant__ TmaDesc stream_a_map, const __grid_constant__ TmaDesc stream_b_map)
 #endif
 {
     constexpr int D = HEAD_DIM;
@@ -466,13 +457,9 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
 #if PASS == 1
     const u16* const res_a_src = k;
     const u16* const res_b_src = v;
-    const u16* const stream_a_src = q;
-    const u16* const stream_b_src = d_o;
 #else
     const u16* const res_a_src = q;
     const u16* const res_b_src = d_o;
-    const u16* const stream_a_src = k;
-    const u16* const stream_b_src = v;
 #endif
 
     const int tid = threadIdx.x;
@@ -481,7 +468,7 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(&full[s], BWD90_LOADERS);
+            mbar_init(&full[s], BWD90_FULL_ARRIVALS);
             mbar_init(&empty[s], BWD90_EMPTY_ARRIVALS);
         }
 #if BWD90_DQ_WRITER
@@ -538,12 +525,27 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
             return;
         }
 #endif
+#if PASS == 2
+        if (t128 != 0) return;  // PASS 2 streams only the TMA tiles
+#endif
+        if (t128 == 0) {
+            tma_prefetch_desc(&stream_a_map);
+            tma_prefetch_desc(&stream_b_map);
+        }
         for (int t = 0; t < ntiles; ++t) {
             const int s = t % STAGES;
             mbar_wait(&empty[s], ((t / STAGES) & 1) ^ 1);
             const int row0 = walk.row0(t);
-            bwd90_load_tile(s_stage_a + s * Bwd90Smem::TILE, stream_a_src + base, row0, tokens, tok_stride, t128);
-            bwd90_load_tile(s_stage_b + s * Bwd90Smem::TILE, stream_b_src + base, row0, tokens, tok_stride, t128);
+            if (t128 == 0) {
+                mbar_arrive_expect_tx(&full[s], 2 * Bwd90Smem::TILE);
+#pragma unroll
+                for (int cb = 0; cb < BWD90_CB; ++cb) {
+                    tma_load_3d(s_stage_a + s * Bwd90Smem::TILE + cb * Bwd90Smem::TILE_BLOCK, &stream_a_map, &full[s],
+                                h * D + cb * 64, row0, b);
+                    tma_load_3d(s_stage_b + s * Bwd90Smem::TILE + cb * Bwd90Smem::TILE_BLOCK, &stream_b_map, &full[s],
+                                h * D + cb * 64, row0, b);
+                }
+            }
 #if PASS == 1
 #if BWD90_DQ_WRITER  // 64 loaders: each copies one lse and one delta
             {
@@ -564,8 +566,8 @@ sparse_attention_bwd_dq_sm90(const u16* __restrict__ q, const u16* __restrict__ 
                 cp_async_4(dst, src, ok);
             }
 #endif
-#endif
             cp_async_mbar_arrive(&full[s]);
+#endif
         }
         asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
         return;

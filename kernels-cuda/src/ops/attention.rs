@@ -236,6 +236,31 @@ impl HalfElement for bf16 {
     }
 }
 
+/// The TMA tensor map through which the Hopper attention kernels read a `[batch, tokens, heads,
+/// head_dim]` tensor of `op`'s dtype at `address`: the 3-D tensor (heads x head_dim, tokens,
+/// batch), boxes of `box_tokens` tokens x 64 columns with the 128-byte swizzle, so that tokens at
+/// or past `tokens` of a batch read as zeros (`sm90/sparse_attention.cu`: 128-token boxes;
+/// `sm90/sparse_attention_backward.cu`: 64).
+pub(crate) fn token_tile_map(
+    op: &SparseAttention,
+    address: u64,
+    box_tokens: u32,
+) -> Result<TensorMap> {
+    let dtype = match op.dtype {
+        DType::BF16 => TmaDtype::BF16,
+        _ => TmaDtype::F16,
+    };
+    let row = (op.heads * op.head_dim) as u64;
+    TensorMap::tiled_3d(
+        address,
+        dtype,
+        [row, op.tokens as u64, op.batch as u64],
+        [2 * row, 2 * row * op.tokens as u64],
+        [64, box_tokens, 1],
+        TmaSwizzle::B128,
+    )
+}
+
 impl DeviceHalf<'_> {
     /// The buffer's address on `stream`, and the guard that records the stream's read of it
     /// when dropped (for a launch that reads it through a tensor map, not a pointer argument).
@@ -402,28 +427,12 @@ impl CudaBackend {
         // (checked by `grid`).
         let grid = variant.grid(op)?;
         if variant.kernel == AttentionKernel::Wgmma {
-            // q, k and v through TMA tensor maps: each the 3-D tensor (heads x head_dim, tokens,
-            // batch), boxes of 128 tokens x 64 columns with the 128-byte swizzle, so that tokens
-            // at or past `tokens` of a batch read as zeros. (The guards record the launch's
-            // reads when dropped, after the launch.)
-            let dtype = match op.dtype {
-                DType::BF16 => TmaDtype::BF16,
-                _ => TmaDtype::F16,
-            };
-            let row = (op.heads * op.head_dim) as u64;
+            // q, k and v through TMA tensor maps of 128-token boxes. (The guards record the
+            // launch's reads when dropped, after the launch.)
             let (q_address, _q_read) = q.device_ptr(stream);
             let (k_address, _k_read) = k.device_ptr(stream);
             let (v_address, _v_read) = v.device_ptr(stream);
-            let map = |address| {
-                TensorMap::tiled_3d(
-                    address,
-                    dtype,
-                    [row, op.tokens as u64, op.batch as u64],
-                    [2 * row, 2 * row * op.tokens as u64],
-                    [64, ATTENTION_SM90_QUERY_TILE, 1],
-                    TmaSwizzle::B128,
-                )
-            };
+            let map = |address| token_tile_map(op, address, ATTENTION_SM90_QUERY_TILE);
             let maps = [map(q_address)?, map(k_address)?, map(v_address)?];
             let mut args = KernelArgs::new(stream);
             args.value(&maps[0]).value(&maps[1]).value(&maps[2]);

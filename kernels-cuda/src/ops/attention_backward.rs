@@ -21,10 +21,13 @@
 //!
 //! Device API: [`CudaBackend::sparse_attention_backward_on`] over [`AttentionBackwardBuffers`].
 
-use super::attention::{check_block_size, DeviceBlockMask, DeviceHalf, DeviceHalfMut, HalfElement};
+use super::attention::{
+    check_block_size, token_tile_map, DeviceBlockMask, DeviceHalf, DeviceHalfMut, HalfElement,
+};
 use super::{check_device_len, download, to_i32, upload};
+use crate::plan::attention_backward::{AttentionBackwardKernel, AttentionBackwardVariant};
 use crate::plan::heuristics::{attention_backward_candidates, pick_attention_backward};
-use crate::plan::{AttentionBackwardPlan, KernelArgs, LaunchOptions};
+use crate::plan::{AttentionBackwardPlan, KernelArgs, LaunchOptions, TensorMap};
 use crate::runtime::driver_error;
 use crate::CudaBackend;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
@@ -176,6 +179,24 @@ impl TileScalars {
     }
 }
 
+/// The wgmma tile passes' last two parameters, `stream_a_map` and `stream_b_map`: the tensor
+/// maps (64-token boxes, [`token_tile_map`]) of the tiles a pass streams, `a` and `b` (dk/dv: q
+/// and d_o; dq: k and v). None for a `mma.sync` pass, which takes no maps. The buffers are
+/// tracked for the launch through their pointer arguments, which every pass also takes.
+fn stream_maps(
+    variant: &AttentionBackwardVariant,
+    op: &SparseAttention,
+    stream: &CudaStream,
+    a: &DeviceHalf<'_>,
+    b: &DeviceHalf<'_>,
+) -> Result<Option<[TensorMap; 2]>> {
+    if variant.tile_kernel() != AttentionBackwardKernel::Wgmma {
+        return Ok(None);
+    }
+    let map = |t: &DeviceHalf<'_>| token_tile_map(op, t.address(stream), 64);
+    Ok(Some([map(a)?, map(b)?]))
+}
+
 /// The first parameters of every dk/dv kernel (two-pass and fused): q, k, v, d_o, lse, delta,
 /// dk, dv.
 fn key_value_args<'a>(
@@ -300,23 +321,29 @@ impl CudaBackend {
 
         // 2. dk, dv over the transposed mask.
         let grid = plan.key_value.grid(op)?;
+        let maps = stream_maps(&plan.key_value, op, stream, &b.q, &b.d_o)?;
         let mut args = key_value_args(stream, b);
         args.buffer(mask.transposed_indptr())
             .buffer(mask.transposed_indices());
         scalars.push_tail(&mut args);
+        if let Some([map_a, map_b]) = &maps {
+            args.value(map_a).value(map_b);
+        }
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dk, dv, const u32* t_indptr, t_indices, int tokens, int heads, float scale, float
-        // scale_log2) in this order. The 16-bit tensors hold batch*tokens*heads*head_dim elements
+        // scale_log2[, wgmma: the tensor maps of q and d_o]) in this order; the maps cover
+        // exactly q and d_o (TMA reads zeros past them). The 16-bit tensors hold batch*tokens*heads*head_dim elements
         // and start 16-byte aligned, lse and delta batch*heads*tokens floats (checked above); the
         // transposed mask comes from a mask validated against the op (num_blocks + 1 row
         // pointers, sorted in-range columns), and the grid has one CTA per (64 keys, head,
         // batch) (`mma.sync`) or per (key block of 128, head, batch) (wgmma, whose plan is valid
         // only for blocks of 128), as the plan's grid says. Rows at or past `tokens` are neither
-        // read nor written. Both kernels take the same parameters.
+        // read nor written.
         unsafe { self.launch_kernel(&plan.key_value, grid, args, LaunchOptions::default())? };
 
         // 3. dq over the mask.
         let grid = plan.query.grid(op)?;
+        let maps = stream_maps(&plan.query, op, stream, &b.k, &b.v)?;
         let mut args = KernelArgs::new(stream);
         for t in [&b.q, &b.k, &b.v, &b.d_o] {
             add_half(&mut args, t);
@@ -325,9 +352,12 @@ impl CudaBackend {
         add_half_mut(&mut args, &mut b.dq);
         args.buffer(mask.indptr()).buffer(mask.indices());
         scalars.push_tail(&mut args);
+        if let Some([map_a, map_b]) = &maps {
+            args.value(map_a).value(map_b);
+        }
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dq, const u32* indptr, indices, int tokens, int heads, float scale, float
-        // scale_log2) in this order, with the bounds checked as for step 2 and the mask
+        // scale_log2[, wgmma: the tensor maps of k and v, covering exactly them]) in this order, with the bounds checked as for step 2 and the mask
         // validated against the op (no empty row); one CTA per (64 queries, head, batch)
         // (`mma.sync`) or per (query block of 128, head, batch) (wgmma), as for step 2.
         unsafe { self.launch_kernel(&plan.query, grid, args, LaunchOptions::default()) }
@@ -356,6 +386,15 @@ impl CudaBackend {
 
         // 2. dk, dv over the transposed mask, and dq added into dq_accum.
         let grid = plan.key_value.grid(op)?;
+        let [map_a, map_b] =
+            stream_maps(&plan.key_value, op, stream, &b.q, &b.d_o)?.ok_or_else(|| {
+                Error::invalid(
+                    OP,
+                    "plan",
+                    "a fused-dq plan on the wgmma kernel",
+                    format!("{plan:?}"),
+                )
+            })?;
         let mut args = key_value_args(stream, b);
         args.buffer_mut(dq_accum)
             .buffer_mut(dq_turns)
@@ -363,9 +402,11 @@ impl CudaBackend {
             .buffer(mask.transposed_indptr())
             .buffer(mask.transposed_indices());
         scalars.push_tail(&mut args);
+        args.value(&map_a).value(&map_b);
         // SAFETY: the kernel's parameters are (const u16* q, k, v, d_o, const float* lse, delta,
         // u16* dk, dv, float* dq_accum, u32* dq_turns, const u32* t_rank, t_indptr, t_indices,
-        // int tokens, int heads, float scale, float scale_log2) in this order. The tensors are
+        // int tokens, int heads, float scale, float scale_log2, the tensor maps of q and d_o) in
+        // this order; the maps cover exactly q and d_o (TMA reads zeros past them). The tensors are
         // checked as for the two-pass plans; dq_accum holds the plan's workspace of
         // batch*heads*ceil(tokens/64)*64*head_dim floats (every 64 x 64 job the kernel adds
         // into, rows of the last tile past `tokens` included), dq_turns its

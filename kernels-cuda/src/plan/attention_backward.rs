@@ -57,8 +57,8 @@ pub enum AttentionBackwardKernel {
     /// rows, streamed tiles of 64 through cp.async; sm_80 and later.
     #[default]
     MmaSync,
-    /// `kernels/sm90/sparse_attention_backward.cu`: wgmma, a cp.async producer warpgroup and two
-    /// math warpgroups of 64 resident rows, one CTA per (mask block of 128, head, batch); sm_90a,
+    /// `kernels/sm90/sparse_attention_backward.cu`: wgmma, a producer warpgroup (TMA tiles,
+    /// cp.async lse and delta) and two math warpgroups of 64 resident rows, one CTA per (mask block of 128, head, batch); sm_90a,
     /// mask blocks of 128.
     Wgmma,
 }
