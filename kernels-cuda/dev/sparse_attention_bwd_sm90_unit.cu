@@ -30,31 +30,10 @@
 #define CAT(a, b) CAT_(a, b)
 
 #if UNIT >= 11 && UNIT != 15 && UNIT != 18
-// x [batch, tokens, heads, HEAD_DIM] as the wgmma passes' streamed-tile map: the 3-D tensor
-// (heads x HEAD_DIM, tokens, batch), boxes of [64 tokens][64], 128-byte swizzle.
+#include "tma_token_map.cuh"
+// x as the wgmma passes' streamed-tile map (64-token boxes).
 static TmaDesc stream_map(const unsigned short* x, const BwdArgs& a) {
-    typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                      const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                      CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-    static EncodeTiledFn encode = nullptr;
-    if (!encode) {
-        cudaDriverEntryPointQueryResult qr;
-        cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &qr);
-    }
-    CUtensorMap cmap;
-    const cuuint64_t row = (cuuint64_t)a.heads * HEAD_DIM;
-    cuuint64_t dims[3] = {row, (cuuint64_t)a.tokens, (cuuint64_t)a.batch};
-    cuuint64_t strides[2] = {row * 2, row * 2 * (cuuint64_t)a.tokens};
-    cuuint32_t box[3] = {64, 64, 1}, estr[3] = {1, 1, 1};
-    if (!encode || encode(&cmap, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, (void*)x, dims, strides, box, estr,
-                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
-        fprintf(stderr, "cuTensorMapEncodeTiled failed\n");
-        exit(1);
-    }
-    TmaDesc t;
-    memcpy(&t, &cmap, sizeof(t));
-    return t;
+    return encode_token_map(x, a.batch, a.tokens, a.heads, HEAD_DIM, 64);
 }
 #endif
 

@@ -24,6 +24,7 @@
 #include "../kernels/sm90/wgmma.cuh"
 #include "../kernels/sm90/sparse_attention.cu"
 #include "harness.cuh"
+#include "tma_token_map.cuh"
 
 
 static const int D = HEAD_DIM;
@@ -51,34 +52,10 @@ struct Dev {
     TmaDesc qm, km, vm;  // q, k, v as the kernel's tensor maps
 };
 
-// x [batch, tokens, heads, D] as a 3-D map (heads x D, tokens, batch), boxes of [128 tokens][64].
-static TmaDesc encode_qkv(const u16* x, int batch, int tokens, int heads) {
-    typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                      const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                      CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-    static EncodeTiledFn encode = nullptr;
-    if (!encode) {
-        cudaDriverEntryPointQueryResult qr;
-        CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &qr));
-    }
-    CUtensorMap cmap;
-    cuuint64_t dims[3] = {(cuuint64_t)heads * D, (cuuint64_t)tokens, (cuuint64_t)batch};
-    cuuint64_t strides[2] = {(cuuint64_t)heads * D * 2, (cuuint64_t)tokens * heads * D * 2};
-    cuuint32_t box[3] = {64, 128, 1}, estr[3] = {1, 1, 1};
-    if (encode(&cmap, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, (void*)x, dims, strides, box, estr,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
-        fprintf(stderr, "cuTensorMapEncodeTiled failed\n");
-        exit(1);
-    }
-    TmaDesc t;
-    memcpy(&t, &cmap, sizeof(t));
-    return t;
-}
 static void encode_maps(Dev& d, int batch, int tokens, int heads) {
-    d.qm = encode_qkv(d.q, batch, tokens, heads);
-    d.km = encode_qkv(d.k, batch, tokens, heads);
-    d.vm = encode_qkv(d.v, batch, tokens, heads);
+    d.qm = encode_token_map(d.q, batch, tokens, heads, D, 128);
+    d.km = encode_token_map(d.k, batch, tokens, heads, D, 128);
+    d.vm = encode_token_map(d.v, batch, tokens, heads, D, 128);
 }
 
 static void launch(const Dev& d, const Mask& m, int batch, int tokens, int heads, float scale, cudaStream_t st) {

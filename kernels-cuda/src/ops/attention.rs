@@ -426,44 +426,31 @@ impl CudaBackend {
         // Offsets are computed in 64 bits; the grid's y and z dimensions hold heads and batch
         // (checked by `grid`).
         let grid = variant.grid(op)?;
-        if variant.kernel == AttentionKernel::Wgmma {
-            // q, k and v through TMA tensor maps of 128-token boxes. (The guards record the
-            // launch's reads when dropped, after the launch.)
-            let (q_address, _q_read) = q.device_ptr(stream);
-            let (k_address, _k_read) = k.device_ptr(stream);
-            let (v_address, _v_read) = v.device_ptr(stream);
-            let map = |address| token_tile_map(op, address, ATTENTION_SM90_QUERY_TILE);
-            let maps = [map(q_address)?, map(k_address)?, map(v_address)?];
-            let mut args = KernelArgs::new(stream);
-            args.value(&maps[0]).value(&maps[1]).value(&maps[2]);
-            match o {
-                DeviceHalfMut::F16(x) => args.buffer_mut(x),
-                DeviceHalfMut::BF16(x) => args.buffer_mut(x),
-            };
-            args.buffer_mut(lse)
-                .buffer(&mask.indptr)
-                .buffer(&mask.indices)
-                .buffer(&mask.row_order)
-                .value(&tokens)
-                .value(&heads)
-                .value(&scale_log2);
-            // SAFETY: the kernel's parameters are (three 128-byte tensor maps q_map, k_map,
-            // v_map, u16* o, float* lse, const u32* indptr, indices, row_order, int tokens, int
-            // heads, float scale_log2) in this order. The maps cover exactly q, k and v (each
-            // batch*tokens*heads*head_dim 16-bit elements, 16-byte aligned: checked above; TMA
-            // reads zeros past them), o holds as many, lse batch*heads*tokens floats; the mask
-            // was validated against the op (num_blocks + 1 row pointers, sorted in-range
-            // columns), row_order is a permutation of its block rows, and the grid has one CTA
-            // per (block row, head, batch) (checked by `grid`). The kernel writes only o and lse
-            // rows below `tokens`.
-            return unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) };
-        }
+        let wgmma = variant.kernel == AttentionKernel::Wgmma;
+        // The wgmma kernel reads q, k and v through TMA tensor maps of 128-token boxes. (Their
+        // guards record the launch's reads when dropped, after the launch.)
+        let (q_address, _q_read) = q.device_ptr(stream);
+        let (k_address, _k_read) = k.device_ptr(stream);
+        let (v_address, _v_read) = v.device_ptr(stream);
+        let map = |address| token_tile_map(op, address, ATTENTION_SM90_QUERY_TILE);
+        let maps = if wgmma {
+            Some([map(q_address)?, map(k_address)?, map(v_address)?])
+        } else {
+            None
+        };
         let mut args = KernelArgs::new(stream);
-        for t in [q, k, v] {
-            match t {
-                DeviceHalf::F16(x) => args.buffer(x),
-                DeviceHalf::BF16(x) => args.buffer(x),
-            };
+        match &maps {
+            Some([q_map, k_map, v_map]) => {
+                args.value(q_map).value(k_map).value(v_map);
+            }
+            None => {
+                for t in [q, k, v] {
+                    match t {
+                        DeviceHalf::F16(x) => args.buffer(x),
+                        DeviceHalf::BF16(x) => args.buffer(x),
+                    };
+                }
+            }
         }
         match o {
             DeviceHalfMut::F16(x) => args.buffer_mut(x),
@@ -471,17 +458,21 @@ impl CudaBackend {
         };
         args.buffer_mut(lse)
             .buffer(&mask.indptr)
-            .buffer(&mask.indices)
-            .value(&tokens)
-            .value(&heads)
-            .value(&scale_log2);
-        // SAFETY: the kernel's parameters are (const u16* q, k, v, u16* o, float* lse,
-        // const u32* indptr, indices, int tokens, int heads, float scale_log2) in this order. q,
-        // k, v and o hold batch*tokens*heads*head_dim 16-bit elements and start 16-byte aligned,
-        // lse batch*heads*tokens floats (all checked above); the mask was validated against the
-        // op (num_blocks + 1 row pointers, sorted in-range columns), and the grid has one CTA per
-        // (64 query rows, head, batch) (checked by `grid`). The kernel reads and writes only
-        // within those bounds (rows at or past `tokens` are neither read nor written).
+            .buffer(&mask.indices);
+        if wgmma {
+            args.buffer(&mask.row_order);
+        }
+        args.value(&tokens).value(&heads).value(&scale_log2);
+        // SAFETY: the kernel's parameters are (const u16* q, k, v, or for wgmma three 128-byte
+        // tensor maps q_map, k_map, v_map; u16* o, float* lse, const u32* indptr, indices,
+        // [wgmma: const u32* row_order,] int tokens, int heads, float scale_log2) in this order.
+        // q, k, v and o hold batch*tokens*heads*head_dim 16-bit elements and start 16-byte
+        // aligned, lse batch*heads*tokens floats (all checked above); the maps cover exactly q,
+        // k and v (TMA reads zeros past them). The mask was validated against the op
+        // (num_blocks + 1 row pointers, sorted in-range columns), row_order is a permutation of
+        // its block rows, and the grid has one CTA per (64 query rows, head, batch), or for
+        // wgmma one per (block row, head, batch) (checked by `grid`). The kernels read and write
+        // only within those bounds (rows at or past `tokens` are neither read nor written).
         unsafe { self.launch_kernel(&variant, grid, args, LaunchOptions::default()) }
     }
 
