@@ -170,7 +170,7 @@ impl TensorMap {
                 dims[2].to_string(),
             ));
         }
-        let plane_bytes = dims[1] * strides_bytes[0];
+        let plane_bytes = dims[1].saturating_mul(strides_bytes[0]);
         if strides_bytes[1] % 16 != 0
             || strides_bytes[1] >= 1u64 << 40
             || strides_bytes[1] < plane_bytes
@@ -432,6 +432,17 @@ mod tests {
             let e = t3(strides, boxes).unwrap_err();
             assert_eq!(arg_of(e), arg, "{strides:?} {boxes:?}");
         }
+        // A plane of 2^32 rows 2^39 bytes apart (2^71 bytes) is an error, not an overflow.
+        let e = TensorMap::tiled_3d(
+            0x1000_0000,
+            F16,
+            [192, 1 << 32, 2],
+            [1 << 39, (1 << 40) - 16],
+            [64, 128, 1],
+            B128,
+        )
+        .unwrap_err();
+        assert_eq!(arg_of(e), "outer_stride_bytes");
         // A box may reach past the tensor (a 64-row operand in 128-row boxes): zeros are read.
         check((0x1000_0000, U8, 7168, 64, 7168, 128, 128, B128)).unwrap();
         // Bad arguments are rejected before the driver is touched (no GPU needed).
