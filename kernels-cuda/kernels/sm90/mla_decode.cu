@@ -91,7 +91,7 @@
 // 0, R of stage 1: the order the warpgroups release them) also brings the tile's scales (a box
 // of [64 keys][16 bytes] from `scale_map`). All but the rope complete on raw[stage][part]. The
 // producer warpgroup, idle in the bf16 build, converts: per part it waits for raw, then for each
-// of the two groups reads its codes (thread i: codes 64 (i % 2).. of key i / 2), multiplies them
+// of the two groups reads its codes (thread i: codes 64 (i / 64).. of key i % 64), multiplies them
 // by the key's scale of that group (bf16 by truncation: exact for the format's power-of-two
 // scales, mla_e4m3x4_scaled_truncated), writes the group's two bf16 column blocks and completes their
 // full barriers (128 arrivals: every producer thread, after its proxy fence). The first group's
@@ -350,7 +350,10 @@ extern "C" __global__ void __launch_bounds__(MLA90_THREADS, 1) mla_decode(
 #if FMT == 1
         // Every part of every tile, in the order the math warpgroups release them (a pair's: L of
         // stage 0, R of stage 1, R of stage 0, L of stage 1), converted as its codes land.
-        const int key = t128 / 2, half = t128 % 2;
+        // A warp's lanes on 32 consecutive keys, so that the 8 lanes of each 16-byte store phase
+        // write 8 different swizzle chunks (with two lanes per key, writing the same chunk of two
+        // blocks, they shared banks: 2 % slower, session 19).
+        const int key = t128 % 64, half = t128 / 64;
         const int valid_last = partial_tile >= 0 ? k_end - (k_begin + partial_tile * MLA90_KEYS) : MLA90_KEYS;
         for (int t = 0; t < ntiles; t += 2) {
             const u32 parity = (t / 2) & 1;
