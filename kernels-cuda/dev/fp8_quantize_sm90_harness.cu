@@ -49,6 +49,13 @@
 #if WITH_SWEEP
 #include "fp8_quantize_1x128_sweep.cuh"
 #endif
+#ifndef WITH_BULK
+#define WITH_BULK 0
+#endif
+#if WITH_BULK
+#include "../kernels/sm90/hopper.cuh"
+#include "fp8_quantize_bulk.cuh"
+#endif
 #ifndef LIBRARY_NAME
 #define LIBRARY_NAME "library"
 #endif
@@ -599,6 +606,11 @@ static const Variant kRow[] = {
 #elif WITH_SWEEP
 #error "SWEEP_SET must be 1, 2, 3 or 4"
 #endif
+#if WITH_BULK  // mode 6: bulk copies (minb CTAs per SM; units_per_warp holds STAGES)
+#define VB(ST, TH, MB) Variant { "bulk-s" #ST "x" #TH "m" #MB, bulk::q1x128<ST, TH, MB>, TH, 6, MB, ST, 0 }
+    VB(2, 256, 2), VB(3, 256, 2), VB(4, 256, 2), VB(2, 256, 3), VB(3, 256, 3), VB(2, 256, 4),
+    VB(3, 128, 4), VB(2, 512, 2), VB(4, 256, 3), VB(6, 256, 2),
+#endif
 };
 
 static const Variant kBlock[] = {
@@ -622,6 +634,7 @@ static const Variant kBlock[] = {
 static dim3 grid_of(const Variant& v, bool block, int rows, int cols) {
     if (v.mode == -1) return library_grid(block, rows, cols);
     if (v.mode == 4) return dim3(g_sms * v.minb);
+    if (v.mode == 6) return dim3((unsigned)std::min<long long>((long long)g_sms * v.minb, rows));
     if (v.mode == 5) return dim3(1);
     const int groups = (cols + 127) / 128;
     if (block) {
@@ -643,6 +656,21 @@ struct Set {
 };
 
 static void launch(const Variant& v, bool block, const Set& s, int rows, int cols) {
+#if WITH_BULK
+    if (v.mode == 6) {
+        const size_t smem = bulk::smem_bytes(v.units_per_warp, cols);
+        static const void* set_for[64] = {};
+        static size_t set_bytes[64] = {};
+        const int slot = (int)(&v - kRow);
+        if (set_for[slot] != (const void*)v.k || set_bytes[slot] < smem) {
+            CK(cudaFuncSetAttribute(v.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            set_for[slot] = (const void*)v.k;
+            set_bytes[slot] = smem;
+        }
+        v.k<<<grid_of(v, block, rows, cols), v.threads, smem>>>(s.x, s.q, s.s, rows, cols);
+        return;
+    }
+#endif
     v.k<<<grid_of(v, block, rows, cols), v.threads>>>(s.x, s.q, s.s, rows, cols);
 }
 
@@ -673,6 +701,7 @@ static int check_all(const Variant* vs, int nv, bool block, int rows, int cols, 
     for (int i = 0; i < nv; ++i) {
         // The variants of namespace var have no scalar path.
         if (!quantizes(vs[i]) || (vs[i].mode != -1 && (shift || cols % 8))) continue;
+        if (vs[i].mode == 6 && cols % 16) continue;  // bulk: 16-byte rows of codes
         CK(cudaMemset(s.q, 0xa5, n));
         CK(cudaMemset(s.s, 0xff, ns * 4));
         launch(vs[i], block, s, rows, cols);
