@@ -82,6 +82,10 @@ static_assert(AttnSm90Smem::END == TESSERA_SMEM_BYTES, "the host's shared-memory
 static_assert(TESSERA_THREADS == ATT90_THREADS, "the sm90 attention kernel runs 3 warpgroups");
 
 
+// How far (log2 domain) a row's score may pass its running maximum before the maximum moves
+// and O is rescaled (FlashAttention-4's conditional rescaling).
+#define ATT90_RESCALE_SLACK 8.0f
+
 // 2^x on the SFU alone (exp2f adds a range check and two multiplies for results below 2^-126;
 // here those flush to 0, far under the bf16/f16 resolution of P). exp2(-inf) = 0.
 __device__ __forceinline__ float att90_exp2(float x) {
@@ -249,7 +253,12 @@ sparse_attention_fwd_sm90(const __grid_constant__ TmaDesc q_map, const __grid_co
             float mx = fmaxf(fmaxf(mp[ri][0], mp[ri][1]), fmaxf(mp[ri][2], mp[ri][3]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m_run[ri], mx * scale_log2);
+            // The running maximum moves only when a score passes it by more than 8 (log2
+            // domain): P stays <= 2^8, exact in f32 and as precise in bf16, and O is rescaled
+            // far less often (1.5-3 % faster on the radial masks, session 19). The first
+            // finite score always moves it (-inf before); m and l stay consistent for lse.
+            const float m_cand = fmaxf(m_run[ri], mx * scale_log2);
+            const float m_new = m_cand - m_run[ri] > ATT90_RESCALE_SLACK ? m_cand : m_run[ri];
             // A row with no finite score yet: subtract 0 so that exp2 gives 0, not NaN.
             msub[ri] = m_new == TESSERA_NEG_INF ? 0.0f : m_new;
             alpha[ri] = att90_exp2(m_run[ri] - msub[ri]);
@@ -292,7 +301,7 @@ sparse_attention_fwd_sm90(const __grid_constant__ TmaDesc q_map, const __grid_co
         if (t128 == 0) mbar_arrive(&bars[t % ATT90_STAGES]);
     };
     // Rescales O where a row maximum moved in this warp (after the first blocks it rarely does,
-    // and alpha is exactly 1 otherwise).
+    // within ATT90_RESCALE_SLACK, and alpha is exactly 1 otherwise).
     auto rescale_o = [&](const float (&alpha)[2]) {
         if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
