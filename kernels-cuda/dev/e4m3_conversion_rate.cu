@@ -5,8 +5,9 @@
 //   rounding route); 2 the same truncated to bf16 by prmt; 3 unpack, f16 bits moved into bf16
 //   position, two mul.bf16x2; 4 bytes -> bf16 bits by integer operations, two mul.bf16x2; 5 route
 //   1 without the multiply; 6 bytes sign-extended by prmt, shifted and masked into bf16 bits x
-//   2^-120, one mul.bf16x2 by scale x 2^120 (mla_e4m3x4_scaled_bits, session 19); 7 the same
-//   with the NaN-code test of every word (mla_e4m3_nan_bytes).
+//   2^-120, one mul.bf16x2 by scale x 2^120 (session 19; measured in the FP8 seesaw, not kept:
+//   NOTES-mla-decode-sm90.md); 7 the same with a test of every word for NaN codes, which route 6
+//   decodes finite.
 // Then checks route 6 against route 2 (the library's truncated route) bit for bit over every
 // non-NaN code and scales 2^-40..2^7, and prints the count of differences.
 // On the GPU machine: nvcc -O3 -arch=sm_90a -o conv_rate e4m3_conversion_rate.cu && ./conv_rate
