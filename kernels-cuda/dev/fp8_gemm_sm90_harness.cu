@@ -3,6 +3,10 @@
 // against a plain f32 GPU reference and times it (CUDA events per launch, median, operand sets
 // rotated so that L2 is not what is measured).
 //   harness [--check] M N K [M N K ...]
+// MOE_ROWS="r0 r1 ..." (timing only): each N K pair of the arguments (M ignored) is timed as a
+// mixture of experts, group g computing r_g rows against its own B: GROUPING 1 as contiguous
+// groups (rows stacked, offsets), GROUPING 2 as masked groups (a buffer of MOE_ROOM rows per group,
+// default the largest r_g), GROUPING 0 as the plain GEMM of the same total rows (one B).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -95,6 +99,81 @@ struct Set {
     TmaDesc ta, tb;
 };
 
+// MOE_ROWS mode: one timed run of the grouping this binary was built for (see the header).
+static void time_moe(int n, int k, const std::vector<int>& rows, int room, int sms) {
+    using namespace fp8_gemm_sm90;
+    const int groups = GROUPING == 0 ? 1 : (int)rows.size();
+    int total = 0;
+    for (int r : rows) total += r;
+    const int nkb = (k + 127) / 128, sb_rows = (n + 127) / 128;
+    const int a_rows = GROUPING == 2 ? groups * room : total;  // rows of A, sA and D
+    const int m = GROUPING == 2 ? room : total;                // the kernel's m
+    std::vector<int> layout;
+    if (GROUPING == 1) {
+        layout.push_back(0);
+        for (int r : rows) layout.push_back(layout.back() + r);
+    } else if (GROUPING == 2) {
+        layout = rows;
+    }
+    int* groups_dev = nullptr;
+    if (GROUPING != 0) {
+        CK(cudaMalloc(&groups_dev, layout.size() * 4));
+        CK(cudaMemcpy(groups_dev, layout.data(), layout.size() * 4, cudaMemcpyHostToDevice));
+    }
+    const size_t set_bytes = (size_t)a_rows * k + (size_t)groups * n * k;
+    const int nsets = (int)std::min<size_t>(8, (400ull << 20) / set_bytes + 1);
+    std::vector<Set> sets(nsets);
+    for (int s = 0; s < nsets; ++s) {
+        CK(cudaMalloc(&sets[s].a, (size_t)a_rows * k));
+        CK(cudaMalloc(&sets[s].b, (size_t)groups * n * k));
+        CK(cudaMalloc(&sets[s].sa, (size_t)a_rows * nkb * 4));
+        CK(cudaMalloc(&sets[s].sb, (size_t)groups * sb_rows * nkb * 4));
+        fill_e4m3<<<1024, 256>>>(sets[s].a, (size_t)a_rows * k, 11 + s);
+        fill_e4m3<<<1024, 256>>>(sets[s].b, (size_t)groups * n * k, 101 + s);
+        fill_scale<<<64, 256>>>(sets[s].sa, (size_t)a_rows * nkb, 5 + s);
+        fill_scale<<<64, 256>>>(sets[s].sb, (size_t)groups * sb_rows * nkb, 9 + s);
+        sets[s].ta = make_map(sets[s].a, k, a_rows, 128, BLOCK_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
+        sets[s].tb = make_map(sets[s].b, k, groups * n, 128, BLOCK_N / CLUSTER_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
+    }
+    u16* d;
+    CK(cudaMalloc(&d, (size_t)a_rows * n * 2));
+    TmaDesc td;
+    memset(&td, 0, sizeof(td));
+    if (EPI_SWIZZLE)
+        td = make_map(d, n, a_rows, EPI_SWIZZLE / 2, 64 * SUB, 2,
+                      EPI_SWIZZLE == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
+                                         : (EPI_SWIZZLE == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
+    const int grid = sms / CLUSTER * CLUSTER;  // persistent: every SM (the kernel skips what it lacks)
+    auto launch = [&](int s) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(grid);
+        cfg.blockDim = dim3(THREADS);
+        cfg.dynamicSmemBytes = SMEM_BYTES;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = CLUSTER;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        CK(cudaLaunchKernelEx(&cfg, fp8_gemm_sm90_kernel, sets[s].ta, sets[s].tb, td, (const float*)sets[s].sa,
+                              (const float*)sets[s].sb, d, m, n, k, groups_dev, groups));
+    };
+    for (int w = 0; w < 3; ++w) launch(w % nsets);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    const double flop = 2.0 * total * n * k;
+    float best = 1e30f;
+    for (int rep = 0; rep < 3; ++rep) best = std::min(best, median_event_ms([&](int i) { launch(i % nsets); }, 50));
+    printf("MOE BM%d BN%d G%d groups %d rows %d N%d K%d: %.4f ms %.0f TFLOPS (best median of 3 x 50, %d sets)\n", BLOCK_M,
+           BLOCK_N, GROUPING, groups, total, n, k, best, flop / best / 1e9, nsets);
+    for (auto& s : sets) {
+        CK(cudaFree(s.a)); CK(cudaFree(s.b)); CK(cudaFree(s.sa)); CK(cudaFree(s.sb));
+    }
+    CK(cudaFree(d));
+    if (groups_dev) CK(cudaFree(groups_dev));
+}
+
 int main(int argc, char** argv) {
     using namespace fp8_gemm_sm90;
     bool check = false, plain = getenv("PLAIN_LAUNCH") != nullptr;
@@ -110,6 +189,21 @@ int main(int argc, char** argv) {
     CK(cudaFuncGetAttributes(&fa, fp8_gemm_sm90_kernel));
     printf("# variant BM%d BN%d ST%d WG%d EPI%d CM%d SK%d: regs %d, smem %d, local %zu\n", BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE,
            CLUSTER_M, SPLIT_K, fa.numRegs, SMEM_BYTES, (size_t)fa.localSizeBytes);
+    if (const char* moe = getenv("MOE_ROWS")) {
+        std::vector<int> rows;
+        for (const char* p = moe; *p;) {
+            char* end;
+            const long r = strtol(p, &end, 10);
+            if (end == p) break;
+            rows.push_back((int)r);
+            p = end;
+        }
+        int room = 0;
+        for (int r : rows) room = std::max(room, r);
+        if (const char* rm = getenv("MOE_ROOM")) room = atoi(rm);
+        for (size_t si = 0; si + 3 <= shapes.size(); si += 3) time_moe(shapes[si + 1], shapes[si + 2], rows, room, sms);
+        return 0;
+    }
     for (size_t si = 0; si + 3 <= shapes.size(); si += 3) {
         int m = shapes[si], n = shapes[si + 1], k = shapes[si + 2];
         int nkb = (k + 127) / 128;
