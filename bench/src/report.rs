@@ -401,9 +401,10 @@ fn quantize_section(
             "| {s} | {} | {} | {} | {} | {} | {} | {} | {} |",
             ms(time(r)),
             f(gbps(r), 0),
-            f(pct, 0),
+            // One decimal: the target is a threshold, and 79.6 must not read as 80.
+            f(pct, 1),
             ms(copy_ms),
-            f(pct_same, 0),
+            f(pct_same, 1),
             ms(time(v)),
             f(gbps(v), 0),
             f(ratio(gbps(v), gbps(r)), 3)

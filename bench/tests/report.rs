@@ -295,7 +295,7 @@ fn report_shows_the_quantizers_against_the_copy_ceiling() {
     //   Vulkan GB/s | Vulkan / CUDA |
     assert_eq!(
         row[1..10],
-        [shape, "0.0250", "3400", "85", "0.0200", "80", "0.0500", "1700", "0.500"]
+        [shape, "0.0250", "3400", "85.0", "0.0200", "80.0", "0.0500", "1700", "0.500"]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
