@@ -4,6 +4,8 @@
 #   bash kernels-cuda/dev/fp8_gemm_sm90.sh OUTDIR "BM BN ST WG EPI CLUSTER_M ACC_STAGES SPLIT_K" [...]   (ST 0: most that fit)
 # SHAPES="M N K ..." overrides the timed shapes; CHECK_SHAPES the checked ones; NOTIME=1 skips timing;
 # CTAS=2 builds for two CTAs per SM; GROUPING=1|2 builds the grouped kernel (run as one group).
+# Mixtures of experts: build with NOTIME=1 (one OUTDIR per GROUPING), then run a binary with
+# MOE_ROWS="512 1024 ..." [MOE_ROOM=4096] and "0 N K" (see the harness's header).
 set -uo pipefail
 out=${1:?outdir}; shift
 here=$(cd "$(dirname "$0")" && pwd)
