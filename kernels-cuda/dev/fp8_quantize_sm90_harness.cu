@@ -517,7 +517,13 @@ static dim3 library_grid(bool block, int rows, int cols) {
 #else
     if (block) return dim3((unsigned)gc, (unsigned)gr);
     const long long units = (rows * gc + UNIT_GROUPS - 1) / UNIT_GROUPS;
-    return dim3((unsigned)std::min<long long>((long long)g_sms * MIN_CTAS_PER_SM, (units + 7) / 8));
+    const long long ctas = std::max(1ll, std::min<long long>((long long)g_sms * MIN_CTAS_PER_SM, (units + 7) / 8));
+    // The fewest CTAs that keep the same rounds (units per warp), as the library; CAPPED_GRID=1:
+    // the capped grid itself (the library before session 20).
+    const char* capped = getenv("CAPPED_GRID");
+    if (capped && atoi(capped) == 1) return dim3((unsigned)ctas);
+    const long long rounds = std::max(1ll, (units + 8 * ctas - 1) / (8 * ctas));
+    return dim3((unsigned)((units + 8 * rounds - 1) / (8 * rounds)));
 #endif
 }
 
