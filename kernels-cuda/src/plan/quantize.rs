@@ -356,8 +356,15 @@ mod tests {
             let cap = (132 * 4).min(units.div_ceil(8));
             let (ctas, _, _) = b.grid(&op, &h200).unwrap();
             let ctas = ctas as usize;
-            assert!(ctas >= 1 && ctas <= cap, "rows {rows}: {ctas} CTAs, cap {cap}");
-            assert_eq!(units.div_ceil(8 * ctas), units.div_ceil(8 * cap), "rows {rows}");
+            assert!(
+                (1..=cap).contains(&ctas),
+                "rows {rows}: {ctas} CTAs, cap {cap}"
+            );
+            assert_eq!(
+                units.div_ceil(8 * ctas),
+                units.div_ceil(8 * cap),
+                "rows {rows}"
+            );
         }
         // ... interleaved, 8 threads per group, 1 unit per batch (the H200's measured winner).
         let d = b.kernel();
