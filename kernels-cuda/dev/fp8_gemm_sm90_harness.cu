@@ -99,13 +99,67 @@ struct Set {
     TmaDesc ta, tb;
 };
 
+// One operand set: A [a_rows, k] and B [b_rows, k] e4m3 with their scales (sA [a_rows, k/128],
+// sB [sb_rows, k/128]), filled from seed s, and their tensor maps.
+static Set make_set(int a_rows, int b_rows, int sb_rows, int k, int s) {
+    using namespace fp8_gemm_sm90;
+    const int nkb = (k + 127) / 128;
+    Set r;
+    CK(cudaMalloc(&r.a, (size_t)a_rows * k));
+    CK(cudaMalloc(&r.b, (size_t)b_rows * k));
+    CK(cudaMalloc(&r.sa, (size_t)a_rows * nkb * 4));
+    CK(cudaMalloc(&r.sb, (size_t)sb_rows * nkb * 4));
+    fill_e4m3<<<1024, 256>>>(r.a, (size_t)a_rows * k, 11 + s);
+    fill_e4m3<<<1024, 256>>>(r.b, (size_t)b_rows * k, 101 + s);
+    fill_scale<<<64, 256>>>(r.sa, (size_t)a_rows * nkb, 5 + s);
+    fill_scale<<<64, 256>>>(r.sb, (size_t)sb_rows * nkb, 9 + s);
+    r.ta = make_map(r.a, k, a_rows, 128, BLOCK_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
+    r.tb = make_map(r.b, k, b_rows, 128, BLOCK_N / CLUSTER_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
+    return r;
+}
+
+static void free_set(Set& s) {
+    CK(cudaFree(s.a));
+    CK(cudaFree(s.b));
+    CK(cudaFree(s.sa));
+    CK(cudaFree(s.sb));
+}
+
+// The epilogue's tensor map of D [rows, n] bf16 (zeros when the build stores from registers).
+static TmaDesc make_d_map(u16* d, int n, int rows) {
+    using namespace fp8_gemm_sm90;
+    TmaDesc td;
+    memset(&td, 0, sizeof(td));
+    if (EPI_SWIZZLE)
+        td = make_map(d, n, rows, EPI_SWIZZLE / 2, 64 * SUB, 2,
+                      EPI_SWIZZLE == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
+                                         : (EPI_SWIZZLE == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
+    return td;
+}
+
+// The launch configuration of `grid` CTAs in clusters of CLUSTER (attr: its one attribute).
+static cudaLaunchConfig_t cluster_config(int grid, cudaLaunchAttribute* attr) {
+    using namespace fp8_gemm_sm90;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = SMEM_BYTES;
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CLUSTER;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
+
 // MOE_ROWS mode: one timed run of the grouping this binary was built for (see the header).
 static void time_moe(int n, int k, const std::vector<int>& rows, int room, int sms) {
     using namespace fp8_gemm_sm90;
     const int groups = GROUPING == 0 ? 1 : (int)rows.size();
     int total = 0;
     for (int r : rows) total += r;
-    const int nkb = (k + 127) / 128, sb_rows = (n + 127) / 128;
+    const int sb_rows = (n + 127) / 128;
     const int a_rows = GROUPING == 2 ? groups * room : total;  // rows of A, sA and D
     const int m = GROUPING == 2 ? room : total;                // the kernel's m
     std::vector<int> layout;
@@ -122,40 +176,15 @@ static void time_moe(int n, int k, const std::vector<int>& rows, int room, int s
     }
     const size_t set_bytes = (size_t)a_rows * k + (size_t)groups * n * k;
     const int nsets = (int)std::min<size_t>(8, (400ull << 20) / set_bytes + 1);
-    std::vector<Set> sets(nsets);
-    for (int s = 0; s < nsets; ++s) {
-        CK(cudaMalloc(&sets[s].a, (size_t)a_rows * k));
-        CK(cudaMalloc(&sets[s].b, (size_t)groups * n * k));
-        CK(cudaMalloc(&sets[s].sa, (size_t)a_rows * nkb * 4));
-        CK(cudaMalloc(&sets[s].sb, (size_t)groups * sb_rows * nkb * 4));
-        fill_e4m3<<<1024, 256>>>(sets[s].a, (size_t)a_rows * k, 11 + s);
-        fill_e4m3<<<1024, 256>>>(sets[s].b, (size_t)groups * n * k, 101 + s);
-        fill_scale<<<64, 256>>>(sets[s].sa, (size_t)a_rows * nkb, 5 + s);
-        fill_scale<<<64, 256>>>(sets[s].sb, (size_t)groups * sb_rows * nkb, 9 + s);
-        sets[s].ta = make_map(sets[s].a, k, a_rows, 128, BLOCK_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
-        sets[s].tb = make_map(sets[s].b, k, groups * n, 128, BLOCK_N / CLUSTER_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
-    }
+    std::vector<Set> sets;
+    for (int s = 0; s < nsets; ++s) sets.push_back(make_set(a_rows, groups * n, groups * sb_rows, k, s));
     u16* d;
     CK(cudaMalloc(&d, (size_t)a_rows * n * 2));
-    TmaDesc td;
-    memset(&td, 0, sizeof(td));
-    if (EPI_SWIZZLE)
-        td = make_map(d, n, a_rows, EPI_SWIZZLE / 2, 64 * SUB, 2,
-                      EPI_SWIZZLE == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
-                                         : (EPI_SWIZZLE == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
+    const TmaDesc td = make_d_map(d, n, a_rows);
     const int grid = sms / CLUSTER * CLUSTER;  // persistent: every SM (the kernel skips what it lacks)
     auto launch = [&](int s) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(grid);
-        cfg.blockDim = dim3(THREADS);
-        cfg.dynamicSmemBytes = SMEM_BYTES;
         cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = CLUSTER;
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
+        const cudaLaunchConfig_t cfg = cluster_config(grid, attr);
         CK(cudaLaunchKernelEx(&cfg, fp8_gemm_sm90_kernel, sets[s].ta, sets[s].tb, td, (const float*)sets[s].sa,
                               (const float*)sets[s].sb, d, m, n, k, groups_dev, groups));
     };
@@ -167,9 +196,7 @@ static void time_moe(int n, int k, const std::vector<int>& rows, int room, int s
     for (int rep = 0; rep < 3; ++rep) best = std::min(best, median_event_ms([&](int i) { launch(i % nsets); }, 50));
     printf("MOE BM%d BN%d G%d groups %d rows %d N%d K%d: %.4f ms %.0f TFLOPS (best median of 3 x 50, %d sets)\n", BLOCK_M,
            BLOCK_N, GROUPING, groups, total, n, k, best, flop / best / 1e9, nsets);
-    for (auto& s : sets) {
-        CK(cudaFree(s.a)); CK(cudaFree(s.b)); CK(cudaFree(s.sa)); CK(cudaFree(s.sb));
-    }
+    for (auto& s : sets) free_set(s);
     CK(cudaFree(d));
     if (groups_dev) CK(cudaFree(groups_dev));
 }
@@ -209,27 +236,11 @@ int main(int argc, char** argv) {
         int nkb = (k + 127) / 128;
         size_t set_bytes = (size_t)m * k + (size_t)n * k + (size_t)m * nkb * 4 + (size_t)((n + 127) / 128) * nkb * 4;
         int nsets = check ? 1 : (int)std::min<size_t>(64, std::max<size_t>(1, (400ull << 20) / set_bytes + 1));
-        std::vector<Set> sets(nsets);
-        for (int s = 0; s < nsets; ++s) {
-            CK(cudaMalloc(&sets[s].a, (size_t)m * k));
-            CK(cudaMalloc(&sets[s].b, (size_t)n * k));
-            CK(cudaMalloc(&sets[s].sa, (size_t)m * nkb * 4));
-            CK(cudaMalloc(&sets[s].sb, (size_t)((n + 127) / 128) * nkb * 4));
-            fill_e4m3<<<1024, 256>>>(sets[s].a, (size_t)m * k, 11 + s);
-            fill_e4m3<<<1024, 256>>>(sets[s].b, (size_t)n * k, 101 + s);
-            fill_scale<<<64, 256>>>(sets[s].sa, (size_t)m * nkb, 5 + s);
-            fill_scale<<<64, 256>>>(sets[s].sb, (size_t)((n + 127) / 128) * nkb, 9 + s);
-            sets[s].ta = make_map(sets[s].a, k, m, 128, BLOCK_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
-            sets[s].tb = make_map(sets[s].b, k, n, 128, BLOCK_N / CLUSTER_M, 1, CU_TENSOR_MAP_SWIZZLE_128B);
-        }
+        std::vector<Set> sets;
+        for (int s = 0; s < nsets; ++s) sets.push_back(make_set(m, n, (n + 127) / 128, k, s));
         u16* d;
         CK(cudaMalloc(&d, (size_t)m * n * 2));
-        TmaDesc td;
-        memset(&td, 0, sizeof(td));
-        if (EPI_SWIZZLE)
-            td = make_map(d, n, m, EPI_SWIZZLE / 2, 64 * SUB, 2,
-                          EPI_SWIZZLE == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
-                                             : (EPI_SWIZZLE == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
+        const TmaDesc td = make_d_map(d, n, m);
         // One group (GROUPING 1: offsets {0, m}; GROUPING 2: count {m}): the grouped builds
         // compute the plain GEMM.
         int* groups_dev = nullptr;
@@ -242,17 +253,8 @@ int main(int argc, char** argv) {
         int tiles = tiles_mc * ((n + BLOCK_N - 1) / BLOCK_N);
         int max_clusters = sms / CLUSTER;
         {
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = dim3(sms / CLUSTER * CLUSTER);
-            cfg.blockDim = dim3(THREADS);
-            cfg.dynamicSmemBytes = SMEM_BYTES;
             cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = CLUSTER;
-            attr[0].val.clusterDim.y = 1;
-            attr[0].val.clusterDim.z = 1;
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
+            const cudaLaunchConfig_t cfg = cluster_config(sms / CLUSTER * CLUSTER, attr);
             CK(cudaOccupancyMaxActiveClusters(&max_clusters, fp8_gemm_sm90_kernel, &cfg));
         }
         // Split-K: one tile per cluster (not persistent).
@@ -263,17 +265,8 @@ int main(int argc, char** argv) {
                                                                     m, n, k, groups_dev, 1);
                 return;
             }
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = dim3(grid);
-            cfg.blockDim = dim3(THREADS);
-            cfg.dynamicSmemBytes = SMEM_BYTES;
             cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = CLUSTER;
-            attr[0].val.clusterDim.y = 1;
-            attr[0].val.clusterDim.z = 1;
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
+            const cudaLaunchConfig_t cfg = cluster_config(grid, attr);
             CK(cudaLaunchKernelEx(&cfg, fp8_gemm_sm90_kernel, sets[s].ta, sets[s].tb, td, (const float*)sets[s].sa,
                                   (const float*)sets[s].sb, d, m, n, k, groups_dev, 1));
         };
@@ -324,9 +317,7 @@ int main(int argc, char** argv) {
             printf("TIME BM%d BN%d ST%d WG%d E%dC%dA%dS%d M%d N%d K%d: %.4f ms %.0f TFLOPS %.0f GB/s (grid %d, tiles %d, max clusters %d)\n",
                    BLOCK_M, BLOCK_N, STAGES, MATH_WG, EPI_SWIZZLE, CLUSTER_M, ACC_STAGES, SPLIT_K, m, n, k, med, flop / med / 1e9, bytes / med / 1e6, grid, tiles, max_clusters);
         }
-        for (auto& s : sets) {
-            CK(cudaFree(s.a)); CK(cudaFree(s.b)); CK(cudaFree(s.sa)); CK(cudaFree(s.sb));
-        }
+        for (auto& s : sets) free_set(s);
         CK(cudaFree(d));
         if (groups_dev) CK(cudaFree(groups_dev));
     }
