@@ -6,7 +6,7 @@
 // turn) and store the scales; thread 0 writes the codes row back by one bulk store. Needs
 // cols % 16 == 0 (16-byte rows of codes) and 16-byte aligned x and q. bf16 / f16 inputs.
 // Included by dev/fp8_quantize_sm90_harness.cu with WITH_BULK=1 (after the library kernel,
-// whose In8, group_scale, quotient and f32x2_to_e4m3x2 it uses), needs sm90/hopper.cuh.
+// whose In8, group_scale and pack8 it uses), needs sm90/hopper.cuh.
 namespace bulk {
 constexpr int CODE_BUFS = 2;
 __host__ __device__ inline size_t smem_bytes(int stages, int cols) {
@@ -64,16 +64,8 @@ __global__ void __launch_bounds__(THREADS, MINB) q1x128(const in_t* __restrict__
             m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
             const GroupScale gs = group_scale(m);
             if (c0 < cols) {
-                u32 w[4];
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const In8& t = h ? b : a;
-                    w[2 * h] = (u32)f32x2_to_e4m3x2(quotient(t.at(0), gs), quotient(t.at(1), gs)) |
-                               ((u32)f32x2_to_e4m3x2(quotient(t.at(2), gs), quotient(t.at(3), gs)) << 16);
-                    w[2 * h + 1] = (u32)f32x2_to_e4m3x2(quotient(t.at(4), gs), quotient(t.at(5), gs)) |
-                                   ((u32)f32x2_to_e4m3x2(quotient(t.at(6), gs), quotient(t.at(7), gs)) << 16);
-                }
-                *reinterpret_cast<uint4*>(dst + c0) = make_uint4(w[0], w[1], w[2], w[3]);
+                const uint2 lo = pack8(a, gs), hi = pack8(b, gs);
+                *reinterpret_cast<uint4*>(dst + c0) = make_uint4(lo.x, lo.y, hi.x, hi.y);
             }
             if (sub == 0 && g < groups) __stcs(scales + (size_t)row * groups + g, gs.s);
         }

@@ -177,8 +177,8 @@ __device__ __forceinline__ float quotient(float x, const GroupScale& g) {
 #endif
 }
 
-// The 8 e4m3 bytes of x / s, stored at q + i (8-byte aligned), streaming.
-__device__ __forceinline__ void store8(u8* q, i64 i, const In8& x, const GroupScale& g) {
+// The 8 e4m3 bytes of x / s as two words, in memory order (element 0 in the low byte of .x).
+__device__ __forceinline__ uint2 pack8(const In8& x, const GroupScale& g) {
     u32 w[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -186,7 +186,12 @@ __device__ __forceinline__ void store8(u8* q, i64 i, const In8& x, const GroupSc
         w[h] = (u32)f32x2_to_e4m3x2(quotient(x.at(e), g), quotient(x.at(e + 1), g)) |
                ((u32)f32x2_to_e4m3x2(quotient(x.at(e + 2), g), quotient(x.at(e + 3), g)) << 16);
     }
-    __stcs((uint2*)(q + i), make_uint2(w[0], w[1]));
+    return make_uint2(w[0], w[1]);
+}
+
+// The 8 e4m3 bytes of x / s, stored at q + i (8-byte aligned), streaming.
+__device__ __forceinline__ void store8(u8* q, i64 i, const In8& x, const GroupScale& g) {
+    __stcs((uint2*)(q + i), pack8(x, g));
 }
 
 __device__ __forceinline__ bool vector_path(const in_t* x, const u8* q, int cols) {
