@@ -137,20 +137,11 @@ static TmaDesc make_d_map(u16* d, int n, int rows) {
     return td;
 }
 
-// The launch configuration of `grid` CTAs in clusters of CLUSTER (attr: its one attribute).
+// The launch configuration of `grid` CTAs of this build in clusters of CLUSTER (attr: its one
+// attribute).
 static cudaLaunchConfig_t cluster_config(int grid, cudaLaunchAttribute* attr) {
     using namespace fp8_gemm_sm90;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = SMEM_BYTES;
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CLUSTER;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cfg;
+    return cluster_launch_config(dim3(grid), dim3(THREADS), SMEM_BYTES, CLUSTER, attr);
 }
 
 // MOE_ROWS mode: one timed run of the grouping this binary was built for (see the header).

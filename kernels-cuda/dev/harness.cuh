@@ -1,6 +1,6 @@
 // What the nvcc development harnesses of this folder share (included after the kernel headers,
-// which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, the event
-// timings, and (where ELEM_BF16 is defined) the host conversions of the attention harnesses'
+// which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, a cluster
+// launch configuration, the event timings, and (where ELEM_BF16 is defined) the host conversions of the attention harnesses'
 // 16-bit elements.
 #pragma once
 #include <algorithm>
@@ -39,6 +39,24 @@ __global__ void fill_half(u16* p, size_t n, u64 seed, float scale, int bf16) {
             asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
         p[i] = h;
     }
+}
+
+// The launch configuration of `grid` CTAs of `block` threads and `smem` bytes of dynamic shared
+// memory in clusters of `cluster` CTAs along x; `attr` holds its one attribute (alive while the
+// configuration is used).
+static cudaLaunchConfig_t cluster_launch_config(dim3 grid, dim3 block, size_t smem, unsigned cluster,
+                                                cudaLaunchAttribute* attr) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
 }
 
 // A one-thread busy-wait of `ns` nanoseconds: launches queued behind it are recorded while the

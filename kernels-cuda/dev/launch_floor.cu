@@ -1,12 +1,16 @@
 // Development probe for the GPU machine (nvcc): what one launch costs before any GEMM work, timed
 // as the bench times (CUDA events around each launch, median), and how fast a plain streaming read
 // of B-sized buffers runs (operands rotated over 400 MB so that L2 does not serve them).
-//   nvcc -O3 -arch=sm_90a -o floor launch_floor.cu && ./floor
+//   nvcc -O3 -std=c++17 -arch=sm_90a -o floor launch_floor.cu && ./floor
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <vector>
+
+typedef unsigned short u16;  // the kernels' names (common.cuh is a kernel header), for harness.cuh
+typedef unsigned long long u64;
+#include "harness.cuh"
 
 __global__ void empty_kernel() {}
 
@@ -43,16 +47,8 @@ int main() {
     printf("FLOOR empty kernel, 132 CTAs: %.2f us\n", 1e3 * median_ms([](int) { empty_kernel<<<132, 128>>>(); }));
     for (int cluster : {2, 4}) {
         float ms = median_ms([&](int) {
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = dim3(128);
-            cfg.blockDim = dim3(128);
             cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = cluster;
-            attr[0].val.clusterDim.y = 1;
-            attr[0].val.clusterDim.z = 1;
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
+            const cudaLaunchConfig_t cfg = cluster_launch_config(dim3(128), dim3(128), 0, cluster, attr);
             cudaLaunchKernelEx(&cfg, empty_kernel);
         });
         printf("FLOOR empty kernel, 128 CTAs in clusters of %d: %.2f us\n", cluster, 1e3 * ms);
