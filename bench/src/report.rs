@@ -136,6 +136,11 @@ fn time(r: Option<&Record>) -> Option<f64> {
     r.and_then(|r| r.time_ms)
 }
 
+/// The time of a record's fastest launch.
+fn min_time(r: Option<&Record>) -> Option<f64> {
+    r.and_then(|r| r.min_ms)
+}
+
 /// The implementation name of Tessera's Vulkan records (`tessera bench --backend vulkan`).
 const VK: &str = "tessera-vulkan";
 
@@ -448,7 +453,6 @@ fn grouped_gemm_section(md: &mut String, ours: &BenchFile) -> std::fmt::Result {
             .unwrap_or_else(|| "–".into());
         let plain_shape = param("plain_shape").and_then(|v| v.as_str());
         let plain = plain_shape.and_then(|p| ours.find("fp8_gemm", p, "tessera"));
-        let min_time = |r: Option<&Record>| r.and_then(|r| r.min_ms);
         writeln!(
             md,
             "| {s} | {rows} | {} | {} | {} | {} | {} | {} |",

@@ -1,7 +1,7 @@
 // What the nvcc development harnesses of this folder share (included after the kernel headers,
 // which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, a cluster
-// launch configuration, the event timings, and (where ELEM_BF16 is defined) the host conversions of the attention harnesses'
-// 16-bit elements.
+// launch configuration, the event timings, and (where ELEM_BF16 is defined) the host conversions
+// of the attention harnesses' 16-bit elements.
 #pragma once
 #include <algorithm>
 #include <cmath>
