@@ -292,6 +292,7 @@ __device__ __forceinline__ void issue_k_block(float (&acc)[ACC], const u8* smem,
     const u64 a_desc = wgmma_desc(a_tile, 0, 1024, WGMMA_SWIZZLE_128B);
     const u64 b_desc = wgmma_desc(smem + OFF_B + stage * B_STAGE, 0, 1024, WGMMA_SWIZZLE_128B);
     reg_fence_all(acc);
+    wgmma_fence();
 #pragma unroll
     for (int k = 0; k < BK / 32; ++k) {
         // +32 bytes of K per step: +2 in the descriptors' 16-byte address units.
@@ -476,38 +477,45 @@ __device__ __forceinline__ void math_tile(u8* smem, u32& round, const Tile& tile
     Pipe pipe, release;
     pipe.phase = release.phase = round & 1;
     if (num_kb > 0) {  // 0: an empty split (num_kb < SPLIT_K), its partial stays zero
-        mbar_wait(&full[pipe.stage], pipe.phase);
-        KScales sc0 = read_scales(smem, pipe.stage, row_in_tile), sc1;
-        issue_k_block(acc0, smem, pipe.stage, wg, 0);
-        pipe.next();
-        for (int kb = 0; kb < num_kb; kb += 2) {
-            if (kb + 1 < num_kb) {
-                mbar_wait(&full[pipe.stage], pipe.phase);
-                sc1 = read_scales(smem, pipe.stage, row_in_tile);
-                issue_k_block(acc1, smem, pipe.stage, wg, 0);
-                pipe.next();
-                wgmma_wait<1>();
-            } else {
-                wgmma_wait<0>();
-            }
-            reg_fence_all(acc0);
+        KScales sc0, sc1;
+        // Waits for the next stage, reads its scales and issues its K block into acc.
+        auto refill = [&](float(&acc)[ACC], KScales& sc) {
+            mbar_wait(&full[pipe.stage], pipe.phase);
+            sc = read_scales(smem, pipe.stage, row_in_tile);
+            issue_k_block(acc, smem, pipe.stage, wg, 0);
+            pipe.next();
+        };
+        // Releases the oldest stage and promotes its K block (complete) from acc.
+        auto retire = [&](float(&acc)[ACC], const KScales& sc) {
+            reg_fence_all(acc);
             release_stage(smem, release.stage);
             release.next();
-            promote<FORMER>(out[0], acc0, sc0.sa[0], sc0.sb);
-            if (kb + 1 >= num_kb) break;
-            if (kb + 2 < num_kb) {
-                mbar_wait(&full[pipe.stage], pipe.phase);
-                sc0 = read_scales(smem, pipe.stage, row_in_tile);
-                issue_k_block(acc0, smem, pipe.stage, wg, 0);
-                pipe.next();
-                wgmma_wait<1>();
-            } else {
-                wgmma_wait<0>();
-            }
-            reg_fence_all(acc1);
-            release_stage(smem, release.stage);
-            release.next();
-            promote<FORMER>(out[0], acc1, sc1.sa[0], sc1.sb);
+            promote<FORMER>(out[0], acc, sc.sa[0], sc.sb);
+        };
+        refill(acc0, sc0);
+        // Every pass of this loop enters and leaves with one K block in flight, in acc0, so that
+        // every path reaches each wgmma with the same groups pending; where two paths differ
+        // (a wait<1> on one, a wait<0> on the other), ptxas serializes every wgmma of the
+        // kernel (C7518).
+        int kb = 0;
+        for (; kb + 2 < num_kb; kb += 2) {
+            refill(acc1, sc1);
+            wgmma_wait<1>();
+            retire(acc0, sc0);
+            refill(acc0, sc0);
+            wgmma_wait<1>();
+            retire(acc1, sc1);
+        }
+        // The last one or two K blocks (block kb in flight in acc0): both paths end with none.
+        if (kb + 1 < num_kb) {
+            refill(acc1, sc1);
+            wgmma_wait<1>();
+            retire(acc0, sc0);
+            wgmma_wait<0>();
+            retire(acc1, sc1);
+        } else {
+            wgmma_wait<0>();
+            retire(acc0, sc0);
         }
         // The stages this tile leaves empty in its last round.
         for (int kb = num_kb; kb < rounds * STAGES; ++kb) {
