@@ -177,15 +177,42 @@ fn wgmma_tile_efficiency(bn: u32) -> f64 {
 /// K blocks (of 128) up to which small-M GEMMs are planned like large ones (see [`pick_wgmma`]).
 const SHORT_K_BLOCKS: u64 = 12;
 
-/// The default pick among Hopper candidates at one CTA per SM (two per SM are left to the
-/// tuner). For m <= 128, bound by streaming the operands through each SM: the least bytes a
+/// K blocks up to which small-M GEMMs take 64 x 64 tiles at two CTAs per SM (see
+/// [`pick_wgmma`]).
+const TWO_CTA_K_BLOCKS: u64 = 16;
+
+/// Rounds (of two CTAs per SM) within which the 64 x 64 tiles of short K are picked.
+const TWO_CTA_MAX_ROUNDS: u64 = 2;
+
+/// The default pick among Hopper candidates: at one CTA per SM but for short K at small M
+/// (below; the other two-per-SM tiles are left to the tuner). For m <= 128, bound by streaming the operands through each SM: the least bytes a
 /// CTA reads, (rows + columns) x 128 x its K blocks, times the waves of clusters (split-K
 /// tiles only where their clusters fit in one wave), then the fullest last wave, then the
 /// widest; B multicast clusters are left out. Otherwise (and for m <= 128 with K <= 1536) the
 /// persistent 128-row tiles of least estimated time (waves x width / measured per-tile
 /// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
+///
+/// Short K at small M (m <= 128, at most [`TWO_CTA_K_BLOCKS`] K blocks) goes to 64 x 64 at two
+/// CTAs per SM without split where its tiles take at most [`TWO_CTA_MAX_ROUNDS`] rounds: there
+/// a tile's start costs as much as its loads, and the second CTA of each SM hides it (H200
+/// harness, 2026-12-02, against the picks of the rules above: M64 N7168 K2048 9.9 against
+/// 12.4 us, M128 N7168 K2048 11.4 against 14.8, M64 N24576 K1536 16.0 against 17.4, M64 N32768
+/// K512 10.8 against 12.3; with 3 or 4 rounds, M128 N24576 K1536 and N32768 K512, the 128-row
+/// tiles stay ahead).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
+    if op.m <= 128 && k_blocks <= TWO_CTA_K_BLOCKS {
+        let two_cta = candidates.iter().position(|v| {
+            matches!(v, GemmVariant::Wgmma(t)
+                if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, 64, 2, 1, 1))
+        });
+        if let Some(i) = two_cta {
+            let (rounds, _) = waves(candidates[i].tiles(op), arch.sm_count as u64 * 2);
+            if rounds <= TWO_CTA_MAX_ROUNDS {
+                return Some(i);
+            }
+        }
+    }
     // Short K (<= 1536) costs the one-warpgroup tiles their per-tile start: there the 128-row
     // tiles won every tuned small-M shape on the H200 (2026-11-30 plans).
     let small = op.m <= 128 && k_blocks > SHORT_K_BLOCKS;
@@ -838,12 +865,25 @@ mod tests {
         assert_eq!(wg(64, 7168, 16384), (64, 128, 1, 2));
         // 22 tiles of 64 x 96, 4 splits: 22 clusters of 4 fit in one wave (about 29).
         assert_eq!(wg(64, 2112, 7168), (64, 96, 1, 4));
-        // Short K: the 128-row tiles (128 x 192 in one wave of 128 tiles).
-        assert_eq!(wg(64, 24576, 1536), (128, 192, 1, 1));
         assert_eq!(wg(128, 7168, 16384), (128, 128, 1, 2));
-        // Split-K clusters that would take two waves are not picked: 56 tiles of 128 x 128 at
-        // 4 splits would.
-        assert_eq!(wg(128, 7168, 2048), (128, 128, 1, 2));
+        // Split-K clusters that would take two waves are not picked: 64 tiles of 64 x 64 at 2
+        // splits fit one wave, 64 x 96 at 4 splits (43 clusters of 4) would not.
+        assert_eq!(wg(64, 4096, 7168), (64, 64, 1, 2));
+        // Short K: 64 x 64 at two CTAs per SM within two rounds (384 and 224 tiles over 264
+        // slots), the 128-row tiles beyond (768 tiles of 64 x 64 would take 3 rounds).
+        let two_cta = |m, n, k| {
+            let op = Fp8Gemm::new(m, n, k);
+            let c = gemm_candidates(&op, &h).unwrap();
+            match c[pick_gemm(&op, &c, &h)] {
+                GemmVariant::Wgmma(t) => (t.bm, t.bn, t.ctas_per_sm, t.split_k),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(two_cta(64, 24576, 1536), (64, 64, 2, 1));
+        assert_eq!(two_cta(64, 32768, 512), (64, 64, 2, 1));
+        assert_eq!(two_cta(128, 7168, 2048), (64, 64, 2, 1));
+        assert_eq!(wg(128, 24576, 1536), (128, 192, 1, 1));
+        assert_eq!(wg(128, 32768, 512), (128, 128, 1, 1));
         // sm_89: the e4m3 mma, and no 128 KB tile.
         let l4 = ArchSpec::from_compute_capability(8, 9, 58).unwrap();
         let c = gemm_candidates(&Fp8Gemm::new(64, 2112, 512), &l4).unwrap();
