@@ -185,23 +185,24 @@ const TWO_CTA_K_BLOCKS: u64 = 16;
 const TWO_CTA_MAX_ROUNDS: u64 = 2;
 
 /// The default pick among Hopper candidates: at one CTA per SM but for short K at small M
-/// (below; the other two-per-SM tiles are left to the tuner). For m <= 128, bound by streaming the operands through each SM: the least bytes a
-/// CTA reads, (rows + columns) x 128 x its K blocks, times the waves of clusters (split-K
-/// tiles only where their clusters fit in one wave), then the fullest last wave, then the
-/// widest; B multicast clusters are left out. Otherwise (and for m <= 128 with K <= 1536) the
+/// (below; the other two-per-SM tiles are left to the tuner). For m <= 128, bound by
+/// streaming the operands through each SM: the least bytes a CTA reads, (rows + columns) x
+/// 128 x its K blocks, times the waves of clusters (split-K tiles only where their clusters fit
+/// in one wave), then the fullest last wave, then the widest; B multicast clusters are left
+/// out. Otherwise (and for m <= 128 with K <= 1536) the
 /// persistent 128-row tiles of least estimated time (waves x width / measured per-tile
 /// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
 ///
-/// Short K at small M (m <= 128, at most [`TWO_CTA_K_BLOCKS`] K blocks) goes to 64 x 64 at two
-/// CTAs per SM without split where its tiles take at most [`TWO_CTA_MAX_ROUNDS`] rounds: there
-/// a tile's start costs as much as its loads, and the second CTA of each SM hides it (H200
-/// harness, 2026-12-02, against the picks of the rules above: M64 N7168 K2048 9.9 against
-/// 12.4 us, M128 N7168 K2048 11.4 against 14.8, M64 N24576 K1536 16.0 against 17.4, M64 N32768
-/// K512 10.8 against 12.3; with 3 or 4 rounds, M128 N24576 K1536 and N32768 K512, the 128-row
-/// tiles stay ahead).
+/// Short K at small M (m <= 128, more than [`SHORT_K_BLOCKS`] and at most [`TWO_CTA_K_BLOCKS`]
+/// K blocks) goes to 64 x 64 at two CTAs per SM without split where its tiles take at most
+/// [`TWO_CTA_MAX_ROUNDS`] rounds: there a split-K tile's cluster start and reduction cost as
+/// much as its loads (H200, 2026-12-02: M64 N7168 K2048 9.9 against 12.4 us for 64 x 128 split
+/// 2, M128 N7168 K2048 11.4 against 14.8 for 128 x 128 split 2). Up to [`SHORT_K_BLOCKS`] the
+/// 128-row tiles stay ahead of it (bench, Python rows: M64 N24576 K1536 17.4 against 18.3 us,
+/// M64 N32768 K512 12.3 against 13.6).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
-    if op.m <= 128 && k_blocks <= TWO_CTA_K_BLOCKS {
+    if op.m <= 128 && k_blocks > SHORT_K_BLOCKS && k_blocks <= TWO_CTA_K_BLOCKS {
         let two_cta = candidates.iter().position(|v| {
             matches!(v, GemmVariant::Wgmma(t)
                 if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, 64, 2, 1, 1))
@@ -869,8 +870,8 @@ mod tests {
         // Split-K clusters that would take two waves are not picked: 64 tiles of 64 x 64 at 2
         // splits fit one wave, 64 x 96 at 4 splits (43 clusters of 4) would not.
         assert_eq!(wg(64, 4096, 7168), (64, 64, 1, 2));
-        // Short K: 64 x 64 at two CTAs per SM within two rounds (384 and 224 tiles over 264
-        // slots), the 128-row tiles beyond (768 tiles of 64 x 64 would take 3 rounds).
+        // 13..16 K blocks: 64 x 64 at two CTAs per SM within two rounds (112 and 224 tiles
+        // over 264 slots); up to 12 K blocks the 128-row tiles.
         let two_cta = |m, n, k| {
             let op = Fp8Gemm::new(m, n, k);
             let c = gemm_candidates(&op, &h).unwrap();
@@ -879,9 +880,12 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(two_cta(64, 24576, 1536), (64, 64, 2, 1));
-        assert_eq!(two_cta(64, 32768, 512), (64, 64, 2, 1));
+        assert_eq!(two_cta(64, 7168, 2048), (64, 64, 2, 1));
         assert_eq!(two_cta(128, 7168, 2048), (64, 64, 2, 1));
+        // 2 x 512 tiles of 64 x 64 would take 4 rounds.
+        assert_eq!(two_cta(128, 32768, 2048).2, 1);
+        assert_eq!(wg(64, 24576, 1536), (128, 192, 1, 1));
+        assert_eq!(wg(64, 32768, 512), (128, 128, 1, 1));
         assert_eq!(wg(128, 24576, 1536), (128, 192, 1, 1));
         assert_eq!(wg(128, 32768, 512), (128, 128, 1, 1));
         // sm_89: the e4m3 mma, and no 128 KB tile.
