@@ -840,13 +840,17 @@ mod tests {
         assert_eq!(pick(64, 24576, 1536), tile(MmaSyncGemm::SMALL));
         // With wgmma: the 128-row tiles of least estimated time for large m; for m <= 128 the
         // tiles whose CTAs read the least, split-K where its clusters fit in one wave.
-        let wg = |m, n, k| {
+        let hopper_pick = |m, n, k| {
             let op = Fp8Gemm::new(m, n, k);
             let c = gemm_candidates(&op, &h).unwrap();
             match c[pick_gemm(&op, &c, &h)] {
-                GemmVariant::Wgmma(t) => (t.bm, t.bn, t.cluster_m, t.split_k),
+                GemmVariant::Wgmma(t) => t,
                 other => panic!("{other:?}"),
             }
+        };
+        let wg = |m, n, k| {
+            let t = hopper_pick(m, n, k);
+            (t.bm, t.bn, t.cluster_m, t.split_k)
         };
         assert_eq!(wg(4096, 7168, 16384), (128, 160, 1, 1));
         // 32 x 24 tiles of 128 x 176 (6 waves, 5.8 full) over 32 x 22 of 128 x 192 (6 waves,
@@ -873,12 +877,8 @@ mod tests {
         // 13..16 K blocks: 64 x 64 at two CTAs per SM within two rounds (112 and 224 tiles
         // over 264 slots); up to 12 K blocks the 128-row tiles.
         let two_cta = |m, n, k| {
-            let op = Fp8Gemm::new(m, n, k);
-            let c = gemm_candidates(&op, &h).unwrap();
-            match c[pick_gemm(&op, &c, &h)] {
-                GemmVariant::Wgmma(t) => (t.bm, t.bn, t.ctas_per_sm, t.split_k),
-                other => panic!("{other:?}"),
-            }
+            let t = hopper_pick(m, n, k);
+            (t.bm, t.bn, t.ctas_per_sm, t.split_k)
         };
         assert_eq!(two_cta(64, 7168, 2048), (64, 64, 2, 1));
         assert_eq!(two_cta(128, 7168, 2048), (64, 64, 2, 1));
