@@ -6,6 +6,9 @@
 # CTAS=2 builds for two CTAs per SM; GROUPING=1|2 builds the grouped kernel (run as one group).
 # Mixtures of experts: build with NOTIME=1 (one OUTDIR per GROUPING), then run a binary with
 # MOE_ROWS="512 1024 ..." [MOE_ROOM=4096] and "0 N K" (see the harness's header).
+# Building off the GPU machine (saves its minutes): NVCC="bash kernels-cuda/dev/nvcc_local.sh"
+# LINK_FLAGS="-L$HOME/.cache/tessera/nvcc-13.0/nvidia/cu13/lib" NORUN=1 builds OUTDIR/bin here
+# (static cudart: the binaries run on the GPU machine); there, NOBUILD=1 checks and times them.
 set -uo pipefail
 out=${1:?outdir}; shift
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,13 +28,14 @@ if st==0:
     st=max(s for s in range(2,17) if size(s)<=232448)
 print(st,size(st))")"
   name="bm${bm}_bn${bn}_st${st}_wg${wg}_e${epi}_c${cm}_a${pp}_s${sk}"
-  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -DBLOCK_M=$bm -DBLOCK_N=$bn -DSTAGES=$st \
-    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DSPLIT_K=$sk -DCTAS_PER_SM=${CTAS:-1} -DGROUPING=${GROUPING:-0} ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
-    && echo "built $name: $(grep -o 'Used [0-9]* registers' "$out/build_$name.log" | head -1), $(grep -o '[0-9]* bytes spill stores' "$out/build_$name.log" | head -1)" \
+  ${NVCC:-nvcc} -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -DBLOCK_M=$bm -DBLOCK_N=$bn -DSTAGES=$st \
+    -DMATH_WG=$wg -DEPI_SWIZZLE=$epi -DCLUSTER_M=$cm -DACC_STAGES=$pp -DSPLIT_K=$sk -DCTAS_PER_SM=${CTAS:-1} -DGROUPING=${GROUPING:-0} ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=$((128 * (1 + wg))) ${LINK_FLAGS:-} -o "$out/bin/$name" "$here/fp8_gemm_sm90_harness.cu" > "$out/build_$name.log" 2>&1 \
+    && echo "built $name: $(grep -A3 "entry function 'fp8_gemm_sm90_kernel'" "$out/build_$name.log" | grep -o 'Used [0-9]* registers\|[0-9]* bytes spill stores' | tr '\n' ' ')" \
     || { echo "BUILD FAILED $name"; tail -5 "$out/build_$name.log"; }
 }
 export -f build; export out here
-printf '%s\n' "$@" | xargs -P 16 -I{} bash -c 'build "{}"'
+[ -n "${NOBUILD:-}" ] || printf '%s\n' "$@" | xargs -P 16 -I{} bash -c 'build "{}"'
+[ -z "${NORUN:-}" ] || exit 0
 for v in "$@"; do
   read -r bm bn st wg epi cm pp sk <<< "$v"; cm=${cm:-1}; pp=${pp:-1}; sk=${sk:-1}
   name=$(ls "$out/bin" | grep "^bm${bm}_bn${bn}_st.*_wg${wg}_e${epi}_c${cm}_a${pp}_s${sk}\$" | head -1)
