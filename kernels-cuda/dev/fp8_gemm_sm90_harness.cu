@@ -7,6 +7,8 @@
 // mixture of experts, group g computing r_g rows against its own B: GROUPING 1 as contiguous
 // groups (rows stacked, offsets), GROUPING 2 as masked groups (a buffer of MOE_ROOM rows per group,
 // default the largest r_g), GROUPING 0 as the plain GEMM of the same total rows (one B).
+// REPS=N times N launches per shape (default: about 0.3 s of work, 5..100, which keeps large
+// shapes below the H200's power cap); GRID_CTAS=N caps the persistent grid at N CTAs.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -250,6 +252,10 @@ int main(int argc, char** argv) {
         }
         // Split-K: one tile per cluster (not persistent).
         int grid = (SPLIT_K > 1 ? tiles : std::min(tiles, max_clusters)) * CLUSTER;
+        // GRID_CTAS=N: at most N CTAs for the persistent grid (whole clusters), e.g. the fewest
+        // that keep the same rounds of tiles, to see what a smaller grid does under the power cap.
+        if (const char* g = getenv("GRID_CTAS"); g && SPLIT_K == 1)
+            grid = std::max(CLUSTER, std::min(grid, atoi(g) / CLUSTER * CLUSTER));
         auto launch = [&](int s) {
             if (CLUSTER == 1 && plain) {
                 fp8_gemm_sm90_kernel<<<grid, THREADS, SMEM_BYTES>>>(sets[s].ta, sets[s].tb, td, sets[s].sa, sets[s].sb, d,
@@ -303,6 +309,7 @@ int main(int argc, char** argv) {
             CK(cudaDeviceSynchronize());
             double flop = 2.0 * m * n * k;
             int reps = (int)std::max(5.0, std::min(100.0, 0.3 / (flop / 1e15)));
+            if (const char* r = getenv("REPS")) reps = std::max(1, atoi(r));  // e.g. 100: at the power cap
             float med = median_event_ms([&](int i) { launch(i % nsets); }, reps);
             double bytes = (double)m * k + (double)n * k + 2.0 * m * n;
             printf("TIME BM%d BN%d ST%d WG%d E%dC%dA%dS%d M%d N%d K%d: %.4f ms %.0f TFLOPS %.0f GB/s (grid %d, tiles %d, max clusters %d)\n",
