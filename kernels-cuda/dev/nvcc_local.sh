@@ -3,8 +3,9 @@
 # spills with `-Xptxas -v`, `cuobjdump --dump-sass` of the object), and harness binaries linked
 # with the wheel's static cudart (add `-L$HOME/.cache/tessera/nvcc-13.0/nvidia/cu13/lib`; they
 # need glibc 2.34 and run on the GPU machine, carried in the working tree: see
-# fp8_gemm_sm90.sh's NVCC, LINK_FLAGS, NORUN and NOBUILD). NVIDIA's PyPI wheels of CUDA 13.0 (the GPU machine's version; cuobjdump and nvdisasm 13.2,
-# the oldest on PyPI, read its objects) are installed once under ~/.cache/tessera/nvcc-13.0.
+# fp8_gemm_sm90.sh's NVCC, LINK_FLAGS, NORUN and NOBUILD). NVIDIA's PyPI wheels of CUDA 13.0
+# (the GPU machine's version; cuobjdump and nvdisasm 13.2, the oldest on PyPI, read its objects)
+# are installed once under ~/.cache/tessera/nvcc-13.0.
 #   bash kernels-cuda/dev/nvcc_local.sh NVCC_ARGS...
 #   bash kernels-cuda/dev/nvcc_local.sh --cuobjdump CUOBJDUMP_ARGS...
 # e.g. a harness build as its script makes it, with -c instead of -o BINARY:

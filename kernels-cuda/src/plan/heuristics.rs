@@ -202,7 +202,10 @@ const TWO_CTA_MAX_ROUNDS: u64 = 2;
 /// M64 N32768 K512 12.3 against 13.6).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
-    if op.m <= 128 && k_blocks > SHORT_K_BLOCKS && k_blocks <= TWO_CTA_K_BLOCKS {
+    // Short K (<= 1536) costs the one-warpgroup tiles their per-tile start: there the 128-row
+    // tiles won every tuned small-M shape on the H200 (2026-11-30 plans).
+    let small = op.m <= 128 && k_blocks > SHORT_K_BLOCKS;
+    if small && k_blocks <= TWO_CTA_K_BLOCKS {
         let two_cta = candidates.iter().position(|v| {
             matches!(v, GemmVariant::Wgmma(t)
                 if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, 64, 2, 1, 1))
@@ -214,9 +217,6 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
             }
         }
     }
-    // Short K (<= 1536) costs the one-warpgroup tiles their per-tile start: there the 128-row
-    // tiles won every tuned small-M shape on the H200 (2026-11-30 plans).
-    let small = op.m <= 128 && k_blocks > SHORT_K_BLOCKS;
     let mut best: Option<(usize, (f64, f64, u32))> = None;
     for (i, v) in candidates.iter().enumerate() {
         let GemmVariant::Wgmma(t) = v else { continue };
