@@ -177,9 +177,9 @@ fn wgmma_tile_efficiency(bn: u32) -> f64 {
 /// K blocks (of 128) up to which small-M GEMMs are planned like large ones (see [`pick_wgmma`]).
 const SHORT_K_BLOCKS: u64 = 12;
 
-/// K blocks up to which small-M GEMMs take 64 x 64 tiles at two CTAs per SM (see
-/// [`pick_wgmma`]).
-const TWO_CTA_K_BLOCKS: u64 = 16;
+/// K blocks (of 128) from which, and up to which, small-M GEMMs take 64 x 64 tiles at two CTAs
+/// per SM (see [`pick_wgmma`]).
+const TWO_CTA_K_BLOCKS: std::ops::RangeInclusive<u64> = 12..=16;
 
 /// Rounds (of two CTAs per SM) within which the 64 x 64 tiles of short K are picked.
 const TWO_CTA_MAX_ROUNDS: u64 = 2;
@@ -189,23 +189,23 @@ const TWO_CTA_MAX_ROUNDS: u64 = 2;
 /// streaming the operands through each SM: the least bytes a CTA reads, (rows + columns) x
 /// 128 x its K blocks, times the waves of clusters (split-K tiles only where their clusters fit
 /// in one wave), then the fullest last wave, then the widest; B multicast clusters are left
-/// out. Otherwise (and for m <= 128 with K <= 1536) the persistent 128-row tiles of least
-/// estimated time (waves x width / measured per-tile efficiency), one CTA per cluster on a
-/// tie. `None` when there is no Hopper candidate.
+/// out. Otherwise (and for m <= 128 with K <= 1536, outside the two-CTA rule below) the
+/// persistent 128-row tiles of least estimated time (waves x width / measured per-tile
+/// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
 ///
-/// Short K at small M (m <= 128, more than [`SHORT_K_BLOCKS`] and at most [`TWO_CTA_K_BLOCKS`]
-/// K blocks) goes to 64 x 64 at two CTAs per SM without split where its tiles take at most
-/// [`TWO_CTA_MAX_ROUNDS`] rounds: there a split-K tile's cluster start and reduction cost as
-/// much as its loads (H200, 2026-12-02: M64 N7168 K2048 9.9 against 12.4 us for 64 x 128 split
-/// 2, M128 N7168 K2048 11.4 against 14.8 for 128 x 128 split 2). Up to [`SHORT_K_BLOCKS`] the
-/// 128-row tiles stay ahead of it (bench, Python rows: M64 N24576 K1536 17.4 against 18.3 us,
-/// M64 N32768 K512 12.3 against 13.6).
+/// Short K at small M (m <= 128, K blocks in [`TWO_CTA_K_BLOCKS`]) goes to 64 x 64 at two CTAs
+/// per SM without split where its tiles take at most [`TWO_CTA_MAX_ROUNDS`] rounds: there a
+/// split-K tile's cluster start and reduction cost as much as its loads, and a 128-row tile
+/// pads M64 (H200 harness, 2026-12-02: M64 N7168 K2048 9.9 against 12.4 us for 64 x 128 split
+/// 2, M128 N7168 K2048 11.4 against 14.8 for 128 x 128 split 2; M64 N24576 K1536 15.7 against
+/// 17.5 for 128 x 192). At 4 K blocks the 128-row tiles stay ahead (M64 N32768 K512: 11.7 for
+/// 128 x 128 against 12.7).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
-    // Short K (<= 1536) costs the one-warpgroup tiles their per-tile start: there the 128-row
-    // tiles won every tuned small-M shape on the H200 (2026-11-30 plans).
+    // Short K (<= 1536) costs the split-K tiles their per-tile start: there the 128-row tiles
+    // won every tuned small-M shape on the H200 (2026-11-30 plans) but for the two-CTA rule.
     let small = op.m <= 128 && k_blocks > SHORT_K_BLOCKS;
-    if small && k_blocks <= TWO_CTA_K_BLOCKS {
+    if op.m <= 128 && TWO_CTA_K_BLOCKS.contains(&k_blocks) {
         let two_cta = candidates.iter().position(|v| {
             matches!(v, GemmVariant::Wgmma(t)
                 if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, 64, 2, 1, 1))
@@ -874,8 +874,8 @@ mod tests {
         // Split-K clusters that would take two waves are not picked: 64 tiles of 64 x 64 at 2
         // splits fit one wave, 64 x 96 at 4 splits (43 clusters of 4) would not.
         assert_eq!(wg(64, 4096, 7168), (64, 64, 1, 2));
-        // 13..16 K blocks: 64 x 64 at two CTAs per SM within two rounds (112 and 224 tiles
-        // over 264 slots); up to 12 K blocks the 128-row tiles.
+        // 12..16 K blocks: 64 x 64 at two CTAs per SM within two rounds (112, 224 and 384
+        // tiles over 264 slots); at 4 K blocks, or beyond two rounds, the 128-row tiles.
         let two_cta = |m, n, k| {
             let t = hopper_pick(m, n, k);
             (t.bm, t.bn, t.ctas_per_sm, t.split_k)
@@ -884,7 +884,9 @@ mod tests {
         assert_eq!(two_cta(128, 7168, 2048), (64, 64, 2, 1));
         // 2 x 512 tiles of 64 x 64 would take 4 rounds.
         assert_eq!(two_cta(128, 32768, 2048).2, 1);
-        assert_eq!(wg(64, 24576, 1536), (128, 192, 1, 1));
+        assert_eq!(two_cta(64, 24576, 1536), (64, 64, 2, 1));
+        // 768 tiles would take 3 rounds.
+        assert_eq!(two_cta(128, 24576, 1536).2, 1);
         assert_eq!(wg(64, 32768, 512), (128, 128, 1, 1));
         assert_eq!(wg(128, 24576, 1536), (128, 192, 1, 1));
         assert_eq!(wg(128, 32768, 512), (128, 128, 1, 1));
