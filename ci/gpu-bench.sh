@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark on the GPU machine, one command:   bash PACKDIR/gpu-bench.sh OUTDIR [standard|quick]
 # (PACKDIR from ci/gpu-pack.sh: bin/tessera, peers.py, this script, COMMIT). Runs
-#   0. with BENCH_TUNE=OPS, `tessera tune --op OPS` first (see below),
+#   0. with BENCH_TUNE=OPS, `tessera tune --op OPS --all-times` first (see below),
 #   1. tessera bench --backend cuda (JSON, and the radial masks as JSON for the peers),
 #   2. ci/peers.py with the machine's PyTorch (same shapes, the very same masks), and Tessera
 #      timed in the same process through the pack's `tessera` wheel (rows `tessera (python)`;
@@ -50,7 +50,7 @@ peer_args=(); [ -n "${BENCH_BACKWARD_PEERS:-}" ] && peer_args=(--backward-peers 
 # BENCH_TUNE=gemm|attention|mla|all: first `tessera tune` those ops' standard shapes on this GPU
 # (the plans land next to the NVRTC cache, where the bench reads them); the plan file is kept.
 if [ -n "${BENCH_TUNE:-}" ]; then
-  timeout ${TUNE_BUDGET:-200} "${tessera_env[@]}" "$pack/bin/tessera" tune --op "$BENCH_TUNE" --suite "$suite" \
+  timeout ${TUNE_BUDGET:-200} "${tessera_env[@]}" "$pack/bin/tessera" tune --op "$BENCH_TUNE" --suite "$suite" --all-times \
     > "$out/tune.log" 2>&1
   echo "tessera tune --op $BENCH_TUNE: rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 3 "$out/tune.log"
   cp "$TESSERA_CACHE_DIR"/cuda/plans-*.json "$out/" 2>/dev/null

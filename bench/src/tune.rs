@@ -35,6 +35,9 @@ pub struct TuneArgs {
     /// Only the MLA decode shapes whose key contains this (as `tessera bench --mla-shapes`).
     #[arg(long)]
     pub mla_shapes: Option<String>,
+    /// Also print every candidate's time under each shape, fastest first (CUDA).
+    #[arg(long)]
+    pub all_times: bool,
 }
 
 type Job<'a> = (String, Box<dyn Fn() -> Result<TuneOutcome, String> + 'a>);
@@ -106,6 +109,11 @@ pub fn run(args: &TuneArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut failed = 0;
     for (i, (name, job)) in jobs.iter().enumerate() {
         let line = match job() {
+            Ok(outcome) if args.all_times => {
+                let mut lines = vec![outcome.summary()];
+                lines.extend(outcome.ranking().iter().map(|l| format!("    {l}")));
+                lines.join("\n")
+            }
             Ok(outcome) => outcome.summary(),
             Err(e) => {
                 failed += 1;

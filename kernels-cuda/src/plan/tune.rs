@@ -32,6 +32,17 @@ pub struct TuneOutcome {
 }
 
 impl TuneOutcome {
+    /// Every candidate's time, fastest first: one `<ms> ms  <label>` line each (a candidate
+    /// that failed to run is not in the outcome).
+    pub fn ranking(&self) -> Vec<String> {
+        let mut order: Vec<usize> = (0..self.labels.len()).collect();
+        order.sort_by(|&a, &b| self.ms[a].total_cmp(&self.ms[b]));
+        order
+            .into_iter()
+            .map(|i| format!("{:.4} ms  {}", self.ms[i], self.labels[i]))
+            .collect()
+    }
+
     /// A one-line summary: the winner, its time, and the number of candidates.
     pub fn summary(&self) -> String {
         format!(
@@ -137,4 +148,30 @@ pub fn scratch_buffer<T: DeviceRepr + ValidAsZeroBits + Copy>(
         at += n;
     }
     Ok(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_lists_every_candidate_fastest_first() {
+        let outcome = TuneOutcome {
+            shape: ShapeClass::Gemm {
+                m_bucket: 64,
+                n: 2112,
+                k: 7168,
+                grouping: 0,
+                groups_bucket: 1,
+            },
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            ms: vec![0.3, 0.1, 0.2],
+            winner: 1,
+        };
+        assert_eq!(
+            outcome.ranking(),
+            ["0.1000 ms  b", "0.2000 ms  c", "0.3000 ms  a"]
+        );
+        assert_eq!(outcome.summary(), "b 0.1000 ms (fastest of 3)");
+    }
 }
