@@ -182,6 +182,13 @@ const SHORT_K_BLOCKS: u64 = 12;
 /// per SM (see [`pick_wgmma`]).
 const TWO_CTA_K_BLOCKS: std::ops::RangeInclusive<u64> = 12..=16;
 
+/// How much a split-K CTA's operand bytes weigh in the small-M pick against a whole tile's:
+/// the cluster start and the reduction of the partials. Fitted to the tuner's picks on the H200
+/// (check-23: M64 N7168 K16384 takes 64 x 56 without split, 35.3 us against 38.5 for 64 x 128
+/// split 2, and M128 N4096 K7168 64 x 64 without split, 17.8 against 18.9; M64 N4096 K7168 keeps
+/// 64 x 64 split 2 and M64 N2112 K7168 64 x 96 split 4): all four hold above 4/3 and below 1.5.
+const SPLIT_K_BYTES_WEIGHT: f64 = 1.4;
+
 /// Rounds (of two CTAs per SM) within which the 64 x 64 tiles of short K are picked.
 const TWO_CTA_MAX_ROUNDS: u64 = 2;
 
@@ -189,8 +196,8 @@ const TWO_CTA_MAX_ROUNDS: u64 = 2;
 /// (below; the other two-per-SM tiles are left to the tuner). For m <= 128, bound by
 /// streaming the operands through each SM: the least bytes a CTA reads, (rows + columns) x
 /// 128 x its K blocks, times the waves of clusters (split-K tiles only where their clusters fit
-/// in one wave), then the fullest last wave, then the widest; B multicast clusters are left
-/// out. Otherwise (and for m <= 128 with K <= 1536, outside the two-CTA rule below) the
+/// in one wave, their bytes weighed by [`SPLIT_K_BYTES_WEIGHT`]), then the fullest last wave,
+/// then the widest; B multicast clusters are left out. Otherwise (and for m <= 128 with K <= 1536, outside the two-CTA rule below) the
 /// persistent 128-row tiles of least estimated time (waves x width / measured per-tile
 /// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
 ///
@@ -239,7 +246,12 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
         // Lower is better in every component.
         let key = if small {
             let per_cta = (t.bm + t.bn) as u64 * 128 * k_blocks.div_ceil(t.split_k as u64);
-            (w as f64 * per_cta as f64, -fill, u32::MAX - t.bn)
+            let weight = if t.split_k > 1 {
+                SPLIT_K_BYTES_WEIGHT
+            } else {
+                1.0
+            };
+            (w as f64 * per_cta as f64 * weight, -fill, u32::MAX - t.bn)
         } else {
             (
                 w as f64 * t.bn as f64 / wgmma_tile_efficiency(t.bn),
@@ -871,8 +883,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(wg(18432, 4096, 7168), (128, 192, 1, 1));
-        // 56 tiles of 64 x 128, 2 splits of 64 K blocks: 112 CTAs in one wave.
-        assert_eq!(wg(64, 7168, 16384), (64, 128, 1, 2));
+        // 128 tiles of 64 x 56 in one wave read 1.97 MB each; 56 tiles of 64 x 128 split 2 read
+        // 1.57 MB a CTA, weighed 1.4x for the split.
+        assert_eq!(wg(64, 7168, 16384), (64, 56, 1, 1));
+        // 2 x 64 tiles of 64 x 64 in one wave, over 64 x 128 split 2.
+        assert_eq!(wg(128, 4096, 7168), (64, 64, 1, 1));
         // 22 tiles of 64 x 96, 4 splits: 22 clusters of 4 fit in one wave (about 29).
         assert_eq!(wg(64, 2112, 7168), (64, 96, 1, 4));
         assert_eq!(wg(128, 7168, 16384), (128, 128, 1, 2));
