@@ -20,12 +20,14 @@ shapes=${SHAPES:-$std_shapes}
 check_shapes=${CHECK_SHAPES:-"1 8 16 200 2112 528 129 136 144 64 7168 2048 4096 2112 7168 300 4096 1536"}
 build() {
   read -r bm bn st wg epi cm pp sk <<< "$1"; cm=${cm:-1}; pp=${pp:-1}; sk=${sk:-1}
-  # ST 0: as many stages as fit in 227 KB (at most 16).
+  # ST 0: as many stages as fit in 227 KB (at most 16); with CTAS=2 in half the SM's 228 KB
+  # less 1 KB reserved per CTA (113 KB), as the library's two-CTA tiles, so that two are resident.
   read -r st smem <<< "$(python3 -c "
 bm,bn,st,epi=$bm,$bn,$st,$epi
+cap=232448 if ${CTAS:-1}==1 else 233472//2-1024
 size=lambda st:(bm*bn*2 if epi else 0)+st*bm*128+st*bn*128+st*bm*4+st*16+st*16+1024
 if st==0:
-    st=max(s for s in range(2,17) if size(s)<=232448)
+    st=max(s for s in range(2,17) if size(s)<=cap)
 print(st,size(st))")"
   name="bm${bm}_bn${bn}_st${st}_wg${wg}_e${epi}_c${cm}_a${pp}_s${sk}"
   ${NVCC:-nvcc} -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -DBLOCK_M=$bm -DBLOCK_N=$bn -DSTAGES=$st \
