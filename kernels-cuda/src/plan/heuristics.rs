@@ -204,10 +204,13 @@ const TWO_CTA_MAX_ROUNDS: u64 = 2;
 /// Short K at small M (m <= 128, K blocks in [`TWO_CTA_K_BLOCKS`]) goes to 64 x 64 at two CTAs
 /// per SM without split where its tiles take at most [`TWO_CTA_MAX_ROUNDS`] rounds: there a
 /// split-K tile's cluster start and reduction cost as much as its loads, and a 128-row tile
-/// pads M64 (H200 harness, 2026-12-02: M64 N7168 K2048 9.9 against 12.4 us for 64 x 128 split
-/// 2, M128 N7168 K2048 11.4 against 14.8 for 128 x 128 split 2; M64 N24576 K1536 15.7 against
-/// 17.5 for 128 x 192). At 4 K blocks the 128-row tiles stay ahead (M64 N32768 K512: 11.7 for
-/// 128 x 128 against 12.7).
+/// pads M64 (H200, every candidate timed by `tessera tune --all-times`, bench/results/
+/// 2026-12-02-h200-check-24: M64 N7168 K2048 10.7 against 13.7 us for 64 x 128 split 2, M128
+/// N7168 K2048 12.3 against 14.7 for 128 x 128 split 2, M64 N24576 K1536 16.9 against 17.2 for
+/// 128 x 192). The one-CTA 64 x 128 / 64 x 64 tiles without split are faster still at these
+/// three (10.5, 10.6, 15.4), but no rule found yet picks their width. At 4 K blocks it gains
+/// nothing over the 128-row tiles (M64 N32768 K512: 12.7 against 12.8 for 128 x 128; harness:
+/// 12.7 against 11.7).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
     // Short K (<= 1536) costs the split-K tiles their per-tile start: there the 128-row tiles
