@@ -197,9 +197,10 @@ const TWO_CTA_MAX_ROUNDS: u64 = 2;
 /// streaming the operands through each SM: the least bytes a CTA reads, (rows + columns) x
 /// 128 x its K blocks, times the waves of clusters (split-K tiles only where their clusters fit
 /// in one wave, their bytes weighed by [`SPLIT_K_BYTES_WEIGHT`]), then the fullest last wave,
-/// then the widest; B multicast clusters are left out. Otherwise (and for m <= 128 with K <= 1536, outside the two-CTA rule below) the
-/// persistent 128-row tiles of least estimated time (waves x width / measured per-tile
-/// efficiency), one CTA per cluster on a tie. `None` when there is no Hopper candidate.
+/// then the widest; B multicast clusters are left out. Otherwise (and for m <= 128 with K <=
+/// 1536, outside the two-CTA rule below) the persistent 128-row tiles of least estimated time
+/// (waves x width / measured per-tile efficiency), one CTA per cluster on a tie. `None` when
+/// there is no Hopper candidate.
 ///
 /// Short K at small M (m <= 128, K blocks in [`TWO_CTA_K_BLOCKS`]) goes to 64 x 64 at two CTAs
 /// per SM without split where its tiles take at most [`TWO_CTA_MAX_ROUNDS`] rounds: there a

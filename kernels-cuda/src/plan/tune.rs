@@ -32,8 +32,8 @@ pub struct TuneOutcome {
 }
 
 impl TuneOutcome {
-    /// Every candidate's time, fastest first: one `<ms> ms  <label>` line each (a candidate
-    /// that failed to run is not in the outcome).
+    /// Every candidate's time, fastest first: one `<ms> ms  <label>` line each (times that are
+    /// not finite sort last).
     pub fn ranking(&self) -> Vec<String> {
         let mut order: Vec<usize> = (0..self.labels.len()).collect();
         order.sort_by(|&a, &b| self.ms[a].total_cmp(&self.ms[b]));
