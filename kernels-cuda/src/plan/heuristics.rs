@@ -216,8 +216,9 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
     let k_blocks = (op.k as u64).div_ceil(128);
     // Short K (<= 1536) costs the split-K tiles their per-tile start: there the 128-row tiles
     // won every tuned small-M shape on the H200 (2026-11-30 plans) but for the two-CTA rule.
-    let small = op.m <= 128 && k_blocks > SHORT_K_BLOCKS;
-    if op.m <= 128 && TWO_CTA_K_BLOCKS.contains(&k_blocks) {
+    let small_m = op.m <= 128;
+    let small = small_m && k_blocks > SHORT_K_BLOCKS;
+    if small_m && TWO_CTA_K_BLOCKS.contains(&k_blocks) {
         let two_cta = candidates.iter().position(|v| {
             matches!(v, GemmVariant::Wgmma(t)
                 if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, 64, 2, 1, 1))
