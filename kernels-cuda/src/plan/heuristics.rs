@@ -192,6 +192,21 @@ const SPLIT_K_BYTES_WEIGHT: f64 = 1.4;
 /// Rounds (of two CTAs per SM) within which the 64 x 64 tiles of short K are picked.
 const TWO_CTA_MAX_ROUNDS: u64 = 2;
 
+/// K blocks (of 128) up to which small-M GEMMs first try the one-CTA 64-row tiles without
+/// split of [`NO_SPLIT_WIDTHS`] (see [`pick_wgmma`]).
+const NO_SPLIT_K_BLOCKS: u64 = 16;
+
+/// The widths of the one-CTA 64-row tiles of short K, tried widest first.
+const NO_SPLIT_WIDTHS: [u32; 2] = [128, 64];
+
+/// Whether `tiles` persistent tiles over `sms` SMs fill their rounds well enough for the
+/// one-CTA 64-row tiles of short K: at most two rounds, the last at least 90 % full, or a
+/// single round on at least 40 % of the SMs.
+fn no_split_rounds_fit(tiles: u64, sms: u64) -> bool {
+    let (rounds, fill) = waves(tiles, sms);
+    rounds <= 2 && fill >= 0.9 || rounds == 1 && fill >= 0.4
+}
+
 /// The default pick among Hopper candidates: at one CTA per SM but for short K at small M
 /// (below; the other two-per-SM tiles are left to the tuner). For m <= 128, bound by
 /// streaming the operands through each SM: the least bytes a CTA reads, (rows + columns) x
@@ -202,22 +217,37 @@ const TWO_CTA_MAX_ROUNDS: u64 = 2;
 /// (waves x width / measured per-tile efficiency), one CTA per cluster on a tie. `None` when
 /// there is no Hopper candidate.
 ///
-/// Short K at small M (m <= 128, K blocks in [`TWO_CTA_K_BLOCKS`]) goes to 64 x 64 at two CTAs
-/// per SM without split where its tiles take at most [`TWO_CTA_MAX_ROUNDS`] rounds: there a
-/// split-K tile's cluster start and reduction cost as much as its loads, and a 128-row tile
-/// pads M64 (H200, every candidate timed by `tessera tune --all-times`, bench/results/
-/// 2026-12-02-h200-check-24: M64 N7168 K2048 10.7 against 13.7 us for 64 x 128 split 2, M128
-/// N7168 K2048 12.3 against 14.7 for 128 x 128 split 2, M64 N24576 K1536 16.9 against 17.2 for
-/// 128 x 192). The one-CTA 64 x 128 / 64 x 64 tiles without split are faster still at these
-/// three (10.5, 10.6, 15.4), but no rule found yet picks their width. At 4 K blocks it gains
-/// nothing over the 128-row tiles (M64 N32768 K512: 12.7 against 12.8 for 128 x 128; harness:
-/// 12.7 against 11.7).
+/// Short K at small M (m <= 128, at most [`NO_SPLIT_K_BLOCKS`]) first takes a one-CTA 64-row
+/// tile without split, the widest of [`NO_SPLIT_WIDTHS`] whose tiles fill their rounds
+/// ([`no_split_rounds_fit`]): there a split-K tile's cluster start and reduction cost as much
+/// as its loads, and a 128-row tile pads M64 (H200, every candidate timed by `tessera tune
+/// --all-times`, bench/results/2026-12-02-h200-check-24: 64 x 128 takes 11.1 us at M64 N32768
+/// K512 against 12.8 for 128 x 128, 10.5 at M64 N7168 K2048 against 10.7 for 64 x 64 at two
+/// CTAs per SM, 10.6 at M128 N7168 K2048 against 12.3). Where none fills its rounds (M64 N24576
+/// K1536: 192 tiles of 64 x 128, half a second round, 17.5 us), K blocks in
+/// [`TWO_CTA_K_BLOCKS`] go to 64 x 64 at two CTAs per SM without split where its tiles take at
+/// most [`TWO_CTA_MAX_ROUNDS`] rounds (M64 N24576 K1536: 16.9 against 17.2 for 128 x 192; the
+/// one-CTA 64 x 64, three rounds, takes 15.4, but no rule found yet tells it from M128 N24576
+/// K1536, where 64-row tiles lose to 128 x 192: 18.6 and 22.4 against 17.9).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
     // Short K (<= 1536) costs the split-K tiles their per-tile start: there the 128-row tiles
-    // won every tuned small-M shape on the H200 (2026-11-30 plans) but for the two-CTA rule.
+    // won every tuned small-M shape on the H200 (2026-11-30 plans) but for the two rules above.
     let small_m = op.m <= 128;
     let small = small_m && k_blocks > SHORT_K_BLOCKS;
+    if small_m && k_blocks <= NO_SPLIT_K_BLOCKS {
+        for bn in NO_SPLIT_WIDTHS {
+            let no_split = candidates.iter().position(|v| {
+                matches!(v, GemmVariant::Wgmma(t)
+                    if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, bn, 1, 1, 1))
+            });
+            if let Some(i) = no_split {
+                if no_split_rounds_fit(candidates[i].tiles(op), arch.sm_count as u64) {
+                    return Some(i);
+                }
+            }
+        }
+    }
     if small_m && TWO_CTA_K_BLOCKS.contains(&k_blocks) {
         let two_cta = candidates.iter().position(|v| {
             matches!(v, GemmVariant::Wgmma(t)
@@ -899,20 +929,22 @@ mod tests {
         // Split-K clusters that would take two waves are not picked: 64 tiles of 64 x 64 at 2
         // splits fit one wave, 64 x 96 at 4 splits (43 clusters of 4) would not.
         assert_eq!(wg(64, 4096, 7168), (64, 64, 1, 2));
-        // 12..16 K blocks: 64 x 64 at two CTAs per SM within two rounds (112, 224 and 384
-        // tiles over 264 slots); at 4 K blocks, or beyond two rounds, the 128-row tiles.
-        let two_cta = |m, n, k| {
+        // Up to 16 K blocks: one-CTA 64 x 128 without split where its tiles fill their rounds
+        // (56 and 112 tiles in one round; 256 in two, the second 94 % full).
+        let per_sm = |m, n, k| {
             let t = hopper_pick(m, n, k);
             (t.bm, t.bn, t.ctas_per_sm, t.split_k)
         };
-        assert_eq!(two_cta(64, 7168, 2048), (64, 64, 2, 1));
-        assert_eq!(two_cta(128, 7168, 2048), (64, 64, 2, 1));
-        // 2 x 512 tiles of 64 x 64 would take 4 rounds.
-        assert_eq!(two_cta(128, 32768, 2048).2, 1);
-        assert_eq!(two_cta(64, 24576, 1536), (64, 64, 2, 1));
-        // 768 tiles would take 3 rounds.
-        assert_eq!(two_cta(128, 24576, 1536).2, 1);
-        assert_eq!(wg(64, 32768, 512), (128, 128, 1, 1));
+        assert_eq!(per_sm(64, 7168, 2048), (64, 128, 1, 1));
+        assert_eq!(per_sm(128, 7168, 2048), (64, 128, 1, 1));
+        assert_eq!(per_sm(64, 32768, 512), (64, 128, 1, 1));
+        // 192 tiles of 64 x 128 (the second round 45 % full), 384 of 64 x 64 (three rounds):
+        // 12..16 K blocks take 64 x 64 at two CTAs per SM within two rounds (384 tiles over
+        // 264 slots).
+        assert_eq!(per_sm(64, 24576, 1536), (64, 64, 2, 1));
+        // 2 x 512 tiles of 64 x 64 at two per SM would take 4 rounds, 2 x 256 of 64 x 128 at
+        // one per SM 4; 768 tiles would take 3 rounds: the 128-row tiles.
+        assert_eq!(per_sm(128, 32768, 2048).0, 128);
         assert_eq!(wg(128, 24576, 1536), (128, 192, 1, 1));
         assert_eq!(wg(128, 32768, 512), (128, 128, 1, 1));
         // sm_89: the e4m3 mma, and no 128 KB tile.
