@@ -43,12 +43,20 @@ pub struct VulkanSettings {
     /// [`tessera_core::cache_root`] by [`VulkanSettings::from_env`]; `None`: plans live in
     /// memory only (none read, `save` writes nothing).
     pub plan_dir: Option<std::path::PathBuf>,
+    /// Log what the driver says of each pipeline it builds (registers, local memory, ...:
+    /// `VK_KHR_pipeline_executable_properties`, where the device has it) at level info
+    /// ([`PIPELINE_STATS_ENV`] = `1`; a development aid).
+    pub pipeline_statistics: bool,
 }
+
+/// `TESSERA_VULKAN_PIPELINE_STATS=1`: [`VulkanSettings::pipeline_statistics`].
+pub const PIPELINE_STATS_ENV: &str = "TESSERA_VULKAN_PIPELINE_STATS";
 
 impl VulkanSettings {
     /// The settings from `TESSERA_VULKAN_DEVICE`, `TESSERA_VULKAN_PORTABLE` (`1` to set),
-    /// `TESSERA_VULKAN_SPIRV_DIR` and `TESSERA_VULKAN_MLA_DECODE` (empty values count as unset),
-    /// and the plan folder from `TESSERA_CACHE_DIR` ([`tessera_core::cache_root`]).
+    /// `TESSERA_VULKAN_SPIRV_DIR`, `TESSERA_VULKAN_MLA_DECODE` and
+    /// `TESSERA_VULKAN_PIPELINE_STATS` (`1` to set; empty values count as unset), and the plan
+    /// folder from `TESSERA_CACHE_DIR` ([`tessera_core::cache_root`]).
     pub fn from_env() -> Self {
         let non_empty = |name: &str| {
             std::env::var_os(name)
@@ -64,6 +72,7 @@ impl VulkanSettings {
                 .map(std::path::PathBuf::from),
             mla_decode: non_empty(crate::ops::mla::MLA_DECODE_ENV),
             plan_dir: tessera_core::cache_root().map(|d| d.join("vulkan")),
+            pipeline_statistics: non_empty(PIPELINE_STATS_ENV).is_some_and(|v| v == "1"),
         }
     }
 }
@@ -256,6 +265,9 @@ pub struct VulkanFeatures {
     pub cooperative_matrix2_nv: bool,
     /// `VK_NV_cooperative_matrix2`'s flexible-dimension configurations (empty without it).
     pub cooperative_matrix_flexible: Vec<FlexibleMatrixConfig>,
+    /// `VK_KHR_pipeline_executable_properties` with `pipelineExecutableInfo`: what
+    /// [`VulkanSettings::pipeline_statistics`] needs (enabled only when that asks for it).
+    pub pipeline_statistics: bool,
     /// `maxMemoryAllocationSize` (Vulkan 1.1) in bytes: drivers may refuse larger allocations
     /// (then [`tessera_core::Error::OutOfMemory`] with the `VkResult`).
     pub max_memory_allocation_size: u64,
@@ -401,6 +413,7 @@ struct Optional {
     coop_matrix: bool,
     bfloat16: bool,
     coop_matrix2: bool,
+    executable_info: bool,
 }
 
 /// `VkPhysicalDeviceCooperativeMatrix2FeaturesNV` (`VK_NV_cooperative_matrix2`), newer than
@@ -695,6 +708,7 @@ unsafe fn inspect(
         cooperative_matrix_shapes: Vec::new(),
         cooperative_matrix2_nv: false,
         cooperative_matrix_flexible: Vec::new(),
+        pipeline_statistics: false,
         max_memory_allocation_size: u64::MAX,
         max_buffer_size: None,
         largest_heap_bytes: {
@@ -797,6 +811,7 @@ unsafe fn inspect(
     let has_coop = has(ash::khr::cooperative_matrix::NAME);
     let has_bf16 = has(SHADER_BFLOAT16_NAME);
     let has_coop2 = has(COOPERATIVE_MATRIX2_NAME);
+    let has_executable = has(ash::khr::pipeline_executable_properties::NAME);
     let mut storage16 = vk::PhysicalDevice16BitStorageFeatures::default();
     let mut storage8 = vk::PhysicalDevice8BitStorageFeatures::default();
     let mut f16i8 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
@@ -804,6 +819,7 @@ unsafe fn inspect(
     let mut coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
     let mut bf16 = ShaderBfloat16Features::default();
     let mut coop2 = CooperativeMatrix2Features::default();
+    let mut executable = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default();
     let base = {
         let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut storage16);
         if has_8bit {
@@ -823,6 +839,9 @@ unsafe fn inspect(
         }
         if has_coop2 {
             f2 = f2.push_next(&mut coop2);
+        }
+        if has_executable {
+            f2 = f2.push_next(&mut executable);
         }
         instance.get_physical_device_features2(physical, &mut f2);
         f2.features
@@ -844,6 +863,8 @@ unsafe fn inspect(
     features.bfloat16 = optional.bfloat16;
     optional.coop_matrix2 = has_coop2 && optional.coop_matrix && coop2.usable();
     features.cooperative_matrix2_nv = optional.coop_matrix2;
+    optional.executable_info = has_executable && executable.pipeline_executable_info == vk::TRUE;
+    features.pipeline_statistics = optional.executable_info;
     features.storage_buffer_16bit = optional.storage16;
     features.storage_buffer_8bit = optional.storage8;
     features.shader_float16 = optional.float16;
@@ -955,6 +976,9 @@ pub struct VulkanContext {
     physical: vk::PhysicalDevice,
     device: ash::Device,
     push_descriptor: ash::khr::push_descriptor::Device,
+    /// `VK_KHR_pipeline_executable_properties`, where [`VulkanSettings::pipeline_statistics`]
+    /// asked for it and the device has it.
+    pipeline_statistics: Option<ash::khr::pipeline_executable_properties::Device>,
     queue: Mutex<vk::Queue>,
     queue_family: u32,
     memory: vk::PhysicalDeviceMemoryProperties,
@@ -1064,6 +1088,13 @@ impl VulkanContext {
         want(ash::khr::cooperative_matrix::NAME, o.coop_matrix);
         want(SHADER_BFLOAT16_NAME, o.bfloat16);
         want(COOPERATIVE_MATRIX2_NAME, o.coop_matrix2);
+        let statistics = settings.pipeline_statistics && o.executable_info;
+        if settings.pipeline_statistics && !statistics {
+            log::warn!(
+                "{PIPELINE_STATS_ENV}: the device has no VK_KHR_pipeline_executable_properties"
+            );
+        }
+        want(ash::khr::pipeline_executable_properties::NAME, statistics);
 
         let base = vk::PhysicalDeviceFeatures::default()
             .shader_int16(o.int16)
@@ -1116,6 +1147,11 @@ impl VulkanContext {
         if o.coop_matrix2 {
             features2 = features2.push_next(&mut coop2);
         }
+        let mut executable = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
+            .pipeline_executable_info(true);
+        if statistics {
+            features2 = features2.push_next(&mut executable);
+        }
         let create = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queue_info)
             .enabled_extension_names(&ext_names)
@@ -1127,6 +1163,8 @@ impl VulkanContext {
         // SAFETY: the queue family and index were requested in `create`.
         let queue = unsafe { device.get_device_queue(queue_family, 0) };
         let push_descriptor = ash::khr::push_descriptor::Device::new(&instance, &device);
+        let pipeline_statistics = statistics
+            .then(|| ash::khr::pipeline_executable_properties::Device::new(&instance, &device));
         // SAFETY: `chosen.physical` belongs to the live `instance`.
         let memory = unsafe { instance.get_physical_device_memory_properties(chosen.physical) };
         Ok(Self {
@@ -1137,6 +1175,7 @@ impl VulkanContext {
             instance,
             device,
             push_descriptor,
+            pipeline_statistics,
             queue: Mutex::new(queue),
             queue_family,
             memory,
@@ -1198,6 +1237,14 @@ impl VulkanContext {
 
     pub(crate) fn push_descriptor(&self) -> &ash::khr::push_descriptor::Device {
         &self.push_descriptor
+    }
+
+    /// The pipeline-statistics functions, where [`VulkanSettings::pipeline_statistics`] enabled
+    /// them.
+    pub(crate) fn pipeline_statistics(
+        &self,
+    ) -> Option<&ash::khr::pipeline_executable_properties::Device> {
+        self.pipeline_statistics.as_ref()
     }
 
     pub(crate) fn memory_properties(&self) -> &vk::PhysicalDeviceMemoryProperties {

@@ -55,7 +55,7 @@ mod probe;
 pub use ash;
 pub use device::{
     CooperativeMatrixShape, FlexibleMatrixConfig, MatrixComponent, VulkanContext, VulkanFeatures,
-    VulkanSettings, DEVICE_ENV,
+    VulkanSettings, DEVICE_ENV, PIPELINE_STATS_ENV,
 };
 pub use memory::{Buffer, BufferRange, MemoryLocation, DEVICE_LOCAL_MIN_BYTES};
 pub use ops::attention::AttentionKernel;

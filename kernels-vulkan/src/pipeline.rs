@@ -175,6 +175,7 @@ pub struct Pipeline {
     set_layout: vk::DescriptorSetLayout,
     storage_buffers: u32,
     push_constant_bytes: u32,
+    statistics: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -298,7 +299,14 @@ impl Pipeline {
             .module(module)
             .name(c"main")
             .specialization_info(&spec_info);
+        let statistics = ctx.pipeline_statistics();
+        let flags = if statistics.is_some() {
+            vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR
+        } else {
+            vk::PipelineCreateFlags::empty()
+        };
         let info = [vk::ComputePipelineCreateInfo::default()
+            .flags(flags)
             .stage(stage)
             .layout(layout)];
         // SAFETY: every structure is valid and lives across the call; the module, layout and
@@ -324,6 +332,9 @@ impl Pipeline {
                 ));
             }
         };
+        let statistics = statistics
+            .map(|functions| pipeline_statistics(functions, pipeline, shader.name, &key))
+            .unwrap_or_default();
         Ok(Self {
             ctx: ctx.clone(),
             key,
@@ -332,7 +343,15 @@ impl Pipeline {
             set_layout,
             storage_buffers: shader.storage_buffers,
             push_constant_bytes: shader.push_constant_bytes,
+            statistics,
         })
+    }
+
+    /// What the driver said of it as `(name, value)` pairs (on NVIDIA: register count, local
+    /// and shared memory sizes, binary size...), where [`crate::VulkanSettings::
+    /// pipeline_statistics`] asked for them and the device has them; else empty.
+    pub fn statistics(&self) -> &[(String, String)] {
+        &self.statistics
     }
 
     /// The key it was made for.
@@ -539,4 +558,77 @@ pub unsafe fn compute_barrier(device: &ash::Device, cmd: vk::CommandBuffer) {
             &[],
         )
     };
+}
+
+/// What the driver says of `pipeline` (`VK_KHR_pipeline_executable_properties`: on NVIDIA
+/// registers, shared and local memory...): each executable's statistics as `(name, value)`,
+/// also logged at level info (the executable's name first where there are several).
+fn pipeline_statistics(
+    functions: &ash::khr::pipeline_executable_properties::Device,
+    pipeline: vk::Pipeline,
+    name: &str,
+    key: &PipelineKey,
+) -> Vec<(String, String)> {
+    let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
+    // SAFETY: the pipeline was created with CAPTURE_STATISTICS by this device.
+    let executables = match unsafe { functions.get_pipeline_executable_properties(&info) } {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("pipeline statistics of {name}: {e}");
+            return Vec::new();
+        }
+    };
+    let mut all = Vec::new();
+    for (index, executable) in (0u32..).zip(&executables) {
+        let info = vk::PipelineExecutableInfoKHR::default()
+            .pipeline(pipeline)
+            .executable_index(index);
+        // SAFETY: as above; `index` is one of the pipeline's executables.
+        let statistics = match unsafe { functions.get_pipeline_executable_statistics(&info) } {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("pipeline statistics of {name}: {e}");
+                continue;
+            }
+        };
+        let exe_name = executable
+            .name_as_c_str()
+            .map_or_else(|_| "?".to_string(), |c| c.to_string_lossy().into_owned());
+        let prefix = if executables.len() > 1 {
+            format!("{exe_name} ")
+        } else {
+            String::new()
+        };
+        let values: Vec<(String, String)> = statistics
+            .iter()
+            .map(|s| {
+                let stat_name = s
+                    .name_as_c_str()
+                    .map_or_else(|_| "?".to_string(), |c| c.to_string_lossy().into_owned());
+                // SAFETY: `format` says which member of the union the driver wrote.
+                let value = unsafe {
+                    match s.format {
+                        vk::PipelineExecutableStatisticFormatKHR::BOOL32 => {
+                            (s.value.b32 != 0).to_string()
+                        }
+                        vk::PipelineExecutableStatisticFormatKHR::INT64 => s.value.i64.to_string(),
+                        vk::PipelineExecutableStatisticFormatKHR::UINT64 => s.value.u64.to_string(),
+                        vk::PipelineExecutableStatisticFormatKHR::FLOAT64 => {
+                            s.value.f64.to_string()
+                        }
+                        _ => "?".to_string(),
+                    }
+                };
+                (format!("{prefix}{stat_name}"), value)
+            })
+            .collect();
+        let text: Vec<String> = values.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        log::info!(
+            "pipeline statistics of {name} {:?} ({exe_name}): {}",
+            key.constants,
+            text.join(", ")
+        );
+        all.extend(values);
+    }
+    all
 }

@@ -7,8 +7,9 @@ mod common;
 
 use std::sync::Mutex;
 use tessera_core::{Backend, Fp8Granularity, Fp8Quantize, ScaleRule, TensorRef};
+use tessera_vulkan::ops::copy::{CopyWordsSpec, COPY_WORDS};
 use tessera_vulkan::ops::PORTABLE_ENV;
-use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend, SPIRV_DIR_ENV};
+use tessera_vulkan::{Buffer, MemoryLocation, VulkanBackend, PIPELINE_STATS_ENV, SPIRV_DIR_ENV};
 
 /// Every log record, as `level: message`.
 static RECORDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -116,4 +117,41 @@ fn settings_are_read_once_and_diagnostics_are_logged() {
     set_env(SPIRV_DIR_ENV, None);
     set_env(PORTABLE_ENV, None);
     let _ = std::fs::remove_dir_all(&dir);
+
+    // Pipeline statistics, asked for: each pipeline keeps and logs what the driver says of it
+    // where the device has VK_KHR_pipeline_executable_properties, else a warning is logged.
+    set_env(PIPELINE_STATS_ENV, Some(std::path::Path::new("1")));
+    let with_stats = VulkanBackend::new().unwrap();
+    set_env(PIPELINE_STATS_ENV, None);
+    assert!(with_stats.context().settings().pipeline_statistics);
+    assert!(!plain.context().settings().pipeline_statistics);
+    let copy = with_stats
+        .pipelines()
+        .get(&COPY_WORDS, &CopyWordsSpec::default())
+        .unwrap();
+    let logged = RECORDS.lock().unwrap().clone();
+    if with_stats.features().pipeline_statistics {
+        assert!(!copy.statistics().is_empty());
+        assert!(
+            logged
+                .iter()
+                .any(|r| r.starts_with("INFO") && r.contains("pipeline statistics of copy_words")),
+            "the statistics were not logged: {logged:?}"
+        );
+    } else {
+        println!("skipped: pipeline statistics (the device has no VK_KHR_pipeline_executable_properties)");
+        assert!(copy.statistics().is_empty());
+        assert!(
+            logged
+                .iter()
+                .any(|r| r.starts_with("WARN") && r.contains(PIPELINE_STATS_ENV)),
+            "no warning: {logged:?}"
+        );
+    }
+    // Not asked for: nothing kept.
+    let plain_copy = plain
+        .pipelines()
+        .get(&COPY_WORDS, &CopyWordsSpec::default())
+        .unwrap();
+    assert!(plain_copy.statistics().is_empty());
 }

@@ -630,6 +630,7 @@ pub(super) fn h200_features() -> crate::device::VulkanFeatures {
         cooperative_matrix_shapes: Vec::new(),
         cooperative_matrix2_nv: true,
         cooperative_matrix_flexible: Vec::new(),
+        pipeline_statistics: false,
         max_memory_allocation_size: u64::MAX,
         max_buffer_size: None,
         largest_heap_bytes: 141 << 30,
