@@ -17,6 +17,8 @@
 //!   device's limit; default 128); `--spec` sets `constant_id`s;
 //! - `--repeat N` records the dispatch N more times (a barrier between each) after the checked
 //!   one and prints the mean time per dispatch (wall clock of one submission);
+//! - with `TESSERA_VULKAN_PIPELINE_STATS=1` the pipeline's statistics are printed first
+//!   (`statistic NAME: VALUE`, where the device has them);
 //! - `--info` prints the device's summary and its `VK_NV_cooperative_matrix2` flexible-dimension
 //!   configurations (`VulkanFeatures::cooperative_matrix_flexible`).
 
@@ -188,6 +190,9 @@ fn run(a: Args) -> Result<(), String> {
         .pipelines()
         .get(&shader, &a.spec)
         .map_err(|e| e.to_string())?;
+    for (name, value) in pipeline.statistics() {
+        println!("statistic {name}: {value}");
+    }
     let mut buffers = Vec::new();
     for b in &a.bindings {
         let buf = match b {
