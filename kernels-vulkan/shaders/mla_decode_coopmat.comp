@@ -30,14 +30,19 @@
 //   3. 8 invocations per row sum the NSG partials, apply scale · log2(e) and the row's
 //      visibility, and run the online softmax (base 2, f32): probabilities rounded to bf16 into
 //      shared memory, the row's rescale factor alpha; barrier;
-//   4. each subgroup scales its accumulators by alpha (the row of each accumulator element from
-//      a probe matrix: the element mapping is the implementation's, the same for every matrix
-//      of a type) and adds P · V for its column blocks (row-major loads of the same records);
-//      barrier (the next tile overwrites the records).
+//   4. each subgroup scales its accumulators by alpha (component-wise by a 16 x 16 matrix
+//      whose row r holds row r's alpha, written by the softmax invocations) and adds P · V for
+//      its column blocks (row-major loads of the same records); barrier (the next tile
+//      overwrites the records).
+// At the end each accumulator times the rows' 1 / l (the same way) goes through the
+// subgroup's scratch (its partial-score region) to the rows of the group that exist. No
+// element of an accumulator is touched one by one: indexing the array of accumulators that
+// way made NVIDIA's compiler keep it in local memory (288 bytes per invocation; H200, session
+// 23), at half the speed.
 // Shared memory (bytes): 16 · KT · (D + 8) · 2 / 16 · 16 for the records (the query rows at
-// first), 4 · NSG · 16 · (KT + 4) partial scores (the probe at first), 16 · (KT + 8) · 2
-// probabilities, 4 · KT flags and 3 · 4 · 16 of row values: DeepSeek-V3 with KT = 32 and 4
-// subgroups, 47.8 KiB (MlaDecodeCoopmatSpec::shared_memory_bytes mirrors this sum).
+// first), 4 · NSG · 16 · (KT + 4) partial scores, 16 · (KT + 8) · 2 probabilities, 4 · KT
+// flags and 4 · 16 · 16 of row factors: DeepSeek-V3 with KT = 32 and 4 subgroups, 47.9 KiB
+// (MlaDecodeCoopmatSpec::shared_memory_bytes mirrors this sum).
 //
 // Specialization constants (kernels-vulkan/src/ops/mla/coopmat.rs, MlaDecodeCoopmatSpec):
 // 0 = workgroup size (NSG · 32), 1 = KT (16 or 32), 2 = LATENT, 3 = ROPE (both multiples of
@@ -115,11 +120,11 @@ layout(push_constant, std430) uniform Params {
 #define MAT_B coopmat<bfloat16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB>
 
 shared uvec4 kv_sh[KT * SROW];       // the tile's records (the query rows at first)
-shared float s_sh[NSG * S_REGION];   // per subgroup: 16 x KT partial scores (the probe at first)
+shared float s_sh[NSG * S_REGION];   // per subgroup: 16 x KT partial scores (a scratch at the end)
 shared uint p_sh[ROWS * PW];         // 16 x KT probabilities, bf16 pairs
 shared uint key_bad[KT];             // 1 where the tile's key lies on a page outside the cache
-shared float alpha_sh[ROWS];         // this tile's rescale factor of each row
-shared float inv_sh[ROWS];           // 1 / l of each row at the end (NaN for a bad row)
+shared float row_sh[ROWS * 16u];     // row r: this tile's rescale factor of row r (1 / l at
+                                     // the end, NaN for a bad row), 16 times
 
 // The record this invocation stages of the tile at k0: key tid / TPK, its uvec4s tid % TPK +
 // TPK * i (TPK invocations read 16 TPK contiguous bytes of a record at a time), zeros for a key
@@ -238,14 +243,11 @@ void main() {
     float l_run = 0.0;
     bool bad = false;
 
-    // The query rows into shared memory, then into this subgroup's A matrices; the probe.
+    // The query rows into shared memory, then into this subgroup's A matrices.
     for (uint idx = tid; idx < ROWS * DV; idx += WG) {
         uint i = idx / DV;
         uint r = row0 + i;
         kv_sh[i * SROW + idx % DV] = r < row_end ? q4[(b * rows + r) * DV + idx % DV] : uvec4(0u);
-    }
-    for (uint e = lane; e < 256u; e += 32u) {
-        s_sh[sg * S_REGION + e] = float(e);
     }
     barrier();
     MAT_A q_mat[KS_PER];
@@ -255,8 +257,6 @@ void main() {
             coopMatLoad(q_mat[j], kv_sh, 2u * ks, SROW, gl_CooperativeMatrixLayoutRowMajor);
         }
     }
-    ACC probe;
-    coopMatLoad(probe, s_sh, sg * S_REGION, 16u, gl_CooperativeMatrixLayoutRowMajor);
     barrier();
 
     ACC o_acc[OB_PER];
@@ -332,8 +332,9 @@ void main() {
         }
         l_run = l_run * alpha + psum;
         m_run = m_new;
-        if (sk0 == 0u) {
-            alpha_sh[srow] = alpha;
+        // TPR (8) invocations per row: 16 / TPR copies each.
+        [[unroll]] for (uint j = 0u; j < 16u / TPR; ++j) {
+            row_sh[srow * 16u + (tid % TPR) * (16u / TPR) + j] = alpha;
         }
         barrier();
 
@@ -342,11 +343,10 @@ void main() {
         [[unroll]] for (uint kb = 0u; kb < KB; ++kb) {
             coopMatLoad(p_mat[kb], p_sh, 8u * kb, PW, gl_CooperativeMatrixLayoutRowMajor);
         }
-        [[unroll]] for (int e = 0; e < probe.length(); ++e) {
-            float a = alpha_sh[uint(probe[e]) >> 4];
-            [[unroll]] for (uint c = 0u; c < OB_PER; ++c) {
-                o_acc[c][e] *= a;
-            }
+        ACC alpha_m;
+        coopMatLoad(alpha_m, row_sh, 0u, 16u, gl_CooperativeMatrixLayoutRowMajor);
+        [[unroll]] for (uint c = 0u; c < OB_PER; ++c) {
+            o_acc[c] = o_acc[c] * alpha_m;
         }
         [[unroll]] for (uint c = 0u; c < OB_PER; ++c) {
             uint lb = sg + NSG * c;
@@ -368,25 +368,34 @@ void main() {
         bad = bad || subgroupShuffleXor(uint(bad), off) != 0u;
     }
     uint part_rows = p.batch * p.splits * rows;
-    if (sk0 == 0u) {
-        inv_sh[srow] = bad ? NAN : (l_run > 0.0 ? 1.0 / l_run : 0.0);
-        if (r_soft < row_end) {
-            uint prow = (b * p.splits + split) * rows + r_soft;
-            float lse = l_run > 0.0 ? (m_run + log2(l_run)) * LN2 : NEG_INF;
-            work[part_rows * LATENT + prow] = bad ? NAN : lse;
-        }
+    float inv = bad ? NAN : (l_run > 0.0 ? 1.0 / l_run : 0.0);
+    [[unroll]] for (uint j = 0u; j < 16u / TPR; ++j) {
+        row_sh[srow * 16u + (tid % TPR) * (16u / TPR) + j] = inv;
+    }
+    if (sk0 == 0u && r_soft < row_end) {
+        uint prow = (b * p.splits + split) * rows + r_soft;
+        float lse = l_run > 0.0 ? (m_run + log2(l_run)) * LN2 : NEG_INF;
+        work[part_rows * LATENT + prow] = bad ? NAN : lse;
     }
     barrier();
-    [[unroll]] for (int e = 0; e < probe.length(); ++e) {
-        uint rc = uint(probe[e]);
-        uint r = row0 + (rc >> 4);
-        if (r < row_end) {
-            uint prow = (b * p.splits + split) * rows + r;
-            float inv = inv_sh[rc >> 4];
-            [[unroll]] for (uint c = 0u; c < OB_PER; ++c) {
-                uint lb = sg + NSG * c;
-                if (lb < LB) {
-                    work[prow * LATENT + 16u * lb + (rc & 15u)] = o_acc[c][e] * inv;
+    ACC inv_m;
+    coopMatLoad(inv_m, row_sh, 0u, 16u, gl_CooperativeMatrixLayoutRowMajor);
+    // Each normalized block through this subgroup's scratch: lane l copies 8 values of row
+    // l / 2 (the rows past the group's end are not written).
+    uint r = lane / 2u;
+    uint c8 = (lane % 2u) * 8u;
+    uint prow = (b * p.splits + split) * rows + row0 + r;
+    [[unroll]] for (uint c = 0u; c < OB_PER; ++c) {
+        uint lb = sg + NSG * c;
+        if (lb < LB) {
+            subgroupBarrier();
+            coopMatStore(o_acc[c] * inv_m, s_sh, sg * S_REGION, 16u,
+                         gl_CooperativeMatrixLayoutRowMajor);
+            subgroupMemoryBarrierShared();
+            subgroupBarrier();
+            if (row0 + r < row_end) {
+                [[unroll]] for (uint e = 0u; e < 8u; ++e) {
+                    work[prow * LATENT + 16u * lb + c8 + e] = s_sh[sg * S_REGION + r * 16u + c8 + e];
                 }
             }
         }

@@ -104,13 +104,14 @@ impl MlaDecodeCoopmatSpec {
 
     /// The shader's shared memory (its header has the same sum): the tile's bf16 records
     /// (rows padded by 8 values), the subgroups' f32 partial scores (rows padded by 4), the
-    /// bf16 probabilities (rows padded by 8), the keys' flags and two f32 values per row.
+    /// bf16 probabilities (rows padded by 8), the keys' flags and a 16 x 16 f32 matrix of row
+    /// factors.
     pub(crate) fn shared_memory_bytes(&self) -> u32 {
         let rows = ROWS as u32;
         let records = 2 * self.key_tile * (self.latent + self.rope + 8);
         let scores = 4 * self.subgroups * rows * (self.key_tile + 4);
         let probabilities = 2 * rows * (self.key_tile + 8);
-        records + scores + probabilities + 4 * self.key_tile + 2 * 4 * rows
+        records + scores + probabilities + 4 * self.key_tile + 4 * rows * 16
     }
 }
 
@@ -246,10 +247,10 @@ mod tests {
             vec![(0, 128), (1, 32), (2, 512), (3, 64), (4, 1), (5, 0)]
         );
         // DeepSeek-V3, 32 keys: records 32 x 584 bf16, scores 4 x 16 x 36 f32, probabilities
-        // 16 x 40 bf16, 32 flags, 2 x 16 row values: within NVIDIA's 48 KiB.
+        // 16 x 40 bf16, 32 flags, 16 x 16 f32 row factors: within NVIDIA's 48 KiB.
         assert_eq!(
             spec.shared_memory_bytes(),
-            32 * 584 * 2 + 4 * 16 * 36 * 4 + 16 * 40 * 2 + 32 * 4 + 2 * 16 * 4
+            32 * 584 * 2 + 4 * 16 * 36 * 4 + 16 * 40 * 2 + 32 * 4 + 16 * 16 * 4
         );
         assert!(spec.shared_memory_bytes() <= 48 * 1024);
         let small = MlaDecodeCoopmatSpec {
@@ -258,7 +259,7 @@ mod tests {
         };
         assert_eq!(
             small.shared_memory_bytes(),
-            16 * 584 * 2 + 4 * 16 * 20 * 4 + 16 * 24 * 2 + 16 * 4 + 2 * 16 * 4
+            16 * 584 * 2 + 4 * 16 * 20 * 4 + 16 * 24 * 2 + 16 * 4 + 16 * 16 * 4
         );
     }
 }
