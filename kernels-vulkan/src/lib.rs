@@ -176,8 +176,8 @@ impl VulkanBackend {
 
     /// Which shader each op takes on this device, for `tessera info` and the device name:
     /// `FP8 GEMM: cooperative matrix|portable, attention: cooperative matrix|portable (head_dim
-    /// 128, blocks of 64), MLA decode: [cm2 (bf16, 32+ rows), ][coopmat (where the layout
-    /// fits), ]stream|tiled` (the cooperative-matrix shaders where the device runs them, then
+    /// 128, blocks of 64), MLA decode: [coopmat (where the layout fits), ][cm2 (bf16, 32+
+    /// rows), ]stream|tiled` (the cooperative-matrix shaders where the device runs them, then
     /// the shader of the layouts they do not take; or the value of [`MLA_DECODE_ENV`] where it
     /// overrides the choice).
     pub fn shader_paths(&self) -> String {
@@ -193,11 +193,11 @@ impl VulkanBackend {
             None => {
                 // The plan's order: each shader where the device runs it, then the fallback.
                 let mut shaders = Vec::new();
-                if self.mla_decode_cm2_unsupported().is_none() {
-                    shaders.push("cm2 (bf16, 32+ rows)");
-                }
                 if self.mla_decode_coopmat_unsupported().is_none() {
                     shaders.push("coopmat (where the layout fits)");
+                }
+                if self.mla_decode_cm2_unsupported().is_none() {
+                    shaders.push("cm2 (bf16, 32+ rows)");
                 }
                 shaders.push(if self.mla_decode_stream_unsupported().is_none() {
                     "stream"

@@ -703,14 +703,17 @@ impl VulkanBackend {
     }
 
     /// Plans a decode: the pass-1 shader this device runs `op` with and its tiling (see
-    /// [`MlaDecodePlan`]). The cooperative-matrix-2 shader for bf16 records where a request has
-    /// at least 32 query rows, the device can run it
+    /// [`MlaDecodePlan`]). The cooperative-matrix shader wherever the device can run it
+    /// ([`VulkanBackend::mla_decode_coopmat_unsupported`] is `None`) and its default tiling
+    /// fits the layout; else the cooperative-matrix-2 shader for bf16 records where a request
+    /// has at least 32 query rows, the device can run it
     /// ([`VulkanBackend::mla_decode_cm2_unsupported`] is `None`) and its default tiling fits;
-    /// else the cooperative-matrix shader wherever the device
-    /// can run it ([`VulkanBackend::mla_decode_coopmat_unsupported`] is `None`) and its default
-    /// tiling fits the layout; else the streaming shader wherever the device can run it
+    /// else the streaming shader wherever the device can run it
     /// ([`VulkanBackend::mla_decode_stream_unsupported`] is `None`), with
-    /// [`MlaStreamTiling`]'s default for the shape; else the tiled one.
+    /// [`MlaStreamTiling`]'s default for the shape; else the tiled one. On the H200 the
+    /// cooperative-matrix shader beats the cooperative-matrix-2 one at 32 rows (1345-1504
+    /// against 890-1109 GB/s at h_q 16 s_q 2) and at 128 (88-95 against 75-84 TFLOPS at h_q
+    /// 128 s_q 1; bench/results/2026-12-02-h200-check-25).
     /// [`crate::VulkanSettings::mla_decode`] (`TESSERA_VULKAN_MLA_DECODE`) overrides the choice.
     ///
     /// Between the two: a plan stored for the op's shape class ([`crate::plan::VulkanPlans`],
@@ -745,13 +748,13 @@ impl VulkanBackend {
         let cm2_wanted = op.s_q * op.heads >= 32 && self.mla_decode_cm2_unsupported().is_none();
         Ok(
             match (
-                cm2_wanted.then(|| cm2::default_tiling(f, op)),
                 coopmat::default_tiling(f, op),
+                cm2_wanted.then(|| cm2::default_tiling(f, op)),
             ) {
-                (Some(Ok(tiling)), _) => MlaDecodeKernel::Cm2(tiling),
-                (_, Ok(tiling)) if self.mla_decode_coopmat_unsupported().is_none() => {
+                (Ok(tiling), _) if self.mla_decode_coopmat_unsupported().is_none() => {
                     MlaDecodeKernel::Coopmat(tiling)
                 }
+                (_, Some(Ok(tiling))) => MlaDecodeKernel::Cm2(tiling),
                 (_, _) if stream::unsupported(f).is_none() => {
                     MlaDecodeKernel::Stream(stream::default_tiling(f, op)?)
                 }
