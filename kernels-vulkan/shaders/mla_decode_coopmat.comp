@@ -332,7 +332,7 @@ void main() {
         }
         l_run = l_run * alpha + psum;
         m_run = m_new;
-        // TPR (8) invocations per row: 16 / TPR copies each.
+        // TPR (8) invocations per row: 16 / TPR copies each (TPR <= 16: at most 8 subgroups).
         [[unroll]] for (uint j = 0u; j < 16u / TPR; ++j) {
             row_sh[srow * 16u + (tid % TPR) * (16u / TPR) + j] = alpha;
         }
@@ -395,7 +395,8 @@ void main() {
             subgroupBarrier();
             if (row0 + r < row_end) {
                 [[unroll]] for (uint e = 0u; e < 8u; ++e) {
-                    work[prow * LATENT + 16u * lb + c8 + e] = s_sh[sg * S_REGION + r * 16u + c8 + e];
+                    work[prow * LATENT + 16u * lb + c8 + e] =
+                        s_sh[sg * S_REGION + r * 16u + c8 + e];
                 }
             }
         }
