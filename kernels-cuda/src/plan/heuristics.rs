@@ -200,11 +200,22 @@ const NO_SPLIT_K_BLOCKS: u64 = 16;
 const NO_SPLIT_WIDTHS: [u32; 2] = [128, 64];
 
 /// Whether `tiles` persistent tiles over `sms` SMs fill their rounds well enough for the
-/// one-CTA 64-row tiles of short K: at most two rounds, the last at least 90 % full, or a
-/// single round on at least 40 % of the SMs.
-fn no_split_rounds_fit(tiles: u64, sms: u64) -> bool {
+/// one-CTA 64-row tiles of short K: at most `max_rounds` rounds, the last at least 90 % full,
+/// or a single round on at least 40 % of the SMs.
+fn no_split_rounds_fit(tiles: u64, sms: u64, max_rounds: u64) -> bool {
     let (rounds, fill) = waves(tiles, sms);
-    rounds <= 2 && fill >= 0.9 || rounds == 1 && fill >= 0.4
+    rounds <= max_rounds && fill >= 0.9 || rounds == 1 && fill >= 0.4
+}
+
+/// Rounds of one-CTA 64-row tiles of short K allowed by [`no_split_rounds_fit`]: three where
+/// one tile row covers M (m <= 64, each block of B read by one tile only), else two (64-row
+/// tiles at M128 read every block of B twice, and lose to 128 x 192 at N24576 K1536).
+fn no_split_max_rounds(m: usize) -> u64 {
+    if m <= 64 {
+        3
+    } else {
+        2
+    }
 }
 
 /// The default pick among Hopper candidates: at one CTA per SM but for short K at small M
@@ -219,16 +230,16 @@ fn no_split_rounds_fit(tiles: u64, sms: u64) -> bool {
 ///
 /// Short K at small M (m <= 128, at most [`NO_SPLIT_K_BLOCKS`]) first takes a one-CTA 64-row
 /// tile without split, the widest of [`NO_SPLIT_WIDTHS`] whose tiles fill their rounds
-/// ([`no_split_rounds_fit`]): there a split-K tile's cluster start and reduction cost as much
-/// as its loads, and a 128-row tile pads M64 (H200, every candidate timed by `tessera tune
-/// --all-times`, bench/results/2026-12-02-h200-check-24: 64 x 128 takes 11.1 us at M64 N32768
-/// K512 against 12.8 for 128 x 128, 10.5 at M64 N7168 K2048 against 10.7 for 64 x 64 at two
-/// CTAs per SM, 10.6 at M128 N7168 K2048 against 12.3). Where none fills its rounds (M64 N24576
-/// K1536: 192 tiles of 64 x 128, half a second round, 17.5 us), K blocks in
+/// ([`no_split_rounds_fit`], [`no_split_max_rounds`]): there a split-K tile's cluster start and
+/// reduction cost as much as its loads, and a 128-row tile pads M64 (H200, every candidate timed
+/// by `tessera tune --all-times`, bench/results/2026-12-02-h200-check-24: 64 x 128 takes 11.1
+/// us at M64 N32768 K512 against 12.8 for 128 x 128, 10.5 at M64 N7168 K2048 against 10.7 for
+/// 64 x 64 at two CTAs per SM, 10.6 at M128 N7168 K2048 against 12.3; 64 x 64 in three rounds
+/// 15.4 at M64 N24576 K1536 against 16.9 for 64 x 64 at two CTAs per SM, where 192 tiles of
+/// 64 x 128 leave half a second round: 17.5). Where none fills its rounds, K blocks in
 /// [`TWO_CTA_K_BLOCKS`] go to 64 x 64 at two CTAs per SM without split where its tiles take at
-/// most [`TWO_CTA_MAX_ROUNDS`] rounds (M64 N24576 K1536: 16.9 against 17.2 for 128 x 192; the
-/// one-CTA 64 x 64, three rounds, takes 15.4, but no rule found yet tells it from M128 N24576
-/// K1536, where 64-row tiles lose to 128 x 192: 18.6 and 22.4 against 17.9).
+/// most [`TWO_CTA_MAX_ROUNDS`] rounds (M128 N24576 K1536 takes neither: 64-row tiles lose to
+/// 128 x 192 there, 18.6 and 22.4 against 17.9).
 pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> Option<usize> {
     let k_blocks = (op.k as u64).div_ceil(128);
     // Short K (<= 1536) costs the split-K tiles their per-tile start: there the 128-row tiles
@@ -242,7 +253,8 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
                     if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, bn, 1, 1, 1))
             });
             if let Some(i) = no_split {
-                if no_split_rounds_fit(candidates[i].tiles(op), arch.sm_count as u64) {
+                let sms = arch.sm_count as u64;
+                if no_split_rounds_fit(candidates[i].tiles(op), sms, no_split_max_rounds(op.m)) {
                     return Some(i);
                 }
             }
@@ -938,13 +950,17 @@ mod tests {
         assert_eq!(per_sm(64, 7168, 2048), (64, 128, 1, 1));
         assert_eq!(per_sm(128, 7168, 2048), (64, 128, 1, 1));
         assert_eq!(per_sm(64, 32768, 512), (64, 128, 1, 1));
-        // 192 tiles of 64 x 128 (the second round 45 % full), 384 of 64 x 64 (three rounds):
-        // 12..16 K blocks take 64 x 64 at two CTAs per SM within two rounds (384 tiles over
-        // 264 slots).
-        assert_eq!(per_sm(64, 24576, 1536), (64, 64, 2, 1));
+        // 192 tiles of 64 x 128 leave the second round 45 % full; 384 of 64 x 64 fill three
+        // rounds (91 %), allowed at m <= 64.
+        assert_eq!(per_sm(64, 24576, 1536), (64, 64, 1, 1));
+        // Neither fills its rounds (160 tiles of 64 x 128, 320 of 64 x 64: last rounds 21 % and
+        // 42 % full): at 12..16 K blocks 64 x 64 at two CTAs per SM within two rounds (320
+        // tiles over 264 slots).
+        assert_eq!(per_sm(64, 20480, 2048), (64, 64, 2, 1));
         // 2 x 512 tiles of 64 x 64 at two per SM would take 4 rounds, 2 x 256 of 64 x 128 at
         // one per SM 4; 768 tiles would take 3 rounds: the 128-row tiles.
         assert_eq!(per_sm(128, 32768, 2048).0, 128);
+        // 2 x 192 tiles of 64 x 128 fill three rounds (91 %), but M128 allows two.
         assert_eq!(wg(128, 24576, 1536), (128, 192, 1, 1));
         assert_eq!(wg(128, 32768, 512), (128, 128, 1, 1));
         // sm_89: the e4m3 mma, and no 128 KB tile.
