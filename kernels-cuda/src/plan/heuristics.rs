@@ -246,13 +246,17 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
     // won every tuned small-M shape on the H200 (2026-11-30 plans) but for the two rules above.
     let small_m = op.m <= 128;
     let small = small_m && k_blocks > SHORT_K_BLOCKS;
+    // The 64-row tile `bn` wide at `ctas_per_sm` CTAs per SM, without split or cluster.
+    let find_64_row = |bn: u32, ctas_per_sm: u32| {
+        candidates.iter().position(|v| {
+            matches!(v, GemmVariant::Wgmma(t)
+                if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m)
+                    == (64, bn, ctas_per_sm, 1, 1))
+        })
+    };
     if small_m && k_blocks <= NO_SPLIT_K_BLOCKS {
         for bn in NO_SPLIT_WIDTHS {
-            let no_split = candidates.iter().position(|v| {
-                matches!(v, GemmVariant::Wgmma(t)
-                    if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, bn, 1, 1, 1))
-            });
-            if let Some(i) = no_split {
+            if let Some(i) = find_64_row(bn, 1) {
                 let sms = arch.sm_count as u64;
                 if no_split_rounds_fit(candidates[i].tiles(op), sms, no_split_max_rounds(op.m)) {
                     return Some(i);
@@ -261,11 +265,7 @@ pub fn pick_wgmma(op: &Fp8Gemm, candidates: &[GemmVariant], arch: &ArchSpec) -> 
         }
     }
     if small_m && TWO_CTA_K_BLOCKS.contains(&k_blocks) {
-        let two_cta = candidates.iter().position(|v| {
-            matches!(v, GemmVariant::Wgmma(t)
-                if (t.bm, t.bn, t.ctas_per_sm, t.split_k, t.cluster_m) == (64, 64, 2, 1, 1))
-        });
-        if let Some(i) = two_cta {
+        if let Some(i) = find_64_row(64, 2) {
             let (rounds, _) = waves(candidates[i].tiles(op), arch.sm_count as u64 * 2);
             if rounds <= TWO_CTA_MAX_ROUNDS {
                 return Some(i);
