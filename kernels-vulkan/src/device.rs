@@ -383,7 +383,7 @@ fn device_type_rank(t: vk::PhysicalDeviceType) -> u32 {
 }
 
 /// Copies a fixed-size, NUL-terminated string out of a Vulkan structure.
-fn fixed_str(raw: &[c_char]) -> String {
+pub(crate) fn fixed_str(raw: &[c_char]) -> String {
     let bytes: Vec<u8> = raw
         .iter()
         .take_while(|&&c| c != 0)

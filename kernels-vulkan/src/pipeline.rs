@@ -333,7 +333,7 @@ impl Pipeline {
             }
         };
         let statistics = statistics
-            .map(|functions| pipeline_statistics(functions, pipeline, shader.name, &key))
+            .map(|functions| pipeline_statistics(functions, pipeline, &key))
             .unwrap_or_default();
         Ok(Self {
             ctx: ctx.clone(),
@@ -560,15 +560,16 @@ pub unsafe fn compute_barrier(device: &ash::Device, cmd: vk::CommandBuffer) {
     };
 }
 
-/// What the driver says of `pipeline` (`VK_KHR_pipeline_executable_properties`: on NVIDIA
-/// registers, shared and local memory...): each executable's statistics as `(name, value)`,
-/// also logged at level info (the executable's name first where there are several).
+/// What the driver says of `pipeline`, made for `key` (`VK_KHR_pipeline_executable_properties`:
+/// on NVIDIA registers, shared and local memory...): each executable's statistics as
+/// `(name, value)`, also logged at level info (the executable's name first where there are
+/// several).
 fn pipeline_statistics(
     functions: &ash::khr::pipeline_executable_properties::Device,
     pipeline: vk::Pipeline,
-    name: &str,
     key: &PipelineKey,
 ) -> Vec<(String, String)> {
+    let name = key.shader;
     let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
     // SAFETY: the pipeline was created with CAPTURE_STATISTICS by this device.
     let executables = match unsafe { functions.get_pipeline_executable_properties(&info) } {
@@ -591,9 +592,7 @@ fn pipeline_statistics(
                 continue;
             }
         };
-        let exe_name = executable
-            .name_as_c_str()
-            .map_or_else(|_| "?".to_string(), |c| c.to_string_lossy().into_owned());
+        let exe_name = crate::device::fixed_str(&executable.name);
         let prefix = if executables.len() > 1 {
             format!("{exe_name} ")
         } else {
@@ -602,9 +601,7 @@ fn pipeline_statistics(
         let values: Vec<(String, String)> = statistics
             .iter()
             .map(|s| {
-                let stat_name = s
-                    .name_as_c_str()
-                    .map_or_else(|_| "?".to_string(), |c| c.to_string_lossy().into_owned());
+                let stat_name = crate::device::fixed_str(&s.name);
                 // SAFETY: `format` says which member of the union the driver wrote.
                 let value = unsafe {
                     match s.format {
