@@ -3,6 +3,9 @@
 # check each against the CPU reference, then time head_dim 128 bf16 on the radial masks in
 # MASKDIR (*.bin from `tessera mask --json`, see the harness) and dense over the same tokens.
 #   bash kernels-cuda/dev/sparse_attention_sm90.sh OUTDIR MASKDIR   (EXTRA_DEFS="-D..." for a variant)
+# NVCC="bash kernels-cuda/dev/nvcc_local.sh" LINK_FLAGS=-L<cu13/lib> NOCHECK=1 builds off the GPU
+# machine (give no MASKDIR); ROW_ORDER=longest|natural|binsN|widthW at run time sets the CTAs'
+# row order (default bins24, the library's).
 set -uo pipefail
 out=${1:?outdir}; masks=${2:-}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,8 +13,8 @@ mkdir -p "$out"
 build() { # D BF16
   local st=${STAGES:-3}
   local smem=$(python3 -c "D=$1; cb=D//64; print(cb*128*128 + 2*$st*cb*128*128 + 4*$st*8 + 8)")
-  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -lineinfo -DHEAD_DIM=$1 -DELEM_BF16=$2 \
-    -DBLOCK=128 -DSTAGES=$st ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=384 -o "$out/att90_d$1_bf$2" \
+  ${NVCC:-nvcc} -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -lineinfo -DHEAD_DIM=$1 -DELEM_BF16=$2 \
+    -DBLOCK=128 -DSTAGES=$st ${EXTRA_DEFS:-} -DTESSERA_SMEM_BYTES=$smem -DTESSERA_THREADS=384 ${LINK_FLAGS:-} -o "$out/att90_d$1_bf$2" \
     "$here/sparse_attention_sm90_harness.cu" > "$out/build_d$1_bf$2.log" 2>&1 || { echo "BUILD FAILED d$1 bf$2"; tail -30 "$out/build_d$1_bf$2.log"; return 1; }
   grep -E "registers|spill" "$out/build_d$1_bf$2.log" | sed "s/^/d$1 bf$2: /"
 }

@@ -50,8 +50,9 @@ pub enum AttentionKernel {
     #[default]
     MmaSync,
     /// `kernels/sm90/sparse_attention.cu`: wgmma, TMA loads issued by one producer thread, two
-    /// math warpgroups, one CTA per (mask block row of 128, head, batch), block rows longest first
-    /// ([`crate::ops::attention::DeviceBlockMask::row_order`]); sm_90a, mask blocks of 128.
+    /// math warpgroups, one CTA per (mask block row of 128, head, batch), block rows in bins of
+    /// length, longest first ([`crate::ops::attention::DeviceBlockMask::row_order`]); sm_90a, mask
+    /// blocks of 128.
     Wgmma,
 }
 
