@@ -12,13 +12,16 @@
 #        CONFIGS ("128 1;64 1;..."),
 #        NOCHECK, NOTIME, TIME_CONFIGS ("128 1" ...), TOKENS, HEADS, DENSITY, NCU=1 (the wgmma
 #        kernels, the atomic fused ones included, at 16384 tokens), FUSED (1),
-#        LINK_FLAGS (e.g. -L<dir of libcudart_static.a> for a compile-only check elsewhere)
+#        LINK_FLAGS (e.g. -L<dir of libcudart_static.a> for a compile-only check elsewhere),
+#        NVCC (e.g. "bash kernels-cuda/dev/nvcc_local.sh" with NOCHECK=1 NOTIME=1 and LINK_FLAGS:
+#        build here, run the binaries on the GPU machine; ONLY_FUSED=1 there times the fused
+#        writer pass alone)
 set -uo pipefail
 out=${1:?outdir}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 st=${STAGES:-3}
-nv="nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo"
+nv="${NVCC:-nvcc} -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo"
 build() { # D BF16
   local D=$1 bf=$2 tag=d$1_bf$2 cb=$(($1 / 64))
   local objs=() units="0 1 2 11 12"

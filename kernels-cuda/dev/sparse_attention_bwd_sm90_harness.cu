@@ -396,9 +396,11 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     CK(cudaDeviceSynchronize());
     const double pairs = (double)m.indices.size() * BLK * BLK * heads;
     const double mm = 2.0 * pairs * D;  // flops of one matmul over the attended pairs
+    // ONLY_FUSED=1: the fused passes alone (the two-pass kernels are not timed; their rows read 1).
+    const bool only_fused = getenv("ONLY_FUSED") != nullptr;
     const float t_delta = time_ms(bwd_launch_0, bf.a);
-    const float t1o = time_ms(bwd_launch_1, bf.a), t2o = time_ms(bwd_launch_2, bf.a);
-    const float t1n = time_ms(bwd_launch_11, bf.a), t2n = time_ms(bwd_launch_12, bf.a);
+    const float t1o = only_fused ? 1.0f : time_ms(bwd_launch_1, bf.a), t2o = only_fused ? 1.0f : time_ms(bwd_launch_2, bf.a);
+    const float t1n = only_fused ? 1.0f : time_ms(bwd_launch_11, bf.a), t2n = only_fused ? 1.0f : time_ms(bwd_launch_12, bf.a);
     printf("TIME %-7s D%d %s tokens %d heads %d nnz %zu (density %.3f): delta %.3f ms\n", name, D,
            ELEM_BF16 ? "bf16" : "f16", tokens, heads, m.indices.size(),
            (double)m.indices.size() / ((double)m.nb * m.nb), t_delta);
@@ -414,6 +416,7 @@ static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     // with the zeroing and the conversion: the figure to compare with the two tile passes.
     static const char* const labels[4] = {"fused    atomic", "fused    determ", "fused-w  atomic", "fused-w  determ"};
     for (int mode = 0; mode < FUSED_MODES; ++mode) {
+        if (only_fused && mode != FUSED_MODES - 2) continue;  // fused-w atomic only
         const float tf = median_launch_ms([&] {
             if (mode_deterministic(mode)) CK(cudaMemsetAsync(bf.dq_turns, 0, bf.turns * 4, 0));
             fused_pass(bf.a, mode, 0);
