@@ -9,6 +9,10 @@ ranked the orders as the H200 did (session 24, NOTES-sparse-attention-sm90.md).
     tessera mask --frames 60 --tokens-per-frame 3840 --decay 0.95 --json > h60.json
     python3 row_order_sim.py longest,natural,bins16,bins24,width20 h60.json [more.json ...]
 
+`--transposed` simulates the backward's fused pass instead: CTAs are key blocks walking the
+transposed mask's rows (query blocks), each read standing for a query block's Q, dO and dQ
+accumulator (128 KB, so pass `--capacity 300`); its CTAs run in natural order today.
+
 Orders: `natural` (by position), `longest` (by length, ties by position), `binsN` (N bins of
 the longest row's length, longest bin first, by position within a bin: the library's order is
 bins24), `widthW` (bins of W blocks).
@@ -76,12 +80,35 @@ def miss_rate(nb, indptr, indices, rows):
     return misses / max(reads, 1)
 
 
+def transpose(nb, indptr, indices):
+    cols = [[] for _ in range(nb)]
+    for r in range(nb):
+        for c in indices[indptr[r] : indptr[r + 1]]:
+            cols[c].append(r)
+    t_indptr, t_indices = [0], []
+    for c in range(nb):
+        t_indices += cols[c]
+        t_indptr.append(len(t_indices))
+    return t_indptr, t_indices
+
+
 def main():
-    if len(sys.argv) < 3:
+    global CAPACITY
+    args = sys.argv[1:]
+    transposed = "--transposed" in args
+    if transposed:
+        args.remove("--transposed")
+    if "--capacity" in args:
+        i = args.index("--capacity")
+        CAPACITY = int(args[i + 1])
+        del args[i : i + 2]
+    if len(args) < 2:
         raise SystemExit(__doc__)
-    hows = sys.argv[1].split(",")
-    for path in sys.argv[2:]:
+    hows = args[0].split(",")
+    for path in args[1:]:
         nb, indptr, indices = load(path)
+        if transposed:
+            indptr, indices = transpose(nb, indptr, indices)
         rates = [f"{how} {miss_rate(nb, indptr, indices, order(nb, indptr, how)):.3f}" for how in hows]
         print(path, "|", ", ".join(rates), flush=True)
 
