@@ -1,7 +1,8 @@
 // What the nvcc development harnesses of this folder share (included after the kernel headers,
 // which define u8/u16/u64): the CUDA error check, a seeded hash fill of device buffers, a cluster
-// launch configuration, the event timings, and (where ELEM_BF16 is defined) the host conversions
-// of the attention harnesses' 16-bit elements.
+// launch configuration, the event timings, (where ELEM_BF16 is defined) the host conversions
+// of the attention harnesses' 16-bit elements, and the attention harnesses' mask files and row
+// orders.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -158,3 +159,45 @@ static float h2f(u16 x) {
 #endif
 }
 #endif
+
+// A BSR block mask file (from `tessera mask --json` through mask_to_bin.py): i32 num_blocks,
+// i32 nnz, u32 indptr[num_blocks + 1], u32 indices[nnz], little-endian. Exits on a bad file.
+static void read_mask_file(const char* path, int& nb, std::vector<unsigned>& indptr, std::vector<unsigned>& indices) {
+    FILE* f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    int hdr[2];
+    if (fread(hdr, 4, 2, f) != 2) exit(1);
+    nb = hdr[0];
+    indptr.resize(nb + 1);
+    indices.resize(hdr[1]);
+    if (fread(indptr.data(), 4, nb + 1, f) != (size_t)nb + 1) exit(1);
+    if (fread(indices.data(), 4, hdr[1], f) != (size_t)hdr[1]) exit(1);
+    fclose(f);
+}
+
+// An order of the rows of a BSR mask for the CTAs that take one row each, by the environment
+// variable `env`: unset or binsN (the library's rows_by_length_bins with N = 24: N bins of the
+// longest row's length, longest bin first, by position within a bin), longest (by length, ties
+// by position), natural (by position) or widthW (bins of W blocks of length).
+static std::vector<unsigned> rows_in_order(const char* env, int nb, const std::vector<unsigned>& indptr) {
+    std::vector<unsigned> order(nb);
+    for (int r = 0; r < nb; ++r) order[r] = (unsigned)r;
+    auto len = [&](unsigned r) { return (unsigned long long)(indptr[r + 1] - indptr[r]); };
+    const char* how = getenv(env);
+    if (!how) how = "bins24";
+    if (!strcmp(how, "natural")) return order;
+    unsigned long long longest = 0;
+    for (int r = 0; r < nb; ++r) longest = std::max(longest, len(r));
+    auto key = [&](unsigned r) -> unsigned long long {
+        if (!strcmp(how, "longest")) return len(r);
+        if (!strncmp(how, "width", 5)) return len(r) / (unsigned long long)atoi(how + 5);
+        if (!strncmp(how, "bins", 4)) return len(r) * (unsigned long long)atoi(how + 4) / (longest + 1);
+        fprintf(stderr, "%s: unknown order %s\n", env, how);
+        exit(2);
+    };
+    std::stable_sort(order.begin(), order.end(), [&](unsigned a, unsigned b) { return key(a) > key(b); });
+    return order;
+}

@@ -34,33 +34,9 @@ struct Mask {
     std::vector<u32> indptr, indices;
 };
 
-// The order CTAs take the block rows in: by default the library's (24 length bins, longest bin
-// first, by position within a bin: rows_by_length_bins in kernels-cuda/src/ops/attention.rs);
-// ROW_ORDER=longest (by length, ties by position: the library's order before session 24),
-// natural (by position), binsN (N length bins) or widthW (bins of W blocks of length).
-static std::vector<u32> row_order_of(const Mask& m) {
-    std::vector<u32> order(m.nb);
-    std::iota(order.begin(), order.end(), 0u);
-    auto len = [&](u32 r) { return m.indptr[r + 1] - m.indptr[r]; };
-    const char* how = getenv("ROW_ORDER");
-    if (!how) how = "bins24";
-    if (!strcmp(how, "natural")) return order;
-    if (!strncmp(how, "width", 5)) {
-        const u32 width = (u32)atoi(how + 5);
-        std::stable_sort(order.begin(), order.end(), [&](u32 a, u32 b) { return len(a) / width > len(b) / width; });
-        return order;
-    }
-    if (!strncmp(how, "bins", 4)) {
-        const u32 bins = (u32)atoi(how + 4);
-        u32 longest = 1;
-        for (u32 r = 0; r < (u32)m.nb; ++r) longest = std::max(longest, len(r));
-        auto bin = [&](u32 r) { return (u64)len(r) * bins / ((u64)longest + 1); };
-        std::stable_sort(order.begin(), order.end(), [&](u32 a, u32 b) { return bin(a) > bin(b); });
-        return order;
-    }
-    std::stable_sort(order.begin(), order.end(), [&](u32 a, u32 b) { return len(a) > len(b); });
-    return order;
-}
+// The order CTAs take the block rows in: ROW_ORDER (harness.cuh's rows_in_order; by default the
+// library's 24 length bins).
+static std::vector<u32> row_order_of(const Mask& m) { return rows_in_order("ROW_ORDER", m.nb, m.indptr); }
 
 static size_t smem_bytes() { return AttnSm90Smem::END; }
 
@@ -194,22 +170,9 @@ static int check_case(int batch, int tokens, int heads, int seed, int empty_ever
 
 static Mask read_mask(const char* path) {
     Mask m;
-    FILE* f = fopen(path, "rb");
-    if (!f) {
-        perror(path);
-        exit(1);
-    }
-    int hdr[2];
-    if (fread(hdr, 4, 2, f) != 2) exit(1);
-    m.nb = hdr[0];
-    m.indptr.resize(m.nb + 1);
-    m.indices.resize(hdr[1]);
-    if (fread(m.indptr.data(), 4, m.nb + 1, f) != (size_t)m.nb + 1) exit(1);
-    if (fread(m.indices.data(), 4, hdr[1], f) != (size_t)hdr[1]) exit(1);
-    fclose(f);
+    read_mask_file(path, m.nb, m.indptr, m.indices);
     return m;
 }
-
 
 static void time_mask(const char* name, const Mask& m, int tokens, int heads) {
     const size_t n = (size_t)tokens * heads * D;
