@@ -16,9 +16,9 @@
 // and lse = -inf. One more input: `row_order` u32 [num_blocks], the block rows in the order CTAs
 // take them within a (head, batch) (the host orders them by length bins, longest first, and by
 // position within a bin: the long rows do not form the tail, and the rows that run together
-// read nearly the same key blocks). q, k and v arrive as TMA tensor maps (`q_map`, `k_map`, `v_map`): each the
-// 3-D tensor (heads x HEAD_DIM, tokens, batch) of 16-bit elements, boxes of [128 tokens][64],
-// 128-byte swizzle, so that tokens at or past `tokens` of a batch read as zeros.
+// read nearly the same key blocks). q, k and v arrive as TMA tensor maps (`q_map`, `k_map`,
+// `v_map`): each the 3-D tensor (heads x HEAD_DIM, tokens, batch) of 16-bit elements, boxes of
+// [128 tokens][64], 128-byte swizzle, so that tokens at or past `tokens` of a batch read as zeros.
 //
 // Grid: one CTA per (block row, head, batch), linear: CTA i takes block row
 // row_order[i % num_blocks] of (head, batch) i / num_blocks (h = that % heads).

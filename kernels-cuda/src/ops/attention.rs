@@ -703,8 +703,8 @@ mod tests {
                 }
             }
         }
-        // Rows of 1..=48 blocks in a lower-triangular mask: 24 bins of two lengths each, the
-        // longest bin first, and within it the shorter row (the earlier one) first.
+        // Rows of 1..=48 blocks in a lower-triangular mask: bins of about two lengths (bin =
+        // length * 24 / 49), the longest bin first, within it the shorter (earlier) row first.
         let nb = 48;
         let bitmap: Vec<bool> = (0..nb * nb).map(|i| i % nb <= i / nb).collect();
         let mask = BlockMask::from_dense_bitmap(nb * 64, 64, &bitmap).unwrap();
