@@ -185,19 +185,25 @@ static void read_mask_file(const char* path, int& nb, std::vector<unsigned>& ind
 static std::vector<unsigned> rows_in_order(const char* env, int nb, const std::vector<unsigned>& indptr) {
     std::vector<unsigned> order(nb);
     for (int r = 0; r < nb; ++r) order[r] = (unsigned)r;
-    auto len = [&](unsigned r) { return (unsigned long long)(indptr[r + 1] - indptr[r]); };
     const char* how = getenv(env);
     if (!how) how = "bins24";
     if (!strcmp(how, "natural")) return order;
+    std::vector<unsigned long long> key(nb);  // larger first
     unsigned long long longest = 0;
-    for (int r = 0; r < nb; ++r) longest = std::max(longest, len(r));
-    auto key = [&](unsigned r) -> unsigned long long {
-        if (!strcmp(how, "longest")) return len(r);
-        if (!strncmp(how, "width", 5)) return len(r) / (unsigned long long)atoi(how + 5);
-        if (!strncmp(how, "bins", 4)) return len(r) * (unsigned long long)atoi(how + 4) / (longest + 1);
-        fprintf(stderr, "%s: unknown order %s\n", env, how);
-        exit(2);
-    };
-    std::stable_sort(order.begin(), order.end(), [&](unsigned a, unsigned b) { return key(a) > key(b); });
+    for (int r = 0; r < nb; ++r) longest = std::max(longest, (unsigned long long)(indptr[r + 1] - indptr[r]));
+    for (int r = 0; r < nb; ++r) {
+        const unsigned long long len = indptr[r + 1] - indptr[r];
+        if (!strcmp(how, "longest"))
+            key[r] = len;
+        else if (!strncmp(how, "width", 5))
+            key[r] = len / (unsigned long long)atoi(how + 5);
+        else if (!strncmp(how, "bins", 4))
+            key[r] = len * (unsigned long long)atoi(how + 4) / (longest + 1);
+        else {
+            fprintf(stderr, "%s: unknown order %s\n", env, how);
+            exit(2);
+        }
+    }
+    std::stable_sort(order.begin(), order.end(), [&](unsigned a, unsigned b) { return key[a] > key[b]; });
     return order;
 }
